@@ -1,0 +1,44 @@
+# Myelin: the two commands a fresh machine needs are `make run` and `make test`.
+CARGO ?= cargo
+RUST_LOG ?= info
+export RUST_LOG
+
+.PHONY: setup build run test fmt lint check bench-storage clean-cache
+
+## Install build prerequisites and the cached RocksDB archive.
+setup:
+	@scripts/setup.sh
+
+## Build every crate and the `myelin` binary (dev profile).
+build: setup
+	$(CARGO) build --workspace --bins
+
+## Set up, build and run a server on the defaults (./myelin-data, :8008, :8448).
+run: build
+	./target/debug/myelin serve $(if $(CONFIG),--config $(CONFIG),)
+
+fmt:
+	$(CARGO) fmt --all
+
+## Formatting and lints, as CI runs them.
+lint: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Everything CI runs: format check, clippy -D warnings, all tests.
+test: lint
+	$(CARGO) build --workspace --bins
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		echo "cargo-nextest not found; using cargo test"; \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+## Storage group-commit benchmark (release build of everything: slow the first time).
+bench-storage: setup
+	$(CARGO) bench --bench storage
+
+## Forget the prebuilt RocksDB (the next build compiles it again, ~20 min).
+clean-cache:
+	rm -rf .cache "$${XDG_CACHE_HOME:-$$HOME/.cache}/myelin"

@@ -1,0 +1,120 @@
+//! The local admin socket: `<data_dir>/admin.sock`.
+//!
+//! The operator CLI (`myelin backup`, later `myelin admin …`) talks to a
+//! running server through this Unix socket, because RocksDB allows one process
+//! per database. Access is by file permission (0600, the server's user), which
+//! fits air-gapped operations: no token, no network exposure.
+//!
+//! Protocol: one JSON object per line each way.
+//! `{"op":"ping"}` → `{"ok":true}`;
+//! `{"op":"backup","dir":"/abs/path"}` → `{"ok":true,"bytes":N,"files":N}`;
+//! failures → `{"ok":false,"error":"..."}`.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use myelin_engine::Engine;
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::watch,
+};
+
+/// Longest accepted request line.
+const MAX_LINE: usize = 64 * 1024;
+
+/// The admin socket path of a data directory.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin.sock")
+}
+
+/// Serves the admin socket until `stop` fires. Called after the database is
+/// open (and locked), so a socket file left behind is stale and is replaced.
+pub async fn serve(engine: Arc<Engine>, mut stop: watch::Receiver<bool>) {
+    let path = socket_path(&engine.config.data_dir);
+    let _ = std::fs::remove_file(&path);
+    let listener = match UnixListener::bind(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "admin socket unavailable; `myelin backup` needs the server stopped");
+            return;
+        }
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    }
+    tracing::info!(path = %path.display(), "admin socket listening");
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let engine = engine.clone();
+                tokio::spawn(async move { session(engine, stream).await });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+async fn session(engine: Arc<Engine>, stream: UnixStream) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read.take(MAX_LINE as u64 * 16)).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let answer = match serde_json::from_str::<Value>(&line) {
+            Ok(req) => execute(&engine, &req).await,
+            Err(e) => json!({ "ok": false, "error": format!("request is not JSON: {e}") }),
+        };
+        let mut out = answer.to_string();
+        out.push('\n');
+        if write.write_all(out.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+}
+
+async fn execute(engine: &Arc<Engine>, req: &Value) -> Value {
+    match req.get("op").and_then(Value::as_str) {
+        Some("ping") => json!({ "ok": true, "server_name": engine.server_name.as_str() }),
+        Some("backup") => {
+            let Some(dir) = req.get("dir").and_then(Value::as_str) else {
+                return json!({ "ok": false, "error": "backup needs `dir`" });
+            };
+            tracing::info!(dir, "backup requested over the admin socket");
+            match engine.backup(PathBuf::from(dir)).await {
+                Ok(r) => json!({ "ok": true, "bytes": r.bytes, "files": r.files }),
+                Err(e) => json!({ "ok": false, "error": e.to_string() }),
+            }
+        }
+        other => json!({ "ok": false, "error": format!("unknown op {other:?}") }),
+    }
+}
+
+/// Sends one request to a running server's admin socket.
+///
+/// `Ok(None)` when no server is listening there.
+pub async fn request(data_dir: &Path, req: &Value) -> Result<Option<Value>, String> {
+    let path = socket_path(data_dir);
+    let stream = match UnixStream::connect(&path).await {
+        Ok(s) => s,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+            return Ok(None);
+        }
+        Err(e) => return Err(format!("connecting to {}: {e}", path.display())),
+    };
+    let (read, mut write) = stream.into_split();
+    let mut line = req.to_string();
+    line.push('\n');
+    write.write_all(line.as_bytes()).await.map_err(|e| format!("writing to the admin socket: {e}"))?;
+    let mut lines = BufReader::new(read).lines();
+    match lines.next_line().await {
+        Ok(Some(answer)) => serde_json::from_str(&answer).map(Some).map_err(|e| format!("bad answer: {e}")),
+        Ok(None) => Err("the server closed the admin socket without answering".into()),
+        Err(e) => Err(format!("reading from the admin socket: {e}")),
+    }
+}

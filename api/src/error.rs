@@ -1,0 +1,76 @@
+//! Matrix errors at the HTTP edge: one type, one mapping from engine errors.
+//!
+//! Client-Server API §"Standard error response": "Any errors which occur at
+//! the Matrix API level MUST return a 'standard error response'":
+//! `{"errcode": "M_...", "error": "..."}`.
+
+use http::StatusCode;
+use myelin_engine::EngineError;
+
+use crate::http_util::{Resp, json_response};
+
+/// An error answered to a client or a server.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Matrix error code.
+    pub errcode: &'static str,
+    /// Human-readable message.
+    pub message: String,
+}
+
+impl ApiError {
+    /// Builds an error.
+    pub fn new(status: StatusCode, errcode: &'static str, message: impl Into<String>) -> Self {
+        Self { status, errcode, message: message.into() }
+    }
+
+    /// 404 `M_UNRECOGNIZED`: no such endpoint.
+    pub fn unrecognized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "M_UNRECOGNIZED", message)
+    }
+
+    /// 405 `M_UNRECOGNIZED`: the endpoint exists with other methods.
+    pub fn method_not_allowed() -> Self {
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED", "method not allowed on this endpoint")
+    }
+
+    /// 413 `M_TOO_LARGE`.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE", format!("request body exceeds {limit} bytes"))
+    }
+
+    /// 400 `M_NOT_JSON`.
+    pub fn not_json(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "M_NOT_JSON", message)
+    }
+
+    /// 400 `M_BAD_JSON`: valid JSON, wrong shape.
+    pub fn bad_json(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "M_BAD_JSON", message)
+    }
+
+    /// 404 `M_NOT_FOUND`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "M_NOT_FOUND", message)
+    }
+
+    /// 500 `M_UNKNOWN`.
+    pub fn unknown(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", message)
+    }
+
+    /// The standard error response.
+    pub fn into_response(self) -> Resp {
+        json_response(self.status, &serde_json::json!({ "errcode": self.errcode, "error": self.message }))
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        tracing::error!(error = %e, "request failed in the engine");
+        // Internal details stay in the log; the caller learns only that it failed.
+        ApiError::unknown("internal server error")
+    }
+}

@@ -1,0 +1,15 @@
+//! Myelin's HTTP layer: two listeners (client over HTTP, federation over TLS),
+//! routing with Matrix errors, and the endpoints. Handlers parse, call the
+//! engine once and map the result; logic lives in `myelin-engine`.
+
+pub mod admin;
+pub mod error;
+pub mod http_util;
+pub mod metrics;
+pub mod router;
+mod routes;
+pub mod server;
+pub mod tls;
+
+pub use error::ApiError;
+pub use server::{Running, SHUTDOWN_GRACE, StartError, start};

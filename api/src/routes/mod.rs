@@ -1,0 +1,35 @@
+//! The routing tables of both listeners.
+
+mod discovery;
+mod keys;
+mod ops;
+
+use http::Method;
+
+use crate::router::Router;
+
+/// Routes of the client listener (plain HTTP).
+pub fn client_router() -> Router {
+    let mut r = Router::new();
+    r.add(Method::GET, "/_matrix/client/versions", discovery::versions)
+        .add(Method::GET, "/.well-known/matrix/client", discovery::well_known_client)
+        .add(Method::GET, "/.well-known/matrix/server", discovery::well_known_server)
+        .add(Method::GET, "/_matrix/key/v2/server", keys::server_keys)
+        .add(Method::GET, "/_matrix/key/v2/server/{key_id}", keys::server_keys)
+        .add(Method::GET, "/metrics", ops::metrics)
+        .add(Method::GET, "/health", ops::health);
+    r
+}
+
+/// Routes of the federation listener (TLS).
+pub fn federation_router() -> Router {
+    let mut r = Router::new();
+    r.add(Method::GET, "/_matrix/federation/v1/version", discovery::federation_version)
+        .add(Method::GET, "/.well-known/matrix/server", discovery::well_known_server)
+        .add(Method::GET, "/_matrix/key/v2/server", keys::server_keys)
+        .add(Method::GET, "/_matrix/key/v2/server/{key_id}", keys::server_keys)
+        .add(Method::POST, "/_matrix/key/v2/query", keys::query_keys)
+        .add(Method::GET, "/_matrix/key/v2/query/{server_name}", keys::query_server_keys)
+        .add(Method::GET, "/health", ops::health);
+    r
+}

@@ -1,0 +1,301 @@
+//! The listeners: accept loops, per-request pipeline, graceful shutdown.
+//!
+//! Per request: CORS preflight → route lookup (404/405 `M_UNRECOGNIZED`) →
+//! body limit (413 `M_TOO_LARGE` from `Content-Length` before reading, or as
+//! soon as the streamed body passes the limit) → handler, with a panic turned
+//! into 500 `M_UNKNOWN` while the server keeps serving → CORS headers, metrics.
+//!
+//! Shutdown: stop accepting, let in-flight requests finish for at most the
+//! grace period, then drop what is left.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    panic::AssertUnwindSafe,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures_util::FutureExt;
+use http::{Method, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use myelin_engine::Engine;
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+use tracing::Instrument;
+
+use crate::{
+    error::ApiError,
+    http_util::{Resp, add_cors},
+    router::{Ctx, Listener, Miss, Req, Router},
+};
+
+/// How long a TLS handshake may take.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct ListenerState {
+    ctx: Ctx,
+    router: Router,
+}
+
+/// Handles one request end to end; never fails at the HTTP level.
+async fn handle(state: Arc<ListenerState>, req: http::Request<Incoming>) -> Result<Resp, Infallible> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let mut resp = if method == Method::OPTIONS {
+        crate::http_util::text_response(StatusCode::OK, "application/json", "{}")
+    } else {
+        dispatch(&state, req).await.unwrap_or_else(ApiError::into_response)
+    };
+    add_cors(&mut resp);
+    let listener = state.ctx.listener.label();
+    metrics::counter!("myelin_http_requests_total", "listener" => listener, "status" => resp.status().as_str().to_owned())
+        .increment(1);
+    metrics::histogram!("myelin_http_request_duration_seconds", "listener" => listener)
+        .record(started.elapsed().as_secs_f64());
+    Ok(resp)
+}
+
+async fn dispatch(state: &ListenerState, req: http::Request<Incoming>) -> Result<Resp, ApiError> {
+    let path = req.uri().path().to_owned();
+    let (route, params) = match state.router.find(req.method(), &path) {
+        Ok(found) => found,
+        Err(Miss::NotFound) => return Err(ApiError::unrecognized(format!("unrecognized request: {path}"))),
+        Err(Miss::MethodNotAllowed) => return Err(ApiError::method_not_allowed()),
+        Err(Miss::BadPath) => return Err(ApiError::unrecognized("bad percent-encoding in the path")),
+    };
+    let (parts, body) = req.into_parts();
+    let declared =
+        parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > route.max_body as u64) {
+        return Err(ApiError::too_large(route.max_body));
+    }
+    let body = match Limited::new(body, route.max_body).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(ApiError::too_large(route.max_body)),
+        Err(e) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", format!("reading the body: {e}"))),
+    };
+    let fut = (route.handler)(state.ctx.clone(), Req { parts, body, params });
+    match AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(path, panic = what, "handler panicked; answered 500 and kept serving");
+            metrics::counter!("myelin_http_handler_panics_total").increment(1);
+            Err(ApiError::unknown("internal server error"))
+        }
+    }
+}
+
+fn http_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+}
+
+/// A running server: its bound addresses and the means to stop it.
+pub struct Running {
+    /// Where the client API listens.
+    pub client_addr: SocketAddr,
+    /// Where the federation API listens, when enabled.
+    pub federation_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    engine: Arc<Engine>,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not bind.
+    #[error("cannot listen on {addr} ({what}): {err}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        err: std::io::Error,
+    },
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// Binds the listeners and starts serving.
+pub async fn start(engine: Arc<Engine>) -> Result<Running, StartError> {
+    crate::metrics::handle();
+    let config = engine.config.clone();
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+
+    let client = TcpListener::bind(config.client.listen).await.map_err(|err| StartError::Bind {
+        what: "client",
+        addr: config.client.listen,
+        err,
+    })?;
+    let client_addr =
+        client.local_addr().map_err(|err| StartError::Bind { what: "client", addr: config.client.listen, err })?;
+    let mut federation_addr = None;
+    let federation = if config.federation.enabled {
+        let tls = crate::tls::server_config(&config)?;
+        let listener = TcpListener::bind(config.federation.listen).await.map_err(|err| StartError::Bind {
+            what: "federation",
+            addr: config.federation.listen,
+            err,
+        })?;
+        federation_addr = Some(listener.local_addr().map_err(|err| StartError::Bind {
+            what: "federation",
+            addr: config.federation.listen,
+            err,
+        })?);
+        let state = Arc::new(ListenerState {
+            ctx: Ctx { engine: engine.clone(), listener: Listener::Federation, federation_addr },
+            router: crate::routes::federation_router(),
+        });
+        Some((listener, state, tokio_rustls::TlsAcceptor::from(tls)))
+    } else {
+        None
+    };
+
+    let client_state = Arc::new(ListenerState {
+        ctx: Ctx { engine: engine.clone(), listener: Listener::Client, federation_addr },
+        router: crate::routes::client_router(),
+    });
+    tracing::info!(addr = %client_addr, "client API listening (HTTP)");
+    tasks.spawn(accept_plain(client, client_state, stop_rx.clone()).instrument(tracing::info_span!("client_accept")));
+    if let Some((listener, state, acceptor)) = federation {
+        tracing::info!(addr = ?federation_addr, "federation API listening (TLS)");
+        tasks.spawn(
+            accept_tls(listener, state, acceptor, stop_rx.clone()).instrument(tracing::info_span!("federation_accept")),
+        );
+    }
+    tasks.spawn(crate::admin::serve(engine.clone(), stop_rx).instrument(tracing::info_span!("admin_socket")));
+    Ok(Running { client_addr, federation_addr, stop, tasks, engine })
+}
+
+/// The grace period for in-flight requests at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+impl Running {
+    /// Stops accepting, waits up to `grace` for in-flight requests, closes storage.
+    pub async fn shutdown(mut self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let deadline = tokio::time::sleep(grace + Duration::from_secs(1));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                next = self.tasks.join_next() => if next.is_none() { break },
+                _ = &mut deadline => {
+                    tracing::warn!("listeners did not stop in time; aborting them");
+                    self.tasks.abort_all();
+                    break;
+                }
+            }
+        }
+        let engine = self.engine.clone();
+        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+        tracing::info!("server stopped");
+    }
+}
+
+async fn drain(graceful: GracefulShutdown, what: &'static str) {
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!(listener = what, "all connections closed"),
+        _ = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!(listener = what, "in-flight requests cut off after the grace period"),
+    }
+}
+
+async fn accept_plain(listener: TcpListener, state: Arc<ListenerState>, mut stop: watch::Receiver<bool>) {
+    let graceful = GracefulShutdown::new();
+    let builder = http_builder();
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed on the client listener");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%remote, error = %e, "client connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    drain(graceful, "client").await;
+}
+
+async fn accept_tls(
+    listener: TcpListener,
+    state: Arc<ListenerState>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    mut stop: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(http_builder());
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed on the federation listener");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (state, acceptor, builder) = (state.clone(), acceptor.clone(), builder.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%remote, error = %e, "federation connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    drain(graceful, "federation").await;
+}
+
+/// Serves `router` on an already bound plain listener until `stop` fires.
+///
+/// The same pipeline as the real client listener; tests use it to exercise
+/// routes that production does not have (a handler that panics).
+pub async fn serve_router(listener: TcpListener, ctx: Ctx, router: Router, stop: watch::Receiver<bool>) {
+    accept_plain(listener, Arc::new(ListenerState { ctx, router }), stop).await;
+}

@@ -1,0 +1,416 @@
+//! Configuration: the operator contract of `DESIGN.md`.
+//!
+//! Sources, later ones winning: built-in defaults, the TOML file given with
+//! `--config`, then environment variables `MYELIN_<KEY>` where `__` separates
+//! sections (`MYELIN_SERVER_NAME`, `MYELIN_CLIENT__LISTEN`,
+//! `MYELIN_FEDERATION__VERIFY_TLS=false`).
+//!
+//! An unknown key in the file, a value of the wrong type or an unparsable
+//! address is an error that names the key. An unknown `MYELIN_*` environment
+//! variable is only a warning: environments are shared with other tools, and
+//! refusing to start over a stray variable would be worse than ignoring it.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
+
+use figment::{
+    Figment,
+    providers::{Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Matrix server name: host or host:port, IP literals allowed.
+    pub server_name: String,
+    /// RocksDB, media and generated keys live here.
+    pub data_dir: PathBuf,
+    /// Client-Server and media API listener.
+    pub client: ClientConfig,
+    /// Server-Server API listener and federation policy.
+    pub federation: FederationConfig,
+    /// Account registration.
+    pub registration: RegistrationConfig,
+    /// Media repository.
+    pub media: MediaConfig,
+    /// Storage tuning.
+    pub storage: StorageConfig,
+}
+
+/// `[client]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// Client-Server + media API, plain HTTP.
+    pub listen: SocketAddr,
+}
+
+/// `[federation]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    /// Whether to run the federation listener and talk to other servers.
+    pub enabled: bool,
+    /// Server-Server API, always TLS.
+    pub listen: SocketAddr,
+    /// PEM certificate chain path; empty: self-signed, generated on first start.
+    pub tls_cert: String,
+    /// PEM private key path; empty: generated with the certificate.
+    pub tls_key: String,
+    /// Verify remote servers' certificates.
+    pub verify_tls: bool,
+    /// Extra PEM CA files trusted for verification.
+    pub trusted_ca: Vec<PathBuf>,
+    /// Non-empty: federate only with these server names.
+    pub allow: Vec<String>,
+    /// Never federate with these server names.
+    pub deny: Vec<String>,
+    /// Static discovery: server name → address, ahead of the spec's resolution.
+    pub hosts: BTreeMap<String, SocketAddr>,
+}
+
+/// `[registration]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationConfig {
+    /// Open registration (`m.login.dummy`).
+    pub enabled: bool,
+    /// Or: require this registration token (`m.login.registration_token`).
+    pub token: String,
+}
+
+/// `[media]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Largest upload (and remote media) in bytes; advertised at `/media/config`.
+    pub max_upload_bytes: u64,
+}
+
+/// `[storage]` (Myelin extension; not in the original contract)
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// RocksDB block cache budget in MiB, shared out per column family.
+    pub cache_mb: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server_name: "localhost".into(),
+            data_dir: PathBuf::from("./myelin-data"),
+            client: ClientConfig::default(),
+            federation: FederationConfig::default(),
+            registration: RegistrationConfig::default(),
+            media: MediaConfig::default(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8008)) }
+    }
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8448)),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            verify_tls: true,
+            trusted_ca: Vec::new(),
+            allow: Vec::new(),
+            deny: Vec::new(),
+            hosts: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self { max_upload_bytes: 50 * 1024 * 1024 }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { cache_mb: 256 }
+    }
+}
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The result of loading: the config plus warnings to log once logging is up.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The effective configuration.
+    pub config: Config,
+    /// Non-fatal findings (unknown environment variables).
+    pub warnings: Vec<String>,
+}
+
+const ENV_PREFIX: &str = "MYELIN_";
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then the process environment.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Loaded, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// Like [`Config::load`], with an explicit environment (for tests).
+    pub fn load_from(
+        file: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Loaded, ConfigError> {
+        let defaults = Figment::from(Serialized::defaults(Config::default()));
+        let mut figment = defaults.clone();
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError(format!("config file {}: not found or not a file", path.display())));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let mut warnings = Vec::new();
+        let mut known = Vec::new();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            let is_known = defaults.find_value(&key).is_ok() || key.starts_with("federation.hosts.");
+            if is_known {
+                known.push((name, value));
+            } else {
+                warnings.push(format!("ignoring environment variable {name}: `{key}` is not a configuration key"));
+            }
+        }
+        // figment's own Env provider reads the process environment; feed it ours.
+        let env_provider = EnvSnapshot { vars: known, defaults: defaults.clone() };
+        figment = figment.merge(env_provider);
+        let config: Config = figment.extract().map_err(|e| ConfigError(describe(&e)))?;
+        config.validate()?;
+        Ok(Loaded { config, warnings })
+    }
+
+    /// Checks what serde cannot: the server name grammar and related values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Err(e) = <&ruma::ServerName>::try_from(self.server_name.as_str()) {
+            return Err(ConfigError(format!(
+                "server_name: `{}` is not a valid Matrix server name: {e}",
+                self.server_name
+            )));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError("data_dir: must not be empty".into()));
+        }
+        for (field, list) in [("federation.allow", &self.federation.allow), ("federation.deny", &self.federation.deny)]
+        {
+            for name in list {
+                if <&ruma::ServerName>::try_from(name.as_str()).is_err() {
+                    return Err(ConfigError(format!("{field}: `{name}` is not a valid server name")));
+                }
+            }
+        }
+        if self.federation.tls_cert.is_empty() != self.federation.tls_key.is_empty() {
+            return Err(ConfigError("federation.tls_cert and federation.tls_key: set both or neither".into()));
+        }
+        if self.storage.cache_mb == 0 {
+            return Err(ConfigError("storage.cache_mb: must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Turns a figment error into one line: `key: problem (source)`.
+fn describe(e: &figment::Error) -> String {
+    use figment::error::Kind;
+    let path = e.path.join(".");
+    let source = e.metadata.as_ref().map(|m| match &m.source {
+        Some(figment::Source::File(p)) => format!(" (in {})", p.display()),
+        _ if m.name.contains("environment") => " (from the environment)".to_owned(),
+        _ => String::new(),
+    });
+    let source = source.unwrap_or_default();
+    match &e.kind {
+        Kind::UnknownField(field, _) => {
+            let key = if path.is_empty() { field.clone() } else { format!("{path}.{field}") };
+            format!("unknown configuration key `{key}`{source}")
+        }
+        kind => {
+            let key = if path.is_empty() { "configuration".to_owned() } else { format!("`{path}`") };
+            format!("{key}: {kind}{source}")
+        }
+    }
+}
+
+/// A figment provider over a captured set of `MYELIN_*` variables.
+///
+/// Values are typed by the key they set: where the default is a string
+/// (names, paths, addresses, tokens) the text is kept as it is, so
+/// `MYELIN_REGISTRATION__TOKEN=12345` stays a string; elsewhere it is parsed
+/// (`true`, `1024`, `["a", "b"]`).
+struct EnvSnapshot {
+    vars: Vec<(String, String)>,
+    defaults: Figment,
+}
+
+impl figment::Provider for EnvSnapshot {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("environment variable")
+    }
+
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let mut dict = figment::value::Dict::new();
+        for (name, value) in &self.vars {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            let key = path.join(".");
+            let textual = key.starts_with("federation.hosts.")
+                || matches!(self.defaults.find_value(&key), Ok(figment::value::Value::String(..)));
+            let typed: figment::value::Value =
+                if textual { value.clone().into() } else { value.parse().unwrap_or_else(|_| value.clone().into()) };
+            insert_path(&mut dict, &path, typed);
+        }
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+fn insert_path(dict: &mut figment::value::Dict, path: &[String], value: figment::value::Value) {
+    let Some((first, rest)) = path.split_first() else { return };
+    if rest.is_empty() {
+        dict.insert(first.clone(), value);
+        return;
+    }
+    let entry = dict.entry(first.clone()).or_insert_with(|| figment::value::Value::from(figment::value::Dict::new()));
+    if let figment::value::Value::Dict(_, inner) = entry {
+        insert_path(inner, rest, value);
+    } else {
+        *entry = figment::value::Value::from(figment::value::Dict::new());
+        if let figment::value::Value::Dict(_, inner) = entry {
+            insert_path(inner, rest, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+        let p = dir.path().join("myelin.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_match_the_operator_contract() {
+        let c = Config::load_from(None, env(&[])).unwrap().config;
+        assert_eq!(c.server_name, "localhost");
+        assert_eq!(c.data_dir, PathBuf::from("./myelin-data"));
+        assert_eq!(c.client.listen.to_string(), "127.0.0.1:8008");
+        assert_eq!(c.federation.listen.to_string(), "127.0.0.1:8448");
+        assert!(c.federation.enabled && c.federation.verify_tls);
+        assert!(!c.registration.enabled);
+        assert_eq!(c.media.max_upload_bytes, 52_428_800);
+    }
+
+    #[test]
+    fn file_then_environment_overlay() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            &dir,
+            r#"
+server_name = "a.example:8448"
+[federation]
+verify_tls = false
+deny = ["evil.example"]
+[federation.hosts]
+"b.example" = "127.0.0.2:8448"
+[registration]
+enabled = true
+"#,
+        );
+        let c = Config::load_from(
+            Some(&p),
+            env(&[
+                ("MYELIN_SERVER_NAME", "127.0.0.1:9000"),
+                ("MYELIN_CLIENT__LISTEN", "127.0.0.1:18008"),
+                ("MYELIN_MEDIA__MAX_UPLOAD_BYTES", "1024"),
+                ("MYELIN_REGISTRATION__TOKEN", "12345"),
+                ("PATH", "/usr/bin"),
+            ]),
+        )
+        .unwrap()
+        .config;
+        assert_eq!(c.server_name, "127.0.0.1:9000");
+        assert_eq!(c.client.listen.port(), 18008);
+        assert_eq!(c.media.max_upload_bytes, 1024);
+        assert_eq!(c.registration.token, "12345", "a numeric env value is still a string key");
+        assert!(c.registration.enabled);
+        assert!(!c.federation.verify_tls);
+        assert_eq!(c.federation.deny, vec!["evil.example".to_string()]);
+        assert_eq!(c.federation.hosts["b.example"].to_string(), "127.0.0.2:8448");
+    }
+
+    #[test]
+    fn bad_input_names_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases: &[(&str, &str)] = &[
+            ("bogus = 1\n", "bogus"),
+            ("[federation]\nbogus = 1\n", "federation.bogus"),
+            ("[client]\nlisten = \"nope\"\n", "client.listen"),
+            ("[federation]\nverify_tls = \"maybe\"\n", "federation.verify_tls"),
+            ("server_name = \"bad name!\"\n", "server_name"),
+            ("[media]\nmax_upload_bytes = -1\n", "media.max_upload_bytes"),
+        ];
+        for (text, key) in cases {
+            let p = write(&dir, text);
+            let err = Config::load_from(Some(&p), env(&[])).unwrap_err().0;
+            assert!(err.contains(key), "error for {text:?} does not name {key}: {err}");
+            assert!(!err.contains('\n'), "error is not one line: {err}");
+        }
+        let err = Config::load_from(None, env(&[("MYELIN_CLIENT__LISTEN", "127.0.0.1:99999")])).unwrap_err().0;
+        assert!(err.contains("client.listen"), "{err}");
+        let missing = dir.path().join("absent.toml");
+        assert!(Config::load_from(Some(&missing), env(&[])).is_err());
+    }
+
+    #[test]
+    fn environment_values_are_typed_by_their_key() {
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("MYELIN_FEDERATION__VERIFY_TLS", "false"),
+                ("MYELIN_FEDERATION__DENY", r#"["evil.example", "bad.example"]"#),
+                ("MYELIN_FEDERATION__HOSTS__B.EXAMPLE", "127.0.0.3:8448"),
+                ("MYELIN_DATA_DIR", "/tmp/123"),
+            ]),
+        )
+        .unwrap()
+        .config;
+        assert!(!c.federation.verify_tls);
+        assert_eq!(c.federation.deny, vec!["evil.example".to_string(), "bad.example".to_string()]);
+        assert_eq!(c.federation.hosts["b.example"].to_string(), "127.0.0.3:8448");
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/123"));
+    }
+
+    #[test]
+    fn unknown_environment_variable_is_a_warning() {
+        let loaded =
+            Config::load_from(None, env(&[("MYELIN_NOPE", "1"), ("MYELIN_SERVER_NAME", "x.example")])).unwrap();
+        assert_eq!(loaded.config.server_name, "x.example");
+        assert_eq!(loaded.warnings.len(), 1);
+        assert!(loaded.warnings[0].contains("MYELIN_NOPE"));
+    }
+}

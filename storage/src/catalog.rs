@@ -1,0 +1,118 @@
+//! The catalog: every column family Myelin stores, with its tuning.
+//!
+//! One place lists them all, so a reader sees the whole storage layout here.
+//! Names follow `<key>_<value>`. Families missing from an existing database are
+//! created on open; a family is never renamed in place (bump the schema).
+//!
+//! Tuning classes:
+//! - [`Access::Point`]: looked up by exact key (id maps, metadata). Bloom filters,
+//!   small blocks, a large block-cache share.
+//! - [`Access::Scan`]: read in key order (timelines, queues, state chains).
+//!   Larger blocks, no bloom filter, smaller cache share.
+//! - [`Compression`]: lz4 for hot, small rows; zstd for bulky, write-once
+//!   rows (PDU JSON) where disk bytes matter more than CPU.
+
+/// How a family is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Exact-key lookups.
+    Point,
+    /// Ordered range and prefix scans.
+    Scan,
+}
+
+/// Block compression of a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Fast, light compression.
+    Lz4,
+    /// Denser compression for bulky rows.
+    Zstd,
+}
+
+/// One column family and its tuning.
+#[derive(Debug)]
+pub struct Cf {
+    /// The RocksDB family name.
+    pub name: &'static str,
+    /// Dominant access pattern.
+    pub access: Access,
+    /// Block compression.
+    pub compression: Compression,
+    /// Share of the block cache, in percent of the configured total.
+    pub cache_percent: u8,
+}
+
+const fn point(name: &'static str, cache_percent: u8) -> Cf {
+    Cf { name, access: Access::Point, compression: Compression::Lz4, cache_percent }
+}
+
+const fn scan(name: &'static str, cache_percent: u8) -> Cf {
+    Cf { name, access: Access::Scan, compression: Compression::Lz4, cache_percent }
+}
+
+/// Database-wide singletons: schema identity, persisted counters.
+pub static GLOBAL: Cf = point("global", 1);
+
+/// Event id → short event id.
+pub static EVENTID_SHORTEVENTID: Cf = point("eventid_shorteventid", 10);
+/// Short event id → event id.
+pub static SHORTEVENTID_EVENTID: Cf = point("shorteventid_eventid", 8);
+/// Room id → short room id.
+pub static ROOMID_SHORTROOMID: Cf = point("roomid_shortroomid", 2);
+/// Short room id → room id.
+pub static SHORTROOMID_ROOMID: Cf = point("shortroomid_roomid", 2);
+/// User id → short user id.
+pub static USERID_SHORTUSERID: Cf = point("userid_shortuserid", 3);
+/// Short user id → user id.
+pub static SHORTUSERID_USERID: Cf = point("shortuserid_userid", 3);
+/// Server name → short server id.
+pub static SERVERNAME_SHORTSERVER: Cf = point("servername_shortserver", 1);
+/// Short server id → server name.
+pub static SHORTSERVER_SERVERNAME: Cf = point("shortserver_servername", 1);
+/// `(event type, state key)` → short state key.
+pub static STATEKEY_SHORTSTATEKEY: Cf = point("statekey_shortstatekey", 4);
+/// Short state key → `(event type, state key)`.
+pub static SHORTSTATEKEY_STATEKEY: Cf = point("shortstatekey_statekey", 4);
+
+/// Short event id → canonical PDU JSON, exactly as signed.
+pub static SHORTEVENTID_PDU: Cf =
+    Cf { name: "shorteventid_pdu", access: Access::Point, compression: Compression::Zstd, cache_percent: 25 };
+/// `(short room id, stream position)` → short event id: the timeline.
+pub static ROOMCOUNT_SHORTEVENTID: Cf = scan("roomcount_shorteventid", 10);
+/// `(destination, sequence)` → queued PDU/EDU reference: the durable federation queue.
+pub static DESTSEQ_OUTBOUND: Cf = scan("destseq_outbound", 3);
+
+/// Every family, in creation order. The default family is unused.
+pub static ALL: &[&Cf] = &[
+    &GLOBAL,
+    &EVENTID_SHORTEVENTID,
+    &SHORTEVENTID_EVENTID,
+    &ROOMID_SHORTROOMID,
+    &SHORTROOMID_ROOMID,
+    &USERID_SHORTUSERID,
+    &SHORTUSERID_USERID,
+    &SERVERNAME_SHORTSERVER,
+    &SHORTSERVER_SERVERNAME,
+    &STATEKEY_SHORTSTATEKEY,
+    &SHORTSTATEKEY_STATEKEY,
+    &SHORTEVENTID_PDU,
+    &ROOMCOUNT_SHORTEVENTID,
+    &DESTSEQ_OUTBOUND,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_shaped_key_value() {
+        let mut seen = std::collections::HashSet::new();
+        for cf in ALL {
+            assert!(seen.insert(cf.name), "duplicate family {}", cf.name);
+            assert!(cf.name == "global" || cf.name.contains('_'), "{} is not <key>_<value>", cf.name);
+        }
+        let total: u32 = ALL.iter().map(|cf| u32::from(cf.cache_percent)).sum();
+        assert!(total <= 100, "cache shares add up to {total}%");
+    }
+}

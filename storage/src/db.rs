@@ -1,0 +1,336 @@
+//! Opening, reading, committing and closing the database.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    thread::JoinHandle,
+};
+
+use crossbeam_channel::Sender;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::{
+    Batch, Table,
+    catalog::{self, Access, Cf, Compression},
+    error::StorageError,
+    key::Key,
+    table::Read,
+    writer::{self, Request},
+};
+
+/// What the database calls itself; a different identity is someone else's data.
+pub const SCHEMA_IDENTITY: &str = "myelin";
+/// The storage layout version this binary reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const SCHEMA: Table<String, String> = Table::new(&catalog::GLOBAL);
+const COUNTERS: Table<String, u64> = Table::new(&catalog::GLOBAL);
+
+/// Tuning that is not part of the layout.
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    /// Total block-cache budget, shared out by the catalog's percentages.
+    pub cache_bytes: usize,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        Self { cache_bytes: 256 << 20 }
+    }
+}
+
+/// The open database: the RocksDB handle plus the group-commit writer.
+pub struct Db {
+    rocks: Arc<rocksdb::DB>,
+    path: PathBuf,
+    writer: Mutex<Option<(Sender<Request>, JoinHandle<()>)>>,
+}
+
+fn cf_options(cf: &Cf, total_cache: usize) -> rocksdb::Options {
+    let mut opts = rocksdb::Options::default();
+    let mut table = rocksdb::BlockBasedOptions::default();
+    let share = (total_cache / 100 * usize::from(cf.cache_percent)).max(1 << 20);
+    table.set_block_cache(&rocksdb::Cache::new_lru_cache(share));
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    match cf.access {
+        Access::Point => {
+            table.set_bloom_filter(10.0, false);
+            table.set_block_size(4 << 10);
+        }
+        Access::Scan => table.set_block_size(16 << 10),
+    }
+    opts.set_block_based_table_factory(&table);
+    opts.set_compression_type(match cf.compression {
+        Compression::Lz4 => rocksdb::DBCompressionType::Lz4,
+        Compression::Zstd => rocksdb::DBCompressionType::Zstd,
+    });
+    opts.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
+    opts
+}
+
+fn map_open_error(path: &Path, e: rocksdb::Error) -> StorageError {
+    let msg = e.into_string();
+    if msg.contains("lock") || msg.contains("LOCK") {
+        StorageError::Locked(path.to_owned())
+    } else {
+        StorageError::Rocks(msg)
+    }
+}
+
+impl Db {
+    /// Opens (or creates) the database at `path`, creating missing families.
+    ///
+    /// Refuses a RocksDB database that is not Myelin's, one with a schema
+    /// version this binary does not know, and one locked by another process.
+    pub fn open(path: &Path, options: &StorageOptions) -> Result<Arc<Self>, StorageError> {
+        std::fs::create_dir_all(path).map_err(|e| StorageError::io(format!("creating {}", path.display()), e))?;
+        let exists = path.join("CURRENT").exists();
+        let mut existing: Vec<String> = Vec::new();
+        if exists {
+            existing = rocksdb::DB::list_cf(&rocksdb::Options::default(), path).map_err(|e| map_open_error(path, e))?;
+            if !existing.iter().any(|n| n == catalog::GLOBAL.name) {
+                return Err(StorageError::Foreign {
+                    path: path.to_owned(),
+                    reason: format!("no `{}` column family", catalog::GLOBAL.name),
+                });
+            }
+        }
+
+        let mut db_opts = rocksdb::Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.increase_parallelism(2);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_bytes_per_sync(1 << 20);
+        db_opts.set_keep_log_file_num(4);
+        db_opts.set_max_total_wal_size(256 << 20);
+
+        let mut descriptors: Vec<rocksdb::ColumnFamilyDescriptor> = catalog::ALL
+            .iter()
+            .map(|cf| rocksdb::ColumnFamilyDescriptor::new(cf.name, cf_options(cf, options.cache_bytes)))
+            .collect();
+        // Families a newer Myelin created must still be opened; RocksDB refuses otherwise.
+        for name in &existing {
+            if name != "default" && !catalog::ALL.iter().any(|cf| cf.name == name) {
+                descriptors.push(rocksdb::ColumnFamilyDescriptor::new(name, rocksdb::Options::default()));
+            }
+        }
+        let rocks =
+            rocksdb::DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| map_open_error(path, e))?;
+        let rocks = Arc::new(rocks);
+
+        let db_view = RawView(&rocks);
+        match SCHEMA.get(&db_view, &"schema".to_owned())? {
+            None if !exists => {
+                let mut sync = rocksdb::WriteOptions::default();
+                sync.set_sync(true);
+                let global = rocks
+                    .cf_handle(catalog::GLOBAL.name)
+                    .ok_or_else(|| StorageError::Rocks("global family missing after open".into()))?;
+                let value = format!("{SCHEMA_IDENTITY}:{SCHEMA_VERSION}");
+                rocks.put_cf_opt(global, "schema".to_owned().encode(), value.as_bytes(), &sync)?;
+            }
+            None => {
+                return Err(StorageError::Foreign { path: path.to_owned(), reason: "no schema identity".into() });
+            }
+            Some(found) => {
+                let (identity, version) = found.split_once(':').unwrap_or((found.as_str(), ""));
+                if identity != SCHEMA_IDENTITY {
+                    return Err(StorageError::Foreign {
+                        path: path.to_owned(),
+                        reason: format!("schema identity `{identity}`"),
+                    });
+                }
+                let found = version.parse::<u32>().map_err(|_| StorageError::Foreign {
+                    path: path.to_owned(),
+                    reason: format!("unreadable schema version `{version}`"),
+                })?;
+                if found != SCHEMA_VERSION {
+                    return Err(StorageError::SchemaVersion { path: path.to_owned(), found, expected: SCHEMA_VERSION });
+                }
+            }
+        }
+
+        let mut counters = HashMap::new();
+        let prefix = "counter/";
+        for row in COUNTERS.iter(&db_view, crate::Direction::Forward)? {
+            let (key, value) = match row {
+                Ok(kv) => kv,
+                // The schema row shares the family and is not a u64.
+                Err(StorageError::Corrupt(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            if let Some(name) = key.strip_prefix(prefix) {
+                counters.insert(name.to_owned(), value);
+            }
+        }
+        let (tx, handle) = writer::spawn(rocks.clone(), counters)?;
+        tracing::info!(path = %path.display(), schema = SCHEMA_VERSION, "database open");
+        Ok(Arc::new(Self { rocks, path: path.to_owned(), writer: Mutex::new(Some((tx, handle))) }))
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Commits `batch` through the group-commit writer; returns once durable.
+    pub async fn commit(&self, batch: Batch) -> Result<(), StorageError> {
+        let rx = self.submit(batch)?;
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Commits from a thread that is not an async runtime worker.
+    pub fn commit_blocking(&self, batch: Batch) -> Result<(), StorageError> {
+        let rx = self.submit(batch)?;
+        rx.blocking_recv().map_err(|_| StorageError::Closed)?
+    }
+
+    fn submit(&self, batch: Batch) -> Result<oneshot::Receiver<Result<(), StorageError>>, StorageError> {
+        let (done, rx) = oneshot::channel();
+        let guard = self.writer.lock();
+        let (tx, _) = guard.as_ref().ok_or(StorageError::Closed)?;
+        tx.send(Request { batch, done }).map_err(|_| StorageError::Closed)?;
+        Ok(rx)
+    }
+
+    /// The persisted value of counter `name` (0 when never raised).
+    pub fn counter(&self, name: &str) -> Result<u64, StorageError> {
+        Ok(COUNTERS.get(self, &format!("counter/{name}"))?.unwrap_or(0))
+    }
+
+    /// A consistent point-in-time view for several reads.
+    pub fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot { db: self, snap: self.rocks.snapshot() }
+    }
+
+    /// Runs `f` on the blocking pool, off the async runtime: for reads that may touch disk.
+    pub async fn read<T, F>(self: &Arc<Self>, f: F) -> T
+    where
+        F: FnOnce(&Db) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let db = self.clone();
+        match tokio::task::spawn_blocking(move || f(&db)).await {
+            Ok(v) => v,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// Writes a consistent copy of the database into `dir` (which must not exist).
+    ///
+    /// Uses a RocksDB checkpoint: hard links to the immutable table files plus
+    /// a copy of the live ones, safe while writes continue.
+    pub fn checkpoint(&self, dir: &Path) -> Result<(), StorageError> {
+        let cp = rocksdb::checkpoint::Checkpoint::new(&self.rocks)?;
+        cp.create_checkpoint(dir)?;
+        Ok(())
+    }
+
+    /// Stops the writer (waiting for queued batches), flushes memtables.
+    ///
+    /// Later commits fail with [`StorageError::Closed`]. Idempotent.
+    pub fn shutdown(&self) {
+        let Some((tx, handle)) = self.writer.lock().take() else {
+            return;
+        };
+        drop(tx);
+        if handle.join().is_err() {
+            tracing::error!("writer thread panicked");
+        }
+        for cf in catalog::ALL {
+            if let Some(handle) = self.rocks.cf_handle(cf.name)
+                && let Err(e) = self.rocks.flush_cf(handle)
+            {
+                tracing::warn!(family = cf.name, error = %e, "flush on shutdown failed; the WAL still holds the data");
+            }
+        }
+        tracing::info!(path = %self.path.display(), "database closed");
+    }
+
+    fn cf(&self, cf: &'static Cf) -> Result<&rocksdb::ColumnFamily, StorageError> {
+        self.rocks
+            .cf_handle(cf.name)
+            .ok_or_else(|| StorageError::Rocks(format!("column family {} is not open", cf.name)))
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn bounded_opts(lower: Option<Vec<u8>>, upper: Option<Vec<u8>>) -> rocksdb::ReadOptions {
+    let mut opts = rocksdb::ReadOptions::default();
+    if let Some(l) = lower {
+        opts.set_iterate_lower_bound(l);
+    }
+    if let Some(u) = upper {
+        opts.set_iterate_upper_bound(u);
+    }
+    opts
+}
+
+impl Read for Db {
+    fn get_raw(&self, cf: &'static Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.rocks.get_cf(self.cf(cf)?, key)?)
+    }
+
+    fn raw_iter(
+        &self,
+        cf: &'static Cf,
+        lower: Option<Vec<u8>>,
+        upper: Option<Vec<u8>>,
+    ) -> Result<rocksdb::DBRawIteratorWithThreadMode<'_, rocksdb::DB>, StorageError> {
+        Ok(self.rocks.raw_iterator_cf_opt(self.cf(cf)?, bounded_opts(lower, upper)))
+    }
+}
+
+/// Reads straight from a RocksDB handle during open, before `Db` exists.
+struct RawView<'a>(&'a rocksdb::DB);
+
+impl Read for RawView<'_> {
+    fn get_raw(&self, cf: &'static Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let handle = self.0.cf_handle(cf.name).ok_or_else(|| StorageError::Rocks(format!("{} not open", cf.name)))?;
+        Ok(self.0.get_cf(handle, key)?)
+    }
+
+    fn raw_iter(
+        &self,
+        cf: &'static Cf,
+        lower: Option<Vec<u8>>,
+        upper: Option<Vec<u8>>,
+    ) -> Result<rocksdb::DBRawIteratorWithThreadMode<'_, rocksdb::DB>, StorageError> {
+        let handle = self.0.cf_handle(cf.name).ok_or_else(|| StorageError::Rocks(format!("{} not open", cf.name)))?;
+        Ok(self.0.raw_iterator_cf_opt(handle, bounded_opts(lower, upper)))
+    }
+}
+
+/// A consistent, read-only, point-in-time view of the database.
+pub struct Snapshot<'a> {
+    db: &'a Db,
+    snap: rocksdb::Snapshot<'a>,
+}
+
+impl Read for Snapshot<'_> {
+    fn get_raw(&self, cf: &'static Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_snapshot(&self.snap);
+        Ok(self.db.rocks.get_cf_opt(self.db.cf(cf)?, key, &opts)?)
+    }
+
+    fn raw_iter(
+        &self,
+        cf: &'static Cf,
+        lower: Option<Vec<u8>>,
+        upper: Option<Vec<u8>>,
+    ) -> Result<rocksdb::DBRawIteratorWithThreadMode<'_, rocksdb::DB>, StorageError> {
+        let mut opts = bounded_opts(lower, upper);
+        opts.set_snapshot(&self.snap);
+        Ok(self.db.rocks.raw_iterator_cf_opt(self.db.cf(cf)?, opts))
+    }
+}

@@ -1,0 +1,86 @@
+//! Short ids: interning long strings (event ids, room ids, user ids, server
+//! names, state keys) to `u64` once, so hot keys are small and fixed-width.
+//!
+//! Guarantees:
+//! - one string has one short id, forever; ids are never reused;
+//! - an id is allocated inside the batch that first uses it, and both mapping
+//!   rows (`string → id`, `id → string`) are written in that same batch, so a
+//!   committed row never refers to an id whose mapping is not stored;
+//! - concurrent batches interning the same new string get the same id, and
+//!   each of them writes the (identical) mapping rows, so whichever commits
+//!   first makes it durable and a dropped batch loses nothing;
+//! - after a restart allocation resumes above the largest stored id. Id 0 is
+//!   never allocated (callers may use it as "none").
+
+use std::{collections::HashMap, sync::Arc};
+
+use parking_lot::Mutex;
+
+use crate::{Batch, Db, StorageError, Table, catalog::Cf, table::Read};
+
+struct State {
+    next: u64,
+    /// Allocated but not yet known to be durable.
+    pending: HashMap<String, u64>,
+}
+
+/// A string ⇄ u64 mapping over a pair of column families.
+pub struct Interner {
+    forward: Table<String, u64>,
+    reverse: Table<u64, String>,
+    state: Arc<Mutex<State>>,
+}
+
+impl Interner {
+    /// Opens the interner over `forward` (`string → id`) and `reverse` (`id → string`).
+    pub fn open(db: &Db, forward: &'static Cf, reverse: &'static Cf) -> Result<Self, StorageError> {
+        let reverse: Table<u64, String> = Table::new(reverse);
+        let next = reverse.last(db)?.map_or(1, |(id, _)| id + 1);
+        Ok(Self {
+            forward: Table::new(forward),
+            reverse,
+            state: Arc::new(Mutex::new(State { next, pending: HashMap::new() })),
+        })
+    }
+
+    /// The committed short id of `s`, if it has one.
+    pub fn get(&self, r: &impl Read, s: &str) -> Result<Option<u64>, StorageError> {
+        self.forward.get(r, &s.to_owned())
+    }
+
+    /// The string a committed short id stands for.
+    pub fn lookup(&self, r: &impl Read, id: u64) -> Result<Option<String>, StorageError> {
+        self.reverse.get(r, &id)
+    }
+
+    /// The short id of `s`, allocating one inside `batch` if `s` has none yet.
+    pub fn get_or_create(&self, db: &Db, batch: &mut Batch, s: &str) -> Result<u64, StorageError> {
+        let key = s.to_owned();
+        if let Some(id) = self.forward.get(db, &key)? {
+            return Ok(id);
+        }
+        let mut state = self.state.lock();
+        let id = match state.pending.get(s) {
+            Some(&id) => id,
+            None => {
+                // Re-check under the lock: another batch may have committed it
+                // (its hook removes the pending entry only after the write is visible).
+                if let Some(id) = self.forward.get(db, &key)? {
+                    return Ok(id);
+                }
+                let id = state.next;
+                state.next += 1;
+                state.pending.insert(key.clone(), id);
+                id
+            }
+        };
+        drop(state);
+        self.forward.put(batch, &key, &id)?;
+        self.reverse.put(batch, &id, &key)?;
+        let shared = self.state.clone();
+        batch.on_durable(move || {
+            shared.lock().pending.remove(&key);
+        });
+        Ok(id)
+    }
+}

@@ -1,0 +1,163 @@
+//! The request pipeline over real HTTP on loopback: Matrix errors for unknown
+//! endpoints, wrong methods, oversize and malformed bodies, CORS, panics.
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use myelin_api::{
+    ApiError,
+    http_util::{ok_json, parse_json},
+    router::{Ctx, HandlerFuture, Listener, Req, Router},
+};
+use myelin_suite::{TestServer, http, http_with};
+use tokio::{io::AsyncReadExt, io::AsyncWriteExt, net::TcpListener};
+
+fn boom(_: Ctx, _: Req) -> HandlerFuture {
+    Box::pin(async { panic!("handler exploded") })
+}
+
+fn echo(_: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let v: serde_json::Value = parse_json(&req.body)?;
+        Ok(ok_json(&v))
+    })
+}
+
+fn small(_: Ctx, _: Req) -> HandlerFuture {
+    Box::pin(async { Err::<_, ApiError>(ApiError::not_found("never reached with a big body")) })
+}
+
+#[tokio::test]
+async fn unknown_endpoint_and_wrong_method_are_m_unrecognized() {
+    let s = TestServer::start("localhost").await;
+    let r = http(s.client, Method::GET, "/_matrix/client/v3/nonexistent", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.errcode(), "M_UNRECOGNIZED");
+    let r = http(s.client, Method::POST, "/_matrix/client/versions", Some(b"{}")).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.errcode(), "M_UNRECOGNIZED");
+    // Federation endpoints are not on the client listener.
+    let r = http(s.client, Method::GET, "/_matrix/federation/v1/version", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn versions_and_well_known_answer_on_the_client_listener() {
+    let s = TestServer::start("localhost").await;
+    let r = http(s.client, Method::GET, "/_matrix/client/versions", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let versions: Vec<String> =
+        r.json()["versions"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+    for v in ["r0.6.1", "v1.1", "v1.16"] {
+        assert!(versions.contains(&v.to_owned()), "missing {v} in {versions:?}");
+    }
+    let r = http(s.client, Method::GET, "/.well-known/matrix/client", None).await;
+    assert_eq!(r.json()["m.homeserver"]["base_url"], format!("http://{}", s.client));
+    let r = http(s.client, Method::GET, "/.well-known/matrix/server", None).await;
+    assert_eq!(r.json()["m.server"], format!("localhost:{}", s.federation.unwrap().port()));
+    let r = http(s.client, Method::GET, "/health", None).await;
+    assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"OK"[..]));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn cors_headers_and_preflight() {
+    let s = TestServer::start("localhost").await;
+    let r = http_with(
+        s.client,
+        Method::OPTIONS,
+        "/_matrix/client/v3/login",
+        None,
+        &[("origin", "https://app.example"), ("access-control-request-method", "POST")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["access-control-allow-origin"], "*");
+    assert!(r.headers["access-control-allow-methods"].to_str().unwrap().contains("POST"));
+    assert!(r.headers["access-control-allow-headers"].to_str().unwrap().contains("Authorization"));
+    let r = http(s.client, Method::GET, "/nope", None).await;
+    assert_eq!(r.headers["access-control-allow-origin"], "*", "errors carry CORS headers too");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_expose_request_counts() {
+    let s = TestServer::start("localhost").await;
+    http(s.client, Method::GET, "/_matrix/client/versions", None).await;
+    let r = http(s.client, Method::GET, "/metrics", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let text = String::from_utf8(r.body.to_vec()).unwrap();
+    assert!(text.contains("myelin_http_requests_total"), "{text}");
+    s.stop().await;
+}
+
+async fn pipeline_server() -> (TestServer, std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
+    let s = TestServer::start("localhost").await;
+    let mut router = Router::new();
+    router.add(Method::GET, "/boom", boom);
+    router.add(Method::POST, "/echo", echo);
+    router.add_limited(Method::POST, "/small", small, 1024);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let ctx = Ctx { engine: s.engine.clone(), listener: Listener::Client, federation_addr: s.federation };
+    tokio::spawn(myelin_api::server::serve_router(listener, ctx, router, stop_rx));
+    (s, addr, stop)
+}
+
+#[tokio::test]
+async fn a_panicking_handler_answers_500_and_the_server_keeps_serving() {
+    let (s, addr, stop) = pipeline_server().await;
+    let r = http(addr, Method::GET, "/boom", None).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(r.errcode(), "M_UNKNOWN");
+    let r = http(addr, Method::POST, "/echo", Some(br#"{"still":"alive"}"#)).await;
+    assert_eq!(r.json()["still"], "alive");
+    let _ = stop.send(true);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_json_is_m_not_json() {
+    let (s, addr, stop) = pipeline_server().await;
+    let r = http(addr, Method::POST, "/echo", Some(b"{\"unterminated")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.errcode(), "M_NOT_JSON");
+    // A real endpoint does the same.
+    let fed = s.federation.unwrap();
+    let r = myelin_suite::https(fed, Method::POST, "/_matrix/key/v2/query", Some(b"not json")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.errcode(), "M_NOT_JSON");
+    let _ = stop.send(true);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn oversize_body_is_413_before_it_is_read() {
+    let (s, addr, stop) = pipeline_server().await;
+    // Declared too large: answered from the headers, with only 10 bytes of 10 MB sent.
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"POST /small HTTP/1.1\r\nhost: x\r\ncontent-length: 10000000\r\n\r\n0123456789").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await.expect("no answer").unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(head.contains("M_TOO_LARGE"), "{head}");
+
+    // Streamed (chunked) past the limit: cut off once it passes.
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"POST /small HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n").await.unwrap();
+    let chunk = format!("{:x}\r\n{}\r\n", 800, "a".repeat(800));
+    conn.write_all(chunk.as_bytes()).await.unwrap();
+    conn.write_all(chunk.as_bytes()).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await.expect("no answer").unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+
+    // Under the limit passes through to the handler.
+    let r = http(addr, Method::POST, "/small", Some(&[b'x'; 100])).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let _ = stop.send(true);
+    s.stop().await;
+}

@@ -1,0 +1,205 @@
+//! The test kit: real servers on loopback, real HTTP and TLS clients.
+//!
+//! Shared by the integration tests in `tests/` and the benchmarks. Nothing
+//! here mocks storage or the network: servers run on temp-dir RocksDB and
+//! loopback sockets.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use myelin_engine::{Config, Engine};
+use tokio::net::TcpStream;
+
+/// The `myelin` binary built next to this test executable.
+///
+/// `make test` builds it first; `MYELIN_TEST_BIN` overrides the path.
+pub fn myelin_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("MYELIN_TEST_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test-exe> → target/<profile>/myelin
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = profile_dir.join("myelin");
+    assert!(bin.is_file(), "{} is missing: run `cargo build --bin myelin` (make test does) first", bin.display());
+    bin
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A response as the test sees it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn errcode(&self) -> String {
+        self.json()["errcode"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+/// Sends one HTTP/1.1 request over a fresh plain TCP connection.
+pub async fn http(addr: SocketAddr, method: Method, path: &str, body: Option<&[u8]>) -> Reply {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    send(TokioIo::new(stream), addr, method, path, body, &[]).await
+}
+
+/// Like [`http`] with extra headers.
+pub async fn http_with(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    send(TokioIo::new(stream), addr, method, path, body, headers).await
+}
+
+/// Sends one HTTPS request, accepting any certificate (the servers' are self-signed).
+pub async fn https(addr: SocketAddr, method: Method, path: &str, body: Option<&[u8]>) -> Reply {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(insecure_client_config());
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, stream).await.unwrap();
+    send(TokioIo::new(tls), addr, method, path, body, &[]).await
+}
+
+async fn send<IO>(
+    io: IO,
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> Reply
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = Request::builder().method(method).uri(path).header("host", addr.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::copy_from_slice(body.unwrap_or_default()))).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req)).await.unwrap().unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Reply { status: parts.status, headers: parts.headers, body }
+}
+
+/// A rustls client config that accepts any server certificate.
+pub fn insecure_client_config() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A configuration for a test server in `dir` on free loopback ports.
+pub fn test_config(dir: &Path, server_name: &str) -> Config {
+    let mut config = Config { server_name: server_name.to_owned(), data_dir: dir.join("data"), ..Config::default() };
+    config.client.listen = "127.0.0.1:0".parse().unwrap();
+    config.federation.listen = "127.0.0.1:0".parse().unwrap();
+    config.storage.cache_mb = 16;
+    config
+}
+
+/// An in-process server on a temp dir.
+pub struct TestServer {
+    pub engine: Arc<Engine>,
+    pub client: SocketAddr,
+    pub federation: Option<SocketAddr>,
+    running: Option<myelin_api::Running>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts a server named `server_name`.
+    pub async fn start(server_name: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = test_config(dir.path(), server_name);
+        let engine = tokio::task::spawn_blocking(move || Engine::open(config)).await.unwrap().unwrap();
+        let running = myelin_api::start(engine.clone()).await.unwrap();
+        Self {
+            engine,
+            client: running.client_addr,
+            federation: running.federation_addr,
+            running: Some(running),
+            _dir: dir,
+        }
+    }
+
+    /// Stops it gracefully.
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown(Duration::from_secs(2)).await;
+        }
+    }
+}

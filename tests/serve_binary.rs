@@ -1,0 +1,232 @@
+//! The `myelin` binary as an operator runs it: `myelin serve` in an empty
+//! folder, signals, bad configuration, a second server on the same data,
+//! backup while serving and restore.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use base64::Engine as _;
+use http::{Method, StatusCode};
+use myelin_suite::{free_port, http, https, myelin_bin};
+
+struct Proc {
+    child: Child,
+    client: SocketAddr,
+    federation: SocketAddr,
+}
+
+fn spawn_serve(cwd: &Path, extra_env: &[(&str, String)]) -> Proc {
+    let (client, federation) = (free_port(), free_port());
+    let mut cmd = Command::new(myelin_bin());
+    cmd.arg("serve")
+        .current_dir(cwd)
+        .env("MYELIN_CLIENT__LISTEN", format!("127.0.0.1:{client}"))
+        .env("MYELIN_FEDERATION__LISTEN", format!("127.0.0.1:{federation}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    Proc {
+        child: cmd.spawn().unwrap(),
+        client: format!("127.0.0.1:{client}").parse().unwrap(),
+        federation: format!("127.0.0.1:{federation}").parse().unwrap(),
+    }
+}
+
+async fn wait_ready(p: &mut Proc) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            panic!("myelin serve exited early: {status}");
+        }
+        if tokio::net::TcpStream::connect(p.client).await.is_ok() {
+            let r = http(p.client, Method::GET, "/health", None).await;
+            if r.status == StatusCode::OK {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "server not ready in 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn sigterm(p: &Proc) {
+    let status = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(p: &mut Proc, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = p.child.kill();
+            panic!("process did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Verifies the self-signature of a key document with ruma and, independently, with ring.
+fn assert_self_signed(doc: &serde_json::Value, server_name: &str) -> String {
+    let object: ruma::CanonicalJsonObject = serde_json::from_value(doc.clone()).unwrap();
+    let verify_keys = doc["verify_keys"].as_object().unwrap();
+    assert_eq!(verify_keys.len(), 1);
+    let (key_id, key) = verify_keys.iter().next().unwrap();
+    assert!(key_id.starts_with("ed25519:"));
+    let key_b64 = key["key"].as_str().unwrap();
+
+    let mut set = ruma::signatures::PublicKeySet::new();
+    set.insert(key_id.clone(), ruma::serde::Base64::parse(key_b64).unwrap());
+    let mut map = ruma::signatures::PublicKeyMap::new();
+    map.insert(server_name.to_owned(), set);
+    ruma::signatures::verify_json(&map, &object).expect("ruma rejects the self-signature");
+
+    // The same check by hand: canonical JSON without `signatures`, ed25519 via ring.
+    let mut unsigned = object.clone();
+    unsigned.remove("signatures");
+    unsigned.remove("unsigned");
+    let canonical = ruma::CanonicalJsonValue::Object(unsigned).to_string();
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    let sig = b64.decode(doc["signatures"][server_name][key_id].as_str().unwrap()).unwrap();
+    let public = b64.decode(key_b64).unwrap();
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public)
+        .verify(canonical.as_bytes(), &sig)
+        .expect("ring rejects the self-signature");
+    key_id.clone()
+}
+
+#[tokio::test]
+async fn serve_in_an_empty_folder_answers_and_stops_cleanly_on_sigterm() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut p = spawn_serve(cwd.path(), &[]);
+    wait_ready(&mut p).await;
+
+    let r = http(p.client, Method::GET, "/_matrix/client/versions", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.json()["versions"].as_array().unwrap().iter().any(|v| v == "v1.1"));
+
+    let r = https(p.federation, Method::GET, "/_matrix/key/v2/server", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let doc = r.json();
+    assert_eq!(doc["server_name"], "localhost");
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    assert!(doc["valid_until_ts"].as_u64().unwrap() > now_ms + 3_600_000, "key must stay valid for a while");
+    let key_id = assert_self_signed(&doc, "localhost");
+
+    let r = https(p.federation, Method::GET, "/_matrix/federation/v1/version", None).await;
+    assert_eq!(r.json()["server"]["name"], "Myelin");
+    let r =
+        https(p.federation, Method::POST, "/_matrix/key/v2/query", Some(br#"{"server_keys":{"localhost":{}}}"#)).await;
+    assert_eq!(r.json()["server_keys"][0]["verify_keys"][&key_id]["key"], doc["verify_keys"][&key_id]["key"]);
+
+    assert!(cwd.path().join("myelin-data/db/CURRENT").is_file(), "data goes to ./myelin-data by default");
+    sigterm(&p);
+    let status = wait_exit(&mut p, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "SIGTERM must exit 0");
+
+    // The key survives a restart: same id, same public key.
+    let mut p = spawn_serve(cwd.path(), &[]);
+    wait_ready(&mut p).await;
+    let again = https(p.federation, Method::GET, "/_matrix/key/v2/server", None).await.json();
+    assert_eq!(again["verify_keys"], doc["verify_keys"]);
+    sigterm(&p);
+    assert_eq!(wait_exit(&mut p, Duration::from_secs(20)).code(), Some(0));
+}
+
+#[test]
+fn bad_configuration_exits_2_with_one_line_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[client]\nlisten = \"127.0.0.1:notaport\"\n", "client.listen"),
+        ("[federation]\nverify_tls = \"yes\"\n", "federation.verify_tls"),
+        ("[federaton]\nenabled = true\n", "federaton"),
+    ];
+    for (text, key) in cases {
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, text).unwrap();
+        let out =
+            Command::new(myelin_bin()).args(["serve", "--config"]).arg(&file).current_dir(dir.path()).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "case {text:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "not one line: {stderr}");
+        assert!(stderr.contains(key), "{stderr} does not name {key}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let out = Command::new(myelin_bin())
+        .arg("serve")
+        .env("MYELIN_FEDERATION__LISTEN", "not-an-address")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("federation.listen"));
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_data_dir_is_refused_with_exit_2() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut first = spawn_serve(cwd.path(), &[]);
+    wait_ready(&mut first).await;
+    let out = Command::new(myelin_bin())
+        .arg("serve")
+        .current_dir(cwd.path())
+        .env("MYELIN_CLIENT__LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("MYELIN_FEDERATION__LISTEN", format!("127.0.0.1:{}", free_port()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // The first one is unharmed.
+    assert_eq!(http(first.client, Method::GET, "/health", None).await.status, StatusCode::OK);
+    sigterm(&first);
+    assert_eq!(wait_exit(&mut first, Duration::from_secs(20)).code(), Some(0));
+}
+
+#[tokio::test]
+async fn backup_while_serving_then_restore_keeps_identity() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut p = spawn_serve(cwd.path(), &[]);
+    wait_ready(&mut p).await;
+    let doc = https(p.federation, Method::GET, "/_matrix/key/v2/server", None).await.json();
+
+    let backup_dir = cwd.path().join("backups/one");
+    let out = Command::new(myelin_bin()).arg("backup").arg(&backup_dir).current_dir(cwd.path()).output().unwrap();
+    assert!(out.status.success(), "backup failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(backup_dir.join("db/CURRENT").is_file());
+    assert!(backup_dir.join("keys/signing.key").is_file());
+    // The server kept serving throughout.
+    assert_eq!(http(p.client, Method::GET, "/health", None).await.status, StatusCode::OK);
+    // A backup never overwrites.
+    let again = Command::new(myelin_bin()).arg("backup").arg(&backup_dir).current_dir(cwd.path()).output().unwrap();
+    assert!(!again.status.success());
+    sigterm(&p);
+    assert_eq!(wait_exit(&mut p, Duration::from_secs(20)).code(), Some(0));
+
+    // Restore into a fresh data dir and start from it.
+    let other = tempfile::tempdir().unwrap();
+    let data = other.path().join("restored");
+    let out =
+        Command::new(myelin_bin()).arg("restore").arg(&backup_dir).env("MYELIN_DATA_DIR", &data).output().unwrap();
+    assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
+    let mut q = spawn_serve(other.path(), &[("MYELIN_DATA_DIR", data.display().to_string())]);
+    wait_ready(&mut q).await;
+    let restored = https(q.federation, Method::GET, "/_matrix/key/v2/server", None).await.json();
+    assert_eq!(restored["verify_keys"], doc["verify_keys"], "restored server must keep its signing key");
+    // Restoring over existing data is refused.
+    let out =
+        Command::new(myelin_bin()).arg("restore").arg(&backup_dir).env("MYELIN_DATA_DIR", &data).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    sigterm(&q);
+    assert_eq!(wait_exit(&mut q, Duration::from_secs(20)).code(), Some(0));
+}

@@ -1,0 +1,207 @@
+//! `myelin`: the operator's command line.
+//!
+//! Exit codes: 0 success; 1 runtime failure; 2 bad configuration or usage
+//! (unknown key, wrong type, unparsable address, data dir locked by another
+//! running Myelin). Errors are one line on stderr, never a panic trace.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use myelin_engine::{Config, Engine, EngineError, backup};
+use myelin_storage::{Db, StorageError, StorageOptions};
+
+#[derive(Parser)]
+#[command(name = "myelin", version, about = "Myelin: a Matrix homeserver and federation engine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the homeserver (defaults: ./myelin-data, client 127.0.0.1:8008, federation 127.0.0.1:8448).
+    Serve {
+        /// TOML configuration file; MYELIN_* environment variables override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Write a consistent backup (database checkpoint, keys, media) into DIR, while serving or not.
+    Backup {
+        /// New directory to create.
+        dir: PathBuf,
+        /// TOML configuration file (to find data_dir).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Restore a backup into the configured data_dir (must be empty; server stopped).
+    Restore {
+        /// A directory written by `myelin backup`.
+        backup: PathBuf,
+        /// TOML configuration file (to find data_dir).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// A failure with its exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Self {
+        Self { code: 2, message: message.into() }
+    }
+    fn runtime(message: impl Into<String>) -> Self {
+        Self { code: 1, message: message.into() }
+    }
+}
+
+impl From<EngineError> for Failure {
+    fn from(e: EngineError) -> Self {
+        match &e {
+            EngineError::Config(_) | EngineError::Storage(StorageError::Locked(_)) => Failure::usage(e.to_string()),
+            EngineError::Storage(StorageError::Foreign { .. } | StorageError::SchemaVersion { .. }) => {
+                Failure::usage(e.to_string())
+            }
+            _ => Failure::runtime(e.to_string()),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::Backup { dir, config } => backup_cmd(dir, config),
+        Command::Restore { backup, config } => restore_cmd(backup, config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("myelin: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn load_config(path: Option<PathBuf>) -> Result<Config, Failure> {
+    let loaded = Config::load(path.as_deref()).map_err(|e| Failure::usage(e.0))?;
+    init_logging();
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(loaded.config)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("myelin-worker")
+        .build()
+        .map_err(|e| Failure::runtime(format!("starting the async runtime: {e}")))
+}
+
+fn serve(config_path: Option<PathBuf>) -> Result<(), Failure> {
+    let config = load_config(config_path)?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let engine = tokio::task::spawn_blocking(move || Engine::open(config))
+            .await
+            .map_err(|e| Failure::runtime(format!("start-up task failed: {e}")))??;
+        let running = match myelin_api::start(engine.clone()).await {
+            Ok(r) => r,
+            Err(e) => {
+                engine.shutdown();
+                return Err(Failure::runtime(e.to_string()));
+            }
+        };
+        wait_for_stop_signal().await;
+        tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        // A second signal during the grace period means "now".
+        tokio::spawn(async {
+            wait_for_stop_signal().await;
+            eprintln!("myelin: second stop signal; exiting without waiting");
+            std::process::exit(1);
+        });
+        running.shutdown(myelin_api::SHUTDOWN_GRACE).await;
+        Ok(())
+    })
+}
+
+async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn absolute(path: PathBuf) -> Result<PathBuf, Failure> {
+    if path.is_absolute() {
+        return Ok(path);
+    }
+    let cwd = std::env::current_dir().map_err(|e| Failure::runtime(format!("current directory: {e}")))?;
+    Ok(cwd.join(path))
+}
+
+fn backup_cmd(dir: PathBuf, config_path: Option<PathBuf>) -> Result<(), Failure> {
+    let config = load_config(config_path)?;
+    let dir = absolute(dir)?;
+    let rt = runtime()?;
+    let request = serde_json::json!({ "op": "backup", "dir": dir });
+    let answer = rt.block_on(myelin_api::admin::request(&config.data_dir, &request)).map_err(Failure::runtime)?;
+    let (bytes, files) = match answer {
+        Some(answer) => {
+            if answer.get("ok").and_then(|v| v.as_bool()) != Some(true) {
+                let error = answer.get("error").and_then(|v| v.as_str()).unwrap_or("unknown error");
+                return Err(Failure::runtime(format!("backup failed: {error}")));
+            }
+            let n = |k: &str| answer.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+            (n("bytes"), n("files"))
+        }
+        None => {
+            // No running server: open the database ourselves.
+            let options = StorageOptions { cache_bytes: config.storage.cache_mb << 20 };
+            let db = Db::open(&Engine::db_path_of(&config), &options).map_err(|e| match e {
+                StorageError::Locked(_) => Failure::usage(format!(
+                    "{e}; the running server's admin socket is not reachable, so it cannot be asked for a backup"
+                )),
+                other => Failure::from(EngineError::from(other)),
+            })?;
+            let report = backup::backup(&db, &config.data_dir, &dir)?;
+            db.shutdown();
+            (report.bytes, report.files)
+        }
+    };
+    println!("backup written to {} ({files} files, {bytes} bytes)", dir.display());
+    Ok(())
+}
+
+fn restore_cmd(from: PathBuf, config_path: Option<PathBuf>) -> Result<(), Failure> {
+    let config = load_config(config_path)?;
+    backup::restore(&from, &config.data_dir).map_err(|e| Failure::usage(e.to_string()))?;
+    println!("restored {} into {}", from.display(), config.data_dir.display());
+    Ok(())
+}
