@@ -14,7 +14,7 @@ FEATURES='"lz4", "zstd", "bindgen-runtime"'
 KEY="librocksdb-sys-${SYS_VERSION}-lz4-zstd-O2"
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
-cache="${MYELIN_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/myelin}/${KEY}"
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/myelin/${KEY}"
 link="${root}/.cache/rocksdb"
 
 mkdir -p "${root}/.cache"

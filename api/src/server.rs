@@ -236,11 +236,14 @@ async fn accept_plain(listener: TcpListener, state: Arc<ListenerState>, mut stop
         let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%remote, error = %e, "client connection ended with an error");
+        tokio::spawn(
+            async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "client connection ended with an error");
+                }
             }
-        });
+            .instrument(tracing::debug_span!("client_conn", %remote)),
+        );
     }
     drop(listener);
     drain(graceful, "client").await;
@@ -269,24 +272,27 @@ async fn accept_tls(
         let _ = stream.set_nodelay(true);
         let (state, acceptor, builder) = (state.clone(), acceptor.clone(), builder.clone());
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                    return;
+        tokio::spawn(
+            async move {
+                let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%remote, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).into_owned();
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(%remote, error = %e, "federation connection ended with an error");
                 }
-                Err(_) => {
-                    tracing::debug!(%remote, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).into_owned();
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%remote, error = %e, "federation connection ended with an error");
             }
-        });
+            .instrument(tracing::debug_span!("federation_conn", %remote)),
+        );
     }
     drop(listener);
     drain(graceful, "federation").await;
