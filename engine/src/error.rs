@@ -14,6 +14,9 @@ pub enum EngineError {
     /// The signing key is missing, unreadable or cannot sign.
     #[error("signing key: {0}")]
     Keys(String),
+    /// The rooms engine failed while opening.
+    #[error("rooms: {0}")]
+    Rooms(String),
     /// A backup or restore cannot proceed.
     #[error("backup: {0}")]
     Backup(String),

@@ -8,6 +8,7 @@ pub mod backup;
 pub mod config;
 mod error;
 pub mod keys;
+pub mod rooms;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -28,6 +29,8 @@ pub struct Engine {
     pub keys: Arc<keys::ServerKeys>,
     /// The global stream (sync token) counter.
     pub stream: StreamCounter,
+    /// The rooms engine: event DAG, state, authorization.
+    pub rooms: rooms::Rooms,
 }
 
 impl Engine {
@@ -44,8 +47,11 @@ impl Engine {
         let db = Db::open(&db_path, &options)?;
         let keys = keys::ServerKeys::load_or_generate(&config.data_dir, server_name.clone())?;
         let stream = StreamCounter::load(&db, "stream")?;
+        let keys = Arc::new(keys);
+        let rooms = rooms::Rooms::open(db.clone(), server_name.clone(), keys.clone(), stream.clone())
+            .map_err(|e| EngineError::Rooms(e.to_string()))?;
         tracing::info!(server_name = %server_name, key_id = keys.key_id(), data_dir = %config.data_dir.display(), "engine ready");
-        Ok(Arc::new(Self { config: Arc::new(config), server_name, db, keys: Arc::new(keys), stream }))
+        Ok(Arc::new(Self { config: Arc::new(config), server_name, db, keys, stream, rooms }))
     }
 
     /// Where the RocksDB database of `config` lives.

@@ -83,6 +83,19 @@ pub static ROOMCOUNT_SHORTEVENTID: Cf = scan("roomcount_shorteventid", 10);
 /// `(destination, sequence)` → queued PDU/EDU reference: the durable federation queue.
 pub static DESTSEQ_OUTBOUND: Cf = scan("destseq_outbound", 3);
 
+/// Short event id → event metadata (room, depth, stream position, flags, state before).
+pub static SHORTEVENTID_EVENTMETA: Cf = point("shorteventid_eventmeta", 8);
+/// Short room id → room record (version, current state snapshot, depth).
+pub static SHORTROOMID_ROOMINFO: Cf = point("shortroomid_roominfo", 2);
+/// `(short room id, short event id)` → (): the room's forward extremities.
+pub static ROOMEVENT_EXTREMITY: Cf = scan("roomevent_extremity", 1);
+/// `(prev short event id, child short event id)` → (): prev-event edges, by parent.
+pub static PREVEVENT_CHILDEVENT: Cf = scan("prevevent_childevent", 2);
+/// Snapshot id → state layer (parent + added/removed entries, or a full state).
+pub static SHORTSTATEHASH_STATELAYER: Cf = point("shortstatehash_statelayer", 6);
+/// SHA-256 of a full state → snapshot id, so identical states share one id.
+pub static STATEHASH_SHORTSTATEHASH: Cf = point("statehash_shortstatehash", 2);
+
 /// Every family, in creation order. The default family is unused.
 pub static ALL: &[&Cf] = &[
     &GLOBAL,
@@ -99,6 +112,12 @@ pub static ALL: &[&Cf] = &[
     &SHORTEVENTID_PDU,
     &ROOMCOUNT_SHORTEVENTID,
     &DESTSEQ_OUTBOUND,
+    &SHORTEVENTID_EVENTMETA,
+    &SHORTROOMID_ROOMINFO,
+    &ROOMEVENT_EXTREMITY,
+    &PREVEVENT_CHILDEVENT,
+    &SHORTSTATEHASH_STATELAYER,
+    &STATEHASH_SHORTSTATEHASH,
 ];
 
 #[cfg(test)]

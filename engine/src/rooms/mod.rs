@@ -1,0 +1,693 @@
+//! The rooms engine: an append-only event DAG with materialized state snapshots.
+//!
+//! Spec: Server-Server API §"PDUs", §"Authorization rules", §"Checks performed
+//! on receipt of a PDU"; Room Versions §"State resolution" (v2, v2.1 in v12).
+//!
+//! Appending an event (local or, later, from federation) is, under the room's
+//! lock: compute the state before it (the head's current state when it builds
+//! on all forward extremities, else the resolution of the states after its
+//! prev events) → authorize it against its auth events and that state →
+//! intern its ids → derive the state after it → one batch with the PDU, its
+//! metadata, the timeline row, prev-event edges, the new extremities, the
+//! room head and one `outbound` row per remote server in the room → group
+//! commit → update the in-memory head.
+//!
+//! Guarantees: an event is visible (timeline, state, head) only after its
+//! batch is durable; a room's appends are serialised by its lock while
+//! different rooms append in parallel and share group commits; a rejected
+//! local event is never stored.
+//!
+//! Not yet: outliers, soft-failure and rejected-event storage for events from
+//! other servers (the federation issue adds the inbound path and uses
+//! [`Rooms::append_pdu`]); state resolution for room version 1 (ruma does not
+//! implement it).
+
+mod create;
+pub mod pdu;
+mod resolve;
+pub mod state;
+pub mod tables;
+pub mod version;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    num::NonZeroUsize,
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+pub use create::{CreateRoom, Preset};
+use lru::LruCache;
+use myelin_storage::{Batch, Db, Direction, Interner, Raw, StorageError, StreamCounter, catalog};
+use parking_lot::Mutex;
+pub use pdu::{ArcPdu, Pdu};
+use ruma::{
+    CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, UserId,
+    events::{StateEventType, TimelineEventType},
+    room_version_rules::{EventIdFormatVersion, EventsReferenceFormatVersion, RoomVersionRules},
+    state_res,
+};
+use serde_json::Value as JsonValue;
+use tables::*;
+
+use crate::keys::ServerKeys;
+
+/// What can go wrong in the rooms engine.
+#[derive(Debug, thiserror::Error)]
+pub enum RoomError {
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The event is not allowed (authorization rules).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// No such room (on this server).
+    #[error("unknown room {0}")]
+    UnknownRoom(String),
+    /// An event that must exist locally does not.
+    #[error("unknown event {0}")]
+    UnknownEvent(String),
+    /// Malformed event or request.
+    #[error("bad event: {0}")]
+    BadEvent(String),
+    /// A room version we cannot serve.
+    #[error("unsupported room version {0}")]
+    UnsupportedVersion(String),
+    /// A snapshot id with no stored layer: a storage bug.
+    #[error("state snapshot {0} is missing")]
+    MissingState(u64),
+    /// State resolution failed.
+    #[error("state resolution: {0}")]
+    Resolution(String),
+    /// A room alias or id that is taken.
+    #[error("in use: {0}")]
+    InUse(String),
+}
+
+/// An event to be created by a local user.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// `type`.
+    pub kind: TimelineEventType,
+    /// `state_key` for state events.
+    pub state_key: Option<String>,
+    /// `content`.
+    pub content: JsonValue,
+    /// For redactions: the redacted event (placed per room version).
+    pub redacts: Option<OwnedEventId>,
+}
+
+impl NewEvent {
+    /// A state event.
+    pub fn state(kind: impl Into<TimelineEventType>, state_key: impl Into<String>, content: JsonValue) -> Self {
+        Self { kind: kind.into(), state_key: Some(state_key.into()), content, redacts: None }
+    }
+
+    /// A message-like event.
+    pub fn message(kind: impl Into<TimelineEventType>, content: JsonValue) -> Self {
+        Self { kind: kind.into(), state_key: None, content, redacts: None }
+    }
+}
+
+/// The in-memory head of a room, guarded by the room lock.
+#[derive(Clone)]
+struct Head {
+    room_id: OwnedRoomId,
+    short: u64,
+    version: RoomVersionId,
+    rules: RoomVersionRules,
+    /// Forward extremities: short id and event id.
+    extremities: Vec<(u64, OwnedEventId)>,
+    depth: u64,
+    /// Current state snapshot (0 before the create event).
+    state: u64,
+    /// Joined member count per server, from the current state.
+    servers: BTreeMap<OwnedServerName, usize>,
+}
+
+type RoomLock = Arc<tokio::sync::Mutex<Option<Head>>>;
+
+/// A room state: stored, or freshly resolved and not stored yet.
+#[derive(Clone)]
+pub(crate) enum StateRef {
+    /// No state (before the create event).
+    Empty,
+    /// A stored snapshot.
+    Stored(u64),
+    /// A resolved state, sorted by short state key.
+    Full(Arc<state::FullState>),
+}
+
+/// The rooms engine of one server.
+pub struct Rooms {
+    db: Arc<Db>,
+    server_name: OwnedServerName,
+    keys: Arc<ServerKeys>,
+    stream: StreamCounter,
+    event_ids: Interner,
+    room_ids: Interner,
+    state_keys: Interner,
+    servers: Interner,
+    states: state::StateStore,
+    pdus: Mutex<LruCache<u64, ArcPdu>>,
+    versions: Mutex<HashMap<u64, RoomVersionRules>>,
+    locks: Mutex<HashMap<OwnedRoomId, RoomLock>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn state_key_string(kind: &str, state_key: &str) -> String {
+    // A JSON array is unambiguous whatever the strings contain.
+    serde_json::to_string(&(kind, state_key)).unwrap_or_default()
+}
+
+fn membership_of(pdu: &Pdu) -> Option<String> {
+    pdu.content_value().get("membership").and_then(JsonValue::as_str).map(str::to_owned)
+}
+
+impl Rooms {
+    /// Opens the rooms engine over `db`.
+    pub fn open(
+        db: Arc<Db>,
+        server_name: OwnedServerName,
+        keys: Arc<ServerKeys>,
+        stream: StreamCounter,
+    ) -> Result<Self, RoomError> {
+        let cap = |n| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
+        Ok(Self {
+            event_ids: Interner::open(&db, &catalog::EVENTID_SHORTEVENTID, &catalog::SHORTEVENTID_EVENTID)?,
+            room_ids: Interner::open(&db, &catalog::ROOMID_SHORTROOMID, &catalog::SHORTROOMID_ROOMID)?,
+            state_keys: Interner::open(&db, &catalog::STATEKEY_SHORTSTATEKEY, &catalog::SHORTSTATEKEY_STATEKEY)?,
+            servers: Interner::open(&db, &catalog::SERVERNAME_SHORTSERVER, &catalog::SHORTSERVER_SERVERNAME)?,
+            states: state::StateStore::open(db.clone())?,
+            pdus: Mutex::new(LruCache::new(cap(65536))),
+            versions: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
+            db,
+            server_name,
+            keys,
+            stream,
+        })
+    }
+
+    fn lock_of(&self, room_id: &RoomId) -> RoomLock {
+        self.locks.lock().entry(room_id.to_owned()).or_default().clone()
+    }
+
+    /// The short id of a known room.
+    pub fn short_room(&self, room_id: &RoomId) -> Result<Option<u64>, RoomError> {
+        Ok(self.room_ids.get(&*self.db, room_id.as_str())?)
+    }
+
+    fn rules_of_short_room(&self, short_room: u64) -> Result<RoomVersionRules, RoomError> {
+        if let Some(r) = self.versions.lock().get(&short_room) {
+            return Ok(r.clone());
+        }
+        let info = ROOMS.get(&*self.db, &short_room)?.ok_or_else(|| RoomError::UnknownRoom(short_room.to_string()))?;
+        let rules = version::rules(
+            &RoomVersionId::try_from(info.version.as_str())
+                .map_err(|e| RoomError::UnsupportedVersion(format!("{}: {e}", info.version)))?,
+        )?;
+        self.versions.lock().insert(short_room, rules.clone());
+        Ok(rules)
+    }
+
+    /// The version of a known room.
+    pub fn room_version(&self, room_id: &RoomId) -> Result<RoomVersionId, RoomError> {
+        let short = self.short_room(room_id)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
+        let info = ROOMS.get(&*self.db, &short)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
+        RoomVersionId::try_from(info.version.as_str()).map_err(|e| RoomError::UnsupportedVersion(e.to_string()))
+    }
+
+    /// A stored event by short id (parsed once, then cached).
+    pub fn pdu_by_short(&self, short: u64) -> Result<Option<ArcPdu>, RoomError> {
+        if let Some(p) = self.pdus.lock().get(&short) {
+            return Ok(Some(p.clone()));
+        }
+        let Some(meta) = META.get(&*self.db, &short)? else { return Ok(None) };
+        let Some(Raw(bytes)) = PDUS.get(&*self.db, &short)? else { return Ok(None) };
+        let Some(id) = self.event_ids.lookup(&*self.db, short)? else { return Ok(None) };
+        let event_id = EventId::parse(id.as_str()).map_err(|e| RoomError::BadEvent(format!("stored id: {e}")))?;
+        let rules = self.rules_of_short_room(meta.room)?;
+        let mut pdu = Pdu::from_bytes(event_id, &bytes, &rules)?;
+        pdu.rejected = meta.flags & REJECTED != 0;
+        let pdu = Arc::new(pdu);
+        self.pdus.lock().put(short, pdu.clone());
+        Ok(Some(pdu))
+    }
+
+    /// A stored event by id.
+    pub fn pdu(&self, event_id: &EventId) -> Result<Option<ArcPdu>, RoomError> {
+        match self.event_ids.get(&*self.db, event_id.as_str())? {
+            Some(short) => self.pdu_by_short(short),
+            None => Ok(None),
+        }
+    }
+
+    /// Stored metadata of an event.
+    pub fn meta(&self, event_id: &EventId) -> Result<Option<EventMeta>, RoomError> {
+        match self.event_ids.get(&*self.db, event_id.as_str())? {
+            Some(short) => Ok(META.get(&*self.db, &short)?),
+            None => Ok(None),
+        }
+    }
+
+    fn short_state_key(&self, kind: &str, state_key: &str) -> Result<Option<u64>, RoomError> {
+        Ok(self.state_keys.get(&*self.db, &state_key_string(kind, state_key))?)
+    }
+
+    /// The event for `(kind, state_key)` in snapshot `snapshot`.
+    pub fn state_pdu_at(&self, snapshot: u64, kind: &str, state_key: &str) -> Result<Option<ArcPdu>, RoomError> {
+        if snapshot == 0 {
+            return Ok(None);
+        }
+        let Some(ssk) = self.short_state_key(kind, state_key)? else { return Ok(None) };
+        match self.states.get(snapshot, ssk)? {
+            Some(short) => self.pdu_by_short(short),
+            None => Ok(None),
+        }
+    }
+
+    /// Resolves stored snapshots as a fork merge would (the public face of
+    /// [`resolve`](self::resolve)); returns the resolved sorted entries.
+    pub fn resolve_snapshots(&self, room_id: &RoomId, snapshots: &[u64]) -> Result<state::FullState, RoomError> {
+        let short = self.short_room(room_id)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
+        let rules = self.rules_of_short_room(short)?;
+        match self.resolve_states(&rules, snapshots, &resolve::Overlay::default())? {
+            StateRef::Empty => Ok(Vec::new()),
+            StateRef::Stored(id) => Ok((*self.states.load(id)?).clone()),
+            StateRef::Full(full) => Ok((*full).clone()),
+        }
+    }
+
+    /// The event for `(kind, state_key)` in a state that may not be stored yet.
+    fn state_pdu(&self, state: &StateRef, kind: &str, state_key: &str) -> Result<Option<ArcPdu>, RoomError> {
+        match state {
+            StateRef::Empty => Ok(None),
+            StateRef::Stored(id) => self.state_pdu_at(*id, kind, state_key),
+            StateRef::Full(full) => {
+                let Some(ssk) = self.short_state_key(kind, state_key)? else { return Ok(None) };
+                match full.binary_search_by_key(&ssk, |e| e.0) {
+                    Ok(i) => self.pdu_by_short(full[i].1),
+                    Err(_) => Ok(None),
+                }
+            }
+        }
+    }
+
+    /// Stores a state inside `batch` if it is not stored yet; 0 for no state.
+    fn materialize(&self, batch: &mut Batch, state: &StateRef, hint: Option<u64>) -> Result<u64, RoomError> {
+        match state {
+            StateRef::Empty => Ok(0),
+            StateRef::Stored(id) => Ok(*id),
+            StateRef::Full(full) => self.states.store(batch, (**full).clone(), hint.filter(|h| *h != 0)),
+        }
+    }
+
+    /// All events of snapshot `snapshot`.
+    pub fn state_at(&self, snapshot: u64) -> Result<Vec<ArcPdu>, RoomError> {
+        if snapshot == 0 {
+            return Ok(Vec::new());
+        }
+        let full = self.states.load(snapshot)?;
+        let mut out = Vec::with_capacity(full.len());
+        for (_, short) in full.iter() {
+            if let Some(p) = self.pdu_by_short(*short)? {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The current-state snapshot of a room.
+    pub fn current_snapshot(&self, room_id: &RoomId) -> Result<u64, RoomError> {
+        let short = self.short_room(room_id)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
+        Ok(ROOMS.get(&*self.db, &short)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?.state)
+    }
+
+    /// The current state event `(kind, state_key)` of a room.
+    pub fn state_event(&self, room_id: &RoomId, kind: &str, state_key: &str) -> Result<Option<ArcPdu>, RoomError> {
+        self.state_pdu_at(self.current_snapshot(room_id)?, kind, state_key)
+    }
+
+    /// The whole current state of a room.
+    pub fn current_state(&self, room_id: &RoomId) -> Result<Vec<ArcPdu>, RoomError> {
+        self.state_at(self.current_snapshot(room_id)?)
+    }
+
+    /// The room's forward extremities.
+    pub fn extremities(&self, room_id: &RoomId) -> Result<Vec<OwnedEventId>, RoomError> {
+        let short = self.short_room(room_id)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
+        let mut out = Vec::new();
+        for row in EXTREMITIES.prefix(&*self.db, &(short,), Direction::Forward)? {
+            let ((_, ev), ()) = row?;
+            if let Some(id) = self.event_ids.lookup(&*self.db, ev)? {
+                out.push(EventId::parse(id.as_str()).map_err(|e| RoomError::BadEvent(e.to_string()))?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` timeline events from position `from` (exclusive) in `dir`.
+    pub fn timeline(
+        &self,
+        room_id: &RoomId,
+        from: Option<i64>,
+        dir: Direction,
+        limit: usize,
+    ) -> Result<Vec<(i64, ArcPdu)>, RoomError> {
+        use std::ops::Bound::{Excluded, Included};
+        let short = self.short_room(room_id)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
+        let iter = match (dir, from) {
+            (_, None) => TIMELINE.prefix(&*self.db, &(short,), dir)?,
+            (Direction::Forward, Some(f)) => {
+                TIMELINE.range(&*self.db, (Excluded((short, f)), Included((short, i64::MAX))), dir)?
+            }
+            (Direction::Reverse, Some(f)) => {
+                TIMELINE.range(&*self.db, (Included((short, i64::MIN)), Excluded((short, f))), dir)?
+            }
+        };
+        let mut out = Vec::new();
+        for row in iter.take(limit) {
+            let ((_, count), ev) = row?;
+            if let Some(p) = self.pdu_by_short(ev)? {
+                out.push((count, p));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn load_head(&self, room_id: &RoomId) -> Result<Head, RoomError> {
+        let short = self.short_room(room_id)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
+        let info = ROOMS.get(&*self.db, &short)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
+        let version =
+            RoomVersionId::try_from(info.version.as_str()).map_err(|e| RoomError::UnsupportedVersion(e.to_string()))?;
+        let rules = version::rules(&version)?;
+        let mut extremities = Vec::new();
+        for row in EXTREMITIES.prefix(&*self.db, &(short,), Direction::Forward)? {
+            let ((_, ev), ()) = row?;
+            let id = self.event_ids.lookup(&*self.db, ev)?.ok_or_else(|| RoomError::UnknownEvent(ev.to_string()))?;
+            extremities.push((ev, EventId::parse(id.as_str()).map_err(|e| RoomError::BadEvent(e.to_string()))?));
+        }
+        let mut head = Head {
+            room_id: room_id.to_owned(),
+            short,
+            version,
+            rules,
+            extremities,
+            depth: info.depth,
+            state: info.state,
+            servers: BTreeMap::new(),
+        };
+        head.servers = self.joined_servers(head.state)?;
+        Ok(head)
+    }
+
+    fn joined_servers(&self, snapshot: u64) -> Result<BTreeMap<OwnedServerName, usize>, RoomError> {
+        let mut servers = BTreeMap::new();
+        for pdu in self.state_at(snapshot)? {
+            if pdu.kind == TimelineEventType::RoomMember
+                && membership_of(&pdu).as_deref() == Some("join")
+                && let Some(user) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
+            {
+                *servers.entry(user.server_name().to_owned()).or_insert(0) += 1;
+            }
+        }
+        Ok(servers)
+    }
+
+    /// Sends an event as a local user on top of the room's forward extremities.
+    pub async fn send(&self, sender: &UserId, room_id: &RoomId, event: NewEvent) -> Result<ArcPdu, RoomError> {
+        let lock = self.lock_of(room_id);
+        let mut guard = lock.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.load_head(room_id).await?);
+        }
+        let head = guard.as_mut().ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
+        let prev: Vec<OwnedEventId> = head.extremities.iter().rev().take(20).map(|(_, id)| id.clone()).collect();
+        let state = StateRef::Stored(head.state);
+        let pdu = self.build(head, sender, &event, prev, &state)?;
+        self.append_locked(head, pdu).await
+    }
+
+    /// Sends an event as a local user on explicit `prev_events` (which may fork the DAG).
+    pub async fn send_at(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        event: NewEvent,
+        prev_events: Vec<OwnedEventId>,
+    ) -> Result<ArcPdu, RoomError> {
+        let lock = self.lock_of(room_id);
+        let mut guard = lock.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.load_head(room_id).await?);
+        }
+        let head = guard.as_mut().ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
+        let before = self.state_before(head, &prev_events)?;
+        let pdu = self.build(head, sender, &event, prev_events, &before)?;
+        self.append_locked(head, pdu).await
+    }
+
+    /// Appends a complete, signed PDU whose prev events are all stored (the
+    /// inbound federation path). Rejects it with `Forbidden` if it fails auth.
+    pub async fn append_pdu(&self, pdu: Pdu) -> Result<ArcPdu, RoomError> {
+        let room_id = pdu.room_id.clone();
+        let lock = self.lock_of(&room_id);
+        let mut guard = lock.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.load_head(&room_id).await?);
+        }
+        let head = guard.as_mut().ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
+        self.append_locked(head, pdu).await
+    }
+
+    /// The state before an event with these prev events.
+    fn state_before(&self, head: &Head, prev_events: &[OwnedEventId]) -> Result<StateRef, RoomError> {
+        if prev_events.is_empty() {
+            return Ok(StateRef::Empty);
+        }
+        let mut ext: Vec<&EventId> = head.extremities.iter().map(|(_, id)| id.as_ref()).collect();
+        let mut prevs: Vec<&EventId> = prev_events.iter().map(AsRef::as_ref).collect();
+        ext.sort();
+        prevs.sort();
+        if ext == prevs && head.state != 0 {
+            return Ok(StateRef::Stored(head.state));
+        }
+        let mut afters = Vec::with_capacity(prev_events.len());
+        for prev in prev_events {
+            let meta = self.meta(prev)?.ok_or_else(|| RoomError::UnknownEvent(prev.to_string()))?;
+            afters.push(meta.state_after);
+        }
+        self.resolve_states(&head.rules, &afters, &resolve::Overlay::default())
+    }
+
+    /// Builds, hashes and signs a new event of ours.
+    fn build(
+        &self,
+        head: &Head,
+        sender: &UserId,
+        event: &NewEvent,
+        prev_events: Vec<OwnedEventId>,
+        state: &StateRef,
+    ) -> Result<Pdu, RoomError> {
+        let rules = &head.rules;
+        if rules.event_id_format == EventIdFormatVersion::V1
+            || rules.events_reference_format == EventsReferenceFormatVersion::V1
+        {
+            return Err(RoomError::UnsupportedVersion(format!(
+                "{} (sending needs room version 3 or later)",
+                head.version
+            )));
+        }
+        if sender.server_name() != self.server_name {
+            return Err(RoomError::Forbidden(format!("{sender} is not a user of this server")));
+        }
+        let content_raw = serde_json::value::to_raw_value(&event.content)
+            .map_err(|e| RoomError::BadEvent(format!("content: {e}")))?;
+        let auth_types = state_res::auth_types_for_event(
+            &event.kind,
+            sender,
+            event.state_key.as_deref(),
+            &content_raw,
+            &rules.authorization,
+        )
+        .map_err(RoomError::BadEvent)?;
+        let mut auth_events = Vec::new();
+        for (kind, key) in auth_types {
+            if let Some(p) = self.state_pdu(state, &kind.to_string(), &key)? {
+                auth_events.push(p.event_id.clone());
+            }
+        }
+        let mut depth = 0;
+        for prev in &prev_events {
+            let meta = self.meta(prev)?.ok_or_else(|| RoomError::UnknownEvent(prev.to_string()))?;
+            depth = depth.max(meta.depth);
+        }
+        let mut object = serde_json::json!({
+            "type": event.kind.to_string(),
+            "sender": sender.as_str(),
+            "content": event.content,
+            "origin_server_ts": now_ms(),
+            "prev_events": prev_events,
+            "auth_events": auth_events,
+            "depth": depth + 1,
+        });
+        let is_create = event.kind == TimelineEventType::RoomCreate;
+        if !(is_create && rules.room_id_format == ruma::room_version_rules::RoomIdFormatVersion::V2) {
+            object["room_id"] = JsonValue::String(head.room_id.to_string());
+        }
+        if let Some(key) = &event.state_key {
+            object["state_key"] = JsonValue::String(key.clone());
+        }
+        if let Some(redacts) = &event.redacts {
+            if rules.redaction.content_field_redacts {
+                object["content"]["redacts"] = JsonValue::String(redacts.to_string());
+            } else {
+                object["redacts"] = JsonValue::String(redacts.to_string());
+            }
+        }
+        let mut object: CanonicalJsonObject =
+            serde_json::from_value(object).map_err(|e| RoomError::BadEvent(format!("not canonical JSON: {e}")))?;
+        self.keys.hash_and_sign_event(&mut object, rules).map_err(|e| RoomError::BadEvent(e.to_string()))?;
+        Pdu::from_object(object, rules)
+    }
+
+    /// Checks the authorization rules against the auth events and `state`.
+    fn authorize(&self, rules: &RoomVersionRules, pdu: &Pdu, state: &StateRef) -> Result<(), RoomError> {
+        state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id: &EventId| {
+            self.pdu(id).ok().flatten()
+        })
+        .map_err(RoomError::Forbidden)?;
+        if pdu.kind == TimelineEventType::RoomCreate {
+            return Ok(());
+        }
+        if matches!(state, StateRef::Empty) {
+            return Err(RoomError::Forbidden("event has no state to be authorized against".into()));
+        }
+        state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |kind: &StateEventType, key: &str| {
+            self.state_pdu(state, &kind.to_string(), key).ok().flatten()
+        })
+        .map_err(RoomError::Forbidden)
+    }
+
+    async fn append_locked(&self, head: &mut Head, pdu: Pdu) -> Result<ArcPdu, RoomError> {
+        let is_create = pdu.kind == TimelineEventType::RoomCreate;
+        if is_create && head.state != 0 {
+            return Err(RoomError::Forbidden("the room already has a create event".into()));
+        }
+        if !is_create && pdu.prev_events.is_empty() {
+            return Err(RoomError::BadEvent("event has no prev_events".into()));
+        }
+        // 1. The state before the event.
+        let state_before = self.state_before(head, &pdu.prev_events)?;
+        // 2. Authorization against auth events and that state.
+        self.authorize(&head.rules, &pdu, &state_before)?;
+        // 3. Ids and the state after.
+        let mut batch = Batch::new();
+        let short = self.event_ids.get_or_create(&self.db, &mut batch, pdu.event_id.as_str())?;
+        if META.contains(&*self.db, &short)? {
+            return Err(RoomError::InUse(format!("event {} is already stored", pdu.event_id)));
+        }
+        if is_create {
+            head.short = self.room_ids.get_or_create(&self.db, &mut batch, pdu.room_id.as_str())?;
+        }
+        let mut hint = None;
+        if let Some(first) = pdu.prev_events.first() {
+            hint = self.meta(first)?.map(|m| m.state_after);
+        }
+        let state_before = self.materialize(&mut batch, &state_before, hint)?;
+        let state_before = (state_before != 0).then_some(state_before);
+        let mut overlay_key = None;
+        let state_after = match &pdu.state_key {
+            Some(key) => {
+                let kind = pdu.kind.to_string();
+                let ssk = self.state_keys.get_or_create(&self.db, &mut batch, &state_key_string(&kind, key))?;
+                overlay_key = Some((ssk, (kind, key.clone())));
+                self.states.store_changed(&mut batch, state_before, &[(ssk, short)])?
+            }
+            None => state_before.unwrap_or(0),
+        };
+        let pdu = Arc::new(pdu);
+        // 4. New extremities and the room's current state.
+        let mut prev_shorts = Vec::with_capacity(pdu.prev_events.len());
+        for prev in &pdu.prev_events {
+            let s = self
+                .event_ids
+                .get(&*self.db, prev.as_str())?
+                .ok_or_else(|| RoomError::UnknownEvent(prev.to_string()))?;
+            prev_shorts.push(s);
+        }
+        let mut extremities: Vec<(u64, OwnedEventId)> =
+            head.extremities.iter().filter(|(s, _)| !prev_shorts.contains(s)).cloned().collect();
+        extremities.push((short, pdu.event_id.clone()));
+        let current = if extremities.len() == 1 {
+            state_after
+        } else {
+            let mut afters = Vec::with_capacity(extremities.len());
+            for (s, _) in &extremities {
+                let after =
+                    if *s == short { state_after } else { META.get(&*self.db, s)?.map_or(0, |m| m.state_after) };
+                afters.push(after);
+            }
+            let overlay = resolve::Overlay { event: Some((short, pdu.clone())), state_key: overlay_key };
+            let resolved = self.resolve_states(&head.rules, &afters, &overlay)?;
+            self.materialize(&mut batch, &resolved, Some(state_after))?
+        };
+        // 5. The batch.
+        let count = self.stream.next_in(&mut batch) as i64;
+        let room = head.short;
+        PDUS.put(&mut batch, &short, &Raw(pdu.to_bytes()))?;
+        META.put(
+            &mut batch,
+            &short,
+            &EventMeta {
+                room,
+                depth: pdu.depth,
+                count,
+                flags: 0,
+                state_before: state_before.unwrap_or(0),
+                state_after,
+            },
+        )?;
+        TIMELINE.put(&mut batch, &(room, count), &short)?;
+        for prev in &prev_shorts {
+            EDGES.put(&mut batch, &(*prev, short), &())?;
+            EXTREMITIES.delete(&mut batch, &(room, *prev));
+        }
+        EXTREMITIES.put(&mut batch, &(room, short), &())?;
+        let depth = head.depth.max(pdu.depth);
+        ROOMS.put(&mut batch, &room, &RoomInfo { version: head.version.to_string(), state: current, depth })?;
+        let servers = if current == head.state { head.servers.clone() } else { self.joined_servers(current)? };
+        let mut destinations: Vec<OwnedServerName> = servers.keys().cloned().collect();
+        if pdu.kind == TimelineEventType::RoomMember
+            && let Some(user) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
+        {
+            // A member who just left or was kicked still hears about it.
+            destinations.push(user.server_name().to_owned());
+        }
+        destinations.extend(head.servers.keys().cloned());
+        destinations.sort();
+        destinations.dedup();
+        for dest in destinations.iter().filter(|d| **d != self.server_name) {
+            let short_dest = self.servers.get_or_create(&self.db, &mut batch, dest.as_str())?;
+            OUTBOUND.put(&mut batch, &(short_dest, count as u64), &OutboundItem::Pdu(short))?;
+        }
+        self.db.commit(batch).await?;
+        // 6. The head moves only once the batch is durable.
+        if is_create {
+            self.versions.lock().insert(room, head.rules.clone());
+        }
+        head.extremities = extremities;
+        head.state = current;
+        head.depth = depth;
+        head.servers = servers;
+        self.pdus.lock().put(short, pdu.clone());
+        tracing::debug!(room_id = %head.room_id, event_id = %pdu.event_id, count, "appended");
+        Ok(pdu)
+    }
+}
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,64 @@
+//! The rooms engine's tables (layouts in `myelin_storage::catalog`).
+
+use myelin_storage::{Raw, Stored, Table, catalog};
+use serde::{Deserialize, Serialize};
+
+/// Event flag: known without its place in the DAG (no timeline row).
+pub const OUTLIER: u8 = 1;
+/// Event flag: passed auth against its own state but failed against the current state.
+pub const SOFT_FAILED: u8 = 2;
+/// Event flag: failed authorization; kept for the DAG, never applied.
+pub const REJECTED: u8 = 4;
+
+/// What we know about a stored event besides its JSON.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EventMeta {
+    /// Short room id.
+    pub room: u64,
+    /// `depth` of the PDU.
+    pub depth: u64,
+    /// Timeline position (`(room, count)` key); 0 for outliers.
+    pub count: i64,
+    /// [`OUTLIER`] | [`SOFT_FAILED`] | [`REJECTED`].
+    pub flags: u8,
+    /// Snapshot of the state before the event (0 if unknown: outliers).
+    pub state_before: u64,
+    /// Snapshot of the state after the event.
+    pub state_after: u64,
+}
+impl Stored for EventMeta {}
+
+/// A room's durable head.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RoomInfo {
+    /// Room version string.
+    pub version: String,
+    /// Snapshot of the current state (the resolution of the extremities' states).
+    pub state: u64,
+    /// Greatest depth in the room.
+    pub depth: u64,
+}
+impl Stored for RoomInfo {}
+
+/// What a destination's queue row carries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum OutboundItem {
+    /// A PDU by short event id.
+    Pdu(u64),
+}
+impl Stored for OutboundItem {}
+
+/// Short event id → canonical PDU JSON.
+pub const PDUS: Table<u64, Raw> = Table::new(&catalog::SHORTEVENTID_PDU);
+/// Short event id → metadata.
+pub const META: Table<u64, EventMeta> = Table::new(&catalog::SHORTEVENTID_EVENTMETA);
+/// `(short room id, count)` → short event id.
+pub const TIMELINE: Table<(u64, i64), u64> = Table::new(&catalog::ROOMCOUNT_SHORTEVENTID);
+/// `(short room id, short event id)` → (): forward extremities.
+pub const EXTREMITIES: Table<(u64, u64), ()> = Table::new(&catalog::ROOMEVENT_EXTREMITY);
+/// `(prev short event id, child short event id)` → ().
+pub const EDGES: Table<(u64, u64), ()> = Table::new(&catalog::PREVEVENT_CHILDEVENT);
+/// Short room id → room head.
+pub const ROOMS: Table<u64, RoomInfo> = Table::new(&catalog::SHORTROOMID_ROOMINFO);
+/// `(short server, stream position)` → queued item: the durable federation queue.
+pub const OUTBOUND: Table<(u64, u64), OutboundItem> = Table::new(&catalog::DESTSEQ_OUTBOUND);
