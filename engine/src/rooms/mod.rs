@@ -22,8 +22,11 @@
 //! [`Rooms::append_pdu`]); state resolution for room version 1 (ruma does not
 //! implement it).
 
+mod build;
 mod create;
+mod inbound;
 pub mod pdu;
+mod read;
 mod resolve;
 pub mod state;
 pub mod tables;
@@ -37,14 +40,15 @@ use std::{
 };
 
 pub use create::{CreateRoom, Preset};
+pub use inbound::Appended;
 use lru::LruCache;
 use myelin_storage::{Batch, Db, Direction, Interner, Raw, StorageError, StreamCounter, catalog};
 use parking_lot::Mutex;
 pub use pdu::{ArcPdu, Pdu};
 use ruma::{
-    CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, UserId,
+    EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, UserId,
     events::{StateEventType, TimelineEventType},
-    room_version_rules::{EventIdFormatVersion, EventsReferenceFormatVersion, RoomVersionRules},
+    room_version_rules::RoomVersionRules,
     state_res,
 };
 use serde_json::Value as JsonValue;
@@ -152,6 +156,8 @@ pub struct Rooms {
     pdus: Mutex<LruCache<u64, ArcPdu>>,
     versions: Mutex<HashMap<u64, RoomVersionRules>>,
     locks: Mutex<HashMap<OwnedRoomId, RoomLock>>,
+    /// Public keys we verify signatures with: ours, plus remote keys as federation learns them.
+    known_keys: parking_lot::RwLock<ruma::signatures::PublicKeyMap>,
 }
 
 fn now_ms() -> u64 {
@@ -185,6 +191,7 @@ impl Rooms {
             pdus: Mutex::new(LruCache::new(cap(65536))),
             versions: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
+            known_keys: parking_lot::RwLock::new(keys.public_key_map()),
             db,
             server_name,
             keys,
@@ -214,171 +221,6 @@ impl Rooms {
         Ok(rules)
     }
 
-    /// The version of a known room.
-    pub fn room_version(&self, room_id: &RoomId) -> Result<RoomVersionId, RoomError> {
-        let short = self.short_room(room_id)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
-        let info = ROOMS.get(&*self.db, &short)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
-        RoomVersionId::try_from(info.version.as_str()).map_err(|e| RoomError::UnsupportedVersion(e.to_string()))
-    }
-
-    /// A stored event by short id (parsed once, then cached).
-    pub fn pdu_by_short(&self, short: u64) -> Result<Option<ArcPdu>, RoomError> {
-        if let Some(p) = self.pdus.lock().get(&short) {
-            return Ok(Some(p.clone()));
-        }
-        let Some(meta) = META.get(&*self.db, &short)? else { return Ok(None) };
-        let Some(Raw(bytes)) = PDUS.get(&*self.db, &short)? else { return Ok(None) };
-        let Some(id) = self.event_ids.lookup(&*self.db, short)? else { return Ok(None) };
-        let event_id = EventId::parse(id.as_str()).map_err(|e| RoomError::BadEvent(format!("stored id: {e}")))?;
-        let rules = self.rules_of_short_room(meta.room)?;
-        let mut pdu = Pdu::from_bytes(event_id, &bytes, &rules)?;
-        pdu.rejected = meta.flags & REJECTED != 0;
-        let pdu = Arc::new(pdu);
-        self.pdus.lock().put(short, pdu.clone());
-        Ok(Some(pdu))
-    }
-
-    /// A stored event by id.
-    pub fn pdu(&self, event_id: &EventId) -> Result<Option<ArcPdu>, RoomError> {
-        match self.event_ids.get(&*self.db, event_id.as_str())? {
-            Some(short) => self.pdu_by_short(short),
-            None => Ok(None),
-        }
-    }
-
-    /// Stored metadata of an event.
-    pub fn meta(&self, event_id: &EventId) -> Result<Option<EventMeta>, RoomError> {
-        match self.event_ids.get(&*self.db, event_id.as_str())? {
-            Some(short) => Ok(META.get(&*self.db, &short)?),
-            None => Ok(None),
-        }
-    }
-
-    fn short_state_key(&self, kind: &str, state_key: &str) -> Result<Option<u64>, RoomError> {
-        Ok(self.state_keys.get(&*self.db, &state_key_string(kind, state_key))?)
-    }
-
-    /// The event for `(kind, state_key)` in snapshot `snapshot`.
-    pub fn state_pdu_at(&self, snapshot: u64, kind: &str, state_key: &str) -> Result<Option<ArcPdu>, RoomError> {
-        if snapshot == 0 {
-            return Ok(None);
-        }
-        let Some(ssk) = self.short_state_key(kind, state_key)? else { return Ok(None) };
-        match self.states.get(snapshot, ssk)? {
-            Some(short) => self.pdu_by_short(short),
-            None => Ok(None),
-        }
-    }
-
-    /// Resolves stored snapshots as a fork merge would (the public face of
-    /// [`resolve`](self::resolve)); returns the resolved sorted entries.
-    pub fn resolve_snapshots(&self, room_id: &RoomId, snapshots: &[u64]) -> Result<state::FullState, RoomError> {
-        let short = self.short_room(room_id)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
-        let rules = self.rules_of_short_room(short)?;
-        match self.resolve_states(&rules, snapshots, &resolve::Overlay::default())? {
-            StateRef::Empty => Ok(Vec::new()),
-            StateRef::Stored(id) => Ok((*self.states.load(id)?).clone()),
-            StateRef::Full(full) => Ok((*full).clone()),
-        }
-    }
-
-    /// The event for `(kind, state_key)` in a state that may not be stored yet.
-    fn state_pdu(&self, state: &StateRef, kind: &str, state_key: &str) -> Result<Option<ArcPdu>, RoomError> {
-        match state {
-            StateRef::Empty => Ok(None),
-            StateRef::Stored(id) => self.state_pdu_at(*id, kind, state_key),
-            StateRef::Full(full) => {
-                let Some(ssk) = self.short_state_key(kind, state_key)? else { return Ok(None) };
-                match full.binary_search_by_key(&ssk, |e| e.0) {
-                    Ok(i) => self.pdu_by_short(full[i].1),
-                    Err(_) => Ok(None),
-                }
-            }
-        }
-    }
-
-    /// Stores a state inside `batch` if it is not stored yet; 0 for no state.
-    fn materialize(&self, batch: &mut Batch, state: &StateRef, hint: Option<u64>) -> Result<u64, RoomError> {
-        match state {
-            StateRef::Empty => Ok(0),
-            StateRef::Stored(id) => Ok(*id),
-            StateRef::Full(full) => self.states.store(batch, (**full).clone(), hint.filter(|h| *h != 0)),
-        }
-    }
-
-    /// All events of snapshot `snapshot`.
-    pub fn state_at(&self, snapshot: u64) -> Result<Vec<ArcPdu>, RoomError> {
-        if snapshot == 0 {
-            return Ok(Vec::new());
-        }
-        let full = self.states.load(snapshot)?;
-        let mut out = Vec::with_capacity(full.len());
-        for (_, short) in full.iter() {
-            if let Some(p) = self.pdu_by_short(*short)? {
-                out.push(p);
-            }
-        }
-        Ok(out)
-    }
-
-    /// The current-state snapshot of a room.
-    pub fn current_snapshot(&self, room_id: &RoomId) -> Result<u64, RoomError> {
-        let short = self.short_room(room_id)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
-        Ok(ROOMS.get(&*self.db, &short)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?.state)
-    }
-
-    /// The current state event `(kind, state_key)` of a room.
-    pub fn state_event(&self, room_id: &RoomId, kind: &str, state_key: &str) -> Result<Option<ArcPdu>, RoomError> {
-        self.state_pdu_at(self.current_snapshot(room_id)?, kind, state_key)
-    }
-
-    /// The whole current state of a room.
-    pub fn current_state(&self, room_id: &RoomId) -> Result<Vec<ArcPdu>, RoomError> {
-        self.state_at(self.current_snapshot(room_id)?)
-    }
-
-    /// The room's forward extremities.
-    pub fn extremities(&self, room_id: &RoomId) -> Result<Vec<OwnedEventId>, RoomError> {
-        let short = self.short_room(room_id)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
-        let mut out = Vec::new();
-        for row in EXTREMITIES.prefix(&*self.db, &(short,), Direction::Forward)? {
-            let ((_, ev), ()) = row?;
-            if let Some(id) = self.event_ids.lookup(&*self.db, ev)? {
-                out.push(EventId::parse(id.as_str()).map_err(|e| RoomError::BadEvent(e.to_string()))?);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Up to `limit` timeline events from position `from` (exclusive) in `dir`.
-    pub fn timeline(
-        &self,
-        room_id: &RoomId,
-        from: Option<i64>,
-        dir: Direction,
-        limit: usize,
-    ) -> Result<Vec<(i64, ArcPdu)>, RoomError> {
-        use std::ops::Bound::{Excluded, Included};
-        let short = self.short_room(room_id)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
-        let iter = match (dir, from) {
-            (_, None) => TIMELINE.prefix(&*self.db, &(short,), dir)?,
-            (Direction::Forward, Some(f)) => {
-                TIMELINE.range(&*self.db, (Excluded((short, f)), Included((short, i64::MAX))), dir)?
-            }
-            (Direction::Reverse, Some(f)) => {
-                TIMELINE.range(&*self.db, (Included((short, i64::MIN)), Excluded((short, f))), dir)?
-            }
-        };
-        let mut out = Vec::new();
-        for row in iter.take(limit) {
-            let ((_, count), ev) = row?;
-            if let Some(p) = self.pdu_by_short(ev)? {
-                out.push((count, p));
-            }
-        }
-        Ok(out)
-    }
-
     async fn load_head(&self, room_id: &RoomId) -> Result<Head, RoomError> {
         let short = self.short_room(room_id)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
         let info = ROOMS.get(&*self.db, &short)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
@@ -401,13 +243,62 @@ impl Rooms {
             state: info.state,
             servers: BTreeMap::new(),
         };
-        head.servers = self.joined_servers(head.state)?;
+        head.servers = self.joined_servers(head.state, None)?;
         Ok(head)
     }
 
-    fn joined_servers(&self, snapshot: u64) -> Result<BTreeMap<OwnedServerName, usize>, RoomError> {
+    /// The head's joined servers updated by one event appended on top of it.
+    fn servers_after(
+        &self,
+        head: &Head,
+        pdu: &Pdu,
+        state_before: Option<u64>,
+    ) -> Result<BTreeMap<OwnedServerName, usize>, RoomError> {
+        let mut servers = head.servers.clone();
+        let (TimelineEventType::RoomMember, Some(target)) = (&pdu.kind, pdu.state_key.as_deref()) else {
+            return Ok(servers);
+        };
+        let Ok(user) = UserId::parse(target) else { return Ok(servers) };
+        let was = match state_before {
+            Some(s) => self.state_pdu_at(s, "m.room.member", target)?.and_then(|p| membership_of(&p)),
+            None => None,
+        };
+        let now = membership_of(pdu);
+        let server = user.server_name().to_owned();
+        match (was.as_deref() == Some("join"), now.as_deref() == Some("join")) {
+            (false, true) => *servers.entry(server).or_insert(0) += 1,
+            (true, false) => {
+                if let Some(n) = servers.get_mut(&server) {
+                    *n -= 1;
+                    if *n == 0 {
+                        servers.remove(&server);
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(servers)
+    }
+
+    /// Joined member count per server in `snapshot`; `pending` is an event of
+    /// that state that is not stored yet (the one being appended).
+    fn joined_servers(
+        &self,
+        snapshot: u64,
+        pending: Option<(u64, &ArcPdu)>,
+    ) -> Result<BTreeMap<OwnedServerName, usize>, RoomError> {
         let mut servers = BTreeMap::new();
-        for pdu in self.state_at(snapshot)? {
+        if snapshot == 0 {
+            return Ok(servers);
+        }
+        for (_, short) in self.states.load(snapshot)?.iter() {
+            let pdu = match pending {
+                Some((s, p)) if s == *short => p.clone(),
+                _ => match self.pdu_by_short(*short)? {
+                    Some(p) => p,
+                    None => continue,
+                },
+            };
             if pdu.kind == TimelineEventType::RoomMember
                 && membership_of(&pdu).as_deref() == Some("join")
                 && let Some(user) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
@@ -451,19 +342,6 @@ impl Rooms {
         self.append_locked(head, pdu).await
     }
 
-    /// Appends a complete, signed PDU whose prev events are all stored (the
-    /// inbound federation path). Rejects it with `Forbidden` if it fails auth.
-    pub async fn append_pdu(&self, pdu: Pdu) -> Result<ArcPdu, RoomError> {
-        let room_id = pdu.room_id.clone();
-        let lock = self.lock_of(&room_id);
-        let mut guard = lock.lock().await;
-        if guard.is_none() {
-            *guard = Some(self.load_head(&room_id).await?);
-        }
-        let head = guard.as_mut().ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
-        self.append_locked(head, pdu).await
-    }
-
     /// The state before an event with these prev events.
     fn state_before(&self, head: &Head, prev_events: &[OwnedEventId]) -> Result<StateRef, RoomError> {
         if prev_events.is_empty() {
@@ -482,77 +360,6 @@ impl Rooms {
             afters.push(meta.state_after);
         }
         self.resolve_states(&head.rules, &afters, &resolve::Overlay::default())
-    }
-
-    /// Builds, hashes and signs a new event of ours.
-    fn build(
-        &self,
-        head: &Head,
-        sender: &UserId,
-        event: &NewEvent,
-        prev_events: Vec<OwnedEventId>,
-        state: &StateRef,
-    ) -> Result<Pdu, RoomError> {
-        let rules = &head.rules;
-        if rules.event_id_format == EventIdFormatVersion::V1
-            || rules.events_reference_format == EventsReferenceFormatVersion::V1
-        {
-            return Err(RoomError::UnsupportedVersion(format!(
-                "{} (sending needs room version 3 or later)",
-                head.version
-            )));
-        }
-        if sender.server_name() != self.server_name {
-            return Err(RoomError::Forbidden(format!("{sender} is not a user of this server")));
-        }
-        let content_raw = serde_json::value::to_raw_value(&event.content)
-            .map_err(|e| RoomError::BadEvent(format!("content: {e}")))?;
-        let auth_types = state_res::auth_types_for_event(
-            &event.kind,
-            sender,
-            event.state_key.as_deref(),
-            &content_raw,
-            &rules.authorization,
-        )
-        .map_err(RoomError::BadEvent)?;
-        let mut auth_events = Vec::new();
-        for (kind, key) in auth_types {
-            if let Some(p) = self.state_pdu(state, &kind.to_string(), &key)? {
-                auth_events.push(p.event_id.clone());
-            }
-        }
-        let mut depth = 0;
-        for prev in &prev_events {
-            let meta = self.meta(prev)?.ok_or_else(|| RoomError::UnknownEvent(prev.to_string()))?;
-            depth = depth.max(meta.depth);
-        }
-        let mut object = serde_json::json!({
-            "type": event.kind.to_string(),
-            "sender": sender.as_str(),
-            "content": event.content,
-            "origin_server_ts": now_ms(),
-            "prev_events": prev_events,
-            "auth_events": auth_events,
-            "depth": depth + 1,
-        });
-        let is_create = event.kind == TimelineEventType::RoomCreate;
-        if !(is_create && rules.room_id_format == ruma::room_version_rules::RoomIdFormatVersion::V2) {
-            object["room_id"] = JsonValue::String(head.room_id.to_string());
-        }
-        if let Some(key) = &event.state_key {
-            object["state_key"] = JsonValue::String(key.clone());
-        }
-        if let Some(redacts) = &event.redacts {
-            if rules.redaction.content_field_redacts {
-                object["content"]["redacts"] = JsonValue::String(redacts.to_string());
-            } else {
-                object["redacts"] = JsonValue::String(redacts.to_string());
-            }
-        }
-        let mut object: CanonicalJsonObject =
-            serde_json::from_value(object).map_err(|e| RoomError::BadEvent(format!("not canonical JSON: {e}")))?;
-        self.keys.hash_and_sign_event(&mut object, rules).map_err(|e| RoomError::BadEvent(e.to_string()))?;
-        Pdu::from_object(object, rules)
     }
 
     /// Checks the authorization rules against the auth events and `state`.
@@ -660,7 +467,14 @@ impl Rooms {
         EXTREMITIES.put(&mut batch, &(room, short), &())?;
         let depth = head.depth.max(pdu.depth);
         ROOMS.put(&mut batch, &room, &RoomInfo { version: head.version.to_string(), state: current, depth })?;
-        let servers = if current == head.state { head.servers.clone() } else { self.joined_servers(current)? };
+        let servers = if current == head.state {
+            head.servers.clone()
+        } else if current == state_after && extremities.len() == 1 {
+            // No resolution: only this event changed the state.
+            self.servers_after(head, &pdu, state_before)?
+        } else {
+            self.joined_servers(current, Some((short, &pdu)))?
+        };
         let mut destinations: Vec<OwnedServerName> = servers.keys().cloned().collect();
         if pdu.kind == TimelineEventType::RoomMember
             && let Some(user) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
@@ -671,7 +485,9 @@ impl Rooms {
         destinations.extend(head.servers.keys().cloned());
         destinations.sort();
         destinations.dedup();
-        for dest in destinations.iter().filter(|d| **d != self.server_name) {
+        // Each server sends its own events; we never forward another server's.
+        let ours = pdu.sender.server_name() == self.server_name;
+        for dest in destinations.iter().filter(|d| ours && **d != self.server_name) {
             let short_dest = self.servers.get_or_create(&self.db, &mut batch, dest.as_str())?;
             OUTBOUND.put(&mut batch, &(short_dest, count as u64), &OutboundItem::Pdu(short))?;
         }
@@ -689,5 +505,7 @@ impl Rooms {
         Ok(pdu)
     }
 }
+#[cfg(test)]
+mod inbound_tests;
 #[cfg(test)]
 mod tests;

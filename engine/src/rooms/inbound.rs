@@ -1,0 +1,156 @@
+//! Events from other servers: signature verification, templates for remote
+//! joins, and the append path that records rejected and soft-failed events.
+//!
+//! Server-Server API §"Checks performed on receipt of a PDU", in order:
+//!
+//! 1. valid PDU format;
+//! 2. valid signatures (else drop);
+//! 3. valid hashes (else redact);
+//! 4. passes authorization against its auth events (else reject);
+//! 5. passes authorization against the state before it (else reject);
+//! 6. passes authorization against the current state (else soft-fail).
+//!
+//! Steps 1–3 are [`Rooms::verify`]; 4–6 are [`Rooms::append_pdu`]. Fetching
+//! missing prev/auth events and remote keys belongs to the federation
+//! receiver; here every prev event must already be stored.
+//!
+//! What is recorded: a rejected event is stored with the `REJECTED` flag and
+//! nothing else (no timeline row, no state, no edges, never an extremity); a
+//! soft-failed event is stored with `SOFT_FAILED`, its state before/after and
+//! its edges, but no timeline row and it does not become an extremity, so
+//! clients never see it and our next events do not build on it. An outlier
+//! is stored with `OUTLIER` only (its place in the DAG is unknown).
+
+use std::sync::Arc;
+
+use myelin_storage::{Batch, Raw};
+use ruma::{CanonicalJsonObject, RoomId, UserId, room_version_rules::RoomVersionRules, signatures::Verified};
+
+use super::{ArcPdu, NewEvent, Pdu, RoomError, Rooms, StateRef, tables::*};
+
+/// What happened to an event offered by another server.
+#[derive(Debug, Clone)]
+pub enum Appended {
+    /// Accepted into the timeline and the state.
+    Accepted(ArcPdu),
+    /// Valid in its own history but not against the current state: stored, hidden.
+    SoftFailed(ArcPdu),
+    /// Failed authorization: stored as rejected, with the reason.
+    Rejected(String),
+}
+
+impl Rooms {
+    /// Learns a server's public key (federation feeds this; our own is preloaded).
+    pub fn add_server_key(&self, server: &str, key_id: &str, public_b64: &str) -> Result<(), RoomError> {
+        let key = ruma::serde::Base64::parse(public_b64).map_err(|e| RoomError::BadEvent(format!("key: {e}")))?;
+        self.known_keys.write().entry(server.to_owned()).or_default().insert(key_id.to_owned(), key);
+        Ok(())
+    }
+
+    /// Steps 1–3 of the receipt checks: format, signatures, hashes.
+    ///
+    /// `Verified::Signatures` means the content hash does not match: the
+    /// event must be redacted before use. An error means: drop it.
+    pub fn verify(&self, object: &CanonicalJsonObject, rules: &RoomVersionRules) -> Result<Verified, RoomError> {
+        ruma::state_res::check_pdu_format(object, &rules.event_format).map_err(RoomError::BadEvent)?;
+        ruma::signatures::verify_event(&self.known_keys.read(), object, rules)
+            .map_err(|e| RoomError::BadEvent(format!("signature check failed: {e}")))
+    }
+
+    /// An unsigned event for a remote `sender` on the room's current extremities
+    /// (the `make_join`/`make_leave` template the remote server signs).
+    pub async fn template(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        event: NewEvent,
+    ) -> Result<CanonicalJsonObject, RoomError> {
+        let lock = self.lock_of(room_id);
+        let mut guard = lock.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.load_head(room_id).await?);
+        }
+        let head = guard.as_ref().ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
+        let prev = head.extremities.iter().rev().take(20).map(|(_, id)| id.clone()).collect();
+        self.unsigned_event(head, sender, &event, prev, &StateRef::Stored(head.state))
+    }
+
+    /// Steps 4–6 for a verified event of another server whose prev events are stored.
+    pub async fn append_pdu(&self, pdu: Pdu) -> Result<Appended, RoomError> {
+        let room_id = pdu.room_id.clone();
+        let lock = self.lock_of(&room_id);
+        let mut guard = lock.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.load_head(&room_id).await?);
+        }
+        let head = guard.as_mut().ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
+        if self.meta(&pdu.event_id)?.is_some() {
+            return Err(RoomError::InUse(format!("event {} is already stored", pdu.event_id)));
+        }
+        // 4./5. Against its auth events and the state before it.
+        let before = self.state_before(head, &pdu.prev_events)?;
+        if let Err(RoomError::Forbidden(reason)) = self.authorize(&head.rules, &pdu, &before) {
+            self.store_flagged(pdu, REJECTED, None).await?;
+            tracing::info!(room_id = %room_id, reason, "rejected an event that fails authorization");
+            return Ok(Appended::Rejected(reason));
+        }
+        // 6. Against the current state.
+        let current = StateRef::Stored(head.state);
+        if let Err(RoomError::Forbidden(reason)) = self.authorize(&head.rules, &pdu, &current) {
+            let stored = self.store_flagged(pdu, SOFT_FAILED, Some(before)).await?;
+            tracing::info!(room_id = %room_id, reason, "soft-failed an event that the current state forbids");
+            return Ok(Appended::SoftFailed(stored));
+        }
+        self.append_locked(head, pdu).await.map(Appended::Accepted)
+    }
+
+    /// Stores an event whose place in the DAG is unknown (auth events of a join, say).
+    pub async fn store_outlier(&self, pdu: Pdu) -> Result<ArcPdu, RoomError> {
+        if self.meta(&pdu.event_id)?.is_some() {
+            return self.pdu(&pdu.event_id)?.ok_or_else(|| RoomError::UnknownEvent(pdu.event_id.to_string()));
+        }
+        self.store_flagged(pdu, OUTLIER, None).await
+    }
+
+    /// Stores an event outside the timeline with `flags`; with a `before`
+    /// state it also records its states and edges (soft-failed events).
+    async fn store_flagged(&self, pdu: Pdu, flags: u8, before: Option<StateRef>) -> Result<ArcPdu, RoomError> {
+        let mut batch = Batch::new();
+        let short = self.event_ids.get_or_create(&self.db, &mut batch, pdu.event_id.as_str())?;
+        let room = self.room_ids.get_or_create(&self.db, &mut batch, pdu.room_id.as_str())?;
+        let (mut state_before, mut state_after) = (0, 0);
+        if let Some(before) = before {
+            let hint = match pdu.prev_events.first() {
+                Some(first) => self.meta(first)?.map(|m| m.state_after),
+                None => None,
+            };
+            state_before = self.materialize(&mut batch, &before, hint)?;
+            state_after = match &pdu.state_key {
+                Some(key) => {
+                    let name = super::state_key_string(&pdu.kind.to_string(), key);
+                    let ssk = self.state_keys.get_or_create(&self.db, &mut batch, &name)?;
+                    let base = (state_before != 0).then_some(state_before);
+                    self.states.store_changed(&mut batch, base, &[(ssk, short)])?
+                }
+                None => state_before,
+            };
+            for prev in &pdu.prev_events {
+                if let Some(p) = self.event_ids.get(&*self.db, prev.as_str())? {
+                    EDGES.put(&mut batch, &(p, short), &())?;
+                }
+            }
+        }
+        PDUS.put(&mut batch, &short, &Raw(pdu.to_bytes()))?;
+        META.put(
+            &mut batch,
+            &short,
+            &EventMeta { room, depth: pdu.depth, count: 0, flags, state_before, state_after },
+        )?;
+        self.db.commit(batch).await?;
+        let mut pdu = pdu;
+        pdu.rejected = flags & REJECTED != 0;
+        let pdu = Arc::new(pdu);
+        self.pdus.lock().put(short, pdu.clone());
+        Ok(pdu)
+    }
+}

@@ -1,0 +1,176 @@
+//! Reading rooms: events by id, state at a snapshot or now, extremities and
+//! the timeline. Reads go through the caches (parsed events, state layers)
+//! and never take the room lock.
+
+use myelin_storage::{Batch, Direction, Raw};
+use ruma::{EventId, OwnedEventId, RoomId, RoomVersionId};
+
+use super::{ArcPdu, Pdu, RoomError, Rooms, StateRef, resolve, state, state_key_string, tables::*};
+use std::sync::Arc;
+
+impl Rooms {
+    /// The version of a known room.
+    pub fn room_version(&self, room_id: &RoomId) -> Result<RoomVersionId, RoomError> {
+        let short = self.short_room(room_id)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
+        let info = ROOMS.get(&*self.db, &short)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
+        RoomVersionId::try_from(info.version.as_str()).map_err(|e| RoomError::UnsupportedVersion(e.to_string()))
+    }
+
+    /// A stored event by short id (parsed once, then cached).
+    pub fn pdu_by_short(&self, short: u64) -> Result<Option<ArcPdu>, RoomError> {
+        if let Some(p) = self.pdus.lock().get(&short) {
+            return Ok(Some(p.clone()));
+        }
+        let Some(meta) = META.get(&*self.db, &short)? else { return Ok(None) };
+        let Some(Raw(bytes)) = PDUS.get(&*self.db, &short)? else { return Ok(None) };
+        let Some(id) = self.event_ids.lookup(&*self.db, short)? else { return Ok(None) };
+        let event_id = EventId::parse(id.as_str()).map_err(|e| RoomError::BadEvent(format!("stored id: {e}")))?;
+        let rules = self.rules_of_short_room(meta.room)?;
+        let mut pdu = Pdu::from_bytes(event_id, &bytes, &rules)?;
+        pdu.rejected = meta.flags & REJECTED != 0;
+        let pdu = Arc::new(pdu);
+        self.pdus.lock().put(short, pdu.clone());
+        Ok(Some(pdu))
+    }
+
+    /// A stored event by id.
+    pub fn pdu(&self, event_id: &EventId) -> Result<Option<ArcPdu>, RoomError> {
+        match self.event_ids.get(&*self.db, event_id.as_str())? {
+            Some(short) => self.pdu_by_short(short),
+            None => Ok(None),
+        }
+    }
+
+    /// Stored metadata of an event.
+    pub fn meta(&self, event_id: &EventId) -> Result<Option<EventMeta>, RoomError> {
+        match self.event_ids.get(&*self.db, event_id.as_str())? {
+            Some(short) => Ok(META.get(&*self.db, &short)?),
+            None => Ok(None),
+        }
+    }
+
+    pub(super) fn short_state_key(&self, kind: &str, state_key: &str) -> Result<Option<u64>, RoomError> {
+        Ok(self.state_keys.get(&*self.db, &state_key_string(kind, state_key))?)
+    }
+
+    /// The event for `(kind, state_key)` in snapshot `snapshot`.
+    pub fn state_pdu_at(&self, snapshot: u64, kind: &str, state_key: &str) -> Result<Option<ArcPdu>, RoomError> {
+        if snapshot == 0 {
+            return Ok(None);
+        }
+        let Some(ssk) = self.short_state_key(kind, state_key)? else { return Ok(None) };
+        match self.states.get(snapshot, ssk)? {
+            Some(short) => self.pdu_by_short(short),
+            None => Ok(None),
+        }
+    }
+
+    /// Resolves stored snapshots as a fork merge would (the public face of
+    /// [`resolve`](self::resolve)); returns the resolved sorted entries.
+    pub fn resolve_snapshots(&self, room_id: &RoomId, snapshots: &[u64]) -> Result<state::FullState, RoomError> {
+        let short = self.short_room(room_id)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
+        let rules = self.rules_of_short_room(short)?;
+        match self.resolve_states(&rules, snapshots, &resolve::Overlay::default())? {
+            StateRef::Empty => Ok(Vec::new()),
+            StateRef::Stored(id) => Ok((*self.states.load(id)?).clone()),
+            StateRef::Full(full) => Ok((*full).clone()),
+        }
+    }
+
+    /// The event for `(kind, state_key)` in a state that may not be stored yet.
+    pub(super) fn state_pdu(&self, state: &StateRef, kind: &str, state_key: &str) -> Result<Option<ArcPdu>, RoomError> {
+        match state {
+            StateRef::Empty => Ok(None),
+            StateRef::Stored(id) => self.state_pdu_at(*id, kind, state_key),
+            StateRef::Full(full) => {
+                let Some(ssk) = self.short_state_key(kind, state_key)? else { return Ok(None) };
+                match full.binary_search_by_key(&ssk, |e| e.0) {
+                    Ok(i) => self.pdu_by_short(full[i].1),
+                    Err(_) => Ok(None),
+                }
+            }
+        }
+    }
+
+    /// Stores a state inside `batch` if it is not stored yet; 0 for no state.
+    pub(super) fn materialize(&self, batch: &mut Batch, state: &StateRef, hint: Option<u64>) -> Result<u64, RoomError> {
+        match state {
+            StateRef::Empty => Ok(0),
+            StateRef::Stored(id) => Ok(*id),
+            StateRef::Full(full) => self.states.store(batch, (**full).clone(), hint.filter(|h| *h != 0)),
+        }
+    }
+
+    /// All events of snapshot `snapshot`.
+    pub fn state_at(&self, snapshot: u64) -> Result<Vec<ArcPdu>, RoomError> {
+        if snapshot == 0 {
+            return Ok(Vec::new());
+        }
+        let full = self.states.load(snapshot)?;
+        let mut out = Vec::with_capacity(full.len());
+        for (_, short) in full.iter() {
+            if let Some(p) = self.pdu_by_short(*short)? {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The current-state snapshot of a room.
+    pub fn current_snapshot(&self, room_id: &RoomId) -> Result<u64, RoomError> {
+        let short = self.short_room(room_id)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
+        Ok(ROOMS.get(&*self.db, &short)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?.state)
+    }
+
+    /// The current state event `(kind, state_key)` of a room.
+    pub fn state_event(&self, room_id: &RoomId, kind: &str, state_key: &str) -> Result<Option<ArcPdu>, RoomError> {
+        self.state_pdu_at(self.current_snapshot(room_id)?, kind, state_key)
+    }
+
+    /// The whole current state of a room.
+    pub fn current_state(&self, room_id: &RoomId) -> Result<Vec<ArcPdu>, RoomError> {
+        self.state_at(self.current_snapshot(room_id)?)
+    }
+
+    /// The room's forward extremities.
+    pub fn extremities(&self, room_id: &RoomId) -> Result<Vec<OwnedEventId>, RoomError> {
+        let short = self.short_room(room_id)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
+        let mut out = Vec::new();
+        for row in EXTREMITIES.prefix(&*self.db, &(short,), Direction::Forward)? {
+            let ((_, ev), ()) = row?;
+            if let Some(id) = self.event_ids.lookup(&*self.db, ev)? {
+                out.push(EventId::parse(id.as_str()).map_err(|e| RoomError::BadEvent(e.to_string()))?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` timeline events from position `from` (exclusive) in `dir`.
+    pub fn timeline(
+        &self,
+        room_id: &RoomId,
+        from: Option<i64>,
+        dir: Direction,
+        limit: usize,
+    ) -> Result<Vec<(i64, ArcPdu)>, RoomError> {
+        use std::ops::Bound::{Excluded, Included};
+        let short = self.short_room(room_id)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
+        let iter = match (dir, from) {
+            (_, None) => TIMELINE.prefix(&*self.db, &(short,), dir)?,
+            (Direction::Forward, Some(f)) => {
+                TIMELINE.range(&*self.db, (Excluded((short, f)), Included((short, i64::MAX))), dir)?
+            }
+            (Direction::Reverse, Some(f)) => {
+                TIMELINE.range(&*self.db, (Included((short, i64::MIN)), Excluded((short, f))), dir)?
+            }
+        };
+        let mut out = Vec::new();
+        for row in iter.take(limit) {
+            let ((_, count), ev) = row?;
+            if let Some(p) = self.pdu_by_short(ev)? {
+                out.push((count, p));
+            }
+        }
+        Ok(out)
+    }
+}
