@@ -55,7 +55,7 @@ const fn scan(name: &'static str, cache_percent: u8) -> Cf {
 pub static GLOBAL: Cf = point("global", 1);
 
 /// Event id → short event id.
-pub static EVENTID_SHORTEVENTID: Cf = point("eventid_shorteventid", 10);
+pub static EVENTID_SHORTEVENTID: Cf = point("eventid_shorteventid", 8);
 /// Short event id → event id.
 pub static SHORTEVENTID_EVENTID: Cf = point("shorteventid_eventid", 8);
 /// Room id → short room id.
@@ -77,7 +77,7 @@ pub static SHORTSTATEKEY_STATEKEY: Cf = point("shortstatekey_statekey", 4);
 
 /// Short event id → canonical PDU JSON, exactly as signed.
 pub static SHORTEVENTID_PDU: Cf =
-    Cf { name: "shorteventid_pdu", access: Access::Point, compression: Compression::Zstd, cache_percent: 25 };
+    Cf { name: "shorteventid_pdu", access: Access::Point, compression: Compression::Zstd, cache_percent: 20 };
 /// `(short room id, stream position)` → short event id: the timeline.
 pub static ROOMCOUNT_SHORTEVENTID: Cf = scan("roomcount_shorteventid", 10);
 /// `(destination, sequence)` → queued PDU/EDU reference: the durable federation queue.
@@ -95,6 +95,21 @@ pub static PREVEVENT_CHILDEVENT: Cf = scan("prevevent_childevent", 2);
 pub static SHORTSTATEHASH_STATELAYER: Cf = point("shortstatehash_statelayer", 6);
 /// SHA-256 of a full state → snapshot id, so identical states share one id.
 pub static STATEHASH_SHORTSTATEHASH: Cf = point("statehash_shortstatehash", 2);
+
+/// User id → account (password hash, flags).
+pub static USERID_ACCOUNT: Cf = point("userid_account", 1);
+/// Access token → session (user, device).
+pub static TOKEN_SESSION: Cf = point("token_session", 1);
+/// `(user id, device id)` → device.
+pub static USERDEVICE_DEVICE: Cf = scan("userdevice_device", 1);
+/// `(user id, room id or "", type)` → account data JSON.
+pub static USERROOMTYPE_ACCOUNTDATA: Cf = scan("userroomtype_accountdata", 1);
+/// `(user id, filter id)` → filter JSON.
+pub static USERFILTER_FILTER: Cf = point("userfilter_filter", 1);
+/// `(user id, device id, transaction id)` → event id: idempotent sends.
+pub static USERDEVICETXN_EVENTID: Cf = point("userdevicetxn_eventid", 1);
+/// `(user id, short room id)` → the user's membership in the room (local users).
+pub static USERROOM_MEMBERSHIP: Cf = scan("userroom_membership", 2);
 
 /// Every family, in creation order. The default family is unused.
 pub static ALL: &[&Cf] = &[
@@ -118,6 +133,13 @@ pub static ALL: &[&Cf] = &[
     &PREVEVENT_CHILDEVENT,
     &SHORTSTATEHASH_STATELAYER,
     &STATEHASH_SHORTSTATEHASH,
+    &USERID_ACCOUNT,
+    &TOKEN_SESSION,
+    &USERDEVICE_DEVICE,
+    &USERROOMTYPE_ACCOUNTDATA,
+    &USERFILTER_FILTER,
+    &USERDEVICETXN_EVENTID,
+    &USERROOM_MEMBERSHIP,
 ];
 
 #[cfg(test)]

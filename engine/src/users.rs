@@ -1,0 +1,445 @@
+//! Accounts, devices, access tokens, account data, filters and transaction ids.
+//!
+//! Client-Server API §"Account registration and management", §"Login",
+//! §"Device management", §"Client config" (account data), §"Filtering",
+//! §"Transaction identifiers".
+//!
+//! Passwords are stored as Argon2id PHC strings. Access tokens are 32 random
+//! bytes (URL-safe base64); a token maps to one (user, device), and a device
+//! holds its current token, so deleting a device or logging out revokes it.
+//!
+//! Guarantees: an account, its first device and its token are written in one
+//! batch (no half-registered user); a deactivated account has no tokens left
+//! and cannot log in again.
+
+use std::sync::Arc;
+
+use argon2::{
+    Argon2,
+    password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
+};
+use base64::Engine as _;
+use myelin_storage::{Batch, Db, Direction, Raw, Stored, Table, catalog};
+use ring::rand::SecureRandom;
+use ruma::{OwnedServerName, OwnedUserId, UserId};
+use serde::{Deserialize, Serialize};
+
+use crate::EngineError;
+
+/// A stored account.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Account {
+    /// Argon2id PHC string; empty for accounts that cannot log in with a password.
+    pub password_hash: String,
+    /// Creation time, ms since the epoch.
+    pub created_ms: u64,
+    /// Server administrator.
+    pub admin: bool,
+    /// Deactivated accounts keep their id forever but cannot log in.
+    pub deactivated: bool,
+}
+impl Stored for Account {}
+
+/// What an access token stands for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Session {
+    /// The user.
+    pub user_id: String,
+    /// The device.
+    pub device_id: String,
+}
+impl Stored for Session {}
+
+/// A device of a user.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Device {
+    /// Human-readable name.
+    pub display_name: Option<String>,
+    /// Last time it was used, ms.
+    pub last_seen_ts: u64,
+    /// Its current access token.
+    pub token: String,
+}
+impl Stored for Device {}
+
+const ACCOUNTS: Table<String, Account> = Table::new(&catalog::USERID_ACCOUNT);
+const TOKENS: Table<String, Session> = Table::new(&catalog::TOKEN_SESSION);
+const DEVICES: Table<(String, String), Device> = Table::new(&catalog::USERDEVICE_DEVICE);
+const ACCOUNT_DATA: Table<(String, String, String), Raw> = Table::new(&catalog::USERROOMTYPE_ACCOUNTDATA);
+const FILTERS: Table<(String, u64), Raw> = Table::new(&catalog::USERFILTER_FILTER);
+const TXNS: Table<(String, String, String), String> = Table::new(&catalog::USERDEVICETXN_EVENTID);
+
+/// Why a user operation failed; the API maps these to Matrix error codes.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    /// `M_USER_IN_USE`.
+    #[error("user id already taken")]
+    InUse,
+    /// `M_INVALID_USERNAME`.
+    #[error("invalid username: {0}")]
+    InvalidUsername(String),
+    /// `M_FORBIDDEN` (bad credentials, deactivated account).
+    #[error("{0}")]
+    Forbidden(String),
+    /// `M_NOT_FOUND`.
+    #[error("{0}")]
+    NotFound(String),
+    /// Internal failure.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl From<myelin_storage::StorageError> for UserError {
+    fn from(e: myelin_storage::StorageError) -> Self {
+        UserError::Engine(e.into())
+    }
+}
+
+/// A fresh login: what `/register` and `/login` return.
+#[derive(Debug, Clone)]
+pub struct NewLogin {
+    /// The user.
+    pub user_id: OwnedUserId,
+    /// The device.
+    pub device_id: String,
+    /// The access token.
+    pub access_token: String,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn random_token(bytes: usize) -> Result<String, UserError> {
+    let mut raw = vec![0u8; bytes];
+    ring::rand::SystemRandom::new()
+        .fill(&mut raw)
+        .map_err(|_| UserError::Engine(EngineError::Keys("no system randomness".into())))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw))
+}
+
+fn random_device_id() -> Result<String, UserError> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let mut raw = [0u8; 10];
+    ring::rand::SystemRandom::new()
+        .fill(&mut raw)
+        .map_err(|_| UserError::Engine(EngineError::Keys("no system randomness".into())))?;
+    Ok(raw.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect())
+}
+
+fn hash_password(argon2: &Argon2<'static>, password: &str) -> Result<String, UserError> {
+    let mut salt = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut salt)
+        .map_err(|_| UserError::Engine(EngineError::Keys("no system randomness".into())))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| UserError::Engine(EngineError::Keys(e.to_string())))?;
+    let hash = argon2
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|e| UserError::Engine(EngineError::Keys(format!("hashing a password: {e}"))))?;
+    Ok(hash.to_string())
+}
+
+fn password_matches(argon2: &Argon2<'static>, hash: &str, password: &str) -> bool {
+    match PasswordHash::new(hash) {
+        Ok(parsed) => argon2.verify_password(password.as_bytes(), &parsed).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Accounts and sessions of one server.
+pub struct Users {
+    db: Arc<Db>,
+    server_name: OwnedServerName,
+    /// Serialises account creation so two registrations cannot take one name.
+    create_lock: tokio::sync::Mutex<()>,
+    argon2: Argon2<'static>,
+}
+
+impl Users {
+    /// The user service over `db`.
+    pub fn new(db: Arc<Db>, server_name: OwnedServerName) -> Self {
+        Self { db, server_name, create_lock: tokio::sync::Mutex::new(()), argon2: Argon2::default() }
+    }
+
+    /// Checks a localpart against the spec's user id grammar (lower-case historical set).
+    pub fn user_id_for(&self, localpart: &str) -> Result<OwnedUserId, UserError> {
+        let localpart = localpart.strip_prefix('@').map(|l| l.split(':').next().unwrap_or(l)).unwrap_or(localpart);
+        if localpart.is_empty()
+            || !localpart.chars().all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/' | '+'))
+        {
+            return Err(UserError::InvalidUsername(format!(
+                "`{localpart}`: use only a-z, 0-9, '.', '_', '=', '-', '/' and '+'"
+            )));
+        }
+        let id = UserId::parse(format!("@{localpart}:{}", self.server_name))
+            .map_err(|e| UserError::InvalidUsername(e.to_string()))?;
+        if id.as_str().len() > 255 {
+            return Err(UserError::InvalidUsername("user id longer than 255 bytes".into()));
+        }
+        Ok(id)
+    }
+
+    /// Whether a local user id is registered (deactivated accounts count: ids are never reused).
+    pub fn exists(&self, user_id: &UserId) -> Result<bool, UserError> {
+        Ok(ACCOUNTS.contains(&*self.db, &user_id.to_string())?)
+    }
+
+    /// The stored account.
+    pub fn account(&self, user_id: &UserId) -> Result<Option<Account>, UserError> {
+        Ok(ACCOUNTS.get(&*self.db, &user_id.to_string())?)
+    }
+
+    /// Every registered user id.
+    pub fn list(&self) -> Result<Vec<(String, Account)>, UserError> {
+        let mut out = Vec::new();
+        for row in ACCOUNTS.iter(&*self.db, Direction::Forward)? {
+            out.push(row?);
+        }
+        Ok(out)
+    }
+
+    /// Registers `user_id` with `password`; logs in a device unless `inhibit_login`.
+    pub async fn register(
+        &self,
+        user_id: &UserId,
+        password: Option<&str>,
+        admin: bool,
+        device_id: Option<String>,
+        device_name: Option<String>,
+        inhibit_login: bool,
+    ) -> Result<Option<NewLogin>, UserError> {
+        let hash = match password {
+            Some(p) => self.hash_off_runtime(p).await?,
+            None => String::new(),
+        };
+        let _guard = self.create_lock.lock().await;
+        if self.exists(user_id)? {
+            return Err(UserError::InUse);
+        }
+        let mut batch = Batch::new();
+        ACCOUNTS.put(
+            &mut batch,
+            &user_id.to_string(),
+            &Account { password_hash: hash, created_ms: now_ms(), admin, deactivated: false },
+        )?;
+        let login = if inhibit_login {
+            None
+        } else {
+            Some(self.new_device(&mut batch, user_id, device_id, device_name)?)
+        };
+        self.db.commit(batch).await?;
+        tracing::info!(user_id = %user_id, "registered");
+        Ok(login)
+    }
+
+    /// Hashes on the blocking pool: Argon2 is deliberately slow.
+    async fn hash_off_runtime(&self, password: &str) -> Result<String, UserError> {
+        let (argon2, password) = (self.argon2.clone(), password.to_owned());
+        tokio::task::spawn_blocking(move || hash_password(&argon2, &password))
+            .await
+            .map_err(|e| UserError::Engine(EngineError::Keys(format!("hashing task: {e}"))))?
+    }
+
+    async fn verify_off_runtime(&self, hash: &str, password: &str) -> Result<bool, UserError> {
+        let (argon2, hash, password) = (self.argon2.clone(), hash.to_owned(), password.to_owned());
+        tokio::task::spawn_blocking(move || password_matches(&argon2, &hash, &password))
+            .await
+            .map_err(|e| UserError::Engine(EngineError::Keys(format!("hashing task: {e}"))))
+    }
+
+    fn new_device(
+        &self,
+        batch: &mut Batch,
+        user_id: &UserId,
+        device_id: Option<String>,
+        device_name: Option<String>,
+    ) -> Result<NewLogin, UserError> {
+        let device_id = match device_id {
+            Some(d) if !d.is_empty() => d,
+            _ => random_device_id()?,
+        };
+        let token = random_token(32)?;
+        let key = (user_id.to_string(), device_id.clone());
+        // Reusing a device id replaces that device's session.
+        if let Some(old) = DEVICES.get(&*self.db, &key)? {
+            TOKENS.delete(batch, &old.token);
+        }
+        DEVICES.put(batch, &key, &Device { display_name: device_name, last_seen_ts: now_ms(), token: token.clone() })?;
+        TOKENS.put(batch, &token, &Session { user_id: user_id.to_string(), device_id: device_id.clone() })?;
+        Ok(NewLogin { user_id: user_id.to_owned(), device_id, access_token: token })
+    }
+
+    /// Checks the password and logs in a (new or reused) device.
+    pub async fn login(
+        &self,
+        user_id: &UserId,
+        password: &str,
+        device_id: Option<String>,
+        device_name: Option<String>,
+    ) -> Result<NewLogin, UserError> {
+        let forbidden = || UserError::Forbidden("invalid username or password".into());
+        let account = self.account(user_id)?.ok_or_else(forbidden)?;
+        if account.deactivated || account.password_hash.is_empty() {
+            return Err(forbidden());
+        }
+        if !self.verify_off_runtime(&account.password_hash, password).await? {
+            return Err(forbidden());
+        }
+        let mut batch = Batch::new();
+        let login = self.new_device(&mut batch, user_id, device_id, device_name)?;
+        self.db.commit(batch).await?;
+        Ok(login)
+    }
+
+    /// Whether `password` is the user's password (for user-interactive auth).
+    pub async fn password_ok(&self, user_id: &UserId, password: &str) -> Result<bool, UserError> {
+        match self.account(user_id)? {
+            Some(a) if !a.deactivated && !a.password_hash.is_empty() => {
+                self.verify_off_runtime(&a.password_hash, password).await
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// The session of an access token.
+    pub fn session(&self, token: &str) -> Result<Option<Session>, UserError> {
+        Ok(TOKENS.get(&*self.db, &token.to_owned())?)
+    }
+
+    /// Logs out one device (its token stops working).
+    pub async fn logout(&self, user_id: &str, device_id: &str) -> Result<(), UserError> {
+        let mut batch = Batch::new();
+        let key = (user_id.to_owned(), device_id.to_owned());
+        if let Some(device) = DEVICES.get(&*self.db, &key)? {
+            TOKENS.delete(&mut batch, &device.token);
+        }
+        DEVICES.delete(&mut batch, &key);
+        self.db.commit(batch).await?;
+        Ok(())
+    }
+
+    /// Logs out every device of the user.
+    pub async fn logout_all(&self, user_id: &str) -> Result<(), UserError> {
+        let mut batch = Batch::new();
+        for row in DEVICES.prefix(&*self.db, &(user_id.to_owned(),), Direction::Forward)? {
+            let (key, device) = row?;
+            TOKENS.delete(&mut batch, &device.token);
+            DEVICES.delete(&mut batch, &key);
+        }
+        self.db.commit(batch).await?;
+        Ok(())
+    }
+
+    /// Sets a new password; other devices are logged out unless `keep_devices`.
+    pub async fn set_password(&self, user_id: &UserId, password: &str, keep_device: Option<&str>) -> Result<(), UserError> {
+        let mut account = self.account(user_id)?.ok_or_else(|| UserError::NotFound("no such user".into()))?;
+        account.password_hash = self.hash_off_runtime(password).await?;
+        let mut batch = Batch::new();
+        ACCOUNTS.put(&mut batch, &user_id.to_string(), &account)?;
+        if let Some(keep) = keep_device {
+            for row in DEVICES.prefix(&*self.db, &(user_id.to_string(),), Direction::Forward)? {
+                let (key, device) = row?;
+                if key.1 != keep {
+                    TOKENS.delete(&mut batch, &device.token);
+                    DEVICES.delete(&mut batch, &key);
+                }
+            }
+        }
+        self.db.commit(batch).await?;
+        Ok(())
+    }
+
+    /// Deactivates the account: no password, no devices, no tokens; the id stays taken.
+    pub async fn deactivate(&self, user_id: &UserId) -> Result<(), UserError> {
+        let mut account = self.account(user_id)?.ok_or_else(|| UserError::NotFound("no such user".into()))?;
+        account.deactivated = true;
+        account.password_hash.clear();
+        let mut batch = Batch::new();
+        ACCOUNTS.put(&mut batch, &user_id.to_string(), &account)?;
+        for row in DEVICES.prefix(&*self.db, &(user_id.to_string(),), Direction::Forward)? {
+            let (key, device) = row?;
+            TOKENS.delete(&mut batch, &device.token);
+            DEVICES.delete(&mut batch, &key);
+        }
+        self.db.commit(batch).await?;
+        tracing::info!(user_id = %user_id, "deactivated");
+        Ok(())
+    }
+
+    /// The user's devices.
+    pub fn devices(&self, user_id: &str) -> Result<Vec<(String, Device)>, UserError> {
+        let mut out = Vec::new();
+        for row in DEVICES.prefix(&*self.db, &(user_id.to_owned(),), Direction::Forward)? {
+            let ((_, device_id), device) = row?;
+            out.push((device_id, device));
+        }
+        Ok(out)
+    }
+
+    /// Renames a device.
+    pub async fn rename_device(&self, user_id: &str, device_id: &str, name: Option<String>) -> Result<(), UserError> {
+        let key = (user_id.to_owned(), device_id.to_owned());
+        let mut device = DEVICES.get(&*self.db, &key)?.ok_or_else(|| UserError::NotFound("no such device".into()))?;
+        device.display_name = name;
+        let mut batch = Batch::new();
+        DEVICES.put(&mut batch, &key, &device)?;
+        self.db.commit(batch).await?;
+        Ok(())
+    }
+
+    /// Global (`room` = None) or per-room account data of `kind`.
+    pub fn account_data(&self, user_id: &str, room: Option<&str>, kind: &str) -> Result<Option<Vec<u8>>, UserError> {
+        let key = (user_id.to_owned(), room.unwrap_or_default().to_owned(), kind.to_owned());
+        Ok(ACCOUNT_DATA.get(&*self.db, &key)?.map(|r| r.0))
+    }
+
+    /// All account data of the user: `(room or "", type, JSON)`.
+    pub fn all_account_data(&self, user_id: &str) -> Result<Vec<(String, String, Vec<u8>)>, UserError> {
+        let mut out = Vec::new();
+        for row in ACCOUNT_DATA.prefix(&*self.db, &(user_id.to_owned(),), Direction::Forward)? {
+            let ((_, room, kind), Raw(json)) = row?;
+            out.push((room, kind, json));
+        }
+        Ok(out)
+    }
+
+    /// Stores account data.
+    pub async fn set_account_data(&self, user_id: &str, room: Option<&str>, kind: &str, json: Vec<u8>) -> Result<(), UserError> {
+        let key = (user_id.to_owned(), room.unwrap_or_default().to_owned(), kind.to_owned());
+        let mut batch = Batch::new();
+        ACCOUNT_DATA.put(&mut batch, &key, &Raw(json))?;
+        self.db.commit(batch).await?;
+        Ok(())
+    }
+
+    /// Stores a filter and returns its id.
+    pub async fn put_filter(&self, user_id: &str, json: Vec<u8>) -> Result<u64, UserError> {
+        let _guard = self.create_lock.lock().await;
+        let next = match FILTERS.prefix(&*self.db, &(user_id.to_owned(),), Direction::Reverse)?.next() {
+            Some(row) => row?.0.1 + 1,
+            None => 0,
+        };
+        let mut batch = Batch::new();
+        FILTERS.put(&mut batch, &(user_id.to_owned(), next), &Raw(json))?;
+        self.db.commit(batch).await?;
+        Ok(next)
+    }
+
+    /// A stored filter.
+    pub fn filter(&self, user_id: &str, id: u64) -> Result<Option<Vec<u8>>, UserError> {
+        Ok(FILTERS.get(&*self.db, &(user_id.to_owned(), id))?.map(|r| r.0))
+    }
+
+    /// The event id a transaction already produced.
+    pub fn txn_event(&self, user_id: &str, device_id: &str, txn: &str) -> Result<Option<String>, UserError> {
+        Ok(TXNS.get(&*self.db, &(user_id.to_owned(), device_id.to_owned(), txn.to_owned()))?)
+    }
+
+    /// Remembers the event a transaction produced.
+    pub async fn set_txn_event(&self, user_id: &str, device_id: &str, txn: &str, event_id: &str) -> Result<(), UserError> {
+        let mut batch = Batch::new();
+        TXNS.put(&mut batch, &(user_id.to_owned(), device_id.to_owned(), txn.to_owned()), &event_id.to_owned())?;
+        self.db.commit(batch).await?;
+        Ok(())
+    }
+}
