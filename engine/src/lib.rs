@@ -9,6 +9,7 @@ pub mod config;
 mod error;
 pub mod keys;
 pub mod rooms;
+pub mod users;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -31,6 +32,8 @@ pub struct Engine {
     pub stream: StreamCounter,
     /// The rooms engine: event DAG, state, authorization.
     pub rooms: rooms::Rooms,
+    /// Accounts, devices, tokens, account data.
+    pub users: users::Users,
 }
 
 impl Engine {
@@ -51,7 +54,8 @@ impl Engine {
         let rooms = rooms::Rooms::open(db.clone(), server_name.clone(), keys.clone(), stream.clone())
             .map_err(|e| EngineError::Rooms(e.to_string()))?;
         tracing::info!(server_name = %server_name, key_id = keys.key_id(), data_dir = %config.data_dir.display(), "engine ready");
-        Ok(Arc::new(Self { config: Arc::new(config), server_name, db, keys, stream, rooms }))
+        let users = users::Users::new(db.clone(), server_name.clone());
+        Ok(Arc::new(Self { config: Arc::new(config), server_name, db, keys, stream, rooms, users }))
     }
 
     /// Where the RocksDB database of `config` lives.
