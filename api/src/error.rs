@@ -5,7 +5,7 @@
 //! `{"errcode": "M_...", "error": "..."}`.
 
 use http::StatusCode;
-use myelin_engine::EngineError;
+use myelin_engine::{EngineError, rooms::RoomError, users::UserError};
 
 use crate::http_util::{Resp, json_response};
 
@@ -72,5 +72,55 @@ impl From<EngineError> for ApiError {
         tracing::error!(error = %e, "request failed in the engine");
         // Internal details stay in the log; the caller learns only that it failed.
         ApiError::unknown("internal server error")
+    }
+}
+
+impl From<RoomError> for ApiError {
+    fn from(e: RoomError) -> Self {
+        match e {
+            RoomError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "M_FORBIDDEN", m),
+            RoomError::UnknownRoom(m) => ApiError::not_found(format!("unknown room {m}")),
+            RoomError::UnknownEvent(m) => ApiError::not_found(format!("unknown event {m}")),
+            RoomError::BadEvent(m) => ApiError::bad_json(m),
+            RoomError::UnsupportedVersion(m) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "M_UNSUPPORTED_ROOM_VERSION",
+                format!("unsupported room version {m}"),
+            ),
+            RoomError::InUse(m) => ApiError::new(StatusCode::BAD_REQUEST, "M_ROOM_IN_USE", m),
+            other => {
+                tracing::error!(error = %other, "rooms engine failure");
+                ApiError::unknown("internal server error")
+            }
+        }
+    }
+}
+
+impl From<UserError> for ApiError {
+    fn from(e: UserError) -> Self {
+        match e {
+            UserError::InUse => ApiError::new(StatusCode::BAD_REQUEST, "M_USER_IN_USE", "user id already taken"),
+            UserError::InvalidUsername(m) => ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_USERNAME", m),
+            UserError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "M_FORBIDDEN", m),
+            UserError::NotFound(m) => ApiError::not_found(m),
+            UserError::Engine(e) => e.into(),
+        }
+    }
+}
+
+impl ApiError {
+    /// 403 `M_FORBIDDEN`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "M_FORBIDDEN", message)
+    }
+
+    /// 400 `M_INVALID_PARAM`.
+    pub fn invalid_param(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", message)
+    }
+
+    /// 400 `M_MISSING_PARAM`.
+    pub fn missing_param(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "M_MISSING_PARAM", message)
     }
 }

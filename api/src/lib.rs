@@ -3,6 +3,7 @@
 //! engine once and map the result; logic lives in `myelin-engine`.
 
 pub mod admin;
+pub mod auth;
 pub mod error;
 pub mod http_util;
 pub mod metrics;

@@ -133,7 +133,14 @@ impl Router {
 
     /// Finds the route for `method` on `path`.
     pub fn find(&self, method: &Method, path: &str) -> Result<(&Route, Params), Miss> {
-        let matched = self.paths.at(path).map_err(|_| Miss::NotFound)?;
+        // `/state/{type}/` carries an empty state key: try the form without the empty segment.
+        let matched = match self.paths.at(path) {
+            Ok(m) => m,
+            Err(_) => match path.strip_suffix('/') {
+                Some(trimmed) if !trimmed.is_empty() => self.paths.at(trimmed).map_err(|_| Miss::NotFound)?,
+                _ => return Err(Miss::NotFound),
+            },
+        };
         let routes = &self.routes[*matched.value];
         // HEAD is answered by the GET handler; hyper drops the body.
         let want = if method == Method::HEAD { &Method::GET } else { method };

@@ -7,8 +7,10 @@
 pub mod backup;
 pub mod config;
 mod error;
+pub mod events;
 pub mod keys;
 pub mod rooms;
+pub mod sync;
 pub mod users;
 
 use std::{path::PathBuf, sync::Arc};

@@ -222,11 +222,8 @@ impl Users {
             &user_id.to_string(),
             &Account { password_hash: hash, created_ms: now_ms(), admin, deactivated: false },
         )?;
-        let login = if inhibit_login {
-            None
-        } else {
-            Some(self.new_device(&mut batch, user_id, device_id, device_name)?)
-        };
+        let login =
+            if inhibit_login { None } else { Some(self.new_device(&mut batch, user_id, device_id, device_name)?) };
         self.db.commit(batch).await?;
         tracing::info!(user_id = %user_id, "registered");
         Ok(login)
@@ -264,7 +261,11 @@ impl Users {
         if let Some(old) = DEVICES.get(&*self.db, &key)? {
             TOKENS.delete(batch, &old.token);
         }
-        DEVICES.put(batch, &key, &Device { display_name: device_name, last_seen_ts: now_ms(), token: token.clone() })?;
+        DEVICES.put(
+            batch,
+            &key,
+            &Device { display_name: device_name, last_seen_ts: now_ms(), token: token.clone() },
+        )?;
         TOKENS.put(batch, &token, &Session { user_id: user_id.to_string(), device_id: device_id.clone() })?;
         Ok(NewLogin { user_id: user_id.to_owned(), device_id, access_token: token })
     }
@@ -331,7 +332,12 @@ impl Users {
     }
 
     /// Sets a new password; other devices are logged out unless `keep_devices`.
-    pub async fn set_password(&self, user_id: &UserId, password: &str, keep_device: Option<&str>) -> Result<(), UserError> {
+    pub async fn set_password(
+        &self,
+        user_id: &UserId,
+        password: &str,
+        keep_device: Option<&str>,
+    ) -> Result<(), UserError> {
         let mut account = self.account(user_id)?.ok_or_else(|| UserError::NotFound("no such user".into()))?;
         account.password_hash = self.hash_off_runtime(password).await?;
         let mut batch = Batch::new();
@@ -404,7 +410,13 @@ impl Users {
     }
 
     /// Stores account data.
-    pub async fn set_account_data(&self, user_id: &str, room: Option<&str>, kind: &str, json: Vec<u8>) -> Result<(), UserError> {
+    pub async fn set_account_data(
+        &self,
+        user_id: &str,
+        room: Option<&str>,
+        kind: &str,
+        json: Vec<u8>,
+    ) -> Result<(), UserError> {
         let key = (user_id.to_owned(), room.unwrap_or_default().to_owned(), kind.to_owned());
         let mut batch = Batch::new();
         ACCOUNT_DATA.put(&mut batch, &key, &Raw(json))?;
@@ -436,7 +448,13 @@ impl Users {
     }
 
     /// Remembers the event a transaction produced.
-    pub async fn set_txn_event(&self, user_id: &str, device_id: &str, txn: &str, event_id: &str) -> Result<(), UserError> {
+    pub async fn set_txn_event(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        txn: &str,
+        event_id: &str,
+    ) -> Result<(), UserError> {
         let mut batch = Batch::new();
         TXNS.put(&mut batch, &(user_id.to_owned(), device_id.to_owned(), txn.to_owned()), &event_id.to_owned())?;
         self.db.commit(batch).await?;

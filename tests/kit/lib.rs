@@ -183,8 +183,23 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server named `server_name`.
     pub async fn start(server_name: &str) -> Self {
+        Self::start_with(server_name, |_| {}).await
+    }
+
+    /// Stops it gracefully.
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown(Duration::from_secs(2)).await;
+        }
+    }
+}
+
+impl TestServer {
+    /// Starts a server after `tweak` adjusts its configuration.
+    pub async fn start_with(server_name: &str, tweak: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let config = test_config(dir.path(), server_name);
+        let mut config = test_config(dir.path(), server_name);
+        tweak(&mut config);
         let engine = tokio::task::spawn_blocking(move || Engine::open(config)).await.unwrap().unwrap();
         let running = myelin_api::start(engine.clone()).await.unwrap();
         Self {
@@ -196,10 +211,100 @@ impl TestServer {
         }
     }
 
-    /// Stops it gracefully.
-    pub async fn stop(mut self) {
-        if let Some(r) = self.running.take() {
-            r.shutdown(Duration::from_secs(2)).await;
+    /// Starts a server with open registration.
+    pub async fn open(server_name: &str) -> Self {
+        Self::start_with(server_name, |c| c.registration.enabled = true).await
+    }
+
+    /// Registers `name` with password `pass` and returns a logged-in client.
+    pub async fn register(&self, name: &str) -> Client {
+        let body =
+            serde_json::json!({ "username": name, "password": "pass-word-1", "auth": { "type": "m.login.dummy" } });
+        let r = http(self.client, Method::POST, "/_matrix/client/v3/register", Some(body.to_string().as_bytes())).await;
+        assert_eq!(r.status, StatusCode::OK, "register {name}: {}", String::from_utf8_lossy(&r.body));
+        let j = r.json();
+        Client {
+            addr: self.client,
+            token: j["access_token"].as_str().unwrap().to_owned(),
+            user_id: j["user_id"].as_str().unwrap().to_owned(),
+            device_id: j["device_id"].as_str().unwrap().to_owned(),
         }
     }
+}
+
+/// A logged-in client of a test server.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub addr: SocketAddr,
+    pub token: String,
+    pub user_id: String,
+    pub device_id: String,
+}
+
+impl Client {
+    /// Any request with this client's token.
+    pub async fn request(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> Reply {
+        let auth = format!("Bearer {}", self.token);
+        let body = body.map(|b| b.to_string());
+        http_with(self.addr, method, path, body.as_deref().map(str::as_bytes), &[("authorization", &auth)]).await
+    }
+
+    /// GET, expecting 200; returns the JSON.
+    pub async fn get(&self, path: &str) -> serde_json::Value {
+        let r = self.request(Method::GET, path, None).await;
+        assert_eq!(r.status, StatusCode::OK, "GET {path}: {}", String::from_utf8_lossy(&r.body));
+        r.json()
+    }
+
+    /// POST, expecting 200.
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let r = self.request(Method::POST, path, Some(body)).await;
+        assert_eq!(r.status, StatusCode::OK, "POST {path}: {}", String::from_utf8_lossy(&r.body));
+        r.json()
+    }
+
+    /// PUT, expecting 200.
+    pub async fn put(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let r = self.request(Method::PUT, path, Some(body)).await;
+        assert_eq!(r.status, StatusCode::OK, "PUT {path}: {}", String::from_utf8_lossy(&r.body));
+        r.json()
+    }
+
+    /// Creates a room; returns its id.
+    pub async fn create_room(&self, body: serde_json::Value) -> String {
+        self.post("/_matrix/client/v3/createRoom", body).await["room_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Sends a text message; returns the event id.
+    pub async fn send_text(&self, room: &str, body: &str) -> String {
+        let txn =
+            format!("t{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+        let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room));
+        self.put(&path, serde_json::json!({ "msgtype": "m.text", "body": body })).await["event_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// One `/sync`; `since` None for an initial sync.
+    pub async fn sync(&self, since: Option<&str>, timeout_ms: u64) -> serde_json::Value {
+        let path = match since {
+            Some(s) => format!("/_matrix/client/v3/sync?since={s}&timeout={timeout_ms}"),
+            None => format!("/_matrix/client/v3/sync?timeout={timeout_ms}"),
+        };
+        self.get(&path).await
+    }
+}
+
+/// Percent-encodes a path segment (room ids carry `!` and `:`).
+pub fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -1,5 +1,6 @@
 //! The routing tables of both listeners.
 
+mod client;
 mod discovery;
 mod keys;
 mod ops;
@@ -18,6 +19,7 @@ pub fn client_router() -> Router {
         .add(Method::GET, "/_matrix/key/v2/server/{key_id}", keys::server_keys)
         .add(Method::GET, "/metrics", ops::metrics)
         .add(Method::GET, "/health", ops::health);
+    client::add(&mut r);
     r
 }
 

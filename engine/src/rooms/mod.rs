@@ -485,6 +485,18 @@ impl Rooms {
         destinations.extend(head.servers.keys().cloned());
         destinations.sort();
         destinations.dedup();
+        // The local user index /sync reads.
+        if pdu.kind == TimelineEventType::RoomMember
+            && let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
+            && target.server_name() == self.server_name
+            && let Some(membership) = membership_of(&pdu)
+        {
+            MEMBERSHIPS.put(
+                &mut batch,
+                &(target.to_string(), room),
+                &Membership { membership, count, event: short },
+            )?;
+        }
         // Each server sends its own events; we never forward another server's.
         let ours = pdu.sender.server_name() == self.server_name;
         for dest in destinations.iter().filter(|d| ours && **d != self.server_name) {

@@ -173,4 +173,53 @@ impl Rooms {
         }
         Ok(out)
     }
+
+    /// The rooms a local user has a membership in, with that membership.
+    pub fn rooms_of(&self, user_id: &str) -> Result<Vec<(ruma::OwnedRoomId, Membership)>, RoomError> {
+        let mut out = Vec::new();
+        for row in MEMBERSHIPS.prefix(&*self.db, &(user_id.to_owned(),), Direction::Forward)? {
+            let ((_, short_room), membership) = row?;
+            if let Some(id) = self.room_ids.lookup(&*self.db, short_room)? {
+                out.push((RoomId::parse(id.as_str()).map_err(|e| RoomError::BadEvent(e.to_string()))?, membership));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A local user's membership in one room.
+    pub fn membership(&self, user_id: &str, room_id: &RoomId) -> Result<Option<Membership>, RoomError> {
+        match self.short_room(room_id)? {
+            Some(short) => Ok(MEMBERSHIPS.get(&*self.db, &(user_id.to_owned(), short))?),
+            None => Ok(None),
+        }
+    }
+
+    /// Timeline events with positions in `(after, upto]`, oldest first, at most the newest `limit`;
+    /// the flag says whether older ones in the range were left out.
+    pub fn timeline_between(
+        &self,
+        room_id: &RoomId,
+        after: i64,
+        upto: i64,
+        limit: usize,
+    ) -> Result<(Vec<(i64, ArcPdu)>, bool), RoomError> {
+        use std::ops::Bound::{Excluded, Included};
+        let short = self.short_room(room_id)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
+        let iter =
+            TIMELINE.range(&*self.db, (Excluded((short, after)), Included((short, upto))), Direction::Reverse)?;
+        let mut out = Vec::new();
+        let mut limited = false;
+        for row in iter {
+            let ((_, count), ev) = row?;
+            if out.len() == limit {
+                limited = true;
+                break;
+            }
+            if let Some(p) = self.pdu_by_short(ev)? {
+                out.push((count, p));
+            }
+        }
+        out.reverse();
+        Ok((out, limited))
+    }
 }

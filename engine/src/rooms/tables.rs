@@ -62,3 +62,18 @@ pub const EDGES: Table<(u64, u64), ()> = Table::new(&catalog::PREVEVENT_CHILDEVE
 pub const ROOMS: Table<u64, RoomInfo> = Table::new(&catalog::SHORTROOMID_ROOMINFO);
 /// `(short server, stream position)` → queued item: the durable federation queue.
 pub const OUTBOUND: Table<(u64, u64), OutboundItem> = Table::new(&catalog::DESTSEQ_OUTBOUND);
+
+/// A local user's membership in a room, as of the last member event about them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Membership {
+    /// `join`, `invite`, `leave`, `ban` or `knock`.
+    pub membership: String,
+    /// Timeline position of that member event.
+    pub count: i64,
+    /// Short id of that member event.
+    pub event: u64,
+}
+impl Stored for Membership {}
+
+/// `(local user id, short room id)` → membership: which rooms a user's `/sync` covers.
+pub const MEMBERSHIPS: Table<(String, u64), Membership> = Table::new(&catalog::USERROOM_MEMBERSHIP);

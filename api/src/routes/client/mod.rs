@@ -1,0 +1,64 @@
+//! The Client-Server API routes (`/_matrix/client/{r0,v3}/…`).
+
+mod account;
+mod rooms;
+mod sync;
+
+use http::Method;
+
+use crate::router::{Handler, Router};
+
+/// Registers `path` (written after `/_matrix/client/v3`) under both v3 and the legacy r0 prefix.
+fn both(r: &mut Router, method: Method, path: &str, handler: Handler) {
+    r.add(method.clone(), &format!("/_matrix/client/v3{path}"), handler);
+    r.add(method, &format!("/_matrix/client/r0{path}"), handler);
+}
+
+/// Adds every client route to `r`.
+pub fn add(r: &mut Router) {
+    use Method as M;
+    both(r, M::POST, "/register", account::register);
+    both(r, M::GET, "/register/available", account::register_available);
+    both(r, M::GET, "/login", account::login_flows);
+    both(r, M::POST, "/login", account::login);
+    both(r, M::POST, "/logout", account::logout);
+    both(r, M::POST, "/logout/all", account::logout_all);
+    both(r, M::GET, "/account/whoami", account::whoami);
+    both(r, M::POST, "/account/password", account::change_password);
+    both(r, M::POST, "/account/deactivate", account::deactivate);
+    both(r, M::GET, "/devices", account::devices);
+    both(r, M::GET, "/devices/{device_id}", account::device);
+    both(r, M::PUT, "/devices/{device_id}", account::rename_device);
+    both(r, M::DELETE, "/devices/{device_id}", account::delete_device);
+    both(r, M::GET, "/capabilities", account::capabilities);
+    both(r, M::GET, "/pushrules/", account::push_rules);
+
+    both(r, M::POST, "/createRoom", rooms::create_room);
+    both(r, M::POST, "/join/{room_id}", rooms::join);
+    both(r, M::POST, "/rooms/{room_id}/join", rooms::join);
+    both(r, M::POST, "/rooms/{room_id}/invite", rooms::invite);
+    both(r, M::POST, "/rooms/{room_id}/leave", rooms::leave);
+    both(r, M::POST, "/rooms/{room_id}/kick", rooms::kick);
+    both(r, M::POST, "/rooms/{room_id}/ban", rooms::ban);
+    both(r, M::POST, "/rooms/{room_id}/unban", rooms::unban);
+    both(r, M::POST, "/rooms/{room_id}/forget", rooms::forget);
+    both(r, M::GET, "/joined_rooms", rooms::joined_rooms);
+    both(r, M::PUT, "/rooms/{room_id}/send/{event_type}/{txn_id}", rooms::send);
+    both(r, M::PUT, "/rooms/{room_id}/state/{event_type}", rooms::put_state);
+    both(r, M::PUT, "/rooms/{room_id}/state/{event_type}/{state_key}", rooms::put_state);
+    both(r, M::GET, "/rooms/{room_id}/state/{event_type}", rooms::get_state_event);
+    both(r, M::GET, "/rooms/{room_id}/state/{event_type}/{state_key}", rooms::get_state_event);
+    both(r, M::GET, "/rooms/{room_id}/state", rooms::get_state);
+    both(r, M::GET, "/rooms/{room_id}/event/{event_id}", rooms::get_event);
+    both(r, M::GET, "/rooms/{room_id}/members", rooms::members);
+    both(r, M::GET, "/rooms/{room_id}/joined_members", rooms::joined_members);
+    both(r, M::GET, "/rooms/{room_id}/messages", rooms::messages);
+
+    both(r, M::GET, "/sync", sync::sync);
+    both(r, M::POST, "/user/{user_id}/filter", sync::put_filter);
+    both(r, M::GET, "/user/{user_id}/filter/{filter_id}", sync::get_filter);
+    both(r, M::PUT, "/user/{user_id}/account_data/{type}", sync::put_account_data);
+    both(r, M::GET, "/user/{user_id}/account_data/{type}", sync::get_account_data);
+    both(r, M::PUT, "/user/{user_id}/rooms/{room_id}/account_data/{type}", sync::put_account_data);
+    both(r, M::GET, "/user/{user_id}/rooms/{room_id}/account_data/{type}", sync::get_account_data);
+}

@@ -1,0 +1,456 @@
+//! Rooms over the Client-Server API.
+//!
+//! §"Creation" (`/createRoom`), §"Room membership" (`/join`, `/invite`,
+//! `/leave`, `/kick`, `/ban`, `/unban`, `/forget`, `/joined_rooms`),
+//! §"Sending events to a room" (`/send/{type}/{txnId}` idempotent per device
+//! and transaction, `/state/{type}/{stateKey}`), §"Getting events for a room"
+//! (`/event`, `/state`, `/members`, `/joined_members`, `/messages`).
+//!
+//! Only rooms this server knows are reachable: joining or inviting across
+//! servers needs the federation issue. Reading requires being joined (or,
+//! for `/messages` and `/event`, having been a member); finer history
+//! visibility rules are not applied yet.
+
+use myelin_engine::{
+    events::client_event,
+    rooms::{CreateRoom, NewEvent, Preset},
+};
+use myelin_storage::Direction;
+use ruma::{EventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId, events::TimelineEventType};
+use serde::Deserialize;
+use serde_json::{Value as JsonValue, json};
+
+use crate::{
+    auth::{Authed, query_param, require_user},
+    error::ApiError,
+    http_util::{ok_json, parse_json},
+    router::{Ctx, HandlerFuture, Req},
+};
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn room_param(req: &Req) -> Result<OwnedRoomId, ApiError> {
+    RoomId::parse(req.param("room_id")?).map_err(|e| ApiError::invalid_param(format!("room id: {e}")))
+}
+
+fn membership_of(cx: &Ctx, user: &UserId, room: &RoomId) -> Result<Option<String>, ApiError> {
+    Ok(cx.engine.rooms.membership(user.as_str(), room)?.map(|m| m.membership))
+}
+
+fn require_joined(cx: &Ctx, me: &Authed, room: &RoomId) -> Result<(), ApiError> {
+    if membership_of(cx, &me.user_id, room)?.as_deref() != Some("join") {
+        return Err(ApiError::forbidden(format!("you are not joined to {room}")));
+    }
+    Ok(())
+}
+
+/// The highest timeline position the user may read: everything while joined, up to a leave.
+fn readable_upto(cx: &Ctx, me: &Authed, room: &RoomId) -> Result<i64, ApiError> {
+    match cx.engine.rooms.membership(me.user_id.as_str(), room)? {
+        Some(m) if m.membership == "join" => Ok(i64::MAX),
+        Some(m) if m.membership == "leave" || m.membership == "ban" => Ok(m.count),
+        _ => Err(ApiError::forbidden(format!("you are not a member of {room}"))),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct StateEventBody {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    state_key: String,
+    content: JsonValue,
+}
+
+#[derive(Deserialize, Default)]
+struct CreateRoomBody {
+    visibility: Option<String>,
+    room_alias_name: Option<String>,
+    name: Option<String>,
+    topic: Option<String>,
+    #[serde(default)]
+    invite: Vec<OwnedUserId>,
+    room_version: Option<String>,
+    preset: Option<String>,
+    #[serde(default)]
+    is_direct: bool,
+    #[serde(default)]
+    initial_state: Vec<StateEventBody>,
+    power_level_content_override: Option<JsonValue>,
+    creation_content: Option<JsonValue>,
+}
+
+/// POST /_matrix/client/v3/createRoom
+pub fn create_room(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let body: CreateRoomBody = if req.body.is_empty() { CreateRoomBody::default() } else { parse_json(&req.body)? };
+        let preset = match body.preset.as_deref() {
+            None => None,
+            Some("private_chat") => Some(Preset::PrivateChat),
+            Some("trusted_private_chat") => Some(Preset::TrustedPrivateChat),
+            Some("public_chat") => Some(Preset::PublicChat),
+            Some(other) => return Err(ApiError::invalid_param(format!("unknown preset {other}"))),
+        };
+        let version = match body.room_version.as_deref() {
+            Some(v) => Some(RoomVersionId::try_from(v).map_err(|e| ApiError::invalid_param(e.to_string()))?),
+            None => None,
+        };
+        if body.room_alias_name.is_some() {
+            // Aliases need the directory, which is not built yet: refuse rather than create a dangling alias.
+            return Err(ApiError::invalid_param("room_alias_name is not supported yet"));
+        }
+        for invitee in &body.invite {
+            if invitee.server_name() != cx.engine.server_name {
+                return Err(ApiError::forbidden(format!(
+                    "cannot invite {invitee}: inviting users of other servers needs federation"
+                )));
+            }
+        }
+        let request = CreateRoom {
+            version,
+            preset,
+            public: body.visibility.as_deref() == Some("public"),
+            name: body.name,
+            topic: body.topic,
+            alias: None,
+            invite: body.invite,
+            is_direct: body.is_direct,
+            initial_state: body
+                .initial_state
+                .into_iter()
+                .map(|s| NewEvent::state(TimelineEventType::from(s.kind), s.state_key, s.content))
+                .collect(),
+            power_level_content_override: body.power_level_content_override,
+            creation_content: body.creation_content,
+        };
+        let room_id = cx.engine.rooms.create_room(&me.user_id, request).await?;
+        Ok(ok_json(&json!({ "room_id": room_id })))
+    })
+}
+
+async fn set_membership(
+    cx: &Ctx,
+    me: &Authed,
+    room: &RoomId,
+    target: &UserId,
+    membership: &str,
+    reason: Option<String>,
+) -> Result<String, ApiError> {
+    if target.server_name() != cx.engine.server_name && membership == "invite" {
+        return Err(ApiError::forbidden(format!(
+            "cannot invite {target}: inviting users of other servers needs federation"
+        )));
+    }
+    let mut content = json!({ "membership": membership });
+    if let Some(r) = reason {
+        content["reason"] = json!(r);
+    }
+    let event = NewEvent::state(TimelineEventType::RoomMember, target.as_str(), content);
+    let pdu = cx.engine.rooms.send(&me.user_id, room, event).await?;
+    Ok(pdu.event_id.to_string())
+}
+
+/// POST /_matrix/client/v3/rooms/{roomId}/join and /join/{roomIdOrAlias}
+pub fn join(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let target = req.param("room_id")?;
+        let room = RoomId::parse(target)
+            .map_err(|_| ApiError::not_found(format!("cannot join {target}: room aliases are not supported yet")))?;
+        if cx.engine.rooms.short_room(&room)?.is_none() {
+            return Err(ApiError::not_found(format!(
+                "room {room} is not known to this server (joins over federation are not available yet)"
+            )));
+        }
+        set_membership(&cx, &me, &room, &me.user_id.clone(), "join", None).await?;
+        Ok(ok_json(&json!({ "room_id": room })))
+    })
+}
+
+#[derive(Deserialize)]
+struct TargetBody {
+    user_id: OwnedUserId,
+    reason: Option<String>,
+}
+
+fn target_action(membership: &'static str) -> impl Fn(Ctx, Req) -> HandlerFuture {
+    move |cx, req| {
+        Box::pin(async move {
+            let me = require_user(&cx, &req)?;
+            let room = room_param(&req)?;
+            let body: TargetBody = parse_json(&req.body)?;
+            if membership == "unban" {
+                if membership_of(&cx, &body.user_id, &room)?.as_deref() != Some("ban")
+                    && body.user_id.server_name() == cx.engine.server_name
+                {
+                    return Err(ApiError::forbidden(format!("{} is not banned", body.user_id)));
+                }
+                set_membership(&cx, &me, &room, &body.user_id, "leave", body.reason).await?;
+            } else {
+                set_membership(&cx, &me, &room, &body.user_id, membership, body.reason).await?;
+            }
+            Ok(ok_json(&json!({})))
+        })
+    }
+}
+
+/// POST /rooms/{roomId}/invite
+pub fn invite(cx: Ctx, req: Req) -> HandlerFuture {
+    target_action("invite")(cx, req)
+}
+/// POST /rooms/{roomId}/kick
+pub fn kick(cx: Ctx, req: Req) -> HandlerFuture {
+    target_action("leave")(cx, req)
+}
+/// POST /rooms/{roomId}/ban
+pub fn ban(cx: Ctx, req: Req) -> HandlerFuture {
+    target_action("ban")(cx, req)
+}
+/// POST /rooms/{roomId}/unban
+pub fn unban(cx: Ctx, req: Req) -> HandlerFuture {
+    target_action("unban")(cx, req)
+}
+
+#[derive(Deserialize, Default)]
+struct ReasonBody {
+    reason: Option<String>,
+}
+
+/// POST /rooms/{roomId}/leave
+pub fn leave(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let room = room_param(&req)?;
+        let body: ReasonBody = if req.body.is_empty() { ReasonBody::default() } else { parse_json(&req.body)? };
+        if membership_of(&cx, &me.user_id, &room)?.is_none() {
+            return Err(ApiError::not_found(format!("you have no membership in {room}")));
+        }
+        set_membership(&cx, &me, &room, &me.user_id.clone(), "leave", body.reason).await?;
+        Ok(ok_json(&json!({})))
+    })
+}
+
+/// POST /rooms/{roomId}/forget: nothing is kept per user beyond the membership, so this only checks it.
+pub fn forget(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let room = room_param(&req)?;
+        if membership_of(&cx, &me.user_id, &room)?.as_deref() == Some("join") {
+            return Err(ApiError::new(
+                http::StatusCode::BAD_REQUEST,
+                "M_UNKNOWN",
+                "leave the room before forgetting it",
+            ));
+        }
+        Ok(ok_json(&json!({})))
+    })
+}
+
+/// GET /joined_rooms
+pub fn joined_rooms(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let rooms: Vec<String> = cx
+            .engine
+            .rooms
+            .rooms_of(me.user_id.as_str())?
+            .into_iter()
+            .filter(|(_, m)| m.membership == "join")
+            .map(|(r, _)| r.to_string())
+            .collect();
+        Ok(ok_json(&json!({ "joined_rooms": rooms })))
+    })
+}
+
+/// PUT /rooms/{roomId}/send/{eventType}/{txnId}
+pub fn send(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let room = room_param(&req)?;
+        let kind = req.param("event_type")?.to_owned();
+        let txn = req.param("txn_id")?.to_owned();
+        if let Some(event_id) = cx.engine.users.txn_event(me.user_id.as_str(), &me.device_id, &txn)? {
+            return Ok(ok_json(&json!({ "event_id": event_id })));
+        }
+        let content: JsonValue = parse_json(&req.body)?;
+        if !content.is_object() {
+            return Err(ApiError::bad_json("event content must be a JSON object"));
+        }
+        let pdu =
+            cx.engine.rooms.send(&me.user_id, &room, NewEvent::message(TimelineEventType::from(kind), content)).await?;
+        cx.engine.users.set_txn_event(me.user_id.as_str(), &me.device_id, &txn, pdu.event_id.as_str()).await?;
+        Ok(ok_json(&json!({ "event_id": pdu.event_id })))
+    })
+}
+
+/// PUT /rooms/{roomId}/state/{eventType}/{stateKey}
+pub fn put_state(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let room = room_param(&req)?;
+        let kind = req.param("event_type")?.to_owned();
+        let key = req.param("state_key").map(str::to_owned).unwrap_or_default();
+        let content: JsonValue = parse_json(&req.body)?;
+        if !content.is_object() {
+            return Err(ApiError::bad_json("event content must be a JSON object"));
+        }
+        let pdu = cx
+            .engine
+            .rooms
+            .send(&me.user_id, &room, NewEvent::state(TimelineEventType::from(kind), key, content))
+            .await?;
+        Ok(ok_json(&json!({ "event_id": pdu.event_id })))
+    })
+}
+
+/// GET /rooms/{roomId}/state/{eventType}/{stateKey}
+pub fn get_state_event(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let room = room_param(&req)?;
+        require_joined(&cx, &me, &room)?;
+        let key = req.param("state_key").map(str::to_owned).unwrap_or_default();
+        let pdu = cx
+            .engine
+            .rooms
+            .state_event(&room, req.param("event_type")?, &key)?
+            .ok_or_else(|| ApiError::not_found("no such state event"))?;
+        if query_param(&req, "format").as_deref() == Some("event") {
+            return Ok(ok_json(&client_event(&pdu, true, now_ms())));
+        }
+        Ok(ok_json(&pdu.content_value()))
+    })
+}
+
+/// GET /rooms/{roomId}/state
+pub fn get_state(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let room = room_param(&req)?;
+        require_joined(&cx, &me, &room)?;
+        let now = now_ms();
+        let events: Vec<JsonValue> =
+            cx.engine.rooms.current_state(&room)?.iter().map(|p| client_event(p, true, now)).collect();
+        Ok(ok_json(&JsonValue::Array(events)))
+    })
+}
+
+/// GET /rooms/{roomId}/event/{eventId}
+pub fn get_event(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let room = room_param(&req)?;
+        let upto = readable_upto(&cx, &me, &room)?;
+        let event_id = EventId::parse(req.param("event_id")?).map_err(|e| ApiError::invalid_param(e.to_string()))?;
+        let not_found = || ApiError::not_found("event not found");
+        let pdu = cx.engine.rooms.pdu(&event_id)?.ok_or_else(not_found)?;
+        let meta = cx.engine.rooms.meta(&event_id)?.ok_or_else(not_found)?;
+        if pdu.room_id != room || meta.count <= 0 || meta.count > upto || meta.flags != 0 {
+            return Err(not_found());
+        }
+        Ok(ok_json(&client_event(&pdu, true, now_ms())))
+    })
+}
+
+/// GET /rooms/{roomId}/members
+pub fn members(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let room = room_param(&req)?;
+        readable_upto(&cx, &me, &room)?;
+        let only = query_param(&req, "membership");
+        let not = query_param(&req, "not_membership");
+        let now = now_ms();
+        let chunk: Vec<JsonValue> = cx
+            .engine
+            .rooms
+            .current_state(&room)?
+            .iter()
+            .filter(|p| p.kind == TimelineEventType::RoomMember)
+            .filter(|p| {
+                let m = p.content_value()["membership"].as_str().unwrap_or_default().to_owned();
+                only.as_ref().is_none_or(|o| *o == m) && not.as_ref().is_none_or(|n| *n != m)
+            })
+            .map(|p| client_event(p, true, now))
+            .collect();
+        Ok(ok_json(&json!({ "chunk": chunk })))
+    })
+}
+
+/// GET /rooms/{roomId}/joined_members
+pub fn joined_members(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let room = room_param(&req)?;
+        require_joined(&cx, &me, &room)?;
+        let mut joined = serde_json::Map::new();
+        for p in cx.engine.rooms.current_state(&room)? {
+            let content = p.content_value();
+            if p.kind == TimelineEventType::RoomMember && content["membership"] == "join" {
+                joined.insert(
+                    p.state_key.clone().unwrap_or_default(),
+                    json!({ "display_name": content.get("displayname"), "avatar_url": content.get("avatar_url") }),
+                );
+            }
+        }
+        Ok(ok_json(&json!({ "joined": joined })))
+    })
+}
+
+fn parse_position(token: &str) -> Result<i64, ApiError> {
+    let digits = token.strip_prefix('t').or_else(|| token.strip_prefix('s')).unwrap_or(token);
+    digits.parse::<i64>().map_err(|_| ApiError::invalid_param(format!("bad pagination token {token}")))
+}
+
+/// GET /rooms/{roomId}/messages
+///
+/// Tokens name a point between positions: `t<n>` (or a sync token `s<n>`)
+/// sits after position `n`, so `dir=b` returns positions `<= n` and `dir=f`
+/// positions `> n`.
+pub fn messages(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let room = room_param(&req)?;
+        let upto = readable_upto(&cx, &me, &room)?;
+        let backwards = match query_param(&req, "dir").as_deref() {
+            Some("b") => true,
+            Some("f") => false,
+            _ => return Err(ApiError::invalid_param("dir must be b or f")),
+        };
+        let limit = query_param(&req, "limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(10).clamp(1, 1000);
+        let from = query_param(&req, "from").map(|t| parse_position(&t)).transpose()?;
+        let to = query_param(&req, "to").map(|t| parse_position(&t)).transpose()?;
+        let events = if backwards {
+            let start = from.map_or(upto, |f| f.min(upto));
+            let start = if start == i64::MAX { None } else { Some(start + 1) };
+            cx.engine.rooms.timeline(&room, start, Direction::Reverse, limit)?
+        } else {
+            cx.engine.rooms.timeline(&room, Some(from.unwrap_or(0)), Direction::Forward, limit)?
+        };
+        let events: Vec<_> = events
+            .into_iter()
+            .filter(|(c, _)| *c <= upto)
+            .filter(|(c, _)| match (to, backwards) {
+                (Some(t), true) => *c > t,
+                (Some(t), false) => *c <= t,
+                (None, _) => true,
+            })
+            .collect();
+        let now = now_ms();
+        let chunk: Vec<JsonValue> = events.iter().map(|(_, p)| client_event(p, true, now)).collect();
+        let start = from.map_or_else(
+            || if backwards { format!("s{}", cx.engine.stream.current()) } else { "t0".into() },
+            |f| format!("t{f}"),
+        );
+        let mut body = json!({ "chunk": chunk, "start": start });
+        if let Some((last, _)) = events.last()
+            && events.len() == limit
+        {
+            body["end"] = json!(if backwards { format!("t{}", last - 1) } else { format!("t{last}") });
+        }
+        Ok(ok_json(&body))
+    })
+}

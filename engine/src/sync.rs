@@ -1,0 +1,283 @@
+//! `/sync`: what changed for a user since a stream position.
+//!
+//! Client-Server API §"Syncing": "Synchronise the client's state with the
+//! latest state on the server… `since`: a point in time to continue a sync
+//! from… `timeout`: the maximum time to wait, in milliseconds, before
+//! returning this request."
+//!
+//! Tokens are `s<position>` of the global stream counter. A response built at
+//! position `p` contains every event at or below `p` that the user may see and
+//! has not seen (positions are only visible once everything below is durable,
+//! see `StreamCounter`), so no event falls between two syncs.
+//!
+//! Sections: `rooms.join` (timeline since the token, at most `limit` events
+//! with `limited`/`prev_batch`; state: the full current state on the first
+//! sync of a room, after a gap or with `full_state`), `rooms.invite` (stripped
+//! state), `rooms.leave` (the leave, on incremental syncs), `rooms.knock`,
+//! global and per-room account data. Not yet: ephemeral events, to-device,
+//! notification counts (always 0), lazy-loading members, filters beyond the
+//! timeline limit and event types (issue 5 and later).
+
+use std::time::{Duration, Instant};
+
+use ruma::{RoomId, UserId};
+use serde_json::{Map, Value as JsonValue, json};
+
+use crate::{
+    Engine, EngineError,
+    events::{client_event, stripped_event},
+    rooms::{ArcPdu, RoomError, tables::Membership},
+};
+
+/// What the client asked for.
+#[derive(Debug, Clone)]
+pub struct SyncRequest {
+    /// Stream position of `since`, if any.
+    pub since: Option<u64>,
+    /// Long-poll timeout.
+    pub timeout: Duration,
+    /// Send the full state of every joined room.
+    pub full_state: bool,
+    /// Most timeline events per room.
+    pub timeline_limit: usize,
+    /// Only these event types in timelines (None: all).
+    pub types: Option<Vec<String>>,
+    /// Never these event types in timelines.
+    pub not_types: Vec<String>,
+}
+
+impl Default for SyncRequest {
+    fn default() -> Self {
+        Self {
+            since: None,
+            timeout: Duration::ZERO,
+            full_state: false,
+            timeline_limit: 20,
+            types: None,
+            not_types: Vec::new(),
+        }
+    }
+}
+
+/// Parses a `s<pos>` sync token.
+pub fn parse_token(token: &str) -> Option<u64> {
+    token.strip_prefix('s').and_then(|n| n.parse().ok())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Engine {
+    /// Runs one `/sync` for `user`, waiting up to `req.timeout` for something new.
+    pub async fn sync(&self, user: &UserId, req: SyncRequest) -> Result<JsonValue, EngineError> {
+        let deadline = Instant::now() + req.timeout;
+        let mut wake = self.stream.subscribe();
+        loop {
+            // Read the position first: everything at or below it is durable and visible.
+            let upto = self.stream.current();
+            let since = req.since.filter(|s| *s <= upto);
+            let (body, has_news) = self.sync_once(user, since, upto, &req)?;
+            if has_news || req.since.is_none() || req.full_state || Instant::now() >= deadline {
+                return Ok(body);
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, wake.changed()).await {
+                Ok(Ok(())) => continue,
+                // Timed out, or the server is shutting down: answer with what we have.
+                _ => return Ok(self.sync_once(user, since, self.stream.current(), &req)?.0),
+            }
+        }
+    }
+
+    fn wanted(&self, req: &SyncRequest, pdu: &ArcPdu) -> bool {
+        let kind = pdu.kind.to_string();
+        if req.not_types.iter().any(|t| type_matches(t, &kind)) {
+            return false;
+        }
+        match &req.types {
+            Some(types) => types.iter().any(|t| type_matches(t, &kind)),
+            None => true,
+        }
+    }
+
+    fn sync_once(
+        &self,
+        user: &UserId,
+        since: Option<u64>,
+        upto: u64,
+        req: &SyncRequest,
+    ) -> Result<(JsonValue, bool), EngineError> {
+        let now = now_ms();
+        let since_i = since.map_or(0, |s| s as i64);
+        let upto_i = upto as i64;
+        let (mut join, mut invite, mut leave, mut knock) = (Map::new(), Map::new(), Map::new(), Map::new());
+        let rooms_err = |e: RoomError| EngineError::Rooms(e.to_string());
+        for (room_id, Membership { membership, count, .. }) in self.rooms.rooms_of(user.as_str()).map_err(rooms_err)? {
+            if count > upto_i {
+                continue; // happened after this response's position: next time
+            }
+            let fresh = since.is_none() || count > since_i;
+            match membership.as_str() {
+                "join" => {
+                    let (events, limited) = self
+                        .rooms
+                        .timeline_between(&room_id, since_i, upto_i, req.timeline_limit)
+                        .map_err(rooms_err)?;
+                    if events.is_empty() && !fresh && !req.full_state {
+                        continue;
+                    }
+                    let full = fresh || limited || req.full_state;
+                    join.insert(
+                        room_id.to_string(),
+                        self.joined_room(&room_id, user, &events, limited, full, since_i, req, now)?,
+                    );
+                }
+                "invite" if fresh => {
+                    invite.insert(
+                        room_id.to_string(),
+                        json!({ "invite_state": { "events": self.stripped_state(&room_id, user)? } }),
+                    );
+                }
+                "knock" if fresh => {
+                    knock.insert(
+                        room_id.to_string(),
+                        json!({ "knock_state": { "events": self.stripped_state(&room_id, user)? } }),
+                    );
+                }
+                "leave" | "ban" if fresh && since.is_some() => {
+                    let (events, limited) =
+                        self.rooms.timeline_between(&room_id, since_i, count, req.timeline_limit).map_err(rooms_err)?;
+                    let timeline: Vec<JsonValue> = events.iter().map(|(_, p)| client_event(p, false, now)).collect();
+                    let prev = events.first().map_or(since_i, |(c, _)| c - 1);
+                    leave.insert(
+                        room_id.to_string(),
+                        json!({
+                            "timeline": { "events": timeline, "limited": limited, "prev_batch": format!("t{prev}") },
+                            "state": { "events": [] },
+                            "account_data": { "events": [] },
+                        }),
+                    );
+                }
+                _ => {}
+            }
+        }
+        let account_data = self.global_account_data(user, since)?;
+        let has_news = !join.is_empty()
+            || !invite.is_empty()
+            || !leave.is_empty()
+            || !knock.is_empty()
+            || !account_data.is_empty();
+        let body = json!({
+            "next_batch": format!("s{upto}"),
+            "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
+            "account_data": { "events": account_data },
+            "presence": { "events": [] },
+            "to_device": { "events": [] },
+            "device_lists": { "changed": [], "left": [] },
+            "device_one_time_keys_count": {},
+        });
+        Ok((body, has_news))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn joined_room(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        events: &[(i64, ArcPdu)],
+        limited: bool,
+        full_state: bool,
+        since: i64,
+        req: &SyncRequest,
+        now: u64,
+    ) -> Result<JsonValue, EngineError> {
+        let rooms_err = |e: RoomError| EngineError::Rooms(e.to_string());
+        let in_timeline: std::collections::HashSet<&ruma::EventId> = events.iter().map(|(_, p)| &*p.event_id).collect();
+        let state: Vec<JsonValue> = if full_state {
+            self.rooms
+                .current_state(room_id)
+                .map_err(rooms_err)?
+                .iter()
+                .filter(|p| !in_timeline.contains(&*p.event_id))
+                .map(|p| client_event(p, false, now))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let timeline: Vec<JsonValue> =
+            events.iter().filter(|(_, p)| self.wanted(req, p)).map(|(_, p)| client_event(p, false, now)).collect();
+        let prev = events.first().map_or(since, |(c, _)| c - 1);
+        let mut room_data = Vec::new();
+        if let Ok(all) = self.users.all_account_data(user.as_str()) {
+            for (room, kind, json) in all {
+                if room == room_id.as_str()
+                    && let Ok(content) = serde_json::from_slice::<JsonValue>(&json)
+                {
+                    room_data.push(json!({ "type": kind, "content": content }));
+                }
+            }
+        }
+        let joined = self
+            .rooms
+            .current_state(room_id)
+            .map_err(rooms_err)?
+            .iter()
+            .filter(|p| p.kind.to_string() == "m.room.member" && p.content_value()["membership"] == "join")
+            .count();
+        Ok(json!({
+            "timeline": { "events": timeline, "limited": limited, "prev_batch": format!("t{prev}") },
+            "state": { "events": state },
+            "account_data": { "events": room_data },
+            "ephemeral": { "events": [] },
+            "unread_notifications": { "notification_count": 0, "highlight_count": 0 },
+            "summary": { "m.joined_member_count": joined },
+        }))
+    }
+
+    /// The stripped state an invited or knocking user sees (§"Stripped state").
+    fn stripped_state(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<JsonValue>, EngineError> {
+        let rooms_err = |e: RoomError| EngineError::Rooms(e.to_string());
+        let mut out = Vec::new();
+        for (kind, key) in [
+            ("m.room.create", ""),
+            ("m.room.join_rules", ""),
+            ("m.room.name", ""),
+            ("m.room.avatar", ""),
+            ("m.room.canonical_alias", ""),
+            ("m.room.encryption", ""),
+            ("m.room.topic", ""),
+            ("m.room.member", user.as_str()),
+        ] {
+            if let Some(p) = self.rooms.state_event(room_id, kind, key).map_err(rooms_err)? {
+                out.push(stripped_event(&p));
+            }
+        }
+        Ok(out)
+    }
+
+    fn global_account_data(&self, user: &UserId, since: Option<u64>) -> Result<Vec<JsonValue>, EngineError> {
+        // Account data carries no position yet, so it is sent on initial syncs only.
+        if since.is_some() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        let all = self.users.all_account_data(user.as_str()).map_err(|e| EngineError::Rooms(e.to_string()))?;
+        for (room, kind, json) in all {
+            if room.is_empty()
+                && let Ok(content) = serde_json::from_slice::<JsonValue>(&json)
+            {
+                out.push(json!({ "type": kind, "content": content }));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Filter type patterns: exact, or a trailing `*` wildcard.
+fn type_matches(pattern: &str, kind: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => kind.starts_with(prefix),
+        None => pattern == kind,
+    }
+}

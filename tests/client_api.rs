@@ -1,0 +1,285 @@
+//! Client-Server API over real HTTP: accounts, rooms, and what the *other*
+//! user sees through `/sync`.
+
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use myelin_suite::{TestServer, enc, http};
+use serde_json::{Value, json};
+
+fn timeline_bodies(sync: &Value, room: &str) -> Vec<String> {
+    sync["rooms"]["join"][room]["timeline"]["events"]
+        .as_array()
+        .map(|evs| evs.iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn registration_follows_the_configuration() {
+    // Off: 403.
+    let closed = TestServer::start("localhost").await;
+    let body = json!({ "username": "a", "password": "p", "auth": { "type": "m.login.dummy" } }).to_string();
+    let r = http(closed.client, Method::POST, "/_matrix/client/v3/register", Some(body.as_bytes())).await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::FORBIDDEN, "M_FORBIDDEN"));
+    closed.stop().await;
+
+    // Open: a user-interactive round with m.login.dummy.
+    let s = TestServer::open("localhost").await;
+    let r =
+        http(s.client, Method::POST, "/_matrix/client/v3/register", Some(br#"{"username":"alice","password":"p"}"#))
+            .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json()["flows"][0]["stages"][0], "m.login.dummy");
+    let session = r.json()["session"].as_str().unwrap().to_owned();
+    let body = json!({ "username": "alice", "password": "p", "auth": { "type": "m.login.dummy", "session": session } });
+    let r = http(s.client, Method::POST, "/_matrix/client/v3/register", Some(body.to_string().as_bytes())).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["user_id"], "@alice:localhost");
+    let r = http(s.client, Method::POST, "/_matrix/client/v3/register", Some(body.to_string().as_bytes())).await;
+    assert_eq!(r.errcode(), "M_USER_IN_USE");
+    let bad = json!({ "username": "Bad Name!", "password": "p", "auth": { "type": "m.login.dummy" } });
+    let r = http(s.client, Method::POST, "/_matrix/client/v3/register", Some(bad.to_string().as_bytes())).await;
+    assert_eq!(r.errcode(), "M_INVALID_USERNAME");
+    let r = http(s.client, Method::GET, "/_matrix/client/v3/register/available?username=alice", None).await;
+    assert_eq!(r.errcode(), "M_USER_IN_USE");
+    let r = http(s.client, Method::GET, "/_matrix/client/v3/register/available?username=bob", None).await;
+    assert_eq!(r.json()["available"], true);
+    s.stop().await;
+
+    // Token: m.login.registration_token with the configured token only.
+    let s = TestServer::start_with("localhost", |c| c.registration.token = "letmein".into()).await;
+    let r =
+        http(s.client, Method::POST, "/_matrix/client/v3/register", Some(br#"{"username":"t","password":"p"}"#)).await;
+    assert_eq!(r.json()["flows"][0]["stages"][0], "m.login.registration_token");
+    let wrong =
+        json!({ "username": "t", "password": "p", "auth": { "type": "m.login.registration_token", "token": "nope" } });
+    let r = http(s.client, Method::POST, "/_matrix/client/v3/register", Some(wrong.to_string().as_bytes())).await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::UNAUTHORIZED, "M_FORBIDDEN"));
+    let right = json!({ "username": "t", "password": "p", "auth": { "type": "m.login.registration_token", "token": "letmein" } });
+    let r = http(s.client, Method::POST, "/_matrix/client/v3/register", Some(right.to_string().as_bytes())).await;
+    assert_eq!(r.status, StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn login_whoami_logout_and_token_errors() {
+    let s = TestServer::open("localhost").await;
+    let alice = s.register("alice").await;
+    let r = http(s.client, Method::GET, "/_matrix/client/v3/login", None).await;
+    assert_eq!(r.json()["flows"][0]["type"], "m.login.password");
+    let login = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "pass-word-1", "initial_device_display_name": "laptop" });
+    let r = http(s.client, Method::POST, "/_matrix/client/v3/login", Some(login.to_string().as_bytes())).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let second = myelin_suite::Client {
+        token: r.json()["access_token"].as_str().unwrap().to_owned(),
+        device_id: r.json()["device_id"].as_str().unwrap().to_owned(),
+        ..alice.clone()
+    };
+    assert_eq!(second.get("/_matrix/client/v3/account/whoami").await["user_id"], "@alice:localhost");
+    let devices = alice.get("/_matrix/client/v3/devices").await;
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 2);
+
+    let wrong = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "@alice:localhost" }, "password": "nope" });
+    let r = http(s.client, Method::POST, "/_matrix/client/v3/login", Some(wrong.to_string().as_bytes())).await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::FORBIDDEN, "M_FORBIDDEN"));
+
+    let r = http(s.client, Method::GET, "/_matrix/client/v3/account/whoami", None).await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN"));
+    second.post("/_matrix/client/v3/logout", json!({})).await;
+    let r = second.request(Method::GET, "/_matrix/client/v3/account/whoami", None).await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN"));
+    assert_eq!(alice.get("/_matrix/client/v3/account/whoami").await["device_id"], alice.device_id.as_str());
+
+    // Deleting a device needs the password again.
+    let path = format!("/_matrix/client/v3/devices/{}", alice.device_id);
+    let r = alice.request(Method::DELETE, &path, Some(json!({}))).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json()["flows"][0]["stages"][0], "m.login.password");
+    let auth = json!({ "auth": { "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "pass-word-1" } });
+    let r = alice.request(Method::DELETE, &path, Some(auth)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = alice.request(Method::GET, "/_matrix/client/v3/account/whoami", None).await;
+    assert_eq!(r.errcode(), "M_UNKNOWN_TOKEN");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn invite_join_and_messages_reach_the_other_user_through_sync() {
+    let s = TestServer::open("localhost").await;
+    let (alice, bob) = (s.register("alice").await, s.register("bob").await);
+    let room = alice
+        .create_room(
+            json!({ "preset": "private_chat", "name": "Ops", "invite": ["@bob:localhost"], "is_direct": true }),
+        )
+        .await;
+
+    // Bob sees the invite, with stripped state naming the room.
+    let first = bob.sync(None, 0).await;
+    let invite = &first["rooms"]["invite"][&room]["invite_state"]["events"];
+    let events = invite.as_array().unwrap();
+    assert!(events.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Ops"), "{invite}");
+    assert!(events.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == "@bob:localhost"));
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+
+    bob.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&room)), json!({})).await;
+    let joined = bob.sync(Some(&since), 0).await;
+    let state = joined["rooms"]["join"][&room]["state"]["events"].as_array().unwrap();
+    assert!(state.iter().any(|e| e["type"] == "m.room.name"), "the first sync of a joined room carries its state");
+    let since = joined["next_batch"].as_str().unwrap().to_owned();
+
+    // Bob long-polls; alice's message wakes him promptly.
+    let poll = {
+        let (bob, since) = (bob.clone(), since.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            (bob.sync(Some(&since), 20_000).await, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    alice.send_text(&room, "hello bob").await;
+    let (got, waited) = poll.await.unwrap();
+    assert!(waited < Duration::from_secs(10), "long-poll did not wake: {waited:?}");
+    assert_eq!(timeline_bodies(&got, &room), ["hello bob"]);
+    let ev = &got["rooms"]["join"][&room]["timeline"]["events"][0];
+    assert_eq!(ev["sender"], "@alice:localhost");
+    assert!(ev.get("room_id").is_none(), "sync events omit room_id");
+
+    // An idle long-poll returns empty after its timeout, not before.
+    let since = got["next_batch"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    let idle = bob.sync(Some(&since), 500).await;
+    assert!(started.elapsed() >= Duration::from_millis(450));
+    assert!(idle["rooms"]["join"].as_object().unwrap().is_empty());
+
+    // Alice sees Bob's join in her timeline.
+    let alice_view = alice.sync(None, 0).await;
+    let timeline = alice_view["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap();
+    assert!(timeline.iter().any(|e| e["type"] == "m.room.member"
+        && e["state_key"] == "@bob:localhost"
+        && e["content"]["membership"] == "join"));
+
+    // Bob leaves: his next sync puts the room under `leave`.
+    bob.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), json!({})).await;
+    let left = bob.sync(Some(&since), 0).await;
+    assert!(left["rooms"]["leave"].get(&room).is_some(), "{left}");
+    assert!(bob.get("/_matrix/client/v3/joined_rooms").await["joined_rooms"].as_array().unwrap().is_empty());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn send_is_idempotent_and_messages_paginate() {
+    let s = TestServer::open("localhost").await;
+    let alice = s.register("alice").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/txn1", enc(&room));
+    let a = alice.put(&path, json!({ "msgtype": "m.text", "body": "once" })).await;
+    let b = alice.put(&path, json!({ "msgtype": "m.text", "body": "once" })).await;
+    assert_eq!(a["event_id"], b["event_id"], "same transaction, same event");
+    for i in 0..5 {
+        alice.send_text(&room, &format!("m{i}")).await;
+    }
+    let page = alice.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=3", enc(&room))).await;
+    let bodies: Vec<&str> =
+        page["chunk"].as_array().unwrap().iter().map(|e| e["content"]["body"].as_str().unwrap_or("")).collect();
+    assert_eq!(bodies, ["m4", "m3", "m2"]);
+    let end = page["end"].as_str().unwrap();
+    let page2 = alice.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=3&from={end}", enc(&room))).await;
+    let bodies2: Vec<&str> =
+        page2["chunk"].as_array().unwrap().iter().map(|e| e["content"]["body"].as_str().unwrap_or("")).collect();
+    assert_eq!(bodies2, ["m1", "m0", "once"]);
+    assert_eq!(page2["chunk"][0]["room_id"], room.as_str());
+
+    let event_id = a["event_id"].as_str().unwrap();
+    let ev = alice.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(event_id))).await;
+    assert_eq!(ev["content"]["body"], "once");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn state_and_permissions_over_http() {
+    let s = TestServer::open("localhost").await;
+    let (alice, bob) = (s.register("alice").await, s.register("bob").await);
+    let room = alice.create_room(json!({ "preset": "public_chat", "topic": "first" })).await;
+    let r = bob.request(Method::GET, &format!("/_matrix/client/v3/rooms/{}/state", enc(&room)), None).await;
+    assert_eq!(r.errcode(), "M_FORBIDDEN", "non-members cannot read state");
+    bob.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), json!({})).await;
+    let topic = alice.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room))).await;
+    assert_eq!(topic["topic"], "first");
+    let r = bob
+        .request(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room)),
+            Some(json!({ "topic": "bob's" })),
+        )
+        .await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::FORBIDDEN, "M_FORBIDDEN"));
+    alice
+        .put(&format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room)), json!({ "topic": "second" }))
+        .await;
+    let topic = bob.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.topic", enc(&room))).await;
+    assert_eq!(topic["topic"], "second");
+    let members = bob.get(&format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room))).await;
+    assert_eq!(members["joined"].as_object().unwrap().len(), 2);
+    // Kick needs power; alice has it.
+    let r = bob
+        .request(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/kick", enc(&room)),
+            Some(json!({ "user_id": "@alice:localhost" })),
+        )
+        .await;
+    assert_eq!(r.errcode(), "M_FORBIDDEN");
+    alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/ban", enc(&room)),
+            json!({ "user_id": "@bob:localhost", "reason": "spam" }),
+        )
+        .await;
+    let r = bob.request(Method::POST, &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)), Some(json!({}))).await;
+    assert_eq!(r.errcode(), "M_FORBIDDEN");
+    let r = alice.request(Method::POST, "/_matrix/client/v3/createRoom", Some(json!({ "room_version": "9" }))).await;
+    assert_eq!(r.errcode(), "M_UNSUPPORTED_ROOM_VERSION");
+    let r = alice
+        .request(Method::POST, "/_matrix/client/v3/createRoom", Some(json!({ "invite": ["@x:elsewhere.example"] })))
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn account_data_filters_and_capabilities() {
+    let s = TestServer::open("localhost").await;
+    let alice = s.register("alice").await;
+    let me = enc(&alice.user_id);
+    alice
+        .put(
+            &format!("/_matrix/client/v3/user/{me}/account_data/m.direct"),
+            json!({ "@bob:localhost": ["!r:localhost"] }),
+        )
+        .await;
+    let direct = alice.get(&format!("/_matrix/client/v3/user/{me}/account_data/m.direct")).await;
+    assert_eq!(direct["@bob:localhost"][0], "!r:localhost");
+    let sync = alice.sync(None, 0).await;
+    assert!(sync["account_data"]["events"].as_array().unwrap().iter().any(|e| e["type"] == "m.direct"));
+    let r =
+        alice.request(Method::GET, "/_matrix/client/v3/user/%40other%3Alocalhost/account_data/m.direct", None).await;
+    assert_eq!(r.errcode(), "M_FORBIDDEN");
+
+    let filter = alice
+        .post(&format!("/_matrix/client/v3/user/{me}/filter"), json!({ "room": { "timeline": { "limit": 2 } } }))
+        .await;
+    let id = filter["filter_id"].as_str().unwrap().to_owned();
+    let stored = alice.get(&format!("/_matrix/client/v3/user/{me}/filter/{id}")).await;
+    assert_eq!(stored["room"]["timeline"]["limit"], 2);
+    let room = alice.create_room(json!({})).await;
+    let limited = alice.get(&format!("/_matrix/client/v3/sync?filter={id}")).await;
+    let timeline = &limited["rooms"]["join"][&room]["timeline"];
+    assert_eq!(timeline["events"].as_array().unwrap().len(), 2);
+    assert_eq!(timeline["limited"], true);
+
+    let caps = alice.get("/_matrix/client/v3/capabilities").await;
+    assert_eq!(caps["capabilities"]["m.room_versions"]["default"], "12");
+    let rules = alice.get("/_matrix/client/v3/pushrules/").await;
+    assert!(rules["global"]["override"].as_array().is_some_and(|a| !a.is_empty()));
+    s.stop().await;
+}
