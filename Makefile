@@ -3,7 +3,7 @@ CARGO ?= cargo
 RUST_LOG ?= info
 export RUST_LOG
 
-.PHONY: setup build run test fmt lint check bench-storage clean-cache
+.PHONY: setup build run test fmt lint check bench-storage clean-cache interop-setup
 
 ## Install build prerequisites and the cached RocksDB archive.
 setup:
@@ -25,8 +25,12 @@ lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+## Install the third-party software interop tests drive (matrix-nio venv).
+interop-setup:
+	@tests/interop/setup.sh
+
 ## Everything CI runs: format check, clippy -D warnings, all tests.
-test: lint
+test: lint interop-setup
 	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \

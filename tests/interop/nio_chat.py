@@ -1,0 +1,93 @@
+"""Everyday chat against a Myelin server with matrix-nio, as a user would do it.
+
+Usage: python nio_chat.py http://127.0.0.1:PORT SERVER_NAME
+Exits 0 when every step worked; prints the failing step otherwise.
+"""
+
+import asyncio
+import sys
+import time
+
+from nio import (
+    AsyncClient,
+    JoinResponse,
+    LoginResponse,
+    RegisterResponse,
+    RoomCreateResponse,
+    RoomMessageText,
+    RoomSendResponse,
+    SyncResponse,
+)
+
+
+def check(cond, what):
+    if not cond:
+        print(f"FAILED: {what}", flush=True)
+        sys.exit(1)
+    print(f"ok: {what}", flush=True)
+
+
+async def main(url: str, server: str) -> None:
+    alice = AsyncClient(url, f"@alice:{server}")
+    bob = AsyncClient(url, f"@bob:{server}")
+    try:
+        r = await alice.register("alice", "alice-password-1", "alice laptop")
+        check(isinstance(r, RegisterResponse), f"alice registers ({r})")
+        r = await bob.register("bob", "bob-password-1", "bob laptop")
+        check(isinstance(r, RegisterResponse), f"bob registers ({r})")
+
+        # Bob logs in again on a second device, with his password.
+        phone = AsyncClient(url, f"@bob:{server}")
+        r = await phone.login("bob-password-1", device_name="bob phone")
+        check(isinstance(r, LoginResponse), f"bob logs in with a password ({r})")
+
+        r = await alice.room_create(name="nio chat", invite=[f"@bob:{server}"], is_direct=True)
+        check(isinstance(r, RoomCreateResponse), f"alice creates a DM inviting bob ({r})")
+        room_id = r.room_id
+
+        r = await phone.sync(timeout=3000)
+        check(isinstance(r, SyncResponse), f"bob syncs ({r})")
+        check(room_id in r.rooms.invite, "bob sees the invite")
+
+        r = await phone.join(room_id)
+        check(isinstance(r, JoinResponse), f"bob joins ({r})")
+        r = await phone.sync(timeout=3000)
+        check(isinstance(r, SyncResponse), f"bob syncs after joining ({r})")
+        check(room_id in r.rooms.join, "the room is in bob's joined rooms")
+
+        r = await alice.sync(timeout=3000)
+        check(isinstance(r, SyncResponse), f"alice syncs ({r})")
+        r = await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "hello from nio"})
+        check(isinstance(r, RoomSendResponse), f"alice sends a message ({r})")
+
+        got = None
+        deadline = time.monotonic() + 15
+        while got is None and time.monotonic() < deadline:
+            r = await phone.sync(timeout=5000)
+            check(isinstance(r, SyncResponse), "bob long-polls")
+            room = r.rooms.join.get(room_id)
+            for event in room.timeline.events if room else []:
+                if isinstance(event, RoomMessageText) and event.body == "hello from nio":
+                    got = event
+        check(got is not None, "bob receives alice's message through sync")
+        check(got.sender == f"@alice:{server}", "the message is from alice")
+
+        r = await phone.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "hi alice"})
+        check(isinstance(r, RoomSendResponse), "bob answers")
+        seen = False
+        deadline = time.monotonic() + 15
+        while not seen and time.monotonic() < deadline:
+            r = await alice.sync(timeout=5000)
+            room = r.rooms.join.get(room_id) if isinstance(r, SyncResponse) else None
+            seen = any(
+                isinstance(e, RoomMessageText) and e.body == "hi alice" for e in (room.timeline.events if room else [])
+            )
+        check(seen, "alice receives bob's answer")
+        await phone.close()
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
