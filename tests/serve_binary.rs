@@ -230,3 +230,52 @@ async fn backup_while_serving_then_restore_keeps_identity() {
     sigterm(&q);
     assert_eq!(wait_exit(&mut q, Duration::from_secs(20)).code(), Some(0));
 }
+
+fn admin(cwd: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(myelin_bin())
+        .arg("admin")
+        .arg("user")
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+async fn login_status(p: &Proc, user: &str, password: &str) -> StatusCode {
+    let body = serde_json::json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": user }, "password": password });
+    http(p.client, Method::POST, "/_matrix/client/v3/login", Some(body.to_string().as_bytes())).await.status
+}
+
+#[tokio::test]
+async fn admin_user_commands_work_offline_and_against_a_running_server() {
+    let cwd = tempfile::tempdir().unwrap();
+    // Offline: the CLI opens the data directory itself.
+    let out = admin(cwd.path(), &["create", "alice", "--password", "alice-pw", "--admin"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = admin(cwd.path(), &["create", "alice", "--password", "again"]);
+    assert_eq!(out.status.code(), Some(2), "a taken name is refused");
+
+    let mut p = spawn_serve(cwd.path(), &[]);
+    wait_ready(&mut p).await;
+    assert_eq!(login_status(&p, "alice", "alice-pw").await, StatusCode::OK);
+
+    // Online: through the admin socket while the server holds the database.
+    let out = admin(cwd.path(), &["create", "bob"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    let generated = printed.trim().rsplit(' ').next().unwrap().to_owned();
+    assert!(printed.starts_with("@bob:localhost password: ") && generated.len() == 32, "{printed}");
+    assert_eq!(login_status(&p, "bob", &generated).await, StatusCode::OK);
+
+    let out = admin(cwd.path(), &["reset-password", "bob", "--password", "new-pw"]);
+    assert!(out.status.success());
+    assert_eq!(login_status(&p, "bob", &generated).await, StatusCode::FORBIDDEN);
+    assert_eq!(login_status(&p, "bob", "new-pw").await, StatusCode::OK);
+
+    let out = admin(cwd.path(), &["list"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("@alice:localhost admin") && listed.contains("@bob:localhost"), "{listed}");
+    sigterm(&p);
+    assert_eq!(wait_exit(&mut p, Duration::from_secs(20)).code(), Some(0));
+}

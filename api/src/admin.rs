@@ -8,6 +8,9 @@
 //! Protocol: one JSON object per line each way.
 //! `{"op":"ping"}` → `{"ok":true}`;
 //! `{"op":"backup","dir":"/abs/path"}` → `{"ok":true,"bytes":N,"files":N}`;
+//! `{"op":"user_create","name":"..","password":"..","admin":false}`,
+//! `{"op":"user_reset_password","name":"..","password":".."}`,
+//! `{"op":"user_list"}` → see [`user_op`];
 //! failures → `{"ok":false,"error":"..."}`.
 
 use std::{
@@ -91,7 +94,41 @@ async fn execute(engine: &Arc<Engine>, req: &Value) -> Value {
                 Err(e) => json!({ "ok": false, "error": e.to_string() }),
             }
         }
+        Some(op) if op.starts_with("user_") => match user_op(engine, op, req).await {
+            Ok(v) => v,
+            Err(e) => json!({ "ok": false, "error": e }),
+        },
         other => json!({ "ok": false, "error": format!("unknown op {other:?}") }),
+    }
+}
+
+/// User administration, shared by the admin socket and the offline CLI.
+pub async fn user_op(engine: &Engine, op: &str, req: &Value) -> Result<Value, String> {
+    let name = || req.get("name").and_then(Value::as_str).ok_or_else(|| "`name` is required".to_owned());
+    let password = || req.get("password").and_then(Value::as_str).ok_or_else(|| "`password` is required".to_owned());
+    let users = &engine.users;
+    match op {
+        "user_create" => {
+            let user_id = users.user_id_for(name()?).map_err(|e| e.to_string())?;
+            let admin = req.get("admin").and_then(Value::as_bool).unwrap_or(false);
+            users.register(&user_id, Some(password()?), admin, None, None, true).await.map_err(|e| e.to_string())?;
+            Ok(json!({ "ok": true, "user_id": user_id }))
+        }
+        "user_reset_password" => {
+            let user_id = users.user_id_for(name()?).map_err(|e| e.to_string())?;
+            users.set_password(&user_id, password()?, Some("")).await.map_err(|e| e.to_string())?;
+            Ok(json!({ "ok": true, "user_id": user_id }))
+        }
+        "user_list" => {
+            let list: Vec<Value> = users
+                .list()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|(id, a)| json!({ "user_id": id, "admin": a.admin, "deactivated": a.deactivated, "created_ms": a.created_ms }))
+                .collect();
+            Ok(json!({ "ok": true, "users": list }))
+        }
+        other => Err(format!("unknown op {other}")),
     }
 }
 

@@ -33,6 +33,14 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Administer a server (running or stopped).
+    Admin {
+        #[command(subcommand)]
+        what: AdminCommand,
+        /// TOML configuration file (to find data_dir).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+    },
     /// Restore a backup into the configured data_dir (must be empty; server stopped).
     Restore {
         /// A directory written by `myelin backup`.
@@ -41,6 +49,40 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Manage local users.
+    User {
+        #[command(subcommand)]
+        what: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user (prints a generated password unless --password is given).
+    Create {
+        /// Localpart or full user id.
+        name: String,
+        /// The password.
+        #[arg(long)]
+        password: Option<String>,
+        /// Make the user a server administrator.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Set a new password and log out every device.
+    ResetPassword {
+        /// Localpart or full user id.
+        name: String,
+        /// The new password (generated and printed if absent).
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// List every local user.
+    List,
 }
 
 /// A failure with its exit code.
@@ -76,6 +118,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::Backup { dir, config } => backup_cmd(dir, config),
         Command::Restore { backup, config } => restore_cmd(backup, config),
+        Command::Admin { what: AdminCommand::User { what }, config } => user_cmd(what, config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -203,5 +246,78 @@ fn restore_cmd(from: PathBuf, config_path: Option<PathBuf>) -> Result<(), Failur
     let config = load_config(config_path)?;
     backup::restore(&from, &config.data_dir).map_err(|e| Failure::usage(e.to_string()))?;
     println!("restored {} into {}", from.display(), config.data_dir.display());
+    Ok(())
+}
+
+fn generated_password() -> Result<String, Failure> {
+    use ring::rand::SecureRandom;
+    let mut raw = [0u8; 16];
+    ring::rand::SystemRandom::new().fill(&mut raw).map_err(|_| Failure::runtime("no system randomness"))?;
+    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn user_cmd(what: UserCommand, config_path: Option<PathBuf>) -> Result<(), Failure> {
+    let config = load_config(config_path)?;
+    let mut shown_password = None;
+    let request = match what {
+        UserCommand::Create { name, password, admin } => {
+            let password = match password {
+                Some(p) => p,
+                None => {
+                    let p = generated_password()?;
+                    shown_password = Some(p.clone());
+                    p
+                }
+            };
+            serde_json::json!({ "op": "user_create", "name": name, "password": password, "admin": admin })
+        }
+        UserCommand::ResetPassword { name, password } => {
+            let password = match password {
+                Some(p) => p,
+                None => {
+                    let p = generated_password()?;
+                    shown_password = Some(p.clone());
+                    p
+                }
+            };
+            serde_json::json!({ "op": "user_reset_password", "name": name, "password": password })
+        }
+        UserCommand::List => serde_json::json!({ "op": "user_list" }),
+    };
+    let rt = runtime()?;
+    let answer = rt.block_on(async {
+        match myelin_api::admin::request(&config.data_dir, &request).await.map_err(Failure::runtime)? {
+            Some(answer) => Ok::<_, Failure>(answer),
+            None => {
+                // No running server: open the data directory ourselves.
+                let engine = tokio::task::spawn_blocking(move || Engine::open(config))
+                    .await
+                    .map_err(|e| Failure::runtime(e.to_string()))??;
+                let op = request["op"].as_str().unwrap_or_default().to_owned();
+                let result = myelin_api::admin::user_op(&engine, &op, &request).await;
+                engine.shutdown();
+                Ok(result.unwrap_or_else(|e| serde_json::json!({ "ok": false, "error": e })))
+            }
+        }
+    })?;
+    if answer.get("ok").and_then(|v| v.as_bool()) != Some(true) {
+        let error = answer.get("error").and_then(|v| v.as_str()).unwrap_or("unknown error");
+        return Err(Failure::usage(error.to_owned()));
+    }
+    if let Some(users) = answer.get("users").and_then(|u| u.as_array()) {
+        for u in users {
+            let flags = match (u["admin"].as_bool(), u["deactivated"].as_bool()) {
+                (Some(true), _) => " admin",
+                (_, Some(true)) => " deactivated",
+                _ => "",
+            };
+            println!("{}{flags}", u["user_id"].as_str().unwrap_or_default());
+        }
+    } else if let Some(user) = answer.get("user_id").and_then(|u| u.as_str()) {
+        match shown_password {
+            Some(p) => println!("{user} password: {p}"),
+            None => println!("{user}"),
+        }
+    }
     Ok(())
 }
