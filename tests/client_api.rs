@@ -283,3 +283,41 @@ async fn account_data_filters_and_capabilities() {
     assert!(rules["global"]["override"].as_array().is_some_and(|a| !a.is_empty()));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn aliases_resolve_join_and_delete() {
+    let s = TestServer::open("localhost").await;
+    let (alice, bob) = (s.register("alice").await, s.register("bob").await);
+    let room = alice.create_room(json!({ "preset": "public_chat", "room_alias_name": "ops" })).await;
+    let alias = enc("#ops:localhost");
+    let resolved = bob.get(&format!("/_matrix/client/v3/directory/room/{alias}")).await;
+    assert_eq!(resolved["room_id"], room.as_str());
+    assert_eq!(resolved["servers"][0], "localhost");
+    let canonical = alice.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.canonical_alias", enc(&room))).await;
+    assert_eq!(canonical["alias"], "#ops:localhost");
+    let r =
+        alice.request(Method::POST, "/_matrix/client/v3/createRoom", Some(json!({ "room_alias_name": "ops" }))).await;
+    assert_eq!(r.errcode(), "M_ROOM_IN_USE");
+
+    let joined = bob.post(&format!("/_matrix/client/v3/join/{alias}"), json!({})).await;
+    assert_eq!(joined["room_id"], room.as_str());
+    let extra = enc("#ops-extra:localhost");
+    alice.put(&format!("/_matrix/client/v3/directory/room/{extra}"), json!({ "room_id": room })).await;
+    let r = bob
+        .request(Method::PUT, &format!("/_matrix/client/v3/directory/room/{extra}"), Some(json!({ "room_id": room })))
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let listed = bob.get(&format!("/_matrix/client/v3/rooms/{}/aliases", enc(&room))).await;
+    assert_eq!(listed["aliases"].as_array().unwrap().len(), 2);
+
+    let r = bob.request(Method::DELETE, &format!("/_matrix/client/v3/directory/room/{extra}"), None).await;
+    assert_eq!(r.errcode(), "M_FORBIDDEN", "bob neither created it nor moderates the room");
+    let r = alice.request(Method::DELETE, &format!("/_matrix/client/v3/directory/room/{extra}"), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = bob.request(Method::GET, &format!("/_matrix/client/v3/directory/room/{extra}"), None).await;
+    assert_eq!(r.errcode(), "M_NOT_FOUND");
+    let r =
+        bob.request(Method::GET, &format!("/_matrix/client/v3/directory/room/{}", enc("#x:other.example")), None).await;
+    assert_eq!(r.errcode(), "M_NOT_FOUND");
+    s.stop().await;
+}

@@ -6,6 +6,7 @@
 
 pub mod backup;
 pub mod config;
+pub mod directory;
 mod error;
 pub mod events;
 pub mod keys;
@@ -36,6 +37,8 @@ pub struct Engine {
     pub rooms: rooms::Rooms,
     /// Accounts, devices, tokens, account data.
     pub users: users::Users,
+    /// Local room aliases.
+    pub directory: directory::Directory,
 }
 
 impl Engine {
@@ -57,7 +60,8 @@ impl Engine {
             .map_err(|e| EngineError::Rooms(e.to_string()))?;
         tracing::info!(server_name = %server_name, key_id = keys.key_id(), data_dir = %config.data_dir.display(), "engine ready");
         let users = users::Users::new(db.clone(), server_name.clone());
-        Ok(Arc::new(Self { config: Arc::new(config), server_name, db, keys, stream, rooms, users }))
+        let directory = directory::Directory::new(db.clone());
+        Ok(Arc::new(Self { config: Arc::new(config), server_name, db, keys, stream, rooms, users, directory }))
     }
 
     /// Where the RocksDB database of `config` lives.

@@ -79,7 +79,7 @@ pub static SHORTSTATEKEY_STATEKEY: Cf = point("shortstatekey_statekey", 4);
 pub static SHORTEVENTID_PDU: Cf =
     Cf { name: "shorteventid_pdu", access: Access::Point, compression: Compression::Zstd, cache_percent: 20 };
 /// `(short room id, stream position)` → short event id: the timeline.
-pub static ROOMCOUNT_SHORTEVENTID: Cf = scan("roomcount_shorteventid", 10);
+pub static ROOMCOUNT_SHORTEVENTID: Cf = scan("roomcount_shorteventid", 8);
 /// `(destination, sequence)` → queued PDU/EDU reference: the durable federation queue.
 pub static DESTSEQ_OUTBOUND: Cf = scan("destseq_outbound", 3);
 
@@ -111,6 +111,11 @@ pub static USERDEVICETXN_EVENTID: Cf = point("userdevicetxn_eventid", 1);
 /// `(user id, short room id)` → the user's membership in the room (local users).
 pub static USERROOM_MEMBERSHIP: Cf = scan("userroom_membership", 2);
 
+/// Room alias → room id and creator (local aliases).
+pub static ALIAS_ROOM: Cf = point("alias_room", 1);
+/// `(room id, alias)` → (): a room's local aliases.
+pub static ROOMALIAS_NONE: Cf = scan("roomalias_none", 1);
+
 /// Every family, in creation order. The default family is unused.
 pub static ALL: &[&Cf] = &[
     &GLOBAL,
@@ -140,6 +145,8 @@ pub static ALL: &[&Cf] = &[
     &USERFILTER_FILTER,
     &USERDEVICETXN_EVENTID,
     &USERROOM_MEMBERSHIP,
+    &ALIAS_ROOM,
+    &ROOMALIAS_NONE,
 ];
 
 #[cfg(test)]

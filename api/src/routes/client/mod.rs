@@ -1,6 +1,7 @@
 //! The Client-Server API routes (`/_matrix/client/{r0,v3}/…`).
 
 mod account;
+mod directory;
 mod rooms;
 mod sync;
 
@@ -53,6 +54,11 @@ pub fn add(r: &mut Router) {
     both(r, M::GET, "/rooms/{room_id}/members", rooms::members);
     both(r, M::GET, "/rooms/{room_id}/joined_members", rooms::joined_members);
     both(r, M::GET, "/rooms/{room_id}/messages", rooms::messages);
+
+    both(r, M::GET, "/directory/room/{alias}", directory::resolve);
+    both(r, M::PUT, "/directory/room/{alias}", directory::create);
+    both(r, M::DELETE, "/directory/room/{alias}", directory::delete);
+    both(r, M::GET, "/rooms/{room_id}/aliases", directory::room_aliases);
 
     both(r, M::GET, "/sync", sync::sync);
     both(r, M::POST, "/user/{user_id}/filter", sync::put_filter);

@@ -98,10 +98,21 @@ pub fn create_room(cx: Ctx, req: Req) -> HandlerFuture {
             Some(v) => Some(RoomVersionId::try_from(v).map_err(|e| ApiError::invalid_param(e.to_string()))?),
             None => None,
         };
-        if body.room_alias_name.is_some() {
-            // Aliases need the directory, which is not built yet: refuse rather than create a dangling alias.
-            return Err(ApiError::invalid_param("room_alias_name is not supported yet"));
-        }
+        let alias = match &body.room_alias_name {
+            Some(name) => {
+                let alias = super::directory::local_alias(&cx, &format!("#{name}:{}", cx.engine.server_name))
+                    .map_err(|e| ApiError::invalid_param(e.message))?;
+                if cx.engine.directory.resolve(alias.as_str())?.is_some() {
+                    return Err(ApiError::new(
+                        http::StatusCode::BAD_REQUEST,
+                        "M_ROOM_IN_USE",
+                        format!("{alias} is taken"),
+                    ));
+                }
+                Some(alias)
+            }
+            None => None,
+        };
         for invitee in &body.invite {
             if invitee.server_name() != cx.engine.server_name {
                 return Err(ApiError::forbidden(format!(
@@ -115,7 +126,7 @@ pub fn create_room(cx: Ctx, req: Req) -> HandlerFuture {
             public: body.visibility.as_deref() == Some("public"),
             name: body.name,
             topic: body.topic,
-            alias: None,
+            alias: alias.clone(),
             invite: body.invite,
             is_direct: body.is_direct,
             initial_state: body
@@ -127,6 +138,15 @@ pub fn create_room(cx: Ctx, req: Req) -> HandlerFuture {
             creation_content: body.creation_content,
         };
         let room_id = cx.engine.rooms.create_room(&me.user_id, request).await?;
+        if let Some(alias) = alias
+            && !cx.engine.directory.create(alias.as_str(), room_id.as_str(), me.user_id.as_str()).await?
+        {
+            return Err(ApiError::new(
+                http::StatusCode::BAD_REQUEST,
+                "M_ROOM_IN_USE",
+                format!("{alias} was taken meanwhile; {room_id} has no alias"),
+            ));
+        }
         Ok(ok_json(&json!({ "room_id": room_id })))
     })
 }
@@ -158,8 +178,17 @@ pub fn join(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
         let target = req.param("room_id")?;
-        let room = RoomId::parse(target)
-            .map_err(|_| ApiError::not_found(format!("cannot join {target}: room aliases are not supported yet")))?;
+        let room = if target.starts_with('#') {
+            let alias = super::directory::local_alias(&cx, target)?;
+            let entry = cx
+                .engine
+                .directory
+                .resolve(alias.as_str())?
+                .ok_or_else(|| ApiError::not_found(format!("{alias} is not an alias")))?;
+            RoomId::parse(&entry.room_id).map_err(|e| ApiError::unknown(e.to_string()))?
+        } else {
+            RoomId::parse(target).map_err(|e| ApiError::invalid_param(format!("room id: {e}")))?
+        };
         if cx.engine.rooms.short_room(&room)?.is_none() {
             return Err(ApiError::not_found(format!(
                 "room {room} is not known to this server (joins over federation are not available yet)"

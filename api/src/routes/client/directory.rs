@@ -1,0 +1,104 @@
+//! Room aliases: `/directory/room/{roomAlias}` and `/rooms/{roomId}/aliases`
+//! (Client-Server API §"Room aliases").
+
+use http::StatusCode;
+use ruma::{OwnedRoomAliasId, RoomAliasId, RoomId};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::{
+    auth::require_user,
+    error::ApiError,
+    http_util::{ok_json, parse_json},
+    router::{Ctx, HandlerFuture, Req},
+};
+
+/// The alias path parameter, which must belong to this server.
+pub(super) fn local_alias(cx: &Ctx, raw: &str) -> Result<OwnedRoomAliasId, ApiError> {
+    let alias = RoomAliasId::parse(raw).map_err(|e| ApiError::invalid_param(format!("room alias: {e}")))?;
+    if alias.server_name() != cx.engine.server_name {
+        return Err(ApiError::not_found(format!("{alias} belongs to another server (resolving it needs federation)")));
+    }
+    Ok(alias)
+}
+
+/// GET /directory/room/{roomAlias}
+pub fn resolve(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let alias = local_alias(&cx, req.param("alias")?)?;
+        let entry = cx
+            .engine
+            .directory
+            .resolve(alias.as_str())?
+            .ok_or_else(|| ApiError::not_found(format!("{alias} is not an alias")))?;
+        Ok(ok_json(&json!({ "room_id": entry.room_id, "servers": [cx.engine.server_name] })))
+    })
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    room_id: String,
+}
+
+/// PUT /directory/room/{roomAlias}
+pub fn create(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let alias = local_alias(&cx, req.param("alias")?).map_err(|e| ApiError::invalid_param(e.message))?;
+        let body: CreateBody = parse_json(&req.body)?;
+        let room = RoomId::parse(&body.room_id).map_err(|e| ApiError::invalid_param(e.to_string()))?;
+        if cx.engine.rooms.short_room(&room)?.is_none() {
+            return Err(ApiError::not_found(format!("unknown room {room}")));
+        }
+        if !cx.engine.directory.create(alias.as_str(), room.as_str(), me.user_id.as_str()).await? {
+            return Err(ApiError::new(StatusCode::CONFLICT, "M_UNKNOWN", format!("{alias} already exists")));
+        }
+        Ok(ok_json(&json!({})))
+    })
+}
+
+/// Whether `user` may change the room's canonical alias (by power level, or as a v12 creator).
+fn can_manage_aliases(cx: &Ctx, room: &RoomId, user: &str) -> Result<bool, ApiError> {
+    let rooms = &cx.engine.rooms;
+    if let Some(create) = rooms.state_event(room, "m.room.create", "")?
+        && create.sender.as_str() == user
+    {
+        return Ok(true);
+    }
+    let Some(pl) = rooms.state_event(room, "m.room.power_levels", "")? else { return Ok(false) };
+    let pl = pl.content_value();
+    let have = pl["users"][user].as_i64().or_else(|| pl["users_default"].as_i64()).unwrap_or(0);
+    let need = pl["events"]["m.room.canonical_alias"].as_i64().or_else(|| pl["state_default"].as_i64()).unwrap_or(50);
+    Ok(have >= need)
+}
+
+/// DELETE /directory/room/{roomAlias}
+pub fn delete(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let alias = local_alias(&cx, req.param("alias")?)?;
+        let entry = cx
+            .engine
+            .directory
+            .resolve(alias.as_str())?
+            .ok_or_else(|| ApiError::not_found(format!("{alias} is not an alias")))?;
+        let room = RoomId::parse(&entry.room_id).map_err(|e| ApiError::unknown(e.to_string()))?;
+        if entry.creator != me.user_id.as_str() && !can_manage_aliases(&cx, &room, me.user_id.as_str())? {
+            return Err(ApiError::forbidden("only the alias's creator or a room moderator can delete it"));
+        }
+        cx.engine.directory.remove(alias.as_str()).await?;
+        Ok(ok_json(&json!({})))
+    })
+}
+
+/// GET /rooms/{roomId}/aliases
+pub fn room_aliases(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let room = RoomId::parse(req.param("room_id")?).map_err(|e| ApiError::invalid_param(e.to_string()))?;
+        if cx.engine.rooms.membership(me.user_id.as_str(), &room)?.map(|m| m.membership).as_deref() != Some("join") {
+            return Err(ApiError::forbidden(format!("you are not joined to {room}")));
+        }
+        Ok(ok_json(&json!({ "aliases": cx.engine.directory.aliases_of(room.as_str())? })))
+    })
+}
