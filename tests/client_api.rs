@@ -321,3 +321,37 @@ async fn aliases_resolve_join_and_delete() {
     assert_eq!(r.errcode(), "M_NOT_FOUND");
     s.stop().await;
 }
+
+fn bodies_of(chunk: &Value) -> Vec<String> {
+    chunk.as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect()
+}
+
+#[tokio::test]
+async fn history_visibility_decides_what_a_late_joiner_sees() {
+    let s = TestServer::open("localhost").await;
+    let (alice, bob) = (s.register("alice").await, s.register("bob").await);
+    for (visibility, sees_before) in [("shared", true), ("joined", false)] {
+        let room = alice
+            .create_room(json!({
+                "preset": "public_chat",
+                "initial_state": [{ "type": "m.room.history_visibility", "state_key": "", "content": { "history_visibility": visibility } }]
+            }))
+            .await;
+        alice.send_text(&room, "before bob").await;
+        bob.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&room)), json!({})).await;
+        alice.send_text(&room, "after bob").await;
+        let page = bob.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(&room))).await;
+        let seen = bodies_of(&page["chunk"]);
+        assert!(seen.contains(&"after bob".to_owned()), "{visibility}: {seen:?}");
+        assert_eq!(seen.contains(&"before bob".to_owned()), sees_before, "{visibility}: {seen:?}");
+        let sync = bob.sync(None, 0).await;
+        let timeline = timeline_bodies(&sync, &room);
+        assert_eq!(timeline.contains(&"before bob".to_owned()), sees_before, "{visibility} sync: {timeline:?}");
+        // A non-member sees nothing at all.
+        let carol = s.register(&format!("carol{visibility}")).await;
+        let r =
+            carol.request(Method::GET, &format!("/_matrix/client/v3/rooms/{}/messages?dir=b", enc(&room)), None).await;
+        assert_eq!(r.errcode(), "M_FORBIDDEN");
+    }
+    s.stop().await;
+}

@@ -14,7 +14,8 @@
 //! with `limited`/`prev_batch`; state: the full current state on the first
 //! sync of a room, after a gap or with `full_state`), `rooms.invite` (stripped
 //! state), `rooms.leave` (the leave, on incremental syncs), `rooms.knock`,
-//! global and per-room account data. Not yet: ephemeral events, to-device,
+//! global and per-room account data. Timeline events pass the history
+//! visibility rules (`Rooms::visible_to`). Not yet: ephemeral events, to-device,
 //! notification counts (always 0), lazy-loading members, filters beyond the
 //! timeline limit and event types (issue 5 and later).
 
@@ -148,7 +149,11 @@ impl Engine {
                 "leave" | "ban" if fresh && since.is_some() => {
                     let (events, limited) =
                         self.rooms.timeline_between(&room_id, since_i, count, req.timeline_limit).map_err(rooms_err)?;
-                    let timeline: Vec<JsonValue> = events.iter().map(|(_, p)| client_event(p, false, now)).collect();
+                    let timeline: Vec<JsonValue> = events
+                        .iter()
+                        .filter(|(c, p)| self.rooms.visible_to(user, p, *c).unwrap_or(false))
+                        .map(|(_, p)| client_event(p, false, now))
+                        .collect();
                     let prev = events.first().map_or(since_i, |(c, _)| c - 1);
                     leave.insert(
                         room_id.to_string(),
@@ -205,8 +210,11 @@ impl Engine {
         } else {
             Vec::new()
         };
-        let timeline: Vec<JsonValue> =
-            events.iter().filter(|(_, p)| self.wanted(req, p)).map(|(_, p)| client_event(p, false, now)).collect();
+        let timeline: Vec<JsonValue> = events
+            .iter()
+            .filter(|(c, p)| self.wanted(req, p) && self.rooms.visible_to(user, p, *c).unwrap_or(false))
+            .map(|(_, p)| client_event(p, false, now))
+            .collect();
         let prev = events.first().map_or(since, |(c, _)| c - 1);
         let mut room_data = Vec::new();
         if let Ok(all) = self.users.all_account_data(user.as_str()) {

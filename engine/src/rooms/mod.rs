@@ -31,6 +31,7 @@ mod resolve;
 pub mod state;
 pub mod tables;
 pub mod version;
+mod visibility;
 
 use std::{
     collections::{BTreeMap, HashMap},

@@ -8,8 +8,8 @@
 //!
 //! Only rooms this server knows are reachable: joining or inviting across
 //! servers needs the federation issue. Reading requires being joined (or,
-//! for `/messages` and `/event`, having been a member); finer history
-//! visibility rules are not applied yet.
+//! for `/messages` and `/event`, having been a member), and every event
+//! served passes the room's history visibility at that event.
 
 use myelin_engine::{
     events::client_event,
@@ -380,6 +380,9 @@ pub fn get_event(cx: Ctx, req: Req) -> HandlerFuture {
         if pdu.room_id != room || meta.count <= 0 || meta.count > upto || meta.flags != 0 {
             return Err(not_found());
         }
+        if !cx.engine.rooms.visible_to(&me.user_id, &pdu, meta.count)? {
+            return Err(not_found());
+        }
         Ok(ok_json(&client_event(&pdu, true, now_ms())))
     })
 }
@@ -459,6 +462,9 @@ pub fn messages(cx: Ctx, req: Req) -> HandlerFuture {
         } else {
             cx.engine.rooms.timeline(&room, Some(from.unwrap_or(0)), Direction::Forward, limit)?
         };
+        // The page boundary comes from what was read, before visibility hides anything.
+        let full_page = events.len() == limit;
+        let last_read = events.last().map(|(c, _)| *c);
         let events: Vec<_> = events
             .into_iter()
             .filter(|(c, _)| *c <= upto)
@@ -468,6 +474,11 @@ pub fn messages(cx: Ctx, req: Req) -> HandlerFuture {
                 (None, _) => true,
             })
             .collect();
+        let reached_to = events.len() < limit && to.is_some();
+        let events: Vec<_> = events
+            .into_iter()
+            .filter(|(c, p)| cx.engine.rooms.visible_to(&me.user_id, p, *c).unwrap_or(false))
+            .collect();
         let now = now_ms();
         let chunk: Vec<JsonValue> = events.iter().map(|(_, p)| client_event(p, true, now)).collect();
         let start = from.map_or_else(
@@ -475,8 +486,9 @@ pub fn messages(cx: Ctx, req: Req) -> HandlerFuture {
             |f| format!("t{f}"),
         );
         let mut body = json!({ "chunk": chunk, "start": start });
-        if let Some((last, _)) = events.last()
-            && events.len() == limit
+        if let Some(last) = last_read
+            && full_page
+            && !reached_to
         {
             body["end"] = json!(if backwards { format!("t{}", last - 1) } else { format!("t{last}") });
         }
