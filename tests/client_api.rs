@@ -355,3 +355,65 @@ async fn history_visibility_decides_what_a_late_joiner_sees() {
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn account_data_changes_and_to_device_messages_arrive_incrementally() {
+    let s = TestServer::open("localhost").await;
+    let (alice, bob) = (s.register("alice").await, s.register("bob").await);
+    let room = alice.create_room(json!({})).await;
+    let first = alice.sync(None, 0).await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+
+    // A global change wakes a waiting sync and arrives once.
+    let poll = {
+        let (alice, since) = (alice.clone(), since.clone());
+        tokio::spawn(async move { alice.sync(Some(&since), 10_000).await })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let me = enc(&alice.user_id);
+    alice
+        .put(&format!("/_matrix/client/v3/user/{me}/account_data/m.direct"), json!({ "@bob:localhost": [room] }))
+        .await;
+    let got = poll.await.unwrap();
+    let events = got["account_data"]["events"].as_array().unwrap();
+    assert!(
+        events.iter().any(|e| e["type"] == "m.direct" && e["content"]["@bob:localhost"][0] == room.as_str()),
+        "{got}"
+    );
+    let since = got["next_batch"].as_str().unwrap().to_owned();
+    let again = alice.sync(Some(&since), 0).await;
+    assert!(again["account_data"]["events"].as_array().unwrap().is_empty(), "sent once");
+
+    // Per-room account data lands in that room's section.
+    alice
+        .put(
+            &format!("/_matrix/client/v3/user/{me}/rooms/{}/account_data/m.tag", enc(&room)),
+            json!({ "tags": { "u.work": {} } }),
+        )
+        .await;
+    let tagged = alice.sync(Some(&since), 0).await;
+    assert_eq!(tagged["rooms"]["join"][&room]["account_data"]["events"][0]["type"], "m.tag", "{tagged}");
+
+    // To-device: delivered to the device until a later sync acknowledges it.
+    let bob_first = bob.sync(None, 0).await;
+    let bob_since = bob_first["next_batch"].as_str().unwrap().to_owned();
+    let msg = json!({ "messages": { "@bob:localhost": { bob.device_id.as_str(): { "hello": "device" } } } });
+    alice.put("/_matrix/client/v3/sendToDevice/m.test/txn1", msg).await;
+    let got = bob.sync(Some(&bob_since), 5_000).await;
+    let to_device = got["to_device"]["events"].as_array().unwrap();
+    assert_eq!(to_device.len(), 1, "{got}");
+    assert_eq!(to_device[0]["sender"], "@alice:localhost");
+    assert_eq!(to_device[0]["content"]["hello"], "device");
+    let next = got["next_batch"].as_str().unwrap().to_owned();
+    let acked = bob.sync(Some(&next), 0).await;
+    assert!(acked["to_device"]["events"].as_array().unwrap().is_empty(), "acknowledged messages are gone");
+    let r = alice
+        .request(
+            Method::PUT,
+            "/_matrix/client/v3/sendToDevice/m.test/txn2",
+            Some(json!({ "messages": { "@z:remote.example": { "*": {} } } })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    s.stop().await;
+}

@@ -59,7 +59,7 @@ impl Engine {
         let rooms = rooms::Rooms::open(db.clone(), server_name.clone(), keys.clone(), stream.clone())
             .map_err(|e| EngineError::Rooms(e.to_string()))?;
         tracing::info!(server_name = %server_name, key_id = keys.key_id(), data_dir = %config.data_dir.display(), "engine ready");
-        let users = users::Users::new(db.clone(), server_name.clone());
+        let users = users::Users::new(db.clone(), server_name.clone(), stream.clone());
         let directory = directory::Directory::new(db.clone());
         Ok(Arc::new(Self { config: Arc::new(config), server_name, db, keys, stream, rooms, users, directory }))
     }

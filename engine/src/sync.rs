@@ -14,12 +14,17 @@
 //! with `limited`/`prev_batch`; state: the full current state on the first
 //! sync of a room, after a gap or with `full_state`), `rooms.invite` (stripped
 //! state), `rooms.leave` (the leave, on incremental syncs), `rooms.knock`,
-//! global and per-room account data. Timeline events pass the history
-//! visibility rules (`Rooms::visible_to`). Not yet: ephemeral events, to-device,
+//! global and per-room account data newer than the token, and to-device
+//! messages for the syncing device (deleted once a later sync acknowledges
+//! them by passing a newer token). Timeline events pass the history
+//! visibility rules (`Rooms::visible_to`). Not yet: ephemeral events,
 //! notification counts (always 0), lazy-loading members, filters beyond the
 //! timeline limit and event types (issue 5 and later).
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
 
 use ruma::{RoomId, UserId};
 use serde_json::{Map, Value as JsonValue, json};
@@ -33,6 +38,8 @@ use crate::{
 /// What the client asked for.
 #[derive(Debug, Clone)]
 pub struct SyncRequest {
+    /// The syncing device (to-device messages are per device).
+    pub device_id: String,
     /// Stream position of `since`, if any.
     pub since: Option<u64>,
     /// Long-poll timeout.
@@ -50,6 +57,7 @@ pub struct SyncRequest {
 impl Default for SyncRequest {
     fn default() -> Self {
         Self {
+            device_id: String::new(),
             since: None,
             timeout: Duration::ZERO,
             full_state: false,
@@ -69,11 +77,29 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+fn rooms_err(e: RoomError) -> EngineError {
+    EngineError::Rooms(e.to_string())
+}
+
+fn users_err(e: crate::users::UserError) -> EngineError {
+    EngineError::Rooms(e.to_string())
+}
+
+/// Account data newer than the token: global events, and per room.
+struct ChangedData {
+    global: Vec<JsonValue>,
+    rooms: HashMap<String, Vec<JsonValue>>,
+}
+
 impl Engine {
     /// Runs one `/sync` for `user`, waiting up to `req.timeout` for something new.
     pub async fn sync(&self, user: &UserId, req: SyncRequest) -> Result<JsonValue, EngineError> {
         let deadline = Instant::now() + req.timeout;
         let mut wake = self.stream.subscribe();
+        // A sync with `since` acknowledges the to-device messages delivered before it.
+        if let Some(since) = req.since {
+            self.users.ack_to_device(user.as_str(), &req.device_id, since).await.map_err(users_err)?;
+        }
         loop {
             // Read the position first: everything at or below it is durable and visible.
             let upto = self.stream.current();
@@ -102,6 +128,23 @@ impl Engine {
         }
     }
 
+    fn changed_account_data(&self, user: &UserId, since: Option<u64>, upto: u64) -> Result<ChangedData, EngineError> {
+        let mut changed = ChangedData { global: Vec::new(), rooms: HashMap::new() };
+        for (room, kind, data) in self.users.all_account_data(user.as_str()).map_err(users_err)? {
+            if data.count > upto || since.is_some_and(|s| data.count <= s) {
+                continue;
+            }
+            let Ok(content) = serde_json::from_slice::<JsonValue>(&data.json) else { continue };
+            let event = json!({ "type": kind, "content": content });
+            if room.is_empty() {
+                changed.global.push(event);
+            } else {
+                changed.rooms.entry(room).or_default().push(event);
+            }
+        }
+        Ok(changed)
+    }
+
     fn sync_once(
         &self,
         user: &UserId,
@@ -112,8 +155,8 @@ impl Engine {
         let now = now_ms();
         let since_i = since.map_or(0, |s| s as i64);
         let upto_i = upto as i64;
+        let mut data = self.changed_account_data(user, since, upto)?;
         let (mut join, mut invite, mut leave, mut knock) = (Map::new(), Map::new(), Map::new(), Map::new());
-        let rooms_err = |e: RoomError| EngineError::Rooms(e.to_string());
         for (room_id, Membership { membership, count, .. }) in self.rooms.rooms_of(user.as_str()).map_err(rooms_err)? {
             if count > upto_i {
                 continue; // happened after this response's position: next time
@@ -125,26 +168,22 @@ impl Engine {
                         .rooms
                         .timeline_between(&room_id, since_i, upto_i, req.timeline_limit)
                         .map_err(rooms_err)?;
-                    if events.is_empty() && !fresh && !req.full_state {
+                    let room_data = data.rooms.remove(room_id.as_str()).unwrap_or_default();
+                    if events.is_empty() && room_data.is_empty() && !fresh && !req.full_state {
                         continue;
                     }
                     let full = fresh || limited || req.full_state;
-                    join.insert(
-                        room_id.to_string(),
-                        self.joined_room(&room_id, user, &events, limited, full, since_i, req, now)?,
-                    );
+                    let mut body = self.joined_room(&room_id, user, &events, limited, full, since_i, req, now)?;
+                    body["account_data"]["events"] = JsonValue::Array(room_data);
+                    join.insert(room_id.to_string(), body);
                 }
                 "invite" if fresh => {
-                    invite.insert(
-                        room_id.to_string(),
-                        json!({ "invite_state": { "events": self.stripped_state(&room_id, user)? } }),
-                    );
+                    let state = self.stripped_state(&room_id, user)?;
+                    invite.insert(room_id.to_string(), json!({ "invite_state": { "events": state } }));
                 }
                 "knock" if fresh => {
-                    knock.insert(
-                        room_id.to_string(),
-                        json!({ "knock_state": { "events": self.stripped_state(&room_id, user)? } }),
-                    );
+                    let state = self.stripped_state(&room_id, user)?;
+                    knock.insert(room_id.to_string(), json!({ "knock_state": { "events": state } }));
                 }
                 "leave" | "ban" if fresh && since.is_some() => {
                     let (events, limited) =
@@ -167,18 +206,28 @@ impl Engine {
                 _ => {}
             }
         }
-        let account_data = self.global_account_data(user, since)?;
+        let to_device: Vec<JsonValue> = self
+            .users
+            .pending_to_device(user.as_str(), &req.device_id, upto, 100)
+            .map_err(users_err)?
+            .into_iter()
+            .filter_map(|(_, m)| {
+                let content = serde_json::from_slice::<JsonValue>(&m.content).ok()?;
+                Some(json!({ "sender": m.sender, "type": m.kind, "content": content }))
+            })
+            .collect();
         let has_news = !join.is_empty()
             || !invite.is_empty()
             || !leave.is_empty()
             || !knock.is_empty()
-            || !account_data.is_empty();
+            || !data.global.is_empty()
+            || !to_device.is_empty();
         let body = json!({
             "next_batch": format!("s{upto}"),
             "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
-            "account_data": { "events": account_data },
+            "account_data": { "events": data.global },
             "presence": { "events": [] },
-            "to_device": { "events": [] },
+            "to_device": { "events": to_device },
             "device_lists": { "changed": [], "left": [] },
             "device_one_time_keys_count": {},
         });
@@ -197,12 +246,10 @@ impl Engine {
         req: &SyncRequest,
         now: u64,
     ) -> Result<JsonValue, EngineError> {
-        let rooms_err = |e: RoomError| EngineError::Rooms(e.to_string());
-        let in_timeline: std::collections::HashSet<&ruma::EventId> = events.iter().map(|(_, p)| &*p.event_id).collect();
+        let in_timeline: HashSet<&ruma::EventId> = events.iter().map(|(_, p)| &*p.event_id).collect();
+        let current = self.rooms.current_state(room_id).map_err(rooms_err)?;
         let state: Vec<JsonValue> = if full_state {
-            self.rooms
-                .current_state(room_id)
-                .map_err(rooms_err)?
+            current
                 .iter()
                 .filter(|p| !in_timeline.contains(&*p.event_id))
                 .map(|p| client_event(p, false, now))
@@ -216,27 +263,14 @@ impl Engine {
             .map(|(_, p)| client_event(p, false, now))
             .collect();
         let prev = events.first().map_or(since, |(c, _)| c - 1);
-        let mut room_data = Vec::new();
-        if let Ok(all) = self.users.all_account_data(user.as_str()) {
-            for (room, kind, json) in all {
-                if room == room_id.as_str()
-                    && let Ok(content) = serde_json::from_slice::<JsonValue>(&json)
-                {
-                    room_data.push(json!({ "type": kind, "content": content }));
-                }
-            }
-        }
-        let joined = self
-            .rooms
-            .current_state(room_id)
-            .map_err(rooms_err)?
+        let joined = current
             .iter()
             .filter(|p| p.kind.to_string() == "m.room.member" && p.content_value()["membership"] == "join")
             .count();
         Ok(json!({
             "timeline": { "events": timeline, "limited": limited, "prev_batch": format!("t{prev}") },
             "state": { "events": state },
-            "account_data": { "events": room_data },
+            "account_data": { "events": [] },
             "ephemeral": { "events": [] },
             "unread_notifications": { "notification_count": 0, "highlight_count": 0 },
             "summary": { "m.joined_member_count": joined },
@@ -245,7 +279,6 @@ impl Engine {
 
     /// The stripped state an invited or knocking user sees (§"Stripped state").
     fn stripped_state(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<JsonValue>, EngineError> {
-        let rooms_err = |e: RoomError| EngineError::Rooms(e.to_string());
         let mut out = Vec::new();
         for (kind, key) in [
             ("m.room.create", ""),
@@ -259,23 +292,6 @@ impl Engine {
         ] {
             if let Some(p) = self.rooms.state_event(room_id, kind, key).map_err(rooms_err)? {
                 out.push(stripped_event(&p));
-            }
-        }
-        Ok(out)
-    }
-
-    fn global_account_data(&self, user: &UserId, since: Option<u64>) -> Result<Vec<JsonValue>, EngineError> {
-        // Account data carries no position yet, so it is sent on initial syncs only.
-        if since.is_some() {
-            return Ok(Vec::new());
-        }
-        let mut out = Vec::new();
-        let all = self.users.all_account_data(user.as_str()).map_err(|e| EngineError::Rooms(e.to_string()))?;
-        for (room, kind, json) in all {
-            if room.is_empty()
-                && let Ok(content) = serde_json::from_slice::<JsonValue>(&json)
-            {
-                out.push(json!({ "type": kind, "content": content }));
             }
         }
         Ok(out)

@@ -20,6 +20,7 @@ use argon2::{
 };
 use base64::Engine as _;
 use myelin_storage::{Batch, Db, Direction, Raw, Stored, Table, catalog};
+
 use ring::rand::SecureRandom;
 use ruma::{OwnedServerName, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
@@ -65,7 +66,30 @@ impl Stored for Device {}
 const ACCOUNTS: Table<String, Account> = Table::new(&catalog::USERID_ACCOUNT);
 const TOKENS: Table<String, Session> = Table::new(&catalog::TOKEN_SESSION);
 const DEVICES: Table<(String, String), Device> = Table::new(&catalog::USERDEVICE_DEVICE);
-const ACCOUNT_DATA: Table<(String, String, String), Raw> = Table::new(&catalog::USERROOMTYPE_ACCOUNTDATA);
+const ACCOUNT_DATA: Table<(String, String, String), AccountData> = Table::new(&catalog::USERROOMTYPE_ACCOUNTDATA);
+const TO_DEVICE: Table<(String, String, u64), ToDevice> = Table::new(&catalog::USERDEVICECOUNT_TODEVICE);
+
+/// Stored account data: the JSON and the stream position it was written at.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AccountData {
+    /// Stream position of the last write (incremental `/sync` sends newer ones).
+    pub count: u64,
+    /// The content.
+    pub json: Vec<u8>,
+}
+impl Stored for AccountData {}
+
+/// A to-device message waiting for its device's next `/sync`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ToDevice {
+    /// Who sent it.
+    pub sender: String,
+    /// Event type.
+    pub kind: String,
+    /// Content JSON.
+    pub content: Vec<u8>,
+}
+impl Stored for ToDevice {}
 const FILTERS: Table<(String, u64), Raw> = Table::new(&catalog::USERFILTER_FILTER);
 const TXNS: Table<(String, String, String), String> = Table::new(&catalog::USERDEVICETXN_EVENTID);
 
@@ -149,6 +173,7 @@ fn password_matches(argon2: &Argon2<'static>, hash: &str, password: &str) -> boo
 /// Accounts and sessions of one server.
 pub struct Users {
     db: Arc<Db>,
+    stream: myelin_storage::StreamCounter,
     server_name: OwnedServerName,
     /// Serialises account creation so two registrations cannot take one name.
     create_lock: tokio::sync::Mutex<()>,
@@ -157,8 +182,8 @@ pub struct Users {
 
 impl Users {
     /// The user service over `db`.
-    pub fn new(db: Arc<Db>, server_name: OwnedServerName) -> Self {
-        Self { db, server_name, create_lock: tokio::sync::Mutex::new(()), argon2: Argon2::default() }
+    pub fn new(db: Arc<Db>, server_name: OwnedServerName, stream: myelin_storage::StreamCounter) -> Self {
+        Self { db, stream, server_name, create_lock: tokio::sync::Mutex::new(()), argon2: Argon2::default() }
     }
 
     /// Checks a localpart against the spec's user id grammar (lower-case historical set).
@@ -396,20 +421,20 @@ impl Users {
     /// Global (`room` = None) or per-room account data of `kind`.
     pub fn account_data(&self, user_id: &str, room: Option<&str>, kind: &str) -> Result<Option<Vec<u8>>, UserError> {
         let key = (user_id.to_owned(), room.unwrap_or_default().to_owned(), kind.to_owned());
-        Ok(ACCOUNT_DATA.get(&*self.db, &key)?.map(|r| r.0))
+        Ok(ACCOUNT_DATA.get(&*self.db, &key)?.map(|r| r.json))
     }
 
-    /// All account data of the user: `(room or "", type, JSON)`.
-    pub fn all_account_data(&self, user_id: &str) -> Result<Vec<(String, String, Vec<u8>)>, UserError> {
+    /// All account data of the user: `(room or "", type, data)`.
+    pub fn all_account_data(&self, user_id: &str) -> Result<Vec<(String, String, AccountData)>, UserError> {
         let mut out = Vec::new();
         for row in ACCOUNT_DATA.prefix(&*self.db, &(user_id.to_owned(),), Direction::Forward)? {
-            let ((_, room, kind), Raw(json)) = row?;
-            out.push((room, kind, json));
+            let ((_, room, kind), data) = row?;
+            out.push((room, kind, data));
         }
         Ok(out)
     }
 
-    /// Stores account data.
+    /// Stores account data at a new stream position (which wakes the user's `/sync`).
     pub async fn set_account_data(
         &self,
         user_id: &str,
@@ -419,9 +444,61 @@ impl Users {
     ) -> Result<(), UserError> {
         let key = (user_id.to_owned(), room.unwrap_or_default().to_owned(), kind.to_owned());
         let mut batch = Batch::new();
-        ACCOUNT_DATA.put(&mut batch, &key, &Raw(json))?;
+        let count = self.stream.next_in(&mut batch);
+        ACCOUNT_DATA.put(&mut batch, &key, &AccountData { count, json })?;
         self.db.commit(batch).await?;
         Ok(())
+    }
+
+    /// Queues to-device messages: `(user, device or "*", content)` for local users.
+    pub async fn send_to_device(
+        &self,
+        sender: &str,
+        kind: &str,
+        messages: Vec<(String, String, Vec<u8>)>,
+    ) -> Result<(), UserError> {
+        let mut batch = Batch::new();
+        let count = self.stream.next_in(&mut batch);
+        for (user, device, content) in messages {
+            let targets: Vec<String> =
+                if device == "*" { self.devices(&user)?.into_iter().map(|(d, _)| d).collect() } else { vec![device] };
+            for device in targets {
+                let message = ToDevice { sender: sender.to_owned(), kind: kind.to_owned(), content: content.clone() };
+                TO_DEVICE.put(&mut batch, &(user.clone(), device, count), &message)?;
+            }
+        }
+        self.db.commit(batch).await?;
+        Ok(())
+    }
+
+    /// Deletes the device's messages at or below `upto` (the client has them).
+    pub async fn ack_to_device(&self, user_id: &str, device_id: &str, upto: u64) -> Result<(), UserError> {
+        let mut batch = Batch::new();
+        let range = (user_id.to_owned(), device_id.to_owned(), 0)..=(user_id.to_owned(), device_id.to_owned(), upto);
+        for row in TO_DEVICE.range(&*self.db, range, Direction::Forward)? {
+            TO_DEVICE.delete(&mut batch, &row?.0);
+        }
+        if !batch.is_empty() {
+            self.db.commit(batch).await?;
+        }
+        Ok(())
+    }
+
+    /// The device's pending messages at or below `upto`, oldest first, at most `limit`.
+    pub fn pending_to_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, ToDevice)>, UserError> {
+        let range = (user_id.to_owned(), device_id.to_owned(), 0)..=(user_id.to_owned(), device_id.to_owned(), upto);
+        let mut out = Vec::new();
+        for row in TO_DEVICE.range(&*self.db, range, Direction::Forward)?.take(limit) {
+            let ((_, _, count), message) = row?;
+            out.push((count, message));
+        }
+        Ok(out)
     }
 
     /// Stores a filter and returns its id.

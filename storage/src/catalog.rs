@@ -92,7 +92,7 @@ pub static ROOMEVENT_EXTREMITY: Cf = scan("roomevent_extremity", 1);
 /// `(prev short event id, child short event id)` → (): prev-event edges, by parent.
 pub static PREVEVENT_CHILDEVENT: Cf = scan("prevevent_childevent", 2);
 /// Snapshot id → state layer (parent + added/removed entries, or a full state).
-pub static SHORTSTATEHASH_STATELAYER: Cf = point("shortstatehash_statelayer", 6);
+pub static SHORTSTATEHASH_STATELAYER: Cf = point("shortstatehash_statelayer", 5);
 /// SHA-256 of a full state → snapshot id, so identical states share one id.
 pub static STATEHASH_SHORTSTATEHASH: Cf = point("statehash_shortstatehash", 2);
 
@@ -115,6 +115,9 @@ pub static USERROOM_MEMBERSHIP: Cf = scan("userroom_membership", 2);
 pub static ALIAS_ROOM: Cf = point("alias_room", 1);
 /// `(room id, alias)` → (): a room's local aliases.
 pub static ROOMALIAS_NONE: Cf = scan("roomalias_none", 1);
+
+/// `(user id, device id, stream position)` → a to-device message waiting for delivery.
+pub static USERDEVICECOUNT_TODEVICE: Cf = scan("userdevicecount_todevice", 1);
 
 /// Every family, in creation order. The default family is unused.
 pub static ALL: &[&Cf] = &[
@@ -147,6 +150,7 @@ pub static ALL: &[&Cf] = &[
     &USERROOM_MEMBERSHIP,
     &ALIAS_ROOM,
     &ROOMALIAS_NONE,
+    &USERDEVICECOUNT_TODEVICE,
 ];
 
 #[cfg(test)]

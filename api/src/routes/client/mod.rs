@@ -61,6 +61,7 @@ pub fn add(r: &mut Router) {
     both(r, M::GET, "/rooms/{room_id}/aliases", directory::room_aliases);
 
     both(r, M::GET, "/sync", sync::sync);
+    both(r, M::PUT, "/sendToDevice/{event_type}/{txn_id}", sync::send_to_device);
     both(r, M::POST, "/user/{user_id}/filter", sync::put_filter);
     both(r, M::GET, "/user/{user_id}/filter/{filter_id}", sync::get_filter);
     both(r, M::PUT, "/user/{user_id}/account_data/{type}", sync::put_account_data);

@@ -38,7 +38,7 @@ fn apply_filter(req: &mut SyncRequest, filter: &JsonValue) {
 pub fn sync(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
-        let mut request = SyncRequest::default();
+        let mut request = SyncRequest { device_id: me.device_id.clone(), ..SyncRequest::default() };
         if let Some(since) = query_param(&req, "since") {
             request.since =
                 Some(parse_token(&since).ok_or_else(|| ApiError::invalid_param(format!("bad since token {since}")))?);
@@ -137,5 +137,40 @@ pub fn get_account_data(cx: Ctx, req: Req) -> HandlerFuture {
             .ok_or_else(|| ApiError::not_found("no account data of that type"))?;
         let json: JsonValue = serde_json::from_slice(&stored).map_err(|e| ApiError::unknown(e.to_string()))?;
         Ok(ok_json(&json))
+    })
+}
+
+/// PUT /_matrix/client/v3/sendToDevice/{eventType}/{txnId}
+///
+/// Client-Server API §"Send-to-Device messaging". Messages for users of this
+/// server are queued per device (`*`: every device); other servers' users
+/// need federation EDUs (the federation issue) and are refused.
+pub fn send_to_device(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let kind = req.param("event_type")?.to_owned();
+        let txn = format!("to_device/{}", req.param("txn_id")?);
+        if cx.engine.users.txn_event(me.user_id.as_str(), &me.device_id, &txn)?.is_some() {
+            return Ok(ok_json(&json!({})));
+        }
+        let body: JsonValue = parse_json(&req.body)?;
+        let messages =
+            body["messages"].as_object().ok_or_else(|| ApiError::bad_json("`messages` must be an object"))?;
+        let mut queue = Vec::new();
+        for (user, devices) in messages {
+            let user_id =
+                ruma::UserId::parse(user.as_str()).map_err(|e| ApiError::invalid_param(format!("{user}: {e}")))?;
+            if user_id.server_name() != cx.engine.server_name {
+                return Err(ApiError::forbidden(format!("{user}: sending to other servers' devices needs federation")));
+            }
+            let devices = devices.as_object().ok_or_else(|| ApiError::bad_json("device map must be an object"))?;
+            for (device, content) in devices {
+                let bytes = serde_json::to_vec(content).map_err(|e| ApiError::bad_json(e.to_string()))?;
+                queue.push((user.clone(), device.clone(), bytes));
+            }
+        }
+        cx.engine.users.send_to_device(me.user_id.as_str(), &kind, queue).await?;
+        cx.engine.users.set_txn_event(me.user_id.as_str(), &me.device_id, &txn, "").await?;
+        Ok(ok_json(&json!({})))
     })
 }
