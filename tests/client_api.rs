@@ -417,3 +417,24 @@ async fn account_data_changes_and_to_device_messages_arrive_incrementally() {
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_user_over_the_rate_limit_gets_m_limit_exceeded() {
+    let s = TestServer::start_with("localhost", |c| {
+        c.registration.enabled = true;
+        c.rate_limit.per_second = 0.5;
+        c.rate_limit.burst = 3;
+    })
+    .await;
+    let (alice, bob) = (s.register("alice").await, s.register("bob").await);
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await; // 1 token
+    alice.send_text(&room, "one").await; // 2
+    alice.send_text(&room, "two").await; // 3
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/over", enc(&room));
+    let r = alice.request(Method::PUT, &path, Some(json!({ "msgtype": "m.text", "body": "three" }))).await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"));
+    assert!(r.json()["retry_after_ms"].as_u64().unwrap() > 0);
+    // Buckets are per user.
+    bob.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&room)), json!({})).await;
+    s.stop().await;
+}

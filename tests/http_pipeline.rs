@@ -101,7 +101,8 @@ async fn pipeline_server() -> (TestServer, std::net::SocketAddr, tokio::sync::wa
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let ctx = Ctx { engine: s.engine.clone(), listener: Listener::Client, federation_addr: s.federation };
+    let limiter = std::sync::Arc::new(myelin_api::ratelimit::RateLimiter::new(0.0, 1));
+    let ctx = Ctx { engine: s.engine.clone(), listener: Listener::Client, federation_addr: s.federation, limiter };
     tokio::spawn(myelin_api::server::serve_router(listener, ctx, router, stop_rx));
     (s, addr, stop)
 }

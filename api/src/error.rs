@@ -18,12 +18,14 @@ pub struct ApiError {
     pub errcode: &'static str,
     /// Human-readable message.
     pub message: String,
+    /// For `M_LIMIT_EXCEEDED`: when to try again.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ApiError {
     /// Builds an error.
     pub fn new(status: StatusCode, errcode: &'static str, message: impl Into<String>) -> Self {
-        Self { status, errcode, message: message.into() }
+        Self { status, errcode, message: message.into(), retry_after_ms: None }
     }
 
     /// 404 `M_UNRECOGNIZED`: no such endpoint.
@@ -63,7 +65,17 @@ impl ApiError {
 
     /// The standard error response.
     pub fn into_response(self) -> Resp {
-        json_response(self.status, &serde_json::json!({ "errcode": self.errcode, "error": self.message }))
+        let mut body = serde_json::json!({ "errcode": self.errcode, "error": self.message });
+        if let Some(ms) = self.retry_after_ms {
+            body["retry_after_ms"] = serde_json::json!(ms);
+        }
+        let mut resp = json_response(self.status, &body);
+        if let Some(ms) = self.retry_after_ms
+            && let Ok(v) = http::HeaderValue::from_str(&ms.div_ceil(1000).to_string())
+        {
+            resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+        }
+        resp
     }
 }
 

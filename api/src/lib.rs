@@ -7,6 +7,7 @@ pub mod auth;
 pub mod error;
 pub mod http_util;
 pub mod metrics;
+pub mod ratelimit;
 pub mod router;
 mod routes;
 pub mod server;

@@ -43,6 +43,8 @@ pub struct Ctx {
     pub listener: Listener,
     /// The bound federation address (the configured port may be 0).
     pub federation_addr: Option<std::net::SocketAddr>,
+    /// Per-user limits on event-creating requests.
+    pub limiter: Arc<crate::ratelimit::RateLimiter>,
 }
 
 /// A parsed request: head, full body (already size-checked), path parameters.

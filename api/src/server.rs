@@ -146,6 +146,7 @@ pub async fn start(engine: Arc<Engine>) -> Result<Running, StartError> {
     })?;
     let client_addr =
         client.local_addr().map_err(|err| StartError::Bind { what: "client", addr: config.client.listen, err })?;
+    let limiter = Arc::new(crate::ratelimit::RateLimiter::new(config.rate_limit.per_second, config.rate_limit.burst));
     let mut federation_addr = None;
     let federation = if config.federation.enabled {
         let tls = crate::tls::server_config(&config)?;
@@ -160,7 +161,12 @@ pub async fn start(engine: Arc<Engine>) -> Result<Running, StartError> {
             err,
         })?);
         let state = Arc::new(ListenerState {
-            ctx: Ctx { engine: engine.clone(), listener: Listener::Federation, federation_addr },
+            ctx: Ctx {
+                engine: engine.clone(),
+                listener: Listener::Federation,
+                federation_addr,
+                limiter: limiter.clone(),
+            },
             router: crate::routes::federation_router(),
         });
         Some((listener, state, tokio_rustls::TlsAcceptor::from(tls)))
@@ -169,7 +175,7 @@ pub async fn start(engine: Arc<Engine>) -> Result<Running, StartError> {
     };
 
     let client_state = Arc::new(ListenerState {
-        ctx: Ctx { engine: engine.clone(), listener: Listener::Client, federation_addr },
+        ctx: Ctx { engine: engine.clone(), listener: Listener::Client, federation_addr, limiter },
         router: crate::routes::client_router(),
     });
     tracing::info!(addr = %client_addr, "client API listening (HTTP)");

@@ -36,6 +36,24 @@ pub struct Config {
     pub media: MediaConfig,
     /// Storage tuning.
     pub storage: StorageConfig,
+    /// Per-user rate limits on event-creating requests.
+    pub rate_limit: RateLimitConfig,
+}
+
+/// `[rate_limit]` (Myelin extension): a token bucket per user.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Sustained events per second per user; 0 turns the limit off.
+    pub per_second: f64,
+    /// Events a user may send in a burst.
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self { per_second: 50.0, burst: 200 }
+    }
 }
 
 /// `[client]`
@@ -106,6 +124,7 @@ impl Default for Config {
             registration: RegistrationConfig::default(),
             media: MediaConfig::default(),
             storage: StorageConfig::default(),
+            rate_limit: RateLimitConfig::default(),
         }
     }
 }
@@ -220,6 +239,9 @@ impl Config {
         }
         if self.federation.tls_cert.is_empty() != self.federation.tls_key.is_empty() {
             return Err(ConfigError("federation.tls_cert and federation.tls_key: set both or neither".into()));
+        }
+        if !(self.rate_limit.per_second >= 0.0 && self.rate_limit.per_second.is_finite()) {
+            return Err(ConfigError("rate_limit.per_second: must be a number >= 0 (0 turns the limit off)".into()));
         }
         if self.storage.cache_mb == 0 {
             return Err(ConfigError("storage.cache_mb: must be at least 1".into()));

@@ -86,6 +86,7 @@ struct CreateRoomBody {
 pub fn create_room(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
+        cx.limiter.check(&me.user_id)?;
         let body: CreateRoomBody = if req.body.is_empty() { CreateRoomBody::default() } else { parse_json(&req.body)? };
         let preset = match body.preset.as_deref() {
             None => None,
@@ -177,6 +178,7 @@ async fn set_membership(
 pub fn join(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
+        cx.limiter.check(&me.user_id)?;
         let target = req.param("room_id")?;
         let room = if target.starts_with('#') {
             let alias = super::directory::local_alias(&cx, target)?;
@@ -209,6 +211,7 @@ fn target_action(membership: &'static str) -> impl Fn(Ctx, Req) -> HandlerFuture
     move |cx, req| {
         Box::pin(async move {
             let me = require_user(&cx, &req)?;
+            cx.limiter.check(&me.user_id)?;
             let room = room_param(&req)?;
             let body: TargetBody = parse_json(&req.body)?;
             if membership == "unban" {
@@ -252,6 +255,7 @@ struct ReasonBody {
 pub fn leave(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
+        cx.limiter.check(&me.user_id)?;
         let room = room_param(&req)?;
         let body: ReasonBody = if req.body.is_empty() { ReasonBody::default() } else { parse_json(&req.body)? };
         if membership_of(&cx, &me.user_id, &room)?.is_none() {
@@ -298,6 +302,7 @@ pub fn joined_rooms(cx: Ctx, req: Req) -> HandlerFuture {
 pub fn send(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
+        cx.limiter.check(&me.user_id)?;
         let room = room_param(&req)?;
         let kind = req.param("event_type")?.to_owned();
         let txn = req.param("txn_id")?.to_owned();
@@ -319,6 +324,7 @@ pub fn send(cx: Ctx, req: Req) -> HandlerFuture {
 pub fn put_state(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
+        cx.limiter.check(&me.user_id)?;
         let room = room_param(&req)?;
         let kind = req.param("event_type")?.to_owned();
         let key = req.param("state_key").map(str::to_owned).unwrap_or_default();
