@@ -438,3 +438,40 @@ async fn a_user_over_the_rate_limit_gets_m_limit_exceeded() {
     bob.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&room)), json!({})).await;
     s.stop().await;
 }
+
+#[tokio::test]
+async fn context_timestamp_lookup_and_members_at_a_point() {
+    let s = TestServer::open("localhost").await;
+    let (alice, bob) = (s.register("alice").await, s.register("bob").await);
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(alice.send_text(&room, &format!("c{i}")).await);
+    }
+    let before_bob = alice.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let cutoff = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    bob.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&room)), json!({})).await;
+    let late = alice.send_text(&room, "late").await;
+
+    let ctx = alice.get(&format!("/_matrix/client/v3/rooms/{}/context/{}?limit=4", enc(&room), enc(&ids[2]))).await;
+    assert_eq!(ctx["event"]["content"]["body"], "c2");
+    assert_eq!(bodies_of(&ctx["events_before"]), ["c1", "c0"]);
+    assert_eq!(bodies_of(&ctx["events_after"]), ["c3", "c4"]);
+    assert!(ctx["state"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"));
+
+    let found =
+        alice.get(&format!("/_matrix/client/v1/rooms/{}/timestamp_to_event?ts={cutoff}&dir=f", enc(&room))).await;
+    let bob_join = found["event_id"].as_str().unwrap().to_owned();
+    assert_ne!(bob_join, late, "the first event after the cutoff is bob's join, not the later message");
+    let back =
+        alice.get(&format!("/_matrix/client/v1/rooms/{}/timestamp_to_event?ts={cutoff}&dir=b", enc(&room))).await;
+    assert_eq!(back["event_id"], ids[4].as_str());
+
+    let now = alice.get(&format!("/_matrix/client/v3/rooms/{}/members", enc(&room))).await;
+    assert_eq!(now["chunk"].as_array().unwrap().len(), 2);
+    let then = alice.get(&format!("/_matrix/client/v3/rooms/{}/members?at={before_bob}", enc(&room))).await;
+    assert_eq!(then["chunk"].as_array().unwrap().len(), 1, "bob was not a member yet");
+    s.stop().await;
+}

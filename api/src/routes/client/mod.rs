@@ -54,6 +54,8 @@ pub fn add(r: &mut Router) {
     both(r, M::GET, "/rooms/{room_id}/members", rooms::members);
     both(r, M::GET, "/rooms/{room_id}/joined_members", rooms::joined_members);
     both(r, M::GET, "/rooms/{room_id}/messages", rooms::messages);
+    both(r, M::GET, "/rooms/{room_id}/context/{event_id}", rooms::context);
+    r.add(M::GET, "/_matrix/client/v1/rooms/{room_id}/timestamp_to_event", rooms::timestamp_to_event);
 
     both(r, M::GET, "/directory/room/{alias}", directory::resolve);
     both(r, M::PUT, "/directory/room/{alias}", directory::create);

@@ -402,10 +402,25 @@ pub fn members(cx: Ctx, req: Req) -> HandlerFuture {
         let only = query_param(&req, "membership");
         let not = query_param(&req, "not_membership");
         let now = now_ms();
-        let chunk: Vec<JsonValue> = cx
-            .engine
-            .rooms
-            .current_state(&room)?
+        // `at`: the state as of that pagination or sync token.
+        let state = match query_param(&req, "at") {
+            Some(token) => {
+                let at = parse_position(&token)?;
+                match cx.engine.rooms.timeline(&room, Some(at.saturating_add(1)), Direction::Reverse, 1)?.first() {
+                    Some((_, p)) => {
+                        let meta = cx
+                            .engine
+                            .rooms
+                            .meta(&p.event_id)?
+                            .ok_or_else(|| ApiError::unknown("event without metadata"))?;
+                        cx.engine.rooms.state_at(meta.state_after)?
+                    }
+                    None => Vec::new(),
+                }
+            }
+            None => cx.engine.rooms.current_state(&room)?,
+        };
+        let chunk: Vec<JsonValue> = state
             .iter()
             .filter(|p| p.kind == TimelineEventType::RoomMember)
             .filter(|p| {
@@ -499,5 +514,84 @@ pub fn messages(cx: Ctx, req: Req) -> HandlerFuture {
             body["end"] = json!(if backwards { format!("t{}", last - 1) } else { format!("t{last}") });
         }
         Ok(ok_json(&body))
+    })
+}
+
+/// GET /rooms/{roomId}/context/{eventId}
+///
+/// §"GET /context": the event, up to `limit` visible events before and after
+/// it, pagination tokens both ways, and the room state at the event.
+pub fn context(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let room = room_param(&req)?;
+        let upto = readable_upto(&cx, &me, &room)?;
+        let event_id = EventId::parse(req.param("event_id")?).map_err(|e| ApiError::invalid_param(e.to_string()))?;
+        let not_found = || ApiError::not_found("event not found");
+        let pdu = cx.engine.rooms.pdu(&event_id)?.ok_or_else(not_found)?;
+        let meta = cx.engine.rooms.meta(&event_id)?.ok_or_else(not_found)?;
+        if pdu.room_id != room || meta.count <= 0 || meta.count > upto || meta.flags != 0 {
+            return Err(not_found());
+        }
+        if !cx.engine.rooms.visible_to(&me.user_id, &pdu, meta.count)? {
+            return Err(not_found());
+        }
+        let limit = query_param(&req, "limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(10).min(100);
+        let half = limit / 2;
+        let visible = |list: Vec<(i64, myelin_engine::rooms::ArcPdu)>| -> Vec<(i64, myelin_engine::rooms::ArcPdu)> {
+            list.into_iter()
+                .filter(|(c, p)| *c <= upto && cx.engine.rooms.visible_to(&me.user_id, p, *c).unwrap_or(false))
+                .collect()
+        };
+        let before = visible(cx.engine.rooms.timeline(&room, Some(meta.count), Direction::Reverse, limit - half)?);
+        let after = visible(cx.engine.rooms.timeline(&room, Some(meta.count), Direction::Forward, half)?);
+        let now = now_ms();
+        let start = before.last().map_or(meta.count - 1, |(c, _)| c - 1);
+        let end = after.last().map_or(meta.count, |(c, _)| *c);
+        let state: Vec<JsonValue> =
+            cx.engine.rooms.state_at(meta.state_after)?.iter().map(|p| client_event(p, true, now)).collect();
+        Ok(ok_json(&json!({
+            "event": client_event(&pdu, true, now),
+            "events_before": before.iter().map(|(_, p)| client_event(p, true, now)).collect::<Vec<_>>(),
+            "events_after": after.iter().map(|(_, p)| client_event(p, true, now)).collect::<Vec<_>>(),
+            "start": format!("t{start}"),
+            "end": format!("t{end}"),
+            "state": state,
+        })))
+    })
+}
+
+/// GET /rooms/{roomId}/timestamp_to_event (v1)
+///
+/// The visible event closest to `ts` in direction `dir`: the first at or
+/// after it (`f`), or the last at or before it (`b`).
+pub fn timestamp_to_event(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let room = room_param(&req)?;
+        let upto = readable_upto(&cx, &me, &room)?;
+        let ts = query_param(&req, "ts")
+            .and_then(|t| t.parse::<u64>().ok())
+            .ok_or_else(|| ApiError::missing_param("ts (milliseconds) is required"))?;
+        let forward = match query_param(&req, "dir").as_deref() {
+            Some("f") => true,
+            Some("b") => false,
+            _ => return Err(ApiError::invalid_param("dir must be f or b")),
+        };
+        let mut from = None;
+        loop {
+            let dir = if forward { Direction::Forward } else { Direction::Reverse };
+            let page = cx.engine.rooms.timeline(&room, from, dir, 500)?;
+            let Some((last, _)) = page.last() else { break };
+            from = Some(*last);
+            for (count, pdu) in &page {
+                let at = u64::from(pdu.origin_server_ts.0);
+                let hit = if forward { at >= ts } else { at <= ts };
+                if hit && *count <= upto && cx.engine.rooms.visible_to(&me.user_id, pdu, *count)? {
+                    return Ok(ok_json(&json!({ "event_id": pdu.event_id, "origin_server_ts": at })));
+                }
+            }
+        }
+        Err(ApiError::not_found("no event found in that direction"))
     })
 }
