@@ -475,3 +475,40 @@ async fn context_timestamp_lookup_and_members_at_a_point() {
     assert_eq!(then["chunk"].as_array().unwrap().len(), 1, "bob was not a member yet");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn lazy_loading_members_and_include_leave() {
+    let s = TestServer::open("localhost").await;
+    let alice = s.register("alice").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let mut others = Vec::new();
+    for i in 0..4 {
+        let u = s.register(&format!("u{i}")).await;
+        u.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&room)), json!({})).await;
+        others.push(u);
+    }
+    others[0].send_text(&room, "from u0").await;
+    for i in 0..3 {
+        alice.send_text(&room, &format!("a{i}")).await;
+    }
+    let filter =
+        enc(&json!({ "room": { "timeline": { "limit": 4 }, "state": { "lazy_load_members": true } } }).to_string());
+    let lazy = alice.get(&format!("/_matrix/client/v3/sync?filter={filter}")).await;
+    let members: Vec<&str> = lazy["rooms"]["join"][&room]["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .map(|e| e["state_key"].as_str().unwrap())
+        .collect();
+    assert!(members.contains(&"@u0:localhost"), "a timeline sender's member event is sent: {members:?}");
+    assert!(!members.contains(&"@u3:localhost"), "silent members are not: {members:?}");
+
+    others[1].post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), json!({})).await;
+    let plain = others[1].sync(None, 0).await;
+    assert!(plain["rooms"]["leave"].get(&room).is_none());
+    let filter = enc(&json!({ "room": { "include_leave": true } }).to_string());
+    let with_leave = others[1].get(&format!("/_matrix/client/v3/sync?filter={filter}")).await;
+    assert!(with_leave["rooms"]["leave"].get(&room).is_some(), "{with_leave}");
+    s.stop().await;
+}

@@ -17,9 +17,9 @@
 //! global and per-room account data newer than the token, and to-device
 //! messages for the syncing device (deleted once a later sync acknowledges
 //! them by passing a newer token). Timeline events pass the history
-//! visibility rules (`Rooms::visible_to`). Not yet: ephemeral events,
-//! notification counts (always 0), lazy-loading members, filters beyond the
-//! timeline limit and event types (issue 5 and later).
+//! visibility rules (`Rooms::visible_to`). Filters: timeline `limit`,
+//! `types`/`not_types`, `lazy_load_members`, `include_leave`. Not yet:
+//! ephemeral events and notification counts (always 0): issue 5.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -52,6 +52,10 @@ pub struct SyncRequest {
     pub types: Option<Vec<String>>,
     /// Never these event types in timelines.
     pub not_types: Vec<String>,
+    /// Send only the member events of timeline senders (and the user) in state.
+    pub lazy_load_members: bool,
+    /// Include rooms the user left in an initial sync.
+    pub include_leave: bool,
 }
 
 impl Default for SyncRequest {
@@ -64,6 +68,8 @@ impl Default for SyncRequest {
             timeline_limit: 20,
             types: None,
             not_types: Vec::new(),
+            lazy_load_members: false,
+            include_leave: false,
         }
     }
 }
@@ -185,7 +191,7 @@ impl Engine {
                     let state = self.stripped_state(&room_id, user)?;
                     knock.insert(room_id.to_string(), json!({ "knock_state": { "events": state } }));
                 }
-                "leave" | "ban" if fresh && since.is_some() => {
+                "leave" | "ban" if fresh && (since.is_some() || req.include_leave) => {
                     let (events, limited) =
                         self.rooms.timeline_between(&room_id, since_i, count, req.timeline_limit).map_err(rooms_err)?;
                     let timeline: Vec<JsonValue> = events
@@ -249,9 +255,16 @@ impl Engine {
         let in_timeline: HashSet<&ruma::EventId> = events.iter().map(|(_, p)| &*p.event_id).collect();
         let current = self.rooms.current_state(room_id).map_err(rooms_err)?;
         let state: Vec<JsonValue> = if full_state {
+            // Lazy-loading: only the members the client needs to render this timeline.
+            let senders: HashSet<&str> = events.iter().map(|(_, p)| p.sender.as_str()).chain([user.as_str()]).collect();
             current
                 .iter()
                 .filter(|p| !in_timeline.contains(&*p.event_id))
+                .filter(|p| {
+                    !req.lazy_load_members
+                        || p.kind.to_string() != "m.room.member"
+                        || p.state_key.as_deref().is_some_and(|k| senders.contains(k))
+                })
                 .map(|p| client_event(p, false, now))
                 .collect()
         } else {

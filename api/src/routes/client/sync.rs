@@ -32,6 +32,8 @@ fn apply_filter(req: &mut SyncRequest, filter: &JsonValue) {
     if let Some(types) = timeline["not_types"].as_array() {
         req.not_types = types.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect();
     }
+    req.lazy_load_members = filter["room"]["state"]["lazy_load_members"].as_bool().unwrap_or(false);
+    req.include_leave = filter["room"]["include_leave"].as_bool().unwrap_or(false);
 }
 
 /// GET /_matrix/client/v3/sync
