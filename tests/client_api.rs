@@ -512,3 +512,42 @@ async fn lazy_loading_members_and_include_leave() {
     assert!(with_leave["rooms"]["leave"].get(&room).is_some(), "{with_leave}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn deactivation_leaves_rooms_and_bulk_device_deletion_needs_the_password() {
+    let s = TestServer::open("localhost").await;
+    let (alice, bob) = (s.register("alice").await, s.register("bob").await);
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&room)), json!({})).await;
+    let r = alice
+        .request(
+            Method::POST,
+            "/_matrix/client/v3/createRoom",
+            Some(json!({ "initial_state": [{ "type": "m.room.create", "state_key": "", "content": {} }] })),
+        )
+        .await;
+    assert_eq!(r.errcode(), "M_INVALID_PARAM", "rejected before anything is written");
+
+    // /messages filters by type.
+    alice.send_text(&room, "text").await;
+    alice.put(&format!("/_matrix/client/v3/rooms/{}/send/org.example.custom/c1", enc(&room)), json!({ "x": 1 })).await;
+    let filter = enc(&json!({ "types": ["org.example.*"] }).to_string());
+    let page = alice.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&filter={filter}", enc(&room))).await;
+    let kinds: Vec<&str> = page["chunk"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["org.example.custom"]);
+
+    let auth = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "bob" }, "password": "pass-word-1" });
+    let r = bob.request(Method::POST, "/_matrix/client/v3/delete_devices", Some(json!({ "devices": ["NOPE"] }))).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = bob.request(Method::POST, "/_matrix/client/v3/account/deactivate", Some(json!({ "auth": auth }))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    let members = alice.get(&format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room))).await;
+    assert!(members["joined"].get("@bob:localhost").is_none(), "bob left on deactivation");
+    let login = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "bob" }, "password": "pass-word-1" });
+    let r = http(s.client, Method::POST, "/_matrix/client/v3/login", Some(login.to_string().as_bytes())).await;
+    assert_eq!(r.errcode(), "M_FORBIDDEN");
+    let again = json!({ "username": "bob", "password": "x", "auth": { "type": "m.login.dummy" } });
+    let r = http(s.client, Method::POST, "/_matrix/client/v3/register", Some(again.to_string().as_bytes())).await;
+    assert_eq!(r.errcode(), "M_USER_IN_USE", "a deactivated id is never reused");
+    s.stop().await;
+}

@@ -282,6 +282,19 @@ pub fn deactivate(cx: Ctx, req: Req) -> HandlerFuture {
         if let Some(challenge) = password_uia(&cx, &me.user_id, body.auth).await? {
             return Ok(challenge);
         }
+        // A deactivated user leaves every room, so others see them go.
+        for (room, m) in cx.engine.rooms.rooms_of(me.user_id.as_str())? {
+            if matches!(m.membership.as_str(), "join" | "invite" | "knock") {
+                let leave = myelin_engine::rooms::NewEvent::state(
+                    ruma::events::TimelineEventType::RoomMember,
+                    me.user_id.as_str(),
+                    json!({ "membership": "leave" }),
+                );
+                if let Err(e) = cx.engine.rooms.send(&me.user_id, &room, leave).await {
+                    tracing::warn!(room_id = %room, error = %e, "deactivation could not leave a room");
+                }
+            }
+        }
         cx.engine.users.deactivate(&me.user_id).await?;
         Ok(ok_json(&json!({ "id_server_unbind_result": "no-support" })))
     })
@@ -369,5 +382,26 @@ pub fn push_rules(cx: Ctx, req: Req) -> HandlerFuture {
         let rules = ruma::push::Ruleset::server_default(&me.user_id);
         let global = serde_json::to_value(&rules).map_err(|e| ApiError::unknown(e.to_string()))?;
         Ok(ok_json(&json!({ "global": global })))
+    })
+}
+
+#[derive(Deserialize)]
+struct DeleteDevicesBody {
+    devices: Vec<String>,
+    auth: Option<AuthData>,
+}
+
+/// POST /_matrix/client/v3/delete_devices (user-interactive auth with the password)
+pub fn delete_devices(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let body: DeleteDevicesBody = parse_json(&req.body)?;
+        if let Some(challenge) = password_uia(&cx, &me.user_id, body.auth).await? {
+            return Ok(challenge);
+        }
+        for device in &body.devices {
+            cx.engine.users.logout(me.user_id.as_str(), device).await?;
+        }
+        Ok(ok_json(&json!({})))
     })
 }

@@ -31,6 +31,7 @@ pub fn add(r: &mut Router) {
     both(r, M::GET, "/devices/{device_id}", account::device);
     both(r, M::PUT, "/devices/{device_id}", account::rename_device);
     both(r, M::DELETE, "/devices/{device_id}", account::delete_device);
+    both(r, M::POST, "/delete_devices", account::delete_devices);
     both(r, M::GET, "/capabilities", account::capabilities);
     both(r, M::GET, "/pushrules/", account::push_rules);
 

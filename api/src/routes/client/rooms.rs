@@ -114,6 +114,9 @@ pub fn create_room(cx: Ctx, req: Req) -> HandlerFuture {
             }
             None => None,
         };
+        if body.initial_state.iter().any(|e| e.kind == "m.room.create" || e.kind == "m.room.member") {
+            return Err(ApiError::invalid_param("initial_state may not contain m.room.create or m.room.member events"));
+        }
         for invitee in &body.invite {
             if invitee.server_name() != cx.engine.server_name {
                 return Err(ApiError::forbidden(format!(
@@ -476,6 +479,22 @@ pub fn messages(cx: Ctx, req: Req) -> HandlerFuture {
         let limit = query_param(&req, "limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(10).clamp(1, 1000);
         let from = query_param(&req, "from").map(|t| parse_position(&t)).transpose()?;
         let to = query_param(&req, "to").map(|t| parse_position(&t)).transpose()?;
+        let filter: JsonValue = match query_param(&req, "filter") {
+            Some(f) => serde_json::from_str(&f).map_err(|e| ApiError::not_json(format!("filter: {e}")))?,
+            None => JsonValue::Null,
+        };
+        let type_list = |key: &str| -> Option<Vec<String>> {
+            filter[key].as_array().map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect())
+        };
+        let (types, not_types) = (type_list("types"), type_list("not_types").unwrap_or_default());
+        let matches = |pattern: &str, kind: &str| match pattern.strip_suffix('*') {
+            Some(prefix) => kind.starts_with(prefix),
+            None => pattern == kind,
+        };
+        let wanted = |kind: &str| {
+            !not_types.iter().any(|p| matches(p, kind))
+                && types.as_ref().is_none_or(|t| t.iter().any(|p| matches(p, kind)))
+        };
         let events = if backwards {
             let start = from.map_or(upto, |f| f.min(upto));
             let start = if start == i64::MAX { None } else { Some(start + 1) };
@@ -498,6 +517,7 @@ pub fn messages(cx: Ctx, req: Req) -> HandlerFuture {
         let reached_to = events.len() < limit && to.is_some();
         let events: Vec<_> = events
             .into_iter()
+            .filter(|(_, p)| wanted(&p.kind.to_string()))
             .filter(|(c, p)| cx.engine.rooms.visible_to(&me.user_id, p, *c).unwrap_or(false))
             .collect();
         let now = now_ms();
