@@ -123,6 +123,13 @@ impl Engine {
         }
     }
 
+    fn serve(&self, pdu: &ArcPdu, now: u64, user: &UserId) -> JsonValue {
+        self.rooms.format(pdu, false, now, user).unwrap_or_else(|e| {
+            tracing::warn!(event_id = %pdu.event_id, error = %e, "serving an event without its relations");
+            client_event(pdu, false, now)
+        })
+    }
+
     fn wanted(&self, req: &SyncRequest, pdu: &ArcPdu) -> bool {
         let kind = pdu.kind.to_string();
         if req.not_types.iter().any(|t| type_matches(t, &kind)) {
@@ -197,7 +204,7 @@ impl Engine {
                     let timeline: Vec<JsonValue> = events
                         .iter()
                         .filter(|(c, p)| self.rooms.visible_to(user, p, *c).unwrap_or(false))
-                        .map(|(_, p)| client_event(p, false, now))
+                        .map(|(_, p)| self.serve(p, now, user))
                         .collect();
                     let prev = events.first().map_or(since_i, |(c, _)| c - 1);
                     leave.insert(
@@ -265,7 +272,7 @@ impl Engine {
                         || p.kind.to_string() != "m.room.member"
                         || p.state_key.as_deref().is_some_and(|k| senders.contains(k))
                 })
-                .map(|p| client_event(p, false, now))
+                .map(|p| self.serve(p, now, user))
                 .collect()
         } else {
             Vec::new()
@@ -273,7 +280,7 @@ impl Engine {
         let timeline: Vec<JsonValue> = events
             .iter()
             .filter(|(c, p)| self.wanted(req, p) && self.rooms.visible_to(user, p, *c).unwrap_or(false))
-            .map(|(_, p)| client_event(p, false, now))
+            .map(|(_, p)| self.serve(p, now, user))
             .collect();
         let prev = events.first().map_or(since, |(c, _)| c - 1);
         let joined = current

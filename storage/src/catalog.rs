@@ -77,14 +77,14 @@ pub static SHORTSTATEKEY_STATEKEY: Cf = point("shortstatekey_statekey", 4);
 
 /// Short event id → canonical PDU JSON, exactly as signed.
 pub static SHORTEVENTID_PDU: Cf =
-    Cf { name: "shorteventid_pdu", access: Access::Point, compression: Compression::Zstd, cache_percent: 20 };
+    Cf { name: "shorteventid_pdu", access: Access::Point, compression: Compression::Zstd, cache_percent: 19 };
 /// `(short room id, stream position)` → short event id: the timeline.
 pub static ROOMCOUNT_SHORTEVENTID: Cf = scan("roomcount_shorteventid", 8);
 /// `(destination, sequence)` → queued PDU/EDU reference: the durable federation queue.
 pub static DESTSEQ_OUTBOUND: Cf = scan("destseq_outbound", 3);
 
 /// Short event id → event metadata (room, depth, stream position, flags, state before).
-pub static SHORTEVENTID_EVENTMETA: Cf = point("shorteventid_eventmeta", 8);
+pub static SHORTEVENTID_EVENTMETA: Cf = point("shorteventid_eventmeta", 6);
 /// Short room id → room record (version, current state snapshot, depth).
 pub static SHORTROOMID_ROOMINFO: Cf = point("shortroomid_roominfo", 2);
 /// `(short room id, short event id)` → (): the room's forward extremities.
@@ -119,6 +119,13 @@ pub static ROOMALIAS_NONE: Cf = scan("roomalias_none", 1);
 /// `(user id, device id, stream position)` → a to-device message waiting for delivery.
 pub static USERDEVICECOUNT_TODEVICE: Cf = scan("userdevicecount_todevice", 1);
 
+/// Redacted short event id → the redaction's short event id.
+pub static SHORTEVENTID_REDACTION: Cf = point("shorteventid_redaction", 1);
+/// `(related-to short event id, child count)` → relation (type, child, sender, key).
+pub static TARGETCOUNT_RELATION: Cf = scan("targetcount_relation", 2);
+/// `(short room id, thread root short event id)` → count of the latest reply.
+pub static ROOMROOT_THREAD: Cf = scan("roomroot_thread", 1);
+
 /// Every family, in creation order. The default family is unused.
 pub static ALL: &[&Cf] = &[
     &GLOBAL,
@@ -151,6 +158,9 @@ pub static ALL: &[&Cf] = &[
     &ALIAS_ROOM,
     &ROOMALIAS_NONE,
     &USERDEVICECOUNT_TODEVICE,
+    &SHORTEVENTID_REDACTION,
+    &TARGETCOUNT_RELATION,
+    &ROOMROOT_THREAD,
 ];
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ mod create;
 mod inbound;
 pub mod pdu;
 mod read;
+pub mod relations;
 mod resolve;
 pub mod state;
 pub mod tables;
@@ -486,6 +487,7 @@ impl Rooms {
         destinations.extend(head.servers.keys().cloned());
         destinations.sort();
         destinations.dedup();
+        self.index_relations(&mut batch, &pdu, short, count, room)?;
         // The local user index /sync reads.
         if pdu.kind == TimelineEventType::RoomMember
             && let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())

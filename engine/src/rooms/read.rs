@@ -222,4 +222,9 @@ impl Rooms {
         out.reverse();
         Ok((out, limited))
     }
+
+    /// The short id of a stored event.
+    pub fn short_event(&self, event_id: &EventId) -> Result<Option<u64>, RoomError> {
+        Ok(self.event_ids.get(&*self.db, event_id.as_str())?)
+    }
 }

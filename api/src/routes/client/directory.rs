@@ -59,17 +59,7 @@ pub fn create(cx: Ctx, req: Req) -> HandlerFuture {
 
 /// Whether `user` may change the room's canonical alias (by power level, or as a v12 creator).
 fn can_manage_aliases(cx: &Ctx, room: &RoomId, user: &str) -> Result<bool, ApiError> {
-    let rooms = &cx.engine.rooms;
-    if let Some(create) = rooms.state_event(room, "m.room.create", "")?
-        && create.sender.as_str() == user
-    {
-        return Ok(true);
-    }
-    let Some(pl) = rooms.state_event(room, "m.room.power_levels", "")? else { return Ok(false) };
-    let pl = pl.content_value();
-    let have = pl["users"][user].as_i64().or_else(|| pl["users_default"].as_i64()).unwrap_or(0);
-    let need = pl["events"]["m.room.canonical_alias"].as_i64().or_else(|| pl["state_default"].as_i64()).unwrap_or(50);
-    Ok(have >= need)
+    Ok(super::power::user_power(cx, room, user)? >= super::power::state_level(cx, room, "m.room.canonical_alias")?)
 }
 
 /// DELETE /directory/room/{roomAlias}

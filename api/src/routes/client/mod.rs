@@ -2,6 +2,8 @@
 
 mod account;
 mod directory;
+mod power;
+mod relations;
 mod rooms;
 mod sync;
 
@@ -57,6 +59,17 @@ pub fn add(r: &mut Router) {
     both(r, M::GET, "/rooms/{room_id}/messages", rooms::messages);
     both(r, M::GET, "/rooms/{room_id}/context/{event_id}", rooms::context);
     r.add(M::GET, "/_matrix/client/v1/rooms/{room_id}/timestamp_to_event", rooms::timestamp_to_event);
+    both(r, M::PUT, "/rooms/{room_id}/redact/{event_id}/{txn_id}", relations::redact);
+    for prefix in ["/_matrix/client/v1", "/_matrix/client/v3"] {
+        r.add(M::GET, &format!("{prefix}/rooms/{{room_id}}/relations/{{event_id}}"), relations::relations);
+        r.add(M::GET, &format!("{prefix}/rooms/{{room_id}}/relations/{{event_id}}/{{rel_type}}"), relations::relations);
+        r.add(
+            M::GET,
+            &format!("{prefix}/rooms/{{room_id}}/relations/{{event_id}}/{{rel_type}}/{{event_type}}"),
+            relations::relations,
+        );
+        r.add(M::GET, &format!("{prefix}/rooms/{{room_id}}/threads"), relations::threads);
+    }
 
     both(r, M::GET, "/directory/room/{alias}", directory::resolve);
     both(r, M::PUT, "/directory/room/{alias}", directory::create);

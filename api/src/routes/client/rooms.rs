@@ -31,6 +31,14 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// An event as this user sees it: redacted, or with bundled relations.
+fn serve(cx: &Ctx, me: &Authed, pdu: &myelin_engine::rooms::ArcPdu, with_room_id: bool, now: u64) -> JsonValue {
+    cx.engine.rooms.format(pdu, with_room_id, now, &me.user_id).unwrap_or_else(|e| {
+        tracing::warn!(event_id = %pdu.event_id, error = %e, "serving an event without its relations");
+        client_event(pdu, with_room_id, now)
+    })
+}
+
 fn room_param(req: &Req) -> Result<OwnedRoomId, ApiError> {
     RoomId::parse(req.param("room_id")?).map_err(|e| ApiError::invalid_param(format!("room id: {e}")))
 }
@@ -316,6 +324,7 @@ pub fn send(cx: Ctx, req: Req) -> HandlerFuture {
         if !content.is_object() {
             return Err(ApiError::bad_json("event content must be a JSON object"));
         }
+        super::relations::check_relation(&cx, &me, &room, &content)?;
         let pdu =
             cx.engine.rooms.send(&me.user_id, &room, NewEvent::message(TimelineEventType::from(kind), content)).await?;
         cx.engine.users.set_txn_event(me.user_id.as_str(), &me.device_id, &txn, pdu.event_id.as_str()).await?;
@@ -357,7 +366,7 @@ pub fn get_state_event(cx: Ctx, req: Req) -> HandlerFuture {
             .state_event(&room, req.param("event_type")?, &key)?
             .ok_or_else(|| ApiError::not_found("no such state event"))?;
         if query_param(&req, "format").as_deref() == Some("event") {
-            return Ok(ok_json(&client_event(&pdu, true, now_ms())));
+            return Ok(ok_json(&serve(&cx, &me, &pdu, true, now_ms())));
         }
         Ok(ok_json(&pdu.content_value()))
     })
@@ -371,7 +380,7 @@ pub fn get_state(cx: Ctx, req: Req) -> HandlerFuture {
         require_joined(&cx, &me, &room)?;
         let now = now_ms();
         let events: Vec<JsonValue> =
-            cx.engine.rooms.current_state(&room)?.iter().map(|p| client_event(p, true, now)).collect();
+            cx.engine.rooms.current_state(&room)?.iter().map(|p| serve(&cx, &me, p, true, now)).collect();
         Ok(ok_json(&JsonValue::Array(events)))
     })
 }
@@ -392,7 +401,7 @@ pub fn get_event(cx: Ctx, req: Req) -> HandlerFuture {
         if !cx.engine.rooms.visible_to(&me.user_id, &pdu, meta.count)? {
             return Err(not_found());
         }
-        Ok(ok_json(&client_event(&pdu, true, now_ms())))
+        Ok(ok_json(&serve(&cx, &me, &pdu, true, now_ms())))
     })
 }
 
@@ -430,7 +439,7 @@ pub fn members(cx: Ctx, req: Req) -> HandlerFuture {
                 let m = p.content_value()["membership"].as_str().unwrap_or_default().to_owned();
                 only.as_ref().is_none_or(|o| *o == m) && not.as_ref().is_none_or(|n| *n != m)
             })
-            .map(|p| client_event(p, true, now))
+            .map(|p| serve(&cx, &me, p, true, now))
             .collect();
         Ok(ok_json(&json!({ "chunk": chunk })))
     })
@@ -521,7 +530,7 @@ pub fn messages(cx: Ctx, req: Req) -> HandlerFuture {
             .filter(|(c, p)| cx.engine.rooms.visible_to(&me.user_id, p, *c).unwrap_or(false))
             .collect();
         let now = now_ms();
-        let chunk: Vec<JsonValue> = events.iter().map(|(_, p)| client_event(p, true, now)).collect();
+        let chunk: Vec<JsonValue> = events.iter().map(|(_, p)| serve(&cx, &me, p, true, now)).collect();
         let start = from.map_or_else(
             || if backwards { format!("s{}", cx.engine.stream.current()) } else { "t0".into() },
             |f| format!("t{f}"),
@@ -569,11 +578,11 @@ pub fn context(cx: Ctx, req: Req) -> HandlerFuture {
         let start = before.last().map_or(meta.count - 1, |(c, _)| c - 1);
         let end = after.last().map_or(meta.count, |(c, _)| *c);
         let state: Vec<JsonValue> =
-            cx.engine.rooms.state_at(meta.state_after)?.iter().map(|p| client_event(p, true, now)).collect();
+            cx.engine.rooms.state_at(meta.state_after)?.iter().map(|p| serve(&cx, &me, p, true, now)).collect();
         Ok(ok_json(&json!({
-            "event": client_event(&pdu, true, now),
-            "events_before": before.iter().map(|(_, p)| client_event(p, true, now)).collect::<Vec<_>>(),
-            "events_after": after.iter().map(|(_, p)| client_event(p, true, now)).collect::<Vec<_>>(),
+            "event": serve(&cx, &me, &pdu, true, now),
+            "events_before": before.iter().map(|(_, p)| serve(&cx, &me, p, true, now)).collect::<Vec<_>>(),
+            "events_after": after.iter().map(|(_, p)| serve(&cx, &me, p, true, now)).collect::<Vec<_>>(),
             "start": format!("t{start}"),
             "end": format!("t{end}"),
             "state": state,

@@ -1,0 +1,46 @@
+//! Power-level lookups for checks the authorization rules leave to the
+//! Client-Server API (redacting others' events, deleting aliases).
+
+use ruma::RoomId;
+use serde_json::Value as JsonValue;
+
+use crate::{error::ApiError, router::Ctx};
+
+/// The user's power in the room; room creators of versions that privilege them have no limit.
+pub fn user_power(cx: &Ctx, room: &RoomId, user: &str) -> Result<i64, ApiError> {
+    let rooms = &cx.engine.rooms;
+    let privileged =
+        rooms.room_version(room)?.rules().is_some_and(|r| r.authorization.explicitly_privilege_room_creators);
+    if privileged && let Some(create) = rooms.state_event(room, "m.room.create", "")? {
+        let extra = create.content_value()["additional_creators"].clone();
+        let listed = extra.as_array().is_some_and(|a| a.iter().any(|u| u.as_str() == Some(user)));
+        if create.sender.as_str() == user || listed {
+            return Ok(i64::MAX);
+        }
+    }
+    let pl = power_levels(cx, room)?;
+    match pl {
+        Some(pl) => Ok(pl["users"][user].as_i64().or_else(|| pl["users_default"].as_i64()).unwrap_or(0)),
+        // Without power levels the creator has 100, everyone else 0.
+        None => Ok(match rooms.state_event(room, "m.room.create", "")? {
+            Some(c) if c.sender.as_str() == user => 100,
+            _ => 0,
+        }),
+    }
+}
+
+/// The room's power-levels content.
+pub fn power_levels(cx: &Ctx, room: &RoomId) -> Result<Option<JsonValue>, ApiError> {
+    Ok(cx.engine.rooms.state_event(room, "m.room.power_levels", "")?.map(|p| p.content_value()))
+}
+
+/// A top-level power-levels threshold (`redact`, `kick`, …) with the spec's default.
+pub fn threshold(cx: &Ctx, room: &RoomId, name: &str, default: i64) -> Result<i64, ApiError> {
+    Ok(power_levels(cx, room)?.and_then(|pl| pl[name].as_i64()).unwrap_or(default))
+}
+
+/// The level needed to send state event `kind`.
+pub fn state_level(cx: &Ctx, room: &RoomId, kind: &str) -> Result<i64, ApiError> {
+    let pl = power_levels(cx, room)?;
+    Ok(pl.as_ref().and_then(|pl| pl["events"][kind].as_i64().or_else(|| pl["state_default"].as_i64())).unwrap_or(50))
+}

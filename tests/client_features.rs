@@ -1,0 +1,140 @@
+//! Everyday features as the *other* user sees them: edits, deletes, replies,
+//! reactions, threads.
+
+use http::{Method, StatusCode};
+use myelin_suite::{Client, TestServer, enc};
+use serde_json::{Value, json};
+
+async fn room_with_bob(s: &TestServer) -> (Client, Client, String) {
+    let (alice, bob) = (s.register("alice").await, s.register("bob").await);
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&room)), json!({})).await;
+    (alice, bob, room)
+}
+
+async fn send(c: &Client, room: &str, content: Value) -> String {
+    let txn = format!("t{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    c.put(&format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room)), content).await["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn event(c: &Client, room: &str, id: &str) -> Value {
+    c.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(room), enc(id))).await
+}
+
+#[tokio::test]
+async fn an_edit_is_bundled_for_the_other_user_and_only_the_sender_may_edit() {
+    let s = TestServer::open("localhost").await;
+    let (alice, bob, room) = room_with_bob(&s).await;
+    let original = alice.send_text(&room, "helo").await;
+    let edit = json!({
+        "msgtype": "m.text", "body": "* hello",
+        "m.new_content": { "msgtype": "m.text", "body": "hello" },
+        "m.relates_to": { "rel_type": "m.replace", "event_id": original },
+    });
+    send(&alice, &room, edit.clone()).await;
+    let seen = event(&bob, &room, &original).await;
+    let replaced = &seen["unsigned"]["m.relations"]["m.replace"];
+    assert_eq!(replaced["content"]["m.new_content"]["body"], "hello", "{seen}");
+    assert_eq!(replaced["sender"], "@alice:localhost");
+    let page = bob.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=5", enc(&room))).await;
+    let served = page["chunk"].as_array().unwrap().iter().find(|e| e["event_id"] == original.as_str()).unwrap();
+    assert!(served["unsigned"]["m.relations"]["m.replace"].is_object(), "bundled in /messages too");
+
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/steal", enc(&room));
+    let r = bob.request(Method::PUT, &path, Some(edit)).await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::FORBIDDEN, "M_FORBIDDEN"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_redacted_message_is_stripped_everywhere_it_is_served() {
+    let s = TestServer::open("localhost").await;
+    let (alice, bob, room) = room_with_bob(&s).await;
+    let bob_since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let secret = alice.send_text(&room, "the password is hunter2").await;
+    let own = bob.send_text(&room, "oops").await;
+
+    let redact = |c: &Client, id: &str, txn: &str| {
+        let path = format!("/_matrix/client/v3/rooms/{}/redact/{}/{txn}", enc(&room), enc(id));
+        let c = c.clone();
+        async move { c.request(Method::PUT, &path, Some(json!({ "reason": "cleanup" }))).await }
+    };
+    let r = redact(&bob, &secret, "r1").await;
+    assert_eq!(r.errcode(), "M_FORBIDDEN", "bob has no redact power over alice's event");
+    assert_eq!(redact(&bob, &own, "r2").await.status, StatusCode::OK, "anyone may redact their own");
+    let r = redact(&alice, &secret, "r3").await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    let ev = event(&bob, &room, &secret).await;
+    assert_eq!(ev["content"], json!({}), "{ev}");
+    assert_eq!(ev["unsigned"]["redacted_because"]["content"]["reason"], "cleanup");
+    let page = bob.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=10", enc(&room))).await;
+    let all = serde_json::to_string(&page).unwrap();
+    assert!(!all.contains("hunter2"), "original content leaked through /messages");
+    let sync = bob.sync(Some(&bob_since), 0).await;
+    let text = serde_json::to_string(&sync).unwrap();
+    assert!(!text.contains("hunter2"), "original content leaked through /sync");
+    let timeline = sync["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap();
+    assert!(timeline.iter().any(|e| e["type"] == "m.room.redaction" && e["redacts"] == secret.as_str()));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn replies_keep_their_content_and_reactions_are_not_doubled() {
+    let s = TestServer::open("localhost").await;
+    let (alice, bob, room) = room_with_bob(&s).await;
+    let original = alice.send_text(&room, "lunch?").await;
+    let reply = json!({
+        "msgtype": "m.text", "body": "> lunch?\n\nyes",
+        "format": "org.matrix.custom.html",
+        "formatted_body": "<mx-reply><blockquote>lunch?</blockquote></mx-reply><b>yes</b> 🍜",
+        "m.relates_to": { "m.in_reply_to": { "event_id": original } },
+        "m.mentions": { "user_ids": ["@alice:localhost"] },
+    });
+    let reply_id = send(&bob, &room, reply.clone()).await;
+    let seen = event(&alice, &room, &reply_id).await;
+    assert_eq!(seen["content"], reply, "replies and HTML bodies are served as sent");
+
+    let react = json!({ "m.relates_to": { "rel_type": "m.annotation", "event_id": original, "key": "👍" } });
+    let path = |txn: &str| format!("/_matrix/client/v3/rooms/{}/send/m.reaction/{txn}", enc(&room));
+    let first = bob.put(&path("x1"), react.clone()).await["event_id"].as_str().unwrap().to_owned();
+    let r = bob.request(Method::PUT, &path("x2"), Some(react.clone())).await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::BAD_REQUEST, "M_DUPLICATE_ANNOTATION"));
+    alice.put(&path("a1"), react.clone()).await; // another user may react the same
+
+    let rel =
+        alice.get(&format!("/_matrix/client/v1/rooms/{}/relations/{}/m.annotation", enc(&room), enc(&original))).await;
+    assert_eq!(rel["chunk"].as_array().unwrap().len(), 2, "{rel}");
+    // Once redacted, the reaction can be given again.
+    bob.put(&format!("/_matrix/client/v3/rooms/{}/redact/{}/undo", enc(&room), enc(&first)), json!({})).await;
+    bob.put(&path("x3"), react).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn threads_are_summarised_and_listed() {
+    let s = TestServer::open("localhost").await;
+    let (alice, bob, room) = room_with_bob(&s).await;
+    let root = alice.send_text(&room, "incident #42").await;
+    for (who, body) in [(&bob, "on it"), (&alice, "thanks")] {
+        let content =
+            json!({ "msgtype": "m.text", "body": body, "m.relates_to": { "rel_type": "m.thread", "event_id": root } });
+        send(who, &room, content).await;
+    }
+    let seen = event(&bob, &room, &root).await;
+    let thread = &seen["unsigned"]["m.relations"]["m.thread"];
+    assert_eq!(thread["count"], 2, "{seen}");
+    assert_eq!(thread["latest_event"]["content"]["body"], "thanks");
+    assert_eq!(thread["current_user_participated"], true);
+    let list = bob.get(&format!("/_matrix/client/v1/rooms/{}/threads", enc(&room))).await;
+    assert_eq!(list["chunk"][0]["event_id"], root.as_str());
+    let replies =
+        bob.get(&format!("/_matrix/client/v1/rooms/{}/relations/{}/m.thread?dir=f", enc(&room), enc(&root))).await;
+    let bodies: Vec<&str> =
+        replies["chunk"].as_array().unwrap().iter().map(|e| e["content"]["body"].as_str().unwrap()).collect();
+    assert_eq!(bodies, ["on it", "thanks"]);
+    s.stop().await;
+}
