@@ -138,3 +138,51 @@ async fn threads_are_summarised_and_listed() {
     assert_eq!(bodies, ["on it", "thanks"]);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_profile_change_reaches_every_room_and_the_directory_finds_people() {
+    let s = TestServer::open("localhost").await;
+    let (alice, bob, room) = room_with_bob(&s).await;
+    let me = enc(&alice.user_id);
+    let profile = bob.get(&format!("/_matrix/client/v3/profile/{me}")).await;
+    assert_eq!(profile["displayname"], "alice", "new users start with their localpart");
+    let bob_since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+
+    alice.put(&format!("/_matrix/client/v3/profile/{me}/displayname"), json!({ "displayname": "Alice Ops" })).await;
+    alice
+        .put(&format!("/_matrix/client/v3/profile/{me}/avatar_url"), json!({ "avatar_url": "mxc://localhost/abc" }))
+        .await;
+    let r = alice
+        .request(
+            Method::PUT,
+            &format!("/_matrix/client/v3/profile/{me}/avatar_url"),
+            Some(json!({ "avatar_url": "http://x" })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = bob
+        .request(
+            Method::PUT,
+            &format!("/_matrix/client/v3/profile/{me}/displayname"),
+            Some(json!({ "displayname": "hijack" })),
+        )
+        .await;
+    assert_eq!(r.errcode(), "M_FORBIDDEN");
+
+    // Bob sees it in the room: new member events and the room's member list.
+    let sync = bob.sync(Some(&bob_since), 0).await;
+    let timeline = sync["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap();
+    assert!(timeline.iter().any(|e| e["type"] == "m.room.member"
+        && e["state_key"] == "@alice:localhost"
+        && e["content"]["displayname"] == "Alice Ops"));
+    let members = bob.get(&format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room))).await;
+    assert_eq!(members["joined"]["@alice:localhost"]["display_name"], "Alice Ops");
+    assert_eq!(members["joined"]["@alice:localhost"]["avatar_url"], "mxc://localhost/abc");
+    assert_eq!(bob.get(&format!("/_matrix/client/v3/profile/{me}/displayname")).await["displayname"], "Alice Ops");
+
+    let found = bob.post("/_matrix/client/v3/user_directory/search", json!({ "search_term": "ops" })).await;
+    assert_eq!(found["results"][0]["user_id"], "@alice:localhost", "{found}");
+    let none = bob.post("/_matrix/client/v3/user_directory/search", json!({ "search_term": "zzz" })).await;
+    assert!(none["results"].as_array().unwrap().is_empty());
+    s.stop().await;
+}

@@ -68,6 +68,17 @@ const TOKENS: Table<String, Session> = Table::new(&catalog::TOKEN_SESSION);
 const DEVICES: Table<(String, String), Device> = Table::new(&catalog::USERDEVICE_DEVICE);
 const ACCOUNT_DATA: Table<(String, String, String), AccountData> = Table::new(&catalog::USERROOMTYPE_ACCOUNTDATA);
 const TO_DEVICE: Table<(String, String, u64), ToDevice> = Table::new(&catalog::USERDEVICECOUNT_TODEVICE);
+const PROFILES: Table<String, Profile> = Table::new(&catalog::USERID_PROFILE);
+
+/// A local user's public profile (Client-Server API §"Profiles").
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Profile {
+    /// `displayname`.
+    pub displayname: Option<String>,
+    /// `avatar_url` (an `mxc://` URI).
+    pub avatar_url: Option<String>,
+}
+impl Stored for Profile {}
 
 /// Stored account data: the JSON and the stream position it was written at.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -247,6 +258,9 @@ impl Users {
             &user_id.to_string(),
             &Account { password_hash: hash, created_ms: now_ms(), admin, deactivated: false },
         )?;
+        // New users start with their localpart as display name, as other servers do.
+        let profile = Profile { displayname: Some(user_id.localpart().to_owned()), avatar_url: None };
+        PROFILES.put(&mut batch, &user_id.to_string(), &profile)?;
         let login =
             if inhibit_login { None } else { Some(self.new_device(&mut batch, user_id, device_id, device_name)?) };
         self.db.commit(batch).await?;
@@ -534,6 +548,19 @@ impl Users {
     ) -> Result<(), UserError> {
         let mut batch = Batch::new();
         TXNS.put(&mut batch, &(user_id.to_owned(), device_id.to_owned(), txn.to_owned()), &event_id.to_owned())?;
+        self.db.commit(batch).await?;
+        Ok(())
+    }
+
+    /// A local user's profile (`None` for unknown users).
+    pub fn profile(&self, user_id: &str) -> Result<Option<Profile>, UserError> {
+        Ok(PROFILES.get(&*self.db, &user_id.to_owned())?)
+    }
+
+    /// Replaces a local user's profile.
+    pub async fn set_profile(&self, user_id: &str, profile: &Profile) -> Result<(), UserError> {
+        let mut batch = Batch::new();
+        PROFILES.put(&mut batch, &user_id.to_owned(), profile)?;
         self.db.commit(batch).await?;
         Ok(())
     }

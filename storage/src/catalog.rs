@@ -101,7 +101,7 @@ pub static USERID_ACCOUNT: Cf = point("userid_account", 1);
 /// Access token → session (user, device).
 pub static TOKEN_SESSION: Cf = point("token_session", 1);
 /// `(user id, device id)` → device.
-pub static USERDEVICE_DEVICE: Cf = scan("userdevice_device", 1);
+pub static USERDEVICE_DEVICE: Cf = scan("userdevice_device", 0);
 /// `(user id, room id or "", type)` → account data JSON.
 pub static USERROOMTYPE_ACCOUNTDATA: Cf = scan("userroomtype_accountdata", 1);
 /// `(user id, filter id)` → filter JSON.
@@ -125,6 +125,9 @@ pub static SHORTEVENTID_REDACTION: Cf = point("shorteventid_redaction", 1);
 pub static TARGETCOUNT_RELATION: Cf = scan("targetcount_relation", 2);
 /// `(short room id, thread root short event id)` → count of the latest reply.
 pub static ROOMROOT_THREAD: Cf = scan("roomroot_thread", 1);
+
+/// User id → profile (display name, avatar URL), local users.
+pub static USERID_PROFILE: Cf = point("userid_profile", 1);
 
 /// Every family, in creation order. The default family is unused.
 pub static ALL: &[&Cf] = &[
@@ -161,6 +164,7 @@ pub static ALL: &[&Cf] = &[
     &SHORTEVENTID_REDACTION,
     &TARGETCOUNT_RELATION,
     &ROOMROOT_THREAD,
+    &USERID_PROFILE,
 ];
 
 #[cfg(test)]

@@ -58,6 +58,8 @@ pub struct CreateRoom {
     pub power_level_content_override: Option<JsonValue>,
     /// `creation_content`, merged into the create event's content.
     pub creation_content: Option<JsonValue>,
+    /// Extra content of the creator's join (display name, avatar).
+    pub creator_profile: Option<JsonValue>,
 }
 
 fn random_localpart() -> Result<String, RoomError> {
@@ -120,7 +122,15 @@ impl Rooms {
         let preset = req.preset.unwrap_or(if req.public { Preset::PublicChat } else { Preset::PrivateChat });
         let mut events = Vec::new();
         // 2. The creator joins.
-        events.push(NewEvent::state(TimelineEventType::RoomMember, creator.as_str(), json!({ "membership": "join" })));
+        let mut join = json!({ "membership": "join" });
+        if let (Some(JsonValue::Object(extra)), Some(obj)) = (&req.creator_profile, join.as_object_mut()) {
+            for (k, v) in extra {
+                if k != "membership" {
+                    obj.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        events.push(NewEvent::state(TimelineEventType::RoomMember, creator.as_str(), join));
         // 3. Power levels.
         events.push(NewEvent::state(
             TimelineEventType::RoomPowerLevels,

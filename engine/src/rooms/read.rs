@@ -227,4 +227,16 @@ impl Rooms {
     pub fn short_event(&self, event_id: &EventId) -> Result<Option<u64>, RoomError> {
         Ok(self.event_ids.get(&*self.db, event_id.as_str())?)
     }
+
+    /// Every room this server has, by id.
+    pub fn all_rooms(&self) -> Result<Vec<ruma::OwnedRoomId>, RoomError> {
+        let mut out = Vec::new();
+        for row in ROOMS.iter(&*self.db, Direction::Forward)? {
+            let (short, _) = row?;
+            if let Some(id) = self.room_ids.lookup(&*self.db, short)? {
+                out.push(RoomId::parse(id.as_str()).map_err(|e| RoomError::BadEvent(e.to_string()))?);
+            }
+        }
+        Ok(out)
+    }
 }

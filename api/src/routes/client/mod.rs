@@ -3,6 +3,7 @@
 mod account;
 mod directory;
 mod power;
+mod profile;
 mod relations;
 mod rooms;
 mod sync;
@@ -75,6 +76,13 @@ pub fn add(r: &mut Router) {
     both(r, M::PUT, "/directory/room/{alias}", directory::create);
     both(r, M::DELETE, "/directory/room/{alias}", directory::delete);
     both(r, M::GET, "/rooms/{room_id}/aliases", directory::room_aliases);
+
+    both(r, M::GET, "/profile/{user_id}", profile::get_profile);
+    both(r, M::GET, "/profile/{user_id}/displayname", profile::get_displayname);
+    both(r, M::PUT, "/profile/{user_id}/displayname", profile::put_displayname);
+    both(r, M::GET, "/profile/{user_id}/avatar_url", profile::get_avatar_url);
+    both(r, M::PUT, "/profile/{user_id}/avatar_url", profile::put_avatar_url);
+    both(r, M::POST, "/user_directory/search", profile::search_users);
 
     both(r, M::GET, "/sync", sync::sync);
     both(r, M::PUT, "/sendToDevice/{event_type}/{txn_id}", sync::send_to_device);

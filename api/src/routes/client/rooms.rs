@@ -148,6 +148,16 @@ pub fn create_room(cx: Ctx, req: Req) -> HandlerFuture {
                 .collect(),
             power_level_content_override: body.power_level_content_override,
             creation_content: body.creation_content,
+            creator_profile: cx.engine.users.profile(me.user_id.as_str())?.map(|p| {
+                let mut v = json!({});
+                if let Some(d) = p.displayname {
+                    v["displayname"] = json!(d);
+                }
+                if let Some(a) = p.avatar_url {
+                    v["avatar_url"] = json!(a);
+                }
+                v
+            }),
         };
         let room_id = cx.engine.rooms.create_room(&me.user_id, request).await?;
         if let Some(alias) = alias
@@ -179,6 +189,17 @@ async fn set_membership(
     let mut content = json!({ "membership": membership });
     if let Some(r) = reason {
         content["reason"] = json!(r);
+    }
+    // Joins and invites carry the target's profile, so members see names and avatars.
+    if matches!(membership, "join" | "invite")
+        && let Some(profile) = cx.engine.users.profile(target.as_str())?
+    {
+        if let Some(name) = profile.displayname {
+            content["displayname"] = json!(name);
+        }
+        if let Some(avatar) = profile.avatar_url {
+            content["avatar_url"] = json!(avatar);
+        }
     }
     let event = NewEvent::state(TimelineEventType::RoomMember, target.as_str(), content);
     let pdu = cx.engine.rooms.send(&me.user_id, room, event).await?;

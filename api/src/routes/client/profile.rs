@@ -1,0 +1,194 @@
+//! Profiles and the user directory.
+//!
+//! Client-Server API §"Profiles": `GET /profile/{userId}`,
+//! `GET`/`PUT /profile/{userId}/displayname` and `…/avatar_url`. "Servers
+//! MUST update the `m.room.member` event of every room the user is joined
+//! to" when the profile changes, so the other members see it.
+//! §"User directory": `POST /user_directory/search` over users who share a
+//! room with the searcher or are in a public room.
+
+use std::collections::BTreeMap;
+
+use myelin_engine::{rooms::NewEvent, users::Profile};
+use ruma::{UserId, events::TimelineEventType};
+use serde::Deserialize;
+use serde_json::{Value as JsonValue, json};
+
+use crate::{
+    auth::require_user,
+    error::ApiError,
+    http_util::{ok_json, parse_json},
+    router::{Ctx, HandlerFuture, Req},
+};
+
+fn profile_of(cx: &Ctx, req: &Req) -> Result<(ruma::OwnedUserId, Profile), ApiError> {
+    let user = UserId::parse(req.param("user_id")?).map_err(|e| ApiError::invalid_param(e.to_string()))?;
+    if user.server_name() != cx.engine.server_name {
+        return Err(ApiError::not_found(format!(
+            "{user} is on another server (profile lookups over federation come later)"
+        )));
+    }
+    let profile = cx.engine.users.profile(user.as_str())?.ok_or_else(|| ApiError::not_found("no such user"))?;
+    Ok((user, profile))
+}
+
+/// GET /profile/{userId}
+pub fn get_profile(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let (_, p) = profile_of(&cx, &req)?;
+        let mut body = serde_json::Map::new();
+        if let Some(d) = p.displayname {
+            body.insert("displayname".into(), json!(d));
+        }
+        if let Some(a) = p.avatar_url {
+            body.insert("avatar_url".into(), json!(a));
+        }
+        Ok(ok_json(&JsonValue::Object(body)))
+    })
+}
+
+/// GET /profile/{userId}/displayname and /avatar_url
+pub fn get_field(field: &'static str) -> impl Fn(Ctx, Req) -> HandlerFuture {
+    move |cx, req| {
+        Box::pin(async move {
+            let (_, p) = profile_of(&cx, &req)?;
+            let value = if field == "displayname" { p.displayname } else { p.avatar_url };
+            let value = value.ok_or_else(|| ApiError::not_found(format!("no {field} set")))?;
+            Ok(ok_json(&json!({ field: value })))
+        })
+    }
+}
+
+/// GET /profile/{userId}/displayname
+pub fn get_displayname(cx: Ctx, req: Req) -> HandlerFuture {
+    get_field("displayname")(cx, req)
+}
+
+/// GET /profile/{userId}/avatar_url
+pub fn get_avatar_url(cx: Ctx, req: Req) -> HandlerFuture {
+    get_field("avatar_url")(cx, req)
+}
+
+fn set_field(field: &'static str) -> impl Fn(Ctx, Req) -> HandlerFuture {
+    move |cx, req| {
+        Box::pin(async move {
+            let me = require_user(&cx, &req)?;
+            cx.limiter.check(&me.user_id)?;
+            crate::auth::require_self(&me, &req, "user_id")?;
+            let body: JsonValue = parse_json(&req.body)?;
+            let value = match body.get(field) {
+                Some(JsonValue::String(s)) => Some(s.clone()),
+                Some(JsonValue::Null) | None => None,
+                Some(_) => return Err(ApiError::bad_json(format!("`{field}` must be a string"))),
+            };
+            if value.as_ref().is_some_and(|v| v.len() > 1024) {
+                return Err(ApiError::invalid_param(format!("`{field}` is too long")));
+            }
+            if field == "avatar_url" && value.as_ref().is_some_and(|v| !v.is_empty() && !v.starts_with("mxc://")) {
+                return Err(ApiError::invalid_param("avatar_url must be an mxc:// URI"));
+            }
+            let mut profile = cx.engine.users.profile(me.user_id.as_str())?.unwrap_or_default();
+            if field == "displayname" {
+                profile.displayname = value;
+            } else {
+                profile.avatar_url = value;
+            }
+            cx.engine.users.set_profile(me.user_id.as_str(), &profile).await?;
+            // Every joined room gets a new member event carrying the profile.
+            for (room, m) in cx.engine.rooms.rooms_of(me.user_id.as_str())? {
+                if m.membership != "join" {
+                    continue;
+                }
+                let mut content = cx
+                    .engine
+                    .rooms
+                    .state_event(&room, "m.room.member", me.user_id.as_str())?
+                    .map(|p| p.content_value())
+                    .unwrap_or_else(|| json!({ "membership": "join" }));
+                content["displayname"] = json!(profile.displayname);
+                content["avatar_url"] = json!(profile.avatar_url);
+                if let Some(obj) = content.as_object_mut() {
+                    obj.retain(|_, v| !v.is_null());
+                }
+                let event = NewEvent::state(TimelineEventType::RoomMember, me.user_id.as_str(), content);
+                if let Err(e) = cx.engine.rooms.send(&me.user_id, &room, event).await {
+                    tracing::warn!(room_id = %room, error = %e, "profile change not propagated to a room");
+                }
+            }
+            Ok(ok_json(&json!({})))
+        })
+    }
+}
+
+/// PUT /profile/{userId}/displayname
+pub fn put_displayname(cx: Ctx, req: Req) -> HandlerFuture {
+    set_field("displayname")(cx, req)
+}
+
+/// PUT /profile/{userId}/avatar_url
+pub fn put_avatar_url(cx: Ctx, req: Req) -> HandlerFuture {
+    set_field("avatar_url")(cx, req)
+}
+
+#[derive(Deserialize)]
+struct SearchBody {
+    search_term: String,
+    #[serde(default = "ten")]
+    limit: usize,
+}
+
+fn ten() -> usize {
+    10
+}
+
+/// POST /user_directory/search
+pub fn search_users(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let body: SearchBody = parse_json(&req.body)?;
+        let term = body.search_term.to_lowercase();
+        let limit = body.limit.clamp(1, 100);
+        let rooms = &cx.engine.rooms;
+        // Candidates: members of rooms the searcher is in, and of public rooms.
+        let mut room_ids: Vec<ruma::OwnedRoomId> = rooms
+            .rooms_of(me.user_id.as_str())?
+            .into_iter()
+            .filter(|(_, m)| m.membership == "join")
+            .map(|(r, _)| r)
+            .collect();
+        for room in rooms.all_rooms()? {
+            let public = rooms
+                .state_event(&room, "m.room.join_rules", "")?
+                .is_some_and(|p| p.content_value()["join_rule"] == "public");
+            if public {
+                room_ids.push(room);
+            }
+        }
+        room_ids.sort();
+        room_ids.dedup();
+        let mut found: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
+        for room in room_ids {
+            for p in rooms.current_state(&room)? {
+                let content = p.content_value();
+                if p.kind != TimelineEventType::RoomMember || content["membership"] != "join" {
+                    continue;
+                }
+                let Some(user) = p.state_key.clone() else { continue };
+                let name = content["displayname"].as_str().map(str::to_owned);
+                let avatar = content["avatar_url"].as_str().map(str::to_owned);
+                let hit = user.to_lowercase().contains(&term)
+                    || name.as_ref().is_some_and(|n| n.to_lowercase().contains(&term));
+                if hit {
+                    found.insert(user, (name, avatar));
+                }
+            }
+        }
+        let limited = found.len() > limit;
+        let results: Vec<JsonValue> = found
+            .into_iter()
+            .take(limit)
+            .map(|(user, (name, avatar))| json!({ "user_id": user, "display_name": name, "avatar_url": avatar }))
+            .collect();
+        Ok(ok_json(&json!({ "results": results, "limited": limited })))
+    })
+}
