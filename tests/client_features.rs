@@ -186,3 +186,83 @@ async fn a_profile_change_reaches_every_room_and_the_directory_finds_people() {
     assert!(none["results"].as_array().unwrap().is_empty());
     s.stop().await;
 }
+
+fn ephemeral<'a>(sync: &'a Value, room: &str, kind: &str) -> Option<&'a Value> {
+    sync["rooms"]["join"][room]["ephemeral"]["events"].as_array()?.iter().find(|e| e["type"] == kind)
+}
+
+#[tokio::test]
+async fn typing_wakes_the_other_user_and_expires() {
+    let s = TestServer::open("localhost").await;
+    let (alice, bob, room) = room_with_bob(&s).await;
+    let since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let poll = {
+        let (bob, since) = (bob.clone(), since.clone());
+        tokio::spawn(async move { bob.sync(Some(&since), 10_000).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let path = format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id));
+    alice.put(&path, json!({ "typing": true, "timeout": 800 })).await;
+    let got = poll.await.unwrap();
+    assert_eq!(
+        ephemeral(&got, &room, "m.typing").unwrap()["content"]["user_ids"],
+        json!(["@alice:localhost"]),
+        "{got}"
+    );
+    // After the timeout, bob learns alice stopped.
+    let since = got["next_batch"].as_str().unwrap().to_owned();
+    let later = bob.sync(Some(&since), 5_000).await;
+    assert_eq!(ephemeral(&later, &room, "m.typing").unwrap()["content"]["user_ids"], json!([]), "{later}");
+    let r = bob.request(Method::PUT, &path, Some(json!({ "typing": true }))).await;
+    assert_eq!(r.errcode(), "M_FORBIDDEN", "nobody types for someone else");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn receipts_reach_the_sender_and_reset_unread_counts() {
+    let s = TestServer::open("localhost").await;
+    let (alice, bob, room) = room_with_bob(&s).await;
+    alice.send_text(&room, "first").await;
+    let mention = json!({ "msgtype": "m.text", "body": "bob: look", "m.mentions": { "user_ids": ["@bob:localhost"] } });
+    let last = send(&alice, &room, mention).await;
+    let counts = bob.sync(None, 0).await["rooms"]["join"][&room]["unread_notifications"].clone();
+    assert_eq!(counts, json!({ "notification_count": 2, "highlight_count": 1 }));
+
+    let alice_since = alice.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    bob.post(&format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&last)), json!({})).await;
+    let got = alice.sync(Some(&alice_since), 5_000).await;
+    let receipt = ephemeral(&got, &room, "m.receipt").unwrap();
+    assert!(receipt["content"][&last]["m.read"]["@bob:localhost"]["ts"].is_u64(), "{receipt}");
+    let counts = bob.sync(None, 0).await["rooms"]["join"][&room]["unread_notifications"].clone();
+    assert_eq!(counts, json!({ "notification_count": 0, "highlight_count": 0 }));
+
+    // Private receipts stay private; fully-read markers become room account data.
+    let since = got["next_batch"].as_str().unwrap().to_owned();
+    let more = alice.send_text(&room, "again").await;
+    let body = json!({ "m.read.private": more, "m.fully_read": more });
+    bob.post(&format!("/_matrix/client/v3/rooms/{}/read_markers", enc(&room)), body).await;
+    let got = alice.sync(Some(&since), 0).await;
+    assert!(ephemeral(&got, &room, "m.receipt").is_none_or(|r| r["content"][&more].get("m.read.private").is_none()));
+    let bob_view = bob.sync(None, 0).await;
+    let data = bob_view["rooms"]["join"][&room]["account_data"]["events"].as_array().unwrap();
+    assert!(data.iter().any(|e| e["type"] == "m.fully_read" && e["content"]["event_id"] == more.as_str()));
+    assert_eq!(bob_view["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn presence_can_be_set_and_read() {
+    let s = TestServer::open("localhost").await;
+    let (alice, bob, _) = room_with_bob(&s).await;
+    let me = enc(&alice.user_id);
+    assert_eq!(bob.get(&format!("/_matrix/client/v3/presence/{me}/status")).await["presence"], "offline");
+    alice
+        .put(
+            &format!("/_matrix/client/v3/presence/{me}/status"),
+            json!({ "presence": "online", "status_msg": "on call" }),
+        )
+        .await;
+    let p = bob.get(&format!("/_matrix/client/v3/presence/{me}/status")).await;
+    assert_eq!((p["presence"].as_str(), p["status_msg"].as_str()), (Some("online"), Some("on call")));
+    s.stop().await;
+}

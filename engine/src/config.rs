@@ -38,6 +38,22 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Per-user rate limits on event-creating requests.
     pub rate_limit: RateLimitConfig,
+    /// Presence.
+    pub presence: PresenceConfig,
+}
+
+/// `[presence]` (Myelin extension).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// Whether users may set and read presence.
+    pub enabled: bool,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 /// `[rate_limit]` (Myelin extension): a token bucket per user.
@@ -125,6 +141,7 @@ impl Default for Config {
             media: MediaConfig::default(),
             storage: StorageConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            presence: PresenceConfig::default(),
         }
     }
 }

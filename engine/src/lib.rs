@@ -7,9 +7,11 @@
 pub mod backup;
 pub mod config;
 pub mod directory;
+pub mod ephemeral;
 mod error;
 pub mod events;
 pub mod keys;
+pub mod receipts;
 pub mod rooms;
 pub mod sync;
 pub mod users;
@@ -39,6 +41,8 @@ pub struct Engine {
     pub users: users::Users,
     /// Local room aliases.
     pub directory: directory::Directory,
+    /// Typing and presence (volatile).
+    pub ephemeral: Arc<ephemeral::Ephemeral>,
 }
 
 impl Engine {
@@ -61,7 +65,18 @@ impl Engine {
         tracing::info!(server_name = %server_name, key_id = keys.key_id(), data_dir = %config.data_dir.display(), "engine ready");
         let users = users::Users::new(db.clone(), server_name.clone(), stream.clone());
         let directory = directory::Directory::new(db.clone());
-        Ok(Arc::new(Self { config: Arc::new(config), server_name, db, keys, stream, rooms, users, directory }))
+        let ephemeral = Arc::new(ephemeral::Ephemeral::new());
+        Ok(Arc::new(Self {
+            config: Arc::new(config),
+            server_name,
+            db,
+            keys,
+            stream,
+            rooms,
+            users,
+            directory,
+            ephemeral,
+        }))
     }
 
     /// Where the RocksDB database of `config` lives.

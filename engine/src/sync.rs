@@ -18,8 +18,9 @@
 //! messages for the syncing device (deleted once a later sync acknowledges
 //! them by passing a newer token). Timeline events pass the history
 //! visibility rules (`Rooms::visible_to`). Filters: timeline `limit`,
-//! `types`/`not_types`, `lazy_load_members`, `include_leave`. Not yet:
-//! ephemeral events and notification counts (always 0): issue 5.
+//! `types`/`not_types`, `lazy_load_members`, `include_leave`. Joined rooms
+//! carry `m.typing` and `m.receipt` ephemeral events and unread counts
+//! (`crate::receipts`). Tokens are `s<stream position>_<typing serial>`.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -42,6 +43,8 @@ pub struct SyncRequest {
     pub device_id: String,
     /// Stream position of `since`, if any.
     pub since: Option<u64>,
+    /// Typing serial of `since` (0 when absent).
+    pub since_typing: u64,
     /// Long-poll timeout.
     pub timeout: Duration,
     /// Send the full state of every joined room.
@@ -63,6 +66,7 @@ impl Default for SyncRequest {
         Self {
             device_id: String::new(),
             since: None,
+            since_typing: 0,
             timeout: Duration::ZERO,
             full_state: false,
             timeline_limit: 20,
@@ -74,9 +78,13 @@ impl Default for SyncRequest {
     }
 }
 
-/// Parses a `s<pos>` sync token.
-pub fn parse_token(token: &str) -> Option<u64> {
-    token.strip_prefix('s').and_then(|n| n.parse().ok())
+/// Parses a `s<pos>` or `s<pos>_<typing serial>` sync token.
+pub fn parse_token(token: &str) -> Option<(u64, u64)> {
+    let rest = token.strip_prefix('s')?;
+    match rest.split_once('_') {
+        Some((pos, typing)) => Some((pos.parse().ok()?, typing.parse().ok()?)),
+        None => Some((rest.parse().ok()?, 0)),
+    }
 }
 
 fn now_ms() -> u64 {
@@ -102,6 +110,7 @@ impl Engine {
     pub async fn sync(&self, user: &UserId, req: SyncRequest) -> Result<JsonValue, EngineError> {
         let deadline = Instant::now() + req.timeout;
         let mut wake = self.stream.subscribe();
+        let mut typing_wake = self.ephemeral.subscribe();
         // A sync with `since` acknowledges the to-device messages delivered before it.
         if let Some(since) = req.since {
             self.users.ack_to_device(user.as_str(), &req.device_id, since).await.map_err(users_err)?;
@@ -115,8 +124,14 @@ impl Engine {
                 return Ok(body);
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(remaining, wake.changed()).await {
-                Ok(Ok(())) => continue,
+            let changed = async {
+                tokio::select! {
+                    r = wake.changed() => r.is_ok(),
+                    r = typing_wake.changed() => r.is_ok(),
+                }
+            };
+            match tokio::time::timeout(remaining, changed).await {
+                Ok(true) => continue,
                 // Timed out, or the server is shutting down: answer with what we have.
                 _ => return Ok(self.sync_once(user, since, self.stream.current(), &req)?.0),
             }
@@ -166,6 +181,8 @@ impl Engine {
         req: &SyncRequest,
     ) -> Result<(JsonValue, bool), EngineError> {
         let now = now_ms();
+        let typing_serial = self.ephemeral.serial();
+        let since_typing = if since.is_some() { req.since_typing } else { 0 };
         let since_i = since.map_or(0, |s| s as i64);
         let upto_i = upto as i64;
         let mut data = self.changed_account_data(user, since, upto)?;
@@ -182,12 +199,17 @@ impl Engine {
                         .timeline_between(&room_id, since_i, upto_i, req.timeline_limit)
                         .map_err(rooms_err)?;
                     let room_data = data.rooms.remove(room_id.as_str()).unwrap_or_default();
-                    if events.is_empty() && room_data.is_empty() && !fresh && !req.full_state {
+                    let ephemeral = self.room_ephemeral(&room_id, user, since, since_typing, fresh)?;
+                    if events.is_empty() && room_data.is_empty() && ephemeral.is_empty() && !fresh && !req.full_state {
                         continue;
                     }
                     let full = fresh || limited || req.full_state;
                     let mut body = self.joined_room(&room_id, user, &events, limited, full, since_i, req, now)?;
                     body["account_data"]["events"] = JsonValue::Array(room_data);
+                    body["ephemeral"]["events"] = JsonValue::Array(ephemeral);
+                    let (notes, highlights) = self.unread_counts(&room_id, user, upto_i)?;
+                    body["unread_notifications"] =
+                        json!({ "notification_count": notes, "highlight_count": highlights });
                     join.insert(room_id.to_string(), body);
                 }
                 "invite" if fresh => {
@@ -236,7 +258,7 @@ impl Engine {
             || !data.global.is_empty()
             || !to_device.is_empty();
         let body = json!({
-            "next_batch": format!("s{upto}"),
+            "next_batch": format!("s{upto}_{typing_serial}"),
             "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
             "account_data": { "events": data.global },
             "presence": { "events": [] },
@@ -295,6 +317,39 @@ impl Engine {
             "unread_notifications": { "notification_count": 0, "highlight_count": 0 },
             "summary": { "m.joined_member_count": joined },
         }))
+    }
+
+    /// `m.typing` (when it changed since the token, or anyone types on a first sync)
+    /// and `m.receipt` (receipts newer than the token; private ones only the owner's).
+    fn room_ephemeral(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        since: Option<u64>,
+        since_typing: u64,
+        fresh: bool,
+    ) -> Result<Vec<JsonValue>, EngineError> {
+        let mut out = Vec::new();
+        let (typing, changed) = self.ephemeral.typing_in(room);
+        if (fresh && !typing.is_empty()) || (!fresh && changed > since_typing) {
+            out.push(json!({ "type": "m.typing", "content": { "user_ids": typing } }));
+        }
+        let mut content = serde_json::Map::new();
+        for (who, kind, thread, receipt) in self.receipts_since(room, if fresh { 0 } else { since.unwrap_or(0) })? {
+            if kind == "m.read.private" && who != user.as_str() {
+                continue;
+            }
+            let mut entry = json!({ "ts": receipt.ts });
+            if !thread.is_empty() {
+                entry["thread_id"] = json!(thread);
+            }
+            let by_event = content.entry(receipt.event_id.clone()).or_insert_with(|| json!({}));
+            by_event[kind.as_str()][who.as_str()] = entry;
+        }
+        if !content.is_empty() {
+            out.push(json!({ "type": "m.receipt", "content": content }));
+        }
+        Ok(out)
     }
 
     /// The stripped state an invited or knocking user sees (§"Stripped state").

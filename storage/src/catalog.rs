@@ -79,7 +79,7 @@ pub static SHORTSTATEKEY_STATEKEY: Cf = point("shortstatekey_statekey", 4);
 pub static SHORTEVENTID_PDU: Cf =
     Cf { name: "shorteventid_pdu", access: Access::Point, compression: Compression::Zstd, cache_percent: 19 };
 /// `(short room id, stream position)` → short event id: the timeline.
-pub static ROOMCOUNT_SHORTEVENTID: Cf = scan("roomcount_shorteventid", 8);
+pub static ROOMCOUNT_SHORTEVENTID: Cf = scan("roomcount_shorteventid", 7);
 /// `(destination, sequence)` → queued PDU/EDU reference: the durable federation queue.
 pub static DESTSEQ_OUTBOUND: Cf = scan("destseq_outbound", 3);
 
@@ -129,6 +129,9 @@ pub static ROOMROOT_THREAD: Cf = scan("roomroot_thread", 1);
 /// User id → profile (display name, avatar URL), local users.
 pub static USERID_PROFILE: Cf = point("userid_profile", 1);
 
+/// `(room id, user id, receipt type, thread id)` → receipt.
+pub static ROOMUSERTYPE_RECEIPT: Cf = scan("roomusertype_receipt", 1);
+
 /// Every family, in creation order. The default family is unused.
 pub static ALL: &[&Cf] = &[
     &GLOBAL,
@@ -165,6 +168,7 @@ pub static ALL: &[&Cf] = &[
     &TARGETCOUNT_RELATION,
     &ROOMROOT_THREAD,
     &USERID_PROFILE,
+    &ROOMUSERTYPE_RECEIPT,
 ];
 
 #[cfg(test)]

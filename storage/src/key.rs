@@ -183,7 +183,26 @@ impl<A: Key, B: Key, C: Key> Key for (A, B, C) {
     }
 }
 
+impl<A: Key, B: Key, C: Key, D: Key> Key for (A, B, C, D) {
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        self.0.encode_into(out);
+        self.1.encode_into(out);
+        self.2.encode_into(out);
+        self.3.encode_into(out);
+    }
+    fn decode_from(input: &[u8]) -> Result<(Self, &[u8]), StorageError> {
+        let (a, rest) = A::decode_from(input)?;
+        let (b, rest) = B::decode_from(rest)?;
+        let (c, rest) = C::decode_from(rest)?;
+        let (d, rest) = D::decode_from(rest)?;
+        Ok(((a, b, c, d), rest))
+    }
+}
+
 impl<A: Key, B: Key> HasPrefix<(A,)> for (A, B) {}
+impl<A: Key, B: Key, C: Key, D: Key> HasPrefix<(A,)> for (A, B, C, D) {}
+impl<A: Key, B: Key, C: Key, D: Key> HasPrefix<(A, B)> for (A, B, C, D) {}
+impl<A: Key, B: Key, C: Key, D: Key> HasPrefix<(A, B, C)> for (A, B, C, D) {}
 impl<A: Key, B: Key, C: Key> HasPrefix<(A,)> for (A, B, C) {}
 impl<A: Key, B: Key, C: Key> HasPrefix<(A, B)> for (A, B, C) {}
 

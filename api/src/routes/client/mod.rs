@@ -2,6 +2,7 @@
 
 mod account;
 mod directory;
+mod ephemeral;
 mod power;
 mod profile;
 mod relations;
@@ -83,6 +84,12 @@ pub fn add(r: &mut Router) {
     both(r, M::GET, "/profile/{user_id}/avatar_url", profile::get_avatar_url);
     both(r, M::PUT, "/profile/{user_id}/avatar_url", profile::put_avatar_url);
     both(r, M::POST, "/user_directory/search", profile::search_users);
+
+    both(r, M::PUT, "/rooms/{room_id}/typing/{user_id}", ephemeral::typing);
+    both(r, M::POST, "/rooms/{room_id}/receipt/{receipt_type}/{event_id}", ephemeral::receipt);
+    both(r, M::POST, "/rooms/{room_id}/read_markers", ephemeral::read_markers);
+    both(r, M::GET, "/presence/{user_id}/status", ephemeral::get_presence);
+    both(r, M::PUT, "/presence/{user_id}/status", ephemeral::put_presence);
 
     both(r, M::GET, "/sync", sync::sync);
     both(r, M::PUT, "/sendToDevice/{event_type}/{txn_id}", sync::send_to_device);

@@ -488,6 +488,8 @@ pub fn joined_members(cx: Ctx, req: Req) -> HandlerFuture {
 
 fn parse_position(token: &str) -> Result<i64, ApiError> {
     let digits = token.strip_prefix('t').or_else(|| token.strip_prefix('s')).unwrap_or(token);
+    // Sync tokens carry a typing serial after `_`; only the position matters here.
+    let digits = digits.split('_').next().unwrap_or(digits);
     digits.parse::<i64>().map_err(|_| ApiError::invalid_param(format!("bad pagination token {token}")))
 }
 

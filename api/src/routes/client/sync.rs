@@ -42,8 +42,10 @@ pub fn sync(cx: Ctx, req: Req) -> HandlerFuture {
         let me = require_user(&cx, &req)?;
         let mut request = SyncRequest { device_id: me.device_id.clone(), ..SyncRequest::default() };
         if let Some(since) = query_param(&req, "since") {
-            request.since =
-                Some(parse_token(&since).ok_or_else(|| ApiError::invalid_param(format!("bad since token {since}")))?);
+            let (pos, typing) =
+                parse_token(&since).ok_or_else(|| ApiError::invalid_param(format!("bad since token {since}")))?;
+            request.since = Some(pos);
+            request.since_typing = typing;
         }
         if let Some(t) = query_param(&req, "timeout") {
             let ms = t.parse::<u64>().map_err(|_| ApiError::invalid_param("timeout must be milliseconds"))?;

@@ -1,0 +1,145 @@
+//! Typing notifications and presence: volatile, in memory only.
+//!
+//! Client-Server API §"Typing Notifications": a user types in a room until
+//! they say they stopped or their `timeout` passes; other members see the
+//! `m.typing` ephemeral event in `/sync`. §"Presence": `online`, `offline`,
+//! `unavailable` with an optional status message.
+//!
+//! Typing changes carry their own serial (the `_<n>` part of sync tokens),
+//! separate from the durable stream: they are never stored and may be lost
+//! on restart, which the spec allows for ephemeral data.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use parking_lot::Mutex;
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use tokio::sync::watch;
+
+/// Longest typing timeout honoured.
+pub const MAX_TYPING: Duration = Duration::from_secs(120);
+
+#[derive(Default)]
+struct RoomTyping {
+    users: HashMap<OwnedUserId, Instant>,
+    changed: u64,
+}
+
+/// A user's presence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    /// `online`, `offline` or `unavailable`.
+    pub state: String,
+    /// Optional status message.
+    pub status_msg: Option<String>,
+    /// When it was last set.
+    pub since: Instant,
+}
+
+/// Typing and presence of one server.
+pub struct Ephemeral {
+    typing: Mutex<HashMap<OwnedRoomId, RoomTyping>>,
+    serial: AtomicU64,
+    notify: watch::Sender<u64>,
+    presence: Mutex<HashMap<OwnedUserId, Presence>>,
+}
+
+impl Default for Ephemeral {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Ephemeral {
+    /// Empty state.
+    pub fn new() -> Self {
+        let (notify, _) = watch::channel(0);
+        Self {
+            typing: Mutex::new(HashMap::new()),
+            serial: AtomicU64::new(0),
+            notify,
+            presence: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The current typing serial.
+    pub fn serial(&self) -> u64 {
+        self.serial.load(Ordering::SeqCst)
+    }
+
+    /// Wakes when typing changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.notify.subscribe()
+    }
+
+    fn bump(&self, room: &RoomId, typing: &mut HashMap<OwnedRoomId, RoomTyping>) {
+        let serial = self.serial.fetch_add(1, Ordering::SeqCst) + 1;
+        typing.entry(room.to_owned()).or_default().changed = serial;
+        self.notify.send_replace(serial);
+    }
+
+    /// Starts or stops `user` typing in `room`; a start expires after `timeout`.
+    pub fn set_typing(self: &Arc<Self>, room: &RoomId, user: &UserId, typing: bool, timeout: Duration) {
+        let timeout = timeout.min(MAX_TYPING);
+        let mut all = self.typing.lock();
+        let entry = all.entry(room.to_owned()).or_default();
+        let was = entry.users.contains_key(user);
+        if typing {
+            entry.users.insert(user.to_owned(), Instant::now() + timeout);
+        } else {
+            entry.users.remove(user);
+        }
+        if was != typing || typing {
+            self.bump(room, &mut all);
+        }
+        drop(all);
+        if typing {
+            // Tell waiting syncs when the timeout ends, if nothing renewed it.
+            let (this, room, user) = (self.clone(), room.to_owned(), user.to_owned());
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout + Duration::from_millis(10)).await;
+                let mut all = this.typing.lock();
+                let expired =
+                    all.get(&room).and_then(|r| r.users.get(&user)).is_some_and(|until| *until <= Instant::now());
+                if expired {
+                    if let Some(r) = all.get_mut(&room) {
+                        r.users.remove(&user);
+                    }
+                    this.bump(&room, &mut all);
+                }
+            });
+        }
+    }
+
+    /// Who types in `room` now, and the serial of the room's last change.
+    pub fn typing_in(&self, room: &RoomId) -> (Vec<OwnedUserId>, u64) {
+        let all = self.typing.lock();
+        match all.get(room) {
+            Some(r) => {
+                let now = Instant::now();
+                let mut users: Vec<OwnedUserId> =
+                    r.users.iter().filter(|(_, until)| **until > now).map(|(u, _)| u.clone()).collect();
+                users.sort();
+                (users, r.changed)
+            }
+            None => (Vec::new(), 0),
+        }
+    }
+
+    /// Sets a user's presence.
+    pub fn set_presence(&self, user: &UserId, state: &str, status_msg: Option<String>) {
+        let presence = Presence { state: state.to_owned(), status_msg, since: Instant::now() };
+        self.presence.lock().insert(user.to_owned(), presence);
+    }
+
+    /// A user's presence, if they ever set one since start.
+    pub fn presence(&self, user: &UserId) -> Option<Presence> {
+        self.presence.lock().get(user).cloned()
+    }
+}

@@ -1,0 +1,119 @@
+//! Read receipts and unread counts.
+//!
+//! Client-Server API §"Receipts": `m.read` (shared with the room),
+//! `m.read.private` (only the user sees it), optionally per `thread_id`.
+//! Receipts are stored at a stream position, so a new receipt wakes `/sync`
+//! and reaches the other members as an `m.receipt` ephemeral event.
+//! §"Notifications": unread counts are the notifying events after the user's
+//! latest receipt. Until push-rule evaluation lands (issue 5 §3) an event
+//! notifies when it is a message from someone else, and highlights when it
+//! mentions the user (`m.mentions.user_ids`, `m.mentions.room`, or the user's
+//! id or localpart in the body).
+
+use myelin_storage::{Batch, Direction, Stored, Table, catalog};
+use ruma::{RoomId, UserId};
+use serde::{Deserialize, Serialize};
+
+use crate::{Engine, EngineError};
+
+/// A stored receipt.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Receipt {
+    /// The event read up to.
+    pub event_id: String,
+    /// When, ms.
+    pub ts: u64,
+    /// Stream position of the receipt.
+    pub count: u64,
+}
+impl Stored for Receipt {}
+
+/// `(room, user, receipt type, thread id or "")` → receipt.
+const RECEIPTS: Table<(String, String, String, String), Receipt> = Table::new(&catalog::ROOMUSERTYPE_RECEIPT);
+
+impl Engine {
+    /// Stores a receipt at a new stream position.
+    pub async fn set_receipt(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        kind: &str,
+        thread: Option<&str>,
+        event_id: &str,
+    ) -> Result<(), EngineError> {
+        let mut batch = Batch::new();
+        let count = self.stream.next_in(&mut batch);
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let key = (room.to_string(), user.to_string(), kind.to_owned(), thread.unwrap_or_default().to_owned());
+        RECEIPTS.put(&mut batch, &key, &Receipt { event_id: event_id.to_owned(), ts, count })?;
+        self.db.commit(batch).await?;
+        Ok(())
+    }
+
+    /// Receipts of a room newer than `since`: `(user, type, thread, receipt)`.
+    pub fn receipts_since(
+        &self,
+        room: &RoomId,
+        since: u64,
+    ) -> Result<Vec<(String, String, String, Receipt)>, EngineError> {
+        let mut out = Vec::new();
+        for row in RECEIPTS.prefix(&*self.db, &(room.to_string(),), Direction::Forward)? {
+            let ((_, user, kind, thread), receipt) = row?;
+            if receipt.count > since {
+                out.push((user, kind, thread, receipt));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The timeline position the user has read up to in a room (latest of their receipts).
+    pub fn read_upto(&self, room: &RoomId, user: &UserId) -> Result<i64, EngineError> {
+        let mut best = 0i64;
+        for row in RECEIPTS.prefix(&*self.db, &(room.to_string(), user.to_string()), Direction::Forward)? {
+            let ((_, _, kind, _), receipt) = row?;
+            if kind != "m.read" && kind != "m.read.private" {
+                continue;
+            }
+            if let Ok(id) = ruma::EventId::parse(receipt.event_id.as_str())
+                && let Ok(Some(meta)) = self.rooms.meta(&id)
+            {
+                best = best.max(meta.count);
+            }
+        }
+        Ok(best)
+    }
+
+    /// `(notification_count, highlight_count)` for the user in a room.
+    pub fn unread_counts(&self, room: &RoomId, user: &UserId, upto: i64) -> Result<(u64, u64), EngineError> {
+        let read = self.read_upto(room, user)?;
+        // A user's own join marks the start: nothing before it is unread.
+        let joined_at = self.rooms.membership(user.as_str(), room).ok().flatten().map_or(0, |m| m.count);
+        let from = read.max(joined_at);
+        let (events, _) =
+            self.rooms.timeline_between(room, from, upto, 1000).map_err(|e| EngineError::Rooms(e.to_string()))?;
+        let (mut notes, mut highlights) = (0, 0);
+        let localpart = user.localpart().to_lowercase();
+        for (_, pdu) in events {
+            let kind = pdu.kind.to_string();
+            if pdu.sender == user || (kind != "m.room.message" && kind != "m.room.encrypted") {
+                continue;
+            }
+            notes += 1;
+            let content = pdu.content_value();
+            let mentions = &content["m.mentions"];
+            let body = content["body"].as_str().unwrap_or_default().to_lowercase();
+            let mentioned =
+                mentions["user_ids"].as_array().is_some_and(|a| a.iter().any(|u| u.as_str() == Some(user.as_str())))
+                    || mentions["room"] == true
+                    || body.contains(&user.as_str().to_lowercase())
+                    || (mentions.is_null() && !localpart.is_empty() && body.contains(&localpart));
+            if mentioned {
+                highlights += 1;
+            }
+        }
+        Ok((notes, highlights))
+    }
+}
