@@ -266,3 +266,49 @@ async fn presence_can_be_set_and_read() {
     assert_eq!((p["presence"].as_str(), p["status_msg"].as_str()), (Some("online"), Some("on call")));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn the_public_room_directory_lists_searches_and_paginates() {
+    let s = TestServer::open("localhost").await;
+    let (alice, bob) = (s.register("alice").await, s.register("bob").await);
+    let ops = alice
+        .create_room(json!({ "visibility": "public", "preset": "public_chat", "name": "Ops Room", "topic": "incidents", "room_alias_name": "ops" }))
+        .await;
+    let quiet = alice.create_room(json!({ "visibility": "public", "preset": "public_chat", "name": "Quiet" })).await;
+    let hidden = alice.create_room(json!({ "name": "Hidden" })).await;
+    bob.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&ops)), json!({})).await;
+
+    // Unauthenticated GET, biggest rooms first.
+    let r = myelin_suite::http(s.client, Method::GET, "/_matrix/client/v3/publicRooms", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let listing = r.json();
+    let ids: Vec<&str> = listing["chunk"].as_array().unwrap().iter().map(|e| e["room_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [ops.as_str(), quiet.as_str()]);
+    let first = &listing["chunk"][0];
+    assert_eq!(first["name"], "Ops Room");
+    assert_eq!(first["topic"], "incidents");
+    assert_eq!(first["canonical_alias"], "#ops:localhost");
+    assert_eq!(first["num_joined_members"], 2);
+    assert_eq!(first["join_rule"], "public");
+    assert_eq!(first["world_readable"], false);
+
+    let found =
+        bob.post("/_matrix/client/v3/publicRooms", json!({ "filter": { "generic_search_term": "quie" } })).await;
+    assert_eq!(found["chunk"].as_array().unwrap().len(), 1);
+    let page = bob.post("/_matrix/client/v3/publicRooms", json!({ "limit": 1 })).await;
+    assert_eq!(page["chunk"].as_array().unwrap().len(), 1);
+    let next = page["next_batch"].as_str().unwrap();
+    let page2 = bob.post("/_matrix/client/v3/publicRooms", json!({ "limit": 1, "since": next })).await;
+    assert_eq!(page2["chunk"][0]["room_id"], quiet.as_str());
+
+    // Publishing needs power in the room; the visibility endpoint reflects it.
+    let path = format!("/_matrix/client/v3/directory/list/room/{}", enc(&hidden));
+    assert_eq!(bob.get(&path).await["visibility"], "private");
+    let r = bob.request(Method::PUT, &path, Some(json!({ "visibility": "public" }))).await;
+    assert_eq!(r.errcode(), "M_FORBIDDEN");
+    alice.put(&path, json!({ "visibility": "public" })).await;
+    assert_eq!(bob.get(&path).await["visibility"], "public");
+    let all = bob.post("/_matrix/client/v3/publicRooms", json!({})).await;
+    assert_eq!(all["total_room_count_estimate"], 3);
+    s.stop().await;
+}

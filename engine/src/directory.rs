@@ -25,6 +25,7 @@ impl Stored for AliasEntry {}
 
 const ALIASES: Table<String, AliasEntry> = Table::new(&catalog::ALIAS_ROOM);
 const ROOM_ALIASES: Table<(String, String), ()> = Table::new(&catalog::ROOMALIAS_NONE);
+const PUBLIC: Table<String, ()> = Table::new(&catalog::ROOMID_PUBLIC);
 
 /// The alias directory of one server.
 pub struct Directory {
@@ -76,6 +77,32 @@ impl Directory {
         let mut out = Vec::new();
         for row in ROOM_ALIASES.prefix(&*self.db, &(room_id.to_owned(),), Direction::Forward)? {
             out.push(row?.0.1);
+        }
+        Ok(out)
+    }
+
+    /// Whether a room is published in the public room directory.
+    pub fn is_public(&self, room_id: &str) -> Result<bool, EngineError> {
+        Ok(PUBLIC.contains(&*self.db, &room_id.to_owned())?)
+    }
+
+    /// Publishes or unpublishes a room.
+    pub async fn set_public(&self, room_id: &str, public: bool) -> Result<(), EngineError> {
+        let mut batch = Batch::new();
+        if public {
+            PUBLIC.put(&mut batch, &room_id.to_owned(), &())?;
+        } else {
+            PUBLIC.delete(&mut batch, &room_id.to_owned());
+        }
+        self.db.commit(batch).await?;
+        Ok(())
+    }
+
+    /// Every published room id.
+    pub fn public_rooms(&self) -> Result<Vec<String>, EngineError> {
+        let mut out = Vec::new();
+        for row in PUBLIC.iter(&*self.db, Direction::Forward)? {
+            out.push(row?.0);
         }
         Ok(out)
     }

@@ -132,6 +132,9 @@ pub static USERID_PROFILE: Cf = point("userid_profile", 1);
 /// `(room id, user id, receipt type, thread id)` → receipt.
 pub static ROOMUSERTYPE_RECEIPT: Cf = scan("roomusertype_receipt", 1);
 
+/// Room id → (): rooms published in the public room directory.
+pub static ROOMID_PUBLIC: Cf = point("roomid_public", 0);
+
 /// Every family, in creation order. The default family is unused.
 pub static ALL: &[&Cf] = &[
     &GLOBAL,
@@ -169,6 +172,7 @@ pub static ALL: &[&Cf] = &[
     &ROOMROOT_THREAD,
     &USERID_PROFILE,
     &ROOMUSERTYPE_RECEIPT,
+    &ROOMID_PUBLIC,
 ];
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ mod directory;
 mod ephemeral;
 mod power;
 mod profile;
+mod public_rooms;
 mod relations;
 mod rooms;
 mod sync;
@@ -77,6 +78,10 @@ pub fn add(r: &mut Router) {
     both(r, M::PUT, "/directory/room/{alias}", directory::create);
     both(r, M::DELETE, "/directory/room/{alias}", directory::delete);
     both(r, M::GET, "/rooms/{room_id}/aliases", directory::room_aliases);
+    both(r, M::GET, "/directory/list/room/{room_id}", public_rooms::get_visibility);
+    both(r, M::PUT, "/directory/list/room/{room_id}", public_rooms::set_visibility);
+    both(r, M::GET, "/publicRooms", public_rooms::get_public_rooms);
+    both(r, M::POST, "/publicRooms", public_rooms::post_public_rooms);
 
     both(r, M::GET, "/profile/{user_id}", profile::get_profile);
     both(r, M::GET, "/profile/{user_id}/displayname", profile::get_displayname);

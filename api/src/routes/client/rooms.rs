@@ -159,7 +159,11 @@ pub fn create_room(cx: Ctx, req: Req) -> HandlerFuture {
                 v
             }),
         };
+        let publish = request.public;
         let room_id = cx.engine.rooms.create_room(&me.user_id, request).await?;
+        if publish {
+            cx.engine.directory.set_public(room_id.as_str(), true).await?;
+        }
         if let Some(alias) = alias
             && !cx.engine.directory.create(alias.as_str(), room_id.as_str(), me.user_id.as_str()).await?
         {
