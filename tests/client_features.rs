@@ -312,3 +312,64 @@ async fn the_public_room_directory_lists_searches_and_paginates() {
     assert_eq!(all["total_room_count_estimate"], 3);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn search_finds_messages_by_words_with_filters_and_pages() {
+    let s = TestServer::open("localhost").await;
+    let (alice, bob, room) = room_with_bob(&s).await;
+    let other = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&other)), json!({})).await;
+    alice.send_text(&room, "Deploy of v2 FAILED on node-3").await;
+    bob.send_text(&room, "the deploy failed again").await;
+    alice.send_text(&room, "deploy worked").await;
+    alice.send_text(&other, "deploy failed elsewhere").await;
+    let secret = alice.send_text(&room, "deploy failed secret").await;
+    alice.put(&format!("/_matrix/client/v3/rooms/{}/redact/{}/s1", enc(&room), enc(&secret)), json!({})).await;
+
+    let query = |body: Value| {
+        let bob = bob.clone();
+        async move { bob.post("/_matrix/client/v3/search", json!({ "search_categories": { "room_events": body } })).await }
+    };
+    let all = query(json!({ "search_term": "deploy FAILED" })).await;
+    let res = &all["search_categories"]["room_events"];
+    let bodies: Vec<&str> =
+        res["results"].as_array().unwrap().iter().map(|r| r["result"]["content"]["body"].as_str().unwrap()).collect();
+    assert_eq!(
+        bodies,
+        ["deploy failed elsewhere", "the deploy failed again", "Deploy of v2 FAILED on node-3"],
+        "newest first; the redacted one is gone"
+    );
+    assert_eq!(res["count"], 3);
+
+    let only_room = query(
+        json!({ "search_term": "deploy failed", "filter": { "rooms": [room], "senders": ["@alice:localhost"] } }),
+    )
+    .await;
+    assert_eq!(only_room["search_categories"]["room_events"]["results"].as_array().unwrap().len(), 1);
+
+    let page = query(json!({ "search_term": "deploy", "filter": { "limit": 2 } })).await;
+    let next = page["search_categories"]["room_events"]["next_batch"].as_str().unwrap().to_owned();
+    let rest = bob
+        .post(
+            &format!("/_matrix/client/v3/search?next_batch={next}"),
+            json!({ "search_categories": { "room_events": { "search_term": "deploy", "filter": { "limit": 2 } } } }),
+        )
+        .await;
+    assert_eq!(rest["search_categories"]["room_events"]["results"].as_array().unwrap().len(), 2);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn server_acls_are_validated_when_set() {
+    let s = TestServer::open("localhost").await;
+    let (alice, _bob, room) = room_with_bob(&s).await;
+    let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.server_acl/", enc(&room));
+    let r = alice.request(Method::PUT, &path, Some(json!({ "allow": "*" }))).await;
+    assert_eq!(r.errcode(), "M_BAD_JSON");
+    let r = alice.request(Method::PUT, &path, Some(json!({ "allow": ["*"], "deny": ["localhost"] }))).await;
+    assert_eq!(r.errcode(), "M_INVALID_PARAM", "an ACL may not ban its own server");
+    alice.put(&path, json!({ "allow": ["*"], "deny": ["evil.example"], "allow_ip_literals": false })).await;
+    let acl = alice.get(&path).await;
+    assert_eq!(acl["deny"][0], "evil.example");
+    s.stop().await;
+}

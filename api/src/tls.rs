@@ -17,13 +17,7 @@ pub struct TlsError(pub String);
 
 /// The host part of a server name (`host`, `host:port`, `[v6]:port`).
 pub fn server_host(server_name: &str) -> &str {
-    if let Some(rest) = server_name.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match server_name.rsplit_once(':') {
-        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
-        _ => server_name,
-    }
+    myelin_engine::config_host(server_name)
 }
 
 /// Builds the rustls server configuration for the federation listener.

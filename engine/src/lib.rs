@@ -4,6 +4,7 @@
 //! counters) and is passed explicitly to whoever needs it; there is no global,
 //! so tests run several servers in one process.
 
+pub mod acl;
 pub mod backup;
 pub mod config;
 pub mod directory;
@@ -95,5 +96,16 @@ impl Engine {
     /// Flushes and closes storage; later writes fail.
     pub fn shutdown(&self) {
         self.db.shutdown();
+    }
+}
+
+/// The host part of a server name (`host`, `host:port`, `[v6]:port`).
+pub fn config_host(server_name: &str) -> &str {
+    if let Some(rest) = server_name.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match server_name.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => server_name,
     }
 }

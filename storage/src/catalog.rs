@@ -79,7 +79,7 @@ pub static SHORTSTATEKEY_STATEKEY: Cf = point("shortstatekey_statekey", 4);
 pub static SHORTEVENTID_PDU: Cf =
     Cf { name: "shorteventid_pdu", access: Access::Point, compression: Compression::Zstd, cache_percent: 19 };
 /// `(short room id, stream position)` → short event id: the timeline.
-pub static ROOMCOUNT_SHORTEVENTID: Cf = scan("roomcount_shorteventid", 7);
+pub static ROOMCOUNT_SHORTEVENTID: Cf = scan("roomcount_shorteventid", 6);
 /// `(destination, sequence)` → queued PDU/EDU reference: the durable federation queue.
 pub static DESTSEQ_OUTBOUND: Cf = scan("destseq_outbound", 3);
 
@@ -135,6 +135,10 @@ pub static ROOMUSERTYPE_RECEIPT: Cf = scan("roomusertype_receipt", 1);
 /// Room id → (): rooms published in the public room directory.
 pub static ROOMID_PUBLIC: Cf = point("roomid_public", 0);
 
+/// `(short room id, word, count)` → short event id: the full-text search index.
+pub static ROOMWORDCOUNT_EVENT: Cf =
+    Cf { name: "roomwordcount_event", access: Access::Scan, compression: Compression::Zstd, cache_percent: 1 };
+
 /// Every family, in creation order. The default family is unused.
 pub static ALL: &[&Cf] = &[
     &GLOBAL,
@@ -173,6 +177,7 @@ pub static ALL: &[&Cf] = &[
     &USERID_PROFILE,
     &ROOMUSERTYPE_RECEIPT,
     &ROOMID_PUBLIC,
+    &ROOMWORDCOUNT_EVENT,
 ];
 
 #[cfg(test)]

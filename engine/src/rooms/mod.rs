@@ -29,6 +29,7 @@ pub mod pdu;
 mod read;
 pub mod relations;
 mod resolve;
+pub mod search;
 pub mod state;
 pub mod tables;
 pub mod version;
@@ -488,6 +489,7 @@ impl Rooms {
         destinations.sort();
         destinations.dedup();
         self.index_relations(&mut batch, &pdu, short, count, room)?;
+        self.index_search(&mut batch, &pdu, short, count, room)?;
         // The local user index /sync reads.
         if pdu.kind == TimelineEventType::RoomMember
             && let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())

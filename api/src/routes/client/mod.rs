@@ -8,6 +8,7 @@ mod profile;
 mod public_rooms;
 mod relations;
 mod rooms;
+mod search;
 mod sync;
 
 use http::Method;
@@ -95,6 +96,8 @@ pub fn add(r: &mut Router) {
     both(r, M::POST, "/rooms/{room_id}/read_markers", ephemeral::read_markers);
     both(r, M::GET, "/presence/{user_id}/status", ephemeral::get_presence);
     both(r, M::PUT, "/presence/{user_id}/status", ephemeral::put_presence);
+
+    both(r, M::POST, "/search", search::search);
 
     both(r, M::GET, "/sync", sync::sync);
     both(r, M::PUT, "/sendToDevice/{event_type}/{txn_id}", sync::send_to_device);

@@ -369,6 +369,12 @@ pub fn put_state(cx: Ctx, req: Req) -> HandlerFuture {
         if !content.is_object() {
             return Err(ApiError::bad_json("event content must be a JSON object"));
         }
+        if kind == "m.room.server_acl" {
+            let acl = myelin_engine::acl::ServerAcl::from_content(&content).map_err(ApiError::bad_json)?;
+            if !acl.allows(cx.engine.server_name.as_str()) {
+                return Err(ApiError::invalid_param("this ACL would ban this server from the room"));
+            }
+        }
         let pdu = cx
             .engine
             .rooms
