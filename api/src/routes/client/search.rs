@@ -47,7 +47,7 @@ pub fn search(cx: Ctx, req: Req) -> HandlerFuture {
                 hits.push((count, short, room.clone()));
             }
         }
-        hits.sort_by(|a, b| b.0.cmp(&a.0));
+        hits.sort_by_key(|h| std::cmp::Reverse(h.0));
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
