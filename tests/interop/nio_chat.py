@@ -10,6 +10,15 @@ import time
 
 from nio import (
     AsyncClient,
+    ProfileGetDisplayNameResponse,
+    ProfileSetDisplayNameResponse,
+    ReactionEvent,
+    RedactedEvent,
+    RedactionEvent,
+    RoomRedactResponse,
+    RoomTypingResponse,
+    RoomMemberEvent,
+    TypingNoticeEvent,
     JoinResponse,
     LoginResponse,
     RegisterResponse,
@@ -83,6 +92,59 @@ async def main(url: str, server: str) -> None:
                 isinstance(e, RoomMessageText) and e.body == "hi alice" for e in (room.timeline.events if room else [])
             )
         check(seen, "alice receives bob's answer")
+
+        # Everyday features, each checked on the other side.
+        sent = await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "helo"})
+        check(isinstance(sent, RoomSendResponse), "alice sends a message to edit")
+        msg_id = sent.event_id
+        r = await alice.room_send(room_id, "m.room.message", {
+            "msgtype": "m.text", "body": "* hello",
+            "m.new_content": {"msgtype": "m.text", "body": "hello"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": msg_id},
+        })
+        check(isinstance(r, RoomSendResponse), "alice edits it")
+        r = await phone.room_send(room_id, "m.room.message", {
+            "msgtype": "m.text", "body": "> helo\n\nquoting you",
+            "m.relates_to": {"m.in_reply_to": {"event_id": msg_id}},
+        })
+        check(isinstance(r, RoomSendResponse), "bob replies to it")
+        reply_id = r.event_id
+        r = await phone.room_send(room_id, "m.reaction", {
+            "m.relates_to": {"rel_type": "m.annotation", "event_id": msg_id, "key": "👍"},
+        })
+        check(isinstance(r, RoomSendResponse), "bob reacts to it")
+        r = await alice.room_typing(room_id, True, 20000)
+        check(isinstance(r, RoomTypingResponse), "alice types")
+        r = await phone.room_redact(room_id, reply_id, reason="never mind")
+        check(isinstance(r, RoomRedactResponse), "bob deletes his reply")
+        r = await alice.set_displayname("Alice Nio")
+        check(isinstance(r, ProfileSetDisplayNameResponse), "alice changes her display name")
+
+        want = {"edit", "reply", "reaction", "typing", "redaction", "profile"}
+        got_features = set()
+        deadline = time.monotonic() + 20
+        while want - got_features and time.monotonic() < deadline:
+            r = await phone.sync(timeout=3000)
+            room = r.rooms.join.get(room_id) if isinstance(r, SyncResponse) else None
+            for e in room.timeline.events if room else []:
+                relates = e.source.get("content", {}).get("m.relates_to", {})
+                if relates.get("rel_type") == "m.replace" and relates.get("event_id") == msg_id:
+                    got_features.add("edit")
+                if isinstance(e, ReactionEvent) or e.source.get("type") == "m.reaction":
+                    got_features.add("reaction")
+                if isinstance(e, RedactionEvent) or e.source.get("type") == "m.room.redaction":
+                    got_features.add("redaction")
+                if isinstance(e, (RoomMessageText, RedactedEvent)) and e.event_id == reply_id:
+                    got_features.add("reply")
+                if isinstance(e, RoomMemberEvent) and e.state_key == f"@alice:{server}" and (e.content or {}).get("displayname") == "Alice Nio":
+                    got_features.add("profile")
+            for e in room.ephemeral if room else []:
+                if isinstance(e, TypingNoticeEvent) and f"@alice:{server}" in e.users:
+                    got_features.add("typing")
+        for feature in sorted(want):
+            check(feature in got_features, f"the other side sees the {feature}")
+        r = await phone.get_displayname(f"@alice:{server}")
+        check(isinstance(r, ProfileGetDisplayNameResponse) and r.displayname == "Alice Nio", "bob reads alice's new name")
         await phone.close()
     finally:
         await alice.close()
