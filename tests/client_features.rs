@@ -373,3 +373,42 @@ async fn server_acls_are_validated_when_set() {
     assert_eq!(acl["deny"][0], "evil.example");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn push_rules_can_be_changed_and_drive_counts_and_notifications() {
+    let s = TestServer::open("localhost").await;
+    let (alice, bob, room) = room_with_bob(&s).await;
+    let master = alice.get("/_matrix/client/v3/pushrules/global/override/.m.rule.master").await;
+    assert_eq!(master["enabled"], false);
+
+    let keyword = "/_matrix/client/v3/pushrules/global/content/deploys";
+    alice.put(keyword, json!({ "pattern": "deploy", "actions": ["notify", { "set_tweak": "highlight" }] })).await;
+    assert_eq!(alice.get(keyword).await["pattern"], "deploy");
+    bob.send_text(&room, "deploy finished").await;
+    let counts = alice.sync(None, 0).await["rooms"]["join"][&room]["unread_notifications"].clone();
+    assert_eq!(counts, json!({ "notification_count": 1, "highlight_count": 1 }), "the keyword rule highlights");
+    let notes = alice.get("/_matrix/client/v3/notifications?only=highlight").await;
+    assert_eq!(notes["notifications"][0]["event"]["content"]["body"], "deploy finished", "{notes}");
+    assert_eq!(notes["notifications"][0]["read"], false);
+
+    // Muting the room: a room rule with no actions.
+    alice.put(&format!("/_matrix/client/v3/pushrules/global/room/{}", enc(&room)), json!({ "actions": [] })).await;
+    bob.send_text(&room, "more chatter").await;
+    let counts = alice.sync(None, 0).await["rooms"]["join"][&room]["unread_notifications"].clone();
+    assert_eq!(counts["notification_count"], 1, "a muted room adds nothing: {counts}");
+
+    alice
+        .put(
+            "/_matrix/client/v3/pushrules/global/override/.m.rule.is_user_mention/enabled",
+            json!({ "enabled": false }),
+        )
+        .await;
+    let enabled = alice.get("/_matrix/client/v3/pushrules/global/override/.m.rule.is_user_mention/enabled").await;
+    assert_eq!(enabled["enabled"], false);
+    let r = alice.request(Method::DELETE, keyword, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(alice.request(Method::GET, keyword, None).await.errcode(), "M_NOT_FOUND");
+    let r = alice.request(Method::DELETE, "/_matrix/client/v3/pushrules/global/override/.m.rule.master", None).await;
+    assert!(!r.status.is_success(), "server-default rules cannot be removed");
+    s.stop().await;
+}

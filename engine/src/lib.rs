@@ -12,6 +12,7 @@ pub mod ephemeral;
 mod error;
 pub mod events;
 pub mod keys;
+pub mod push;
 pub mod receipts;
 pub mod rooms;
 pub mod sync;

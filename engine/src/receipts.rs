@@ -4,11 +4,9 @@
 //! `m.read.private` (only the user sees it), optionally per `thread_id`.
 //! Receipts are stored at a stream position, so a new receipt wakes `/sync`
 //! and reaches the other members as an `m.receipt` ephemeral event.
-//! §"Notifications": unread counts are the notifying events after the user's
-//! latest receipt. Until push-rule evaluation lands (issue 5 §3) an event
-//! notifies when it is a message from someone else, and highlights when it
-//! mentions the user (`m.mentions.user_ids`, `m.mentions.room`, or the user's
-//! id or localpart in the body).
+//! §"Notifications": unread counts are the events after the user's latest
+//! receipt that their push rules (`crate::push`) mark as notifying or
+//! highlighting.
 
 use myelin_storage::{Batch, Direction, Stored, Table, catalog};
 use ruma::{RoomId, UserId};
@@ -86,33 +84,36 @@ impl Engine {
         Ok(best)
     }
 
-    /// `(notification_count, highlight_count)` for the user in a room.
-    pub fn unread_counts(&self, room: &RoomId, user: &UserId, upto: i64) -> Result<(u64, u64), EngineError> {
+    /// `(notification_count, highlight_count)` for the user in a room: events
+    /// after their latest receipt (and their join) that their push rules
+    /// mark as notifying / highlighting.
+    pub async fn unread_counts(&self, room: &RoomId, user: &UserId, upto: i64) -> Result<(u64, u64), EngineError> {
         let read = self.read_upto(room, user)?;
-        // A user's own join marks the start: nothing before it is unread.
         let joined_at = self.rooms.membership(user.as_str(), room).ok().flatten().map_or(0, |m| m.count);
         let from = read.max(joined_at);
         let (events, _) =
             self.rooms.timeline_between(room, from, upto, 1000).map_err(|e| EngineError::Rooms(e.to_string()))?;
+        if events.iter().all(|(_, p)| p.sender == user) {
+            return Ok((0, 0));
+        }
+        let rules = self.push_rules(user)?;
+        let state = self.rooms.current_state(room).map_err(|e| EngineError::Rooms(e.to_string()))?;
+        let members = state
+            .iter()
+            .filter(|p| p.kind.to_string() == "m.room.member" && p.content_value()["membership"] == "join")
+            .count();
+        let name = self
+            .users
+            .profile(user.as_str())
+            .ok()
+            .flatten()
+            .and_then(|p| p.displayname)
+            .unwrap_or_else(|| user.localpart().to_owned());
         let (mut notes, mut highlights) = (0, 0);
-        let localpart = user.localpart().to_lowercase();
         for (_, pdu) in events {
-            let kind = pdu.kind.to_string();
-            if pdu.sender == user || (kind != "m.room.message" && kind != "m.room.encrypted") {
-                continue;
-            }
-            notes += 1;
-            let content = pdu.content_value();
-            let mentions = &content["m.mentions"];
-            let body = content["body"].as_str().unwrap_or_default().to_lowercase();
-            let mentioned =
-                mentions["user_ids"].as_array().is_some_and(|a| a.iter().any(|u| u.as_str() == Some(user.as_str())))
-                    || mentions["room"] == true
-                    || body.contains(&user.as_str().to_lowercase())
-                    || (mentions.is_null() && !localpart.is_empty() && body.contains(&localpart));
-            if mentioned {
-                highlights += 1;
-            }
+            let verdict = self.evaluate(&rules, user, room, members, &name, &pdu).await;
+            notes += u64::from(verdict.notify);
+            highlights += u64::from(verdict.highlight);
         }
         Ok((notes, highlights))
     }

@@ -119,7 +119,7 @@ impl Engine {
             // Read the position first: everything at or below it is durable and visible.
             let upto = self.stream.current();
             let since = req.since.filter(|s| *s <= upto);
-            let (body, has_news) = self.sync_once(user, since, upto, &req)?;
+            let (body, has_news) = self.sync_once(user, since, upto, &req).await?;
             if has_news || req.since.is_none() || req.full_state || Instant::now() >= deadline {
                 return Ok(body);
             }
@@ -133,7 +133,7 @@ impl Engine {
             match tokio::time::timeout(remaining, changed).await {
                 Ok(true) => continue,
                 // Timed out, or the server is shutting down: answer with what we have.
-                _ => return Ok(self.sync_once(user, since, self.stream.current(), &req)?.0),
+                _ => return Ok(self.sync_once(user, since, self.stream.current(), &req).await?.0),
             }
         }
     }
@@ -173,7 +173,7 @@ impl Engine {
         Ok(changed)
     }
 
-    fn sync_once(
+    async fn sync_once(
         &self,
         user: &UserId,
         since: Option<u64>,
@@ -207,7 +207,7 @@ impl Engine {
                     let mut body = self.joined_room(&room_id, user, &events, limited, full, since_i, req, now)?;
                     body["account_data"]["events"] = JsonValue::Array(room_data);
                     body["ephemeral"]["events"] = JsonValue::Array(ephemeral);
-                    let (notes, highlights) = self.unread_counts(&room_id, user, upto_i)?;
+                    let (notes, highlights) = self.unread_counts(&room_id, user, upto_i).await?;
                     body["unread_notifications"] =
                         json!({ "notification_count": notes, "highlight_count": highlights });
                     join.insert(room_id.to_string(), body);

@@ -375,16 +375,6 @@ pub fn capabilities(cx: Ctx, req: Req) -> HandlerFuture {
     })
 }
 
-/// GET /_matrix/client/v3/pushrules/ (the server-default rules)
-pub fn push_rules(cx: Ctx, req: Req) -> HandlerFuture {
-    Box::pin(async move {
-        let me = require_user(&cx, &req)?;
-        let rules = ruma::push::Ruleset::server_default(&me.user_id);
-        let global = serde_json::to_value(&rules).map_err(|e| ApiError::unknown(e.to_string()))?;
-        Ok(ok_json(&json!({ "global": global })))
-    })
-}
-
 #[derive(Deserialize)]
 struct DeleteDevicesBody {
     devices: Vec<String>,

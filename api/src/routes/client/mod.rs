@@ -6,6 +6,7 @@ mod ephemeral;
 mod power;
 mod profile;
 mod public_rooms;
+mod push;
 mod relations;
 mod rooms;
 mod search;
@@ -39,7 +40,16 @@ pub fn add(r: &mut Router) {
     both(r, M::DELETE, "/devices/{device_id}", account::delete_device);
     both(r, M::POST, "/delete_devices", account::delete_devices);
     both(r, M::GET, "/capabilities", account::capabilities);
-    both(r, M::GET, "/pushrules/", account::push_rules);
+    both(r, M::GET, "/pushrules/", push::get_all);
+    both(r, M::GET, "/pushrules/global/", push::get_all);
+    both(r, M::GET, "/pushrules/{scope}/{kind}/{rule_id}", push::get_rule);
+    both(r, M::PUT, "/pushrules/{scope}/{kind}/{rule_id}", push::put_rule);
+    both(r, M::DELETE, "/pushrules/{scope}/{kind}/{rule_id}", push::delete_rule);
+    both(r, M::GET, "/pushrules/{scope}/{kind}/{rule_id}/enabled", push::get_attribute);
+    both(r, M::PUT, "/pushrules/{scope}/{kind}/{rule_id}/enabled", push::put_attribute);
+    both(r, M::GET, "/pushrules/{scope}/{kind}/{rule_id}/actions", push::get_attribute);
+    both(r, M::PUT, "/pushrules/{scope}/{kind}/{rule_id}/actions", push::put_attribute);
+    both(r, M::GET, "/notifications", push::notifications);
 
     both(r, M::POST, "/createRoom", rooms::create_room);
     both(r, M::POST, "/join/{room_id}", rooms::join);
