@@ -279,3 +279,45 @@ async fn admin_user_commands_work_offline_and_against_a_running_server() {
     sigterm(&p);
     assert_eq!(wait_exit(&mut p, Duration::from_secs(20)).code(), Some(0));
 }
+
+#[tokio::test]
+async fn admin_media_delete_removes_an_upload_from_a_running_server() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut p = spawn_serve(cwd.path(), &[("MYELIN_REGISTRATION__ENABLED", "true".into())]);
+    wait_ready(&mut p).await;
+    let body = serde_json::json!({ "username": "u", "password": "pw-pw-pw-1", "auth": { "type": "m.login.dummy" } });
+    let token = http(p.client, Method::POST, "/_matrix/client/v3/register", Some(body.to_string().as_bytes()))
+        .await
+        .json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let auth = format!("Bearer {token}");
+    let up = myelin_suite::http_with(
+        p.client,
+        Method::POST,
+        "/_matrix/media/v3/upload",
+        Some(b"bytes"),
+        &[("authorization", &auth)],
+    )
+    .await;
+    let mxc = up.json()["content_uri"].as_str().unwrap().to_owned();
+    let path = format!("/_matrix/client/v1/media/download/{}", mxc.strip_prefix("mxc://").unwrap());
+    assert_eq!(
+        myelin_suite::http_with(p.client, Method::GET, &path, None, &[("authorization", &auth)]).await.status,
+        StatusCode::OK
+    );
+    let out =
+        Command::new(myelin_bin()).args(["admin", "media", "delete", &mxc]).current_dir(cwd.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = myelin_suite::http_with(p.client, Method::GET, &path, None, &[("authorization", &auth)]).await;
+    assert_eq!(r.errcode(), "M_NOT_FOUND");
+    let out = Command::new(myelin_bin())
+        .args(["admin", "media", "purge-remote", "--older-than", "1d"])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "purged 0 remote media items");
+    sigterm(&p);
+    assert_eq!(wait_exit(&mut p, Duration::from_secs(20)).code(), Some(0));
+}

@@ -11,6 +11,8 @@
 //! `{"op":"user_create","name":"..","password":"..","admin":false}`,
 //! `{"op":"user_reset_password","name":"..","password":".."}`,
 //! `{"op":"user_list"}` → see [`user_op`];
+//! `{"op":"media_delete","mxc":"mxc://server/id"}`,
+//! `{"op":"media_purge_remote","older_than_ms":N}` → `{"ok":true,"purged":N}`;
 //! failures → `{"ok":false,"error":"..."}`.
 
 use std::{
@@ -81,6 +83,11 @@ async fn session(engine: Arc<Engine>, stream: UnixStream) {
     }
 }
 
+/// Runs an admin request without a running server (the CLI opened the data directory).
+pub async fn execute_offline(engine: &Arc<Engine>, req: &Value) -> Value {
+    execute(engine, req).await
+}
+
 async fn execute(engine: &Arc<Engine>, req: &Value) -> Value {
     match req.get("op").and_then(Value::as_str) {
         Some("ping") => json!({ "ok": true, "server_name": engine.server_name.as_str() }),
@@ -91,6 +98,30 @@ async fn execute(engine: &Arc<Engine>, req: &Value) -> Value {
             tracing::info!(dir, "backup requested over the admin socket");
             match engine.backup(PathBuf::from(dir)).await {
                 Ok(r) => json!({ "ok": true, "bytes": r.bytes, "files": r.files }),
+                Err(e) => json!({ "ok": false, "error": e.to_string() }),
+            }
+        }
+        Some("media_delete") => {
+            let Some(mxc) = req.get("mxc").and_then(Value::as_str) else {
+                return json!({ "ok": false, "error": "`mxc` is required" });
+            };
+            let Some((server, id)) = mxc.strip_prefix("mxc://").and_then(|r| r.split_once('/')) else {
+                return json!({ "ok": false, "error": "expected mxc://server/id" });
+            };
+            match engine.media.delete(server, id).await {
+                Ok(true) => json!({ "ok": true }),
+                Ok(false) => json!({ "ok": false, "error": format!("{mxc} not found") }),
+                Err(e) => json!({ "ok": false, "error": e.to_string() }),
+            }
+        }
+        Some("media_purge_remote") => {
+            let age = req.get("older_than_ms").and_then(Value::as_u64).unwrap_or(0);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            match engine.media.purge_remote(engine.server_name.as_str(), now.saturating_sub(age)).await {
+                Ok(n) => json!({ "ok": true, "purged": n }),
                 Err(e) => json!({ "ok": false, "error": e.to_string() }),
             }
         }

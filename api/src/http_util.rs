@@ -2,18 +2,26 @@
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
+/// Response bodies: whole buffers or streams (media downloads).
+pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
 /// The response type of every handler.
-pub type Resp = http::Response<Full<Bytes>>;
+pub type Resp = http::Response<Body>;
+
+/// A body from bytes in memory.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
 
 /// A JSON response.
 pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Resp {
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-    let mut resp = http::Response::new(Full::new(Bytes::from(body)));
+    let mut resp = http::Response::new(full(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
@@ -26,7 +34,7 @@ pub fn ok_json(value: &serde_json::Value) -> Resp {
 
 /// A plain-text response.
 pub fn text_response(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
-    let mut resp = http::Response::new(Full::new(body.into()));
+    let mut resp = http::Response::new(full(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp

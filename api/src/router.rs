@@ -51,8 +51,10 @@ pub struct Ctx {
 pub struct Req {
     /// Method, URI, headers.
     pub parts: http::request::Parts,
-    /// The body bytes.
+    /// The body bytes (empty for streaming routes).
     pub body: Bytes,
+    /// The unread body, for streaming routes only.
+    pub stream: Option<hyper::body::Incoming>,
     /// Percent-decoded path parameters, in template order.
     pub params: Vec<(String, String)>,
 }
@@ -80,8 +82,10 @@ pub struct Route {
     pub method: Method,
     /// The handler.
     pub handler: Handler,
-    /// Largest accepted body, in bytes.
+    /// Largest accepted body, in bytes (pipeline-enforced unless streaming).
     pub max_body: usize,
+    /// The handler reads the body itself (`Req::stream`) and enforces its own limit.
+    pub streaming: bool,
 }
 
 /// Percent-decoded path parameters, in template order.
@@ -118,7 +122,15 @@ impl Router {
 
     /// Adds a route with its own body limit.
     pub fn add_limited(&mut self, method: Method, path: &str, handler: Handler, max_body: usize) -> &mut Self {
-        let route = Route { method, handler, max_body };
+        self.insert(Route { method, handler, max_body, streaming: false }, path)
+    }
+
+    /// Adds a route whose handler streams the request body itself.
+    pub fn add_streaming(&mut self, method: Method, path: &str, handler: Handler) -> &mut Self {
+        self.insert(Route { method, handler, max_body: usize::MAX, streaming: true }, path)
+    }
+
+    fn insert(&mut self, route: Route, path: &str) -> &mut Self {
         if let Some(i) = self.templates.iter().position(|t| t == path) {
             self.routes[i].push(route);
         } else {

@@ -71,6 +71,11 @@ async fn dispatch(state: &ListenerState, req: http::Request<Incoming>) -> Result
         Err(Miss::BadPath) => return Err(ApiError::unrecognized("bad percent-encoding in the path")),
     };
     let (parts, body) = req.into_parts();
+    if route.streaming {
+        let fut =
+            (route.handler)(state.ctx.clone(), Req { parts, body: bytes::Bytes::new(), stream: Some(body), params });
+        return run_handler(fut, &path).await;
+    }
     let declared =
         parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > route.max_body as u64) {
@@ -81,7 +86,11 @@ async fn dispatch(state: &ListenerState, req: http::Request<Incoming>) -> Result
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(ApiError::too_large(route.max_body)),
         Err(e) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", format!("reading the body: {e}"))),
     };
-    let fut = (route.handler)(state.ctx.clone(), Req { parts, body, params });
+    let fut = (route.handler)(state.ctx.clone(), Req { parts, body, stream: None, params });
+    run_handler(fut, &path).await
+}
+
+async fn run_handler(fut: crate::router::HandlerFuture, path: &str) -> Result<Resp, ApiError> {
     match AssertUnwindSafe(fut).catch_unwind().await {
         Ok(result) => result,
         Err(panic) => {

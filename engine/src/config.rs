@@ -120,6 +120,8 @@ pub struct RegistrationConfig {
 pub struct MediaConfig {
     /// Largest upload (and remote media) in bytes; advertised at `/media/config`.
     pub max_upload_bytes: u64,
+    /// Serve the deprecated unauthenticated `/_matrix/media/v3/download|thumbnail` endpoints.
+    pub legacy_unauthenticated: bool,
 }
 
 /// `[storage]` (Myelin extension; not in the original contract)
@@ -170,7 +172,7 @@ impl Default for FederationConfig {
 
 impl Default for MediaConfig {
     fn default() -> Self {
-        Self { max_upload_bytes: 50 * 1024 * 1024 }
+        Self { max_upload_bytes: 50 * 1024 * 1024, legacy_unauthenticated: true }
     }
 }
 

@@ -12,6 +12,7 @@ pub mod ephemeral;
 mod error;
 pub mod events;
 pub mod keys;
+pub mod media;
 pub mod push;
 pub mod receipts;
 pub mod rooms;
@@ -45,6 +46,8 @@ pub struct Engine {
     pub directory: directory::Directory,
     /// Typing and presence (volatile).
     pub ephemeral: Arc<ephemeral::Ephemeral>,
+    /// The media repository.
+    pub media: media::Media,
 }
 
 impl Engine {
@@ -68,6 +71,7 @@ impl Engine {
         let users = users::Users::new(db.clone(), server_name.clone(), stream.clone());
         let directory = directory::Directory::new(db.clone());
         let ephemeral = Arc::new(ephemeral::Ephemeral::new());
+        let media = media::Media::open(db.clone(), &config.data_dir)?;
         Ok(Arc::new(Self {
             config: Arc::new(config),
             server_name,
@@ -78,6 +82,7 @@ impl Engine {
             users,
             directory,
             ephemeral,
+            media,
         }))
     }
 

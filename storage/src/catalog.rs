@@ -79,7 +79,7 @@ pub static SHORTSTATEKEY_STATEKEY: Cf = point("shortstatekey_statekey", 4);
 pub static SHORTEVENTID_PDU: Cf =
     Cf { name: "shorteventid_pdu", access: Access::Point, compression: Compression::Zstd, cache_percent: 19 };
 /// `(short room id, stream position)` → short event id: the timeline.
-pub static ROOMCOUNT_SHORTEVENTID: Cf = scan("roomcount_shorteventid", 6);
+pub static ROOMCOUNT_SHORTEVENTID: Cf = scan("roomcount_shorteventid", 5);
 /// `(destination, sequence)` → queued PDU/EDU reference: the durable federation queue.
 pub static DESTSEQ_OUTBOUND: Cf = scan("destseq_outbound", 3);
 
@@ -139,6 +139,11 @@ pub static ROOMID_PUBLIC: Cf = point("roomid_public", 0);
 pub static ROOMWORDCOUNT_EVENT: Cf =
     Cf { name: "roomwordcount_event", access: Access::Scan, compression: Compression::Zstd, cache_percent: 1 };
 
+/// `(server name, media id)` → media metadata.
+pub static SERVERMEDIA_META: Cf = point("servermedia_meta", 1);
+/// SHA-256 of a file → how many media ids use it.
+pub static HASH_REFCOUNT: Cf = point("hash_refcount", 0);
+
 /// Every family, in creation order. The default family is unused.
 pub static ALL: &[&Cf] = &[
     &GLOBAL,
@@ -178,6 +183,8 @@ pub static ALL: &[&Cf] = &[
     &ROOMUSERTYPE_RECEIPT,
     &ROOMID_PUBLIC,
     &ROOMWORDCOUNT_EVENT,
+    &SERVERMEDIA_META,
+    &HASH_REFCOUNT,
 ];
 
 #[cfg(test)]

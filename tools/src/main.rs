@@ -58,6 +58,26 @@ enum AdminCommand {
         #[command(subcommand)]
         what: UserCommand,
     },
+    /// Manage the media repository (needs the server running).
+    Media {
+        #[command(subcommand)]
+        what: MediaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MediaCommand {
+    /// Delete one media item (its file goes when nothing else uses it).
+    Delete {
+        /// `mxc://server/mediaId`.
+        mxc: String,
+    },
+    /// Delete cached media of other servers older than a duration (`30d`, `12h`, `90m`, `45s`).
+    PurgeRemote {
+        /// Minimum age.
+        #[arg(long)]
+        older_than: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -119,6 +139,7 @@ fn main() -> ExitCode {
         Command::Backup { dir, config } => backup_cmd(dir, config),
         Command::Restore { backup, config } => restore_cmd(backup, config),
         Command::Admin { what: AdminCommand::User { what }, config } => user_cmd(what, config),
+        Command::Admin { what: AdminCommand::Media { what }, config } => media_cmd(what, config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -317,6 +338,55 @@ fn user_cmd(what: UserCommand, config_path: Option<PathBuf>) -> Result<(), Failu
         match shown_password {
             Some(p) => println!("{user} password: {p}"),
             None => println!("{user}"),
+        }
+    }
+    Ok(())
+}
+
+fn parse_duration_ms(text: &str) -> Result<u64, Failure> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 =
+        number.parse().map_err(|_| Failure::usage(format!("bad duration `{text}`: expected e.g. 30d, 12h")))?;
+    let factor = match unit {
+        "d" => 86_400_000,
+        "h" => 3_600_000,
+        "m" => 60_000,
+        "s" | "" => 1_000,
+        other => return Err(Failure::usage(format!("bad duration unit `{other}`: use d, h, m or s"))),
+    };
+    Ok(n.saturating_mul(factor))
+}
+
+fn media_cmd(what: MediaCommand, config_path: Option<PathBuf>) -> Result<(), Failure> {
+    let config = load_config(config_path)?;
+    let request = match &what {
+        MediaCommand::Delete { mxc } => serde_json::json!({ "op": "media_delete", "mxc": mxc }),
+        MediaCommand::PurgeRemote { older_than } => {
+            serde_json::json!({ "op": "media_purge_remote", "older_than_ms": parse_duration_ms(older_than)? })
+        }
+    };
+    let rt = runtime()?;
+    let answer = rt.block_on(async {
+        match myelin_api::admin::request(&config.data_dir, &request).await.map_err(Failure::runtime)? {
+            Some(answer) => Ok::<_, Failure>(answer),
+            None => {
+                let engine = tokio::task::spawn_blocking(move || Engine::open(config))
+                    .await
+                    .map_err(|e| Failure::runtime(e.to_string()))??;
+                let answer = myelin_api::admin::execute_offline(&engine, &request).await;
+                engine.shutdown();
+                Ok(answer)
+            }
+        }
+    })?;
+    if answer.get("ok").and_then(|v| v.as_bool()) != Some(true) {
+        let error = answer.get("error").and_then(|v| v.as_str()).unwrap_or("unknown error");
+        return Err(Failure::usage(error.to_owned()));
+    }
+    match what {
+        MediaCommand::Delete { mxc } => println!("deleted {mxc}"),
+        MediaCommand::PurgeRemote { .. } => {
+            println!("purged {} remote media items", answer["purged"].as_u64().unwrap_or(0))
         }
     }
     Ok(())

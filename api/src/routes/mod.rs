@@ -3,6 +3,7 @@
 mod client;
 mod discovery;
 mod keys;
+mod media;
 mod ops;
 
 use http::Method;
@@ -20,6 +21,7 @@ pub fn client_router() -> Router {
         .add(Method::GET, "/metrics", ops::metrics)
         .add(Method::GET, "/health", ops::health);
     client::add(&mut r);
+    media::add(&mut r);
     r
 }
 

@@ -1,0 +1,383 @@
+//! The content repository over HTTP.
+//!
+//! Client-Server API §"Content repository": `POST /_matrix/media/v3/upload`,
+//! `POST /_matrix/media/v1/create` + `PUT /_matrix/media/v3/upload/{serverName}/{mediaId}`
+//! (asynchronous upload, once, by the creator: else `M_CANNOT_OVERWRITE_MEDIA`),
+//! authenticated `GET /_matrix/client/v1/media/download/{serverName}/{mediaId}[/{fileName}]`,
+//! `…/thumbnail/{serverName}/{mediaId}` (`width`, `height`, `method=scale|crop`)
+//! and `…/config` (`m.upload.size`); the deprecated unauthenticated
+//! `/_matrix/media/v3/download|thumbnail` when `media.legacy_unauthenticated`.
+//!
+//! Uploads stream to a temporary file while being hashed, so memory does not
+//! grow with the file; the size limit is checked against `Content-Length`
+//! before anything is read (413 `M_TOO_LARGE`) and again while streaming.
+//! Downloads stream from the file and honour `Range` (206). Responses carry
+//! the spec's `Content-Security-Policy` sandbox and a `Content-Disposition`
+//! that is `inline` only for types a browser shows safely.
+
+use std::io::SeekFrom;
+
+use futures_util::TryStreamExt;
+use http::{HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use myelin_engine::media::{MediaMeta, Staged};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use crate::{
+    auth::{query_param, require_user},
+    error::ApiError,
+    http_util::{Resp, ok_json},
+    router::{Ctx, HandlerFuture, Req},
+};
+
+/// Types a browser may render inline without risk.
+const INLINE_TYPES: &[&str] = &[
+    "text/plain",
+    "text/csv",
+    "application/json",
+    "application/ld+json",
+    "image/jpeg",
+    "image/gif",
+    "image/png",
+    "image/apng",
+    "image/webp",
+    "image/avif",
+    "video/mp4",
+    "video/webm",
+    "video/ogg",
+    "video/quicktime",
+    "audio/mp4",
+    "audio/webm",
+    "audio/aac",
+    "audio/mpeg",
+    "audio/ogg",
+    "audio/wave",
+    "audio/wav",
+    "audio/x-wav",
+    "audio/x-pn-wav",
+    "audio/flac",
+    "audio/x-flac",
+];
+
+const CSP: &str = "sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf; style-src 'unsafe-inline'; media-src 'self'; object-src 'self';";
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE", format!("media is limited to {limit} bytes"))
+}
+
+/// Streams the request body into a temporary file, hashing it; enforces `limit`.
+async fn receive(cx: &Ctx, req: &mut Req) -> Result<Staged, ApiError> {
+    let limit = cx.engine.config.media.max_upload_bytes;
+    let declared =
+        req.parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
+    }
+    let mut body = req.stream.take().ok_or_else(|| ApiError::unknown("upload route without a body stream"))?;
+    let path = cx.engine.media.temp_path()?;
+    let mut file =
+        tokio::fs::File::create(&path).await.map_err(|e| ApiError::unknown(format!("temporary file: {e}")))?;
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut size = 0u64;
+    let result: Result<(), ApiError> = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", format!("reading the upload: {e}")))?;
+            let Ok(data) = frame.into_data() else { continue };
+            size += data.len() as u64;
+            if size > limit {
+                return Err(too_large(limit));
+            }
+            hasher.update(&data);
+            file.write_all(&data).await.map_err(|e| ApiError::unknown(format!("writing the upload: {e}")))?;
+        }
+        file.sync_all().await.map_err(|e| ApiError::unknown(format!("syncing the upload: {e}")))?;
+        Ok(())
+    }
+    .await;
+    drop(file);
+    if let Err(e) = result {
+        let _ = tokio::fs::remove_file(&path).await;
+        return Err(e);
+    }
+    let hash: String = hasher.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Staged { path, hash, size })
+}
+
+fn content_type_of(req: &Req) -> Option<String> {
+    req.parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// POST /_matrix/media/v3/upload
+pub fn upload(cx: Ctx, mut req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let staged = receive(&cx, &mut req).await?;
+        let id = myelin_engine::media::Media::new_id()?;
+        let server = cx.engine.server_name.to_string();
+        let filename = query_param(&req, "filename");
+        cx.engine
+            .media
+            .commit(&server, &id, staged, content_type_of(&req), filename, Some(me.user_id.to_string()))
+            .await?;
+        Ok(ok_json(&json!({ "content_uri": format!("mxc://{server}/{id}") })))
+    })
+}
+
+/// POST /_matrix/media/v1/create
+pub fn create(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        cx.limiter.check(&me.user_id)?;
+        let server = cx.engine.server_name.to_string();
+        let id = cx.engine.media.reserve(&server, me.user_id.as_str()).await?;
+        let expires = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+            + 24 * 3600 * 1000;
+        Ok(ok_json(&json!({ "content_uri": format!("mxc://{server}/{id}"), "unused_expires_at": expires })))
+    })
+}
+
+/// PUT /_matrix/media/v3/upload/{serverName}/{mediaId}
+pub fn upload_reserved(cx: Ctx, mut req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let server = req.param("server_name")?.to_owned();
+        let id = req.param("media_id")?.to_owned();
+        let meta = cx.engine.media.meta(&server, &id)?.ok_or_else(|| ApiError::not_found("unknown media id"))?;
+        if meta.uploader.as_deref() != Some(me.user_id.as_str()) {
+            return Err(ApiError::forbidden("only the creator of a media id may upload to it"));
+        }
+        if !meta.hash.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "M_CANNOT_OVERWRITE_MEDIA",
+                "this media id already has content",
+            ));
+        }
+        let staged = receive(&cx, &mut req).await?;
+        let filename = query_param(&req, "filename");
+        cx.engine
+            .media
+            .commit(&server, &id, staged, content_type_of(&req), filename, Some(me.user_id.to_string()))
+            .await?;
+        Ok(ok_json(&json!({})))
+    })
+}
+
+/// GET /_matrix/client/v1/media/config
+pub fn config(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        require_user(&cx, &req)?;
+        Ok(ok_json(&json!({ "m.upload.size": cx.engine.config.media.max_upload_bytes })))
+    })
+}
+
+fn local_media(cx: &Ctx, req: &Req) -> Result<MediaMeta, ApiError> {
+    let server = req.param("server_name")?;
+    let id = req.param("media_id")?;
+    if server != cx.engine.server_name.as_str() {
+        return Err(ApiError::not_found(format!(
+            "remote media from {server} needs federation, which is not available yet"
+        )));
+    }
+    match cx.engine.media.meta(server, id)? {
+        Some(meta) if !meta.hash.is_empty() => Ok(meta),
+        Some(_) => {
+            Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED", "the media has not been uploaded yet"))
+        }
+        None => Err(ApiError::not_found("media not found")),
+    }
+}
+
+fn encode_filename(name: &str) -> String {
+    name.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn parse_range(value: &str, len: u64) -> Option<(u64, u64)> {
+    let spec = value.strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None; // one range only
+    }
+    let (start, end) = spec.split_once('-')?;
+    let (start, end) = match (start.trim(), end.trim()) {
+        ("", suffix) => {
+            let n: u64 = suffix.parse().ok()?;
+            (len.saturating_sub(n), len.checked_sub(1)?)
+        }
+        (s, "") => (s.parse().ok()?, len.checked_sub(1)?),
+        (s, e) => (s.parse().ok()?, e.parse::<u64>().ok()?.min(len.checked_sub(1)?)),
+    };
+    (start <= end && end < len).then_some((start, end))
+}
+
+async fn file_response(
+    path: std::path::PathBuf,
+    content_type: &str,
+    filename: Option<&str>,
+    range: Option<&str>,
+) -> Result<Resp, ApiError> {
+    let mut file = tokio::fs::File::open(&path).await.map_err(|_| ApiError::not_found("media file missing"))?;
+    let len = file.metadata().await.map_err(|e| ApiError::unknown(e.to_string()))?.len();
+    let (status, start, count) = match range.map(|r| parse_range(r, len)) {
+        Some(Some((s, e))) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
+        Some(None) => {
+            let mut resp = crate::http_util::text_response(StatusCode::RANGE_NOT_SATISFIABLE, "text/plain", "");
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(resp);
+        }
+        None => (StatusCode::OK, 0, len),
+    };
+    if start > 0 {
+        file.seek(SeekFrom::Start(start)).await.map_err(|e| ApiError::unknown(e.to_string()))?;
+    }
+    let stream = tokio_util::io::ReaderStream::new(file.take(count)).map_ok(Frame::data);
+    let body = StreamBody::new(stream).boxed_unsync();
+    let mut resp = http::Response::new(body);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    let safe =
+        INLINE_TYPES.iter().any(|t| content_type.split(';').next().is_some_and(|c| c.trim().eq_ignore_ascii_case(t)));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let disposition = match filename {
+        Some(name) => {
+            format!("{}; filename*=utf-8''{}", if safe { "inline" } else { "attachment" }, encode_filename(name))
+        }
+        None => (if safe { "inline" } else { "attachment" }).to_owned(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert("cross-origin-resource-policy", HeaderValue::from_static("cross-origin"));
+    if status == StatusCode::PARTIAL_CONTENT
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{len}", start + count - 1))
+    {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    Ok(resp)
+}
+
+async fn download_inner(cx: &Ctx, req: &Req) -> Result<Resp, ApiError> {
+    let meta = local_media(cx, req)?;
+    let filename = req.param("file_name").ok().map(str::to_owned).or(meta.filename.clone());
+    let range = req.parts.headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let content_type = meta.content_type.clone().unwrap_or_else(|| "application/octet-stream".into());
+    file_response(cx.engine.media.blob_path(&meta.hash), &content_type, filename.as_deref(), range).await
+}
+
+/// GET /_matrix/client/v1/media/download/{serverName}/{mediaId}[/{fileName}]
+pub fn download(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        require_user(&cx, &req)?;
+        download_inner(&cx, &req).await
+    })
+}
+
+/// GET /_matrix/media/v3/download/… (deprecated, unauthenticated)
+pub fn legacy_download(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        if !cx.engine.config.media.legacy_unauthenticated {
+            return Err(ApiError::not_found("unauthenticated media is disabled; use /_matrix/client/v1/media"));
+        }
+        download_inner(&cx, &req).await
+    })
+}
+
+async fn thumbnail_inner(cx: &Ctx, req: &Req) -> Result<Resp, ApiError> {
+    let meta = local_media(cx, req)?;
+    let dim = |name: &str| -> Result<u32, ApiError> {
+        query_param(req, name)
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|v| (1..=4096).contains(v))
+            .ok_or_else(|| ApiError::invalid_param(format!("{name} must be 1..4096")))
+    };
+    let (width, height) = (dim("width")?, dim("height")?);
+    let crop = query_param(req, "method").as_deref() == Some("crop");
+    let method = if crop { "crop" } else { "scale" };
+    let cached = cx.engine.media.thumbnail_path(&meta.hash, width, height, method);
+    if !cached.exists() {
+        let source = cx.engine.media.blob_path(&meta.hash);
+        let target = cached.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let img = image::ImageReader::open(&source)
+                .map_err(|e| e.to_string())?
+                .with_guessed_format()
+                .map_err(|e| e.to_string())?
+                .decode()
+                .map_err(|e| e.to_string())?;
+            let thumb = if crop {
+                img.resize_to_fill(width, height, image::imageops::FilterType::Triangle)
+            } else {
+                img.thumbnail(width, height)
+            };
+            if let Some(dir) = target.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+            }
+            let tmp = target.with_extension("tmp");
+            thumb.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| e.to_string())?;
+            std::fs::rename(&tmp, &target).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| ApiError::unknown(e.to_string()))?
+        .map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", format!("cannot thumbnail this media: {e}"))
+        })?;
+    }
+    file_response(cached, "image/png", None, None).await
+}
+
+/// GET /_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}
+pub fn thumbnail(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        require_user(&cx, &req)?;
+        thumbnail_inner(&cx, &req).await
+    })
+}
+
+/// GET /_matrix/media/v3/thumbnail/… (deprecated, unauthenticated)
+pub fn legacy_thumbnail(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        if !cx.engine.config.media.legacy_unauthenticated {
+            return Err(ApiError::not_found("unauthenticated media is disabled; use /_matrix/client/v1/media"));
+        }
+        thumbnail_inner(&cx, &req).await
+    })
+}
+
+/// Adds the media routes to the client router.
+pub fn add(r: &mut crate::router::Router) {
+    use http::Method as M;
+    for prefix in ["/_matrix/media/v3", "/_matrix/media/r0"] {
+        r.add_streaming(M::POST, &format!("{prefix}/upload"), upload);
+        r.add_streaming(M::PUT, &format!("{prefix}/upload/{{server_name}}/{{media_id}}"), upload_reserved);
+        r.add(M::GET, &format!("{prefix}/config"), config);
+        r.add(M::GET, &format!("{prefix}/download/{{server_name}}/{{media_id}}"), legacy_download);
+        r.add(M::GET, &format!("{prefix}/download/{{server_name}}/{{media_id}}/{{file_name}}"), legacy_download);
+        r.add(M::GET, &format!("{prefix}/thumbnail/{{server_name}}/{{media_id}}"), legacy_thumbnail);
+    }
+    r.add(M::POST, "/_matrix/media/v1/create", create);
+    r.add(M::GET, "/_matrix/client/v1/media/config", config);
+    r.add(M::GET, "/_matrix/client/v1/media/download/{server_name}/{media_id}", download);
+    r.add(M::GET, "/_matrix/client/v1/media/download/{server_name}/{media_id}/{file_name}", download);
+    r.add(M::GET, "/_matrix/client/v1/media/thumbnail/{server_name}/{media_id}", thumbnail);
+}

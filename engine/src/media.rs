@@ -1,0 +1,216 @@
+//! The media repository's storage (Client-Server API §"Content repository").
+//!
+//! Bytes live on the file system under `<data_dir>/media/`, named by their
+//! SHA-256 (`ab/cd/<hash>`), so identical uploads are stored once; a
+//! reference count per hash says how many media ids use the file, and the
+//! file is removed when the last one goes. Metadata (content type, file
+//! name, size, uploader, time) is in RocksDB under `(server, media id)`.
+//!
+//! Guarantees: a media id becomes readable only after its file is complete,
+//! synced and renamed into place and its metadata committed; an upload that
+//! fails or is cut off leaves at most a temporary file, removed on the spot
+//! (or by the next start). Thumbnails are derived data, cached next to the
+//! originals and regenerated if missing.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use myelin_storage::{Batch, Db, Stored, Table, catalog};
+use ring::rand::SecureRandom;
+use serde::{Deserialize, Serialize};
+
+use crate::EngineError;
+
+/// What is known about one media id.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MediaMeta {
+    /// Hex SHA-256 of the bytes (empty while an async upload is pending).
+    pub hash: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// `Content-Type` given at upload.
+    pub content_type: Option<String>,
+    /// File name given at upload.
+    pub filename: Option<String>,
+    /// Who uploaded it (local media).
+    pub uploader: Option<String>,
+    /// Creation time, ms.
+    pub created_ms: u64,
+}
+impl Stored for MediaMeta {}
+
+const META: Table<(String, String), MediaMeta> = Table::new(&catalog::SERVERMEDIA_META);
+const REFS: Table<String, u64> = Table::new(&catalog::HASH_REFCOUNT);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The media store of one server.
+pub struct Media {
+    db: Arc<Db>,
+    dir: PathBuf,
+    /// Serialises reference-count changes.
+    lock: tokio::sync::Mutex<()>,
+}
+
+/// A finished temporary upload, ready to be committed.
+#[derive(Debug)]
+pub struct Staged {
+    /// The temporary file.
+    pub path: PathBuf,
+    /// Hex SHA-256.
+    pub hash: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+impl Media {
+    /// The store under `<data_dir>/media`; removes temporary files left by a crash.
+    pub fn open(db: Arc<Db>, data_dir: &Path) -> Result<Self, EngineError> {
+        let dir = data_dir.join("media");
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(|e| EngineError::io(format!("creating {}", tmp.display()), e))?;
+        if let Ok(entries) = std::fs::read_dir(&tmp) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(Self { db, dir, lock: tokio::sync::Mutex::new(()) })
+    }
+
+    /// A new random media id.
+    pub fn new_id() -> Result<String, EngineError> {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        let mut raw = [0u8; 24];
+        ring::rand::SystemRandom::new().fill(&mut raw).map_err(|_| EngineError::Keys("no system randomness".into()))?;
+        Ok(raw.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect())
+    }
+
+    /// Where temporary uploads are written.
+    pub fn temp_path(&self) -> Result<PathBuf, EngineError> {
+        Ok(self.dir.join("tmp").join(Self::new_id()?))
+    }
+
+    /// The file holding the bytes with `hash`.
+    pub fn blob_path(&self, hash: &str) -> PathBuf {
+        let (a, b) = (hash.get(0..2).unwrap_or("00"), hash.get(2..4).unwrap_or("00"));
+        self.dir.join(a).join(b).join(hash)
+    }
+
+    /// Where a thumbnail of `hash` is cached.
+    pub fn thumbnail_path(&self, hash: &str, width: u32, height: u32, method: &str) -> PathBuf {
+        self.dir.join("thumbnails").join(format!("{hash}-{width}x{height}-{method}.png"))
+    }
+
+    /// Metadata of a media id.
+    pub fn meta(&self, server: &str, media_id: &str) -> Result<Option<MediaMeta>, EngineError> {
+        Ok(META.get(&*self.db, &(server.to_owned(), media_id.to_owned()))?)
+    }
+
+    /// Reserves a media id for an upload that comes later (`/media/v1/create`).
+    pub async fn reserve(&self, server: &str, uploader: &str) -> Result<String, EngineError> {
+        let id = Self::new_id()?;
+        let meta = MediaMeta {
+            hash: String::new(),
+            size: 0,
+            content_type: None,
+            filename: None,
+            uploader: Some(uploader.to_owned()),
+            created_ms: now_ms(),
+        };
+        let mut batch = Batch::new();
+        META.put(&mut batch, &(server.to_owned(), id.clone()), &meta)?;
+        self.db.commit(batch).await?;
+        Ok(id)
+    }
+
+    /// Moves a staged upload into place under `(server, media_id)`.
+    pub async fn commit(
+        &self,
+        server: &str,
+        media_id: &str,
+        staged: Staged,
+        content_type: Option<String>,
+        filename: Option<String>,
+        uploader: Option<String>,
+    ) -> Result<MediaMeta, EngineError> {
+        let _guard = self.lock.lock().await;
+        let target = self.blob_path(&staged.hash);
+        if target.exists() {
+            let _ = tokio::fs::remove_file(&staged.path).await;
+        } else {
+            if let Some(parent) = target.parent() {
+                tokio::fs::create_dir_all(parent).await.map_err(|e| EngineError::io("creating the media folder", e))?;
+            }
+            tokio::fs::rename(&staged.path, &target).await.map_err(|e| EngineError::io("storing an upload", e))?;
+        }
+        let refs = REFS.get(&*self.db, &staged.hash)?.unwrap_or(0);
+        let meta = MediaMeta {
+            hash: staged.hash.clone(),
+            size: staged.size,
+            content_type,
+            filename,
+            uploader,
+            created_ms: now_ms(),
+        };
+        let mut batch = Batch::new();
+        REFS.put(&mut batch, &staged.hash, &(refs + 1))?;
+        META.put(&mut batch, &(server.to_owned(), media_id.to_owned()), &meta)?;
+        self.db.commit(batch).await?;
+        Ok(meta)
+    }
+
+    /// Deletes a media id; the file goes when no other id uses it.
+    pub async fn delete(&self, server: &str, media_id: &str) -> Result<bool, EngineError> {
+        let _guard = self.lock.lock().await;
+        let key = (server.to_owned(), media_id.to_owned());
+        let Some(meta) = META.get(&*self.db, &key)? else { return Ok(false) };
+        let mut batch = Batch::new();
+        META.delete(&mut batch, &key);
+        let mut remove_file = false;
+        if !meta.hash.is_empty() {
+            let refs = REFS.get(&*self.db, &meta.hash)?.unwrap_or(1);
+            if refs <= 1 {
+                REFS.delete(&mut batch, &meta.hash);
+                remove_file = true;
+            } else {
+                REFS.put(&mut batch, &meta.hash, &(refs - 1))?;
+            }
+        }
+        self.db.commit(batch).await?;
+        if remove_file {
+            let _ = tokio::fs::remove_file(self.blob_path(&meta.hash)).await;
+            if let Ok(mut entries) = tokio::fs::read_dir(self.dir.join("thumbnails")).await {
+                while let Ok(Some(entry)) = entries.next_entry().await {
+                    if entry.file_name().to_string_lossy().starts_with(&meta.hash) {
+                        let _ = tokio::fs::remove_file(entry.path()).await;
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// How many media ids use the file with `hash`.
+    pub fn references(&self, hash: &str) -> Result<u64, EngineError> {
+        Ok(REFS.get(&*self.db, &hash.to_owned())?.unwrap_or(0))
+    }
+
+    /// Deletes cached media of other servers created before `older_than_ms`; returns how many.
+    pub async fn purge_remote(&self, own_server: &str, older_than_ms: u64) -> Result<usize, EngineError> {
+        let mut victims = Vec::new();
+        for row in META.iter(&*self.db, myelin_storage::Direction::Forward)? {
+            let ((server, id), meta) = row?;
+            if server != own_server && meta.created_ms < older_than_ms {
+                victims.push((server, id));
+            }
+        }
+        for (server, id) in &victims {
+            self.delete(server, id).await?;
+        }
+        Ok(victims.len())
+    }
+}

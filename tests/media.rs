@@ -1,0 +1,283 @@
+//! Files, images, audio and video: uploads, downloads, thumbnails, limits.
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use myelin_suite::{Client, TestServer, http_with};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn upload(c: &Client, bytes: &[u8], content_type: &str, name: &str) -> String {
+    let auth = format!("Bearer {}", c.token);
+    let r = http_with(
+        c.addr,
+        Method::POST,
+        &format!("/_matrix/media/v3/upload?filename={name}"),
+        Some(bytes),
+        &[("authorization", &auth), ("content-type", content_type)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["content_uri"].as_str().unwrap().to_owned()
+}
+
+async fn download(c: &Client, mxc: &str, headers: &[(&str, &str)]) -> myelin_suite::Reply {
+    let path = mxc.strip_prefix("mxc://").unwrap();
+    let auth = format!("Bearer {}", c.token);
+    let mut all = vec![("authorization", auth.as_str())];
+    all.extend_from_slice(headers);
+    http_with(c.addr, Method::GET, &format!("/_matrix/client/v1/media/download/{path}"), None, &all).await
+}
+
+fn pseudo_random(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E3779B97F4A7C15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_multi_mib_file_round_trips_byte_for_byte_and_ranges_slice_it() {
+    let s = TestServer::open("localhost").await;
+    let (alice, bob) = (s.register("alice").await, s.register("bob").await);
+    let bytes = pseudo_random(3 * 1024 * 1024 + 17);
+    let mxc = upload(&alice, &bytes, "video/mp4", "clip.mp4").await;
+    assert!(mxc.starts_with("mxc://localhost/"));
+
+    let r = download(&bob, &mxc, &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.len(), bytes.len());
+    assert!(r.body[..] == bytes[..], "bytes differ");
+    assert_eq!(r.headers["content-type"], "video/mp4");
+    assert!(r.headers["content-disposition"].to_str().unwrap().starts_with("inline"));
+    assert!(r.headers["content-security-policy"].to_str().unwrap().starts_with("sandbox"));
+
+    let r = download(&bob, &mxc, &[("range", "bytes=1000-1999")]).await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&r.body[..], &bytes[1000..2000]);
+    assert_eq!(r.headers["content-range"], format!("bytes 1000-1999/{}", bytes.len()).as_str());
+    let r = download(&bob, &mxc, &[("range", "bytes=-5")]).await;
+    assert_eq!(&r.body[..], &bytes[bytes.len() - 5..]);
+    let r = download(&bob, &mxc, &[("range", "bytes=99999999-")]).await;
+    assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE);
+
+    // Unsafe types are attachments; the legacy path works while enabled.
+    let html = upload(&alice, b"<script>alert(1)</script>", "text/html", "x.html").await;
+    let r = download(&bob, &html, &[]).await;
+    assert!(r.headers["content-disposition"].to_str().unwrap().starts_with("attachment"));
+    let legacy = myelin_suite::http(
+        s.client,
+        Method::GET,
+        &format!("/_matrix/media/v3/download/{}", html.strip_prefix("mxc://").unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(legacy.status, StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn identical_uploads_are_stored_once() {
+    let s = TestServer::open("localhost").await;
+    let alice = s.register("alice").await;
+    let bytes = pseudo_random(200_000);
+    let a = upload(&alice, &bytes, "application/octet-stream", "a.bin").await;
+    let b = upload(&alice, &bytes, "application/octet-stream", "b.bin").await;
+    assert_ne!(a, b, "two media ids");
+    let meta = s.engine.media.meta("localhost", a.rsplit('/').next().unwrap()).unwrap().unwrap();
+    assert_eq!(s.engine.media.references(&meta.hash).unwrap(), 2);
+    let blob = s.engine.media.blob_path(&meta.hash);
+    assert_eq!(std::fs::metadata(&blob).unwrap().len(), bytes.len() as u64);
+    // Deleting one keeps the file; deleting both removes it.
+    assert!(s.engine.media.delete("localhost", a.rsplit('/').next().unwrap()).await.unwrap());
+    assert!(blob.exists());
+    assert!(s.engine.media.delete("localhost", b.rsplit('/').next().unwrap()).await.unwrap());
+    assert!(!blob.exists());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn thumbnails_have_the_asked_size() {
+    let s = TestServer::open("localhost").await;
+    let alice = s.register("alice").await;
+    let img = image::RgbImage::from_fn(640, 480, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgb8(img).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    let mxc = upload(&alice, &png, "image/png", "photo.png").await;
+    let path = mxc.strip_prefix("mxc://").unwrap();
+    for (method, want) in [("crop", (96, 96)), ("scale", (96, 72))] {
+        let r = alice
+            .request(
+                Method::GET,
+                &format!("/_matrix/client/v1/media/thumbnail/{path}?width=96&height=96&method={method}"),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{method}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.headers["content-type"], "image/png");
+        let thumb = image::load_from_memory(&r.body).unwrap();
+        assert_eq!((thumb.width(), thumb.height()), want, "{method}");
+    }
+    let not_image = upload(&alice, b"plain text", "text/plain", "t.txt").await;
+    let r = alice
+        .request(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v1/media/thumbnail/{}?width=32&height=32",
+                not_image.strip_prefix("mxc://").unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn async_uploads_and_the_one_size_limit() {
+    let s = TestServer::start_with("localhost", |c| {
+        c.registration.enabled = true;
+        c.media.max_upload_bytes = 64 * 1024;
+        c.media.legacy_unauthenticated = false;
+    })
+    .await;
+    let (alice, bob) = (s.register("alice").await, s.register("bob").await);
+    assert_eq!(alice.get("/_matrix/client/v1/media/config").await["m.upload.size"], 65536);
+
+    // Declared too large: refused from the headers, before the body is read.
+    let mut conn = tokio::net::TcpStream::connect(s.client).await.unwrap();
+    let head = format!(
+        "POST /_matrix/media/v3/upload HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-length: 10000000\r\n\r\n0123",
+        alice.token
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await.expect("no answer").unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413") && answer.contains("M_TOO_LARGE"), "{answer}");
+    // Streamed past the limit (no length given): cut off.
+    let auth = format!("Bearer {}", alice.token);
+    let r = http_with(
+        s.client,
+        Method::POST,
+        "/_matrix/media/v3/upload",
+        Some(&vec![7u8; 70 * 1024]),
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"));
+
+    let created = alice.post("/_matrix/media/v1/create", json!({})).await;
+    let mxc = created["content_uri"].as_str().unwrap().to_owned();
+    let path = mxc.strip_prefix("mxc://").unwrap().to_owned();
+    let r = download(&bob, &mxc, &[]).await;
+    assert_eq!(r.errcode(), "M_NOT_YET_UPLOADED");
+    let bob_auth = format!("Bearer {}", bob.token);
+    let r = http_with(
+        s.client,
+        Method::PUT,
+        &format!("/_matrix/media/v3/upload/{path}"),
+        Some(b"x"),
+        &[("authorization", &bob_auth)],
+    )
+    .await;
+    assert_eq!(r.errcode(), "M_FORBIDDEN");
+    let r = http_with(
+        s.client,
+        Method::PUT,
+        &format!("/_matrix/media/v3/upload/{path}"),
+        Some(b"audio bytes"),
+        &[("authorization", &auth), ("content-type", "audio/ogg")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = http_with(
+        s.client,
+        Method::PUT,
+        &format!("/_matrix/media/v3/upload/{path}"),
+        Some(b"again"),
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(r.errcode(), "M_CANNOT_OVERWRITE_MEDIA");
+    let r = download(&bob, &mxc, &[]).await;
+    assert_eq!((&r.body[..], r.headers["content-type"].to_str().unwrap()), (&b"audio bytes"[..], "audio/ogg"));
+
+    let legacy = myelin_suite::http(s.client, Method::GET, &format!("/_matrix/media/v3/download/{path}"), None).await;
+    assert_eq!(legacy.errcode(), "M_NOT_FOUND", "legacy unauthenticated downloads can be switched off");
+    let r = myelin_suite::http(s.client, Method::GET, &format!("/_matrix/client/v1/media/download/{path}"), None).await;
+    assert_eq!(r.errcode(), "M_MISSING_TOKEN");
+    s.stop().await;
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_large_upload_streams_with_flat_server_memory() {
+    use std::process::{Command, Stdio};
+    let cwd = tempfile::tempdir().unwrap();
+    let (port, fed) = (myelin_suite::free_port(), myelin_suite::free_port());
+    let mut child = Command::new(myelin_suite::myelin_bin())
+        .arg("serve")
+        .current_dir(cwd.path())
+        .env("MYELIN_CLIENT__LISTEN", format!("127.0.0.1:{port}"))
+        .env("MYELIN_FEDERATION__LISTEN", format!("127.0.0.1:{fed}"))
+        .env("MYELIN_REGISTRATION__ENABLED", "true")
+        .env("MYELIN_MEDIA__MAX_UPLOAD_BYTES", (300u64 << 20).to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "server not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = json!({ "username": "big", "password": "pw-pw-pw-1", "auth": { "type": "m.login.dummy" } }).to_string();
+    let r = myelin_suite::http(addr, Method::POST, "/_matrix/client/v3/register", Some(body.as_bytes())).await;
+    let token = r.json()["access_token"].as_str().unwrap().to_owned();
+    let before = rss_kib(child.id());
+
+    // 256 MiB in 1 MiB chunks; the test never holds more than one chunk either.
+    let total: u64 = 256 << 20;
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /_matrix/media/v3/upload HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/octet-stream\r\ncontent-length: {total}\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![0xA5u8; 1 << 20];
+    let mut peak = before;
+    for i in 0..(total >> 20) {
+        conn.write_all(&chunk).await.unwrap();
+        if i % 32 == 0 {
+            peak = peak.max(rss_kib(child.id()));
+        }
+    }
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(60), conn.read(&mut buf)).await.unwrap().unwrap();
+        answer.extend_from_slice(&buf[..n]);
+        if n == 0 || answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}") {
+            break;
+        }
+    }
+    peak = peak.max(rss_kib(child.id()));
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let growth_mib = peak.saturating_sub(before) / 1024;
+    assert!(growth_mib < 64, "server memory grew by {growth_mib} MiB while receiving 256 MiB");
+}
