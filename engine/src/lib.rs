@@ -11,6 +11,7 @@ pub mod directory;
 pub mod ephemeral;
 mod error;
 pub mod events;
+pub mod federation;
 pub mod keys;
 pub mod media;
 pub mod push;
@@ -48,6 +49,8 @@ pub struct Engine {
     pub ephemeral: Arc<ephemeral::Ephemeral>,
     /// The media repository.
     pub media: media::Media,
+    /// Remote servers' signing keys.
+    pub keyring: federation::keyring::KeyRing,
 }
 
 impl Engine {
@@ -72,6 +75,7 @@ impl Engine {
         let directory = directory::Directory::new(db.clone());
         let ephemeral = Arc::new(ephemeral::Ephemeral::new());
         let media = media::Media::open(db.clone(), &config.data_dir)?;
+        let keyring = federation::keyring::KeyRing::new(db.clone(), keys.clone(), server_name.to_string());
         Ok(Arc::new(Self {
             config: Arc::new(config),
             server_name,
@@ -83,6 +87,7 @@ impl Engine {
             directory,
             ephemeral,
             media,
+            keyring,
         }))
     }
 

@@ -144,6 +144,9 @@ pub static SERVERMEDIA_META: Cf = point("servermedia_meta", 1);
 /// SHA-256 of a file → how many media ids use it.
 pub static HASH_REFCOUNT: Cf = point("hash_refcount", 0);
 
+/// Server name → its verified signing keys and their validity.
+pub static SERVERNAME_SERVERKEYS: Cf = point("servername_serverkeys", 0);
+
 /// Every family, in creation order. The default family is unused.
 pub static ALL: &[&Cf] = &[
     &GLOBAL,
@@ -185,6 +188,7 @@ pub static ALL: &[&Cf] = &[
     &ROOMWORDCOUNT_EVENT,
     &SERVERMEDIA_META,
     &HASH_REFCOUNT,
+    &SERVERNAME_SERVERKEYS,
 ];
 
 #[cfg(test)]

@@ -1,0 +1,122 @@
+//! Remote servers' signing keys (Server-Server API §"Retrieving server keys").
+//!
+//! A key document fetched from a server is accepted only if its
+//! `server_name` is the server asked and it is signed by every key it lists
+//! in `verify_keys`. Accepted keys are stored with `valid_until_ts` and
+//! served from memory afterwards; a key past its validity is fetched again
+//! before it is trusted for a new request. `old_verify_keys` are kept for
+//! verifying events signed before they expired.
+//!
+//! Our own key is always known.
+
+use std::{collections::BTreeMap, collections::HashMap, sync::Arc};
+
+use myelin_storage::{Batch, Db, Stored, Table, catalog};
+use parking_lot::RwLock;
+use ruma::CanonicalJsonObject;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as JsonValue;
+
+use super::FederationError;
+use crate::keys::ServerKeys;
+
+/// The verified keys of one server.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServerKeySet {
+    /// Current keys: key id → unpadded base64 public key.
+    pub verify_keys: BTreeMap<String, String>,
+    /// Expired keys: key id → (public key, expired at ms).
+    pub old_verify_keys: BTreeMap<String, (String, u64)>,
+    /// Until when the current keys may be used, ms.
+    pub valid_until_ts: u64,
+}
+impl Stored for ServerKeySet {}
+
+const KEYS: Table<String, ServerKeySet> = Table::new(&catalog::SERVERNAME_SERVERKEYS);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Known keys of remote servers.
+pub struct KeyRing {
+    db: Arc<Db>,
+    own: Arc<ServerKeys>,
+    own_name: String,
+    cache: RwLock<HashMap<String, ServerKeySet>>,
+}
+
+impl KeyRing {
+    /// The key ring over `db`; `own` is our own key.
+    pub fn new(db: Arc<Db>, own: Arc<ServerKeys>, own_name: String) -> Self {
+        Self { db, own, own_name, cache: RwLock::new(HashMap::new()) }
+    }
+
+    /// The public key `key_id` of `server` if known and, unless `any_time`, still valid.
+    pub fn key(&self, server: &str, key_id: &str, any_time: bool) -> Result<Option<String>, FederationError> {
+        if server == self.own_name {
+            return Ok((key_id == self.own.key_id()).then(|| self.own.public_key_b64().to_owned()));
+        }
+        let set = match self.cache.read().get(server).cloned() {
+            Some(set) => Some(set),
+            None => KEYS.get(&*self.db, &server.to_owned())?,
+        };
+        let Some(set) = set else { return Ok(None) };
+        self.cache.write().insert(server.to_owned(), set.clone());
+        if let Some(key) = set.verify_keys.get(key_id)
+            && (any_time || set.valid_until_ts > now_ms())
+        {
+            return Ok(Some(key.clone()));
+        }
+        Ok(any_time.then(|| set.old_verify_keys.get(key_id).map(|(k, _)| k.clone())).flatten())
+    }
+
+    /// Checks a key document fetched from `server` and stores its keys.
+    pub async fn accept_document(&self, server: &str, doc: &JsonValue) -> Result<ServerKeySet, FederationError> {
+        let bad = |reason: &str| FederationError::BadResponse { server: server.to_owned(), reason: reason.to_owned() };
+        if doc["server_name"].as_str() != Some(server) {
+            return Err(bad("key document names another server"));
+        }
+        let verify: BTreeMap<String, String> = doc["verify_keys"]
+            .as_object()
+            .ok_or_else(|| bad("no verify_keys"))?
+            .iter()
+            .filter_map(|(id, k)| Some((id.clone(), k["key"].as_str()?.to_owned())))
+            .collect();
+        if verify.is_empty() {
+            return Err(bad("no usable verify_keys"));
+        }
+        let object: CanonicalJsonObject = serde_json::from_value(doc.clone()).map_err(|e| bad(&format!("not canonical JSON: {e}")))?;
+        // Signed by every key it lists: one map with all of them; verify_json checks each signature present.
+        let mut key_map = ruma::signatures::PublicKeyMap::new();
+        let mut set = ruma::signatures::PublicKeySet::new();
+        for (id, key) in &verify {
+            set.insert(id.clone(), ruma::serde::Base64::parse(key).map_err(|_| bad("key is not base64"))?);
+        }
+        key_map.insert(server.to_owned(), set);
+        ruma::signatures::verify_json(&key_map, &object).map_err(|e| FederationError::Unauthorized(format!("{server}'s key document: {e}")))?;
+        for id in verify.keys() {
+            if doc["signatures"][server][id].is_null() {
+                return Err(FederationError::Unauthorized(format!("{server}'s key document is not signed by {id}")));
+            }
+        }
+        let old = doc["old_verify_keys"]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .filter_map(|(id, k)| Some((id.clone(), (k["key"].as_str()?.to_owned(), k["expired_ts"].as_u64().unwrap_or(0)))))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let keys = ServerKeySet {
+            verify_keys: verify,
+            old_verify_keys: old,
+            valid_until_ts: doc["valid_until_ts"].as_u64().unwrap_or(0),
+        };
+        let mut batch = Batch::new();
+        KEYS.put(&mut batch, &server.to_owned(), &keys)?;
+        self.db.commit(batch).await?;
+        self.cache.write().insert(server.to_owned(), keys.clone());
+        Ok(keys)
+    }
+}
