@@ -44,7 +44,9 @@ fn main() {
             let mut body = payload.clone();
             body[SIZE - 1] = i as u8;
             let started = Instant::now();
-            let r = http_with(s.client, Method::POST, "/_matrix/media/v3/upload", Some(&body), &[("authorization", &auth)]).await;
+            let r =
+                http_with(s.client, Method::POST, "/_matrix/media/v3/upload", Some(&body), &[("authorization", &auth)])
+                    .await;
             up.push(started.elapsed());
             let mxc = r.json()["content_uri"].as_str().unwrap().to_owned();
             let path = format!("/_matrix/client/v1/media/download/{}", mxc.strip_prefix("mxc://").unwrap());

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod auth;
 pub mod error;
+pub mod federation;
 pub mod http_util;
 pub mod metrics;
 pub mod ratelimit;

@@ -156,6 +156,7 @@ pub async fn start(engine: Arc<Engine>) -> Result<Running, StartError> {
     let client_addr =
         client.local_addr().map_err(|err| StartError::Bind { what: "client", addr: config.client.listen, err })?;
     let limiter = Arc::new(crate::ratelimit::RateLimiter::new(config.rate_limit.per_second, config.rate_limit.burst));
+    let fed_client = Arc::new(crate::federation::client::FederationClient::new(&config)?);
     let mut federation_addr = None;
     let federation = if config.federation.enabled {
         let tls = crate::tls::server_config(&config)?;
@@ -175,6 +176,7 @@ pub async fn start(engine: Arc<Engine>) -> Result<Running, StartError> {
                 listener: Listener::Federation,
                 federation_addr,
                 limiter: limiter.clone(),
+                federation: fed_client.clone(),
             },
             router: crate::routes::federation_router(),
         });
@@ -184,7 +186,13 @@ pub async fn start(engine: Arc<Engine>) -> Result<Running, StartError> {
     };
 
     let client_state = Arc::new(ListenerState {
-        ctx: Ctx { engine: engine.clone(), listener: Listener::Client, federation_addr, limiter },
+        ctx: Ctx {
+            engine: engine.clone(),
+            listener: Listener::Client,
+            federation_addr,
+            limiter,
+            federation: fed_client,
+        },
         router: crate::routes::client_router(),
     });
     tracing::info!(addr = %client_addr, "client API listening (HTTP)");

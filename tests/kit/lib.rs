@@ -76,6 +76,21 @@ pub async fn http_with(
     send(TokioIo::new(stream), addr, method, path, body, headers).await
 }
 
+/// Sends one HTTPS request with extra headers, accepting any certificate.
+pub async fn https_with(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(insecure_client_config());
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, stream).await.unwrap();
+    send(TokioIo::new(tls), addr, method, path, body, headers).await
+}
+
 /// Sends one HTTPS request, accepting any certificate (the servers' are self-signed).
 pub async fn https(addr: SocketAddr, method: Method, path: &str, body: Option<&[u8]>) -> Reply {
     let stream = TcpStream::connect(addr).await.unwrap();
@@ -307,4 +322,33 @@ pub fn enc(s: &str) -> String {
         }
     }
     out
+}
+
+/// Two or more servers that know each other's federation addresses.
+pub async fn federation_pair(
+    a_name: &str,
+    b_name: &str,
+    tweak_a: impl FnOnce(&mut Config),
+    tweak_b: impl FnOnce(&mut Config),
+) -> (TestServer, TestServer) {
+    let (a_port, b_port) = (free_port(), free_port());
+    let a_addr: SocketAddr = format!("127.0.0.1:{a_port}").parse().unwrap();
+    let b_addr: SocketAddr = format!("127.0.0.1:{b_port}").parse().unwrap();
+    let b = TestServer::start_with(b_name, |c| {
+        c.registration.enabled = true;
+        c.federation.listen = b_addr;
+        c.federation.verify_tls = false;
+        c.federation.hosts.insert(a_name.to_owned(), a_addr);
+        tweak_b(c);
+    })
+    .await;
+    let a = TestServer::start_with(a_name, |c| {
+        c.registration.enabled = true;
+        c.federation.listen = a_addr;
+        c.federation.verify_tls = false;
+        c.federation.hosts.insert(b_name.to_owned(), b_addr);
+        tweak_a(c);
+    })
+    .await;
+    (a, b)
 }

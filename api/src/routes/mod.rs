@@ -1,7 +1,8 @@
 //! The routing tables of both listeners.
 
-mod client;
+pub(crate) mod client;
 mod discovery;
+mod fed;
 mod keys;
 mod media;
 mod ops;
@@ -34,6 +35,7 @@ pub fn federation_router() -> Router {
         .add(Method::GET, "/_matrix/key/v2/server/{key_id}", keys::server_keys)
         .add(Method::POST, "/_matrix/key/v2/query", keys::query_keys)
         .add(Method::GET, "/_matrix/key/v2/query/{server_name}", keys::query_server_keys)
+        .add(Method::GET, "/_matrix/federation/v1/query/profile", fed::query_profile)
         .add(Method::GET, "/health", ops::health);
     r
 }

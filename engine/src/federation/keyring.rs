@@ -86,7 +86,8 @@ impl KeyRing {
         if verify.is_empty() {
             return Err(bad("no usable verify_keys"));
         }
-        let object: CanonicalJsonObject = serde_json::from_value(doc.clone()).map_err(|e| bad(&format!("not canonical JSON: {e}")))?;
+        let object: CanonicalJsonObject =
+            serde_json::from_value(doc.clone()).map_err(|e| bad(&format!("not canonical JSON: {e}")))?;
         // Signed by every key it lists: one map with all of them; verify_json checks each signature present.
         let mut key_map = ruma::signatures::PublicKeyMap::new();
         let mut set = ruma::signatures::PublicKeySet::new();
@@ -94,7 +95,8 @@ impl KeyRing {
             set.insert(id.clone(), ruma::serde::Base64::parse(key).map_err(|_| bad("key is not base64"))?);
         }
         key_map.insert(server.to_owned(), set);
-        ruma::signatures::verify_json(&key_map, &object).map_err(|e| FederationError::Unauthorized(format!("{server}'s key document: {e}")))?;
+        ruma::signatures::verify_json(&key_map, &object)
+            .map_err(|e| FederationError::Unauthorized(format!("{server}'s key document: {e}")))?;
         for id in verify.keys() {
             if doc["signatures"][server][id].is_null() {
                 return Err(FederationError::Unauthorized(format!("{server}'s key document is not signed by {id}")));
@@ -104,7 +106,9 @@ impl KeyRing {
             .as_object()
             .map(|o| {
                 o.iter()
-                    .filter_map(|(id, k)| Some((id.clone(), (k["key"].as_str()?.to_owned(), k["expired_ts"].as_u64().unwrap_or(0)))))
+                    .filter_map(|(id, k)| {
+                        Some((id.clone(), (k["key"].as_str()?.to_owned(), k["expired_ts"].as_u64().unwrap_or(0))))
+                    })
                     .collect()
             })
             .unwrap_or_default();

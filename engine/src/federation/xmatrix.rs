@@ -44,8 +44,9 @@ pub fn sign(
     content: Option<&JsonValue>,
 ) -> Result<String, FederationError> {
     let object = request_object(method, uri, origin, destination, content);
-    let mut canonical: CanonicalJsonObject = serde_json::from_value(object)
-        .map_err(|e| FederationError::BadResponse { server: destination.into(), reason: format!("request not canonical: {e}") })?;
+    let mut canonical: CanonicalJsonObject = serde_json::from_value(object).map_err(|e| {
+        FederationError::BadResponse { server: destination.into(), reason: format!("request not canonical: {e}") }
+    })?;
     keys.sign_json(&mut canonical)?;
     let sig = serde_json::to_value(&canonical)
         .ok()
@@ -91,16 +92,18 @@ pub fn verify(
     let destination = x.destination.as_deref().unwrap_or(our_name);
     let mut object = request_object(method, uri, &x.origin, destination, content);
     object["signatures"] = json!({ &x.origin: { &x.key: &x.sig } });
-    let canonical: CanonicalJsonObject =
-        serde_json::from_value(object).map_err(|e| FederationError::Unauthorized(format!("request not canonical: {e}")))?;
+    let canonical: CanonicalJsonObject = serde_json::from_value(object)
+        .map_err(|e| FederationError::Unauthorized(format!("request not canonical: {e}")))?;
     let mut set = ruma::signatures::PublicKeySet::new();
     set.insert(
         x.key.clone(),
-        ruma::serde::Base64::parse(public_key_b64).map_err(|_| FederationError::Unauthorized("stored key is not base64".into()))?,
+        ruma::serde::Base64::parse(public_key_b64)
+            .map_err(|_| FederationError::Unauthorized("stored key is not base64".into()))?,
     );
     let mut map = ruma::signatures::PublicKeyMap::new();
     map.insert(x.origin.clone(), set);
-    ruma::signatures::verify_json(&map, &canonical).map_err(|e| FederationError::Unauthorized(format!("signature check failed: {e}")))
+    ruma::signatures::verify_json(&map, &canonical)
+        .map_err(|e| FederationError::Unauthorized(format!("signature check failed: {e}")))
 }
 
 #[cfg(test)]
@@ -113,14 +116,25 @@ mod tests {
         let body = json!({ "hello": "world" });
         let header = sign(&keys, "a.test", "b.test", "PUT", "/_matrix/federation/v1/send/1", Some(&body)).unwrap();
         let x = parse(&header).unwrap();
-        assert_eq!((x.origin.as_str(), x.destination.as_deref(), x.key.as_str()), ("a.test", Some("b.test"), "ed25519:k1"));
+        assert_eq!(
+            (x.origin.as_str(), x.destination.as_deref(), x.key.as_str()),
+            ("a.test", Some("b.test"), "ed25519:k1")
+        );
         let key = keys.public_key_b64();
         verify(&x, key, "b.test", "PUT", "/_matrix/federation/v1/send/1", Some(&body)).unwrap();
         assert!(verify(&x, key, "b.test", "PUT", "/_matrix/federation/v1/send/2", Some(&body)).is_err(), "other uri");
-        assert!(verify(&x, key, "b.test", "PUT", "/_matrix/federation/v1/send/1", Some(&json!({}))).is_err(), "other body");
-        assert!(verify(&x, key, "b.test", "GET", "/_matrix/federation/v1/send/1", Some(&body)).is_err(), "other method");
+        assert!(
+            verify(&x, key, "b.test", "PUT", "/_matrix/federation/v1/send/1", Some(&json!({}))).is_err(),
+            "other body"
+        );
+        assert!(
+            verify(&x, key, "b.test", "GET", "/_matrix/federation/v1/send/1", Some(&body)).is_err(),
+            "other method"
+        );
         let other = ServerKeys::from_seed("a.test".try_into().unwrap(), "k1", &[8u8; 32]).unwrap();
-        assert!(verify(&x, other.public_key_b64(), "b.test", "PUT", "/_matrix/federation/v1/send/1", Some(&body)).is_err());
+        assert!(
+            verify(&x, other.public_key_b64(), "b.test", "PUT", "/_matrix/federation/v1/send/1", Some(&body)).is_err()
+        );
     }
 
     #[test]

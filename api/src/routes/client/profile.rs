@@ -21,12 +21,22 @@ use crate::{
     router::{Ctx, HandlerFuture, Req},
 };
 
-fn profile_of(cx: &Ctx, req: &Req) -> Result<(ruma::OwnedUserId, Profile), ApiError> {
+async fn profile_of(cx: &Ctx, req: &Req) -> Result<(ruma::OwnedUserId, Profile), ApiError> {
     let user = UserId::parse(req.param("user_id")?).map_err(|e| ApiError::invalid_param(e.to_string()))?;
     if user.server_name() != cx.engine.server_name {
-        return Err(ApiError::not_found(format!(
-            "{user} is on another server (profile lookups over federation come later)"
-        )));
+        // Another server's user: ask it (Server-Server API §"Query Types").
+        let path =
+            format!("/_matrix/federation/v1/query/profile?user_id={}", crate::routes::client::enc_query(user.as_str()));
+        let resp = cx
+            .federation
+            .request(&cx.engine, user.server_name().as_str(), http::Method::GET, &path, None, true)
+            .await
+            .map_err(|e| ApiError::not_found(format!("profile of {user} unavailable: {e}")))?;
+        if !resp.status.is_success() {
+            return Err(ApiError::not_found(format!("{} has no profile for {user}", user.server_name())));
+        }
+        let text = |k: &str| resp.json[k].as_str().map(str::to_owned);
+        return Ok((user, Profile { displayname: text("displayname"), avatar_url: text("avatar_url") }));
     }
     let profile = cx.engine.users.profile(user.as_str())?.ok_or_else(|| ApiError::not_found("no such user"))?;
     Ok((user, profile))
@@ -35,7 +45,7 @@ fn profile_of(cx: &Ctx, req: &Req) -> Result<(ruma::OwnedUserId, Profile), ApiEr
 /// GET /profile/{userId}
 pub fn get_profile(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
-        let (_, p) = profile_of(&cx, &req)?;
+        let (_, p) = profile_of(&cx, &req).await?;
         let mut body = serde_json::Map::new();
         if let Some(d) = p.displayname {
             body.insert("displayname".into(), json!(d));
@@ -51,7 +61,7 @@ pub fn get_profile(cx: Ctx, req: Req) -> HandlerFuture {
 pub fn get_field(field: &'static str) -> impl Fn(Ctx, Req) -> HandlerFuture {
     move |cx, req| {
         Box::pin(async move {
-            let (_, p) = profile_of(&cx, &req)?;
+            let (_, p) = profile_of(&cx, &req).await?;
             let value = if field == "displayname" { p.displayname } else { p.avatar_url };
             let value = value.ok_or_else(|| ApiError::not_found(format!("no {field} set")))?;
             Ok(ok_json(&json!({ field: value })))

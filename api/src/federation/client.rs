@@ -1,0 +1,236 @@
+//! The outbound federation HTTP client.
+//!
+//! Server discovery (Server-Server API §"Resolving server names"), in order:
+//! the static `[federation.hosts]` map; an IP literal (port 8448 unless
+//! given); a name with an explicit port; otherwise the name on port 8448
+//! resolved through the system resolver. Not yet: `/.well-known/matrix/server`
+//! delegation and SRV records (`_matrix-fed._tcp`), which the federation
+//! issue adds.
+//!
+//! TLS with rustls: with `verify_tls` the server certificate must chain to the
+//! system roots or a `trusted_ca` file and name the server; without it any
+//! certificate is accepted (labs only). Every request has a timeout and a
+//! response size limit; signed requests carry an `X-Matrix` header.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use myelin_engine::{Engine, federation::xmatrix};
+use serde_json::Value as JsonValue;
+use tokio::net::TcpStream;
+
+/// Largest response accepted from another server.
+const MAX_RESPONSE: usize = 16 << 20;
+/// How long one request may take.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a request to another server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server name could not be turned into an address.
+    #[error("cannot resolve {0}")]
+    Resolve(String),
+    /// Connecting, TLS or HTTP failed.
+    #[error("{server}: {reason}")]
+    Transport {
+        /// The remote server.
+        server: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The server is not allowed by `federation.allow`/`deny`, or federation is off.
+    #[error("federation with {0} is not allowed by this server's configuration")]
+    NotAllowed(String),
+    /// Signing failed.
+    #[error(transparent)]
+    Sign(#[from] myelin_engine::federation::FederationError),
+}
+
+/// A response from another server.
+#[derive(Debug)]
+pub struct Response {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// The body as JSON (Null when it was not JSON).
+    pub json: JsonValue,
+}
+
+/// The federation client of one server.
+pub struct FederationClient {
+    tls: Arc<rustls::ClientConfig>,
+}
+
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl FederationClient {
+    /// Builds the client from the configuration (roots, trusted CAs, verification).
+    pub fn new(config: &myelin_engine::Config) -> Result<Self, crate::tls::TlsError> {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| crate::tls::TlsError(e.to_string()))?;
+        let mut tls = if config.federation.verify_tls {
+            let mut roots = rustls::RootCertStore::empty();
+            let native = rustls_native_certs::load_native_certs();
+            for cert in native.certs {
+                let _ = roots.add(cert);
+            }
+            for path in &config.federation.trusted_ca {
+                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                    .and_then(|it| it.collect::<Result<_, _>>())
+                    .map_err(|e| crate::tls::TlsError(format!("federation.trusted_ca {}: {e}", path.display())))?;
+                for cert in certs {
+                    roots
+                        .add(cert)
+                        .map_err(|e| crate::tls::TlsError(format!("federation.trusted_ca {}: {e}", path.display())))?;
+                }
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        } else {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAny(provider))).with_no_client_auth()
+        };
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self { tls: Arc::new(tls) })
+    }
+
+    async fn resolve(engine: &Engine, server: &str) -> Result<(SocketAddr, String), ClientError> {
+        let host = myelin_engine::config_host(server).to_owned();
+        if let Some(addr) = engine.config.federation.hosts.get(server) {
+            return Ok((*addr, host));
+        }
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            let port = server
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse().ok())
+                .filter(|_| !server.ends_with(']'))
+                .unwrap_or(8448);
+            return Ok((SocketAddr::new(ip, port), host));
+        }
+        let target = if server.contains(':') { server.to_owned() } else { format!("{server}:8448") };
+        let mut addrs = tokio::net::lookup_host(target).await.map_err(|_| ClientError::Resolve(server.to_owned()))?;
+        let addr = addrs.next().ok_or_else(|| ClientError::Resolve(server.to_owned()))?;
+        Ok((addr, host))
+    }
+
+    /// Whether `server` may be talked to under `federation.allow`/`deny`.
+    pub fn allowed(engine: &Engine, server: &str) -> bool {
+        let f = &engine.config.federation;
+        f.enabled && !f.deny.iter().any(|d| d == server) && (f.allow.is_empty() || f.allow.iter().any(|a| a == server))
+    }
+
+    /// Sends one request to `server`; `signed` adds the `X-Matrix` header.
+    pub async fn request(
+        &self,
+        engine: &Engine,
+        server: &str,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&JsonValue>,
+        signed: bool,
+    ) -> Result<Response, ClientError> {
+        if !Self::allowed(engine, server) {
+            return Err(ClientError::NotAllowed(server.to_owned()));
+        }
+        let transport = |reason: String| ClientError::Transport { server: server.to_owned(), reason };
+        let (addr, host) = Self::resolve(engine, server).await?;
+        let fut = async {
+            let tcp = TcpStream::connect(addr).await.map_err(|e| transport(format!("connect {addr}: {e}")))?;
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| transport(format!("server name: {e}")))?;
+            let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| transport(format!("TLS: {e}")))?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| transport(format!("HTTP: {e}")))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let bytes = match body {
+                Some(b) => serde_json::to_vec(b).map_err(|e| transport(e.to_string()))?,
+                None => Vec::new(),
+            };
+            let mut req =
+                http::Request::builder().method(method.clone()).uri(path_and_query).header(http::header::HOST, server);
+            if body.is_some() {
+                req = req.header(http::header::CONTENT_TYPE, "application/json");
+            }
+            if signed {
+                let auth = xmatrix::sign(
+                    &engine.keys,
+                    engine.server_name.as_str(),
+                    server,
+                    method.as_str(),
+                    path_and_query,
+                    body,
+                )?;
+                req = req.header(http::header::AUTHORIZATION, auth);
+            }
+            let req = req.body(Full::new(Bytes::from(bytes))).map_err(|e| transport(e.to_string()))?;
+            let resp = sender.send_request(req).await.map_err(|e| transport(format!("HTTP: {e}")))?;
+            let status = resp.status();
+            let collected = Limited::new(resp.into_body(), MAX_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| transport(format!("reading the response: {e}")))?
+                .to_bytes();
+            let json = serde_json::from_slice(&collected).unwrap_or(JsonValue::Null);
+            Ok(Response { status, json })
+        };
+        tokio::time::timeout(TIMEOUT, fut).await.map_err(|_| transport("timed out".into()))?
+    }
+
+    /// The verified public key `key_id` of `server`, fetching its key document if needed.
+    pub async fn server_key(&self, engine: &Engine, server: &str, key_id: &str) -> Result<Option<String>, ClientError> {
+        if let Some(key) = engine.keyring.key(server, key_id, false)? {
+            return Ok(Some(key));
+        }
+        let resp = self.request(engine, server, Method::GET, "/_matrix/key/v2/server", None, false).await?;
+        if resp.status != StatusCode::OK {
+            return Err(ClientError::Transport {
+                server: server.to_owned(),
+                reason: format!("key request answered {}", resp.status),
+            });
+        }
+        engine.keyring.accept_document(server, &resp.json).await?;
+        Ok(engine.keyring.key(server, key_id, false)?)
+    }
+}

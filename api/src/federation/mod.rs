@@ -1,0 +1,51 @@
+//! Federation over HTTP: the outbound client and inbound request authentication.
+
+pub mod client;
+
+use http::{StatusCode, header};
+use myelin_engine::federation::xmatrix;
+use serde_json::Value as JsonValue;
+
+use crate::{
+    error::ApiError,
+    router::{Ctx, Req},
+};
+
+fn unauthorized(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED", message)
+}
+
+/// Authenticates a federation request: a valid `X-Matrix` signature by a key
+/// of the origin, addressed to us, from a server our allow/deny lists admit.
+/// Returns the origin server name.
+pub async fn require_server(cx: &Ctx, req: &Req) -> Result<String, ApiError> {
+    let header = req
+        .parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| unauthorized("missing X-Matrix authorization"))?;
+    let x = xmatrix::parse(header).map_err(|e| unauthorized(e.to_string()))?;
+    let ours = cx.engine.server_name.as_str();
+    if x.destination.as_deref().is_some_and(|d| d != ours) {
+        return Err(unauthorized(format!("request is addressed to {}, not {ours}", x.destination.unwrap_or_default())));
+    }
+    if !client::FederationClient::allowed(&cx.engine, &x.origin) {
+        return Err(ApiError::forbidden(format!("{} is not allowed to federate with this server", x.origin)));
+    }
+    let key = cx
+        .federation
+        .server_key(&cx.engine, &x.origin, &x.key)
+        .await
+        .map_err(|e| unauthorized(format!("cannot get {}'s key {}: {e}", x.origin, x.key)))?
+        .ok_or_else(|| unauthorized(format!("{} has no key {}", x.origin, x.key)))?;
+    let uri = req.parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let content: Option<JsonValue> = if req.body.is_empty() {
+        None
+    } else {
+        Some(serde_json::from_slice(&req.body).map_err(|e| ApiError::not_json(e.to_string()))?)
+    };
+    xmatrix::verify(&x, &key, ours, req.parts.method.as_str(), uri, content.as_ref())
+        .map_err(|e| unauthorized(e.to_string()))?;
+    Ok(x.origin)
+}
