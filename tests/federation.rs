@@ -118,3 +118,80 @@ async fn tls_verification_trusts_a_configured_ca_and_nothing_else() {
     strict.stop().await;
     b.stop().await;
 }
+
+fn bodies(sync: &serde_json::Value, room: &str) -> Vec<String> {
+    sync["rooms"]["join"][room]["timeline"]["events"]
+        .as_array()
+        .map(|evs| evs.iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+async fn wait_for_text(c: &myelin_suite::Client, room: &str, text: &str) -> serde_json::Value {
+    let mut since: Option<String> = None;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let sync = c.sync(since.as_deref(), 2_000).await;
+        if bodies(&sync, room).iter().any(|b| b == text) {
+            return sync;
+        }
+        since = sync["next_batch"].as_str().map(str::to_owned);
+        assert!(std::time::Instant::now() < deadline, "{} never saw {text:?}", c.user_id);
+    }
+}
+
+#[tokio::test]
+async fn a_user_on_b_joins_a_room_on_a_and_both_sides_chat() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat", "name": "Cross-server" })).await;
+
+    let joined = bob.post(&format!("/_matrix/client/v3/join/{}?server_name=a.test", enc(&room)), json!({})).await;
+    assert_eq!(joined["room_id"], room.as_str());
+    let name = bob.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.name", enc(&room))).await;
+    assert_eq!(name["name"], "Cross-server", "B has the room's state after the join");
+
+    // A learns of bob's join and lists him.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let members = alice.get(&format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room))).await;
+        if members["joined"].get("@bob:b.test").is_some() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "A never saw bob join");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    alice.send_text(&room, "hello bob, from A").await;
+    let seen = wait_for_text(&bob, &room, "hello bob, from A").await;
+    let ev = seen["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["content"]["body"] == "hello bob, from A")
+        .unwrap()
+        .clone();
+    assert_eq!(ev["sender"], "@alice:a.test");
+
+    bob.send_text(&room, "hi alice, from B").await;
+    wait_for_text(&alice, &room, "hi alice, from B").await;
+
+    // A burst arrives complete and in order.
+    for i in 0..30 {
+        alice.send_text(&room, &format!("burst {i}")).await;
+    }
+    wait_for_text(&bob, &room, "burst 29").await;
+    let page = bob.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=40", enc(&room))).await;
+    let got: Vec<String> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .filter(|b| b.starts_with("burst "))
+        .map(str::to_owned)
+        .collect();
+    let want: Vec<String> = (0..30).rev().map(|i| format!("burst {i}")).collect();
+    assert_eq!(got, want);
+    a.stop().await;
+    b.stop().await;
+}

@@ -20,12 +20,14 @@ pub struct ApiError {
     pub message: String,
     /// For `M_LIMIT_EXCEEDED`: when to try again.
     pub retry_after_ms: Option<u64>,
+    /// For `M_INCOMPATIBLE_ROOM_VERSION`: the room's version.
+    pub room_version: Option<String>,
 }
 
 impl ApiError {
     /// Builds an error.
     pub fn new(status: StatusCode, errcode: &'static str, message: impl Into<String>) -> Self {
-        Self { status, errcode, message: message.into(), retry_after_ms: None }
+        Self { status, errcode, message: message.into(), retry_after_ms: None, room_version: None }
     }
 
     /// 404 `M_UNRECOGNIZED`: no such endpoint.
@@ -68,6 +70,9 @@ impl ApiError {
         let mut body = serde_json::json!({ "errcode": self.errcode, "error": self.message });
         if let Some(ms) = self.retry_after_ms {
             body["retry_after_ms"] = serde_json::json!(ms);
+        }
+        if let Some(v) = &self.room_version {
+            body["room_version"] = serde_json::json!(v);
         }
         let mut resp = json_response(self.status, &body);
         if let Some(ms) = self.retry_after_ms
@@ -121,6 +126,12 @@ impl From<UserError> for ApiError {
 }
 
 impl ApiError {
+    /// Adds the room version to an `M_INCOMPATIBLE_ROOM_VERSION` error.
+    pub fn with_room_version(mut self, version: &str) -> Self {
+        self.room_version = Some(version.to_owned());
+        self
+    }
+
     /// 403 `M_FORBIDDEN`.
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "M_FORBIDDEN", message)

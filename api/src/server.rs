@@ -196,11 +196,18 @@ pub async fn start(engine: Arc<Engine>) -> Result<Running, StartError> {
         router: crate::routes::client_router(),
     });
     tracing::info!(addr = %client_addr, "client API listening (HTTP)");
+    let sender_ctx = client_state.ctx.clone();
     tasks.spawn(accept_plain(client, client_state, stop_rx.clone()).instrument(tracing::info_span!("client_accept")));
     if let Some((listener, state, acceptor)) = federation {
         tracing::info!(addr = ?federation_addr, "federation API listening (TLS)");
         tasks.spawn(
             accept_tls(listener, state, acceptor, stop_rx.clone()).instrument(tracing::info_span!("federation_accept")),
+        );
+    }
+    if config.federation.enabled {
+        tasks.spawn(
+            crate::federation::sender::run(sender_ctx, stop_rx.clone())
+                .instrument(tracing::info_span!("federation_sender")),
         );
     }
     tasks.spawn(crate::admin::serve(engine.clone(), stop_rx).instrument(tracing::info_span!("admin_socket")));

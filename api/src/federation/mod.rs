@@ -1,6 +1,8 @@
 //! Federation over HTTP: the outbound client and inbound request authentication.
 
 pub mod client;
+pub mod rooms;
+pub mod sender;
 
 use http::{StatusCode, header};
 use myelin_engine::federation::xmatrix;

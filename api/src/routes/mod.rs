@@ -36,6 +36,25 @@ pub fn federation_router() -> Router {
         .add(Method::POST, "/_matrix/key/v2/query", keys::query_keys)
         .add(Method::GET, "/_matrix/key/v2/query/{server_name}", keys::query_server_keys)
         .add(Method::GET, "/_matrix/federation/v1/query/profile", fed::query_profile)
+        .add(Method::GET, "/_matrix/federation/v1/make_join/{room_id}/{user_id}", crate::federation::rooms::make_join)
+        .add_limited(
+            Method::PUT,
+            "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
+            crate::federation::rooms::send_join,
+            1 << 20,
+        )
+        .add_limited(
+            Method::PUT,
+            "/_matrix/federation/v1/send/{txn_id}",
+            crate::federation::rooms::send_transaction,
+            20 << 20,
+        )
+        .add(Method::GET, "/_matrix/federation/v1/event/{event_id}", crate::federation::rooms::get_event)
+        .add(
+            Method::POST,
+            "/_matrix/federation/v1/get_missing_events/{room_id}",
+            crate::federation::rooms::get_missing_events,
+        )
         .add(Method::GET, "/health", ops::health);
     r
 }

@@ -153,4 +153,73 @@ impl Rooms {
         self.pdus.lock().put(short, pdu.clone());
         Ok(pdu)
     }
+
+    /// Enters a room that lives on other servers: the `send_join` answer gives
+    /// the room state before our join event and its auth chain. They are
+    /// stored as outliers, the state becomes the join's state, and the join
+    /// becomes the first event of our timeline (its prev events are the
+    /// resident server's, which we do not have: a gap backfill can fill).
+    pub async fn join_remote(
+        &self,
+        version: &ruma::RoomVersionId,
+        state: Vec<Pdu>,
+        auth_chain: Vec<Pdu>,
+        join: Pdu,
+    ) -> Result<ArcPdu, RoomError> {
+        let rules = super::version::rules(version)?;
+        let room_id = join.room_id.clone();
+        let lock = self.lock_of(&room_id);
+        let mut guard = lock.lock().await;
+        if self.short_room(&room_id)?.is_some()
+            && ROOMS.get(&*self.db, &self.short_room(&room_id)?.unwrap_or(0))?.is_some()
+        {
+            return Err(RoomError::InUse(format!("{room_id} is already known here")));
+        }
+        // 1. The auth chain and the state, as outliers; the state as a snapshot.
+        let mut batch = Batch::new();
+        let room = self.room_ids.get_or_create(&self.db, &mut batch, room_id.as_str())?;
+        let mut entries = Vec::with_capacity(state.len());
+        let mut stored = std::collections::HashSet::new();
+        for pdu in auth_chain.iter().chain(state.iter()) {
+            if !stored.insert(pdu.event_id.clone()) {
+                continue;
+            }
+            let short = self.event_ids.get_or_create(&self.db, &mut batch, pdu.event_id.as_str())?;
+            if !META.contains(&*self.db, &short)? {
+                PDUS.put(&mut batch, &short, &Raw(pdu.to_bytes()))?;
+                META.put(
+                    &mut batch,
+                    &short,
+                    &EventMeta { room, depth: pdu.depth, count: 0, flags: OUTLIER, state_before: 0, state_after: 0 },
+                )?;
+            }
+        }
+        for pdu in &state {
+            let Some(key) = &pdu.state_key else { continue };
+            let name = super::state_key_string(&pdu.kind.to_string(), key);
+            let ssk = self.state_keys.get_or_create(&self.db, &mut batch, &name)?;
+            let short = self.event_ids.get_or_create(&self.db, &mut batch, pdu.event_id.as_str())?;
+            entries.push((ssk, short));
+        }
+        entries.sort_unstable();
+        entries.dedup_by_key(|e| e.0);
+        let snapshot = self.states.store(&mut batch, entries, None)?;
+        ROOMS.put(&mut batch, &room, &RoomInfo { version: version.to_string(), state: snapshot, depth: join.depth })?;
+        self.db.commit(batch).await?;
+        self.versions.lock().insert(room, rules.clone());
+        // 2. The join itself, authorized against that state.
+        let mut head = super::Head {
+            room_id: room_id.clone(),
+            short: room,
+            version: version.clone(),
+            rules,
+            extremities: Vec::new(),
+            depth: join.depth,
+            state: snapshot,
+            servers: self.joined_servers(snapshot, None)?,
+        };
+        let appended = self.append_with(&mut head, join, Some(StateRef::Stored(snapshot))).await?;
+        *guard = Some(head);
+        Ok(appended)
+    }
 }

@@ -118,7 +118,7 @@ impl NewEvent {
 
 /// The in-memory head of a room, guarded by the room lock.
 #[derive(Clone)]
-struct Head {
+pub(crate) struct Head {
     room_id: OwnedRoomId,
     short: u64,
     version: RoomVersionId,
@@ -384,7 +384,20 @@ impl Rooms {
     }
 
     async fn append_locked(&self, head: &mut Head, pdu: Pdu) -> Result<ArcPdu, RoomError> {
+        self.append_with(head, pdu, None).await
+    }
+
+    /// Appends with an explicitly known state before the event (a join over
+    /// federation, whose prev events we do not have): prev events that are not
+    /// stored are then skipped instead of refused.
+    async fn append_with(
+        &self,
+        head: &mut Head,
+        pdu: Pdu,
+        state_override: Option<StateRef>,
+    ) -> Result<ArcPdu, RoomError> {
         let is_create = pdu.kind == TimelineEventType::RoomCreate;
+        let tolerate_gaps = state_override.is_some();
         if is_create && head.state != 0 {
             return Err(RoomError::Forbidden("the room already has a create event".into()));
         }
@@ -392,7 +405,10 @@ impl Rooms {
             return Err(RoomError::BadEvent("event has no prev_events".into()));
         }
         // 1. The state before the event.
-        let state_before = self.state_before(head, &pdu.prev_events)?;
+        let state_before = match state_override {
+            Some(state) => state,
+            None => self.state_before(head, &pdu.prev_events)?,
+        };
         // 2. Authorization against auth events and that state.
         self.authorize(&head.rules, &pdu, &state_before)?;
         // 3. Ids and the state after.
@@ -424,11 +440,11 @@ impl Rooms {
         // 4. New extremities and the room's current state.
         let mut prev_shorts = Vec::with_capacity(pdu.prev_events.len());
         for prev in &pdu.prev_events {
-            let s = self
-                .event_ids
-                .get(&*self.db, prev.as_str())?
-                .ok_or_else(|| RoomError::UnknownEvent(prev.to_string()))?;
-            prev_shorts.push(s);
+            match self.event_ids.get(&*self.db, prev.as_str())? {
+                Some(s) if META.contains(&*self.db, &s)? => prev_shorts.push(s),
+                _ if tolerate_gaps => {}
+                _ => return Err(RoomError::UnknownEvent(prev.to_string())),
+            }
         }
         let mut extremities: Vec<(u64, OwnedEventId)> =
             head.extremities.iter().filter(|(s, _)| !prev_shorts.contains(s)).cloned().collect();

@@ -239,4 +239,92 @@ impl Rooms {
         }
         Ok(out)
     }
+
+    /// Destinations with queued items: `(short server id, server name)`.
+    pub fn outbound_destinations(&self) -> Result<Vec<(u64, String)>, RoomError> {
+        let mut out: Vec<(u64, String)> = Vec::new();
+        let mut last = None;
+        for row in OUTBOUND.iter(&*self.db, Direction::Forward)? {
+            let ((dest, _), _) = row?;
+            if last == Some(dest) {
+                continue;
+            }
+            last = Some(dest);
+            if let Some(name) = self.servers.lookup(&*self.db, dest)? {
+                out.push((dest, name));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` queued PDUs for a destination, oldest first: `(sequence, PDU JSON)`.
+    pub fn outbound_pdus(&self, dest: u64, limit: usize) -> Result<Vec<(u64, serde_json::Value)>, RoomError> {
+        let mut out = Vec::new();
+        for row in OUTBOUND.prefix(&*self.db, &(dest,), Direction::Forward)?.take(limit) {
+            let ((_, seq), item) = row?;
+            let OutboundItem::Pdu(short) = item;
+            let Some(Raw(bytes)) = PDUS.get(&*self.db, &short)? else { continue };
+            let json = serde_json::from_slice(&bytes).map_err(|e| RoomError::BadEvent(e.to_string()))?;
+            out.push((seq, json));
+        }
+        Ok(out)
+    }
+
+    /// Removes delivered items (only after the destination answered 200).
+    pub async fn outbound_delivered(&self, dest: u64, seqs: &[u64]) -> Result<(), RoomError> {
+        let mut batch = Batch::new();
+        for seq in seqs {
+            OUTBOUND.delete(&mut batch, &(dest, *seq));
+        }
+        self.db.commit(batch).await?;
+        Ok(())
+    }
+
+    /// Servers with joined members in the room now.
+    pub fn joined_servers_now(&self, room_id: &RoomId) -> Result<Vec<String>, RoomError> {
+        let snapshot = self.current_snapshot(room_id)?;
+        Ok(self.joined_servers(snapshot, None)?.into_keys().map(|s| s.to_string()).collect())
+    }
+
+    /// Events between `earliest` (exclusive) and `latest` (exclusive), walking prev events back
+    /// from `latest`, at most `limit`, oldest first (`get_missing_events`).
+    pub fn missing_events(
+        &self,
+        earliest: &[OwnedEventId],
+        latest: &[OwnedEventId],
+        limit: usize,
+    ) -> Result<Vec<ArcPdu>, RoomError> {
+        let stop: std::collections::HashSet<OwnedEventId> = earliest.iter().cloned().collect();
+        let mut seen: std::collections::HashSet<OwnedEventId> = latest.iter().cloned().collect();
+        let mut frontier: Vec<OwnedEventId> = Vec::new();
+        for id in latest {
+            if let Some(p) = self.pdu(id)? {
+                frontier.extend(p.prev_events.iter().cloned());
+            }
+        }
+        let mut out = Vec::new();
+        while let Some(id) = frontier.pop() {
+            if out.len() >= limit || stop.contains(&id) || !seen.insert(id.clone()) {
+                continue;
+            }
+            let Some(p) = self.pdu(&id)? else { continue };
+            frontier.extend(p.prev_events.iter().cloned());
+            out.push(p);
+        }
+        out.sort_by_key(|p| p.depth);
+        Ok(out)
+    }
+
+    /// The events of the auth chains of `ids` (their auth events, recursively).
+    pub fn auth_chain_events(&self, ids: &[OwnedEventId]) -> Result<Vec<ArcPdu>, RoomError> {
+        let chain = self.auth_chain(ids.iter(), &resolve::Overlay::default())?;
+        let mut out = Vec::new();
+        for id in chain.iter() {
+            if let Some(p) = self.pdu(id)? {
+                out.push(p);
+            }
+        }
+        out.sort_by_key(|p| p.depth);
+        Ok(out)
+    }
 }

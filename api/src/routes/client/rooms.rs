@@ -227,11 +227,32 @@ pub fn join(cx: Ctx, req: Req) -> HandlerFuture {
         } else {
             RoomId::parse(target).map_err(|e| ApiError::invalid_param(format!("room id: {e}")))?
         };
-        if cx.engine.rooms.short_room(&room)?.is_none() {
-            return Err(ApiError::not_found(format!(
-                "room {room} is not known to this server (joins over federation are not available yet)"
-            )));
+        let known = cx.engine.rooms.short_room(&room)?.is_some() && cx.engine.rooms.room_version(&room).is_ok();
+        if !known {
+            // A room on other servers: join through the ones named, or the room id's server.
+            let mut servers: Vec<String> = req
+                .parts
+                .uri
+                .query()
+                .unwrap_or_default()
+                .split('&')
+                .filter_map(|p| p.strip_prefix("server_name=").or_else(|| p.strip_prefix("via=")))
+                .filter_map(crate::http_util::percent_decode)
+                .collect();
+            if let Some((_, server)) = room.as_str().split_once(':') {
+                servers.push(server.to_owned());
+            }
+            servers.retain(|s| s != cx.engine.server_name.as_str());
+            servers.dedup();
+            if servers.is_empty() {
+                return Err(ApiError::not_found(format!(
+                    "room {room} is not known here; name a server to join through"
+                )));
+            }
+            crate::federation::rooms::join_remote(&cx, &me.user_id, &room, &servers).await?;
+            return Ok(ok_json(&json!({ "room_id": room })));
         }
+
         set_membership(&cx, &me, &room, &me.user_id.clone(), "join", None).await?;
         Ok(ok_json(&json!({ "room_id": room })))
     })

@@ -1,0 +1,402 @@
+//! Rooms across servers: joins, the transaction endpoint, missing events.
+//!
+//! Server-Server API §"Joining Rooms": a server that wants a user in a room
+//! asks a resident server for a join template (`GET make_join`), signs it and
+//! sends it back (`PUT v2/send_join`), receiving the room state and its auth
+//! chain. §"Transactions": `PUT /_matrix/federation/v1/send/{txnId}` carries
+//! PDUs and EDUs; each PDU goes through the receipt checks
+//! (`Rooms::verify`, `Rooms::append_pdu`); when its prev events are unknown,
+//! up to 20 of them are fetched with `get_missing_events` first.
+//! §"Retrieving events": `GET /event/{eventId}`, `POST get_missing_events`.
+//!
+//! Not yet (the rest of the federation issue): invites over federation,
+//! `state_ids`/backfill gaps beyond `get_missing_events`, outbound EDUs,
+//! persisted transaction deduplication.
+
+use std::collections::{HashMap, HashSet};
+
+use http::{Method, StatusCode};
+use myelin_engine::rooms::{Appended, NewEvent, Pdu, version};
+use parking_lot::Mutex;
+use ruma::{CanonicalJsonObject, EventId, OwnedEventId, RoomId, RoomVersionId, UserId, events::TimelineEventType};
+use serde_json::{Value as JsonValue, json};
+
+use super::require_server;
+use crate::{
+    error::ApiError,
+    http_util::{ok_json, parse_json},
+    router::{Ctx, HandlerFuture, Req},
+};
+
+/// Learns the keys of every server that signed `object`, so `Rooms::verify` can check them.
+pub async fn ensure_signing_keys(cx: &Ctx, object: &JsonValue) -> Result<(), ApiError> {
+    let Some(signatures) = object["signatures"].as_object() else { return Ok(()) };
+    for (server, keys) in signatures {
+        let Some(keys) = keys.as_object() else { continue };
+        for key_id in keys.keys() {
+            if let Ok(Some(key)) = cx.federation.server_key(&cx.engine, server, key_id).await {
+                cx.engine.rooms.add_server_key(server, key_id, &key)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses and verifies one PDU of a room version; a bad content hash gets it redacted.
+pub async fn checked_pdu(cx: &Ctx, json: &JsonValue, room_version: &RoomVersionId) -> Result<Pdu, ApiError> {
+    let rules = version::rules(room_version)?;
+    ensure_signing_keys(cx, json).await?;
+    let object: CanonicalJsonObject =
+        serde_json::from_value(json.clone()).map_err(|e| ApiError::bad_json(e.to_string()))?;
+    let verified = cx.engine.rooms.verify(&object, &rules)?;
+    let object = match verified {
+        ruma::signatures::Verified::All => object,
+        _ => ruma::canonical_json::redact(object, &rules.redaction, None)
+            .map_err(|e| ApiError::bad_json(e.to_string()))?,
+    };
+    Ok(Pdu::from_object(object, &rules)?)
+}
+
+fn room_param(req: &Req) -> Result<ruma::OwnedRoomId, ApiError> {
+    RoomId::parse(req.param("room_id")?).map_err(|e| ApiError::invalid_param(e.to_string()))
+}
+
+/// GET /_matrix/federation/v1/make_join/{roomId}/{userId}
+pub fn make_join(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let origin = require_server(&cx, &req).await?;
+        let room = room_param(&req)?;
+        let user = UserId::parse(req.param("user_id")?).map_err(|e| ApiError::invalid_param(e.to_string()))?;
+        if user.server_name().as_str() != origin {
+            return Err(ApiError::forbidden("a server can only join its own users"));
+        }
+        let version = cx
+            .engine
+            .rooms
+            .room_version(&room)
+            .map_err(|_| ApiError::not_found(format!("{room} is not known here")))?;
+        let supported: Vec<String> = req
+            .parts
+            .uri
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter_map(|p| p.strip_prefix("ver="))
+            .map(str::to_owned)
+            .collect();
+        let supported = if supported.is_empty() { vec!["1".to_owned()] } else { supported };
+        if !supported.iter().any(|v| v == version.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "M_INCOMPATIBLE_ROOM_VERSION",
+                format!("the room is version {version}"),
+            )
+            .with_room_version(version.as_str()));
+        }
+        let event = NewEvent::state(TimelineEventType::RoomMember, user.as_str(), json!({ "membership": "join" }));
+        let template = cx.engine.rooms.template(&user, &room, event).await?;
+        Ok(ok_json(&json!({ "event": template, "room_version": version })))
+    })
+}
+
+/// PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}
+pub fn send_join(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let origin = require_server(&cx, &req).await?;
+        let room = room_param(&req)?;
+        let version = cx
+            .engine
+            .rooms
+            .room_version(&room)
+            .map_err(|_| ApiError::not_found(format!("{room} is not known here")))?;
+        let json: JsonValue = parse_json(&req.body)?;
+        let pdu = checked_pdu(&cx, &json, &version).await?;
+        if pdu.event_id.as_str() != req.param("event_id")? || pdu.room_id != room {
+            return Err(ApiError::bad_json("event id or room does not match the path"));
+        }
+        let membership = pdu.content_value()["membership"].as_str().map(str::to_owned);
+        if pdu.kind != TimelineEventType::RoomMember
+            || membership.as_deref() != Some("join")
+            || pdu.state_key.as_deref() != Some(pdu.sender.as_str())
+            || pdu.sender.server_name().as_str() != origin
+        {
+            return Err(ApiError::bad_json("not a join of one of the origin's users"));
+        }
+        let join_id = pdu.event_id.clone();
+        let state_before_snapshot = {
+            // The state the join is applied to: the room's current state now.
+            cx.engine.rooms.current_snapshot(&room)?
+        };
+        match cx.engine.rooms.append_pdu(pdu).await? {
+            Appended::Accepted(_) => {}
+            Appended::SoftFailed(_) => return Err(ApiError::forbidden("the join is not allowed by the current state")),
+            Appended::Rejected(reason) => return Err(ApiError::forbidden(format!("join rejected: {reason}"))),
+        }
+        let state = cx.engine.rooms.state_at(state_before_snapshot)?;
+        let ids: Vec<OwnedEventId> = state.iter().map(|p| p.event_id.clone()).chain([join_id.clone()]).collect();
+        let chain = cx.engine.rooms.auth_chain_events(&ids)?;
+        let to_json =
+            |p: &myelin_engine::rooms::ArcPdu| serde_json::to_value(p.json.as_ref()).unwrap_or(JsonValue::Null);
+        let joined = cx.engine.rooms.pdu(&join_id)?.ok_or_else(|| ApiError::unknown("join vanished"))?;
+        Ok(ok_json(&json!({
+            "origin": cx.engine.server_name,
+            "state": state.iter().map(to_json).collect::<Vec<_>>(),
+            "auth_chain": chain.iter().map(to_json).collect::<Vec<_>>(),
+            "event": to_json(&joined),
+            "members_omitted": false,
+            "servers_in_room": cx.engine.rooms.joined_servers_now(&room)?,
+        })))
+    })
+}
+
+/// Joins a local user to a room that lives on `servers` (make_join, sign, send_join).
+pub async fn join_remote(cx: &Ctx, user: &UserId, room: &RoomId, servers: &[String]) -> Result<(), ApiError> {
+    let mut last_error = String::from("no server to join through");
+    let versions: String = version::READABLE.iter().map(|v| format!("ver={v}")).collect::<Vec<_>>().join("&");
+    for server in servers {
+        let path = format!(
+            "/_matrix/federation/v1/make_join/{}/{}?{versions}",
+            crate::routes::client::enc_query(room.as_str()),
+            crate::routes::client::enc_query(user.as_str())
+        );
+        let made = match cx.federation.request(&cx.engine, server, Method::GET, &path, None, true).await {
+            Ok(r) if r.status.is_success() => r.json,
+            Ok(r) => {
+                last_error =
+                    format!("{server} refused make_join: {}", r.json["error"].as_str().unwrap_or(r.status.as_str()));
+                continue;
+            }
+            Err(e) => {
+                last_error = e.to_string();
+                continue;
+            }
+        };
+        let room_version = RoomVersionId::try_from(made["room_version"].as_str().unwrap_or("1"))
+            .map_err(|e| ApiError::bad_json(e.to_string()))?;
+        let rules = version::rules(&room_version)?;
+        let mut template: CanonicalJsonObject = serde_json::from_value(made["event"].clone())
+            .map_err(|e| ApiError::bad_json(format!("join template: {e}")))?;
+        template.insert(
+            "origin_server_ts".into(),
+            ruma::CanonicalJsonValue::Integer(ruma::Int::try_from(now_ms()).unwrap_or_default()),
+        );
+        template.remove("signatures");
+        template.remove("hashes");
+        cx.engine.keys.hash_and_sign_event(&mut template, &rules)?;
+        let event_id = myelin_engine::rooms::pdu::event_id_of(&template, &rules)?;
+        let path = format!(
+            "/_matrix/federation/v2/send_join/{}/{}",
+            crate::routes::client::enc_query(room.as_str()),
+            crate::routes::client::enc_query(event_id.as_str())
+        );
+        let body = serde_json::to_value(&template).map_err(|e| ApiError::unknown(e.to_string()))?;
+        let answer = match cx.federation.request(&cx.engine, server, Method::PUT, &path, Some(&body), true).await {
+            Ok(r) if r.status.is_success() => r.json,
+            Ok(r) => {
+                last_error =
+                    format!("{server} refused send_join: {}", r.json["error"].as_str().unwrap_or(r.status.as_str()));
+                continue;
+            }
+            Err(e) => {
+                last_error = e.to_string();
+                continue;
+            }
+        };
+        let mut state = Vec::new();
+        for json in answer["state"].as_array().into_iter().flatten() {
+            state.push(checked_pdu(cx, json, &room_version).await?);
+        }
+        let mut chain = Vec::new();
+        for json in answer["auth_chain"].as_array().into_iter().flatten() {
+            chain.push(checked_pdu(cx, json, &room_version).await?);
+        }
+        // The resident may have co-signed the join (restricted rooms); prefer its copy.
+        let join_json = if answer["event"].is_object() { answer["event"].clone() } else { body };
+        let join = checked_pdu(cx, &join_json, &room_version).await?;
+        cx.engine.rooms.join_remote(&room_version, state, chain, join).await?;
+        return Ok(());
+    }
+    Err(ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", format!("could not join {room}: {last_error}")))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Transactions already processed, per origin (in memory: a replay after a restart is
+/// harmless, every PDU is deduplicated by event id).
+static SEEN_TXNS: std::sync::LazyLock<Mutex<HashSet<(String, String)>>> =
+    std::sync::LazyLock::new(|| Mutex::new(HashSet::new()));
+
+/// PUT /_matrix/federation/v1/send/{txnId}
+pub fn send_transaction(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let origin = require_server(&cx, &req).await?;
+        let txn = req.param("txn_id")?.to_owned();
+        if SEEN_TXNS.lock().contains(&(origin.clone(), txn.clone())) {
+            return Ok(ok_json(&json!({ "pdus": {} })));
+        }
+        let body: JsonValue = parse_json(&req.body)?;
+        let mut results: HashMap<String, JsonValue> = HashMap::new();
+        for json in body["pdus"].as_array().into_iter().flatten().take(50) {
+            let (id, outcome) = receive_pdu(&cx, &origin, json).await;
+            if let Some(id) = id {
+                results.insert(id, outcome);
+            }
+        }
+        for edu in body["edus"].as_array().into_iter().flatten().take(100) {
+            receive_edu(&cx, &origin, edu).await;
+        }
+        let mut seen = SEEN_TXNS.lock();
+        if seen.len() > 100_000 {
+            seen.clear();
+        }
+        seen.insert((origin, txn));
+        Ok(ok_json(&json!({ "pdus": results })))
+    })
+}
+
+async fn receive_pdu(cx: &Ctx, origin: &str, json: &JsonValue) -> (Option<String>, JsonValue) {
+    let Some(room) = json["room_id"].as_str().and_then(|r| RoomId::parse(r).ok()) else {
+        return (None, json!({}));
+    };
+    let Ok(room_version) = cx.engine.rooms.room_version(&room) else {
+        return (None, json!({})); // not a room we are in: ignore
+    };
+    let pdu = match checked_pdu(cx, json, &room_version).await {
+        Ok(p) => p,
+        Err(e) => return (None, json!({ "error": e.message })),
+    };
+    let id = pdu.event_id.to_string();
+    if cx.engine.rooms.meta(&pdu.event_id).ok().flatten().is_some() {
+        return (Some(id), json!({}));
+    }
+    if let Err(e) = fill_gap(cx, origin, &room, &room_version, &pdu).await {
+        return (Some(id), json!({ "error": e.message }));
+    }
+    match cx.engine.rooms.append_pdu(pdu).await {
+        Ok(Appended::Accepted(_)) | Ok(Appended::SoftFailed(_)) => (Some(id), json!({})),
+        Ok(Appended::Rejected(reason)) => (Some(id), json!({ "error": reason })),
+        Err(e) => (Some(id), json!({ "error": e.to_string() })),
+    }
+}
+
+/// Fetches unknown prev events of `pdu` from `origin` with `get_missing_events`.
+async fn fill_gap(cx: &Ctx, origin: &str, room: &RoomId, version: &RoomVersionId, pdu: &Pdu) -> Result<(), ApiError> {
+    let missing: Vec<&OwnedEventId> =
+        pdu.prev_events.iter().filter(|p| cx.engine.rooms.meta(p).ok().flatten().is_none()).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let body = json!({
+        "earliest_events": cx.engine.rooms.extremities(room)?,
+        "latest_events": [pdu.event_id],
+        "limit": 20,
+        "min_depth": 0,
+    });
+    let path = format!("/_matrix/federation/v1/get_missing_events/{}", crate::routes::client::enc_query(room.as_str()));
+    let answer = cx
+        .federation
+        .request(&cx.engine, origin, Method::POST, &path, Some(&body), true)
+        .await
+        .map_err(|e| ApiError::unknown(format!("get_missing_events: {e}")))?;
+    let mut events = Vec::new();
+    for json in answer.json["events"].as_array().into_iter().flatten() {
+        if let Ok(p) = checked_pdu(cx, json, version).await {
+            events.push(p);
+        }
+    }
+    events.sort_by_key(|p| p.depth);
+    for p in events {
+        if cx.engine.rooms.meta(&p.event_id)?.is_none() {
+            let _ = cx.engine.rooms.append_pdu(p).await;
+        }
+    }
+    Ok(())
+}
+
+async fn receive_edu(cx: &Ctx, origin: &str, edu: &JsonValue) {
+    let content = &edu["content"];
+    match edu["edu_type"].as_str() {
+        Some("m.typing") => {
+            let (Some(room), Some(user)) = (
+                content["room_id"].as_str().and_then(|r| RoomId::parse(r).ok()),
+                content["user_id"].as_str().and_then(|u| UserId::parse(u).ok()),
+            ) else {
+                return;
+            };
+            if user.server_name().as_str() != origin {
+                return;
+            }
+            let typing = content["typing"].as_bool().unwrap_or(false);
+            cx.engine.ephemeral.set_typing(&room, &user, typing, std::time::Duration::from_secs(30));
+        }
+        Some("m.receipt") => {
+            for (room, kinds) in content.as_object().into_iter().flatten() {
+                let Ok(room) = RoomId::parse(room.as_str()) else { continue };
+                for (kind, users) in kinds.as_object().into_iter().flatten() {
+                    if kind != "m.read" {
+                        continue;
+                    }
+                    for (user, data) in users.as_object().into_iter().flatten() {
+                        let Ok(user) = UserId::parse(user.as_str()) else { continue };
+                        if user.server_name().as_str() != origin {
+                            continue;
+                        }
+                        let thread = data["data"]["thread_id"].as_str();
+                        for event in data["event_ids"].as_array().into_iter().flatten().filter_map(JsonValue::as_str) {
+                            let _ = cx.engine.set_receipt(&room, &user, "m.read", thread, event).await;
+                        }
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// GET /_matrix/federation/v1/event/{eventId}
+pub fn get_event(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let origin = require_server(&cx, &req).await?;
+        let id = EventId::parse(req.param("event_id")?).map_err(|e| ApiError::invalid_param(e.to_string()))?;
+        let pdu = cx.engine.rooms.pdu(&id)?.ok_or_else(|| ApiError::not_found("event not found"))?;
+        if !cx.engine.rooms.joined_servers_now(&pdu.room_id)?.iter().any(|s| *s == origin) {
+            return Err(ApiError::forbidden("your server is not in this room"));
+        }
+        Ok(ok_json(&json!({
+            "origin": cx.engine.server_name,
+            "origin_server_ts": now_ms(),
+            "pdus": [serde_json::to_value(pdu.json.as_ref()).unwrap_or(JsonValue::Null)],
+        })))
+    })
+}
+
+/// POST /_matrix/federation/v1/get_missing_events/{roomId}
+pub fn get_missing_events(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let origin = require_server(&cx, &req).await?;
+        let room = room_param(&req)?;
+        if !cx.engine.rooms.joined_servers_now(&room)?.iter().any(|s| *s == origin) {
+            return Err(ApiError::forbidden("your server is not in this room"));
+        }
+        let body: JsonValue = parse_json(&req.body)?;
+        let ids = |k: &str| -> Vec<OwnedEventId> {
+            body[k]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+                .filter_map(|s| EventId::parse(s).ok())
+                .collect()
+        };
+        let limit = body["limit"].as_u64().unwrap_or(10).clamp(1, 100) as usize;
+        let events = cx.engine.rooms.missing_events(&ids("earliest_events"), &ids("latest_events"), limit)?;
+        let out: Vec<JsonValue> = events
+            .iter()
+            .filter(|p| p.room_id == room)
+            .map(|p| serde_json::to_value(p.json.as_ref()).unwrap_or(JsonValue::Null))
+            .collect();
+        Ok(ok_json(&json!({ "events": out })))
+    })
+}
