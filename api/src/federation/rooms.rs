@@ -361,7 +361,7 @@ pub fn get_event(cx: Ctx, req: Req) -> HandlerFuture {
         let origin = require_server(&cx, &req).await?;
         let id = EventId::parse(req.param("event_id")?).map_err(|e| ApiError::invalid_param(e.to_string()))?;
         let pdu = cx.engine.rooms.pdu(&id)?.ok_or_else(|| ApiError::not_found("event not found"))?;
-        if !cx.engine.rooms.joined_servers_now(&pdu.room_id)?.iter().any(|s| *s == origin) {
+        if !cx.engine.rooms.joined_servers_now(&pdu.room_id)?.contains(&origin) {
             return Err(ApiError::forbidden("your server is not in this room"));
         }
         Ok(ok_json(&json!({
@@ -377,7 +377,7 @@ pub fn get_missing_events(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let origin = require_server(&cx, &req).await?;
         let room = room_param(&req)?;
-        if !cx.engine.rooms.joined_servers_now(&room)?.iter().any(|s| *s == origin) {
+        if !cx.engine.rooms.joined_servers_now(&room)?.contains(&origin) {
             return Err(ApiError::forbidden("your server is not in this room"));
         }
         let body: JsonValue = parse_json(&req.body)?;
