@@ -195,3 +195,43 @@ async fn a_user_on_b_joins_a_room_on_a_and_both_sides_chat() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_dm_invite_crosses_servers_and_the_invitee_joins_through_the_inviter() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let bob_since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let room = alice
+        .create_room(json!({ "preset": "trusted_private_chat", "name": "A and B", "invite": ["@bob:b.test"], "is_direct": true }))
+        .await;
+
+    // Bob's server co-signed the invite and shows it with the room's name.
+    let invited = bob.sync(Some(&bob_since), 5_000).await;
+    let state = invited["rooms"]["invite"][&room]["invite_state"]["events"].as_array().cloned().unwrap_or_default();
+    assert!(state.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "A and B"), "{invited}");
+    let invite = state.iter().find(|e| e["type"] == "m.room.member" && e["state_key"] == "@bob:b.test").unwrap();
+    assert_eq!(invite["content"]["is_direct"], true);
+    let on_a =
+        alice.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&room), enc("@bob:b.test"))).await;
+    assert_eq!(on_a["membership"], "invite");
+
+    // Joining needs no server name: the inviter's server is known from the invite.
+    bob.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&room)), json!({})).await;
+    alice.send_text(&room, "welcome to the DM").await;
+    wait_for_text(&bob, &room, "welcome to the DM").await;
+    bob.send_text(&room, "thanks").await;
+    wait_for_text(&alice, &room, "thanks").await;
+
+    // Inviting someone who does not exist on B is refused by B.
+    let r = alice
+        .request(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            Some(json!({ "user_id": "@ghost:b.test" })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", String::from_utf8_lossy(&r.body));
+    a.stop().await;
+    b.stop().await;
+}

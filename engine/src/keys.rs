@@ -118,6 +118,16 @@ impl ServerKeys {
             .map_err(|e| EngineError::Keys(format!("signing an event: {e}")))
     }
 
+    /// Adds our signature to someone else's event (invites), leaving its hashes alone.
+    pub fn sign_event(
+        &self,
+        object: &mut CanonicalJsonObject,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+    ) -> Result<(), EngineError> {
+        ruma::signatures::sign_event(self.server_name.as_str(), &self.pair, object, &rules.redaction)
+            .map_err(|e| EngineError::Keys(format!("co-signing an event: {e}")))
+    }
+
     /// Our public key as a verification map (the key store holds only ours until federation lands).
     pub fn public_key_map(&self) -> ruma::signatures::PublicKeyMap {
         let mut set = ruma::signatures::PublicKeySet::new();

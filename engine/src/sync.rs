@@ -213,7 +213,10 @@ impl Engine {
                     join.insert(room_id.to_string(), body);
                 }
                 "invite" if fresh => {
-                    let state = self.stripped_state(&room_id, user)?;
+                    let state = match self.rooms.invite_state(user, &room_id).map_err(rooms_err)? {
+                        Some(state) if !self.rooms.is_local_room(&room_id) => state,
+                        _ => self.stripped_state(&room_id, user)?,
+                    };
                     invite.insert(room_id.to_string(), json!({ "invite_state": { "events": state } }));
                 }
                 "knock" if fresh => {

@@ -147,6 +147,9 @@ pub static HASH_REFCOUNT: Cf = point("hash_refcount", 0);
 /// Server name → its verified signing keys and their validity.
 pub static SERVERNAME_SERVERKEYS: Cf = point("servername_serverkeys", 0);
 
+/// `(local user id, room id)` → stripped state of a room we were invited to over federation.
+pub static USERROOM_INVITESTATE: Cf = point("userroom_invitestate", 0);
+
 /// Every family, in creation order. The default family is unused.
 pub static ALL: &[&Cf] = &[
     &GLOBAL,
@@ -189,6 +192,7 @@ pub static ALL: &[&Cf] = &[
     &SERVERMEDIA_META,
     &HASH_REFCOUNT,
     &SERVERNAME_SERVERKEYS,
+    &USERROOM_INVITESTATE,
 ];
 
 #[cfg(test)]

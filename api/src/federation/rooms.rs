@@ -400,3 +400,107 @@ pub fn get_missing_events(cx: Ctx, req: Req) -> HandlerFuture {
         Ok(ok_json(&json!({ "events": out })))
     })
 }
+
+/// PUT /_matrix/federation/v2/invite/{roomId}/{eventId}
+///
+/// §"Inviting to a room": the inviting server sends the invite event, signed
+/// by it; we check it invites one of our users, co-sign it and keep it, with
+/// the stripped room state, so the user's `/sync` shows the invite.
+pub fn receive_invite(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let origin = require_server(&cx, &req).await?;
+        let body: JsonValue = parse_json(&req.body)?;
+        let room_version = RoomVersionId::try_from(body["room_version"].as_str().unwrap_or("1"))
+            .map_err(|e| ApiError::bad_json(e.to_string()))?;
+        if !version::READABLE.contains(&room_version) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "M_INCOMPATIBLE_ROOM_VERSION",
+                "unsupported room version",
+            )
+            .with_room_version(room_version.as_str()));
+        }
+        let pdu = checked_pdu(&cx, &body["event"], &room_version).await?;
+        let target = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok());
+        let Some(target) = target.filter(|_| pdu.kind == TimelineEventType::RoomMember) else {
+            return Err(ApiError::bad_json("not a membership event"));
+        };
+        if pdu.content_value()["membership"] != "invite"
+            || target.server_name() != cx.engine.server_name
+            || pdu.sender.server_name().as_str() != origin
+            || pdu.event_id.as_str() != req.param("event_id")?
+        {
+            return Err(ApiError::bad_json("not an invite from the origin for one of our users"));
+        }
+        if !cx.engine.users.exists(&target)? {
+            return Err(ApiError::not_found(format!("{target} does not exist")));
+        }
+        let rules = version::rules(&room_version)?;
+        let mut object = (*pdu.json).clone();
+        cx.engine.keys.sign_event(&mut object, &rules)?;
+        let signed = Pdu::from_object(object, &rules)?;
+        let state: Vec<JsonValue> = body["invite_room_state"].as_array().cloned().unwrap_or_default();
+        let answer = serde_json::to_value(signed.json.as_ref()).map_err(|e| ApiError::unknown(e.to_string()))?;
+        if !cx.engine.rooms.is_local_room(&signed.room_id) {
+            cx.engine.rooms.record_remote_invite(&target, signed, &state, &cx.engine.stream).await?;
+        }
+        Ok(ok_json(&json!({ "event": answer })))
+    })
+}
+
+/// Invites a user of another server: their server co-signs first (§"Inviting to a room").
+pub async fn invite_remote(
+    cx: &Ctx,
+    inviter: &UserId,
+    room: &RoomId,
+    invitee: &UserId,
+    content: JsonValue,
+) -> Result<String, ApiError> {
+    let event = NewEvent::state(TimelineEventType::RoomMember, invitee.as_str(), content);
+    let pdu = cx.engine.rooms.build_event(inviter, room, event).await?;
+    let version = cx.engine.rooms.room_version(room)?;
+    let mut stripped = Vec::new();
+    for kind in [
+        "m.room.create",
+        "m.room.join_rules",
+        "m.room.name",
+        "m.room.avatar",
+        "m.room.canonical_alias",
+        "m.room.encryption",
+    ] {
+        if let Some(p) = cx.engine.rooms.state_event(room, kind, "")? {
+            stripped.push(myelin_engine::events::stripped_event(&p));
+        }
+    }
+    if let Some(p) = cx.engine.rooms.state_event(room, "m.room.member", inviter.as_str())? {
+        stripped.push(myelin_engine::events::stripped_event(&p));
+    }
+    let body = json!({
+        "event": serde_json::to_value(pdu.json.as_ref()).map_err(|e| ApiError::unknown(e.to_string()))?,
+        "room_version": version,
+        "invite_room_state": stripped,
+    });
+    let path = format!(
+        "/_matrix/federation/v2/invite/{}/{}",
+        crate::routes::client::enc_query(room.as_str()),
+        crate::routes::client::enc_query(pdu.event_id.as_str())
+    );
+    let server = invitee.server_name().to_string();
+    let answer = cx
+        .federation
+        .request(&cx.engine, &server, Method::PUT, &path, Some(&body), true)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", format!("inviting {invitee}: {e}")))?;
+    if !answer.status.is_success() {
+        let reason = answer.json["error"].as_str().unwrap_or(answer.status.as_str()).to_owned();
+        return Err(ApiError::forbidden(format!("{server} refused the invite: {reason}")));
+    }
+    let signed = checked_pdu(cx, &answer.json["event"], &version).await?;
+    if signed.event_id != pdu.event_id {
+        return Err(ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", "the invitee's server changed the invite"));
+    }
+    match cx.engine.rooms.append_pdu(signed).await? {
+        Appended::Accepted(p) => Ok(p.event_id.to_string()),
+        Appended::SoftFailed(_) | Appended::Rejected(_) => Err(ApiError::forbidden("the invite is not allowed")),
+    }
+}

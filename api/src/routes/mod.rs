@@ -51,6 +51,11 @@ pub fn federation_router() -> Router {
         )
         .add(Method::GET, "/_matrix/federation/v1/event/{event_id}", crate::federation::rooms::get_event)
         .add(
+            Method::PUT,
+            "/_matrix/federation/v2/invite/{room_id}/{event_id}",
+            crate::federation::rooms::receive_invite,
+        )
+        .add(
             Method::POST,
             "/_matrix/federation/v1/get_missing_events/{room_id}",
             crate::federation::rooms::get_missing_events,

@@ -222,4 +222,68 @@ impl Rooms {
         *guard = Some(head);
         Ok(appended)
     }
+
+    /// Builds and signs an event of a local user on the room's extremities without
+    /// appending it (an invite that the invitee's server must co-sign first).
+    pub async fn build_event(&self, sender: &UserId, room_id: &RoomId, event: NewEvent) -> Result<Pdu, RoomError> {
+        let lock = self.lock_of(room_id);
+        let mut guard = lock.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.load_head(room_id).await?);
+        }
+        let head = guard.as_ref().ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
+        let prev = head.extremities.iter().rev().take(20).map(|(_, id)| id.clone()).collect();
+        let state = StateRef::Stored(head.state);
+        let pdu = self.build(head, sender, &event, prev, &state)?;
+        self.authorize(&head.rules, &pdu, &state)?;
+        Ok(pdu)
+    }
+
+    /// Records an invite of a local user to a room on another server: the
+    /// invite event (as an outlier), the user's membership at a new stream
+    /// position (so their `/sync` shows it) and the stripped room state sent with it.
+    pub async fn record_remote_invite(
+        &self,
+        user: &UserId,
+        invite: Pdu,
+        invite_state: &[serde_json::Value],
+        stream: &myelin_storage::StreamCounter,
+    ) -> Result<(), RoomError> {
+        let mut batch = Batch::new();
+        let room = self.room_ids.get_or_create(&self.db, &mut batch, invite.room_id.as_str())?;
+        let short = self.event_ids.get_or_create(&self.db, &mut batch, invite.event_id.as_str())?;
+        if !META.contains(&*self.db, &short)? {
+            PDUS.put(&mut batch, &short, &Raw(invite.to_bytes()))?;
+            META.put(
+                &mut batch,
+                &short,
+                &EventMeta { room, depth: invite.depth, count: 0, flags: OUTLIER, state_before: 0, state_after: 0 },
+            )?;
+        }
+        let count = stream.next_in(&mut batch) as i64;
+        MEMBERSHIPS.put(
+            &mut batch,
+            &(user.to_string(), room),
+            &Membership { membership: "invite".into(), count, event: short },
+        )?;
+        let mut state = invite_state.to_vec();
+        state.push(crate::events::stripped_event(&invite));
+        let json = serde_json::to_vec(&state).map_err(|e| RoomError::BadEvent(e.to_string()))?;
+        INVITE_STATE.put(&mut batch, &(user.to_string(), invite.room_id.to_string()), &Raw(json))?;
+        self.db.commit(batch).await?;
+        Ok(())
+    }
+
+    /// The stripped state stored with a federated invite.
+    pub fn invite_state(&self, user: &UserId, room_id: &RoomId) -> Result<Option<Vec<serde_json::Value>>, RoomError> {
+        match INVITE_STATE.get(&*self.db, &(user.to_string(), room_id.to_string()))? {
+            Some(Raw(bytes)) => Ok(serde_json::from_slice(&bytes).ok()),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether this server holds the room itself (not only an invite to it).
+    pub fn is_local_room(&self, room_id: &RoomId) -> bool {
+        matches!(self.short_room(room_id), Ok(Some(short)) if ROOMS.get(&*self.db, &short).ok().flatten().is_some())
+    }
 }

@@ -77,3 +77,6 @@ impl Stored for Membership {}
 
 /// `(local user id, short room id)` → membership: which rooms a user's `/sync` covers.
 pub const MEMBERSHIPS: Table<(String, u64), Membership> = Table::new(&catalog::USERROOM_MEMBERSHIP);
+
+/// `(local user id, room id)` → stripped state JSON of a federated invite.
+pub const INVITE_STATE: Table<(String, String), Raw> = Table::new(&catalog::USERROOM_INVITESTATE);

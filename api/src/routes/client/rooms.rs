@@ -125,13 +125,9 @@ pub fn create_room(cx: Ctx, req: Req) -> HandlerFuture {
         if body.initial_state.iter().any(|e| e.kind == "m.room.create" || e.kind == "m.room.member") {
             return Err(ApiError::invalid_param("initial_state may not contain m.room.create or m.room.member events"));
         }
-        for invitee in &body.invite {
-            if invitee.server_name() != cx.engine.server_name {
-                return Err(ApiError::forbidden(format!(
-                    "cannot invite {invitee}: inviting users of other servers needs federation"
-                )));
-            }
-        }
+        // Users of other servers are invited after creation, each through their server.
+        let (local_invites, remote_invites): (Vec<OwnedUserId>, Vec<OwnedUserId>) =
+            body.invite.iter().cloned().partition(|u| u.server_name() == cx.engine.server_name);
         let request = CreateRoom {
             version,
             preset,
@@ -139,7 +135,7 @@ pub fn create_room(cx: Ctx, req: Req) -> HandlerFuture {
             name: body.name,
             topic: body.topic,
             alias: alias.clone(),
-            invite: body.invite,
+            invite: local_invites,
             is_direct: body.is_direct,
             initial_state: body
                 .initial_state
@@ -173,6 +169,18 @@ pub fn create_room(cx: Ctx, req: Req) -> HandlerFuture {
                 format!("{alias} was taken meanwhile; {room_id} has no alias"),
             ));
         }
+        for invitee in &remote_invites {
+            let mut content = json!({ "membership": "invite" });
+            if body.is_direct {
+                content["is_direct"] = json!(true);
+            }
+            // The room exists now: a failed remote invite is reported in the log, not as a
+            // failed creation (the client can invite again).
+            if let Err(e) = crate::federation::rooms::invite_remote(&cx, &me.user_id, &room_id, invitee, content).await
+            {
+                tracing::warn!(room_id = %room_id, invitee = %invitee, error = %e.message, "invite during room creation failed");
+            }
+        }
         Ok(ok_json(&json!({ "room_id": room_id })))
     })
 }
@@ -185,11 +193,6 @@ async fn set_membership(
     membership: &str,
     reason: Option<String>,
 ) -> Result<String, ApiError> {
-    if target.server_name() != cx.engine.server_name && membership == "invite" {
-        return Err(ApiError::forbidden(format!(
-            "cannot invite {target}: inviting users of other servers needs federation"
-        )));
-    }
     let mut content = json!({ "membership": membership });
     if let Some(r) = reason {
         content["reason"] = json!(r);
@@ -204,6 +207,9 @@ async fn set_membership(
         if let Some(avatar) = profile.avatar_url {
             content["avatar_url"] = json!(avatar);
         }
+    }
+    if membership == "invite" && target.server_name() != cx.engine.server_name {
+        return crate::federation::rooms::invite_remote(cx, &me.user_id, room, target, content).await;
     }
     let event = NewEvent::state(TimelineEventType::RoomMember, target.as_str(), content);
     let pdu = cx.engine.rooms.send(&me.user_id, room, event).await?;
@@ -241,6 +247,16 @@ pub fn join(cx: Ctx, req: Req) -> HandlerFuture {
                 .collect();
             if let Some((_, server)) = room.as_str().split_once(':') {
                 servers.push(server.to_owned());
+            }
+            // Invited over federation: the inviter's server is in the room.
+            if let Some(state) = cx.engine.rooms.invite_state(&me.user_id, &room)?
+                && let Some(inviter) = state
+                    .iter()
+                    .find(|e| e["type"] == "m.room.member" && e["state_key"] == me.user_id.as_str())
+                    .and_then(|e| e["sender"].as_str())
+                    .and_then(|s| UserId::parse(s).ok())
+            {
+                servers.insert(0, inviter.server_name().to_string());
             }
             servers.retain(|s| s != cx.engine.server_name.as_str());
             servers.dedup();
