@@ -235,3 +235,70 @@ async fn a_dm_invite_crosses_servers_and_the_invitee_joins_through_the_inviter()
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn typing_and_receipts_cross_servers_and_a_server_acl_shuts_a_server_out() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.post(&format!("/_matrix/client/v3/join/{}?server_name=a.test", enc(&room)), json!({})).await;
+    let hello = alice.send_text(&room, "hello").await;
+    wait_for_text(&bob, &room, "hello").await;
+
+    // Bob types on B; alice sees it on A.
+    let mut since = alice.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    bob.put(
+        &format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&bob.user_id)),
+        json!({ "typing": true, "timeout": 10000 }),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let s = alice.sync(Some(&since), 2_000).await;
+        let typing = s["rooms"]["join"][&room]["ephemeral"]["events"]
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["type"] == "m.typing").cloned());
+        if typing
+            .is_some_and(|t| t["content"]["user_ids"].as_array().is_some_and(|u| u.iter().any(|u| u == "@bob:b.test")))
+        {
+            break;
+        }
+        since = s["next_batch"].as_str().unwrap().to_owned();
+        assert!(std::time::Instant::now() < deadline, "alice never saw bob typing");
+    }
+
+    // Bob reads alice's message; alice sees the receipt.
+    bob.post(&format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&hello)), json!({})).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let s = alice.sync(Some(&since), 2_000).await;
+        let receipt = s["rooms"]["join"][&room]["ephemeral"]["events"]
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["type"] == "m.receipt").cloned());
+        if receipt.is_some_and(|r| r["content"][&hello]["m.read"].get("@bob:b.test").is_some()) {
+            break;
+        }
+        since = s["next_batch"].as_str().unwrap().to_owned();
+        assert!(std::time::Instant::now() < deadline, "alice never saw bob's receipt");
+    }
+
+    // An ACL denying B: B's later events no longer enter A's timeline.
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.server_acl/", enc(&room)),
+            json!({ "allow": ["*"], "deny": ["b.test"] }),
+        )
+        .await;
+    wait_for_text(&alice, &room, "hello").await;
+    bob.send_text(&room, "can you hear me?").await;
+    alice.send_text(&room, "after the acl").await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let page = alice.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=20", enc(&room))).await;
+    let texts: Vec<&str> =
+        page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert!(texts.contains(&"after the acl"));
+    assert!(!texts.contains(&"can you hear me?"), "a denied server's event must not be accepted: {texts:?}");
+    a.stop().await;
+    b.stop().await;
+}

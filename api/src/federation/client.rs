@@ -61,6 +61,10 @@ pub struct Response {
 /// The federation client of one server.
 pub struct FederationClient {
     tls: Arc<rustls::ClientConfig>,
+    /// EDUs waiting for the next transaction to each destination (volatile).
+    edus: parking_lot::Mutex<std::collections::HashMap<String, Vec<JsonValue>>>,
+    /// Wakes the sender when EDUs are queued.
+    pub edu_ready: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
@@ -127,7 +131,11 @@ impl FederationClient {
             builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAny(provider))).with_no_client_auth()
         };
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Self { tls: Arc::new(tls) })
+        Ok(Self {
+            tls: Arc::new(tls),
+            edus: parking_lot::Mutex::new(Default::default()),
+            edu_ready: tokio::sync::Notify::new(),
+        })
     }
 
     async fn resolve(engine: &Engine, server: &str) -> Result<(SocketAddr, String), ClientError> {
@@ -147,6 +155,38 @@ impl FederationClient {
         let mut addrs = tokio::net::lookup_host(target).await.map_err(|_| ClientError::Resolve(server.to_owned()))?;
         let addr = addrs.next().ok_or_else(|| ClientError::Resolve(server.to_owned()))?;
         Ok((addr, host))
+    }
+
+    /// Queues an EDU for `server`'s next transaction (at most 1,000 waiting per destination).
+    pub fn queue_edu(&self, server: &str, edu: JsonValue) {
+        let mut all = self.edus.lock();
+        let queue = all.entry(server.to_owned()).or_default();
+        if queue.len() < 1000 {
+            queue.push(edu);
+        }
+        drop(all);
+        self.edu_ready.notify_one();
+    }
+
+    /// Takes up to `max` queued EDUs for `server`.
+    pub fn take_edus(&self, server: &str, max: usize) -> Vec<JsonValue> {
+        let mut all = self.edus.lock();
+        let Some(queue) = all.get_mut(server) else { return Vec::new() };
+        let n = queue.len().min(max);
+        queue.drain(..n).collect()
+    }
+
+    /// Puts EDUs back in front after a failed send.
+    pub fn requeue_edus(&self, server: &str, edus: Vec<JsonValue>) {
+        let mut all = self.edus.lock();
+        let queue = all.entry(server.to_owned()).or_default();
+        let rest = std::mem::take(queue);
+        *queue = edus.into_iter().chain(rest).take(1000).collect();
+    }
+
+    /// Destinations with EDUs waiting.
+    pub fn edu_destinations(&self) -> Vec<String> {
+        self.edus.lock().iter().filter(|(_, q)| !q.is_empty()).map(|(d, _)| d.clone()).collect()
     }
 
     /// Whether `server` may be talked to under `federation.allow`/`deny`.

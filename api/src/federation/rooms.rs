@@ -263,6 +263,10 @@ async fn receive_pdu(cx: &Ctx, origin: &str, json: &JsonValue) -> (Option<String
     let Ok(room_version) = cx.engine.rooms.room_version(&room) else {
         return (None, json!({})); // not a room we are in: ignore
     };
+    if !acl_allows(cx, &room, origin) {
+        let id = json["event_id"].as_str().map(str::to_owned);
+        return (id, json!({ "error": format!("{origin} is denied by the room's server ACL") }));
+    }
     let pdu = match checked_pdu(cx, json, &room_version).await {
         Ok(p) => p,
         Err(e) => return (None, json!({ "error": e.message })),
@@ -315,6 +319,16 @@ async fn fill_gap(cx: &Ctx, origin: &str, room: &RoomId, version: &RoomVersionId
     Ok(())
 }
 
+/// Whether the room's `m.room.server_acl` lets `server` take part.
+fn acl_allows(cx: &Ctx, room: &RoomId, server: &str) -> bool {
+    match cx.engine.rooms.state_event(room, "m.room.server_acl", "") {
+        Ok(Some(acl)) => {
+            myelin_engine::acl::ServerAcl::from_content(&acl.content_value()).is_ok_and(|a| a.allows(server))
+        }
+        _ => true,
+    }
+}
+
 async fn receive_edu(cx: &Ctx, origin: &str, edu: &JsonValue) {
     let content = &edu["content"];
     match edu["edu_type"].as_str() {
@@ -325,7 +339,7 @@ async fn receive_edu(cx: &Ctx, origin: &str, edu: &JsonValue) {
             ) else {
                 return;
             };
-            if user.server_name().as_str() != origin {
+            if user.server_name().as_str() != origin || !acl_allows(cx, &room, origin) {
                 return;
             }
             let typing = content["typing"].as_bool().unwrap_or(false);
@@ -334,6 +348,9 @@ async fn receive_edu(cx: &Ctx, origin: &str, edu: &JsonValue) {
         Some("m.receipt") => {
             for (room, kinds) in content.as_object().into_iter().flatten() {
                 let Ok(room) = RoomId::parse(room.as_str()) else { continue };
+                if !acl_allows(cx, &room, origin) {
+                    continue;
+                }
                 for (kind, users) in kinds.as_object().into_iter().flatten() {
                     if kind != "m.read" {
                         continue;

@@ -12,8 +12,10 @@
 //! queue survives restarts (it is in RocksDB), so a destination that was down
 //! for hours gets every PDU it missed when it returns.
 //!
-//! Not yet: EDUs (typing, receipts) in transactions, persisted backoff,
-//! per-destination metrics beyond the queue depth log line.
+//! EDUs (typing, read receipts) ride along, from an in-memory queue per
+//! destination: volatile, they may be lost on restart, which the spec allows.
+//!
+//! Not yet: persisted backoff, per-destination queue metrics.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -26,27 +28,30 @@ use crate::router::Ctx;
 /// Runs the sender until `stop` fires.
 pub async fn run(cx: Ctx, mut stop: watch::Receiver<bool>) {
     let mut wake = cx.engine.stream.subscribe();
-    let mut tasks: HashMap<u64, JoinHandle<()>> = HashMap::new();
+    let mut tasks: HashMap<String, JoinHandle<()>> = HashMap::new();
     loop {
         tasks.retain(|_, t| !t.is_finished());
-        match cx.engine.rooms.outbound_destinations() {
-            Ok(destinations) => {
-                for (dest, name) in destinations {
-                    if tasks.contains_key(&dest) {
-                        continue;
-                    }
-                    let cx = cx.clone();
-                    let task = tokio::spawn(tracing::Instrument::instrument(
-                        deliver(cx, dest, name.clone()),
-                        tracing::info_span!("federation_sender", destination = %name),
-                    ));
-                    tasks.insert(dest, task);
-                }
+        let mut names: Vec<String> = match cx.engine.rooms.outbound_destinations() {
+            Ok(d) => d.into_iter().map(|(_, name)| name).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the federation queue failed");
+                Vec::new()
             }
-            Err(e) => tracing::warn!(error = %e, "reading the federation queue failed"),
+        };
+        names.extend(cx.federation.edu_destinations());
+        for name in names {
+            if tasks.contains_key(&name) {
+                continue;
+            }
+            let task = tokio::spawn(tracing::Instrument::instrument(
+                deliver(cx.clone(), name.clone()),
+                tracing::info_span!("federation_sender", destination = %name),
+            ));
+            tasks.insert(name, task);
         }
         tokio::select! {
             _ = wake.changed() => {}
+            _ = cx.federation.edu_ready.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             _ = stop.changed() => break,
         }
@@ -63,46 +68,65 @@ fn jitter(base: Duration) -> Duration {
 }
 
 /// Delivers everything queued for one destination, then returns.
-async fn deliver(cx: Ctx, dest: u64, name: String) {
+async fn deliver(cx: Ctx, name: String) {
     let mut backoff = Duration::from_secs(1);
     loop {
-        let batch = match cx.engine.rooms.outbound_pdus(dest, 50) {
-            Ok(b) => b,
+        let dest = cx.engine.rooms.server_short(&name).ok().flatten();
+        let batch = match dest.map(|d| cx.engine.rooms.outbound_pdus(d, 50)).transpose() {
+            Ok(b) => b.unwrap_or_default(),
             Err(e) => {
                 tracing::warn!(error = %e, "reading the queue failed");
                 return;
             }
         };
-        if batch.is_empty() {
+        let edus = cx.federation.take_edus(&name, 100);
+        if batch.is_empty() && edus.is_empty() {
             return;
         }
         let seqs: Vec<u64> = batch.iter().map(|(s, _)| *s).collect();
-        let txn_id = format!("m{}-{}-{}", seqs[0], seqs[seqs.len() - 1], seqs.len());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        // Derived from the rows carried, so a retry of the same rows reuses the id.
+        let txn_id = match (seqs.first(), seqs.last()) {
+            (Some(first), Some(last)) => format!("m{first}-{last}-{}-{}", seqs.len(), edus.len()),
+            _ => format!("e{now}-{}", edus.len()),
+        };
         let body = json!({
             "origin": cx.engine.server_name,
-            "origin_server_ts": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            "origin_server_ts": now,
             "pdus": batch.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>(),
-            "edus": [],
+            "edus": edus,
         });
         let path = format!("/_matrix/federation/v1/send/{txn_id}");
         match cx.federation.request(&cx.engine, &name, Method::PUT, &path, Some(&body), true).await {
             Ok(resp) if resp.status.is_success() => {
-                if let Err(e) = cx.engine.rooms.outbound_delivered(dest, &seqs).await {
+                if let Some(d) = dest
+                    && !seqs.is_empty()
+                    && let Err(e) = cx.engine.rooms.outbound_delivered(d, &seqs).await
+                {
                     tracing::warn!(error = %e, "could not mark a transaction delivered; it will be sent again");
                     return;
                 }
                 metrics::counter!("myelin_federation_transactions_total", "result" => "ok").increment(1);
                 backoff = Duration::from_secs(1);
             }
-            Ok(resp) => {
-                tracing::warn!(status = %resp.status, "destination refused a transaction; retrying later");
-                metrics::counter!("myelin_federation_transactions_total", "result" => "refused").increment(1);
-                tokio::time::sleep(jitter(backoff)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(600));
-            }
-            Err(e) => {
-                tracing::info!(error = %e, wait = ?backoff, "destination unreachable; retrying later");
-                metrics::counter!("myelin_federation_transactions_total", "result" => "unreachable").increment(1);
+            failed => {
+                match failed {
+                    Ok(resp) => {
+                        tracing::warn!(status = %resp.status, "destination refused a transaction; retrying later");
+                        metrics::counter!("myelin_federation_transactions_total", "result" => "refused").increment(1);
+                    }
+                    Err(e) => {
+                        tracing::info!(error = %e, wait = ?backoff, "destination unreachable; retrying later");
+                        metrics::counter!("myelin_federation_transactions_total", "result" => "unreachable")
+                            .increment(1);
+                    }
+                }
+                if let Some(edus) = body["edus"].as_array() {
+                    cx.federation.requeue_edus(&name, edus.clone());
+                }
                 tokio::time::sleep(jitter(backoff)).await;
                 backoff = (backoff * 2).min(Duration::from_secs(600));
             }

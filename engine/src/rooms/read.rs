@@ -327,4 +327,9 @@ impl Rooms {
         out.sort_by_key(|p| p.depth);
         Ok(out)
     }
+
+    /// The short id of a server name, if it was ever queued to.
+    pub fn server_short(&self, server: &str) -> Result<Option<u64>, RoomError> {
+        Ok(self.servers.get(&*self.db, server)?)
+    }
 }

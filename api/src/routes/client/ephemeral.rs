@@ -26,6 +26,15 @@ fn joined_room(cx: &Ctx, me: &Authed, req: &Req) -> Result<ruma::OwnedRoomId, Ap
     Ok(room)
 }
 
+/// Queues an EDU for every other server with members in the room.
+fn remote_servers(cx: &Ctx, room: &RoomId, edu: JsonValue) {
+    if let Ok(servers) = cx.engine.rooms.joined_servers_now(room) {
+        for server in servers.iter().filter(|s| s.as_str() != cx.engine.server_name.as_str()) {
+            cx.federation.queue_edu(server, edu.clone());
+        }
+    }
+}
+
 /// PUT /rooms/{roomId}/typing/{userId}
 pub fn typing(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
@@ -36,6 +45,9 @@ pub fn typing(cx: Ctx, req: Req) -> HandlerFuture {
         let typing = body["typing"].as_bool().ok_or_else(|| ApiError::bad_json("`typing` must be a boolean"))?;
         let timeout = Duration::from_millis(body["timeout"].as_u64().unwrap_or(30_000));
         cx.engine.ephemeral.set_typing(&room, &me.user_id, typing, timeout);
+        let edu =
+            json!({ "edu_type": "m.typing", "content": { "room_id": room, "user_id": me.user_id, "typing": typing } });
+        remote_servers(&cx, &room, edu);
         Ok(ok_json(&json!({})))
     })
 }
@@ -54,7 +66,21 @@ async fn mark(
         return Err(ApiError::not_found(format!("event {id} is not in {room}")));
     }
     match kind {
-        "m.read" | "m.read.private" => cx.engine.set_receipt(room, &me.user_id, kind, thread, id.as_str()).await?,
+        "m.read" | "m.read.private" => {
+            cx.engine.set_receipt(room, &me.user_id, kind, thread, id.as_str()).await?;
+            if kind == "m.read" {
+                let ts = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                let mut data = json!({ "ts": ts });
+                if let Some(t) = thread {
+                    data["thread_id"] = json!(t);
+                }
+                let content = json!({ room.as_str(): { "m.read": { me.user_id.as_str(): { "event_ids": [id], "data": data } } } });
+                remote_servers(cx, room, json!({ "edu_type": "m.receipt", "content": content }));
+            }
+        }
         "m.fully_read" => {
             let content =
                 serde_json::to_vec(&json!({ "event_id": id })).map_err(|e| ApiError::unknown(e.to_string()))?;
