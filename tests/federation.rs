@@ -302,3 +302,43 @@ async fn typing_and_receipts_cross_servers_and_a_server_acl_shuts_a_server_out()
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn history_written_before_a_remote_user_joined_is_backfilled_into_messages() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    for i in 0..60 {
+        alice.send_text(&room, &format!("old {i}")).await;
+    }
+    bob.post(&format!("/_matrix/client/v3/join/{}?server_name=a.test", enc(&room)), json!({})).await;
+
+    let mut seen = Vec::new();
+    let mut from: Option<String> = None;
+    for _ in 0..20 {
+        let path = match &from {
+            Some(f) => format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=25&from={f}", enc(&room)),
+            None => format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=25", enc(&room)),
+        };
+        let page = bob.get(&path).await;
+        for e in page["chunk"].as_array().unwrap() {
+            if let Some(body) = e["content"]["body"].as_str() {
+                seen.push(body.to_owned());
+            }
+        }
+        match page["end"].as_str() {
+            Some(end) => from = Some(end.to_owned()),
+            None => break,
+        }
+    }
+    let want: Vec<String> = (0..60).rev().map(|i| format!("old {i}")).collect();
+    assert_eq!(seen, want, "all history, newest first, exactly once");
+    let create = bob.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=200", enc(&room))).await;
+    assert!(
+        create["chunk"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"),
+        "back to the room's creation"
+    );
+    a.stop().await;
+    b.stop().await;
+}

@@ -521,3 +521,75 @@ pub async fn invite_remote(
         Appended::SoftFailed(_) | Appended::Rejected(_) => Err(ApiError::forbidden("the invite is not allowed")),
     }
 }
+
+/// GET /_matrix/federation/v1/backfill/{roomId}?v=…&limit=…
+///
+/// §"Backfilling": history before the given events, walking prev events back,
+/// newest first, for a server that has members in the room.
+pub fn backfill(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let origin = require_server(&cx, &req).await?;
+        let room = room_param(&req)?;
+        if !cx.engine.rooms.joined_servers_now(&room)?.contains(&origin) {
+            return Err(ApiError::forbidden("your server is not in this room"));
+        }
+        let query = req.parts.uri.query().unwrap_or_default();
+        let from: Vec<OwnedEventId> = query
+            .split('&')
+            .filter_map(|p| p.strip_prefix("v="))
+            .filter_map(crate::http_util::percent_decode)
+            .filter_map(|v| EventId::parse(v.as_str()).ok())
+            .collect();
+        let limit = query
+            .split('&')
+            .find_map(|p| p.strip_prefix("limit="))
+            .and_then(|l| l.parse::<usize>().ok())
+            .unwrap_or(50)
+            .clamp(1, 200);
+        let events = cx.engine.rooms.backfill_from(&from, limit)?;
+        let pdus: Vec<JsonValue> = events
+            .iter()
+            .filter(|p| p.room_id == room)
+            .map(|p| serde_json::to_value(p.json.as_ref()).unwrap_or(JsonValue::Null))
+            .collect();
+        Ok(ok_json(&json!({ "origin": cx.engine.server_name, "origin_server_ts": now_ms(), "pdus": pdus })))
+    })
+}
+
+/// Fetches up to `limit` events of history before the room's oldest local event
+/// from a server in the room; returns how many were stored.
+pub async fn backfill_room(cx: &Ctx, room: &RoomId, limit: usize) -> Result<usize, ApiError> {
+    let from = cx.engine.rooms.backfill_point(room)?;
+    if from.is_empty() {
+        return Ok(0);
+    }
+    let version = cx.engine.rooms.room_version(room)?;
+    let ours = cx.engine.server_name.as_str();
+    let servers: Vec<String> = cx.engine.rooms.joined_servers_now(room)?.into_iter().filter(|s| s != ours).collect();
+    let vs: String = from
+        .iter()
+        .map(|v| format!("v={}", crate::routes::client::enc_query(v.as_str())))
+        .collect::<Vec<_>>()
+        .join("&");
+    let path = format!(
+        "/_matrix/federation/v1/backfill/{}?{vs}&limit={limit}",
+        crate::routes::client::enc_query(room.as_str())
+    );
+    for server in servers {
+        let Ok(resp) = cx.federation.request(&cx.engine, &server, Method::GET, &path, None, true).await else {
+            continue;
+        };
+        if !resp.status.is_success() {
+            continue;
+        }
+        let mut pdus = Vec::new();
+        for json in resp.json["pdus"].as_array().into_iter().flatten() {
+            match checked_pdu(cx, json, &version).await {
+                Ok(p) => pdus.push(p),
+                Err(e) => tracing::info!(error = %e.message, "dropping a backfilled event that fails its checks"),
+            }
+        }
+        return Ok(cx.engine.rooms.store_backfilled(room, pdus).await?);
+    }
+    Ok(0)
+}

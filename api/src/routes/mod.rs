@@ -55,6 +55,7 @@ pub fn federation_router() -> Router {
             "/_matrix/federation/v2/invite/{room_id}/{event_id}",
             crate::federation::rooms::receive_invite,
         )
+        .add(Method::GET, "/_matrix/federation/v1/backfill/{room_id}", crate::federation::rooms::backfill)
         .add(
             Method::POST,
             "/_matrix/federation/v1/get_missing_events/{room_id}",

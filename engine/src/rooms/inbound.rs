@@ -286,4 +286,95 @@ impl Rooms {
     pub fn is_local_room(&self, room_id: &RoomId) -> bool {
         matches!(self.short_room(room_id), Ok(Some(short)) if ROOMS.get(&*self.db, &short).ok().flatten().is_some())
     }
+
+    /// The prev events of the room's oldest timeline event that we do not have:
+    /// where backfilling would continue. Empty when history is complete.
+    pub fn backfill_point(&self, room_id: &RoomId) -> Result<Vec<ruma::OwnedEventId>, RoomError> {
+        let Some(short_room) = self.short_room(room_id)? else { return Ok(Vec::new()) };
+        let Some(row) = TIMELINE.prefix(&*self.db, &(short_room,), myelin_storage::Direction::Forward)?.next() else {
+            return Ok(Vec::new());
+        };
+        let (_, oldest) = row?;
+        let Some(pdu) = self.pdu_by_short(oldest)? else { return Ok(Vec::new()) };
+        let mut missing = Vec::new();
+        for prev in &pdu.prev_events {
+            let stored = match self.event_ids.get(&*self.db, prev.as_str())? {
+                Some(s) => META.get(&*self.db, &s)?.is_some_and(|m| m.count != 0),
+                None => false,
+            };
+            if !stored {
+                missing.push(prev.clone());
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Stores history fetched with `/backfill` before the room's oldest event:
+    /// counts at or below zero (newest first down), never extremities, never
+    /// queued to other servers. Returns how many were new.
+    pub async fn store_backfilled(&self, room_id: &RoomId, mut pdus: Vec<Pdu>) -> Result<usize, RoomError> {
+        let lock = self.lock_of(room_id);
+        let _guard = lock.lock().await;
+        let room = self.short_room(room_id)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
+        let lowest = match TIMELINE.prefix(&*self.db, &(room,), myelin_storage::Direction::Forward)?.next() {
+            Some(row) => row?.0.1,
+            None => 1,
+        };
+        let mut next = lowest.min(1) - 1;
+        pdus.sort_by_key(|p| std::cmp::Reverse(p.depth));
+        let mut batch = Batch::new();
+        let mut stored = 0;
+        for pdu in pdus {
+            if pdu.room_id != room_id {
+                continue;
+            }
+            let short = self.event_ids.get_or_create(&self.db, &mut batch, pdu.event_id.as_str())?;
+            if META.get(&*self.db, &short)?.is_some_and(|m| m.count != 0) {
+                continue;
+            }
+            PDUS.put(&mut batch, &short, &Raw(pdu.to_bytes()))?;
+            META.put(
+                &mut batch,
+                &short,
+                &EventMeta { room, depth: pdu.depth, count: next, flags: 0, state_before: 0, state_after: 0 },
+            )?;
+            TIMELINE.put(&mut batch, &(room, next), &short)?;
+            for prev in &pdu.prev_events {
+                if let Some(p) = self.event_ids.get(&*self.db, prev.as_str())? {
+                    EDGES.put(&mut batch, &(p, short), &())?;
+                }
+            }
+            self.index_relations(&mut batch, &pdu, short, next, room)?;
+            self.index_search(&mut batch, &pdu, short, next, room)?;
+            next -= 1;
+            stored += 1;
+        }
+        self.db.commit(batch).await?;
+        Ok(stored)
+    }
+
+    /// Events from `from` backwards through prev events, at most `limit`, newest first (`/backfill`).
+    pub fn backfill_from(&self, from: &[ruma::OwnedEventId], limit: usize) -> Result<Vec<ArcPdu>, RoomError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut queue: std::collections::BinaryHeap<(u64, ruma::OwnedEventId)> = std::collections::BinaryHeap::new();
+        for id in from {
+            if let Some(p) = self.pdu(id)? {
+                queue.push((p.depth, id.clone()));
+            }
+        }
+        let mut out = Vec::new();
+        while let Some((_, id)) = queue.pop() {
+            if out.len() >= limit || !seen.insert(id.clone()) {
+                continue;
+            }
+            let Some(p) = self.pdu(&id)? else { continue };
+            for prev in &p.prev_events {
+                if let Some(pp) = self.pdu(prev)? {
+                    queue.push((pp.depth, prev.clone()));
+                }
+            }
+            out.push(p);
+        }
+        Ok(out)
+    }
 }

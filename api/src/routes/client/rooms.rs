@@ -577,7 +577,14 @@ pub fn messages(cx: Ctx, req: Req) -> HandlerFuture {
         let events = if backwards {
             let start = from.map_or(upto, |f| f.min(upto));
             let start = if start == i64::MAX { None } else { Some(start + 1) };
-            cx.engine.rooms.timeline(&room, start, Direction::Reverse, limit)?
+            let mut page = cx.engine.rooms.timeline(&room, start, Direction::Reverse, limit)?;
+            // The start of our copy of a federated room: ask a server in it for older history.
+            if page.len() < limit
+                && crate::federation::rooms::backfill_room(&cx, &room, limit - page.len()).await.unwrap_or(0) > 0
+            {
+                page = cx.engine.rooms.timeline(&room, start, Direction::Reverse, limit)?;
+            }
+            page
         } else {
             cx.engine.rooms.timeline(&room, Some(from.unwrap_or(0)), Direction::Forward, limit)?
         };
