@@ -2,8 +2,9 @@
 //!
 //! The queue is the `destseq_outbound` rows each event's append batch wrote.
 //! One task per destination takes up to 50 queued PDUs, oldest first, sends
-//! them as one transaction whose id is derived from the rows it carries (a
-//! retry of the same rows reuses the id, so the receiver can deduplicate),
+//! them as one transaction whose id is derived from the rows it carries and a
+//! per-run nonce (a retry of the same rows reuses the id, so the receiver can
+//! deduplicate; ids never repeat across runs),
 //! and deletes the rows only after a 200. On failure it waits with
 //! exponential backoff and jitter (1 s doubling to 10 min) and tries again;
 //! an inbound request from the destination does not yet shorten the wait.
@@ -24,6 +25,14 @@ use serde_json::json;
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::router::Ctx;
+
+/// A random number drawn once per process run.
+static RUN_NONCE: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+    use ring::rand::SecureRandom;
+    let mut raw = [0u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut raw);
+    u64::from_be_bytes(raw)
+});
 
 /// Runs the sender until `stop` fires.
 pub async fn run(cx: Ctx, mut stop: watch::Receiver<bool>) {
@@ -88,10 +97,13 @@ async fn deliver(cx: Ctx, name: String) {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        // Derived from the rows carried, so a retry of the same rows reuses the id.
+        // Derived from the rows carried, so a retry of the same rows reuses the id, and
+        // from this run's nonce, so ids never repeat across restarts or a reset database
+        // (a receiver drops a transaction id it has seen, PDUs and all).
+        let nonce = *RUN_NONCE;
         let txn_id = match (seqs.first(), seqs.last()) {
-            (Some(first), Some(last)) => format!("m{first}-{last}-{}-{}", seqs.len(), edus.len()),
-            _ => format!("e{now}-{}", edus.len()),
+            (Some(first), Some(last)) => format!("m{nonce:x}-{first}-{last}-{}-{}", seqs.len(), edus.len()),
+            _ => format!("e{nonce:x}-{now}-{}", edus.len()),
         };
         let body = json!({
             "origin": cx.engine.server_name,
