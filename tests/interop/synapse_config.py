@@ -1,0 +1,73 @@
+"""Writes a Synapse config for the interop tests: SQLite, loopback only, a TLS
+federation listener with a fresh self-signed certificate, open registration,
+rate limits raised, loopback federation allowed, certificate checks off.
+
+Usage: python synapse_config.py DIR CLIENT_PORT FEDERATION_PORT
+"""
+
+import datetime
+import ipaddress
+import subprocess
+import sys
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+directory, client_port, fed_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+server_name = f"127.0.0.1:{fed_port}"
+subprocess.run(
+    [sys.executable, "-m", "synapse.app.homeserver", "--server-name", server_name,
+     "--config-path", f"{directory}/hs.yaml", "--data-directory", directory,
+     "--generate-config", "--report-stats=no"],
+    check=True, capture_output=True,
+)
+
+key = ec.generate_private_key(ec.SECP256R1())
+name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+now = datetime.datetime.now(datetime.timezone.utc)
+cert = (
+    x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+    .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+    .not_valid_after(now + datetime.timedelta(days=30))
+    .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    .sign(key, hashes.SHA256())
+)
+with open(f"{directory}/cert.pem", "wb") as f:
+    f.write(cert.public_bytes(serialization.Encoding.PEM))
+with open(f"{directory}/key.pem", "wb") as f:
+    f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+with open(f"{directory}/hs.yaml") as f:
+    c = yaml.safe_load(f)
+many = {"per_second": 1000, "burst_count": 1000}
+c.update({
+    "listeners": [
+        {"port": fed_port, "tls": True, "type": "http", "bind_addresses": ["127.0.0.1"],
+         "resources": [{"names": ["federation"], "compress": False}]},
+        {"port": client_port, "tls": False, "type": "http", "bind_addresses": ["127.0.0.1"],
+         "resources": [{"names": ["client"], "compress": False}]},
+    ],
+    "tls_certificate_path": f"{directory}/cert.pem",
+    "tls_private_key_path": f"{directory}/key.pem",
+    "federation_verify_certificates": False,
+    "federation_ip_range_blocklist": [],
+    "ip_range_blacklist": [],
+    "enable_registration": True,
+    "enable_registration_without_verification": True,
+    "suppress_key_server_warning": True,
+    "trusted_key_servers": [],
+    "report_stats": False,
+    "database": {"name": "sqlite3", "args": {"database": f"{directory}/homeserver.db"}},
+    "rc_message": many,
+    "rc_registration": many,
+    "rc_login": {"address": many, "account": many, "failed_attempts": many},
+    "rc_joins": {"local": many, "remote": many},
+    "rc_invites": {"per_room": many, "per_user": many, "per_issuer": many},
+    "rc_federation": {"window_size": 1000, "sleep_limit": 1000, "sleep_delay": 0, "reject_limit": 1000, "concurrent": 100},
+})
+with open(f"{directory}/hs.yaml", "w") as f:
+    yaml.safe_dump(c, f)
+print(server_name)

@@ -1,0 +1,112 @@
+//! Myelin federating with a real Synapse (PyPI `matrix-synapse` 1.163.2,
+//! installed by `tests/interop/setup.sh`), both directions: joins, messages,
+//! backfilled history, invites, profiles. Synapse runs on loopback with
+//! SQLite and a self-signed TLS federation listener; both servers use IP
+//! literal server names, so no DNS is involved.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use http::{Method, StatusCode};
+use myelin_suite::{free_port, http, myelin_bin};
+
+fn venv_python(name: &str) -> PathBuf {
+    let cache = std::env::var("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache"));
+    let python = cache.join("myelin").join(name).join("bin/python");
+    assert!(python.is_file(), "{} is missing: run tests/interop/setup.sh (make test does)", python.display());
+    python
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_http(addr: std::net::SocketAddr, path: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok()
+            && http(addr, Method::GET, path, None).await.status == StatusCode::OK
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn myelin_and_synapse_federate_both_ways() {
+    let python = venv_python("venv-synapse-1.163.2");
+    let dir = tempfile::tempdir().unwrap();
+    let (syn_client, syn_fed, my_client, my_fed) = (free_port(), free_port(), free_port(), free_port());
+    let script_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop");
+
+    let out = Command::new(&python)
+        .arg(format!("{script_dir}/synapse_config.py"))
+        .arg(dir.path())
+        .arg(syn_client.to_string())
+        .arg(syn_fed.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "synapse config: {}", String::from_utf8_lossy(&out.stderr));
+    let synapse = Killed(
+        Command::new(&python)
+            .args(["-m", "synapse.app.homeserver", "-c"])
+            .arg(dir.path().join("hs.yaml"))
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let myelin_dir = dir.path().join("myelin");
+    std::fs::create_dir_all(&myelin_dir).unwrap();
+    let myelin = Killed(
+        Command::new(myelin_bin())
+            .arg("serve")
+            .current_dir(&myelin_dir)
+            .env("MYELIN_SERVER_NAME", format!("127.0.0.1:{my_fed}"))
+            .env("MYELIN_CLIENT__LISTEN", format!("127.0.0.1:{my_client}"))
+            .env("MYELIN_FEDERATION__LISTEN", format!("127.0.0.1:{my_fed}"))
+            .env("MYELIN_FEDERATION__VERIFY_TLS", "false")
+            .env("MYELIN_REGISTRATION__ENABLED", "true")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let syn_addr = format!("127.0.0.1:{syn_client}").parse().unwrap();
+    let my_addr = format!("127.0.0.1:{my_client}").parse().unwrap();
+    wait_http(my_addr, "/health", "myelin").await;
+    wait_http(syn_addr, "/_matrix/client/versions", "synapse").await;
+
+    let scenarios = format!("{script_dir}/synapse_scenarios.py");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg(scenarios)
+            .arg(format!("http://127.0.0.1:{my_client}"))
+            .arg(format!("http://127.0.0.1:{syn_client}"))
+            .arg(format!("127.0.0.1:{my_fed}"))
+            .arg(format!("127.0.0.1:{syn_fed}"))
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    drop(myelin);
+    drop(synapse);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "scenario failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+}
