@@ -342,3 +342,83 @@ async fn history_written_before_a_remote_user_joined_is_backfilled_into_messages
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn media_uploaded_on_a_is_downloaded_byte_for_byte_by_a_user_on_b() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let auth = format!("Bearer {}", alice.token);
+    let up = myelin_suite::http_with(
+        alice.addr,
+        Method::POST,
+        "/_matrix/media/v3/upload?filename=photo.jpg",
+        Some(&bytes),
+        &[("authorization", &auth), ("content-type", "image/jpeg")],
+    )
+    .await;
+    assert_eq!(up.status, StatusCode::OK, "{}", String::from_utf8_lossy(&up.body));
+    let mxc = up.json()["content_uri"].as_str().unwrap().to_owned();
+    let path = mxc.strip_prefix("mxc://").unwrap().to_owned();
+    assert!(path.starts_with("a.test/"), "{mxc}");
+
+    let got = bob.request(Method::GET, &format!("/_matrix/client/v1/media/download/{path}"), None).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", String::from_utf8_lossy(&got.body));
+    assert_eq!(got.headers.get("content-type").unwrap(), "image/jpeg");
+    assert!(got.body == bytes, "B served {} bytes, A holds {}", got.body.len(), bytes.len());
+
+    // Served again from B's cache once A is gone.
+    a.stop().await;
+    let again = bob.request(Method::GET, &format!("/_matrix/client/v1/media/download/{path}"), None).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert!(again.body == bytes);
+
+    // Unknown media on a reachable-or-not server is a 404, not a hang or a 500.
+    let missing = bob.request(Method::GET, "/_matrix/client/v1/media/download/a.test/nosuchmedia", None).await;
+    assert!(missing.status == StatusCode::NOT_FOUND || missing.status == StatusCode::BAD_GATEWAY, "{}", missing.status);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_user_on_b_searches_the_public_directory_of_a() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice
+        .create_room(json!({ "visibility": "public", "preset": "public_chat", "name": "Incident Ops", "topic": "pager", "room_alias_name": "ops" }))
+        .await;
+    alice.create_room(json!({ "visibility": "public", "preset": "public_chat", "name": "Lunch" })).await;
+    alice.create_room(json!({ "preset": "private_chat", "name": "Secret Ops" })).await;
+
+    let all = bob.get("/_matrix/client/v3/publicRooms?server=a.test").await;
+    let names: Vec<&str> = all["chunk"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
+    assert_eq!(names.len(), 2, "{all}");
+    assert!(names.contains(&"Incident Ops") && names.contains(&"Lunch"), "{names:?}");
+
+    let found = bob
+        .post(
+            "/_matrix/client/v3/publicRooms?server=a.test",
+            json!({ "filter": { "generic_search_term": "ops" }, "limit": 10 }),
+        )
+        .await;
+    let chunk = found["chunk"].as_array().unwrap();
+    assert_eq!(chunk.len(), 1, "{found}");
+    assert_eq!(chunk[0]["room_id"], room.as_str());
+    assert_eq!(chunk[0]["canonical_alias"], "#ops:a.test");
+    assert_eq!(chunk[0]["topic"], "pager");
+
+    // Paging through the remote directory one room at a time reaches both.
+    let first = bob.post("/_matrix/client/v3/publicRooms?server=a.test", json!({ "limit": 1 })).await;
+    assert_eq!(first["chunk"].as_array().unwrap().len(), 1);
+    let next = first["next_batch"].as_str().expect("a next_batch for the second page");
+    let second = bob.post("/_matrix/client/v3/publicRooms?server=a.test", json!({ "limit": 1, "since": next })).await;
+    assert_eq!(second["chunk"].as_array().unwrap().len(), 1);
+    assert_ne!(first["chunk"][0]["room_id"], second["chunk"][0]["room_id"]);
+
+    // Bob can join what he found, by alias.
+    let joined = bob.post(&format!("/_matrix/client/v3/join/{}", enc("#ops:a.test")), json!({})).await;
+    assert_eq!(joined["room_id"], room.as_str());
+    a.stop().await;
+    b.stop().await;
+}

@@ -49,6 +49,17 @@ pub enum ClientError {
     Sign(#[from] myelin_engine::federation::FederationError),
 }
 
+/// A raw response from another server (media).
+#[derive(Debug)]
+pub struct RawResponse {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Response headers.
+    pub headers: http::HeaderMap,
+    /// The body.
+    pub body: Bytes,
+}
+
 /// A response from another server.
 #[derive(Debug)]
 pub struct Response {
@@ -205,6 +216,23 @@ impl FederationClient {
         body: Option<&JsonValue>,
         signed: bool,
     ) -> Result<Response, ClientError> {
+        let raw = self.request_raw(engine, server, method, path_and_query, body, signed, MAX_RESPONSE).await?;
+        let json = serde_json::from_slice(&raw.body).unwrap_or(JsonValue::Null);
+        Ok(Response { status: raw.status, json })
+    }
+
+    /// Like [`FederationClient::request`], returning the raw body (at most `limit` bytes).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn request_raw(
+        &self,
+        engine: &Engine,
+        server: &str,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&JsonValue>,
+        signed: bool,
+        limit: usize,
+    ) -> Result<RawResponse, ClientError> {
         if !Self::allowed(engine, server) {
             return Err(ClientError::NotAllowed(server.to_owned()));
         }
@@ -247,13 +275,13 @@ impl FederationClient {
             let req = req.body(Full::new(Bytes::from(bytes))).map_err(|e| transport(e.to_string()))?;
             let resp = sender.send_request(req).await.map_err(|e| transport(format!("HTTP: {e}")))?;
             let status = resp.status();
-            let collected = Limited::new(resp.into_body(), MAX_RESPONSE)
+            let headers = resp.headers().clone();
+            let body = Limited::new(resp.into_body(), limit)
                 .collect()
                 .await
                 .map_err(|e| transport(format!("reading the response: {e}")))?
                 .to_bytes();
-            let json = serde_json::from_slice(&collected).unwrap_or(JsonValue::Null);
-            Ok(Response { status, json })
+            Ok(RawResponse { status, headers, body })
         };
         tokio::time::timeout(TIMEOUT, fut).await.map_err(|_| transport("timed out".into()))?
     }

@@ -177,13 +177,98 @@ pub fn config(cx: Ctx, req: Req) -> HandlerFuture {
     })
 }
 
-fn local_media(cx: &Ctx, req: &Req) -> Result<MediaMeta, ApiError> {
+/// Fetches another server's media over federation
+/// (`/_matrix/federation/v1/media/download/{mediaId}`, `multipart/mixed`) into
+/// the local cache, refusing anything over `media.max_upload_bytes`.
+async fn fetch_remote(cx: &Ctx, server: &str, id: &str) -> Result<MediaMeta, ApiError> {
+    let limit = cx.engine.config.media.max_upload_bytes;
+    let path = format!("/_matrix/federation/v1/media/download/{}", crate::routes::client::enc_query(id));
+    let resp = cx
+        .federation
+        .request_raw(&cx.engine, server, http::Method::GET, &path, None, true, limit as usize + 64 * 1024)
+        .await
+        .map_err(|e| {
+            ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", format!("fetching media from {server}: {e}"))
+        })?;
+    if resp.status == StatusCode::NOT_FOUND {
+        return Err(ApiError::not_found("media not found"));
+    }
+    if !resp.status.is_success() {
+        return Err(ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", format!("{server} answered {}", resp.status)));
+    }
+    let content_type = resp.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let (part_type, bytes) = split_multipart(content_type, &resp.body)
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", "unreadable multipart media response"))?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(limit));
+    }
+    let path = cx.engine.media.temp_path()?;
+    tokio::fs::write(&path, &bytes).await.map_err(|e| ApiError::unknown(e.to_string()))?;
+    let hash: String =
+        ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let staged = Staged { path, hash, size: bytes.len() as u64 };
+    Ok(cx.engine.media.commit(server, id, staged, part_type, None, None).await?)
+}
+
+/// The second part of a `multipart/mixed` media response: its content type and bytes.
+fn split_multipart(content_type: &str, body: &[u8]) -> Option<(Option<String>, Vec<u8>)> {
+    let boundary = content_type.split(';').find_map(|p| p.trim().strip_prefix("boundary="))?.trim_matches('"');
+    let delimiter = format!("--{boundary}");
+    let find = |hay: &[u8], needle: &[u8], from: usize| {
+        hay.get(from..)?.windows(needle.len()).position(|w| w == needle).map(|i| i + from)
+    };
+    let first = find(body, delimiter.as_bytes(), 0)?;
+    let second = find(body, delimiter.as_bytes(), first + delimiter.len())?;
+    let part = &body[second + delimiter.len()..];
+    let head_end = find(part, b"\r\n\r\n", 0)?;
+    let head = String::from_utf8_lossy(&part[..head_end]);
+    let part_type = head.lines().find_map(|l| {
+        l.split_once(':')
+            .filter(|(k, _)| k.trim().eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| v.trim().to_owned())
+    });
+    let rest = &part[head_end + 4..];
+    let end = find(rest, format!("\r\n{delimiter}").as_bytes(), 0)?;
+    Some((part_type, rest[..end].to_vec()))
+}
+
+/// GET /_matrix/federation/v1/media/download/{mediaId}: our media for another server.
+pub fn federation_download(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        crate::federation::require_server(&cx, &req).await?;
+        let id = req.param("media_id")?;
+        let meta = match cx.engine.media.meta(cx.engine.server_name.as_str(), id)? {
+            Some(m) if !m.hash.is_empty() => m,
+            _ => return Err(ApiError::not_found("media not found")),
+        };
+        let bytes = tokio::fs::read(cx.engine.media.blob_path(&meta.hash))
+            .await
+            .map_err(|_| ApiError::not_found("media file missing"))?;
+        let boundary = format!("myelin{}", &meta.hash[..16.min(meta.hash.len())]);
+        let content_type = meta.content_type.clone().unwrap_or_else(|| "application/octet-stream".into());
+        let mut body = format!(
+            "--{boundary}\r\nContent-Type: application/json\r\n\r\n{{}}\r\n--{boundary}\r\nContent-Type: {content_type}\r\n\r\n"
+        )
+        .into_bytes();
+        body.extend_from_slice(&bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let mut resp = http::Response::new(crate::http_util::full(body));
+        if let Ok(v) = HeaderValue::from_str(&format!("multipart/mixed; boundary={boundary}")) {
+            resp.headers_mut().insert(header::CONTENT_TYPE, v);
+        }
+        Ok(resp)
+    })
+}
+
+async fn local_media(cx: &Ctx, req: &Req) -> Result<MediaMeta, ApiError> {
     let server = req.param("server_name")?;
     let id = req.param("media_id")?;
     if server != cx.engine.server_name.as_str() {
-        return Err(ApiError::not_found(format!(
-            "remote media from {server} needs federation, which is not available yet"
-        )));
+        // A cached copy, or fetch it now.
+        return match cx.engine.media.meta(server, id)? {
+            Some(meta) if !meta.hash.is_empty() => Ok(meta),
+            _ => fetch_remote(cx, server, id).await,
+        };
     }
     match cx.engine.media.meta(server, id)? {
         Some(meta) if !meta.hash.is_empty() => Ok(meta),
@@ -279,7 +364,7 @@ async fn file_response(
 }
 
 async fn download_inner(cx: &Ctx, req: &Req) -> Result<Resp, ApiError> {
-    let meta = local_media(cx, req)?;
+    let meta = local_media(cx, req).await?;
     let filename = req.param("file_name").ok().map(str::to_owned).or(meta.filename.clone());
     let range = req.parts.headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let content_type = meta.content_type.clone().unwrap_or_else(|| "application/octet-stream".into());
@@ -305,7 +390,7 @@ pub fn legacy_download(cx: Ctx, req: Req) -> HandlerFuture {
 }
 
 async fn thumbnail_inner(cx: &Ctx, req: &Req) -> Result<Resp, ApiError> {
-    let meta = local_media(cx, req)?;
+    let meta = local_media(cx, req).await?;
     let dim = |name: &str| -> Result<u32, ApiError> {
         query_param(req, name)
             .and_then(|v| v.parse::<u32>().ok())
@@ -381,4 +466,9 @@ pub fn add(r: &mut crate::router::Router) {
     r.add(M::GET, "/_matrix/client/v1/media/download/{server_name}/{media_id}", download);
     r.add(M::GET, "/_matrix/client/v1/media/download/{server_name}/{media_id}/{file_name}", download);
     r.add(M::GET, "/_matrix/client/v1/media/thumbnail/{server_name}/{media_id}", thumbnail);
+}
+
+/// Adds the media routes of the federation listener.
+pub fn add_federation(r: &mut crate::router::Router) {
+    r.add(http::Method::GET, "/_matrix/federation/v1/media/download/{media_id}", federation_download);
 }

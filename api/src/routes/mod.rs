@@ -29,6 +29,7 @@ pub fn client_router() -> Router {
 /// Routes of the federation listener (TLS).
 pub fn federation_router() -> Router {
     let mut r = Router::new();
+    media::add_federation(&mut r);
     r.add(Method::GET, "/_matrix/federation/v1/version", discovery::federation_version)
         .add(Method::GET, "/.well-known/matrix/server", discovery::well_known_server)
         .add(Method::GET, "/_matrix/key/v2/server", keys::server_keys)
@@ -36,6 +37,7 @@ pub fn federation_router() -> Router {
         .add(Method::POST, "/_matrix/key/v2/query", keys::query_keys)
         .add(Method::GET, "/_matrix/key/v2/query/{server_name}", keys::query_server_keys)
         .add(Method::GET, "/_matrix/federation/v1/query/profile", fed::query_profile)
+        .add(Method::GET, "/_matrix/federation/v1/query/directory", fed::query_directory)
         .add(Method::GET, "/_matrix/federation/v1/make_join/{room_id}/{user_id}", crate::federation::rooms::make_join)
         .add_limited(
             Method::PUT,
@@ -56,6 +58,8 @@ pub fn federation_router() -> Router {
             crate::federation::rooms::receive_invite,
         )
         .add(Method::GET, "/_matrix/federation/v1/backfill/{room_id}", crate::federation::rooms::backfill)
+        .add(Method::GET, "/_matrix/federation/v1/publicRooms", client::public_rooms::federation_public_rooms)
+        .add(Method::POST, "/_matrix/federation/v1/publicRooms", client::public_rooms::federation_public_rooms)
         .add(
             Method::POST,
             "/_matrix/federation/v1/get_missing_events/{room_id}",

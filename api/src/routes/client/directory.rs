@@ -2,7 +2,7 @@
 //! (Client-Server API §"Room aliases").
 
 use http::StatusCode;
-use ruma::{OwnedRoomAliasId, RoomAliasId, RoomId};
+use ruma::{OwnedRoomAliasId, OwnedRoomId, RoomAliasId, RoomId};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -22,16 +22,49 @@ pub(super) fn local_alias(cx: &Ctx, raw: &str) -> Result<OwnedRoomAliasId, ApiEr
     Ok(alias)
 }
 
-/// GET /directory/room/{roomAlias}
-pub fn resolve(cx: Ctx, req: Req) -> HandlerFuture {
-    Box::pin(async move {
-        let alias = local_alias(&cx, req.param("alias")?)?;
+/// Resolves any alias to its room and the servers that can join it: local
+/// aliases from the directory, others by asking the alias's server
+/// (Server-Server API §"Query Types", `query/directory`).
+pub(super) async fn resolve_alias(cx: &Ctx, raw: &str) -> Result<(OwnedRoomId, Vec<String>), ApiError> {
+    let alias = RoomAliasId::parse(raw).map_err(|e| ApiError::invalid_param(format!("room alias: {e}")))?;
+    if alias.server_name() == cx.engine.server_name {
         let entry = cx
             .engine
             .directory
             .resolve(alias.as_str())?
             .ok_or_else(|| ApiError::not_found(format!("{alias} is not an alias")))?;
-        Ok(ok_json(&json!({ "room_id": entry.room_id, "servers": [cx.engine.server_name] })))
+        let room = RoomId::parse(&entry.room_id).map_err(|e| ApiError::unknown(e.to_string()))?;
+        return Ok((room, vec![cx.engine.server_name.to_string()]));
+    }
+    let server = alias.server_name().as_str();
+    let path = format!("/_matrix/federation/v1/query/directory?room_alias={}", super::enc_query(alias.as_str()));
+    let resp = cx
+        .federation
+        .request(&cx.engine, server, http::Method::GET, &path, None, true)
+        .await
+        .map_err(|e| ApiError::not_found(format!("{alias} could not be resolved: {e}")))?;
+    if !resp.status.is_success() {
+        return Err(ApiError::not_found(format!("{server} does not know {alias}")));
+    }
+    let room = resp.json["room_id"]
+        .as_str()
+        .and_then(|r| RoomId::parse(r).ok())
+        .ok_or_else(|| ApiError::not_found(format!("{server} answered for {alias} without a valid room_id")))?;
+    let mut servers: Vec<String> = resp.json["servers"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).take(20).collect())
+        .unwrap_or_default();
+    if !servers.iter().any(|s| s == server) {
+        servers.push(server.to_owned());
+    }
+    Ok((room, servers))
+}
+
+/// GET /directory/room/{roomAlias}
+pub fn resolve(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let (room, servers) = resolve_alias(&cx, req.param("alias")?).await?;
+        Ok(ok_json(&json!({ "room_id": room, "servers": servers })))
     })
 }
 

@@ -5,7 +5,7 @@ mod directory;
 mod ephemeral;
 mod power;
 mod profile;
-mod public_rooms;
+pub(crate) mod public_rooms;
 mod push;
 mod relations;
 mod rooms;

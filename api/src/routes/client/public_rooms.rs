@@ -7,8 +7,8 @@
 //! `since`/`next_batch` pagination and `include_all_networks`). Entries carry
 //! name, topic, avatar, canonical alias, joined member count,
 //! `world_readable`, `guest_can_join`, `join_rule` and `room_type`, largest
-//! rooms first. Other servers' directories are queried over federation (the
-//! federation issue): asking for `server` other than ours is refused.
+//! rooms first. `server=` another server asks that server's directory over
+//! federation; this server answers `/_matrix/federation/v1/publicRooms`.
 
 use ruma::RoomId;
 use serde_json::{Value as JsonValue, json};
@@ -91,7 +91,12 @@ fn entry(cx: &Ctx, room: &RoomId) -> Result<JsonValue, ApiError> {
     Ok(e)
 }
 
-fn list(cx: &Ctx, limit: Option<usize>, since: Option<String>, term: Option<String>) -> Result<JsonValue, ApiError> {
+pub(crate) fn list(
+    cx: &Ctx,
+    limit: Option<usize>,
+    since: Option<String>,
+    term: Option<String>,
+) -> Result<JsonValue, ApiError> {
     let term = term.map(|t| t.to_lowercase());
     let mut entries = Vec::new();
     for room in cx.engine.directory.public_rooms()? {
@@ -134,20 +139,35 @@ fn list(cx: &Ctx, limit: Option<usize>, since: Option<String>, term: Option<Stri
     Ok(body)
 }
 
-fn check_server(cx: &Ctx, server: Option<String>) -> Result<(), ApiError> {
-    match server {
-        Some(s) if s != cx.engine.server_name.as_str() => {
-            Err(ApiError::forbidden(format!("listing {s}'s rooms needs federation, which is not available yet")))
-        }
-        _ => Ok(()),
+/// Another server's directory, asked over federation (`/_matrix/federation/v1/publicRooms`).
+async fn remote(cx: &Ctx, server: &str, body: JsonValue) -> Result<crate::http_util::Resp, ApiError> {
+    let resp = cx
+        .federation
+        .request(&cx.engine, server, http::Method::POST, "/_matrix/federation/v1/publicRooms", Some(&body), true)
+        .await
+        .map_err(|e| ApiError::new(http::StatusCode::BAD_GATEWAY, "M_UNKNOWN", format!("{server}'s directory: {e}")))?;
+    if !resp.status.is_success() {
+        return Err(ApiError::new(
+            http::StatusCode::BAD_GATEWAY,
+            "M_UNKNOWN",
+            format!("{server} answered {}", resp.status),
+        ));
     }
+    Ok(ok_json(&resp.json))
+}
+
+fn other_server(cx: &Ctx, req: &Req) -> Option<String> {
+    query_param(req, "server").filter(|s| s != cx.engine.server_name.as_str())
 }
 
 /// GET /publicRooms
 pub fn get_public_rooms(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
-        check_server(&cx, query_param(&req, "server"))?;
-        let limit = query_param(&req, "limit").and_then(|l| l.parse().ok());
+        let limit = query_param(&req, "limit").and_then(|l| l.parse::<usize>().ok());
+        if let Some(server) = other_server(&cx, &req) {
+            require_user(&cx, &req)?;
+            return remote(&cx, &server, json!({ "limit": limit, "since": query_param(&req, "since") })).await;
+        }
         Ok(ok_json(&list(&cx, limit, query_param(&req, "since"), None)?))
     })
 }
@@ -156,10 +176,27 @@ pub fn get_public_rooms(cx: Ctx, req: Req) -> HandlerFuture {
 pub fn post_public_rooms(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         require_user(&cx, &req)?;
-        check_server(&cx, query_param(&req, "server"))?;
         let body: JsonValue = if req.body.is_empty() { json!({}) } else { parse_json(&req.body)? };
+        if let Some(server) = other_server(&cx, &req) {
+            return remote(&cx, &server, body).await;
+        }
         let limit = body["limit"].as_u64().map(|l| l as usize);
         let since = body["since"].as_str().map(str::to_owned);
+        let term = body["filter"]["generic_search_term"].as_str().map(str::to_owned);
+        Ok(ok_json(&list(&cx, limit, since, term)?))
+    })
+}
+
+/// GET and POST /_matrix/federation/v1/publicRooms (another server asking our directory)
+pub fn federation_public_rooms(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        crate::federation::require_server(&cx, &req).await?;
+        let body: JsonValue = if req.body.is_empty() { json!({}) } else { parse_json(&req.body)? };
+        let limit = body["limit"]
+            .as_u64()
+            .map(|l| l as usize)
+            .or_else(|| query_param(&req, "limit").and_then(|l| l.parse().ok()));
+        let since = body["since"].as_str().map(str::to_owned).or_else(|| query_param(&req, "since"));
         let term = body["filter"]["generic_search_term"].as_str().map(str::to_owned);
         Ok(ok_json(&list(&cx, limit, since, term)?))
     })

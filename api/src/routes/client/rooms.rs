@@ -222,16 +222,10 @@ pub fn join(cx: Ctx, req: Req) -> HandlerFuture {
         let me = require_user(&cx, &req)?;
         cx.limiter.check(&me.user_id)?;
         let target = req.param("room_id")?;
-        let room = if target.starts_with('#') {
-            let alias = super::directory::local_alias(&cx, target)?;
-            let entry = cx
-                .engine
-                .directory
-                .resolve(alias.as_str())?
-                .ok_or_else(|| ApiError::not_found(format!("{alias} is not an alias")))?;
-            RoomId::parse(&entry.room_id).map_err(|e| ApiError::unknown(e.to_string()))?
+        let (room, alias_servers) = if target.starts_with('#') {
+            super::directory::resolve_alias(&cx, target).await?
         } else {
-            RoomId::parse(target).map_err(|e| ApiError::invalid_param(format!("room id: {e}")))?
+            (RoomId::parse(target).map_err(|e| ApiError::invalid_param(format!("room id: {e}")))?, Vec::new())
         };
         let known = cx.engine.rooms.short_room(&room)?.is_some() && cx.engine.rooms.room_version(&room).is_ok();
         if !known {
@@ -245,6 +239,7 @@ pub fn join(cx: Ctx, req: Req) -> HandlerFuture {
                 .filter_map(|p| p.strip_prefix("server_name=").or_else(|| p.strip_prefix("via=")))
                 .filter_map(crate::http_util::percent_decode)
                 .collect();
+            servers.extend(alias_servers);
             if let Some((_, server)) = room.as_str().split_once(':') {
                 servers.push(server.to_owned());
             }
