@@ -422,3 +422,45 @@ async fn a_user_on_b_searches_the_public_directory_of_a() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn messages_sent_while_a_server_is_down_all_arrive_once_after_it_returns() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let mut bob = b.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.post(&format!("/_matrix/client/v3/join/{}?server_name=a.test", enc(&room)), json!({})).await;
+    alice.send_text(&room, "before the outage").await;
+    wait_for_text(&bob, &room, "before the outage").await;
+
+    // B goes down; A keeps talking, and its sender fails and backs off.
+    let b_fed = b.federation;
+    let mut b = b;
+    b.halt().await;
+    for i in 0..25 {
+        alice.send_text(&room, &format!("during outage {i}")).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+
+    // B comes back on the same data and address; bob pokes A (any signed request
+    // counts as a sign of life), and everything A queued arrives.
+    let b = b.restart().await;
+    assert_eq!(b.federation, b_fed);
+    bob.addr = b.client;
+    let prof = bob.request(Method::GET, "/_matrix/client/v3/profile/%40alice%3Aa.test", None).await;
+    assert_eq!(prof.status, StatusCode::OK);
+    wait_for_text(&bob, &room, "during outage 24").await;
+    let page = bob.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100", enc(&room))).await;
+    let got: Vec<String> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .filter(|b| b.starts_with("during outage"))
+        .map(str::to_owned)
+        .collect();
+    let want: Vec<String> = (0..25).rev().map(|i| format!("during outage {i}")).collect();
+    assert_eq!(got, want, "every message exactly once, in order");
+    a.stop().await;
+    b.stop().await;
+}

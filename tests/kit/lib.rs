@@ -192,6 +192,7 @@ pub struct TestServer {
     pub client: SocketAddr,
     pub federation: Option<SocketAddr>,
     running: Option<myelin_api::Running>,
+    config: Config,
     _dir: tempfile::TempDir,
 }
 
@@ -215,6 +216,7 @@ impl TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path(), server_name);
         tweak(&mut config);
+        let kept = config.clone();
         let engine = tokio::task::spawn_blocking(move || Engine::open(config)).await.unwrap().unwrap();
         let running = myelin_api::start(engine.clone()).await.unwrap();
         Self {
@@ -222,6 +224,52 @@ impl TestServer {
             client: running.client_addr,
             federation: running.federation_addr,
             running: Some(running),
+            config: kept,
+            _dir: dir,
+        }
+    }
+
+    /// Stops serving, keeping the data for [`TestServer::restart`].
+    pub async fn halt(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown(Duration::from_secs(2)).await;
+        }
+    }
+
+    /// Stops the server and starts it again on the same data, at the same
+    /// federation address (clients get a new port: read `client` again).
+    pub async fn restart(mut self) -> Self {
+        if let Some(r) = self.running.take() {
+            r.shutdown(Duration::from_secs(2)).await;
+        }
+        let mut config = self.config.clone();
+        if let Some(f) = self.federation {
+            config.federation.listen = f;
+        }
+        let dir = self._dir;
+        let mut engine = self.engine;
+        // The database lock is released when the last handle to the engine goes.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let engine = loop {
+            match Arc::try_unwrap(engine) {
+                Ok(e) => {
+                    drop(e);
+                    break tokio::task::spawn_blocking(move || Engine::open(config)).await.unwrap().unwrap();
+                }
+                Err(still) => {
+                    assert!(std::time::Instant::now() < deadline, "the old engine is still held after shutdown");
+                    engine = still;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let running = myelin_api::start(engine.clone()).await.unwrap();
+        Self {
+            engine,
+            client: running.client_addr,
+            federation: running.federation_addr,
+            running: Some(running),
+            config: self.config,
             _dir: dir,
         }
     }

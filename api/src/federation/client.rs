@@ -76,6 +76,9 @@ pub struct FederationClient {
     edus: parking_lot::Mutex<std::collections::HashMap<String, Vec<JsonValue>>>,
     /// Wakes the sender when EDUs are queued.
     pub edu_ready: tokio::sync::Notify,
+    /// Per destination: fires when it shows life (an authenticated inbound request),
+    /// cutting a sender's backoff short.
+    alive: parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
 }
 
 #[derive(Debug)]
@@ -146,6 +149,7 @@ impl FederationClient {
             tls: Arc::new(tls),
             edus: parking_lot::Mutex::new(Default::default()),
             edu_ready: tokio::sync::Notify::new(),
+            alive: parking_lot::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -166,6 +170,18 @@ impl FederationClient {
         let mut addrs = tokio::net::lookup_host(target).await.map_err(|_| ClientError::Resolve(server.to_owned()))?;
         let addr = addrs.next().ok_or_else(|| ClientError::Resolve(server.to_owned()))?;
         Ok((addr, host))
+    }
+
+    /// The signal that `server` is reachable again (see [`FederationClient::mark_alive`]).
+    pub fn alive_signal(&self, server: &str) -> Arc<tokio::sync::Notify> {
+        self.alive.lock().entry(server.to_owned()).or_default().clone()
+    }
+
+    /// Records that `server` just reached us: a sender backing off from it retries now.
+    pub fn mark_alive(&self, server: &str) {
+        if let Some(n) = self.alive.lock().get(server) {
+            n.notify_one();
+        }
     }
 
     /// Queues an EDU for `server`'s next transaction (at most 1,000 waiting per destination).

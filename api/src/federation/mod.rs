@@ -49,5 +49,6 @@ pub async fn require_server(cx: &Ctx, req: &Req) -> Result<String, ApiError> {
     };
     xmatrix::verify(&x, &key, ours, req.parts.method.as_str(), uri, content.as_ref())
         .map_err(|e| unauthorized(e.to_string()))?;
+    cx.federation.mark_alive(&x.origin);
     Ok(x.origin)
 }

@@ -6,8 +6,10 @@
 //! per-run nonce (a retry of the same rows reuses the id, so the receiver can
 //! deduplicate; ids never repeat across runs),
 //! and deletes the rows only after a 200. On failure it waits with
-//! exponential backoff and jitter (1 s doubling to 10 min) and tries again;
-//! an inbound request from the destination does not yet shorten the wait.
+//! exponential backoff and jitter (1 s doubling to 2 min: links here are
+//! often LAN or site-to-site, where a quick return matters more than sparing
+//! a peer a retry a minute) and tries again; an authenticated inbound request
+//! from the destination ends the wait at once.
 //!
 //! Guarantees: a row is removed only after the destination answered 200; the
 //! queue survives restarts (it is in RocksDB), so a destination that was down
@@ -79,6 +81,7 @@ fn jitter(base: Duration) -> Duration {
 /// Delivers everything queued for one destination, then returns.
 async fn deliver(cx: Ctx, name: String) {
     let mut backoff = Duration::from_secs(1);
+    let alive = cx.federation.alive_signal(&name);
     loop {
         let dest = cx.engine.rooms.server_short(&name).ok().flatten();
         let batch = match dest.map(|d| cx.engine.rooms.outbound_pdus(d, 50)).transpose() {
@@ -139,8 +142,15 @@ async fn deliver(cx: Ctx, name: String) {
                 if let Some(edus) = body["edus"].as_array() {
                     cx.federation.requeue_edus(&name, edus.clone());
                 }
-                tokio::time::sleep(jitter(backoff)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(600));
+                tokio::select! {
+                    _ = tokio::time::sleep(jitter(backoff)) => {
+                        backoff = (backoff * 2).min(Duration::from_secs(120));
+                    }
+                    _ = alive.notified() => {
+                        tracing::info!("destination reached us; retrying now");
+                        backoff = Duration::from_secs(1);
+                    }
+                }
             }
         }
     }
