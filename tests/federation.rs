@@ -464,3 +464,67 @@ async fn messages_sent_while_a_server_is_down_all_arrive_once_after_it_returns()
     a.stop().await;
     b.stop().await;
 }
+
+async fn wait_until_not_joined(c: &myelin_suite::Client, room: &str, user: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let members = c.get(&format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room))).await;
+        if members["joined"].get(user).is_none() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{} still lists {user}: {members}", c.user_id);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn deactivating_a_user_and_shutting_a_room_down_reach_the_other_server() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let carol = b.register("carol").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    for u in [&bob, &carol] {
+        u.post(&format!("/_matrix/client/v3/join/{}?server_name=a.test", enc(&room)), json!({})).await;
+    }
+    alice.send_text(&room, "everyone here").await;
+    wait_for_text(&carol, &room, "everyone here").await;
+
+    // The operator of B deactivates carol through the admin socket.
+    let data_dir = b.engine.config.data_dir.clone();
+    let answer = myelin_api::admin::request(&data_dir, &json!({ "op": "user_deactivate", "name": "carol" }))
+        .await
+        .unwrap()
+        .expect("the admin socket answers");
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert_eq!(answer["rooms_left"], 1, "{answer}");
+    wait_until_not_joined(&alice, &room, "@carol:b.test").await;
+    let who = carol.request(Method::GET, "/_matrix/client/v3/account/whoami", None).await;
+    assert_eq!(who.status, StatusCode::UNAUTHORIZED, "a deactivated user's token is dead");
+
+    // Then shuts the room down on B: bob leaves, visibly on A, and cannot come back.
+    let answer = myelin_api::admin::request(&data_dir, &json!({ "op": "room_shutdown", "room_id": room }))
+        .await
+        .unwrap()
+        .expect("the admin socket answers");
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert_eq!(answer["users_removed"], 1, "{answer}");
+    wait_until_not_joined(&alice, &room, "@bob:b.test").await;
+    let rejoin = bob
+        .request(Method::POST, &format!("/_matrix/client/v3/join/{}?server_name=a.test", enc(&room)), Some(json!({})))
+        .await;
+    assert_eq!(rejoin.status, StatusCode::FORBIDDEN, "{}", String::from_utf8_lossy(&rejoin.body));
+    assert_eq!(rejoin.errcode(), "M_FORBIDDEN");
+    let invite = alice
+        .request(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            Some(json!({ "user_id": "@bob:b.test" })),
+        )
+        .await;
+    assert!(!invite.status.is_success(), "B refuses invites into a room it shut down");
+    // The room itself lives on at A.
+    alice.send_text(&room, "still here").await;
+    a.stop().await;
+    b.stop().await;
+}

@@ -13,6 +13,8 @@
 //! `{"op":"user_list"}` → see [`user_op`];
 //! `{"op":"media_delete","mxc":"mxc://server/id"}`,
 //! `{"op":"media_purge_remote","older_than_ms":N}` → `{"ok":true,"purged":N}`;
+//! `{"op":"user_deactivate","name":".."}` → `{"ok":true,"user_id":"..","rooms_left":N}`;
+//! `{"op":"room_shutdown","room_id":"!.."}` → `{"ok":true,"users_removed":N}`;
 //! failures → `{"ok":false,"error":"..."}`.
 
 use std::{
@@ -125,6 +127,16 @@ async fn execute(engine: &Arc<Engine>, req: &Value) -> Value {
                 Err(e) => json!({ "ok": false, "error": e.to_string() }),
             }
         }
+        Some("room_shutdown") => {
+            let Some(room) = req.get("room_id").and_then(Value::as_str).and_then(|r| ruma::RoomId::parse(r).ok())
+            else {
+                return json!({ "ok": false, "error": "`room_id` must be a room id" });
+            };
+            match shutdown_room(engine, &room).await {
+                Ok(n) => json!({ "ok": true, "users_removed": n }),
+                Err(e) => json!({ "ok": false, "error": e }),
+            }
+        }
         Some(op) if op.starts_with("user_") => match user_op(engine, op, req).await {
             Ok(v) => v,
             Err(e) => json!({ "ok": false, "error": e }),
@@ -150,6 +162,15 @@ pub async fn user_op(engine: &Engine, op: &str, req: &Value) -> Result<Value, St
             users.set_password(&user_id, password()?, Some("")).await.map_err(|e| e.to_string())?;
             Ok(json!({ "ok": true, "user_id": user_id }))
         }
+        "user_deactivate" => {
+            let user_id = users.user_id_for(name()?).map_err(|e| e.to_string())?;
+            let user = ruma::UserId::parse(user_id.as_str()).map_err(|e| e.to_string())?;
+            if users.account(&user).map_err(|e| e.to_string())?.is_none() {
+                return Err(format!("no user {user}"));
+            }
+            let left = deactivate_user(engine, &user).await?;
+            Ok(json!({ "ok": true, "user_id": user, "rooms_left": left }))
+        }
         "user_list" => {
             let list: Vec<Value> = users
                 .list()
@@ -161,6 +182,68 @@ pub async fn user_op(engine: &Engine, op: &str, req: &Value) -> Result<Value, St
         }
         other => Err(format!("unknown op {other}")),
     }
+}
+
+/// Makes a local user leave (or decline) every room, then deactivates the
+/// account. The leaves are ordinary events, so they reach every other server
+/// in those rooms through the federation queue. Returns how many rooms were left.
+pub async fn deactivate_user(engine: &Engine, user: &ruma::UserId) -> Result<usize, String> {
+    let left = leave_rooms(engine, user, None).await?;
+    engine.users.deactivate(user).await.map_err(|e| e.to_string())?;
+    tracing::info!(user_id = %user, rooms_left = left, "user deactivated");
+    Ok(left)
+}
+
+/// Shuts a room down here: marks it so no local user can join or be invited
+/// (and remote servers cannot join through us), takes it out of the public
+/// directory, removes its local aliases, and makes every local member leave;
+/// those leaves federate. Returns how many local users were removed.
+pub async fn shutdown_room(engine: &Engine, room: &ruma::RoomId) -> Result<usize, String> {
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    engine.rooms.mark_shutdown(room, now).await.map_err(|e| e.to_string())?;
+    engine.directory.set_public(room.as_str(), false).await.map_err(|e| e.to_string())?;
+    for alias in engine.directory.aliases_of(room.as_str()).map_err(|e| e.to_string())? {
+        engine.directory.remove(&alias).await.map_err(|e| e.to_string())?;
+    }
+    let mut removed = 0;
+    let members: Vec<ruma::OwnedUserId> = match engine.rooms.current_state(room) {
+        Ok(state) => state
+            .iter()
+            .filter(|p| p.kind == ruma::events::TimelineEventType::RoomMember)
+            .filter(|p| matches!(p.content_value()["membership"].as_str(), Some("join" | "invite" | "knock")))
+            .filter_map(|p| p.state_key.as_deref().and_then(|k| ruma::UserId::parse(k).ok()))
+            .filter(|u| u.server_name() == engine.server_name)
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    for user in members {
+        if leave_rooms(engine, &user, Some(room)).await? > 0 {
+            removed += 1;
+        }
+    }
+    tracing::info!(room_id = %room, users_removed = removed, "room shut down");
+    Ok(removed)
+}
+
+/// Sends `user`'s leave to `only` or to every room they are in, invited to or knocking on.
+async fn leave_rooms(engine: &Engine, user: &ruma::UserId, only: Option<&ruma::RoomId>) -> Result<usize, String> {
+    let mut left = 0;
+    for (room, m) in engine.rooms.rooms_of(user.as_str()).map_err(|e| e.to_string())? {
+        if only.is_some_and(|o| o != room.as_str()) || !matches!(m.membership.as_str(), "join" | "invite" | "knock") {
+            continue;
+        }
+        let leave = myelin_engine::rooms::NewEvent::state(
+            ruma::events::TimelineEventType::RoomMember,
+            user.as_str(),
+            json!({ "membership": "leave" }),
+        );
+        match engine.rooms.send(user, &room, leave).await {
+            Ok(_) => left += 1,
+            Err(e) => tracing::warn!(room_id = %room, user_id = %user, error = %e, "could not leave a room"),
+        }
+    }
+    Ok(left)
 }
 
 /// Sends one request to a running server's admin socket.

@@ -150,6 +150,9 @@ pub static SERVERNAME_SERVERKEYS: Cf = point("servername_serverkeys", 0);
 /// `(local user id, room id)` → stripped state of a room we were invited to over federation.
 pub static USERROOM_INVITESTATE: Cf = point("userroom_invitestate", 0);
 
+/// Room id → milliseconds since the epoch when an operator shut the room down here.
+pub static ROOMID_SHUTDOWN: Cf = point("roomid_shutdown", 0);
+
 /// Every family, in creation order. The default family is unused.
 pub static ALL: &[&Cf] = &[
     &GLOBAL,
@@ -193,6 +196,7 @@ pub static ALL: &[&Cf] = &[
     &HASH_REFCOUNT,
     &SERVERNAME_SERVERKEYS,
     &USERROOM_INVITESTATE,
+    &ROOMID_SHUTDOWN,
 ];
 
 #[cfg(test)]

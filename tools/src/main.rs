@@ -63,6 +63,21 @@ enum AdminCommand {
         #[command(subcommand)]
         what: MediaCommand,
     },
+    /// Manage rooms.
+    Room {
+        #[command(subcommand)]
+        what: RoomCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RoomCommand {
+    /// Remove every local user from a room (the leaves reach the other servers),
+    /// unlist it, drop its local aliases and refuse joins and invites from now on.
+    Shutdown {
+        /// The room id (`!…`).
+        room_id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -103,6 +118,11 @@ enum UserCommand {
     },
     /// List every local user.
     List,
+    /// Leave every room (the leaves reach the other servers) and deactivate the account.
+    Deactivate {
+        /// Localpart or full user id.
+        name: String,
+    },
 }
 
 /// A failure with its exit code.
@@ -140,6 +160,7 @@ fn main() -> ExitCode {
         Command::Restore { backup, config } => restore_cmd(backup, config),
         Command::Admin { what: AdminCommand::User { what }, config } => user_cmd(what, config),
         Command::Admin { what: AdminCommand::Media { what }, config } => media_cmd(what, config),
+        Command::Admin { what: AdminCommand::Room { what }, config } => room_cmd(what, config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -304,6 +325,7 @@ fn user_cmd(what: UserCommand, config_path: Option<PathBuf>) -> Result<(), Failu
             serde_json::json!({ "op": "user_reset_password", "name": name, "password": password })
         }
         UserCommand::List => serde_json::json!({ "op": "user_list" }),
+        UserCommand::Deactivate { name } => serde_json::json!({ "op": "user_deactivate", "name": name }),
     };
     let rt = runtime()?;
     let answer = rt.block_on(async {
@@ -334,12 +356,41 @@ fn user_cmd(what: UserCommand, config_path: Option<PathBuf>) -> Result<(), Failu
             };
             println!("{}{flags}", u["user_id"].as_str().unwrap_or_default());
         }
+    } else if let Some(left) = answer.get("rooms_left").and_then(|n| n.as_u64()) {
+        println!("{} deactivated; left {left} rooms", answer["user_id"].as_str().unwrap_or_default());
     } else if let Some(user) = answer.get("user_id").and_then(|u| u.as_str()) {
         match shown_password {
             Some(p) => println!("{user} password: {p}"),
             None => println!("{user}"),
         }
     }
+    Ok(())
+}
+
+fn room_cmd(what: RoomCommand, config_path: Option<PathBuf>) -> Result<(), Failure> {
+    let config = load_config(config_path)?;
+    let RoomCommand::Shutdown { room_id } = what;
+    let request = serde_json::json!({ "op": "room_shutdown", "room_id": room_id });
+    let rt = runtime()?;
+    let answer = rt.block_on(async {
+        match myelin_api::admin::request(&config.data_dir, &request).await.map_err(Failure::runtime)? {
+            Some(answer) => Ok::<_, Failure>(answer),
+            None => {
+                // Offline: the leaves wait in the federation queue until the next start.
+                let engine = tokio::task::spawn_blocking(move || Engine::open(config))
+                    .await
+                    .map_err(|e| Failure::runtime(e.to_string()))??;
+                let answer = myelin_api::admin::execute_offline(&engine, &request).await;
+                engine.shutdown();
+                Ok(answer)
+            }
+        }
+    })?;
+    if answer.get("ok").and_then(|v| v.as_bool()) != Some(true) {
+        let error = answer.get("error").and_then(|v| v.as_str()).unwrap_or("unknown error");
+        return Err(Failure::usage(error.to_owned()));
+    }
+    println!("{room_id} shut down; {} local users removed", answer["users_removed"].as_u64().unwrap_or(0));
     Ok(())
 }
 

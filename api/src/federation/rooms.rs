@@ -66,6 +66,9 @@ pub fn make_join(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let origin = require_server(&cx, &req).await?;
         let room = room_param(&req)?;
+        if cx.engine.rooms.is_shutdown(&room)? {
+            return Err(ApiError::forbidden(format!("{room} has been shut down on this server")));
+        }
         let user = UserId::parse(req.param("user_id")?).map_err(|e| ApiError::invalid_param(e.to_string()))?;
         if user.server_name().as_str() != origin {
             return Err(ApiError::forbidden("a server can only join its own users"));
@@ -104,6 +107,9 @@ pub fn send_join(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let origin = require_server(&cx, &req).await?;
         let room = room_param(&req)?;
+        if cx.engine.rooms.is_shutdown(&room)? {
+            return Err(ApiError::forbidden(format!("{room} has been shut down on this server")));
+        }
         let version = cx
             .engine
             .rooms
@@ -448,6 +454,9 @@ pub fn receive_invite(cx: Ctx, req: Req) -> HandlerFuture {
             || pdu.event_id.as_str() != req.param("event_id")?
         {
             return Err(ApiError::bad_json("not an invite from the origin for one of our users"));
+        }
+        if cx.engine.rooms.is_shutdown(&pdu.room_id)? {
+            return Err(ApiError::forbidden(format!("{} has been shut down on this server", pdu.room_id)));
         }
         if !cx.engine.users.exists(&target)? {
             return Err(ApiError::not_found(format!("{target} does not exist")));

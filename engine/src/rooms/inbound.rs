@@ -282,6 +282,19 @@ impl Rooms {
         }
     }
 
+    /// Marks the room shut down here: nobody local may join or be invited again.
+    pub async fn mark_shutdown(&self, room_id: &RoomId, at_ms: u64) -> Result<(), RoomError> {
+        let mut batch = Batch::new();
+        SHUTDOWN.put(&mut batch, &room_id.to_string(), &at_ms)?;
+        self.db.commit(batch).await?;
+        Ok(())
+    }
+
+    /// Whether an operator shut the room down here.
+    pub fn is_shutdown(&self, room_id: &RoomId) -> Result<bool, RoomError> {
+        Ok(SHUTDOWN.contains(&*self.db, &room_id.to_string())?)
+    }
+
     /// Whether this server holds the room itself (not only an invite to it).
     pub fn is_local_room(&self, room_id: &RoomId) -> bool {
         matches!(self.short_room(room_id), Ok(Some(short)) if ROOMS.get(&*self.db, &short).ok().flatten().is_some())

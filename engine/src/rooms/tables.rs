@@ -80,3 +80,5 @@ pub const MEMBERSHIPS: Table<(String, u64), Membership> = Table::new(&catalog::U
 
 /// `(local user id, room id)` → stripped state JSON of a federated invite.
 pub const INVITE_STATE: Table<(String, String), Raw> = Table::new(&catalog::USERROOM_INVITESTATE);
+/// Rooms shut down by the operator: room id → when (ms).
+pub const SHUTDOWN: Table<String, u64> = Table::new(&catalog::ROOMID_SHUTDOWN);

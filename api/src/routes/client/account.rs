@@ -282,20 +282,7 @@ pub fn deactivate(cx: Ctx, req: Req) -> HandlerFuture {
         if let Some(challenge) = password_uia(&cx, &me.user_id, body.auth).await? {
             return Ok(challenge);
         }
-        // A deactivated user leaves every room, so others see them go.
-        for (room, m) in cx.engine.rooms.rooms_of(me.user_id.as_str())? {
-            if matches!(m.membership.as_str(), "join" | "invite" | "knock") {
-                let leave = myelin_engine::rooms::NewEvent::state(
-                    ruma::events::TimelineEventType::RoomMember,
-                    me.user_id.as_str(),
-                    json!({ "membership": "leave" }),
-                );
-                if let Err(e) = cx.engine.rooms.send(&me.user_id, &room, leave).await {
-                    tracing::warn!(room_id = %room, error = %e, "deactivation could not leave a room");
-                }
-            }
-        }
-        cx.engine.users.deactivate(&me.user_id).await?;
+        crate::admin::deactivate_user(&cx.engine, &me.user_id).await.map_err(ApiError::unknown)?;
         Ok(ok_json(&json!({ "id_server_unbind_result": "no-support" })))
     })
 }

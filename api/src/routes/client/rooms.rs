@@ -193,6 +193,9 @@ async fn set_membership(
     membership: &str,
     reason: Option<String>,
 ) -> Result<String, ApiError> {
+    if matches!(membership, "join" | "invite" | "knock") && cx.engine.rooms.is_shutdown(room)? {
+        return Err(ApiError::forbidden(format!("{room} has been shut down on this server")));
+    }
     let mut content = json!({ "membership": membership });
     if let Some(r) = reason {
         content["reason"] = json!(r);
@@ -227,6 +230,9 @@ pub fn join(cx: Ctx, req: Req) -> HandlerFuture {
         } else {
             (RoomId::parse(target).map_err(|e| ApiError::invalid_param(format!("room id: {e}")))?, Vec::new())
         };
+        if cx.engine.rooms.is_shutdown(&room)? {
+            return Err(ApiError::forbidden(format!("{room} has been shut down on this server")));
+        }
         let known = cx.engine.rooms.short_room(&room)?.is_some() && cx.engine.rooms.room_version(&room).is_ok();
         if !known {
             // A room on other servers: join through the ones named, or the room id's server.
