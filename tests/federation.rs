@@ -528,3 +528,33 @@ async fn deactivating_a_user_and_shutting_a_room_down_reach_the_other_server() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_remote_invite_is_declined_through_the_inviting_server() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "private_chat", "invite": ["@bob:b.test"] })).await;
+    let since = bob.sync(None, 0).await;
+    assert!(since["rooms"]["invite"].get(&room).is_some(), "{since}");
+    let since = since["next_batch"].as_str().unwrap().to_owned();
+
+    bob.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), json!({})).await;
+
+    // A holds bob's own, signed leave in the room state.
+    let member = |alice: myelin_suite::Client, room: String| async move {
+        alice.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&room), enc("@bob:b.test"))).await
+    };
+    assert_eq!(member(alice.clone(), room.clone()).await["membership"], "leave");
+    // Bob's sync moves the room from invite to leave; a fresh sync shows no invite.
+    let after = bob.sync(Some(&since), 0).await;
+    assert!(after["rooms"]["leave"].get(&room).is_some(), "{after}");
+    assert!(bob.sync(None, 0).await["rooms"]["invite"].get(&room).is_none());
+
+    // Alice can invite again, and this time bob joins.
+    alice.post(&format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)), json!({ "user_id": "@bob:b.test" })).await;
+    bob.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&room)), json!({})).await;
+    assert_eq!(member(alice.clone(), room.clone()).await["membership"], "join");
+    a.stop().await;
+    b.stop().await;
+}

@@ -177,19 +177,7 @@ pub async fn join_remote(cx: &Ctx, user: &UserId, room: &RoomId, servers: &[Stri
                 continue;
             }
         };
-        let room_version = RoomVersionId::try_from(made["room_version"].as_str().unwrap_or("1"))
-            .map_err(|e| ApiError::bad_json(e.to_string()))?;
-        let rules = version::rules(&room_version)?;
-        let mut template: CanonicalJsonObject = serde_json::from_value(made["event"].clone())
-            .map_err(|e| ApiError::bad_json(format!("join template: {e}")))?;
-        template.insert(
-            "origin_server_ts".into(),
-            ruma::CanonicalJsonValue::Integer(ruma::Int::try_from(now_ms()).unwrap_or_default()),
-        );
-        template.remove("signatures");
-        template.remove("hashes");
-        cx.engine.keys.hash_and_sign_event(&mut template, &rules)?;
-        let event_id = myelin_engine::rooms::pdu::event_id_of(&template, &rules)?;
+        let (room_version, template, event_id) = sign_template(cx, &made, user, "join")?;
         let path = format!(
             "/_matrix/federation/v2/send_join/{}/{}",
             crate::routes::client::enc_query(room.as_str()),
@@ -223,6 +211,134 @@ pub async fn join_remote(cx: &Ctx, user: &UserId, room: &RoomId, servers: &[Stri
         return Ok(());
     }
     Err(ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", format!("could not join {room}: {last_error}")))
+}
+
+/// Checks a `make_join`/`make_leave` answer is a `membership` event for
+/// `user`, stamps, hashes and signs it; returns the room version, the event and its id.
+fn sign_template(
+    cx: &Ctx,
+    made: &JsonValue,
+    user: &UserId,
+    membership: &str,
+) -> Result<(RoomVersionId, CanonicalJsonObject, OwnedEventId), ApiError> {
+    let room_version = RoomVersionId::try_from(made["room_version"].as_str().unwrap_or("1"))
+        .map_err(|e| ApiError::bad_json(e.to_string()))?;
+    let rules = version::rules(&room_version)?;
+    let event = &made["event"];
+    if event["type"] != "m.room.member"
+        || event["state_key"] != user.as_str()
+        || event["sender"] != user.as_str()
+        || event["content"]["membership"] != membership
+    {
+        return Err(ApiError::bad_json(format!("the {membership} template is not a {membership} of {user}")));
+    }
+    let mut template: CanonicalJsonObject =
+        serde_json::from_value(event.clone()).map_err(|e| ApiError::bad_json(format!("{membership} template: {e}")))?;
+    template.insert(
+        "origin_server_ts".into(),
+        ruma::CanonicalJsonValue::Integer(ruma::Int::try_from(now_ms()).unwrap_or_default()),
+    );
+    template.remove("signatures");
+    template.remove("hashes");
+    cx.engine.keys.hash_and_sign_event(&mut template, &rules)?;
+    let event_id = myelin_engine::rooms::pdu::event_id_of(&template, &rules)?;
+    Ok((room_version, template, event_id))
+}
+
+/// GET /_matrix/federation/v1/make_leave/{roomId}/{userId}
+pub fn make_leave(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let origin = require_server(&cx, &req).await?;
+        let room = room_param(&req)?;
+        let user = UserId::parse(req.param("user_id")?).map_err(|e| ApiError::invalid_param(e.to_string()))?;
+        if user.server_name().as_str() != origin {
+            return Err(ApiError::forbidden("a server can only make its own users leave"));
+        }
+        let version = cx
+            .engine
+            .rooms
+            .room_version(&room)
+            .map_err(|_| ApiError::not_found(format!("{room} is not known here")))?;
+        let event = NewEvent::state(TimelineEventType::RoomMember, user.as_str(), json!({ "membership": "leave" }));
+        let template = cx.engine.rooms.template(&user, &room, event).await?;
+        Ok(ok_json(&json!({ "event": template, "room_version": version })))
+    })
+}
+
+/// PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}
+pub fn send_leave(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let origin = require_server(&cx, &req).await?;
+        let room = room_param(&req)?;
+        let version = cx
+            .engine
+            .rooms
+            .room_version(&room)
+            .map_err(|_| ApiError::not_found(format!("{room} is not known here")))?;
+        let json: JsonValue = parse_json(&req.body)?;
+        let pdu = checked_pdu(&cx, &json, &version).await?;
+        if pdu.event_id.as_str() != req.param("event_id")? || pdu.room_id != room {
+            return Err(ApiError::bad_json("event id or room does not match the path"));
+        }
+        if pdu.kind != TimelineEventType::RoomMember
+            || pdu.content_value()["membership"] != "leave"
+            || pdu.state_key.as_deref() != Some(pdu.sender.as_str())
+            || pdu.sender.server_name().as_str() != origin
+        {
+            return Err(ApiError::bad_json("not a leave of one of the origin's users"));
+        }
+        match cx.engine.rooms.append_pdu(pdu).await? {
+            Appended::Accepted(_) => Ok(ok_json(&json!({}))),
+            Appended::SoftFailed(_) => Err(ApiError::forbidden("the leave is not allowed by the current state")),
+            Appended::Rejected(reason) => Err(ApiError::forbidden(format!("leave rejected: {reason}"))),
+        }
+    })
+}
+
+/// Declines a local user's invite to a room that lives on `servers`
+/// (make_leave, sign, send_leave), then records the leave locally. When no
+/// server takes the leave the invite is still dropped here, so a dead remote
+/// server cannot pin an invite on a user's screen.
+pub async fn leave_remote(cx: &Ctx, user: &UserId, room: &RoomId, servers: &[String]) -> Result<(), ApiError> {
+    let mut accepted = None;
+    for server in servers {
+        let path = format!(
+            "/_matrix/federation/v1/make_leave/{}/{}",
+            crate::routes::client::enc_query(room.as_str()),
+            crate::routes::client::enc_query(user.as_str())
+        );
+        let made = match cx.federation.request(&cx.engine, server, Method::GET, &path, None, true).await {
+            Ok(r) if r.status.is_success() => r.json,
+            Ok(r) => {
+                tracing::info!(%server, status = %r.status, "make_leave refused");
+                continue;
+            }
+            Err(e) => {
+                tracing::info!(%server, error = %e, "make_leave failed");
+                continue;
+            }
+        };
+        let (room_version, template, event_id) = sign_template(cx, &made, user, "leave")?;
+        let path = format!(
+            "/_matrix/federation/v2/send_leave/{}/{}",
+            crate::routes::client::enc_query(room.as_str()),
+            crate::routes::client::enc_query(event_id.as_str())
+        );
+        let body = serde_json::to_value(&template).map_err(|e| ApiError::unknown(e.to_string()))?;
+        match cx.federation.request(&cx.engine, server, Method::PUT, &path, Some(&body), true).await {
+            Ok(r) if r.status.is_success() => {
+                accepted = Some(checked_pdu(cx, &body, &room_version).await?);
+                break;
+            }
+            Ok(r) => tracing::info!(%server, status = %r.status, "send_leave refused"),
+            Err(e) => tracing::info!(%server, error = %e, "send_leave failed"),
+        }
+    }
+    if accepted.is_none() {
+        tracing::warn!(room_id = %room, user_id = %user, "no server took the leave; dropping the invite locally");
+    }
+    cx.engine.rooms.record_remote_leave(user, room, accepted, &cx.engine.stream).await?;
+    Ok(())
 }
 
 fn now_ms() -> u64 {

@@ -39,6 +39,12 @@ pub fn federation_router() -> Router {
         .add(Method::GET, "/_matrix/federation/v1/query/profile", fed::query_profile)
         .add(Method::GET, "/_matrix/federation/v1/query/directory", fed::query_directory)
         .add(Method::GET, "/_matrix/federation/v1/make_join/{room_id}/{user_id}", crate::federation::rooms::make_join)
+        .add(Method::GET, "/_matrix/federation/v1/make_leave/{room_id}/{user_id}", crate::federation::rooms::make_leave)
+        .add(
+            Method::PUT,
+            "/_matrix/federation/v2/send_leave/{room_id}/{event_id}",
+            crate::federation::rooms::send_leave,
+        )
         .add_limited(
             Method::PUT,
             "/_matrix/federation/v2/send_join/{room_id}/{event_id}",

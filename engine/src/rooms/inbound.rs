@@ -274,6 +274,49 @@ impl Rooms {
         Ok(())
     }
 
+    /// Records that a local user declined an invite to a room on another
+    /// server: the leave event (as an outlier) when the room's server took
+    /// it, the membership `leave` at a new stream position, and the stored
+    /// invite state dropped.
+    pub async fn record_remote_leave(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        leave: Option<Pdu>,
+        stream: &myelin_storage::StreamCounter,
+    ) -> Result<(), RoomError> {
+        let mut batch = Batch::new();
+        let room = self.room_ids.get_or_create(&self.db, &mut batch, room_id.as_str())?;
+        let key = (user.to_string(), room);
+        let event = match leave {
+            Some(pdu) => {
+                let short = self.event_ids.get_or_create(&self.db, &mut batch, pdu.event_id.as_str())?;
+                if !META.contains(&*self.db, &short)? {
+                    PDUS.put(&mut batch, &short, &Raw(pdu.to_bytes()))?;
+                    META.put(
+                        &mut batch,
+                        &short,
+                        &EventMeta {
+                            room,
+                            depth: pdu.depth,
+                            count: 0,
+                            flags: OUTLIER,
+                            state_before: 0,
+                            state_after: 0,
+                        },
+                    )?;
+                }
+                short
+            }
+            None => MEMBERSHIPS.get(&*self.db, &key)?.map(|m| m.event).unwrap_or(0),
+        };
+        let count = stream.next_in(&mut batch) as i64;
+        MEMBERSHIPS.put(&mut batch, &key, &Membership { membership: "leave".into(), count, event })?;
+        INVITE_STATE.delete(&mut batch, &(user.to_string(), room_id.to_string()));
+        self.db.commit(batch).await?;
+        Ok(())
+    }
+
     /// The stripped state stored with a federated invite.
     pub fn invite_state(&self, user: &UserId, room_id: &RoomId) -> Result<Option<Vec<serde_json::Value>>, RoomError> {
         match INVITE_STATE.get(&*self.db, &(user.to_string(), room_id.to_string()))? {

@@ -335,6 +335,26 @@ pub fn leave(cx: Ctx, req: Req) -> HandlerFuture {
         if membership_of(&cx, &me.user_id, &room)?.is_none() {
             return Err(ApiError::not_found(format!("you have no membership in {room}")));
         }
+        if !cx.engine.rooms.is_local_room(&room)
+            && let Some(state) = cx.engine.rooms.invite_state(&me.user_id, &room)?
+        {
+            // Declining an invite to a room this server does not hold: ask the
+            // inviter's server, then the room id's server, to take the leave.
+            let mut servers: Vec<String> = state
+                .iter()
+                .find(|e| e["type"] == "m.room.member" && e["state_key"] == me.user_id.as_str())
+                .and_then(|e| e["sender"].as_str())
+                .and_then(|s| UserId::parse(s).ok())
+                .map(|u| vec![u.server_name().to_string()])
+                .unwrap_or_default();
+            if let Some((_, server)) = room.as_str().split_once(':') {
+                servers.push(server.to_owned());
+            }
+            servers.retain(|s| s != cx.engine.server_name.as_str());
+            servers.dedup();
+            crate::federation::rooms::leave_remote(&cx, &me.user_id, &room, &servers).await?;
+            return Ok(ok_json(&json!({})));
+        }
         set_membership(&cx, &me, &room, &me.user_id.clone(), "leave", body.reason).await?;
         Ok(ok_json(&json!({})))
     })
