@@ -558,3 +558,40 @@ async fn a_remote_invite_is_declined_through_the_inviting_server() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_runtime_deny_cuts_a_server_off_both_ways_and_removing_it_restores_delivery() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.post(&format!("/_matrix/client/v3/join/{}?server_name=a.test", enc(&room)), json!({})).await;
+    alice.send_text(&room, "before the deny").await;
+    wait_for_text(&bob, &room, "before the deny").await;
+
+    let admin = |req: serde_json::Value| {
+        let dir = a.engine.config.data_dir.clone();
+        async move { myelin_api::admin::request(&dir, &req).await.unwrap().expect("the admin socket answers") }
+    };
+    assert_eq!(admin(json!({ "op": "federation_deny", "server": "b.test" })).await["ok"], true);
+    let list = admin(json!({ "op": "federation_list" })).await;
+    assert_eq!(list["entries"], json!([{ "server": "b.test", "list": "deny", "source": "runtime" }]));
+
+    // Inbound from B is refused...
+    let prof = bob.request(Method::GET, "/_matrix/client/v3/profile/%40alice%3Aa.test", None).await;
+    assert_eq!(prof.status, StatusCode::NOT_FOUND, "B cannot query A: {}", String::from_utf8_lossy(&prof.body));
+    // ...and nothing goes out to B.
+    let since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    alice.send_text(&room, "while denied").await;
+    let quiet = bob.sync(Some(&since), 1_500).await;
+    assert!(!bodies(&quiet, &room).contains(&"while denied".to_owned()), "{quiet}");
+
+    // Lifted: B's next contact wakes A's sender, and the queued message arrives.
+    assert_eq!(admin(json!({ "op": "federation_remove", "server": "b.test" })).await["ok"], true);
+    assert_eq!(admin(json!({ "op": "federation_remove", "server": "b.test" })).await["ok"], false);
+    bob.send_text(&room, "are you there?").await;
+    wait_for_text(&bob, &room, "while denied").await;
+    wait_for_text(&alice, &room, "are you there?").await;
+    a.stop().await;
+    b.stop().await;
+}

@@ -15,6 +15,8 @@
 //! `{"op":"media_purge_remote","older_than_ms":N}` → `{"ok":true,"purged":N}`;
 //! `{"op":"user_deactivate","name":".."}` → `{"ok":true,"user_id":"..","rooms_left":N}`;
 //! `{"op":"room_shutdown","room_id":"!.."}` → `{"ok":true,"users_removed":N}`;
+//! `{"op":"federation_allow"|"federation_deny"|"federation_remove","server":".."}` → `{"ok":true}`,
+//! `{"op":"federation_list"}` → `{"ok":true,"entries":[{"server","list","source"}]}`;
 //! failures → `{"ok":false,"error":"..."}`.
 
 use std::{
@@ -126,6 +128,35 @@ async fn execute(engine: &Arc<Engine>, req: &Value) -> Value {
                 Ok(n) => json!({ "ok": true, "purged": n }),
                 Err(e) => json!({ "ok": false, "error": e.to_string() }),
             }
+        }
+        Some(op @ ("federation_allow" | "federation_deny" | "federation_remove")) => {
+            let Some(server) = req.get("server").and_then(Value::as_str) else {
+                return json!({ "ok": false, "error": "`server` is required" });
+            };
+            if ruma::ServerName::parse(server).is_err() {
+                return json!({ "ok": false, "error": format!("{server:?} is not a server name") });
+            }
+            use myelin_engine::federation::policy::List;
+            let result = match op {
+                "federation_allow" => engine.policy.set(server, List::Allow).await.map(|_| true),
+                "federation_deny" => engine.policy.set(server, List::Deny).await.map(|_| true),
+                _ => engine.policy.remove(server).await,
+            };
+            tracing::info!(op, server, "federation list changed over the admin socket");
+            match result {
+                Ok(true) => json!({ "ok": true }),
+                Ok(false) => json!({ "ok": false, "error": format!("{server} has no runtime entry") }),
+                Err(e) => json!({ "ok": false, "error": e.to_string() }),
+            }
+        }
+        Some("federation_list") => {
+            let entries: Vec<Value> = engine
+                .policy
+                .list()
+                .into_iter()
+                .map(|(server, list, source)| json!({ "server": server, "list": list, "source": source }))
+                .collect();
+            json!({ "ok": true, "entries": entries })
         }
         Some("room_shutdown") => {
             let Some(room) = req.get("room_id").and_then(Value::as_str).and_then(|r| ruma::RoomId::parse(r).ok())

@@ -51,6 +51,8 @@ pub struct Engine {
     pub media: media::Media,
     /// Remote servers' signing keys.
     pub keyring: federation::keyring::KeyRing,
+    /// Which servers we federate with (configured and runtime lists).
+    pub policy: federation::policy::Policy,
 }
 
 impl Engine {
@@ -76,6 +78,7 @@ impl Engine {
         let ephemeral = Arc::new(ephemeral::Ephemeral::new());
         let media = media::Media::open(db.clone(), &config.data_dir)?;
         let keyring = federation::keyring::KeyRing::new(db.clone(), keys.clone(), server_name.to_string());
+        let policy = federation::policy::Policy::load(db.clone(), &config.federation)?;
         Ok(Arc::new(Self {
             config: Arc::new(config),
             server_name,
@@ -88,6 +91,7 @@ impl Engine {
             ephemeral,
             media,
             keyring,
+            policy,
         }))
     }
 

@@ -153,6 +153,9 @@ pub static USERROOM_INVITESTATE: Cf = point("userroom_invitestate", 0);
 /// Room id → milliseconds since the epoch when an operator shut the room down here.
 pub static ROOMID_SHUTDOWN: Cf = point("roomid_shutdown", 0);
 
+/// Server name → `"allow"` or `"deny"`: federation lists changed at runtime.
+pub static SERVERNAME_POLICY: Cf = point("servername_policy", 0);
+
 /// Every family, in creation order. The default family is unused.
 pub static ALL: &[&Cf] = &[
     &GLOBAL,
@@ -197,6 +200,7 @@ pub static ALL: &[&Cf] = &[
     &SERVERNAME_SERVERKEYS,
     &USERROOM_INVITESTATE,
     &ROOMID_SHUTDOWN,
+    &SERVERNAME_POLICY,
 ];
 
 #[cfg(test)]

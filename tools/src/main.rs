@@ -68,6 +68,32 @@ enum AdminCommand {
         #[command(subcommand)]
         what: RoomCommand,
     },
+    /// Change which servers we federate with, without a restart.
+    Federation {
+        #[command(subcommand)]
+        what: FederationCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum FederationCommand {
+    /// Add a server to the allow list (a non-empty allow list admits only its servers).
+    Allow {
+        /// Server name.
+        server: String,
+    },
+    /// Refuse all federation with a server, both ways.
+    Deny {
+        /// Server name.
+        server: String,
+    },
+    /// Remove a server's runtime entry (configured entries stay until the config changes).
+    Remove {
+        /// Server name.
+        server: String,
+    },
+    /// Show the configured and runtime entries.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -161,6 +187,7 @@ fn main() -> ExitCode {
         Command::Admin { what: AdminCommand::User { what }, config } => user_cmd(what, config),
         Command::Admin { what: AdminCommand::Media { what }, config } => media_cmd(what, config),
         Command::Admin { what: AdminCommand::Room { what }, config } => room_cmd(what, config),
+        Command::Admin { what: AdminCommand::Federation { what }, config } => federation_cmd(what, config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -367,20 +394,17 @@ fn user_cmd(what: UserCommand, config_path: Option<PathBuf>) -> Result<(), Failu
     Ok(())
 }
 
-fn room_cmd(what: RoomCommand, config_path: Option<PathBuf>) -> Result<(), Failure> {
-    let config = load_config(config_path)?;
-    let RoomCommand::Shutdown { room_id } = what;
-    let request = serde_json::json!({ "op": "room_shutdown", "room_id": room_id });
+/// Sends one admin request to the running server, or runs it on the opened data directory.
+fn admin_call(config: Config, request: &serde_json::Value) -> Result<serde_json::Value, Failure> {
     let rt = runtime()?;
     let answer = rt.block_on(async {
-        match myelin_api::admin::request(&config.data_dir, &request).await.map_err(Failure::runtime)? {
+        match myelin_api::admin::request(&config.data_dir, request).await.map_err(Failure::runtime)? {
             Some(answer) => Ok::<_, Failure>(answer),
             None => {
-                // Offline: the leaves wait in the federation queue until the next start.
                 let engine = tokio::task::spawn_blocking(move || Engine::open(config))
                     .await
                     .map_err(|e| Failure::runtime(e.to_string()))??;
-                let answer = myelin_api::admin::execute_offline(&engine, &request).await;
+                let answer = myelin_api::admin::execute_offline(&engine, request).await;
                 engine.shutdown();
                 Ok(answer)
             }
@@ -390,6 +414,41 @@ fn room_cmd(what: RoomCommand, config_path: Option<PathBuf>) -> Result<(), Failu
         let error = answer.get("error").and_then(|v| v.as_str()).unwrap_or("unknown error");
         return Err(Failure::usage(error.to_owned()));
     }
+    Ok(answer)
+}
+
+fn federation_cmd(what: FederationCommand, config_path: Option<PathBuf>) -> Result<(), Failure> {
+    let config = load_config(config_path)?;
+    let request = match &what {
+        FederationCommand::Allow { server } => serde_json::json!({ "op": "federation_allow", "server": server }),
+        FederationCommand::Deny { server } => serde_json::json!({ "op": "federation_deny", "server": server }),
+        FederationCommand::Remove { server } => serde_json::json!({ "op": "federation_remove", "server": server }),
+        FederationCommand::List => serde_json::json!({ "op": "federation_list" }),
+    };
+    let answer = admin_call(config, &request)?;
+    match what {
+        FederationCommand::List => {
+            for e in answer["entries"].as_array().into_iter().flatten() {
+                println!(
+                    "{} {} ({})",
+                    e["list"].as_str().unwrap_or_default(),
+                    e["server"].as_str().unwrap_or_default(),
+                    e["source"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        FederationCommand::Allow { server } => println!("allowed {server}"),
+        FederationCommand::Deny { server } => println!("denied {server}"),
+        FederationCommand::Remove { server } => println!("removed {server}"),
+    }
+    Ok(())
+}
+
+fn room_cmd(what: RoomCommand, config_path: Option<PathBuf>) -> Result<(), Failure> {
+    let config = load_config(config_path)?;
+    let RoomCommand::Shutdown { room_id } = what;
+    // Offline, the leaves wait in the federation queue until the next start.
+    let answer = admin_call(config, &serde_json::json!({ "op": "room_shutdown", "room_id": room_id }))?;
     println!("{room_id} shut down; {} local users removed", answer["users_removed"].as_u64().unwrap_or(0));
     Ok(())
 }

@@ -216,10 +216,9 @@ impl FederationClient {
         self.edus.lock().iter().filter(|(_, q)| !q.is_empty()).map(|(d, _)| d.clone()).collect()
     }
 
-    /// Whether `server` may be talked to under `federation.allow`/`deny`.
+    /// Whether `server` may be talked to under the configured and runtime allow/deny lists.
     pub fn allowed(engine: &Engine, server: &str) -> bool {
-        let f = &engine.config.federation;
-        f.enabled && !f.deny.iter().any(|d| d == server) && (f.allow.is_empty() || f.allow.iter().any(|a| a == server))
+        engine.policy.allows(server)
     }
 
     /// Sends one request to `server`; `signed` adds the `X-Matrix` header.

@@ -2,6 +2,7 @@
 //! authentication. The HTTP client and listener live in `myelin-api`.
 
 pub mod keyring;
+pub mod policy;
 pub mod xmatrix;
 
 /// Why a federation step failed.
