@@ -1,6 +1,8 @@
 //! Myelin federating with a real Synapse (PyPI `matrix-synapse` 1.163.2,
 //! installed by `tests/interop/setup.sh`), both directions: joins, messages,
-//! backfilled history, invites, profiles. Synapse runs on loopback with
+//! backfilled history, invites (accepted and declined), profiles, edits,
+//! formatted replies, reactions, redactions, mentions, typing, media
+//! downloads byte for byte, and the public room directory. Synapse runs on loopback with
 //! SQLite and a self-signed TLS federation listener; both servers use IP
 //! literal server names, so no DNS is involved.
 

@@ -121,4 +121,140 @@ s, j = call(SY, "GET", f"/_matrix/client/v3/profile/{q(mu)}", None, st)
 check(j.get("displayname") == "Alice M", f"Synapse reads alice's profile over federation ({j})")
 s, j = call(MY, "GET", f"/_matrix/client/v3/profile/{q(su)}", None, mt)
 check(s == 200 and j.get("displayname") == "bob", f"Myelin reads bob's profile over federation ({j})")
+
+
+def event_seen(base, token, room, pred, seconds=30):
+    """The first event in the room's timeline, as this user's sync delivers it, that matches."""
+    since, deadline = None, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        path = "/_matrix/client/v3/sync?timeout=2000" + (f"&since={q(since)}" if since else "")
+        s, j = call(base, "GET", path, None, token)
+        since = j.get("next_batch", since)
+        for e in j.get("rooms", {}).get("join", {}).get(room, {}).get("timeline", {}).get("events", []):
+            if pred(e):
+                return e
+    return None
+
+
+def ephemeral_seen(base, token, room, pred, seconds=20):
+    since, deadline = None, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        path = "/_matrix/client/v3/sync?timeout=2000" + (f"&since={q(since)}" if since else "")
+        s, j = call(base, "GET", path, None, token)
+        since = j.get("next_batch", since)
+        for e in j.get("rooms", {}).get("join", {}).get(room, {}).get("ephemeral", {}).get("events", []):
+            if pred(e):
+                return e
+    return None
+
+
+def put_event(base, token, room, kind, content, txn):
+    s, j = call(base, "PUT", f"/_matrix/client/v3/rooms/{q(room)}/send/{kind}/{txn}", content, token)
+    check(s == 200, f"send {kind} ({s} {j})")
+    return j["event_id"]
+
+
+def upload(base, token, data, content_type):
+    req = urllib.request.Request(base + "/_matrix/media/v3/upload?filename=pic.png", data=data, method="POST")
+    req.add_header("Content-Type", content_type)
+    req.add_header("Authorization", "Bearer " + token)
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())["content_uri"]
+
+
+def download(base, token, mxc):
+    req = urllib.request.Request(base + "/_matrix/client/v1/media/download/" + mxc[len("mxc://"):])
+    req.add_header("Authorization", "Bearer " + token)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+# Edits, replies, reactions and redactions, in the Myelin room both of them are in.
+orig = put_event(MY, mt, room, "m.room.message", {"msgtype": "m.text", "body": "typo mesage"}, "e1")
+put_event(MY, mt, room, "m.room.message", {
+    "msgtype": "m.text", "body": "* typo message",
+    "m.new_content": {"msgtype": "m.text", "body": "typo message"},
+    "m.relates_to": {"rel_type": "m.replace", "event_id": orig}}, "e2")
+e = event_seen(SY, st, room, lambda e: e.get("content", {}).get("m.relates_to", {}).get("rel_type") == "m.replace")
+check(e is not None and e["content"]["m.new_content"]["body"] == "typo message", "bob on Synapse receives alice's edit")
+put_event(SY, st, room, "m.room.message", {
+    "msgtype": "m.text", "body": "> typo message\n\nindeed", "format": "org.matrix.custom.html",
+    "formatted_body": "<mx-reply></mx-reply><b>indeed</b>",
+    "m.relates_to": {"m.in_reply_to": {"event_id": orig}}}, "r1")
+e = event_seen(MY, mt, room, lambda e: e.get("content", {}).get("m.relates_to", {}).get("m.in_reply_to", {}).get("event_id") == orig)
+check(e is not None and e["content"].get("formatted_body") == "<mx-reply></mx-reply><b>indeed</b>", "alice on Myelin receives bob's formatted reply")
+put_event(SY, st, room, "m.reaction", {"m.relates_to": {"rel_type": "m.annotation", "event_id": orig, "key": "👍"}}, "x1")
+e = event_seen(MY, mt, room, lambda e: e.get("type") == "m.reaction")
+check(e is not None and e["content"]["m.relates_to"]["key"] == "👍", "alice on Myelin receives bob's reaction")
+s, j = call(MY, "PUT", f"/_matrix/client/v3/rooms/{q(room)}/redact/{q(orig)}/d1", {"reason": "oops"}, mt)
+check(s == 200, f"alice redacts her message ({s} {j})")
+e = event_seen(SY, st, room, lambda e: e.get("type") == "m.room.redaction")
+check(e is not None and (e.get("redacts") == orig or e["content"].get("redacts") == orig), "bob on Synapse receives the redaction")
+deadline, body = time.monotonic() + 20, "?"
+while time.monotonic() < deadline:
+    s, j = call(SY, "GET", f"/_matrix/client/v3/rooms/{q(room)}/event/{q(orig)}", None, st)
+    body = j.get("content", {}).get("body")
+    if s == 200 and body is None:
+        break
+    time.sleep(0.5)
+check(body is None, "Synapse serves the redacted message without its body")
+
+# Mentions: a formatted mention of the Synapse user reaches him with m.mentions.
+put_event(MY, mt, room, "m.room.message", {
+    "msgtype": "m.text", "body": "bob: ping", "format": "org.matrix.custom.html",
+    "formatted_body": f'<a href="https://matrix.to/#/{su}">bob</a>: ping', "m.mentions": {"user_ids": [su]}}, "m1")
+e = event_seen(SY, st, room, lambda e: e.get("content", {}).get("body") == "bob: ping")
+check(e is not None and e["content"]["m.mentions"]["user_ids"] == [su], "bob on Synapse receives the mention")
+
+# Typing both ways.
+call(SY, "PUT", f"/_matrix/client/v3/rooms/{q(room)}/typing/{q(su)}", {"typing": True, "timeout": 20000}, st)
+e = ephemeral_seen(MY, mt, room, lambda e: e.get("type") == "m.typing" and su in e["content"].get("user_ids", []))
+check(e is not None, "alice on Myelin sees bob typing")
+call(MY, "PUT", f"/_matrix/client/v3/rooms/{q(room)}/typing/{q(mu)}", {"typing": True, "timeout": 20000}, mt)
+e = ephemeral_seen(SY, st, room, lambda e: e.get("type") == "m.typing" and mu in e["content"].get("user_ids", []))
+check(e is not None, "bob on Synapse sees alice typing")
+
+# Media both ways, byte for byte.
+blob = bytes((i * 7919) % 251 for i in range(200_000))
+mxc = upload(MY, mt, blob, "image/png")
+s, data = download(SY, st, mxc)
+check(s == 200 and data == blob, f"bob on Synapse downloads alice's upload from Myelin ({s}, {len(data)} bytes)")
+mxc2 = upload(SY, st, blob[::-1], "image/png")
+s, data = download(MY, mt, mxc2)
+check(s == 200 and data == blob[::-1], f"alice on Myelin downloads bob's upload from Synapse ({s}, {len(data)} bytes)")
+
+# The public room directory across servers.
+s, j = call(MY, "PUT", f"/_matrix/client/v3/directory/list/room/{q(room)}", {"visibility": "public"}, mt)
+check(s == 200, f"alice publishes her room ({s} {j})")
+s, j = call(SY, "POST", f"/_matrix/client/v3/publicRooms?server={q(MY_NAME)}", {"filter": {"generic_search_term": "myelin"}}, st)
+check(s == 200 and any(r.get("room_id") == room for r in j.get("chunk", [])), f"bob finds it from Synapse ({s} {j})")
+s, j = call(SY, "PUT", f"/_matrix/client/v3/directory/list/room/{q(room2)}", {"visibility": "public"}, st)
+check(s == 200, f"bob publishes his room on Synapse ({s} {j})")
+s, j = call(MY, "POST", f"/_matrix/client/v3/publicRooms?server={q(SY_NAME)}", {"filter": {"generic_search_term": "synapse"}}, mt)
+check(s == 200 and any(r.get("room_id") == room2 for r in j.get("chunk", [])), f"alice finds bob's room from Myelin ({s} {j})")
+
+# Declining an invite from the other server.
+s, j = call(SY, "POST", "/_matrix/client/v3/createRoom", {"preset": "private_chat", "invite": [mu]}, st)
+room5 = j.get("room_id")
+check(s == 200 and sees(MY, mt, room5, None, section="invite"), "alice gets another invite from bob")
+s, j = call(MY, "POST", f"/_matrix/client/v3/rooms/{q(room5)}/leave", {}, mt)
+check(s == 200, f"alice declines it ({s} {j})")
+s, j = call(SY, "GET", f"/_matrix/client/v3/rooms/{q(room5)}/state/m.room.member/{q(mu)}", None, st)
+check(j.get("membership") == "leave", f"Synapse records alice's refusal ({s} {j})")
+s, j = call(MY, "POST", "/_matrix/client/v3/createRoom", {"preset": "private_chat", "invite": [su]}, mt)
+room6 = j.get("room_id")
+check(s == 200 and sees(SY, st, room6, None, section="invite"), "bob gets another invite from alice")
+s, j = call(SY, "POST", f"/_matrix/client/v3/rooms/{q(room6)}/leave", {}, st)
+check(s == 200, f"bob declines it ({s} {j})")
+deadline, m = time.monotonic() + 20, None
+while time.monotonic() < deadline:
+    s, j = call(MY, "GET", f"/_matrix/client/v3/rooms/{q(room6)}/state/m.room.member/{q(su)}", None, mt)
+    m = j.get("membership")
+    if m == "leave":
+        break
+    time.sleep(0.3)
+check(m == "leave", f"Myelin records bob's refusal ({m})")
 print("all checks passed")
