@@ -595,3 +595,57 @@ async fn a_runtime_deny_cuts_a_server_off_both_ways_and_removing_it_restores_del
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_server_in_the_room_reads_state_ids_state_and_auth_chains_and_an_outsider_cannot() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat", "name": "Stateful" })).await;
+    let msg = alice.send_text(&room, "a point in time").await;
+    let fed = a.federation.unwrap();
+    // Requests signed as B.
+    let get = |path: String| {
+        let header = xmatrix::sign(&b.engine.keys, "b.test", "a.test", "GET", &path, None).unwrap();
+        async move { https_with(fed, Method::GET, &path, None, &[("authorization", &header)]).await }
+    };
+    let state_ids = format!("/_matrix/federation/v1/state_ids/{}?event_id={}", enc(&room), enc(&msg));
+
+    // B has no member in the room yet: refused.
+    let r = get(state_ids.clone()).await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::FORBIDDEN, "M_FORBIDDEN"));
+
+    bob.post(&format!("/_matrix/client/v3/join/{}?server_name=a.test", enc(&room)), json!({})).await;
+    let r = get(state_ids.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    let ids = r.json();
+    let pdu_ids: Vec<&str> = ids["pdu_ids"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    let current = alice.get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&room))).await;
+    // The state before the message: everything current except bob's later join.
+    let expected: std::collections::BTreeSet<&str> = current
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["state_key"] != "@bob:b.test")
+        .filter_map(|e| e["event_id"].as_str())
+        .collect();
+    assert_eq!(pdu_ids.iter().copied().collect::<std::collections::BTreeSet<_>>(), expected);
+    assert!(!ids["auth_chain_ids"].as_array().unwrap().is_empty());
+
+    let r = get(format!("/_matrix/federation/v1/state/{}?event_id={}", enc(&room), enc(&msg))).await;
+    let full = r.json();
+    let name = full["pdus"].as_array().unwrap().iter().find(|p| p["type"] == "m.room.name").expect("the name event");
+    assert_eq!(name["content"]["name"], "Stateful");
+
+    let r = get(format!("/_matrix/federation/v1/event_auth/{}/{}", enc(&room), enc(&msg))).await;
+    let chain = r.json()["auth_chain"].as_array().cloned().unwrap();
+    // Room v12 leaves the create event out of auth events (the room id names it).
+    assert!(chain.iter().any(|p| p["type"] == "m.room.power_levels"), "{chain:?}");
+    assert!(chain.iter().any(|p| p["type"] == "m.room.member" && p["state_key"] == "@alice:a.test"));
+    assert!(chain.iter().all(|p| p["room_id"] == room.as_str()));
+
+    let r = get(format!("/_matrix/federation/v1/state_ids/{}?event_id=%24nope", enc(&room))).await;
+    assert_eq!(r.errcode(), "M_NOT_FOUND");
+    a.stop().await;
+    b.stop().await;
+}

@@ -681,6 +681,74 @@ pub fn backfill(cx: Ctx, req: Req) -> HandlerFuture {
     })
 }
 
+/// The state before `event_id` (in `room`) and its auth chain, for a server in the room.
+async fn state_before(
+    cx: &Ctx,
+    req: &Req,
+) -> Result<(Vec<myelin_engine::rooms::ArcPdu>, Vec<myelin_engine::rooms::ArcPdu>), ApiError> {
+    let origin = require_server(cx, req).await?;
+    let room = room_param(req)?;
+    if !cx.engine.rooms.joined_servers_now(&room)?.contains(&origin) {
+        return Err(ApiError::forbidden("your server is not in this room"));
+    }
+    let id =
+        crate::auth::query_param(req, "event_id").ok_or_else(|| ApiError::missing_param("event_id is required"))?;
+    let id = EventId::parse(id.as_str()).map_err(|e| ApiError::invalid_param(e.to_string()))?;
+    let event = cx.engine.rooms.pdu(&id)?.filter(|p| p.room_id == room);
+    let meta = cx.engine.rooms.meta(&id)?;
+    let (Some(_), Some(meta)) = (event, meta) else {
+        return Err(ApiError::not_found(format!("{id} is not known in {room}")));
+    };
+    if meta.state_before == 0 {
+        return Err(ApiError::not_found(format!("the state at {id} is not known here")));
+    }
+    let state = cx.engine.rooms.state_at(meta.state_before)?;
+    let ids: Vec<OwnedEventId> = state.iter().map(|p| p.event_id.clone()).collect();
+    let chain = cx.engine.rooms.auth_chain_events(&ids)?;
+    Ok((state, chain))
+}
+
+/// GET /_matrix/federation/v1/state_ids/{roomId}?event_id=…
+///
+/// §"Retrieving events": the ids of the room state before the event and of its auth chain.
+pub fn state_ids(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let (state, chain) = state_before(&cx, &req).await?;
+        let ids = |v: &[myelin_engine::rooms::ArcPdu]| v.iter().map(|p| p.event_id.to_string()).collect::<Vec<_>>();
+        Ok(ok_json(&json!({ "pdu_ids": ids(&state), "auth_chain_ids": ids(&chain) })))
+    })
+}
+
+/// GET /_matrix/federation/v1/state/{roomId}?event_id=…
+pub fn state(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let (state, chain) = state_before(&cx, &req).await?;
+        let full = |v: &[myelin_engine::rooms::ArcPdu]| {
+            v.iter().map(|p| serde_json::to_value(p.json.as_ref()).unwrap_or(JsonValue::Null)).collect::<Vec<_>>()
+        };
+        Ok(ok_json(&json!({ "pdus": full(&state), "auth_chain": full(&chain) })))
+    })
+}
+
+/// GET /_matrix/federation/v1/event_auth/{roomId}/{eventId}: the event's full auth chain.
+pub fn event_auth(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let origin = require_server(&cx, &req).await?;
+        let room = room_param(&req)?;
+        if !cx.engine.rooms.joined_servers_now(&room)?.contains(&origin) {
+            return Err(ApiError::forbidden("your server is not in this room"));
+        }
+        let id = EventId::parse(req.param("event_id")?).map_err(|e| ApiError::invalid_param(e.to_string()))?;
+        if cx.engine.rooms.pdu(&id)?.is_none_or(|p| p.room_id != room) {
+            return Err(ApiError::not_found(format!("{id} is not known in {room}")));
+        }
+        let chain = cx.engine.rooms.auth_chain_events(&[id])?;
+        let full: Vec<JsonValue> =
+            chain.iter().map(|p| serde_json::to_value(p.json.as_ref()).unwrap_or(JsonValue::Null)).collect();
+        Ok(ok_json(&json!({ "auth_chain": full })))
+    })
+}
+
 /// Fetches up to `limit` events of history before the room's oldest local event
 /// from a server in the room; returns how many were stored.
 pub async fn backfill_room(cx: &Ctx, room: &RoomId, limit: usize) -> Result<usize, ApiError> {

@@ -64,6 +64,13 @@ pub fn federation_router() -> Router {
             crate::federation::rooms::receive_invite,
         )
         .add(Method::GET, "/_matrix/federation/v1/backfill/{room_id}", crate::federation::rooms::backfill)
+        .add(Method::GET, "/_matrix/federation/v1/state_ids/{room_id}", crate::federation::rooms::state_ids)
+        .add(Method::GET, "/_matrix/federation/v1/state/{room_id}", crate::federation::rooms::state)
+        .add(
+            Method::GET,
+            "/_matrix/federation/v1/event_auth/{room_id}/{event_id}",
+            crate::federation::rooms::event_auth,
+        )
         .add(Method::GET, "/_matrix/federation/v1/publicRooms", client::public_rooms::federation_public_rooms)
         .add(Method::POST, "/_matrix/federation/v1/publicRooms", client::public_rooms::federation_public_rooms)
         .add(
