@@ -441,6 +441,18 @@ async fn messages_sent_while_a_server_is_down_all_arrive_once_after_it_returns()
         alice.send_text(&room, &format!("during outage {i}")).await;
     }
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let metrics = myelin_suite::http(a.client, Method::GET, "/metrics", None).await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    let gauge = |name: &str| -> f64 {
+        let prefix = format!("{name}{{destination=\"b.test\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} for b.test in:\n{text}"))
+    };
+    let depth = gauge("myelin_federation_queue_depth");
+    assert!((1.0..=25.0).contains(&depth), "queue depth {depth}");
+    assert!(gauge("myelin_federation_queue_oldest_age_seconds") > 0.5);
 
     // B comes back on the same data and address; bob pokes A (any signed request
     // counts as a sign of life), and everything A queued arrives.

@@ -18,7 +18,11 @@
 //! EDUs (typing, read receipts) ride along, from an in-memory queue per
 //! destination: volatile, they may be lost on restart, which the spec allows.
 //!
-//! Not yet: persisted backoff, per-destination queue metrics.
+//! Metrics per destination: `myelin_federation_queue_depth` and
+//! `myelin_federation_queue_oldest_age_seconds` (gauges), and
+//! `myelin_federation_transactions_total{result}`.
+//!
+//! Not yet: persisted backoff (after a restart every destination is tried at once).
 
 use std::{collections::HashMap, time::Duration};
 
@@ -82,6 +86,7 @@ fn jitter(base: Duration) -> Duration {
 async fn deliver(cx: Ctx, name: String) {
     let mut backoff = Duration::from_secs(1);
     let alive = cx.federation.alive_signal(&name);
+    let mut depth: Option<usize> = None;
     loop {
         let dest = cx.engine.rooms.server_short(&name).ok().flatten();
         let batch = match dest.map(|d| cx.engine.rooms.outbound_pdus(d, 50)).transpose() {
@@ -92,14 +97,26 @@ async fn deliver(cx: Ctx, name: String) {
             }
         };
         let edus = cx.federation.take_edus(&name, 100);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        // Queue metrics per destination: depth exactly when it fits one transaction,
+        // otherwise counted on failure and decremented by what is delivered.
+        if batch.len() < 50 {
+            depth = Some(batch.len());
+        }
+        let oldest_ms = batch.first().and_then(|(_, p)| p["origin_server_ts"].as_u64()).unwrap_or(now_ms);
+        metrics::gauge!("myelin_federation_queue_oldest_age_seconds", "destination" => name.clone())
+            .set(now_ms.saturating_sub(oldest_ms) as f64 / 1000.0);
+        if let Some(d) = depth {
+            metrics::gauge!("myelin_federation_queue_depth", "destination" => name.clone()).set(d as f64);
+        }
         if batch.is_empty() && edus.is_empty() {
             return;
         }
         let seqs: Vec<u64> = batch.iter().map(|(s, _)| *s).collect();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now = now_ms;
         // Derived from the rows carried, so a retry of the same rows reuses the id, and
         // from this run's nonce, so ids never repeat across restarts or a reset database
         // (a receiver drops a transaction id it has seen, PDUs and all).
@@ -125,6 +142,7 @@ async fn deliver(cx: Ctx, name: String) {
                     return;
                 }
                 metrics::counter!("myelin_federation_transactions_total", "result" => "ok").increment(1);
+                depth = depth.map(|d| d.saturating_sub(seqs.len()));
                 backoff = Duration::from_secs(1);
             }
             failed => {
@@ -141,6 +159,12 @@ async fn deliver(cx: Ctx, name: String) {
                 }
                 if let Some(edus) = body["edus"].as_array() {
                     cx.federation.requeue_edus(&name, edus.clone());
+                }
+                if let Some(d) = dest
+                    && let Ok(n) = cx.engine.rooms.outbound_depth(d, 1_000_000)
+                {
+                    depth = Some(n);
+                    metrics::gauge!("myelin_federation_queue_depth", "destination" => name.clone()).set(n as f64);
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(jitter(backoff)) => {

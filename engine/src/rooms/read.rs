@@ -241,20 +241,35 @@ impl Rooms {
     }
 
     /// Destinations with queued items: `(short server id, server name)`.
+    ///
+    /// One seek per destination, not a scan of the queue: a destination that
+    /// has been down for hours may have a long queue, and this runs on every wake.
     pub fn outbound_destinations(&self) -> Result<Vec<(u64, String)>, RoomError> {
         let mut out: Vec<(u64, String)> = Vec::new();
-        let mut last = None;
-        for row in OUTBOUND.iter(&*self.db, Direction::Forward)? {
+        let mut from = 0u64;
+        loop {
+            let next = OUTBOUND.range(&*self.db, (from, 0)..=(u64::MAX, u64::MAX), Direction::Forward)?.next();
+            let Some(row) = next else { break };
             let ((dest, _), _) = row?;
-            if last == Some(dest) {
-                continue;
-            }
-            last = Some(dest);
             if let Some(name) = self.servers.lookup(&*self.db, dest)? {
                 out.push((dest, name));
             }
+            match dest.checked_add(1) {
+                Some(n) => from = n,
+                None => break,
+            }
         }
         Ok(out)
+    }
+
+    /// How many items wait for a destination, counting at most `cap`.
+    pub fn outbound_depth(&self, dest: u64, cap: usize) -> Result<usize, RoomError> {
+        let mut n = 0;
+        for row in OUTBOUND.prefix(&*self.db, &(dest,), Direction::Forward)?.take(cap) {
+            row?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Up to `limit` queued PDUs for a destination, oldest first: `(sequence, PDU JSON)`.
