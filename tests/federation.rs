@@ -192,6 +192,18 @@ async fn a_user_on_b_joins_a_room_on_a_and_both_sides_chat() {
         .collect();
     let want: Vec<String> = (0..30).rev().map(|i| format!("burst {i}")).collect();
     assert_eq!(got, want);
+
+    // The burst rode pooled connections: A and B share one process here, so the
+    // counter covers both listeners; without pooling every transaction and key
+    // or profile request would be a connection of its own (well over 30).
+    let metrics = myelin_suite::http(a.client, Method::GET, "/metrics", None).await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    let accepted: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("myelin_federation_connections_accepted_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the connection counter");
+    assert!(accepted <= 12.0, "{accepted} federation connections for about 35 requests");
     a.stop().await;
     b.stop().await;
 }

@@ -299,6 +299,7 @@ async fn accept_tls(
             },
             _ = stop.changed() => break,
         };
+        metrics::counter!("myelin_federation_connections_accepted_total").increment(1);
         let _ = stream.set_nodelay(true);
         let (state, acceptor, builder) = (state.clone(), acceptor.clone(), builder.clone());
         let watcher = graceful.watcher();

@@ -11,6 +11,10 @@
 //! system roots or a `trusted_ca` file and name the server; without it any
 //! certificate is accepted (labs only). Every request has a timeout and a
 //! response size limit; signed requests carry an `X-Matrix` header.
+//!
+//! Connections are pooled per destination (HTTP/1.1 keep-alive, up to
+//! [`POOL_PER_DESTINATION`] idle each): a transaction stream to a busy peer
+//! pays the TCP and TLS handshakes once, not per request.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -26,6 +30,11 @@ use tokio::net::TcpStream;
 const MAX_RESPONSE: usize = 16 << 20;
 /// How long one request may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle connections kept per destination.
+const POOL_PER_DESTINATION: usize = 4;
+
+/// One idle HTTP/1.1 connection to a destination.
+type Conn = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 /// Why a request to another server failed.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +88,8 @@ pub struct FederationClient {
     /// Per destination: fires when it shows life (an authenticated inbound request),
     /// cutting a sender's backoff short.
     alive: parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
+    /// Idle keep-alive connections per destination.
+    pool: parking_lot::Mutex<std::collections::HashMap<String, Vec<Conn>>>,
 }
 
 #[derive(Debug)]
@@ -150,6 +161,7 @@ impl FederationClient {
             edus: parking_lot::Mutex::new(Default::default()),
             edu_ready: tokio::sync::Notify::new(),
             alive: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            pool: parking_lot::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -252,21 +264,36 @@ impl FederationClient {
             return Err(ClientError::NotAllowed(server.to_owned()));
         }
         let transport = |reason: String| ClientError::Transport { server: server.to_owned(), reason };
-        let (addr, host) = Self::resolve(engine, server).await?;
-        let fut = async {
-            let tcp = TcpStream::connect(addr).await.map_err(|e| transport(format!("connect {addr}: {e}")))?;
-            let name = rustls::pki_types::ServerName::try_from(host.clone())
-                .map_err(|e| transport(format!("server name: {e}")))?;
-            let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-                .connect(name, tcp)
-                .await
-                .map_err(|e| transport(format!("TLS: {e}")))?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .map_err(|e| transport(format!("HTTP: {e}")))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
+        // A pooled connection the peer closed meanwhile fails before any answer:
+        // that attempt is repeated once on a fresh connection.
+        let method = &method;
+        let attempt = |reuse: bool| async move {
+            let pooled = if reuse { self.pooled(server).await } else { None };
+            let was_pooled = pooled.is_some();
+            let mut sender = match pooled {
+                Some(s) => s,
+                None => {
+                    let (addr, host) = Self::resolve(engine, server).await?;
+                    let tcp = TcpStream::connect(addr).await.map_err(|e| transport(format!("connect {addr}: {e}")))?;
+                    let name = rustls::pki_types::ServerName::try_from(host.clone())
+                        .map_err(|e| transport(format!("server name: {e}")))?;
+                    let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| transport(format!("TLS: {e}")))?;
+                    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                        .await
+                        .map_err(|e| transport(format!("HTTP: {e}")))?;
+                    let span = tracing::debug_span!("federation_connection", destination = %server);
+                    tokio::spawn(tracing::Instrument::instrument(
+                        async move {
+                            let _ = conn.await;
+                        },
+                        span,
+                    ));
+                    sender
+                }
+            };
             let bytes = match body {
                 Some(b) => serde_json::to_vec(b).map_err(|e| transport(e.to_string()))?,
                 None => Vec::new(),
@@ -288,7 +315,11 @@ impl FederationClient {
                 req = req.header(http::header::AUTHORIZATION, auth);
             }
             let req = req.body(Full::new(Bytes::from(bytes))).map_err(|e| transport(e.to_string()))?;
-            let resp = sender.send_request(req).await.map_err(|e| transport(format!("HTTP: {e}")))?;
+            let resp = match sender.send_request(req).await {
+                Ok(r) => r,
+                Err(e) if was_pooled => return Ok(Err(e)),
+                Err(e) => return Err(transport(format!("HTTP: {e}"))),
+            };
             let status = resp.status();
             let headers = resp.headers().clone();
             let body = Limited::new(resp.into_body(), limit)
@@ -296,9 +327,47 @@ impl FederationClient {
                 .await
                 .map_err(|e| transport(format!("reading the response: {e}")))?
                 .to_bytes();
-            Ok(RawResponse { status, headers, body })
+            // The whole response was read: the connection can carry the next request.
+            self.give_back(server, sender);
+            Ok(Ok(RawResponse { status, headers, body }))
+        };
+        let fut = async {
+            match attempt(true).await? {
+                Ok(r) => Ok(r),
+                Err(stale) => {
+                    tracing::debug!(destination = %server, error = %stale, "pooled connection was stale; reconnecting");
+                    self.forget_connections(server);
+                    attempt(false).await?.map_err(|e| transport(format!("HTTP: {e}")))
+                }
+            }
         };
         tokio::time::timeout(TIMEOUT, fut).await.map_err(|_| transport("timed out".into()))?
+    }
+
+    /// An idle pooled connection to `server` that is still open and ready.
+    async fn pooled(&self, server: &str) -> Option<Conn> {
+        loop {
+            let mut conn = self.pool.lock().get_mut(server).and_then(Vec::pop)?;
+            if !conn.is_closed() && conn.ready().await.is_ok() {
+                return Some(conn);
+            }
+        }
+    }
+
+    fn give_back(&self, server: &str, conn: Conn) {
+        if conn.is_closed() {
+            return;
+        }
+        let mut pool = self.pool.lock();
+        let idle = pool.entry(server.to_owned()).or_default();
+        if idle.len() < POOL_PER_DESTINATION {
+            idle.push(conn);
+        }
+    }
+
+    /// Drops every pooled connection to `server` (after a failure, the next request reconnects).
+    pub fn forget_connections(&self, server: &str) {
+        self.pool.lock().remove(server);
     }
 
     /// The verified public key `key_id` of `server`, fetching its key document if needed.
