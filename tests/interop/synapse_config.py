@@ -67,6 +67,8 @@ c.update({
     "rc_registration": many,
     "rc_login": {"address": many, "account": many, "failed_attempts": many},
     "rc_joins": {"local": many, "remote": many},
+    "rc_joins_per_room": many,
+    "rc_room_creation": many,
     "rc_invites": {"per_room": many, "per_user": many, "per_issuer": many},
     "rc_federation": {"window_size": 1000, "sleep_limit": 1000, "sleep_delay": 0, "reject_limit": 1000, "concurrent": 100},
 })

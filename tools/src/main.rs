@@ -17,6 +17,42 @@ struct Cli {
     command: Command,
 }
 
+mod bench;
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Concurrent send throughput and latency, then a check that every acknowledged event is readable.
+    Send {
+        /// Client-Server API base URL (http://host:port).
+        #[arg(long, default_value = "http://127.0.0.1:8008")]
+        url: String,
+        /// Rooms to spread the clients over.
+        #[arg(long, default_value_t = 1)]
+        rooms: usize,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 20)]
+        clients: usize,
+        /// Messages per client.
+        #[arg(long, default_value_t = 50)]
+        messages: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Two users alternate sequential sends of an N-line script in one room.
+    Script {
+        /// Client-Server API base URL (http://host:port).
+        #[arg(long, default_value = "http://127.0.0.1:8008")]
+        url: String,
+        /// Lines in the script.
+        #[arg(long, default_value_t = 3000)]
+        lines: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the homeserver (defaults: ./myelin-data, client 127.0.0.1:8008, federation 127.0.0.1:8448).
@@ -32,6 +68,11 @@ enum Command {
         /// TOML configuration file (to find data_dir).
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Load-test any homeserver over the Client-Server API.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
     },
     /// Administer a server (running or stopped).
     Admin {
@@ -184,6 +225,7 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::Backup { dir, config } => backup_cmd(dir, config),
         Command::Restore { backup, config } => restore_cmd(backup, config),
+        Command::Bench { what } => bench_cmd(what),
         Command::Admin { what: AdminCommand::User { what }, config } => user_cmd(what, config),
         Command::Admin { what: AdminCommand::Media { what }, config } => media_cmd(what, config),
         Command::Admin { what: AdminCommand::Room { what }, config } => room_cmd(what, config),
@@ -440,6 +482,59 @@ fn federation_cmd(what: FederationCommand, config_path: Option<PathBuf>) -> Resu
         FederationCommand::Allow { server } => println!("allowed {server}"),
         FederationCommand::Deny { server } => println!("denied {server}"),
         FederationCommand::Remove { server } => println!("removed {server}"),
+    }
+    Ok(())
+}
+
+fn bench_cmd(what: BenchCommand) -> Result<(), Failure> {
+    let rt = runtime()?;
+    match what {
+        BenchCommand::Send { url, rooms, clients, messages, json } => {
+            let r = rt.block_on(bench::send(&url, rooms, clients, messages)).map_err(Failure::runtime)?;
+            let rate = r.events as f64 / r.elapsed.as_secs_f64().max(1e-9);
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "scenario": "send", "url": url, "rooms": rooms, "clients": clients,
+                        "events": r.events, "seconds": r.elapsed.as_secs_f64(), "events_per_second": rate,
+                        "p50_ms": ms(r.p50), "p95_ms": ms(r.p95), "p99_ms": ms(r.p99), "readable": r.readable,
+                    })
+                );
+            } else {
+                println!("| scenario | events | events/s | p50 ms | p95 ms | p99 ms | readable |");
+                println!("|---|---|---|---|---|---|---|");
+                println!(
+                    "| send, {rooms} room(s), {clients} clients | {} | {rate:.0} | {:.1} | {:.1} | {:.1} | {}/{} |",
+                    r.events,
+                    ms(r.p50),
+                    ms(r.p95),
+                    ms(r.p99),
+                    r.readable,
+                    r.events
+                );
+            }
+            if r.readable != r.events {
+                return Err(Failure::runtime(format!(
+                    "{} acknowledged events are not readable",
+                    r.events - r.readable
+                )));
+            }
+        }
+        BenchCommand::Script { url, lines, json } => {
+            let t = rt.block_on(bench::script(&url, lines)).map_err(Failure::runtime)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "scenario": "script", "url": url, "lines": lines, "seconds": t.as_secs_f64() })
+                );
+            } else {
+                println!("| scenario | lines | seconds |");
+                println!("|---|---|---|");
+                println!("| sequential script | {lines} | {:.2} |", t.as_secs_f64());
+            }
+        }
     }
     Ok(())
 }

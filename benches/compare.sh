@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Runs the same `myelin bench` scenarios against Myelin (release build) and
+# Synapse (the interop venv, SQLite), started side by side on loopback, and
+# prints one table with the ratio of each scenario measured in this run.
+#
+# Usage: benches/compare.sh            (LINES=3000 CLIENTS=20 MESSAGES=25 to change sizes)
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+lines="${LINES:-3000}"
+clients="${CLIENTS:-20}"
+messages="${MESSAGES:-25}"
+
+bash tests/interop/setup.sh >/dev/null
+cargo build --release --bin myelin >/dev/null 2>&1 || cargo build --release --bin myelin
+myelin="$root/target/release/myelin"
+python="${XDG_CACHE_HOME:-$HOME/.cache}/myelin/venv-synapse-1.163.2/bin/python"
+
+work="$(mktemp -d)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+sc=$(free_port); sf=$(free_port); mc=$(free_port); mf=$(free_port)
+
+mkdir -p "$work/synapse" "$work/myelin"
+"$python" tests/interop/synapse_config.py "$work/synapse" "$sc" "$sf" >/dev/null
+(cd "$work/synapse" && exec "$python" -m synapse.app.homeserver -c hs.yaml >/dev/null 2>&1) &
+pids+=($!)
+(cd "$work/myelin" && MYELIN_SERVER_NAME="127.0.0.1:$mf" MYELIN_CLIENT__LISTEN="127.0.0.1:$mc" \
+    MYELIN_FEDERATION__LISTEN="127.0.0.1:$mf" MYELIN_REGISTRATION__ENABLED=true \
+    MYELIN_RATE_LIMIT__PER_SECOND=0 RUST_LOG=warn exec "$myelin" serve >/dev/null 2>&1) &
+pids+=($!)
+
+wait_up() {
+    for _ in $(seq 1 600); do
+        curl -sf "http://127.0.0.1:$1/_matrix/client/versions" >/dev/null && return 0
+        sleep 0.1
+    done
+    echo "server on port $1 did not start" >&2; exit 1
+}
+wait_up "$mc"; wait_up "$sc"
+
+run() { "$myelin" bench "$@" --json; }
+field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%Y-%m-%d)"
+echo
+echo "| scenario | Myelin | Synapse 1.163.2 | ratio |"
+echo "|---|---|---|---|"
+for rooms in 1 20; do
+    m=$(run send --url "http://127.0.0.1:$mc" --rooms "$rooms" --clients "$clients" --messages "$messages")
+    s=$(run send --url "http://127.0.0.1:$sc" --rooms "$rooms" --clients "$clients" --messages "$messages")
+    mr=$(field "$m" events_per_second); sr=$(field "$s" events_per_second)
+    python3 - "$rooms" "$clients" "$mr" "$sr" "$(field "$m" p50_ms)" "$(field "$s" p50_ms)" <<'PY'
+import sys
+rooms, clients, mr, sr, mp, sp = sys.argv[1], sys.argv[2], *map(float, sys.argv[3:])
+print(f"| send throughput, {rooms} room(s), {clients} clients | {mr:.0f} ev/s (p50 {mp:.1f} ms) | {sr:.0f} ev/s (p50 {sp:.1f} ms) | {mr / sr:.1f}x |")
+PY
+done
+m=$(run script --url "http://127.0.0.1:$mc" --lines "$lines")
+s=$(run script --url "http://127.0.0.1:$sc" --lines "$lines")
+python3 - "$lines" "$(field "$m" seconds)" "$(field "$s" seconds)" <<'PY'
+import sys
+lines, m, s = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+print(f"| sequential script, {lines} lines | {m:.2f} s | {s:.2f} s | {s / m:.1f}x faster |")
+PY
+echo
+echo "idle RSS after the runs: Myelin $(ps -o rss= -p "${pids[1]}" 2>/dev/null || echo '?') KiB (process of the subshell exec)"

@@ -1,0 +1,47 @@
+//! `myelin bench` against a running server: it reports what it sent and
+//! checks every acknowledged event is readable.
+
+use std::process::Command;
+
+use myelin_suite::{TestServer, myelin_bin};
+
+#[tokio::test]
+async fn bench_send_and_script_run_against_a_server_and_account_for_every_event() {
+    let s = TestServer::start_with("bench.test", |c| {
+        c.registration.enabled = true;
+        c.rate_limit.per_second = 0.0;
+    })
+    .await;
+    let url = format!("http://{}", s.client);
+    let send = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(myelin_bin())
+                .args(["bench", "send", "--url", &url, "--rooms", "2", "--clients", "4", "--messages", "10", "--json"])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    assert!(send.status.success(), "{}", String::from_utf8_lossy(&send.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&send.stdout).unwrap();
+    assert_eq!(report["events"], 40);
+    assert_eq!(report["readable"], 40);
+    assert!(report["events_per_second"].as_f64().unwrap() > 0.0);
+    assert!(report["p50_ms"].as_f64().unwrap() <= report["p99_ms"].as_f64().unwrap());
+
+    let script = tokio::task::spawn_blocking(move || {
+        Command::new(myelin_bin()).args(["bench", "script", "--url", &url, "--lines", "30", "--json"]).output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(script.status.success(), "{}", String::from_utf8_lossy(&script.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&script.stdout).unwrap();
+    assert_eq!(report["lines"], 30);
+
+    // Both runs' messages are in the server: 40 + 30 sent, plus the rooms' own events.
+    let rooms = s.engine.rooms.all_rooms().unwrap();
+    assert_eq!(rooms.len(), 3, "two send rooms and one script room");
+    s.stop().await;
+}

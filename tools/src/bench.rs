@@ -1,0 +1,263 @@
+//! `myelin bench`: a load generator over the Client-Server API that works
+//! against any homeserver URL (Myelin, Synapse, a Conduit-family server).
+//!
+//! Scenarios:
+//! - `send`: C concurrent clients each send M messages into R rooms (client
+//!   i uses room i mod R); reports events/s and request latency p50/p95/p99,
+//!   then pages every room back with `/messages` and checks that every
+//!   acknowledged event id is readable.
+//! - `script`: two users alternate sending an N-line script into one room,
+//!   each send waiting for the previous one (the shape of Conduit's "Romeo
+//!   and Juliet" run); reports the total time.
+//!
+//! Users are registered with `m.login.dummy`, so the target needs open
+//! registration and relaxed rate limits (the interop Synapse config has both).
+//! Plain HTTP only: point it at the client listener on loopback.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+
+/// One keep-alive HTTP/1.1 connection to the homeserver.
+struct Conn {
+    host: String,
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Conn {
+    async fn open(base: &str) -> Result<Self, String> {
+        let host = base
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{base}: only http:// URLs are supported"))?
+            .trim_end_matches('/')
+            .to_owned();
+        let tcp = TcpStream::connect(&host).await.map_err(|e| format!("connect {host}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.map_err(|e| format!("HTTP: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Self { host, sender })
+    }
+
+    async fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), String> {
+        self.sender.ready().await.map_err(|e| format!("connection: {e}"))?;
+        let mut req = Request::builder().method(method).uri(path).header(http::header::HOST, &self.host);
+        if let Some(t) = token {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let bytes = match body {
+            Some(b) => {
+                req = req.header(http::header::CONTENT_TYPE, "application/json");
+                Bytes::from(b.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let req = req.body(Full::new(bytes)).map_err(|e| e.to_string())?;
+        let resp = self.sender.send_request(req).await.map_err(|e| format!("HTTP: {e}"))?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
+        Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+    }
+
+    async fn ok(
+        &mut self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
+        let (status, json) = self.call(method, path, token, body).await?;
+        if status != 200 {
+            return Err(format!("{path}: HTTP {status} {json}"));
+        }
+        Ok(json)
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{:x}", nanos % 0xffff_ffff)
+}
+
+/// Registers a user; returns (access token, user id).
+async fn register(conn: &mut Conn, name: &str) -> Result<(String, String), String> {
+    let j = conn
+        .ok(
+            Method::POST,
+            "/_matrix/client/v3/register",
+            None,
+            Some(json!({ "username": name, "password": "bench-pass-1", "auth": { "type": "m.login.dummy" } })),
+        )
+        .await?;
+    match (j["access_token"].as_str(), j["user_id"].as_str()) {
+        (Some(t), Some(u)) => Ok((t.to_owned(), u.to_owned())),
+        _ => Err(format!("register {name}: {j}")),
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Result of the `send` scenario.
+pub struct SendReport {
+    /// Events acknowledged.
+    pub events: usize,
+    /// Wall time of the sending phase.
+    pub elapsed: Duration,
+    /// Latency percentiles p50, p95, p99.
+    pub p50: Duration,
+    pub p95: Duration,
+    pub p99: Duration,
+    /// Acknowledged events found again with `/messages`.
+    pub readable: usize,
+}
+
+/// `send`: `clients` concurrent senders, `messages` each, over `rooms` rooms.
+pub async fn send(base: &str, rooms: usize, clients: usize, messages: usize) -> Result<SendReport, String> {
+    let rooms = rooms.max(1);
+    let id = run_id();
+    let mut setup = Conn::open(base).await?;
+    let (owner_token, _) = register(&mut setup, &format!("bench{id}owner")).await?;
+    let mut room_ids = Vec::new();
+    for i in 0..rooms {
+        let j = setup
+            .ok(
+                Method::POST,
+                "/_matrix/client/v3/createRoom",
+                Some(&owner_token),
+                Some(json!({ "preset": "public_chat", "name": format!("bench {id} {i}") })),
+            )
+            .await?;
+        room_ids.push(j["room_id"].as_str().ok_or("createRoom without room_id")?.to_owned());
+    }
+    let mut senders = Vec::new();
+    for c in 0..clients {
+        let mut conn = Conn::open(base).await?;
+        let (token, _) = register(&mut conn, &format!("bench{id}u{c}")).await?;
+        let room = room_ids[c % rooms].clone();
+        conn.ok(Method::POST, &format!("/_matrix/client/v3/join/{}", enc(&room)), Some(&token), Some(json!({})))
+            .await?;
+        senders.push((conn, token, room));
+    }
+    eprintln!("bench send: {clients} clients x {messages} messages into {rooms} rooms at {base}");
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, (mut conn, token, room)) in senders.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::with_capacity(messages);
+            for m in 0..messages {
+                let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/b{c}-{m}", enc(&room));
+                let t = Instant::now();
+                let j = conn
+                    .ok(
+                        Method::PUT,
+                        &path,
+                        Some(&token),
+                        Some(json!({ "msgtype": "m.text", "body": format!("{c}/{m}") })),
+                    )
+                    .await?;
+                let event_id = j["event_id"].as_str().ok_or("send without event_id")?.to_owned();
+                out.push((t.elapsed(), room.clone(), event_id));
+            }
+            Ok::<_, String>(out)
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.map_err(|e| e.to_string())??);
+    }
+    let elapsed = start.elapsed();
+    let mut latencies: Vec<Duration> = acked.iter().map(|(d, _, _)| *d).collect();
+    latencies.sort();
+
+    // Every acknowledged event must be readable.
+    let mut seen = std::collections::HashSet::new();
+    for room in &room_ids {
+        let mut from: Option<String> = None;
+        loop {
+            let path = format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=500{}",
+                enc(room),
+                from.as_deref().map(|f| format!("&from={}", enc(f))).unwrap_or_default()
+            );
+            let j = setup.ok(Method::GET, &path, Some(&owner_token), None).await?;
+            let chunk = j["chunk"].as_array().cloned().unwrap_or_default();
+            for e in &chunk {
+                if let Some(id) = e["event_id"].as_str() {
+                    seen.insert(id.to_owned());
+                }
+            }
+            match j["end"].as_str() {
+                Some(end) if !chunk.is_empty() => from = Some(end.to_owned()),
+                _ => break,
+            }
+        }
+    }
+    let readable = acked.iter().filter(|(_, _, id)| seen.contains(id)).count();
+    Ok(SendReport {
+        events: acked.len(),
+        elapsed,
+        p50: percentile(&latencies, 0.50),
+        p95: percentile(&latencies, 0.95),
+        p99: percentile(&latencies, 0.99),
+        readable,
+    })
+}
+
+/// `script`: two users alternate `lines` sequential sends in one room; returns the total time.
+pub async fn script(base: &str, lines: usize) -> Result<Duration, String> {
+    let id = run_id();
+    let mut a = Conn::open(base).await?;
+    let mut b = Conn::open(base).await?;
+    let (ta, _) = register(&mut a, &format!("bench{id}romeo")).await?;
+    let (tb, _) = register(&mut b, &format!("bench{id}juliet")).await?;
+    let room = a
+        .ok(Method::POST, "/_matrix/client/v3/createRoom", Some(&ta), Some(json!({ "preset": "public_chat" })))
+        .await?["room_id"]
+        .as_str()
+        .ok_or("createRoom without room_id")?
+        .to_owned();
+    b.ok(Method::POST, &format!("/_matrix/client/v3/join/{}", enc(&room)), Some(&tb), Some(json!({}))).await?;
+    eprintln!("bench script: {lines} alternating lines at {base}");
+    let start = Instant::now();
+    for i in 0..lines {
+        let (conn, token) = if i % 2 == 0 { (&mut a, &ta) } else { (&mut b, &tb) };
+        let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/s{i}", enc(&room));
+        conn.ok(Method::PUT, &path, Some(token), Some(json!({ "msgtype": "m.text", "body": format!("line {i}") })))
+            .await?;
+        if (i + 1) % 500 == 0 {
+            eprintln!("  {} / {lines} lines, {:.1} s", i + 1, start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(start.elapsed())
+}
