@@ -673,3 +673,84 @@ async fn a_server_in_the_room_reads_state_ids_state_and_auth_chains_and_an_outsi
     a.stop().await;
     b.stop().await;
 }
+
+/// Serves `/.well-known/matrix/server` over TLS on 127.0.0.1:443 (this needs
+/// root or CAP_NET_BIND_SERVICE, which the CI machine has) and counts requests.
+async fn well_known_server(
+    tls: std::sync::Arc<rustls::ServerConfig>,
+    body: String,
+) -> (std::sync::Arc<std::sync::atomic::AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:443").await.expect("binding 127.0.0.1:443 (needs root)");
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, body, counter) = (acceptor.clone(), body.clone(), counter.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let body = body.clone();
+                    let counter = counter.clone();
+                    async move {
+                        let ok = req.uri().path() == "/.well-known/matrix/server";
+                        if ok {
+                            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        let resp = http::Response::builder()
+                            .status(if ok { 200 } else { 404 })
+                            .header("content-type", "application/json")
+                            .body(http_body_util::Full::new(bytes::Bytes::from(if ok { body } else { String::new() })))
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (hits, task)
+}
+
+#[tokio::test]
+async fn a_server_is_found_through_its_well_known_delegation() {
+    let b_port = myelin_suite::free_port();
+    let b_addr: std::net::SocketAddr = format!("127.0.0.1:{b_port}").parse().unwrap();
+    let a = TestServer::start_with("a.test", |c| {
+        c.registration.enabled = true;
+        c.federation.verify_tls = false;
+    })
+    .await;
+    let a_fed = a.federation.unwrap();
+    // B is "localhost" with no port: only .well-known can say where it listens.
+    let b = TestServer::start_with("localhost", |c| {
+        c.registration.enabled = true;
+        c.federation.listen = b_addr;
+        c.federation.verify_tls = false;
+        c.federation.hosts.insert("a.test".into(), a_fed);
+    })
+    .await;
+    let tls = myelin_api::tls::server_config(&b.engine.config).unwrap();
+    let (hits, server) = well_known_server(tls, json!({ "m.server": format!("127.0.0.1:{b_port}") }).to_string()).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    bob.put(&format!("/_matrix/client/v3/profile/{}/displayname", enc(&bob.user_id)), json!({ "displayname": "Bob" }))
+        .await;
+
+    let profile = alice.get("/_matrix/client/v3/profile/@bob:localhost").await;
+    assert_eq!(profile["displayname"], "Bob");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1, "one lookup, then the cached answer");
+    alice.get("/_matrix/client/v3/profile/@bob:localhost").await;
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // A room on B, joined from A through the delegated address.
+    let room = bob.create_room(json!({ "preset": "public_chat" })).await;
+    alice.post(&format!("/_matrix/client/v3/join/{}?server_name=localhost", enc(&room)), json!({})).await;
+    bob.send_text(&room, "found you").await;
+    wait_for_text(&alice, &room, "found you").await;
+    server.abort();
+    a.stop().await;
+    b.stop().await;
+}

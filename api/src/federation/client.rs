@@ -2,10 +2,13 @@
 //!
 //! Server discovery (Server-Server API §"Resolving server names"), in order:
 //! the static `[federation.hosts]` map; an IP literal (port 8448 unless
-//! given); a name with an explicit port; otherwise the name on port 8448
-//! resolved through the system resolver. Not yet: `/.well-known/matrix/server`
-//! delegation and SRV records (`_matrix-fed._tcp`), which the federation
-//! issue adds.
+//! given); a name with an explicit port, through the system resolver;
+//! otherwise `https://<name>/.well-known/matrix/server`, whose `m.server`
+//! (an IP literal, or a name with or without port, 8448 by default) is then
+//! connected to with that name as TLS server name and `Host`; without a
+//! valid answer, the name on port 8448. Answers (and their absence) are
+//! cached for an hour. Not yet: SRV records (`_matrix-fed._tcp`), which need
+//! a DNS resolver the project does not carry.
 //!
 //! TLS with rustls: with `verify_tls` the server certificate must chain to the
 //! system roots or a `trusted_ca` file and name the server; without it any
@@ -33,8 +36,8 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle connections kept per destination.
 const POOL_PER_DESTINATION: usize = 4;
 
-/// One idle HTTP/1.1 connection to a destination.
-type Conn = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+/// One idle HTTP/1.1 connection to a destination, with the `Host` its requests carry.
+type Conn = (hyper::client::conn::http1::SendRequest<Full<Bytes>>, String);
 
 /// Why a request to another server failed.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +81,14 @@ pub struct Response {
     pub json: JsonValue,
 }
 
+/// Whether a server name carries an explicit port (`name:port`, `1.2.3.4:port`, `[::1]:port`).
+fn has_port(server: &str) -> bool {
+    match server.rsplit_once(':') {
+        Some((head, port)) => port.parse::<u16>().is_ok() && (!head.contains(':') || head.ends_with(']')),
+        None => false,
+    }
+}
+
 /// The federation client of one server.
 pub struct FederationClient {
     tls: Arc<rustls::ClientConfig>,
@@ -90,6 +101,17 @@ pub struct FederationClient {
     alive: parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
     /// Idle keep-alive connections per destination.
     pool: parking_lot::Mutex<std::collections::HashMap<String, Vec<Conn>>>,
+    /// `.well-known` delegations looked up: server name → (delegated name, until).
+    delegations: parking_lot::Mutex<std::collections::HashMap<String, (Option<String>, std::time::Instant)>>,
+}
+
+/// Where to connect for a server name.
+struct Target {
+    addr: SocketAddr,
+    /// TLS server name.
+    tls_name: String,
+    /// `Host` header.
+    host_header: String,
 }
 
 #[derive(Debug)]
@@ -162,26 +184,88 @@ impl FederationClient {
             edu_ready: tokio::sync::Notify::new(),
             alive: parking_lot::Mutex::new(std::collections::HashMap::new()),
             pool: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            delegations: parking_lot::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
-    async fn resolve(engine: &Engine, server: &str) -> Result<(SocketAddr, String), ClientError> {
+    async fn resolve(&self, engine: &Engine, server: &str) -> Result<Target, ClientError> {
         let host = myelin_engine::config_host(server).to_owned();
         if let Some(addr) = engine.config.federation.hosts.get(server) {
-            return Ok((*addr, host));
+            return Ok(Target { addr: *addr, tls_name: host, host_header: server.to_owned() });
         }
-        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-            let port = server
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse().ok())
-                .filter(|_| !server.ends_with(']'))
-                .unwrap_or(8448);
-            return Ok((SocketAddr::new(ip, port), host));
+        if host.parse::<std::net::IpAddr>().is_ok() || has_port(server) {
+            return Self::direct(server).await;
         }
-        let target = if server.contains(':') { server.to_owned() } else { format!("{server}:8448") };
-        let mut addrs = tokio::net::lookup_host(target).await.map_err(|_| ClientError::Resolve(server.to_owned()))?;
-        let addr = addrs.next().ok_or_else(|| ClientError::Resolve(server.to_owned()))?;
-        Ok((addr, host))
+        let delegated = self.delegation(&host).await;
+        match delegated {
+            Some(name) => {
+                let mut target = Self::direct(&name).await?;
+                target.host_header = name;
+                Ok(target)
+            }
+            None => Self::direct(server).await,
+        }
+    }
+
+    /// An IP literal or a name, with its port or 8448, without delegation.
+    async fn direct(server: &str) -> Result<Target, ClientError> {
+        let host = myelin_engine::config_host(server).to_owned();
+        let port = if has_port(server) { server.rsplit_once(':').and_then(|(_, p)| p.parse().ok()) } else { None };
+        let port = port.unwrap_or(8448);
+        let addr = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, port),
+            Err(_) => tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .map_err(|_| ClientError::Resolve(server.to_owned()))?
+                .next()
+                .ok_or_else(|| ClientError::Resolve(server.to_owned()))?,
+        };
+        Ok(Target { addr, tls_name: host, host_header: server.to_owned() })
+    }
+
+    /// The `m.server` of `https://host/.well-known/matrix/server`, cached for an hour.
+    async fn delegation(&self, host: &str) -> Option<String> {
+        if let Some((answer, until)) = self.delegations.lock().get(host)
+            && *until > std::time::Instant::now()
+        {
+            return answer.clone();
+        }
+        let answer = self.fetch_well_known(host).await;
+        match &answer {
+            Some(d) => tracing::info!(server = host, delegated = %d, "server delegates federation"),
+            None => tracing::debug!(server = host, "no .well-known delegation"),
+        }
+        self.delegations
+            .lock()
+            .insert(host.to_owned(), (answer.clone(), std::time::Instant::now() + Duration::from_secs(3600)));
+        answer
+    }
+
+    async fn fetch_well_known(&self, host: &str) -> Option<String> {
+        let fut = async {
+            let addr = tokio::net::lookup_host((host, 443)).await.ok()?.next()?;
+            let tcp = TcpStream::connect(addr).await.ok()?;
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned()).ok()?;
+            let tls = tokio_rustls::TlsConnector::from(self.tls.clone()).connect(name, tcp).await.ok()?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.ok()?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let req = http::Request::builder()
+                .uri("/.well-known/matrix/server")
+                .header(http::header::HOST, host)
+                .body(Full::new(Bytes::new()))
+                .ok()?;
+            let resp = sender.send_request(req).await.ok()?;
+            if resp.status() != StatusCode::OK {
+                return None;
+            }
+            let body = Limited::new(resp.into_body(), 64 * 1024).collect().await.ok()?.to_bytes();
+            let json: JsonValue = serde_json::from_slice(&body).ok()?;
+            let delegated = json["m.server"].as_str()?;
+            ruma::ServerName::parse(delegated).ok().map(|n| n.to_string())
+        };
+        tokio::time::timeout(Duration::from_secs(10), fut).await.ok().flatten()
     }
 
     /// The signal that `server` is reachable again (see [`FederationClient::mark_alive`]).
@@ -270,12 +354,13 @@ impl FederationClient {
         let attempt = |reuse: bool| async move {
             let pooled = if reuse { self.pooled(server).await } else { None };
             let was_pooled = pooled.is_some();
-            let mut sender = match pooled {
+            let (mut sender, host_header) = match pooled {
                 Some(s) => s,
                 None => {
-                    let (addr, host) = Self::resolve(engine, server).await?;
+                    let target = self.resolve(engine, server).await?;
+                    let addr = target.addr;
                     let tcp = TcpStream::connect(addr).await.map_err(|e| transport(format!("connect {addr}: {e}")))?;
-                    let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    let name = rustls::pki_types::ServerName::try_from(target.tls_name.clone())
                         .map_err(|e| transport(format!("server name: {e}")))?;
                     let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
                         .connect(name, tcp)
@@ -291,15 +376,17 @@ impl FederationClient {
                         },
                         span,
                     ));
-                    sender
+                    (sender, target.host_header)
                 }
             };
             let bytes = match body {
                 Some(b) => serde_json::to_vec(b).map_err(|e| transport(e.to_string()))?,
                 None => Vec::new(),
             };
-            let mut req =
-                http::Request::builder().method(method.clone()).uri(path_and_query).header(http::header::HOST, server);
+            let mut req = http::Request::builder()
+                .method(method.clone())
+                .uri(path_and_query)
+                .header(http::header::HOST, &host_header);
             if body.is_some() {
                 req = req.header(http::header::CONTENT_TYPE, "application/json");
             }
@@ -328,7 +415,7 @@ impl FederationClient {
                 .map_err(|e| transport(format!("reading the response: {e}")))?
                 .to_bytes();
             // The whole response was read: the connection can carry the next request.
-            self.give_back(server, sender);
+            self.give_back(server, (sender, host_header));
             Ok(Ok(RawResponse { status, headers, body }))
         };
         let fut = async {
@@ -347,15 +434,15 @@ impl FederationClient {
     /// An idle pooled connection to `server` that is still open and ready.
     async fn pooled(&self, server: &str) -> Option<Conn> {
         loop {
-            let mut conn = self.pool.lock().get_mut(server).and_then(Vec::pop)?;
+            let (mut conn, host) = self.pool.lock().get_mut(server).and_then(Vec::pop)?;
             if !conn.is_closed() && conn.ready().await.is_ok() {
-                return Some(conn);
+                return Some((conn, host));
             }
         }
     }
 
     fn give_back(&self, server: &str, conn: Conn) {
-        if conn.is_closed() {
+        if conn.0.is_closed() {
             return;
         }
         let mut pool = self.pool.lock();
@@ -384,5 +471,21 @@ impl FederationClient {
         }
         engine.keyring.accept_document(server, &resp.json).await?;
         Ok(engine.keyring.key(server, key_id, false)?)
+    }
+}
+
+#[cfg(test)]
+mod discovery_tests {
+    use super::has_port;
+
+    #[test]
+    fn explicit_ports_are_told_apart_from_bare_names_and_ipv6() {
+        assert!(has_port("example.org:8448"));
+        assert!(has_port("10.0.0.1:443"));
+        assert!(has_port("[::1]:8448"));
+        assert!(!has_port("example.org"));
+        assert!(!has_port("[::1]"));
+        assert!(!has_port("::1"));
+        assert!(!has_port("example.org:http"));
     }
 }
