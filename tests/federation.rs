@@ -754,3 +754,77 @@ async fn a_server_is_found_through_its_well_known_delegation() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_state_changes_on_two_servers_converge_to_the_same_state() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice
+        .create_room(json!({
+            "preset": "public_chat",
+            "name": "start",
+            "power_level_content_override": { "users": { "@bob:b.test": 100 } }
+        }))
+        .await;
+    bob.post(&format!("/_matrix/client/v3/join/{}?server_name=a.test", enc(&room)), json!({})).await;
+    alice.send_text(&room, "both here").await;
+    wait_for_text(&bob, &room, "both here").await;
+
+    // Cut the link, then change the same state on both sides.
+    let admin = |req: serde_json::Value| {
+        let dir = a.engine.config.data_dir.clone();
+        async move { myelin_api::admin::request(&dir, &req).await.unwrap().expect("the admin socket answers") }
+    };
+    assert_eq!(admin(json!({ "op": "federation_deny", "server": "b.test" })).await["ok"], true);
+    let name_path = format!("/_matrix/client/v3/rooms/{}/state/m.room.name", enc(&room));
+    let topic_path = format!("/_matrix/client/v3/rooms/{}/state/m.room.topic", enc(&room));
+    alice.put(&name_path, json!({ "name": "named on A" })).await;
+    alice.put(&topic_path, json!({ "topic": "topic from A" })).await;
+    bob.put(&name_path, json!({ "name": "named on B" })).await;
+    alice.send_text(&room, "A while apart").await;
+    bob.send_text(&room, "B while apart").await;
+
+    // Reconnect: each side fetches what it missed and resolves the fork.
+    assert_eq!(admin(json!({ "op": "federation_remove", "server": "b.test" })).await["ok"], true);
+    bob.send_text(&room, "B again").await;
+    wait_for_text(&alice, &room, "B again").await;
+    alice.send_text(&room, "A again").await;
+    wait_for_text(&bob, &room, "A again").await;
+
+    let state_of = |c: myelin_suite::Client| {
+        let room = room.clone();
+        async move {
+            let all = c.get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&room))).await;
+            let mut ids: Vec<(String, String, String)> = all
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    (
+                        e["type"].as_str().unwrap_or_default().to_owned(),
+                        e["state_key"].as_str().unwrap_or_default().to_owned(),
+                        e["event_id"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    let on_a = state_of(alice.clone()).await;
+    let on_b = state_of(bob.clone()).await;
+    assert_eq!(on_a, on_b, "both servers hold the same current state");
+    let name = alice.get(&name_path).await["name"].as_str().unwrap().to_owned();
+    assert!(name == "named on A" || name == "named on B", "{name}");
+    assert_eq!(bob.get(&topic_path).await["topic"], "topic from A", "the unconflicted change from A reached B");
+    // Both sides have both partitions' messages.
+    for c in [&alice, &bob] {
+        let page = c.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(&room))).await;
+        let bodies: Vec<&str> =
+            page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+        assert!(bodies.contains(&"A while apart") && bodies.contains(&"B while apart"), "{}: {bodies:?}", c.user_id);
+    }
+    a.stop().await;
+    b.stop().await;
+}
