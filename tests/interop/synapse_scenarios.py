@@ -121,6 +121,23 @@ s, j = call(SY, "GET", f"/_matrix/client/v3/profile/{q(mu)}", None, st)
 check(j.get("displayname") == "Alice M", f"Synapse reads alice's profile over federation ({j})")
 s, j = call(MY, "GET", f"/_matrix/client/v3/profile/{q(su)}", None, mt)
 check(s == 200 and j.get("displayname") == "bob", f"Myelin reads bob's profile over federation ({j})")
+deadline, shown = time.monotonic() + 20, None
+while time.monotonic() < deadline:
+    s, j = call(SY, "GET", f"/_matrix/client/v3/rooms/{q(room)}/state/m.room.member/{q(mu)}", None, st)
+    shown = j.get("displayname")
+    if shown == "Alice M":
+        break
+    time.sleep(0.3)
+check(shown == "Alice M", f"alice's new name reaches the shared room on Synapse as a member event ({shown})")
+s, j = call(SY, "PUT", f"/_matrix/client/v3/profile/{q(su)}/avatar_url", {"avatar_url": "mxc://example/bobface"}, st)
+deadline, shown = time.monotonic() + 20, None
+while time.monotonic() < deadline:
+    s, j = call(MY, "GET", f"/_matrix/client/v3/rooms/{q(room)}/state/m.room.member/{q(su)}", None, mt)
+    shown = j.get("avatar_url")
+    if shown == "mxc://example/bobface":
+        break
+    time.sleep(0.3)
+check(shown == "mxc://example/bobface", f"bob's new avatar reaches the shared room on Myelin ({shown})")
 
 
 def event_seen(base, token, room, pred, seconds=30):
