@@ -828,3 +828,52 @@ async fn concurrent_state_changes_on_two_servers_converge_to_the_same_state() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn thumbnails_of_media_on_a_are_served_over_federation_and_to_users_on_b() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let img = image::RgbImage::from_fn(400, 200, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 60]));
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgb8(img).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    let auth = format!("Bearer {}", alice.token);
+    let up = myelin_suite::http_with(
+        alice.addr,
+        Method::POST,
+        "/_matrix/media/v3/upload?filename=wide.png",
+        Some(&png),
+        &[("authorization", &auth), ("content-type", "image/png")],
+    )
+    .await;
+    let mxc = up.json()["content_uri"].as_str().unwrap().to_owned();
+    let id = mxc.rsplit('/').next().unwrap().to_owned();
+
+    // A serves the thumbnail to B's server as multipart/mixed.
+    let path = format!("/_matrix/federation/v1/media/thumbnail/{id}?width=100&height=100&method=scale");
+    let header = xmatrix::sign(&b.engine.keys, "b.test", "a.test", "GET", &path, None).unwrap();
+    let r = https_with(a.federation.unwrap(), Method::GET, &path, None, &[("authorization", &header)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    let ct = r.headers["content-type"].to_str().unwrap().to_owned();
+    let boundary = ct.split("boundary=").nth(1).expect("a multipart boundary").to_owned();
+    let body = r.body.to_vec();
+    let marker = format!("--{boundary}\r\nContent-Type: image/png\r\n\r\n");
+    let start = body.windows(marker.len()).position(|w| w == marker.as_bytes()).expect("the image part") + marker.len();
+    let thumb = image::load_from_memory(&body[start..]).unwrap();
+    assert_eq!((thumb.width(), thumb.height()), (100, 50));
+
+    // Bob asks his own server, which fetches the original from A and thumbnails it.
+    let server_path = mxc.strip_prefix("mxc://").unwrap();
+    let r = bob
+        .request(
+            Method::GET,
+            &format!("/_matrix/client/v1/media/thumbnail/{server_path}?width=40&height=40&method=crop"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    let thumb = image::load_from_memory(&r.body).unwrap();
+    assert_eq!((thumb.width(), thumb.height()), (40, 40));
+    a.stop().await;
+    b.stop().await;
+}

@@ -244,20 +244,40 @@ pub fn federation_download(cx: Ctx, req: Req) -> HandlerFuture {
         let bytes = tokio::fs::read(cx.engine.media.blob_path(&meta.hash))
             .await
             .map_err(|_| ApiError::not_found("media file missing"))?;
-        let boundary = format!("myelin{}", &meta.hash[..16.min(meta.hash.len())]);
         let content_type = meta.content_type.clone().unwrap_or_else(|| "application/octet-stream".into());
-        let mut body = format!(
-            "--{boundary}\r\nContent-Type: application/json\r\n\r\n{{}}\r\n--{boundary}\r\nContent-Type: {content_type}\r\n\r\n"
-        )
-        .into_bytes();
-        body.extend_from_slice(&bytes);
-        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-        let mut resp = http::Response::new(crate::http_util::full(body));
-        if let Ok(v) = HeaderValue::from_str(&format!("multipart/mixed; boundary={boundary}")) {
-            resp.headers_mut().insert(header::CONTENT_TYPE, v);
-        }
-        Ok(resp)
+        Ok(multipart(&meta.hash, &content_type, &bytes))
     })
+}
+
+/// GET /_matrix/federation/v1/media/thumbnail/{mediaId}?width=&height=&method=
+pub fn federation_thumbnail(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        crate::federation::require_server(&cx, &req).await?;
+        let id = req.param("media_id")?;
+        let meta = match cx.engine.media.meta(cx.engine.server_name.as_str(), id)? {
+            Some(m) if !m.hash.is_empty() => m,
+            _ => return Err(ApiError::not_found("media not found")),
+        };
+        let path = make_thumbnail(&cx, &meta, &req).await?;
+        let bytes = tokio::fs::read(&path).await.map_err(|_| ApiError::not_found("thumbnail missing"))?;
+        Ok(multipart(&meta.hash, "image/png", &bytes))
+    })
+}
+
+/// The federation media answer: `multipart/mixed` with an empty JSON part, then the bytes.
+fn multipart(hash: &str, content_type: &str, bytes: &[u8]) -> Resp {
+    let boundary = format!("myelin{}", &hash[..16.min(hash.len())]);
+    let mut body = format!(
+        "--{boundary}\r\nContent-Type: application/json\r\n\r\n{{}}\r\n--{boundary}\r\nContent-Type: {content_type}\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let mut resp = http::Response::new(crate::http_util::full(body));
+    if let Ok(v) = HeaderValue::from_str(&format!("multipart/mixed; boundary={boundary}")) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    resp
 }
 
 async fn local_media(cx: &Ctx, req: &Req) -> Result<MediaMeta, ApiError> {
@@ -391,6 +411,12 @@ pub fn legacy_download(cx: Ctx, req: Req) -> HandlerFuture {
 
 async fn thumbnail_inner(cx: &Ctx, req: &Req) -> Result<Resp, ApiError> {
     let meta = local_media(cx, req).await?;
+    let cached = make_thumbnail(cx, &meta, req).await?;
+    file_response(cached, "image/png", None, None).await
+}
+
+/// The PNG thumbnail of `meta` at the request's `width`/`height`/`method`, made once and cached.
+async fn make_thumbnail(cx: &Ctx, meta: &MediaMeta, req: &Req) -> Result<std::path::PathBuf, ApiError> {
     let dim = |name: &str| -> Result<u32, ApiError> {
         query_param(req, name)
             .and_then(|v| v.parse::<u32>().ok())
@@ -429,7 +455,7 @@ async fn thumbnail_inner(cx: &Ctx, req: &Req) -> Result<Resp, ApiError> {
             ApiError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", format!("cannot thumbnail this media: {e}"))
         })?;
     }
-    file_response(cached, "image/png", None, None).await
+    Ok(cached)
 }
 
 /// GET /_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}
@@ -471,4 +497,5 @@ pub fn add(r: &mut crate::router::Router) {
 /// Adds the media routes of the federation listener.
 pub fn add_federation(r: &mut crate::router::Router) {
     r.add(http::Method::GET, "/_matrix/federation/v1/media/download/{media_id}", federation_download);
+    r.add(http::Method::GET, "/_matrix/federation/v1/media/thumbnail/{media_id}", federation_thumbnail);
 }
