@@ -674,33 +674,34 @@ async fn a_server_in_the_room_reads_state_ids_state_and_auth_chains_and_an_outsi
     b.stop().await;
 }
 
-/// Serves `/.well-known/matrix/server` over TLS on 127.0.0.1:443 (this needs
-/// root or CAP_NET_BIND_SERVICE, which the CI machine has) and counts requests.
-async fn well_known_server(
+/// A minimal TLS HTTP server on `bind` answering each path with `answer(path)`
+/// = (status, content type, body); counts requests per path prefix match.
+async fn tiny_tls_server(
+    bind: &str,
     tls: std::sync::Arc<rustls::ServerConfig>,
-    body: String,
-) -> (std::sync::Arc<std::sync::atomic::AtomicUsize>, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:443").await.expect("binding 127.0.0.1:443 (needs root)");
-    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = hits.clone();
+    answer: impl Fn(&str) -> (u16, &'static str, Vec<u8>) + Send + Sync + 'static,
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(bind).await.unwrap_or_else(|e| panic!("binding {bind}: {e}"));
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let answer = std::sync::Arc::new(answer);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let task = tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, body, counter) = (acceptor.clone(), body.clone(), counter.clone());
+            let (acceptor, answer, log) = (acceptor.clone(), answer.clone(), log.clone());
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else { return };
                 let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let body = body.clone();
-                    let counter = counter.clone();
+                    let (answer, log) = (answer.clone(), log.clone());
                     async move {
-                        let ok = req.uri().path() == "/.well-known/matrix/server";
-                        if ok {
-                            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        }
+                        let path = req.uri().path().to_owned();
+                        log.lock().unwrap().push(path.clone());
+                        let (status, content_type, body) = answer(&path);
                         let resp = http::Response::builder()
-                            .status(if ok { 200 } else { 404 })
-                            .header("content-type", "application/json")
-                            .body(http_body_util::Full::new(bytes::Bytes::from(if ok { body } else { String::new() })))
+                            .status(status)
+                            .header("content-type", content_type)
+                            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
                             .unwrap();
                         Ok::<_, std::convert::Infallible>(resp)
                     }
@@ -711,7 +712,7 @@ async fn well_known_server(
             });
         }
     });
-    (hits, task)
+    (addr, seen, task)
 }
 
 #[tokio::test]
@@ -733,7 +734,14 @@ async fn a_server_is_found_through_its_well_known_delegation() {
     })
     .await;
     let tls = myelin_api::tls::server_config(&b.engine.config).unwrap();
-    let (hits, server) = well_known_server(tls, json!({ "m.server": format!("127.0.0.1:{b_port}") }).to_string()).await;
+    // Binding port 443 needs root or CAP_NET_BIND_SERVICE, which the CI machine has.
+    let well_known = json!({ "m.server": format!("127.0.0.1:{b_port}") }).to_string().into_bytes();
+    let (_, seen, server) = tiny_tls_server("127.0.0.1:443", tls, move |path| match path {
+        "/.well-known/matrix/server" => (200, "application/json", well_known.clone()),
+        _ => (404, "application/json", b"{}".to_vec()),
+    })
+    .await;
+    let hits = || seen.lock().unwrap().iter().filter(|p| p.as_str() == "/.well-known/matrix/server").count();
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     bob.put(&format!("/_matrix/client/v3/profile/{}/displayname", enc(&bob.user_id)), json!({ "displayname": "Bob" }))
@@ -741,9 +749,9 @@ async fn a_server_is_found_through_its_well_known_delegation() {
 
     let profile = alice.get("/_matrix/client/v3/profile/@bob:localhost").await;
     assert_eq!(profile["displayname"], "Bob");
-    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1, "one lookup, then the cached answer");
+    assert_eq!(hits(), 1, "one lookup, then the cached answer");
     alice.get("/_matrix/client/v3/profile/@bob:localhost").await;
-    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(hits(), 1);
 
     // A room on B, joined from A through the delegated address.
     let room = bob.create_room(json!({ "preset": "public_chat" })).await;
@@ -876,4 +884,45 @@ async fn thumbnails_of_media_on_a_are_served_over_federation_and_to_users_on_b()
     assert_eq!((thumb.width(), thumb.height()), (40, 40));
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test]
+async fn media_of_a_server_without_federation_media_comes_through_its_legacy_endpoint() {
+    // "old.test" predates authenticated media: 404 M_UNRECOGNIZED for the federation
+    // endpoint, bytes from the legacy one.
+    let old_dir = tempfile::tempdir().unwrap();
+    let tls = myelin_api::tls::server_config(&myelin_suite::test_config(old_dir.path(), "old.test")).unwrap();
+    let blob: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    let served = blob.clone();
+    let (old_addr, seen, server) = tiny_tls_server("127.0.0.1:0", tls, move |path| {
+        if path == "/_matrix/media/v3/download/old.test/legacyfile" {
+            (200, "audio/ogg", served.clone())
+        } else {
+            (404, "application/json", br#"{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}"#.to_vec())
+        }
+    })
+    .await;
+    let a = TestServer::start_with("a.test", |c| {
+        c.registration.enabled = true;
+        c.federation.verify_tls = false;
+        c.federation.hosts.insert("old.test".into(), old_addr);
+    })
+    .await;
+    let alice = a.register("alice").await;
+
+    let r = alice.request(Method::GET, "/_matrix/client/v1/media/download/old.test/legacyfile", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.headers["content-type"], "audio/ogg");
+    assert!(r.body == blob, "{} bytes", r.body.len());
+    let paths = seen.lock().unwrap().clone();
+    assert_eq!(
+        paths,
+        vec!["/_matrix/federation/v1/media/download/legacyfile", "/_matrix/media/v3/download/old.test/legacyfile"],
+        "the federation endpoint first, then the legacy one"
+    );
+    // Missing media on the old server stays a 404.
+    let r = alice.request(Method::GET, "/_matrix/client/v1/media/download/old.test/nothing", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    server.abort();
+    a.stop().await;
 }

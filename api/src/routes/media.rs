@@ -190,15 +190,28 @@ async fn fetch_remote(cx: &Ctx, server: &str, id: &str) -> Result<MediaMeta, Api
         .map_err(|e| {
             ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", format!("fetching media from {server}: {e}"))
         })?;
-    if resp.status == StatusCode::NOT_FOUND {
-        return Err(ApiError::not_found("media not found"));
-    }
-    if !resp.status.is_success() {
-        return Err(ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", format!("{server} answered {}", resp.status)));
-    }
-    let content_type = resp.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let (part_type, bytes) = split_multipart(content_type, &resp.body)
-        .ok_or_else(|| ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", "unreadable multipart media response"))?;
+    let unrecognized =
+        matches!(resp.status, StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::BAD_REQUEST)
+            && serde_json::from_slice::<serde_json::Value>(&resp.body)
+                .is_ok_and(|j| j["errcode"] == "M_UNRECOGNIZED" || j["errcode"].is_null());
+    let (part_type, bytes) = if unrecognized {
+        // A server older than authenticated media (spec v1.11): its legacy endpoint.
+        legacy_fetch(cx, server, id, limit).await?
+    } else {
+        if resp.status == StatusCode::NOT_FOUND {
+            return Err(ApiError::not_found("media not found"));
+        }
+        if !resp.status.is_success() {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "M_UNKNOWN",
+                format!("{server} answered {}", resp.status),
+            ));
+        }
+        let content_type = resp.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        split_multipart(content_type, &resp.body)
+            .ok_or_else(|| ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", "unreadable multipart media response"))?
+    };
     if bytes.len() as u64 > limit {
         return Err(too_large(limit));
     }
@@ -208,6 +221,32 @@ async fn fetch_remote(cx: &Ctx, server: &str, id: &str) -> Result<MediaMeta, Api
         ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect();
     let staged = Staged { path, hash, size: bytes.len() as u64 };
     Ok(cx.engine.media.commit(server, id, staged, part_type, None, None).await?)
+}
+
+/// Fetches media from a server without the federation media endpoints, through
+/// its unauthenticated `/_matrix/media/v3/download` (not asking it to fetch
+/// from elsewhere).
+async fn legacy_fetch(cx: &Ctx, server: &str, id: &str, limit: u64) -> Result<(Option<String>, Vec<u8>), ApiError> {
+    let path = format!(
+        "/_matrix/media/v3/download/{}/{}?allow_remote=false",
+        crate::routes::client::enc_query(server),
+        crate::routes::client::enc_query(id)
+    );
+    let resp = cx
+        .federation
+        .request_raw(&cx.engine, server, http::Method::GET, &path, None, false, limit as usize + 1)
+        .await
+        .map_err(|e| {
+            ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", format!("fetching media from {server}: {e}"))
+        })?;
+    if resp.status == StatusCode::NOT_FOUND {
+        return Err(ApiError::not_found("media not found"));
+    }
+    if !resp.status.is_success() {
+        return Err(ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", format!("{server} answered {}", resp.status)));
+    }
+    let content_type = resp.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    Ok((content_type, resp.body.to_vec()))
 }
 
 /// The second part of a `multipart/mixed` media response: its content type and bytes.
