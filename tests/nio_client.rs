@@ -60,4 +60,6 @@ async fn matrix_nio_can_register_create_a_dm_and_chat() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "matrix-nio run failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("ok: bob receives alice's message through sync"), "{stdout}");
+    assert!(stdout.contains("ok: bob downloads the image byte for byte"), "{stdout}");
+    assert!(stdout.trim_end().ends_with(" passed, 0 failed"), "{stdout}");
 }

@@ -1,8 +1,11 @@
 //! Myelin federating with a real Synapse (PyPI `matrix-synapse` 1.163.2,
 //! installed by `tests/interop/setup.sh`), both directions: joins, messages,
-//! backfilled history, invites (accepted and declined), profiles, edits,
-//! formatted replies, reactions, redactions, mentions, typing, media
-//! downloads byte for byte, and the public room directory. Synapse runs on loopback with
+//! 200 messages of backfilled history, invites (accepted and declined),
+//! profiles and their member events, edits, formatted replies, reactions,
+//! redactions, mentions, typing, read receipts, leaves, media downloads byte
+//! for byte, and the public room directory. Room server ACLs are covered
+//! between Myelin servers only: with IP-literal names both servers are
+//! `127.0.0.1`, which an ACL cannot tell apart. Synapse runs on loopback with
 //! SQLite and a self-signed TLS federation listener; both servers use IP
 //! literal server names, so no DNS is involved.
 
@@ -111,4 +114,5 @@ async fn myelin_and_synapse_federate_both_ways() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "scenario failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("all checks passed"), "{stdout}");
+    assert!(stdout.trim_end().ends_with(" passed, 0 failed"), "{stdout}");
 }

@@ -5,6 +5,7 @@ Exits 0 when every step worked; prints the failing step otherwise.
 """
 
 import asyncio
+import io
 import sys
 import time
 
@@ -23,16 +24,25 @@ from nio import (
     LoginResponse,
     RegisterResponse,
     RoomCreateResponse,
+    DownloadResponse,
+    RoomMessageImage,
     RoomMessageText,
     RoomSendResponse,
+    UploadResponse,
     SyncResponse,
 )
 
 
+PASSED = 0
+
+
 def check(cond, what):
+    global PASSED
     if not cond:
         print(f"FAILED: {what}", flush=True)
+        print(f"{PASSED} passed, 1 failed", flush=True)
         sys.exit(1)
+    PASSED += 1
     print(f"ok: {what}", flush=True)
 
 
@@ -119,8 +129,21 @@ async def main(url: str, server: str) -> None:
         check(isinstance(r, RoomRedactResponse), "bob deletes his reply")
         r = await alice.set_displayname("Alice Nio")
         check(isinstance(r, ProfileSetDisplayNameResponse), "alice changes her display name")
+        png = bytes.fromhex(
+            "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+            "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201e221bc330000000049454e44ae426082"
+        ) + bytes(range(256)) * 40
+        up, _ = await alice.upload(io.BytesIO(png), content_type="image/png", filename="dot.png", filesize=len(png))
+        check(isinstance(up, UploadResponse), f"alice uploads an image ({up})")
+        r = await alice.room_send(room_id, "m.room.message", {
+            "msgtype": "m.image", "body": "dot.png", "url": up.content_uri,
+            "info": {"mimetype": "image/png", "size": len(png), "w": 1, "h": 1},
+        })
+        check(isinstance(r, RoomSendResponse), "alice sends the image")
+        image_id = r.event_id
 
-        want = {"edit", "reply", "reaction", "typing", "redaction", "profile"}
+        want = {"edit", "reply", "reaction", "typing", "redaction", "profile", "image"}
+        image_url = None
         got_features = set()
         deadline = time.monotonic() + 20
         while want - got_features and time.monotonic() < deadline:
@@ -138,6 +161,9 @@ async def main(url: str, server: str) -> None:
                     got_features.add("reply")
                 if isinstance(e, RoomMemberEvent) and e.state_key == f"@alice:{server}" and (e.content or {}).get("displayname") == "Alice Nio":
                     got_features.add("profile")
+                if isinstance(e, RoomMessageImage) and e.event_id == image_id:
+                    got_features.add("image")
+                    image_url = e.url
             for e in room.ephemeral if room else []:
                 if isinstance(e, TypingNoticeEvent) and f"@alice:{server}" in e.users:
                     got_features.add("typing")
@@ -145,6 +171,9 @@ async def main(url: str, server: str) -> None:
             check(feature in got_features, f"the other side sees the {feature}")
         r = await phone.get_displayname(f"@alice:{server}")
         check(isinstance(r, ProfileGetDisplayNameResponse) and r.displayname == "Alice Nio", "bob reads alice's new name")
+        r = await phone.download(mxc=image_url)
+        check(isinstance(r, DownloadResponse) and r.body == png, f"bob downloads the image byte for byte ({type(r).__name__})")
+        print(f"{PASSED} passed, 0 failed", flush=True)
         await phone.close()
     finally:
         await alice.close()

@@ -367,6 +367,7 @@ pub fn send_transaction(cx: Ctx, req: Req) -> HandlerFuture {
             }
         }
         for edu in body["edus"].as_array().into_iter().flatten().take(100) {
+            tracing::debug!(%origin, edu_type = ?edu["edu_type"].as_str(), content = %edu["content"], "EDU received");
             receive_edu(&cx, &origin, edu).await;
         }
         let mut seen = SEEN_TXNS.lock();
