@@ -3,9 +3,9 @@
 //! 200 messages of backfilled history, invites (accepted and declined),
 //! profiles and their member events, edits, formatted replies, reactions,
 //! redactions, mentions, typing, read receipts, leaves, media downloads byte
-//! for byte, and the public room directory. Room server ACLs are covered
-//! between Myelin servers only: with IP-literal names both servers are
-//! `127.0.0.1`, which an ACL cannot tell apart. Synapse runs on loopback with
+//! for byte, the public room directory, and a room server ACL that shuts
+//! Synapse out. Synapse is named `localhost:PORT` and Myelin `127.0.0.1:PORT`
+//! so that an ACL (which ignores ports) can tell them apart. Synapse runs on loopback with
 //! SQLite and a self-signed TLS federation listener; both servers use IP
 //! literal server names, so no DNS is involved.
 
@@ -103,7 +103,7 @@ async fn myelin_and_synapse_federate_both_ways() {
             .arg(format!("http://127.0.0.1:{my_client}"))
             .arg(format!("http://127.0.0.1:{syn_client}"))
             .arg(format!("127.0.0.1:{my_fed}"))
-            .arg(format!("127.0.0.1:{syn_fed}"))
+            .arg(format!("localhost:{syn_fed}"))
             .output()
     })
     .await

@@ -17,7 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 directory, client_port, fed_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-server_name = f"127.0.0.1:{fed_port}"
+# A DNS name, not an IP literal, so that a room server ACL can tell Synapse
+# ("localhost") from Myelin ("127.0.0.1") although both listen on loopback.
+server_name = f"localhost:{fed_port}"
 subprocess.run(
     [sys.executable, "-m", "synapse.app.homeserver", "--server-name", server_name,
      "--config-path", f"{directory}/hs.yaml", "--data-directory", directory,
@@ -32,7 +34,7 @@ cert = (
     x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
     .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
     .not_valid_after(now + datetime.timedelta(days=30))
-    .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
     .sign(key, hashes.SHA256())
 )
 with open(f"{directory}/cert.pem", "wb") as f:

@@ -312,8 +312,19 @@ while time.monotonic() < deadline:
     time.sleep(0.3)
 check(m == "leave", f"Myelin sees bob leave ({m})")
 
-# Room server ACLs are not exercised here: ACL entries match the host without
-# its port, and both servers are 127.0.0.1 (IP-literal names), so no ACL can
-# tell them apart. tests/federation.rs covers ACLs between two named servers.
+# A room server ACL on Myelin's room shuts Synapse ("localhost") out.
+s, j = call(MY, "PUT", f"/_matrix/client/v3/rooms/{q(room)}/state/m.room.server_acl", {
+    "allow": ["*"], "deny": [SY_NAME.split(":")[0]], "allow_ip_literals": True}, mt)
+check(s == 200, f"alice denies Synapse's server name in her room ({s} {j})")
+deadline, acl = time.monotonic() + 20, None
+while time.monotonic() < deadline:
+    s, acl = call(SY, "GET", f"/_matrix/client/v3/rooms/{q(room)}/state/m.room.server_acl", None, st)
+    if s == 200:
+        break
+    time.sleep(0.3)
+check(s == 200, f"the ACL reaches Synapse ({s} {acl})")
+call(SY, "PUT", f"/_matrix/client/v3/rooms/{q(room)}/send/m.room.message/acl1", {"msgtype": "m.text", "body": "after the acl"}, st)
+check(not sees(MY, mt, room, "after the acl", seconds=6), "Myelin refuses events from the denied server")
+put_event(MY, mt, room, "m.room.message", {"msgtype": "m.text", "body": "still talking"}, "acl2")
 print("all checks passed")
 print(f"{PASSED} passed, 0 failed")

@@ -214,11 +214,20 @@ impl FederationClient {
         let port = port.unwrap_or(8448);
         let addr = match host.parse::<std::net::IpAddr>() {
             Ok(ip) => SocketAddr::new(ip, port),
-            Err(_) => tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .map_err(|_| ClientError::Resolve(server.to_owned()))?
-                .next()
-                .ok_or_else(|| ClientError::Resolve(server.to_owned()))?,
+            Err(_) => {
+                // IPv4 first: a name like `localhost` often lists `::1` first while the
+                // peer listens on IPv4 only, and there is no connection racing here yet.
+                let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+                    .await
+                    .map_err(|_| ClientError::Resolve(server.to_owned()))?
+                    .collect();
+                addrs
+                    .iter()
+                    .find(|a| a.is_ipv4())
+                    .or(addrs.first())
+                    .copied()
+                    .ok_or_else(|| ClientError::Resolve(server.to_owned()))?
+            }
         };
         Ok(Target { addr, tls_name: host, host_header: server.to_owned() })
     }
