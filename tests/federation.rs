@@ -311,6 +311,20 @@ async fn typing_and_receipts_cross_servers_and_a_server_acl_shuts_a_server_out()
         page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
     assert!(texts.contains(&"after the acl"));
     assert!(!texts.contains(&"can you hear me?"), "a denied server's event must not be accepted: {texts:?}");
+
+    // Room-scoped reads and membership handshakes are refused to B too.
+    let last = page["chunk"][0]["event_id"].as_str().unwrap().to_owned();
+    for path in [
+        format!("/_matrix/federation/v1/event/{}", enc(&last)),
+        format!("/_matrix/federation/v1/state_ids/{}?event_id={}", enc(&room), enc(&last)),
+        format!("/_matrix/federation/v1/backfill/{}?v={}&limit=5", enc(&room), enc(&last)),
+        format!("/_matrix/federation/v1/make_join/{}/{}?ver=12", enc(&room), enc("@carol:b.test")),
+        format!("/_matrix/federation/v1/make_leave/{}/{}", enc(&room), enc("@bob:b.test")),
+    ] {
+        let header = xmatrix::sign(&b.engine.keys, "b.test", "a.test", "GET", &path, None).unwrap();
+        let r = https_with(a.federation.unwrap(), Method::GET, &path, None, &[("authorization", &header)]).await;
+        assert_eq!((r.status, r.errcode().as_str()), (StatusCode::FORBIDDEN, "M_FORBIDDEN"), "{path}");
+    }
     a.stop().await;
     b.stop().await;
 }

@@ -66,6 +66,7 @@ pub fn make_join(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let origin = require_server(&cx, &req).await?;
         let room = room_param(&req)?;
+        acl_check(&cx, &room, &origin)?;
         if cx.engine.rooms.is_shutdown(&room)? {
             return Err(ApiError::forbidden(format!("{room} has been shut down on this server")));
         }
@@ -107,6 +108,7 @@ pub fn send_join(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let origin = require_server(&cx, &req).await?;
         let room = room_param(&req)?;
+        acl_check(&cx, &room, &origin)?;
         if cx.engine.rooms.is_shutdown(&room)? {
             return Err(ApiError::forbidden(format!("{room} has been shut down on this server")));
         }
@@ -250,6 +252,7 @@ pub fn make_leave(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let origin = require_server(&cx, &req).await?;
         let room = room_param(&req)?;
+        acl_check(&cx, &room, &origin)?;
         let user = UserId::parse(req.param("user_id")?).map_err(|e| ApiError::invalid_param(e.to_string()))?;
         if user.server_name().as_str() != origin {
             return Err(ApiError::forbidden("a server can only make its own users leave"));
@@ -270,6 +273,7 @@ pub fn send_leave(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let origin = require_server(&cx, &req).await?;
         let room = room_param(&req)?;
+        acl_check(&cx, &room, &origin)?;
         let version = cx
             .engine
             .rooms
@@ -443,6 +447,26 @@ async fn fill_gap(cx: &Ctx, origin: &str, room: &RoomId, version: &RoomVersionId
 }
 
 /// Whether the room's `m.room.server_acl` lets `server` take part.
+/// Room-scoped reads: the origin must pass the room's server ACL and have a joined member.
+fn room_access(cx: &Ctx, room: &RoomId, origin: &str) -> Result<(), ApiError> {
+    if !acl_allows(cx, room, origin) {
+        return Err(ApiError::forbidden(format!("{origin} is denied by the room's server ACL")));
+    }
+    if !cx.engine.rooms.joined_servers_now(room)?.contains(&origin.to_owned()) {
+        return Err(ApiError::forbidden("your server is not in this room"));
+    }
+    Ok(())
+}
+
+/// The room's server ACL check alone, as a Matrix error.
+fn acl_check(cx: &Ctx, room: &RoomId, origin: &str) -> Result<(), ApiError> {
+    if acl_allows(cx, room, origin) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!("{origin} is denied by the room's server ACL")))
+    }
+}
+
 fn acl_allows(cx: &Ctx, room: &RoomId, server: &str) -> bool {
     match cx.engine.rooms.state_event(room, "m.room.server_acl", "") {
         Ok(Some(acl)) => {
@@ -501,9 +525,7 @@ pub fn get_event(cx: Ctx, req: Req) -> HandlerFuture {
         let origin = require_server(&cx, &req).await?;
         let id = EventId::parse(req.param("event_id")?).map_err(|e| ApiError::invalid_param(e.to_string()))?;
         let pdu = cx.engine.rooms.pdu(&id)?.ok_or_else(|| ApiError::not_found("event not found"))?;
-        if !cx.engine.rooms.joined_servers_now(&pdu.room_id)?.contains(&origin) {
-            return Err(ApiError::forbidden("your server is not in this room"));
-        }
+        room_access(&cx, &pdu.room_id, &origin)?;
         Ok(ok_json(&json!({
             "origin": cx.engine.server_name,
             "origin_server_ts": now_ms(),
@@ -517,9 +539,7 @@ pub fn get_missing_events(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let origin = require_server(&cx, &req).await?;
         let room = room_param(&req)?;
-        if !cx.engine.rooms.joined_servers_now(&room)?.contains(&origin) {
-            return Err(ApiError::forbidden("your server is not in this room"));
-        }
+        room_access(&cx, &room, &origin)?;
         let body: JsonValue = parse_json(&req.body)?;
         let ids = |k: &str| -> Vec<OwnedEventId> {
             body[k]
@@ -575,6 +595,7 @@ pub fn receive_invite(cx: Ctx, req: Req) -> HandlerFuture {
         if cx.engine.rooms.is_shutdown(&pdu.room_id)? {
             return Err(ApiError::forbidden(format!("{} has been shut down on this server", pdu.room_id)));
         }
+        acl_check(&cx, &pdu.room_id, &origin)?;
         if !cx.engine.users.exists(&target)? {
             return Err(ApiError::not_found(format!("{target} does not exist")));
         }
@@ -656,9 +677,7 @@ pub fn backfill(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let origin = require_server(&cx, &req).await?;
         let room = room_param(&req)?;
-        if !cx.engine.rooms.joined_servers_now(&room)?.contains(&origin) {
-            return Err(ApiError::forbidden("your server is not in this room"));
-        }
+        room_access(&cx, &room, &origin)?;
         let query = req.parts.uri.query().unwrap_or_default();
         let from: Vec<OwnedEventId> = query
             .split('&')
@@ -689,9 +708,7 @@ async fn state_before(
 ) -> Result<(Vec<myelin_engine::rooms::ArcPdu>, Vec<myelin_engine::rooms::ArcPdu>), ApiError> {
     let origin = require_server(cx, req).await?;
     let room = room_param(req)?;
-    if !cx.engine.rooms.joined_servers_now(&room)?.contains(&origin) {
-        return Err(ApiError::forbidden("your server is not in this room"));
-    }
+    room_access(cx, &room, &origin)?;
     let id =
         crate::auth::query_param(req, "event_id").ok_or_else(|| ApiError::missing_param("event_id is required"))?;
     let id = EventId::parse(id.as_str()).map_err(|e| ApiError::invalid_param(e.to_string()))?;
@@ -736,9 +753,7 @@ pub fn event_auth(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let origin = require_server(&cx, &req).await?;
         let room = room_param(&req)?;
-        if !cx.engine.rooms.joined_servers_now(&room)?.contains(&origin) {
-            return Err(ApiError::forbidden("your server is not in this room"));
-        }
+        room_access(&cx, &room, &origin)?;
         let id = EventId::parse(req.param("event_id")?).map_err(|e| ApiError::invalid_param(e.to_string()))?;
         if cx.engine.rooms.pdu(&id)?.is_none_or(|p| p.room_id != room) {
             return Err(ApiError::not_found(format!("{id} is not known in {room}")));
