@@ -940,3 +940,43 @@ async fn media_of_a_server_without_federation_media_comes_through_its_legacy_end
     server.abort();
     a.stop().await;
 }
+
+#[tokio::test]
+async fn pinned_keys_are_the_only_keys_trusted_for_a_server() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let bob = b.register("bob").await;
+    a.register("alice").await;
+    bob.put(&format!("/_matrix/client/v3/profile/{}/displayname", enc(&bob.user_id)), json!({ "displayname": "Bob" }))
+        .await;
+    let b_key_id = b.engine.keys.key_id().to_owned();
+    let b_key = b.engine.keys.public_key_b64().to_owned();
+    let path = "/_matrix/federation/v1/query/profile?user_id=%40alice%3Aa.test";
+
+    // A pins a key B does not hold: B's genuine signature is refused, nothing is fetched.
+    let a = a
+        .restart_with(|c| {
+            c.federation.trusted_keys.insert(
+                "b.test".into(),
+                [(b_key_id.clone(), "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_owned())].into(),
+            );
+        })
+        .await;
+    let header = xmatrix::sign(&b.engine.keys, "b.test", "a.test", "GET", path, None).unwrap();
+    let r = https_with(a.federation.unwrap(), Method::GET, path, None, &[("authorization", &header)]).await;
+    assert_eq!(r.errcode(), "M_UNAUTHORIZED", "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        a.engine.keyring.key("b.test", &b_key_id, true).unwrap().as_deref(),
+        Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+    );
+
+    // With B's real key pinned, B's requests pass.
+    let a = a
+        .restart_with(|c| {
+            c.federation.trusted_keys.insert("b.test".into(), [(b_key_id.clone(), b_key.clone())].into());
+        })
+        .await;
+    let r = https_with(a.federation.unwrap(), Method::GET, path, None, &[("authorization", &header)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    a.stop().await;
+    b.stop().await;
+}

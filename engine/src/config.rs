@@ -102,6 +102,10 @@ pub struct FederationConfig {
     pub deny: Vec<String>,
     /// Static discovery: server name → address, ahead of the spec's resolution.
     pub hosts: BTreeMap<String, SocketAddr>,
+    /// Pinned signing keys (Myelin extension, for air-gapped sites): server name →
+    /// key id → unpadded base64 public key. A listed server's keys are never
+    /// fetched; only these are trusted for it.
+    pub trusted_keys: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// `[registration]`
@@ -166,6 +170,7 @@ impl Default for FederationConfig {
             allow: Vec::new(),
             deny: Vec::new(),
             hosts: BTreeMap::new(),
+            trusted_keys: BTreeMap::new(),
         }
     }
 }

@@ -77,7 +77,12 @@ impl Engine {
         let directory = directory::Directory::new(db.clone());
         let ephemeral = Arc::new(ephemeral::Ephemeral::new());
         let media = media::Media::open(db.clone(), &config.data_dir)?;
-        let keyring = federation::keyring::KeyRing::new(db.clone(), keys.clone(), server_name.to_string());
+        let keyring = federation::keyring::KeyRing::with_pinned(
+            db.clone(),
+            keys.clone(),
+            server_name.to_string(),
+            config.federation.trusted_keys.clone(),
+        );
         let policy = federation::policy::Policy::load(db.clone(), &config.federation)?;
         Ok(Arc::new(Self {
             config: Arc::new(config),

@@ -238,10 +238,16 @@ impl TestServer {
 
     /// Stops the server and starts it again on the same data, at the same
     /// federation address (clients get a new port: read `client` again).
-    pub async fn restart(mut self) -> Self {
+    pub async fn restart(self) -> Self {
+        self.restart_with(|_| {}).await
+    }
+
+    /// Like [`TestServer::restart`], after `tweak` changes the configuration.
+    pub async fn restart_with(mut self, tweak: impl FnOnce(&mut Config)) -> Self {
         if let Some(r) = self.running.take() {
             r.shutdown(Duration::from_secs(2)).await;
         }
+        tweak(&mut self.config);
         let mut config = self.config.clone();
         if let Some(f) = self.federation {
             config.federation.listen = f;

@@ -471,6 +471,10 @@ impl FederationClient {
         if let Some(key) = engine.keyring.key(server, key_id, false)? {
             return Ok(Some(key));
         }
+        if engine.keyring.is_pinned(server) {
+            // Pinned by configuration: an unknown key id is not looked up anywhere.
+            return Ok(None);
+        }
         let resp = self.request(engine, server, Method::GET, "/_matrix/key/v2/server", None, false).await?;
         if resp.status != StatusCode::OK {
             return Err(ClientError::Transport {

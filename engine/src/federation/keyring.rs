@@ -44,18 +44,38 @@ pub struct KeyRing {
     own: Arc<ServerKeys>,
     own_name: String,
     cache: RwLock<HashMap<String, ServerKeySet>>,
+    /// `[federation.trusted_keys]`: pinned keys per server, never fetched.
+    pinned: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl KeyRing {
     /// The key ring over `db`; `own` is our own key.
     pub fn new(db: Arc<Db>, own: Arc<ServerKeys>, own_name: String) -> Self {
-        Self { db, own, own_name, cache: RwLock::new(HashMap::new()) }
+        Self::with_pinned(db, own, own_name, BTreeMap::new())
+    }
+
+    /// The key ring with `[federation.trusted_keys]` pinned.
+    pub fn with_pinned(
+        db: Arc<Db>,
+        own: Arc<ServerKeys>,
+        own_name: String,
+        pinned: BTreeMap<String, BTreeMap<String, String>>,
+    ) -> Self {
+        Self { db, own, own_name, cache: RwLock::new(HashMap::new()), pinned }
+    }
+
+    /// Whether `server`'s keys are pinned by configuration (and must not be fetched).
+    pub fn is_pinned(&self, server: &str) -> bool {
+        self.pinned.contains_key(server)
     }
 
     /// The public key `key_id` of `server` if known and, unless `any_time`, still valid.
     pub fn key(&self, server: &str, key_id: &str, any_time: bool) -> Result<Option<String>, FederationError> {
         if server == self.own_name {
             return Ok((key_id == self.own.key_id()).then(|| self.own.public_key_b64().to_owned()));
+        }
+        if let Some(keys) = self.pinned.get(server) {
+            return Ok(keys.get(key_id).cloned());
         }
         let set = match self.cache.read().get(server).cloned() {
             Some(set) => Some(set),
@@ -74,6 +94,9 @@ impl KeyRing {
     /// Checks a key document fetched from `server` and stores its keys.
     pub async fn accept_document(&self, server: &str, doc: &JsonValue) -> Result<ServerKeySet, FederationError> {
         let bad = |reason: &str| FederationError::BadResponse { server: server.to_owned(), reason: reason.to_owned() };
+        if self.is_pinned(server) {
+            return Err(bad("its keys are pinned by federation.trusted_keys"));
+        }
         if doc["server_name"].as_str() != Some(server) {
             return Err(bad("key document names another server"));
         }
