@@ -980,3 +980,31 @@ async fn pinned_keys_are_the_only_keys_trusted_for_a_server() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn presence_set_on_b_is_seen_by_a_user_on_a_who_shares_a_room() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let before = alice.get("/_matrix/client/v3/presence/@bob:b.test/status").await;
+    assert_eq!(before["presence"], "offline", "nothing known yet");
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.post(&format!("/_matrix/client/v3/join/{}?server_name=a.test", enc(&room)), json!({})).await;
+    bob.put(
+        &format!("/_matrix/client/v3/presence/{}/status", enc(&bob.user_id)),
+        json!({ "presence": "unavailable", "status_msg": "in a meeting" }),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let p = alice.get("/_matrix/client/v3/presence/@bob:b.test/status").await;
+        if p["presence"] == "unavailable" {
+            assert_eq!(p["status_msg"], "in a meeting");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "A never learned bob's presence: {p}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    a.stop().await;
+    b.stop().await;
+}

@@ -479,6 +479,17 @@ fn acl_allows(cx: &Ctx, room: &RoomId, server: &str) -> bool {
 async fn receive_edu(cx: &Ctx, origin: &str, edu: &JsonValue) {
     let content = &edu["content"];
     match edu["edu_type"].as_str() {
+        Some("m.presence") if cx.engine.config.presence.enabled => {
+            for item in content["push"].as_array().into_iter().flatten().take(1000) {
+                let Some(user) = item["user_id"].as_str().and_then(|u| UserId::parse(u).ok()) else { continue };
+                let state = item["presence"].as_str().unwrap_or_default();
+                if user.server_name().as_str() != origin || !matches!(state, "online" | "offline" | "unavailable") {
+                    continue;
+                }
+                let status = item["status_msg"].as_str().map(|s| s.chars().take(1000).collect());
+                cx.engine.ephemeral.set_presence(&user, state, status);
+            }
+        }
         Some("m.typing") => {
             let (Some(room), Some(user)) = (
                 content["room_id"].as_str().and_then(|r| RoomId::parse(r).ok()),

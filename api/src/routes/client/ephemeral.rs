@@ -126,7 +126,8 @@ pub fn get_presence(cx: Ctx, req: Req) -> HandlerFuture {
             return Err(ApiError::forbidden("presence is disabled on this server"));
         }
         let user = UserId::parse(req.param("user_id")?).map_err(|e| ApiError::invalid_param(e.to_string()))?;
-        if !cx.engine.users.exists(&user)? {
+        // Remote users' presence is what their servers pushed to us (`m.presence` EDUs).
+        if user.server_name() == cx.engine.server_name && !cx.engine.users.exists(&user)? {
             return Err(ApiError::not_found("no such user"));
         }
         Ok(ok_json(&match cx.engine.ephemeral.presence(&user) {
@@ -154,7 +155,24 @@ pub fn put_presence(cx: Ctx, req: Req) -> HandlerFuture {
         if !matches!(state, "online" | "offline" | "unavailable") {
             return Err(ApiError::invalid_param("presence must be online, offline or unavailable"));
         }
-        cx.engine.ephemeral.set_presence(&me.user_id, state, body["status_msg"].as_str().map(str::to_owned));
+        let status_msg = body["status_msg"].as_str().map(str::to_owned);
+        cx.engine.ephemeral.set_presence(&me.user_id, state, status_msg.clone());
+        // Servers sharing a room with the user learn it through an `m.presence` EDU.
+        let mut item = json!({ "user_id": me.user_id, "presence": state, "last_active_ago": 0, "currently_active": state == "online" });
+        if let Some(m) = status_msg {
+            item["status_msg"] = json!(m);
+        }
+        let edu = json!({ "edu_type": "m.presence", "content": { "push": [item] } });
+        let mut servers = std::collections::BTreeSet::new();
+        for (room, m) in cx.engine.rooms.rooms_of(me.user_id.as_str())? {
+            if m.membership == "join" {
+                servers.extend(cx.engine.rooms.joined_servers_now(&room).unwrap_or_default());
+            }
+        }
+        servers.remove(cx.engine.server_name.as_str());
+        for server in servers {
+            cx.federation.queue_edu(&server, edu.clone());
+        }
         Ok(ok_json(&json!({})))
     })
 }
