@@ -1008,3 +1008,54 @@ async fn presence_set_on_b_is_seen_by_a_user_on_a_who_shares_a_room() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_gap_of_many_events_is_closed_from_a_single_newer_event() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let mut bob = b.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.post(&format!("/_matrix/client/v3/join/{}?server_name=a.test", enc(&room)), json!({})).await;
+    alice.send_text(&room, "before").await;
+    wait_for_text(&bob, &room, "before").await;
+
+    // B is away; A writes 150 messages and then loses its queue for B (as a peer in
+    // catch-up mode does: it sends only its newest event afterwards).
+    let mut b = b;
+    b.halt().await;
+    for i in 0..150 {
+        alice.send_text(&room, &format!("missed {i}")).await;
+    }
+    let dest = a.engine.rooms.server_short("b.test").unwrap().expect("B was queued to");
+    let queued: Vec<u64> = a.engine.rooms.outbound_pdus(dest, 10_000).unwrap().into_iter().map(|(s, _)| s).collect();
+    assert!(queued.len() >= 150);
+    a.engine.rooms.outbound_delivered(dest, &queued).await.unwrap();
+
+    let b = b.restart().await;
+    bob.addr = b.client;
+    alice.send_text(&room, "after").await;
+    wait_for_text(&bob, &room, "after").await;
+    let mut got = Vec::new();
+    let mut from: Option<String> = None;
+    for _ in 0..10 {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100{}",
+            enc(&room),
+            from.as_deref().map(|f| format!("&from={f}")).unwrap_or_default()
+        );
+        let page = bob.get(&path).await;
+        got.extend(
+            page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)),
+        );
+        match page["end"].as_str() {
+            Some(end) if !page["chunk"].as_array().unwrap().is_empty() => from = Some(end.to_owned()),
+            _ => break,
+        }
+    }
+    let missed: Vec<&String> = got.iter().filter(|b| b.starts_with("missed ")).collect();
+    assert_eq!(missed.len(), 150, "every missed message, once: {} of 150", missed.len());
+    let want: Vec<String> = (0..150).rev().map(|i| format!("missed {i}")).collect();
+    assert_eq!(missed.into_iter().cloned().collect::<Vec<_>>(), want, "in order");
+    a.stop().await;
+    b.stop().await;
+}

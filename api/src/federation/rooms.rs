@@ -6,12 +6,13 @@
 //! chain. §"Transactions": `PUT /_matrix/federation/v1/send/{txnId}` carries
 //! PDUs and EDUs; each PDU goes through the receipt checks
 //! (`Rooms::verify`, `Rooms::append_pdu`); when its prev events are unknown,
-//! up to 20 of them are fetched with `get_missing_events` first.
+//! they are fetched with `get_missing_events` first, in rounds, until the
+//! gap is closed (at most 5,000 events).
 //! §"Retrieving events": `GET /event/{eventId}`, `POST get_missing_events`.
 //!
-//! Not yet (the rest of the federation issue): invites over federation,
-//! `state_ids`/backfill gaps beyond `get_missing_events`, outbound EDUs,
-//! persisted transaction deduplication.
+//! Not yet: filling a gap larger than 5,000 events from `/state_ids`
+//! (accepting the event on the remote's state), persisted transaction
+//! deduplication.
 
 use std::collections::{HashMap, HashSet};
 
@@ -412,32 +413,53 @@ async fn receive_pdu(cx: &Ctx, origin: &str, json: &JsonValue) -> (Option<String
     }
 }
 
-/// Fetches unknown prev events of `pdu` from `origin` with `get_missing_events`.
+/// Most events fetched to close one gap before giving up on it.
+const MAX_GAP: usize = 5000;
+
+/// Fetches unknown prev events of `pdu` from `origin` with `get_missing_events`,
+/// round after round (100 per round, walking back from the unknown edge) until
+/// every fetched event's prev events are known here, then appends them oldest
+/// first. A peer catching up after an outage may send only its newest event
+/// (Synapse does): everything before it is recovered here, none lost.
 async fn fill_gap(cx: &Ctx, origin: &str, room: &RoomId, version: &RoomVersionId, pdu: &Pdu) -> Result<(), ApiError> {
-    let missing: Vec<&OwnedEventId> =
-        pdu.prev_events.iter().filter(|p| cx.engine.rooms.meta(p).ok().flatten().is_none()).collect();
-    if missing.is_empty() {
+    let known = |id: &OwnedEventId| cx.engine.rooms.meta(id).ok().flatten().is_some();
+    if pdu.prev_events.iter().all(known) {
         return Ok(());
     }
-    let body = json!({
-        "earliest_events": cx.engine.rooms.extremities(room)?,
-        "latest_events": [pdu.event_id],
-        "limit": 20,
-        "min_depth": 0,
-    });
     let path = format!("/_matrix/federation/v1/get_missing_events/{}", crate::routes::client::enc_query(room.as_str()));
-    let answer = cx
-        .federation
-        .request(&cx.engine, origin, Method::POST, &path, Some(&body), true)
-        .await
-        .map_err(|e| ApiError::unknown(format!("get_missing_events: {e}")))?;
-    let mut events = Vec::new();
-    for json in answer.json["events"].as_array().into_iter().flatten() {
-        if let Ok(p) = checked_pdu(cx, json, version).await {
-            events.push(p);
+    let earliest = cx.engine.rooms.extremities(room)?;
+    let mut fetched: HashMap<OwnedEventId, Pdu> = HashMap::new();
+    let mut latest: Vec<OwnedEventId> = vec![pdu.event_id.clone()];
+    while fetched.len() < MAX_GAP {
+        let body = json!({ "earliest_events": earliest, "latest_events": latest, "limit": 100, "min_depth": 0 });
+        let answer = cx
+            .federation
+            .request(&cx.engine, origin, Method::POST, &path, Some(&body), true)
+            .await
+            .map_err(|e| ApiError::unknown(format!("get_missing_events: {e}")))?;
+        let before = fetched.len();
+        for json in answer.json["events"].as_array().into_iter().flatten() {
+            if let Ok(p) = checked_pdu(cx, json, version).await
+                && p.room_id == *room
+            {
+                fetched.entry(p.event_id.clone()).or_insert(p);
+            }
         }
+        // The edge: fetched events (or the new one) with prev events still unknown.
+        let edge: Vec<OwnedEventId> = fetched
+            .values()
+            .chain(std::iter::once(pdu))
+            .filter(|p| p.prev_events.iter().any(|prev| !fetched.contains_key(prev) && !known(prev)))
+            .map(|p| p.event_id.clone())
+            .collect();
+        if edge.is_empty() || fetched.len() == before {
+            break;
+        }
+        latest = edge;
     }
+    let mut events: Vec<Pdu> = fetched.into_values().collect();
     events.sort_by_key(|p| p.depth);
+    tracing::debug!(%origin, room_id = %room, events = events.len(), "filling a gap");
     for p in events {
         if cx.engine.rooms.meta(&p.event_id)?.is_none() {
             let _ = cx.engine.rooms.append_pdu(p).await;
