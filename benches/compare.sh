@@ -60,6 +60,13 @@ rooms, clients, mr, sr, mp, sp = sys.argv[1], sys.argv[2], *map(float, sys.argv[
 print(f"| send throughput, {rooms} room(s), {clients} clients | {mr:.0f} ev/s (p50 {mp:.1f} ms) | {sr:.0f} ev/s (p50 {sp:.1f} ms) | {mr / sr:.1f}x |")
 PY
 done
+m=$(run fanout --url "http://127.0.0.1:$mc" --receivers "$clients" --messages 20)
+s=$(run fanout --url "http://127.0.0.1:$sc" --receivers "$clients" --messages 20)
+python3 - "$clients" "$(field "$m" p50_ms)" "$(field "$s" p50_ms)" "$(field "$m" p99_ms)" "$(field "$s" p99_ms)" <<'PY'
+import sys
+n, mp, sp, m99, s99 = sys.argv[1], *map(float, sys.argv[2:])
+print(f"| sync fan-out, 1 sender, {n} receivers, p50 (p99) | {mp:.1f} ms ({m99:.1f}) | {sp:.1f} ms ({s99:.1f}) | {mp / sp:.3f} (lower is better) |")
+PY
 m=$(run script --url "http://127.0.0.1:$mc" --lines "$lines")
 s=$(run script --url "http://127.0.0.1:$sc" --lines "$lines")
 python3 - "$lines" "$(field "$m" seconds)" "$(field "$s" seconds)" <<'PY'

@@ -31,6 +31,25 @@ async fn bench_send_and_script_run_against_a_server_and_account_for_every_event(
     assert!(report["events_per_second"].as_f64().unwrap() > 0.0);
     assert!(report["p50_ms"].as_f64().unwrap() <= report["p99_ms"].as_f64().unwrap());
 
+    let fanout = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(myelin_bin())
+                .args(["bench", "fanout", "--url", &url, "--receivers", "3", "--messages", "5", "--json"])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    assert!(fanout.status.success(), "{}", String::from_utf8_lossy(&fanout.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&fanout.stdout).unwrap();
+    assert_eq!(
+        (report["delivered"].clone(), report["expected"].clone()),
+        (serde_json::json!(15), serde_json::json!(15))
+    );
+    assert!(report["p50_ms"].as_f64().unwrap() > 0.0);
+
     let script = tokio::task::spawn_blocking(move || {
         Command::new(myelin_bin()).args(["bench", "script", "--url", &url, "--lines", "30", "--json"]).output().unwrap()
     })
@@ -42,6 +61,6 @@ async fn bench_send_and_script_run_against_a_server_and_account_for_every_event(
 
     // Both runs' messages are in the server: 40 + 30 sent, plus the rooms' own events.
     let rooms = s.engine.rooms.all_rooms().unwrap();
-    assert_eq!(rooms.len(), 3, "two send rooms and one script room");
+    assert_eq!(rooms.len(), 4, "two send rooms, one fan-out room and one script room");
     s.stop().await;
 }

@@ -261,3 +261,92 @@ pub async fn script(base: &str, lines: usize) -> Result<Duration, String> {
     }
     Ok(start.elapsed())
 }
+
+/// Result of the `fanout` scenario.
+pub struct FanoutReport {
+    /// Deliveries observed (receivers × messages when complete).
+    pub delivered: usize,
+    /// Deliveries expected.
+    pub expected: usize,
+    /// Send-to-sync latency percentiles p50, p95, p99.
+    pub p50: Duration,
+    pub p95: Duration,
+    pub p99: Duration,
+}
+
+/// `fanout`: one sender, `receivers` users long-polling `/sync` in the same room;
+/// the time from each send's start to its arrival at every receiver.
+pub async fn fanout(base: &str, receivers: usize, messages: usize) -> Result<FanoutReport, String> {
+    let id = run_id();
+    let mut sender = Conn::open(base).await?;
+    let (st, _) = register(&mut sender, &format!("bench{id}speaker")).await?;
+    let room = sender
+        .ok(Method::POST, "/_matrix/client/v3/createRoom", Some(&st), Some(json!({ "preset": "public_chat" })))
+        .await?["room_id"]
+        .as_str()
+        .ok_or("createRoom without room_id")?
+        .to_owned();
+    let epoch = Instant::now();
+    let mut tasks = Vec::new();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(receivers.max(1));
+    for r in 0..receivers {
+        let mut conn = Conn::open(base).await?;
+        let (token, _) = register(&mut conn, &format!("bench{id}l{r}")).await?;
+        conn.ok(Method::POST, &format!("/_matrix/client/v3/join/{}", enc(&room)), Some(&token), Some(json!({})))
+            .await?;
+        let (room, ready) = (room.clone(), ready_tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let first = conn.ok(Method::GET, "/_matrix/client/v3/sync?timeout=0", Some(&token), None).await?;
+            let mut since = first["next_batch"].as_str().ok_or("sync without next_batch")?.to_owned();
+            let _ = ready.send(()).await;
+            let mut arrivals: Vec<(usize, Duration)> = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while arrivals.len() < messages && Instant::now() < deadline {
+                let path = format!("/_matrix/client/v3/sync?timeout=10000&since={}", enc(&since));
+                let j = conn.ok(Method::GET, &path, Some(&token), None).await?;
+                let at = epoch.elapsed();
+                since = j["next_batch"].as_str().ok_or("sync without next_batch")?.to_owned();
+                for e in j["rooms"]["join"][&room]["timeline"]["events"].as_array().into_iter().flatten() {
+                    if let Some(n) = e["content"]["body"]
+                        .as_str()
+                        .and_then(|b| b.strip_prefix("fanout "))
+                        .and_then(|n| n.parse::<usize>().ok())
+                    {
+                        arrivals.push((n, at));
+                    }
+                }
+            }
+            Ok::<_, String>(arrivals)
+        }));
+    }
+    drop(ready_tx);
+    for _ in 0..receivers {
+        ready_rx.recv().await.ok_or("a receiver failed before its first sync")?;
+    }
+    eprintln!("bench fanout: 1 sender, {receivers} long-polling receivers, {messages} messages at {base}");
+    let mut sent_at = Vec::with_capacity(messages);
+    for m in 0..messages {
+        sent_at.push(epoch.elapsed());
+        let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/f{m}", enc(&room));
+        sender
+            .ok(Method::PUT, &path, Some(&st), Some(json!({ "msgtype": "m.text", "body": format!("fanout {m}") })))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        for (n, at) in t.await.map_err(|e| e.to_string())?? {
+            if let Some(s) = sent_at.get(n) {
+                latencies.push(at.saturating_sub(*s));
+            }
+        }
+    }
+    latencies.sort();
+    Ok(FanoutReport {
+        delivered: latencies.len(),
+        expected: receivers * messages,
+        p50: percentile(&latencies, 0.50),
+        p95: percentile(&latencies, 0.95),
+        p99: percentile(&latencies, 0.99),
+    })
+}

@@ -39,6 +39,21 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// One sender, N long-polling receivers: send-to-sync delivery latency.
+    Fanout {
+        /// Client-Server API base URL (http://host:port).
+        #[arg(long, default_value = "http://127.0.0.1:8008")]
+        url: String,
+        /// Receivers long-polling /sync.
+        #[arg(long, default_value_t = 20)]
+        receivers: usize,
+        /// Messages sent, 50 ms apart.
+        #[arg(long, default_value_t = 20)]
+        messages: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Two users alternate sequential sends of an N-line script in one room.
     Script {
         /// Client-Server API base URL (http://host:port).
@@ -520,6 +535,34 @@ fn bench_cmd(what: BenchCommand) -> Result<(), Failure> {
                     "{} acknowledged events are not readable",
                     r.events - r.readable
                 )));
+            }
+        }
+        BenchCommand::Fanout { url, receivers, messages, json } => {
+            let r = rt.block_on(bench::fanout(&url, receivers, messages)).map_err(Failure::runtime)?;
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "scenario": "fanout", "url": url, "receivers": receivers, "messages": messages,
+                        "delivered": r.delivered, "expected": r.expected,
+                        "p50_ms": ms(r.p50), "p95_ms": ms(r.p95), "p99_ms": ms(r.p99),
+                    })
+                );
+            } else {
+                println!("| scenario | delivered | p50 ms | p95 ms | p99 ms |");
+                println!("|---|---|---|---|---|");
+                println!(
+                    "| sync fan-out, {receivers} receivers | {}/{} | {:.1} | {:.1} | {:.1} |",
+                    r.delivered,
+                    r.expected,
+                    ms(r.p50),
+                    ms(r.p95),
+                    ms(r.p99)
+                );
+            }
+            if r.delivered != r.expected {
+                return Err(Failure::runtime(format!("{} of {} deliveries seen", r.delivered, r.expected)));
             }
         }
         BenchCommand::Script { url, lines, json } => {
