@@ -265,6 +265,20 @@ check(s == 200, f"bob publishes his room on Synapse ({s} {j})")
 s, j = call(MY, "POST", f"/_matrix/client/v3/publicRooms?server={q(SY_NAME)}", {"filter": {"generic_search_term": "synapse"}}, mt)
 check(s == 200 and any(r.get("room_id") == room2 for r in j.get("chunk", [])), f"alice finds bob's room from Myelin ({s} {j})")
 
+# Joining by alias across servers (query/directory both ways).
+s, j = call(MY, "POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat", "room_alias_name": "lobby"}, mt)
+check(s == 200, f"alice creates #lobby on Myelin ({s} {j})")
+lobby = j["room_id"]
+s, j = call(SY, "POST", f"/_matrix/client/v3/join/{q('#lobby:' + MY_NAME)}", {}, st)
+check(s == 200 and j.get("room_id") == lobby, f"bob on Synapse joins #lobby:{MY_NAME} by alias ({s} {j})")
+s, j = call(SY, "POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat", "room_alias_name": "hall"}, st)
+check(s == 200, f"bob creates #hall on Synapse ({s} {j})")
+hall = j["room_id"]
+s, j = call(MY, "POST", f"/_matrix/client/v3/join/{q('#hall:' + SY_NAME)}", {}, mt)
+check(s == 200 and j.get("room_id") == hall, f"alice on Myelin joins #hall:{SY_NAME} by alias ({s} {j})")
+send(SY, st, hall, "welcome to the hall", "hall1")
+check(sees(MY, mt, hall, "welcome to the hall"), "alice receives messages in the room she joined by alias")
+
 # Declining an invite from the other server.
 s, j = call(SY, "POST", "/_matrix/client/v3/createRoom", {"preset": "private_chat", "invite": [mu]}, st)
 room5 = j.get("room_id")
