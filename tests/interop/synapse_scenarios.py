@@ -326,6 +326,30 @@ while time.monotonic() < deadline:
     time.sleep(0.3)
 check(m == "leave", f"Myelin sees bob leave ({m})")
 
+# Deleting a Myelin account reaches Synapse: the user leaves the Synapse room.
+ct, cu = register(MY, "carol")
+s, j = call(MY, "POST", f"/_matrix/client/v3/join/{q(hall)}", {}, ct)
+check(s == 200, f"carol on Myelin joins bob's room ({s} {j})")
+deadline, m = time.monotonic() + 20, None
+while time.monotonic() < deadline:
+    s, j = call(SY, "GET", f"/_matrix/client/v3/rooms/{q(hall)}/state/m.room.member/{q(cu)}", None, st)
+    m = j.get("membership")
+    if m == "join":
+        break
+    time.sleep(0.3)
+check(m == "join", f"Synapse sees carol join ({m})")
+s, j = call(MY, "POST", "/_matrix/client/v3/account/deactivate", {
+    "auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": cu}, "password": "pw-pw-pw-1"}}, ct)
+check(s == 200, f"carol deactivates her account ({s} {j})")
+deadline, m = time.monotonic() + 20, None
+while time.monotonic() < deadline:
+    s, j = call(SY, "GET", f"/_matrix/client/v3/rooms/{q(hall)}/state/m.room.member/{q(cu)}", None, st)
+    m = j.get("membership")
+    if m == "leave":
+        break
+    time.sleep(0.3)
+check(m == "leave", f"Synapse sees the deactivated user leave ({m})")
+
 # A room server ACL on Myelin's room shuts Synapse ("localhost") out.
 s, j = call(MY, "PUT", f"/_matrix/client/v3/rooms/{q(room)}/state/m.room.server_acl", {
     "allow": ["*"], "deny": [SY_NAME.split(":")[0]], "allow_ip_literals": True}, mt)

@@ -20,7 +20,7 @@
 //!
 //! Metrics per destination: `myelin_federation_queue_depth` and
 //! `myelin_federation_queue_oldest_age_seconds` (gauges), and
-//! `myelin_federation_transactions_total{result}`.
+//! `myelin_federation_transactions_total{destination,result}`.
 //!
 //! Not yet: persisted backoff (after a restart every destination is tried at once).
 
@@ -141,7 +141,8 @@ async fn deliver(cx: Ctx, name: String) {
                     tracing::warn!(error = %e, "could not mark a transaction delivered; it will be sent again");
                     return;
                 }
-                metrics::counter!("myelin_federation_transactions_total", "result" => "ok").increment(1);
+                metrics::counter!("myelin_federation_transactions_total", "destination" => name.clone(), "result" => "ok")
+                    .increment(1);
                 depth = depth.map(|d| d.saturating_sub(seqs.len()));
                 backoff = Duration::from_secs(1);
             }
@@ -149,11 +150,12 @@ async fn deliver(cx: Ctx, name: String) {
                 match failed {
                     Ok(resp) => {
                         tracing::warn!(status = %resp.status, "destination refused a transaction; retrying later");
-                        metrics::counter!("myelin_federation_transactions_total", "result" => "refused").increment(1);
+                        metrics::counter!("myelin_federation_transactions_total", "destination" => name.clone(), "result" => "refused")
+                            .increment(1);
                     }
                     Err(e) => {
                         tracing::info!(error = %e, wait = ?backoff, "destination unreachable; retrying later");
-                        metrics::counter!("myelin_federation_transactions_total", "result" => "unreachable")
+                        metrics::counter!("myelin_federation_transactions_total", "destination" => name.clone(), "result" => "unreachable")
                             .increment(1);
                     }
                 }
