@@ -152,6 +152,18 @@ while time.monotonic() < deadline:
 check(shown == "mxc://example/bobface", f"bob's new avatar reaches the shared room on Myelin ({shown})")
 
 
+def membership_becomes(base, token, room, user, want, seconds=20):
+    """Polls the room's member state of `user` on `base` until it is `want`; returns the last value."""
+    deadline, m = time.monotonic() + seconds, None
+    while time.monotonic() < deadline:
+        s, j = call(base, "GET", f"/_matrix/client/v3/rooms/{q(room)}/state/m.room.member/{q(user)}", None, token)
+        m = j.get("membership")
+        if m == want:
+            break
+        time.sleep(0.3)
+    return m
+
+
 def event_seen(base, token, room, pred, seconds=30):
     """The first event in the room's timeline, as this user's sync delivers it, that matches."""
     since, deadline = None, time.monotonic() + seconds
@@ -292,13 +304,7 @@ room6 = j.get("room_id")
 check(s == 200 and sees(SY, st, room6, None, section="invite"), "bob gets another invite from alice")
 s, j = call(SY, "POST", f"/_matrix/client/v3/rooms/{q(room6)}/leave", {}, st)
 check(s == 200, f"bob declines it ({s} {j})")
-deadline, m = time.monotonic() + 20, None
-while time.monotonic() < deadline:
-    s, j = call(MY, "GET", f"/_matrix/client/v3/rooms/{q(room6)}/state/m.room.member/{q(su)}", None, mt)
-    m = j.get("membership")
-    if m == "leave":
-        break
-    time.sleep(0.3)
+m = membership_becomes(MY, mt, room6, su, "leave")
 check(m == "leave", f"Myelin records bob's refusal ({m})")
 # Read receipts both ways.
 last = put_event(MY, mt, room, "m.room.message", {"msgtype": "m.text", "body": "read me"}, "rr1")
@@ -317,37 +323,19 @@ check(e is not None, "bob on Synapse sees alice's read receipt")
 # Leaving is seen on the other side.
 s, j = call(SY, "POST", f"/_matrix/client/v3/rooms/{q(room3)}/leave", {}, st)
 check(s == 200, f"bob leaves the DM he created ({s} {j})")
-deadline, m = time.monotonic() + 20, None
-while time.monotonic() < deadline:
-    s, j = call(MY, "GET", f"/_matrix/client/v3/rooms/{q(room3)}/state/m.room.member/{q(su)}", None, mt)
-    m = j.get("membership")
-    if m == "leave":
-        break
-    time.sleep(0.3)
+m = membership_becomes(MY, mt, room3, su, "leave")
 check(m == "leave", f"Myelin sees bob leave ({m})")
 
 # Deleting a Myelin account reaches Synapse: the user leaves the Synapse room.
 ct, cu = register(MY, "carol")
 s, j = call(MY, "POST", f"/_matrix/client/v3/join/{q(hall)}", {}, ct)
 check(s == 200, f"carol on Myelin joins bob's room ({s} {j})")
-deadline, m = time.monotonic() + 20, None
-while time.monotonic() < deadline:
-    s, j = call(SY, "GET", f"/_matrix/client/v3/rooms/{q(hall)}/state/m.room.member/{q(cu)}", None, st)
-    m = j.get("membership")
-    if m == "join":
-        break
-    time.sleep(0.3)
+m = membership_becomes(SY, st, hall, cu, "join")
 check(m == "join", f"Synapse sees carol join ({m})")
 s, j = call(MY, "POST", "/_matrix/client/v3/account/deactivate", {
     "auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": cu}, "password": "pw-pw-pw-1"}}, ct)
 check(s == 200, f"carol deactivates her account ({s} {j})")
-deadline, m = time.monotonic() + 20, None
-while time.monotonic() < deadline:
-    s, j = call(SY, "GET", f"/_matrix/client/v3/rooms/{q(hall)}/state/m.room.member/{q(cu)}", None, st)
-    m = j.get("membership")
-    if m == "leave":
-        break
-    time.sleep(0.3)
+m = membership_becomes(SY, st, hall, cu, "leave")
 check(m == "leave", f"Synapse sees the deactivated user leave ({m})")
 
 # A room server ACL on Myelin's room shuts Synapse ("localhost") out.

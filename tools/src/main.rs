@@ -613,24 +613,7 @@ fn media_cmd(what: MediaCommand, config_path: Option<PathBuf>) -> Result<(), Fai
             serde_json::json!({ "op": "media_purge_remote", "older_than_ms": parse_duration_ms(older_than)? })
         }
     };
-    let rt = runtime()?;
-    let answer = rt.block_on(async {
-        match myelin_api::admin::request(&config.data_dir, &request).await.map_err(Failure::runtime)? {
-            Some(answer) => Ok::<_, Failure>(answer),
-            None => {
-                let engine = tokio::task::spawn_blocking(move || Engine::open(config))
-                    .await
-                    .map_err(|e| Failure::runtime(e.to_string()))??;
-                let answer = myelin_api::admin::execute_offline(&engine, &request).await;
-                engine.shutdown();
-                Ok(answer)
-            }
-        }
-    })?;
-    if answer.get("ok").and_then(|v| v.as_bool()) != Some(true) {
-        let error = answer.get("error").and_then(|v| v.as_str()).unwrap_or("unknown error");
-        return Err(Failure::usage(error.to_owned()));
-    }
+    let answer = admin_call(config, &request)?;
     match what {
         MediaCommand::Delete { mxc } => println!("deleted {mxc}"),
         MediaCommand::PurgeRemote { .. } => {
