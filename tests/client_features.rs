@@ -277,6 +277,10 @@ async fn the_public_room_directory_lists_searches_and_paginates() {
     let quiet = alice.create_room(json!({ "visibility": "public", "preset": "public_chat", "name": "Quiet" })).await;
     let hidden = alice.create_room(json!({ "name": "Hidden" })).await;
     bob.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&ops)), json!({})).await;
+    // Directory UIs ask for bridged networks first: none here, and only for signed-in users.
+    assert_eq!(bob.get("/_matrix/client/v3/thirdparty/protocols").await, json!({}));
+    let anonymous = myelin_suite::http(s.client, Method::GET, "/_matrix/client/v3/thirdparty/protocols", None).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
 
     // Unauthenticated GET, biggest rooms first.
     let r = myelin_suite::http(s.client, Method::GET, "/_matrix/client/v3/publicRooms", None).await;

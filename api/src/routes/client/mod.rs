@@ -93,6 +93,7 @@ pub fn add(r: &mut Router) {
     both(r, M::PUT, "/directory/list/room/{room_id}", public_rooms::set_visibility);
     both(r, M::GET, "/publicRooms", public_rooms::get_public_rooms);
     both(r, M::POST, "/publicRooms", public_rooms::post_public_rooms);
+    both(r, M::GET, "/thirdparty/protocols", public_rooms::thirdparty_protocols);
 
     both(r, M::GET, "/profile/{user_id}", profile::get_profile);
     both(r, M::GET, "/profile/{user_id}/displayname", profile::get_displayname);
