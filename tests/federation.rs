@@ -1059,3 +1059,45 @@ async fn a_gap_of_many_events_is_closed_from_a_single_newer_event() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn joined_only_history_is_not_served_to_a_server_that_joined_later() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice
+        .create_room(json!({
+            "preset": "public_chat",
+            "initial_state": [{ "type": "m.room.history_visibility", "state_key": "", "content": { "history_visibility": "joined" } }]
+        }))
+        .await;
+    let mut secrets = Vec::new();
+    for i in 0..5 {
+        secrets.push(alice.send_text(&room, &format!("secret {i}")).await);
+    }
+    bob.post(&format!("/_matrix/client/v3/join/{}?server_name=a.test", enc(&room)), json!({})).await;
+    alice.send_text(&room, "public now").await;
+    wait_for_text(&bob, &room, "public now").await;
+
+    // Backfilling through /messages brings the DAG, not the secrets.
+    let page = bob.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(&room))).await;
+    let bodies: Vec<&str> =
+        page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert!(bodies.contains(&"public now"), "{bodies:?}");
+    assert!(!bodies.iter().any(|b| b.starts_with("secret")), "joined-only history leaked: {bodies:?}");
+
+    // Asked directly, A refuses B the pre-join event; a shared-history event is served.
+    let path = format!("/_matrix/federation/v1/event/{}", enc(&secrets[0]));
+    let header = xmatrix::sign(&b.engine.keys, "b.test", "a.test", "GET", &path, None).unwrap();
+    let r = https_with(a.federation.unwrap(), Method::GET, &path, None, &[("authorization", &header)]).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", String::from_utf8_lossy(&r.body));
+    let path = format!("/_matrix/federation/v1/backfill/{}?v={}&limit=10", enc(&room), enc(&secrets[4]));
+    let header = xmatrix::sign(&b.engine.keys, "b.test", "a.test", "GET", &path, None).unwrap();
+    let r = https_with(a.federation.unwrap(), Method::GET, &path, None, &[("authorization", &header)]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let pdus = r.json()["pdus"].as_array().cloned().unwrap();
+    assert!(pdus.iter().any(|p| p["event_id"] == secrets[4].as_str() || p["type"] == "m.room.message"), "{pdus:?}");
+    assert!(pdus.iter().all(|p| p["content"]["body"].is_null()), "served redacted: {pdus:?}");
+    a.stop().await;
+    b.stop().await;
+}

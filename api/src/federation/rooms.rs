@@ -469,6 +469,21 @@ async fn fill_gap(cx: &Ctx, origin: &str, room: &RoomId, version: &RoomVersionId
 }
 
 /// Whether the room's `m.room.server_acl` lets `server` take part.
+/// An event as served to `origin`: whole when its history visibility lets the
+/// server see it, otherwise redacted (the DAG stays walkable, the content does not leak).
+fn served_json(
+    cx: &Ctx,
+    origin: &str,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+    p: &myelin_engine::rooms::ArcPdu,
+) -> JsonValue {
+    let whole = || serde_json::to_value(p.json.as_ref()).unwrap_or(JsonValue::Null);
+    match cx.engine.rooms.visible_to_server(origin, p) {
+        Ok(true) => whole(),
+        _ => p.redacted_json(rules).ok().and_then(|r| serde_json::to_value(r).ok()).unwrap_or(JsonValue::Null),
+    }
+}
+
 /// Room-scoped reads: the origin must pass the room's server ACL and have a joined member.
 fn room_access(cx: &Ctx, room: &RoomId, origin: &str) -> Result<(), ApiError> {
     if !acl_allows(cx, room, origin) {
@@ -559,6 +574,9 @@ pub fn get_event(cx: Ctx, req: Req) -> HandlerFuture {
         let id = EventId::parse(req.param("event_id")?).map_err(|e| ApiError::invalid_param(e.to_string()))?;
         let pdu = cx.engine.rooms.pdu(&id)?.ok_or_else(|| ApiError::not_found("event not found"))?;
         room_access(&cx, &pdu.room_id, &origin)?;
+        if !cx.engine.rooms.visible_to_server(&origin, &pdu)? {
+            return Err(ApiError::not_found("event not found"));
+        }
         Ok(ok_json(&json!({
             "origin": cx.engine.server_name,
             "origin_server_ts": now_ms(),
@@ -585,11 +603,9 @@ pub fn get_missing_events(cx: Ctx, req: Req) -> HandlerFuture {
         };
         let limit = body["limit"].as_u64().unwrap_or(10).clamp(1, 100) as usize;
         let events = cx.engine.rooms.missing_events(&ids("earliest_events"), &ids("latest_events"), limit)?;
-        let out: Vec<JsonValue> = events
-            .iter()
-            .filter(|p| p.room_id == room)
-            .map(|p| serde_json::to_value(p.json.as_ref()).unwrap_or(JsonValue::Null))
-            .collect();
+        let rules = version::rules(&cx.engine.rooms.room_version(&room)?)?;
+        let out: Vec<JsonValue> =
+            events.iter().filter(|p| p.room_id == room).map(|p| served_json(&cx, &origin, &rules, p)).collect();
         Ok(ok_json(&json!({ "events": out })))
     })
 }
@@ -725,11 +741,9 @@ pub fn backfill(cx: Ctx, req: Req) -> HandlerFuture {
             .unwrap_or(50)
             .clamp(1, 200);
         let events = cx.engine.rooms.backfill_from(&from, limit)?;
-        let pdus: Vec<JsonValue> = events
-            .iter()
-            .filter(|p| p.room_id == room)
-            .map(|p| serde_json::to_value(p.json.as_ref()).unwrap_or(JsonValue::Null))
-            .collect();
+        let rules = version::rules(&cx.engine.rooms.room_version(&room)?)?;
+        let pdus: Vec<JsonValue> =
+            events.iter().filter(|p| p.room_id == room).map(|p| served_json(&cx, &origin, &rules, p)).collect();
         Ok(ok_json(&json!({ "origin": cx.engine.server_name, "origin_server_ts": now_ms(), "pdus": pdus })))
     })
 }
