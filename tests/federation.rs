@@ -1101,3 +1101,58 @@ async fn joined_only_history_is_not_served_to_a_server_that_joined_later() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn keys_of_an_unreachable_server_come_through_a_notary_it_signed_for() {
+    let addr = |p: u16| -> std::net::SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
+    let (a_fed, b_fed, n_fed, dead) = (
+        addr(myelin_suite::free_port()),
+        addr(myelin_suite::free_port()),
+        addr(myelin_suite::free_port()),
+        addr(myelin_suite::free_port()),
+    );
+    // N, the notary, reaches B; A cannot reach B at all, only N.
+    let n = TestServer::start_with("n.test", |c| {
+        c.federation.listen = n_fed;
+        c.federation.verify_tls = false;
+        c.federation.hosts.insert("b.test".into(), b_fed);
+    })
+    .await;
+    let b = TestServer::start_with("b.test", |c| {
+        c.registration.enabled = true;
+        c.federation.listen = b_fed;
+        c.federation.verify_tls = false;
+        c.federation.hosts.insert("a.test".into(), a_fed);
+    })
+    .await;
+    let a = TestServer::start_with("a.test", |c| {
+        c.registration.enabled = true;
+        c.federation.listen = a_fed;
+        c.federation.verify_tls = false;
+        c.federation.hosts.insert("b.test".into(), dead);
+        c.federation.hosts.insert("n.test".into(), n_fed);
+        c.federation.notaries = vec!["n.test".into()];
+    })
+    .await;
+    a.register("alice").await;
+    let bob = b.register("bob").await;
+
+    // Bob's server asks A for alice's profile: A verifies B's signature with B's key
+    // as vouched for by N.
+    let profile = bob.get("/_matrix/client/v3/profile/@alice:a.test").await;
+    assert_eq!(profile["displayname"], "alice");
+    let b_key_id = b.engine.keys.key_id().to_owned();
+    assert_eq!(
+        a.engine.keyring.key("b.test", &b_key_id, false).unwrap().as_deref(),
+        Some(b.engine.keys.public_key_b64()),
+        "A holds B's key"
+    );
+    // N now notarises B's keys for anyone: signed by B and by N.
+    let r = https_with(n_fed, Method::GET, "/_matrix/key/v2/query/b.test", None, &[]).await;
+    let doc = r.json()["server_keys"][0].clone();
+    assert_eq!(doc["server_name"], "b.test");
+    assert!(doc["signatures"]["b.test"].is_object() && doc["signatures"]["n.test"].is_object(), "{doc}");
+    a.stop().await;
+    b.stop().await;
+    n.stop().await;
+}

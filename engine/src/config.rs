@@ -106,6 +106,9 @@ pub struct FederationConfig {
     /// key id → unpadded base64 public key. A listed server's keys are never
     /// fetched; only these are trusted for it.
     pub trusted_keys: BTreeMap<String, BTreeMap<String, String>>,
+    /// Notary servers asked for a server's keys when it cannot be asked directly
+    /// (Myelin extension): each answer must carry the notary's valid signature.
+    pub notaries: Vec<String>,
 }
 
 /// `[registration]`
@@ -171,6 +174,7 @@ impl Default for FederationConfig {
             deny: Vec::new(),
             hosts: BTreeMap::new(),
             trusted_keys: BTreeMap::new(),
+            notaries: Vec::new(),
         }
     }
 }

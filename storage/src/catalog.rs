@@ -156,6 +156,9 @@ pub static ROOMID_SHUTDOWN: Cf = point("roomid_shutdown", 0);
 /// Server name → `"allow"` or `"deny"`: federation lists changed at runtime.
 pub static SERVERNAME_POLICY: Cf = point("servername_policy", 0);
 
+/// Server name → its last accepted key document, as received (served as a notary).
+pub static SERVERNAME_KEYDOC: Cf = point("servername_keydoc", 0);
+
 /// Every family, in creation order. The default family is unused.
 pub static ALL: &[&Cf] = &[
     &GLOBAL,
@@ -201,6 +204,7 @@ pub static ALL: &[&Cf] = &[
     &USERROOM_INVITESTATE,
     &ROOMID_SHUTDOWN,
     &SERVERNAME_POLICY,
+    &SERVERNAME_KEYDOC,
 ];
 
 #[cfg(test)]

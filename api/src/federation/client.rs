@@ -475,6 +475,48 @@ impl FederationClient {
             // Pinned by configuration: an unknown key id is not looked up anywhere.
             return Ok(None);
         }
+        self.refresh_keys(engine, server).await?;
+        Ok(engine.keyring.key(server, key_id, false)?)
+    }
+
+    /// `server`'s key document: the stored one while valid, else fetched (directly,
+    /// then through the configured notaries). What a notary serves.
+    pub async fn key_document(&self, engine: &Engine, server: &str) -> Result<JsonValue, ClientError> {
+        if let Some(doc) = engine.keyring.document(server)? {
+            return Ok(doc);
+        }
+        self.refresh_keys(engine, server).await?;
+        engine
+            .keyring
+            .document(server)?
+            .ok_or_else(|| ClientError::Transport { server: server.to_owned(), reason: "no valid key document".into() })
+    }
+
+    /// Fetches and stores `server`'s keys: from the server itself, or failing
+    /// that from each notary in `federation.notaries` in turn.
+    async fn refresh_keys(&self, engine: &Engine, server: &str) -> Result<(), ClientError> {
+        let direct = self.fetch_direct(engine, server).await;
+        let Err(direct_error) = direct else { return Ok(()) };
+        let mut reasons = vec![direct_error.to_string()];
+        for notary in engine.config.federation.notaries.iter().filter(|n| n.as_str() != server) {
+            match self.fetch_via_notary(engine, notary, server).await {
+                Ok(()) => {
+                    tracing::info!(%server, %notary, "keys fetched through a notary");
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::info!(%server, %notary, error = %e, "notary could not vouch for the keys");
+                    reasons.push(format!("via {notary}: {e}"));
+                }
+            }
+        }
+        if reasons.len() == 1 {
+            return Err(direct_error);
+        }
+        Err(ClientError::Transport { server: server.to_owned(), reason: reasons.join("; ") })
+    }
+
+    async fn fetch_direct(&self, engine: &Engine, server: &str) -> Result<(), ClientError> {
         let resp = self.request(engine, server, Method::GET, "/_matrix/key/v2/server", None, false).await?;
         if resp.status != StatusCode::OK {
             return Err(ClientError::Transport {
@@ -483,7 +525,55 @@ impl FederationClient {
             });
         }
         engine.keyring.accept_document(server, &resp.json).await?;
-        Ok(engine.keyring.key(server, key_id, false)?)
+        Ok(())
+    }
+
+    /// Asks `notary` for `server`'s keys; accepts a document signed by both.
+    async fn fetch_via_notary(&self, engine: &Engine, notary: &str, server: &str) -> Result<(), ClientError> {
+        let fail = |reason: String| ClientError::Transport { server: notary.to_owned(), reason };
+        // The notary's own keys: pinned, stored, or from the notary itself (never via notaries).
+        if !engine.keyring.is_pinned(notary) && engine.keyring.document(notary)?.is_none() {
+            self.fetch_direct(engine, notary).await?;
+        }
+        let body = serde_json::json!({ "server_keys": { server: {} } });
+        let resp = self.request(engine, notary, Method::POST, "/_matrix/key/v2/query", Some(&body), false).await?;
+        if resp.status != StatusCode::OK {
+            return Err(fail(format!("key query answered {}", resp.status)));
+        }
+        let docs = resp.json["server_keys"].as_array().cloned().unwrap_or_default();
+        let doc = docs
+            .into_iter()
+            .find(|d| d["server_name"].as_str() == Some(server))
+            .ok_or_else(|| fail(format!("no keys for {server}")))?;
+        // The notary's signature, by any of its keys we trust.
+        let signed_by = doc["signatures"][notary].as_object().cloned().unwrap_or_default();
+        let mut set = ruma::signatures::PublicKeySet::new();
+        for key_id in signed_by.keys() {
+            if let Some(key) = engine.keyring.key(notary, key_id, false)?
+                && let Ok(key) = ruma::serde::Base64::parse(&key)
+            {
+                set.insert(key_id.clone(), key);
+            }
+        }
+        if set.is_empty() {
+            return Err(fail(format!("the answer for {server} carries no signature of {notary} we can check")));
+        }
+        // verify_json wants keys for every signer: the server's own, from the document
+        // (accept_document checks that self-signature again on its own).
+        let mut own = ruma::signatures::PublicKeySet::new();
+        for (key_id, key) in doc["verify_keys"].as_object().into_iter().flatten() {
+            if let Some(k) = key["key"].as_str().and_then(|k| ruma::serde::Base64::parse(k).ok()) {
+                own.insert(key_id.clone(), k);
+            }
+        }
+        let mut map = ruma::signatures::PublicKeyMap::new();
+        map.insert(notary.to_owned(), set);
+        map.insert(server.to_owned(), own);
+        let object: ruma::CanonicalJsonObject =
+            serde_json::from_value(doc.clone()).map_err(|e| fail(format!("not canonical JSON: {e}")))?;
+        ruma::signatures::verify_json(&map, &object).map_err(|e| fail(format!("notary signature: {e}")))?;
+        engine.keyring.accept_document(server, &doc).await?;
+        Ok(())
     }
 }
 

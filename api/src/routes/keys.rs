@@ -8,10 +8,10 @@
 //!
 //! §"Querying Keys Through Another Server" (`POST /_matrix/key/v2/query`,
 //! `GET /_matrix/key/v2/query/{serverName}`): a notary returns the keys it
-//! knows, each document signed by its origin and by the notary. Until remote
-//! key fetching lands (the federation issue) we notarise only our own keys;
-//! for other servers the answer is an empty `server_keys` list, which the spec
-//! allows ("the notary server may return an empty list").
+//! knows, each document signed by its origin and by the notary. We answer
+//! for ourselves and for any server whose keys we hold or can fetch (directly
+//! or through our own notaries), adding our signature; a server we cannot
+//! reach is left out of `server_keys`, which the spec allows.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +26,29 @@ use crate::{
 fn own_document(cx: &Ctx) -> Result<serde_json::Value, ApiError> {
     let doc = cx.engine.keys.server_key_document()?;
     serde_json::to_value(&doc).map_err(|e| ApiError::unknown(format!("serialising key document: {e}")))
+}
+
+/// `server`'s key document with our signature added, if we have or can get it.
+async fn notarised(cx: &Ctx, server: &str) -> Result<Option<serde_json::Value>, ApiError> {
+    if server == cx.engine.server_name.as_str() {
+        return own_document(cx).map(Some);
+    }
+    if ruma::ServerName::parse(server).is_err()
+        || !crate::federation::client::FederationClient::allowed(&cx.engine, server)
+    {
+        return Ok(None);
+    }
+    let doc = match cx.federation.key_document(&cx.engine, server).await {
+        Ok(doc) => doc,
+        Err(e) => {
+            tracing::debug!(%server, error = %e, "no keys to notarise");
+            return Ok(None);
+        }
+    };
+    let mut object: ruma::CanonicalJsonObject =
+        serde_json::from_value(doc).map_err(|e| ApiError::unknown(format!("stored key document: {e}")))?;
+    cx.engine.keys.sign_json(&mut object)?;
+    serde_json::to_value(&object).map(Some).map_err(|e| ApiError::unknown(e.to_string()))
 }
 
 /// GET /_matrix/key/v2/server
@@ -43,8 +66,10 @@ pub fn query_keys(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let body: QueryBody = parse_json(&req.body)?;
         let mut out = Vec::new();
-        if body.server_keys.contains_key(cx.engine.server_name.as_str()) {
-            out.push(own_document(&cx)?);
+        for server in body.server_keys.keys().take(20) {
+            if let Some(doc) = notarised(&cx, server).await? {
+                out.push(doc);
+            }
         }
         Ok(ok_json(&serde_json::json!({ "server_keys": out })))
     })
@@ -54,7 +79,7 @@ pub fn query_keys(cx: Ctx, req: Req) -> HandlerFuture {
 pub fn query_server_keys(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let name = req.param("server_name")?;
-        let out = if name == cx.engine.server_name.as_str() { vec![own_document(&cx)?] } else { Vec::new() };
+        let out: Vec<serde_json::Value> = notarised(&cx, name).await?.into_iter().collect();
         Ok(ok_json(&serde_json::json!({ "server_keys": out })))
     })
 }

@@ -33,6 +33,7 @@ pub struct ServerKeySet {
 impl Stored for ServerKeySet {}
 
 const KEYS: Table<String, ServerKeySet> = Table::new(&catalog::SERVERNAME_SERVERKEYS);
+const DOCS: Table<String, myelin_storage::Raw> = Table::new(&catalog::SERVERNAME_KEYDOC);
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -91,9 +92,23 @@ impl KeyRing {
         Ok(any_time.then(|| set.old_verify_keys.get(key_id).map(|(k, _)| k.clone())).flatten())
     }
 
+    /// `server`'s last accepted key document, if still valid.
+    pub fn document(&self, server: &str) -> Result<Option<JsonValue>, FederationError> {
+        let Some(myelin_storage::Raw(raw)) = DOCS.get(&*self.db, &server.to_owned())? else { return Ok(None) };
+        let doc: JsonValue = serde_json::from_slice(&raw).unwrap_or(JsonValue::Null);
+        Ok((doc["valid_until_ts"].as_u64().unwrap_or(0) > now_ms()).then_some(doc))
+    }
+
     /// Checks a key document fetched from `server` and stores its keys.
     pub async fn accept_document(&self, server: &str, doc: &JsonValue) -> Result<ServerKeySet, FederationError> {
         let bad = |reason: &str| FederationError::BadResponse { server: server.to_owned(), reason: reason.to_owned() };
+        // Only the origin's own signatures are checked and kept (a notary's were checked
+        // by whoever asked it, and a signer we hold no key for would fail verification).
+        let mut doc = doc.clone();
+        if let Some(signatures) = doc.get_mut("signatures").and_then(JsonValue::as_object_mut) {
+            signatures.retain(|entity, _| entity == server);
+        }
+        let doc = &doc;
         if self.is_pinned(server) {
             return Err(bad("its keys are pinned by federation.trusted_keys"));
         }
@@ -142,6 +157,8 @@ impl KeyRing {
         };
         let mut batch = Batch::new();
         KEYS.put(&mut batch, &server.to_owned(), &keys)?;
+        let raw = serde_json::to_vec(doc).map_err(|e| bad(&e.to_string()))?;
+        DOCS.put(&mut batch, &server.to_owned(), &myelin_storage::Raw(raw))?;
         self.db.commit(batch).await?;
         self.cache.write().insert(server.to_owned(), keys.clone());
         Ok(keys)
