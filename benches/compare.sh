@@ -24,15 +24,27 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 sc=$(free_port); sf=$(free_port); mc=$(free_port); mf=$(free_port)
+# A second server of each kind, for the federation scenario.
+sc2=$(free_port); sf2=$(free_port); mc2=$(free_port); mf2=$(free_port)
 
-mkdir -p "$work/synapse" "$work/myelin"
-"$python" tests/interop/synapse_config.py "$work/synapse" "$sc" "$sf" >/dev/null
-(cd "$work/synapse" && exec "$python" -m synapse.app.homeserver -c hs.yaml >/dev/null 2>&1) &
-pids+=($!)
-(cd "$work/myelin" && MYELIN_SERVER_NAME="127.0.0.1:$mf" MYELIN_CLIENT__LISTEN="127.0.0.1:$mc" \
-    MYELIN_FEDERATION__LISTEN="127.0.0.1:$mf" MYELIN_REGISTRATION__ENABLED=true \
-    MYELIN_RATE_LIMIT__PER_SECOND=0 RUST_LOG=warn exec "$myelin" serve >/dev/null 2>&1) &
-pids+=($!)
+start_synapse() { # dir client_port fed_port
+    mkdir -p "$1"
+    "$python" tests/interop/synapse_config.py "$1" "$2" "$3" >/dev/null
+    (cd "$1" && exec "$python" -m synapse.app.homeserver -c hs.yaml >/dev/null 2>&1) &
+    pids+=($!)
+}
+start_myelin() { # dir client_port fed_port
+    mkdir -p "$1"
+    (cd "$1" && MYELIN_SERVER_NAME="127.0.0.1:$3" MYELIN_CLIENT__LISTEN="127.0.0.1:$2" \
+        MYELIN_FEDERATION__LISTEN="127.0.0.1:$3" MYELIN_FEDERATION__VERIFY_TLS=false \
+        MYELIN_REGISTRATION__ENABLED=true MYELIN_RATE_LIMIT__PER_SECOND=0 RUST_LOG=warn \
+        exec "$myelin" serve >/dev/null 2>&1) &
+    pids+=($!)
+}
+start_synapse "$work/synapse" "$sc" "$sf"
+start_myelin "$work/myelin" "$mc" "$mf"
+start_synapse "$work/synapse2" "$sc2" "$sf2"
+start_myelin "$work/myelin2" "$mc2" "$mf2"
 
 wait_up() {
     for _ in $(seq 1 600); do
@@ -41,7 +53,7 @@ wait_up() {
     done
     echo "server on port $1 did not start" >&2; exit 1
 }
-wait_up "$mc"; wait_up "$sc"
+wait_up "$mc"; wait_up "$sc"; wait_up "$mc2"; wait_up "$sc2"
 
 run() { "$myelin" bench "$@" --json; }
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
@@ -66,6 +78,14 @@ python3 - "$clients" "$(field "$m" p50_ms)" "$(field "$s" p50_ms)" "$(field "$m"
 import sys
 n, mp, sp, m99, s99 = sys.argv[1], *map(float, sys.argv[2:])
 print(f"| sync fan-out, 1 sender, {n} receivers, p50 (p99) | {mp:.1f} ms ({m99:.1f}) | {sp:.1f} ms ({s99:.1f}) | {mp / sp:.3f} (lower is better) |")
+PY
+fed="${FED_MESSAGES:-300}"
+m=$(run federation --url-a "http://127.0.0.1:$mc" --url-b "http://127.0.0.1:$mc2" --server-a "127.0.0.1:$mf" --messages "$fed")
+s=$(run federation --url-a "http://127.0.0.1:$sc" --url-b "http://127.0.0.1:$sc2" --server-a "localhost:$sf" --messages "$fed")
+python3 - "$fed" "$(field "$m" messages_per_second)" "$(field "$s" messages_per_second)" "$(field "$m" p50_ms)" "$(field "$s" p50_ms)" <<'PY'
+import sys
+n, mr, sr, mp, sp = sys.argv[1], *map(float, sys.argv[2:])
+print(f"| federation burst of {n}, A to B end to end | {mr:.0f} msgs/s (p50 {mp:.0f} ms) | {sr:.0f} msgs/s (p50 {sp:.0f} ms) | {mr / sr:.1f}x |")
 PY
 m=$(run script --url "http://127.0.0.1:$mc" --lines "$lines")
 s=$(run script --url "http://127.0.0.1:$sc" --lines "$lines")

@@ -64,3 +64,24 @@ async fn bench_send_and_script_run_against_a_server_and_account_for_every_event(
     assert_eq!(rooms.len(), 4, "two send rooms, one fan-out room and one script room");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn bench_federation_counts_every_message_across_two_servers() {
+    let (a, b) = myelin_suite::federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let (url_a, url_b) = (format!("http://{}", a.client), format!("http://{}", b.client));
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(myelin_bin())
+            .args(["bench", "federation", "--url-a", &url_a, "--url-b", &url_b, "--server-a", "a.test"])
+            .args(["--messages", "40", "--json"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((report["sent"].clone(), report["received"].clone()), (serde_json::json!(40), serde_json::json!(40)));
+    assert!(report["messages_per_second"].as_f64().unwrap() > 0.0);
+    a.stop().await;
+    b.stop().await;
+}

@@ -350,3 +350,106 @@ pub async fn fanout(base: &str, receivers: usize, messages: usize) -> Result<Fan
         p99: percentile(&latencies, 0.99),
     })
 }
+
+/// Result of the `federation` scenario.
+pub struct FederationReport {
+    /// Messages sent on A.
+    pub sent: usize,
+    /// Messages seen in B's `/sync`.
+    pub received: usize,
+    /// From the first send to the last arrival on B.
+    pub elapsed: Duration,
+    /// Per-message send-to-arrival latency p50 and p99.
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+/// `federation`: a user on server A sends `messages` as fast as acknowledged
+/// into a room that a user on server B joined; the time until B's `/sync`
+/// has delivered every one.
+pub async fn federation(url_a: &str, url_b: &str, server_a: &str, messages: usize) -> Result<FederationReport, String> {
+    let id = run_id();
+    let mut a = Conn::open(url_a).await?;
+    let mut b = Conn::open(url_b).await?;
+    let (ta, _) = register(&mut a, &format!("bench{id}fa")).await?;
+    let (tb, _) = register(&mut b, &format!("bench{id}fb")).await?;
+    let room = a
+        .ok(Method::POST, "/_matrix/client/v3/createRoom", Some(&ta), Some(json!({ "preset": "public_chat" })))
+        .await?["room_id"]
+        .as_str()
+        .ok_or("createRoom without room_id")?
+        .to_owned();
+    b.ok(
+        Method::POST,
+        &format!("/_matrix/client/v3/join/{}?server_name={}", enc(&room), enc(server_a)),
+        Some(&tb),
+        Some(json!({})),
+    )
+    .await?;
+    let first = b.ok(Method::GET, "/_matrix/client/v3/sync?timeout=0", Some(&tb), None).await?;
+    let mut since = first["next_batch"].as_str().ok_or("sync without next_batch")?.to_owned();
+    eprintln!("bench federation: {messages} messages from {url_a} to a user on {url_b}");
+    let epoch = Instant::now();
+    let room_for_sender = room.clone();
+    let sender = tokio::spawn(async move {
+        let mut sent_at = Vec::with_capacity(messages);
+        for m in 0..messages {
+            sent_at.push(epoch.elapsed());
+            let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/x{m}", enc(&room_for_sender));
+            a.ok(Method::PUT, &path, Some(&ta), Some(json!({ "msgtype": "m.text", "body": format!("fed {m}") })))
+                .await?;
+        }
+        Ok::<_, String>(sent_at)
+    });
+    let mut arrivals: std::collections::HashMap<usize, Duration> = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while arrivals.len() < messages && Instant::now() < deadline {
+        let path = format!("/_matrix/client/v3/sync?timeout=5000&since={}", enc(&since));
+        let j = b.ok(Method::GET, &path, Some(&tb), None).await?;
+        let at = epoch.elapsed();
+        since = j["next_batch"].as_str().ok_or("sync without next_batch")?.to_owned();
+        for e in j["rooms"]["join"][&room]["timeline"]["events"].as_array().into_iter().flatten() {
+            if let Some(n) =
+                e["content"]["body"].as_str().and_then(|b| b.strip_prefix("fed ")).and_then(|n| n.parse().ok())
+            {
+                arrivals.entry(n).or_insert(at);
+            }
+        }
+        // A limited timeline skips events: page them in through /messages.
+        if j["rooms"]["join"][&room]["timeline"]["limited"] == true {
+            let mut from = j["rooms"]["join"][&room]["timeline"]["prev_batch"].as_str().map(str::to_owned);
+            while let Some(f) = from.take() {
+                let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100&from={}", enc(&room), enc(&f));
+                let page = b.ok(Method::GET, &path, Some(&tb), None).await?;
+                let chunk = page["chunk"].as_array().cloned().unwrap_or_default();
+                let mut fresh = false;
+                for e in &chunk {
+                    if let Some(n) = e["content"]["body"]
+                        .as_str()
+                        .and_then(|b| b.strip_prefix("fed "))
+                        .and_then(|n| n.parse::<usize>().ok())
+                        && !arrivals.contains_key(&n)
+                    {
+                        arrivals.insert(n, at);
+                        fresh = true;
+                    }
+                }
+                if fresh {
+                    from = page["end"].as_str().map(str::to_owned);
+                }
+            }
+        }
+    }
+    let sent_at = sender.await.map_err(|e| e.to_string())??;
+    let mut latencies: Vec<Duration> =
+        arrivals.iter().filter_map(|(n, at)| sent_at.get(*n).map(|s| at.saturating_sub(*s))).collect();
+    latencies.sort();
+    let elapsed = arrivals.values().max().copied().unwrap_or_default();
+    Ok(FederationReport {
+        sent: sent_at.len(),
+        received: arrivals.len(),
+        elapsed,
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+    })
+}

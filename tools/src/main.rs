@@ -54,6 +54,24 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Messages sent on server A until all are in a server-B user's /sync.
+    Federation {
+        /// Client-Server API of server A (the room's server, the sender).
+        #[arg(long)]
+        url_a: String,
+        /// Client-Server API of server B (the receiver).
+        #[arg(long)]
+        url_b: String,
+        /// Server A's name, to join through.
+        #[arg(long)]
+        server_a: String,
+        /// Messages sent.
+        #[arg(long, default_value_t = 300)]
+        messages: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Two users alternate sequential sends of an N-line script in one room.
     Script {
         /// Client-Server API base URL (http://host:port).
@@ -563,6 +581,34 @@ fn bench_cmd(what: BenchCommand) -> Result<(), Failure> {
             }
             if r.delivered != r.expected {
                 return Err(Failure::runtime(format!("{} of {} deliveries seen", r.delivered, r.expected)));
+            }
+        }
+        BenchCommand::Federation { url_a, url_b, server_a, messages, json } => {
+            let r = rt.block_on(bench::federation(&url_a, &url_b, &server_a, messages)).map_err(Failure::runtime)?;
+            let rate = r.received as f64 / r.elapsed.as_secs_f64().max(1e-9);
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "scenario": "federation", "sent": r.sent, "received": r.received,
+                        "seconds": r.elapsed.as_secs_f64(), "messages_per_second": rate,
+                        "p50_ms": ms(r.p50), "p99_ms": ms(r.p99),
+                    })
+                );
+            } else {
+                println!("| scenario | received | msgs/s end to end | p50 ms | p99 ms |");
+                println!("|---|---|---|---|---|");
+                println!(
+                    "| federation burst | {}/{} | {rate:.0} | {:.1} | {:.1} |",
+                    r.received,
+                    r.sent,
+                    ms(r.p50),
+                    ms(r.p99)
+                );
+            }
+            if r.received != r.sent {
+                return Err(Failure::runtime(format!("{} of {} messages arrived", r.received, r.sent)));
             }
         }
         BenchCommand::Script { url, lines, json } => {
