@@ -479,6 +479,8 @@ async fn messages_sent_while_a_server_is_down_all_arrive_once_after_it_returns()
     let depth = gauge("myelin_federation_queue_depth");
     assert!((1.0..=25.0).contains(&depth), "queue depth {depth}");
     assert!(gauge("myelin_federation_queue_oldest_age_seconds") > 0.5);
+    let stored = a.engine.backoffs.get("b.test").unwrap().expect("A stored B's backoff");
+    assert!(stored.step_ms >= 1000, "{stored:?}");
 
     // B comes back on the same data and address; bob pokes A (any signed request
     // counts as a sign of life), and everything A queued arrives.
@@ -499,6 +501,11 @@ async fn messages_sent_while_a_server_is_down_all_arrive_once_after_it_returns()
         .collect();
     let want: Vec<String> = (0..25).rev().map(|i| format!("during outage {i}")).collect();
     assert_eq!(got, want, "every message exactly once, in order");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while a.engine.backoffs.get("b.test").unwrap().is_some() {
+        assert!(std::time::Instant::now() < deadline, "the backoff outlived a delivered transaction");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     a.stop().await;
     b.stop().await;
 }

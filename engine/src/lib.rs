@@ -53,6 +53,8 @@ pub struct Engine {
     pub keyring: federation::keyring::KeyRing,
     /// Which servers we federate with (configured and runtime lists).
     pub policy: federation::policy::Policy,
+    /// When the federation sender may try each failing destination next.
+    pub backoffs: federation::backoff::Backoffs,
 }
 
 impl Engine {
@@ -84,6 +86,7 @@ impl Engine {
             config.federation.trusted_keys.clone(),
         );
         let policy = federation::policy::Policy::load(db.clone(), &config.federation)?;
+        let backoffs = federation::backoff::Backoffs::new(db.clone());
         Ok(Arc::new(Self {
             config: Arc::new(config),
             server_name,
@@ -97,6 +100,7 @@ impl Engine {
             media,
             keyring,
             policy,
+            backoffs,
         }))
     }
 

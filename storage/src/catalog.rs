@@ -159,6 +159,9 @@ pub static SERVERNAME_POLICY: Cf = point("servername_policy", 0);
 /// Server name → its last accepted key document, as received (served as a notary).
 pub static SERVERNAME_KEYDOC: Cf = point("servername_keydoc", 0);
 
+/// Server name → when the federation sender may try it next, and its backoff step.
+pub static SERVERNAME_BACKOFF: Cf = point("servername_backoff", 0);
+
 /// Every family, in creation order. The default family is unused.
 pub static ALL: &[&Cf] = &[
     &GLOBAL,
@@ -205,6 +208,7 @@ pub static ALL: &[&Cf] = &[
     &ROOMID_SHUTDOWN,
     &SERVERNAME_POLICY,
     &SERVERNAME_KEYDOC,
+    &SERVERNAME_BACKOFF,
 ];
 
 #[cfg(test)]

@@ -22,7 +22,9 @@
 //! `myelin_federation_queue_oldest_age_seconds` (gauges), and
 //! `myelin_federation_transactions_total{destination,result}`.
 //!
-//! Not yet: persisted backoff (after a restart every destination is tried at once).
+//! The backoff (next try, current step) is stored per destination, so a
+//! restart waits out a failing destination's backoff instead of hammering it;
+//! it is cleared by the next delivered transaction.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -76,6 +78,10 @@ pub async fn run(cx: Ctx, mut stop: watch::Receiver<bool>) {
     }
 }
 
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 fn jitter(base: Duration) -> Duration {
     let nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
@@ -87,6 +93,18 @@ async fn deliver(cx: Ctx, name: String) {
     let mut backoff = Duration::from_secs(1);
     let alive = cx.federation.alive_signal(&name);
     let mut depth: Option<usize> = None;
+    // A destination that was failing before a restart keeps its wait and step.
+    if let Ok(Some(stored)) = cx.engine.backoffs.get(&name) {
+        backoff = Duration::from_millis(stored.step_ms.clamp(1_000, 120_000));
+        let wait = Duration::from_millis(stored.retry_at_ms.saturating_sub(now_unix_ms()));
+        if !wait.is_zero() {
+            tracing::info!(wait = ?wait, "destination was failing before; waiting out its backoff");
+            tokio::select! {
+                _ = tokio::time::sleep(wait.min(Duration::from_secs(120))) => {}
+                _ = alive.notified() => backoff = Duration::from_secs(1),
+            }
+        }
+    }
     loop {
         let dest = cx.engine.rooms.server_short(&name).ok().flatten();
         let batch = match dest.map(|d| cx.engine.rooms.outbound_pdus(d, 50)).transpose() {
@@ -144,6 +162,9 @@ async fn deliver(cx: Ctx, name: String) {
                 metrics::counter!("myelin_federation_transactions_total", "destination" => name.clone(), "result" => "ok")
                     .increment(1);
                 depth = depth.map(|d| d.saturating_sub(seqs.len()));
+                if backoff > Duration::from_secs(1) || cx.engine.backoffs.get(&name).ok().flatten().is_some() {
+                    let _ = cx.engine.backoffs.clear(&name).await;
+                }
                 backoff = Duration::from_secs(1);
             }
             failed => {
@@ -168,8 +189,16 @@ async fn deliver(cx: Ctx, name: String) {
                     depth = Some(n);
                     metrics::gauge!("myelin_federation_queue_depth", "destination" => name.clone()).set(n as f64);
                 }
+                let wait = jitter(backoff);
+                let stored = myelin_engine::federation::backoff::Backoff {
+                    retry_at_ms: now_unix_ms() + wait.as_millis() as u64,
+                    step_ms: backoff.as_millis() as u64,
+                };
+                if let Err(e) = cx.engine.backoffs.set(&name, stored).await {
+                    tracing::warn!(error = %e, "could not store the destination's backoff");
+                }
                 tokio::select! {
-                    _ = tokio::time::sleep(jitter(backoff)) => {
+                    _ = tokio::time::sleep(wait) => {
                         backoff = (backoff * 2).min(Duration::from_secs(120));
                     }
                     _ = alive.notified() => {

@@ -1,6 +1,7 @@
 //! Federation logic that needs no HTTP: remote signing keys and request
 //! authentication. The HTTP client and listener live in `myelin-api`.
 
+pub mod backoff;
 pub mod keyring;
 pub mod policy;
 pub mod xmatrix;
