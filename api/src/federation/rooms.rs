@@ -62,24 +62,44 @@ fn room_param(req: &Req) -> Result<ruma::OwnedRoomId, ApiError> {
     RoomId::parse(req.param("room_id")?).map_err(|e| ApiError::invalid_param(e.to_string()))
 }
 
+/// What `make_join` and `make_leave` check alike: an authenticated origin the
+/// room's ACL admits, asking for one of its own users, in a room held here.
+async fn membership_request(
+    cx: &Ctx,
+    req: &Req,
+) -> Result<(ruma::OwnedRoomId, ruma::OwnedUserId, RoomVersionId), ApiError> {
+    let origin = require_server(cx, req).await?;
+    let room = room_param(req)?;
+    acl_check(cx, &room, &origin)?;
+    let user = UserId::parse(req.param("user_id")?).map_err(|e| ApiError::invalid_param(e.to_string()))?;
+    if user.server_name().as_str() != origin {
+        return Err(ApiError::forbidden("a server can only ask for its own users"));
+    }
+    let version =
+        cx.engine.rooms.room_version(&room).map_err(|_| ApiError::not_found(format!("{room} is not known here")))?;
+    Ok((room, user, version))
+}
+
+/// The unsigned membership event template a `make_*` request answers with.
+async fn membership_template(
+    cx: &Ctx,
+    room: &RoomId,
+    user: &UserId,
+    version: &RoomVersionId,
+    membership: &str,
+) -> Result<crate::http_util::Resp, ApiError> {
+    let event = NewEvent::state(TimelineEventType::RoomMember, user.as_str(), json!({ "membership": membership }));
+    let template = cx.engine.rooms.template(user, room, event).await?;
+    Ok(ok_json(&json!({ "event": template, "room_version": version })))
+}
+
 /// GET /_matrix/federation/v1/make_join/{roomId}/{userId}
 pub fn make_join(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
-        let origin = require_server(&cx, &req).await?;
-        let room = room_param(&req)?;
-        acl_check(&cx, &room, &origin)?;
+        let (room, user, version) = membership_request(&cx, &req).await?;
         if cx.engine.rooms.is_shutdown(&room)? {
             return Err(ApiError::forbidden(format!("{room} has been shut down on this server")));
         }
-        let user = UserId::parse(req.param("user_id")?).map_err(|e| ApiError::invalid_param(e.to_string()))?;
-        if user.server_name().as_str() != origin {
-            return Err(ApiError::forbidden("a server can only join its own users"));
-        }
-        let version = cx
-            .engine
-            .rooms
-            .room_version(&room)
-            .map_err(|_| ApiError::not_found(format!("{room} is not known here")))?;
         let supported: Vec<String> = req
             .parts
             .uri
@@ -98,9 +118,7 @@ pub fn make_join(cx: Ctx, req: Req) -> HandlerFuture {
             )
             .with_room_version(version.as_str()));
         }
-        let event = NewEvent::state(TimelineEventType::RoomMember, user.as_str(), json!({ "membership": "join" }));
-        let template = cx.engine.rooms.template(&user, &room, event).await?;
-        Ok(ok_json(&json!({ "event": template, "room_version": version })))
+        membership_template(&cx, &room, &user, &version, "join").await
     })
 }
 
@@ -251,21 +269,8 @@ fn sign_template(
 /// GET /_matrix/federation/v1/make_leave/{roomId}/{userId}
 pub fn make_leave(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
-        let origin = require_server(&cx, &req).await?;
-        let room = room_param(&req)?;
-        acl_check(&cx, &room, &origin)?;
-        let user = UserId::parse(req.param("user_id")?).map_err(|e| ApiError::invalid_param(e.to_string()))?;
-        if user.server_name().as_str() != origin {
-            return Err(ApiError::forbidden("a server can only make its own users leave"));
-        }
-        let version = cx
-            .engine
-            .rooms
-            .room_version(&room)
-            .map_err(|_| ApiError::not_found(format!("{room} is not known here")))?;
-        let event = NewEvent::state(TimelineEventType::RoomMember, user.as_str(), json!({ "membership": "leave" }));
-        let template = cx.engine.rooms.template(&user, &room, event).await?;
-        Ok(ok_json(&json!({ "event": template, "room_version": version })))
+        let (room, user, version) = membership_request(&cx, &req).await?;
+        membership_template(&cx, &room, &user, &version, "leave").await
     })
 }
 
