@@ -119,6 +119,13 @@ async fn tls_verification_trusts_a_configured_ca_and_nothing_else() {
     b.stop().await;
 }
 
+/// A GET to `to`'s federation listener, signed as `from` (names `*.test`).
+async fn signed_get(from: &TestServer, to: &TestServer, path: &str) -> myelin_suite::Reply {
+    let (origin, dest) = (from.engine.server_name.as_str(), to.engine.server_name.as_str());
+    let header = xmatrix::sign(&from.engine.keys, origin, dest, "GET", path, None).unwrap();
+    https_with(to.federation.unwrap(), Method::GET, path, None, &[("authorization", &header)]).await
+}
+
 fn bodies(sync: &serde_json::Value, room: &str) -> Vec<String> {
     sync["rooms"]["join"][room]["timeline"]["events"]
         .as_array()
@@ -321,8 +328,7 @@ async fn typing_and_receipts_cross_servers_and_a_server_acl_shuts_a_server_out()
         format!("/_matrix/federation/v1/make_join/{}/{}?ver=12", enc(&room), enc("@carol:b.test")),
         format!("/_matrix/federation/v1/make_leave/{}/{}", enc(&room), enc("@bob:b.test")),
     ] {
-        let header = xmatrix::sign(&b.engine.keys, "b.test", "a.test", "GET", &path, None).unwrap();
-        let r = https_with(a.federation.unwrap(), Method::GET, &path, None, &[("authorization", &header)]).await;
+        let r = signed_get(&b, &a, &path).await;
         assert_eq!((r.status, r.errcode().as_str()), (StatusCode::FORBIDDEN, "M_FORBIDDEN"), "{path}");
     }
     a.stop().await;
@@ -880,8 +886,7 @@ async fn thumbnails_of_media_on_a_are_served_over_federation_and_to_users_on_b()
 
     // A serves the thumbnail to B's server as multipart/mixed.
     let path = format!("/_matrix/federation/v1/media/thumbnail/{id}?width=100&height=100&method=scale");
-    let header = xmatrix::sign(&b.engine.keys, "b.test", "a.test", "GET", &path, None).unwrap();
-    let r = https_with(a.federation.unwrap(), Method::GET, &path, None, &[("authorization", &header)]).await;
+    let r = signed_get(&b, &a, &path).await;
     assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
     let ct = r.headers["content-type"].to_str().unwrap().to_owned();
     let boundary = ct.split("boundary=").nth(1).expect("a multipart boundary").to_owned();
@@ -968,8 +973,7 @@ async fn pinned_keys_are_the_only_keys_trusted_for_a_server() {
             );
         })
         .await;
-    let header = xmatrix::sign(&b.engine.keys, "b.test", "a.test", "GET", path, None).unwrap();
-    let r = https_with(a.federation.unwrap(), Method::GET, path, None, &[("authorization", &header)]).await;
+    let r = signed_get(&b, &a, &path).await;
     assert_eq!(r.errcode(), "M_UNAUTHORIZED", "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(
         a.engine.keyring.key("b.test", &b_key_id, true).unwrap().as_deref(),
@@ -982,7 +986,7 @@ async fn pinned_keys_are_the_only_keys_trusted_for_a_server() {
             c.federation.trusted_keys.insert("b.test".into(), [(b_key_id.clone(), b_key.clone())].into());
         })
         .await;
-    let r = https_with(a.federation.unwrap(), Method::GET, path, None, &[("authorization", &header)]).await;
+    let r = signed_get(&b, &a, path).await;
     assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
     a.stop().await;
     b.stop().await;
@@ -1095,12 +1099,10 @@ async fn joined_only_history_is_not_served_to_a_server_that_joined_later() {
 
     // Asked directly, A refuses B the pre-join event; a shared-history event is served.
     let path = format!("/_matrix/federation/v1/event/{}", enc(&secrets[0]));
-    let header = xmatrix::sign(&b.engine.keys, "b.test", "a.test", "GET", &path, None).unwrap();
-    let r = https_with(a.federation.unwrap(), Method::GET, &path, None, &[("authorization", &header)]).await;
+    let r = signed_get(&b, &a, &path).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", String::from_utf8_lossy(&r.body));
     let path = format!("/_matrix/federation/v1/backfill/{}?v={}&limit=10", enc(&room), enc(&secrets[4]));
-    let header = xmatrix::sign(&b.engine.keys, "b.test", "a.test", "GET", &path, None).unwrap();
-    let r = https_with(a.federation.unwrap(), Method::GET, &path, None, &[("authorization", &header)]).await;
+    let r = signed_get(&b, &a, &path).await;
     assert_eq!(r.status, StatusCode::OK);
     let pdus = r.json()["pdus"].as_array().cloned().unwrap();
     assert!(pdus.iter().any(|p| p["event_id"] == secrets[4].as_str() || p["type"] == "m.room.message"), "{pdus:?}");
