@@ -973,7 +973,7 @@ async fn pinned_keys_are_the_only_keys_trusted_for_a_server() {
             );
         })
         .await;
-    let r = signed_get(&b, &a, &path).await;
+    let r = signed_get(&b, &a, path).await;
     assert_eq!(r.errcode(), "M_UNAUTHORIZED", "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(
         a.engine.keyring.key("b.test", &b_key_id, true).unwrap().as_deref(),
