@@ -1165,3 +1165,32 @@ async fn keys_of_an_unreachable_server_come_through_a_notary_it_signed_for() {
     b.stop().await;
     n.stop().await;
 }
+
+#[tokio::test]
+async fn to_device_messages_reach_a_device_on_another_server() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    alice
+        .put(
+            "/_matrix/client/v3/sendToDevice/m.room_key_request/t1",
+            json!({ "messages": { "@bob:b.test": { bob.device_id.clone(): { "hello": "device" } } } }),
+        )
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut since = since;
+    loop {
+        let s = bob.sync(Some(&since), 2_000).await;
+        let events = s["to_device"]["events"].as_array().cloned().unwrap_or_default();
+        if let Some(e) = events.iter().find(|e| e["type"] == "m.room_key_request") {
+            assert_eq!(e["sender"], "@alice:a.test");
+            assert_eq!(e["content"]["hello"], "device");
+            break;
+        }
+        since = s["next_batch"].as_str().unwrap().to_owned();
+        assert!(std::time::Instant::now() < deadline, "bob's device never got the message");
+    }
+    a.stop().await;
+    b.stop().await;
+}

@@ -521,6 +521,29 @@ fn acl_allows(cx: &Ctx, room: &RoomId, server: &str) -> bool {
 async fn receive_edu(cx: &Ctx, origin: &str, edu: &JsonValue) {
     let content = &edu["content"];
     match edu["edu_type"].as_str() {
+        Some("m.direct_to_device") => {
+            let (Some(sender), Some(kind)) = (content["sender"].as_str(), content["type"].as_str()) else { return };
+            if UserId::parse(sender).map(|u| u.server_name().as_str() != origin).unwrap_or(true) {
+                return;
+            }
+            let mut queue = Vec::new();
+            for (user, devices) in content["messages"].as_object().into_iter().flatten() {
+                let Ok(user_id) = UserId::parse(user.as_str()) else { continue };
+                if user_id.server_name() != cx.engine.server_name {
+                    continue;
+                }
+                for (device, message) in devices.as_object().into_iter().flatten() {
+                    if let Ok(bytes) = serde_json::to_vec(message) {
+                        queue.push((user.clone(), device.clone(), bytes));
+                    }
+                }
+            }
+            if !queue.is_empty()
+                && let Err(e) = cx.engine.users.send_to_device(sender, kind, queue).await
+            {
+                tracing::warn!(%origin, error = %e, "could not store to-device messages");
+            }
+        }
         Some("m.presence") if cx.engine.config.presence.enabled => {
             for item in content["push"].as_array().into_iter().flatten().take(1000) {
                 let Some(user) = item["user_id"].as_str().and_then(|u| UserId::parse(u).ok()) else { continue };

@@ -162,11 +162,18 @@ pub fn send_to_device(cx: Ctx, req: Req) -> HandlerFuture {
         let messages =
             body["messages"].as_object().ok_or_else(|| ApiError::bad_json("`messages` must be an object"))?;
         let mut queue = Vec::new();
+        // Other servers' users: one `m.direct_to_device` EDU per server.
+        let mut remote: std::collections::BTreeMap<String, serde_json::Map<String, JsonValue>> =
+            std::collections::BTreeMap::new();
         for (user, devices) in messages {
             let user_id =
                 ruma::UserId::parse(user.as_str()).map_err(|e| ApiError::invalid_param(format!("{user}: {e}")))?;
             if user_id.server_name() != cx.engine.server_name {
-                return Err(ApiError::forbidden(format!("{user}: sending to other servers' devices needs federation")));
+                if !devices.is_object() {
+                    return Err(ApiError::bad_json("device map must be an object"));
+                }
+                remote.entry(user_id.server_name().to_string()).or_default().insert(user.clone(), devices.clone());
+                continue;
             }
             let devices = devices.as_object().ok_or_else(|| ApiError::bad_json("device map must be an object"))?;
             for (device, content) in devices {
@@ -174,7 +181,21 @@ pub fn send_to_device(cx: Ctx, req: Req) -> HandlerFuture {
                 queue.push((user.clone(), device.clone(), bytes));
             }
         }
-        cx.engine.users.send_to_device(me.user_id.as_str(), &kind, queue).await?;
+        if !queue.is_empty() {
+            cx.engine.users.send_to_device(me.user_id.as_str(), &kind, queue).await?;
+        }
+        for (server, messages) in remote {
+            let edu = json!({
+                "edu_type": "m.direct_to_device",
+                "content": {
+                    "sender": me.user_id,
+                    "type": kind,
+                    "message_id": format!("{}-{}-{server}", me.device_id, req.param("txn_id")?),
+                    "messages": messages,
+                },
+            });
+            cx.federation.queue_edu(&server, edu);
+        }
         cx.engine.users.set_txn_event(me.user_id.as_str(), &me.device_id, &txn, "").await?;
         Ok(ok_json(&json!({})))
     })
