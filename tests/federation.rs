@@ -119,6 +119,28 @@ async fn tls_verification_trusts_a_configured_ca_and_nothing_else() {
     b.stop().await;
 }
 
+/// Every message body of the room's history as `c` pages back through
+/// `/messages` in pages of `page`, newest first.
+async fn history_bodies(c: &myelin_suite::Client, room: &str, page: usize) -> Vec<String> {
+    let mut bodies = Vec::new();
+    let mut from: Option<String> = None;
+    for _ in 0..50 {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit={page}{}",
+            enc(room),
+            from.as_deref().map(|f| format!("&from={f}")).unwrap_or_default()
+        );
+        let reply = c.get(&path).await;
+        let chunk = reply["chunk"].as_array().cloned().unwrap_or_default();
+        bodies.extend(chunk.iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)));
+        match reply["end"].as_str() {
+            Some(end) if !chunk.is_empty() => from = Some(end.to_owned()),
+            _ => break,
+        }
+    }
+    bodies
+}
+
 /// A GET to `to`'s federation listener, signed as `from` (names `*.test`).
 async fn signed_get(from: &TestServer, to: &TestServer, path: &str) -> myelin_suite::Reply {
     let (origin, dest) = (from.engine.server_name.as_str(), to.engine.server_name.as_str());
@@ -346,24 +368,7 @@ async fn history_written_before_a_remote_user_joined_is_backfilled_into_messages
     }
     bob.post(&format!("/_matrix/client/v3/join/{}?server_name=a.test", enc(&room)), json!({})).await;
 
-    let mut seen = Vec::new();
-    let mut from: Option<String> = None;
-    for _ in 0..20 {
-        let path = match &from {
-            Some(f) => format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=25&from={f}", enc(&room)),
-            None => format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=25", enc(&room)),
-        };
-        let page = bob.get(&path).await;
-        for e in page["chunk"].as_array().unwrap() {
-            if let Some(body) = e["content"]["body"].as_str() {
-                seen.push(body.to_owned());
-            }
-        }
-        match page["end"].as_str() {
-            Some(end) => from = Some(end.to_owned()),
-            None => break,
-        }
-    }
+    let seen = history_bodies(&bob, &room, 25).await;
     let want: Vec<String> = (0..60).rev().map(|i| format!("old {i}")).collect();
     assert_eq!(seen, want, "all history, newest first, exactly once");
     let create = bob.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=200", enc(&room))).await;
@@ -1046,23 +1051,7 @@ async fn a_gap_of_many_events_is_closed_from_a_single_newer_event() {
     bob.addr = b.client;
     alice.send_text(&room, "after").await;
     wait_for_text(&bob, &room, "after").await;
-    let mut got = Vec::new();
-    let mut from: Option<String> = None;
-    for _ in 0..10 {
-        let path = format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100{}",
-            enc(&room),
-            from.as_deref().map(|f| format!("&from={f}")).unwrap_or_default()
-        );
-        let page = bob.get(&path).await;
-        got.extend(
-            page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)),
-        );
-        match page["end"].as_str() {
-            Some(end) if !page["chunk"].as_array().unwrap().is_empty() => from = Some(end.to_owned()),
-            _ => break,
-        }
-    }
+    let got = history_bodies(&bob, &room, 100).await;
     let missed: Vec<&String> = got.iter().filter(|b| b.starts_with("missed ")).collect();
     assert_eq!(missed.len(), 150, "every missed message, once: {} of 150", missed.len());
     let want: Vec<String> = (0..150).rev().map(|i| format!("missed {i}")).collect();

@@ -122,33 +122,42 @@ pub fn make_join(cx: Ctx, req: Req) -> HandlerFuture {
     })
 }
 
+/// What `send_join` and `send_leave` check alike: an authenticated origin the
+/// room's ACL admits (and, for joins, a room not shut down here) sends a
+/// correctly signed `membership` event of one of its own users, matching the path.
+async fn signed_membership(
+    cx: &Ctx,
+    req: &Req,
+    membership: &str,
+    refuse_if_shut: bool,
+) -> Result<(ruma::OwnedRoomId, Pdu), ApiError> {
+    let origin = require_server(cx, req).await?;
+    let room = room_param(req)?;
+    acl_check(cx, &room, &origin)?;
+    if refuse_if_shut && cx.engine.rooms.is_shutdown(&room)? {
+        return Err(ApiError::forbidden(format!("{room} has been shut down on this server")));
+    }
+    let version =
+        cx.engine.rooms.room_version(&room).map_err(|_| ApiError::not_found(format!("{room} is not known here")))?;
+    let json: JsonValue = parse_json(&req.body)?;
+    let pdu = checked_pdu(cx, &json, &version).await?;
+    if pdu.event_id.as_str() != req.param("event_id")? || pdu.room_id != room {
+        return Err(ApiError::bad_json("event id or room does not match the path"));
+    }
+    if pdu.kind != TimelineEventType::RoomMember
+        || pdu.content_value()["membership"] != membership
+        || pdu.state_key.as_deref() != Some(pdu.sender.as_str())
+        || pdu.sender.server_name().as_str() != origin
+    {
+        return Err(ApiError::bad_json(format!("not a {membership} of one of the origin's users")));
+    }
+    Ok((room, pdu))
+}
+
 /// PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}
 pub fn send_join(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
-        let origin = require_server(&cx, &req).await?;
-        let room = room_param(&req)?;
-        acl_check(&cx, &room, &origin)?;
-        if cx.engine.rooms.is_shutdown(&room)? {
-            return Err(ApiError::forbidden(format!("{room} has been shut down on this server")));
-        }
-        let version = cx
-            .engine
-            .rooms
-            .room_version(&room)
-            .map_err(|_| ApiError::not_found(format!("{room} is not known here")))?;
-        let json: JsonValue = parse_json(&req.body)?;
-        let pdu = checked_pdu(&cx, &json, &version).await?;
-        if pdu.event_id.as_str() != req.param("event_id")? || pdu.room_id != room {
-            return Err(ApiError::bad_json("event id or room does not match the path"));
-        }
-        let membership = pdu.content_value()["membership"].as_str().map(str::to_owned);
-        if pdu.kind != TimelineEventType::RoomMember
-            || membership.as_deref() != Some("join")
-            || pdu.state_key.as_deref() != Some(pdu.sender.as_str())
-            || pdu.sender.server_name().as_str() != origin
-        {
-            return Err(ApiError::bad_json("not a join of one of the origin's users"));
-        }
+        let (room, pdu) = signed_membership(&cx, &req, "join", true).await?;
         let join_id = pdu.event_id.clone();
         let state_before_snapshot = {
             // The state the join is applied to: the room's current state now.
@@ -277,26 +286,7 @@ pub fn make_leave(cx: Ctx, req: Req) -> HandlerFuture {
 /// PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}
 pub fn send_leave(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
-        let origin = require_server(&cx, &req).await?;
-        let room = room_param(&req)?;
-        acl_check(&cx, &room, &origin)?;
-        let version = cx
-            .engine
-            .rooms
-            .room_version(&room)
-            .map_err(|_| ApiError::not_found(format!("{room} is not known here")))?;
-        let json: JsonValue = parse_json(&req.body)?;
-        let pdu = checked_pdu(&cx, &json, &version).await?;
-        if pdu.event_id.as_str() != req.param("event_id")? || pdu.room_id != room {
-            return Err(ApiError::bad_json("event id or room does not match the path"));
-        }
-        if pdu.kind != TimelineEventType::RoomMember
-            || pdu.content_value()["membership"] != "leave"
-            || pdu.state_key.as_deref() != Some(pdu.sender.as_str())
-            || pdu.sender.server_name().as_str() != origin
-        {
-            return Err(ApiError::bad_json("not a leave of one of the origin's users"));
-        }
+        let (_, pdu) = signed_membership(&cx, &req, "leave", false).await?;
         match cx.engine.rooms.append_pdu(pdu).await? {
             Appended::Accepted(_) => Ok(ok_json(&json!({}))),
             Appended::SoftFailed(_) => Err(ApiError::forbidden("the leave is not allowed by the current state")),

@@ -93,8 +93,11 @@ async fn deliver(cx: Ctx, name: String) {
     let mut backoff = Duration::from_secs(1);
     let alive = cx.federation.alive_signal(&name);
     let mut depth: Option<usize> = None;
+    // Whether a backoff row is stored for this destination (to clear after a success).
+    let mut backoff_stored = false;
     // A destination that was failing before a restart keeps its wait and step.
     if let Ok(Some(stored)) = cx.engine.backoffs.get(&name) {
+        backoff_stored = true;
         backoff = Duration::from_millis(stored.step_ms.clamp(1_000, 120_000));
         let wait = Duration::from_millis(stored.retry_at_ms.saturating_sub(now_unix_ms()));
         if !wait.is_zero() {
@@ -162,8 +165,8 @@ async fn deliver(cx: Ctx, name: String) {
                 metrics::counter!("myelin_federation_transactions_total", "destination" => name.clone(), "result" => "ok")
                     .increment(1);
                 depth = depth.map(|d| d.saturating_sub(seqs.len()));
-                if backoff > Duration::from_secs(1) || cx.engine.backoffs.get(&name).ok().flatten().is_some() {
-                    let _ = cx.engine.backoffs.clear(&name).await;
+                if backoff_stored && cx.engine.backoffs.clear(&name).await.is_ok() {
+                    backoff_stored = false;
                 }
                 backoff = Duration::from_secs(1);
             }
@@ -194,8 +197,9 @@ async fn deliver(cx: Ctx, name: String) {
                     retry_at_ms: now_unix_ms() + wait.as_millis() as u64,
                     step_ms: backoff.as_millis() as u64,
                 };
-                if let Err(e) = cx.engine.backoffs.set(&name, stored).await {
-                    tracing::warn!(error = %e, "could not store the destination's backoff");
+                match cx.engine.backoffs.set(&name, stored).await {
+                    Ok(()) => backoff_stored = true,
+                    Err(e) => tracing::warn!(error = %e, "could not store the destination's backoff"),
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {

@@ -46,9 +46,6 @@ impl Backoffs {
 
     /// Forgets the failures after a success.
     pub async fn clear(&self, server: &str) -> Result<(), EngineError> {
-        if self.get(server)?.is_none() {
-            return Ok(());
-        }
         let mut batch = Batch::new();
         BACKOFF.delete(&mut batch, &server.to_owned());
         self.db.commit(batch).await?;

@@ -474,22 +474,35 @@ pub fn get_state(cx: Ctx, req: Req) -> HandlerFuture {
     })
 }
 
+/// The path's `{eventId}` in `room`, if it is in the timeline `me` may read
+/// (404 otherwise, so hidden events are not told apart from missing ones):
+/// the event, its metadata and the last timeline position `me` may read.
+fn readable_event(
+    cx: &Ctx,
+    me: &Authed,
+    room: &RoomId,
+    req: &Req,
+) -> Result<(myelin_engine::rooms::ArcPdu, myelin_engine::rooms::tables::EventMeta, i64), ApiError> {
+    let upto = readable_upto(cx, me, room)?;
+    let event_id = EventId::parse(req.param("event_id")?).map_err(|e| ApiError::invalid_param(e.to_string()))?;
+    let not_found = || ApiError::not_found("event not found");
+    let pdu = cx.engine.rooms.pdu(&event_id)?.ok_or_else(not_found)?;
+    let meta = cx.engine.rooms.meta(&event_id)?.ok_or_else(not_found)?;
+    if pdu.room_id != *room || meta.count <= 0 || meta.count > upto || meta.flags != 0 {
+        return Err(not_found());
+    }
+    if !cx.engine.rooms.visible_to(&me.user_id, &pdu, meta.count)? {
+        return Err(not_found());
+    }
+    Ok((pdu, meta, upto))
+}
+
 /// GET /rooms/{roomId}/event/{eventId}
 pub fn get_event(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
         let room = room_param(&req)?;
-        let upto = readable_upto(&cx, &me, &room)?;
-        let event_id = EventId::parse(req.param("event_id")?).map_err(|e| ApiError::invalid_param(e.to_string()))?;
-        let not_found = || ApiError::not_found("event not found");
-        let pdu = cx.engine.rooms.pdu(&event_id)?.ok_or_else(not_found)?;
-        let meta = cx.engine.rooms.meta(&event_id)?.ok_or_else(not_found)?;
-        if pdu.room_id != room || meta.count <= 0 || meta.count > upto || meta.flags != 0 {
-            return Err(not_found());
-        }
-        if !cx.engine.rooms.visible_to(&me.user_id, &pdu, meta.count)? {
-            return Err(not_found());
-        }
+        let (pdu, _, _) = readable_event(&cx, &me, &room, &req)?;
         Ok(ok_json(&serve(&cx, &me, &pdu, true, now_ms())))
     })
 }
@@ -652,17 +665,7 @@ pub fn context(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
         let room = room_param(&req)?;
-        let upto = readable_upto(&cx, &me, &room)?;
-        let event_id = EventId::parse(req.param("event_id")?).map_err(|e| ApiError::invalid_param(e.to_string()))?;
-        let not_found = || ApiError::not_found("event not found");
-        let pdu = cx.engine.rooms.pdu(&event_id)?.ok_or_else(not_found)?;
-        let meta = cx.engine.rooms.meta(&event_id)?.ok_or_else(not_found)?;
-        if pdu.room_id != room || meta.count <= 0 || meta.count > upto || meta.flags != 0 {
-            return Err(not_found());
-        }
-        if !cx.engine.rooms.visible_to(&me.user_id, &pdu, meta.count)? {
-            return Err(not_found());
-        }
+        let (pdu, meta, upto) = readable_event(&cx, &me, &room, &req)?;
         let limit = query_param(&req, "limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(10).min(100);
         let half = limit / 2;
         let visible = |list: Vec<(i64, myelin_engine::rooms::ArcPdu)>| -> Vec<(i64, myelin_engine::rooms::ArcPdu)> {
