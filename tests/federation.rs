@@ -1183,3 +1183,147 @@ async fn to_device_messages_reach_a_device_on_another_server() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Device keys as a client would upload them (the server never checks the signature bytes).
+fn device_keys(user: &str, device: &str, curve: &str) -> serde_json::Value {
+    json!({
+        "user_id": user,
+        "device_id": device,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": { format!("curve25519:{device}"): curve, format!("ed25519:{device}"): format!("ed-{curve}") },
+        "signatures": { user: { format!("ed25519:{device}"): format!("sig-{curve}") } },
+    })
+}
+
+/// Syncs from `since` until `check` accepts a response; returns it.
+async fn sync_until(
+    c: &myelin_suite::Client,
+    since: &str,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut since = since.to_owned();
+    loop {
+        let s = c.sync(Some(&since), 1_000).await;
+        if check(&s) {
+            return s;
+        }
+        since = s["next_batch"].as_str().unwrap().to_owned();
+        assert!(std::time::Instant::now() < deadline, "{what} never showed in /sync");
+    }
+}
+
+#[tokio::test]
+async fn device_keys_are_queried_and_one_time_keys_claimed_across_servers() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.post(&format!("/_matrix/client/v3/join/{}?server_name=a.test", enc(&room)), json!({})).await;
+    alice.send_text(&room, "keys next").await;
+    wait_for_text(&bob, &room, "keys next").await;
+
+    let alice_keys = device_keys(&alice.user_id, &alice.device_id, "alice-curve");
+    let up = alice
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            json!({
+                "device_keys": alice_keys,
+                "one_time_keys": {
+                    "signed_curve25519:AAAA": { "key": "otk-1", "signatures": {} },
+                    "signed_curve25519:AAAB": { "key": "otk-2", "signatures": {} },
+                },
+            }),
+        )
+        .await;
+    assert_eq!(up["one_time_key_counts"]["signed_curve25519"], 2);
+    bob.post(
+        "/_matrix/client/v3/keys/upload",
+        json!({ "device_keys": device_keys(&bob.user_id, &bob.device_id, "bob-curve") }),
+    )
+    .await;
+    let bob_since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+
+    // Bob on B reads Alice's keys from A, exactly as she signed them.
+    let q = bob.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { alice.user_id.clone(): [] } })).await;
+    assert_eq!(q["failures"], json!({}), "{q}");
+    let got = &q["device_keys"][&alice.user_id][&alice.device_id];
+    for field in ["keys", "signatures", "algorithms", "user_id", "device_id"] {
+        assert_eq!(got[field], alice_keys[field], "{field} changed on the way: {got}");
+    }
+    // And Alice reads Bob's.
+    let q = alice.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { bob.user_id.clone(): [] } })).await;
+    assert_eq!(
+        q["device_keys"][&bob.user_id][&bob.device_id]["keys"][format!("curve25519:{}", bob.device_id)],
+        "bob-curve"
+    );
+
+    // Bob claims one of Alice's one-time keys; it is gone from A afterwards.
+    let c = bob
+        .post(
+            "/_matrix/client/v3/keys/claim",
+            json!({ "one_time_keys": { alice.user_id.clone(): { alice.device_id.clone(): "signed_curve25519" } } }),
+        )
+        .await;
+    let claimed = c["one_time_keys"][&alice.user_id][&alice.device_id].as_object().cloned().unwrap_or_default();
+    assert_eq!(claimed.len(), 1, "one key claimed: {c}");
+    let s = alice.sync(None, 0).await;
+    assert_eq!(s["device_one_time_keys_count"]["signed_curve25519"], 1, "A handed out one key");
+
+    // Alice adds a device: Bob's /sync on B lists her as changed (m.device_list_update).
+    let login = myelin_suite::http(
+        a.client,
+        http::Method::POST,
+        "/_matrix/client/v3/login",
+        Some(
+            json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "pass-word-1", "device_id": "PHONE" })
+                .to_string()
+                .as_bytes(),
+        ),
+    )
+    .await
+    .json();
+    let phone = myelin_suite::Client {
+        token: login["access_token"].as_str().unwrap().to_owned(),
+        device_id: "PHONE".into(),
+        ..alice.clone()
+    };
+    phone
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            json!({ "device_keys": device_keys(&alice.user_id, "PHONE", "phone-curve") }),
+        )
+        .await;
+    let alice_id = alice.user_id.clone();
+    sync_until(&bob, &bob_since, "alice's new device", |s| {
+        s["device_lists"]["changed"].as_array().is_some_and(|c| c.iter().any(|u| *u == *alice_id))
+    })
+    .await;
+    let q = bob.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { alice.user_id.clone(): [] } })).await;
+    let devices = q["device_keys"][&alice.user_id].as_object().cloned().unwrap_or_default();
+    assert!(devices.contains_key("PHONE") && devices.contains_key(&alice.device_id), "both devices: {q}");
+    let changes = bob
+        .get(&format!(
+            "/_matrix/client/v3/keys/changes?from={bob_since}&to={}",
+            bob.sync(None, 0).await["next_batch"].as_str().unwrap()
+        ))
+        .await;
+    assert!(changes["changed"].as_array().unwrap().iter().any(|u| *u == *alice.user_id), "{changes}");
+
+    // Cross-signing keys reach B too.
+    let master = json!({ "user_id": alice.user_id, "usage": ["master"], "keys": { "ed25519:MASTERPUB": "MASTERPUB" } });
+    alice.post("/_matrix/client/v3/keys/device_signing/upload", json!({ "master_key": master })).await;
+    let q = bob.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { alice.user_id.clone(): [] } })).await;
+    assert_eq!(q["master_keys"][&alice.user_id]["keys"], master["keys"], "{q}");
+    assert!(q.get("user_signing_keys").is_none_or(|u| u.get(&alice.user_id).is_none()));
+
+    // A server that is down: B answers from what it fetched last and names A in failures.
+    a.stop().await;
+    let q = bob
+        .post("/_matrix/client/v3/keys/query", json!({ "device_keys": { alice.user_id.clone(): [] }, "timeout": 3000 }))
+        .await;
+    assert!(q["failures"].get("a.test").is_some(), "{q}");
+    assert!(q["device_keys"][&alice.user_id].get("PHONE").is_some(), "cached keys served: {q}");
+    b.stop().await;
+}

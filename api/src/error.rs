@@ -113,6 +113,15 @@ impl From<RoomError> for ApiError {
     }
 }
 
+impl From<myelin_engine::e2ee::E2eeError> for ApiError {
+    fn from(e: myelin_engine::e2ee::E2eeError) -> Self {
+        match e {
+            myelin_engine::e2ee::E2eeError::Invalid(m) => ApiError::invalid_param(m),
+            myelin_engine::e2ee::E2eeError::Storage(e) => EngineError::from(e).into(),
+        }
+    }
+}
+
 impl From<UserError> for ApiError {
     fn from(e: UserError) -> Self {
         match e {

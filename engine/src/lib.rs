@@ -8,6 +8,7 @@ pub mod acl;
 pub mod backup;
 pub mod config;
 pub mod directory;
+pub mod e2ee;
 pub mod ephemeral;
 mod error;
 pub mod events;
@@ -43,6 +44,8 @@ pub struct Engine {
     pub rooms: rooms::Rooms,
     /// Accounts, devices, tokens, account data.
     pub users: users::Users,
+    /// End-to-end encryption keys and device-list changes.
+    pub e2ee: e2ee::E2ee,
     /// Local room aliases.
     pub directory: directory::Directory,
     /// Typing and presence (volatile).
@@ -76,6 +79,7 @@ impl Engine {
             .map_err(|e| EngineError::Rooms(e.to_string()))?;
         tracing::info!(server_name = %server_name, key_id = keys.key_id(), data_dir = %config.data_dir.display(), "engine ready");
         let users = users::Users::new(db.clone(), server_name.clone(), stream.clone());
+        let e2ee = e2ee::E2ee::new(db.clone(), stream.clone());
         let directory = directory::Directory::new(db.clone());
         let ephemeral = Arc::new(ephemeral::Ephemeral::new());
         let media = media::Media::open(db.clone(), &config.data_dir)?;
@@ -95,6 +99,7 @@ impl Engine {
             stream,
             rooms,
             users,
+            e2ee,
             directory,
             ephemeral,
             media,

@@ -21,9 +21,15 @@
 //! `types`/`not_types`, `lazy_load_members`, `include_leave`. Joined rooms
 //! carry `m.typing` and `m.receipt` ephemeral events and unread counts
 //! (`crate::receipts`). Tokens are `s<stream position>_<typing serial>`.
+//! §"Extensions to /sync" (end-to-end encryption): `device_lists.changed`
+//! lists users sharing a room with the syncing user whose device list
+//! changed since the token (`crate::e2ee`), or who joined a shared room
+//! (everyone in a room the user just joined); `left` lists users who left
+//! the user's last shared room; plus the device's one-time key counts and
+//! unused fallback key algorithms.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     time::{Duration, Instant},
 };
 
@@ -92,6 +98,10 @@ fn now_ms() -> u64 {
 }
 
 fn rooms_err(e: RoomError) -> EngineError {
+    EngineError::Rooms(e.to_string())
+}
+
+fn e2ee_err(e: crate::e2ee::E2eeError) -> EngineError {
     EngineError::Rooms(e.to_string())
 }
 
@@ -187,6 +197,10 @@ impl Engine {
         let upto_i = upto as i64;
         let mut data = self.changed_account_data(user, since, upto)?;
         let (mut join, mut invite, mut leave, mut knock) = (Map::new(), Map::new(), Map::new(), Map::new());
+        // Device-list tracking (§"Tracking the device list for a user"): who joined or
+        // left a room shared with the user since the token.
+        let mut joined_rooms = Vec::new();
+        let (mut member_joins, mut member_leaves) = (BTreeSet::new(), BTreeSet::new());
         for (room_id, Membership { membership, count, .. }) in self.rooms.rooms_of(user.as_str()).map_err(rooms_err)? {
             if count > upto_i {
                 continue; // happened after this response's position: next time
@@ -198,6 +212,17 @@ impl Engine {
                         .rooms
                         .timeline_between(&room_id, since_i, upto_i, req.timeline_limit)
                         .map_err(rooms_err)?;
+                    joined_rooms.push(room_id.clone());
+                    if since.is_some() {
+                        self.note_member_changes(
+                            &room_id,
+                            user,
+                            fresh,
+                            &events,
+                            &mut member_joins,
+                            &mut member_leaves,
+                        )?;
+                    }
                     let room_data = data.rooms.remove(room_id.as_str()).unwrap_or_default();
                     let ephemeral = self.room_ephemeral(&room_id, user, since, since_typing, fresh)?;
                     if events.is_empty() && room_data.is_empty() && ephemeral.is_empty() && !fresh && !req.full_state {
@@ -254,7 +279,15 @@ impl Engine {
                 Some(json!({ "sender": m.sender, "type": m.kind, "content": content }))
             })
             .collect();
-        let has_news = !join.is_empty()
+        let (changed, left) = match since {
+            Some(s) => self.device_list_changes(user, s, upto, &joined_rooms, member_joins, member_leaves)?,
+            None => (Vec::new(), Vec::new()),
+        };
+        let otk_counts = self.e2ee.one_time_key_counts(user.as_str(), &req.device_id).map_err(e2ee_err)?;
+        let fallback_types = self.e2ee.unused_fallback_types(user.as_str(), &req.device_id).map_err(e2ee_err)?;
+        let has_news = !changed.is_empty()
+            || !left.is_empty()
+            || !join.is_empty()
             || !invite.is_empty()
             || !leave.is_empty()
             || !knock.is_empty()
@@ -266,8 +299,9 @@ impl Engine {
             "account_data": { "events": data.global },
             "presence": { "events": [] },
             "to_device": { "events": to_device },
-            "device_lists": { "changed": [], "left": [] },
-            "device_one_time_keys_count": {},
+            "device_lists": { "changed": changed, "left": left },
+            "device_one_time_keys_count": otk_counts,
+            "device_unused_fallback_key_types": fallback_types,
         });
         Ok((body, has_news))
     }
@@ -353,6 +387,103 @@ impl Engine {
             out.push(json!({ "type": "m.receipt", "content": content }));
         }
         Ok(out)
+    }
+
+    /// Notes members who joined or left `room` in this sync's timeline (everyone, when
+    /// the user is new to the room): their devices must be (re)fetched or forgotten.
+    fn note_member_changes(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        fresh: bool,
+        events: &[(i64, ArcPdu)],
+        joins: &mut BTreeSet<String>,
+        leaves: &mut BTreeSet<String>,
+    ) -> Result<(), EngineError> {
+        if fresh {
+            for p in self.rooms.current_state(room).map_err(rooms_err)? {
+                if p.kind.to_string() == "m.room.member"
+                    && p.content_value()["membership"] == "join"
+                    && let Some(who) = p.state_key.as_deref().filter(|k| *k != user.as_str())
+                {
+                    joins.insert(who.to_owned());
+                }
+            }
+            return Ok(());
+        }
+        for (_, p) in events {
+            let Some(who) = p.state_key.as_deref().filter(|k| *k != user.as_str()) else { continue };
+            if p.kind.to_string() != "m.room.member" {
+                continue;
+            }
+            match p.content_value()["membership"].as_str() {
+                Some("join") => {
+                    joins.insert(who.to_owned());
+                }
+                Some("leave" | "ban") => {
+                    leaves.insert(who.to_owned());
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `who` is joined to one of `rooms`.
+    fn shares_room(&self, who: &str, rooms: &[ruma::OwnedRoomId]) -> Result<bool, EngineError> {
+        for room in rooms {
+            if let Some(p) = self.rooms.state_event(room, "m.room.member", who).map_err(rooms_err)?
+                && p.content_value()["membership"] == "join"
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Users sharing a room with `user` whose devices changed in `(from, to]` (`/keys/changes`).
+    pub fn device_list_changes_between(
+        &self,
+        user: &UserId,
+        from: u64,
+        to: u64,
+    ) -> Result<(Vec<String>, Vec<String>), EngineError> {
+        let joined: Vec<ruma::OwnedRoomId> = self
+            .rooms
+            .rooms_of(user.as_str())
+            .map_err(rooms_err)?
+            .into_iter()
+            .filter(|(_, m)| m.membership == "join")
+            .map(|(r, _)| r)
+            .collect();
+        self.device_list_changes(user, from, to, &joined, BTreeSet::new(), BTreeSet::new())
+    }
+
+    /// `device_lists.changed` and `.left` for an incremental sync: users sharing a room
+    /// whose devices changed in `(since, upto]` or who joined one; users who left the
+    /// user's last shared room.
+    fn device_list_changes(
+        &self,
+        user: &UserId,
+        since: u64,
+        upto: u64,
+        joined_rooms: &[ruma::OwnedRoomId],
+        joins: BTreeSet<String>,
+        leaves: BTreeSet<String>,
+    ) -> Result<(Vec<String>, Vec<String>), EngineError> {
+        let mut changed = joins;
+        for who in self.e2ee.changed_between(since, upto).map_err(e2ee_err)? {
+            if who == user.as_str() || self.shares_room(&who, joined_rooms)? {
+                changed.insert(who);
+            }
+        }
+        let mut left = Vec::new();
+        for who in leaves {
+            if !changed.contains(&who) && !self.shares_room(&who, joined_rooms)? {
+                left.push(who);
+            }
+        }
+        Ok((changed.into_iter().collect(), left))
     }
 
     /// The stripped state an invited or knocking user sees (§"Stripped state").

@@ -162,6 +162,17 @@ pub static SERVERNAME_KEYDOC: Cf = point("servername_keydoc", 0);
 /// Server name → when the federation sender may try it next, and its backoff step.
 pub static SERVERNAME_BACKOFF: Cf = point("servername_backoff", 0);
 
+/// `(user id, device id)` → the device's signed identity keys (local devices, and remote ones as last fetched).
+pub static USERDEVICE_DEVICEKEYS: Cf = scan("userdevice_devicekeys", 0);
+/// `(user id, device id, "algorithm:key id")` → an unclaimed one-time key.
+pub static USERDEVICEKEY_ONETIMEKEY: Cf = scan("userdevicekey_onetimekey", 0);
+/// `(user id, device id, algorithm)` → the device's fallback key and whether it was handed out.
+pub static USERDEVICEALGO_FALLBACKKEY: Cf = scan("userdevicealgo_fallbackkey", 0);
+/// `(user id, "master" | "self_signing" | "user_signing")` → a cross-signing key.
+pub static USERUSAGE_CROSSSIGNINGKEY: Cf = scan("userusage_crosssigningkey", 0);
+/// `(stream position, user id)` → (): the log of device-list changes /sync reports.
+pub static COUNTUSER_KEYCHANGE: Cf = scan("countuser_keychange", 0);
+
 /// Every family, in creation order. The default family is unused.
 pub static ALL: &[&Cf] = &[
     &GLOBAL,
@@ -209,6 +220,11 @@ pub static ALL: &[&Cf] = &[
     &SERVERNAME_POLICY,
     &SERVERNAME_KEYDOC,
     &SERVERNAME_BACKOFF,
+    &USERDEVICE_DEVICEKEYS,
+    &USERDEVICEKEY_ONETIMEKEY,
+    &USERDEVICEALGO_FALLBACKKEY,
+    &USERUSAGE_CROSSSIGNINGKEY,
+    &COUNTUSER_KEYCHANGE,
 ];
 
 #[cfg(test)]

@@ -320,6 +320,95 @@ check(s == 200, f"alice marks it read ({s} {j})")
 e = ephemeral_seen(SY, st, room, lambda e: e.get("type") == "m.receipt" and mu in e["content"].get(last2, {}).get("m.read", {}))
 check(e is not None, "bob on Synapse sees alice's read receipt")
 
+# End-to-end encryption keys both ways: query, claim, to-device, device-list updates.
+def device_keys(user, device, curve):
+    return {"user_id": user, "device_id": device,
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+            "keys": {f"curve25519:{device}": curve, f"ed25519:{device}": "ed-" + curve},
+            "signatures": {user: {f"ed25519:{device}": "sig-" + curve}}}
+
+
+def whoami(base, token):
+    return call(base, "GET", "/_matrix/client/v3/account/whoami", None, token)[1]["device_id"]
+
+
+def login_device(base, name, device):
+    s, j = call(base, "POST", "/_matrix/client/v3/login",
+                {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": name},
+                 "password": "pw-pw-pw-1", "device_id": device})
+    check(s == 200, f"{name} logs in a second device on {base} ({s} {j})")
+    return j["access_token"]
+
+
+def sync_token(base, token):
+    return call(base, "GET", "/_matrix/client/v3/sync?timeout=0", None, token)[1].get("next_batch")
+
+
+def device_list_changed(base, token, user, since, seconds=30):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        s, j = call(base, "GET", f"/_matrix/client/v3/sync?timeout=2000&since={q(since)}", None, token)
+        since = j.get("next_batch", since)
+        if user in j.get("device_lists", {}).get("changed", []):
+            return True
+    return False
+
+
+def to_device_seen(base, token, kind, seconds=30):
+    since, deadline = None, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        path = "/_matrix/client/v3/sync?timeout=2000" + (f"&since={q(since)}" if since else "")
+        s, j = call(base, "GET", path, None, token)
+        since = j.get("next_batch", since)
+        for e in j.get("to_device", {}).get("events", []):
+            if e.get("type") == kind:
+                return e
+    return None
+
+
+md, sd = whoami(MY, mt), whoami(SY, st)
+s, j = call(MY, "POST", "/_matrix/client/v3/keys/upload",
+            {"device_keys": device_keys(mu, md, "alice-curve"),
+             "one_time_keys": {"signed_curve25519:AAAAAQ": {"key": "alice-otk", "signatures": {}}}}, mt)
+check(s == 200 and j["one_time_key_counts"].get("signed_curve25519") == 1, f"alice uploads keys on Myelin ({s} {j})")
+s, j = call(SY, "POST", "/_matrix/client/v3/keys/upload",
+            {"device_keys": device_keys(su, sd, "bob-curve"),
+             "one_time_keys": {"signed_curve25519:AAAAAQ": {"key": "bob-otk", "signatures": {}}}}, st)
+check(s == 200, f"bob uploads keys on Synapse ({s} {j})")
+s, j = call(SY, "POST", "/_matrix/client/v3/keys/query", {"device_keys": {mu: []}}, st)
+got = j.get("device_keys", {}).get(mu, {}).get(md, {})
+check(got.get("keys", {}).get(f"curve25519:{md}") == "alice-curve" and got.get("signatures") == device_keys(mu, md, "alice-curve")["signatures"],
+      f"bob on Synapse reads alice's device keys from Myelin, signatures intact ({s} {j})")
+s, j = call(MY, "POST", "/_matrix/client/v3/keys/query", {"device_keys": {su: []}}, mt)
+got = j.get("device_keys", {}).get(su, {}).get(sd, {})
+check(got.get("keys", {}).get(f"curve25519:{sd}") == "bob-curve", f"alice on Myelin reads bob's device keys from Synapse ({s} {j})")
+s, j = call(SY, "POST", "/_matrix/client/v3/keys/claim", {"one_time_keys": {mu: {md: "signed_curve25519"}}}, st)
+got = j.get("one_time_keys", {}).get(mu, {}).get(md, {})
+check(list(got.values()) == [{"key": "alice-otk", "signatures": {}}], f"bob on Synapse claims alice's one-time key from Myelin ({s} {j})")
+s, j = call(MY, "POST", "/_matrix/client/v3/keys/claim", {"one_time_keys": {su: {sd: "signed_curve25519"}}}, mt)
+got = j.get("one_time_keys", {}).get(su, {}).get(sd, {})
+check([v.get("key") for v in got.values()] == ["bob-otk"], f"alice on Myelin claims bob's one-time key from Synapse ({s} {j})")
+s, j = call(MY, "GET", "/_matrix/client/v3/sync?timeout=0", None, mt)
+check(j.get("device_one_time_keys_count", {}).get("signed_curve25519") == 0, f"Myelin handed alice's key out once ({j.get('device_one_time_keys_count')})")
+s, j = call(MY, "PUT", "/_matrix/client/v3/sendToDevice/m.test.ping/td1", {"messages": {su: {sd: {"n": 1}}}}, mt)
+e = to_device_seen(SY, st, "m.test.ping")
+check(e is not None and e.get("sender") == mu and e["content"].get("n") == 1, f"bob's device on Synapse gets alice's to-device message ({e})")
+s, j = call(SY, "PUT", "/_matrix/client/v3/sendToDevice/m.test.pong/td2", {"messages": {mu: {md: {"n": 2}}}}, st)
+e = to_device_seen(MY, mt, "m.test.pong")
+check(e is not None and e.get("sender") == su and e["content"].get("n") == 2, f"alice's device on Myelin gets bob's to-device message ({e})")
+since_sy = sync_token(SY, st)
+phone = login_device(MY, "alice", "ALICEPHONE")
+s, j = call(MY, "POST", "/_matrix/client/v3/keys/upload", {"device_keys": device_keys(mu, "ALICEPHONE", "phone-curve")}, phone)
+check(device_list_changed(SY, st, mu, since_sy), "bob on Synapse is told alice's device list changed")
+s, j = call(SY, "POST", "/_matrix/client/v3/keys/query", {"device_keys": {mu: []}}, st)
+check("ALICEPHONE" in j.get("device_keys", {}).get(mu, {}), f"bob on Synapse sees alice's new device ({s} {j})")
+since_my = sync_token(MY, mt)
+bphone = login_device(SY, "bob", "BOBPHONE")
+s, j = call(SY, "POST", "/_matrix/client/v3/keys/upload", {"device_keys": device_keys(su, "BOBPHONE", "bphone-curve")}, bphone)
+check(device_list_changed(MY, mt, su, since_my), "alice on Myelin is told bob's device list changed")
+s, j = call(MY, "POST", "/_matrix/client/v3/keys/query", {"device_keys": {su: []}}, mt)
+check("BOBPHONE" in j.get("device_keys", {}).get(su, {}), f"alice on Myelin sees bob's new device ({s} {j})")
+
 # Leaving is seen on the other side.
 s, j = call(SY, "POST", f"/_matrix/client/v3/rooms/{q(room3)}/leave", {}, st)
 check(s == 200, f"bob leaves the DM he created ({s} {j})")

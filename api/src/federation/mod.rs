@@ -1,6 +1,7 @@
 //! Federation over HTTP: the outbound client and inbound request authentication.
 
 pub mod client;
+pub mod e2ee;
 pub mod rooms;
 pub mod sender;
 
@@ -51,4 +52,16 @@ pub async fn require_server(cx: &Ctx, req: &Req) -> Result<String, ApiError> {
         .map_err(|e| unauthorized(e.to_string()))?;
     cx.federation.mark_alive(&x.origin);
     Ok(x.origin)
+}
+
+/// Other servers with a member joined to a room `user` is joined to: who hears of the user's changes.
+pub fn servers_sharing_rooms(cx: &Ctx, user: &ruma::UserId) -> std::collections::BTreeSet<String> {
+    let mut servers = std::collections::BTreeSet::new();
+    for (room, m) in cx.engine.rooms.rooms_of(user.as_str()).unwrap_or_default() {
+        if m.membership == "join" {
+            servers.extend(cx.engine.rooms.joined_servers_now(&room).unwrap_or_default());
+        }
+    }
+    servers.remove(cx.engine.server_name.as_str());
+    servers
 }

@@ -534,6 +534,8 @@ async fn receive_edu(cx: &Ctx, origin: &str, edu: &JsonValue) {
                 tracing::warn!(%origin, error = %e, "could not store to-device messages");
             }
         }
+        Some("m.device_list_update") => super::e2ee::receive_device_list_update(cx, origin, content).await,
+        Some("m.signing_key_update") => super::e2ee::receive_signing_key_update(cx, origin, content).await,
         Some("m.presence") if cx.engine.config.presence.enabled => {
             for item in content["push"].as_array().into_iter().flatten().take(1000) {
                 let Some(user) = item["user_id"].as_str().and_then(|u| UserId::parse(u).ok()) else { continue };

@@ -20,7 +20,7 @@ use crate::{
 };
 
 #[derive(Deserialize, Default)]
-struct AuthData {
+pub(crate) struct AuthData {
     #[serde(rename = "type")]
     kind: Option<String>,
     session: Option<String>,
@@ -199,6 +199,7 @@ pub fn logout(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
         cx.engine.users.logout(me.user_id.as_str(), &me.device_id).await?;
+        crate::federation::e2ee::device_removed(&cx, &me.user_id, &me.device_id).await?;
         Ok(ok_json(&json!({})))
     })
 }
@@ -207,7 +208,11 @@ pub fn logout(cx: Ctx, req: Req) -> HandlerFuture {
 pub fn logout_all(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
+        let devices = cx.engine.users.devices(me.user_id.as_str())?;
         cx.engine.users.logout_all(me.user_id.as_str()).await?;
+        for (device, _) in devices {
+            crate::federation::e2ee::device_removed(&cx, &me.user_id, &device).await?;
+        }
         Ok(ok_json(&json!({})))
     })
 }
@@ -221,7 +226,7 @@ pub fn whoami(cx: Ctx, req: Req) -> HandlerFuture {
 }
 
 /// Checks `m.login.password` user-interactive auth for the caller; `Err(resp)` is the 401 to send.
-async fn password_uia(
+pub(crate) async fn password_uia(
     cx: &Ctx,
     user: &UserId,
     auth: Option<AuthData>,
@@ -340,6 +345,7 @@ pub fn delete_device(cx: Ctx, req: Req) -> HandlerFuture {
             return Err(ApiError::not_found("no such device"));
         }
         cx.engine.users.logout(me.user_id.as_str(), device).await?;
+        crate::federation::e2ee::device_removed(&cx, &me.user_id, device).await?;
         Ok(ok_json(&json!({})))
     })
 }
@@ -378,6 +384,7 @@ pub fn delete_devices(cx: Ctx, req: Req) -> HandlerFuture {
         }
         for device in &body.devices {
             cx.engine.users.logout(me.user_id.as_str(), device).await?;
+            crate::federation::e2ee::device_removed(&cx, &me.user_id, device).await?;
         }
         Ok(ok_json(&json!({})))
     })

@@ -163,14 +163,7 @@ pub fn put_presence(cx: Ctx, req: Req) -> HandlerFuture {
             item["status_msg"] = json!(m);
         }
         let edu = json!({ "edu_type": "m.presence", "content": { "push": [item] } });
-        let mut servers = std::collections::BTreeSet::new();
-        for (room, m) in cx.engine.rooms.rooms_of(me.user_id.as_str())? {
-            if m.membership == "join" {
-                servers.extend(cx.engine.rooms.joined_servers_now(&room).unwrap_or_default());
-            }
-        }
-        servers.remove(cx.engine.server_name.as_str());
-        for server in servers {
+        for server in crate::federation::servers_sharing_rooms(&cx, &me.user_id) {
             cx.federation.queue_edu(&server, edu.clone());
         }
         Ok(ok_json(&json!({})))

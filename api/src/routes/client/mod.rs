@@ -2,6 +2,7 @@
 
 mod account;
 mod directory;
+pub(crate) mod e2ee;
 mod ephemeral;
 mod power;
 mod profile;
@@ -109,6 +110,13 @@ pub fn add(r: &mut Router) {
     both(r, M::PUT, "/presence/{user_id}/status", ephemeral::put_presence);
 
     both(r, M::POST, "/search", search::search);
+
+    both(r, M::POST, "/keys/upload", e2ee::upload);
+    both(r, M::POST, "/keys/query", e2ee::query);
+    both(r, M::POST, "/keys/claim", e2ee::claim);
+    both(r, M::GET, "/keys/changes", e2ee::changes);
+    both(r, M::POST, "/keys/device_signing/upload", e2ee::upload_cross_signing);
+    both(r, M::POST, "/keys/signatures/upload", e2ee::upload_signatures);
 
     both(r, M::GET, "/sync", sync::sync);
     both(r, M::PUT, "/sendToDevice/{event_type}/{txn_id}", sync::send_to_device);
