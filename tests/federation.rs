@@ -1043,7 +1043,8 @@ async fn a_gap_of_many_events_is_closed_from_a_single_newer_event() {
         alice.send_text(&room, &format!("missed {i}")).await;
     }
     let dest = a.engine.rooms.server_short("b.test").unwrap().expect("B was queued to");
-    let queued: Vec<u64> = a.engine.rooms.outbound_pdus(dest, 10_000).unwrap().into_iter().map(|(s, _)| s).collect();
+    let queued: Vec<u64> =
+        a.engine.rooms.outbound_batch(dest, 10_000, 0).unwrap().pdus.into_iter().map(|(s, _)| s).collect();
     assert!(queued.len() >= 150);
     a.engine.rooms.outbound_delivered(dest, &queued).await.unwrap();
 
@@ -1325,5 +1326,36 @@ async fn device_keys_are_queried_and_one_time_keys_claimed_across_servers() {
         .await;
     assert!(q["failures"].get("a.test").is_some(), "{q}");
     assert!(q["device_keys"][&alice.user_id].get("PHONE").is_some(), "cached keys served: {q}");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_to_device_message_survives_the_sender_restarting_while_the_receiver_is_down() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let mut bob = b.register("bob").await;
+    let since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let mut b = b;
+    b.halt().await;
+    alice
+        .put(
+            "/_matrix/client/v3/sendToDevice/m.room_key/durable1",
+            json!({ "messages": { "@bob:b.test": { bob.device_id.clone(): { "session": "s1" } } } }),
+        )
+        .await;
+    // A restarts before B is back: an in-memory queue would have lost the message.
+    let a = a.restart().await;
+    let b = b.restart().await;
+    bob.addr = b.client;
+    let prof = bob.request(Method::GET, "/_matrix/client/v3/profile/%40alice%3Aa.test", None).await;
+    assert_eq!(prof.status, StatusCode::OK, "a sign of life to A");
+    let s = sync_until(&bob, &since, "the to-device message", |s| {
+        s["to_device"]["events"].as_array().is_some_and(|e| e.iter().any(|e| e["type"] == "m.room_key"))
+    })
+    .await;
+    let e = s["to_device"]["events"].as_array().unwrap().iter().find(|e| e["type"] == "m.room_key").unwrap().clone();
+    assert_eq!(e["sender"], "@alice:a.test");
+    assert_eq!(e["content"]["session"], "s1");
+    a.stop().await;
     b.stop().await;
 }

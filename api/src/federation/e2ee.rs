@@ -45,8 +45,8 @@ pub async fn announce_device(cx: &Ctx, user: &UserId, device: &str, deleted: boo
         content["keys"] = k;
     }
     let edu = json!({ "edu_type": "m.device_list_update", "content": content });
-    for server in super::servers_sharing_rooms(cx, user) {
-        cx.federation.queue_edu(&server, edu.clone());
+    if let Err(e) = super::queue_durable_edu(cx, super::servers_sharing_rooms(cx, user), &edu).await {
+        tracing::warn!(user_id = %user, error = ?e, "could not queue a device list update");
     }
 }
 

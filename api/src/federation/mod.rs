@@ -65,3 +65,18 @@ pub fn servers_sharing_rooms(cx: &Ctx, user: &ruma::UserId) -> std::collections:
     servers.remove(cx.engine.server_name.as_str());
     servers
 }
+
+/// Queues an EDU that must not be lost for `servers` in the durable federation queue.
+pub async fn queue_durable_edu(
+    cx: &Ctx,
+    servers: impl IntoIterator<Item = String>,
+    edu: &JsonValue,
+) -> Result<(), ApiError> {
+    let servers: Vec<String> = servers.into_iter().collect();
+    if servers.is_empty() {
+        return Ok(());
+    }
+    cx.engine.rooms.queue_edu(&servers, edu).await?;
+    cx.federation.edu_ready.notify_one();
+    Ok(())
+}

@@ -15,8 +15,11 @@
 //! queue survives restarts (it is in RocksDB), so a destination that was down
 //! for hours gets every PDU it missed when it returns.
 //!
-//! EDUs (typing, read receipts) ride along, from an in-memory queue per
-//! destination: volatile, they may be lost on restart, which the spec allows.
+//! EDUs ride along, up to 100 per transaction. Those a user must not lose —
+//! to-device messages (`m.direct_to_device`) and device-list updates — are
+//! rows of the same durable queue (`OutboundItem::Edu`), removed only after a
+//! 200 like PDUs. Typing, receipts and presence come from an in-memory queue
+//! per destination: volatile, they may be lost on restart, which the spec allows.
 //!
 //! Metrics per destination: `myelin_federation_queue_depth` and
 //! `myelin_federation_queue_oldest_age_seconds` (gauges), and
@@ -110,14 +113,18 @@ async fn deliver(cx: Ctx, name: String) {
     }
     loop {
         let dest = cx.engine.rooms.server_short(&name).ok().flatten();
-        let batch = match dest.map(|d| cx.engine.rooms.outbound_pdus(d, 50)).transpose() {
+        let queued = match dest.map(|d| cx.engine.rooms.outbound_batch(d, 50, 100)).transpose() {
             Ok(b) => b.unwrap_or_default(),
             Err(e) => {
                 tracing::warn!(error = %e, "reading the queue failed");
                 return;
             }
         };
-        let edus = cx.federation.take_edus(&name, 100);
+        // Durable EDUs first (they are in the queue's order), then volatile ones up to 100.
+        let volatile = cx.federation.take_edus(&name, 100 - queued.edus.len());
+        let volatile_count = volatile.len();
+        let edus: Vec<serde_json::Value> = queued.edus.iter().map(|(_, e)| e.clone()).chain(volatile).collect();
+        let batch = &queued.pdus;
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -133,10 +140,10 @@ async fn deliver(cx: Ctx, name: String) {
         if let Some(d) = depth {
             metrics::gauge!("myelin_federation_queue_depth", "destination" => name.clone()).set(d as f64);
         }
-        if batch.is_empty() && edus.is_empty() {
+        let seqs = queued.seqs();
+        if seqs.is_empty() && edus.is_empty() {
             return;
         }
-        let seqs: Vec<u64> = batch.iter().map(|(s, _)| *s).collect();
         let now = now_ms;
         // Derived from the rows carried, so a retry of the same rows reuses the id, and
         // from this run's nonce, so ids never repeat across restarts or a reset database
@@ -164,7 +171,7 @@ async fn deliver(cx: Ctx, name: String) {
                 }
                 metrics::counter!("myelin_federation_transactions_total", "destination" => name.clone(), "result" => "ok")
                     .increment(1);
-                depth = depth.map(|d| d.saturating_sub(seqs.len()));
+                depth = depth.map(|d| d.saturating_sub(batch.len()));
                 if backoff_stored && cx.engine.backoffs.clear(&name).await.is_ok() {
                     backoff_stored = false;
                 }
@@ -183,8 +190,10 @@ async fn deliver(cx: Ctx, name: String) {
                             .increment(1);
                     }
                 }
+                // Durable EDUs are still in the queue; only the volatile ones go back in memory.
                 if let Some(edus) = body["edus"].as_array() {
-                    cx.federation.requeue_edus(&name, edus.clone());
+                    let skip = edus.len() - volatile_count;
+                    cx.federation.requeue_edus(&name, edus[skip..].to_vec());
                 }
                 if let Some(d) = dest
                     && let Ok(n) = cx.engine.rooms.outbound_depth(d, 1_000_000)

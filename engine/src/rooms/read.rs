@@ -272,17 +272,53 @@ impl Rooms {
         Ok(n)
     }
 
-    /// Up to `limit` queued PDUs for a destination, oldest first: `(sequence, PDU JSON)`.
-    pub fn outbound_pdus(&self, dest: u64, limit: usize) -> Result<Vec<(u64, serde_json::Value)>, RoomError> {
-        let mut out = Vec::new();
-        for row in OUTBOUND.prefix(&*self.db, &(dest,), Direction::Forward)?.take(limit) {
+    /// The next transaction's worth of queued items for a destination, oldest first:
+    /// at most `max_pdus` PDUs and `max_edus` EDUs, stopping at the first item that
+    /// does not fit (so delivery stays in queue order).
+    pub fn outbound_batch(&self, dest: u64, max_pdus: usize, max_edus: usize) -> Result<OutboundBatch, RoomError> {
+        let mut out = OutboundBatch::default();
+        for row in OUTBOUND.prefix(&*self.db, &(dest,), Direction::Forward)? {
             let ((_, seq), item) = row?;
-            let OutboundItem::Pdu(short) = item;
-            let Some(Raw(bytes)) = PDUS.get(&*self.db, &short)? else { continue };
-            let json = serde_json::from_slice(&bytes).map_err(|e| RoomError::BadEvent(e.to_string()))?;
-            out.push((seq, json));
+            match item {
+                OutboundItem::Pdu(short) => {
+                    if out.pdus.len() >= max_pdus {
+                        break;
+                    }
+                    match PDUS.get(&*self.db, &short)? {
+                        Some(Raw(bytes)) => {
+                            let json =
+                                serde_json::from_slice(&bytes).map_err(|e| RoomError::BadEvent(e.to_string()))?;
+                            out.pdus.push((seq, json));
+                        }
+                        // Nothing to send any more: drop the row with the delivered ones.
+                        None => out.stale.push(seq),
+                    }
+                }
+                OutboundItem::Edu(bytes) => {
+                    if out.edus.len() >= max_edus {
+                        break;
+                    }
+                    match serde_json::from_slice(&bytes) {
+                        Ok(json) => out.edus.push((seq, json)),
+                        Err(_) => out.stale.push(seq),
+                    }
+                }
+            }
         }
         Ok(out)
+    }
+
+    /// Queues an EDU durably for each of `destinations`; it is sent with their next transaction.
+    pub async fn queue_edu(&self, destinations: &[String], edu: &serde_json::Value) -> Result<(), RoomError> {
+        let bytes = serde_json::to_vec(edu).map_err(|e| RoomError::BadEvent(e.to_string()))?;
+        let mut batch = Batch::new();
+        let seq = self.stream.next_in(&mut batch);
+        for dest in destinations.iter().filter(|d| **d != self.server_name.as_str()) {
+            let short = self.servers.get_or_create(&self.db, &mut batch, dest)?;
+            OUTBOUND.put(&mut batch, &(short, seq), &OutboundItem::Edu(bytes.clone()))?;
+        }
+        self.db.commit(batch).await?;
+        Ok(())
     }
 
     /// Removes delivered items (only after the destination answered 200).

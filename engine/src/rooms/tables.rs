@@ -45,8 +45,36 @@ impl Stored for RoomInfo {}
 pub enum OutboundItem {
     /// A PDU by short event id.
     Pdu(u64),
+    /// An EDU that must survive restarts (to-device messages, device-list updates), as JSON.
+    Edu(Vec<u8>),
 }
 impl Stored for OutboundItem {}
+
+/// One transaction's worth of a destination's queue.
+#[derive(Debug, Default)]
+pub struct OutboundBatch {
+    /// `(sequence, PDU JSON)`.
+    pub pdus: Vec<(u64, serde_json::Value)>,
+    /// `(sequence, EDU JSON)`.
+    pub edus: Vec<(u64, serde_json::Value)>,
+    /// Rows with nothing left to send, to delete with the delivered ones.
+    pub stale: Vec<u64>,
+}
+
+impl OutboundBatch {
+    /// Every row this batch accounts for.
+    pub fn seqs(&self) -> Vec<u64> {
+        let mut all: Vec<u64> = self
+            .pdus
+            .iter()
+            .map(|(s, _)| *s)
+            .chain(self.edus.iter().map(|(s, _)| *s))
+            .chain(self.stale.iter().copied())
+            .collect();
+        all.sort_unstable();
+        all
+    }
+}
 
 /// Short event id → canonical PDU JSON.
 pub const PDUS: Table<u64, Raw> = Table::new(&catalog::SHORTEVENTID_PDU);

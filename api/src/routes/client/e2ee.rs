@@ -360,8 +360,9 @@ async fn announce_cross_signing(cx: &Ctx, me: &Authed) {
         }
     }
     let edu = json!({ "edu_type": "m.signing_key_update", "content": content });
-    for server in crate::federation::servers_sharing_rooms(cx, &me.user_id) {
-        cx.federation.queue_edu(&server, edu.clone());
+    let servers = crate::federation::servers_sharing_rooms(cx, &me.user_id);
+    if let Err(e) = crate::federation::queue_durable_edu(cx, servers, &edu).await {
+        tracing::warn!(user_id = %me.user_id, error = ?e, "could not queue a signing key update");
     }
 }
 

@@ -194,7 +194,7 @@ pub fn send_to_device(cx: Ctx, req: Req) -> HandlerFuture {
                     "messages": messages,
                 },
             });
-            cx.federation.queue_edu(&server, edu);
+            crate::federation::queue_durable_edu(&cx, [server], &edu).await?;
         }
         cx.engine.users.set_txn_event(me.user_id.as_str(), &me.device_id, &txn, "").await?;
         Ok(ok_json(&json!({})))
