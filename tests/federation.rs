@@ -1359,3 +1359,43 @@ async fn a_to_device_message_survives_the_sender_restarting_while_the_receiver_i
     a.stop().await;
     b.stop().await;
 }
+
+/// A PUT to `to`'s federation listener, signed as `from`.
+async fn signed_put(from: &TestServer, to: &TestServer, path: &str, body: &serde_json::Value) -> myelin_suite::Reply {
+    let (origin, dest) = (from.engine.server_name.as_str(), to.engine.server_name.as_str());
+    let header = xmatrix::sign(&from.engine.keys, origin, dest, "PUT", path, Some(body)).unwrap();
+    let bytes = body.to_string();
+    https_with(to.federation.unwrap(), Method::PUT, path, Some(bytes.as_bytes()), &[("authorization", &header)]).await
+}
+
+#[tokio::test]
+async fn a_retried_transaction_and_a_resent_to_device_message_are_applied_once_even_across_a_restart() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let mut bob = b.register("bob").await;
+    let since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let edu = |message_id: &str, n: u64| {
+        json!({ "edu_type": "m.direct_to_device", "content": {
+            "sender": "@alice:a.test", "type": "m.test.count", "message_id": message_id,
+            "messages": { "@bob:b.test": { bob.device_id.clone(): { "n": n } } },
+        }})
+    };
+    let txn =
+        |edus: Vec<serde_json::Value>| json!({ "origin": "a.test", "origin_server_ts": 1, "pdus": [], "edus": edus });
+    let first = txn(vec![edu("m1", 1)]);
+    assert_eq!(signed_put(&a, &b, "/_matrix/federation/v1/send/t-1", &first).await.status, StatusCode::OK);
+    let b = b.restart().await;
+    bob.addr = b.client;
+    // The same transaction again, and the same message under another transaction id.
+    assert_eq!(signed_put(&a, &b, "/_matrix/federation/v1/send/t-1", &first).await.status, StatusCode::OK);
+    let second = txn(vec![edu("m1", 1), edu("m2", 2)]);
+    assert_eq!(signed_put(&a, &b, "/_matrix/federation/v1/send/t-2", &second).await.status, StatusCode::OK);
+    let s = sync_until(&bob, &since, "message m2", |s| {
+        s["to_device"]["events"].as_array().is_some_and(|e| e.iter().any(|e| e["content"]["n"] == 2))
+    })
+    .await;
+    let ns: Vec<u64> =
+        s["to_device"]["events"].as_array().unwrap().iter().filter_map(|e| e["content"]["n"].as_u64()).collect();
+    assert_eq!(ns, vec![1, 2], "each message once");
+    a.stop().await;
+    b.stop().await;
+}

@@ -209,6 +209,9 @@ pub async fn start(engine: Arc<Engine>) -> Result<Running, StartError> {
             crate::federation::sender::run(sender_ctx, stop_rx.clone())
                 .instrument(tracing::info_span!("federation_sender")),
         );
+        tasks.spawn(
+            prune_seen_txns(engine.clone(), stop_rx.clone()).instrument(tracing::info_span!("federation_txn_prune")),
+        );
     }
     tasks.spawn(crate::admin::serve(engine.clone(), stop_rx).instrument(tracing::info_span!("admin_socket")));
     Ok(Running { client_addr, federation_addr, stop, tasks, engine })
@@ -243,6 +246,21 @@ async fn drain(graceful: GracefulShutdown, what: &'static str) {
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!(listener = what, "all connections closed"),
         _ = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!(listener = what, "in-flight requests cut off after the grace period"),
+    }
+}
+
+/// Forgets processed inbound transaction ids older than a day, hourly.
+async fn prune_seen_txns(engine: Arc<Engine>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        match engine.seen_txns.prune().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "forgot old inbound transaction ids"),
+            Err(e) => tracing::warn!(error = %e, "pruning inbound transaction ids failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+            _ = stop.changed() => return,
+        }
     }
 }
 

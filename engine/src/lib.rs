@@ -58,6 +58,8 @@ pub struct Engine {
     pub policy: federation::policy::Policy,
     /// When the federation sender may try each failing destination next.
     pub backoffs: federation::backoff::Backoffs,
+    /// Inbound transactions already processed.
+    pub seen_txns: federation::txns::SeenTxns,
 }
 
 impl Engine {
@@ -91,6 +93,7 @@ impl Engine {
         );
         let policy = federation::policy::Policy::load(db.clone(), &config.federation)?;
         let backoffs = federation::backoff::Backoffs::new(db.clone());
+        let seen_txns = federation::txns::SeenTxns::new(db.clone());
         Ok(Arc::new(Self {
             config: Arc::new(config),
             server_name,
@@ -106,6 +109,7 @@ impl Engine {
             keyring,
             policy,
             backoffs,
+            seen_txns,
         }))
     }
 

@@ -173,6 +173,9 @@ pub static USERUSAGE_CROSSSIGNINGKEY: Cf = scan("userusage_crosssigningkey", 0);
 /// `(stream position, user id)` → (): the log of device-list changes /sync reports.
 pub static COUNTUSER_KEYCHANGE: Cf = scan("countuser_keychange", 0);
 
+/// `(origin server, transaction id)` → when it was processed (ms): inbound deduplication.
+pub static ORIGINTXN_SEEN: Cf = point("origintxn_seen", 0);
+
 /// Every family, in creation order. The default family is unused.
 pub static ALL: &[&Cf] = &[
     &GLOBAL,
@@ -225,6 +228,7 @@ pub static ALL: &[&Cf] = &[
     &USERDEVICEALGO_FALLBACKKEY,
     &USERUSAGE_CROSSSIGNINGKEY,
     &COUNTUSER_KEYCHANGE,
+    &ORIGINTXN_SEEN,
 ];
 
 #[cfg(test)]

@@ -14,11 +14,10 @@
 //! (accepting the event on the remote's state), persisted transaction
 //! deduplication.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use http::{Method, StatusCode};
 use myelin_engine::rooms::{Appended, NewEvent, Pdu, version};
-use parking_lot::Mutex;
 use ruma::{CanonicalJsonObject, EventId, OwnedEventId, RoomId, RoomVersionId, UserId, events::TimelineEventType};
 use serde_json::{Value as JsonValue, json};
 
@@ -345,17 +344,14 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Transactions already processed, per origin (in memory: a replay after a restart is
-/// harmless, every PDU is deduplicated by event id).
-static SEEN_TXNS: std::sync::LazyLock<Mutex<HashSet<(String, String)>>> =
-    std::sync::LazyLock::new(|| Mutex::new(HashSet::new()));
-
 /// PUT /_matrix/federation/v1/send/{txnId}
 pub fn send_transaction(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let origin = require_server(&cx, &req).await?;
         let txn = req.param("txn_id")?.to_owned();
-        if SEEN_TXNS.lock().contains(&(origin.clone(), txn.clone())) {
+        // A retried transaction we already processed (also before a restart): its EDUs
+        // must not be applied twice.
+        if cx.engine.seen_txns.seen(&origin, &txn)? {
             return Ok(ok_json(&json!({ "pdus": {} })));
         }
         let body: JsonValue = parse_json(&req.body)?;
@@ -370,11 +366,7 @@ pub fn send_transaction(cx: Ctx, req: Req) -> HandlerFuture {
             tracing::debug!(%origin, edu_type = ?edu["edu_type"].as_str(), content = %edu["content"], "EDU received");
             receive_edu(&cx, &origin, edu).await;
         }
-        let mut seen = SEEN_TXNS.lock();
-        if seen.len() > 100_000 {
-            seen.clear();
-        }
-        seen.insert((origin, txn));
+        cx.engine.seen_txns.record(&origin, &txn).await?;
         Ok(ok_json(&json!({ "pdus": results })))
     })
 }
@@ -516,6 +508,14 @@ async fn receive_edu(cx: &Ctx, origin: &str, edu: &JsonValue) {
             if UserId::parse(sender).map(|u| u.server_name().as_str() != origin).unwrap_or(true) {
                 return;
             }
+            // The same message in a transaction resent under a new id (the sender restarted
+            // between our 200 and its bookkeeping) is delivered once.
+            let message_key = content["message_id"].as_str().map(|m| format!("to_device/{m}"));
+            if let Some(key) = &message_key
+                && cx.engine.seen_txns.seen(origin, key).unwrap_or(false)
+            {
+                return;
+            }
             let mut queue = Vec::new();
             for (user, devices) in content["messages"].as_object().into_iter().flatten() {
                 let Ok(user_id) = UserId::parse(user.as_str()) else { continue };
@@ -532,6 +532,12 @@ async fn receive_edu(cx: &Ctx, origin: &str, edu: &JsonValue) {
                 && let Err(e) = cx.engine.users.send_to_device(sender, kind, queue).await
             {
                 tracing::warn!(%origin, error = %e, "could not store to-device messages");
+                return;
+            }
+            if let Some(key) = message_key
+                && let Err(e) = cx.engine.seen_txns.record(origin, &key).await
+            {
+                tracing::warn!(%origin, error = %e, "could not remember a to-device message id");
             }
         }
         Some("m.device_list_update") => super::e2ee::receive_device_list_update(cx, origin, content).await,

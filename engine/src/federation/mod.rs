@@ -4,6 +4,7 @@
 pub mod backoff;
 pub mod keyring;
 pub mod policy;
+pub mod txns;
 pub mod xmatrix;
 
 /// Why a federation step failed.
