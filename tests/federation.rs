@@ -1399,3 +1399,95 @@ async fn a_retried_transaction_and_a_resent_to_device_message_are_applied_once_e
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_user_on_b_knocks_on_a_room_on_a_is_let_in_and_chats() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let carol = a.register("carol").await;
+    let bob = b.register("bob").await;
+    let room = alice
+        .create_room(json!({
+            "preset": "private_chat", "name": "knock knock",
+            "initial_state": [{ "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": "knock" } }],
+        }))
+        .await;
+    let closed = alice.create_room(json!({ "preset": "private_chat" })).await;
+    let alice_since = alice.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let bob_since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+
+    // An invite-only room refuses the knock; the knock room takes it.
+    let refused = bob
+        .request(Method::POST, &format!("/_matrix/client/v3/knock/{}?via=a.test", enc(&closed)), Some(json!({})))
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", String::from_utf8_lossy(&refused.body));
+    let knocked = bob
+        .post(&format!("/_matrix/client/v3/knock/{}?via=a.test", enc(&room)), json!({ "reason": "let me in" }))
+        .await;
+    assert_eq!(knocked["room_id"], room);
+    // Bob sees the room he knocked on, with its name, in rooms.knock.
+    let s = sync_until(&bob, &bob_since, "the knocked room", |s| s["rooms"]["knock"].get(&room).is_some()).await;
+    let state = s["rooms"]["knock"][&room]["knock_state"]["events"].as_array().unwrap().clone();
+    assert!(state.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "knock knock"), "{state:?}");
+    // Alice on A sees the knock with its reason.
+    let room_id = room.clone();
+    let s = sync_until(&alice, &alice_since, "bob's knock", |s| {
+        s["rooms"]["join"][&room_id]["timeline"]["events"].as_array().is_some_and(|evs| {
+            evs.iter().any(|e| e["state_key"] == "@bob:b.test" && e["content"]["membership"] == "knock")
+        })
+    })
+    .await;
+    let knock = s["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["state_key"] == "@bob:b.test")
+        .unwrap()
+        .clone();
+    assert_eq!(knock["content"]["reason"], "let me in");
+    // A local user knocks too, without federation.
+    carol.post(&format!("/_matrix/client/v3/knock/{}", enc(&room)), json!({})).await;
+    let m = alice
+        .get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&room), enc(&carol.user_id)))
+        .await;
+    assert_eq!(m["membership"], "knock");
+
+    // Alice lets bob in: the invite reaches B, bob joins and they chat.
+    alice.post(&format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)), json!({ "user_id": "@bob:b.test" })).await;
+    sync_until(&bob, &bob_since, "the invite", |s| s["rooms"]["invite"].get(&room).is_some()).await;
+    bob.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), json!({})).await;
+    alice.send_text(&room, "welcome in").await;
+    wait_for_text(&bob, &room, "welcome in").await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn the_deprecated_v1_send_join_answers_with_the_wrapped_room_state() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    // B makes the join by hand: template from A, stamped and signed with B's key.
+    let made = signed_get(&b, &a, &format!("/_matrix/federation/v1/make_join/{}/%40bob%3Ab.test?ver=12", enc(&room)))
+        .await
+        .json();
+    let version = ruma::RoomVersionId::try_from(made["room_version"].as_str().unwrap()).unwrap();
+    let rules = myelin_engine::rooms::version::rules(&version).unwrap();
+    let mut event: ruma::CanonicalJsonObject = serde_json::from_value(made["event"].clone()).unwrap();
+    event.insert("origin_server_ts".into(), ruma::CanonicalJsonValue::Integer(ruma::Int::from(1_700_000_000u32)));
+    b.engine.keys.hash_and_sign_event(&mut event, &rules).unwrap();
+    let event_id = myelin_engine::rooms::pdu::event_id_of(&event, &rules).unwrap();
+    let body = serde_json::to_value(&event).unwrap();
+    let path = format!("/_matrix/federation/v1/send_join/{}/{}", enc(&room), enc(event_id.as_str()));
+    let reply = signed_put(&b, &a, &path, &body).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", String::from_utf8_lossy(&reply.body));
+    let answer = reply.json();
+    assert_eq!(answer[0], 200, "wrapped as [200, body]: {answer}");
+    let state = answer[1]["state"].as_array().unwrap();
+    assert!(state.iter().any(|e| e["type"] == "m.room.create"));
+    assert!(!answer[1]["auth_chain"].as_array().unwrap().is_empty());
+    let m = alice.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.member/%40bob%3Ab.test", enc(&room))).await;
+    assert_eq!(m["membership"], "join");
+    a.stop().await;
+    b.stop().await;
+}

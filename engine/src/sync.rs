@@ -245,7 +245,10 @@ impl Engine {
                     invite.insert(room_id.to_string(), json!({ "invite_state": { "events": state } }));
                 }
                 "knock" if fresh => {
-                    let state = self.stripped_state(&room_id, user)?;
+                    let state = match self.rooms.invite_state(user, &room_id).map_err(rooms_err)? {
+                        Some(state) if !self.rooms.is_local_room(&room_id) => state,
+                        _ => self.stripped_state(&room_id, user)?,
+                    };
                     knock.insert(room_id.to_string(), json!({ "knock_state": { "events": state } }));
                 }
                 "leave" | "ban" if fresh && (since.is_some() || req.include_leave) => {
@@ -487,7 +490,7 @@ impl Engine {
     }
 
     /// The stripped state an invited or knocking user sees (§"Stripped state").
-    fn stripped_state(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<JsonValue>, EngineError> {
+    pub fn stripped_state(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<JsonValue>, EngineError> {
         let mut out = Vec::new();
         for (kind, key) in [
             ("m.room.create", ""),

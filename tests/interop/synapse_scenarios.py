@@ -409,6 +409,29 @@ check(device_list_changed(MY, mt, su, since_my), "alice on Myelin is told bob's 
 s, j = call(MY, "POST", "/_matrix/client/v3/keys/query", {"device_keys": {su: []}}, mt)
 check("BOBPHONE" in j.get("device_keys", {}).get(su, {}), f"alice on Myelin sees bob's new device ({s} {j})")
 
+# Knocking both ways: knock, the knock seen by the room's admin, invite, join.
+knock_rule = [{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}]
+s, j = call(SY, "POST", "/_matrix/client/v3/createRoom", {"preset": "private_chat", "name": "knock on synapse", "initial_state": knock_rule}, st)
+kroom = j.get("room_id")
+s, j = call(MY, "POST", f"/_matrix/client/v3/knock/{q(kroom)}?via={q(SY_NAME)}", {"reason": "alice wants in"}, mt)
+check(s == 200, f"alice on Myelin knocks on bob's room on Synapse ({s} {j})")
+m = membership_becomes(SY, st, kroom, mu, "knock")
+check(m == "knock", f"Synapse records alice's knock ({m})")
+s, j = call(SY, "POST", f"/_matrix/client/v3/rooms/{q(kroom)}/invite", {"user_id": mu}, st)
+check(s == 200 and sees(MY, mt, kroom, None, section="invite"), f"bob lets alice in; she gets the invite ({s} {j})")
+s, j = call(MY, "POST", f"/_matrix/client/v3/join/{q(kroom)}", {}, mt)
+check(s == 200 and membership_becomes(SY, st, kroom, mu, "join") == "join", f"alice joins after knocking ({s} {j})")
+s, j = call(MY, "POST", "/_matrix/client/v3/createRoom", {"preset": "private_chat", "name": "knock on myelin", "initial_state": knock_rule}, mt)
+kroom2 = j.get("room_id")
+s, j = call(SY, "POST", f"/_matrix/client/v3/knock/{q(kroom2)}?server_name={q(MY_NAME)}", {"reason": "bob wants in"}, st)
+check(s == 200, f"bob on Synapse knocks on alice's room on Myelin ({s} {j})")
+m = membership_becomes(MY, mt, kroom2, su, "knock")
+check(m == "knock", f"Myelin records bob's knock ({m})")
+s, j = call(MY, "POST", f"/_matrix/client/v3/rooms/{q(kroom2)}/invite", {"user_id": su}, mt)
+check(s == 200 and sees(SY, st, kroom2, None, section="invite"), f"alice lets bob in; he gets the invite ({s} {j})")
+s, j = call(SY, "POST", f"/_matrix/client/v3/join/{q(kroom2)}", {}, st)
+check(s == 200 and membership_becomes(MY, mt, kroom2, su, "join") == "join", f"bob joins after knocking ({s} {j})")
+
 # Leaving is seen on the other side.
 s, j = call(SY, "POST", f"/_matrix/client/v3/rooms/{q(room3)}/leave", {}, st)
 check(s == 200, f"bob leaves the DM he created ({s} {j})")

@@ -10,9 +10,12 @@
 //! gap is closed (at most 5,000 events).
 //! §"Retrieving events": `GET /event/{eventId}`, `POST get_missing_events`.
 //!
+//! §"Knocking upon a room": `make_knock`/`send_knock` served, and used for
+//! local users knocking on other servers' rooms (the answer's stripped state
+//! is what the knocker's `/sync` shows under `rooms.knock`).
+//!
 //! Not yet: filling a gap larger than 5,000 events from `/state_ids`
-//! (accepting the event on the remote's state), persisted transaction
-//! deduplication.
+//! (accepting the event on the remote's state).
 
 use std::collections::HashMap;
 
@@ -94,6 +97,16 @@ async fn membership_template(
 
 /// GET /_matrix/federation/v1/make_join/{roomId}/{userId}
 pub fn make_join(cx: Ctx, req: Req) -> HandlerFuture {
+    make_entry(cx, req, "join")
+}
+
+/// GET /_matrix/federation/v1/make_knock/{roomId}/{userId}
+pub fn make_knock(cx: Ctx, req: Req) -> HandlerFuture {
+    make_entry(cx, req, "knock")
+}
+
+/// `make_join` and `make_knock`: the template, if the asking server supports the room's version.
+fn make_entry(cx: Ctx, req: Req, membership: &'static str) -> HandlerFuture {
     Box::pin(async move {
         let (room, user, version) = membership_request(&cx, &req).await?;
         if cx.engine.rooms.is_shutdown(&room)? {
@@ -117,8 +130,83 @@ pub fn make_join(cx: Ctx, req: Req) -> HandlerFuture {
             )
             .with_room_version(version.as_str()));
         }
-        membership_template(&cx, &room, &user, &version, "join").await
+        membership_template(&cx, &room, &user, &version, membership).await
     })
+}
+
+/// PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}
+///
+/// Server-Server API §"Knocking upon a room": the signed knock is accepted
+/// into the room and answered with the stripped state the knocker sees.
+pub fn send_knock(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let (room, pdu) = signed_membership(&cx, &req, "knock", true).await?;
+        let knocker = pdu.sender.clone();
+        match cx.engine.rooms.append_pdu(pdu).await? {
+            Appended::Accepted(_) => {}
+            Appended::SoftFailed(_) => {
+                return Err(ApiError::forbidden("the knock is not allowed by the current state"));
+            }
+            Appended::Rejected(reason) => return Err(ApiError::forbidden(format!("knock rejected: {reason}"))),
+        }
+        let state = cx.engine.stripped_state(&room, &knocker)?;
+        Ok(ok_json(&json!({ "knock_room_state": state })))
+    })
+}
+
+/// Knocks for a local user on a room that lives on `servers` (make_knock, sign, send_knock).
+pub async fn knock_remote(
+    cx: &Ctx,
+    user: &UserId,
+    room: &RoomId,
+    servers: &[String],
+    reason: Option<String>,
+) -> Result<(), ApiError> {
+    let mut last_error = String::from("no server to knock through");
+    let versions: String = version::READABLE.iter().map(|v| format!("ver={v}")).collect::<Vec<_>>().join("&");
+    for server in servers {
+        let path = format!(
+            "/_matrix/federation/v1/make_knock/{}/{}?{versions}",
+            crate::routes::client::enc_query(room.as_str()),
+            crate::routes::client::enc_query(user.as_str())
+        );
+        let mut made = match cx.federation.request(&cx.engine, server, Method::GET, &path, None, true).await {
+            Ok(r) if r.status.is_success() => r.json,
+            Ok(r) => {
+                last_error =
+                    format!("{server} refused make_knock: {}", r.json["error"].as_str().unwrap_or(r.status.as_str()));
+                continue;
+            }
+            Err(e) => {
+                last_error = e.to_string();
+                continue;
+            }
+        };
+        if let Some(r) = &reason {
+            made["event"]["content"]["reason"] = json!(r);
+        }
+        let (room_version, template, event_id) = sign_template(cx, &made, user, "knock")?;
+        let path = format!(
+            "/_matrix/federation/v1/send_knock/{}/{}",
+            crate::routes::client::enc_query(room.as_str()),
+            crate::routes::client::enc_query(event_id.as_str())
+        );
+        let body = serde_json::to_value(&template).map_err(|e| ApiError::unknown(e.to_string()))?;
+        match cx.federation.request(&cx.engine, server, Method::PUT, &path, Some(&body), true).await {
+            Ok(r) if r.status.is_success() => {
+                let knock = checked_pdu(cx, &body, &room_version).await?;
+                let state: Vec<JsonValue> = r.json["knock_room_state"].as_array().cloned().unwrap_or_default();
+                cx.engine.rooms.record_remote_knock(user, knock, &state, &cx.engine.stream).await?;
+                return Ok(());
+            }
+            Ok(r) => {
+                last_error =
+                    format!("{server} refused send_knock: {}", r.json["error"].as_str().unwrap_or(r.status.as_str()));
+            }
+            Err(e) => last_error = e.to_string(),
+        }
+    }
+    Err(ApiError::new(StatusCode::FORBIDDEN, "M_FORBIDDEN", format!("could not knock on {room}: {last_error}")))
 }
 
 /// What `send_join` and `send_leave` check alike: an authenticated origin the
@@ -155,33 +243,41 @@ async fn signed_membership(
 
 /// PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}
 pub fn send_join(cx: Ctx, req: Req) -> HandlerFuture {
-    Box::pin(async move {
-        let (room, pdu) = signed_membership(&cx, &req, "join", true).await?;
-        let join_id = pdu.event_id.clone();
-        let state_before_snapshot = {
-            // The state the join is applied to: the room's current state now.
-            cx.engine.rooms.current_snapshot(&room)?
-        };
-        match cx.engine.rooms.append_pdu(pdu).await? {
-            Appended::Accepted(_) => {}
-            Appended::SoftFailed(_) => return Err(ApiError::forbidden("the join is not allowed by the current state")),
-            Appended::Rejected(reason) => return Err(ApiError::forbidden(format!("join rejected: {reason}"))),
-        }
-        let state = cx.engine.rooms.state_at(state_before_snapshot)?;
-        let ids: Vec<OwnedEventId> = state.iter().map(|p| p.event_id.clone()).chain([join_id.clone()]).collect();
-        let chain = cx.engine.rooms.auth_chain_events(&ids)?;
-        let to_json =
-            |p: &myelin_engine::rooms::ArcPdu| serde_json::to_value(p.json.as_ref()).unwrap_or(JsonValue::Null);
-        let joined = cx.engine.rooms.pdu(&join_id)?.ok_or_else(|| ApiError::unknown("join vanished"))?;
-        Ok(ok_json(&json!({
-            "origin": cx.engine.server_name,
-            "state": state.iter().map(to_json).collect::<Vec<_>>(),
-            "auth_chain": chain.iter().map(to_json).collect::<Vec<_>>(),
-            "event": to_json(&joined),
-            "members_omitted": false,
-            "servers_in_room": cx.engine.rooms.joined_servers_now(&room)?,
-        })))
-    })
+    Box::pin(async move { Ok(ok_json(&accept_join(&cx, &req).await?)) })
+}
+
+/// PUT /_matrix/federation/v1/send_join/{roomId}/{eventId}: the deprecated form, whose
+/// answer is wrapped as `[200, body]` (§"Joining Rooms", v1).
+pub fn send_join_v1(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move { Ok(ok_json(&json!([200, accept_join(&cx, &req).await?]))) })
+}
+
+/// Accepts a signed join and returns the room state and auth chain before it.
+async fn accept_join(cx: &Ctx, req: &Req) -> Result<JsonValue, ApiError> {
+    let (room, pdu) = signed_membership(cx, req, "join", true).await?;
+    let join_id = pdu.event_id.clone();
+    let state_before_snapshot = {
+        // The state the join is applied to: the room's current state now.
+        cx.engine.rooms.current_snapshot(&room)?
+    };
+    match cx.engine.rooms.append_pdu(pdu).await? {
+        Appended::Accepted(_) => {}
+        Appended::SoftFailed(_) => return Err(ApiError::forbidden("the join is not allowed by the current state")),
+        Appended::Rejected(reason) => return Err(ApiError::forbidden(format!("join rejected: {reason}"))),
+    }
+    let state = cx.engine.rooms.state_at(state_before_snapshot)?;
+    let ids: Vec<OwnedEventId> = state.iter().map(|p| p.event_id.clone()).chain([join_id.clone()]).collect();
+    let chain = cx.engine.rooms.auth_chain_events(&ids)?;
+    let to_json = |p: &myelin_engine::rooms::ArcPdu| serde_json::to_value(p.json.as_ref()).unwrap_or(JsonValue::Null);
+    let joined = cx.engine.rooms.pdu(&join_id)?.ok_or_else(|| ApiError::unknown("join vanished"))?;
+    Ok(json!({
+        "origin": cx.engine.server_name,
+        "state": state.iter().map(to_json).collect::<Vec<_>>(),
+        "auth_chain": chain.iter().map(to_json).collect::<Vec<_>>(),
+        "event": to_json(&joined),
+        "members_omitted": false,
+        "servers_in_room": cx.engine.rooms.joined_servers_now(&room)?,
+    }))
 }
 
 /// Joins a local user to a room that lives on `servers` (make_join, sign, send_join).

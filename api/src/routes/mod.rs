@@ -43,6 +43,12 @@ pub fn federation_router() -> Router {
         .add(Method::POST, "/_matrix/federation/v1/user/keys/claim", crate::federation::e2ee::keys_claim)
         .add(Method::GET, "/_matrix/federation/v1/make_join/{room_id}/{user_id}", crate::federation::rooms::make_join)
         .add(Method::GET, "/_matrix/federation/v1/make_leave/{room_id}/{user_id}", crate::federation::rooms::make_leave)
+        .add(Method::GET, "/_matrix/federation/v1/make_knock/{room_id}/{user_id}", crate::federation::rooms::make_knock)
+        .add(
+            Method::PUT,
+            "/_matrix/federation/v1/send_knock/{room_id}/{event_id}",
+            crate::federation::rooms::send_knock,
+        )
         .add(
             Method::PUT,
             "/_matrix/federation/v2/send_leave/{room_id}/{event_id}",
@@ -52,6 +58,12 @@ pub fn federation_router() -> Router {
             Method::PUT,
             "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
             crate::federation::rooms::send_join,
+            1 << 20,
+        )
+        .add_limited(
+            Method::PUT,
+            "/_matrix/federation/v1/send_join/{room_id}/{event_id}",
+            crate::federation::rooms::send_join_v1,
             1 << 20,
         )
         .add_limited(

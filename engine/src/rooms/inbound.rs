@@ -249,6 +249,30 @@ impl Rooms {
         invite_state: &[serde_json::Value],
         stream: &myelin_storage::StreamCounter,
     ) -> Result<(), RoomError> {
+        self.record_outside_membership(user, "invite", invite, invite_state, stream).await
+    }
+
+    /// Records that a local user knocked on a room on another server: the knock
+    /// (as an outlier), the membership `knock`, and the room's stripped state
+    /// as the resident server returned it (shown in `/sync` `rooms.knock`).
+    pub async fn record_remote_knock(
+        &self,
+        user: &UserId,
+        knock: Pdu,
+        knock_state: &[serde_json::Value],
+        stream: &myelin_storage::StreamCounter,
+    ) -> Result<(), RoomError> {
+        self.record_outside_membership(user, "knock", knock, knock_state, stream).await
+    }
+
+    async fn record_outside_membership(
+        &self,
+        user: &UserId,
+        membership: &str,
+        invite: Pdu,
+        invite_state: &[serde_json::Value],
+        stream: &myelin_storage::StreamCounter,
+    ) -> Result<(), RoomError> {
         let mut batch = Batch::new();
         let room = self.room_ids.get_or_create(&self.db, &mut batch, invite.room_id.as_str())?;
         let short = self.event_ids.get_or_create(&self.db, &mut batch, invite.event_id.as_str())?;
@@ -264,7 +288,7 @@ impl Rooms {
         MEMBERSHIPS.put(
             &mut batch,
             &(user.to_string(), room),
-            &Membership { membership: "invite".into(), count, event: short },
+            &Membership { membership: membership.into(), count, event: short },
         )?;
         let mut state = invite_state.to_vec();
         state.push(crate::events::stripped_event(&invite));

@@ -55,6 +55,7 @@ pub fn add(r: &mut Router) {
     both(r, M::POST, "/createRoom", rooms::create_room);
     both(r, M::POST, "/join/{room_id}", rooms::join);
     both(r, M::POST, "/rooms/{room_id}/join", rooms::join);
+    both(r, M::POST, "/knock/{room_id}", rooms::knock);
     both(r, M::POST, "/rooms/{room_id}/invite", rooms::invite);
     both(r, M::POST, "/rooms/{room_id}/leave", rooms::leave);
     both(r, M::POST, "/rooms/{room_id}/kick", rooms::kick);

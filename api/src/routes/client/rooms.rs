@@ -235,42 +235,79 @@ pub fn join(cx: Ctx, req: Req) -> HandlerFuture {
         }
         let known = cx.engine.rooms.short_room(&room)?.is_some() && cx.engine.rooms.room_version(&room).is_ok();
         if !known {
-            // A room on other servers: join through the ones named, or the room id's server.
-            let mut servers: Vec<String> = req
-                .parts
-                .uri
-                .query()
-                .unwrap_or_default()
-                .split('&')
-                .filter_map(|p| p.strip_prefix("server_name=").or_else(|| p.strip_prefix("via=")))
-                .filter_map(crate::http_util::percent_decode)
-                .collect();
-            servers.extend(alias_servers);
-            if let Some((_, server)) = room.as_str().split_once(':') {
-                servers.push(server.to_owned());
-            }
-            // Invited over federation: the inviter's server is in the room.
-            if let Some(state) = cx.engine.rooms.invite_state(&me.user_id, &room)?
-                && let Some(inviter) = state
-                    .iter()
-                    .find(|e| e["type"] == "m.room.member" && e["state_key"] == me.user_id.as_str())
-                    .and_then(|e| e["sender"].as_str())
-                    .and_then(|s| UserId::parse(s).ok())
-            {
-                servers.insert(0, inviter.server_name().to_string());
-            }
-            servers.retain(|s| s != cx.engine.server_name.as_str());
-            servers.dedup();
-            if servers.is_empty() {
-                return Err(ApiError::not_found(format!(
-                    "room {room} is not known here; name a server to join through"
-                )));
-            }
+            let servers = servers_to_ask(&cx, &req, &me.user_id, &room, alias_servers)?;
             crate::federation::rooms::join_remote(&cx, &me.user_id, &room, &servers).await?;
             return Ok(ok_json(&json!({ "room_id": room })));
         }
 
         set_membership(&cx, &me, &room, &me.user_id.clone(), "join", None).await?;
+        Ok(ok_json(&json!({ "room_id": room })))
+    })
+}
+
+/// The servers to ask about a room this server does not hold: those the client
+/// named (`via`, `server_name`), the alias's, the room id's, and the inviter's.
+fn servers_to_ask(
+    cx: &Ctx,
+    req: &Req,
+    me: &UserId,
+    room: &RoomId,
+    alias_servers: Vec<String>,
+) -> Result<Vec<String>, ApiError> {
+    let mut servers: Vec<String> = req
+        .parts
+        .uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|p| p.strip_prefix("server_name=").or_else(|| p.strip_prefix("via=")))
+        .filter_map(crate::http_util::percent_decode)
+        .collect();
+    servers.extend(alias_servers);
+    if let Some((_, server)) = room.as_str().split_once(':') {
+        servers.push(server.to_owned());
+    }
+    // Invited over federation: the inviter's server is in the room.
+    if let Some(state) = cx.engine.rooms.invite_state(me, room)?
+        && let Some(inviter) = state
+            .iter()
+            .find(|e| e["type"] == "m.room.member" && e["state_key"] == me.as_str())
+            .and_then(|e| e["sender"].as_str())
+            .and_then(|s| UserId::parse(s).ok())
+    {
+        servers.insert(0, inviter.server_name().to_string());
+    }
+    servers.retain(|s| s != cx.engine.server_name.as_str());
+    let mut seen = std::collections::HashSet::new();
+    servers.retain(|s| seen.insert(s.clone()));
+    if servers.is_empty() {
+        return Err(ApiError::not_found(format!("room {room} is not known here; name a server to ask")));
+    }
+    Ok(servers)
+}
+
+/// POST /_matrix/client/v3/knock/{roomIdOrAlias}
+///
+/// Client-Server API §"Knocking on rooms": "knocking is a way of requesting
+/// an invite to a room". A room held here gets the `knock` member event
+/// directly; another server's room through `make_knock`/`send_knock`.
+pub fn knock(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        cx.limiter.check(&me.user_id)?;
+        let target = req.param("room_id")?;
+        let (room, alias_servers) = if target.starts_with('#') {
+            super::directory::resolve_alias(&cx, target).await?
+        } else {
+            (RoomId::parse(target).map_err(|e| ApiError::invalid_param(format!("room id: {e}")))?, Vec::new())
+        };
+        let body: ReasonBody = if req.body.is_empty() { ReasonBody::default() } else { parse_json(&req.body)? };
+        if cx.engine.rooms.is_local_room(&room) {
+            set_membership(&cx, &me, &room, &me.user_id.clone(), "knock", body.reason).await?;
+        } else {
+            let servers = servers_to_ask(&cx, &req, &me.user_id, &room, alias_servers)?;
+            crate::federation::rooms::knock_remote(&cx, &me.user_id, &room, &servers, body.reason).await?;
+        }
         Ok(ok_json(&json!({ "room_id": room })))
     })
 }
@@ -350,8 +387,16 @@ pub fn leave(cx: Ctx, req: Req) -> HandlerFuture {
             if let Some((_, server)) = room.as_str().split_once(':') {
                 servers.push(server.to_owned());
             }
+            // Room ids carry no server from version 12 on: the servers of the state's senders
+            // (the creator's, for a knock) are in the room too.
+            for e in &state {
+                if let Some(u) = e["sender"].as_str().and_then(|s| UserId::parse(s).ok()) {
+                    servers.push(u.server_name().to_string());
+                }
+            }
             servers.retain(|s| s != cx.engine.server_name.as_str());
-            servers.dedup();
+            let mut seen = std::collections::HashSet::new();
+            servers.retain(|s| seen.insert(s.clone()));
             crate::federation::rooms::leave_remote(&cx, &me.user_id, &room, &servers).await?;
             return Ok(ok_json(&json!({})));
         }
