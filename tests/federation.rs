@@ -1491,3 +1491,70 @@ async fn the_deprecated_v1_send_join_answers_with_the_wrapped_room_state() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A UDP DNS server on loopback answering SRV queries for `name` with `target:port`
+/// and NXDOMAIN for everything else; counts the queries it answered with a record.
+async fn fake_srv_resolver(
+    name: &'static str,
+    target: &'static str,
+    port: u16,
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use myelin_api::federation::dns::{Srv, encode_answer};
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let query = &buf[..n];
+            let mut labels = Vec::new();
+            let mut at = 12;
+            while at < n && query[at] != 0 {
+                let len = query[at] as usize;
+                labels.push(String::from_utf8_lossy(&query[at + 1..at + 1 + len]).into_owned());
+                at += 1 + len;
+            }
+            let reply = if labels.join(".") == name {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                encode_answer(query, &[Srv { priority: 10, weight: 1, port, target: target.into() }])
+            } else {
+                let mut r = encode_answer(query, &[]);
+                r[3] |= 3; // NXDOMAIN
+                r
+            };
+            let _ = socket.send_to(&reply, from).await;
+        }
+    });
+    (addr, hits)
+}
+
+#[tokio::test]
+async fn a_server_is_found_through_its_srv_record() {
+    let (a_port, b_port) = (myelin_suite::free_port(), myelin_suite::free_port());
+    let a_addr: std::net::SocketAddr = format!("127.0.0.1:{a_port}").parse().unwrap();
+    let (dns, hits) = fake_srv_resolver("_matrix-fed._tcp.b.srvtest", "localhost", b_port).await;
+    let b = TestServer::start_with("b.srvtest", |c| {
+        c.registration.enabled = true;
+        c.federation.listen = format!("127.0.0.1:{b_port}").parse().unwrap();
+        c.federation.verify_tls = false;
+        c.federation.hosts.insert("a.test".into(), a_addr);
+    })
+    .await;
+    // A knows nothing of B but its name: no hosts entry, no .well-known, only the SRV record.
+    let a = TestServer::start_with("a.test", |c| {
+        c.registration.enabled = true;
+        c.federation.listen = a_addr;
+        c.federation.verify_tls = false;
+        c.federation.dns_servers = vec![dns];
+    })
+    .await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    bob.put("/_matrix/client/v3/profile/%40bob%3Ab.srvtest/displayname", json!({ "displayname": "Bob via SRV" })).await;
+    let p = alice.get("/_matrix/client/v3/profile/%40bob%3Ab.srvtest").await;
+    assert_eq!(p["displayname"], "Bob via SRV");
+    assert!(hits.load(std::sync::atomic::Ordering::SeqCst) >= 1, "the SRV record was asked for");
+    a.stop().await;
+    b.stop().await;
+}

@@ -109,6 +109,8 @@ pub struct FederationConfig {
     /// Notary servers asked for a server's keys when it cannot be asked directly
     /// (Myelin extension): each answer must carry the notary's valid signature.
     pub notaries: Vec<String>,
+    /// DNS servers asked for SRV records (Myelin extension); empty: those of `/etc/resolv.conf`.
+    pub dns_servers: Vec<SocketAddr>,
 }
 
 /// `[registration]`
@@ -175,6 +177,7 @@ impl Default for FederationConfig {
             hosts: BTreeMap::new(),
             trusted_keys: BTreeMap::new(),
             notaries: Vec::new(),
+            dns_servers: Vec::new(),
         }
     }
 }

@@ -7,8 +7,10 @@
 //! (an IP literal, or a name with or without port, 8448 by default) is then
 //! connected to with that name as TLS server name and `Host`; without a
 //! valid answer, the name on port 8448. Answers (and their absence) are
-//! cached for an hour. Not yet: SRV records (`_matrix-fed._tcp`), which need
-//! a DNS resolver the project does not carry.
+//! cached for an hour. A name without a port (ours or the delegated one) is
+//! first looked up as SRV `_matrix-fed._tcp.<name>`, then `_matrix._tcp.<name>`
+//! (see [`super::dns`]): the best record's target and port are connected to,
+//! while TLS and `Host` keep the server name.
 //!
 //! TLS with rustls: with `verify_tls` the server certificate must chain to the
 //! system roots or a `trusted_ca` file and name the server; without it any
@@ -89,6 +91,9 @@ fn has_port(server: &str) -> bool {
     }
 }
 
+/// A cached SRV answer: the best target and port (or none), and until when it holds.
+type CachedSrv = (Option<(String, u16)>, std::time::Instant);
+
 /// The federation client of one server.
 pub struct FederationClient {
     tls: Arc<rustls::ClientConfig>,
@@ -103,6 +108,10 @@ pub struct FederationClient {
     pool: parking_lot::Mutex<std::collections::HashMap<String, Vec<Conn>>>,
     /// `.well-known` delegations looked up: server name → (delegated name, until).
     delegations: parking_lot::Mutex<std::collections::HashMap<String, (Option<String>, std::time::Instant)>>,
+    /// SRV answers looked up: name → (best target and port, until).
+    srv_answers: parking_lot::Mutex<std::collections::HashMap<String, CachedSrv>>,
+    /// Resolvers for SRV lookups.
+    dns_servers: Vec<SocketAddr>,
 }
 
 /// Where to connect for a server name.
@@ -185,6 +194,12 @@ impl FederationClient {
             alive: parking_lot::Mutex::new(std::collections::HashMap::new()),
             pool: parking_lot::Mutex::new(std::collections::HashMap::new()),
             delegations: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            srv_answers: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            dns_servers: if config.federation.dns_servers.is_empty() {
+                super::dns::system_servers()
+            } else {
+                config.federation.dns_servers.clone()
+            },
         })
     }
 
@@ -196,15 +211,51 @@ impl FederationClient {
         if host.parse::<std::net::IpAddr>().is_ok() || has_port(server) {
             return Self::direct(server).await;
         }
-        let delegated = self.delegation(&host).await;
-        match delegated {
-            Some(name) => {
-                let mut target = Self::direct(&name).await?;
-                target.host_header = name;
-                Ok(target)
-            }
-            None => Self::direct(server).await,
+        // The delegated name (or ours) is used as is when it is an IP literal or has a
+        // port; otherwise its SRV records are asked for, then port 8448.
+        let name = self.delegation(&host).await.unwrap_or_else(|| server.to_owned());
+        let name_host = myelin_engine::config_host(&name).to_owned();
+        if name_host.parse::<std::net::IpAddr>().is_err()
+            && !has_port(&name)
+            && let Some((target, port)) = self.srv_target(&name_host).await
+        {
+            let mut found = Self::direct(&format!("{target}:{port}")).await?;
+            found.tls_name = name_host;
+            found.host_header = name;
+            return Ok(found);
         }
+        let mut target = Self::direct(&name).await?;
+        target.host_header = name;
+        Ok(target)
+    }
+
+    /// The best SRV target of `_matrix-fed._tcp.<host>`, else of the deprecated
+    /// `_matrix._tcp.<host>`; answers (and their absence) cached for an hour.
+    async fn srv_target(&self, host: &str) -> Option<(String, u16)> {
+        if let Some((answer, until)) = self.srv_answers.lock().get(host)
+            && *until > std::time::Instant::now()
+        {
+            return answer.clone();
+        }
+        let mut answer = None;
+        for service in ["_matrix-fed._tcp", "_matrix._tcp"] {
+            match super::dns::srv(&format!("{service}.{host}"), &self.dns_servers).await {
+                Ok(records) => {
+                    if let Some(best) = records.into_iter().next() {
+                        tracing::info!(server = host, target = %best.target, port = best.port, %service, "SRV record found");
+                        answer = Some((best.target, best.port));
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(server = host, %service, error = %e, "SRV lookup failed");
+                }
+            }
+        }
+        self.srv_answers
+            .lock()
+            .insert(host.to_owned(), (answer.clone(), std::time::Instant::now() + Duration::from_secs(3600)));
+        answer
     }
 
     /// An IP literal or a name, with its port or 8448, without delegation.

@@ -1,6 +1,7 @@
 //! Federation over HTTP: the outbound client and inbound request authentication.
 
 pub mod client;
+pub mod dns;
 pub mod e2ee;
 pub mod rooms;
 pub mod sender;
