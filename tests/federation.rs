@@ -1558,3 +1558,42 @@ async fn a_server_is_found_through_its_srv_record() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_gap_too_large_to_fetch_is_bridged_on_the_senders_state() {
+    // B fetches no missing events at all: every gap is "too large".
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |c| c.federation.max_gap_events = 0).await;
+    let alice = a.register("alice").await;
+    let mut bob = b.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat", "name": "old name" })).await;
+    bob.post(&format!("/_matrix/client/v3/join/{}?server_name=a.test", enc(&room)), json!({})).await;
+    alice.send_text(&room, "before").await;
+    wait_for_text(&bob, &room, "before").await;
+
+    // B is away; A renames the room and writes, then loses its queue for B.
+    let mut b = b;
+    b.halt().await;
+    alice
+        .put(&format!("/_matrix/client/v3/rooms/{}/state/m.room.name", enc(&room)), json!({ "name": "new name" }))
+        .await;
+    for i in 0..20 {
+        alice.send_text(&room, &format!("missed {i}")).await;
+    }
+    let dest = a.engine.rooms.server_short("b.test").unwrap().expect("B was queued to");
+    let queued = a.engine.rooms.outbound_batch(dest, 10_000, 0).unwrap().seqs();
+    a.engine.rooms.outbound_delivered(dest, &queued).await.unwrap();
+
+    let b = b.restart().await;
+    bob.addr = b.client;
+    alice.send_text(&room, "after").await;
+    // The newest event arrives although none of the 21 before it could be fetched,
+    // and B's state is A's: the rename made during the gap holds on B.
+    wait_for_text(&bob, &room, "after").await;
+    let name = bob.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.name", enc(&room))).await;
+    assert_eq!(name["name"], "new name");
+    // And the room goes on: bob's reply reaches A.
+    bob.send_text(&room, "bob after the gap").await;
+    wait_for_text(&alice, &room, "bob after the gap").await;
+    a.stop().await;
+    b.stop().await;
+}

@@ -111,6 +111,9 @@ pub struct FederationConfig {
     pub notaries: Vec<String>,
     /// DNS servers asked for SRV records (Myelin extension); empty: those of `/etc/resolv.conf`.
     pub dns_servers: Vec<SocketAddr>,
+    /// Most events fetched with `get_missing_events` to close one gap before the
+    /// event is taken on the sender's reported state instead (Myelin extension).
+    pub max_gap_events: usize,
 }
 
 /// `[registration]`
@@ -178,6 +181,7 @@ impl Default for FederationConfig {
             trusted_keys: BTreeMap::new(),
             notaries: Vec::new(),
             dns_servers: Vec::new(),
+            max_gap_events: 5000,
         }
     }
 }

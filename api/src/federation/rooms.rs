@@ -7,15 +7,20 @@
 //! PDUs and EDUs; each PDU goes through the receipt checks
 //! (`Rooms::verify`, `Rooms::append_pdu`); when its prev events are unknown,
 //! they are fetched with `get_missing_events` first, in rounds, until the
-//! gap is closed (at most 5,000 events).
+//! gap is closed (at most `federation.max_gap_events`).
 //! §"Retrieving events": `GET /event/{eventId}`, `POST get_missing_events`.
 //!
 //! §"Knocking upon a room": `make_knock`/`send_knock` served, and used for
 //! local users knocking on other servers' rooms (the answer's stripped state
 //! is what the knocker's `/sync` shows under `rooms.knock`).
 //!
-//! Not yet: filling a gap larger than 5,000 events from `/state_ids`
-//! (accepting the event on the remote's state).
+//! A gap that `get_missing_events` cannot close (larger than
+//! `federation.max_gap_events`, 5,000 by default, or a peer that refuses) is
+//! bridged as the spec's fallback says: the missing prev events are fetched
+//! with the state before them (`/state_ids`, then `/event` for each event not
+//! held here) and stored as outliers carrying that state; the new event is
+//! then appended on them. The events inside the gap stay out of the timeline
+//! (a history hole `/messages` backfill may fill).
 
 use std::collections::HashMap;
 
@@ -496,9 +501,6 @@ async fn receive_pdu(cx: &Ctx, origin: &str, json: &JsonValue) -> (Option<String
     }
 }
 
-/// Most events fetched to close one gap before giving up on it.
-const MAX_GAP: usize = 5000;
-
 /// Fetches unknown prev events of `pdu` from `origin` with `get_missing_events`,
 /// round after round (100 per round, walking back from the unknown edge) until
 /// every fetched event's prev events are known here, then appends them oldest
@@ -513,13 +515,19 @@ async fn fill_gap(cx: &Ctx, origin: &str, room: &RoomId, version: &RoomVersionId
     let earliest = cx.engine.rooms.extremities(room)?;
     let mut fetched: HashMap<OwnedEventId, Pdu> = HashMap::new();
     let mut latest: Vec<OwnedEventId> = vec![pdu.event_id.clone()];
-    while fetched.len() < MAX_GAP {
+    while fetched.len() < cx.engine.config.federation.max_gap_events {
         let body = json!({ "earliest_events": earliest, "latest_events": latest, "limit": 100, "min_depth": 0 });
-        let answer = cx
-            .federation
-            .request(&cx.engine, origin, Method::POST, &path, Some(&body), true)
-            .await
-            .map_err(|e| ApiError::unknown(format!("get_missing_events: {e}")))?;
+        let answer = match cx.federation.request(&cx.engine, origin, Method::POST, &path, Some(&body), true).await {
+            Ok(a) if a.status.is_success() => a,
+            Ok(a) => {
+                tracing::info!(%origin, status = %a.status, "get_missing_events refused; falling back to /state_ids");
+                break;
+            }
+            Err(e) => {
+                tracing::info!(%origin, error = %e, "get_missing_events failed; falling back to /state_ids");
+                break;
+            }
+        };
         let before = fetched.len();
         for json in answer.json["events"].as_array().into_iter().flatten() {
             if let Ok(p) = checked_pdu(cx, json, version).await
@@ -543,11 +551,92 @@ async fn fill_gap(cx: &Ctx, origin: &str, room: &RoomId, version: &RoomVersionId
     let mut events: Vec<Pdu> = fetched.into_values().collect();
     events.sort_by_key(|p| p.depth);
     tracing::debug!(%origin, room_id = %room, events = events.len(), "filling a gap");
+    // What is still missing behind the oldest events (a gap larger than `max_gap_events`, or a
+    // peer without get_missing_events): take those prev events with the state
+    // the peer reports at them, as the spec's fallback says.
+    let fetched_ids: std::collections::HashSet<OwnedEventId> = events.iter().map(|p| p.event_id.clone()).collect();
+    let mut missing: Vec<OwnedEventId> = Vec::new();
+    for p in events.iter().chain(std::iter::once(pdu)) {
+        for prev in &p.prev_events {
+            if !fetched_ids.contains(prev) && !known(prev) && !missing.contains(prev) {
+                missing.push(prev.clone());
+            }
+        }
+    }
+    for prev in missing.into_iter().take(MAX_STATE_FALLBACKS) {
+        if let Err(e) = accept_with_remote_state(cx, origin, room, version, &prev).await {
+            tracing::warn!(%origin, room_id = %room, event_id = %prev, error = %e.message, "could not take an event on the remote state");
+        }
+    }
     for p in events {
         if cx.engine.rooms.meta(&p.event_id)?.is_none() {
             let _ = cx.engine.rooms.append_pdu(p).await;
         }
     }
+    Ok(())
+}
+
+/// Most prev events taken on a remote's state for one incoming event.
+const MAX_STATE_FALLBACKS: usize = 4;
+
+/// Fetches `event_id` and the state before it from `origin` (`/state_ids`,
+/// then `/event` for each event not held here, 16 at a time) and stores it
+/// as an outlier with that state, so later events can be appended on it.
+async fn accept_with_remote_state(
+    cx: &Ctx,
+    origin: &str,
+    room: &RoomId,
+    version: &RoomVersionId,
+    event_id: &EventId,
+) -> Result<(), ApiError> {
+    use futures_util::StreamExt;
+    let path = format!(
+        "/_matrix/federation/v1/state_ids/{}?event_id={}",
+        crate::routes::client::enc_query(room.as_str()),
+        crate::routes::client::enc_query(event_id.as_str())
+    );
+    let ids = cx
+        .federation
+        .request(&cx.engine, origin, Method::GET, &path, None, true)
+        .await
+        .map_err(|e| ApiError::unknown(format!("state_ids: {e}")))?;
+    if !ids.status.is_success() {
+        return Err(ApiError::unknown(format!("state_ids answered {}", ids.status)));
+    }
+    let list = |name: &str| -> Vec<OwnedEventId> {
+        ids.json[name]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().and_then(|s| EventId::parse(s).ok()))
+            .collect()
+    };
+    let (state_ids, chain_ids) = (list("pdu_ids"), list("auth_chain_ids"));
+    let fetch = |id: OwnedEventId| async move {
+        if let Ok(Some(p)) = cx.engine.rooms.pdu(&id) {
+            return Some((*p).clone());
+        }
+        let path = format!("/_matrix/federation/v1/event/{}", crate::routes::client::enc_query(id.as_str()));
+        let answer = cx.federation.request(&cx.engine, origin, Method::GET, &path, None, true).await.ok()?;
+        let json = answer.json["pdus"].as_array()?.first()?.clone();
+        let p = checked_pdu(cx, &json, version).await.ok()?;
+        (p.event_id == id && p.room_id == *room).then_some(p)
+    };
+    let state: Vec<Pdu> = futures_util::stream::iter(state_ids)
+        .map(fetch)
+        .buffer_unordered(16)
+        .filter_map(|p| async { p })
+        .collect()
+        .await;
+    let chain: Vec<Pdu> = futures_util::stream::iter(chain_ids)
+        .map(fetch)
+        .buffer_unordered(16)
+        .filter_map(|p| async { p })
+        .collect()
+        .await;
+    let event = fetch(event_id.to_owned()).await.ok_or_else(|| ApiError::unknown(format!("{event_id} not served")))?;
+    tracing::info!(%origin, room_id = %room, %event_id, state = state.len(), "taking an event on the remote's state");
+    cx.engine.rooms.store_with_remote_state(event, state, chain).await?;
     Ok(())
 }
 

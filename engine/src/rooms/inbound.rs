@@ -104,6 +104,64 @@ impl Rooms {
         self.append_locked(head, pdu).await.map(Appended::Accepted)
     }
 
+    /// Stores an event whose own prev events are missing here, with the state
+    /// before it as another server reported it (Server-Server API §"Retrieving
+    /// events": `/state_ids` at the event, then its events), so that the events
+    /// built on it can be appended: a gap too large to fetch event by event.
+    ///
+    /// The state events and their auth chain are stored as outliers (as for a
+    /// join); the event is authorized against that state and kept outside the
+    /// timeline (rejected when the state forbids it). Returns whether it passed.
+    pub async fn store_with_remote_state(
+        &self,
+        pdu: Pdu,
+        state: Vec<Pdu>,
+        auth_chain: Vec<Pdu>,
+    ) -> Result<bool, RoomError> {
+        if self.meta(&pdu.event_id)?.is_some() {
+            return Ok(true);
+        }
+        let rules = super::version::rules(&self.room_version(&pdu.room_id)?)?;
+        let mut batch = Batch::new();
+        let room = self.room_ids.get_or_create(&self.db, &mut batch, pdu.room_id.as_str())?;
+        let mut entries = Vec::with_capacity(state.len());
+        let mut seen = std::collections::HashSet::new();
+        for p in auth_chain.iter().chain(state.iter()) {
+            if p.room_id != pdu.room_id || !seen.insert(p.event_id.clone()) {
+                continue;
+            }
+            let short = self.event_ids.get_or_create(&self.db, &mut batch, p.event_id.as_str())?;
+            if !META.contains(&*self.db, &short)? {
+                PDUS.put(&mut batch, &short, &Raw(p.to_bytes()))?;
+                META.put(
+                    &mut batch,
+                    &short,
+                    &EventMeta { room, depth: p.depth, count: 0, flags: OUTLIER, state_before: 0, state_after: 0 },
+                )?;
+            }
+        }
+        for p in &state {
+            let Some(key) = &p.state_key else { continue };
+            if p.room_id != pdu.room_id {
+                continue;
+            }
+            let name = super::state_key_string(&p.kind.to_string(), key);
+            let ssk = self.state_keys.get_or_create(&self.db, &mut batch, &name)?;
+            let short = self.event_ids.get_or_create(&self.db, &mut batch, p.event_id.as_str())?;
+            entries.push((ssk, short));
+        }
+        entries.sort_unstable();
+        entries.dedup_by_key(|e| e.0);
+        let snapshot = self.states.store(&mut batch, entries, None)?;
+        self.db.commit(batch).await?;
+        // The outliers must be readable (by id) before authorization looks them up.
+        let before = StateRef::Stored(snapshot);
+        let allowed = self.authorize(&rules, &pdu, &before).is_ok();
+        let flags = if allowed { OUTLIER } else { OUTLIER | REJECTED };
+        self.store_flagged(pdu, flags, Some(before)).await?;
+        Ok(allowed)
+    }
+
     /// Stores an event whose place in the DAG is unknown (auth events of a join, say).
     pub async fn store_outlier(&self, pdu: Pdu) -> Result<ArcPdu, RoomError> {
         if self.meta(&pdu.event_id)?.is_some() {
