@@ -1597,3 +1597,163 @@ async fn a_gap_too_large_to_fetch_is_bridged_on_the_senders_state() {
     a.stop().await;
     b.stop().await;
 }
+
+/// An event on A's room head for `sender`, stamped and signed with `signer`'s key.
+async fn forged_event(
+    a: &TestServer,
+    signer: &TestServer,
+    sender: &str,
+    room: &str,
+    kind: &str,
+    state_key: Option<&str>,
+    content: serde_json::Value,
+) -> serde_json::Value {
+    use myelin_engine::rooms::NewEvent;
+    let room_id = ruma::RoomId::parse(room).unwrap();
+    let event = match state_key {
+        Some(k) => NewEvent::state(kind, k, content),
+        None => NewEvent::message(kind, content),
+    };
+    let sender = ruma::UserId::parse(sender).unwrap();
+    let mut template = a.engine.rooms.template(&sender, &room_id, event).await.unwrap();
+    template.insert("origin_server_ts".into(), ruma::CanonicalJsonValue::Integer(ruma::Int::from(1_700_000_000u32)));
+    let version = a.engine.rooms.room_version(&room_id).unwrap();
+    let rules = myelin_engine::rooms::version::rules(&version).unwrap();
+    signer.engine.keys.hash_and_sign_event(&mut template, &rules).unwrap();
+    serde_json::to_value(&template).unwrap()
+}
+
+#[tokio::test]
+async fn forged_events_are_refused_and_leave_the_state_alone() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat", "name": "kept" })).await;
+    bob.post(&format!("/_matrix/client/v3/join/{}?server_name=a.test", enc(&room)), json!({})).await;
+    alice.send_text(&room, "settled").await;
+    wait_for_text(&bob, &room, "settled").await;
+
+    // 1. Bob (on B, validly signed) renames the room without the power to.
+    let no_power =
+        forged_event(&a, &b, "@bob:b.test", &room, "m.room.name", Some(""), json!({ "name": "no power" })).await;
+    // 2. B signs an event of a user of another server.
+    let wrong_origin =
+        forged_event(&a, &b, "@mallory:c.test", &room, "m.room.message", None, json!({ "body": "not b's user" })).await;
+    // 3. A signed event altered afterwards.
+    let mut altered =
+        forged_event(&a, &b, "@bob:b.test", &room, "m.room.message", None, json!({ "body": "original" })).await;
+    altered["depth"] = json!(altered["depth"].as_u64().unwrap() + 1000);
+    let txn =
+        json!({ "origin": "b.test", "origin_server_ts": 1, "pdus": [no_power, wrong_origin, altered], "edus": [] });
+    let reply = signed_put(&b, &a, "/_matrix/federation/v1/send/forged-1", &txn).await;
+    assert_eq!(reply.status, StatusCode::OK, "per-PDU errors, not a failed transaction");
+    let results = reply.json()["pdus"].clone();
+    let errors = results.as_object().map(|m| m.values().filter(|v| v.get("error").is_some()).count()).unwrap_or(0);
+    assert!(errors >= 1, "the unauthorized rename is reported: {results}");
+
+    let name = alice.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.name", enc(&room))).await;
+    assert_eq!(name["name"], "kept", "state unchanged");
+    let page = alice.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(&room))).await;
+    let bodies: Vec<&str> =
+        page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert!(!bodies.contains(&"not b's user") && !bodies.contains(&"original"), "nothing forged shown: {bodies:?}");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn edits_replies_reactions_and_redactions_cross_between_two_myelins() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.post(&format!("/_matrix/client/v3/join/{}?server_name=a.test", enc(&room)), json!({})).await;
+    let original = alice.send_text(&room, "helo").await;
+    wait_for_text(&bob, &room, "helo").await;
+    let send = |c: &myelin_suite::Client, kind: &str, txn: &str, content: serde_json::Value| {
+        let (c, kind, txn, room) = (c.clone(), kind.to_owned(), txn.to_owned(), room.clone());
+        async move {
+            c.put(&format!("/_matrix/client/v3/rooms/{}/send/{kind}/{txn}", enc(&room)), content).await["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    send(
+        &alice,
+        "m.room.message",
+        "edit1",
+        json!({
+            "msgtype": "m.text", "body": "* hello",
+            "m.new_content": { "msgtype": "m.text", "body": "hello" },
+            "m.relates_to": { "rel_type": "m.replace", "event_id": original },
+        }),
+    )
+    .await;
+    send(
+        &bob,
+        "m.room.message",
+        "reply1",
+        json!({
+            "msgtype": "m.text", "body": "> hello\n\nhi back", "format": "org.matrix.custom.html",
+            "formatted_body": "<mx-reply></mx-reply><em>hi back</em>",
+            "m.relates_to": { "m.in_reply_to": { "event_id": original } },
+        }),
+    )
+    .await;
+    send(
+        &bob,
+        "m.reaction",
+        "react1",
+        json!({ "m.relates_to": { "rel_type": "m.annotation", "event_id": original, "key": "🎉" } }),
+    )
+    .await;
+    let doomed = alice.send_text(&room, "delete me").await;
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/redact/{}/r1", enc(&room), enc(&doomed)),
+            json!({ "reason": "oops" }),
+        )
+        .await;
+
+    // Bob on B: the edit is bundled on the original and the redaction applied.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let e = bob
+            .request(Method::GET, &format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&doomed)), None)
+            .await;
+        let gone = e.status == StatusCode::OK && e.json()["content"].get("body").is_none();
+        let o = bob.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&original))).await;
+        let edited = o["unsigned"]["m.relations"]["m.replace"].is_object();
+        if gone && edited {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "B never saw the edit ({o}) or the redaction");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Alice on A: bob's reply keeps its formatting, and his reaction is counted.
+    wait_for_text(&alice, &room, "> hello\n\nhi back").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let rel = alice
+            .get(&format!("/_matrix/client/v1/rooms/{}/relations/{}/m.annotation", enc(&room), enc(&original)))
+            .await;
+        if rel["chunk"].as_array().is_some_and(|c| c.iter().any(|e| e["content"]["m.relates_to"]["key"] == "🎉")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "A never saw bob's reaction: {rel}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let page = alice.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=20", enc(&room))).await;
+    let r = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["content"]["body"] == "> hello\n\nhi back")
+        .unwrap()
+        .clone();
+    assert_eq!(r["content"]["formatted_body"], "<mx-reply></mx-reply><em>hi back</em>");
+    assert_eq!(r["content"]["m.relates_to"]["m.in_reply_to"]["event_id"], original);
+    a.stop().await;
+    b.stop().await;
+}
