@@ -1318,6 +1318,18 @@ async fn device_keys_are_queried_and_one_time_keys_claimed_across_servers() {
     let q = bob.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { alice.user_id.clone(): [] } })).await;
     assert_eq!(q["master_keys"][&alice.user_id]["keys"], master["keys"], "{q}");
     assert!(q.get("user_signing_keys").is_none_or(|u| u.get(&alice.user_id).is_none()));
+    // Bob verifies Alice: his signature on her master key is kept on B and served with it.
+    let mut signed_master = master.clone();
+    signed_master["signatures"] = json!({ bob.user_id.clone(): { "ed25519:BOBUSK": "bob-vouches" } });
+    let r = bob
+        .post(
+            "/_matrix/client/v3/keys/signatures/upload",
+            json!({ alice.user_id.clone(): { "MASTERPUB": signed_master } }),
+        )
+        .await;
+    assert_eq!(r["failures"], json!({}), "{r}");
+    let q = bob.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { alice.user_id.clone(): [] } })).await;
+    assert_eq!(q["master_keys"][&alice.user_id]["signatures"][&bob.user_id]["ed25519:BOBUSK"], "bob-vouches", "{q}");
 
     // A server that is down: B answers from what it fetched last and names A in failures.
     a.stop().await;

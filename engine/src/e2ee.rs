@@ -36,6 +36,7 @@ const ONE_TIME_KEYS: Table<(String, String, String), Raw> = Table::new(&catalog:
 const FALLBACK_KEYS: Table<(String, String, String), FallbackKey> = Table::new(&catalog::USERDEVICEALGO_FALLBACKKEY);
 const CROSS_SIGNING: Table<(String, String), Raw> = Table::new(&catalog::USERUSAGE_CROSSSIGNINGKEY);
 const CHANGES: Table<(u64, String), ()> = Table::new(&catalog::COUNTUSER_KEYCHANGE);
+const FOREIGN_SIGNATURES: Table<(String, String, String), Raw> = Table::new(&catalog::USERKEYSIGNER_SIGNATURES);
 
 /// Most one-time keys kept per device; uploads beyond it are refused.
 pub const MAX_ONE_TIME_KEYS: usize = 1000;
@@ -341,6 +342,54 @@ impl E2ee {
         self.log_change(&mut batch, target)?;
         self.db.commit(batch).await?;
         Ok(true)
+    }
+
+    /// Keeps a local user's signatures on another server's user's key (a master key
+    /// verified with the signer's user-signing key, say). They stay here: they are
+    /// merged into that key whenever it is served from this server.
+    pub async fn add_foreign_signatures(
+        &self,
+        signer: &str,
+        target: &str,
+        key_id: &str,
+        signed: &JsonValue,
+    ) -> Result<(), E2eeError> {
+        let sigs = signed["signatures"][signer]
+            .as_object()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| E2eeError::Invalid(format!("no signatures by {signer}")))?;
+        let row = (target.to_owned(), key_id.to_owned(), signer.to_owned());
+        let mut merged = FOREIGN_SIGNATURES.get(&*self.db, &row)?.and_then(|r| parse(&r.0)).unwrap_or(JsonValue::Null);
+        if !merged.is_object() {
+            merged = JsonValue::Object(Map::new());
+        }
+        if let Some(m) = merged.as_object_mut() {
+            for (id, sig) in sigs {
+                m.insert(id.clone(), sig.clone());
+            }
+        }
+        let mut batch = Batch::new();
+        FOREIGN_SIGNATURES.put(&mut batch, &row, &Raw(to_bytes(&merged)?))?;
+        self.log_change(&mut batch, target)?;
+        self.db.commit(batch).await?;
+        Ok(())
+    }
+
+    /// Adds the signatures local users made on `target`'s key `key_id` to `key`.
+    pub fn merge_foreign_signatures(&self, target: &str, key_id: &str, key: &mut JsonValue) -> Result<(), E2eeError> {
+        for row in FOREIGN_SIGNATURES.prefix(&*self.db, &(target.to_owned(), key_id.to_owned()), Direction::Forward)? {
+            let ((_, _, signer), Raw(bytes)) = row?;
+            let Some(JsonValue::Object(sigs)) = parse(&bytes) else { continue };
+            let Some(obj) = key.as_object_mut() else { return Ok(()) };
+            let all = obj.entry("signatures").or_insert_with(|| JsonValue::Object(Map::new()));
+            if let Some(all) = all.as_object_mut() {
+                let mine = all.entry(signer).or_insert_with(|| JsonValue::Object(Map::new()));
+                if let Some(mine) = mine.as_object_mut() {
+                    mine.extend(sigs);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Forgets every key of a device (it was deleted or logged out).

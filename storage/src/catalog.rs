@@ -176,6 +176,9 @@ pub static COUNTUSER_KEYCHANGE: Cf = scan("countuser_keychange", 0);
 /// `(origin server, transaction id)` → when it was processed (ms): inbound deduplication.
 pub static ORIGINTXN_SEEN: Cf = point("origintxn_seen", 0);
 
+/// `(other server's user id, key id, local signer)` → the signer's signatures on that key.
+pub static USERKEYSIGNER_SIGNATURES: Cf = scan("userkeysigner_signatures", 0);
+
 /// Every family, in creation order. The default family is unused.
 pub static ALL: &[&Cf] = &[
     &GLOBAL,
@@ -229,6 +232,7 @@ pub static ALL: &[&Cf] = &[
     &USERUSAGE_CROSSSIGNINGKEY,
     &COUNTUSER_KEYCHANGE,
     &ORIGINTXN_SEEN,
+    &USERKEYSIGNER_SIGNATURES,
 ];
 
 #[cfg(test)]

@@ -7,7 +7,9 @@
 //! `GET /keys/changes` ("Gets a list of users who have updated their device
 //! identity keys since a previous sync token"); §"Cross-signing":
 //! `POST /keys/device_signing/upload` (user-interactive auth when a master
-//! key already exists and is being replaced) and `POST /keys/signatures/upload`.
+//! key already exists and is being replaced) and `POST /keys/signatures/upload`
+//! (signatures on other servers' users' keys are kept here and merged into
+//! those keys whenever this server serves them).
 //!
 //! Other servers' users are asked through the Server-Server API
 //! (§"End-to-End Encryption": `/user/keys/query`, `/user/keys/claim`),
@@ -207,6 +209,32 @@ fn merge_into(out: &mut JsonValue, part: &JsonValue) {
     }
 }
 
+/// Merges local users' signatures on other servers' users' keys into a query answer.
+fn add_foreign_signatures(cx: &Ctx, out: &mut JsonValue) -> Result<(), ApiError> {
+    let foreign = |u: &str| UserId::parse(u).is_ok_and(|u| u.server_name() != cx.engine.server_name);
+    for section in ["master_keys", "self_signing_keys"] {
+        let Some(keys) = out[section].as_object_mut() else { continue };
+        for (user, key) in keys.iter_mut().filter(|(u, _)| foreign(u)) {
+            let publics: Vec<String> = key["keys"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(_, v)| v.as_str().map(str::to_owned))
+                .collect();
+            for public in publics {
+                cx.engine.e2ee.merge_foreign_signatures(user, &public, key)?;
+            }
+        }
+    }
+    let Some(users) = out["device_keys"].as_object_mut() else { return Ok(()) };
+    for (user, devices) in users.iter_mut().filter(|(u, _)| foreign(u)) {
+        for (device, keys) in devices.as_object_mut().into_iter().flatten() {
+            cx.engine.e2ee.merge_foreign_signatures(user, device, keys)?;
+        }
+    }
+    Ok(())
+}
+
 /// POST /_matrix/client/v3/keys/query
 pub fn query(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
@@ -237,6 +265,7 @@ pub fn query(cx: Ctx, req: Req) -> HandlerFuture {
                 }
             }
         }
+        add_foreign_signatures(&cx, &mut out)?;
         out["failures"] = JsonValue::Object(failures);
         Ok(ok_json(&out))
     })
@@ -379,8 +408,13 @@ pub fn upload_signatures(cx: Ctx, req: Req) -> HandlerFuture {
             let Ok(target_id) = UserId::parse(target.as_str()) else { continue };
             for (key_id, signed) in keys.as_object().into_iter().flatten() {
                 if target_id.server_name() != cx.engine.server_name {
-                    // Signatures on other servers' keys stay with us for now.
-                    failures.entry(target.clone()).or_insert_with(|| json!({}))[key_id] = json!({ "errcode": "M_UNRECOGNIZED", "error": "signing other servers' users' keys is not supported" });
+                    // Kept here and merged into that key whenever we serve it.
+                    if let Err(e) =
+                        cx.engine.e2ee.add_foreign_signatures(me.user_id.as_str(), target, key_id, signed).await
+                    {
+                        failures.entry(target.clone()).or_insert_with(|| json!({}))[key_id] =
+                            json!({ "errcode": "M_INVALID_SIGNATURE", "error": e.to_string() });
+                    }
                     continue;
                 }
                 match cx.engine.e2ee.add_signatures(me.user_id.as_str(), target, key_id, signed).await {
