@@ -197,6 +197,14 @@ impl Db {
         Ok(rx)
     }
 
+    /// Hands `batch` to the group-commit writer without waiting; the returned
+    /// handle resolves once it is durable. Batches are written in the order
+    /// they were handed over, so a later batch may build on an earlier one's
+    /// rows (kept in the caller's memory until then).
+    pub fn submit_pending(&self, batch: Batch) -> Result<Pending, StorageError> {
+        Ok(Pending(self.submit(batch)?))
+    }
+
     /// The persisted value of counter `name` (0 when never raised).
     pub fn counter(&self, name: &str) -> Result<u64, StorageError> {
         Ok(COUNTERS.get(self, &format!("counter/{name}"))?.unwrap_or(0))
@@ -332,5 +340,16 @@ impl Read for Snapshot<'_> {
         let mut opts = bounded_opts(lower, upper);
         opts.set_snapshot(&self.snap);
         Ok(self.db.rocks.raw_iterator_cf_opt(self.db.cf(cf)?, opts))
+    }
+}
+
+/// A batch handed to the writer: await [`Pending::durable`] before acknowledging it.
+#[must_use = "a pending batch is not durable until awaited"]
+pub struct Pending(oneshot::Receiver<Result<(), StorageError>>);
+
+impl Pending {
+    /// Waits until the batch is in a synced write (or failed).
+    pub async fn durable(self) -> Result<(), StorageError> {
+        self.0.await.map_err(|_| StorageError::Closed)?
     }
 }

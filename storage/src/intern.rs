@@ -43,9 +43,13 @@ impl Interner {
         })
     }
 
-    /// The committed short id of `s`, if it has one.
+    /// The short id of `s`, if it has one: committed, or allocated in a batch not yet durable
+    /// (a writer that builds on its own earlier, still pending batch must see it).
     pub fn get(&self, r: &impl Read, s: &str) -> Result<Option<u64>, StorageError> {
-        self.forward.get(r, &s.to_owned())
+        if let Some(id) = self.forward.get(r, &s.to_owned())? {
+            return Ok(Some(id));
+        }
+        Ok(self.state.lock().pending.get(s).copied())
     }
 
     /// The string a committed short id stands for.

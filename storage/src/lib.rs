@@ -23,7 +23,7 @@ mod writer;
 
 pub use batch::Batch;
 pub use codec::{Raw, Stored, Value};
-pub use db::{Db, SCHEMA_IDENTITY, SCHEMA_VERSION, Snapshot, StorageOptions};
+pub use db::{Db, Pending, SCHEMA_IDENTITY, SCHEMA_VERSION, Snapshot, StorageOptions};
 pub use error::StorageError;
 pub use intern::Interner;
 pub use key::{HasPrefix, Key};

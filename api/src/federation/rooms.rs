@@ -457,11 +457,17 @@ pub fn send_transaction(cx: Ctx, req: Req) -> HandlerFuture {
         }
         let body: JsonValue = parse_json(&req.body)?;
         let mut results: HashMap<String, JsonValue> = HashMap::new();
+        // Accepted events are appended one after another without waiting for each
+        // one's commit; all of them are made durable together before the 200.
+        let mut unsettled = Vec::new();
         for json in body["pdus"].as_array().into_iter().flatten().take(50) {
-            let (id, outcome) = receive_pdu(&cx, &origin, json).await;
+            let (id, outcome) = receive_pdu(&cx, &origin, json, &mut unsettled).await;
             if let Some(id) = id {
                 results.insert(id, outcome);
             }
+        }
+        for (room, pending) in unsettled {
+            cx.engine.rooms.settle(&room, pending).await?;
         }
         for edu in body["edus"].as_array().into_iter().flatten().take(100) {
             tracing::debug!(%origin, edu_type = ?edu["edu_type"].as_str(), content = %edu["content"], "EDU received");
@@ -472,7 +478,12 @@ pub fn send_transaction(cx: Ctx, req: Req) -> HandlerFuture {
     })
 }
 
-async fn receive_pdu(cx: &Ctx, origin: &str, json: &JsonValue) -> (Option<String>, JsonValue) {
+async fn receive_pdu(
+    cx: &Ctx,
+    origin: &str,
+    json: &JsonValue,
+    unsettled: &mut Vec<(ruma::OwnedRoomId, myelin_storage::Pending)>,
+) -> (Option<String>, JsonValue) {
     let Some(room) = json["room_id"].as_str().and_then(|r| RoomId::parse(r).ok()) else {
         return (None, json!({}));
     };
@@ -494,9 +505,12 @@ async fn receive_pdu(cx: &Ctx, origin: &str, json: &JsonValue) -> (Option<String
     if let Err(e) = fill_gap(cx, origin, &room, &room_version, &pdu).await {
         return (Some(id), json!({ "error": e.message }));
     }
-    match cx.engine.rooms.append_pdu(pdu).await {
-        Ok(Appended::Accepted(_)) | Ok(Appended::SoftFailed(_)) => (Some(id), json!({})),
-        Ok(Appended::Rejected(reason)) => (Some(id), json!({ "error": reason })),
+    match cx.engine.rooms.append_pdu_unsettled(pdu).await {
+        Ok((Appended::Accepted(_) | Appended::SoftFailed(_), pending)) => {
+            unsettled.extend(pending.map(|p| (room.clone(), p)));
+            (Some(id), json!({}))
+        }
+        Ok((Appended::Rejected(reason), _)) => (Some(id), json!({ "error": reason })),
         Err(e) => (Some(id), json!({ "error": e.to_string() })),
     }
 }

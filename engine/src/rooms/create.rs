@@ -117,7 +117,7 @@ impl Rooms {
         if guard.is_some() || self.short_room(&room_id)?.is_some() {
             return Err(RoomError::InUse(format!("room {room_id} exists")));
         }
-        self.append_locked(&mut head, pdu).await?;
+        let mut pendings = vec![self.append_locked(&mut head, pdu)?.1];
 
         let preset = req.preset.unwrap_or(if req.public { Preset::PublicChat } else { Preset::PrivateChat });
         let mut events = Vec::new();
@@ -177,9 +177,14 @@ impl Rooms {
             let prev = head.extremities.iter().map(|(_, id)| id.clone()).collect();
             let state = StateRef::Stored(head.state);
             let pdu = self.build(&head, creator, &event, prev, &state)?;
-            self.append_locked(&mut head, pdu).await?;
+            pendings.push(self.append_locked(&mut head, pdu)?.1);
         }
         *guard = Some(head);
+        drop(guard);
+        // Every initial event durable before the room is announced.
+        for pending in pendings {
+            self.settle(&room_id, pending).await?;
+        }
         tracing::info!(room_id = %room_id, version = %version, creator = %creator, "room created");
         Ok(room_id)
     }

@@ -78,6 +78,21 @@ impl Rooms {
     /// Steps 4–6 for a verified event of another server whose prev events are stored.
     pub async fn append_pdu(&self, pdu: Pdu) -> Result<Appended, RoomError> {
         let room_id = pdu.room_id.clone();
+        let (appended, pending) = self.append_pdu_unsettled(pdu).await?;
+        if let Some(pending) = pending {
+            self.settle(&room_id, pending).await?;
+        }
+        Ok(appended)
+    }
+
+    /// [`Rooms::append_pdu`] without waiting for an accepted event's batch to be
+    /// durable: the caller awaits the returned handle with [`Rooms::settle`] before
+    /// acknowledging (a federation transaction settles all its events at once).
+    pub async fn append_pdu_unsettled(
+        &self,
+        pdu: Pdu,
+    ) -> Result<(Appended, Option<myelin_storage::Pending>), RoomError> {
+        let room_id = pdu.room_id.clone();
         let lock = self.lock_of(&room_id);
         let mut guard = lock.lock().await;
         if guard.is_none() {
@@ -92,16 +107,17 @@ impl Rooms {
         if let Err(RoomError::Forbidden(reason)) = self.authorize(&head.rules, &pdu, &before) {
             self.store_flagged(pdu, REJECTED, None).await?;
             tracing::info!(room_id = %room_id, reason, "rejected an event that fails authorization");
-            return Ok(Appended::Rejected(reason));
+            return Ok((Appended::Rejected(reason), None));
         }
         // 6. Against the current state.
         let current = StateRef::Stored(head.state);
         if let Err(RoomError::Forbidden(reason)) = self.authorize(&head.rules, &pdu, &current) {
             let stored = self.store_flagged(pdu, SOFT_FAILED, Some(before)).await?;
             tracing::info!(room_id = %room_id, reason, "soft-failed an event that the current state forbids");
-            return Ok(Appended::SoftFailed(stored));
+            return Ok((Appended::SoftFailed(stored), None));
         }
-        self.append_locked(head, pdu).await.map(Appended::Accepted)
+        let (pdu, pending) = self.append_locked(head, pdu)?;
+        Ok((Appended::Accepted(pdu), Some(pending)))
     }
 
     /// Stores an event whose own prev events are missing here, with the state
@@ -276,8 +292,10 @@ impl Rooms {
             state: snapshot,
             servers: self.joined_servers(snapshot, None)?,
         };
-        let appended = self.append_with(&mut head, join, Some(StateRef::Stored(snapshot))).await?;
+        let (appended, pending) = self.append_with(&mut head, join, Some(StateRef::Stored(snapshot)))?;
         *guard = Some(head);
+        drop(guard);
+        self.settle(&room_id, pending).await?;
         Ok(appended)
     }
 

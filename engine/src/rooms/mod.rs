@@ -157,6 +157,9 @@ pub struct Rooms {
     servers: Interner,
     states: state::StateStore,
     pdus: Mutex<LruCache<u64, ArcPdu>>,
+    /// Appended events whose batch is not durable yet, by short id: the next append to the
+    /// room may build on them before the writer has stored them (see `append_with`).
+    unsettled: Arc<Mutex<HashMap<u64, (EventMeta, ArcPdu)>>>,
     versions: Mutex<HashMap<u64, RoomVersionRules>>,
     locks: Mutex<HashMap<OwnedRoomId, RoomLock>>,
     /// Public keys we verify signatures with: ours, plus remote keys as federation learns them.
@@ -192,6 +195,7 @@ impl Rooms {
             servers: Interner::open(&db, &catalog::SERVERNAME_SHORTSERVER, &catalog::SHORTSERVER_SERVERNAME)?,
             states: state::StateStore::open(db.clone())?,
             pdus: Mutex::new(LruCache::new(cap(65536))),
+            unsettled: Arc::new(Mutex::new(HashMap::new())),
             versions: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             known_keys: parking_lot::RwLock::new(keys.public_key_map()),
@@ -323,7 +327,29 @@ impl Rooms {
         let prev: Vec<OwnedEventId> = head.extremities.iter().rev().take(20).map(|(_, id)| id.clone()).collect();
         let state = StateRef::Stored(head.state);
         let pdu = self.build(head, sender, &event, prev, &state)?;
-        self.append_locked(head, pdu).await
+        let (pdu, pending) = self.append_locked(head, pdu)?;
+        drop(guard);
+        self.settle(room_id, pending).await?;
+        Ok(pdu)
+    }
+
+    /// Waits until an appended event's batch is durable. If the write failed, the
+    /// room's in-memory head ran ahead of storage: it is dropped, to be reloaded.
+    pub async fn settle(&self, room_id: &RoomId, pending: myelin_storage::Pending) -> Result<(), RoomError> {
+        if let Err(e) = pending.durable().await {
+            tracing::error!(room_id = %room_id, error = %e, "an appended event was not stored; reloading the room");
+            *self.lock_of(room_id).lock().await = None;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Metadata of an event by short id, including appended events not yet durable.
+    pub(crate) fn meta_of_short(&self, short: u64) -> Result<Option<EventMeta>, RoomError> {
+        if let Some(meta) = META.get(&*self.db, &short)? {
+            return Ok(Some(meta));
+        }
+        Ok(self.unsettled.lock().get(&short).map(|(m, _)| m.clone()))
     }
 
     /// Sends an event as a local user on explicit `prev_events` (which may fork the DAG).
@@ -342,7 +368,10 @@ impl Rooms {
         let head = guard.as_mut().ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
         let before = self.state_before(head, &prev_events)?;
         let pdu = self.build(head, sender, &event, prev_events, &before)?;
-        self.append_locked(head, pdu).await
+        let (pdu, pending) = self.append_locked(head, pdu)?;
+        drop(guard);
+        self.settle(room_id, pending).await?;
+        Ok(pdu)
     }
 
     /// The state before an event with these prev events.
@@ -383,19 +412,30 @@ impl Rooms {
         .map_err(RoomError::Forbidden)
     }
 
-    async fn append_locked(&self, head: &mut Head, pdu: Pdu) -> Result<ArcPdu, RoomError> {
-        self.append_with(head, pdu, None).await
+    fn append_locked(&self, head: &mut Head, pdu: Pdu) -> Result<(ArcPdu, myelin_storage::Pending), RoomError> {
+        self.append_with(head, pdu, None)
     }
 
     /// Appends with an explicitly known state before the event (a join over
     /// federation, whose prev events we do not have): prev events that are not
     /// stored are then skipped instead of refused.
-    async fn append_with(
+    /// Appends an authorized event under the room lock and hands its batch to the
+    /// writer; the head moves at once, so the next event of the room can be
+    /// appended while this one's batch waits for its group commit. The caller
+    /// acknowledges the event only after awaiting the returned [`Pending`]
+    /// (outside the lock: `settle`). Until then the event's metadata and PDU
+    /// are served from `unsettled`, and its new ids from the interners' pending
+    /// maps; the writer stores batches in order, so a later batch never lands
+    /// without the earlier one it builds on (unless that write failed, when
+    /// `settle` drops the head to be reloaded from storage).
+    ///
+    /// [`Pending`]: myelin_storage::Pending
+    fn append_with(
         &self,
         head: &mut Head,
         pdu: Pdu,
         state_override: Option<StateRef>,
-    ) -> Result<ArcPdu, RoomError> {
+    ) -> Result<(ArcPdu, myelin_storage::Pending), RoomError> {
         let is_create = pdu.kind == TimelineEventType::RoomCreate;
         let tolerate_gaps = state_override.is_some();
         if is_create && head.state != 0 {
@@ -414,7 +454,7 @@ impl Rooms {
         // 3. Ids and the state after.
         let mut batch = Batch::new();
         let short = self.event_ids.get_or_create(&self.db, &mut batch, pdu.event_id.as_str())?;
-        if META.contains(&*self.db, &short)? {
+        if self.meta_of_short(short)?.is_some() {
             return Err(RoomError::InUse(format!("event {} is already stored", pdu.event_id)));
         }
         if is_create {
@@ -441,7 +481,7 @@ impl Rooms {
         let mut prev_shorts = Vec::with_capacity(pdu.prev_events.len());
         for prev in &pdu.prev_events {
             match self.event_ids.get(&*self.db, prev.as_str())? {
-                Some(s) if META.contains(&*self.db, &s)? => prev_shorts.push(s),
+                Some(s) if self.meta_of_short(s)?.is_some() => prev_shorts.push(s),
                 _ if tolerate_gaps => {}
                 _ => return Err(RoomError::UnknownEvent(prev.to_string())),
             }
@@ -455,7 +495,7 @@ impl Rooms {
             let mut afters = Vec::with_capacity(extremities.len());
             for (s, _) in &extremities {
                 let after =
-                    if *s == short { state_after } else { META.get(&*self.db, s)?.map_or(0, |m| m.state_after) };
+                    if *s == short { state_after } else { self.meta_of_short(*s)?.map_or(0, |m| m.state_after) };
                 afters.push(after);
             }
             let overlay = resolve::Overlay { event: Some((short, pdu.clone())), state_key: overlay_key };
@@ -466,18 +506,9 @@ impl Rooms {
         let count = self.stream.next_in(&mut batch) as i64;
         let room = head.short;
         PDUS.put(&mut batch, &short, &Raw(pdu.to_bytes()))?;
-        META.put(
-            &mut batch,
-            &short,
-            &EventMeta {
-                room,
-                depth: pdu.depth,
-                count,
-                flags: 0,
-                state_before: state_before.unwrap_or(0),
-                state_after,
-            },
-        )?;
+        let meta =
+            EventMeta { room, depth: pdu.depth, count, flags: 0, state_before: state_before.unwrap_or(0), state_after };
+        META.put(&mut batch, &short, &meta)?;
         TIMELINE.put(&mut batch, &(room, count), &short)?;
         for prev in &prev_shorts {
             EDGES.put(&mut batch, &(*prev, short), &())?;
@@ -524,8 +555,21 @@ impl Rooms {
             let short_dest = self.servers.get_or_create(&self.db, &mut batch, dest.as_str())?;
             OUTBOUND.put(&mut batch, &(short_dest, count as u64), &OutboundItem::Pdu(short))?;
         }
-        self.db.commit(batch).await?;
-        // 6. The head moves only once the batch is durable.
+        // 6. Hand the batch over and move the head (durability is awaited by the caller).
+        // The event is readable from memory until the write is visible; the hook runs
+        // after that, so there is no moment when it is in neither place.
+        self.unsettled.lock().insert(short, (meta, pdu.clone()));
+        let unsettled = self.unsettled.clone();
+        batch.on_durable(move || {
+            unsettled.lock().remove(&short);
+        });
+        let pending = match self.db.submit_pending(batch) {
+            Ok(p) => p,
+            Err(e) => {
+                self.unsettled.lock().remove(&short);
+                return Err(e.into());
+            }
+        };
         if is_create {
             self.versions.lock().insert(room, head.rules.clone());
         }
@@ -535,7 +579,7 @@ impl Rooms {
         head.servers = servers;
         self.pdus.lock().put(short, pdu.clone());
         tracing::debug!(room_id = %head.room_id, event_id = %pdu.event_id, count, "appended");
-        Ok(pdu)
+        Ok((pdu, pending))
     }
 }
 #[cfg(test)]

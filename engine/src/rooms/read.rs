@@ -21,6 +21,9 @@ impl Rooms {
         if let Some(p) = self.pdus.lock().get(&short) {
             return Ok(Some(p.clone()));
         }
+        if let Some((_, p)) = self.unsettled.lock().get(&short) {
+            return Ok(Some(p.clone()));
+        }
         let Some(meta) = META.get(&*self.db, &short)? else { return Ok(None) };
         let Some(Raw(bytes)) = PDUS.get(&*self.db, &short)? else { return Ok(None) };
         let Some(id) = self.event_ids.lookup(&*self.db, short)? else { return Ok(None) };
@@ -44,7 +47,7 @@ impl Rooms {
     /// Stored metadata of an event.
     pub fn meta(&self, event_id: &EventId) -> Result<Option<EventMeta>, RoomError> {
         match self.event_ids.get(&*self.db, event_id.as_str())? {
-            Some(short) => Ok(META.get(&*self.db, &short)?),
+            Some(short) => self.meta_of_short(short),
             None => Ok(None),
         }
     }

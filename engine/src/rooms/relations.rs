@@ -58,7 +58,7 @@ impl Rooms {
     ) -> Result<(), RoomError> {
         if let Some(target) = &pdu.redacts
             && let Some(target_short) = self.event_ids.get(&*self.db, target.as_str())?
-            && let Some(meta) = super::tables::META.get(&*self.db, &target_short)?
+            && let Some(meta) = self.meta_of_short(target_short)?
             && meta.room == room
         {
             REDACTIONS.put(batch, &target_short, &short)?;

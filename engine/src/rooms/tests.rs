@@ -421,3 +421,39 @@ async fn events_for_remote_members_are_queued_per_destination() {
     assert_eq!(after, 1);
     let _: &RoomId = &room;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_to_one_room_build_on_each_other_before_they_are_durable() {
+    let f = Arc::new(fixture());
+    let room = public_room(&f, RoomVersionId::V12).await;
+    // New members join and speak at once: each message is authorized against a
+    // join whose batch may still be waiting for its group commit.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (f, room) = (f.clone(), room.clone());
+        tasks.push(tokio::spawn(async move {
+            let u = user(&format!("u{i}"));
+            f.rooms.send(&u, &room, join(&u)).await.unwrap();
+            for j in 0..5 {
+                f.rooms.send(&u, &room, message(&format!("{i}/{j}"))).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(f.rooms.extremities(&room).unwrap().len(), 1, "one linear chain");
+    let events = f.rooms.timeline(&room, None, Direction::Forward, 1000).unwrap();
+    let bodies = events.iter().filter(|(_, p)| p.kind == TimelineEventType::RoomMessage).count();
+    assert_eq!(bodies, 200);
+    // Every event's prev event is the one before it in the timeline.
+    for pair in events.windows(2) {
+        assert_eq!(pair[1].1.prev_events, vec![pair[0].1.event_id.clone()]);
+    }
+    // And all of it survives a restart.
+    let f = Arc::try_unwrap(f).ok().expect("tasks are done");
+    let f = reopen(f);
+    let again = f.rooms.timeline(&room, None, Direction::Forward, 1000).unwrap();
+    assert_eq!(again.len(), events.len());
+    assert!(f.rooms.unsettled.lock().is_empty(), "nothing left unsettled after a restart");
+}
