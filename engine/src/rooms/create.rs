@@ -109,14 +109,25 @@ impl Rooms {
             create_content.insert("creator".into(), json!(creator.as_str()));
         }
         let create = NewEvent::state(TimelineEventType::RoomCreate, "", JsonValue::Object(create_content));
-        let pdu = self.build(&head, creator, &create, Vec::new(), &StateRef::Empty)?;
-        head.room_id = pdu.room_id.clone();
-        let room_id = head.room_id.clone();
-        let lock = self.lock_of(&room_id);
-        let mut guard = lock.lock().await;
-        if guard.is_some() || self.short_room(&room_id)?.is_some() {
-            return Err(RoomError::InUse(format!("room {room_id} exists")));
-        }
+        // From v12 the room id is the create event's hash: the same creator creating two
+        // rooms with the same content in the same millisecond would get one id. A later
+        // millisecond gives another event, so another room.
+        let mut attempts = 0;
+        let (pdu, room_id, mut guard) = loop {
+            let pdu = self.build(&head, creator, &create, Vec::new(), &StateRef::Empty)?;
+            let room_id = pdu.room_id.clone();
+            let guard = self.lock_of(&room_id).lock_owned().await;
+            if guard.is_none() && self.short_room(&room_id)?.is_none() {
+                break (pdu, room_id, guard);
+            }
+            attempts += 1;
+            if attempts >= 20 || rules.room_id_format == RoomIdFormatVersion::V1 {
+                return Err(RoomError::InUse(format!("room {room_id} exists")));
+            }
+            drop(guard);
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        };
+        head.room_id = room_id.clone();
         let mut pendings = vec![self.append_locked(&mut head, pdu)?.1];
 
         let preset = req.preset.unwrap_or(if req.public { Preset::PublicChat } else { Preset::PrivateChat });

@@ -457,3 +457,18 @@ async fn concurrent_appends_to_one_room_build_on_each_other_before_they_are_dura
     assert_eq!(again.len(), events.len());
     assert!(f.rooms.unsettled.lock().is_empty(), "nothing left unsettled after a restart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_rooms_created_at_once_get_distinct_ids() {
+    let f = Arc::new(fixture());
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let f = f.clone();
+        tasks.push(tokio::spawn(async move { f.rooms.create_room(&user("alice"), CreateRoom::default()).await }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for t in tasks {
+        ids.insert(t.await.unwrap().expect("every creation succeeds"));
+    }
+    assert_eq!(ids.len(), 10);
+}
