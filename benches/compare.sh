@@ -3,7 +3,7 @@
 # Synapse (the interop venv, SQLite), started side by side on loopback, and
 # prints one table with the ratio of each scenario measured in this run.
 #
-# Usage: benches/compare.sh            (LINES=3000 CLIENTS=20 MESSAGES=25 to change sizes)
+# Usage: benches/compare.sh            (LINES=3000 CLIENTS=20 MESSAGES=25 FED_MESSAGES=300 MEMBERS=2000 to change sizes)
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -58,6 +58,11 @@ wait_up "$mc"; wait_up "$sc"; wait_up "$mc2"; wait_up "$sc2"
 run() { "$myelin" bench "$@" --json; }
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
+bytes_of() { du -sb "$1" | cut -f1; }
+hwm_of() { grep -m1 VmHWM "/proc/$1/status" 2>/dev/null | awk '{print $2}'; }
+rss_of() { ps -o rss= -p "$1" 2>/dev/null | xargs; }
+my_before=$(bytes_of "$work/myelin"); sy_before=$(bytes_of "$work/synapse")
+
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%Y-%m-%d)"
 echo
 echo "| scenario | Myelin | Synapse 1.163.2 | ratio |"
@@ -87,6 +92,14 @@ import sys
 n, mr, sr, mp, sp = sys.argv[1], *map(float, sys.argv[2:])
 print(f"| federation burst of {n}, A to B end to end | {mr:.0f} msgs/s (p50 {mp:.0f} ms) | {sr:.0f} msgs/s (p50 {sp:.0f} ms) | {mr / sr:.1f}x |")
 PY
+members="${MEMBERS:-2000}"
+m=$(run join --url-a "http://127.0.0.1:$mc" --url-b "http://127.0.0.1:$mc2" --server-a "127.0.0.1:$mf" --members "$members")
+s=$(run join --url-a "http://127.0.0.1:$sc" --url-b "http://127.0.0.1:$sc2" --server-a "localhost:$sf" --members "$members")
+python3 - "$members" "$(field "$m" seconds)" "$(field "$s" seconds)" <<'PY'
+import sys
+n, m, s = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+print(f"| join over federation, {n}-member room, until all listed | {m:.2f} s | {s:.2f} s | {s / m:.1f}x faster |")
+PY
 m=$(run script --url "http://127.0.0.1:$mc" --lines "$lines")
 s=$(run script --url "http://127.0.0.1:$sc" --lines "$lines")
 python3 - "$lines" "$(field "$m" seconds)" "$(field "$s" seconds)" <<'PY'
@@ -94,5 +107,22 @@ import sys
 lines, m, s = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 print(f"| sequential script, {lines} lines | {m:.2f} s | {s:.2f} s | {s / m:.1f}x faster |")
 PY
+# Disk: growth of each first server's data folder over every scenario above,
+# per event those scenarios sent to it (send ×2, fan-out, federation sender,
+# the join scenario's member joins, script). Accounts and rooms count too.
+sent=$((2 * clients * messages + 20 + fed + lines + members))
+my_after=$(bytes_of "$work/myelin"); sy_after=$(bytes_of "$work/synapse")
+python3 - "$sent" "$my_before" "$my_after" "$sy_before" "$sy_after" <<'PY'
+import sys
+n, mb, ma, sb, sa = map(int, sys.argv[1:])
+m, s = (ma - mb) / n, (sa - sb) / n
+print(f"| disk growth per event sent ({n} events) | {m:.0f} B | {s:.0f} B | {m / s:.2f} (lower is better) |")
+PY
+mh=$(hwm_of "${pids[1]}"); sh=$(hwm_of "${pids[0]}")
+python3 - "$mh" "$sh" <<'PY'
+import sys
+m, s = map(int, sys.argv[1:])
+print(f"| peak RSS over the runs | {m / 1024:.0f} MiB | {s / 1024:.0f} MiB | {m / s:.2f} (lower is better) |")
+PY
 echo
-echo "idle RSS after the runs: Myelin $(ps -o rss= -p "${pids[1]}" 2>/dev/null || echo '?') KiB (process of the subshell exec)"
+echo "RSS now: Myelin $(rss_of "${pids[1]}") KiB, Synapse $(rss_of "${pids[0]}") KiB"

@@ -85,3 +85,36 @@ async fn bench_federation_counts_every_message_across_two_servers() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn bench_join_waits_until_every_member_is_listed_on_the_joining_server() {
+    let (a, b) = myelin_suite::federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let (url_a, url_b) = (format!("http://{}", a.client), format!("http://{}", b.client));
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(myelin_bin())
+            .args(["bench", "join", "--url-a", &url_a, "--url-b", &url_b, "--server-a", "a.test"])
+            .args(["--members", "30", "--json"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["members"], 30);
+    assert!(report["seconds"].as_f64().unwrap() >= report["join_request_seconds"].as_f64().unwrap());
+    // What the bench waited for is really there: B lists the 30 members and its own user.
+    let rooms: Vec<_> = b.engine.rooms.all_rooms().unwrap();
+    assert_eq!(rooms.len(), 1);
+    let members = b
+        .engine
+        .rooms
+        .current_state(&rooms[0])
+        .unwrap()
+        .iter()
+        .filter(|p| p.kind.to_string() == "m.room.member" && p.content_value()["membership"] == "join")
+        .count();
+    assert_eq!(members, 31);
+    a.stop().await;
+    b.stop().await;
+}

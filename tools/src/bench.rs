@@ -453,3 +453,86 @@ pub async fn federation(url_a: &str, url_b: &str, server_a: &str, messages: usiz
         p99: percentile(&latencies, 0.99),
     })
 }
+
+/// Result of the `join` scenario.
+pub struct JoinReport {
+    /// Members on server A before the join (the owner included).
+    pub members: usize,
+    /// From the join request on B until B lists every member as joined.
+    pub elapsed: Duration,
+    /// Of which the join request itself.
+    pub join_request: Duration,
+}
+
+/// `join`: a room on A with `members` joined users; a user on B joins it over
+/// federation; timed until B's `/joined_members` lists all of them (full state).
+pub async fn join(url_a: &str, url_b: &str, server_a: &str, members: usize) -> Result<JoinReport, String> {
+    let id = run_id();
+    let mut a = Conn::open(url_a).await?;
+    let (owner, _) = register(&mut a, &format!("bench{id}jo")).await?;
+    let room = a
+        .ok(Method::POST, "/_matrix/client/v3/createRoom", Some(&owner), Some(json!({ "preset": "public_chat" })))
+        .await?["room_id"]
+        .as_str()
+        .ok_or("createRoom without room_id")?
+        .to_owned();
+    // Setup (not timed): members register and join on A, 8 at a time.
+    eprintln!("bench join: filling a room on {url_a} with {members} members");
+    let started = Instant::now();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(1));
+    let workers = 8usize.min(members.max(1));
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (url, room, id, done) = (url_a.to_owned(), room.clone(), id.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::open(&url).await?;
+            let mut i = w;
+            while i + 1 < members {
+                let (token, _) = register(&mut c, &format!("bench{id}m{i}")).await?;
+                c.ok(
+                    Method::POST,
+                    &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+                    Some(&token),
+                    Some(json!({})),
+                )
+                .await?;
+                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if n % 250 == 0 {
+                    eprintln!("  {n} / {members} members, {:.0} s", started.elapsed().as_secs_f64());
+                }
+                i += workers;
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    let mut b = Conn::open(url_b).await?;
+    let (joiner, _) = register(&mut b, &format!("bench{id}jb")).await?;
+    eprintln!("bench join: a user on {url_b} joins the {members}-member room");
+    let start = Instant::now();
+    b.ok(
+        Method::POST,
+        &format!("/_matrix/client/v3/join/{}?server_name={}", enc(&room), enc(server_a)),
+        Some(&joiner),
+        Some(json!({})),
+    )
+    .await?;
+    let join_request = start.elapsed();
+    let want = members + 1;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let path = format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room));
+        let (status, j) = b.call(Method::GET, &path, Some(&joiner), None).await?;
+        let seen = j["joined"].as_object().map_or(0, |m| m.len());
+        if status == 200 && seen >= want {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("B lists {seen} of {want} members after 600 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(JoinReport { members, elapsed: start.elapsed(), join_request })
+}

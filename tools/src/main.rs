@@ -72,6 +72,24 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A user on server B joins a room on server A that has N members, until B lists them all.
+    Join {
+        /// Client-Server API of server A (the room's server).
+        #[arg(long)]
+        url_a: String,
+        /// Client-Server API of server B (the joining user's).
+        #[arg(long)]
+        url_b: String,
+        /// Server A's name, to join through.
+        #[arg(long)]
+        server_a: String,
+        /// Members in the room before the join (its creator included).
+        #[arg(long, default_value_t = 2000)]
+        members: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Two users alternate sequential sends of an N-line script in one room.
     Script {
         /// Client-Server API base URL (http://host:port).
@@ -609,6 +627,27 @@ fn bench_cmd(what: BenchCommand) -> Result<(), Failure> {
             }
             if r.received != r.sent {
                 return Err(Failure::runtime(format!("{} of {} messages arrived", r.received, r.sent)));
+            }
+        }
+        BenchCommand::Join { url_a, url_b, server_a, members, json } => {
+            let r = rt.block_on(bench::join(&url_a, &url_b, &server_a, members)).map_err(Failure::runtime)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "scenario": "join", "members": r.members, "seconds": r.elapsed.as_secs_f64(),
+                        "join_request_seconds": r.join_request.as_secs_f64(),
+                    })
+                );
+            } else {
+                println!("| scenario | members | seconds until all listed | of which the join request |");
+                println!("|---|---|---|---|");
+                println!(
+                    "| federated join | {} | {:.2} | {:.2} |",
+                    r.members,
+                    r.elapsed.as_secs_f64(),
+                    r.join_request.as_secs_f64()
+                );
             }
         }
         BenchCommand::Script { url, lines, json } => {
