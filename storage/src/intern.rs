@@ -46,10 +46,12 @@ impl Interner {
     /// The short id of `s`, if it has one: committed, or allocated in a batch not yet durable
     /// (a writer that builds on its own earlier, still pending batch must see it).
     pub fn get(&self, r: &impl Read, s: &str) -> Result<Option<u64>, StorageError> {
-        if let Some(id) = self.forward.get(r, &s.to_owned())? {
+        // Pending first: an entry leaves the map only after its rows are visible, so a
+        // miss here means storage has them (the other order can miss both).
+        if let Some(&id) = self.state.lock().pending.get(s) {
             return Ok(Some(id));
         }
-        Ok(self.state.lock().pending.get(s).copied())
+        self.forward.get(r, &s.to_owned())
     }
 
     /// The string a committed short id stands for.

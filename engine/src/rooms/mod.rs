@@ -346,10 +346,13 @@ impl Rooms {
 
     /// Metadata of an event by short id, including appended events not yet durable.
     pub(crate) fn meta_of_short(&self, short: u64) -> Result<Option<EventMeta>, RoomError> {
-        if let Some(meta) = META.get(&*self.db, &short)? {
-            return Ok(Some(meta));
+        // Memory first: an entry leaves `unsettled` only after its row is visible in
+        // storage, so a miss here means the row is there. The other order can miss both
+        // (row not yet written when read, entry removed right after).
+        if let Some((meta, _)) = self.unsettled.lock().get(&short) {
+            return Ok(Some(meta.clone()));
         }
-        Ok(self.unsettled.lock().get(&short).map(|(m, _)| m.clone()))
+        Ok(META.get(&*self.db, &short)?)
     }
 
     /// Sends an event as a local user on explicit `prev_events` (which may fork the DAG).
