@@ -159,8 +159,8 @@ async fn main() {
     })
     .await;
 
-    // the whole send, one room, 20 connections
-    let per_task = 250;
+    // the whole send, one room, 20 connections (CEILING_SENDS: events per connection)
+    let per_task: usize = std::env::var("CEILING_SENDS").ok().and_then(|v| v.parse().ok()).unwrap_or(250);
     let token = Arc::new(alice.token.clone());
     let room_path = Arc::new(myelin_suite::enc(&room));
     let body = Arc::new(content.to_string());
