@@ -3,7 +3,7 @@
 # Synapse (the interop venv, SQLite), started side by side on loopback, and
 # prints one table with the ratio of each scenario measured in this run.
 #
-# Usage: benches/compare.sh            (LINES=3000 CLIENTS=20 MESSAGES=25 FED_MESSAGES=300 MEMBERS=2000 to change sizes)
+# Usage: benches/compare.sh  (LINES=3000 CLIENTS=20 MESSAGES=25 FED_MESSAGES=300 FED_SENDERS=10 MEMBERS=2000 to change sizes)
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -85,13 +85,17 @@ n, mp, sp, m99, s99 = sys.argv[1], *map(float, sys.argv[2:])
 print(f"| sync fan-out, 1 sender, {n} receivers, p50 (p99) | {mp:.1f} ms ({m99:.1f}) | {sp:.1f} ms ({s99:.1f}) | {mp / sp:.3f} (lower is better) |")
 PY
 fed="${FED_MESSAGES:-300}"
-m=$(run federation --url-a "http://127.0.0.1:$mc" --url-b "http://127.0.0.1:$mc2" --server-a "127.0.0.1:$mf" --messages "$fed")
-s=$(run federation --url-a "http://127.0.0.1:$sc" --url-b "http://127.0.0.1:$sc2" --server-a "localhost:$sf" --messages "$fed")
-python3 - "$fed" "$(field "$m" messages_per_second)" "$(field "$s" messages_per_second)" "$(field "$m" p50_ms)" "$(field "$s" p50_ms)" <<'PY'
+# One sender sending each message once the previous is acknowledged, then
+# FED_SENDERS connections at once (a burst that does not wait on one client).
+for senders in 1 "${FED_SENDERS:-10}"; do
+m=$(run federation --url-a "http://127.0.0.1:$mc" --url-b "http://127.0.0.1:$mc2" --server-a "127.0.0.1:$mf" --messages "$fed" --senders "$senders")
+s=$(run federation --url-a "http://127.0.0.1:$sc" --url-b "http://127.0.0.1:$sc2" --server-a "localhost:$sf" --messages "$fed" --senders "$senders")
+python3 - "$fed" "$senders" "$(field "$m" messages_per_second)" "$(field "$s" messages_per_second)" "$(field "$m" p50_ms)" "$(field "$s" p50_ms)" <<'PY'
 import sys
-n, mr, sr, mp, sp = sys.argv[1], *map(float, sys.argv[2:])
-print(f"| federation burst of {n}, A to B end to end | {mr:.0f} msgs/s (p50 {mp:.0f} ms) | {sr:.0f} msgs/s (p50 {sp:.0f} ms) | {mr / sr:.1f}x |")
+n, k, mr, sr, mp, sp = sys.argv[1], sys.argv[2], *map(float, sys.argv[3:])
+print(f"| federation burst of {n} from {k} sender(s), A to B end to end | {mr:.0f} msgs/s (p50 {mp:.0f} ms) | {sr:.0f} msgs/s (p50 {sp:.0f} ms) | {mr / sr:.1f}x |")
 PY
+done
 members="${MEMBERS:-2000}"
 m=$(run join --url-a "http://127.0.0.1:$mc" --url-b "http://127.0.0.1:$mc2" --server-a "127.0.0.1:$mf" --members "$members")
 s=$(run join --url-a "http://127.0.0.1:$sc" --url-b "http://127.0.0.1:$sc2" --server-a "localhost:$sf" --members "$members")
@@ -110,7 +114,7 @@ PY
 # Disk: growth of each first server's data folder over every scenario above,
 # per event those scenarios sent to it (send ×2, fan-out, federation sender,
 # the join scenario's member joins, script). Accounts and rooms count too.
-sent=$((2 * clients * messages + 20 + fed + lines + members))
+sent=$((2 * clients * messages + 20 + 2 * fed + lines + members))
 my_after=$(bytes_of "$work/myelin"); sy_after=$(bytes_of "$work/synapse")
 python3 - "$sent" "$my_before" "$my_after" "$sy_before" "$sy_after" <<'PY'
 import sys

@@ -72,7 +72,7 @@ async fn bench_federation_counts_every_message_across_two_servers() {
     let out = tokio::task::spawn_blocking(move || {
         Command::new(myelin_bin())
             .args(["bench", "federation", "--url-a", &url_a, "--url-b", &url_b, "--server-a", "a.test"])
-            .args(["--messages", "40", "--json"])
+            .args(["--messages", "40", "--senders", "4", "--json"])
             .output()
             .unwrap()
     })

@@ -365,9 +365,16 @@ pub struct FederationReport {
 }
 
 /// `federation`: a user on server A sends `messages` as fast as acknowledged
-/// into a room that a user on server B joined; the time until B's `/sync`
-/// has delivered every one.
-pub async fn federation(url_a: &str, url_b: &str, server_a: &str, messages: usize) -> Result<FederationReport, String> {
+/// (from `senders` connections at once) into a room that a user on server B
+/// joined; the time until B's `/sync` has delivered every one.
+pub async fn federation(
+    url_a: &str,
+    url_b: &str,
+    server_a: &str,
+    messages: usize,
+    senders: usize,
+) -> Result<FederationReport, String> {
+    let senders = senders.max(1);
     let id = run_id();
     let mut a = Conn::open(url_a).await?;
     let mut b = Conn::open(url_b).await?;
@@ -388,16 +395,31 @@ pub async fn federation(url_a: &str, url_b: &str, server_a: &str, messages: usiz
     .await?;
     let first = b.ok(Method::GET, "/_matrix/client/v3/sync?timeout=0", Some(&tb), None).await?;
     let mut since = first["next_batch"].as_str().ok_or("sync without next_batch")?.to_owned();
-    eprintln!("bench federation: {messages} messages from {url_a} to a user on {url_b}");
+    eprintln!("bench federation: {messages} messages from {url_a} ({senders} sender(s)) to a user on {url_b}");
+    drop(a);
     let epoch = Instant::now();
-    let room_for_sender = room.clone();
+    // Sender k sends messages k, k + senders, …, each as soon as its previous one is acknowledged.
+    let mut tasks = Vec::new();
+    for k in 0..senders {
+        let (url_a, room, ta) = (url_a.to_owned(), room.clone(), ta.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut a = Conn::open(&url_a).await?;
+            let mut sent_at = Vec::new();
+            for m in (k..messages).step_by(senders) {
+                sent_at.push((m, epoch.elapsed()));
+                let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/x{m}", enc(&room));
+                a.ok(Method::PUT, &path, Some(&ta), Some(json!({ "msgtype": "m.text", "body": format!("fed {m}") })))
+                    .await?;
+            }
+            Ok::<_, String>(sent_at)
+        }));
+    }
     let sender = tokio::spawn(async move {
-        let mut sent_at = Vec::with_capacity(messages);
-        for m in 0..messages {
-            sent_at.push(epoch.elapsed());
-            let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/x{m}", enc(&room_for_sender));
-            a.ok(Method::PUT, &path, Some(&ta), Some(json!({ "msgtype": "m.text", "body": format!("fed {m}") })))
-                .await?;
+        let mut sent_at = vec![Duration::ZERO; messages];
+        for t in tasks {
+            for (m, at) in t.await.map_err(|e| e.to_string())?? {
+                sent_at[m] = at;
+            }
         }
         Ok::<_, String>(sent_at)
     });

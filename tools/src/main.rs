@@ -68,6 +68,9 @@ enum BenchCommand {
         /// Messages sent.
         #[arg(long, default_value_t = 300)]
         messages: usize,
+        /// Connections on A sending at once (1: one message after another).
+        #[arg(long, default_value_t = 1)]
+        senders: usize,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -601,15 +604,17 @@ fn bench_cmd(what: BenchCommand) -> Result<(), Failure> {
                 return Err(Failure::runtime(format!("{} of {} deliveries seen", r.delivered, r.expected)));
             }
         }
-        BenchCommand::Federation { url_a, url_b, server_a, messages, json } => {
-            let r = rt.block_on(bench::federation(&url_a, &url_b, &server_a, messages)).map_err(Failure::runtime)?;
+        BenchCommand::Federation { url_a, url_b, server_a, messages, senders, json } => {
+            let r = rt
+                .block_on(bench::federation(&url_a, &url_b, &server_a, messages, senders))
+                .map_err(Failure::runtime)?;
             let rate = r.received as f64 / r.elapsed.as_secs_f64().max(1e-9);
             let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
             if json {
                 println!(
                     "{}",
                     serde_json::json!({
-                        "scenario": "federation", "sent": r.sent, "received": r.received,
+                        "scenario": "federation", "senders": senders, "sent": r.sent, "received": r.received,
                         "seconds": r.elapsed.as_secs_f64(), "messages_per_second": rate,
                         "p50_ms": ms(r.p50), "p99_ms": ms(r.p99),
                     })
