@@ -110,6 +110,16 @@ ratio = f"{m['messages_per_second'] / s['messages_per_second']:.1f}x" if m and s
 print(f"| federation burst of {n} from {k} sender(s), A to B end to end | {cell(m)} | {cell(s)} | {ratio} |")
 PY
 done
+m=$(run script --url "http://127.0.0.1:$mc" --lines "$lines")
+s=$(run script --url "http://127.0.0.1:$sc" --lines "$lines")
+python3 - "$lines" "$(field "$m" seconds)" "$(field "$s" seconds)" <<'PY'
+import sys
+lines, m, s = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+print(f"| sequential script, {lines} lines | {m:.2f} s | {s:.2f} s | {s / m:.1f}x faster |")
+PY
+# Last: the join leaves the joining Synapse busy in the background for a while
+# (it keeps working on the 2,000-member room after answering), which would tax
+# whatever runs next on these 2 cores.
 members="${MEMBERS:-2000}"
 m=$(run join --url-a "http://127.0.0.1:$mc" --url-b "http://127.0.0.1:$mc2" --server-a "127.0.0.1:$mf" --members "$members")
 s=$(run join --url-a "http://127.0.0.1:$sc" --url-b "http://127.0.0.1:$sc2" --server-a "localhost:$sf" --members "$members")
@@ -117,13 +127,6 @@ python3 - "$members" "$(field "$m" seconds)" "$(field "$s" seconds)" <<'PY'
 import sys
 n, m, s = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 print(f"| join over federation, {n}-member room, until all listed | {m:.2f} s | {s:.2f} s | {s / m:.1f}x faster |")
-PY
-m=$(run script --url "http://127.0.0.1:$mc" --lines "$lines")
-s=$(run script --url "http://127.0.0.1:$sc" --lines "$lines")
-python3 - "$lines" "$(field "$m" seconds)" "$(field "$s" seconds)" <<'PY'
-import sys
-lines, m, s = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-print(f"| sequential script, {lines} lines | {m:.2f} s | {s:.2f} s | {s / m:.1f}x faster |")
 PY
 # Disk: growth of each first server's data folder over every scenario above,
 # per event those scenarios sent to it (send ×2, fan-out, federation sender,
