@@ -70,6 +70,9 @@ pub struct StateStore {
     full: Mutex<LruCache<u64, Arc<FullState>>>,
     /// States stored in batches not yet known to be durable, by hash.
     pending: Arc<Mutex<HashMap<Vec<u8>, u64>>>,
+    /// Their layers, pinned until durable: the LRU may evict, and storage does not
+    /// have them yet (appends build on states still in flight).
+    pending_layers: Arc<Mutex<HashMap<u64, Arc<Layer>>>>,
 }
 
 fn hash_state(state: &[Entry]) -> Vec<u8> {
@@ -139,11 +142,16 @@ impl StateStore {
             layers: Mutex::new(LruCache::new(cap(4096))),
             full: Mutex::new(LruCache::new(cap(256))),
             pending: Arc::new(Mutex::new(HashMap::new())),
+            pending_layers: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
     fn layer(&self, id: u64) -> Result<Arc<Layer>, RoomError> {
         if let Some(l) = self.layers.lock().get(&id) {
+            return Ok(l.clone());
+        }
+        // Memory before storage: a pinned layer is unpinned only once it is stored.
+        if let Some(l) = self.pending_layers.lock().get(&id) {
             return Ok(l.clone());
         }
         let layer = LAYERS.get(&*self.db, &id)?.ok_or(RoomError::MissingState(id))?;
@@ -199,7 +207,7 @@ impl StateStore {
         let pending_id = self.pending.lock().get(&hash).copied();
         if let Some(id) = pending_id {
             // Stored by a batch that may not commit: write the same rows again here.
-            let cached = self.layers.lock().get(&id).cloned();
+            let cached = self.pending_layers.lock().get(&id).cloned();
             if let Some(layer) = cached {
                 LAYERS.put(batch, &id, &layer)?;
                 HASHES.put(batch, &hash, &id)?;
@@ -213,12 +221,15 @@ impl StateStore {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         LAYERS.put(batch, &id, &layer)?;
         HASHES.put(batch, &hash, &id)?;
+        let layer = Arc::new(layer);
         self.pending.lock().insert(hash.clone(), id);
-        let pending = self.pending.clone();
+        self.pending_layers.lock().insert(id, layer.clone());
+        let (pending, pinned) = (self.pending.clone(), self.pending_layers.clone());
         batch.on_durable(move || {
             pending.lock().remove(&hash);
+            pinned.lock().remove(&id);
         });
-        self.layers.lock().put(id, Arc::new(layer));
+        self.layers.lock().put(id, layer);
         self.full.lock().put(id, Arc::new(state));
         Ok(id)
     }
@@ -300,6 +311,24 @@ mod tests {
         assert_eq!(store.get(s2, 1).unwrap(), Some(100));
         assert_eq!(store.get(s2, 9).unwrap(), None);
         assert_eq!(*store.load(s2).unwrap(), vec![(1, 100), (2, 200), (3, 300)]);
+    }
+
+    #[test]
+    fn a_state_in_flight_stays_readable_when_the_cache_evicts_it() {
+        let (_dir, db, store) = open();
+        let mut in_flight = Batch::new();
+        let id = store.store_changed(&mut in_flight, None, &[(1, 100), (2, 200)]).unwrap();
+        // More states than the layer and full-state caches hold, all committed.
+        for i in 0..5000u64 {
+            let mut batch = Batch::new();
+            store.store_changed(&mut batch, None, &[(10 + i, i)]).unwrap();
+            db.commit_blocking(batch).unwrap();
+        }
+        store.full.lock().clear();
+        assert_eq!(*store.load(id).unwrap(), vec![(1, 100), (2, 200)], "read before its batch is stored");
+        db.commit_blocking(in_flight).unwrap();
+        assert!(store.pending_layers.lock().is_empty(), "unpinned once durable");
+        assert_eq!(store.get(id, 2).unwrap(), Some(200));
     }
 
     #[test]
