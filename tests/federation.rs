@@ -545,6 +545,16 @@ async fn deactivating_a_user_and_shutting_a_room_down_reach_the_other_server() {
     }
     alice.send_text(&room, "everyone here").await;
     wait_for_text(&carol, &room, "everyone here").await;
+    // Carol has encryption keys that A has fetched.
+    carol
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            json!({ "device_keys": device_keys(&carol.user_id, &carol.device_id, "carol-curve") }),
+        )
+        .await;
+    let q = alice.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { carol.user_id.clone(): [] } })).await;
+    assert!(q["device_keys"][&carol.user_id].get(&carol.device_id).is_some(), "{q}");
+    assert_eq!(a.engine.e2ee.device_keys(&carol.user_id).unwrap().len(), 1, "A keeps what it fetched");
 
     // The operator of B deactivates carol through the admin socket.
     let data_dir = b.engine.config.data_dir.clone();
@@ -557,6 +567,13 @@ async fn deactivating_a_user_and_shutting_a_room_down_reach_the_other_server() {
     wait_until_not_joined(&alice, &room, "@carol:b.test").await;
     let who = carol.request(Method::GET, "/_matrix/client/v3/account/whoami", None).await;
     assert_eq!(who.status, StatusCode::UNAUTHORIZED, "a deactivated user's token is dead");
+    // Her device's keys are gone from B and, told by a device-list update, from A's copy too.
+    assert!(b.engine.e2ee.device_keys(&carol.user_id).unwrap().is_empty());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !a.engine.e2ee.device_keys(&carol.user_id).unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "A still holds carol's device keys");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     // Then shuts the room down on B: bob leaves, visibly on A, and cannot come back.
     let answer = myelin_api::admin::request(&data_dir, &json!({ "op": "room_shutdown", "room_id": room }))

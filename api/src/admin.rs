@@ -219,10 +219,34 @@ pub async fn user_op(engine: &Engine, op: &str, req: &Value) -> Result<Value, St
 /// account. The leaves are ordinary events, so they reach every other server
 /// in those rooms through the federation queue. Returns how many rooms were left.
 pub async fn deactivate_user(engine: &Engine, user: &ruma::UserId) -> Result<usize, String> {
+    forget_device_keys(engine, user).await?;
     let left = leave_rooms(engine, user, None).await?;
     engine.users.deactivate(user).await.map_err(|e| e.to_string())?;
     tracing::info!(user_id = %user, rooms_left = left, "user deactivated");
     Ok(left)
+}
+
+/// Deletes the encryption keys of every device of `user` and tells the servers
+/// sharing a room with them (before the leaves, while they still share one).
+async fn forget_device_keys(engine: &Engine, user: &ruma::UserId) -> Result<(), String> {
+    let mut servers = std::collections::BTreeSet::new();
+    for (room, m) in engine.rooms.rooms_of(user.as_str()).map_err(|e| e.to_string())? {
+        if m.membership == "join" {
+            servers.extend(engine.rooms.joined_servers_now(&room).unwrap_or_default());
+        }
+    }
+    servers.remove(engine.server_name.as_str());
+    let servers: Vec<String> = servers.into_iter().collect();
+    for (device, _) in engine.users.devices(user.as_str()).map_err(|e| e.to_string())? {
+        if engine.e2ee.remove_device(user.as_str(), &device).await.map_err(|e| e.to_string())? && !servers.is_empty() {
+            let stream_id = engine.e2ee.last_change_of(user.as_str(), u64::MAX).ok().flatten().unwrap_or(0);
+            let edu = serde_json::json!({ "edu_type": "m.device_list_update", "content": {
+                "user_id": user, "device_id": device, "stream_id": stream_id, "prev_id": [], "deleted": true,
+            }});
+            engine.rooms.queue_edu(&servers, &edu).await.map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
 }
 
 /// Shuts a room down here: marks it so no local user can join or be invited
