@@ -416,3 +416,31 @@ async fn push_rules_can_be_changed_and_drive_counts_and_notifications() {
     assert!(!r.status.is_success(), "server-default rules cannot be removed");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn presence_reaches_the_sync_of_users_sharing_a_room_only() {
+    let s = TestServer::open("localhost").await;
+    let (alice, bob, _room) = room_with_bob(&s).await;
+    let stranger = s.register("stranger").await;
+    let bob_since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let stranger_since = stranger.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    alice
+        .put(
+            &format!("/_matrix/client/v3/presence/{}/status", enc(&alice.user_id)),
+            json!({ "presence": "unavailable", "status_msg": "lunch" }),
+        )
+        .await;
+    let got = bob.sync(Some(&bob_since), 5_000).await;
+    let events = got["presence"]["events"].as_array().cloned().unwrap_or_default();
+    let e = events.iter().find(|e| e["sender"] == alice.user_id.as_str()).unwrap_or_else(|| panic!("{got}"));
+    assert_eq!(e["type"], "m.presence");
+    assert_eq!(e["content"]["presence"], "unavailable");
+    assert_eq!(e["content"]["status_msg"], "lunch");
+    let other = stranger.sync(Some(&stranger_since), 0).await;
+    assert_eq!(other["presence"]["events"], json!([]), "no shared room, no presence: {other}");
+    // Once seen, it is not sent again.
+    let next = got["next_batch"].as_str().unwrap();
+    let again = bob.sync(Some(next), 0).await;
+    assert_eq!(again["presence"]["events"], json!([]));
+    s.stop().await;
+}

@@ -5,7 +5,7 @@
 //! `m.typing` ephemeral event in `/sync`. §"Presence": `online`, `offline`,
 //! `unavailable` with an optional status message.
 //!
-//! Typing changes carry their own serial (the `_<n>` part of sync tokens),
+//! Typing and presence changes carry their own serial (the `_<n>` part of sync tokens),
 //! separate from the durable stream: they are never stored and may be lost
 //! on restart, which the spec allows for ephemeral data.
 
@@ -40,6 +40,8 @@ pub struct Presence {
     pub status_msg: Option<String>,
     /// When it was last set.
     pub since: Instant,
+    /// The serial of the change (shared with typing; in sync tokens).
+    pub changed: u64,
 }
 
 /// Typing and presence of one server.
@@ -134,8 +136,17 @@ impl Ephemeral {
 
     /// Sets a user's presence.
     pub fn set_presence(&self, user: &UserId, state: &str, status_msg: Option<String>) {
-        let presence = Presence { state: state.to_owned(), status_msg, since: Instant::now() };
-        self.presence.lock().insert(user.to_owned(), presence);
+        let mut all = self.presence.lock();
+        let changed = self.serial.fetch_add(1, Ordering::SeqCst) + 1;
+        all.insert(user.to_owned(), Presence { state: state.to_owned(), status_msg, since: Instant::now(), changed });
+        drop(all);
+        // Wakes long-polling syncs, like a typing change.
+        self.notify.send_replace(changed);
+    }
+
+    /// Presences set after serial `after` (every known one for 0).
+    pub fn presence_since(&self, after: u64) -> Vec<(OwnedUserId, Presence)> {
+        self.presence.lock().iter().filter(|(_, p)| p.changed > after).map(|(u, p)| (u.clone(), p.clone())).collect()
     }
 
     /// A user's presence, if they ever set one since start.

@@ -14,7 +14,8 @@
 //! with `limited`/`prev_batch`; state: the full current state on the first
 //! sync of a room, after a gap or with `full_state`), `rooms.invite` (stripped
 //! state), `rooms.leave` (the leave, on incremental syncs), `rooms.knock`,
-//! global and per-room account data newer than the token, and to-device
+//! global and per-room account data newer than the token, `m.presence` of
+//! users sharing a room (changes since the token), and to-device
 //! messages for the syncing device (deleted once a later sync acknowledges
 //! them by passing a newer token). Timeline events pass the history
 //! visibility rules (`Rooms::visible_to`). Filters: timeline `limit`,
@@ -286,9 +287,11 @@ impl Engine {
             Some(s) => self.device_list_changes(user, s, upto, &joined_rooms, member_joins, member_leaves)?,
             None => (Vec::new(), Vec::new()),
         };
+        let presence = self.presence_events(user, since_typing, &joined_rooms)?;
         let otk_counts = self.e2ee.one_time_key_counts(user.as_str(), &req.device_id).map_err(e2ee_err)?;
         let fallback_types = self.e2ee.unused_fallback_types(user.as_str(), &req.device_id).map_err(e2ee_err)?;
         let has_news = !changed.is_empty()
+            || !presence.is_empty()
             || !left.is_empty()
             || !join.is_empty()
             || !invite.is_empty()
@@ -300,7 +303,7 @@ impl Engine {
             "next_batch": format!("s{upto}_{typing_serial}"),
             "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
             "account_data": { "events": data.global },
-            "presence": { "events": [] },
+            "presence": { "events": presence },
             "to_device": { "events": to_device },
             "device_lists": { "changed": changed, "left": left },
             "device_one_time_keys_count": otk_counts,
@@ -430,6 +433,36 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// `m.presence` events of the user and of users sharing a room with them, set after
+    /// the token's serial (all known ones on a first sync).
+    fn presence_events(
+        &self,
+        user: &UserId,
+        since_serial: u64,
+        joined_rooms: &[ruma::OwnedRoomId],
+    ) -> Result<Vec<JsonValue>, EngineError> {
+        if !self.config.presence.enabled {
+            return Ok(Vec::new());
+        }
+        let now = std::time::Instant::now();
+        let mut out = Vec::new();
+        for (who, p) in self.ephemeral.presence_since(since_serial) {
+            if who != user && !self.shares_room(who.as_str(), joined_rooms)? {
+                continue;
+            }
+            let mut content = json!({
+                "presence": p.state,
+                "last_active_ago": now.saturating_duration_since(p.since).as_millis() as u64,
+                "currently_active": p.state == "online",
+            });
+            if let Some(m) = p.status_msg {
+                content["status_msg"] = json!(m);
+            }
+            out.push(json!({ "type": "m.presence", "sender": who, "content": content }));
+        }
+        Ok(out)
     }
 
     /// Whether `who` is joined to one of `rooms`.
