@@ -102,7 +102,8 @@ pub struct ToDevice {
 }
 impl Stored for ToDevice {}
 const FILTERS: Table<(String, u64), Raw> = Table::new(&catalog::USERFILTER_FILTER);
-const TXNS: Table<(String, String, String), String> = Table::new(&catalog::USERDEVICETXN_EVENTID);
+/// `(user, device, transaction id)` → event id (written with the event by the rooms engine).
+pub(crate) const TXNS: Table<(String, String, String), String> = Table::new(&catalog::USERDEVICETXN_EVENTID);
 
 /// Why a user operation failed; the API maps these to Matrix error codes.
 #[derive(Debug, thiserror::Error)]

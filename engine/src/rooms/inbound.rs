@@ -292,7 +292,7 @@ impl Rooms {
             state: snapshot,
             servers: self.joined_servers(snapshot, None)?,
         };
-        let (appended, pending) = self.append_with(&mut head, join, Some(StateRef::Stored(snapshot)))?;
+        let (appended, pending) = self.append_with(&mut head, join, Some(StateRef::Stored(snapshot)), None)?;
         *guard = Some(head);
         drop(guard);
         self.settle(&room_id, pending).await?;

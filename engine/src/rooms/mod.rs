@@ -318,6 +318,19 @@ impl Rooms {
 
     /// Sends an event as a local user on top of the room's forward extremities.
     pub async fn send(&self, sender: &UserId, room_id: &RoomId, event: NewEvent) -> Result<ArcPdu, RoomError> {
+        self.send_for_txn(sender, room_id, event, None).await
+    }
+
+    /// [`Rooms::send`] for a client transaction: the `(device, transaction id) → event`
+    /// row is written in the event's own batch, so a retried request finds the event
+    /// exactly when it exists, and the send costs one durable write, not two.
+    pub async fn send_for_txn(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        event: NewEvent,
+        txn: Option<(&str, &str)>,
+    ) -> Result<ArcPdu, RoomError> {
         let lock = self.lock_of(room_id);
         let mut guard = lock.lock().await;
         if guard.is_none() {
@@ -327,7 +340,8 @@ impl Rooms {
         let prev: Vec<OwnedEventId> = head.extremities.iter().rev().take(20).map(|(_, id)| id.clone()).collect();
         let state = StateRef::Stored(head.state);
         let pdu = self.build(head, sender, &event, prev, &state)?;
-        let (pdu, pending) = self.append_locked(head, pdu)?;
+        let txn_row = txn.map(|(device, id)| (sender.to_string(), device.to_owned(), id.to_owned()));
+        let (pdu, pending) = self.append_with(head, pdu, None, txn_row)?;
         drop(guard);
         self.settle(room_id, pending).await?;
         Ok(pdu)
@@ -416,7 +430,7 @@ impl Rooms {
     }
 
     fn append_locked(&self, head: &mut Head, pdu: Pdu) -> Result<(ArcPdu, myelin_storage::Pending), RoomError> {
-        self.append_with(head, pdu, None)
+        self.append_with(head, pdu, None, None)
     }
 
     /// Appends with an explicitly known state before the event (a join over
@@ -438,6 +452,7 @@ impl Rooms {
         head: &mut Head,
         pdu: Pdu,
         state_override: Option<StateRef>,
+        client_txn: Option<(String, String, String)>,
     ) -> Result<(ArcPdu, myelin_storage::Pending), RoomError> {
         let is_create = pdu.kind == TimelineEventType::RoomCreate;
         let tolerate_gaps = state_override.is_some();
@@ -513,6 +528,9 @@ impl Rooms {
             EventMeta { room, depth: pdu.depth, count, flags: 0, state_before: state_before.unwrap_or(0), state_after };
         META.put(&mut batch, &short, &meta)?;
         TIMELINE.put(&mut batch, &(room, count), &short)?;
+        if let Some(key) = &client_txn {
+            crate::users::TXNS.put(&mut batch, key, &pdu.event_id.to_string())?;
+        }
         for prev in &prev_shorts {
             EDGES.put(&mut batch, &(*prev, short), &())?;
             EXTREMITIES.delete(&mut batch, &(room, *prev));

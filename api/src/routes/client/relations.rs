@@ -82,8 +82,7 @@ pub fn redact(cx: Ctx, req: Req) -> HandlerFuture {
         }
         let event =
             NewEvent { kind: TimelineEventType::RoomRedaction, state_key: None, content, redacts: Some(target) };
-        let sent = cx.engine.rooms.send(&me.user_id, &room, event).await?;
-        cx.engine.users.set_txn_event(me.user_id.as_str(), &me.device_id, &txn, sent.event_id.as_str()).await?;
+        let sent = cx.engine.rooms.send_for_txn(&me.user_id, &room, event, Some((&me.device_id, &txn))).await?;
         Ok(ok_json(&json!({ "event_id": sent.event_id })))
     })
 }

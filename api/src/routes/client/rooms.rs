@@ -453,9 +453,8 @@ pub fn send(cx: Ctx, req: Req) -> HandlerFuture {
             return Err(ApiError::bad_json("event content must be a JSON object"));
         }
         super::relations::check_relation(&cx, &me, &room, &content)?;
-        let pdu =
-            cx.engine.rooms.send(&me.user_id, &room, NewEvent::message(TimelineEventType::from(kind), content)).await?;
-        cx.engine.users.set_txn_event(me.user_id.as_str(), &me.device_id, &txn, pdu.event_id.as_str()).await?;
+        let event = NewEvent::message(TimelineEventType::from(kind), content);
+        let pdu = cx.engine.rooms.send_for_txn(&me.user_id, &room, event, Some((&me.device_id, &txn))).await?;
         Ok(ok_json(&json!({ "event_id": pdu.event_id })))
     })
 }
