@@ -60,6 +60,8 @@ pub struct Engine {
     pub backoffs: federation::backoff::Backoffs,
     /// Inbound transactions already processed.
     pub seen_txns: federation::txns::SeenTxns,
+    /// Push verdicts and member counts behind unread counts.
+    pub unread: receipts::UnreadCache,
 }
 
 impl Engine {
@@ -110,6 +112,7 @@ impl Engine {
             policy,
             backoffs,
             seen_txns,
+            unread: receipts::UnreadCache::default(),
         }))
     }
 

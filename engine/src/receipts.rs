@@ -26,6 +26,28 @@ pub struct Receipt {
 }
 impl Stored for Receipt {}
 
+/// Push verdicts and member counts remembered between syncs.
+///
+/// A `/sync` reports unread counts for every joined room, so the same events
+/// were evaluated against the same push rules on every sync of every member.
+/// Each verdict is computed once per (user, event) and kept (as Synapse keeps
+/// push actions from when an event arrived); a room's joined-member count once
+/// per state snapshot.
+pub struct UnreadCache {
+    verdicts: parking_lot::Mutex<lru::LruCache<(String, i64), (bool, bool)>>,
+    members: parking_lot::Mutex<lru::LruCache<u64, usize>>,
+}
+
+impl Default for UnreadCache {
+    fn default() -> Self {
+        let cap = |n| std::num::NonZeroUsize::new(n).unwrap_or(std::num::NonZeroUsize::MIN);
+        Self {
+            verdicts: parking_lot::Mutex::new(lru::LruCache::new(cap(200_000))),
+            members: parking_lot::Mutex::new(lru::LruCache::new(cap(4096))),
+        }
+    }
+}
+
 /// `(room, user, receipt type, thread id or "")` → receipt.
 const RECEIPTS: Table<(String, String, String, String), Receipt> = Table::new(&catalog::ROOMUSERTYPE_RECEIPT);
 
@@ -96,12 +118,25 @@ impl Engine {
         if events.iter().all(|(_, p)| p.sender == user) {
             return Ok((0, 0));
         }
+        let (mut notes, mut highlights) = (0, 0);
+        let mut unknown = Vec::new();
+        {
+            let mut cache = self.unread.verdicts.lock();
+            for (count, pdu) in events {
+                match cache.get(&(user.to_string(), count)) {
+                    Some(&(notify, highlight)) => {
+                        notes += u64::from(notify);
+                        highlights += u64::from(highlight);
+                    }
+                    None => unknown.push((count, pdu)),
+                }
+            }
+        }
+        if unknown.is_empty() {
+            return Ok((notes, highlights));
+        }
         let rules = self.push_rules(user)?;
-        let state = self.rooms.current_state(room).map_err(|e| EngineError::Rooms(e.to_string()))?;
-        let members = state
-            .iter()
-            .filter(|p| p.kind.to_string() == "m.room.member" && p.content_value()["membership"] == "join")
-            .count();
+        let members = self.joined_member_count(room)?;
         let name = self
             .users
             .profile(user.as_str())
@@ -109,12 +144,27 @@ impl Engine {
             .flatten()
             .and_then(|p| p.displayname)
             .unwrap_or_else(|| user.localpart().to_owned());
-        let (mut notes, mut highlights) = (0, 0);
-        for (_, pdu) in events {
+        for (count, pdu) in unknown {
             let verdict = self.evaluate(&rules, user, room, members, &name, &pdu).await;
             notes += u64::from(verdict.notify);
             highlights += u64::from(verdict.highlight);
+            self.unread.verdicts.lock().put((user.to_string(), count), (verdict.notify, verdict.highlight));
         }
         Ok((notes, highlights))
+    }
+
+    /// Joined members of the room's current state (counted once per snapshot).
+    fn joined_member_count(&self, room: &RoomId) -> Result<usize, EngineError> {
+        let snapshot = self.rooms.current_snapshot(room).map_err(|e| EngineError::Rooms(e.to_string()))?;
+        if let Some(&n) = self.unread.members.lock().get(&snapshot) {
+            return Ok(n);
+        }
+        let state = self.rooms.current_state(room).map_err(|e| EngineError::Rooms(e.to_string()))?;
+        let n = state
+            .iter()
+            .filter(|p| p.kind.to_string() == "m.room.member" && p.content_value()["membership"] == "join")
+            .count();
+        self.unread.members.lock().put(snapshot, n);
+        Ok(n)
     }
 }
