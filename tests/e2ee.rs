@@ -3,18 +3,8 @@
 //! cross-signing with user-interactive auth, signatures, deleted devices.
 
 use http::{Method, StatusCode};
-use myelin_suite::{Client, TestServer, enc};
+use myelin_suite::{Client, TestServer, device_keys, enc};
 use serde_json::{Value, json};
-
-fn device_keys(user: &str, device: &str, curve: &str) -> Value {
-    json!({
-        "user_id": user,
-        "device_id": device,
-        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
-        "keys": { format!("curve25519:{device}"): curve, format!("ed25519:{device}"): format!("ed-{curve}") },
-        "signatures": { user: { format!("ed25519:{device}"): format!("sig-{curve}") } },
-    })
-}
 
 async fn pair(s: &TestServer) -> (Client, Client) {
     let (alice, bob) = (s.register("alice").await, s.register("bob").await);

@@ -3,7 +3,7 @@
 
 use http::{Method, StatusCode};
 use myelin_engine::{federation::xmatrix, keys::ServerKeys};
-use myelin_suite::{TestServer, enc, federation_pair, https, https_with};
+use myelin_suite::{TestServer, device_keys, enc, federation_pair, https, https_with};
 use serde_json::json;
 
 #[tokio::test]
@@ -1200,17 +1200,6 @@ async fn to_device_messages_reach_a_device_on_another_server() {
     }
     a.stop().await;
     b.stop().await;
-}
-
-/// Device keys as a client would upload them (the server never checks the signature bytes).
-fn device_keys(user: &str, device: &str, curve: &str) -> serde_json::Value {
-    json!({
-        "user_id": user,
-        "device_id": device,
-        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
-        "keys": { format!("curve25519:{device}"): curve, format!("ed25519:{device}"): format!("ed-{curve}") },
-        "signatures": { user: { format!("ed25519:{device}"): format!("sig-{curve}") } },
-    })
 }
 
 /// Syncs from `since` until `check` accepts a response; returns it.

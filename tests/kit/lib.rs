@@ -406,3 +406,14 @@ pub async fn federation_pair(
     .await;
     (a, b)
 }
+
+/// Device keys as a client would upload them (servers never check the signature bytes).
+pub fn device_keys(user: &str, device: &str, curve: &str) -> serde_json::Value {
+    serde_json::json!({
+        "user_id": user,
+        "device_id": device,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": { format!("curve25519:{device}"): curve, format!("ed25519:{device}"): format!("ed-{curve}") },
+        "signatures": { user: { format!("ed25519:{device}"): format!("sig-{curve}") } },
+    })
+}

@@ -140,35 +140,9 @@ impl Rooms {
         let rules = super::version::rules(&self.room_version(&pdu.room_id)?)?;
         let mut batch = Batch::new();
         let room = self.room_ids.get_or_create(&self.db, &mut batch, pdu.room_id.as_str())?;
-        let mut entries = Vec::with_capacity(state.len());
-        let mut seen = std::collections::HashSet::new();
-        for p in auth_chain.iter().chain(state.iter()) {
-            if p.room_id != pdu.room_id || !seen.insert(p.event_id.clone()) {
-                continue;
-            }
-            let short = self.event_ids.get_or_create(&self.db, &mut batch, p.event_id.as_str())?;
-            if !META.contains(&*self.db, &short)? {
-                PDUS.put(&mut batch, &short, &Raw(p.to_bytes()))?;
-                META.put(
-                    &mut batch,
-                    &short,
-                    &EventMeta { room, depth: p.depth, count: 0, flags: OUTLIER, state_before: 0, state_after: 0 },
-                )?;
-            }
-        }
-        for p in &state {
-            let Some(key) = &p.state_key else { continue };
-            if p.room_id != pdu.room_id {
-                continue;
-            }
-            let name = super::state_key_string(&p.kind.to_string(), key);
-            let ssk = self.state_keys.get_or_create(&self.db, &mut batch, &name)?;
-            let short = self.event_ids.get_or_create(&self.db, &mut batch, p.event_id.as_str())?;
-            entries.push((ssk, short));
-        }
-        entries.sort_unstable();
-        entries.dedup_by_key(|e| e.0);
-        let snapshot = self.states.store(&mut batch, entries, None)?;
+        let state: Vec<Pdu> = state.into_iter().filter(|p| p.room_id == pdu.room_id).collect();
+        let auth_chain: Vec<Pdu> = auth_chain.into_iter().filter(|p| p.room_id == pdu.room_id).collect();
+        let snapshot = self.store_outlier_state(&mut batch, room, &state, &auth_chain)?;
         self.db.commit(batch).await?;
         // The outliers must be readable (by id) before authorization looks them up.
         let before = StateRef::Stored(snapshot);
@@ -176,6 +150,44 @@ impl Rooms {
         let flags = if allowed { OUTLIER } else { OUTLIER | REJECTED };
         self.store_flagged(pdu, flags, Some(before)).await?;
         Ok(allowed)
+    }
+
+    /// Adds `auth_chain` and `state` to `batch` as outliers (those not stored yet)
+    /// and `state` as a snapshot, whose id it returns: what a server reported as a
+    /// room's state (a `send_join` answer, `/state_ids` at an event).
+    fn store_outlier_state(
+        &self,
+        batch: &mut Batch,
+        room: u64,
+        state: &[Pdu],
+        auth_chain: &[Pdu],
+    ) -> Result<u64, RoomError> {
+        let mut seen = std::collections::HashSet::new();
+        for p in auth_chain.iter().chain(state.iter()) {
+            if !seen.insert(p.event_id.clone()) {
+                continue;
+            }
+            let short = self.event_ids.get_or_create(&self.db, batch, p.event_id.as_str())?;
+            if !META.contains(&*self.db, &short)? {
+                PDUS.put(batch, &short, &Raw(p.to_bytes()))?;
+                META.put(
+                    batch,
+                    &short,
+                    &EventMeta { room, depth: p.depth, count: 0, flags: OUTLIER, state_before: 0, state_after: 0 },
+                )?;
+            }
+        }
+        let mut entries = Vec::with_capacity(state.len());
+        for p in state {
+            let Some(key) = &p.state_key else { continue };
+            let name = super::state_key_string(&p.kind.to_string(), key);
+            let ssk = self.state_keys.get_or_create(&self.db, batch, &name)?;
+            let short = self.event_ids.get_or_create(&self.db, batch, p.event_id.as_str())?;
+            entries.push((ssk, short));
+        }
+        entries.sort_unstable();
+        entries.dedup_by_key(|e| e.0);
+        self.states.store(batch, entries, None)
     }
 
     /// Stores an event whose place in the DAG is unknown (auth events of a join, say).
@@ -252,32 +264,7 @@ impl Rooms {
         // 1. The auth chain and the state, as outliers; the state as a snapshot.
         let mut batch = Batch::new();
         let room = self.room_ids.get_or_create(&self.db, &mut batch, room_id.as_str())?;
-        let mut entries = Vec::with_capacity(state.len());
-        let mut stored = std::collections::HashSet::new();
-        for pdu in auth_chain.iter().chain(state.iter()) {
-            if !stored.insert(pdu.event_id.clone()) {
-                continue;
-            }
-            let short = self.event_ids.get_or_create(&self.db, &mut batch, pdu.event_id.as_str())?;
-            if !META.contains(&*self.db, &short)? {
-                PDUS.put(&mut batch, &short, &Raw(pdu.to_bytes()))?;
-                META.put(
-                    &mut batch,
-                    &short,
-                    &EventMeta { room, depth: pdu.depth, count: 0, flags: OUTLIER, state_before: 0, state_after: 0 },
-                )?;
-            }
-        }
-        for pdu in &state {
-            let Some(key) = &pdu.state_key else { continue };
-            let name = super::state_key_string(&pdu.kind.to_string(), key);
-            let ssk = self.state_keys.get_or_create(&self.db, &mut batch, &name)?;
-            let short = self.event_ids.get_or_create(&self.db, &mut batch, pdu.event_id.as_str())?;
-            entries.push((ssk, short));
-        }
-        entries.sort_unstable();
-        entries.dedup_by_key(|e| e.0);
-        let snapshot = self.states.store(&mut batch, entries, None)?;
+        let snapshot = self.store_outlier_state(&mut batch, room, &state, &auth_chain)?;
         ROOMS.put(&mut batch, &room, &RoomInfo { version: version.to_string(), state: snapshot, depth: join.depth })?;
         self.db.commit(batch).await?;
         self.versions.lock().insert(room, rules.clone());

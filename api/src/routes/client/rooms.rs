@@ -219,17 +219,22 @@ async fn set_membership(
     Ok(pdu.event_id.to_string())
 }
 
+/// A room id, or an alias resolved (here or on its server) to a room id and the
+/// servers that can be asked about it.
+async fn room_or_alias(cx: &Ctx, target: &str) -> Result<(ruma::OwnedRoomId, Vec<String>), ApiError> {
+    if target.starts_with('#') {
+        super::directory::resolve_alias(cx, target).await
+    } else {
+        Ok((RoomId::parse(target).map_err(|e| ApiError::invalid_param(format!("room id: {e}")))?, Vec::new()))
+    }
+}
+
 /// POST /_matrix/client/v3/rooms/{roomId}/join and /join/{roomIdOrAlias}
 pub fn join(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
         cx.limiter.check(&me.user_id)?;
-        let target = req.param("room_id")?;
-        let (room, alias_servers) = if target.starts_with('#') {
-            super::directory::resolve_alias(&cx, target).await?
-        } else {
-            (RoomId::parse(target).map_err(|e| ApiError::invalid_param(format!("room id: {e}")))?, Vec::new())
-        };
+        let (room, alias_servers) = room_or_alias(&cx, req.param("room_id")?).await?;
         if cx.engine.rooms.is_shutdown(&room)? {
             return Err(ApiError::forbidden(format!("{room} has been shut down on this server")));
         }
@@ -295,12 +300,7 @@ pub fn knock(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
         cx.limiter.check(&me.user_id)?;
-        let target = req.param("room_id")?;
-        let (room, alias_servers) = if target.starts_with('#') {
-            super::directory::resolve_alias(&cx, target).await?
-        } else {
-            (RoomId::parse(target).map_err(|e| ApiError::invalid_param(format!("room id: {e}")))?, Vec::new())
-        };
+        let (room, alias_servers) = room_or_alias(&cx, req.param("room_id")?).await?;
         let body: ReasonBody = if req.body.is_empty() { ReasonBody::default() } else { parse_json(&req.body)? };
         if cx.engine.rooms.is_local_room(&room) {
             set_membership(&cx, &me, &room, &me.user_id.clone(), "knock", body.reason).await?;
