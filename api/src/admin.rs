@@ -239,7 +239,7 @@ async fn forget_device_keys(engine: &Engine, user: &ruma::UserId) -> Result<(), 
     let servers: Vec<String> = servers.into_iter().collect();
     for (device, _) in engine.users.devices(user.as_str()).map_err(|e| e.to_string())? {
         if engine.e2ee.remove_device(user.as_str(), &device).await.map_err(|e| e.to_string())? && !servers.is_empty() {
-            let stream_id = engine.e2ee.last_change_of(user.as_str(), u64::MAX).ok().flatten().unwrap_or(0);
+            let stream_id = engine.stream.current();
             let edu = serde_json::json!({ "edu_type": "m.device_list_update", "content": {
                 "user_id": user, "device_id": device, "stream_id": stream_id, "prev_id": [], "deleted": true,
             }});

@@ -486,19 +486,6 @@ impl E2ee {
         }
         Ok(out)
     }
-
-    /// The latest position at which `user`'s device list changed, searching back from `upto`.
-    pub fn last_change_of(&self, user: &str, upto: u64) -> Result<Option<u64>, E2eeError> {
-        // The log is ordered by position; a user's rows are rare, so scan back a bounded window.
-        for row in CHANGES.range(&*self.db, ..(upto.saturating_add(1), String::new()), Direction::Reverse)?.take(10_000)
-        {
-            let ((pos, who), _) = row?;
-            if who == user {
-                return Ok(Some(pos));
-            }
-        }
-        Ok(None)
-    }
 }
 
 #[cfg(test)]

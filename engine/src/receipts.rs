@@ -120,10 +120,11 @@ impl Engine {
         }
         let (mut notes, mut highlights) = (0, 0);
         let mut unknown = Vec::new();
+        let who = user.to_string();
         {
             let mut cache = self.unread.verdicts.lock();
             for (count, pdu) in events {
-                match cache.get(&(user.to_string(), count)) {
+                match cache.get(&(who.clone(), count)) {
                     Some(&(notify, highlight)) => {
                         notes += u64::from(notify);
                         highlights += u64::from(highlight);
@@ -148,7 +149,7 @@ impl Engine {
             let verdict = self.evaluate(&rules, user, room, members, &name, &pdu).await;
             notes += u64::from(verdict.notify);
             highlights += u64::from(verdict.highlight);
-            self.unread.verdicts.lock().put((user.to_string(), count), (verdict.notify, verdict.highlight));
+            self.unread.verdicts.lock().put((who.clone(), count), (verdict.notify, verdict.highlight));
         }
         Ok((notes, highlights))
     }

@@ -120,6 +120,13 @@ async fn register(conn: &mut Conn, name: &str) -> Result<(String, String), Strin
     }
 }
 
+/// Creates a public room with `extra` creation fields; returns its id.
+async fn public_room(conn: &mut Conn, token: &str, mut extra: Value) -> Result<String, String> {
+    extra["preset"] = json!("public_chat");
+    let j = conn.ok(Method::POST, "/_matrix/client/v3/createRoom", Some(token), Some(extra)).await?;
+    Ok(j["room_id"].as_str().ok_or("createRoom without room_id")?.to_owned())
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -150,15 +157,7 @@ pub async fn send(base: &str, rooms: usize, clients: usize, messages: usize) -> 
     let (owner_token, _) = register(&mut setup, &format!("bench{id}owner")).await?;
     let mut room_ids = Vec::new();
     for i in 0..rooms {
-        let j = setup
-            .ok(
-                Method::POST,
-                "/_matrix/client/v3/createRoom",
-                Some(&owner_token),
-                Some(json!({ "preset": "public_chat", "name": format!("bench {id} {i}") })),
-            )
-            .await?;
-        room_ids.push(j["room_id"].as_str().ok_or("createRoom without room_id")?.to_owned());
+        room_ids.push(public_room(&mut setup, &owner_token, json!({ "name": format!("bench {id} {i}") })).await?);
     }
     let mut senders = Vec::new();
     for c in 0..clients {
@@ -241,12 +240,7 @@ pub async fn script(base: &str, lines: usize) -> Result<Duration, String> {
     let mut b = Conn::open(base).await?;
     let (ta, _) = register(&mut a, &format!("bench{id}romeo")).await?;
     let (tb, _) = register(&mut b, &format!("bench{id}juliet")).await?;
-    let room = a
-        .ok(Method::POST, "/_matrix/client/v3/createRoom", Some(&ta), Some(json!({ "preset": "public_chat" })))
-        .await?["room_id"]
-        .as_str()
-        .ok_or("createRoom without room_id")?
-        .to_owned();
+    let room = public_room(&mut a, &ta, json!({})).await?;
     b.ok(Method::POST, &format!("/_matrix/client/v3/join/{}", enc(&room)), Some(&tb), Some(json!({}))).await?;
     eprintln!("bench script: {lines} alternating lines at {base}");
     let start = Instant::now();
@@ -280,12 +274,7 @@ pub async fn fanout(base: &str, receivers: usize, messages: usize) -> Result<Fan
     let id = run_id();
     let mut sender = Conn::open(base).await?;
     let (st, _) = register(&mut sender, &format!("bench{id}speaker")).await?;
-    let room = sender
-        .ok(Method::POST, "/_matrix/client/v3/createRoom", Some(&st), Some(json!({ "preset": "public_chat" })))
-        .await?["room_id"]
-        .as_str()
-        .ok_or("createRoom without room_id")?
-        .to_owned();
+    let room = public_room(&mut sender, &st, json!({})).await?;
     let epoch = Instant::now();
     let mut tasks = Vec::new();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(receivers.max(1));
@@ -380,12 +369,7 @@ pub async fn federation(
     let mut b = Conn::open(url_b).await?;
     let (ta, _) = register(&mut a, &format!("bench{id}fa")).await?;
     let (tb, _) = register(&mut b, &format!("bench{id}fb")).await?;
-    let room = a
-        .ok(Method::POST, "/_matrix/client/v3/createRoom", Some(&ta), Some(json!({ "preset": "public_chat" })))
-        .await?["room_id"]
-        .as_str()
-        .ok_or("createRoom without room_id")?
-        .to_owned();
+    let room = public_room(&mut a, &ta, json!({})).await?;
     b.ok(
         Method::POST,
         &format!("/_matrix/client/v3/join/{}?server_name={}", enc(&room), enc(server_a)),
@@ -492,12 +476,7 @@ pub async fn join(url_a: &str, url_b: &str, server_a: &str, members: usize) -> R
     let id = run_id();
     let mut a = Conn::open(url_a).await?;
     let (owner, _) = register(&mut a, &format!("bench{id}jo")).await?;
-    let room = a
-        .ok(Method::POST, "/_matrix/client/v3/createRoom", Some(&owner), Some(json!({ "preset": "public_chat" })))
-        .await?["room_id"]
-        .as_str()
-        .ok_or("createRoom without room_id")?
-        .to_owned();
+    let room = public_room(&mut a, &owner, json!({})).await?;
     // Setup (not timed): members register and join on A, 8 at a time.
     eprintln!("bench join: filling a room on {url_a} with {members} members");
     let started = Instant::now();

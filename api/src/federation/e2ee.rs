@@ -13,7 +13,8 @@
 //!
 //! Our updates carry no `prev_id` chain: a receiver that tracks the list
 //! (Synapse) then re-fetches the whole list from `/user/devices`, which is
-//! correct if one extra request per change.
+//! correct if one extra request per change. So `stream_id` only has to
+//! increase: it is the current stream position, at or after every change.
 
 use ruma::UserId;
 use serde_json::{Value as JsonValue, json};
@@ -28,7 +29,8 @@ use crate::{
 
 /// Tells every server sharing a room with `user` that `device` changed (or is gone).
 pub async fn announce_device(cx: &Ctx, user: &UserId, device: &str, deleted: bool) {
-    let stream_id = cx.engine.e2ee.last_change_of(user.as_str(), u64::MAX).ok().flatten().unwrap_or(0);
+    // Any increasing number will do: with no `prev_id` chain the receiver re-fetches.
+    let stream_id = cx.engine.stream.current();
     let mut content = json!({
         "user_id": user, "device_id": device, "stream_id": stream_id, "prev_id": [], "deleted": deleted,
     });
@@ -86,7 +88,8 @@ pub fn user_devices(cx: Ctx, req: Req) -> HandlerFuture {
             entry["keys"] = keys;
             devices.push(entry);
         }
-        let stream_id = cx.engine.e2ee.last_change_of(user.as_str(), u64::MAX)?.unwrap_or(0);
+        // At or after the user's last device-list change, and increasing.
+        let stream_id = cx.engine.stream.current();
         let mut body = json!({ "user_id": user, "stream_id": stream_id, "devices": devices });
         for (usage, field) in [("master", "master_key"), ("self_signing", "self_signing_key")] {
             if let Some(k) = cx.engine.e2ee.cross_signing_key(user.as_str(), usage)? {
