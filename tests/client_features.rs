@@ -218,6 +218,47 @@ async fn typing_wakes_the_other_user_and_expires() {
     s.stop().await;
 }
 
+fn unread(sync: &Value, room: &str) -> Value {
+    sync["rooms"]["join"][room]["unread_notifications"].clone()
+}
+
+#[tokio::test]
+async fn unread_counts_follow_each_sync_and_each_receipt() {
+    let s = TestServer::open("localhost").await;
+    let (alice, bob, room) = room_with_bob(&s).await;
+    let first = bob.sync(None, 0).await;
+    let mut since = first["next_batch"].as_str().unwrap().to_owned();
+    let mention = json!({ "msgtype": "m.text", "body": "bob: look", "m.mentions": { "user_ids": ["@bob:localhost"] } });
+    let mut ids = Vec::new();
+    // Counts carried from one incremental sync to the next, each adding what arrived since.
+    for (round, expected) in [(0, 2), (1, 4), (2, 6)] {
+        ids.push(alice.send_text(&room, &format!("plain {round}")).await);
+        ids.push(send(&alice, &room, mention.clone()).await);
+        let got = bob.sync(Some(&since), 5_000).await;
+        since = got["next_batch"].as_str().unwrap().to_owned();
+        assert_eq!(unread(&got, &room), json!({ "notification_count": expected, "highlight_count": expected / 2 }));
+    }
+    // Bob's own message counts for nothing.
+    bob.send_text(&room, "mine").await;
+    let got = bob.sync(Some(&since), 5_000).await;
+    since = got["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(unread(&got, &room), json!({ "notification_count": 6, "highlight_count": 3 }));
+    // A receipt in the middle restarts the count after it.
+    bob.post(&format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&ids[2])), json!({})).await;
+    let got = bob.sync(Some(&since), 5_000).await;
+    since = got["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(unread(&got, &room), json!({ "notification_count": 3, "highlight_count": 2 }), "{got}");
+    alice.send_text(&room, "after the receipt").await;
+    let got = bob.sync(Some(&since), 5_000).await;
+    assert_eq!(unread(&got, &room), json!({ "notification_count": 4, "highlight_count": 2 }));
+    // A device syncing from the start sees the same counts, and so does the first one after it.
+    assert_eq!(unread(&bob.sync(None, 0).await, &room), json!({ "notification_count": 4, "highlight_count": 2 }));
+    alice.send_text(&room, "one more").await;
+    let got = bob.sync(Some(got["next_batch"].as_str().unwrap()), 5_000).await;
+    assert_eq!(unread(&got, &room), json!({ "notification_count": 5, "highlight_count": 2 }));
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn receipts_reach_the_sender_and_reset_unread_counts() {
     let s = TestServer::open("localhost").await;

@@ -1043,6 +1043,50 @@ async fn presence_set_on_b_is_seen_by_a_user_on_a_who_shares_a_room() {
 }
 
 #[tokio::test]
+async fn a_long_queue_is_taken_in_order_batch_by_batch_and_found_again_after_it_emptied() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.post(&format!("/_matrix/client/v3/join/{}?server_name=a.test", enc(&room)), json!({})).await;
+    alice.send_text(&room, "before").await;
+    wait_for_text(&bob, &room, "before").await;
+
+    // B is away while A queues 120 events; they are taken here as the sender would,
+    // 50 at a time, each batch marked delivered before the next is read.
+    let mut b = b;
+    b.halt().await;
+    let mut sent = Vec::new();
+    for i in 0..120 {
+        alice.send_text(&room, &format!("queued {i}")).await;
+        sent.push(format!("queued {i}"));
+    }
+    let dest = a.engine.rooms.server_short("b.test").unwrap().expect("B was queued to");
+    assert!(a.engine.rooms.outbound_destinations().unwrap().iter().any(|(d, _)| *d == dest));
+    let mut taken = Vec::new();
+    loop {
+        let batch = a.engine.rooms.outbound_batch(dest, 50, 100).unwrap();
+        if batch.seqs().is_empty() {
+            break;
+        }
+        assert!(batch.pdus.len() <= 50);
+        taken.extend(batch.pdus.iter().map(|(_, p)| p["content"]["body"].as_str().unwrap().to_owned()));
+        a.engine.rooms.outbound_delivered(dest, &batch).await.unwrap();
+    }
+    assert_eq!(taken, sent, "every queued event once, in order");
+    assert_eq!(a.engine.rooms.outbound_depth(dest, 1000).unwrap(), 0);
+    assert!(!a.engine.rooms.outbound_destinations().unwrap().iter().any(|(d, _)| *d == dest));
+
+    // A new event after the queue emptied is found again.
+    alice.send_text(&room, "later").await;
+    assert!(a.engine.rooms.outbound_destinations().unwrap().iter().any(|(d, _)| *d == dest));
+    let batch = a.engine.rooms.outbound_batch(dest, 50, 100).unwrap();
+    assert_eq!(batch.pdus.iter().map(|(_, p)| p["content"]["body"].as_str().unwrap()).collect::<Vec<_>>(), ["later"]);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
 async fn a_gap_of_many_events_is_closed_from_a_single_newer_event() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;
@@ -1060,9 +1104,8 @@ async fn a_gap_of_many_events_is_closed_from_a_single_newer_event() {
         alice.send_text(&room, &format!("missed {i}")).await;
     }
     let dest = a.engine.rooms.server_short("b.test").unwrap().expect("B was queued to");
-    let queued: Vec<u64> =
-        a.engine.rooms.outbound_batch(dest, 10_000, 0).unwrap().pdus.into_iter().map(|(s, _)| s).collect();
-    assert!(queued.len() >= 150);
+    let queued = a.engine.rooms.outbound_batch(dest, 10_000, 0).unwrap();
+    assert!(queued.pdus.len() >= 150);
     a.engine.rooms.outbound_delivered(dest, &queued).await.unwrap();
 
     let b = b.restart().await;
@@ -1598,7 +1641,7 @@ async fn a_gap_too_large_to_fetch_is_bridged_on_the_senders_state() {
         alice.send_text(&room, &format!("missed {i}")).await;
     }
     let dest = a.engine.rooms.server_short("b.test").unwrap().expect("B was queued to");
-    let queued = a.engine.rooms.outbound_batch(dest, 10_000, 0).unwrap().seqs();
+    let queued = a.engine.rooms.outbound_batch(dest, 10_000, 0).unwrap();
     a.engine.rooms.outbound_delivered(dest, &queued).await.unwrap();
 
     let b = b.restart().await;

@@ -26,16 +26,29 @@ pub struct Receipt {
 }
 impl Stored for Receipt {}
 
-/// Push verdicts and member counts remembered between syncs.
+/// Push verdicts, running counts and member counts remembered between syncs.
 ///
 /// A `/sync` reports unread counts for every joined room, so the same events
-/// were evaluated against the same push rules on every sync of every member.
-/// Each verdict is computed once per (user, event) and kept (as Synapse keeps
-/// push actions from when an event arrived); a room's joined-member count once
-/// per state snapshot.
+/// were evaluated against the same push rules on every sync of every member,
+/// and every sync walked all of a room's unread events again. Each (user,
+/// room) keeps a running tally that a later sync extends by the events that
+/// arrived since; each verdict is computed once per (user, event) and kept
+/// (as Synapse keeps push actions from when an event arrived), for when a
+/// moved receipt restarts a tally; a room's joined-member count once per
+/// state snapshot.
 pub struct UnreadCache {
     verdicts: parking_lot::Mutex<lru::LruCache<(String, i64), (bool, bool)>>,
+    tallies: parking_lot::Mutex<lru::LruCache<(String, String), Tally>>,
     members: parking_lot::Mutex<lru::LruCache<u64, usize>>,
+}
+
+/// A user's counts over the timeline positions `(from, upto]` of one room.
+#[derive(Debug, Clone, Copy)]
+struct Tally {
+    from: i64,
+    upto: i64,
+    notes: u64,
+    highlights: u64,
 }
 
 impl Default for UnreadCache {
@@ -43,6 +56,7 @@ impl Default for UnreadCache {
         let cap = |n| std::num::NonZeroUsize::new(n).unwrap_or(std::num::NonZeroUsize::MIN);
         Self {
             verdicts: parking_lot::Mutex::new(lru::LruCache::new(cap(200_000))),
+            tallies: parking_lot::Mutex::new(lru::LruCache::new(cap(65_536))),
             members: parking_lot::Mutex::new(lru::LruCache::new(cap(4096))),
         }
     }
@@ -107,14 +121,45 @@ impl Engine {
     }
 
     /// `(notification_count, highlight_count)` for the user in a room: events
-    /// after their latest receipt (and their join) that their push rules
-    /// mark as notifying / highlighting.
+    /// after their latest receipt (and their join), up to the stream position
+    /// `upto`, that their push rules mark as notifying / highlighting.
+    ///
+    /// The count continues the tally of the user's previous sync when the
+    /// receipt has not moved, so a sync costs the events that arrived since,
+    /// not every unread event. A single step counts at most the newest 1,000
+    /// events it covers.
     pub async fn unread_counts(&self, room: &RoomId, user: &UserId, upto: i64) -> Result<(u64, u64), EngineError> {
         let read = self.read_upto(room, user)?;
         let joined_at = self.rooms.membership(user.as_str(), room).ok().flatten().map_or(0, |m| m.count);
         let from = read.max(joined_at);
+        let key = (user.to_string(), room.to_string());
+        let prior = self.unread.tallies.lock().get(&key).copied();
+        let tally = match prior {
+            // Another device of the user may sync behind this one: count afresh then.
+            Some(t) if t.from == from && t.upto <= upto => t,
+            _ => Tally { from, upto: from, notes: 0, highlights: 0 },
+        };
+        let (notes, highlights) = if tally.upto >= upto {
+            (tally.notes, tally.highlights)
+        } else {
+            let (n, h) = self.count_between(room, user, tally.upto, upto).await?;
+            (tally.notes + n, tally.highlights + h)
+        };
+        self.unread.tallies.lock().put(key, Tally { from, upto, notes, highlights });
+        Ok((notes, highlights))
+    }
+
+    /// Notifying and highlighting events for the user among the newest 1,000
+    /// of a room's timeline positions `(after, upto]`.
+    async fn count_between(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        after: i64,
+        upto: i64,
+    ) -> Result<(u64, u64), EngineError> {
         let (events, _) =
-            self.rooms.timeline_between(room, from, upto, 1000).map_err(|e| EngineError::Rooms(e.to_string()))?;
+            self.rooms.timeline_between(room, after, upto, 1000).map_err(|e| EngineError::Rooms(e.to_string()))?;
         if events.iter().all(|(_, p)| p.sender == user) {
             return Ok((0, 0));
         }

@@ -189,11 +189,28 @@ impl Db {
         rx.blocking_recv().map_err(|_| StorageError::Closed)?
     }
 
+    /// Commits bookkeeping that a crash may lose without harm (it is redone or
+    /// found redundant after a restart): returns once the batch is visible to
+    /// reads, without waiting for a disk flush. It reaches disk with the next
+    /// synced write. A batch that settles stream positions is synced anyway.
+    pub async fn commit_unsynced(&self, batch: Batch) -> Result<(), StorageError> {
+        let rx = self.send_request(batch, true)?;
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
+
     fn submit(&self, batch: Batch) -> Result<oneshot::Receiver<Result<(), StorageError>>, StorageError> {
+        self.send_request(batch, false)
+    }
+
+    fn send_request(
+        &self,
+        batch: Batch,
+        unsynced: bool,
+    ) -> Result<oneshot::Receiver<Result<(), StorageError>>, StorageError> {
         let (done, rx) = oneshot::channel();
         let guard = self.writer.lock();
         let (tx, _) = guard.as_ref().ok_or(StorageError::Closed)?;
-        tx.send(Request { batch, done }).map_err(|_| StorageError::Closed)?;
+        tx.send(Request { batch, unsynced, done }).map_err(|_| StorageError::Closed)?;
         Ok(rx)
     }
 

@@ -268,3 +268,41 @@ async fn checkpoint_is_a_consistent_openable_copy() {
     assert_eq!(TIMELINE.get(&*copy, &(7, 7)).unwrap(), Some(77));
     assert_eq!(TIMELINE.get(&*copy, &(7, 8)).unwrap(), None);
 }
+
+#[tokio::test]
+async fn an_unsynced_commit_is_visible_at_once_and_kept_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open(&dir);
+        let mut b = Batch::new();
+        NAMES.put(&mut b, &"$bookkeeping".into(), &Raw(b"1".to_vec())).unwrap();
+        db.commit_unsynced(b).await.unwrap();
+        assert!(NAMES.contains(&*db, &"$bookkeeping".into()).unwrap());
+        // A synced write after it carries it to disk with its own.
+        let mut b = Batch::new();
+        NAMES.put(&mut b, &"$event".into(), &Raw(b"2".to_vec())).unwrap();
+        db.commit(b).await.unwrap();
+        db.shutdown();
+    }
+    let db = open(&dir);
+    assert!(NAMES.contains(&*db, &"$bookkeeping".into()).unwrap());
+    assert!(NAMES.contains(&*db, &"$event".into()).unwrap());
+}
+
+#[test]
+fn only_plain_unsynced_batches_skip_the_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    let stream = StreamCounter::load(&db, "stream").unwrap();
+    let request =
+        |batch: Batch, unsynced: bool| writer::Request { batch, unsynced, done: tokio::sync::oneshot::channel().0 };
+    assert!(request(Batch::new(), true).may_skip_sync());
+    assert!(!request(Batch::new(), false).may_skip_sync());
+    // A batch settling a stream position must be durable before readers see the position.
+    let mut positioned = Batch::new();
+    stream.next_in(&mut positioned);
+    assert!(!request(positioned, true).may_skip_sync());
+    let mut hooked = Batch::new();
+    hooked.on_durable(|| {});
+    assert!(!request(hooked, true).may_skip_sync());
+}

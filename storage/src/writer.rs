@@ -12,6 +12,10 @@
 //! - batches of one group succeed or fail together, each stays atomic;
 //! - `on_durable` hooks and stream reservations are released after the write
 //!   is visible and before the caller wakes;
+//! - a batch committed with `Db::commit_unsynced` (bookkeeping whose loss in a
+//!   crash is harmless) is written to the WAL without a sync when its group
+//!   holds only such batches, so it costs no disk flush; it becomes durable
+//!   with the next synced write;
 //! - counters raised by batches are persisted as the running maximum, in the
 //!   same write.
 //!
@@ -32,7 +36,17 @@ const MAX_GROUP_BYTES: usize = 16 << 20;
 
 pub(crate) struct Request {
     pub(crate) batch: Batch,
+    /// The caller accepts losing this batch in a crash (see `Db::commit_unsynced`).
+    pub(crate) unsynced: bool,
     pub(crate) done: oneshot::Sender<Result<(), StorageError>>,
+}
+
+impl Request {
+    /// Whether this request may be written without a WAL sync. A batch that settles
+    /// stream positions never is: a visible position must be a durable one.
+    pub(crate) fn may_skip_sync(&self) -> bool {
+        self.unsynced && self.batch.reservations.is_empty() && self.batch.on_durable.is_empty()
+    }
 }
 
 pub(crate) fn counter_key(name: &str) -> Vec<u8> {
@@ -54,6 +68,7 @@ pub(crate) fn spawn(
 fn run(db: Arc<rocksdb::DB>, rx: Receiver<Request>, mut counters: HashMap<String, u64>) {
     let mut sync = rocksdb::WriteOptions::default();
     sync.set_sync(true);
+    let no_sync = rocksdb::WriteOptions::default();
     while let Ok(first) = rx.recv() {
         let mut bytes = first.batch.bytes;
         let mut group = vec![first];
@@ -67,7 +82,10 @@ fn run(db: Arc<rocksdb::DB>, rx: Receiver<Request>, mut counters: HashMap<String
             }
         }
         let started = Instant::now();
-        let result = write_group(&db, &sync, &group, &mut counters);
+        // One batch that must survive a crash syncs the whole group; a group of
+        // unsynced batches only goes to the WAL (the next sync carries it to disk).
+        let options = if group.iter().all(Request::may_skip_sync) { &no_sync } else { &sync };
+        let result = write_group(&db, options, &group, &mut counters);
         metrics::histogram!("myelin_storage_commit_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("myelin_storage_commit_group_batches").record(group.len() as f64);
         metrics::counter!("myelin_storage_commits_total").increment(1);
@@ -76,7 +94,7 @@ fn run(db: Arc<rocksdb::DB>, rx: Receiver<Request>, mut counters: HashMap<String
             tracing::error!(error = %e, batches = group.len(), "storage write failed; these writes are not stored");
         }
         for req in group {
-            let Request { batch, done } = req;
+            let Request { batch, done, .. } = req;
             if result.is_ok() {
                 for hook in batch.on_durable {
                     hook();

@@ -734,7 +734,7 @@ async fn receive_edu(cx: &Ctx, origin: &str, edu: &JsonValue) {
                 return;
             }
             if let Some(key) = message_key
-                && let Err(e) = cx.engine.seen_txns.record(origin, &key).await
+                && let Err(e) = cx.engine.seen_txns.record_durable(origin, &key).await
             {
                 tracing::warn!(%origin, error = %e, "could not remember a to-device message id");
             }

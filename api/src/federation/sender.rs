@@ -164,7 +164,7 @@ async fn deliver(cx: Ctx, name: String) {
             Ok(resp) if resp.status.is_success() => {
                 if let Some(d) = dest
                     && !seqs.is_empty()
-                    && let Err(e) = cx.engine.rooms.outbound_delivered(d, &seqs).await
+                    && let Err(e) = cx.engine.rooms.outbound_delivered(d, &queued).await
                 {
                     tracing::warn!(error = %e, "could not mark a transaction delivered; it will be sent again");
                     return;

@@ -39,9 +39,23 @@ impl SeenTxns {
     }
 
     /// Records a processed transaction.
+    ///
+    /// Not synced (the transaction's events are durable before this is called):
+    /// a crash that loses the row can only make a retry of the transaction be
+    /// processed again, and its PDUs are then already known, and to-device
+    /// messages deduplicated by their own synced [`SeenTxns::record_durable`] row.
     pub async fn record(&self, origin: &str, txn: &str) -> Result<(), EngineError> {
         let mut batch = Batch::new();
         SEEN.put(&mut batch, &(origin.to_owned(), txn.to_owned()), &now_ms())?;
+        self.db.commit_unsynced(batch).await?;
+        Ok(())
+    }
+
+    /// Records a processed id durably (to-device `message_id`s: delivering one
+    /// twice is visible to the user).
+    pub async fn record_durable(&self, origin: &str, key: &str) -> Result<(), EngineError> {
+        let mut batch = Batch::new();
+        SEEN.put(&mut batch, &(origin.to_owned(), key.to_owned()), &now_ms())?;
         self.db.commit(batch).await?;
         Ok(())
     }

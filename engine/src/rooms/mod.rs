@@ -164,6 +164,9 @@ pub struct Rooms {
     locks: Mutex<HashMap<OwnedRoomId, RoomLock>>,
     /// Public keys we verify signatures with: ours, plus remote keys as federation learns them.
     known_keys: parking_lot::RwLock<ruma::signatures::PublicKeyMap>,
+    /// Per destination, a queue position below which every outbound row is delivered
+    /// (deleted): reads seek past the deletions instead of stepping over each one.
+    outbound_floors: Mutex<std::collections::BTreeMap<u64, u64>>,
 }
 
 fn now_ms() -> u64 {
@@ -196,6 +199,7 @@ impl Rooms {
             states: state::StateStore::open(db.clone())?,
             pdus: Mutex::new(LruCache::new(cap(65536))),
             unsettled: Arc::new(Mutex::new(HashMap::new())),
+            outbound_floors: Mutex::new(std::collections::BTreeMap::new()),
             versions: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             known_keys: parking_lot::RwLock::new(keys.public_key_map()),

@@ -246,13 +246,25 @@ impl Rooms {
     /// Destinations with queued items: `(short server id, server name)`.
     ///
     /// One seek per destination, not a scan of the queue: a destination that
-    /// has been down for hours may have a long queue, and this runs on every wake.
+    /// has been down for hours may have a long queue, and this runs on every
+    /// wake. Delivered rows are deletions RocksDB would step over one by one
+    /// until compaction drops them, so a destination's rows are read from its
+    /// floor (see [`Rooms::outbound_delivered`]).
     pub fn outbound_destinations(&self) -> Result<Vec<(u64, String)>, RoomError> {
+        let floors = self.outbound_floors.lock().clone();
         let mut out: Vec<(u64, String)> = Vec::new();
         let mut from = 0u64;
         loop {
-            let next = OUTBOUND.range(&*self.db, (from, 0)..=(u64::MAX, u64::MAX), Direction::Forward)?.next();
-            let Some(row) = next else { break };
+            // Destinations before the next one with a known floor, then that one from its floor.
+            let known = floors.range(from..).next().map(|(&d, &f)| (d, f));
+            let first = match known {
+                Some((d, f)) => match OUTBOUND.range(&*self.db, (from, 0)..(d, 0), Direction::Forward)?.next() {
+                    Some(row) => Some(row),
+                    None => OUTBOUND.range(&*self.db, (d, f)..=(u64::MAX, u64::MAX), Direction::Forward)?.next(),
+                },
+                None => OUTBOUND.range(&*self.db, (from, 0)..=(u64::MAX, u64::MAX), Direction::Forward)?.next(),
+            };
+            let Some(row) = first else { break };
             let ((dest, _), _) = row?;
             if let Some(name) = self.servers.lookup(&*self.db, dest)? {
                 out.push((dest, name));
@@ -265,10 +277,16 @@ impl Rooms {
         Ok(out)
     }
 
+    /// Where a destination's live rows start, as far as this process knows.
+    fn outbound_floor(&self, dest: u64) -> u64 {
+        self.outbound_floors.lock().get(&dest).copied().unwrap_or(0)
+    }
+
     /// How many items wait for a destination, counting at most `cap`.
     pub fn outbound_depth(&self, dest: u64, cap: usize) -> Result<usize, RoomError> {
         let mut n = 0;
-        for row in OUTBOUND.prefix(&*self.db, &(dest,), Direction::Forward)?.take(cap) {
+        let from = self.outbound_floor(dest);
+        for row in OUTBOUND.range(&*self.db, (dest, from)..=(dest, u64::MAX), Direction::Forward)?.take(cap) {
             row?;
             n += 1;
         }
@@ -279,12 +297,17 @@ impl Rooms {
     /// at most `max_pdus` PDUs and `max_edus` EDUs, stopping at the first item that
     /// does not fit (so delivery stays in queue order).
     pub fn outbound_batch(&self, dest: u64, max_pdus: usize, max_edus: usize) -> Result<OutboundBatch, RoomError> {
+        // Read before the rows: every row at or below a visible position is in the read.
+        let visible = self.stream.current();
         let mut out = OutboundBatch::default();
-        for row in OUTBOUND.prefix(&*self.db, &(dest,), Direction::Forward)? {
+        let mut stopped_at = None;
+        let from = self.outbound_floor(dest);
+        for row in OUTBOUND.range(&*self.db, (dest, from)..=(dest, u64::MAX), Direction::Forward)? {
             let ((_, seq), item) = row?;
             match item {
                 OutboundItem::Pdu(short) => {
                     if out.pdus.len() >= max_pdus {
+                        stopped_at = Some(seq);
                         break;
                     }
                     match PDUS.get(&*self.db, &short)? {
@@ -299,6 +322,7 @@ impl Rooms {
                 }
                 OutboundItem::Edu(bytes) => {
                     if out.edus.len() >= max_edus {
+                        stopped_at = Some(seq);
                         break;
                     }
                     match serde_json::from_slice(&bytes) {
@@ -308,7 +332,30 @@ impl Rooms {
                 }
             }
         }
+        // A row above `visible` may still be in flight with a smaller position than
+        // one read here, so the floor never passes `visible`.
+        let limit = visible.saturating_add(1);
+        out.floor = stopped_at.map_or(limit, |s| s.min(limit)).max(from);
         Ok(out)
+    }
+
+    /// Removes a delivered batch's rows from a destination's queue (after its 200)
+    /// and moves the destination's floor up to the batch's.
+    ///
+    /// Not synced: a crash that loses the deletion sends the rows again, and the
+    /// receiver already has those events (and their transaction's EDUs are
+    /// idempotent or deduplicated by message id). A flush here would cost every
+    /// delivered transaction a disk sync that the next event's write then waits on.
+    pub async fn outbound_delivered(&self, dest: u64, delivered: &OutboundBatch) -> Result<(), RoomError> {
+        let mut batch = Batch::new();
+        for seq in delivered.seqs() {
+            OUTBOUND.delete(&mut batch, &(dest, seq));
+        }
+        self.db.commit_unsynced(batch).await?;
+        let mut floors = self.outbound_floors.lock();
+        let floor = floors.entry(dest).or_insert(0);
+        *floor = (*floor).max(delivered.floor);
+        Ok(())
     }
 
     /// Queues an EDU durably for each of `destinations`; it is sent with their next transaction.
@@ -319,16 +366,6 @@ impl Rooms {
         for dest in destinations.iter().filter(|d| **d != self.server_name.as_str()) {
             let short = self.servers.get_or_create(&self.db, &mut batch, dest)?;
             OUTBOUND.put(&mut batch, &(short, seq), &OutboundItem::Edu(bytes.clone()))?;
-        }
-        self.db.commit(batch).await?;
-        Ok(())
-    }
-
-    /// Removes delivered items (only after the destination answered 200).
-    pub async fn outbound_delivered(&self, dest: u64, seqs: &[u64]) -> Result<(), RoomError> {
-        let mut batch = Batch::new();
-        for seq in seqs {
-            OUTBOUND.delete(&mut batch, &(dest, *seq));
         }
         self.db.commit(batch).await?;
         Ok(())

@@ -59,6 +59,9 @@ pub struct OutboundBatch {
     pub edus: Vec<(u64, serde_json::Value)>,
     /// Rows with nothing left to send, to delete with the delivered ones.
     pub stale: Vec<u64>,
+    /// Every row of the queue below this position is in this batch or already
+    /// deleted; once the batch is delivered, reads may start here.
+    pub floor: u64,
 }
 
 impl OutboundBatch {
