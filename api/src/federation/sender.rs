@@ -29,11 +29,14 @@
 //! restart waits out a failing destination's backoff instead of hammering it;
 //! it is cleared by the next delivered transaction.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use http::Method;
 use serde_json::json;
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinHandle,
+};
 
 use crate::router::Ctx;
 
@@ -46,38 +49,61 @@ static RUN_NONCE: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
 });
 
 /// Runs the sender until `stop` fires.
+///
+/// One task per destination, kept for the life of the process and woken when
+/// rows are queued for it (`Rooms::take_outbound_ready`, named only after
+/// their write is visible) or volatile EDUs wait. Its wake-up is a `Notify`
+/// permit, so rows queued while it is busy are taken right after, never left
+/// for the next scan. A full scan of the queue runs at start-up (rows left by
+/// an earlier run) and every 5 s as a safety net.
 pub async fn run(cx: Ctx, mut stop: watch::Receiver<bool>) {
-    let mut wake = cx.engine.stream.subscribe();
-    let mut tasks: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let mut tasks: HashMap<String, (JoinHandle<()>, Arc<Notify>)> = HashMap::new();
+    let mut scan = true;
     loop {
-        tasks.retain(|_, t| !t.is_finished());
-        let mut names: Vec<String> = match cx.engine.rooms.outbound_destinations() {
-            Ok(d) => d.into_iter().map(|(_, name)| name).collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the federation queue failed");
-                Vec::new()
+        let mut names = if scan {
+            match cx.engine.rooms.outbound_destinations() {
+                Ok(d) => d.into_iter().map(|(_, name)| name).collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the federation queue failed");
+                    Vec::new()
+                }
             }
+        } else {
+            Vec::new()
         };
+        scan = false;
+        names.extend(cx.engine.rooms.take_outbound_ready());
         names.extend(cx.federation.edu_destinations());
         for name in names {
-            if tasks.contains_key(&name) {
-                continue;
+            match tasks.get(&name) {
+                Some((task, wake)) if !task.is_finished() => wake.notify_one(),
+                _ => {
+                    let wake = Arc::new(Notify::new());
+                    let task = tokio::spawn(tracing::Instrument::instrument(
+                        deliver(cx.clone(), name.clone(), wake.clone()),
+                        tracing::info_span!("federation_sender", destination = %name),
+                    ));
+                    tasks.insert(name, (task, wake));
+                }
             }
-            let task = tokio::spawn(tracing::Instrument::instrument(
-                deliver(cx.clone(), name.clone()),
-                tracing::info_span!("federation_sender", destination = %name),
-            ));
-            tasks.insert(name, task);
         }
         tokio::select! {
-            _ = wake.changed() => {}
+            _ = cx.engine.rooms.outbound_ready() => {}
             _ = cx.federation.edu_ready.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = tokio::time::sleep(Duration::from_secs(5)) => scan = true,
             _ = stop.changed() => break,
         }
     }
-    for (_, t) in tasks {
+    for (_, (t, _)) in tasks {
         t.abort();
+    }
+}
+
+/// A destination's task: delivers what is queued, then waits to be woken.
+async fn deliver(cx: Ctx, name: String, wake: Arc<Notify>) {
+    loop {
+        deliver_queued(&cx, &name).await;
+        wake.notified().await;
     }
 }
 
@@ -92,14 +118,14 @@ fn jitter(base: Duration) -> Duration {
 }
 
 /// Delivers everything queued for one destination, then returns.
-async fn deliver(cx: Ctx, name: String) {
+async fn deliver_queued(cx: &Ctx, name: &str) {
     let mut backoff = Duration::from_secs(1);
-    let alive = cx.federation.alive_signal(&name);
+    let alive = cx.federation.alive_signal(name);
     let mut depth: Option<usize> = None;
     // Whether a backoff row is stored for this destination (to clear after a success).
     let mut backoff_stored = false;
     // A destination that was failing before a restart keeps its wait and step.
-    if let Ok(Some(stored)) = cx.engine.backoffs.get(&name) {
+    if let Ok(Some(stored)) = cx.engine.backoffs.get(name) {
         backoff_stored = true;
         backoff = Duration::from_millis(stored.step_ms.clamp(1_000, 120_000));
         let wait = Duration::from_millis(stored.retry_at_ms.saturating_sub(now_unix_ms()));
@@ -112,7 +138,7 @@ async fn deliver(cx: Ctx, name: String) {
         }
     }
     loop {
-        let dest = cx.engine.rooms.server_short(&name).ok().flatten();
+        let dest = cx.engine.rooms.server_short(name).ok().flatten();
         let queued = match dest.map(|d| cx.engine.rooms.outbound_batch(d, 50, 100)).transpose() {
             Ok(b) => b.unwrap_or_default(),
             Err(e) => {
@@ -121,7 +147,7 @@ async fn deliver(cx: Ctx, name: String) {
             }
         };
         // Durable EDUs first (they are in the queue's order), then volatile ones up to 100.
-        let volatile = cx.federation.take_edus(&name, 100 - queued.edus.len());
+        let volatile = cx.federation.take_edus(name, 100 - queued.edus.len());
         let volatile_count = volatile.len();
         let edus: Vec<serde_json::Value> = queued.edus.iter().map(|(_, e)| e.clone()).chain(volatile).collect();
         let batch = &queued.pdus;
@@ -135,10 +161,10 @@ async fn deliver(cx: Ctx, name: String) {
             depth = Some(batch.len());
         }
         let oldest_ms = batch.first().and_then(|(_, p)| p["origin_server_ts"].as_u64()).unwrap_or(now_ms);
-        metrics::gauge!("myelin_federation_queue_oldest_age_seconds", "destination" => name.clone())
+        metrics::gauge!("myelin_federation_queue_oldest_age_seconds", "destination" => name.to_owned())
             .set(now_ms.saturating_sub(oldest_ms) as f64 / 1000.0);
         if let Some(d) = depth {
-            metrics::gauge!("myelin_federation_queue_depth", "destination" => name.clone()).set(d as f64);
+            metrics::gauge!("myelin_federation_queue_depth", "destination" => name.to_owned()).set(d as f64);
         }
         let seqs = queued.seqs();
         if seqs.is_empty() && edus.is_empty() {
@@ -160,7 +186,7 @@ async fn deliver(cx: Ctx, name: String) {
             "edus": edus,
         });
         let path = format!("/_matrix/federation/v1/send/{txn_id}");
-        match cx.federation.request(&cx.engine, &name, Method::PUT, &path, Some(&body), true).await {
+        match cx.federation.request(&cx.engine, name, Method::PUT, &path, Some(&body), true).await {
             Ok(resp) if resp.status.is_success() => {
                 if let Some(d) = dest
                     && !seqs.is_empty()
@@ -169,10 +195,10 @@ async fn deliver(cx: Ctx, name: String) {
                     tracing::warn!(error = %e, "could not mark a transaction delivered; it will be sent again");
                     return;
                 }
-                metrics::counter!("myelin_federation_transactions_total", "destination" => name.clone(), "result" => "ok")
+                metrics::counter!("myelin_federation_transactions_total", "destination" => name.to_owned(), "result" => "ok")
                     .increment(1);
                 depth = depth.map(|d| d.saturating_sub(batch.len()));
-                if backoff_stored && cx.engine.backoffs.clear(&name).await.is_ok() {
+                if backoff_stored && cx.engine.backoffs.clear(name).await.is_ok() {
                     backoff_stored = false;
                 }
                 backoff = Duration::from_secs(1);
@@ -181,32 +207,32 @@ async fn deliver(cx: Ctx, name: String) {
                 match failed {
                     Ok(resp) => {
                         tracing::warn!(status = %resp.status, "destination refused a transaction; retrying later");
-                        metrics::counter!("myelin_federation_transactions_total", "destination" => name.clone(), "result" => "refused")
+                        metrics::counter!("myelin_federation_transactions_total", "destination" => name.to_owned(), "result" => "refused")
                             .increment(1);
                     }
                     Err(e) => {
                         tracing::info!(error = %e, wait = ?backoff, "destination unreachable; retrying later");
-                        metrics::counter!("myelin_federation_transactions_total", "destination" => name.clone(), "result" => "unreachable")
+                        metrics::counter!("myelin_federation_transactions_total", "destination" => name.to_owned(), "result" => "unreachable")
                             .increment(1);
                     }
                 }
                 // Durable EDUs are still in the queue; only the volatile ones go back in memory.
                 if let Some(edus) = body["edus"].as_array() {
                     let skip = edus.len() - volatile_count;
-                    cx.federation.requeue_edus(&name, edus[skip..].to_vec());
+                    cx.federation.requeue_edus(name, edus[skip..].to_vec());
                 }
                 if let Some(d) = dest
                     && let Ok(n) = cx.engine.rooms.outbound_depth(d, 1_000_000)
                 {
                     depth = Some(n);
-                    metrics::gauge!("myelin_federation_queue_depth", "destination" => name.clone()).set(n as f64);
+                    metrics::gauge!("myelin_federation_queue_depth", "destination" => name.to_owned()).set(n as f64);
                 }
                 let wait = jitter(backoff);
                 let stored = myelin_engine::federation::backoff::Backoff {
                     retry_at_ms: now_unix_ms() + wait.as_millis() as u64,
                     step_ms: backoff.as_millis() as u64,
                 };
-                match cx.engine.backoffs.set(&name, stored).await {
+                match cx.engine.backoffs.set(name, stored).await {
                     Ok(()) => backoff_stored = true,
                     Err(e) => tracing::warn!(error = %e, "could not store the destination's backoff"),
                 }

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use myelin_storage::{Batch, Raw};
 use ruma::{CanonicalJsonObject, RoomId, UserId, room_version_rules::RoomVersionRules, signatures::Verified};
 
-use super::{ArcPdu, NewEvent, Pdu, RoomError, Rooms, StateRef, tables::*};
+use super::{ArcPdu, Before, NewEvent, Pdu, RoomError, Rooms, StateRef, tables::*};
 
 /// What happened to an event offered by another server.
 #[derive(Debug, Clone)]
@@ -109,14 +109,15 @@ impl Rooms {
             tracing::info!(room_id = %room_id, reason, "rejected an event that fails authorization");
             return Ok((Appended::Rejected(reason), None));
         }
-        // 6. Against the current state.
+        // 6. Against the current state (when that is the state before it, step 5 decided).
         let current = StateRef::Stored(head.state);
-        if let Err(RoomError::Forbidden(reason)) = self.authorize(&head.rules, &pdu, &current) {
+        let same_state = matches!(before, StateRef::Stored(s) if s == head.state);
+        if !same_state && let Err(RoomError::Forbidden(reason)) = self.authorize(&head.rules, &pdu, &current) {
             let stored = self.store_flagged(pdu, SOFT_FAILED, Some(before)).await?;
             tracing::info!(room_id = %room_id, reason, "soft-failed an event that the current state forbids");
             return Ok((Appended::SoftFailed(stored), None));
         }
-        let (pdu, pending) = self.append_locked(head, pdu)?;
+        let (pdu, pending) = self.append_with(head, pdu, Before::Authorized(before), None)?;
         Ok((Appended::Accepted(pdu), Some(pending)))
     }
 
@@ -279,7 +280,7 @@ impl Rooms {
             state: snapshot,
             servers: self.joined_servers(snapshot, None)?,
         };
-        let (appended, pending) = self.append_with(&mut head, join, Some(StateRef::Stored(snapshot)), None)?;
+        let (appended, pending) = self.append_with(&mut head, join, Before::Given(StateRef::Stored(snapshot)), None)?;
         *guard = Some(head);
         drop(guard);
         self.settle(&room_id, pending).await?;

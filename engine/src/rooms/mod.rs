@@ -145,6 +145,17 @@ pub(crate) enum StateRef {
     Full(Arc<state::FullState>),
 }
 
+/// What an append knows of the state before its event.
+pub(crate) enum Before {
+    /// Nothing yet: computed from the event's prev events, then checked against.
+    FromPrevs,
+    /// Given (a join over federation, whose prev events we do not have): checked
+    /// against, and prev events that are not stored are skipped instead of refused.
+    Given(StateRef),
+    /// Computed from the prev events by the caller, who already authorized the event against it.
+    Authorized(StateRef),
+}
+
 /// The rooms engine of one server.
 pub struct Rooms {
     db: Arc<Db>,
@@ -167,6 +178,8 @@ pub struct Rooms {
     /// Per destination, a queue position below which every outbound row is delivered
     /// (deleted): reads seek past the deletions instead of stepping over each one.
     outbound_floors: Mutex<std::collections::BTreeMap<u64, u64>>,
+    /// Destinations with rows queued since the sender last asked, and its wake-up.
+    ready_destinations: Arc<(Mutex<std::collections::BTreeSet<String>>, tokio::sync::Notify)>,
 }
 
 fn now_ms() -> u64 {
@@ -200,6 +213,7 @@ impl Rooms {
             pdus: Mutex::new(LruCache::new(cap(65536))),
             unsettled: Arc::new(Mutex::new(HashMap::new())),
             outbound_floors: Mutex::new(std::collections::BTreeMap::new()),
+            ready_destinations: Arc::new((Mutex::new(std::collections::BTreeSet::new()), tokio::sync::Notify::new())),
             versions: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             known_keys: parking_lot::RwLock::new(keys.public_key_map()),
@@ -345,7 +359,7 @@ impl Rooms {
         let state = StateRef::Stored(head.state);
         let pdu = self.build(head, sender, &event, prev, &state)?;
         let txn_row = txn.map(|(device, id)| (sender.to_string(), device.to_owned(), id.to_owned()));
-        let (pdu, pending) = self.append_with(head, pdu, None, txn_row)?;
+        let (pdu, pending) = self.append_with(head, pdu, Before::FromPrevs, txn_row)?;
         drop(guard);
         self.settle(room_id, pending).await?;
         Ok(pdu)
@@ -434,12 +448,9 @@ impl Rooms {
     }
 
     fn append_locked(&self, head: &mut Head, pdu: Pdu) -> Result<(ArcPdu, myelin_storage::Pending), RoomError> {
-        self.append_with(head, pdu, None, None)
+        self.append_with(head, pdu, Before::FromPrevs, None)
     }
 
-    /// Appends with an explicitly known state before the event (a join over
-    /// federation, whose prev events we do not have): prev events that are not
-    /// stored are then skipped instead of refused.
     /// Appends an authorized event under the room lock and hands its batch to the
     /// writer; the head moves at once, so the next event of the room can be
     /// appended while this one's batch waits for its group commit. The caller
@@ -455,24 +466,30 @@ impl Rooms {
         &self,
         head: &mut Head,
         pdu: Pdu,
-        state_override: Option<StateRef>,
+        before: Before,
         client_txn: Option<(String, String, String)>,
     ) -> Result<(ArcPdu, myelin_storage::Pending), RoomError> {
         let is_create = pdu.kind == TimelineEventType::RoomCreate;
-        let tolerate_gaps = state_override.is_some();
+        let tolerate_gaps = matches!(before, Before::Given(_));
         if is_create && head.state != 0 {
             return Err(RoomError::Forbidden("the room already has a create event".into()));
         }
         if !is_create && pdu.prev_events.is_empty() {
             return Err(RoomError::BadEvent("event has no prev_events".into()));
         }
-        // 1. The state before the event.
-        let state_before = match state_override {
-            Some(state) => state,
-            None => self.state_before(head, &pdu.prev_events)?,
+        // 1. The state before the event; 2. authorization against auth events and that state.
+        let state_before = match before {
+            Before::FromPrevs => {
+                let state = self.state_before(head, &pdu.prev_events)?;
+                self.authorize(&head.rules, &pdu, &state)?;
+                state
+            }
+            Before::Given(state) => {
+                self.authorize(&head.rules, &pdu, &state)?;
+                state
+            }
+            Before::Authorized(state) => state,
         };
-        // 2. Authorization against auth events and that state.
-        self.authorize(&head.rules, &pdu, &state_before)?;
         // 3. Ids and the state after.
         let mut batch = Batch::new();
         let short = self.event_ids.get_or_create(&self.db, &mut batch, pdu.event_id.as_str())?;
@@ -576,10 +593,13 @@ impl Rooms {
         }
         // Each server sends its own events; we never forward another server's.
         let ours = pdu.sender.server_name() == self.server_name;
+        let mut queued_to = Vec::new();
         for dest in destinations.iter().filter(|d| ours && **d != self.server_name) {
             let short_dest = self.servers.get_or_create(&self.db, &mut batch, dest.as_str())?;
             OUTBOUND.put(&mut batch, &(short_dest, count as u64), &OutboundItem::Pdu(short))?;
+            queued_to.push(dest.to_string());
         }
+        self.announce_queued(&mut batch, queued_to);
         // 6. Hand the batch over and move the head (durability is awaited by the caller).
         // The event is readable from memory until the write is visible; the hook runs
         // after that, so there is no moment when it is in neither place.

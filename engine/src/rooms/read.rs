@@ -277,6 +277,30 @@ impl Rooms {
         Ok(out)
     }
 
+    /// Names `destinations` as having new queued rows once `batch` is visible, and
+    /// wakes the federation sender then (before, it could read the queue too early).
+    pub(crate) fn announce_queued(&self, batch: &mut Batch, destinations: Vec<String>) {
+        if destinations.is_empty() {
+            return;
+        }
+        let ready = self.ready_destinations.clone();
+        batch.on_durable(move || {
+            ready.0.lock().extend(destinations);
+            ready.1.notify_one();
+        });
+    }
+
+    /// Destinations with rows queued since the last call.
+    pub fn take_outbound_ready(&self) -> Vec<String> {
+        std::mem::take(&mut *self.ready_destinations.0.lock()).into_iter().collect()
+    }
+
+    /// Resolves once rows were queued for some destination since the last
+    /// [`Rooms::take_outbound_ready`] (or at once, if that was missed while not waiting).
+    pub async fn outbound_ready(&self) {
+        self.ready_destinations.1.notified().await;
+    }
+
     /// Where a destination's live rows start, as far as this process knows.
     fn outbound_floor(&self, dest: u64) -> u64 {
         self.outbound_floors.lock().get(&dest).copied().unwrap_or(0)
@@ -363,10 +387,13 @@ impl Rooms {
         let bytes = serde_json::to_vec(edu).map_err(|e| RoomError::BadEvent(e.to_string()))?;
         let mut batch = Batch::new();
         let seq = self.stream.next_in(&mut batch);
+        let mut queued_to = Vec::new();
         for dest in destinations.iter().filter(|d| **d != self.server_name.as_str()) {
             let short = self.servers.get_or_create(&self.db, &mut batch, dest)?;
             OUTBOUND.put(&mut batch, &(short, seq), &OutboundItem::Edu(bytes.clone()))?;
+            queued_to.push(dest.clone());
         }
+        self.announce_queued(&mut batch, queued_to);
         self.db.commit(batch).await?;
         Ok(())
     }
