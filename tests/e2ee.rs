@@ -175,3 +175,40 @@ async fn cross_signing_keys_need_the_password_to_replace_and_take_signatures() {
     assert_eq!(q["master_keys"][&me]["keys"]["ed25519:M2"], "M2");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_password_change_that_logs_out_other_devices_forgets_their_keys() {
+    let s = TestServer::open("localhost").await;
+    let (alice, bob) = pair(&s).await;
+    // Alice's second device, with keys.
+    let login = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "pass-word-1" });
+    let phone = alice.post("/_matrix/client/v3/login", login).await;
+    let phone = Client {
+        token: phone["access_token"].as_str().unwrap().to_owned(),
+        device_id: phone["device_id"].as_str().unwrap().to_owned(),
+        ..alice.clone()
+    };
+    for c in [&alice, &phone] {
+        c.post("/_matrix/client/v3/keys/upload", json!({ "device_keys": device_keys(&c.user_id, &c.device_id, "k") }))
+            .await;
+    }
+    let since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+
+    let body = json!({
+        "new_password": "pass-word-2",
+        "auth": { "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "pass-word-1" },
+    });
+    let r = alice.request(Method::POST, "/_matrix/client/v3/account/password", Some(body)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        phone.request(Method::GET, "/_matrix/client/v3/account/whoami", None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // Bob's client learns alice's devices changed, and only the device still logged in has keys.
+    let got = bob.sync(Some(&since), 5_000).await;
+    assert_eq!(got["device_lists"]["changed"], json!([alice.user_id]), "{got}");
+    let q = bob.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { alice.user_id.clone(): [] } })).await;
+    let devices: Vec<&String> = q["device_keys"][&alice.user_id].as_object().unwrap().keys().collect();
+    assert_eq!(devices, [&alice.device_id]);
+    s.stop().await;
+}

@@ -190,7 +190,9 @@ pub async fn user_op(engine: &Engine, op: &str, req: &Value) -> Result<Value, St
         }
         "user_reset_password" => {
             let user_id = users.user_id_for(name()?).map_err(|e| e.to_string())?;
-            users.set_password(&user_id, password()?, Some("")).await.map_err(|e| e.to_string())?;
+            let removed = users.set_password(&user_id, password()?, Some("")).await.map_err(|e| e.to_string())?;
+            let user = ruma::UserId::parse(user_id.as_str()).map_err(|e| e.to_string())?;
+            forget_device_keys(engine, &user, &removed).await?;
             Ok(json!({ "ok": true, "user_id": user_id }))
         }
         "user_deactivate" => {
@@ -219,16 +221,19 @@ pub async fn user_op(engine: &Engine, op: &str, req: &Value) -> Result<Value, St
 /// account. The leaves are ordinary events, so they reach every other server
 /// in those rooms through the federation queue. Returns how many rooms were left.
 pub async fn deactivate_user(engine: &Engine, user: &ruma::UserId) -> Result<usize, String> {
-    forget_device_keys(engine, user).await?;
+    let devices: Vec<String> =
+        engine.users.devices(user.as_str()).map_err(|e| e.to_string())?.into_iter().map(|(d, _)| d).collect();
+    forget_device_keys(engine, user, &devices).await?;
     let left = leave_rooms(engine, user, None).await?;
     engine.users.deactivate(user).await.map_err(|e| e.to_string())?;
     tracing::info!(user_id = %user, rooms_left = left, "user deactivated");
     Ok(left)
 }
 
-/// Deletes the encryption keys of every device of `user` and tells the servers
-/// sharing a room with them (before the leaves, while they still share one).
-async fn forget_device_keys(engine: &Engine, user: &ruma::UserId) -> Result<(), String> {
+/// Deletes the encryption keys of these devices of `user` and tells the servers
+/// sharing a room with them (on deactivation before the leaves, while they
+/// still share one).
+pub async fn forget_device_keys(engine: &Engine, user: &ruma::UserId, devices: &[String]) -> Result<(), String> {
     let mut servers = std::collections::BTreeSet::new();
     for (room, m) in engine.rooms.rooms_of(user.as_str()).map_err(|e| e.to_string())? {
         if m.membership == "join" {
@@ -237,8 +242,8 @@ async fn forget_device_keys(engine: &Engine, user: &ruma::UserId) -> Result<(), 
     }
     servers.remove(engine.server_name.as_str());
     let servers: Vec<String> = servers.into_iter().collect();
-    for (device, _) in engine.users.devices(user.as_str()).map_err(|e| e.to_string())? {
-        if engine.e2ee.remove_device(user.as_str(), &device).await.map_err(|e| e.to_string())? && !servers.is_empty() {
+    for device in devices {
+        if engine.e2ee.remove_device(user.as_str(), device).await.map_err(|e| e.to_string())? && !servers.is_empty() {
             let stream_id = engine.stream.current();
             let edu = serde_json::json!({ "edu_type": "m.device_list_update", "content": {
                 "user_id": user, "device_id": device, "stream_id": stream_id, "prev_id": [], "deleted": true,

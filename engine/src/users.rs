@@ -428,28 +428,32 @@ impl Users {
         Ok(())
     }
 
-    /// Sets a new password; other devices are logged out unless `keep_devices`.
+    /// Sets a new password; with `keep_device`, every other device is logged
+    /// out and deleted. Returns the deleted devices' ids (their encryption keys
+    /// are the caller's to forget).
     pub async fn set_password(
         &self,
         user_id: &UserId,
         password: &str,
         keep_device: Option<&str>,
-    ) -> Result<(), UserError> {
+    ) -> Result<Vec<String>, UserError> {
         let mut account = self.account(user_id)?.ok_or_else(|| UserError::NotFound("no such user".into()))?;
         account.password_hash = self.hash_off_runtime(password).await?;
         let mut batch = Batch::new();
         ACCOUNTS.put(&mut batch, &user_id.to_string(), &account)?;
+        let mut removed = Vec::new();
         if let Some(keep) = keep_device {
             for row in DEVICES.prefix(&*self.db, &(user_id.to_string(),), Direction::Forward)? {
                 let (key, device) = row?;
                 if key.1 != keep {
                     TOKENS.delete(&mut batch, &device.token);
                     DEVICES.delete(&mut batch, &key);
+                    removed.push(key.1);
                 }
             }
         }
         self.db.commit(batch).await?;
-        Ok(())
+        Ok(removed)
     }
 
     /// Deactivates the account: no password, no devices, no tokens; the id stays taken.

@@ -420,6 +420,8 @@ impl FederationClient {
                     let target = self.resolve(engine, server).await?;
                     let addr = target.addr;
                     let tcp = TcpStream::connect(addr).await.map_err(|e| transport(format!("connect {addr}: {e}")))?;
+                    // Requests and answers are small and waited for: never hold a segment back.
+                    let _ = tcp.set_nodelay(true);
                     let name = rustls::pki_types::ServerName::try_from(target.tls_name.clone())
                         .map_err(|e| transport(format!("server name: {e}")))?;
                     let tls = tokio_rustls::TlsConnector::from(self.tls.clone())

@@ -269,7 +269,11 @@ pub fn change_password(cx: Ctx, req: Req) -> HandlerFuture {
             return Ok(challenge);
         }
         let keep = body.logout_devices.then_some(me.device_id.as_str());
-        cx.engine.users.set_password(&me.user_id, &body.new_password, keep).await?;
+        let removed = cx.engine.users.set_password(&me.user_id, &body.new_password, keep).await?;
+        // The logged-out devices are gone: so are their keys, and other servers hear of it.
+        for device in &removed {
+            crate::federation::e2ee::device_removed(&cx, &me.user_id, device).await?;
+        }
         Ok(ok_json(&json!({})))
     })
 }
