@@ -55,7 +55,19 @@ wait_up() {
 }
 wait_up "$mc"; wait_up "$sc"; wait_up "$mc2"; wait_up "$sc2"
 
-run() { "$myelin" bench "$@" --json; }
+# Waits (at most 60 s) until the four servers together use under 5 % of one
+# core over a second: a freshly started Synapse keeps working for a while, and
+# a server still busy with the previous scenario would tax the next one.
+settle() {
+    ticks() { local t=0; for p in "${pids[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
+    for _ in $(seq 1 60); do
+        local before; before=$(ticks); sleep 1
+        [ $(( $(ticks) - before )) -lt 5 ] && return 0
+    done
+    echo "servers still busy after 60 s; measuring anyway" >&2
+}
+
+run() { settle; "$myelin" bench "$@" --json; }
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
 bytes_of() { du -sb "$1" | cut -f1; }
