@@ -116,7 +116,7 @@ m, s = parse(sys.argv[3]), parse(sys.argv[4])
 def cell(r):
     if r is None:
         return "failed"
-    lost = "" if r["received"] == r["sent"] else f", only {r['received']} of {r['sent']} arrived"
+    lost = "" if r["received"] == r["sent"] else f", only {r['received']} of {r['sent']} arrived ({r.get('only_in_history', 0)} more stored but never in /sync)"
     return f"{r['messages_per_second']:.0f} msgs/s (p50 {r['p50_ms']:.0f} ms{lost})"
 ratio = f"{m['messages_per_second'] / s['messages_per_second']:.1f}x" if m and s and s["messages_per_second"] else "—"
 print(f"| federation burst of {n} from {k} sender(s), A to B end to end | {cell(m)} | {cell(s)} | {ratio} |")

@@ -82,6 +82,7 @@ async fn bench_federation_counts_every_message_across_two_servers() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((report["sent"].clone(), report["received"].clone()), (serde_json::json!(40), serde_json::json!(40)));
     assert!(report["messages_per_second"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["only_in_history"], 0, "nothing left for the history check: {report}");
     a.stop().await;
     b.stop().await;
 }

@@ -351,6 +351,9 @@ pub struct FederationReport {
     /// Per-message send-to-arrival latency p50 and p99.
     pub p50: Duration,
     pub p99: Duration,
+    /// Of the messages `/sync` never showed, how many B's room history
+    /// (`/messages`, read once at the end) holds: stored, but not delivered.
+    pub only_in_history: usize,
 }
 
 /// `federation`: a user on server A sends `messages` as fast as acknowledged
@@ -447,6 +450,32 @@ pub async fn federation(
         }
     }
     let sent_at = sender.await.map_err(|e| e.to_string())??;
+    // Messages /sync never showed: are they in B's room history at all?
+    let mut only_in_history = 0;
+    if arrivals.len() < messages {
+        let mut from: Option<String> = None;
+        for _ in 0..(messages / 100 + 20) {
+            let mut path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100", enc(&room));
+            if let Some(f) = &from {
+                path.push_str(&format!("&from={}", enc(f)));
+            }
+            let page = b.ok(Method::GET, &path, Some(&tb), None).await?;
+            for e in page["chunk"].as_array().into_iter().flatten() {
+                if let Some(n) = e["content"]["body"]
+                    .as_str()
+                    .and_then(|b| b.strip_prefix("fed "))
+                    .and_then(|n| n.parse::<usize>().ok())
+                    && !arrivals.contains_key(&n)
+                {
+                    only_in_history += 1;
+                }
+            }
+            match page["end"].as_str() {
+                Some(end) if page["chunk"].as_array().is_some_and(|c| !c.is_empty()) => from = Some(end.to_owned()),
+                _ => break,
+            }
+        }
+    }
     let mut latencies: Vec<Duration> =
         arrivals.iter().filter_map(|(n, at)| sent_at.get(*n).map(|s| at.saturating_sub(*s))).collect();
     latencies.sort();
@@ -457,6 +486,7 @@ pub async fn federation(
         elapsed,
         p50: percentile(&latencies, 0.50),
         p99: percentile(&latencies, 0.99),
+        only_in_history,
     })
 }
 

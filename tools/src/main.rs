@@ -616,7 +616,7 @@ fn bench_cmd(what: BenchCommand) -> Result<(), Failure> {
                     serde_json::json!({
                         "scenario": "federation", "senders": senders, "sent": r.sent, "received": r.received,
                         "seconds": r.elapsed.as_secs_f64(), "messages_per_second": rate,
-                        "p50_ms": ms(r.p50), "p99_ms": ms(r.p99),
+                        "p50_ms": ms(r.p50), "p99_ms": ms(r.p99), "only_in_history": r.only_in_history,
                     })
                 );
             } else {
@@ -631,7 +631,10 @@ fn bench_cmd(what: BenchCommand) -> Result<(), Failure> {
                 );
             }
             if r.received != r.sent {
-                return Err(Failure::runtime(format!("{} of {} messages arrived", r.received, r.sent)));
+                return Err(Failure::runtime(format!(
+                    "{} of {} messages arrived in /sync ({} more are in the room's history only)",
+                    r.received, r.sent, r.only_in_history
+                )));
             }
         }
         BenchCommand::Join { url_a, url_b, server_a, members, json } => {
