@@ -255,12 +255,23 @@ impl Rooms {
         let mut out: Vec<(u64, String)> = Vec::new();
         let mut from = 0u64;
         loop {
-            // Destinations before the next one with a known floor, then that one from its floor.
+            // Destinations before the next one with a known floor, then that one alone
+            // from its floor (an unbounded read from there would step over the next
+            // floored destination's deletions).
             let known = floors.range(from..).next().map(|(&d, &f)| (d, f));
             let first = match known {
                 Some((d, f)) => match OUTBOUND.range(&*self.db, (from, 0)..(d, 0), Direction::Forward)?.next() {
                     Some(row) => Some(row),
-                    None => OUTBOUND.range(&*self.db, (d, f)..=(u64::MAX, u64::MAX), Direction::Forward)?.next(),
+                    None => match OUTBOUND.range(&*self.db, (d, f)..=(d, u64::MAX), Direction::Forward)?.next() {
+                        Some(row) => Some(row),
+                        None => match d.checked_add(1) {
+                            Some(n) => {
+                                from = n;
+                                continue;
+                            }
+                            None => break,
+                        },
+                    },
                 },
                 None => OUTBOUND.range(&*self.db, (from, 0)..=(u64::MAX, u64::MAX), Direction::Forward)?.next(),
             };
