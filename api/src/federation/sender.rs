@@ -70,6 +70,10 @@ static RUN_NONCE: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
 pub async fn run(cx: Ctx, mut stop: watch::Receiver<bool>) {
     let mut tasks: HashMap<String, (JoinHandle<()>, Arc<Notify>)> = HashMap::new();
     let mut scan = true;
+    // An interval, not a sleep per turn: under steady traffic a sleep would never end.
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
     loop {
         let mut names = if scan {
             match cx.engine.rooms.outbound_destinations() {
@@ -101,7 +105,7 @@ pub async fn run(cx: Ctx, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = cx.engine.rooms.outbound_ready() => {}
             _ = cx.federation.edu_ready.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(5)) => scan = true,
+            _ = tick.tick() => scan = true,
             _ = stop.changed() => break,
         }
     }
