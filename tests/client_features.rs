@@ -218,6 +218,49 @@ async fn typing_wakes_the_other_user_and_expires() {
     s.stop().await;
 }
 
+#[tokio::test]
+async fn an_incremental_sync_carries_only_the_receipts_set_since_its_token() {
+    let s = TestServer::open("localhost").await;
+    let (alice, bob, room) = room_with_bob(&s).await;
+    let carol = s.register("carol").await;
+    carol.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&room)), json!({})).await;
+    let first = alice.send_text(&room, "first").await;
+    let second = alice.send_text(&room, "second").await;
+    let receipt = |c: &Client, id: &str| {
+        let (c, path) = (c.clone(), format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(id)));
+        async move { c.post(&path, json!({})).await }
+    };
+    let since = alice.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    // After the token: bob reads the first message then the second, carol the first.
+    receipt(&bob, &first).await;
+    receipt(&bob, &second).await;
+    receipt(&carol, &first).await;
+    // All three are stored before alice asks, so one incremental sync holds them.
+    let got = alice.sync(Some(&since), 0).await;
+    let r = ephemeral(&got, &room, "m.receipt").expect("receipts since the token");
+    let mut seen = Vec::new();
+    for (event, by_type) in r["content"].as_object().unwrap() {
+        for user in by_type["m.read"].as_object().unwrap().keys() {
+            seen.push((user.clone(), event.clone()));
+        }
+    }
+    seen.sort();
+    let mut expected =
+        vec![("@bob:localhost".to_owned(), second.clone()), ("@carol:localhost".to_owned(), first.clone())];
+    expected.sort();
+    assert_eq!(seen, expected, "bob's replaced receipt is not sent");
+    let latest = got["next_batch"].as_str().unwrap().to_owned();
+    // Nothing new since: no receipt at all; a first sync has every current one.
+    let quiet = alice.sync(Some(&latest), 0).await;
+    assert!(ephemeral(&quiet, &room, "m.receipt").is_none(), "{quiet}");
+    let full = alice.sync(None, 0).await;
+    let all = ephemeral(&full, &room, "m.receipt").unwrap();
+    assert!(all["content"][&second]["m.read"]["@bob:localhost"].is_object(), "{all}");
+    assert!(all["content"][&first]["m.read"]["@carol:localhost"].is_object(), "{all}");
+    assert!(all["content"][&first]["m.read"].get("@bob:localhost").is_none(), "{all}");
+    s.stop().await;
+}
+
 fn unread(sync: &Value, room: &str) -> Value {
     sync["rooms"]["join"][room]["unread_notifications"].clone()
 }

@@ -96,6 +96,10 @@ impl Engine {
         let policy = federation::policy::Policy::load(db.clone(), &config.federation)?;
         let backoffs = federation::backoff::Backoffs::new(db.clone());
         let seen_txns = federation::txns::SeenTxns::new(db.clone());
+        let indexed = receipts::index_existing_receipts(&db)?;
+        if indexed > 0 {
+            tracing::info!(receipts = indexed, "indexed existing receipts by stream position");
+        }
         Ok(Arc::new(Self {
             config: Arc::new(config),
             server_name,

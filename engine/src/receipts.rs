@@ -65,6 +65,38 @@ impl Default for UnreadCache {
 /// `(room, user, receipt type, thread id or "")` → receipt.
 const RECEIPTS: Table<(String, String, String, String), Receipt> = Table::new(&catalog::ROOMUSERTYPE_RECEIPT);
 
+/// `(room, stream position)` → which receipt was set then. A row whose receipt has
+/// since moved on (its stored position differs) is skipped when read.
+const BY_COUNT: Table<(String, u64), ReceiptRef> = Table::new(&catalog::ROOMCOUNT_RECEIPT);
+
+/// The key of a receipt, less its room.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ReceiptRef {
+    user: String,
+    kind: String,
+    thread: String,
+}
+impl Stored for ReceiptRef {}
+
+/// Indexes receipts stored before the by-position index existed (run once at start-up,
+/// off the async runtime); a no-op when the index has rows or there are no receipts.
+pub(crate) fn index_existing_receipts(db: &myelin_storage::Db) -> Result<usize, EngineError> {
+    if BY_COUNT.iter(db, Direction::Forward)?.next().is_some() {
+        return Ok(0);
+    }
+    let mut batch = Batch::new();
+    let mut n = 0;
+    for row in RECEIPTS.iter(db, Direction::Forward)? {
+        let ((room, user, kind, thread), receipt) = row?;
+        BY_COUNT.put(&mut batch, &(room, receipt.count), &ReceiptRef { user, kind, thread })?;
+        n += 1;
+    }
+    if n > 0 {
+        db.commit_blocking(batch)?;
+    }
+    Ok(n)
+}
+
 impl Engine {
     /// Stores a receipt at a new stream position.
     pub async fn set_receipt(
@@ -82,22 +114,44 @@ impl Engine {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let key = (room.to_string(), user.to_string(), kind.to_owned(), thread.unwrap_or_default().to_owned());
+        if let Some(old) = RECEIPTS.get(&*self.db, &key)? {
+            BY_COUNT.delete(&mut batch, &(key.0.clone(), old.count));
+        }
+        let by_count = ReceiptRef { user: key.1.clone(), kind: key.2.clone(), thread: key.3.clone() };
+        BY_COUNT.put(&mut batch, &(key.0.clone(), count), &by_count)?;
         RECEIPTS.put(&mut batch, &key, &Receipt { event_id: event_id.to_owned(), ts, count })?;
         self.db.commit(batch).await?;
         Ok(())
     }
 
     /// Receipts of a room newer than `since`: `(user, type, thread, receipt)`.
+    ///
+    /// An incremental sync reads only the receipts set after its token (through
+    /// `roomcount_receipt`), not every receipt of the room: in a room of
+    /// thousands whose members read as they go, every sync of every member
+    /// walked all of them.
     pub fn receipts_since(
         &self,
         room: &RoomId,
         since: u64,
     ) -> Result<Vec<(String, String, String, Receipt)>, EngineError> {
         let mut out = Vec::new();
-        for row in RECEIPTS.prefix(&*self.db, &(room.to_string(),), Direction::Forward)? {
-            let ((_, user, kind, thread), receipt) = row?;
-            if receipt.count > since {
+        let room = room.to_string();
+        if since == 0 {
+            for row in RECEIPTS.prefix(&*self.db, &(room,), Direction::Forward)? {
+                let ((_, user, kind, thread), receipt) = row?;
                 out.push((user, kind, thread, receipt));
+            }
+            return Ok(out);
+        }
+        let from = since.saturating_add(1);
+        for row in BY_COUNT.range(&*self.db, (room.clone(), from)..=(room.clone(), u64::MAX), Direction::Forward)? {
+            let ((_, count), r) = row?;
+            let key = (room.clone(), r.user, r.kind, r.thread);
+            // Two receipts set at once for the same key may leave a stale row: the receipt decides.
+            match RECEIPTS.get(&*self.db, &key)? {
+                Some(receipt) if receipt.count == count => out.push((key.1, key.2, key.3, receipt)),
+                _ => {}
             }
         }
         Ok(out)
@@ -212,5 +266,31 @@ impl Engine {
             .count();
         self.unread.members.lock().put(snapshot, n);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use myelin_storage::{Batch, Db, Direction, StorageOptions};
+
+    use super::*;
+
+    #[test]
+    fn receipts_of_an_older_database_are_indexed_once_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &StorageOptions { cache_bytes: 8 << 20 }).unwrap();
+        // Receipts as a database from before the index holds them: no index rows.
+        let mut batch = Batch::new();
+        for (user, count) in [("@a:x", 7u64), ("@b:x", 9)] {
+            let key = ("!r:x".to_owned(), user.to_owned(), "m.read".to_owned(), String::new());
+            RECEIPTS.put(&mut batch, &key, &Receipt { event_id: "$e".into(), ts: 1, count }).unwrap();
+        }
+        db.commit_blocking(batch).unwrap();
+        assert_eq!(index_existing_receipts(&db).unwrap(), 2);
+        let rows: Vec<(String, u64)> = BY_COUNT.iter(&*db, Direction::Forward).unwrap().map(|r| r.unwrap().0).collect();
+        assert_eq!(rows, [("!r:x".to_owned(), 7), ("!r:x".to_owned(), 9)]);
+        // Once indexed, start-up leaves it alone.
+        assert_eq!(index_existing_receipts(&db).unwrap(), 0);
+        db.shutdown();
     }
 }

@@ -132,6 +132,10 @@ pub static USERID_PROFILE: Cf = point("userid_profile", 1);
 /// `(room id, user id, receipt type, thread id)` → receipt.
 pub static ROOMUSERTYPE_RECEIPT: Cf = scan("roomusertype_receipt", 1);
 
+/// `(room id, stream position)` → `(user id, receipt type, thread id)`: a room's
+/// receipts by when they were set, so an incremental `/sync` reads only the new ones.
+pub static ROOMCOUNT_RECEIPT: Cf = scan("roomcount_receipt", 0);
+
 /// Room id → (): rooms published in the public room directory.
 pub static ROOMID_PUBLIC: Cf = point("roomid_public", 0);
 
@@ -216,6 +220,7 @@ pub static ALL: &[&Cf] = &[
     &ROOMROOT_THREAD,
     &USERID_PROFILE,
     &ROOMUSERTYPE_RECEIPT,
+    &ROOMCOUNT_RECEIPT,
     &ROOMID_PUBLIC,
     &ROOMWORDCOUNT_EVENT,
     &SERVERMEDIA_META,
