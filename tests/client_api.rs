@@ -404,6 +404,21 @@ async fn account_data_changes_and_to_device_messages_arrive_incrementally() {
     let tagged = alice.sync(Some(&since), 0).await;
     assert_eq!(tagged["rooms"]["join"][&room]["account_data"]["events"][0]["type"], "m.tag", "{tagged}");
 
+    // Written twice since the token: sent once, as it is now.
+    let since = tagged["next_batch"].as_str().unwrap().to_owned();
+    for who in ["@carol:localhost", "@dave:localhost"] {
+        alice.put(&format!("/_matrix/client/v3/user/{me}/account_data/m.direct"), json!({ who: [room] })).await;
+    }
+    let rewritten = alice.sync(Some(&since), 0).await;
+    let direct: Vec<&Value> =
+        rewritten["account_data"]["events"].as_array().unwrap().iter().filter(|e| e["type"] == "m.direct").collect();
+    assert_eq!(direct.len(), 1, "{rewritten}");
+    assert!(direct[0]["content"].get("@dave:localhost").is_some(), "{rewritten}");
+    assert!(
+        rewritten["rooms"]["join"][&room]["account_data"]["events"].as_array().is_none_or(|a| a.is_empty()),
+        "the tag is not sent again: {rewritten}"
+    );
+
     // To-device: delivered to the device until a later sync acknowledges it.
     let bob_first = bob.sync(None, 0).await;
     let bob_since = bob_first["next_batch"].as_str().unwrap().to_owned();

@@ -100,6 +100,10 @@ impl Engine {
         if indexed > 0 {
             tracing::info!(receipts = indexed, "indexed existing receipts by stream position");
         }
+        let indexed = users.index_existing_account_data().map_err(|e| EngineError::Rooms(e.to_string()))?;
+        if indexed > 0 {
+            tracing::info!(rows = indexed, "indexed existing account data by stream position");
+        }
         Ok(Arc::new(Self {
             config: Arc::new(config),
             server_name,

@@ -169,7 +169,7 @@ impl Engine {
 
     fn changed_account_data(&self, user: &UserId, since: Option<u64>, upto: u64) -> Result<ChangedData, EngineError> {
         let mut changed = ChangedData { global: Vec::new(), rooms: HashMap::new() };
-        for (room, kind, data) in self.users.all_account_data(user.as_str()).map_err(users_err)? {
+        for (room, kind, data) in self.users.account_data_since(user.as_str(), since).map_err(users_err)? {
             if data.count > upto || since.is_some_and(|s| data.count <= s) {
                 continue;
             }

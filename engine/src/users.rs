@@ -67,6 +67,17 @@ const ACCOUNTS: Table<String, Account> = Table::new(&catalog::USERID_ACCOUNT);
 const TOKENS: Table<String, Session> = Table::new(&catalog::TOKEN_SESSION);
 const DEVICES: Table<(String, String), Device> = Table::new(&catalog::USERDEVICE_DEVICE);
 const ACCOUNT_DATA: Table<(String, String, String), AccountData> = Table::new(&catalog::USERROOMTYPE_ACCOUNTDATA);
+/// `(user, stream position)` → `(room or "", type)` written then; a row whose data was
+/// written again since (its stored position differs) is skipped when read.
+const ACCOUNT_DATA_BY_COUNT: Table<(String, u64), AccountDataRef> = Table::new(&catalog::USERCOUNT_ACCOUNTDATA);
+
+/// Which account data an index row names: `(room or "", type)`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AccountDataRef {
+    room: String,
+    kind: String,
+}
+impl Stored for AccountDataRef {}
 const TO_DEVICE: Table<(String, String, u64), ToDevice> = Table::new(&catalog::USERDEVICECOUNT_TODEVICE);
 const PROFILES: Table<String, Profile> = Table::new(&catalog::USERID_PROFILE);
 
@@ -494,6 +505,25 @@ impl Users {
         Ok(())
     }
 
+    /// Indexes account data stored before the by-position index existed (once, at
+    /// start-up, off the async runtime); a no-op when the index has rows.
+    pub(crate) fn index_existing_account_data(&self) -> Result<usize, UserError> {
+        if ACCOUNT_DATA_BY_COUNT.iter(&*self.db, Direction::Forward)?.next().is_some() {
+            return Ok(0);
+        }
+        let mut batch = Batch::new();
+        let mut n = 0;
+        for row in ACCOUNT_DATA.iter(&*self.db, Direction::Forward)? {
+            let ((user, room, kind), data) = row?;
+            ACCOUNT_DATA_BY_COUNT.put(&mut batch, &(user, data.count), &AccountDataRef { room, kind })?;
+            n += 1;
+        }
+        if n > 0 {
+            self.db.commit_blocking(batch)?;
+        }
+        Ok(n)
+    }
+
     /// Global (`room` = None) or per-room account data of `kind`.
     pub fn account_data(&self, user_id: &str, room: Option<&str>, kind: &str) -> Result<Option<Vec<u8>>, UserError> {
         let key = (user_id.to_owned(), room.unwrap_or_default().to_owned(), kind.to_owned());
@@ -510,6 +540,29 @@ impl Users {
         Ok(out)
     }
 
+    /// The user's account data written after stream position `since` (all of it for
+    /// `None`): `(room or "", type, data)`. An incremental sync reads only what
+    /// changed, not a row per room the user ever read or tagged.
+    pub fn account_data_since(
+        &self,
+        user_id: &str,
+        since: Option<u64>,
+    ) -> Result<Vec<(String, String, AccountData)>, UserError> {
+        let Some(since) = since else { return self.all_account_data(user_id) };
+        let user = user_id.to_owned();
+        let mut out = Vec::new();
+        let range = (user.clone(), since.saturating_add(1))..=(user.clone(), u64::MAX);
+        for row in ACCOUNT_DATA_BY_COUNT.range(&*self.db, range, Direction::Forward)? {
+            let ((_, count), r) = row?;
+            let key = (user.clone(), r.room, r.kind);
+            match ACCOUNT_DATA.get(&*self.db, &key)? {
+                Some(data) if data.count == count => out.push((key.1, key.2, data)),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
     /// Stores account data at a new stream position (which wakes the user's `/sync`).
     pub async fn set_account_data(
         &self,
@@ -521,6 +574,11 @@ impl Users {
         let key = (user_id.to_owned(), room.unwrap_or_default().to_owned(), kind.to_owned());
         let mut batch = Batch::new();
         let count = self.stream.next_in(&mut batch);
+        if let Some(old) = ACCOUNT_DATA.get(&*self.db, &key)? {
+            ACCOUNT_DATA_BY_COUNT.delete(&mut batch, &(key.0.clone(), old.count));
+        }
+        let by_count = AccountDataRef { room: key.1.clone(), kind: key.2.clone() };
+        ACCOUNT_DATA_BY_COUNT.put(&mut batch, &(key.0.clone(), count), &by_count)?;
         ACCOUNT_DATA.put(&mut batch, &key, &AccountData { count, json })?;
         self.db.commit(batch).await?;
         Ok(())
@@ -625,5 +683,36 @@ impl Users {
         PROFILES.put(&mut batch, &user_id.to_owned(), profile)?;
         self.db.commit(batch).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use myelin_storage::{Batch, Db, StorageOptions, StreamCounter};
+    use ruma::OwnedServerName;
+
+    use super::*;
+
+    #[test]
+    fn account_data_of_an_older_database_is_indexed_once_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &StorageOptions { cache_bytes: 8 << 20 }).unwrap();
+        // Rows as a database from before the index holds them.
+        let mut batch = Batch::new();
+        for (room, count) in [("", 4u64), ("!r:x", 6)] {
+            let key = ("@a:x".to_owned(), room.to_owned(), "m.tag".to_owned());
+            ACCOUNT_DATA.put(&mut batch, &key, &AccountData { count, json: b"{}".to_vec() }).unwrap();
+        }
+        db.commit_blocking(batch).unwrap();
+        let stream = StreamCounter::load(&db, "stream").unwrap();
+        let server: OwnedServerName = "x".try_into().unwrap();
+        let users = Users::new(db.clone(), server, stream);
+        assert_eq!(users.index_existing_account_data().unwrap(), 2);
+        assert_eq!(users.index_existing_account_data().unwrap(), 0, "indexed once");
+        let since_5: Vec<String> =
+            users.account_data_since("@a:x", Some(5)).unwrap().into_iter().map(|(room, _, _)| room).collect();
+        assert_eq!(since_5, ["!r:x"]);
+        assert_eq!(users.account_data_since("@a:x", None).unwrap().len(), 2);
+        db.shutdown();
     }
 }

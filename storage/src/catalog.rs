@@ -104,6 +104,9 @@ pub static TOKEN_SESSION: Cf = point("token_session", 1);
 pub static USERDEVICE_DEVICE: Cf = scan("userdevice_device", 0);
 /// `(user id, room id or "", type)` → account data JSON.
 pub static USERROOMTYPE_ACCOUNTDATA: Cf = scan("userroomtype_accountdata", 1);
+/// `(user id, stream position)` → `(room id or "", type)`: a user's account data by
+/// when it was written, so an incremental `/sync` reads only what changed.
+pub static USERCOUNT_ACCOUNTDATA: Cf = scan("usercount_accountdata", 0);
 /// `(user id, filter id)` → filter JSON.
 pub static USERFILTER_FILTER: Cf = point("userfilter_filter", 1);
 /// `(user id, device id, transaction id)` → event id: idempotent sends.
@@ -209,6 +212,7 @@ pub static ALL: &[&Cf] = &[
     &TOKEN_SESSION,
     &USERDEVICE_DEVICE,
     &USERROOMTYPE_ACCOUNTDATA,
+    &USERCOUNT_ACCOUNTDATA,
     &USERFILTER_FILTER,
     &USERDEVICETXN_EVENTID,
     &USERROOM_MEMBERSHIP,
