@@ -305,4 +305,7 @@ fn only_plain_unsynced_batches_skip_the_sync() {
     let mut hooked = Batch::new();
     hooked.on_durable(|| {});
     assert!(!request(hooked, true).may_skip_sync());
+    let mut counting = Batch::new();
+    counting.raise_counter("c", 3);
+    assert!(!request(counting, true).may_skip_sync());
 }

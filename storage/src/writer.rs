@@ -43,9 +43,13 @@ pub(crate) struct Request {
 
 impl Request {
     /// Whether this request may be written without a WAL sync. A batch that settles
-    /// stream positions never is: a visible position must be a durable one.
+    /// stream positions or raises a counter never is: a visible position must be a
+    /// durable one, and a counter must not fall back after a crash.
     pub(crate) fn may_skip_sync(&self) -> bool {
-        self.unsynced && self.batch.reservations.is_empty() && self.batch.on_durable.is_empty()
+        self.unsynced
+            && self.batch.reservations.is_empty()
+            && self.batch.on_durable.is_empty()
+            && self.batch.counters.is_empty()
     }
 }
 
