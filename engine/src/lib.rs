@@ -62,6 +62,8 @@ pub struct Engine {
     pub seen_txns: federation::txns::SeenTxns,
     /// Push verdicts and member counts behind unread counts.
     pub unread: receipts::UnreadCache,
+    /// Per room, a position at or above its newest receipt's.
+    pub receipt_positions: receipts::ReceiptPositions,
 }
 
 impl Engine {
@@ -121,6 +123,7 @@ impl Engine {
             backoffs,
             seen_txns,
             unread: receipts::UnreadCache::default(),
+            receipt_positions: receipts::ReceiptPositions::default(),
         }))
     }
 

@@ -209,6 +209,20 @@ impl Engine {
             let fresh = since.is_none() || count > since_i;
             match membership.as_str() {
                 "join" => {
+                    // A room with nothing new since the token (no event, receipt, typing
+                    // change or account data) is passed without reading it: a user in
+                    // hundreds of rooms paid a timeline and a receipt read for each.
+                    if let Some(s) = since
+                        && !fresh
+                        && !req.full_state
+                        && !data.rooms.contains_key(room_id.as_str())
+                        && self.ephemeral.typing_in(&room_id).1 <= since_typing
+                        && self.rooms.quiet_since(&room_id, since_i).map_err(rooms_err)?
+                        && self.receipts_quiet_since(&room_id, s)?
+                    {
+                        joined_rooms.push(room_id.clone());
+                        continue;
+                    }
                     let (events, limited) = self
                         .rooms
                         .timeline_between(&room_id, since_i, upto_i, req.timeline_limit)

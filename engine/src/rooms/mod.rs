@@ -178,6 +178,10 @@ pub struct Rooms {
     /// Per destination, a queue position below which every outbound row is delivered
     /// (deleted): reads seek past the deletions instead of stepping over each one.
     outbound_floors: Mutex<std::collections::BTreeMap<u64, u64>>,
+    /// Per room, a timeline position at or above its newest event's: raised before an
+    /// event's batch is handed over, so it is never below a visible event (see
+    /// [`Rooms::quiet_since`]).
+    newest: Mutex<HashMap<OwnedRoomId, i64>>,
     /// Destinations with rows queued since the sender last asked, and its wake-up.
     ready_destinations: Arc<(Mutex<std::collections::BTreeSet<String>>, tokio::sync::Notify)>,
 }
@@ -213,6 +217,7 @@ impl Rooms {
             pdus: Mutex::new(LruCache::new(cap(65536))),
             unsettled: Arc::new(Mutex::new(HashMap::new())),
             outbound_floors: Mutex::new(std::collections::BTreeMap::new()),
+            newest: Mutex::new(HashMap::new()),
             ready_destinations: Arc::new((Mutex::new(std::collections::BTreeSet::new()), tokio::sync::Notify::new())),
             versions: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
@@ -549,6 +554,11 @@ impl Rooms {
             EventMeta { room, depth: pdu.depth, count, flags: 0, state_before: state_before.unwrap_or(0), state_after };
         META.put(&mut batch, &short, &meta)?;
         TIMELINE.put(&mut batch, &(room, count), &short)?;
+        {
+            let mut newest = self.newest.lock();
+            let at = newest.entry(pdu.room_id.clone()).or_insert(count);
+            *at = (*at).max(count);
+        }
         if let Some(key) = &client_txn {
             crate::users::TXNS.put(&mut batch, key, &pdu.event_id.to_string())?;
         }

@@ -197,6 +197,24 @@ impl Rooms {
         }
     }
 
+    /// Whether the room's timeline has nothing after position `since`, known without
+    /// reading it: the first call per room and process reads the newest position once;
+    /// appends raise it before their batch is handed over, so it is never below an
+    /// event a reader can see. An unknown room answers false.
+    pub fn quiet_since(&self, room_id: &RoomId, since: i64) -> Result<bool, RoomError> {
+        if let Some(&at) = self.newest.lock().get(room_id) {
+            return Ok(at <= since);
+        }
+        let Some(short) = self.short_room(room_id)? else { return Ok(false) };
+        let stored = match TIMELINE.prefix(&*self.db, &(short,), Direction::Reverse)?.next() {
+            Some(row) => row?.0.1,
+            None => 0,
+        };
+        // An append since the read raised it already: keep the higher value.
+        let at = *self.newest.lock().entry(room_id.to_owned()).or_insert(stored);
+        Ok(at <= since)
+    }
+
     /// Timeline events with positions in `(after, upto]`, oldest first, at most the newest `limit`;
     /// the flag says whether older ones in the range were left out.
     pub fn timeline_between(
