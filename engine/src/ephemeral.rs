@@ -119,6 +119,11 @@ impl Ephemeral {
         }
     }
 
+    /// The serial of `room`'s last typing change (0 for none).
+    pub fn typing_changed_in(&self, room: &RoomId) -> u64 {
+        self.typing.lock().get(room).map_or(0, |r| r.changed)
+    }
+
     /// Who types in `room` now, and the serial of the room's last change.
     pub fn typing_in(&self, room: &RoomId) -> (Vec<OwnedUserId>, u64) {
         let all = self.typing.lock();

@@ -15,6 +15,7 @@ pub mod events;
 pub mod federation;
 pub mod keys;
 pub mod media;
+pub mod positions;
 pub mod push;
 pub mod receipts;
 pub mod rooms;
@@ -63,7 +64,7 @@ pub struct Engine {
     /// Push verdicts and member counts behind unread counts.
     pub unread: receipts::UnreadCache,
     /// Per room, a position at or above its newest receipt's.
-    pub receipt_positions: receipts::ReceiptPositions,
+    pub receipt_positions: positions::NewestPositions<ruma::OwnedRoomId>,
 }
 
 impl Engine {
@@ -123,7 +124,7 @@ impl Engine {
             backoffs,
             seen_txns,
             unread: receipts::UnreadCache::default(),
-            receipt_positions: receipts::ReceiptPositions::default(),
+            receipt_positions: positions::NewestPositions::default(),
         }))
     }
 

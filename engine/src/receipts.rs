@@ -42,14 +42,6 @@ pub struct UnreadCache {
     members: parking_lot::Mutex<lru::LruCache<u64, usize>>,
 }
 
-/// Per room, a stream position at or above its newest receipt's, raised before a
-/// receipt's batch is written, so a sync can pass a room whose receipts are all
-/// older than its token without reading them.
-#[derive(Default)]
-pub struct ReceiptPositions {
-    newest: parking_lot::Mutex<std::collections::HashMap<String, u64>>,
-}
-
 /// A user's counts over the timeline positions `(from, upto]` of one room.
 #[derive(Debug, Clone, Copy)]
 struct Tally {
@@ -125,11 +117,7 @@ impl Engine {
         if let Some(old) = RECEIPTS.get(&*self.db, &key)? {
             BY_COUNT.delete(&mut batch, &(key.0.clone(), old.count));
         }
-        {
-            let mut newest = self.receipt_positions.newest.lock();
-            let at = newest.entry(key.0.clone()).or_insert(count);
-            *at = (*at).max(count);
-        }
+        self.receipt_positions.raise(room.to_owned(), count as i64);
         let by_count = ReceiptRef { user: key.1.clone(), kind: key.2.clone(), thread: key.3.clone() };
         BY_COUNT.put(&mut batch, &(key.0.clone(), count), &by_count)?;
         RECEIPTS.put(&mut batch, &key, &Receipt { event_id: event_id.to_owned(), ts, count })?;
@@ -174,17 +162,12 @@ impl Engine {
     /// without reading them once the room's newest position was read (once per
     /// room and process).
     pub fn receipts_quiet_since(&self, room: &RoomId, since: u64) -> Result<bool, EngineError> {
-        let room = room.to_string();
-        if let Some(&at) = self.receipt_positions.newest.lock().get(&room) {
-            return Ok(at <= since);
-        }
-        let stored = match BY_COUNT.prefix(&*self.db, &(room.clone(),), Direction::Reverse)?.next() {
-            Some(row) => row?.0.1,
-            None => 0,
-        };
-        // A receipt set since the read raised it already: keep the higher value.
-        let at = *self.receipt_positions.newest.lock().entry(room).or_insert(stored);
-        Ok(at <= since)
+        self.receipt_positions.none_after(room, since as i64, || {
+            Ok(match BY_COUNT.prefix(&*self.db, &(room.to_string(),), Direction::Reverse)?.next() {
+                Some(row) => row?.0.1 as i64,
+                None => 0,
+            })
+        })
     }
 
     /// The timeline position the user has read up to in a room (latest of their receipts).

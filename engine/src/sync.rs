@@ -216,7 +216,7 @@ impl Engine {
                         && !fresh
                         && !req.full_state
                         && !data.rooms.contains_key(room_id.as_str())
-                        && self.ephemeral.typing_in(&room_id).1 <= since_typing
+                        && self.ephemeral.typing_changed_in(&room_id) <= since_typing
                         && self.rooms.quiet_since(&room_id, since_i).map_err(rooms_err)?
                         && self.receipts_quiet_since(&room_id, s)?
                     {

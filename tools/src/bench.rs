@@ -356,6 +356,11 @@ pub struct FederationReport {
     pub only_in_history: usize,
 }
 
+/// The number `n` of a `fed n` message the federation scenario sent.
+fn fed_number(event: &Value) -> Option<usize> {
+    event["content"]["body"].as_str()?.strip_prefix("fed ")?.parse().ok()
+}
+
 /// `federation`: a user on server A sends `messages` as fast as acknowledged
 /// (from `senders` connections at once) into a room that a user on server B
 /// joined; the time until B's `/sync` has delivered every one.
@@ -418,9 +423,7 @@ pub async fn federation(
         let at = epoch.elapsed();
         since = j["next_batch"].as_str().ok_or("sync without next_batch")?.to_owned();
         for e in j["rooms"]["join"][&room]["timeline"]["events"].as_array().into_iter().flatten() {
-            if let Some(n) =
-                e["content"]["body"].as_str().and_then(|b| b.strip_prefix("fed ")).and_then(|n| n.parse().ok())
-            {
+            if let Some(n) = fed_number(e) {
                 arrivals.entry(n).or_insert(at);
             }
         }
@@ -433,10 +436,7 @@ pub async fn federation(
                 let chunk = page["chunk"].as_array().cloned().unwrap_or_default();
                 let mut fresh = false;
                 for e in &chunk {
-                    if let Some(n) = e["content"]["body"]
-                        .as_str()
-                        .and_then(|b| b.strip_prefix("fed "))
-                        .and_then(|n| n.parse::<usize>().ok())
+                    if let Some(n) = fed_number(e)
                         && !arrivals.contains_key(&n)
                     {
                         arrivals.insert(n, at);
@@ -461,10 +461,7 @@ pub async fn federation(
             }
             let page = b.ok(Method::GET, &path, Some(&tb), None).await?;
             for e in page["chunk"].as_array().into_iter().flatten() {
-                if let Some(n) = e["content"]["body"]
-                    .as_str()
-                    .and_then(|b| b.strip_prefix("fed "))
-                    .and_then(|n| n.parse::<usize>().ok())
+                if let Some(n) = fed_number(e)
                     && !arrivals.contains_key(&n)
                 {
                     only_in_history += 1;

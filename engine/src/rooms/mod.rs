@@ -181,7 +181,7 @@ pub struct Rooms {
     /// Per room, a timeline position at or above its newest event's: raised before an
     /// event's batch is handed over, so it is never below a visible event (see
     /// [`Rooms::quiet_since`]).
-    newest: Mutex<HashMap<OwnedRoomId, i64>>,
+    newest: crate::positions::NewestPositions<OwnedRoomId>,
     /// Destinations with rows queued since the sender last asked, and its wake-up.
     ready_destinations: Arc<(Mutex<std::collections::BTreeSet<String>>, tokio::sync::Notify)>,
 }
@@ -217,7 +217,7 @@ impl Rooms {
             pdus: Mutex::new(LruCache::new(cap(65536))),
             unsettled: Arc::new(Mutex::new(HashMap::new())),
             outbound_floors: Mutex::new(std::collections::BTreeMap::new()),
-            newest: Mutex::new(HashMap::new()),
+            newest: crate::positions::NewestPositions::default(),
             ready_destinations: Arc::new((Mutex::new(std::collections::BTreeSet::new()), tokio::sync::Notify::new())),
             versions: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
@@ -554,11 +554,7 @@ impl Rooms {
             EventMeta { room, depth: pdu.depth, count, flags: 0, state_before: state_before.unwrap_or(0), state_after };
         META.put(&mut batch, &short, &meta)?;
         TIMELINE.put(&mut batch, &(room, count), &short)?;
-        {
-            let mut newest = self.newest.lock();
-            let at = newest.entry(pdu.room_id.clone()).or_insert(count);
-            *at = (*at).max(count);
-        }
+        self.newest.raise(pdu.room_id.clone(), count);
         if let Some(key) = &client_txn {
             crate::users::TXNS.put(&mut batch, key, &pdu.event_id.to_string())?;
         }

@@ -202,17 +202,14 @@ impl Rooms {
     /// appends raise it before their batch is handed over, so it is never below an
     /// event a reader can see. An unknown room answers false.
     pub fn quiet_since(&self, room_id: &RoomId, since: i64) -> Result<bool, RoomError> {
-        if let Some(&at) = self.newest.lock().get(room_id) {
-            return Ok(at <= since);
-        }
-        let Some(short) = self.short_room(room_id)? else { return Ok(false) };
-        let stored = match TIMELINE.prefix(&*self.db, &(short,), Direction::Reverse)?.next() {
-            Some(row) => row?.0.1,
-            None => 0,
-        };
-        // An append since the read raised it already: keep the higher value.
-        let at = *self.newest.lock().entry(room_id.to_owned()).or_insert(stored);
-        Ok(at <= since)
+        self.newest.none_after(room_id, since, || {
+            // A room not stored here is never quiet (the mark stays above any token).
+            let Some(short) = self.short_room(room_id)? else { return Ok(i64::MAX) };
+            Ok(match TIMELINE.prefix(&*self.db, &(short,), Direction::Reverse)?.next() {
+                Some(row) => row?.0.1,
+                None => 0,
+            })
+        })
     }
 
     /// Timeline events with positions in `(after, upto]`, oldest first, at most the newest `limit`;
@@ -269,6 +266,15 @@ impl Rooms {
     /// until compaction drops them, so a destination's rows are read from its
     /// floor (see [`Rooms::outbound_delivered`]).
     pub fn outbound_destinations(&self) -> Result<Vec<(u64, String)>, RoomError> {
+        use std::ops::Bound::{self, Excluded, Included};
+        type Span = (Bound<(u64, u64)>, Bound<(u64, u64)>);
+        // The destination of the first queued row in a key range.
+        let first_dest = |range: Span| -> Result<Option<u64>, RoomError> {
+            match OUTBOUND.range(&*self.db, range, Direction::Forward)?.next() {
+                Some(row) => Ok(Some(row?.0.0)),
+                None => Ok(None),
+            }
+        };
         let floors = self.outbound_floors.lock().clone();
         let mut out: Vec<(u64, String)> = Vec::new();
         let mut from = 0u64;
@@ -276,25 +282,21 @@ impl Rooms {
             // Destinations before the next one with a known floor, then that one alone
             // from its floor (an unbounded read from there would step over the next
             // floored destination's deletions).
-            let known = floors.range(from..).next().map(|(&d, &f)| (d, f));
-            let first = match known {
-                Some((d, f)) => match OUTBOUND.range(&*self.db, (from, 0)..(d, 0), Direction::Forward)?.next() {
-                    Some(row) => Some(row),
-                    None => match OUTBOUND.range(&*self.db, (d, f)..=(d, u64::MAX), Direction::Forward)?.next() {
-                        Some(row) => Some(row),
-                        None => match d.checked_add(1) {
-                            Some(n) => {
-                                from = n;
-                                continue;
-                            }
-                            None => break,
-                        },
+            let dest = match floors.range(from..).next().map(|(&d, &f)| (d, f)) {
+                Some((d, f)) => match first_dest((Included((from, 0)), Excluded((d, 0))))? {
+                    Some(dest) => Some(dest),
+                    None if first_dest((Included((d, f)), Included((d, u64::MAX))))?.is_some() => Some(d),
+                    None => match d.checked_add(1) {
+                        Some(n) => {
+                            from = n;
+                            continue;
+                        }
+                        None => break,
                     },
                 },
-                None => OUTBOUND.range(&*self.db, (from, 0)..=(u64::MAX, u64::MAX), Direction::Forward)?.next(),
+                None => first_dest((Included((from, 0)), Included((u64::MAX, u64::MAX))))?,
             };
-            let Some(row) = first else { break };
-            let ((dest, _), _) = row?;
+            let Some(dest) = dest else { break };
             if let Some(name) = self.servers.lookup(&*self.db, dest)? {
                 out.push((dest, name));
             }
