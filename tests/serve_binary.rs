@@ -11,7 +11,7 @@ use std::{
 
 use base64::Engine as _;
 use http::{Method, StatusCode};
-use myelin_suite::{free_port, http, https, myelin_bin};
+use myelin_suite::{free_port, http, http_with, https, myelin_bin};
 
 struct Proc {
     child: Child,
@@ -318,6 +318,87 @@ async fn admin_media_delete_removes_an_upload_from_a_running_server() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "purged 0 remote media items");
+    sigterm(&p);
+    assert_eq!(wait_exit(&mut p, Duration::from_secs(20)).code(), Some(0));
+}
+
+/// One authenticated client request to a `myelin serve` process.
+async fn call(p: &Proc, token: &str, method: Method, path: &str, body: serde_json::Value) -> serde_json::Value {
+    let auth = format!("Bearer {token}");
+    let body = body.to_string();
+    let r = http_with(p.client, method, path, Some(body.as_bytes()), &[("authorization", &auth)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{path}: {}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+/// Every message body of `room`, oldest first, read back through `/messages`.
+async fn room_bodies(p: &Proc, token: &str, room: &str) -> Vec<String> {
+    let mut bodies = Vec::new();
+    let mut from = String::new();
+    loop {
+        let path = format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100{from}");
+        let page = call(p, token, Method::GET, &path, serde_json::json!({})).await;
+        for e in page["chunk"].as_array().unwrap() {
+            if e["type"] == "m.room.message" {
+                bodies.push(e["content"]["body"].as_str().unwrap().to_owned());
+            }
+        }
+        match page["end"].as_str() {
+            Some(end) if !page["chunk"].as_array().unwrap().is_empty() => from = format!("&from={end}"),
+            _ => break,
+        }
+    }
+    bodies.reverse();
+    bodies
+}
+
+/// Acknowledged writes survive `kill -9`, twice: the second time on a server
+/// whose write-ahead log is a reused, pre-sized file holding a previous run's
+/// records after the new ones (the default `storage.wal_mb`).
+#[tokio::test]
+async fn acknowledged_messages_survive_kill_minus_9() {
+    let cwd = tempfile::tempdir().unwrap();
+    let env = [("MYELIN_REGISTRATION__ENABLED", "true".to_owned()), ("MYELIN_RATE_LIMIT__PER_SECOND", "0".to_owned())];
+    let mut p = spawn_serve(cwd.path(), &env);
+    wait_ready(&mut p).await;
+    let wal = cwd.path().join("myelin-data/db");
+    let newest_log = || {
+        std::fs::read_dir(&wal)
+            .unwrap()
+            .filter_map(|e| {
+                let e = e.unwrap();
+                let name = e.file_name().into_string().unwrap();
+                name.strip_suffix(".log").and_then(|n| n.parse::<u64>().ok()).map(|n| (n, e.metadata().unwrap().len()))
+            })
+            .max()
+            .unwrap()
+            .1
+    };
+    assert!(newest_log() >= 64 << 20, "the live WAL is pre-sized to storage.wal_mb");
+
+    let body =
+        serde_json::json!({ "username": "keeper", "password": "pass-word-1", "auth": { "type": "m.login.dummy" } });
+    let r = http(p.client, Method::POST, "/_matrix/client/v3/register", Some(body.to_string().as_bytes())).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let token = r.json()["access_token"].as_str().unwrap().to_owned();
+    let room = call(&p, &token, Method::POST, "/_matrix/client/v3/createRoom", serde_json::json!({})).await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut sent = Vec::new();
+    for round in 0..2 {
+        for i in 0..150 {
+            let text = format!("round {round} line {i}");
+            let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/r{round}t{i}");
+            call(&p, &token, Method::PUT, &path, serde_json::json!({ "msgtype": "m.text", "body": text })).await;
+            sent.push(text);
+        }
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+        p = spawn_serve(cwd.path(), &env);
+        wait_ready(&mut p).await;
+        assert_eq!(room_bodies(&p, &token, &room).await, sent, "after kill -9 number {}", round + 1);
+    }
     sigterm(&p);
     assert_eq!(wait_exit(&mut p, Duration::from_secs(20)).code(), Some(0));
 }

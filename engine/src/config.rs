@@ -142,6 +142,9 @@ pub struct MediaConfig {
 pub struct StorageConfig {
     /// RocksDB block cache budget in MiB, shared out per column family.
     pub cache_mb: usize,
+    /// Size in MiB the write-ahead log is given at start-up, so that syncs
+    /// overwrite instead of growing a file; 0 turns it off.
+    pub wal_mb: u64,
 }
 
 impl Default for Config {
@@ -194,7 +197,7 @@ impl Default for MediaConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { cache_mb: 256 }
+        Self { cache_mb: 256, wal_mb: 64 }
     }
 }
 

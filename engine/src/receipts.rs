@@ -291,7 +291,7 @@ mod tests {
     #[test]
     fn receipts_of_an_older_database_are_indexed_once_at_start_up() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path(), &StorageOptions { cache_bytes: 8 << 20 }).unwrap();
+        let db = Db::open(dir.path(), &StorageOptions { cache_bytes: 8 << 20, ..Default::default() }).unwrap();
         // Receipts as a database from before the index holds them: no index rows.
         let mut batch = Batch::new();
         for (user, count) in [("@a:x", 7u64), ("@b:x", 9)] {

@@ -696,7 +696,7 @@ mod tests {
     #[test]
     fn account_data_of_an_older_database_is_indexed_once_at_start_up() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path(), &StorageOptions { cache_bytes: 8 << 20 }).unwrap();
+        let db = Db::open(dir.path(), &StorageOptions { cache_bytes: 8 << 20, ..Default::default() }).unwrap();
         // Rows as a database from before the index holds them.
         let mut batch = Batch::new();
         for (room, count) in [("", 4u64), ("!r:x", 6)] {

@@ -8,7 +8,7 @@ const TIMELINE: Table<(u64, i64), u64> = Table::new(&catalog::ROOMCOUNT_SHORTEVE
 const NAMES: Table<String, Raw> = Table::new(&catalog::EVENTID_SHORTEVENTID);
 
 fn open(dir: &tempfile::TempDir) -> Arc<Db> {
-    Db::open(dir.path(), &StorageOptions { cache_bytes: 8 << 20 }).unwrap()
+    Db::open(dir.path(), &StorageOptions { cache_bytes: 8 << 20, ..Default::default() }).unwrap()
 }
 
 fn rows(iter: Iter<'_, (u64, i64), u64>) -> Vec<(u64, i64)> {
@@ -308,4 +308,24 @@ fn only_plain_unsynced_batches_skip_the_sync() {
     let mut counting = Batch::new();
     counting.raise_counter("c", 3);
     assert!(!request(counting, true).may_skip_sync());
+}
+
+/// With `wal_bytes`, the live log is already that large when `open` returns
+/// (a reused file, so a synced append does not grow it), and data written
+/// into it is read back after a reopen.
+#[tokio::test]
+async fn a_presized_wal_is_the_live_log_and_keeps_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StorageOptions { cache_bytes: 8 << 20, wal_bytes: 2 << 20 };
+    let db = Db::open(dir.path(), &options).unwrap();
+    let before = crate::db::live_wal_len(dir.path()).unwrap();
+    assert!(before >= 2 << 20, "live WAL is {before} bytes");
+    let mut b = Batch::new();
+    NAMES.put(&mut b, &"$kept".into(), &Raw(b"{}".to_vec())).unwrap();
+    db.commit(b).await.unwrap();
+    assert_eq!(crate::db::live_wal_len(dir.path()).unwrap(), before, "a synced write did not grow the file");
+    drop(db);
+    let db = Db::open(dir.path(), &options).unwrap();
+    assert!(NAMES.contains(&*db, &"$kept".into()).unwrap());
+    assert!(crate::db::live_wal_len(dir.path()).unwrap() >= 2 << 20);
 }

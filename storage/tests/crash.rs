@@ -5,6 +5,10 @@
 //! and prints `ACK <writer> <seq>` after each commit returns; the parent kills
 //! it with SIGKILL while it is writing, reopens the database and checks that
 //! every acknowledged batch is there, complete.
+//!
+//! The child opens with a pre-sized write-ahead log, as `myelin serve` does:
+//! its batches overwrite a reused log file whose older records follow them,
+//! so recovery must stop where the new records end.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -18,6 +22,8 @@ const ROWS: Table<(u64, u64), Raw> = Table::new(&catalog::SHORTEVENTID_PDU);
 const MARK: Table<(u64, i64), u64> = Table::new(&catalog::ROOMCOUNT_SHORTEVENTID);
 const CHILD_ENV: &str = "MYELIN_TEST_CRASH_CHILD_DIR";
 const WRITERS: u64 = 8;
+/// Larger than everything the child writes before it is killed.
+const WAL_BYTES: u64 = 8 << 20;
 
 fn payload(w: u64, seq: u64) -> Vec<u8> {
     let mut v = format!("{w}:{seq}:").into_bytes();
@@ -29,7 +35,8 @@ fn payload(w: u64, seq: u64) -> Vec<u8> {
 #[test]
 fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else { return };
-    let db = Db::open(std::path::Path::new(&dir), &StorageOptions::default()).unwrap();
+    let options = StorageOptions { wal_bytes: WAL_BYTES, ..Default::default() };
+    let db = Db::open(std::path::Path::new(&dir), &options).unwrap();
     let stdout = std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
     let deadline = Instant::now() + Duration::from_secs(60);
     std::thread::scope(|s| {
@@ -88,7 +95,7 @@ fn acknowledged_batches_survive_sigkill() {
     let status = child.wait().unwrap();
     assert!(!status.success(), "child should have been killed, not finished");
 
-    let db = Db::open(dir.path(), &StorageOptions::default()).unwrap();
+    let db = Db::open(dir.path(), &StorageOptions { wal_bytes: WAL_BYTES, ..Default::default() }).unwrap();
     for &(w, seq) in &acked {
         let row = ROWS.get(&*db, &(w, seq)).unwrap();
         assert_eq!(row.map(|r| r.0), Some(payload(w, seq)), "acknowledged batch ({w}, {seq}) lost");

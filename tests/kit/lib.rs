@@ -183,6 +183,8 @@ pub fn test_config(dir: &Path, server_name: &str) -> Config {
     config.client.listen = "127.0.0.1:0".parse().unwrap();
     config.federation.listen = "127.0.0.1:0".parse().unwrap();
     config.storage.cache_mb = 16;
+    // Exercises the WAL pre-sizing at every start without writing 64 MiB each time.
+    config.storage.wal_mb = 1;
     config
 }
 

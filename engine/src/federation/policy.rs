@@ -117,7 +117,7 @@ mod tests {
     use super::*;
 
     fn open(dir: &std::path::Path) -> Arc<Db> {
-        Db::open(&dir.join("db"), &StorageOptions { cache_bytes: 8 << 20 }).unwrap()
+        Db::open(&dir.join("db"), &StorageOptions { cache_bytes: 8 << 20, ..Default::default() }).unwrap()
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ struct Net {
 
 fn net() -> Net {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(&dir.path().join("db"), &StorageOptions { cache_bytes: 8 << 20 }).unwrap();
+    let db = Db::open(&dir.path().join("db"), &StorageOptions { cache_bytes: 8 << 20, ..Default::default() }).unwrap();
     let keys = Arc::new(ServerKeys::load_or_generate(dir.path(), "test".try_into().unwrap()).unwrap());
     let stream = StreamCounter::load(&db, "stream").unwrap();
     let rooms = Rooms::open(db.clone(), "test".try_into().unwrap(), keys, stream).unwrap();

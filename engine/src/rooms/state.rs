@@ -281,7 +281,8 @@ mod tests {
 
     fn open() -> (tempfile::TempDir, Arc<Db>, StateStore) {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path(), &myelin_storage::StorageOptions { cache_bytes: 8 << 20 }).unwrap();
+        let db = Db::open(dir.path(), &myelin_storage::StorageOptions { cache_bytes: 8 << 20, ..Default::default() })
+            .unwrap();
         let store = StateStore::open(db.clone()).unwrap();
         (dir, db, store)
     }
@@ -352,7 +353,8 @@ mod tests {
         drop(store);
         db.shutdown();
         drop(db);
-        let db = Db::open(dir.path(), &myelin_storage::StorageOptions { cache_bytes: 8 << 20 }).unwrap();
+        let db = Db::open(dir.path(), &myelin_storage::StorageOptions { cache_bytes: 8 << 20, ..Default::default() })
+            .unwrap();
         let store = StateStore::open(db.clone()).unwrap();
         for (id, want) in ids.iter().step_by(97) {
             let want: FullState = want.iter().map(|(k, v)| (*k, *v)).collect();
