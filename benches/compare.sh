@@ -3,14 +3,18 @@
 # Synapse (the interop venv, SQLite), started side by side on loopback, and
 # prints one table with the ratio of each scenario measured in this run.
 #
-# Usage: benches/compare.sh  (LINES=3000 CLIENTS=20 MESSAGES=25 FED_MESSAGES=300 FED_SENDERS=10 MEMBERS=2000 to change sizes)
+# Usage: benches/compare.sh  (LINES=3000 CLIENTS=20 MESSAGES=100 FED_MESSAGES=300 FED_SENDERS=10 MEMBERS=2000 to change sizes)
+#
+# MESSAGES is per client: 20 x 100 = 2,000 events per send row. (It was 25
+# until 2026-11-26: Myelin sent those 500 in 30-50 ms, a window this shared
+# machine's scheduling noise moved by a third from run to run.)
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 lines="${LINES:-3000}"
 clients="${CLIENTS:-20}"
-messages="${MESSAGES:-25}"
+messages="${MESSAGES:-100}"
 
 bash tests/interop/setup.sh >/dev/null
 cargo build --release --bin myelin >/dev/null 2>&1 || cargo build --release --bin myelin
