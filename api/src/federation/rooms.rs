@@ -54,15 +54,64 @@ pub async fn ensure_signing_keys(cx: &Ctx, object: &JsonValue) -> Result<(), Api
 pub async fn checked_pdu(cx: &Ctx, json: &JsonValue, room_version: &RoomVersionId) -> Result<Pdu, ApiError> {
     let rules = version::rules(room_version)?;
     ensure_signing_keys(cx, json).await?;
-    let object: CanonicalJsonObject =
-        serde_json::from_value(json.clone()).map_err(|e| ApiError::bad_json(e.to_string()))?;
-    let verified = cx.engine.rooms.verify(&object, &rules)?;
+    verified_pdu(&cx.engine, json.clone(), &rules)
+}
+
+/// [`checked_pdu`] for many PDUs at once (a join's state and auth chain, some
+/// thousands): each signing key is fetched once, then the signature and hash
+/// checks run on the blocking pool in one chunk per core, off the async
+/// workers. Results keep the input order; the first failure in that order
+/// is returned.
+pub async fn checked_pdus(cx: &Ctx, jsons: Vec<JsonValue>, room_version: &RoomVersionId) -> Result<Vec<Pdu>, ApiError> {
+    let rules = version::rules(room_version)?;
+    let mut keys: std::collections::BTreeSet<(&str, &str)> = std::collections::BTreeSet::new();
+    for json in &jsons {
+        for (server, ids) in json["signatures"].as_object().into_iter().flatten() {
+            for id in ids.as_object().into_iter().flat_map(|ids| ids.keys()) {
+                keys.insert((server.as_str(), id.as_str()));
+            }
+        }
+    }
+    for (server, key_id) in keys {
+        if let Ok(Some(key)) = cx.federation.server_key(&cx.engine, server, key_id).await {
+            cx.engine.rooms.add_server_key(server, key_id, &key)?;
+        }
+    }
+    let total = jsons.len();
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, total.max(1));
+    let chunk = total.div_ceil(workers).max(1);
+    let mut rest = jsons;
+    let mut tasks = Vec::with_capacity(workers);
+    while !rest.is_empty() {
+        let tail = rest.split_off(chunk.min(rest.len()));
+        let part = std::mem::replace(&mut rest, tail);
+        let (engine, rules, span) = (cx.engine.clone(), rules.clone(), tracing::Span::current());
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            part.into_iter().map(|json| verified_pdu(&engine, json, &rules)).collect::<Result<Vec<_>, _>>()
+        }));
+    }
+    let mut pdus = Vec::with_capacity(total);
+    for task in tasks {
+        pdus.extend(task.await.map_err(|e| ApiError::unknown(format!("PDU check task failed: {e}")))??);
+    }
+    Ok(pdus)
+}
+
+/// The CPU-bound part of [`checked_pdu`], once the signing keys are known.
+fn verified_pdu(
+    engine: &myelin_engine::Engine,
+    json: JsonValue,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+) -> Result<Pdu, ApiError> {
+    let object: CanonicalJsonObject = serde_json::from_value(json).map_err(|e| ApiError::bad_json(e.to_string()))?;
+    let verified = engine.rooms.verify(&object, rules)?;
     let object = match verified {
         ruma::signatures::Verified::All => object,
         _ => ruma::canonical_json::redact(object, &rules.redaction, None)
             .map_err(|e| ApiError::bad_json(e.to_string()))?,
     };
-    Ok(Pdu::from_object(object, &rules)?)
+    Ok(Pdu::from_object(object, rules)?)
 }
 
 fn room_param(req: &Req) -> Result<ruma::OwnedRoomId, ApiError> {
@@ -314,7 +363,7 @@ pub async fn join_remote(cx: &Ctx, user: &UserId, room: &RoomId, servers: &[Stri
             crate::routes::client::enc_query(event_id.as_str())
         );
         let body = serde_json::to_value(&template).map_err(|e| ApiError::unknown(e.to_string()))?;
-        let answer = match cx.federation.request(&cx.engine, server, Method::PUT, &path, Some(&body), true).await {
+        let mut answer = match cx.federation.request(&cx.engine, server, Method::PUT, &path, Some(&body), true).await {
             Ok(r) if r.status.is_success() => r.json,
             Ok(r) => {
                 last_error =
@@ -326,14 +375,16 @@ pub async fn join_remote(cx: &Ctx, user: &UserId, room: &RoomId, servers: &[Stri
                 continue;
             }
         };
-        let mut state = Vec::new();
-        for json in answer["state"].as_array().into_iter().flatten() {
-            state.push(checked_pdu(cx, json, &room_version).await?);
-        }
-        let mut chain = Vec::new();
-        for json in answer["auth_chain"].as_array().into_iter().flatten() {
-            chain.push(checked_pdu(cx, json, &room_version).await?);
-        }
+        // State and auth chain checked together, so the work splits evenly over the cores.
+        let mut take = |name: &str| match answer[name].take() {
+            JsonValue::Array(list) => list,
+            _ => Vec::new(),
+        };
+        let mut both = take("state");
+        let state_len = both.len();
+        both.extend(take("auth_chain"));
+        let mut state = checked_pdus(cx, both, &room_version).await?;
+        let chain = state.split_off(state_len);
         // The resident may have co-signed the join (restricted rooms); prefer its copy.
         let join_json = if answer["event"].is_object() { answer["event"].clone() } else { body };
         let join = checked_pdu(cx, &join_json, &room_version).await?;

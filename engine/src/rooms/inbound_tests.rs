@@ -154,3 +154,35 @@ async fn outliers_are_stored_without_a_place_in_the_dag() {
     assert!(n.rooms.state_event(&room, "m.room.member", "@zoe:remote.example").unwrap().is_none());
     assert_eq!(n.rooms.pdu(&id).unwrap().unwrap().event_id, id);
 }
+
+/// `joined_servers_now` follows a remote join and leave, whether it is read
+/// from the room's loaded head or, while the room lock is held, from the copy
+/// kept per state snapshot.
+#[tokio::test]
+async fn joined_servers_now_follows_joins_and_leaves_from_either_source() {
+    let n = net();
+    let room = public_room(&n).await;
+    let servers = |n: &Net| {
+        let mut s = n.rooms.joined_servers_now(&room).unwrap();
+        s.sort();
+        s
+    };
+    let busy = |n: &Net| {
+        let lock = n.rooms.lock_of(&room);
+        let _held = lock.try_lock().unwrap();
+        let mut s = n.rooms.joined_servers_now(&room).unwrap();
+        s.sort();
+        s
+    };
+    assert_eq!(servers(&n), ["test"]);
+    assert_eq!(busy(&n), ["test"]);
+    let object = remote_event(&n, &room, "@zoe:remote.example", join("@zoe:remote.example")).await;
+    assert!(matches!(n.rooms.append_pdu(parse(object)).await.unwrap(), Appended::Accepted(_)));
+    assert_eq!(busy(&n), ["remote.example", "test"], "a copy kept for the old state is not used");
+    assert_eq!(servers(&n), ["remote.example", "test"]);
+    let leave = NewEvent::state(TimelineEventType::RoomMember, "@zoe:remote.example", json!({ "membership": "leave" }));
+    let object = remote_event(&n, &room, "@zoe:remote.example", leave).await;
+    assert!(matches!(n.rooms.append_pdu(parse(object)).await.unwrap(), Appended::Accepted(_)));
+    assert_eq!(servers(&n), ["test"]);
+    assert_eq!(busy(&n), ["test"]);
+}

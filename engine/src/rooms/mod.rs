@@ -182,6 +182,9 @@ pub struct Rooms {
     /// event's batch is handed over, so it is never below a visible event (see
     /// [`Rooms::quiet_since`]).
     newest: crate::positions::NewestPositions<OwnedRoomId>,
+    /// Per room, the servers with joined members at one state snapshot (snapshots
+    /// never change, so an entry is right while the room's state is that snapshot).
+    servers_at: Mutex<LruCache<OwnedRoomId, (u64, Vec<String>)>>,
     /// Destinations with rows queued since the sender last asked, and its wake-up.
     ready_destinations: Arc<(Mutex<std::collections::BTreeSet<String>>, tokio::sync::Notify)>,
 }
@@ -197,6 +200,20 @@ fn state_key_string(kind: &str, state_key: &str) -> String {
 
 fn membership_of(pdu: &Pdu) -> Option<String> {
     pdu.content_value().get("membership").and_then(JsonValue::as_str).map(str::to_owned)
+}
+
+/// Joined members per server among a room state's events.
+fn servers_of<'a>(state: impl Iterator<Item = &'a Pdu>) -> BTreeMap<OwnedServerName, usize> {
+    let mut servers = BTreeMap::new();
+    for pdu in state {
+        if pdu.kind == TimelineEventType::RoomMember
+            && membership_of(pdu).as_deref() == Some("join")
+            && let Some(user) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
+        {
+            *servers.entry(user.server_name().to_owned()).or_insert(0) += 1;
+        }
+    }
+    servers
 }
 
 impl Rooms {
@@ -215,6 +232,7 @@ impl Rooms {
             servers: Interner::open(&db, &catalog::SERVERNAME_SHORTSERVER, &catalog::SHORTSERVER_SERVERNAME)?,
             states: state::StateStore::open(db.clone())?,
             pdus: Mutex::new(LruCache::new(cap(65536))),
+            servers_at: Mutex::new(LruCache::new(cap(4096))),
             unsettled: Arc::new(Mutex::new(HashMap::new())),
             outbound_floors: Mutex::new(std::collections::BTreeMap::new()),
             newest: crate::positions::NewestPositions::default(),
@@ -317,26 +335,17 @@ impl Rooms {
         snapshot: u64,
         pending: Option<(u64, &ArcPdu)>,
     ) -> Result<BTreeMap<OwnedServerName, usize>, RoomError> {
-        let mut servers = BTreeMap::new();
         if snapshot == 0 {
-            return Ok(servers);
+            return Ok(BTreeMap::new());
         }
+        let mut pdus = Vec::new();
         for (_, short) in self.states.load(snapshot)?.iter() {
-            let pdu = match pending {
-                Some((s, p)) if s == *short => p.clone(),
-                _ => match self.pdu_by_short(*short)? {
-                    Some(p) => p,
-                    None => continue,
-                },
-            };
-            if pdu.kind == TimelineEventType::RoomMember
-                && membership_of(&pdu).as_deref() == Some("join")
-                && let Some(user) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
-            {
-                *servers.entry(user.server_name().to_owned()).or_insert(0) += 1;
+            match pending {
+                Some((s, p)) if s == *short => pdus.push(p.clone()),
+                _ => pdus.extend(self.pdu_by_short(*short)?),
             }
         }
-        Ok(servers)
+        Ok(servers_of(pdus.iter().map(|p| &**p)))
     }
 
     /// Sends an event as a local user on top of the room's forward extremities.
