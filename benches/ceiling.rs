@@ -93,6 +93,8 @@ async fn main() {
         c.registration.enabled = true;
         c.rate_limit.per_second = 0.0; // measured here is the path, not the limiter
         c.storage.cache_mb = 256;
+        // The server's default, not the test kit's 1 MiB: a sync must not grow the log.
+        c.storage.wal_mb = 64;
     })
     .await;
     let alice = server.register("alice").await;

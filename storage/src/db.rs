@@ -46,7 +46,7 @@ impl Default for StorageOptions {
 /// How many retired WAL files RocksDB keeps for reuse.
 const RECYCLED_WALS: usize = 2;
 /// Filler written per WAL record while pre-sizing the log.
-const WAL_FILL_CHUNK: usize = 1 << 20;
+const WAL_FILL_CHUNK: usize = 64 << 10;
 /// Tiny key written to give a WAL switch something to flush.
 const WAL_SWITCH_KEY: &str = "wal-switch";
 
