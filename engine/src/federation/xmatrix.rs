@@ -7,8 +7,8 @@
 //! the signature travels as
 //! `Authorization: X-Matrix origin="…",destination="…",key="ed25519:…",sig="…"`.
 
-use ruma::CanonicalJsonObject;
-use serde_json::{Value as JsonValue, json};
+use ruma::{CanonicalJsonObject, CanonicalJsonValue};
+use serde_json::Value as JsonValue;
 
 use super::FederationError;
 use crate::keys::ServerKeys;
@@ -26,12 +26,26 @@ pub struct XMatrix {
     pub sig: String,
 }
 
-fn request_object(method: &str, uri: &str, origin: &str, destination: &str, content: Option<&JsonValue>) -> JsonValue {
-    let mut object = json!({ "method": method, "uri": uri, "origin": origin, "destination": destination });
+/// The signed object `{method, uri, origin, destination, content?}`, built
+/// canonical directly: a transaction's body is converted once, not copied,
+/// converted and read back.
+fn request_object(
+    method: &str,
+    uri: &str,
+    origin: &str,
+    destination: &str,
+    content: Option<&JsonValue>,
+) -> Result<CanonicalJsonObject, String> {
+    let text = |s: &str| CanonicalJsonValue::String(s.to_owned());
+    let mut object = CanonicalJsonObject::new();
+    object.insert("method".into(), text(method));
+    object.insert("uri".into(), text(uri));
+    object.insert("origin".into(), text(origin));
+    object.insert("destination".into(), text(destination));
     if let Some(c) = content {
-        object["content"] = c.clone();
+        object.insert("content".into(), ruma::canonical_json::to_canonical_value(c).map_err(|e| e.to_string())?);
     }
-    object
+    Ok(object)
 }
 
 /// The `Authorization` header value for a request we send.
@@ -43,15 +57,18 @@ pub fn sign(
     uri: &str,
     content: Option<&JsonValue>,
 ) -> Result<String, FederationError> {
-    let object = request_object(method, uri, origin, destination, content);
-    let mut canonical: CanonicalJsonObject = serde_json::from_value(object).map_err(|e| {
+    let mut canonical = request_object(method, uri, origin, destination, content).map_err(|e| {
         FederationError::BadResponse { server: destination.into(), reason: format!("request not canonical: {e}") }
     })?;
     keys.sign_json(&mut canonical)?;
-    let sig = serde_json::to_value(&canonical)
-        .ok()
-        .and_then(|v| v["signatures"][origin][keys.key_id()].as_str().map(str::to_owned))
-        .ok_or_else(|| FederationError::Unauthorized("signing produced no signature".into()))?;
+    let field = |v: Option<&CanonicalJsonValue>, key: &str| match v {
+        Some(CanonicalJsonValue::Object(o)) => o.get(key).cloned(),
+        _ => None,
+    };
+    let sig = match field(field(canonical.get("signatures"), origin).as_ref(), keys.key_id()) {
+        Some(CanonicalJsonValue::String(sig)) => sig,
+        _ => return Err(FederationError::Unauthorized("signing produced no signature".into())),
+    };
     Ok(format!(r#"X-Matrix origin="{origin}",destination="{destination}",key="{}",sig="{sig}""#, keys.key_id()))
 }
 
@@ -90,10 +107,11 @@ pub fn verify(
     content: Option<&JsonValue>,
 ) -> Result<(), FederationError> {
     let destination = x.destination.as_deref().unwrap_or(our_name);
-    let mut object = request_object(method, uri, &x.origin, destination, content);
-    object["signatures"] = json!({ &x.origin: { &x.key: &x.sig } });
-    let canonical: CanonicalJsonObject = serde_json::from_value(object)
+    let mut canonical = request_object(method, uri, &x.origin, destination, content)
         .map_err(|e| FederationError::Unauthorized(format!("request not canonical: {e}")))?;
+    let by_key = CanonicalJsonObject::from([(x.key.clone(), CanonicalJsonValue::String(x.sig.clone()))]);
+    let by_server = CanonicalJsonObject::from([(x.origin.clone(), CanonicalJsonValue::Object(by_key))]);
+    canonical.insert("signatures".into(), CanonicalJsonValue::Object(by_server));
     let mut set = ruma::signatures::PublicKeySet::new();
     set.insert(
         x.key.clone(),
@@ -108,6 +126,8 @@ pub fn verify(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
