@@ -202,6 +202,9 @@ pub struct Users {
     create_lock: tokio::sync::Mutex<()>,
     argon2: Argon2<'static>,
     hashing: HashPool,
+    /// Per user, a position at or above their newest account data: an incremental
+    /// `/sync` with nothing newer skips the index read (see [`Users::account_data_since`]).
+    account_data_newest: crate::positions::NewestPositions<String>,
 }
 
 type HashJob = Box<dyn FnOnce() + Send>;
@@ -267,6 +270,7 @@ impl Users {
             create_lock: tokio::sync::Mutex::new(()),
             argon2: password_hasher(),
             hashing: HashPool::new(2),
+            account_data_newest: Default::default(),
         }
     }
 
@@ -550,6 +554,15 @@ impl Users {
     ) -> Result<Vec<(String, String, AccountData)>, UserError> {
         let Some(since) = since else { return self.all_account_data(user_id) };
         let user = user_id.to_owned();
+        let quiet = self.account_data_newest.none_after(user_id, since as i64, || -> Result<i64, UserError> {
+            Ok(match ACCOUNT_DATA_BY_COUNT.prefix(&*self.db, &(user.clone(),), Direction::Reverse)?.next() {
+                Some(row) => row?.0.1 as i64,
+                None => 0,
+            })
+        })?;
+        if quiet {
+            return Ok(Vec::new());
+        }
         let mut out = Vec::new();
         let range = (user.clone(), since.saturating_add(1))..=(user.clone(), u64::MAX);
         for row in ACCOUNT_DATA_BY_COUNT.range(&*self.db, range, Direction::Forward)? {
@@ -574,6 +587,8 @@ impl Users {
         let key = (user_id.to_owned(), room.unwrap_or_default().to_owned(), kind.to_owned());
         let mut batch = Batch::new();
         let count = self.stream.next_in(&mut batch);
+        // Raised before the write is handed over: never below what a reader can see.
+        self.account_data_newest.raise(key.0.clone(), count as i64);
         if let Some(old) = ACCOUNT_DATA.get(&*self.db, &key)? {
             ACCOUNT_DATA_BY_COUNT.delete(&mut batch, &(key.0.clone(), old.count));
         }
@@ -713,6 +728,33 @@ mod tests {
             users.account_data_since("@a:x", Some(5)).unwrap().into_iter().map(|(room, _, _)| room).collect();
         assert_eq!(since_5, ["!r:x"]);
         assert_eq!(users.account_data_since("@a:x", None).unwrap().len(), 2);
+        db.shutdown();
+    }
+
+    /// An incremental read with nothing newer skips the index, yet never misses
+    /// a later write, nor data stored before this `Users` (a restart) existed.
+    #[tokio::test]
+    async fn account_data_since_sees_every_write_after_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &StorageOptions { cache_bytes: 8 << 20, ..Default::default() }).unwrap();
+        let server: OwnedServerName = "x".try_into().unwrap();
+        let users = Users::new(db.clone(), server.clone(), StreamCounter::load(&db, "stream").unwrap());
+        let rooms = |users: &Users, since: u64| -> Vec<String> {
+            users.account_data_since("@a:x", Some(since)).unwrap().into_iter().map(|(room, _, _)| room).collect()
+        };
+        assert!(rooms(&users, 0).is_empty());
+        users.set_account_data("@a:x", Some("!r:x"), "m.tag", b"{}".to_vec()).await.unwrap();
+        let first = users.account_data("@a:x", Some("!r:x"), "m.tag").unwrap();
+        assert!(first.is_some());
+        let after_first = users.all_account_data("@a:x").unwrap()[0].2.count;
+        assert_eq!(rooms(&users, after_first - 1), ["!r:x"]);
+        assert!(rooms(&users, after_first).is_empty(), "nothing newer than the token");
+        users.set_account_data("@a:x", None, "m.direct", b"{}".to_vec()).await.unwrap();
+        assert_eq!(rooms(&users, after_first), [""], "a write after the token is seen");
+        // A new service over the same data (as after a restart) has no marks yet.
+        let again = Users::new(db.clone(), server, StreamCounter::load(&db, "stream").unwrap());
+        assert_eq!(rooms(&again, after_first), [""]);
+        assert!(rooms(&again, after_first + 1).is_empty());
         db.shutdown();
     }
 }
