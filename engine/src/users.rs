@@ -12,7 +12,7 @@
 //! batch (no half-registered user); a deactivated account has no tokens left
 //! and cannot log in again.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use argon2::{
     Argon2,
@@ -205,6 +205,11 @@ pub struct Users {
     /// Per user, a position at or above their newest account data: an incremental
     /// `/sync` with nothing newer skips the index read (see [`Users::account_data_since`]).
     account_data_newest: crate::positions::NewestPositions<String>,
+    /// Per (user, device), a position at or above its newest to-device message...
+    to_device_newest: crate::positions::NewestPositions<(String, String)>,
+    /// ...and the position its messages were acknowledged (deleted) up to: when the
+    /// first is not above the second, the device has none and `/sync` reads nothing.
+    to_device_acked: parking_lot::Mutex<HashMap<(String, String), u64>>,
 }
 
 type HashJob = Box<dyn FnOnce() + Send>;
@@ -271,6 +276,8 @@ impl Users {
             argon2: password_hasher(),
             hashing: HashPool::new(2),
             account_data_newest: Default::default(),
+            to_device_newest: Default::default(),
+            to_device_acked: parking_lot::Mutex::new(HashMap::new()),
         }
     }
 
@@ -613,6 +620,8 @@ impl Users {
                 if device == "*" { self.devices(&user)?.into_iter().map(|(d, _)| d).collect() } else { vec![device] };
             for device in targets {
                 let message = ToDevice { sender: sender.to_owned(), kind: kind.to_owned(), content: content.clone() };
+                // Raised before the write is handed over: never below what a reader can see.
+                self.to_device_newest.raise((user.clone(), device.clone()), count as i64);
                 TO_DEVICE.put(&mut batch, &(user.clone(), device, count), &message)?;
             }
         }
@@ -620,16 +629,39 @@ impl Users {
         Ok(())
     }
 
+    /// Whether the device certainly has no stored to-device message: none was
+    /// queued above the position its messages were acknowledged up to. Unknown
+    /// (so `false`) until the device's first acknowledgement since start-up.
+    fn no_to_device_stored(&self, key: &(String, String)) -> Result<bool, UserError> {
+        let Some(acked) = self.to_device_acked.lock().get(key).copied() else { return Ok(false) };
+        self.to_device_newest.none_after(key, acked as i64, || -> Result<i64, UserError> {
+            Ok(match TO_DEVICE.prefix(&*self.db, &(key.0.clone(), key.1.clone()), Direction::Reverse)?.next() {
+                Some(row) => row?.0.2 as i64,
+                None => 0,
+            })
+        })
+    }
+
     /// Deletes the device's messages at or below `upto` (the client has them).
     pub async fn ack_to_device(&self, user_id: &str, device_id: &str, upto: u64) -> Result<(), UserError> {
-        let mut batch = Batch::new();
-        let range = (user_id.to_owned(), device_id.to_owned(), 0)..=(user_id.to_owned(), device_id.to_owned(), upto);
-        for row in TO_DEVICE.range(&*self.db, range, Direction::Forward)? {
-            TO_DEVICE.delete(&mut batch, &row?.0);
+        // A token from beyond this server's position (another database's) must not
+        // mark messages not yet queued as acknowledged.
+        let upto = upto.min(self.stream.current());
+        let key = (user_id.to_owned(), device_id.to_owned());
+        if !self.no_to_device_stored(&key)? {
+            let mut batch = Batch::new();
+            let range = (key.0.clone(), key.1.clone(), 0)..=(key.0.clone(), key.1.clone(), upto);
+            for row in TO_DEVICE.range(&*self.db, range, Direction::Forward)? {
+                TO_DEVICE.delete(&mut batch, &row?.0);
+            }
+            if !batch.is_empty() {
+                self.db.commit(batch).await?;
+            }
         }
-        if !batch.is_empty() {
-            self.db.commit(batch).await?;
-        }
+        // Every message at or below `upto` is gone now.
+        let mut acked = self.to_device_acked.lock();
+        let at = acked.entry(key).or_insert(upto);
+        *at = (*at).max(upto);
         Ok(())
     }
 
@@ -641,6 +673,9 @@ impl Users {
         upto: u64,
         limit: usize,
     ) -> Result<Vec<(u64, ToDevice)>, UserError> {
+        if self.no_to_device_stored(&(user_id.to_owned(), device_id.to_owned()))? {
+            return Ok(Vec::new());
+        }
         let range = (user_id.to_owned(), device_id.to_owned(), 0)..=(user_id.to_owned(), device_id.to_owned(), upto);
         let mut out = Vec::new();
         for row in TO_DEVICE.range(&*self.db, range, Direction::Forward)?.take(limit) {
@@ -728,6 +763,42 @@ mod tests {
             users.account_data_since("@a:x", Some(5)).unwrap().into_iter().map(|(room, _, _)| room).collect();
         assert_eq!(since_5, ["!r:x"]);
         assert_eq!(users.account_data_since("@a:x", None).unwrap().len(), 2);
+        db.shutdown();
+    }
+
+    /// To-device messages: delivered until acknowledged, never hidden by the
+    /// "nothing stored" shortcut, also for a new message after an acknowledgement,
+    /// after a restart, and after a token from beyond the server's position.
+    #[tokio::test]
+    async fn to_device_messages_are_pending_until_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &StorageOptions { cache_bytes: 8 << 20, ..Default::default() }).unwrap();
+        let server: OwnedServerName = "x".try_into().unwrap();
+        let users = Users::new(db.clone(), server.clone(), StreamCounter::load(&db, "stream").unwrap());
+        let pending = |users: &Users| -> Vec<Vec<u8>> {
+            users.pending_to_device("@a:x", "D", u64::MAX, 100).unwrap().into_iter().map(|(_, m)| m.content).collect()
+        };
+        let send = |body: &'static [u8]| {
+            users.send_to_device("@b:x", "m.test", vec![("@a:x".into(), "D".into(), body.to_vec())])
+        };
+        assert!(pending(&users).is_empty());
+        users.ack_to_device("@a:x", "D", 0).await.unwrap();
+        send(b"one").await.unwrap();
+        assert_eq!(pending(&users), [b"one".to_vec()]);
+        let now = users.stream.current();
+        users.ack_to_device("@a:x", "D", now).await.unwrap();
+        assert!(pending(&users).is_empty(), "acknowledged messages are gone");
+        send(b"two").await.unwrap();
+        assert_eq!(pending(&users), [b"two".to_vec()], "a message after the acknowledgement");
+        // A token far beyond the server's position acknowledges only what exists.
+        users.ack_to_device("@a:x", "D", 1 << 40).await.unwrap();
+        send(b"three").await.unwrap();
+        assert_eq!(pending(&users), [b"three".to_vec()]);
+        // A restart: no marks, the stored message is still delivered.
+        let again = Users::new(db.clone(), server, StreamCounter::load(&db, "stream").unwrap());
+        assert_eq!(pending(&again), [b"three".to_vec()]);
+        again.ack_to_device("@a:x", "D", again.stream.current()).await.unwrap();
+        assert!(pending(&again).is_empty());
         db.shutdown();
     }
 
