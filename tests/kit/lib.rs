@@ -35,8 +35,23 @@ pub fn myelin_bin() -> PathBuf {
 }
 
 /// A loopback port that was free a moment ago.
+///
+/// Chosen at random below Linux's ephemeral range (32768–60999), not by
+/// binding port 0: a port from that range could be handed to another test's
+/// outgoing connection before the server binds it (a federation test once
+/// failed with "address in use" that way).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        h.write_u32(std::process::id());
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A response as the test sees it.
