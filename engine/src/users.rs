@@ -743,10 +743,20 @@ mod tests {
 
     use super::*;
 
+    /// The user service over `db`, with its own stream counter as a start would load it.
+    fn service(db: &Arc<Db>) -> Users {
+        let server: OwnedServerName = "x".try_into().unwrap();
+        Users::new(db.clone(), server, StreamCounter::load(db, "stream").unwrap())
+    }
+
+    fn open(dir: &tempfile::TempDir) -> Arc<Db> {
+        Db::open(dir.path(), &StorageOptions { cache_bytes: 8 << 20, ..Default::default() }).unwrap()
+    }
+
     #[test]
     fn account_data_of_an_older_database_is_indexed_once_at_start_up() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path(), &StorageOptions { cache_bytes: 8 << 20, ..Default::default() }).unwrap();
+        let db = open(&dir);
         // Rows as a database from before the index holds them.
         let mut batch = Batch::new();
         for (room, count) in [("", 4u64), ("!r:x", 6)] {
@@ -754,9 +764,7 @@ mod tests {
             ACCOUNT_DATA.put(&mut batch, &key, &AccountData { count, json: b"{}".to_vec() }).unwrap();
         }
         db.commit_blocking(batch).unwrap();
-        let stream = StreamCounter::load(&db, "stream").unwrap();
-        let server: OwnedServerName = "x".try_into().unwrap();
-        let users = Users::new(db.clone(), server, stream);
+        let users = service(&db);
         assert_eq!(users.index_existing_account_data().unwrap(), 2);
         assert_eq!(users.index_existing_account_data().unwrap(), 0, "indexed once");
         let since_5: Vec<String> =
@@ -772,9 +780,8 @@ mod tests {
     #[tokio::test]
     async fn to_device_messages_are_pending_until_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path(), &StorageOptions { cache_bytes: 8 << 20, ..Default::default() }).unwrap();
-        let server: OwnedServerName = "x".try_into().unwrap();
-        let users = Users::new(db.clone(), server.clone(), StreamCounter::load(&db, "stream").unwrap());
+        let db = open(&dir);
+        let users = service(&db);
         let pending = |users: &Users| -> Vec<Vec<u8>> {
             users.pending_to_device("@a:x", "D", u64::MAX, 100).unwrap().into_iter().map(|(_, m)| m.content).collect()
         };
@@ -795,7 +802,7 @@ mod tests {
         send(b"three").await.unwrap();
         assert_eq!(pending(&users), [b"three".to_vec()]);
         // A restart: no marks, the stored message is still delivered.
-        let again = Users::new(db.clone(), server, StreamCounter::load(&db, "stream").unwrap());
+        let again = service(&db);
         assert_eq!(pending(&again), [b"three".to_vec()]);
         again.ack_to_device("@a:x", "D", again.stream.current()).await.unwrap();
         assert!(pending(&again).is_empty());
@@ -807,9 +814,8 @@ mod tests {
     #[tokio::test]
     async fn account_data_since_sees_every_write_after_the_token() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path(), &StorageOptions { cache_bytes: 8 << 20, ..Default::default() }).unwrap();
-        let server: OwnedServerName = "x".try_into().unwrap();
-        let users = Users::new(db.clone(), server.clone(), StreamCounter::load(&db, "stream").unwrap());
+        let db = open(&dir);
+        let users = service(&db);
         let rooms = |users: &Users, since: u64| -> Vec<String> {
             users.account_data_since("@a:x", Some(since)).unwrap().into_iter().map(|(room, _, _)| room).collect()
         };
@@ -823,7 +829,7 @@ mod tests {
         users.set_account_data("@a:x", None, "m.direct", b"{}".to_vec()).await.unwrap();
         assert_eq!(rooms(&users, after_first), [""], "a write after the token is seen");
         // A new service over the same data (as after a restart) has no marks yet.
-        let again = Users::new(db.clone(), server, StreamCounter::load(&db, "stream").unwrap());
+        let again = service(&db);
         assert_eq!(rooms(&again, after_first), [""]);
         assert!(rooms(&again, after_first + 1).is_empty());
         db.shutdown();

@@ -36,37 +36,15 @@ use crate::{
     router::{Ctx, HandlerFuture, Req},
 };
 
-/// Learns the keys of every server that signed `object`, so `Rooms::verify` can check them.
-pub async fn ensure_signing_keys(cx: &Ctx, object: &JsonValue) -> Result<(), ApiError> {
-    let Some(signatures) = object["signatures"].as_object() else { return Ok(()) };
-    for (server, keys) in signatures {
-        let Some(keys) = keys.as_object() else { continue };
-        for key_id in keys.keys() {
-            if let Ok(Some(key)) = cx.federation.server_key(&cx.engine, server, key_id).await {
-                cx.engine.rooms.add_server_key(server, key_id, &key)?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Parses and verifies one PDU of a room version; a bad content hash gets it redacted.
-pub async fn checked_pdu(cx: &Ctx, json: &JsonValue, room_version: &RoomVersionId) -> Result<Pdu, ApiError> {
-    let rules = version::rules(room_version)?;
-    ensure_signing_keys(cx, json).await?;
-    verified_pdu(&cx.engine, json.clone(), &rules)
-}
-
-/// [`checked_pdu`] for many PDUs at once (a join's state and auth chain, some
-/// thousands): each signing key is fetched once, then the signature and hash
-/// checks run on the blocking pool in one chunk per core, off the async
-/// workers. Results keep the input order; the first failure in that order
-/// is returned.
-pub async fn checked_pdus(cx: &Ctx, jsons: Vec<JsonValue>, room_version: &RoomVersionId) -> Result<Vec<Pdu>, ApiError> {
-    let rules = version::rules(room_version)?;
+/// Learns the keys of every server that signed any of `objects`, each key once,
+/// so `Rooms::verify` can check them.
+pub async fn ensure_signing_keys<'a>(
+    cx: &Ctx,
+    objects: impl IntoIterator<Item = &'a JsonValue>,
+) -> Result<(), ApiError> {
     let mut keys: std::collections::BTreeSet<(&str, &str)> = std::collections::BTreeSet::new();
-    for json in &jsons {
-        for (server, ids) in json["signatures"].as_object().into_iter().flatten() {
+    for object in objects {
+        for (server, ids) in object["signatures"].as_object().into_iter().flatten() {
             for id in ids.as_object().into_iter().flat_map(|ids| ids.keys()) {
                 keys.insert((server.as_str(), id.as_str()));
             }
@@ -77,6 +55,24 @@ pub async fn checked_pdus(cx: &Ctx, jsons: Vec<JsonValue>, room_version: &RoomVe
             cx.engine.rooms.add_server_key(server, key_id, &key)?;
         }
     }
+    Ok(())
+}
+
+/// Parses and verifies one PDU of a room version; a bad content hash gets it redacted.
+pub async fn checked_pdu(cx: &Ctx, json: &JsonValue, room_version: &RoomVersionId) -> Result<Pdu, ApiError> {
+    let rules = version::rules(room_version)?;
+    ensure_signing_keys(cx, [json]).await?;
+    verified_pdu(&cx.engine, json.clone(), &rules)
+}
+
+/// [`checked_pdu`] for many PDUs at once (a join's state and auth chain, some
+/// thousands): the signing keys are fetched first, then the signature and hash
+/// checks run on the blocking pool in one chunk per core, off the async
+/// workers. Results keep the input order; the first failure in that order
+/// is returned.
+pub async fn checked_pdus(cx: &Ctx, jsons: Vec<JsonValue>, room_version: &RoomVersionId) -> Result<Vec<Pdu>, ApiError> {
+    let rules = version::rules(room_version)?;
+    ensure_signing_keys(cx, &jsons).await?;
     let total = jsons.len();
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, total.max(1));
     let chunk = total.div_ceil(workers).max(1);

@@ -202,20 +202,6 @@ fn membership_of(pdu: &Pdu) -> Option<String> {
     pdu.content_value().get("membership").and_then(JsonValue::as_str).map(str::to_owned)
 }
 
-/// Joined members per server among a room state's events.
-fn servers_of<'a>(state: impl Iterator<Item = &'a Pdu>) -> BTreeMap<OwnedServerName, usize> {
-    let mut servers = BTreeMap::new();
-    for pdu in state {
-        if pdu.kind == TimelineEventType::RoomMember
-            && membership_of(pdu).as_deref() == Some("join")
-            && let Some(user) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
-        {
-            *servers.entry(user.server_name().to_owned()).or_insert(0) += 1;
-        }
-    }
-    servers
-}
-
 impl Rooms {
     /// Opens the rooms engine over `db`.
     pub fn open(
@@ -335,17 +321,26 @@ impl Rooms {
         snapshot: u64,
         pending: Option<(u64, &ArcPdu)>,
     ) -> Result<BTreeMap<OwnedServerName, usize>, RoomError> {
+        let mut servers = BTreeMap::new();
         if snapshot == 0 {
-            return Ok(BTreeMap::new());
+            return Ok(servers);
         }
-        let mut pdus = Vec::new();
         for (_, short) in self.states.load(snapshot)?.iter() {
-            match pending {
-                Some((s, p)) if s == *short => pdus.push(p.clone()),
-                _ => pdus.extend(self.pdu_by_short(*short)?),
+            let pdu = match pending {
+                Some((s, p)) if s == *short => p.clone(),
+                _ => match self.pdu_by_short(*short)? {
+                    Some(p) => p,
+                    None => continue,
+                },
+            };
+            if pdu.kind == TimelineEventType::RoomMember
+                && membership_of(&pdu).as_deref() == Some("join")
+                && let Some(user) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
+            {
+                *servers.entry(user.server_name().to_owned()).or_insert(0) += 1;
             }
         }
-        Ok(servers_of(pdus.iter().map(|p| &**p)))
+        Ok(servers)
     }
 
     /// Sends an event as a local user on top of the room's forward extremities.
