@@ -22,6 +22,8 @@ struct State {
     next: u64,
     /// Allocated but not yet known to be durable.
     pending: HashMap<String, u64>,
+    /// The same allocations by id, for [`Interner::lookup`].
+    pending_names: HashMap<u64, String>,
 }
 
 /// A string ⇄ u64 mapping over a pair of column families.
@@ -39,7 +41,7 @@ impl Interner {
         Ok(Self {
             forward: Table::new(forward),
             reverse,
-            state: Arc::new(Mutex::new(State { next, pending: HashMap::new() })),
+            state: Arc::new(Mutex::new(State { next, pending: HashMap::new(), pending_names: HashMap::new() })),
         })
     }
 
@@ -54,8 +56,13 @@ impl Interner {
         self.forward.get(r, &s.to_owned())
     }
 
-    /// The string a committed short id stands for.
+    /// The string a short id stands for: committed, or allocated in a batch not yet durable
+    /// (state resolution names the events of a batch the writer has not stored yet).
     pub fn lookup(&self, r: &impl Read, id: u64) -> Result<Option<String>, StorageError> {
+        // Pending first, for the same reason as in `get`.
+        if let Some(name) = self.state.lock().pending_names.get(&id) {
+            return Ok(Some(name.clone()));
+        }
         self.reverse.get(r, &id)
     }
 
@@ -77,6 +84,7 @@ impl Interner {
                 let id = state.next;
                 state.next += 1;
                 state.pending.insert(key.clone(), id);
+                state.pending_names.insert(id, key.clone());
                 id
             }
         };
@@ -85,7 +93,9 @@ impl Interner {
         self.reverse.put(batch, &id, &key)?;
         let shared = self.state.clone();
         batch.on_durable(move || {
-            shared.lock().pending.remove(&key);
+            let mut state = shared.lock();
+            state.pending.remove(&key);
+            state.pending_names.remove(&id);
         });
         Ok(id)
     }
