@@ -23,6 +23,8 @@ pub struct Batch {
     pub(crate) on_durable: Vec<Hook>,
     pub(crate) reservations: Vec<Reservation>,
     pub(crate) bytes: usize,
+    /// The caller hands over another batch right after this one.
+    pub(crate) more_follow: bool,
 }
 
 impl Batch {
@@ -60,6 +62,13 @@ impl Batch {
     /// committer is woken. Hooks must be quick and must not block.
     pub fn on_durable(&mut self, hook: impl FnOnce() + Send + 'static) {
         self.on_durable.push(Box::new(hook));
+    }
+
+    /// Tells the writer that the caller hands over another batch right after
+    /// this one (or calls [`crate::Db::release_held`]): the writer waits for it,
+    /// up to a millisecond, so that both share one disk sync instead of two.
+    pub fn more_follow(&mut self) {
+        self.more_follow = true;
     }
 
     /// Number of put/delete operations.

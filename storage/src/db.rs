@@ -214,6 +214,16 @@ impl Db {
         rx.await.map_err(|_| StorageError::Closed)?
     }
 
+    /// Hands bookkeeping like [`Db::commit_unsynced`]'s to the writer without
+    /// waiting: it is visible to reads once the writer reaches it (batches are
+    /// written in the order handed over). A failed write is logged by the
+    /// writer, not reported here.
+    pub fn submit_unsynced(&self, batch: Batch) -> Result<(), StorageError> {
+        // Nobody waits for the outcome: the receiver is dropped at once.
+        drop(self.send_request(batch, true)?);
+        Ok(())
+    }
+
     fn submit(&self, batch: Batch) -> Result<oneshot::Receiver<Result<(), StorageError>>, StorageError> {
         self.send_request(batch, false)
     }
@@ -236,6 +246,14 @@ impl Db {
     /// rows (kept in the caller's memory until then).
     pub fn submit_pending(&self, batch: Batch) -> Result<Pending, StorageError> {
         Ok(Pending(self.submit(batch)?))
+    }
+
+    /// Ends a run of [`Batch::more_follow`] batches whose announced successor
+    /// will not come: the writer stops waiting and writes what it holds.
+    pub fn release_held(&self) -> Result<(), StorageError> {
+        // An empty request: its group is written at once, and alone it writes nothing.
+        drop(self.send_request(Batch::new(), true)?);
+        Ok(())
     }
 
     /// The persisted value of counter `name` (0 when never raised).

@@ -333,3 +333,60 @@ async fn a_presized_wal_is_the_live_log_and_keeps_writes() {
     assert!(NAMES.contains(&*db, &"$kept".into()).unwrap());
     assert!(crate::db::live_wal_len(dir.path()).unwrap() >= 2 << 20);
 }
+
+/// A batch marked `more_follow` keeps its group open for the next batch
+/// (here one that comes 50 ms later, within a 5 s hold), so both share one
+/// write; without the mark, or after the hold, the group closes at once.
+#[test]
+fn a_batch_announcing_another_waits_for_it_in_one_group() {
+    let request = |batch: Batch| writer::Request { batch, unsynced: false, done: tokio::sync::oneshot::channel().0 };
+    let marked = || {
+        let mut b = Batch::new();
+        b.more_follow();
+        b
+    };
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let late = |tx: crossbeam_channel::Sender<writer::Request>, batch: Batch| {
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let _ = tx.send(request(batch));
+        })
+    };
+    let hold = std::time::Duration::from_secs(5);
+
+    let sender = late(tx.clone(), Batch::new());
+    let group = writer::collect_group(request(marked()), &rx, hold);
+    assert_eq!(group.len(), 2, "the announced batch joined the group");
+    sender.join().unwrap();
+
+    let sender = late(tx.clone(), Batch::new());
+    let group = writer::collect_group(request(Batch::new()), &rx, hold);
+    assert_eq!(group.len(), 1, "an unmarked batch does not wait");
+    sender.join().unwrap();
+    assert_eq!(rx.try_recv().map(|r| r.batch.is_empty()).ok(), Some(true));
+
+    let sender = late(tx.clone(), Batch::new());
+    let group = writer::collect_group(request(marked()), &rx, std::time::Duration::from_millis(5));
+    assert_eq!(group.len(), 1, "the hold is bounded");
+    sender.join().unwrap();
+}
+
+/// After `release_held` a held batch is written and durable, and a release
+/// with nothing held is harmless (a group of only releases writes nothing).
+#[tokio::test]
+async fn release_held_writes_a_held_batch_without_waiting_for_the_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    let mut b = Batch::new();
+    NAMES.put(&mut b, &"$held".into(), &Raw(b"{}".to_vec())).unwrap();
+    b.more_follow();
+    let pending = db.submit_pending(b).unwrap();
+    db.release_held().unwrap();
+    pending.durable().await.unwrap();
+    assert!(NAMES.contains(&*db, &"$held".into()).unwrap());
+    db.release_held().unwrap();
+    let mut b = Batch::new();
+    NAMES.put(&mut b, &"$after".into(), &Raw(vec![])).unwrap();
+    db.commit(b).await.unwrap();
+    assert!(NAMES.contains(&*db, &"$after".into()).unwrap());
+}

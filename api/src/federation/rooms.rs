@@ -513,6 +513,10 @@ pub fn send_transaction(cx: Ctx, req: Req) -> HandlerFuture {
                 results.insert(id, outcome);
             }
         }
+        // Each accepted event told the writer another would follow; none will now.
+        if !unsettled.is_empty() {
+            cx.engine.rooms.release_held()?;
+        }
         for (room, pending) in unsettled {
             cx.engine.rooms.settle(&room, pending).await?;
         }
@@ -520,7 +524,7 @@ pub fn send_transaction(cx: Ctx, req: Req) -> HandlerFuture {
             tracing::debug!(%origin, edu_type = ?edu["edu_type"].as_str(), content = %edu["content"], "EDU received");
             receive_edu(&cx, &origin, edu).await;
         }
-        cx.engine.seen_txns.record(&origin, &txn).await?;
+        cx.engine.seen_txns.record(&origin, &txn)?;
         Ok(ok_json(&json!({ "pdus": results })))
     })
 }
@@ -552,7 +556,7 @@ async fn receive_pdu(
     if let Err(e) = fill_gap(cx, origin, &room, &room_version, &pdu).await {
         return (Some(id), json!({ "error": e.message }));
     }
-    match cx.engine.rooms.append_pdu_unsettled(pdu).await {
+    match cx.engine.rooms.append_pdu_unsettled(pdu, true).await {
         Ok((Appended::Accepted(_) | Appended::SoftFailed(_), pending)) => {
             unsettled.extend(pending.map(|p| (room.clone(), p)));
             (Some(id), json!({}))

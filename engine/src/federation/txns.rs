@@ -40,14 +40,17 @@ impl SeenTxns {
 
     /// Records a processed transaction.
     ///
-    /// Not synced (the transaction's events are durable before this is called):
-    /// a crash that loses the row can only make a retry of the transaction be
-    /// processed again, and its PDUs are then already known, and to-device
-    /// messages deduplicated by their own synced [`SeenTxns::record_durable`] row.
-    pub async fn record(&self, origin: &str, txn: &str) -> Result<(), EngineError> {
+    /// Not synced, and not waited for (the transaction's events are durable
+    /// before this is called, and the row is visible once the writer reaches
+    /// it, well before a sender retries a transaction whose answer it lost): a
+    /// crash that loses the row, or a retry that arrives before it, can only make
+    /// the transaction be processed again, and its PDUs are then already known,
+    /// its typing, receipt and presence EDUs idempotent, and to-device messages
+    /// deduplicated by their own synced [`SeenTxns::record_durable`] row.
+    pub fn record(&self, origin: &str, txn: &str) -> Result<(), EngineError> {
         let mut batch = Batch::new();
         SEEN.put(&mut batch, &(origin.to_owned(), txn.to_owned()), &now_ms())?;
-        self.db.commit_unsynced(batch).await?;
+        self.db.submit_unsynced(batch)?;
         Ok(())
     }
 

@@ -78,7 +78,7 @@ impl Rooms {
     /// Steps 4–6 for a verified event of another server whose prev events are stored.
     pub async fn append_pdu(&self, pdu: Pdu) -> Result<Appended, RoomError> {
         let room_id = pdu.room_id.clone();
-        let (appended, pending) = self.append_pdu_unsettled(pdu).await?;
+        let (appended, pending) = self.append_pdu_unsettled(pdu, false).await?;
         if let Some(pending) = pending {
             self.settle(&room_id, pending).await?;
         }
@@ -88,9 +88,12 @@ impl Rooms {
     /// [`Rooms::append_pdu`] without waiting for an accepted event's batch to be
     /// durable: the caller awaits the returned handle with [`Rooms::settle`] before
     /// acknowledging (a federation transaction settles all its events at once).
+    /// With `more_follow` the caller appends more events right after (and calls
+    /// [`Rooms::release_held`] when done), so their writes share one disk sync.
     pub async fn append_pdu_unsettled(
         &self,
         pdu: Pdu,
+        more_follow: bool,
     ) -> Result<(Appended, Option<myelin_storage::Pending>), RoomError> {
         let room_id = pdu.room_id.clone();
         let lock = self.lock_of(&room_id);
@@ -117,8 +120,13 @@ impl Rooms {
             tracing::info!(room_id = %room_id, reason, "soft-failed an event that the current state forbids");
             return Ok((Appended::SoftFailed(stored), None));
         }
-        let (pdu, pending) = self.append_with(head, pdu, Before::Authorized(before), None)?;
+        let (pdu, pending) = self.append_with(head, pdu, Before::Authorized(before), None, more_follow)?;
         Ok((Appended::Accepted(pdu), Some(pending)))
+    }
+
+    /// Ends a run of `more_follow` appends: what the writer holds is written now.
+    pub fn release_held(&self) -> Result<(), RoomError> {
+        Ok(self.db.release_held()?)
     }
 
     /// Stores an event whose own prev events are missing here, with the state
@@ -280,7 +288,8 @@ impl Rooms {
             state: snapshot,
             servers: self.joined_servers(snapshot, None)?,
         };
-        let (appended, pending) = self.append_with(&mut head, join, Before::Given(StateRef::Stored(snapshot)), None)?;
+        let (appended, pending) =
+            self.append_with(&mut head, join, Before::Given(StateRef::Stored(snapshot)), None, false)?;
         *guard = Some(head);
         drop(guard);
         self.settle(&room_id, pending).await?;

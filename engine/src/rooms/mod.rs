@@ -368,7 +368,7 @@ impl Rooms {
         let state = StateRef::Stored(head.state);
         let pdu = self.build(head, sender, &event, prev, &state)?;
         let txn_row = txn.map(|(device, id)| (sender.to_string(), device.to_owned(), id.to_owned()));
-        let (pdu, pending) = self.append_with(head, pdu, Before::FromPrevs, txn_row)?;
+        let (pdu, pending) = self.append_with(head, pdu, Before::FromPrevs, txn_row, false)?;
         drop(guard);
         self.settle(room_id, pending).await?;
         Ok(pdu)
@@ -457,7 +457,7 @@ impl Rooms {
     }
 
     fn append_locked(&self, head: &mut Head, pdu: Pdu) -> Result<(ArcPdu, myelin_storage::Pending), RoomError> {
-        self.append_with(head, pdu, Before::FromPrevs, None)
+        self.append_with(head, pdu, Before::FromPrevs, None, false)
     }
 
     /// Appends an authorized event under the room lock and hands its batch to the
@@ -477,6 +477,7 @@ impl Rooms {
         pdu: Pdu,
         before: Before,
         client_txn: Option<(String, String, String)>,
+        more_follow: bool,
     ) -> Result<(ArcPdu, myelin_storage::Pending), RoomError> {
         let is_create = pdu.kind == TimelineEventType::RoomCreate;
         let tolerate_gaps = matches!(before, Before::Given(_));
@@ -618,6 +619,9 @@ impl Rooms {
         batch.on_durable(move || {
             unsettled.lock().remove(&short);
         });
+        if more_follow {
+            batch.more_follow();
+        }
         let pending = match self.db.submit_pending(batch) {
             Ok(p) => p,
             Err(e) => {
