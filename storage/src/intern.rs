@@ -11,9 +11,15 @@
 //!   first makes it durable and a dropped batch loses nothing;
 //! - after a restart allocation resumes above the largest stored id. Id 0 is
 //!   never allocated (callers may use it as "none").
+//!
+//! Because a stored mapping never changes, the most recently used ones are
+//! kept in memory (both ways, bounded, see [`Interner::with_cache`]) with no
+//! invalidation: a room's, a state key's or a server's id is read on every
+//! event, and a RocksDB point read costs more than the rest of the lookup.
 
 use std::{collections::HashMap, sync::Arc};
 
+use lru::LruCache;
 use parking_lot::Mutex;
 
 use crate::{Batch, Db, StorageError, Table, catalog::Cf, table::Read};
@@ -26,11 +32,37 @@ struct State {
     pending_names: HashMap<u64, String>,
 }
 
+/// Stored mappings read recently, both ways.
+struct Cache {
+    by_name: LruCache<String, u64>,
+    by_id: LruCache<u64, String>,
+    /// Most entries per direction (0: nothing is kept).
+    limit: usize,
+}
+
+impl Cache {
+    fn keep(&mut self, name: &str, id: u64) {
+        if self.limit == 0 {
+            return;
+        }
+        // Unbounded maps trimmed by hand: `LruCache::new` would allocate the full capacity up front.
+        self.by_name.put(name.to_owned(), id);
+        self.by_id.put(id, name.to_owned());
+        while self.by_name.len() > self.limit {
+            self.by_name.pop_lru();
+        }
+        while self.by_id.len() > self.limit {
+            self.by_id.pop_lru();
+        }
+    }
+}
+
 /// A string ⇄ u64 mapping over a pair of column families.
 pub struct Interner {
     forward: Table<String, u64>,
     reverse: Table<u64, String>,
     state: Arc<Mutex<State>>,
+    cache: Mutex<Cache>,
 }
 
 impl Interner {
@@ -42,7 +74,26 @@ impl Interner {
             forward: Table::new(forward),
             reverse,
             state: Arc::new(Mutex::new(State { next, pending: HashMap::new(), pending_names: HashMap::new() })),
+            cache: Mutex::new(Cache { by_name: LruCache::unbounded(), by_id: LruCache::unbounded(), limit: 0 }),
         })
+    }
+
+    /// Keeps up to `entries` stored mappings per direction in memory.
+    pub fn with_cache(self, entries: usize) -> Self {
+        self.cache.lock().limit = entries;
+        self
+    }
+
+    /// The stored id of `s`: from the cache, else from `r` (and then cached).
+    fn stored_id(&self, r: &impl Read, s: &str) -> Result<Option<u64>, StorageError> {
+        if let Some(&id) = self.cache.lock().by_name.get(s) {
+            return Ok(Some(id));
+        }
+        let id = self.forward.get(r, &s.to_owned())?;
+        if let Some(id) = id {
+            self.cache.lock().keep(s, id);
+        }
+        Ok(id)
     }
 
     /// The short id of `s`, if it has one: committed, or allocated in a batch not yet durable
@@ -53,7 +104,7 @@ impl Interner {
         if let Some(&id) = self.state.lock().pending.get(s) {
             return Ok(Some(id));
         }
-        self.forward.get(r, &s.to_owned())
+        self.stored_id(r, s)
     }
 
     /// The string a short id stands for: committed, or allocated in a batch not yet durable
@@ -63,15 +114,22 @@ impl Interner {
         if let Some(name) = self.state.lock().pending_names.get(&id) {
             return Ok(Some(name.clone()));
         }
-        self.reverse.get(r, &id)
+        if let Some(name) = self.cache.lock().by_id.get(&id) {
+            return Ok(Some(name.clone()));
+        }
+        let name = self.reverse.get(r, &id)?;
+        if let Some(name) = &name {
+            self.cache.lock().keep(name, id);
+        }
+        Ok(name)
     }
 
     /// The short id of `s`, allocating one inside `batch` if `s` has none yet.
     pub fn get_or_create(&self, db: &Db, batch: &mut Batch, s: &str) -> Result<u64, StorageError> {
-        let key = s.to_owned();
-        if let Some(id) = self.forward.get(db, &key)? {
+        if let Some(id) = self.stored_id(db, s)? {
             return Ok(id);
         }
+        let key = s.to_owned();
         let mut state = self.state.lock();
         let id = match state.pending.get(s) {
             Some(&id) => id,

@@ -156,8 +156,10 @@ async fn interner_gives_one_id_per_string_under_concurrency() {
     let dir = tempfile::tempdir().unwrap();
     let ids = {
         let db = open(&dir);
-        let interner =
-            Arc::new(Interner::open(&db, &catalog::ROOMID_SHORTROOMID, &catalog::SHORTROOMID_ROOMID).unwrap());
+        // A cache smaller than the 20 strings: hits, misses and evictions all happen.
+        let interner = Arc::new(
+            Interner::open(&db, &catalog::ROOMID_SHORTROOMID, &catalog::SHORTROOMID_ROOMID).unwrap().with_cache(8),
+        );
         let mut tasks = Vec::new();
         for _ in 0..8 {
             let (db, interner) = (db.clone(), interner.clone());
@@ -198,9 +200,13 @@ async fn interner_gives_one_id_per_string_under_concurrency() {
         all.swap_remove(0)
     };
     let db = open(&dir);
-    let interner = Interner::open(&db, &catalog::ROOMID_SHORTROOMID, &catalog::SHORTROOMID_ROOMID).unwrap();
-    for (i, id) in ids.iter().enumerate() {
-        assert_eq!(interner.get(&*db, &format!("!room{i}:x")).unwrap(), Some(*id));
+    let interner =
+        Interner::open(&db, &catalog::ROOMID_SHORTROOMID, &catalog::SHORTROOMID_ROOMID).unwrap().with_cache(8);
+    for _ in 0..2 {
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(interner.get(&*db, &format!("!room{i}:x")).unwrap(), Some(*id));
+            assert_eq!(interner.lookup(&*db, *id).unwrap(), Some(format!("!room{i}:x")));
+        }
     }
     let mut b = Batch::new();
     let fresh = interner.get_or_create(&db, &mut b, "!new:x").unwrap();

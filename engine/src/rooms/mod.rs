@@ -212,10 +212,15 @@ impl Rooms {
     ) -> Result<Self, RoomError> {
         let cap = |n| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
         Ok(Self {
-            event_ids: Interner::open(&db, &catalog::EVENTID_SHORTEVENTID, &catalog::SHORTEVENTID_EVENTID)?,
-            room_ids: Interner::open(&db, &catalog::ROOMID_SHORTROOMID, &catalog::SHORTROOMID_ROOMID)?,
-            state_keys: Interner::open(&db, &catalog::STATEKEY_SHORTSTATEKEY, &catalog::SHORTSTATEKEY_STATEKEY)?,
-            servers: Interner::open(&db, &catalog::SERVERNAME_SHORTSERVER, &catalog::SHORTSERVER_SERVERNAME)?,
+            // Cached mappings: recent events (prev and auth events are looked up again and
+            // again), and nearly all rooms, state keys and servers of a busy node.
+            event_ids: Interner::open(&db, &catalog::EVENTID_SHORTEVENTID, &catalog::SHORTEVENTID_EVENTID)?
+                .with_cache(8192),
+            room_ids: Interner::open(&db, &catalog::ROOMID_SHORTROOMID, &catalog::SHORTROOMID_ROOMID)?.with_cache(4096),
+            state_keys: Interner::open(&db, &catalog::STATEKEY_SHORTSTATEKEY, &catalog::SHORTSTATEKEY_STATEKEY)?
+                .with_cache(8192),
+            servers: Interner::open(&db, &catalog::SERVERNAME_SHORTSERVER, &catalog::SHORTSERVER_SERVERNAME)?
+                .with_cache(1024),
             states: state::StateStore::open(db.clone())?,
             pdus: Mutex::new(LruCache::new(cap(65536))),
             servers_at: Mutex::new(LruCache::new(cap(4096))),
