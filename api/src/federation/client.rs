@@ -392,6 +392,21 @@ impl FederationClient {
         Ok(Response { status: raw.status, json })
     }
 
+    /// [`FederationClient::request`] with a body that is canonical JSON already
+    /// (a transaction assembled from stored events): signed and sent as it is.
+    pub async fn request_canonical(
+        &self,
+        engine: &Engine,
+        server: &str,
+        method: Method,
+        path_and_query: &str,
+        body: Vec<u8>,
+    ) -> Result<Response, ClientError> {
+        let raw = self.send_bytes(engine, server, method, path_and_query, Some(body), true, MAX_RESPONSE).await?;
+        let json = serde_json::from_slice(&raw.body).unwrap_or(JsonValue::Null);
+        Ok(Response { status: raw.status, json })
+    }
+
     /// Like [`FederationClient::request`], returning the raw body (at most `limit` bytes).
     #[allow(clippy::too_many_arguments)]
     pub async fn request_raw(
@@ -404,10 +419,36 @@ impl FederationClient {
         signed: bool,
         limit: usize,
     ) -> Result<RawResponse, ClientError> {
+        // A signed body is sent in the canonical form it is signed in: one conversion.
+        let bytes = match body {
+            Some(b) if signed => Some(xmatrix::canonical_body(b)?),
+            Some(b) => Some(
+                serde_json::to_vec(b)
+                    .map_err(|e| ClientError::Transport { server: server.to_owned(), reason: e.to_string() })?,
+            ),
+            None => None,
+        };
+        self.send_bytes(engine, server, method, path_and_query, bytes, signed, limit).await
+    }
+
+    /// Sends one request whose body is already serialized (canonical JSON when `signed`).
+    #[allow(clippy::too_many_arguments)]
+    async fn send_bytes(
+        &self,
+        engine: &Engine,
+        server: &str,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+        signed: bool,
+        limit: usize,
+    ) -> Result<RawResponse, ClientError> {
         if !Self::allowed(engine, server) {
             return Err(ClientError::NotAllowed(server.to_owned()));
         }
         let transport = |reason: String| ClientError::Transport { server: server.to_owned(), reason };
+        // Shared by both attempts without a copy.
+        let body = &body.map(Bytes::from);
         // A pooled connection the peer closed meanwhile fails before any answer:
         // that attempt is repeated once on a fresh connection.
         let method = &method;
@@ -441,10 +482,6 @@ impl FederationClient {
                     (sender, target.host_header)
                 }
             };
-            let bytes = match body {
-                Some(b) => serde_json::to_vec(b).map_err(|e| transport(e.to_string()))?,
-                None => Vec::new(),
-            };
             let mut req = http::Request::builder()
                 .method(method.clone())
                 .uri(path_and_query)
@@ -453,17 +490,17 @@ impl FederationClient {
                 req = req.header(http::header::CONTENT_TYPE, "application/json");
             }
             if signed {
-                let auth = xmatrix::sign(
+                let auth = xmatrix::sign_canonical(
                     &engine.keys,
                     engine.server_name.as_str(),
                     server,
                     method.as_str(),
                     path_and_query,
-                    body,
-                )?;
+                    body.as_deref(),
+                );
                 req = req.header(http::header::AUTHORIZATION, auth);
             }
-            let req = req.body(Full::new(Bytes::from(bytes))).map_err(|e| transport(e.to_string()))?;
+            let req = req.body(Full::new(body.clone().unwrap_or_default())).map_err(|e| transport(e.to_string()))?;
             let resp = match sender.send_request(req).await {
                 Ok(r) => r,
                 Err(e) if was_pooled => return Ok(Err(e)),

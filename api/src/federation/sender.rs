@@ -36,7 +36,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use http::Method;
-use serde_json::json;
+use myelin_engine::federation::xmatrix;
 use tokio::{
     sync::{Notify, watch},
     task::JoinHandle,
@@ -132,6 +132,47 @@ fn jitter(base: Duration) -> Duration {
     base + Duration::from_millis(u64::from(nanos % 1000) * base.as_millis().min(1000) as u64 / 1000)
 }
 
+/// The `origin_server_ts` of a stored PDU.
+fn origin_server_ts(pdu: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Ts {
+        origin_server_ts: u64,
+    }
+    serde_json::from_slice::<Ts>(pdu).ok().map(|t| t.origin_server_ts)
+}
+
+/// A transaction's body as canonical JSON, the form it is signed in: the PDUs'
+/// stored canonical bytes are spliced in, not parsed and written again. An
+/// EDU that has no canonical form (a float) is left out: it could never be signed.
+fn transaction_body(origin: &str, now: u64, pdus: &[(u64, Vec<u8>)], edus: &[serde_json::Value]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(pdus.iter().map(|(_, p)| p.len() + 1).sum::<usize>() + 256);
+    // Keys in canonical (sorted) order: edus, origin, origin_server_ts, pdus.
+    body.extend_from_slice(b"{\"edus\":[");
+    let mut first = true;
+    for edu in edus {
+        match xmatrix::canonical_body(edu) {
+            Ok(bytes) => {
+                if !std::mem::take(&mut first) {
+                    body.push(b',');
+                }
+                body.extend_from_slice(&bytes);
+            }
+            Err(e) => tracing::warn!(error = %e, "dropping an EDU that cannot be signed"),
+        }
+    }
+    body.extend_from_slice(b"],\"origin\":");
+    body.extend_from_slice(ruma::CanonicalJsonValue::String(origin.to_owned()).to_string().as_bytes());
+    body.extend_from_slice(format!(",\"origin_server_ts\":{now},\"pdus\":[").as_bytes());
+    for (i, (_, pdu)) in pdus.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(pdu);
+    }
+    body.extend_from_slice(b"]}");
+    body
+}
+
 /// Delivers everything queued for one destination, then returns.
 async fn deliver_queued(cx: &Ctx, name: &str) {
     let mut backoff = Duration::from_secs(1);
@@ -181,7 +222,7 @@ async fn deliver_queued(cx: &Ctx, name: &str) {
         if batch.len() < 50 {
             depth = Some(batch.len());
         }
-        let oldest_ms = batch.first().and_then(|(_, p)| p["origin_server_ts"].as_u64()).unwrap_or(now_ms);
+        let oldest_ms = batch.first().and_then(|(_, p)| origin_server_ts(p)).unwrap_or(now_ms);
         metrics::gauge!("myelin_federation_queue_oldest_age_seconds", "destination" => name.to_owned())
             .set(now_ms.saturating_sub(oldest_ms) as f64 / 1000.0);
         if let Some(d) = depth {
@@ -200,14 +241,9 @@ async fn deliver_queued(cx: &Ctx, name: &str) {
             (Some(first), Some(last)) => format!("m{nonce:x}-{first}-{last}-{}-{}", seqs.len(), edus.len()),
             _ => format!("e{nonce:x}-{now}-{}", edus.len()),
         };
-        let body = json!({
-            "origin": cx.engine.server_name,
-            "origin_server_ts": now,
-            "pdus": batch.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>(),
-            "edus": edus,
-        });
+        let body = transaction_body(cx.engine.server_name.as_str(), now, batch, &edus);
         let path = format!("/_matrix/federation/v1/send/{txn_id}");
-        match cx.federation.request(&cx.engine, name, Method::PUT, &path, Some(&body), true).await {
+        match cx.federation.request_canonical(&cx.engine, name, Method::PUT, &path, body).await {
             Ok(resp) if resp.status.is_success() => {
                 if let Some(d) = dest
                     && !seqs.is_empty()
@@ -239,10 +275,8 @@ async fn deliver_queued(cx: &Ctx, name: &str) {
                     }
                 }
                 // Durable EDUs are still in the queue; only the volatile ones go back in memory.
-                if let Some(edus) = body["edus"].as_array() {
-                    let skip = edus.len() - volatile_count;
-                    cx.federation.requeue_edus(name, edus[skip..].to_vec());
-                }
+                let skip = edus.len() - volatile_count;
+                cx.federation.requeue_edus(name, edus[skip..].to_vec());
                 if let Some(d) = dest
                     && let Ok(n) = cx.engine.rooms.outbound_depth(d, 1_000_000)
                 {
@@ -269,5 +303,37 @@ async fn deliver_queued(cx: &Ctx, name: &str) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// The spliced body is exactly its own canonical form (what the receiver
+    /// rebuilds to check the X-Matrix signature), and an unsignable EDU is left out.
+    #[test]
+    fn a_transaction_body_is_canonical_json() {
+        let pdu = |body: &str| {
+            let v = json!({ "type": "m.room.message", "content": { "body": body }, "origin_server_ts": 5 });
+            xmatrix::canonical_body(&v).unwrap()
+        };
+        let pdus = vec![(1, pdu("plain")), (2, pdu("quote \" é \n \u{1}"))];
+        let edus = vec![
+            json!({ "edu_type": "m.typing", "content": { "user_id": "@a:x", "typing": true } }),
+            json!({ "edu_type": "m.float", "content": { "x": 1.5 } }),
+        ];
+        let body = transaction_body("a.test", 42, &pdus, &edus);
+        let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(xmatrix::canonical_body(&parsed).unwrap(), body);
+        assert_eq!(parsed["origin"], "a.test");
+        assert_eq!(parsed["origin_server_ts"], 42);
+        assert_eq!(parsed["pdus"][1]["content"]["body"], "quote \" é \n \u{1}");
+        assert_eq!(parsed["edus"].as_array().unwrap().len(), 1, "the float EDU is dropped");
+        assert_eq!(origin_server_ts(&pdus[0].1), Some(5));
+        let empty = transaction_body("a.test", 1, &[], &[]);
+        assert_eq!(empty, br#"{"edus":[],"origin":"a.test","origin_server_ts":1,"pdus":[]}"#);
     }
 }

@@ -366,11 +366,7 @@ impl Rooms {
                         break;
                     }
                     match PDUS.get(&*self.db, &short)? {
-                        Some(Raw(bytes)) => {
-                            let json =
-                                serde_json::from_slice(&bytes).map_err(|e| RoomError::BadEvent(e.to_string()))?;
-                            out.pdus.push((seq, json));
-                        }
+                        Some(Raw(bytes)) => out.pdus.push((seq, bytes)),
                         // Nothing to send any more: drop the row with the delivered ones.
                         None => out.stale.push(seq),
                     }

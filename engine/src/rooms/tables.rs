@@ -53,8 +53,8 @@ impl Stored for OutboundItem {}
 /// One transaction's worth of a destination's queue.
 #[derive(Debug, Default)]
 pub struct OutboundBatch {
-    /// `(sequence, PDU JSON)`.
-    pub pdus: Vec<(u64, serde_json::Value)>,
+    /// `(sequence, PDU)`: the stored canonical JSON bytes, sent as they are.
+    pub pdus: Vec<(u64, Vec<u8>)>,
     /// `(sequence, EDU JSON)`.
     pub edus: Vec<(u64, serde_json::Value)>,
     /// Rows with nothing left to send, to delete with the delivered ones.
