@@ -49,7 +49,7 @@ use myelin_storage::{Batch, Db, Direction, Interner, Raw, StorageError, StreamCo
 use parking_lot::Mutex;
 pub use pdu::{ArcPdu, Pdu};
 use ruma::{
-    EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, UserId,
+    EventId, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomVersionId, UserId,
     events::{StateEventType, TimelineEventType},
     room_version_rules::RoomVersionRules,
     state_res,
@@ -185,6 +185,10 @@ pub struct Rooms {
     /// Per room, the servers with joined members at one state snapshot (snapshots
     /// never change, so an entry is right while the room's state is that snapshot).
     servers_at: Mutex<LruCache<OwnedRoomId, (u64, Vec<String>)>>,
+    /// `(state snapshot, sender, type)` of message-like events that passed the
+    /// state-dependent authorization rules: for them the outcome depends on nothing
+    /// else, and a snapshot never changes (see [`Rooms::authorize`]).
+    authorized: Mutex<LruCache<(u64, OwnedUserId, TimelineEventType), ()>>,
     /// Destinations with rows queued since the sender last asked, and its wake-up.
     ready_destinations: Arc<(Mutex<std::collections::BTreeSet<String>>, tokio::sync::Notify)>,
 }
@@ -224,6 +228,7 @@ impl Rooms {
             states: state::StateStore::open(db.clone())?,
             pdus: Mutex::new(LruCache::new(cap(65536))),
             servers_at: Mutex::new(LruCache::new(cap(4096))),
+            authorized: Mutex::new(LruCache::new(cap(4096))),
             unsettled: Arc::new(Mutex::new(HashMap::new())),
             outbound_floors: Mutex::new(std::collections::BTreeMap::new()),
             newest: crate::positions::NewestPositions::default(),
@@ -444,6 +449,13 @@ impl Rooms {
     }
 
     /// Checks the authorization rules against the auth events and `state`.
+    ///
+    /// For a message-like event (no state key, not a redaction) the rules that
+    /// read the state ask only whether the sender is joined and whether the
+    /// sender's power reaches the level of the event's type: once passed for a
+    /// stored snapshot, sender and type, that outcome is remembered (ruma parses
+    /// the power levels on every check, a room's senders repeat). The rules on the
+    /// event's own auth events are always checked.
     fn authorize(&self, rules: &RoomVersionRules, pdu: &Pdu, state: &StateRef) -> Result<(), RoomError> {
         state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id: &EventId| {
             self.pdu(id).ok().flatten()
@@ -455,10 +467,25 @@ impl Rooms {
         if matches!(state, StateRef::Empty) {
             return Err(RoomError::Forbidden("event has no state to be authorized against".into()));
         }
+        let remembered = match state {
+            StateRef::Stored(snapshot) if pdu.state_key.is_none() && pdu.kind != TimelineEventType::RoomRedaction => {
+                Some((*snapshot, pdu.sender.clone(), pdu.kind.clone()))
+            }
+            _ => None,
+        };
+        if let Some(key) = &remembered
+            && self.authorized.lock().get(key).is_some()
+        {
+            return Ok(());
+        }
         state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |kind: &StateEventType, key: &str| {
             self.state_pdu(state, &kind.to_string(), key).ok().flatten()
         })
-        .map_err(RoomError::Forbidden)
+        .map_err(RoomError::Forbidden)?;
+        if let Some(key) = remembered {
+            self.authorized.lock().put(key, ());
+        }
+        Ok(())
     }
 
     fn append_locked(&self, head: &mut Head, pdu: Pdu) -> Result<(ArcPdu, myelin_storage::Pending), RoomError> {

@@ -171,6 +171,28 @@ async fn power_levels_gate_state_events() {
     }
 }
 
+/// A message's authorization remembered for one state is not used once the
+/// state changes: a higher level for messages, a kick.
+#[tokio::test]
+async fn a_remembered_message_authorization_ends_with_its_state() {
+    let f = fixture();
+    let room = public_room(&f, RoomVersionId::V12).await;
+    let (alice, bob) = (user("alice"), user("bob"));
+    f.rooms.send(&bob, &room, join(&bob)).await.unwrap();
+    f.rooms.send(&bob, &room, message("one")).await.unwrap();
+    f.rooms.send(&bob, &room, message("two")).await.unwrap();
+    assert!(!f.rooms.authorized.lock().is_empty(), "the outcome was remembered");
+    let mut pl = f.rooms.state_event(&room, "m.room.power_levels", "").unwrap().unwrap().content_value();
+    pl["events"]["m.room.message"] = json!(50);
+    f.rooms.send(&alice, &room, NewEvent::state(TimelineEventType::RoomPowerLevels, "", pl.clone())).await.unwrap();
+    forbidden(f.rooms.send(&bob, &room, message("three")).await);
+    pl["users"][bob.as_str()] = json!(50);
+    f.rooms.send(&alice, &room, NewEvent::state(TimelineEventType::RoomPowerLevels, "", pl)).await.unwrap();
+    f.rooms.send(&bob, &room, message("four")).await.unwrap();
+    f.rooms.send(&alice, &room, member_of(&bob, "leave")).await.unwrap();
+    forbidden(f.rooms.send(&bob, &room, message("five")).await);
+}
+
 #[tokio::test]
 async fn banned_user_cannot_rejoin_and_kicks_need_power() {
     let f = fixture();
