@@ -44,12 +44,7 @@ pub async fn require_server(cx: &Ctx, req: &Req) -> Result<String, ApiError> {
         .map_err(|e| unauthorized(format!("cannot get {}'s key {}: {e}", x.origin, x.key)))?
         .ok_or_else(|| unauthorized(format!("{} has no key {}", x.origin, x.key)))?;
     let uri = req.parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let content: Option<JsonValue> = if req.body.is_empty() {
-        None
-    } else {
-        Some(serde_json::from_slice(&req.body).map_err(|e| ApiError::not_json(e.to_string()))?)
-    };
-    xmatrix::verify(&x, &key, ours, req.parts.method.as_str(), uri, content.as_ref())
+    xmatrix::verify_body(&x, &key, ours, req.parts.method.as_str(), uri, &req.body)
         .map_err(|e| unauthorized(e.to_string()))?;
     cx.federation.mark_alive(&x.origin);
     Ok(x.origin)
