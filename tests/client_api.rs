@@ -570,6 +570,8 @@ async fn deactivation_leaves_rooms_and_bulk_device_deletion_needs_the_password()
     assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
     let members = alice.get(&format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room))).await;
     assert!(members["joined"].get("@bob:localhost").is_none(), "bob left on deactivation");
+    let r = bob.request(Method::GET, "/_matrix/client/v3/account/whoami", None).await;
+    assert_eq!(r.errcode(), "M_UNKNOWN_TOKEN", "a deactivated user's token, used before, stops working");
     let login = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "bob" }, "password": "pass-word-1" });
     let r = http(s.client, Method::POST, "/_matrix/client/v3/login", Some(login.to_string().as_bytes())).await;
     assert_eq!(r.errcode(), "M_FORBIDDEN");

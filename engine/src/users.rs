@@ -210,6 +210,17 @@ pub struct Users {
     /// ...and the position its messages were acknowledged (deleted) up to: when the
     /// first is not above the second, the device has none and `/sync` reads nothing.
     to_device_acked: parking_lot::Mutex<HashMap<(String, String), u64>>,
+    /// Access tokens read recently (every request reads one), see [`Users::session`].
+    sessions: parking_lot::Mutex<SessionCache>,
+}
+
+/// Most access tokens kept in memory.
+const SESSIONS_KEPT: usize = 4096;
+
+/// Sessions of access tokens, and a generation raised by every token deletion.
+struct SessionCache {
+    generation: u64,
+    by_token: lru::LruCache<String, Session>,
 }
 
 type HashJob = Box<dyn FnOnce() + Send>;
@@ -278,7 +289,15 @@ impl Users {
             account_data_newest: Default::default(),
             to_device_newest: Default::default(),
             to_device_acked: parking_lot::Mutex::new(HashMap::new()),
+            sessions: parking_lot::Mutex::new(SessionCache { generation: 0, by_token: lru::LruCache::unbounded() }),
         }
+    }
+
+    /// Drops every remembered session; called once a batch that deletes tokens is written.
+    fn forget_sessions(&self) {
+        let mut cache = self.sessions.lock();
+        cache.generation += 1;
+        cache.by_token.clear();
     }
 
     /// Checks a localpart against the spec's user id grammar (lower-case historical set).
@@ -408,6 +427,8 @@ impl Users {
         let mut batch = Batch::new();
         let login = self.new_device(&mut batch, user_id, device_id, device_name)?;
         self.db.commit(batch).await?;
+        // A reused device id's old token was deleted in that batch.
+        self.forget_sessions();
         Ok(login)
     }
 
@@ -422,8 +443,31 @@ impl Users {
     }
 
     /// The session of an access token.
+    ///
+    /// Valid tokens are remembered. Every change that deletes tokens (logout,
+    /// device replaced or deleted, password change, deactivation) clears them
+    /// after its write, and a read that started before such a clear does not
+    /// store what it read (the generation moved), so a deleted token is never
+    /// served from memory once its deletion has returned.
     pub fn session(&self, token: &str) -> Result<Option<Session>, UserError> {
-        Ok(TOKENS.get(&*self.db, &token.to_owned())?)
+        let generation = {
+            let mut cache = self.sessions.lock();
+            if let Some(s) = cache.by_token.get(token) {
+                return Ok(Some(s.clone()));
+            }
+            cache.generation
+        };
+        let session = TOKENS.get(&*self.db, &token.to_owned())?;
+        if let Some(s) = &session {
+            let mut cache = self.sessions.lock();
+            if cache.generation == generation {
+                cache.by_token.put(token.to_owned(), s.clone());
+                while cache.by_token.len() > SESSIONS_KEPT {
+                    cache.by_token.pop_lru();
+                }
+            }
+        }
+        Ok(session)
     }
 
     /// Logs out one device (its token stops working).
@@ -435,6 +479,7 @@ impl Users {
         }
         DEVICES.delete(&mut batch, &key);
         self.db.commit(batch).await?;
+        self.forget_sessions();
         Ok(())
     }
 
@@ -447,6 +492,7 @@ impl Users {
             DEVICES.delete(&mut batch, &key);
         }
         self.db.commit(batch).await?;
+        self.forget_sessions();
         Ok(())
     }
 
@@ -475,6 +521,7 @@ impl Users {
             }
         }
         self.db.commit(batch).await?;
+        self.forget_sessions();
         Ok(removed)
     }
 
@@ -491,6 +538,7 @@ impl Users {
             DEVICES.delete(&mut batch, &key);
         }
         self.db.commit(batch).await?;
+        self.forget_sessions();
         tracing::info!(user_id = %user_id, "deactivated");
         Ok(())
     }
@@ -771,6 +819,32 @@ mod tests {
             users.account_data_since("@a:x", Some(5)).unwrap().into_iter().map(|(room, _, _)| room).collect();
         assert_eq!(since_5, ["!r:x"]);
         assert_eq!(users.account_data_since("@a:x", None).unwrap().len(), 2);
+        db.shutdown();
+    }
+
+    /// A remembered token stops working with every change that deletes it.
+    #[tokio::test]
+    async fn remembered_tokens_end_with_logout_reuse_password_change_and_deactivation() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        let users = service(&db);
+        let alice = UserId::parse("@alice:x").unwrap();
+        let login = |device: &str| users.login(&alice, "pw-1", Some(device.to_owned()), None);
+        let valid = |token: &str| users.session(token).unwrap().is_some();
+        users.register(&alice, Some("pw-1"), false, None, None, true).await.unwrap();
+        let (a, b, c) = (login("A").await.unwrap(), login("B").await.unwrap(), login("C").await.unwrap());
+        for t in [&a, &b, &c] {
+            assert!(valid(&t.access_token) && valid(&t.access_token), "read, then remembered");
+        }
+        users.logout(alice.as_str(), "A").await.unwrap();
+        assert!(!valid(&a.access_token) && valid(&b.access_token));
+        let b2 = login("B").await.unwrap();
+        assert!(!valid(&b.access_token), "a reused device id replaces its token");
+        assert!(valid(&b2.access_token));
+        users.set_password(&alice, "pw-2", Some("C")).await.unwrap();
+        assert!(!valid(&b2.access_token) && valid(&c.access_token), "other devices logged out");
+        users.deactivate(&alice).await.unwrap();
+        assert!(!valid(&c.access_token));
         db.shutdown();
     }
 
