@@ -6,12 +6,11 @@
 //! as a ruma-based server, should we advertise them.
 
 use ruma::{
-    CanonicalJsonObject, OwnedEventId, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, Int, OwnedEventId, UserId,
     events::TimelineEventType,
     room_version_rules::{EventIdFormatVersion, EventsReferenceFormatVersion},
     state_res,
 };
-use serde_json::Value as JsonValue;
 
 use super::{Head, NewEvent, Pdu, RoomError, Rooms, StateRef, now_ms};
 
@@ -72,29 +71,38 @@ impl Rooms {
             let meta = self.meta(prev)?.ok_or_else(|| RoomError::UnknownEvent(prev.to_string()))?;
             depth = depth.max(meta.depth);
         }
-        let mut object = serde_json::json!({
-            "type": event.kind.to_string(),
-            "sender": sender.as_str(),
-            "content": event.content,
-            "origin_server_ts": now_ms(),
-            "prev_events": prev_events,
-            "auth_events": auth_events,
-            "depth": depth + 1,
-        });
+        // Built canonical directly: the content is converted once, nothing else is.
+        let not_canonical = |e: String| RoomError::BadEvent(format!("not canonical JSON: {e}"));
+        let text = |s: String| CanonicalJsonValue::String(s);
+        let int = |n: u64| Int::try_from(n).map(CanonicalJsonValue::Integer).map_err(|e| not_canonical(e.to_string()));
+        let ids = |ids: &[OwnedEventId]| CanonicalJsonValue::Array(ids.iter().map(|id| text(id.to_string())).collect());
+        let mut content =
+            ruma::canonical_json::to_canonical_value(&event.content).map_err(|e| not_canonical(e.to_string()))?;
+        let mut object = CanonicalJsonObject::new();
+        object.insert("type".into(), text(event.kind.to_string()));
+        object.insert("sender".into(), text(sender.to_string()));
+        object.insert("origin_server_ts".into(), int(now_ms())?);
+        object.insert("prev_events".into(), ids(&prev_events));
+        object.insert("auth_events".into(), ids(&auth_events));
+        object.insert("depth".into(), int(depth + 1)?);
         let is_create = event.kind == TimelineEventType::RoomCreate;
         if !(is_create && rules.room_id_format == ruma::room_version_rules::RoomIdFormatVersion::V2) {
-            object["room_id"] = JsonValue::String(head.room_id.to_string());
+            object.insert("room_id".into(), text(head.room_id.to_string()));
         }
         if let Some(key) = &event.state_key {
-            object["state_key"] = JsonValue::String(key.clone());
+            object.insert("state_key".into(), text(key.clone()));
         }
         if let Some(redacts) = &event.redacts {
             if rules.redaction.content_field_redacts {
-                object["content"]["redacts"] = JsonValue::String(redacts.to_string());
+                let CanonicalJsonValue::Object(fields) = &mut content else {
+                    return Err(RoomError::BadEvent("a redaction's content must be an object".into()));
+                };
+                fields.insert("redacts".into(), text(redacts.to_string()));
             } else {
-                object["redacts"] = JsonValue::String(redacts.to_string());
+                object.insert("redacts".into(), text(redacts.to_string()));
             }
         }
-        serde_json::from_value(object).map_err(|e| RoomError::BadEvent(format!("not canonical JSON: {e}")))
+        object.insert("content".into(), content);
+        Ok(object)
     }
 }

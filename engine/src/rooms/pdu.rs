@@ -184,7 +184,10 @@ impl Pdu {
 
     /// The canonical JSON bytes that are stored.
     pub fn to_bytes(&self) -> Vec<u8> {
-        CanonicalJsonValue::Object((*self.json).clone()).to_string().into_bytes()
+        // The object's map is sorted: serialising it as it is gives the canonical form
+        // (what `CanonicalJsonValue::Object(..).to_string()` gives, without a deep copy).
+        serde_json::to_vec(&*self.json)
+            .unwrap_or_else(|_| CanonicalJsonValue::Object((*self.json).clone()).to_string().into_bytes())
     }
 
     /// Parses stored bytes.
@@ -262,3 +265,32 @@ impl ruma::state_res::Event for Pdu {
 
 /// What caches hand out; ruma's resolution accepts it directly (`Event for Arc<T>`).
 pub type ArcPdu = Arc<Pdu>;
+
+#[cfg(test)]
+mod tests {
+    use ruma::{CanonicalJsonValue, RoomVersionId};
+
+    use super::*;
+
+    /// The stored bytes are the canonical form (what is hashed and signed, and what
+    /// the federation sender splices into transactions as they are).
+    #[test]
+    fn stored_bytes_are_the_canonical_form() {
+        let json = serde_json::json!({
+            "type": "m.room.message",
+            "room_id": "!r:x",
+            "sender": "@a:x",
+            "content": { "body": "é \" \n \u{1} ok", "z": [1, { "b": 2, "a": null }], "msgtype": "m.text" },
+            "origin_server_ts": 1,
+            "depth": 3,
+            "prev_events": ["$p"],
+            "auth_events": [],
+            "hashes": { "sha256": "x" },
+            "signatures": {}
+        });
+        let object: CanonicalJsonObject = serde_json::from_value(json).unwrap();
+        let canonical = CanonicalJsonValue::Object(object.clone()).to_string().into_bytes();
+        let pdu = Pdu::from_object(object, &RoomVersionId::V12.rules().unwrap()).unwrap();
+        assert_eq!(pdu.to_bytes(), canonical);
+    }
+}
