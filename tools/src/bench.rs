@@ -363,6 +363,9 @@ pub struct FederationReport {
     /// Of the messages `/sync` never showed, how many B's room history
     /// (`/messages`, read once at the end) holds: stored, but not delivered.
     pub only_in_history: usize,
+    /// When the last message was sent and when the first arrived on B (from the first send).
+    pub last_sent: Duration,
+    pub first_arrival: Duration,
 }
 
 /// The number `n` of a `fed n` message the federation scenario sent.
@@ -487,7 +490,11 @@ pub async fn federation(
         arrivals.iter().filter_map(|(n, at)| sent_at.get(*n).map(|s| at.saturating_sub(*s))).collect();
     latencies.sort();
     let elapsed = arrivals.values().max().copied().unwrap_or_default();
+    let last_sent = sent_at.iter().max().copied().unwrap_or_default();
+    let first_arrival = arrivals.values().min().copied().unwrap_or_default();
     Ok(FederationReport {
+        last_sent,
+        first_arrival,
         sent: sent_at.len(),
         received: arrivals.len(),
         elapsed,

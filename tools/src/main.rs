@@ -637,6 +637,7 @@ fn bench_cmd(what: BenchCommand) -> Result<(), Failure> {
                         "scenario": "federation", "senders": senders, "sent": r.sent, "received": r.received,
                         "seconds": r.elapsed.as_secs_f64(), "messages_per_second": rate,
                         "p50_ms": ms(r.p50), "p99_ms": ms(r.p99), "only_in_history": r.only_in_history,
+                        "last_sent_ms": ms(r.last_sent), "first_arrival_ms": ms(r.first_arrival),
                     })
                 );
             } else {
