@@ -293,11 +293,14 @@ impl Users {
         }
     }
 
-    /// Drops every remembered session; called once a batch that deletes tokens is written.
-    fn forget_sessions(&self) {
+    /// Commits a batch that deletes access tokens, then drops every remembered
+    /// session (see [`Users::session`]).
+    async fn commit_token_deletions(&self, batch: Batch) -> Result<(), UserError> {
+        self.db.commit(batch).await?;
         let mut cache = self.sessions.lock();
         cache.generation += 1;
         cache.by_token.clear();
+        Ok(())
     }
 
     /// Checks a localpart against the spec's user id grammar (lower-case historical set).
@@ -426,9 +429,8 @@ impl Users {
         }
         let mut batch = Batch::new();
         let login = self.new_device(&mut batch, user_id, device_id, device_name)?;
-        self.db.commit(batch).await?;
-        // A reused device id's old token was deleted in that batch.
-        self.forget_sessions();
+        // A reused device id's old token is deleted in that batch.
+        self.commit_token_deletions(batch).await?;
         Ok(login)
     }
 
@@ -478,8 +480,7 @@ impl Users {
             TOKENS.delete(&mut batch, &device.token);
         }
         DEVICES.delete(&mut batch, &key);
-        self.db.commit(batch).await?;
-        self.forget_sessions();
+        self.commit_token_deletions(batch).await?;
         Ok(())
     }
 
@@ -491,8 +492,7 @@ impl Users {
             TOKENS.delete(&mut batch, &device.token);
             DEVICES.delete(&mut batch, &key);
         }
-        self.db.commit(batch).await?;
-        self.forget_sessions();
+        self.commit_token_deletions(batch).await?;
         Ok(())
     }
 
@@ -520,8 +520,7 @@ impl Users {
                 }
             }
         }
-        self.db.commit(batch).await?;
-        self.forget_sessions();
+        self.commit_token_deletions(batch).await?;
         Ok(removed)
     }
 
@@ -537,8 +536,7 @@ impl Users {
             TOKENS.delete(&mut batch, &device.token);
             DEVICES.delete(&mut batch, &key);
         }
-        self.db.commit(batch).await?;
-        self.forget_sessions();
+        self.commit_token_deletions(batch).await?;
         tracing::info!(user_id = %user_id, "deactivated");
         Ok(())
     }

@@ -161,7 +161,7 @@ fn transaction_body(origin: &str, now: u64, pdus: &[(u64, Vec<u8>)], edus: &[ser
         }
     }
     body.extend_from_slice(b"],\"origin\":");
-    body.extend_from_slice(ruma::CanonicalJsonValue::String(origin.to_owned()).to_string().as_bytes());
+    xmatrix::push_json_string(&mut body, origin);
     body.extend_from_slice(format!(",\"origin_server_ts\":{now},\"pdus\":[").as_bytes());
     for (i, (_, pdu)) in pdus.iter().enumerate() {
         if i > 0 {
