@@ -5,7 +5,7 @@ use std::process::Command;
 
 use myelin_suite::{TestServer, myelin_bin};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_send_and_script_run_against_a_server_and_account_for_every_event() {
     let s = TestServer::start_with("bench.test", |c| {
         c.registration.enabled = true;
@@ -65,7 +65,7 @@ async fn bench_send_and_script_run_against_a_server_and_account_for_every_event(
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_federation_counts_every_message_across_two_servers() {
     let (a, b) = myelin_suite::federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let (url_a, url_b) = (format!("http://{}", a.client), format!("http://{}", b.client));
@@ -87,7 +87,7 @@ async fn bench_federation_counts_every_message_across_two_servers() {
     b.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_join_waits_until_every_member_is_listed_on_the_joining_server() {
     let (a, b) = myelin_suite::federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let (url_a, url_b) = (format!("http://{}", a.client), format!("http://{}", b.client));

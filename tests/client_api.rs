@@ -14,7 +14,7 @@ fn timeline_bodies(sync: &Value, room: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_follows_the_configuration() {
     // Off: 403.
     let closed = TestServer::start("localhost").await;
@@ -61,7 +61,7 @@ async fn registration_follows_the_configuration() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_whoami_logout_and_token_errors() {
     let s = TestServer::open("localhost").await;
     let alice = s.register("alice").await;
@@ -103,7 +103,7 @@ async fn login_whoami_logout_and_token_errors() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invite_join_and_messages_reach_the_other_user_through_sync() {
     let s = TestServer::open("localhost").await;
     let (alice, bob) = (s.register("alice").await, s.register("bob").await);
@@ -166,7 +166,7 @@ async fn invite_join_and_messages_reach_the_other_user_through_sync() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_is_idempotent_and_messages_paginate() {
     let s = TestServer::open("localhost").await;
     let alice = s.register("alice").await;
@@ -195,7 +195,7 @@ async fn send_is_idempotent_and_messages_paginate() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_and_permissions_over_http() {
     let s = TestServer::open("localhost").await;
     let (alice, bob) = (s.register("alice").await, s.register("bob").await);
@@ -256,7 +256,7 @@ async fn state_and_permissions_over_http() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn account_data_filters_and_capabilities() {
     let s = TestServer::open("localhost").await;
     let alice = s.register("alice").await;
@@ -294,7 +294,7 @@ async fn account_data_filters_and_capabilities() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aliases_resolve_join_and_delete() {
     let s = TestServer::open("localhost").await;
     let (alice, bob) = (s.register("alice").await, s.register("bob").await);
@@ -336,7 +336,7 @@ fn bodies_of(chunk: &Value) -> Vec<String> {
     chunk.as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_visibility_decides_what_a_late_joiner_sees() {
     let s = TestServer::open("localhost").await;
     let (alice, bob) = (s.register("alice").await, s.register("bob").await);
@@ -366,7 +366,7 @@ async fn history_visibility_decides_what_a_late_joiner_sees() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn account_data_changes_and_to_device_messages_arrive_incrementally() {
     let s = TestServer::open("localhost").await;
     let (alice, bob) = (s.register("alice").await, s.register("bob").await);
@@ -445,7 +445,7 @@ async fn account_data_changes_and_to_device_messages_arrive_incrementally() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_over_the_rate_limit_gets_m_limit_exceeded() {
     let s = TestServer::start_with("localhost", |c| {
         c.registration.enabled = true;
@@ -466,7 +466,7 @@ async fn a_user_over_the_rate_limit_gets_m_limit_exceeded() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn context_timestamp_lookup_and_members_at_a_point() {
     let s = TestServer::open("localhost").await;
     let (alice, bob) = (s.register("alice").await, s.register("bob").await);
@@ -503,7 +503,7 @@ async fn context_timestamp_lookup_and_members_at_a_point() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lazy_loading_members_and_include_leave() {
     let s = TestServer::open("localhost").await;
     let alice = s.register("alice").await;
@@ -540,7 +540,7 @@ async fn lazy_loading_members_and_include_leave() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deactivation_leaves_rooms_and_bulk_device_deletion_needs_the_password() {
     let s = TestServer::open("localhost").await;
     let (alice, bob) = (s.register("alice").await, s.register("bob").await);

@@ -24,7 +24,7 @@ async fn event(c: &Client, room: &str, id: &str) -> Value {
     c.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(room), enc(id))).await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edit_is_bundled_for_the_other_user_and_only_the_sender_may_edit() {
     let s = TestServer::open("localhost").await;
     let (alice, bob, room) = room_with_bob(&s).await;
@@ -49,7 +49,7 @@ async fn an_edit_is_bundled_for_the_other_user_and_only_the_sender_may_edit() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redacted_message_is_stripped_everywhere_it_is_served() {
     let s = TestServer::open("localhost").await;
     let (alice, bob, room) = room_with_bob(&s).await;
@@ -82,7 +82,7 @@ async fn a_redacted_message_is_stripped_everywhere_it_is_served() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_keep_their_content_and_reactions_are_not_doubled() {
     let s = TestServer::open("localhost").await;
     let (alice, bob, room) = room_with_bob(&s).await;
@@ -114,7 +114,7 @@ async fn replies_keep_their_content_and_reactions_are_not_doubled() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn threads_are_summarised_and_listed() {
     let s = TestServer::open("localhost").await;
     let (alice, bob, room) = room_with_bob(&s).await;
@@ -139,7 +139,7 @@ async fn threads_are_summarised_and_listed() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_profile_change_reaches_every_room_and_the_directory_finds_people() {
     let s = TestServer::open("localhost").await;
     let (alice, bob, room) = room_with_bob(&s).await;
@@ -191,7 +191,7 @@ fn ephemeral<'a>(sync: &'a Value, room: &str, kind: &str) -> Option<&'a Value> {
     sync["rooms"]["join"][room]["ephemeral"]["events"].as_array()?.iter().find(|e| e["type"] == kind)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_wakes_the_other_user_and_expires() {
     let s = TestServer::open("localhost").await;
     let (alice, bob, room) = room_with_bob(&s).await;
@@ -218,7 +218,7 @@ async fn typing_wakes_the_other_user_and_expires() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incremental_sync_carries_only_the_receipts_set_since_its_token() {
     let s = TestServer::open("localhost").await;
     let (alice, bob, room) = room_with_bob(&s).await;
@@ -265,7 +265,7 @@ fn unread(sync: &Value, room: &str) -> Value {
     sync["rooms"]["join"][room]["unread_notifications"].clone()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_counts_follow_each_sync_and_each_receipt() {
     let s = TestServer::open("localhost").await;
     let (alice, bob, room) = room_with_bob(&s).await;
@@ -302,7 +302,7 @@ async fn unread_counts_follow_each_sync_and_each_receipt() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipts_reach_the_sender_and_reset_unread_counts() {
     let s = TestServer::open("localhost").await;
     let (alice, bob, room) = room_with_bob(&s).await;
@@ -334,7 +334,7 @@ async fn receipts_reach_the_sender_and_reset_unread_counts() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_can_be_set_and_read() {
     let s = TestServer::open("localhost").await;
     let (alice, bob, _) = room_with_bob(&s).await;
@@ -351,7 +351,7 @@ async fn presence_can_be_set_and_read() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_public_room_directory_lists_searches_and_paginates() {
     let s = TestServer::open("localhost").await;
     let (alice, bob) = (s.register("alice").await, s.register("bob").await);
@@ -401,7 +401,7 @@ async fn the_public_room_directory_lists_searches_and_paginates() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_finds_messages_by_words_with_filters_and_pages() {
     let s = TestServer::open("localhost").await;
     let (alice, bob, room) = room_with_bob(&s).await;
@@ -447,7 +447,7 @@ async fn search_finds_messages_by_words_with_filters_and_pages() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_acls_are_validated_when_set() {
     let s = TestServer::open("localhost").await;
     let (alice, _bob, room) = room_with_bob(&s).await;
@@ -462,7 +462,7 @@ async fn server_acls_are_validated_when_set() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_rules_can_be_changed_and_drive_counts_and_notifications() {
     let s = TestServer::open("localhost").await;
     let (alice, bob, room) = room_with_bob(&s).await;
@@ -501,7 +501,7 @@ async fn push_rules_can_be_changed_and_drive_counts_and_notifications() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_reaches_the_sync_of_users_sharing_a_room_only() {
     let s = TestServer::open("localhost").await;
     let (alice, bob, _room) = room_with_bob(&s).await;

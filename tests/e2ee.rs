@@ -17,7 +17,7 @@ fn claim_body(user: &Client) -> Value {
     json!({ "one_time_keys": { user.user_id.clone(): { user.device_id.clone(): "signed_curve25519" } } })
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_time_keys_are_handed_out_once_then_the_fallback_key() {
     let s = TestServer::open("localhost").await;
     let (alice, bob) = pair(&s).await;
@@ -69,7 +69,7 @@ async fn one_time_keys_are_handed_out_once_then_the_fallback_key() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_or_deleted_device_shows_in_the_other_users_sync_and_key_query() {
     let s = TestServer::open("localhost").await;
     let (alice, bob) = pair(&s).await;
@@ -117,7 +117,7 @@ async fn a_new_or_deleted_device_shows_in_the_other_users_sync_and_key_query() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_signing_keys_need_the_password_to_replace_and_take_signatures() {
     let s = TestServer::open("localhost").await;
     let (alice, bob) = pair(&s).await;
@@ -176,7 +176,7 @@ async fn cross_signing_keys_need_the_password_to_replace_and_take_signatures() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_change_that_logs_out_other_devices_forgets_their_keys() {
     let s = TestServer::open("localhost").await;
     let (alice, bob) = pair(&s).await;

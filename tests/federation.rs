@@ -6,7 +6,7 @@ use myelin_engine::{federation::xmatrix, keys::ServerKeys};
 use myelin_suite::{TestServer, device_keys, enc, federation_pair, https, https_with};
 use serde_json::json;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_profile_is_fetched_with_a_signed_request_and_verified_key() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;
@@ -32,7 +32,7 @@ async fn a_remote_profile_is_fetched_with_a_signed_request_and_verified_key() {
     b.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsigned_forged_and_misaddressed_requests_are_refused() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |c| c.federation.deny = vec!["c.test".into()]).await;
     b.register("bob").await;
@@ -73,7 +73,7 @@ async fn unsigned_forged_and_misaddressed_requests_are_refused() {
     b.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_verification_trusts_a_configured_ca_and_nothing_else() {
     let (a_port, s_port) = (myelin_suite::free_port(), myelin_suite::free_port());
     let a_addr: std::net::SocketAddr = format!("127.0.0.1:{a_port}").parse().unwrap();
@@ -168,7 +168,7 @@ async fn wait_for_text(c: &myelin_suite::Client, room: &str, text: &str) -> serd
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_on_b_joins_a_room_on_a_and_both_sides_chat() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;
@@ -237,7 +237,7 @@ async fn a_user_on_b_joins_a_room_on_a_and_both_sides_chat() {
     b.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dm_invite_crosses_servers_and_the_invitee_joins_through_the_inviter() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;
@@ -277,7 +277,7 @@ async fn a_dm_invite_crosses_servers_and_the_invitee_joins_through_the_inviter()
     b.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_and_receipts_cross_servers_and_a_server_acl_shuts_a_server_out() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;
@@ -357,7 +357,7 @@ async fn typing_and_receipts_cross_servers_and_a_server_acl_shuts_a_server_out()
     b.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_written_before_a_remote_user_joined_is_backfilled_into_messages() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;
@@ -380,7 +380,7 @@ async fn history_written_before_a_remote_user_joined_is_backfilled_into_messages
     b.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_uploaded_on_a_is_downloaded_byte_for_byte_by_a_user_on_b() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;
@@ -417,7 +417,7 @@ async fn media_uploaded_on_a_is_downloaded_byte_for_byte_by_a_user_on_b() {
     b.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_on_b_searches_the_public_directory_of_a() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;
@@ -460,7 +460,7 @@ async fn a_user_on_b_searches_the_public_directory_of_a() {
     b.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_sent_while_a_server_is_down_all_arrive_once_after_it_returns() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;
@@ -533,7 +533,7 @@ async fn wait_until_not_joined(c: &myelin_suite::Client, room: &str, user: &str)
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deactivating_a_user_and_shutting_a_room_down_reach_the_other_server() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;
@@ -602,7 +602,7 @@ async fn deactivating_a_user_and_shutting_a_room_down_reach_the_other_server() {
     b.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_invite_is_declined_through_the_inviting_server() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;
@@ -632,7 +632,7 @@ async fn a_remote_invite_is_declined_through_the_inviting_server() {
     b.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runtime_deny_cuts_a_server_off_both_ways_and_removing_it_restores_delivery() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;
@@ -669,7 +669,7 @@ async fn a_runtime_deny_cuts_a_server_off_both_ways_and_removing_it_restores_del
     b.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_in_the_room_reads_state_ids_state_and_auth_chains_and_an_outsider_cannot() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;
@@ -764,7 +764,7 @@ async fn tiny_tls_server(
     (addr, seen, task)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_is_found_through_its_well_known_delegation() {
     let b_port = myelin_suite::free_port();
     let b_addr: std::net::SocketAddr = format!("127.0.0.1:{b_port}").parse().unwrap();
@@ -812,7 +812,7 @@ async fn a_server_is_found_through_its_well_known_delegation() {
     b.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_state_changes_on_two_servers_converge_to_the_same_state() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;
@@ -886,7 +886,7 @@ async fn concurrent_state_changes_on_two_servers_converge_to_the_same_state() {
     b.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thumbnails_of_media_on_a_are_served_over_federation_and_to_users_on_b() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;
@@ -934,7 +934,7 @@ async fn thumbnails_of_media_on_a_are_served_over_federation_and_to_users_on_b()
     b.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_of_a_server_without_federation_media_comes_through_its_legacy_endpoint() {
     // "old.test" predates authenticated media: 404 M_UNRECOGNIZED for the federation
     // endpoint, bytes from the legacy one.
@@ -975,7 +975,7 @@ async fn media_of_a_server_without_federation_media_comes_through_its_legacy_end
     a.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pinned_keys_are_the_only_keys_trusted_for_a_server() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let bob = b.register("bob").await;
@@ -1014,7 +1014,7 @@ async fn pinned_keys_are_the_only_keys_trusted_for_a_server() {
     b.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_set_on_b_is_seen_by_a_user_on_a_who_shares_a_room() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;
@@ -1042,7 +1042,7 @@ async fn presence_set_on_b_is_seen_by_a_user_on_a_who_shares_a_room() {
     b.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_queue_is_taken_in_order_batch_by_batch_and_found_again_after_it_emptied() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;
@@ -1092,7 +1092,7 @@ fn body_of(pdu: &[u8]) -> String {
     json["content"]["body"].as_str().unwrap().to_owned()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_of_many_events_is_closed_from_a_single_newer_event() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;
@@ -1127,7 +1127,7 @@ async fn a_gap_of_many_events_is_closed_from_a_single_newer_event() {
     b.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joined_only_history_is_not_served_to_a_server_that_joined_later() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;
@@ -1167,7 +1167,7 @@ async fn joined_only_history_is_not_served_to_a_server_that_joined_later() {
     b.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_of_an_unreachable_server_come_through_a_notary_it_signed_for() {
     let addr = |p: u16| -> std::net::SocketAddr { format!("127.0.0.1:{p}").parse().unwrap() };
     let (a_fed, b_fed, n_fed, dead) = (
@@ -1222,7 +1222,7 @@ async fn keys_of_an_unreachable_server_come_through_a_notary_it_signed_for() {
     n.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn to_device_messages_reach_a_device_on_another_server() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;
@@ -1270,7 +1270,7 @@ async fn sync_until(
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_keys_are_queried_and_one_time_keys_claimed_across_servers() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;
@@ -1396,7 +1396,7 @@ async fn device_keys_are_queried_and_one_time_keys_claimed_across_servers() {
     b.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_to_device_message_survives_the_sender_restarting_while_the_receiver_is_down() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;
@@ -1435,7 +1435,7 @@ async fn signed_put(from: &TestServer, to: &TestServer, path: &str, body: &serde
     https_with(to.federation.unwrap(), Method::PUT, path, Some(bytes.as_bytes()), &[("authorization", &header)]).await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_transaction_and_a_resent_to_device_message_are_applied_once_even_across_a_restart() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let mut bob = b.register("bob").await;
@@ -1467,7 +1467,7 @@ async fn a_retried_transaction_and_a_resent_to_device_message_are_applied_once_e
     b.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_on_b_knocks_on_a_room_on_a_is_let_in_and_chats() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;
@@ -1529,7 +1529,7 @@ async fn a_user_on_b_knocks_on_a_room_on_a_is_let_in_and_chats() {
     b.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deprecated_v1_send_join_answers_with_the_wrapped_room_state() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;
@@ -1596,7 +1596,7 @@ async fn fake_srv_resolver(
     (addr, hits)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_is_found_through_its_srv_record() {
     let (a_port, b_port) = (myelin_suite::free_port(), myelin_suite::free_port());
     let a_addr: std::net::SocketAddr = format!("127.0.0.1:{a_port}").parse().unwrap();
@@ -1626,7 +1626,7 @@ async fn a_server_is_found_through_its_srv_record() {
     b.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_too_large_to_fetch_is_bridged_on_the_senders_state() {
     // B fetches no missing events at all: every gap is "too large".
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |c| c.federation.max_gap_events = 0).await;
@@ -1690,7 +1690,7 @@ async fn forged_event(
     serde_json::to_value(&template).unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_events_are_refused_and_leave_the_state_alone() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;
@@ -1728,7 +1728,7 @@ async fn forged_events_are_refused_and_leave_the_state_alone() {
     b.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_replies_reactions_and_redactions_cross_between_two_myelins() {
     let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;

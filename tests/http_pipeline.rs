@@ -27,7 +27,7 @@ fn small(_: Ctx, _: Req) -> HandlerFuture {
     Box::pin(async { Err::<_, ApiError>(ApiError::not_found("never reached with a big body")) })
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_endpoint_and_wrong_method_are_m_unrecognized() {
     let s = TestServer::start("localhost").await;
     let r = http(s.client, Method::GET, "/_matrix/client/v3/nonexistent", None).await;
@@ -42,7 +42,7 @@ async fn unknown_endpoint_and_wrong_method_are_m_unrecognized() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_and_well_known_answer_on_the_client_listener() {
     let s = TestServer::start("localhost").await;
     let r = http(s.client, Method::GET, "/_matrix/client/versions", None).await;
@@ -61,7 +61,7 @@ async fn versions_and_well_known_answer_on_the_client_listener() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_headers_and_preflight() {
     let s = TestServer::start("localhost").await;
     let r = http_with(
@@ -81,7 +81,7 @@ async fn cors_headers_and_preflight() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_expose_request_counts() {
     let s = TestServer::start("localhost").await;
     http(s.client, Method::GET, "/_matrix/client/versions", None).await;
@@ -115,7 +115,7 @@ async fn pipeline_server() -> (TestServer, std::net::SocketAddr, tokio::sync::wa
     (s, addr, stop)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_handler_answers_500_and_the_server_keeps_serving() {
     let (s, addr, stop) = pipeline_server().await;
     let r = http(addr, Method::GET, "/boom", None).await;
@@ -127,7 +127,7 @@ async fn a_panicking_handler_answers_500_and_the_server_keeps_serving() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_json_is_m_not_json() {
     let (s, addr, stop) = pipeline_server().await;
     let r = http(addr, Method::POST, "/echo", Some(b"{\"unterminated")).await;
@@ -142,7 +142,7 @@ async fn malformed_json_is_m_not_json() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_body_is_413_before_it_is_read() {
     let (s, addr, stop) = pipeline_server().await;
     // Declared too large: answered from the headers, with only 10 bytes of 10 MB sent.

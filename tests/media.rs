@@ -41,7 +41,7 @@ fn pseudo_random(n: usize) -> Vec<u8> {
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_multi_mib_file_round_trips_byte_for_byte_and_ranges_slice_it() {
     let s = TestServer::open("localhost").await;
     let (alice, bob) = (s.register("alice").await, s.register("bob").await);
@@ -81,7 +81,7 @@ async fn a_multi_mib_file_round_trips_byte_for_byte_and_ranges_slice_it() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identical_uploads_are_stored_once() {
     let s = TestServer::open("localhost").await;
     let alice = s.register("alice").await;
@@ -101,7 +101,7 @@ async fn identical_uploads_are_stored_once() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thumbnails_have_the_asked_size() {
     let s = TestServer::open("localhost").await;
     let alice = s.register("alice").await;
@@ -138,7 +138,7 @@ async fn thumbnails_have_the_asked_size() {
     s.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_uploads_and_the_one_size_limit() {
     let s = TestServer::start_with("localhost", |c| {
         c.registration.enabled = true;
@@ -221,7 +221,7 @@ fn rss_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_upload_streams_with_flat_server_memory() {
     use std::process::{Command, Stdio};
     let cwd = tempfile::tempdir().unwrap();

@@ -20,7 +20,7 @@ fn nio_python() -> PathBuf {
     python
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matrix_nio_can_register_create_a_dm_and_chat() {
     let python = nio_python();
     let cwd = tempfile::tempdir().unwrap();

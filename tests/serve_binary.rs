@@ -104,7 +104,7 @@ fn assert_self_signed(doc: &serde_json::Value, server_name: &str) -> String {
     key_id.clone()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_in_an_empty_folder_answers_and_stops_cleanly_on_sigterm() {
     let cwd = tempfile::tempdir().unwrap();
     let mut p = spawn_serve(cwd.path(), &[]);
@@ -171,7 +171,7 @@ fn bad_configuration_exits_2_with_one_line_naming_the_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("federation.listen"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_server_on_the_same_data_dir_is_refused_with_exit_2() {
     let cwd = tempfile::tempdir().unwrap();
     let mut first = spawn_serve(cwd.path(), &[]);
@@ -193,7 +193,7 @@ async fn a_second_server_on_the_same_data_dir_is_refused_with_exit_2() {
     assert_eq!(wait_exit(&mut first, Duration::from_secs(20)).code(), Some(0));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_while_serving_then_restore_keeps_identity() {
     let cwd = tempfile::tempdir().unwrap();
     let mut p = spawn_serve(cwd.path(), &[]);
@@ -247,7 +247,7 @@ async fn login_status(p: &Proc, user: &str, password: &str) -> StatusCode {
     http(p.client, Method::POST, "/_matrix/client/v3/login", Some(body.to_string().as_bytes())).await.status
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_user_commands_work_offline_and_against_a_running_server() {
     let cwd = tempfile::tempdir().unwrap();
     // Offline: the CLI opens the data directory itself.
@@ -280,7 +280,7 @@ async fn admin_user_commands_work_offline_and_against_a_running_server() {
     assert_eq!(wait_exit(&mut p, Duration::from_secs(20)).code(), Some(0));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_media_delete_removes_an_upload_from_a_running_server() {
     let cwd = tempfile::tempdir().unwrap();
     let mut p = spawn_serve(cwd.path(), &[("MYELIN_REGISTRATION__ENABLED", "true".into())]);
@@ -355,7 +355,7 @@ async fn room_bodies(p: &Proc, token: &str, room: &str) -> Vec<String> {
 /// Acknowledged writes survive `kill -9`, twice: the second time on a server
 /// whose write-ahead log is a reused, pre-sized file holding a previous run's
 /// records after the new ones (the default `storage.wal_mb`).
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_survive_kill_minus_9() {
     let cwd = tempfile::tempdir().unwrap();
     let env = [("MYELIN_REGISTRATION__ENABLED", "true".to_owned()), ("MYELIN_RATE_LIMIT__PER_SECOND", "0".to_owned())];

@@ -49,7 +49,7 @@ async fn wait_http(addr: std::net::SocketAddr, path: &str, what: &str) {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn myelin_and_synapse_federate_both_ways() {
     let python = venv_python("venv-synapse-1.163.2");
     let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,10 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     thread::JoinHandle,
 };
 
@@ -55,6 +58,18 @@ pub struct Db {
     rocks: Arc<rocksdb::DB>,
     path: PathBuf,
     writer: Mutex<Option<(Sender<Request>, JoinHandle<()>)>>,
+    /// Shared with the writer thread: the write lock and its bookkeeping.
+    shared: Arc<writer::Shared>,
+    /// A batch kept for its caller to write (see [`Pending::durable`]); taken
+    /// before the writer lock whenever both are held.
+    kept: Mutex<Option<Kept>>,
+    kept_ids: AtomicU64,
+}
+
+/// A synced batch not yet handed to the writer thread: its caller may write it.
+struct Kept {
+    id: u64,
+    req: Request,
 }
 
 fn cf_options(cf: &Cf, total_cache: usize) -> rocksdb::Options {
@@ -183,9 +198,16 @@ impl Db {
         if options.wal_bytes > 0 {
             presize_wal(&rocks, path, options.wal_bytes)?;
         }
-        let (tx, handle) = writer::spawn(rocks.clone(), counters)?;
+        let (tx, handle, shared) = writer::spawn(rocks.clone(), counters)?;
         tracing::info!(path = %path.display(), schema = SCHEMA_VERSION, "database open");
-        Ok(Arc::new(Self { rocks, path: path.to_owned(), writer: Mutex::new(Some((tx, handle))) }))
+        Ok(Arc::new(Self {
+            rocks,
+            path: path.to_owned(),
+            writer: Mutex::new(Some((tx, handle))),
+            shared,
+            kept: Mutex::new(None),
+            kept_ids: AtomicU64::new(0),
+        }))
     }
 
     /// Where the database lives.
@@ -234,18 +256,103 @@ impl Db {
         unsynced: bool,
     ) -> Result<oneshot::Receiver<Result<(), StorageError>>, StorageError> {
         let (done, rx) = oneshot::channel();
+        self.hand_over(Request { batch, unsynced, done })?;
+        Ok(rx)
+    }
+
+    /// Sends `req` to the writer thread, after the kept batch if there is one:
+    /// batches are written in the order they were handed over.
+    fn hand_over(&self, req: Request) -> Result<(), StorageError> {
+        let mut kept = self.kept.lock();
         let guard = self.writer.lock();
         let (tx, _) = guard.as_ref().ok_or(StorageError::Closed)?;
-        tx.send(Request { batch, unsynced, done }).map_err(|_| StorageError::Closed)?;
-        Ok(rx)
+        for req in kept.take().map(|k| k.req).into_iter().chain([req]) {
+            self.shared.queued.fetch_add(1, Ordering::SeqCst);
+            tx.send(req).map_err(|_| StorageError::Closed)?;
+        }
+        Ok(())
     }
 
     /// Hands `batch` to the group-commit writer without waiting; the returned
     /// handle resolves once it is durable. Batches are written in the order
     /// they were handed over, so a later batch may build on an earlier one's
     /// rows (kept in the caller's memory until then).
-    pub fn submit_pending(&self, batch: Batch) -> Result<Pending, StorageError> {
-        Ok(Pending(self.submit(batch)?))
+    ///
+    /// When nothing else is queued or being written, the batch is kept back
+    /// instead and [`Pending::durable`] writes it on the caller's thread (the
+    /// writer module explains why and when); any hand-over before that sends
+    /// it to the writer first.
+    pub fn submit_pending(self: &Arc<Self>, batch: Batch) -> Result<Pending, StorageError> {
+        let (done, rx) = oneshot::channel();
+        let req = Request { batch, unsynced: false, done };
+        if !req.batch.more_follow && may_block_a_worker() {
+            let mut kept = self.kept.lock();
+            if self.writer.lock().is_none() {
+                return Err(StorageError::Closed);
+            }
+            let idle = kept.is_none()
+                && self.shared.queued.load(Ordering::SeqCst) == 0
+                && !self.shared.contended.load(Ordering::SeqCst)
+                && !self.shared.write.is_locked()
+                && self.shared.last_sync_us.load(Ordering::Relaxed) < writer::INLINE_SYNC_MAX_US;
+            if idle {
+                let id = self.kept_ids.fetch_add(1, Ordering::Relaxed);
+                *kept = Some(Kept { id, req });
+                return Ok(Pending { rx, kept: Some((self.clone(), id)) });
+            }
+        }
+        self.hand_over(req)?;
+        Ok(Pending { rx, kept: None })
+    }
+
+    /// Writes the kept batch `id` on this thread if it is still kept and the
+    /// writer is idle; otherwise it is (or now goes) with the writer thread.
+    fn write_kept(&self, id: u64) {
+        let mut kept = self.kept.lock();
+        if kept.as_ref().is_none_or(|k| k.id != id) {
+            return;
+        }
+        let guard = self.writer.lock();
+        let Some((tx, _)) = guard.as_ref() else {
+            // Closed: dropping the request tells its caller so.
+            kept.take();
+            return;
+        };
+        let Some(mut counters) = self.shared.write.try_lock() else {
+            if let Some(k) = kept.take() {
+                self.shared.queued.fetch_add(1, Ordering::SeqCst);
+                let _ = tx.send(k.req);
+            }
+            return;
+        };
+        let Some(k) = kept.take() else { return };
+        // Holding the write lock keeps every later batch behind this one.
+        drop(guard);
+        drop(kept);
+        self.shared.caller_writes.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("myelin_storage_caller_writes_total").increment(1);
+        writer::write_and_complete(&self.rocks, &self.shared, &mut counters, vec![k.req], || {
+            // Batches that queued behind this one say the load is back.
+            self.shared.contended.store(self.shared.queued.load(Ordering::SeqCst) > 0, Ordering::SeqCst);
+        });
+    }
+
+    /// Sends the kept batch `id` to the writer if it is still kept (its
+    /// [`Pending`] was dropped unawaited: the batch is written all the same).
+    fn release_kept(&self, id: u64) {
+        let mut kept = self.kept.lock();
+        if kept.as_ref().is_some_and(|k| k.id == id)
+            && let Some(k) = kept.take()
+            && let Some((tx, _)) = self.writer.lock().as_ref()
+        {
+            self.shared.queued.fetch_add(1, Ordering::SeqCst);
+            let _ = tx.send(k.req);
+        }
+    }
+
+    /// How many batches their own callers wrote (see [`Pending::durable`]).
+    pub fn caller_writes(&self) -> u64 {
+        self.shared.caller_writes.load(Ordering::Relaxed)
     }
 
     /// Ends a run of [`Batch::more_follow`] batches whose announced successor
@@ -293,13 +400,21 @@ impl Db {
     ///
     /// Later commits fail with [`StorageError::Closed`]. Idempotent.
     pub fn shutdown(&self) {
+        let mut kept = self.kept.lock();
         let Some((tx, handle)) = self.writer.lock().take() else {
             return;
         };
+        // A kept batch is written before the thread stops, as if handed over.
+        if let Some(k) = kept.take() {
+            let _ = tx.send(k.req);
+        }
+        drop(kept);
         drop(tx);
         if handle.join().is_err() {
             tracing::error!("writer thread panicked");
         }
+        // A caller still writing its own batch finishes before the flush.
+        drop(self.shared.write.lock());
         for cf in catalog::ALL {
             if let Some(handle) = self.rocks.cf_handle(cf.name)
                 && let Err(e) = self.rocks.flush_cf(handle)
@@ -470,11 +585,36 @@ impl Read for Snapshot<'_> {
 
 /// A batch handed to the writer: await [`Pending::durable`] before acknowledging it.
 #[must_use = "a pending batch is not durable until awaited"]
-pub struct Pending(oneshot::Receiver<Result<(), StorageError>>);
+pub struct Pending {
+    rx: oneshot::Receiver<Result<(), StorageError>>,
+    /// Set when the batch was kept back for this caller to write.
+    kept: Option<(Arc<Db>, u64)>,
+}
 
 impl Pending {
-    /// Waits until the batch is in a synced write (or failed).
-    pub async fn durable(self) -> Result<(), StorageError> {
-        self.0.await.map_err(|_| StorageError::Closed)?
+    /// Waits until the batch is in a synced write (or failed). A batch kept
+    /// back for its caller (see [`Db::submit_pending`]) is written here, on
+    /// this thread, when the writer is still idle.
+    pub async fn durable(mut self) -> Result<(), StorageError> {
+        if let Some((db, id)) = self.kept.take() {
+            db.write_kept(id);
+        }
+        (&mut self.rx).await.map_err(|_| StorageError::Closed)?
     }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some((db, id)) = self.kept.take() {
+            db.release_kept(id);
+        }
+    }
+}
+
+/// Whether the current thread is a worker of a runtime that has another
+/// worker to carry on while this one writes a batch and waits for its sync.
+fn may_block_a_worker() -> bool {
+    tokio::runtime::Handle::try_current().is_ok_and(|h| {
+        h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread && h.metrics().num_workers() >= 2
+    })
 }

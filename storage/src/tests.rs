@@ -396,3 +396,91 @@ async fn release_held_writes_a_held_batch_without_waiting_for_the_hold() {
     db.commit(b).await.unwrap();
     assert!(NAMES.contains(&*db, &"$after".into()).unwrap());
 }
+
+fn put(key: &str, value: &[u8]) -> Batch {
+    let mut b = Batch::new();
+    NAMES.put(&mut b, &key.into(), &Raw(value.to_vec())).unwrap();
+    b
+}
+
+/// On a runtime with two workers, a lone pending batch is written by the
+/// caller that waits for it, and is there after a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_pending_batch_is_written_by_its_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    db.submit_pending(put("$lone", b"1")).unwrap().durable().await.unwrap();
+    assert_eq!(db.caller_writes(), 1);
+    assert!(NAMES.contains(&*db, &"$lone".into()).unwrap());
+    drop(db);
+    let db = open(&dir);
+    assert!(NAMES.contains(&*db, &"$lone".into()).unwrap());
+}
+
+/// A batch kept for its caller goes to the writer ahead of any batch handed
+/// over after it, so a later write of the same key wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_batch_is_written_before_a_later_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    let first = db.submit_pending(put("$k", b"first")).unwrap();
+    db.commit(put("$k", b"second")).await.unwrap();
+    first.durable().await.unwrap();
+    assert_eq!(db.caller_writes(), 0, "the later hand-over took the kept batch along");
+    assert_eq!(NAMES.get(&*db, &"$k".into()).unwrap().map(|r| r.0), Some(b"second".to_vec()));
+}
+
+/// A pending batch dropped without being awaited is still written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_pending_batch_is_still_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    drop(db.submit_pending(put("$dropped", b"1")).unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !NAMES.contains(&*db, &"$dropped".into()).unwrap() {
+        assert!(std::time::Instant::now() < deadline, "the dropped batch was never written");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// Without a second worker to carry on, the writer thread writes every batch.
+#[tokio::test]
+async fn a_single_threaded_caller_leaves_the_write_to_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    db.submit_pending(put("$one", b"1")).unwrap().durable().await.unwrap();
+    assert_eq!(db.caller_writes(), 0);
+    assert!(NAMES.contains(&*db, &"$one".into()).unwrap());
+}
+
+/// A batch kept when the database shuts down is written before it closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_batch_is_written_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    let kept = db.submit_pending(put("$late", b"1")).unwrap();
+    db.shutdown();
+    assert!(kept.durable().await.is_ok());
+    drop(db);
+    let db = open(&dir);
+    assert!(NAMES.contains(&*db, &"$late".into()).unwrap());
+}
+
+/// After a write that shared its group, the next lone batch goes to the
+/// thread; once a write has gone by alone, callers write their own again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_leave_writes_to_the_thread_while_writes_have_company() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    let mut first = put("$a", b"1");
+    first.more_follow();
+    let held = db.submit_pending(first).unwrap();
+    db.commit(put("$b", b"1")).await.unwrap();
+    held.durable().await.unwrap();
+    db.submit_pending(put("$c", b"1")).unwrap().durable().await.unwrap();
+    assert_eq!(db.caller_writes(), 0, "the group of two said the writes had company");
+    // As a sequential sender's next event would, come after the writer let go.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    db.submit_pending(put("$d", b"1")).unwrap().durable().await.unwrap();
+    assert_eq!(db.caller_writes(), 1, "a write went by alone since");
+}
