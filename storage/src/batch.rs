@@ -58,8 +58,11 @@ impl Batch {
         self.reservations.push(reservation);
     }
 
-    /// Runs `hook` on the writer thread once the batch is durable, before the
-    /// committer is woken. Hooks must be quick and must not block.
+    /// Runs `hook` once the batch is durable, before the committer is woken:
+    /// on the writer thread, or on the committing task's thread when it wrote
+    /// its own batch (see [`crate::Pending::durable`]). Hooks must be quick,
+    /// must not block (they may run on a runtime worker) and must not shut
+    /// the database down (the write lock is held while they run).
     pub fn on_durable(&mut self, hook: impl FnOnce() + Send + 'static) {
         self.on_durable.push(Box::new(hook));
     }

@@ -55,11 +55,11 @@ const WAL_SWITCH_KEY: &str = "wal-switch";
 
 /// The open database: the RocksDB handle plus the group-commit writer.
 pub struct Db {
-    rocks: Arc<rocksdb::DB>,
+    pub(crate) rocks: Arc<rocksdb::DB>,
     path: PathBuf,
     writer: Mutex<Option<(Sender<Request>, JoinHandle<()>)>>,
     /// Shared with the writer thread: the write lock and its bookkeeping.
-    shared: Arc<writer::Shared>,
+    pub(crate) shared: Arc<writer::Shared>,
     /// A batch kept for its caller to write (see [`Pending::durable`]); taken
     /// before the writer lock whenever both are held.
     kept: Mutex<Option<Kept>>,
@@ -281,7 +281,9 @@ impl Db {
     /// When nothing else is queued or being written, the batch is kept back
     /// instead and [`Pending::durable`] writes it on the caller's thread (the
     /// writer module explains why and when); any hand-over before that sends
-    /// it to the writer first.
+    /// it to the writer first. So await `durable` (or drop the handle) right
+    /// away: until then a kept batch is neither written nor visible, and
+    /// stream positions after its reservations wait for it.
     pub fn submit_pending(self: &Arc<Self>, batch: Batch) -> Result<Pending, StorageError> {
         let (done, rx) = oneshot::channel();
         let req = Request { batch, unsynced: false, done };
@@ -294,7 +296,8 @@ impl Db {
                 && self.shared.queued.load(Ordering::SeqCst) == 0
                 && !self.shared.contended.load(Ordering::SeqCst)
                 && !self.shared.write.is_locked()
-                && self.shared.last_sync_us.load(Ordering::Relaxed) < writer::INLINE_SYNC_MAX_US;
+                && self.shared.last_sync_us.load(Ordering::Relaxed) < writer::INLINE_SYNC_MAX_US
+                && !self.writes_slowed();
             if idle {
                 let id = self.kept_ids.fetch_add(1, Ordering::Relaxed);
                 *kept = Some(Kept { id, req });
@@ -303,6 +306,13 @@ impl Db {
         }
         self.hand_over(req)?;
         Ok(Pending { rx, kept: None })
+    }
+
+    /// Whether RocksDB is stopping or delaying writes (too many memtables or
+    /// level-0 files): a write now could block its caller for long.
+    pub(crate) fn writes_slowed(&self) -> bool {
+        let int = |name: &str| self.rocks.property_int_value(name).ok().flatten().unwrap_or(0);
+        int("rocksdb.is-write-stopped") > 0 || int("rocksdb.actual-delayed-write-rate") > 0
     }
 
     /// Writes the kept batch `id` on this thread if it is still kept and the
@@ -406,6 +416,7 @@ impl Db {
         };
         // A kept batch is written before the thread stops, as if handed over.
         if let Some(k) = kept.take() {
+            self.shared.queued.fetch_add(1, Ordering::SeqCst);
             let _ = tx.send(k.req);
         }
         drop(kept);

@@ -479,8 +479,33 @@ async fn callers_leave_writes_to_the_thread_while_writes_have_company() {
     held.durable().await.unwrap();
     db.submit_pending(put("$c", b"1")).unwrap().durable().await.unwrap();
     assert_eq!(db.caller_writes(), 0, "the group of two said the writes had company");
-    // As a sequential sender's next event would, come after the writer let go.
+    // As a sequential sender's next event would, come after the writer let go;
+    // and whatever this disk's sync took, the slow-disk guard is not under test here.
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    db.shared.last_sync_us.store(0, std::sync::atomic::Ordering::Relaxed);
     db.submit_pending(put("$d", b"1")).unwrap().durable().await.unwrap();
     assert_eq!(db.caller_writes(), 1, "a write went by alone since");
+}
+
+/// After a slow sync, a lone batch is left to the writer thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_slow_sync_callers_leave_writes_to_the_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    db.shared.last_sync_us.store(writer::INLINE_SYNC_MAX_US + 1, std::sync::atomic::Ordering::Relaxed);
+    db.submit_pending(put("$slow", b"1")).unwrap().durable().await.unwrap();
+    assert_eq!(db.caller_writes(), 0);
+    assert!(NAMES.contains(&*db, &"$slow".into()).unwrap());
+}
+
+/// The RocksDB properties the write-stall guard reads exist (an unknown
+/// name would read as "no stall" forever).
+#[test]
+fn the_write_stall_properties_are_known() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    for name in ["rocksdb.is-write-stopped", "rocksdb.actual-delayed-write-rate"] {
+        assert_eq!(db.rocks.property_int_value(name).unwrap(), Some(0), "{name}");
+    }
+    assert!(!db.writes_slowed());
 }

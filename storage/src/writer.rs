@@ -34,8 +34,9 @@
 //!   last write shared its group or others queued behind it, every batch
 //!   goes to the thread, whose groups share one sync. The caller blocks its
 //!   runtime worker for that one write, so it is done only on a
-//!   multi-threaded runtime with at least two workers, and not while the
-//!   last synced write took over [`INLINE_SYNC_MAX_US`].
+//!   multi-threaded runtime with at least two workers, not while the last
+//!   synced write took over [`INLINE_SYNC_MAX_US`], and not while RocksDB
+//!   is stopping or delaying writes. Hooks then run on the caller's thread.
 //!
 //! Not guaranteed: ordering between batches from different callers beyond
 //! "the order they were handed over".
@@ -243,11 +244,15 @@ fn write_group(
             }
         }
         for &(name, value) in &req.batch.counters {
-            let current = counters.get(name).copied().unwrap_or(0);
+            let current = raised
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|&(_, v)| v)
+                .or_else(|| counters.get(name).copied())
+                .unwrap_or(0);
             if value > current {
                 raised.retain(|(n, _)| *n != name);
                 raised.push((name, value));
-                counters.insert(name.to_owned(), value);
             }
         }
     }
@@ -255,9 +260,15 @@ fn write_group(
         let global = db
             .cf_handle(catalog::GLOBAL.name)
             .ok_or_else(|| StorageError::Rocks("global family is not open".into()))?;
-        for (name, value) in raised {
+        for &(name, value) in &raised {
             wb.put_cf(global, counter_key(name), value.to_be_bytes());
         }
     }
-    db.write_opt(wb, sync).map_err(StorageError::from)
+    db.write_opt(wb, sync).map_err(StorageError::from)?;
+    // Only a stored maximum is remembered: after a failed write the next one
+    // persists the raise again.
+    for (name, value) in raised {
+        counters.insert(name.to_owned(), value);
+    }
+    Ok(())
 }
