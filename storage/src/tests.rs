@@ -509,3 +509,14 @@ fn the_write_stall_properties_are_known() {
     }
     assert!(!db.writes_slowed());
 }
+
+/// A group that writes nothing (here an empty synced commit) says nothing
+/// about the disk: the slow-sync measure stays.
+#[tokio::test]
+async fn an_empty_write_does_not_reset_the_slow_sync_measure() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    db.shared.last_sync_us.store(5_000, std::sync::atomic::Ordering::Relaxed);
+    db.commit(Batch::new()).await.unwrap();
+    assert_eq!(db.shared.last_sync_us.load(std::sync::atomic::Ordering::Relaxed), 5_000);
+}

@@ -20,8 +20,7 @@
 //!   same write;
 //! - a batch marked `more_follow` (its caller hands over another at once, as an
 //!   inbound transaction does per event) keeps the group open for that next
-//!   batch, up to 1 ms from the group's first, so a burst costs one sync.
-//!
+//!   batch, up to 1 ms from the group's first, so a burst costs one sync;
 //! - a caller that would otherwise wake an idle thread and sleep until it
 //!   is done writes its own batch (see [`crate::Pending::durable`]): a batch
 //!   handed over with `Db::submit_pending` while nothing else is queued or
@@ -164,10 +163,12 @@ pub(crate) fn write_and_complete(
     // unsynced batches only goes to the WAL (the next sync carries it to disk).
     let synced = !group.iter().all(Request::may_skip_sync);
     options.set_sync(synced);
+    let noop = group.iter().all(Request::is_noop);
     let started = Instant::now();
-    let result = if group.iter().all(Request::is_noop) { Ok(()) } else { write_group(db, &options, &group, counters) };
+    let result = if noop { Ok(()) } else { write_group(db, &options, &group, counters) };
     let took = started.elapsed();
-    if synced {
+    // A group that wrote nothing says nothing about the disk.
+    if synced && !noop {
         shared.last_sync_us.store(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
     metrics::histogram!("myelin_storage_commit_seconds").record(took.as_secs_f64());
