@@ -361,7 +361,8 @@ impl Db {
     }
 
     /// How many batches their own callers wrote (see [`Pending::durable`]).
-    pub fn caller_writes(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn caller_writes(&self) -> u64 {
         self.shared.caller_writes.load(Ordering::Relaxed)
     }
 
