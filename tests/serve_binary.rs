@@ -17,10 +17,28 @@ struct Proc {
     child: Child,
     client: SocketAddr,
     federation: SocketAddr,
+    /// Where the child's stderr goes (kept for an early exit's reason).
+    stderr: tempfile::NamedTempFile,
+}
+
+/// Starts `myelin serve` in `cwd` and waits until it answers. A start that
+/// fails because a port picked by `free_port` was taken in between (another
+/// test bound it first) is retried on fresh ports.
+async fn start_serve(cwd: &Path, extra_env: &[(&str, String)]) -> Proc {
+    for _ in 0..3 {
+        let mut p = spawn_serve(cwd, extra_env);
+        if wait_ready(&mut p).await {
+            return p;
+        }
+        let why = std::fs::read_to_string(p.stderr.path()).unwrap_or_default();
+        assert!(why.contains("cannot listen"), "myelin serve exited early: {why}");
+    }
+    panic!("myelin serve found its ports taken three times");
 }
 
 fn spawn_serve(cwd: &Path, extra_env: &[(&str, String)]) -> Proc {
     let (client, federation) = (free_port(), free_port());
+    let stderr = tempfile::NamedTempFile::new().unwrap();
     let mut cmd = Command::new(myelin_bin());
     cmd.arg("serve")
         .current_dir(cwd)
@@ -28,7 +46,7 @@ fn spawn_serve(cwd: &Path, extra_env: &[(&str, String)]) -> Proc {
         .env("MYELIN_FEDERATION__LISTEN", format!("127.0.0.1:{federation}"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(stderr.reopen().unwrap());
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
@@ -36,19 +54,21 @@ fn spawn_serve(cwd: &Path, extra_env: &[(&str, String)]) -> Proc {
         child: cmd.spawn().unwrap(),
         client: format!("127.0.0.1:{client}").parse().unwrap(),
         federation: format!("127.0.0.1:{federation}").parse().unwrap(),
+        stderr,
     }
 }
 
-async fn wait_ready(p: &mut Proc) {
+/// Waits until the server answers `/health` (true) or exits (false).
+async fn wait_ready(p: &mut Proc) -> bool {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(status) = p.child.try_wait().unwrap() {
-            panic!("myelin serve exited early: {status}");
+        if p.child.try_wait().unwrap().is_some() {
+            return false;
         }
         if tokio::net::TcpStream::connect(p.client).await.is_ok() {
             let r = http(p.client, Method::GET, "/health", None).await;
             if r.status == StatusCode::OK {
-                return;
+                return true;
             }
         }
         assert!(Instant::now() < deadline, "server not ready in 30 s");
@@ -107,8 +127,7 @@ fn assert_self_signed(doc: &serde_json::Value, server_name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_in_an_empty_folder_answers_and_stops_cleanly_on_sigterm() {
     let cwd = tempfile::tempdir().unwrap();
-    let mut p = spawn_serve(cwd.path(), &[]);
-    wait_ready(&mut p).await;
+    let mut p = start_serve(cwd.path(), &[]).await;
 
     let r = http(p.client, Method::GET, "/_matrix/client/versions", None).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -134,8 +153,7 @@ async fn serve_in_an_empty_folder_answers_and_stops_cleanly_on_sigterm() {
     assert_eq!(status.code(), Some(0), "SIGTERM must exit 0");
 
     // The key survives a restart: same id, same public key.
-    let mut p = spawn_serve(cwd.path(), &[]);
-    wait_ready(&mut p).await;
+    let mut p = start_serve(cwd.path(), &[]).await;
     let again = https(p.federation, Method::GET, "/_matrix/key/v2/server", None).await.json();
     assert_eq!(again["verify_keys"], doc["verify_keys"]);
     sigterm(&p);
@@ -174,8 +192,7 @@ fn bad_configuration_exits_2_with_one_line_naming_the_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_server_on_the_same_data_dir_is_refused_with_exit_2() {
     let cwd = tempfile::tempdir().unwrap();
-    let mut first = spawn_serve(cwd.path(), &[]);
-    wait_ready(&mut first).await;
+    let mut first = start_serve(cwd.path(), &[]).await;
     let out = Command::new(myelin_bin())
         .arg("serve")
         .current_dir(cwd.path())
@@ -196,8 +213,7 @@ async fn a_second_server_on_the_same_data_dir_is_refused_with_exit_2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_while_serving_then_restore_keeps_identity() {
     let cwd = tempfile::tempdir().unwrap();
-    let mut p = spawn_serve(cwd.path(), &[]);
-    wait_ready(&mut p).await;
+    let mut p = start_serve(cwd.path(), &[]).await;
     let doc = https(p.federation, Method::GET, "/_matrix/key/v2/server", None).await.json();
 
     let backup_dir = cwd.path().join("backups/one");
@@ -219,8 +235,7 @@ async fn backup_while_serving_then_restore_keeps_identity() {
     let out =
         Command::new(myelin_bin()).arg("restore").arg(&backup_dir).env("MYELIN_DATA_DIR", &data).output().unwrap();
     assert!(out.status.success(), "restore failed: {}", String::from_utf8_lossy(&out.stderr));
-    let mut q = spawn_serve(other.path(), &[("MYELIN_DATA_DIR", data.display().to_string())]);
-    wait_ready(&mut q).await;
+    let mut q = start_serve(other.path(), &[("MYELIN_DATA_DIR", data.display().to_string())]).await;
     let restored = https(q.federation, Method::GET, "/_matrix/key/v2/server", None).await.json();
     assert_eq!(restored["verify_keys"], doc["verify_keys"], "restored server must keep its signing key");
     // Restoring over existing data is refused.
@@ -256,8 +271,7 @@ async fn admin_user_commands_work_offline_and_against_a_running_server() {
     let out = admin(cwd.path(), &["create", "alice", "--password", "again"]);
     assert_eq!(out.status.code(), Some(2), "a taken name is refused");
 
-    let mut p = spawn_serve(cwd.path(), &[]);
-    wait_ready(&mut p).await;
+    let mut p = start_serve(cwd.path(), &[]).await;
     assert_eq!(login_status(&p, "alice", "alice-pw").await, StatusCode::OK);
 
     // Online: through the admin socket while the server holds the database.
@@ -283,8 +297,7 @@ async fn admin_user_commands_work_offline_and_against_a_running_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_media_delete_removes_an_upload_from_a_running_server() {
     let cwd = tempfile::tempdir().unwrap();
-    let mut p = spawn_serve(cwd.path(), &[("MYELIN_REGISTRATION__ENABLED", "true".into())]);
-    wait_ready(&mut p).await;
+    let mut p = start_serve(cwd.path(), &[("MYELIN_REGISTRATION__ENABLED", "true".into())]).await;
     let body = serde_json::json!({ "username": "u", "password": "pw-pw-pw-1", "auth": { "type": "m.login.dummy" } });
     let token = http(p.client, Method::POST, "/_matrix/client/v3/register", Some(body.to_string().as_bytes()))
         .await
@@ -359,8 +372,7 @@ async fn room_bodies(p: &Proc, token: &str, room: &str) -> Vec<String> {
 async fn acknowledged_messages_survive_kill_minus_9() {
     let cwd = tempfile::tempdir().unwrap();
     let env = [("MYELIN_REGISTRATION__ENABLED", "true".to_owned()), ("MYELIN_RATE_LIMIT__PER_SECOND", "0".to_owned())];
-    let mut p = spawn_serve(cwd.path(), &env);
-    wait_ready(&mut p).await;
+    let mut p = start_serve(cwd.path(), &env).await;
     let wal = cwd.path().join("myelin-data/db");
     let newest_log = || {
         std::fs::read_dir(&wal)
@@ -395,8 +407,7 @@ async fn acknowledged_messages_survive_kill_minus_9() {
         }
         let _ = p.child.kill();
         let _ = p.child.wait();
-        p = spawn_serve(cwd.path(), &env);
-        wait_ready(&mut p).await;
+        p = start_serve(cwd.path(), &env).await;
         assert_eq!(room_bodies(&p, &token, &room).await, sent, "after kill -9 number {}", round + 1);
     }
     sigterm(&p);
