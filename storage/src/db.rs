@@ -267,10 +267,16 @@ impl Db {
         let guard = self.writer.lock();
         let (tx, _) = guard.as_ref().ok_or(StorageError::Closed)?;
         for req in kept.take().map(|k| k.req).into_iter().chain([req]) {
-            self.shared.queued.fetch_add(1, Ordering::SeqCst);
-            tx.send(req).map_err(|_| StorageError::Closed)?;
+            self.send_to_thread(tx, req)?;
         }
         Ok(())
+    }
+
+    /// Sends `req` over `tx`, counted in [`writer::Shared::queued`] until the
+    /// thread completes it (every send to the thread goes through here).
+    fn send_to_thread(&self, tx: &Sender<Request>, req: Request) -> Result<(), StorageError> {
+        self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        tx.send(req).map_err(|_| StorageError::Closed)
     }
 
     /// Hands `batch` to the group-commit writer without waiting; the returned
@@ -330,8 +336,8 @@ impl Db {
         };
         let Some(mut counters) = self.shared.write.try_lock() else {
             if let Some(k) = kept.take() {
-                self.shared.queued.fetch_add(1, Ordering::SeqCst);
-                let _ = tx.send(k.req);
+                // A failed send drops the request: its caller is told Closed.
+                let _ = self.send_to_thread(tx, k.req);
             }
             return;
         };
@@ -355,8 +361,7 @@ impl Db {
             && let Some(k) = kept.take()
             && let Some((tx, _)) = self.writer.lock().as_ref()
         {
-            self.shared.queued.fetch_add(1, Ordering::SeqCst);
-            let _ = tx.send(k.req);
+            let _ = self.send_to_thread(tx, k.req);
         }
     }
 
@@ -417,8 +422,7 @@ impl Db {
         };
         // A kept batch is written before the thread stops, as if handed over.
         if let Some(k) = kept.take() {
-            self.shared.queued.fetch_add(1, Ordering::SeqCst);
-            let _ = tx.send(k.req);
+            let _ = self.send_to_thread(&tx, k.req);
         }
         drop(kept);
         drop(tx);
