@@ -1566,7 +1566,7 @@ async fn fake_srv_resolver(
     target: &'static str,
     port: u16,
 ) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use myelin_api::federation::dns::{Srv, encode_answer};
+    use myelin_api::transport::dns::{Srv, encode_answer};
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
     let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));

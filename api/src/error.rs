@@ -113,6 +113,34 @@ impl From<RoomError> for ApiError {
     }
 }
 
+impl From<myelin_engine::federation::FederationError> for ApiError {
+    fn from(e: myelin_engine::federation::FederationError) -> Self {
+        use myelin_engine::federation::FederationError as F;
+        match e {
+            F::BadRequest(m) => ApiError::bad_json(m),
+            F::Forbidden(m) => ApiError::forbidden(m),
+            F::NotFound(m) => ApiError::not_found(m),
+            F::Unauthorized(m) => ApiError::new(StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED", m),
+            F::NotAllowed(server) => {
+                ApiError::forbidden(format!("federation with {server} is not allowed by this server's configuration"))
+            }
+            F::IncompatibleVersion(v) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "M_INCOMPATIBLE_ROOM_VERSION",
+                format!("the room is version {v}"),
+            )
+            .with_room_version(&v),
+            e @ (F::Unreachable(_) | F::BadResponse { .. } | F::Transport { .. }) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", e.to_string())
+            }
+            F::Rooms(e) => e.into(),
+            F::Users(e) => e.into(),
+            F::E2ee(e) => e.into(),
+            F::Engine(e) => e.into(),
+        }
+    }
+}
+
 impl From<myelin_engine::e2ee::E2eeError> for ApiError {
     fn from(e: myelin_engine::e2ee::E2eeError) -> Self {
         match e {

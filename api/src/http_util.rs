@@ -47,6 +47,12 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_value(value).map_err(|e| ApiError::bad_json(format!("request body has the wrong shape: {e}")))
 }
 
+/// Every value of the query parameter `name`, decoded (`?v=a&v=b` → `["a", "b"]`).
+pub fn query_values(req: &crate::router::Req, name: &str) -> Vec<String> {
+    let query = req.parts.uri.query().unwrap_or_default();
+    form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == name).map(|(_, v)| v.into_owned()).collect()
+}
+
 /// Adds the CORS headers the Client-Server API asks for (§"Web Browser Clients").
 pub fn add_cors(resp: &mut Resp) {
     let h = resp.headers_mut();

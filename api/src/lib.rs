@@ -13,6 +13,7 @@ pub mod router;
 mod routes;
 pub mod server;
 pub mod tls;
+pub mod transport;
 
 pub use error::ApiError;
 pub use server::{Running, SHUTDOWN_GRACE, StartError, start};

@@ -45,8 +45,6 @@ pub struct Ctx {
     pub federation_addr: Option<std::net::SocketAddr>,
     /// Per-user limits on event-creating requests.
     pub limiter: Arc<crate::ratelimit::RateLimiter>,
-    /// The outbound federation client.
-    pub federation: Arc<crate::federation::client::FederationClient>,
 }
 
 /// A parsed request: head, full body (already size-checked), path parameters.

@@ -156,7 +156,8 @@ pub async fn start(engine: Arc<Engine>) -> Result<Running, StartError> {
     let client_addr =
         client.local_addr().map_err(|err| StartError::Bind { what: "client", addr: config.client.listen, err })?;
     let limiter = Arc::new(crate::ratelimit::RateLimiter::new(config.rate_limit.per_second, config.rate_limit.burst));
-    let fed_client = Arc::new(crate::federation::client::FederationClient::new(&config)?);
+    // The engine makes every outbound federation request through this transport.
+    engine.federation.set_transport(Arc::new(crate::transport::HttpTransport::new(&config)?));
     let mut federation_addr = None;
     let federation = if config.federation.enabled {
         let tls = crate::tls::server_config(&config)?;
@@ -176,7 +177,6 @@ pub async fn start(engine: Arc<Engine>) -> Result<Running, StartError> {
                 listener: Listener::Federation,
                 federation_addr,
                 limiter: limiter.clone(),
-                federation: fed_client.clone(),
             },
             router: crate::routes::federation_router(),
         });
@@ -186,17 +186,10 @@ pub async fn start(engine: Arc<Engine>) -> Result<Running, StartError> {
     };
 
     let client_state = Arc::new(ListenerState {
-        ctx: Ctx {
-            engine: engine.clone(),
-            listener: Listener::Client,
-            federation_addr,
-            limiter,
-            federation: fed_client,
-        },
+        ctx: Ctx { engine: engine.clone(), listener: Listener::Client, federation_addr, limiter },
         router: crate::routes::client_router(),
     });
     tracing::info!(addr = %client_addr, "client API listening (HTTP)");
-    let sender_ctx = client_state.ctx.clone();
     tasks.spawn(accept_plain(client, client_state, stop_rx.clone()).instrument(tracing::info_span!("client_accept")));
     if let Some((listener, state, acceptor)) = federation {
         tracing::info!(addr = ?federation_addr, "federation API listening (TLS)");
@@ -206,7 +199,7 @@ pub async fn start(engine: Arc<Engine>) -> Result<Running, StartError> {
     }
     if config.federation.enabled {
         tasks.spawn(
-            crate::federation::sender::run(sender_ctx, stop_rx.clone())
+            myelin_engine::federation::sender::run(engine.clone(), stop_rx.clone())
                 .instrument(tracing::info_span!("federation_sender")),
         );
         tasks.spawn(

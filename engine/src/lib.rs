@@ -14,6 +14,7 @@ mod error;
 pub mod events;
 pub mod federation;
 pub mod keys;
+pub mod keys_query;
 pub mod media;
 pub mod positions;
 pub mod push;
@@ -21,6 +22,7 @@ pub mod receipts;
 pub mod rooms;
 pub mod sync;
 pub mod users;
+pub mod util;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -59,6 +61,8 @@ pub struct Engine {
     pub policy: federation::policy::Policy,
     /// When the federation sender may try each failing destination next.
     pub backoffs: federation::backoff::Backoffs,
+    /// Outbound federation: the transport, volatile EDUs, destination liveness.
+    pub federation: federation::Outbound,
     /// Inbound transactions already processed.
     pub seen_txns: federation::txns::SeenTxns,
     /// Push verdicts and member counts behind unread counts.
@@ -124,6 +128,7 @@ impl Engine {
             policy,
             backoffs,
             seen_txns,
+            federation: federation::Outbound::default(),
             unread: receipts::UnreadCache::default(),
             receipt_positions: positions::NewestPositions::default(),
         }))

@@ -1,14 +1,14 @@
-//! Federation over HTTP: the outbound client and inbound request authentication.
+//! The Server-Server API's inbound endpoints, and request authentication.
+//!
+//! The protocol itself (joins, transactions, what is served) lives in
+//! `myelin_engine::federation`; the network side of outbound requests in
+//! [`crate::transport`].
 
-pub mod client;
-pub mod dns;
 pub mod e2ee;
 pub mod rooms;
-pub mod sender;
 
 use http::{StatusCode, header};
 use myelin_engine::federation::xmatrix;
-use serde_json::Value as JsonValue;
 
 use crate::{
     error::ApiError,
@@ -34,45 +34,18 @@ pub async fn require_server(cx: &Ctx, req: &Req) -> Result<String, ApiError> {
     if x.destination.as_deref().is_some_and(|d| d != ours) {
         return Err(unauthorized(format!("request is addressed to {}, not {ours}", x.destination.unwrap_or_default())));
     }
-    if !client::FederationClient::allowed(&cx.engine, &x.origin) {
+    if !cx.engine.policy.allows(&x.origin) {
         return Err(ApiError::forbidden(format!("{} is not allowed to federate with this server", x.origin)));
     }
     let key = cx
-        .federation
-        .server_key(&cx.engine, &x.origin, &x.key)
+        .engine
+        .server_key(&x.origin, &x.key)
         .await
         .map_err(|e| unauthorized(format!("cannot get {}'s key {}: {e}", x.origin, x.key)))?
         .ok_or_else(|| unauthorized(format!("{} has no key {}", x.origin, x.key)))?;
     let uri = req.parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     xmatrix::verify_body(&x, &key, ours, req.parts.method.as_str(), uri, &req.body)
         .map_err(|e| unauthorized(e.to_string()))?;
-    cx.federation.mark_alive(&x.origin);
+    cx.engine.federation.mark_alive(&x.origin);
     Ok(x.origin)
-}
-
-/// Other servers with a member joined to a room `user` is joined to: who hears of the user's changes.
-pub fn servers_sharing_rooms(cx: &Ctx, user: &ruma::UserId) -> std::collections::BTreeSet<String> {
-    let mut servers = std::collections::BTreeSet::new();
-    for (room, m) in cx.engine.rooms.rooms_of(user.as_str()).unwrap_or_default() {
-        if m.membership == "join" {
-            servers.extend(cx.engine.rooms.joined_servers_now(&room).unwrap_or_default());
-        }
-    }
-    servers.remove(cx.engine.server_name.as_str());
-    servers
-}
-
-/// Queues an EDU that must not be lost for `servers` in the durable federation queue.
-pub async fn queue_durable_edu(
-    cx: &Ctx,
-    servers: impl IntoIterator<Item = String>,
-    edu: &JsonValue,
-) -> Result<(), ApiError> {
-    let servers: Vec<String> = servers.into_iter().collect();
-    if servers.is_empty() {
-        return Ok(());
-    }
-    cx.engine.rooms.queue_edu(&servers, edu).await?;
-    cx.federation.edu_ready.notify_one();
-    Ok(())
 }

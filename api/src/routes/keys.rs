@@ -33,12 +33,10 @@ async fn notarised(cx: &Ctx, server: &str) -> Result<Option<serde_json::Value>, 
     if server == cx.engine.server_name.as_str() {
         return own_document(cx).map(Some);
     }
-    if ruma::ServerName::parse(server).is_err()
-        || !crate::federation::client::FederationClient::allowed(&cx.engine, server)
-    {
+    if ruma::ServerName::parse(server).is_err() || !cx.engine.policy.allows(server) {
         return Ok(None);
     }
-    let doc = match cx.federation.key_document(&cx.engine, server).await {
+    let doc = match cx.engine.key_document(server).await {
         Ok(doc) => doc,
         Err(e) => {
             tracing::debug!(%server, error = %e, "no keys to notarise");

@@ -182,14 +182,11 @@ pub fn config(cx: Ctx, req: Req) -> HandlerFuture {
 /// the local cache, refusing anything over `media.max_upload_bytes`.
 async fn fetch_remote(cx: &Ctx, server: &str, id: &str) -> Result<MediaMeta, ApiError> {
     let limit = cx.engine.config.media.max_upload_bytes;
-    let path = format!("/_matrix/federation/v1/media/download/{}", crate::routes::client::enc_query(id));
-    let resp = cx
-        .federation
-        .request_raw(&cx.engine, server, http::Method::GET, &path, None, true, limit as usize + 64 * 1024)
-        .await
-        .map_err(|e| {
-            ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", format!("fetching media from {server}: {e}"))
-        })?;
+    let path = format!("/_matrix/federation/v1/media/download/{}", myelin_engine::federation::enc(id));
+    let resp =
+        cx.engine.remote(server).raw(http::Method::GET, &path, None, true, limit as usize + 64 * 1024).await.map_err(
+            |e| ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", format!("fetching media from {server}: {e}")),
+        )?;
     let unrecognized =
         matches!(resp.status, StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::BAD_REQUEST)
             && serde_json::from_slice::<serde_json::Value>(&resp.body)
@@ -229,14 +226,11 @@ async fn fetch_remote(cx: &Ctx, server: &str, id: &str) -> Result<MediaMeta, Api
 async fn legacy_fetch(cx: &Ctx, server: &str, id: &str, limit: u64) -> Result<(Option<String>, Vec<u8>), ApiError> {
     let path = format!(
         "/_matrix/media/v3/download/{}/{}?allow_remote=false",
-        crate::routes::client::enc_query(server),
-        crate::routes::client::enc_query(id)
+        myelin_engine::federation::enc(server),
+        myelin_engine::federation::enc(id)
     );
-    let resp = cx
-        .federation
-        .request_raw(&cx.engine, server, http::Method::GET, &path, None, false, limit as usize + 1)
-        .await
-        .map_err(|e| {
+    let resp =
+        cx.engine.remote(server).raw(http::Method::GET, &path, None, false, limit as usize + 1).await.map_err(|e| {
             ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", format!("fetching media from {server}: {e}"))
         })?;
     if resp.status == StatusCode::NOT_FOUND {

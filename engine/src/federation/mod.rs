@@ -1,11 +1,34 @@
-//! Federation logic that needs no HTTP: remote signing keys and request
-//! authentication. The HTTP client and listener live in `myelin-api`.
+//! Federation: the Server-Server API's protocol, without HTTP.
+//!
+//! The engine speaks to other servers through a [`transport::Transport`]
+//! (`myelin-api` implements it with hyper and rustls) and owns everything
+//! about what is said: signing keys and their fetching (`keyring`,
+//! `key_fetch`), checks on received PDUs (`pdu_check`), the membership
+//! handshakes (`membership`), inbound transactions and gap filling
+//! (`inbound`, `edu`), what is served to other servers (`serve`), backfill,
+//! and the outbound queue's sender loop (`sender`). Inside the engine,
+//! federation uses rooms; rooms never call federation (they leave rows in
+//! the outbound queue and wake the sender).
 
+pub mod backfill;
 pub mod backoff;
+pub mod client;
+pub mod e2ee;
+pub mod edu;
+pub mod inbound;
+pub mod key_fetch;
 pub mod keyring;
+pub mod membership;
+pub mod pdu_check;
 pub mod policy;
+pub mod sender;
+pub mod serve;
+pub mod transport;
 pub mod txns;
 pub mod xmatrix;
+
+pub use client::{Outbound, Remote, Response, enc};
+pub use transport::{OutboundRequest, RawResponse, Transport, TransportError};
 
 /// Why a federation step failed.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +44,42 @@ pub enum FederationError {
     /// A signature or key check failed.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
+    /// Federation with the server is off or refused by the allow/deny lists.
+    #[error("federation with {0} is not allowed by this server's configuration")]
+    NotAllowed(String),
+    /// The request did not get an answer.
+    #[error("{server}: {source}")]
+    Transport {
+        /// The remote server.
+        server: String,
+        /// What failed.
+        #[source]
+        source: TransportError,
+    },
+    /// A request (from a peer, or one we were asked to make) is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request is not allowed (ACL, membership, shut-down room, wrong origin).
+    #[error("{0}")]
+    Forbidden(String),
+    /// What was asked for is not known here.
+    #[error("{0}")]
+    NotFound(String),
+    /// The room's version is not one the other side supports.
+    #[error("the room is version {0}")]
+    IncompatibleVersion(String),
+    /// No server we tried could do what was asked.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The rooms engine refused or failed.
+    #[error(transparent)]
+    Rooms(#[from] crate::rooms::RoomError),
+    /// The users engine refused or failed.
+    #[error(transparent)]
+    Users(#[from] crate::users::UserError),
+    /// End-to-end encryption storage refused or failed.
+    #[error(transparent)]
+    E2ee(#[from] crate::e2ee::E2eeError),
     /// Storage failed.
     #[error(transparent)]
     Engine(#[from] crate::EngineError),
@@ -31,3 +90,6 @@ impl From<myelin_storage::StorageError> for FederationError {
         FederationError::Engine(e.into())
     }
 }
+
+#[cfg(test)]
+mod tests;

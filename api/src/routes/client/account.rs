@@ -199,7 +199,7 @@ pub fn logout(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
         cx.engine.users.logout(me.user_id.as_str(), &me.device_id).await?;
-        crate::federation::e2ee::device_removed(&cx, &me.user_id, &me.device_id).await?;
+        myelin_engine::federation::e2ee::device_removed(&cx.engine, &me.user_id, &me.device_id).await?;
         Ok(ok_json(&json!({})))
     })
 }
@@ -211,7 +211,7 @@ pub fn logout_all(cx: Ctx, req: Req) -> HandlerFuture {
         let devices = cx.engine.users.devices(me.user_id.as_str())?;
         cx.engine.users.logout_all(me.user_id.as_str()).await?;
         for (device, _) in devices {
-            crate::federation::e2ee::device_removed(&cx, &me.user_id, &device).await?;
+            myelin_engine::federation::e2ee::device_removed(&cx.engine, &me.user_id, &device).await?;
         }
         Ok(ok_json(&json!({})))
     })
@@ -272,7 +272,7 @@ pub fn change_password(cx: Ctx, req: Req) -> HandlerFuture {
         let removed = cx.engine.users.set_password(&me.user_id, &body.new_password, keep).await?;
         // The logged-out devices are gone: so are their keys, and other servers hear of it.
         for device in &removed {
-            crate::federation::e2ee::device_removed(&cx, &me.user_id, device).await?;
+            myelin_engine::federation::e2ee::device_removed(&cx.engine, &me.user_id, device).await?;
         }
         Ok(ok_json(&json!({})))
     })
@@ -349,7 +349,7 @@ pub fn delete_device(cx: Ctx, req: Req) -> HandlerFuture {
             return Err(ApiError::not_found("no such device"));
         }
         cx.engine.users.logout(me.user_id.as_str(), device).await?;
-        crate::federation::e2ee::device_removed(&cx, &me.user_id, device).await?;
+        myelin_engine::federation::e2ee::device_removed(&cx.engine, &me.user_id, device).await?;
         Ok(ok_json(&json!({})))
     })
 }
@@ -388,7 +388,7 @@ pub fn delete_devices(cx: Ctx, req: Req) -> HandlerFuture {
         }
         for device in &body.devices {
             cx.engine.users.logout(me.user_id.as_str(), device).await?;
-            crate::federation::e2ee::device_removed(&cx, &me.user_id, device).await?;
+            myelin_engine::federation::e2ee::device_removed(&cx.engine, &me.user_id, device).await?;
         }
         Ok(ok_json(&json!({})))
     })

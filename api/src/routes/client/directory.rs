@@ -37,10 +37,12 @@ pub(super) async fn resolve_alias(cx: &Ctx, raw: &str) -> Result<(OwnedRoomId, V
         return Ok((room, vec![cx.engine.server_name.to_string()]));
     }
     let server = alias.server_name().as_str();
-    let path = format!("/_matrix/federation/v1/query/directory?room_alias={}", super::enc_query(alias.as_str()));
+    let path =
+        format!("/_matrix/federation/v1/query/directory?room_alias={}", myelin_engine::federation::enc(alias.as_str()));
     let resp = cx
-        .federation
-        .request(&cx.engine, server, http::Method::GET, &path, None, true)
+        .engine
+        .remote(server)
+        .get(&path)
         .await
         .map_err(|e| ApiError::not_found(format!("{alias} could not be resolved: {e}")))?;
     if !resp.status.is_success() {

@@ -30,7 +30,7 @@ fn joined_room(cx: &Ctx, me: &Authed, req: &Req) -> Result<ruma::OwnedRoomId, Ap
 fn remote_servers(cx: &Ctx, room: &RoomId, edu: JsonValue) {
     if let Ok(servers) = cx.engine.rooms.joined_servers_now(room) {
         for server in servers.iter().filter(|s| s.as_str() != cx.engine.server_name.as_str()) {
-            cx.federation.queue_edu(server, edu.clone());
+            cx.engine.federation.queue_edu(server, edu.clone());
         }
     }
 }
@@ -163,8 +163,8 @@ pub fn put_presence(cx: Ctx, req: Req) -> HandlerFuture {
             item["status_msg"] = json!(m);
         }
         let edu = json!({ "edu_type": "m.presence", "content": { "push": [item] } });
-        for server in crate::federation::servers_sharing_rooms(&cx, &me.user_id) {
-            cx.federation.queue_edu(&server, edu.clone());
+        for server in myelin_engine::federation::e2ee::servers_sharing_rooms(&cx.engine, &me.user_id)? {
+            cx.engine.federation.queue_edu(&server, edu.clone());
         }
         Ok(ok_json(&json!({})))
     })

@@ -128,17 +128,3 @@ pub fn add(r: &mut Router) {
     both(r, M::PUT, "/user/{user_id}/rooms/{room_id}/account_data/{type}", sync::put_account_data);
     both(r, M::GET, "/user/{user_id}/rooms/{room_id}/account_data/{type}", sync::get_account_data);
 }
-
-/// Percent-encodes a query value.
-pub(crate) fn enc_query(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}

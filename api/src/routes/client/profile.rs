@@ -26,10 +26,11 @@ async fn profile_of(cx: &Ctx, req: &Req) -> Result<(ruma::OwnedUserId, Profile),
     if user.server_name() != cx.engine.server_name {
         // Another server's user: ask it (Server-Server API §"Query Types").
         let path =
-            format!("/_matrix/federation/v1/query/profile?user_id={}", crate::routes::client::enc_query(user.as_str()));
+            format!("/_matrix/federation/v1/query/profile?user_id={}", myelin_engine::federation::enc(user.as_str()));
         let resp = cx
-            .federation
-            .request(&cx.engine, user.server_name().as_str(), http::Method::GET, &path, None, true)
+            .engine
+            .remote(user.server_name().as_str())
+            .get(&path)
             .await
             .map_err(|e| ApiError::not_found(format!("profile of {user} unavailable: {e}")))?;
         if !resp.status.is_success() {

@@ -142,8 +142,9 @@ pub(crate) fn list(
 /// Another server's directory, asked over federation (`/_matrix/federation/v1/publicRooms`).
 async fn remote(cx: &Ctx, server: &str, body: JsonValue) -> Result<crate::http_util::Resp, ApiError> {
     let resp = cx
-        .federation
-        .request(&cx.engine, server, http::Method::POST, "/_matrix/federation/v1/publicRooms", Some(&body), true)
+        .engine
+        .remote(server)
+        .json(http::Method::POST, "/_matrix/federation/v1/publicRooms", Some(&body))
         .await
         .map_err(|e| ApiError::new(http::StatusCode::BAD_GATEWAY, "M_UNKNOWN", format!("{server}'s directory: {e}")))?;
     if !resp.status.is_success() {

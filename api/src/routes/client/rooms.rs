@@ -176,9 +176,16 @@ pub fn create_room(cx: Ctx, req: Req) -> HandlerFuture {
             }
             // The room exists now: a failed remote invite is reported in the log, not as a
             // failed creation (the client can invite again).
-            if let Err(e) = crate::federation::rooms::invite_remote(&cx, &me.user_id, &room_id, invitee, content).await
+            if let Err(e) = myelin_engine::federation::membership::invite_remote(
+                &cx.engine,
+                &me.user_id,
+                &room_id,
+                invitee,
+                content,
+            )
+            .await
             {
-                tracing::warn!(room_id = %room_id, invitee = %invitee, error = %e.message, "invite during room creation failed");
+                tracing::warn!(room_id = %room_id, invitee = %invitee, error = %e, "invite during room creation failed");
             }
         }
         Ok(ok_json(&json!({ "room_id": room_id })))
@@ -212,7 +219,9 @@ async fn set_membership(
         }
     }
     if membership == "invite" && target.server_name() != cx.engine.server_name {
-        return crate::federation::rooms::invite_remote(cx, &me.user_id, room, target, content).await;
+        return myelin_engine::federation::membership::invite_remote(&cx.engine, &me.user_id, room, target, content)
+            .await
+            .map_err(Into::into);
     }
     let event = NewEvent::state(TimelineEventType::RoomMember, target.as_str(), content);
     let pdu = cx.engine.rooms.send(&me.user_id, room, event).await?;
@@ -241,7 +250,7 @@ pub fn join(cx: Ctx, req: Req) -> HandlerFuture {
         let known = cx.engine.rooms.short_room(&room)?.is_some() && cx.engine.rooms.room_version(&room).is_ok();
         if !known {
             let servers = servers_to_ask(&cx, &req, &me.user_id, &room, alias_servers)?;
-            crate::federation::rooms::join_remote(&cx, &me.user_id, &room, &servers).await?;
+            myelin_engine::federation::membership::join_remote(&cx.engine, &me.user_id, &room, &servers).await?;
             return Ok(ok_json(&json!({ "room_id": room })));
         }
 
@@ -306,7 +315,8 @@ pub fn knock(cx: Ctx, req: Req) -> HandlerFuture {
             set_membership(&cx, &me, &room, &me.user_id.clone(), "knock", body.reason).await?;
         } else {
             let servers = servers_to_ask(&cx, &req, &me.user_id, &room, alias_servers)?;
-            crate::federation::rooms::knock_remote(&cx, &me.user_id, &room, &servers, body.reason).await?;
+            myelin_engine::federation::membership::knock_remote(&cx.engine, &me.user_id, &room, &servers, body.reason)
+                .await?;
         }
         Ok(ok_json(&json!({ "room_id": room })))
     })
@@ -397,7 +407,7 @@ pub fn leave(cx: Ctx, req: Req) -> HandlerFuture {
             servers.retain(|s| s != cx.engine.server_name.as_str());
             let mut seen = std::collections::HashSet::new();
             servers.retain(|s| seen.insert(s.clone()));
-            crate::federation::rooms::leave_remote(&cx, &me.user_id, &room, &servers).await?;
+            myelin_engine::federation::membership::leave_remote(&cx.engine, &me.user_id, &room, &servers).await?;
             return Ok(ok_json(&json!({})));
         }
         set_membership(&cx, &me, &room, &me.user_id.clone(), "leave", body.reason).await?;
@@ -658,7 +668,10 @@ pub fn messages(cx: Ctx, req: Req) -> HandlerFuture {
             let mut page = cx.engine.rooms.timeline(&room, start, Direction::Reverse, limit)?;
             // The start of our copy of a federated room: ask a server in it for older history.
             if page.len() < limit
-                && crate::federation::rooms::backfill_room(&cx, &room, limit - page.len()).await.unwrap_or(0) > 0
+                && myelin_engine::federation::backfill::backfill_room(&cx.engine, &room, limit - page.len())
+                    .await
+                    .unwrap_or(0)
+                    > 0
             {
                 page = cx.engine.rooms.timeline(&room, start, Direction::Reverse, limit)?;
             }

@@ -194,7 +194,7 @@ pub fn send_to_device(cx: Ctx, req: Req) -> HandlerFuture {
                     "messages": messages,
                 },
             });
-            crate::federation::queue_durable_edu(&cx, [server], &edu).await?;
+            myelin_engine::federation::e2ee::queue_durable_edu(&cx.engine, [server], &edu).await?;
         }
         cx.engine.users.set_txn_event(me.user_id.as_str(), &me.device_id, &txn, "").await?;
         Ok(ok_json(&json!({})))

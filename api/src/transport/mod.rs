@@ -1,5 +1,7 @@
-//! The outbound federation HTTP client.
+//! The federation transport over the network: `myelin-engine`'s
+//! [`Transport`] implemented with hyper, rustls and server discovery.
 //!
+//! The engine builds and signs every request; this module only carries it.
 //! Server discovery (Server-Server API §"Resolving server names"), in order:
 //! the static `[federation.hosts]` map; an IP literal (port 8448 unless
 //! given); a name with an explicit port, through the system resolver;
@@ -9,30 +11,30 @@
 //! valid answer, the name on port 8448. Answers (and their absence) are
 //! cached for an hour. A name without a port (ours or the delegated one) is
 //! first looked up as SRV `_matrix-fed._tcp.<name>`, then `_matrix._tcp.<name>`
-//! (see [`super::dns`]): the best record's target and port are connected to,
+//! (see [`dns`]): the best record's target and port are connected to,
 //! while TLS and `Host` keep the server name.
 //!
 //! TLS with rustls: with `verify_tls` the server certificate must chain to the
 //! system roots or a `trusted_ca` file and name the server; without it any
 //! certificate is accepted (labs only). Every request has a timeout and a
-//! response size limit; signed requests carry an `X-Matrix` header.
+//! response size limit.
 //!
 //! Connections are pooled per destination (HTTP/1.1 keep-alive, up to
 //! [`POOL_PER_DESTINATION`] idle each): a transaction stream to a busy peer
 //! pays the TCP and TLS handshakes once, not per request.
 
+pub mod dns;
+
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::{Method, StatusCode};
+use http::StatusCode;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
-use myelin_engine::{Engine, federation::xmatrix};
+use myelin_engine::federation::{OutboundRequest, RawResponse, Transport, TransportError, transport::TransportFuture};
 use serde_json::Value as JsonValue;
 use tokio::net::TcpStream;
 
-/// Largest response accepted from another server.
-const MAX_RESPONSE: usize = 16 << 20;
 /// How long one request may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle connections kept per destination.
@@ -40,48 +42,6 @@ const POOL_PER_DESTINATION: usize = 4;
 
 /// One idle HTTP/1.1 connection to a destination, with the `Host` its requests carry.
 type Conn = (hyper::client::conn::http1::SendRequest<Full<Bytes>>, String);
-
-/// Why a request to another server failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The server name could not be turned into an address.
-    #[error("cannot resolve {0}")]
-    Resolve(String),
-    /// Connecting, TLS or HTTP failed.
-    #[error("{server}: {reason}")]
-    Transport {
-        /// The remote server.
-        server: String,
-        /// What failed.
-        reason: String,
-    },
-    /// The server is not allowed by `federation.allow`/`deny`, or federation is off.
-    #[error("federation with {0} is not allowed by this server's configuration")]
-    NotAllowed(String),
-    /// Signing failed.
-    #[error(transparent)]
-    Sign(#[from] myelin_engine::federation::FederationError),
-}
-
-/// A raw response from another server (media).
-#[derive(Debug)]
-pub struct RawResponse {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Response headers.
-    pub headers: http::HeaderMap,
-    /// The body.
-    pub body: Bytes,
-}
-
-/// A response from another server.
-#[derive(Debug)]
-pub struct Response {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// The body as JSON (Null when it was not JSON).
-    pub json: JsonValue,
-}
 
 /// Whether a server name carries an explicit port (`name:port`, `1.2.3.4:port`, `[::1]:port`).
 fn has_port(server: &str) -> bool {
@@ -94,16 +54,11 @@ fn has_port(server: &str) -> bool {
 /// A cached SRV answer: the best target and port (or none), and until when it holds.
 type CachedSrv = (Option<(String, u16)>, std::time::Instant);
 
-/// The federation client of one server.
-pub struct FederationClient {
+/// The network side of federation for one server.
+pub struct HttpTransport {
     tls: Arc<rustls::ClientConfig>,
-    /// EDUs waiting for the next transaction to each destination (volatile).
-    edus: parking_lot::Mutex<std::collections::HashMap<String, Vec<JsonValue>>>,
-    /// Wakes the sender when EDUs are queued.
-    pub edu_ready: tokio::sync::Notify,
-    /// Per destination: fires when it shows life (an authenticated inbound request),
-    /// cutting a sender's backoff short.
-    alive: parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
+    /// `[federation.hosts]`: static server name → address overrides.
+    hosts: std::collections::BTreeMap<String, SocketAddr>,
     /// Idle keep-alive connections per destination.
     pool: parking_lot::Mutex<std::collections::HashMap<String, Vec<Conn>>>,
     /// `.well-known` delegations looked up: server name → (delegated name, until).
@@ -158,8 +113,8 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
     }
 }
 
-impl FederationClient {
-    /// Builds the client from the configuration (roots, trusted CAs, verification).
+impl HttpTransport {
+    /// Builds the transport from the configuration (roots, trusted CAs, verification, static hosts).
     pub fn new(config: &myelin_engine::Config) -> Result<Self, crate::tls::TlsError> {
         use rustls::pki_types::{CertificateDer, pem::PemObject};
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -189,23 +144,21 @@ impl FederationClient {
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             tls: Arc::new(tls),
-            edus: parking_lot::Mutex::new(Default::default()),
-            edu_ready: tokio::sync::Notify::new(),
-            alive: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            hosts: config.federation.hosts.clone(),
             pool: parking_lot::Mutex::new(std::collections::HashMap::new()),
             delegations: parking_lot::Mutex::new(std::collections::HashMap::new()),
             srv_answers: parking_lot::Mutex::new(std::collections::HashMap::new()),
             dns_servers: if config.federation.dns_servers.is_empty() {
-                super::dns::system_servers()
+                dns::system_servers()
             } else {
                 config.federation.dns_servers.clone()
             },
         })
     }
 
-    async fn resolve(&self, engine: &Engine, server: &str) -> Result<Target, ClientError> {
+    async fn resolve(&self, server: &str) -> Result<Target, TransportError> {
         let host = myelin_engine::config_host(server).to_owned();
-        if let Some(addr) = engine.config.federation.hosts.get(server) {
+        if let Some(addr) = self.hosts.get(server) {
             return Ok(Target { addr: *addr, tls_name: host, host_header: server.to_owned() });
         }
         if host.parse::<std::net::IpAddr>().is_ok() || has_port(server) {
@@ -239,7 +192,7 @@ impl FederationClient {
         }
         let mut answer = None;
         for service in ["_matrix-fed._tcp", "_matrix._tcp"] {
-            match super::dns::srv(&format!("{service}.{host}"), &self.dns_servers).await {
+            match dns::srv(&format!("{service}.{host}"), &self.dns_servers).await {
                 Ok(records) => {
                     if let Some(best) = records.into_iter().next() {
                         tracing::info!(server = host, target = %best.target, port = best.port, %service, "SRV record found");
@@ -259,7 +212,7 @@ impl FederationClient {
     }
 
     /// An IP literal or a name, with its port or 8448, without delegation.
-    async fn direct(server: &str) -> Result<Target, ClientError> {
+    async fn direct(server: &str) -> Result<Target, TransportError> {
         let host = myelin_engine::config_host(server).to_owned();
         let port = if has_port(server) { server.rsplit_once(':').and_then(|(_, p)| p.parse().ok()) } else { None };
         let port = port.unwrap_or(8448);
@@ -270,14 +223,14 @@ impl FederationClient {
                 // peer listens on IPv4 only, and there is no connection racing here yet.
                 let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
                     .await
-                    .map_err(|_| ClientError::Resolve(server.to_owned()))?
+                    .map_err(|_| TransportError::Resolve(server.to_owned()))?
                     .collect();
                 addrs
                     .iter()
                     .find(|a| a.is_ipv4())
                     .or(addrs.first())
                     .copied()
-                    .ok_or_else(|| ClientError::Resolve(server.to_owned()))?
+                    .ok_or_else(|| TransportError::Resolve(server.to_owned()))?
             }
         };
         Ok(Target { addr, tls_name: host, host_header: server.to_owned() })
@@ -328,127 +281,15 @@ impl FederationClient {
         tokio::time::timeout(Duration::from_secs(10), fut).await.ok().flatten()
     }
 
-    /// The signal that `server` is reachable again (see [`FederationClient::mark_alive`]).
-    pub fn alive_signal(&self, server: &str) -> Arc<tokio::sync::Notify> {
-        self.alive.lock().entry(server.to_owned()).or_default().clone()
-    }
-
-    /// Records that `server` just reached us: a sender backing off from it retries now.
-    pub fn mark_alive(&self, server: &str) {
-        if let Some(n) = self.alive.lock().get(server) {
-            n.notify_one();
-        }
-    }
-
-    /// Queues an EDU for `server`'s next transaction (at most 1,000 waiting per destination).
-    pub fn queue_edu(&self, server: &str, edu: JsonValue) {
-        let mut all = self.edus.lock();
-        let queue = all.entry(server.to_owned()).or_default();
-        if queue.len() < 1000 {
-            queue.push(edu);
-        }
-        drop(all);
-        self.edu_ready.notify_one();
-    }
-
-    /// Takes up to `max` queued EDUs for `server`.
-    pub fn take_edus(&self, server: &str, max: usize) -> Vec<JsonValue> {
-        let mut all = self.edus.lock();
-        let Some(queue) = all.get_mut(server) else { return Vec::new() };
-        let n = queue.len().min(max);
-        queue.drain(..n).collect()
-    }
-
-    /// Puts EDUs back in front after a failed send.
-    pub fn requeue_edus(&self, server: &str, edus: Vec<JsonValue>) {
-        let mut all = self.edus.lock();
-        let queue = all.entry(server.to_owned()).or_default();
-        let rest = std::mem::take(queue);
-        *queue = edus.into_iter().chain(rest).take(1000).collect();
-    }
-
-    /// Destinations with EDUs waiting.
-    pub fn edu_destinations(&self) -> Vec<String> {
-        self.edus.lock().iter().filter(|(_, q)| !q.is_empty()).map(|(d, _)| d.clone()).collect()
-    }
-
-    /// Whether `server` may be talked to under the configured and runtime allow/deny lists.
-    pub fn allowed(engine: &Engine, server: &str) -> bool {
-        engine.policy.allows(server)
-    }
-
-    /// Sends one request to `server`; `signed` adds the `X-Matrix` header.
-    pub async fn request(
-        &self,
-        engine: &Engine,
-        server: &str,
-        method: Method,
-        path_and_query: &str,
-        body: Option<&JsonValue>,
-        signed: bool,
-    ) -> Result<Response, ClientError> {
-        let raw = self.request_raw(engine, server, method, path_and_query, body, signed, MAX_RESPONSE).await?;
-        let json = serde_json::from_slice(&raw.body).unwrap_or(JsonValue::Null);
-        Ok(Response { status: raw.status, json })
-    }
-
-    /// [`FederationClient::request`] with a body that is canonical JSON already
-    /// (a transaction assembled from stored events): signed and sent as it is.
-    pub async fn request_canonical(
-        &self,
-        engine: &Engine,
-        server: &str,
-        method: Method,
-        path_and_query: &str,
-        body: Vec<u8>,
-    ) -> Result<Response, ClientError> {
-        let raw = self.send_bytes(engine, server, method, path_and_query, Some(body), true, MAX_RESPONSE).await?;
-        let json = serde_json::from_slice(&raw.body).unwrap_or(JsonValue::Null);
-        Ok(Response { status: raw.status, json })
-    }
-
-    /// Like [`FederationClient::request`], returning the raw body (at most `limit` bytes).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn request_raw(
-        &self,
-        engine: &Engine,
-        server: &str,
-        method: Method,
-        path_and_query: &str,
-        body: Option<&JsonValue>,
-        signed: bool,
-        limit: usize,
-    ) -> Result<RawResponse, ClientError> {
-        // A signed body is sent in the canonical form it is signed in: one conversion.
-        let bytes = match body {
-            Some(b) if signed => Some(xmatrix::canonical_body(b)?),
-            Some(b) => Some(
-                serde_json::to_vec(b)
-                    .map_err(|e| ClientError::Transport { server: server.to_owned(), reason: e.to_string() })?,
-            ),
-            None => None,
-        };
-        self.send_bytes(engine, server, method, path_and_query, bytes, signed, limit).await
-    }
-
-    /// Sends one request whose body is already serialized (canonical JSON when `signed`).
-    #[allow(clippy::too_many_arguments)]
-    async fn send_bytes(
-        &self,
-        engine: &Engine,
-        server: &str,
-        method: Method,
-        path_and_query: &str,
-        body: Option<Vec<u8>>,
-        signed: bool,
-        limit: usize,
-    ) -> Result<RawResponse, ClientError> {
-        if !Self::allowed(engine, server) {
-            return Err(ClientError::NotAllowed(server.to_owned()));
-        }
-        let transport = |reason: String| ClientError::Transport { server: server.to_owned(), reason };
+    /// Sends one request and reads its answer, reconnecting once when a
+    /// pooled connection turns out to be closed.
+    async fn send_request(&self, server: &str, request: OutboundRequest) -> Result<RawResponse, TransportError> {
+        let OutboundRequest { method, path_and_query, body, authorization, limit } = request;
+        let path_and_query = path_and_query.as_str();
+        let connect = |what: &str, e: &dyn std::fmt::Display| TransportError::Connect(format!("{what}: {e}"));
         // Shared by both attempts without a copy.
-        let body = &body.map(Bytes::from);
+        let body = &body;
+        let authorization = &authorization;
         // A pooled connection the peer closed meanwhile fails before any answer:
         // that attempt is repeated once on a fresh connection.
         let method = &method;
@@ -458,20 +299,20 @@ impl FederationClient {
             let (mut sender, host_header) = match pooled {
                 Some(s) => s,
                 None => {
-                    let target = self.resolve(engine, server).await?;
+                    let target = self.resolve(server).await?;
                     let addr = target.addr;
-                    let tcp = TcpStream::connect(addr).await.map_err(|e| transport(format!("connect {addr}: {e}")))?;
+                    let tcp = TcpStream::connect(addr).await.map_err(|e| connect(&addr.to_string(), &e))?;
                     // Requests and answers are small and waited for: never hold a segment back.
                     let _ = tcp.set_nodelay(true);
                     let name = rustls::pki_types::ServerName::try_from(target.tls_name.clone())
-                        .map_err(|e| transport(format!("server name: {e}")))?;
+                        .map_err(|e| connect("server name", &e))?;
                     let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
                         .connect(name, tcp)
                         .await
-                        .map_err(|e| transport(format!("TLS: {e}")))?;
+                        .map_err(|e| connect("TLS", &e))?;
                     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
                         .await
-                        .map_err(|e| transport(format!("HTTP: {e}")))?;
+                        .map_err(|e| TransportError::Http(e.to_string()))?;
                     let span = tracing::debug_span!("federation_connection", destination = %server);
                     tokio::spawn(tracing::Instrument::instrument(
                         async move {
@@ -489,29 +330,29 @@ impl FederationClient {
             if body.is_some() {
                 req = req.header(http::header::CONTENT_TYPE, "application/json");
             }
-            if signed {
-                let auth = xmatrix::sign_canonical(
-                    &engine.keys,
-                    engine.server_name.as_str(),
-                    server,
-                    method.as_str(),
-                    path_and_query,
-                    body.as_deref(),
-                );
-                req = req.header(http::header::AUTHORIZATION, auth);
+            if let Some(auth) = authorization {
+                req = req.header(http::header::AUTHORIZATION, auth.as_str());
             }
-            let req = req.body(Full::new(body.clone().unwrap_or_default())).map_err(|e| transport(e.to_string()))?;
+            let req = req
+                .body(Full::new(body.clone().unwrap_or_default()))
+                .map_err(|e| TransportError::Http(e.to_string()))?;
             let resp = match sender.send_request(req).await {
                 Ok(r) => r,
                 Err(e) if was_pooled => return Ok(Err(e)),
-                Err(e) => return Err(transport(format!("HTTP: {e}"))),
+                Err(e) => return Err(TransportError::Http(e.to_string())),
             };
             let status = resp.status();
             let headers = resp.headers().clone();
             let body = Limited::new(resp.into_body(), limit)
                 .collect()
                 .await
-                .map_err(|e| transport(format!("reading the response: {e}")))?
+                .map_err(|e| {
+                    if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                        TransportError::TooLarge(limit)
+                    } else {
+                        TransportError::Http(format!("reading the response: {e}"))
+                    }
+                })?
                 .to_bytes();
             // The whole response was read: the connection can carry the next request.
             self.give_back(server, (sender, host_header));
@@ -523,11 +364,11 @@ impl FederationClient {
                 Err(stale) => {
                     tracing::debug!(destination = %server, error = %stale, "pooled connection was stale; reconnecting");
                     self.forget_connections(server);
-                    attempt(false).await?.map_err(|e| transport(format!("HTTP: {e}")))
+                    attempt(false).await?.map_err(|e| TransportError::Http(e.to_string()))
                 }
             }
         };
-        tokio::time::timeout(TIMEOUT, fut).await.map_err(|_| transport("timed out".into()))?
+        tokio::time::timeout(TIMEOUT, fut).await.map_err(|_| TransportError::Timeout)?
     }
 
     /// An idle pooled connection to `server` that is still open and ready.
@@ -555,115 +396,15 @@ impl FederationClient {
     pub fn forget_connections(&self, server: &str) {
         self.pool.lock().remove(server);
     }
+}
 
-    /// The verified public key `key_id` of `server`, fetching its key document if needed.
-    pub async fn server_key(&self, engine: &Engine, server: &str, key_id: &str) -> Result<Option<String>, ClientError> {
-        if let Some(key) = engine.keyring.key(server, key_id, false)? {
-            return Ok(Some(key));
-        }
-        if engine.keyring.is_pinned(server) {
-            // Pinned by configuration: an unknown key id is not looked up anywhere.
-            return Ok(None);
-        }
-        self.refresh_keys(engine, server).await?;
-        Ok(engine.keyring.key(server, key_id, false)?)
+impl Transport for HttpTransport {
+    fn send<'a>(&'a self, destination: &'a str, request: OutboundRequest) -> TransportFuture<'a> {
+        Box::pin(self.send_request(destination, request))
     }
 
-    /// `server`'s key document: the stored one while valid, else fetched (directly,
-    /// then through the configured notaries). What a notary serves.
-    pub async fn key_document(&self, engine: &Engine, server: &str) -> Result<JsonValue, ClientError> {
-        if let Some(doc) = engine.keyring.document(server)? {
-            return Ok(doc);
-        }
-        self.refresh_keys(engine, server).await?;
-        engine
-            .keyring
-            .document(server)?
-            .ok_or_else(|| ClientError::Transport { server: server.to_owned(), reason: "no valid key document".into() })
-    }
-
-    /// Fetches and stores `server`'s keys: from the server itself, or failing
-    /// that from each notary in `federation.notaries` in turn.
-    async fn refresh_keys(&self, engine: &Engine, server: &str) -> Result<(), ClientError> {
-        let direct = self.fetch_direct(engine, server).await;
-        let Err(direct_error) = direct else { return Ok(()) };
-        let mut reasons = vec![direct_error.to_string()];
-        for notary in engine.config.federation.notaries.iter().filter(|n| n.as_str() != server) {
-            match self.fetch_via_notary(engine, notary, server).await {
-                Ok(()) => {
-                    tracing::info!(%server, %notary, "keys fetched through a notary");
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::info!(%server, %notary, error = %e, "notary could not vouch for the keys");
-                    reasons.push(format!("via {notary}: {e}"));
-                }
-            }
-        }
-        if reasons.len() == 1 {
-            return Err(direct_error);
-        }
-        Err(ClientError::Transport { server: server.to_owned(), reason: reasons.join("; ") })
-    }
-
-    async fn fetch_direct(&self, engine: &Engine, server: &str) -> Result<(), ClientError> {
-        let resp = self.request(engine, server, Method::GET, "/_matrix/key/v2/server", None, false).await?;
-        if resp.status != StatusCode::OK {
-            return Err(ClientError::Transport {
-                server: server.to_owned(),
-                reason: format!("key request answered {}", resp.status),
-            });
-        }
-        engine.keyring.accept_document(server, &resp.json).await?;
-        Ok(())
-    }
-
-    /// Asks `notary` for `server`'s keys; accepts a document signed by both.
-    async fn fetch_via_notary(&self, engine: &Engine, notary: &str, server: &str) -> Result<(), ClientError> {
-        let fail = |reason: String| ClientError::Transport { server: notary.to_owned(), reason };
-        // The notary's own keys: pinned, stored, or from the notary itself (never via notaries).
-        if !engine.keyring.is_pinned(notary) && engine.keyring.document(notary)?.is_none() {
-            self.fetch_direct(engine, notary).await?;
-        }
-        let body = serde_json::json!({ "server_keys": { server: {} } });
-        let resp = self.request(engine, notary, Method::POST, "/_matrix/key/v2/query", Some(&body), false).await?;
-        if resp.status != StatusCode::OK {
-            return Err(fail(format!("key query answered {}", resp.status)));
-        }
-        let docs = resp.json["server_keys"].as_array().cloned().unwrap_or_default();
-        let doc = docs
-            .into_iter()
-            .find(|d| d["server_name"].as_str() == Some(server))
-            .ok_or_else(|| fail(format!("no keys for {server}")))?;
-        // The notary's signature, by any of its keys we trust.
-        let signed_by = doc["signatures"][notary].as_object().cloned().unwrap_or_default();
-        let mut set = ruma::signatures::PublicKeySet::new();
-        for key_id in signed_by.keys() {
-            if let Some(key) = engine.keyring.key(notary, key_id, false)?
-                && let Ok(key) = ruma::serde::Base64::parse(&key)
-            {
-                set.insert(key_id.clone(), key);
-            }
-        }
-        if set.is_empty() {
-            return Err(fail(format!("the answer for {server} carries no signature of {notary} we can check")));
-        }
-        // verify_json wants keys for every signer: the server's own, from the document
-        // (accept_document checks that self-signature again on its own).
-        let mut own = ruma::signatures::PublicKeySet::new();
-        for (key_id, key) in doc["verify_keys"].as_object().into_iter().flatten() {
-            if let Some(k) = key["key"].as_str().and_then(|k| ruma::serde::Base64::parse(k).ok()) {
-                own.insert(key_id.clone(), k);
-            }
-        }
-        let mut map = ruma::signatures::PublicKeyMap::new();
-        map.insert(notary.to_owned(), set);
-        map.insert(server.to_owned(), own);
-        let object: ruma::CanonicalJsonObject =
-            serde_json::from_value(doc.clone()).map_err(|e| fail(format!("not canonical JSON: {e}")))?;
-        ruma::signatures::verify_json(&map, &object).map_err(|e| fail(format!("notary signature: {e}")))?;
-        engine.keyring.accept_document(server, &doc).await?;
-        Ok(())
+    fn forget(&self, destination: &str) {
+        self.forget_connections(destination);
     }
 }
 

@@ -36,13 +36,13 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use http::Method;
-use myelin_engine::federation::xmatrix;
 use tokio::{
     sync::{Notify, watch},
     task::JoinHandle,
 };
 
-use crate::router::Ctx;
+use super::xmatrix;
+use crate::{Engine, util::now_ms};
 
 /// How long a transaction that follows a just-delivered one waits for more
 /// events to carry. Each transaction costs both servers a request signature,
@@ -67,7 +67,7 @@ static RUN_NONCE: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
 /// permit, so rows queued while it is busy are taken right after, never left
 /// for the next scan. A full scan of the queue runs at start-up (rows left by
 /// an earlier run) and every 5 s as a safety net.
-pub async fn run(cx: Ctx, mut stop: watch::Receiver<bool>) {
+pub async fn run(engine: Arc<Engine>, mut stop: watch::Receiver<bool>) {
     let mut tasks: HashMap<String, (JoinHandle<()>, Arc<Notify>)> = HashMap::new();
     let mut scan = true;
     // An interval, not a sleep per turn: under steady traffic a sleep would never end.
@@ -76,7 +76,7 @@ pub async fn run(cx: Ctx, mut stop: watch::Receiver<bool>) {
     tick.tick().await;
     loop {
         let mut names = if scan {
-            match cx.engine.rooms.outbound_destinations() {
+            match engine.rooms.outbound_destinations() {
                 Ok(d) => d.into_iter().map(|(_, name)| name).collect(),
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the federation queue failed");
@@ -87,15 +87,15 @@ pub async fn run(cx: Ctx, mut stop: watch::Receiver<bool>) {
             Vec::new()
         };
         scan = false;
-        names.extend(cx.engine.rooms.take_outbound_ready());
-        names.extend(cx.federation.edu_destinations());
+        names.extend(engine.rooms.take_outbound_ready());
+        names.extend(engine.federation.edu_destinations());
         for name in names {
             match tasks.get(&name) {
                 Some((task, wake)) if !task.is_finished() => wake.notify_one(),
                 _ => {
                     let wake = Arc::new(Notify::new());
                     let task = tokio::spawn(tracing::Instrument::instrument(
-                        deliver(cx.clone(), name.clone(), wake.clone()),
+                        deliver(engine.clone(), name.clone(), wake.clone()),
                         tracing::info_span!("federation_sender", destination = %name),
                     ));
                     tasks.insert(name, (task, wake));
@@ -103,8 +103,8 @@ pub async fn run(cx: Ctx, mut stop: watch::Receiver<bool>) {
             }
         }
         tokio::select! {
-            _ = cx.engine.rooms.outbound_ready() => {}
-            _ = cx.federation.edu_ready.notified() => {}
+            _ = engine.rooms.outbound_ready() => {}
+            _ = engine.federation.edu_ready.notified() => {}
             _ = tick.tick() => scan = true,
             _ = stop.changed() => break,
         }
@@ -115,15 +115,11 @@ pub async fn run(cx: Ctx, mut stop: watch::Receiver<bool>) {
 }
 
 /// A destination's task: delivers what is queued, then waits to be woken.
-async fn deliver(cx: Ctx, name: String, wake: Arc<Notify>) {
+async fn deliver(engine: Arc<Engine>, name: String, wake: Arc<Notify>) {
     loop {
-        deliver_queued(&cx, &name).await;
+        deliver_queued(&engine, &name).await;
         wake.notified().await;
     }
-}
-
-fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn jitter(base: Duration) -> Duration {
@@ -174,17 +170,17 @@ fn transaction_body(origin: &str, now: u64, pdus: &[(u64, Vec<u8>)], edus: &[ser
 }
 
 /// Delivers everything queued for one destination, then returns.
-async fn deliver_queued(cx: &Ctx, name: &str) {
+async fn deliver_queued(engine: &Engine, name: &str) {
     let mut backoff = Duration::from_secs(1);
-    let alive = cx.federation.alive_signal(name);
+    let alive = engine.federation.alive_signal(name);
     let mut depth: Option<usize> = None;
     // Whether a backoff row is stored for this destination (to clear after a success).
     let mut backoff_stored = false;
     // A destination that was failing before a restart keeps its wait and step.
-    if let Ok(Some(stored)) = cx.engine.backoffs.get(name) {
+    if let Ok(Some(stored)) = engine.backoffs.get(name) {
         backoff_stored = true;
         backoff = Duration::from_millis(stored.step_ms.clamp(1_000, 120_000));
-        let wait = Duration::from_millis(stored.retry_at_ms.saturating_sub(now_unix_ms()));
+        let wait = Duration::from_millis(stored.retry_at_ms.saturating_sub(now_ms()));
         if !wait.is_zero() {
             tracing::info!(wait = ?wait, "destination was failing before; waiting out its backoff");
             tokio::select! {
@@ -200,8 +196,8 @@ async fn deliver_queued(cx: &Ctx, name: &str) {
         if std::mem::take(&mut linger) {
             tokio::time::sleep(LINGER).await;
         }
-        let dest = cx.engine.rooms.server_short(name).ok().flatten();
-        let queued = match dest.map(|d| cx.engine.rooms.outbound_batch(d, 50, 100)).transpose() {
+        let dest = engine.rooms.server_short(name).ok().flatten();
+        let queued = match dest.map(|d| engine.rooms.outbound_batch(d, 50, 100)).transpose() {
             Ok(b) => b.unwrap_or_default(),
             Err(e) => {
                 tracing::warn!(error = %e, "reading the queue failed");
@@ -209,22 +205,19 @@ async fn deliver_queued(cx: &Ctx, name: &str) {
             }
         };
         // Durable EDUs first (they are in the queue's order), then volatile ones up to 100.
-        let volatile = cx.federation.take_edus(name, 100 - queued.edus.len());
+        let volatile = engine.federation.take_edus(name, 100 - queued.edus.len());
         let volatile_count = volatile.len();
         let edus: Vec<serde_json::Value> = queued.edus.iter().map(|(_, e)| e.clone()).chain(volatile).collect();
         let batch = &queued.pdus;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now = now_ms();
         // Queue metrics per destination: depth exactly when it fits one transaction,
         // otherwise counted on failure and decremented by what is delivered.
         if batch.len() < 50 {
             depth = Some(batch.len());
         }
-        let oldest_ms = batch.first().and_then(|(_, p)| origin_server_ts(p)).unwrap_or(now_ms);
+        let oldest_ms = batch.first().and_then(|(_, p)| origin_server_ts(p)).unwrap_or(now);
         metrics::gauge!("myelin_federation_queue_oldest_age_seconds", "destination" => name.to_owned())
-            .set(now_ms.saturating_sub(oldest_ms) as f64 / 1000.0);
+            .set(now.saturating_sub(oldest_ms) as f64 / 1000.0);
         if let Some(d) = depth {
             metrics::gauge!("myelin_federation_queue_depth", "destination" => name.to_owned()).set(d as f64);
         }
@@ -232,7 +225,6 @@ async fn deliver_queued(cx: &Ctx, name: &str) {
         if seqs.is_empty() && edus.is_empty() {
             return;
         }
-        let now = now_ms;
         // Derived from the rows carried, so a retry of the same rows reuses the id, and
         // from this run's nonce, so ids never repeat across restarts or a reset database
         // (a receiver drops a transaction id it has seen, PDUs and all).
@@ -241,13 +233,13 @@ async fn deliver_queued(cx: &Ctx, name: &str) {
             (Some(first), Some(last)) => format!("m{nonce:x}-{first}-{last}-{}-{}", seqs.len(), edus.len()),
             _ => format!("e{nonce:x}-{now}-{}", edus.len()),
         };
-        let body = transaction_body(cx.engine.server_name.as_str(), now, batch, &edus);
+        let body = transaction_body(engine.server_name.as_str(), now, batch, &edus);
         let path = format!("/_matrix/federation/v1/send/{txn_id}");
-        match cx.federation.request_canonical(&cx.engine, name, Method::PUT, &path, body).await {
+        match engine.remote(name).canonical(Method::PUT, &path, body).await {
             Ok(resp) if resp.status.is_success() => {
                 if let Some(d) = dest
                     && !seqs.is_empty()
-                    && let Err(e) = cx.engine.rooms.outbound_delivered(d, &queued).await
+                    && let Err(e) = engine.rooms.outbound_delivered(d, &queued).await
                 {
                     tracing::warn!(error = %e, "could not mark a transaction delivered; it will be sent again");
                     return;
@@ -256,7 +248,7 @@ async fn deliver_queued(cx: &Ctx, name: &str) {
                     .increment(1);
                 depth = depth.map(|d| d.saturating_sub(batch.len()));
                 linger = !batch.is_empty() && batch.len() < 50;
-                if backoff_stored && cx.engine.backoffs.clear(name).await.is_ok() {
+                if backoff_stored && engine.backoffs.clear(name).await.is_ok() {
                     backoff_stored = false;
                 }
                 backoff = Duration::from_secs(1);
@@ -276,19 +268,19 @@ async fn deliver_queued(cx: &Ctx, name: &str) {
                 }
                 // Durable EDUs are still in the queue; only the volatile ones go back in memory.
                 let skip = edus.len() - volatile_count;
-                cx.federation.requeue_edus(name, edus[skip..].to_vec());
+                engine.federation.requeue_edus(name, edus[skip..].to_vec());
                 if let Some(d) = dest
-                    && let Ok(n) = cx.engine.rooms.outbound_depth(d, 1_000_000)
+                    && let Ok(n) = engine.rooms.outbound_depth(d, 1_000_000)
                 {
                     depth = Some(n);
                     metrics::gauge!("myelin_federation_queue_depth", "destination" => name.to_owned()).set(n as f64);
                 }
                 let wait = jitter(backoff);
-                let stored = myelin_engine::federation::backoff::Backoff {
-                    retry_at_ms: now_unix_ms() + wait.as_millis() as u64,
+                let stored = super::backoff::Backoff {
+                    retry_at_ms: now_ms() + wait.as_millis() as u64,
                     step_ms: backoff.as_millis() as u64,
                 };
-                match cx.engine.backoffs.set(name, stored).await {
+                match engine.backoffs.set(name, stored).await {
                     Ok(()) => backoff_stored = true,
                     Err(e) => tracing::warn!(error = %e, "could not store the destination's backoff"),
                 }

@@ -1,0 +1,180 @@
+//! EDUs received in a transaction (Server-Server API §"EDUs"): to-device
+//! messages (§"Send-to-device messaging", delivered once per `message_id`),
+//! device-list and signing-key updates ([`super::e2ee`]), presence,
+//! typing and read receipts. Each is accepted only about the origin's own
+//! users; one that does not parse is dropped (an EDU has no answer).
+
+use std::time::Duration;
+
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde::Deserialize;
+use serde_json::{Map, Value as JsonValue};
+
+use super::serve::acl_allows;
+use crate::Engine;
+
+/// How long a remote user's typing notice lasts without a renewal.
+const TYPING_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most presence updates taken from one EDU.
+const MAX_PRESENCE_PER_EDU: usize = 1000;
+
+/// One EDU: its type and content.
+#[derive(Debug, Deserialize)]
+struct Edu {
+    edu_type: String,
+    #[serde(default)]
+    content: JsonValue,
+}
+
+/// `m.direct_to_device` content.
+#[derive(Debug, Deserialize)]
+struct DirectToDevice {
+    sender: OwnedUserId,
+    #[serde(rename = "type")]
+    kind: String,
+    message_id: Option<String>,
+    #[serde(default)]
+    messages: Map<String, JsonValue>,
+}
+
+/// `m.typing` content.
+#[derive(Debug, Deserialize)]
+struct Typing {
+    room_id: OwnedRoomId,
+    user_id: OwnedUserId,
+    #[serde(default)]
+    typing: bool,
+}
+
+/// `m.presence` content.
+#[derive(Debug, Deserialize)]
+struct Presence {
+    #[serde(default)]
+    push: Vec<JsonValue>,
+}
+
+/// One entry of `m.presence`'s `push`.
+#[derive(Debug, Deserialize)]
+struct PresenceUpdate {
+    user_id: OwnedUserId,
+    presence: String,
+    status_msg: Option<String>,
+}
+
+/// One user's receipt in `m.receipt`.
+#[derive(Debug, Deserialize)]
+struct UserReceipt {
+    #[serde(default)]
+    event_ids: Vec<String>,
+    #[serde(default)]
+    data: ReceiptData,
+}
+
+/// A receipt's `data`.
+#[derive(Debug, Default, Deserialize)]
+struct ReceiptData {
+    thread_id: Option<String>,
+}
+
+/// Applies one EDU from `origin`.
+pub async fn receive_edu(engine: &Engine, origin: &str, edu: &JsonValue) {
+    let Ok(edu) = Edu::deserialize(edu) else {
+        tracing::debug!(%origin, "dropping an EDU that does not parse");
+        return;
+    };
+    tracing::debug!(%origin, edu_type = %edu.edu_type, content = %edu.content, "EDU received");
+    let content = &edu.content;
+    match edu.edu_type.as_str() {
+        "m.direct_to_device" => {
+            if let Ok(message) = DirectToDevice::deserialize(content) {
+                direct_to_device(engine, origin, message).await;
+            }
+        }
+        "m.device_list_update" => super::e2ee::receive_device_list_update(engine, origin, content).await,
+        "m.signing_key_update" => super::e2ee::receive_signing_key_update(engine, origin, content).await,
+        "m.presence" if engine.config.presence.enabled => {
+            let Ok(presence) = Presence::deserialize(content) else { return };
+            for item in presence.push.iter().take(MAX_PRESENCE_PER_EDU) {
+                let Ok(update) = PresenceUpdate::deserialize(item) else { continue };
+                let state = update.presence.as_str();
+                if update.user_id.server_name().as_str() != origin
+                    || !matches!(state, "online" | "offline" | "unavailable")
+                {
+                    continue;
+                }
+                let status = update.status_msg.map(|s| s.chars().take(1000).collect());
+                engine.ephemeral.set_presence(&update.user_id, state, status);
+            }
+        }
+        "m.typing" => {
+            let Ok(typing) = Typing::deserialize(content) else { return };
+            if typing.user_id.server_name().as_str() != origin || !acl_allows(engine, &typing.room_id, origin) {
+                return;
+            }
+            engine.ephemeral.set_typing(&typing.room_id, &typing.user_id, typing.typing, TYPING_TIMEOUT);
+        }
+        "m.receipt" => receipts(engine, origin, content).await,
+        _ => {}
+    }
+}
+
+async fn direct_to_device(engine: &Engine, origin: &str, message: DirectToDevice) {
+    if message.sender.server_name().as_str() != origin {
+        return;
+    }
+    // The same message in a transaction resent under a new id (the sender restarted
+    // between our 200 and its bookkeeping) is delivered once.
+    let message_key = message.message_id.as_ref().map(|m| format!("to_device/{m}"));
+    if let Some(key) = &message_key
+        && engine.seen_txns.seen(origin, key).unwrap_or(false)
+    {
+        return;
+    }
+    let mut queue = Vec::new();
+    for (user, devices) in &message.messages {
+        let Ok(user_id) = UserId::parse(user.as_str()) else { continue };
+        if user_id.server_name() != engine.server_name {
+            continue;
+        }
+        for (device, body) in devices.as_object().into_iter().flatten() {
+            if let Ok(bytes) = serde_json::to_vec(body) {
+                queue.push((user.clone(), device.clone(), bytes));
+            }
+        }
+    }
+    if !queue.is_empty()
+        && let Err(e) = engine.users.send_to_device(message.sender.as_str(), &message.kind, queue).await
+    {
+        tracing::warn!(%origin, error = %e, "could not store to-device messages");
+        return;
+    }
+    if let Some(key) = message_key
+        && let Err(e) = engine.seen_txns.record_durable(origin, &key).await
+    {
+        tracing::warn!(%origin, error = %e, "could not remember a to-device message id");
+    }
+}
+
+async fn receipts(engine: &Engine, origin: &str, content: &JsonValue) {
+    for (room, kinds) in content.as_object().into_iter().flatten() {
+        let Ok(room) = RoomId::parse(room.as_str()) else { continue };
+        if !acl_allows(engine, &room, origin) {
+            continue;
+        }
+        let Some(users) = kinds.get("m.read").and_then(JsonValue::as_object) else { continue };
+        for (user, data) in users {
+            let Ok(user) = UserId::parse(user.as_str()) else { continue };
+            if user.server_name().as_str() != origin {
+                continue;
+            }
+            let Ok(receipt) = UserReceipt::deserialize(data) else { continue };
+            for event in &receipt.event_ids {
+                if let Err(e) =
+                    engine.set_receipt(&room, &user, "m.read", receipt.data.thread_id.as_deref(), event).await
+                {
+                    tracing::debug!(%origin, room_id = %room, error = %e, "a remote receipt was not stored");
+                }
+            }
+        }
+    }
+}

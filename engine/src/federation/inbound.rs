@@ -1,0 +1,318 @@
+//! Inbound transactions (Server-Server API §"Transactions":
+//! `PUT /_matrix/federation/v1/send/{txnId}`), and the gaps they open.
+//!
+//! Each PDU goes through the receipt checks in the spec's order: the
+//! origin passes the room's server ACL; format, signatures and hashes
+//! ([`super::pdu_check`]); unknown prev events are fetched with
+//! `get_missing_events` in rounds, walking back from the unknown edge (at
+//! most `federation.max_gap_events`); authorization against the state
+//! before the event and soft-failure against the current state are the
+//! rooms engine's (`Rooms::append_pdu_unsettled`). A gap that
+//! `get_missing_events` cannot close (too large, or a peer that refuses) is
+//! bridged as the spec's fallback says: the missing prev events are fetched
+//! with the state before them (`/state_ids`, then `/event` for each event
+//! not held here) and stored as outliers carrying that state; the new event
+//! is then appended on them. Events inside the gap stay out of the
+//! timeline (a history hole `/messages` backfill may fill).
+//!
+//! Guarantees: a transaction is answered only once every accepted event in
+//! it is durable; a transaction id already processed (also before a
+//! restart, as far as the unsynced seen-id row survived) is answered
+//! without applying its EDUs again. Limits: at most [`MAX_PDUS`] PDUs and
+//! [`MAX_EDUS`] EDUs per transaction (more is refused, as Synapse does).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use futures_util::StreamExt;
+use http::Method;
+use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value as JsonValue, json};
+
+use super::{FederationError, enc, pdu_check::checked_pdu, serve::acl_allows};
+use crate::{
+    Engine,
+    rooms::{Appended, Pdu},
+};
+
+/// Most PDUs a transaction may carry (Server-Server API: "up to 50").
+pub const MAX_PDUS: usize = 50;
+/// Most EDUs a transaction may carry ("up to 100").
+pub const MAX_EDUS: usize = 100;
+/// Most prev events taken on a remote's state for one incoming event.
+const MAX_STATE_FALLBACKS: usize = 4;
+
+/// The body of `PUT /send/{txnId}`.
+#[derive(Debug, Default, Deserialize)]
+pub struct Transaction {
+    /// PDUs, each checked on its own.
+    #[serde(default)]
+    pub pdus: Vec<JsonValue>,
+    /// EDUs, applied after the PDUs.
+    #[serde(default)]
+    pub edus: Vec<JsonValue>,
+}
+
+/// What became of one PDU: `{}` when it was taken, `{"error": …}` otherwise.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct PduResult {
+    /// Why the PDU was not taken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl PduResult {
+    fn ok() -> Self {
+        Self { error: None }
+    }
+
+    fn error(reason: impl Into<String>) -> Self {
+        Self { error: Some(reason.into()) }
+    }
+}
+
+/// The answer to a transaction: a result per PDU event id.
+#[derive(Debug, Default, Serialize)]
+pub struct TransactionResult {
+    /// Per PDU.
+    pub pdus: BTreeMap<String, PduResult>,
+}
+
+/// Processes one transaction from `origin` (already authenticated).
+pub async fn receive_transaction(
+    engine: &Engine,
+    origin: &str,
+    txn_id: &str,
+    txn: Transaction,
+) -> Result<TransactionResult, FederationError> {
+    if txn.pdus.len() > MAX_PDUS || txn.edus.len() > MAX_EDUS {
+        return Err(FederationError::BadRequest(format!(
+            "a transaction carries at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs"
+        )));
+    }
+    // A retried transaction we already processed (also before a restart): its EDUs
+    // must not be applied twice.
+    if engine.seen_txns.seen(origin, txn_id)? {
+        return Ok(TransactionResult::default());
+    }
+    let mut results = TransactionResult::default();
+    // Accepted events are appended one after another without waiting for each
+    // one's commit; all of them are made durable together before the answer.
+    let mut unsettled = Vec::new();
+    for json in &txn.pdus {
+        let (id, outcome) = receive_pdu(engine, origin, json, &mut unsettled).await;
+        if let Some(id) = id {
+            results.pdus.insert(id, outcome);
+        }
+    }
+    // Each accepted event told the writer another would follow; none will now.
+    if !unsettled.is_empty() {
+        engine.rooms.release_held()?;
+    }
+    for (room, pending) in unsettled {
+        engine.rooms.settle(&room, pending).await?;
+    }
+    for edu in &txn.edus {
+        super::edu::receive_edu(engine, origin, edu).await;
+    }
+    engine.seen_txns.record(origin, txn_id)?;
+    Ok(results)
+}
+
+async fn receive_pdu(
+    engine: &Engine,
+    origin: &str,
+    json: &JsonValue,
+    unsettled: &mut Vec<(OwnedRoomId, myelin_storage::Pending)>,
+) -> (Option<String>, PduResult) {
+    let Some(room) = json.get("room_id").and_then(JsonValue::as_str).and_then(|r| RoomId::parse(r).ok()) else {
+        return (None, PduResult::ok());
+    };
+    let Ok(room_version) = engine.rooms.room_version(&room) else {
+        return (None, PduResult::ok()); // not a room we are in: ignore
+    };
+    if !acl_allows(engine, &room, origin) {
+        let id = json.get("event_id").and_then(JsonValue::as_str).map(str::to_owned);
+        return (id, PduResult::error(format!("{origin} is denied by the room's server ACL")));
+    }
+    let pdu = match checked_pdu(engine, json, &room_version).await {
+        Ok(p) => p,
+        Err(e) => return (None, PduResult::error(e.to_string())),
+    };
+    let id = pdu.event_id.to_string();
+    match engine.rooms.meta(&pdu.event_id) {
+        Ok(Some(_)) => return (Some(id), PduResult::ok()),
+        Ok(None) => {}
+        Err(e) => return (Some(id), PduResult::error(e.to_string())),
+    }
+    if let Err(e) = fill_gap(engine, origin, &room, &room_version, &pdu).await {
+        return (Some(id), PduResult::error(e.to_string()));
+    }
+    match engine.rooms.append_pdu_unsettled(pdu, true).await {
+        Ok((Appended::Accepted(_) | Appended::SoftFailed(_), pending)) => {
+            unsettled.extend(pending.map(|p| (room.clone(), p)));
+            (Some(id), PduResult::ok())
+        }
+        Ok((Appended::Rejected(reason), _)) => (Some(id), PduResult::error(reason)),
+        Err(e) => (Some(id), PduResult::error(e.to_string())),
+    }
+}
+
+/// A `get_missing_events` answer.
+#[derive(Debug, Deserialize)]
+struct MissingEvents {
+    #[serde(default)]
+    events: Vec<JsonValue>,
+}
+
+/// A `/state_ids` answer.
+#[derive(Debug, Deserialize)]
+struct StateIds {
+    pdu_ids: Vec<OwnedEventId>,
+    auth_chain_ids: Vec<OwnedEventId>,
+}
+
+/// A `/event` answer.
+#[derive(Debug, Deserialize)]
+struct OneEvent {
+    pdus: Vec<JsonValue>,
+}
+
+/// Fetches unknown prev events of `pdu` from `origin` with `get_missing_events`,
+/// round after round (100 per round, walking back from the unknown edge) until
+/// every fetched event's prev events are known here, then appends them oldest
+/// first. A peer catching up after an outage may send only its newest event
+/// (Synapse does): everything before it is recovered here, none lost.
+pub async fn fill_gap(
+    engine: &Engine,
+    origin: &str,
+    room: &RoomId,
+    version: &RoomVersionId,
+    pdu: &Pdu,
+) -> Result<(), FederationError> {
+    let known = |id: &OwnedEventId| engine.rooms.meta(id).ok().flatten().is_some();
+    if pdu.prev_events.iter().all(known) {
+        return Ok(());
+    }
+    let path = format!("/_matrix/federation/v1/get_missing_events/{}", enc(room.as_str()));
+    let earliest = engine.rooms.extremities(room)?;
+    let mut fetched: HashMap<OwnedEventId, Pdu> = HashMap::new();
+    let mut latest: Vec<OwnedEventId> = vec![pdu.event_id.clone()];
+    while fetched.len() < engine.config.federation.max_gap_events {
+        let body = json!({ "earliest_events": earliest, "latest_events": latest, "limit": 100, "min_depth": 0 });
+        let answer = match engine.remote(origin).json(Method::POST, &path, Some(&body)).await {
+            Ok(a) if a.status.is_success() => a,
+            Ok(a) => {
+                tracing::info!(%origin, status = %a.status, "get_missing_events refused; falling back to /state_ids");
+                break;
+            }
+            Err(e) => {
+                tracing::info!(%origin, error = %e, "get_missing_events failed; falling back to /state_ids");
+                break;
+            }
+        };
+        let Ok(answer) = answer.parse::<MissingEvents>(origin) else {
+            tracing::info!(%origin, "get_missing_events answered nonsense; falling back to /state_ids");
+            break;
+        };
+        let before = fetched.len();
+        for json in &answer.events {
+            if let Ok(p) = checked_pdu(engine, json, version).await
+                && p.room_id == *room
+            {
+                fetched.entry(p.event_id.clone()).or_insert(p);
+            }
+        }
+        // The edge: fetched events (or the new one) with prev events still unknown.
+        let edge: Vec<OwnedEventId> = fetched
+            .values()
+            .chain(std::iter::once(pdu))
+            .filter(|p| p.prev_events.iter().any(|prev| !fetched.contains_key(prev) && !known(prev)))
+            .map(|p| p.event_id.clone())
+            .collect();
+        if edge.is_empty() || fetched.len() == before {
+            break;
+        }
+        latest = edge;
+    }
+    let mut events: Vec<Pdu> = fetched.into_values().collect();
+    events.sort_by_key(|p| p.depth);
+    tracing::debug!(%origin, room_id = %room, events = events.len(), "filling a gap");
+    // What is still missing behind the oldest events (a gap larger than
+    // `max_gap_events`, or a peer without get_missing_events): take those prev
+    // events with the state the peer reports at them, as the spec's fallback says.
+    let fetched_ids: HashSet<OwnedEventId> = events.iter().map(|p| p.event_id.clone()).collect();
+    let mut missing: Vec<OwnedEventId> = Vec::new();
+    for p in events.iter().chain(std::iter::once(pdu)) {
+        for prev in &p.prev_events {
+            if !fetched_ids.contains(prev) && !known(prev) && !missing.contains(prev) {
+                missing.push(prev.clone());
+            }
+        }
+    }
+    for prev in missing.into_iter().take(MAX_STATE_FALLBACKS) {
+        if let Err(e) = accept_with_remote_state(engine, origin, room, version, &prev).await {
+            tracing::warn!(%origin, room_id = %room, event_id = %prev, error = %e, "could not take an event on the remote state");
+        }
+    }
+    for p in events {
+        if engine.rooms.meta(&p.event_id)?.is_none() {
+            let id = p.event_id.clone();
+            if let Err(e) = engine.rooms.append_pdu(p).await {
+                tracing::info!(%origin, room_id = %room, event_id = %id, error = %e, "a fetched missing event was not stored");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fetches `event_id` and the state before it from `origin` (`/state_ids`,
+/// then `/event` for each event not held here, 16 at a time) and stores it
+/// as an outlier with that state, so later events can be appended on it.
+pub async fn accept_with_remote_state(
+    engine: &Engine,
+    origin: &str,
+    room: &RoomId,
+    version: &RoomVersionId,
+    event_id: &EventId,
+) -> Result<(), FederationError> {
+    let path = format!("/_matrix/federation/v1/state_ids/{}?event_id={}", enc(room.as_str()), enc(event_id.as_str()));
+    let ids = engine.remote(origin).get(&path).await?;
+    if !ids.status.is_success() {
+        return Err(FederationError::BadResponse {
+            server: origin.to_owned(),
+            reason: format!("state_ids answered {}", ids.status),
+        });
+    }
+    let ids: StateIds = ids.parse(origin)?;
+    let fetch = |id: OwnedEventId| async move {
+        if let Ok(Some(p)) = engine.rooms.pdu(&id) {
+            return Some((*p).clone());
+        }
+        let path = format!("/_matrix/federation/v1/event/{}", enc(id.as_str()));
+        let answer = engine.remote(origin).get(&path).await.ok()?;
+        let answer: OneEvent = answer.parse(origin).ok()?;
+        let json = answer.pdus.into_iter().next()?;
+        let p = checked_pdu(engine, &json, version).await.ok()?;
+        (p.event_id == id && p.room_id == *room).then_some(p)
+    };
+    let state: Vec<Pdu> = futures_util::stream::iter(ids.pdu_ids)
+        .map(fetch)
+        .buffer_unordered(16)
+        .filter_map(|p| async { p })
+        .collect()
+        .await;
+    let chain: Vec<Pdu> = futures_util::stream::iter(ids.auth_chain_ids)
+        .map(fetch)
+        .buffer_unordered(16)
+        .filter_map(|p| async { p })
+        .collect()
+        .await;
+    let event = fetch(event_id.to_owned()).await.ok_or_else(|| FederationError::BadResponse {
+        server: origin.to_owned(),
+        reason: format!("{event_id} not served"),
+    })?;
+    tracing::info!(%origin, room_id = %room, %event_id, state = state.len(), "taking an event on the remote's state");
+    engine.rooms.store_with_remote_state(event, state, chain).await?;
+    Ok(())
+}
