@@ -19,6 +19,12 @@ use hyper_util::rt::TokioIo;
 use myelin_engine::{Config, Engine};
 use tokio::net::TcpStream;
 
+mod fed;
+mod wait;
+
+pub use fed::{signed_get, signed_put, tiny_tls_server};
+pub use wait::{bodies, sync_until, wait_for_text};
+
 /// The `myelin` binary built next to this test executable.
 ///
 /// `make test` builds it first; `MYELIN_TEST_BIN` overrides the path.

@@ -1,0 +1,269 @@
+//! EDUs and keys across servers: typing and receipts (then a server ACL shutting
+//! the other server out), presence, to-device messages, device and cross-signing keys.
+
+use http::StatusCode;
+use myelin_suite::{device_keys, enc, federation_pair, signed_get, sync_until, wait_for_text};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_and_receipts_cross_servers_and_a_server_acl_shuts_a_server_out() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.post(&format!("/_matrix/client/v3/join/{}?server_name=a.test", enc(&room)), json!({})).await;
+    let hello = alice.send_text(&room, "hello").await;
+    wait_for_text(&bob, &room, "hello").await;
+
+    // Bob types on B; alice sees it on A.
+    let mut since = alice.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    bob.put(
+        &format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&bob.user_id)),
+        json!({ "typing": true, "timeout": 10000 }),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let s = alice.sync(Some(&since), 2_000).await;
+        let typing = s["rooms"]["join"][&room]["ephemeral"]["events"]
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["type"] == "m.typing").cloned());
+        if typing
+            .is_some_and(|t| t["content"]["user_ids"].as_array().is_some_and(|u| u.iter().any(|u| u == "@bob:b.test")))
+        {
+            break;
+        }
+        since = s["next_batch"].as_str().unwrap().to_owned();
+        assert!(std::time::Instant::now() < deadline, "alice never saw bob typing");
+    }
+
+    // Bob reads alice's message; alice sees the receipt.
+    bob.post(&format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&hello)), json!({})).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let s = alice.sync(Some(&since), 2_000).await;
+        let receipt = s["rooms"]["join"][&room]["ephemeral"]["events"]
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["type"] == "m.receipt").cloned());
+        if receipt.is_some_and(|r| r["content"][&hello]["m.read"].get("@bob:b.test").is_some()) {
+            break;
+        }
+        since = s["next_batch"].as_str().unwrap().to_owned();
+        assert!(std::time::Instant::now() < deadline, "alice never saw bob's receipt");
+    }
+
+    // An ACL denying B: B's later events no longer enter A's timeline.
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.server_acl/", enc(&room)),
+            json!({ "allow": ["*"], "deny": ["b.test"] }),
+        )
+        .await;
+    wait_for_text(&alice, &room, "hello").await;
+    bob.send_text(&room, "can you hear me?").await;
+    alice.send_text(&room, "after the acl").await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let page = alice.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=20", enc(&room))).await;
+    let texts: Vec<&str> =
+        page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert!(texts.contains(&"after the acl"));
+    assert!(!texts.contains(&"can you hear me?"), "a denied server's event must not be accepted: {texts:?}");
+
+    // Room-scoped reads and membership handshakes are refused to B too.
+    let last = page["chunk"][0]["event_id"].as_str().unwrap().to_owned();
+    for path in [
+        format!("/_matrix/federation/v1/event/{}", enc(&last)),
+        format!("/_matrix/federation/v1/state_ids/{}?event_id={}", enc(&room), enc(&last)),
+        format!("/_matrix/federation/v1/backfill/{}?v={}&limit=5", enc(&room), enc(&last)),
+        format!("/_matrix/federation/v1/make_join/{}/{}?ver=12", enc(&room), enc("@carol:b.test")),
+        format!("/_matrix/federation/v1/make_leave/{}/{}", enc(&room), enc("@bob:b.test")),
+    ] {
+        let r = signed_get(&b, &a, &path).await;
+        assert_eq!((r.status, r.errcode().as_str()), (StatusCode::FORBIDDEN, "M_FORBIDDEN"), "{path}");
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_set_on_b_is_seen_by_a_user_on_a_who_shares_a_room() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let before = alice.get("/_matrix/client/v3/presence/@bob:b.test/status").await;
+    assert_eq!(before["presence"], "offline", "nothing known yet");
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.post(&format!("/_matrix/client/v3/join/{}?server_name=a.test", enc(&room)), json!({})).await;
+    bob.put(
+        &format!("/_matrix/client/v3/presence/{}/status", enc(&bob.user_id)),
+        json!({ "presence": "unavailable", "status_msg": "in a meeting" }),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let p = alice.get("/_matrix/client/v3/presence/@bob:b.test/status").await;
+        if p["presence"] == "unavailable" {
+            assert_eq!(p["status_msg"], "in a meeting");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "A never learned bob's presence: {p}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn to_device_messages_reach_a_device_on_another_server() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    alice
+        .put(
+            "/_matrix/client/v3/sendToDevice/m.room_key_request/t1",
+            json!({ "messages": { "@bob:b.test": { bob.device_id.clone(): { "hello": "device" } } } }),
+        )
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut since = since;
+    loop {
+        let s = bob.sync(Some(&since), 2_000).await;
+        let events = s["to_device"]["events"].as_array().cloned().unwrap_or_default();
+        if let Some(e) = events.iter().find(|e| e["type"] == "m.room_key_request") {
+            assert_eq!(e["sender"], "@alice:a.test");
+            assert_eq!(e["content"]["hello"], "device");
+            break;
+        }
+        since = s["next_batch"].as_str().unwrap().to_owned();
+        assert!(std::time::Instant::now() < deadline, "bob's device never got the message");
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_keys_are_queried_and_one_time_keys_claimed_across_servers() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.post(&format!("/_matrix/client/v3/join/{}?server_name=a.test", enc(&room)), json!({})).await;
+    alice.send_text(&room, "keys next").await;
+    wait_for_text(&bob, &room, "keys next").await;
+
+    let alice_keys = device_keys(&alice.user_id, &alice.device_id, "alice-curve");
+    let up = alice
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            json!({
+                "device_keys": alice_keys,
+                "one_time_keys": {
+                    "signed_curve25519:AAAA": { "key": "otk-1", "signatures": {} },
+                    "signed_curve25519:AAAB": { "key": "otk-2", "signatures": {} },
+                },
+            }),
+        )
+        .await;
+    assert_eq!(up["one_time_key_counts"]["signed_curve25519"], 2);
+    bob.post(
+        "/_matrix/client/v3/keys/upload",
+        json!({ "device_keys": device_keys(&bob.user_id, &bob.device_id, "bob-curve") }),
+    )
+    .await;
+    let bob_since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+
+    // Bob on B reads Alice's keys from A, exactly as she signed them.
+    let q = bob.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { alice.user_id.clone(): [] } })).await;
+    assert_eq!(q["failures"], json!({}), "{q}");
+    let got = &q["device_keys"][&alice.user_id][&alice.device_id];
+    for field in ["keys", "signatures", "algorithms", "user_id", "device_id"] {
+        assert_eq!(got[field], alice_keys[field], "{field} changed on the way: {got}");
+    }
+    // And Alice reads Bob's.
+    let q = alice.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { bob.user_id.clone(): [] } })).await;
+    assert_eq!(
+        q["device_keys"][&bob.user_id][&bob.device_id]["keys"][format!("curve25519:{}", bob.device_id)],
+        "bob-curve"
+    );
+
+    // Bob claims one of Alice's one-time keys; it is gone from A afterwards.
+    let c = bob
+        .post(
+            "/_matrix/client/v3/keys/claim",
+            json!({ "one_time_keys": { alice.user_id.clone(): { alice.device_id.clone(): "signed_curve25519" } } }),
+        )
+        .await;
+    let claimed = c["one_time_keys"][&alice.user_id][&alice.device_id].as_object().cloned().unwrap_or_default();
+    assert_eq!(claimed.len(), 1, "one key claimed: {c}");
+    let s = alice.sync(None, 0).await;
+    assert_eq!(s["device_one_time_keys_count"]["signed_curve25519"], 1, "A handed out one key");
+
+    // Alice adds a device: Bob's /sync on B lists her as changed (m.device_list_update).
+    let login = myelin_suite::http(
+        a.client,
+        http::Method::POST,
+        "/_matrix/client/v3/login",
+        Some(
+            json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "pass-word-1", "device_id": "PHONE" })
+                .to_string()
+                .as_bytes(),
+        ),
+    )
+    .await
+    .json();
+    let phone = myelin_suite::Client {
+        token: login["access_token"].as_str().unwrap().to_owned(),
+        device_id: "PHONE".into(),
+        ..alice.clone()
+    };
+    phone
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            json!({ "device_keys": device_keys(&alice.user_id, "PHONE", "phone-curve") }),
+        )
+        .await;
+    let alice_id = alice.user_id.clone();
+    sync_until(&bob, &bob_since, "alice's new device", |s| {
+        s["device_lists"]["changed"].as_array().is_some_and(|c| c.iter().any(|u| *u == *alice_id))
+    })
+    .await;
+    let q = bob.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { alice.user_id.clone(): [] } })).await;
+    let devices = q["device_keys"][&alice.user_id].as_object().cloned().unwrap_or_default();
+    assert!(devices.contains_key("PHONE") && devices.contains_key(&alice.device_id), "both devices: {q}");
+    let changes = bob
+        .get(&format!(
+            "/_matrix/client/v3/keys/changes?from={bob_since}&to={}",
+            bob.sync(None, 0).await["next_batch"].as_str().unwrap()
+        ))
+        .await;
+    assert!(changes["changed"].as_array().unwrap().iter().any(|u| *u == *alice.user_id), "{changes}");
+
+    // Cross-signing keys reach B too.
+    let master = json!({ "user_id": alice.user_id, "usage": ["master"], "keys": { "ed25519:MASTERPUB": "MASTERPUB" } });
+    alice.post("/_matrix/client/v3/keys/device_signing/upload", json!({ "master_key": master })).await;
+    let q = bob.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { alice.user_id.clone(): [] } })).await;
+    assert_eq!(q["master_keys"][&alice.user_id]["keys"], master["keys"], "{q}");
+    assert!(q.get("user_signing_keys").is_none_or(|u| u.get(&alice.user_id).is_none()));
+    // Bob verifies Alice: his signature on her master key is kept on B and served with it.
+    let mut signed_master = master.clone();
+    signed_master["signatures"] = json!({ bob.user_id.clone(): { "ed25519:BOBUSK": "bob-vouches" } });
+    let r = bob
+        .post(
+            "/_matrix/client/v3/keys/signatures/upload",
+            json!({ alice.user_id.clone(): { "MASTERPUB": signed_master } }),
+        )
+        .await;
+    assert_eq!(r["failures"], json!({}), "{r}");
+    let q = bob.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { alice.user_id.clone(): [] } })).await;
+    assert_eq!(q["master_keys"][&alice.user_id]["signatures"][&bob.user_id]["ed25519:BOBUSK"], "bob-vouches", "{q}");
+
+    // A server that is down: B answers from what it fetched last and names A in failures.
+    a.stop().await;
+    let q = bob
+        .post("/_matrix/client/v3/keys/query", json!({ "device_keys": { alice.user_id.clone(): [] }, "timeout": 3000 }))
+        .await;
+    assert!(q["failures"].get("a.test").is_some(), "{q}");
+    assert!(q["device_keys"][&alice.user_id].get("PHONE").is_some(), "cached keys served: {q}");
+    b.stop().await;
+}

@@ -1,0 +1,131 @@
+//! Remote media: downloads byte for byte (and from cache with the origin down),
+//! federated thumbnails, and the legacy endpoint of a server without federation media.
+
+use http::{Method, StatusCode};
+use myelin_suite::{TestServer, federation_pair, signed_get, tiny_tls_server};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_uploaded_on_a_is_downloaded_byte_for_byte_by_a_user_on_b() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let auth = format!("Bearer {}", alice.token);
+    let up = myelin_suite::http_with(
+        alice.addr,
+        Method::POST,
+        "/_matrix/media/v3/upload?filename=photo.jpg",
+        Some(&bytes),
+        &[("authorization", &auth), ("content-type", "image/jpeg")],
+    )
+    .await;
+    assert_eq!(up.status, StatusCode::OK, "{}", String::from_utf8_lossy(&up.body));
+    let mxc = up.json()["content_uri"].as_str().unwrap().to_owned();
+    let path = mxc.strip_prefix("mxc://").unwrap().to_owned();
+    assert!(path.starts_with("a.test/"), "{mxc}");
+
+    let got = bob.request(Method::GET, &format!("/_matrix/client/v1/media/download/{path}"), None).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", String::from_utf8_lossy(&got.body));
+    assert_eq!(got.headers.get("content-type").unwrap(), "image/jpeg");
+    assert!(got.body == bytes, "B served {} bytes, A holds {}", got.body.len(), bytes.len());
+
+    // Served again from B's cache once A is gone.
+    a.stop().await;
+    let again = bob.request(Method::GET, &format!("/_matrix/client/v1/media/download/{path}"), None).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert!(again.body == bytes);
+
+    // Unknown media on a reachable-or-not server is a 404, not a hang or a 500.
+    let missing = bob.request(Method::GET, "/_matrix/client/v1/media/download/a.test/nosuchmedia", None).await;
+    assert!(missing.status == StatusCode::NOT_FOUND || missing.status == StatusCode::BAD_GATEWAY, "{}", missing.status);
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thumbnails_of_media_on_a_are_served_over_federation_and_to_users_on_b() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let img = image::RgbImage::from_fn(400, 200, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 60]));
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgb8(img).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    let auth = format!("Bearer {}", alice.token);
+    let up = myelin_suite::http_with(
+        alice.addr,
+        Method::POST,
+        "/_matrix/media/v3/upload?filename=wide.png",
+        Some(&png),
+        &[("authorization", &auth), ("content-type", "image/png")],
+    )
+    .await;
+    let mxc = up.json()["content_uri"].as_str().unwrap().to_owned();
+    let id = mxc.rsplit('/').next().unwrap().to_owned();
+
+    // A serves the thumbnail to B's server as multipart/mixed.
+    let path = format!("/_matrix/federation/v1/media/thumbnail/{id}?width=100&height=100&method=scale");
+    let r = signed_get(&b, &a, &path).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    let ct = r.headers["content-type"].to_str().unwrap().to_owned();
+    let boundary = ct.split("boundary=").nth(1).expect("a multipart boundary").to_owned();
+    let body = r.body.to_vec();
+    let marker = format!("--{boundary}\r\nContent-Type: image/png\r\n\r\n");
+    let start = body.windows(marker.len()).position(|w| w == marker.as_bytes()).expect("the image part") + marker.len();
+    let thumb = image::load_from_memory(&body[start..]).unwrap();
+    assert_eq!((thumb.width(), thumb.height()), (100, 50));
+
+    // Bob asks his own server, which fetches the original from A and thumbnails it.
+    let server_path = mxc.strip_prefix("mxc://").unwrap();
+    let r = bob
+        .request(
+            Method::GET,
+            &format!("/_matrix/client/v1/media/thumbnail/{server_path}?width=40&height=40&method=crop"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    let thumb = image::load_from_memory(&r.body).unwrap();
+    assert_eq!((thumb.width(), thumb.height()), (40, 40));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_of_a_server_without_federation_media_comes_through_its_legacy_endpoint() {
+    // "old.test" predates authenticated media: 404 M_UNRECOGNIZED for the federation
+    // endpoint, bytes from the legacy one.
+    let old_dir = tempfile::tempdir().unwrap();
+    let tls = myelin_api::tls::server_config(&myelin_suite::test_config(old_dir.path(), "old.test")).unwrap();
+    let blob: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    let served = blob.clone();
+    let (old_addr, seen, server) = tiny_tls_server("127.0.0.1:0", tls, move |path| {
+        if path == "/_matrix/media/v3/download/old.test/legacyfile" {
+            (200, "audio/ogg", served.clone())
+        } else {
+            (404, "application/json", br#"{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}"#.to_vec())
+        }
+    })
+    .await;
+    let a = TestServer::start_with("a.test", |c| {
+        c.registration.enabled = true;
+        c.federation.verify_tls = false;
+        c.federation.hosts.insert("old.test".into(), old_addr);
+    })
+    .await;
+    let alice = a.register("alice").await;
+
+    let r = alice.request(Method::GET, "/_matrix/client/v1/media/download/old.test/legacyfile", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.headers["content-type"], "audio/ogg");
+    assert!(r.body == blob, "{} bytes", r.body.len());
+    let paths = seen.lock().unwrap().clone();
+    assert_eq!(
+        paths,
+        vec!["/_matrix/federation/v1/media/download/legacyfile", "/_matrix/media/v3/download/old.test/legacyfile"],
+        "the federation endpoint first, then the legacy one"
+    );
+    // Missing media on the old server stays a 404.
+    let r = alice.request(Method::GET, "/_matrix/client/v1/media/download/old.test/nothing", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    server.abort();
+    a.stop().await;
+}
