@@ -1,0 +1,260 @@
+//! Room membership (Client-Server API §"Room membership"): join, knock, invite, kick,
+//! ban, unban, leave, forget, joined rooms; across servers through `myelin_engine::federation::membership`.
+
+#[allow(unused_imports)]
+use super::*;
+
+async fn set_membership(
+    cx: &Ctx,
+    me: &Authed,
+    room: &RoomId,
+    target: &UserId,
+    membership: &str,
+    reason: Option<String>,
+) -> Result<String, ApiError> {
+    if matches!(membership, "join" | "invite" | "knock") && cx.engine.rooms.is_shutdown(room)? {
+        return Err(ApiError::forbidden(format!("{room} has been shut down on this server")));
+    }
+    let mut content = json!({ "membership": membership });
+    if let Some(r) = reason {
+        content["reason"] = json!(r);
+    }
+    // Joins and invites carry the target's profile, so members see names and avatars.
+    if matches!(membership, "join" | "invite")
+        && let Some(profile) = cx.engine.users.profile(target.as_str())?
+    {
+        if let Some(name) = profile.displayname {
+            content["displayname"] = json!(name);
+        }
+        if let Some(avatar) = profile.avatar_url {
+            content["avatar_url"] = json!(avatar);
+        }
+    }
+    if membership == "invite" && target.server_name() != cx.engine.server_name {
+        return myelin_engine::federation::membership::invite_remote(&cx.engine, &me.user_id, room, target, content)
+            .await
+            .map_err(Into::into);
+    }
+    let event = NewEvent::state(TimelineEventType::RoomMember, target.as_str(), content);
+    let pdu = cx.engine.rooms.send(&me.user_id, room, event).await?;
+    Ok(pdu.event_id.to_string())
+}
+
+/// A room id, or an alias resolved (here or on its server) to a room id and the
+/// servers that can be asked about it.
+async fn room_or_alias(cx: &Ctx, target: &str) -> Result<(ruma::OwnedRoomId, Vec<String>), ApiError> {
+    if target.starts_with('#') {
+        super::super::directory::resolve_alias(cx, target).await
+    } else {
+        Ok((RoomId::parse(target).map_err(|e| ApiError::invalid_param(format!("room id: {e}")))?, Vec::new()))
+    }
+}
+
+/// POST /_matrix/client/v3/rooms/{roomId}/join and /join/{roomIdOrAlias}
+pub fn join(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        cx.limiter.check(&me.user_id)?;
+        let (room, alias_servers) = room_or_alias(&cx, req.param("room_id")?).await?;
+        if cx.engine.rooms.is_shutdown(&room)? {
+            return Err(ApiError::forbidden(format!("{room} has been shut down on this server")));
+        }
+        let known = cx.engine.rooms.short_room(&room)?.is_some() && cx.engine.rooms.room_version(&room).is_ok();
+        if !known {
+            let servers = servers_to_ask(&cx, &req, &me.user_id, &room, alias_servers)?;
+            myelin_engine::federation::membership::join_remote(&cx.engine, &me.user_id, &room, &servers).await?;
+            return Ok(ok_json(&json!({ "room_id": room })));
+        }
+
+        set_membership(&cx, &me, &room, &me.user_id.clone(), "join", None).await?;
+        Ok(ok_json(&json!({ "room_id": room })))
+    })
+}
+
+/// The servers to ask about a room this server does not hold: those the client
+/// named (`via`, `server_name`), the alias's, the room id's, and the inviter's.
+fn servers_to_ask(
+    cx: &Ctx,
+    req: &Req,
+    me: &UserId,
+    room: &RoomId,
+    alias_servers: Vec<String>,
+) -> Result<Vec<String>, ApiError> {
+    let mut servers: Vec<String> = req
+        .parts
+        .uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|p| p.strip_prefix("server_name=").or_else(|| p.strip_prefix("via=")))
+        .filter_map(crate::http_util::percent_decode)
+        .collect();
+    servers.extend(alias_servers);
+    if let Some((_, server)) = room.as_str().split_once(':') {
+        servers.push(server.to_owned());
+    }
+    // Invited over federation: the inviter's server is in the room.
+    if let Some(state) = cx.engine.rooms.invite_state(me, room)?
+        && let Some(inviter) = state
+            .iter()
+            .find(|e| e["type"] == "m.room.member" && e["state_key"] == me.as_str())
+            .and_then(|e| e["sender"].as_str())
+            .and_then(|s| UserId::parse(s).ok())
+    {
+        servers.insert(0, inviter.server_name().to_string());
+    }
+    servers.retain(|s| s != cx.engine.server_name.as_str());
+    let mut seen = std::collections::HashSet::new();
+    servers.retain(|s| seen.insert(s.clone()));
+    if servers.is_empty() {
+        return Err(ApiError::not_found(format!("room {room} is not known here; name a server to ask")));
+    }
+    Ok(servers)
+}
+
+/// POST /_matrix/client/v3/knock/{roomIdOrAlias}
+///
+/// Client-Server API §"Knocking on rooms": "knocking is a way of requesting
+/// an invite to a room". A room held here gets the `knock` member event
+/// directly; another server's room through `make_knock`/`send_knock`.
+pub fn knock(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        cx.limiter.check(&me.user_id)?;
+        let (room, alias_servers) = room_or_alias(&cx, req.param("room_id")?).await?;
+        let body: ReasonBody = if req.body.is_empty() { ReasonBody::default() } else { parse_json(&req.body)? };
+        if cx.engine.rooms.is_local_room(&room) {
+            set_membership(&cx, &me, &room, &me.user_id.clone(), "knock", body.reason).await?;
+        } else {
+            let servers = servers_to_ask(&cx, &req, &me.user_id, &room, alias_servers)?;
+            myelin_engine::federation::membership::knock_remote(&cx.engine, &me.user_id, &room, &servers, body.reason)
+                .await?;
+        }
+        Ok(ok_json(&json!({ "room_id": room })))
+    })
+}
+
+#[derive(Deserialize)]
+struct TargetBody {
+    user_id: OwnedUserId,
+    reason: Option<String>,
+}
+
+fn target_action(membership: &'static str) -> impl Fn(Ctx, Req) -> HandlerFuture {
+    move |cx, req| {
+        Box::pin(async move {
+            let me = require_user(&cx, &req)?;
+            cx.limiter.check(&me.user_id)?;
+            let room = room_param(&req)?;
+            let body: TargetBody = parse_json(&req.body)?;
+            if membership == "unban" {
+                if membership_of(&cx, &body.user_id, &room)?.as_deref() != Some("ban")
+                    && body.user_id.server_name() == cx.engine.server_name
+                {
+                    return Err(ApiError::forbidden(format!("{} is not banned", body.user_id)));
+                }
+                set_membership(&cx, &me, &room, &body.user_id, "leave", body.reason).await?;
+            } else {
+                set_membership(&cx, &me, &room, &body.user_id, membership, body.reason).await?;
+            }
+            Ok(ok_json(&json!({})))
+        })
+    }
+}
+
+/// POST /rooms/{roomId}/invite
+pub fn invite(cx: Ctx, req: Req) -> HandlerFuture {
+    target_action("invite")(cx, req)
+}
+/// POST /rooms/{roomId}/kick
+pub fn kick(cx: Ctx, req: Req) -> HandlerFuture {
+    target_action("leave")(cx, req)
+}
+/// POST /rooms/{roomId}/ban
+pub fn ban(cx: Ctx, req: Req) -> HandlerFuture {
+    target_action("ban")(cx, req)
+}
+/// POST /rooms/{roomId}/unban
+pub fn unban(cx: Ctx, req: Req) -> HandlerFuture {
+    target_action("unban")(cx, req)
+}
+
+#[derive(Deserialize, Default)]
+struct ReasonBody {
+    reason: Option<String>,
+}
+
+/// POST /rooms/{roomId}/leave
+pub fn leave(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        cx.limiter.check(&me.user_id)?;
+        let room = room_param(&req)?;
+        let body: ReasonBody = if req.body.is_empty() { ReasonBody::default() } else { parse_json(&req.body)? };
+        if membership_of(&cx, &me.user_id, &room)?.is_none() {
+            return Err(ApiError::not_found(format!("you have no membership in {room}")));
+        }
+        if !cx.engine.rooms.is_local_room(&room)
+            && let Some(state) = cx.engine.rooms.invite_state(&me.user_id, &room)?
+        {
+            // Declining an invite to a room this server does not hold: ask the
+            // inviter's server, then the room id's server, to take the leave.
+            let mut servers: Vec<String> = state
+                .iter()
+                .find(|e| e["type"] == "m.room.member" && e["state_key"] == me.user_id.as_str())
+                .and_then(|e| e["sender"].as_str())
+                .and_then(|s| UserId::parse(s).ok())
+                .map(|u| vec![u.server_name().to_string()])
+                .unwrap_or_default();
+            if let Some((_, server)) = room.as_str().split_once(':') {
+                servers.push(server.to_owned());
+            }
+            // Room ids carry no server from version 12 on: the servers of the state's senders
+            // (the creator's, for a knock) are in the room too.
+            for e in &state {
+                if let Some(u) = e["sender"].as_str().and_then(|s| UserId::parse(s).ok()) {
+                    servers.push(u.server_name().to_string());
+                }
+            }
+            servers.retain(|s| s != cx.engine.server_name.as_str());
+            let mut seen = std::collections::HashSet::new();
+            servers.retain(|s| seen.insert(s.clone()));
+            myelin_engine::federation::membership::leave_remote(&cx.engine, &me.user_id, &room, &servers).await?;
+            return Ok(ok_json(&json!({})));
+        }
+        set_membership(&cx, &me, &room, &me.user_id.clone(), "leave", body.reason).await?;
+        Ok(ok_json(&json!({})))
+    })
+}
+
+/// POST /rooms/{roomId}/forget: nothing is kept per user beyond the membership, so this only checks it.
+pub fn forget(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let room = room_param(&req)?;
+        if membership_of(&cx, &me.user_id, &room)?.as_deref() == Some("join") {
+            return Err(ApiError::new(
+                http::StatusCode::BAD_REQUEST,
+                "M_UNKNOWN",
+                "leave the room before forgetting it",
+            ));
+        }
+        Ok(ok_json(&json!({})))
+    })
+}
+
+/// GET /joined_rooms
+pub fn joined_rooms(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let rooms: Vec<String> = cx
+            .engine
+            .rooms
+            .rooms_of(me.user_id.as_str())?
+            .into_iter()
+            .filter(|(_, m)| m.membership == "join")
+            .map(|(r, _)| r.to_string())
+            .collect();
+        Ok(ok_json(&json!({ "joined_rooms": rooms })))
+    })
+}

@@ -1,0 +1,166 @@
+//! History (`/messages`, with backfill from other servers), `/context` and `/timestamp_to_event`.
+
+#[allow(unused_imports)]
+use super::*;
+
+pub(super) fn parse_position(token: &str) -> Result<i64, ApiError> {
+    let digits = token.strip_prefix('t').or_else(|| token.strip_prefix('s')).unwrap_or(token);
+    // Sync tokens carry a typing serial after `_`; only the position matters here.
+    let digits = digits.split('_').next().unwrap_or(digits);
+    digits.parse::<i64>().map_err(|_| ApiError::invalid_param(format!("bad pagination token {token}")))
+}
+
+/// GET /rooms/{roomId}/messages
+///
+/// Tokens name a point between positions: `t<n>` (or a sync token `s<n>`)
+/// sits after position `n`, so `dir=b` returns positions `<= n` and `dir=f`
+/// positions `> n`.
+pub fn messages(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let room = room_param(&req)?;
+        let upto = readable_upto(&cx, &me, &room)?;
+        let backwards = match query_param(&req, "dir").as_deref() {
+            Some("b") => true,
+            Some("f") => false,
+            _ => return Err(ApiError::invalid_param("dir must be b or f")),
+        };
+        let limit = query_param(&req, "limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(10).clamp(1, 1000);
+        let from = query_param(&req, "from").map(|t| parse_position(&t)).transpose()?;
+        let to = query_param(&req, "to").map(|t| parse_position(&t)).transpose()?;
+        let filter: JsonValue = match query_param(&req, "filter") {
+            Some(f) => serde_json::from_str(&f).map_err(|e| ApiError::not_json(format!("filter: {e}")))?,
+            None => JsonValue::Null,
+        };
+        let type_list = |key: &str| -> Option<Vec<String>> {
+            filter[key].as_array().map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect())
+        };
+        let (types, not_types) = (type_list("types"), type_list("not_types").unwrap_or_default());
+        let matches = |pattern: &str, kind: &str| match pattern.strip_suffix('*') {
+            Some(prefix) => kind.starts_with(prefix),
+            None => pattern == kind,
+        };
+        let wanted = |kind: &str| {
+            !not_types.iter().any(|p| matches(p, kind))
+                && types.as_ref().is_none_or(|t| t.iter().any(|p| matches(p, kind)))
+        };
+        let events = if backwards {
+            let start = from.map_or(upto, |f| f.min(upto));
+            let start = if start == i64::MAX { None } else { Some(start + 1) };
+            let mut page = cx.engine.rooms.timeline(&room, start, Direction::Reverse, limit)?;
+            // The start of our copy of a federated room: ask a server in it for older history.
+            if page.len() < limit
+                && myelin_engine::federation::backfill::backfill_room(&cx.engine, &room, limit - page.len())
+                    .await
+                    .unwrap_or(0)
+                    > 0
+            {
+                page = cx.engine.rooms.timeline(&room, start, Direction::Reverse, limit)?;
+            }
+            page
+        } else {
+            cx.engine.rooms.timeline(&room, Some(from.unwrap_or(0)), Direction::Forward, limit)?
+        };
+        // The page boundary comes from what was read, before visibility hides anything.
+        let full_page = events.len() == limit;
+        let last_read = events.last().map(|(c, _)| *c);
+        let events: Vec<_> = events
+            .into_iter()
+            .filter(|(c, _)| *c <= upto)
+            .filter(|(c, _)| match (to, backwards) {
+                (Some(t), true) => *c > t,
+                (Some(t), false) => *c <= t,
+                (None, _) => true,
+            })
+            .collect();
+        let reached_to = events.len() < limit && to.is_some();
+        let events: Vec<_> = events
+            .into_iter()
+            .filter(|(_, p)| wanted(&p.kind.to_string()))
+            .filter(|(c, p)| cx.engine.rooms.visible_to(&me.user_id, p, *c).unwrap_or(false))
+            .collect();
+        let now = now_ms();
+        let chunk: Vec<JsonValue> = events.iter().map(|(_, p)| serve(&cx, &me, p, true, now)).collect();
+        let start = from.map_or_else(
+            || if backwards { format!("s{}", cx.engine.stream.current()) } else { "t0".into() },
+            |f| format!("t{f}"),
+        );
+        let mut body = json!({ "chunk": chunk, "start": start });
+        if let Some(last) = last_read
+            && full_page
+            && !reached_to
+        {
+            body["end"] = json!(if backwards { format!("t{}", last - 1) } else { format!("t{last}") });
+        }
+        Ok(ok_json(&body))
+    })
+}
+
+/// GET /rooms/{roomId}/context/{eventId}
+///
+/// §"GET /context": the event, up to `limit` visible events before and after
+/// it, pagination tokens both ways, and the room state at the event.
+pub fn context(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let room = room_param(&req)?;
+        let (pdu, meta, upto) = readable_event(&cx, &me, &room, &req)?;
+        let limit = query_param(&req, "limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(10).min(100);
+        let half = limit / 2;
+        let visible = |list: Vec<(i64, myelin_engine::rooms::ArcPdu)>| -> Vec<(i64, myelin_engine::rooms::ArcPdu)> {
+            list.into_iter()
+                .filter(|(c, p)| *c <= upto && cx.engine.rooms.visible_to(&me.user_id, p, *c).unwrap_or(false))
+                .collect()
+        };
+        let before = visible(cx.engine.rooms.timeline(&room, Some(meta.count), Direction::Reverse, limit - half)?);
+        let after = visible(cx.engine.rooms.timeline(&room, Some(meta.count), Direction::Forward, half)?);
+        let now = now_ms();
+        let start = before.last().map_or(meta.count - 1, |(c, _)| c - 1);
+        let end = after.last().map_or(meta.count, |(c, _)| *c);
+        let state: Vec<JsonValue> =
+            cx.engine.rooms.state_at(meta.state_after)?.iter().map(|p| serve(&cx, &me, p, true, now)).collect();
+        Ok(ok_json(&json!({
+            "event": serve(&cx, &me, &pdu, true, now),
+            "events_before": before.iter().map(|(_, p)| serve(&cx, &me, p, true, now)).collect::<Vec<_>>(),
+            "events_after": after.iter().map(|(_, p)| serve(&cx, &me, p, true, now)).collect::<Vec<_>>(),
+            "start": format!("t{start}"),
+            "end": format!("t{end}"),
+            "state": state,
+        })))
+    })
+}
+
+/// GET /rooms/{roomId}/timestamp_to_event (v1)
+///
+/// The visible event closest to `ts` in direction `dir`: the first at or
+/// after it (`f`), or the last at or before it (`b`).
+pub fn timestamp_to_event(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let room = room_param(&req)?;
+        let upto = readable_upto(&cx, &me, &room)?;
+        let ts = query_param(&req, "ts")
+            .and_then(|t| t.parse::<u64>().ok())
+            .ok_or_else(|| ApiError::missing_param("ts (milliseconds) is required"))?;
+        let forward = match query_param(&req, "dir").as_deref() {
+            Some("f") => true,
+            Some("b") => false,
+            _ => return Err(ApiError::invalid_param("dir must be f or b")),
+        };
+        let mut from = None;
+        loop {
+            let dir = if forward { Direction::Forward } else { Direction::Reverse };
+            let page = cx.engine.rooms.timeline(&room, from, dir, 500)?;
+            let Some((last, _)) = page.last() else { break };
+            from = Some(*last);
+            for (count, pdu) in &page {
+                let at = u64::from(pdu.origin_server_ts.0);
+                let hit = if forward { at >= ts } else { at <= ts };
+                if hit && *count <= upto && cx.engine.rooms.visible_to(&me.user_id, pdu, *count)? {
+                    return Ok(ok_json(&json!({ "event_id": pdu.event_id, "origin_server_ts": at })));
+                }
+            }
+        }
+        Err(ApiError::not_found("no event found in that direction"))
+    })
+}
