@@ -1,5 +1,8 @@
 //! Opening, reading, committing and closing the database.
 
+mod inline;
+mod wal;
+
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -11,8 +14,12 @@ use std::{
 };
 
 use crossbeam_channel::Sender;
+pub use inline::Pending;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
+#[cfg(test)]
+pub(crate) use wal::live_wal_len;
+use wal::presize_wal;
 
 use crate::{
     Batch, Table,
@@ -48,10 +55,6 @@ impl Default for StorageOptions {
 
 /// How many retired WAL files RocksDB keeps for reuse.
 const RECYCLED_WALS: usize = 2;
-/// Filler written per WAL record while pre-sizing the log.
-const WAL_FILL_CHUNK: usize = 64 << 10;
-/// Tiny key written to give a WAL switch something to flush.
-const WAL_SWITCH_KEY: &str = "wal-switch";
 
 /// The open database: the RocksDB handle plus the group-commit writer.
 pub struct Db {
@@ -279,98 +282,6 @@ impl Db {
         tx.send(req).map_err(|_| StorageError::Closed)
     }
 
-    /// Hands `batch` to the group-commit writer without waiting; the returned
-    /// handle resolves once it is durable. Batches are written in the order
-    /// they were handed over, so a later batch may build on an earlier one's
-    /// rows (kept in the caller's memory until then).
-    ///
-    /// When nothing else is queued or being written, the batch is kept back
-    /// instead and [`Pending::durable`] writes it on the caller's thread (the
-    /// writer module explains why and when); any hand-over before that sends
-    /// it to the writer first. So await `durable` (or drop the handle) right
-    /// away: until then a kept batch is neither written nor visible, and
-    /// stream positions after its reservations wait for it.
-    pub fn submit_pending(self: &Arc<Self>, batch: Batch) -> Result<Pending, StorageError> {
-        let (done, rx) = oneshot::channel();
-        let req = Request { batch, unsynced: false, done };
-        if !req.batch.more_follow && may_block_a_worker() {
-            let mut kept = self.kept.lock();
-            if self.writer.lock().is_none() {
-                return Err(StorageError::Closed);
-            }
-            let idle = kept.is_none()
-                && self.shared.queued.load(Ordering::SeqCst) == 0
-                && !self.shared.contended.load(Ordering::SeqCst)
-                && !self.shared.write.is_locked()
-                && self.shared.last_sync_us.load(Ordering::Relaxed) < writer::INLINE_SYNC_MAX_US
-                && !self.writes_slowed();
-            if idle {
-                let id = self.kept_ids.fetch_add(1, Ordering::Relaxed);
-                *kept = Some(Kept { id, req });
-                return Ok(Pending { rx, kept: Some((self.clone(), id)) });
-            }
-        }
-        self.hand_over(req)?;
-        Ok(Pending { rx, kept: None })
-    }
-
-    /// Whether RocksDB is stopping or delaying writes (too many memtables or
-    /// level-0 files): a write now could block its caller for long.
-    pub(crate) fn writes_slowed(&self) -> bool {
-        let int = |name: &str| self.rocks.property_int_value(name).ok().flatten().unwrap_or(0);
-        int("rocksdb.is-write-stopped") > 0 || int("rocksdb.actual-delayed-write-rate") > 0
-    }
-
-    /// Writes the kept batch `id` on this thread if it is still kept and the
-    /// writer is idle; otherwise it is (or now goes) with the writer thread.
-    fn write_kept(&self, id: u64) {
-        let mut kept = self.kept.lock();
-        if kept.as_ref().is_none_or(|k| k.id != id) {
-            return;
-        }
-        let guard = self.writer.lock();
-        let Some((tx, _)) = guard.as_ref() else {
-            // Closed: dropping the request tells its caller so.
-            kept.take();
-            return;
-        };
-        let Some(mut counters) = self.shared.write.try_lock() else {
-            if let Some(k) = kept.take() {
-                // A failed send drops the request: its caller is told Closed.
-                let _ = self.send_to_thread(tx, k.req);
-            }
-            return;
-        };
-        let Some(k) = kept.take() else { return };
-        // Holding the write lock keeps every later batch behind this one.
-        drop(guard);
-        drop(kept);
-        self.shared.caller_writes.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("myelin_storage_caller_writes_total").increment(1);
-        writer::write_and_complete(&self.rocks, &self.shared, &mut counters, vec![k.req], || {
-            // Batches that queued behind this one say the load is back.
-            self.shared.contended.store(self.shared.queued.load(Ordering::SeqCst) > 0, Ordering::SeqCst);
-        });
-    }
-
-    /// Sends the kept batch `id` to the writer if it is still kept (its
-    /// [`Pending`] was dropped unawaited: the batch is written all the same).
-    fn release_kept(&self, id: u64) {
-        let mut kept = self.kept.lock();
-        if kept.as_ref().is_some_and(|k| k.id == id)
-            && let Some(k) = kept.take()
-            && let Some((tx, _)) = self.writer.lock().as_ref()
-        {
-            let _ = self.send_to_thread(tx, k.req);
-        }
-    }
-
-    /// How many batches their own callers wrote (see [`Pending::durable`]).
-    #[cfg(test)]
-    pub(crate) fn caller_writes(&self) -> u64 {
-        self.shared.caller_writes.load(Ordering::Relaxed)
-    }
-
     /// Ends a run of [`Batch::more_follow`] batches whose announced successor
     /// will not come: the writer stops waiting and writes what it holds.
     pub fn release_held(&self) -> Result<(), StorageError> {
@@ -454,80 +365,6 @@ impl Drop for Db {
     }
 }
 
-/// Size of the live write-ahead log: the highest-numbered `*.log` file.
-pub(crate) fn live_wal_len(path: &Path) -> Result<u64, StorageError> {
-    let entries = std::fs::read_dir(path).map_err(|e| StorageError::io(format!("listing {}", path.display()), e))?;
-    let mut newest: Option<(u64, u64)> = None;
-    for entry in entries {
-        let entry = entry.map_err(|e| StorageError::io(format!("listing {}", path.display()), e))?;
-        let name = entry.file_name();
-        let Some(number) = name.to_str().and_then(|n| n.strip_suffix(".log")).and_then(|n| n.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        if newest.is_none_or(|(n, _)| number > n) {
-            let len = entry.metadata().map_err(|e| StorageError::io(format!("reading {name:?}"), e))?.len();
-            newest = Some((number, len));
-        }
-    }
-    Ok(newest.map_or(0, |(_, len)| len))
-}
-
-/// Makes the live WAL a reused file of at least `target` bytes.
-///
-/// Every acknowledged write ends in an fdatasync of the WAL. When that append
-/// grows the file, ext4 must also commit the new size to its journal: on this
-/// project's test machine ~127 µs per sync against ~90 µs for an overwrite
-/// inside the file (BENCHMARKS.md). RocksDB reuses retired WAL files
-/// (`recycle_log_file_num`), but only ones written since this open, so a fresh
-/// start would append until the first memtable switch. Here the live WAL is
-/// filled with log-only records (never applied to a table), retired, and
-/// taken up again: later writes overwrite it. Its stale records carry the old
-/// log number, which recovery recognises as the end of the log.
-fn presize_wal(rocks: &rocksdb::DB, path: &Path, target: u64) -> Result<(), StorageError> {
-    let started = std::time::Instant::now();
-    let mut len = live_wal_len(path)?;
-    if len >= target {
-        return Ok(());
-    }
-    let unsynced = rocksdb::WriteOptions::default();
-    let filler = vec![0u8; WAL_FILL_CHUNK];
-    while len < target {
-        let mut batch = rocksdb::WriteBatch::default();
-        batch.put_log_data(&filler);
-        rocks.write_opt(batch, &unsynced)?;
-        len += WAL_FILL_CHUNK as u64;
-    }
-    let global = rocks
-        .cf_handle(catalog::GLOBAL.name)
-        .ok_or_else(|| StorageError::Rocks("global family missing after open".into()))?;
-    let families: Vec<&rocksdb::ColumnFamily> = catalog::ALL.iter().filter_map(|cf| rocks.cf_handle(cf.name)).collect();
-    let mut flush = rocksdb::FlushOptions::default();
-    flush.set_wait(true);
-    let key = WAL_SWITCH_KEY.to_owned().encode();
-    // The first switch retires the filled log into the recycle list (RocksDB
-    // does this after the flush returns, hence the retries); a later one takes
-    // it up as the live log.
-    for attempt in 0..20 {
-        rocks.put_cf_opt(global, &key, b"", &unsynced)?;
-        rocks.flush_cfs_opt(&families, &flush)?;
-        if attempt > 0 && live_wal_len(path)? >= target {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    let mut sync = rocksdb::WriteOptions::default();
-    sync.set_sync(true);
-    rocks.delete_cf_opt(global, &key, &sync)?;
-    let live = live_wal_len(path)?;
-    if live < target {
-        tracing::warn!(wanted = target, live, "the write-ahead log could not be pre-sized; syncs will be slower");
-    } else {
-        tracing::debug!(bytes = live, ms = started.elapsed().as_millis() as u64, "write-ahead log pre-sized");
-    }
-    Ok(())
-}
-
 fn bounded_opts(lower: Option<Vec<u8>>, upper: Option<Vec<u8>>) -> rocksdb::ReadOptions {
     let mut opts = rocksdb::ReadOptions::default();
     if let Some(l) = lower {
@@ -597,40 +434,4 @@ impl Read for Snapshot<'_> {
         opts.set_snapshot(&self.snap);
         Ok(self.db.rocks.raw_iterator_cf_opt(self.db.cf(cf)?, opts))
     }
-}
-
-/// A batch handed to the writer: await [`Pending::durable`] before acknowledging it.
-#[must_use = "a pending batch is not durable until awaited"]
-pub struct Pending {
-    rx: oneshot::Receiver<Result<(), StorageError>>,
-    /// Set when the batch was kept back for this caller to write.
-    kept: Option<(Arc<Db>, u64)>,
-}
-
-impl Pending {
-    /// Waits until the batch is in a synced write (or failed). A batch kept
-    /// back for its caller (see [`Db::submit_pending`]) is written here, on
-    /// this thread, when the writer is still idle.
-    pub async fn durable(mut self) -> Result<(), StorageError> {
-        if let Some((db, id)) = self.kept.take() {
-            db.write_kept(id);
-        }
-        (&mut self.rx).await.map_err(|_| StorageError::Closed)?
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if let Some((db, id)) = self.kept.take() {
-            db.release_kept(id);
-        }
-    }
-}
-
-/// Whether the current thread is a worker of a runtime that has another
-/// worker to carry on while this one writes a batch and waits for its sync.
-fn may_block_a_worker() -> bool {
-    tokio::runtime::Handle::try_current().is_ok_and(|h| {
-        h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread && h.metrics().num_workers() >= 2
-    })
 }

@@ -1,0 +1,127 @@
+//! To-device messages: queued per device until its `/sync` acknowledges them.
+
+use myelin_storage::{Batch, Direction};
+
+use super::{TO_DEVICE, ToDevice, UserError, Users};
+
+impl Users {
+    /// Queues to-device messages: `(user, device or "*", content)` for local users.
+    pub async fn send_to_device(
+        &self,
+        sender: &str,
+        kind: &str,
+        messages: Vec<(String, String, Vec<u8>)>,
+    ) -> Result<(), UserError> {
+        let mut batch = Batch::new();
+        let count = self.stream.next_in(&mut batch);
+        for (user, device, content) in messages {
+            let targets: Vec<String> =
+                if device == "*" { self.devices(&user)?.into_iter().map(|(d, _)| d).collect() } else { vec![device] };
+            for device in targets {
+                let message = ToDevice { sender: sender.to_owned(), kind: kind.to_owned(), content: content.clone() };
+                // Raised before the write is handed over: never below what a reader can see.
+                self.to_device_newest.raise((user.clone(), device.clone()), count as i64);
+                TO_DEVICE.put(&mut batch, &(user.clone(), device, count), &message)?;
+            }
+        }
+        self.db.commit(batch).await?;
+        Ok(())
+    }
+
+    /// Whether the device certainly has no stored to-device message: none was
+    /// queued above the position its messages were acknowledged up to. Unknown
+    /// (so `false`) until the device's first acknowledgement since start-up.
+    fn no_to_device_stored(&self, key: &(String, String)) -> Result<bool, UserError> {
+        let Some(acked) = self.to_device_acked.lock().get(key).copied() else { return Ok(false) };
+        self.to_device_newest.none_after(key, acked as i64, || -> Result<i64, UserError> {
+            Ok(match TO_DEVICE.prefix(&*self.db, &(key.0.clone(), key.1.clone()), Direction::Reverse)?.next() {
+                Some(row) => row?.0.2 as i64,
+                None => 0,
+            })
+        })
+    }
+
+    /// Deletes the device's messages at or below `upto` (the client has them).
+    pub async fn ack_to_device(&self, user_id: &str, device_id: &str, upto: u64) -> Result<(), UserError> {
+        // A token from beyond this server's position (another database's) must not
+        // mark messages not yet queued as acknowledged.
+        let upto = upto.min(self.stream.current());
+        let key = (user_id.to_owned(), device_id.to_owned());
+        if !self.no_to_device_stored(&key)? {
+            let mut batch = Batch::new();
+            let range = (key.0.clone(), key.1.clone(), 0)..=(key.0.clone(), key.1.clone(), upto);
+            for row in TO_DEVICE.range(&*self.db, range, Direction::Forward)? {
+                TO_DEVICE.delete(&mut batch, &row?.0);
+            }
+            if !batch.is_empty() {
+                self.db.commit(batch).await?;
+            }
+        }
+        // Every message at or below `upto` is gone now.
+        let mut acked = self.to_device_acked.lock();
+        let at = acked.entry(key).or_insert(upto);
+        *at = (*at).max(upto);
+        Ok(())
+    }
+
+    /// The device's pending messages at or below `upto`, oldest first, at most `limit`.
+    pub fn pending_to_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, ToDevice)>, UserError> {
+        if self.no_to_device_stored(&(user_id.to_owned(), device_id.to_owned()))? {
+            return Ok(Vec::new());
+        }
+        let range = (user_id.to_owned(), device_id.to_owned(), 0)..=(user_id.to_owned(), device_id.to_owned(), upto);
+        let mut out = Vec::new();
+        for row in TO_DEVICE.range(&*self.db, range, Direction::Forward)?.take(limit) {
+            let ((_, _, count), message) = row?;
+            out.push((count, message));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::users::testing::{open, service};
+
+    /// To-device messages: delivered until acknowledged, never hidden by the
+    /// "nothing stored" shortcut, also for a new message after an acknowledgement,
+    /// after a restart, and after a token from beyond the server's position.
+    #[tokio::test]
+    async fn to_device_messages_are_pending_until_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir);
+        let users = service(&db);
+        let pending = |users: &Users| -> Vec<Vec<u8>> {
+            users.pending_to_device("@a:x", "D", u64::MAX, 100).unwrap().into_iter().map(|(_, m)| m.content).collect()
+        };
+        let send = |body: &'static [u8]| {
+            users.send_to_device("@b:x", "m.test", vec![("@a:x".into(), "D".into(), body.to_vec())])
+        };
+        assert!(pending(&users).is_empty());
+        users.ack_to_device("@a:x", "D", 0).await.unwrap();
+        send(b"one").await.unwrap();
+        assert_eq!(pending(&users), [b"one".to_vec()]);
+        let now = users.stream.current();
+        users.ack_to_device("@a:x", "D", now).await.unwrap();
+        assert!(pending(&users).is_empty(), "acknowledged messages are gone");
+        send(b"two").await.unwrap();
+        assert_eq!(pending(&users), [b"two".to_vec()], "a message after the acknowledgement");
+        // A token far beyond the server's position acknowledges only what exists.
+        users.ack_to_device("@a:x", "D", 1 << 40).await.unwrap();
+        send(b"three").await.unwrap();
+        assert_eq!(pending(&users), [b"three".to_vec()]);
+        // A restart: no marks, the stored message is still delivered.
+        let again = service(&db);
+        assert_eq!(pending(&again), [b"three".to_vec()]);
+        again.ack_to_device("@a:x", "D", again.stream.current()).await.unwrap();
+        assert!(pending(&again).is_empty());
+        db.shutdown();
+    }
+}

@@ -1,0 +1,139 @@
+//! `myelin bench`: runs one scenario of [`crate::bench`] and prints its report.
+
+use crate::{Failure, bench, cli::BenchCommand, runtime};
+
+pub(super) fn bench_cmd(what: BenchCommand) -> Result<(), Failure> {
+    let rt = runtime()?;
+    match what {
+        BenchCommand::Send { url, rooms, clients, messages, json } => {
+            let r = rt.block_on(bench::send(&url, rooms, clients, messages)).map_err(Failure::runtime)?;
+            let rate = r.events as f64 / r.elapsed.as_secs_f64().max(1e-9);
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "scenario": "send", "url": url, "rooms": rooms, "clients": clients,
+                        "events": r.events, "seconds": r.elapsed.as_secs_f64(), "events_per_second": rate,
+                        "p50_ms": ms(r.p50), "p95_ms": ms(r.p95), "p99_ms": ms(r.p99), "readable": r.readable,
+                    })
+                );
+            } else {
+                println!("| scenario | events | events/s | p50 ms | p95 ms | p99 ms | readable |");
+                println!("|---|---|---|---|---|---|---|");
+                println!(
+                    "| send, {rooms} room(s), {clients} clients | {} | {rate:.0} | {:.1} | {:.1} | {:.1} | {}/{} |",
+                    r.events,
+                    ms(r.p50),
+                    ms(r.p95),
+                    ms(r.p99),
+                    r.readable,
+                    r.events
+                );
+            }
+            if r.readable != r.events {
+                return Err(Failure::runtime(format!(
+                    "{} acknowledged events are not readable",
+                    r.events - r.readable
+                )));
+            }
+        }
+        BenchCommand::Fanout { url, receivers, messages, json } => {
+            let r = rt.block_on(bench::fanout(&url, receivers, messages)).map_err(Failure::runtime)?;
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "scenario": "fanout", "url": url, "receivers": receivers, "messages": messages,
+                        "delivered": r.delivered, "expected": r.expected,
+                        "p50_ms": ms(r.p50), "p95_ms": ms(r.p95), "p99_ms": ms(r.p99),
+                    })
+                );
+            } else {
+                println!("| scenario | delivered | p50 ms | p95 ms | p99 ms |");
+                println!("|---|---|---|---|---|");
+                println!(
+                    "| sync fan-out, {receivers} receivers | {}/{} | {:.1} | {:.1} | {:.1} |",
+                    r.delivered,
+                    r.expected,
+                    ms(r.p50),
+                    ms(r.p95),
+                    ms(r.p99)
+                );
+            }
+            if r.delivered != r.expected {
+                return Err(Failure::runtime(format!("{} of {} deliveries seen", r.delivered, r.expected)));
+            }
+        }
+        BenchCommand::Federation { url_a, url_b, server_a, messages, senders, json } => {
+            let r = rt
+                .block_on(bench::federation(&url_a, &url_b, &server_a, messages, senders))
+                .map_err(Failure::runtime)?;
+            let rate = r.received as f64 / r.elapsed.as_secs_f64().max(1e-9);
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "scenario": "federation", "senders": senders, "sent": r.sent, "received": r.received,
+                        "seconds": r.elapsed.as_secs_f64(), "messages_per_second": rate,
+                        "p50_ms": ms(r.p50), "p99_ms": ms(r.p99), "only_in_history": r.only_in_history,
+                        "last_sent_ms": ms(r.last_sent), "first_arrival_ms": ms(r.first_arrival),
+                    })
+                );
+            } else {
+                println!("| scenario | received | msgs/s end to end | p50 ms | p99 ms |");
+                println!("|---|---|---|---|---|");
+                println!(
+                    "| federation burst | {}/{} | {rate:.0} | {:.1} | {:.1} |",
+                    r.received,
+                    r.sent,
+                    ms(r.p50),
+                    ms(r.p99)
+                );
+            }
+            if r.received != r.sent {
+                return Err(Failure::runtime(format!(
+                    "{} of {} messages arrived in /sync ({} more are in the room's history only)",
+                    r.received, r.sent, r.only_in_history
+                )));
+            }
+        }
+        BenchCommand::Join { url_a, url_b, server_a, members, json } => {
+            let r = rt.block_on(bench::join(&url_a, &url_b, &server_a, members)).map_err(Failure::runtime)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "scenario": "join", "members": r.members, "seconds": r.elapsed.as_secs_f64(),
+                        "join_request_seconds": r.join_request.as_secs_f64(),
+                    })
+                );
+            } else {
+                println!("| scenario | members | seconds until all listed | of which the join request |");
+                println!("|---|---|---|---|");
+                println!(
+                    "| federated join | {} | {:.2} | {:.2} |",
+                    r.members,
+                    r.elapsed.as_secs_f64(),
+                    r.join_request.as_secs_f64()
+                );
+            }
+        }
+        BenchCommand::Script { url, lines, json } => {
+            let t = rt.block_on(bench::script(&url, lines)).map_err(Failure::runtime)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "scenario": "script", "url": url, "lines": lines, "seconds": t.as_secs_f64() })
+                );
+            } else {
+                println!("| scenario | lines | seconds |");
+                println!("|---|---|---|");
+                println!("| sequential script | {lines} | {:.2} |", t.as_secs_f64());
+            }
+        }
+    }
+    Ok(())
+}

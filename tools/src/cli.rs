@@ -1,0 +1,239 @@
+//! The command line's clap types: every subcommand and its arguments.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "myelin", version, about = "Myelin: a Matrix homeserver and federation engine")]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Concurrent send throughput and latency, then a check that every acknowledged event is readable.
+    Send {
+        /// Client-Server API base URL (http://host:port).
+        #[arg(long, default_value = "http://127.0.0.1:8008")]
+        url: String,
+        /// Rooms to spread the clients over.
+        #[arg(long, default_value_t = 1)]
+        rooms: usize,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 20)]
+        clients: usize,
+        /// Messages per client.
+        #[arg(long, default_value_t = 50)]
+        messages: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One sender, N long-polling receivers: send-to-sync delivery latency.
+    Fanout {
+        /// Client-Server API base URL (http://host:port).
+        #[arg(long, default_value = "http://127.0.0.1:8008")]
+        url: String,
+        /// Receivers long-polling /sync.
+        #[arg(long, default_value_t = 20)]
+        receivers: usize,
+        /// Messages sent, 50 ms apart.
+        #[arg(long, default_value_t = 20)]
+        messages: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Messages sent on server A until all are in a server-B user's /sync.
+    Federation {
+        /// Client-Server API of server A (the room's server, the sender).
+        #[arg(long)]
+        url_a: String,
+        /// Client-Server API of server B (the receiver).
+        #[arg(long)]
+        url_b: String,
+        /// Server A's name, to join through.
+        #[arg(long)]
+        server_a: String,
+        /// Messages sent.
+        #[arg(long, default_value_t = 300)]
+        messages: usize,
+        /// Connections on A sending at once (1: one message after another).
+        #[arg(long, default_value_t = 1)]
+        senders: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A user on server B joins a room on server A that has N members, until B lists them all.
+    Join {
+        /// Client-Server API of server A (the room's server).
+        #[arg(long)]
+        url_a: String,
+        /// Client-Server API of server B (the joining user's).
+        #[arg(long)]
+        url_b: String,
+        /// Server A's name, to join through.
+        #[arg(long)]
+        server_a: String,
+        /// Members in the room before the join (its creator included).
+        #[arg(long, default_value_t = 2000)]
+        members: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Two users alternate sequential sends of an N-line script in one room.
+    Script {
+        /// Client-Server API base URL (http://host:port).
+        #[arg(long, default_value = "http://127.0.0.1:8008")]
+        url: String,
+        /// Lines in the script.
+        #[arg(long, default_value_t = 3000)]
+        lines: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Run the homeserver (defaults: ./myelin-data, client 127.0.0.1:8008, federation 127.0.0.1:8448).
+    Serve {
+        /// TOML configuration file; MYELIN_* environment variables override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Write a consistent backup (database checkpoint, keys, media) into DIR, while serving or not.
+    Backup {
+        /// New directory to create.
+        dir: PathBuf,
+        /// TOML configuration file (to find data_dir).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Load-test any homeserver over the Client-Server API.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+    /// Administer a server (running or stopped).
+    Admin {
+        #[command(subcommand)]
+        what: AdminCommand,
+        /// TOML configuration file (to find data_dir).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+    },
+    /// Restore a backup into the configured data_dir (must be empty; server stopped).
+    Restore {
+        /// A directory written by `myelin backup`.
+        backup: PathBuf,
+        /// TOML configuration file (to find data_dir).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AdminCommand {
+    /// Manage local users.
+    User {
+        #[command(subcommand)]
+        what: UserCommand,
+    },
+    /// Manage the media repository (needs the server running).
+    Media {
+        #[command(subcommand)]
+        what: MediaCommand,
+    },
+    /// Manage rooms.
+    Room {
+        #[command(subcommand)]
+        what: RoomCommand,
+    },
+    /// Change which servers we federate with, without a restart.
+    Federation {
+        #[command(subcommand)]
+        what: FederationCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum FederationCommand {
+    /// Add a server to the allow list (a non-empty allow list admits only its servers).
+    Allow {
+        /// Server name.
+        server: String,
+    },
+    /// Refuse all federation with a server, both ways.
+    Deny {
+        /// Server name.
+        server: String,
+    },
+    /// Remove a server's runtime entry (configured entries stay until the config changes).
+    Remove {
+        /// Server name.
+        server: String,
+    },
+    /// Show the configured and runtime entries.
+    List,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum RoomCommand {
+    /// Remove every local user from a room (the leaves reach the other servers),
+    /// unlist it, drop its local aliases and refuse joins and invites from now on.
+    Shutdown {
+        /// The room id (`!…`).
+        room_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum MediaCommand {
+    /// Delete one media item (its file goes when nothing else uses it).
+    Delete {
+        /// `mxc://server/mediaId`.
+        mxc: String,
+    },
+    /// Delete cached media of other servers older than a duration (`30d`, `12h`, `90m`, `45s`).
+    PurgeRemote {
+        /// Minimum age.
+        #[arg(long)]
+        older_than: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum UserCommand {
+    /// Create a user (prints a generated password unless --password is given).
+    Create {
+        /// Localpart or full user id.
+        name: String,
+        /// The password.
+        #[arg(long)]
+        password: Option<String>,
+        /// Make the user a server administrator.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Set a new password and log out every device.
+    ResetPassword {
+        /// Localpart or full user id.
+        name: String,
+        /// The new password (generated and printed if absent).
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// List every local user.
+    List,
+    /// Leave every room (the leaves reach the other servers) and deactivate the account.
+    Deactivate {
+        /// Localpart or full user id.
+        name: String,
+    },
+}
