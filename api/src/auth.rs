@@ -34,6 +34,12 @@ pub fn query_param(req: &Req, name: &str) -> Option<String> {
     None
 }
 
+/// Every value of the query parameter `name`, decoded (`?v=a&v=b` → `["a", "b"]`).
+pub fn query_values(req: &Req, name: &str) -> Vec<String> {
+    let query = req.parts.uri.query().unwrap_or_default();
+    form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == name).map(|(_, v)| v.into_owned()).collect()
+}
+
 fn decode_component(s: &str) -> Option<String> {
     crate::http_util::percent_decode(&s.replace('+', " "))
 }

@@ -7,7 +7,7 @@
 use http::StatusCode;
 use myelin_engine::{EngineError, rooms::RoomError, users::UserError};
 
-use crate::http_util::{Resp, json_response};
+use crate::response::{Resp, json_response};
 
 /// An error answered to a client or a server.
 #[derive(Debug, Clone)]

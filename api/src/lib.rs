@@ -1,6 +1,7 @@
 //! Myelin's HTTP layer: two listeners (client over HTTP, federation over TLS),
-//! routing with Matrix errors, and the endpoints. Handlers parse, call the
-//! engine once and map the result; logic lives in `myelin-engine`.
+//! routing with Matrix errors, the endpoints, and the federation transport.
+//! Handlers parse, call the engine and map the result; the Matrix logic,
+//! federation's included, lives in `myelin-engine`.
 
 pub mod admin;
 pub mod auth;
@@ -9,6 +10,7 @@ pub mod federation;
 pub mod http_util;
 pub mod metrics;
 pub mod ratelimit;
+pub mod response;
 pub mod router;
 mod routes;
 pub mod server;

@@ -11,10 +11,8 @@ pub mod directory;
 pub mod e2ee;
 pub mod ephemeral;
 mod error;
-pub mod events;
 pub mod federation;
 pub mod keys;
-pub mod keys_query;
 pub mod media;
 pub mod positions;
 pub mod push;
@@ -29,6 +27,8 @@ use std::{path::PathBuf, sync::Arc};
 pub use config::Config;
 pub use error::EngineError;
 use myelin_storage::{Db, StorageOptions, StreamCounter};
+/// Client and stripped formats of events (part of `rooms`, re-exported at the old path).
+pub use rooms::events;
 use ruma::OwnedServerName;
 
 /// One homeserver's state.

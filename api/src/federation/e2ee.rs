@@ -7,7 +7,7 @@
 //! ("Claims one-time keys for use in pre-key messages"). The device-list
 //! EDUs are `myelin_engine::federation::e2ee`'s.
 
-use myelin_engine::keys_query;
+use myelin_engine::federation::keys_query;
 use ruma::UserId;
 use serde::Deserialize;
 use serde_json::{Map, Value as JsonValue, json};

@@ -15,8 +15,9 @@ use serde_json::{Value as JsonValue, json};
 
 use super::require_server;
 use crate::{
+    auth::query_values,
     error::ApiError,
-    http_util::{ok_json, parse_json, query_values},
+    http_util::{ok_json, parse_json},
     router::{Ctx, HandlerFuture, Req},
 };
 

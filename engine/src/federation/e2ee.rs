@@ -17,7 +17,8 @@ use ruma::UserId;
 use serde_json::{Value as JsonValue, json};
 
 use super::FederationError;
-use crate::{Engine, keys_query};
+use super::keys_query;
+use crate::Engine;
 
 /// Other servers with a member joined to a room `user` is joined to: who hears of the user's changes.
 pub fn servers_sharing_rooms(engine: &Engine, user: &UserId) -> Result<BTreeSet<String>, FederationError> {

@@ -18,6 +18,7 @@ pub mod edu;
 pub mod inbound;
 pub mod key_fetch;
 pub mod keyring;
+pub mod keys_query;
 pub mod membership;
 pub mod pdu_check;
 pub mod policy;

@@ -26,6 +26,7 @@ mod append;
 mod build;
 mod create;
 mod error;
+pub mod events;
 mod head;
 mod inbound;
 pub mod pdu;

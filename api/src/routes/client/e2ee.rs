@@ -21,7 +21,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use myelin_engine::{
     e2ee::{USAGES, Upload},
-    keys_query,
+    federation::keys_query,
 };
 use ruma::UserId;
 use serde_json::{Map, Value as JsonValue, json};

@@ -14,7 +14,8 @@ use http::Method;
 use ruma::UserId;
 use serde_json::{Map, Value as JsonValue, json};
 
-use crate::{Engine, federation::FederationError};
+use super::FederationError;
+use crate::Engine;
 
 /// Sets `unsigned.device_display_name` on a device-keys object, replacing an
 /// `unsigned` that is not an object (a client may have uploaded anything there).
