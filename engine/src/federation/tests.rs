@@ -187,3 +187,24 @@ async fn wait_for(check: impl Fn() -> bool) -> bool {
     }
     check()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_over_the_limits_is_refused_whole_and_nothing_is_fetched() {
+    let peer = FakePeer::new(|_, _| Ok((500, json!({}))));
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path(), peer.clone());
+    let pdu = json!({ "room_id": "!r:peer.test", "type": "m.room.message", "content": {} });
+    let txn = super::inbound::Transaction { pdus: vec![pdu; super::inbound::MAX_PDUS + 1], edus: Vec::new() };
+    let err = super::inbound::receive_transaction(&engine, "peer.test", "t1", txn).await.unwrap_err();
+    assert!(matches!(err, FederationError::BadRequest(_)), "{err:?}");
+    let edus = vec![json!({ "edu_type": "m.typing", "content": {} }); super::inbound::MAX_EDUS + 1];
+    let txn = super::inbound::Transaction { pdus: Vec::new(), edus };
+    let err = super::inbound::receive_transaction(&engine, "peer.test", "t2", txn).await.unwrap_err();
+    assert!(matches!(err, FederationError::BadRequest(_)), "{err:?}");
+    // At the limit, PDUs for rooms we are not in are ignored without asking the peer anything.
+    let pdu = json!({ "room_id": "!r:peer.test", "type": "m.room.message", "content": {} });
+    let txn = super::inbound::Transaction { pdus: vec![pdu; super::inbound::MAX_PDUS], edus: Vec::new() };
+    let answer = super::inbound::receive_transaction(&engine, "peer.test", "t3", txn).await.unwrap();
+    assert!(answer.pdus.is_empty());
+    assert!(peer.paths().is_empty(), "{:?}", peer.paths());
+}
