@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use serde::Serialize;
 
 /// Response bodies: whole buffers or streams (media downloads).
 pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -18,7 +19,7 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 }
 
 /// A JSON response.
-pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Resp {
+pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Resp {
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
     let mut resp = http::Response::new(full(body));
     *resp.status_mut() = status;
@@ -27,8 +28,17 @@ pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Resp {
 }
 
 /// A 200 JSON response.
-pub fn ok_json(value: &serde_json::Value) -> Resp {
+pub fn ok_json<T: Serialize + ?Sized>(value: &T) -> Resp {
     json_response(StatusCode::OK, value)
+}
+
+/// The body of a response that carries nothing: `{}`.
+#[derive(Serialize, Debug, Clone, Copy, Default)]
+pub struct Empty {}
+
+/// A 200 response with the empty object `{}`.
+pub fn ok_empty() -> Resp {
+    ok_json(&Empty {})
 }
 
 /// A plain-text response.

@@ -9,32 +9,57 @@
 
 use http::StatusCode;
 use ruma::{OwnedUserId, UserId};
-use serde::Deserialize;
-use serde_json::{Value as JsonValue, json};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use crate::{
     auth::{query_param, require_user},
     error::ApiError,
-    http_util::{json_response, ok_json, parse_json},
+    http_util::{json_response, ok_empty, ok_json, parse_json, parse_json_or_empty},
     router::{Ctx, HandlerFuture, Req},
 };
 
+/// User-interactive auth (§"Authentication types"): the stage and its fields.
 #[derive(Deserialize, Default)]
 pub(crate) struct AuthData {
     #[serde(rename = "type")]
     kind: Option<String>,
     session: Option<String>,
+    /// `m.login.registration_token`.
     token: Option<String>,
+    /// `m.login.password`.
     password: Option<String>,
     identifier: Option<Identifier>,
+    /// `m.login.password` before identifiers (deprecated).
     user: Option<String>,
 }
 
+/// A user identifier (§"Identifier types"); only `m.id.user` is supported.
 #[derive(Deserialize, Default)]
 struct Identifier {
     #[serde(rename = "type")]
     kind: Option<String>,
     user: Option<String>,
+}
+
+/// A new session: the answer to `/register` and `/login`.
+#[derive(Serialize)]
+struct LoginResponse<'a> {
+    user_id: &'a UserId,
+    access_token: &'a str,
+    device_id: &'a str,
+    home_server: &'a str,
+}
+
+impl<'a> LoginResponse<'a> {
+    fn new(cx: &'a Ctx, login: &'a myelin_engine::users::NewLogin) -> Self {
+        Self {
+            user_id: &login.user_id,
+            access_token: &login.access_token,
+            device_id: &login.device_id,
+            home_server: cx.engine.server_name.as_str(),
+        }
+    }
 }
 
 fn random_session() -> String {
@@ -44,21 +69,38 @@ fn random_session() -> String {
     format!("{t:x}{:x}", N.fetch_add(1, Ordering::Relaxed))
 }
 
+/// One way through user-interactive auth: its stages in order.
+#[derive(Serialize)]
+struct Flow<'a> {
+    stages: [&'a str; 1],
+}
+
+/// The 401 of user-interactive auth: what to do next, and why the last try failed.
+#[derive(Serialize)]
+struct UiaChallenge<'a> {
+    flows: [Flow<'a>; 1],
+    params: crate::http_util::Empty,
+    session: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errcode: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
 /// 401 with the flows a user-interactive auth endpoint accepts.
 fn uia_required(stage: &str, session: Option<String>, error: Option<(&str, &str)>) -> crate::http_util::Resp {
-    let mut body = json!({
-        "flows": [{ "stages": [stage] }],
-        "params": {},
-        "session": session.unwrap_or_else(random_session),
-    });
-    if let Some((code, msg)) = error {
-        body["errcode"] = json!(code);
-        body["error"] = json!(msg);
-    }
+    let body = UiaChallenge {
+        flows: [Flow { stages: [stage] }],
+        params: crate::http_util::Empty {},
+        session: session.unwrap_or_else(random_session),
+        errcode: error.map(|(code, _)| code),
+        error: error.map(|(_, msg)| msg),
+    };
     json_response(StatusCode::UNAUTHORIZED, &body)
 }
 
-#[derive(Deserialize, Default)]
+/// `POST /register`.
+#[derive(Deserialize)]
 struct RegisterBody {
     username: Option<String>,
     password: Option<String>,
@@ -67,6 +109,15 @@ struct RegisterBody {
     initial_device_display_name: Option<String>,
     #[serde(default)]
     inhibit_login: bool,
+    /// Refresh tokens are not issued; the field is read so that its type is checked.
+    #[serde(default, rename = "refresh_token")]
+    _refresh_token: Option<bool>,
+}
+
+/// The answer to `POST /register` with `inhibit_login`.
+#[derive(Serialize)]
+struct RegisteredOnly<'a> {
+    user_id: &'a UserId,
 }
 
 /// POST /_matrix/client/v3/register
@@ -75,7 +126,7 @@ pub fn register(cx: Ctx, req: Req) -> HandlerFuture {
         if query_param(&req, "kind").as_deref() == Some("guest") {
             return Err(ApiError::new(StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN", "guest access is disabled"));
         }
-        let body: RegisterBody = if req.body.is_empty() { RegisterBody::default() } else { parse_json(&req.body)? };
+        let body: RegisterBody = parse_json_or_empty(&req.body)?;
         let config = &cx.engine.config.registration;
         let token = config.token.clone();
         if !config.enabled && token.is_empty() {
@@ -107,14 +158,17 @@ pub fn register(cx: Ctx, req: Req) -> HandlerFuture {
                 body.inhibit_login,
             )
             .await?;
-        Ok(ok_json(&match login {
-            Some(l) => json!({
-                "user_id": l.user_id, "access_token": l.access_token, "device_id": l.device_id,
-                "home_server": cx.engine.server_name,
-            }),
-            None => json!({ "user_id": user_id }),
-        }))
+        Ok(match login {
+            Some(l) => ok_json(&LoginResponse::new(&cx, &l)),
+            None => ok_json(&RegisteredOnly { user_id: &user_id }),
+        })
     })
+}
+
+/// The answer to `GET /register/available`.
+#[derive(Serialize)]
+struct Available {
+    available: bool,
 }
 
 /// GET /_matrix/client/v3/register/available
@@ -125,24 +179,41 @@ pub fn register_available(cx: Ctx, req: Req) -> HandlerFuture {
         if cx.engine.users.exists(&user_id)? {
             return Err(ApiError::new(StatusCode::BAD_REQUEST, "M_USER_IN_USE", "user id already taken"));
         }
-        Ok(ok_json(&json!({ "available": true })))
+        Ok(ok_json(&Available { available: true }))
     })
 }
 
 /// GET /_matrix/client/v3/login
 pub fn login_flows(_cx: Ctx, _req: Req) -> HandlerFuture {
-    Box::pin(async move { Ok(ok_json(&json!({ "flows": [{ "type": "m.login.password" }] }))) })
+    #[derive(Serialize)]
+    struct LoginType {
+        #[serde(rename = "type")]
+        kind: &'static str,
+    }
+    #[derive(Serialize)]
+    struct LoginFlows {
+        flows: [LoginType; 1],
+    }
+    Box::pin(async move { Ok(ok_json(&LoginFlows { flows: [LoginType { kind: "m.login.password" }] })) })
 }
 
+/// `POST /login`.
 #[derive(Deserialize)]
 struct LoginBody {
     #[serde(rename = "type")]
     kind: String,
     identifier: Option<Identifier>,
+    /// Deprecated form of `identifier.user`.
     user: Option<String>,
     password: Option<String>,
     device_id: Option<String>,
     initial_device_display_name: Option<String>,
+    /// `m.login.token` is not offered; read so that its type is checked.
+    #[serde(default, rename = "token")]
+    _token: Option<String>,
+    /// Refresh tokens are not issued; read so that its type is checked.
+    #[serde(default, rename = "refresh_token")]
+    _refresh_token: Option<bool>,
 }
 
 fn user_from_identifier(
@@ -187,10 +258,7 @@ pub fn login(cx: Ctx, req: Req) -> HandlerFuture {
         let password = body.password.ok_or_else(|| ApiError::missing_param("password is required"))?;
         let login =
             cx.engine.users.login(&user_id, &password, body.device_id, body.initial_device_display_name).await?;
-        Ok(ok_json(&json!({
-            "user_id": login.user_id, "access_token": login.access_token, "device_id": login.device_id,
-            "home_server": cx.engine.server_name,
-        })))
+        Ok(ok_json(&LoginResponse::new(&cx, &login)))
     })
 }
 
@@ -200,7 +268,7 @@ pub fn logout(cx: Ctx, req: Req) -> HandlerFuture {
         let me = require_user(&cx, &req)?;
         cx.engine.users.logout(me.user_id.as_str(), &me.device_id).await?;
         myelin_engine::federation::e2ee::device_removed(&cx.engine, &me.user_id, &me.device_id).await?;
-        Ok(ok_json(&json!({})))
+        Ok(ok_empty())
     })
 }
 
@@ -213,15 +281,23 @@ pub fn logout_all(cx: Ctx, req: Req) -> HandlerFuture {
         for (device, _) in devices {
             myelin_engine::federation::e2ee::device_removed(&cx.engine, &me.user_id, &device).await?;
         }
-        Ok(ok_json(&json!({})))
+        Ok(ok_empty())
     })
+}
+
+/// The answer to `GET /account/whoami`.
+#[derive(Serialize)]
+struct Whoami<'a> {
+    user_id: &'a UserId,
+    device_id: &'a str,
+    is_guest: bool,
 }
 
 /// GET /_matrix/client/v3/account/whoami
 pub fn whoami(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
-        Ok(ok_json(&json!({ "user_id": me.user_id, "device_id": me.device_id, "is_guest": false })))
+        Ok(ok_json(&Whoami { user_id: &me.user_id, device_id: &me.device_id, is_guest: false }))
     })
 }
 
@@ -248,6 +324,7 @@ pub(crate) async fn password_uia(
     }
 }
 
+/// `POST /account/password`.
 #[derive(Deserialize)]
 struct PasswordBody {
     new_password: String,
@@ -274,39 +351,73 @@ pub fn change_password(cx: Ctx, req: Req) -> HandlerFuture {
         for device in &removed {
             myelin_engine::federation::e2ee::device_removed(&cx.engine, &me.user_id, device).await?;
         }
-        Ok(ok_json(&json!({})))
+        Ok(ok_empty())
     })
 }
 
-#[derive(Deserialize, Default)]
+/// `DELETE /devices/{deviceId}`: only the user-interactive auth.
+#[derive(Deserialize)]
 struct AuthOnly {
     auth: Option<AuthData>,
+}
+
+/// `POST /account/deactivate`.
+#[derive(Deserialize)]
+struct DeactivateBody {
+    auth: Option<AuthData>,
+    /// Nothing is erased beyond what deactivation removes; read so that its type is checked.
+    #[serde(default, rename = "erase")]
+    _erase: Option<bool>,
+    /// No identity server is used; read so that its type is checked.
+    #[serde(default, rename = "id_server")]
+    _id_server: Option<String>,
+}
+
+/// The answer to `POST /account/deactivate`.
+#[derive(Serialize)]
+struct Deactivated {
+    id_server_unbind_result: &'static str,
 }
 
 /// POST /_matrix/client/v3/account/deactivate
 pub fn deactivate(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
-        let body: AuthOnly = if req.body.is_empty() { AuthOnly::default() } else { parse_json(&req.body)? };
+        let body: DeactivateBody = parse_json_or_empty(&req.body)?;
         if let Some(challenge) = password_uia(&cx, &me.user_id, body.auth).await? {
             return Ok(challenge);
         }
         crate::admin::deactivate_user(&cx.engine, &me.user_id).await.map_err(ApiError::unknown)?;
-        Ok(ok_json(&json!({ "id_server_unbind_result": "no-support" })))
+        Ok(ok_json(&Deactivated { id_server_unbind_result: "no-support" }))
     })
 }
 
-fn device_json(id: &str, d: &myelin_engine::users::Device) -> JsonValue {
-    json!({ "device_id": id, "display_name": d.display_name, "last_seen_ts": d.last_seen_ts })
+/// A device as `/devices` shows it.
+#[derive(Serialize)]
+struct DeviceInfo<'a> {
+    device_id: &'a str,
+    display_name: Option<&'a str>,
+    last_seen_ts: u64,
+}
+
+impl<'a> DeviceInfo<'a> {
+    fn new(id: &'a str, d: &'a myelin_engine::users::Device) -> Self {
+        Self { device_id: id, display_name: d.display_name.as_deref(), last_seen_ts: d.last_seen_ts }
+    }
+}
+
+/// The answer to `GET /devices`.
+#[derive(Serialize)]
+struct DeviceList<'a> {
+    devices: Vec<DeviceInfo<'a>>,
 }
 
 /// GET /_matrix/client/v3/devices
 pub fn devices(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
-        let list: Vec<JsonValue> =
-            cx.engine.users.devices(me.user_id.as_str())?.iter().map(|(id, d)| device_json(id, d)).collect();
-        Ok(ok_json(&json!({ "devices": list })))
+        let devices = cx.engine.users.devices(me.user_id.as_str())?;
+        Ok(ok_json(&DeviceList { devices: devices.iter().map(|(id, d)| DeviceInfo::new(id, d)).collect() }))
     })
 }
 
@@ -317,10 +428,11 @@ pub fn device(cx: Ctx, req: Req) -> HandlerFuture {
         let want = req.param("device_id")?;
         let devices = cx.engine.users.devices(me.user_id.as_str())?;
         let (id, d) = devices.iter().find(|(id, _)| id == want).ok_or_else(|| ApiError::not_found("no such device"))?;
-        Ok(ok_json(&device_json(id, d)))
+        Ok(ok_json(&DeviceInfo::new(id, d)))
     })
 }
 
+/// `PUT /devices/{deviceId}`.
 #[derive(Deserialize)]
 struct RenameBody {
     display_name: Option<String>,
@@ -332,7 +444,7 @@ pub fn rename_device(cx: Ctx, req: Req) -> HandlerFuture {
         let me = require_user(&cx, &req)?;
         let body: RenameBody = parse_json(&req.body)?;
         cx.engine.users.rename_device(me.user_id.as_str(), req.param("device_id")?, body.display_name).await?;
-        Ok(ok_json(&json!({})))
+        Ok(ok_empty())
     })
 }
 
@@ -340,7 +452,7 @@ pub fn rename_device(cx: Ctx, req: Req) -> HandlerFuture {
 pub fn delete_device(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
-        let body: AuthOnly = if req.body.is_empty() { AuthOnly::default() } else { parse_json(&req.body)? };
+        let body: AuthOnly = parse_json_or_empty(&req.body)?;
         if let Some(challenge) = password_uia(&cx, &me.user_id, body.auth).await? {
             return Ok(challenge);
         }
@@ -350,7 +462,7 @@ pub fn delete_device(cx: Ctx, req: Req) -> HandlerFuture {
         }
         cx.engine.users.logout(me.user_id.as_str(), device).await?;
         myelin_engine::federation::e2ee::device_removed(&cx.engine, &me.user_id, device).await?;
-        Ok(ok_json(&json!({})))
+        Ok(ok_empty())
     })
 }
 
@@ -372,6 +484,7 @@ pub fn capabilities(cx: Ctx, req: Req) -> HandlerFuture {
     })
 }
 
+/// `POST /delete_devices`.
 #[derive(Deserialize)]
 struct DeleteDevicesBody {
     devices: Vec<String>,
@@ -390,6 +503,6 @@ pub fn delete_devices(cx: Ctx, req: Req) -> HandlerFuture {
             cx.engine.users.logout(me.user_id.as_str(), device).await?;
             myelin_engine::federation::e2ee::device_removed(&cx.engine, &me.user_id, device).await?;
         }
-        Ok(ok_json(&json!({})))
+        Ok(ok_empty())
     })
 }

@@ -3,15 +3,22 @@
 
 use http::StatusCode;
 use ruma::{OwnedRoomAliasId, OwnedRoomId, RoomAliasId, RoomId};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     auth::require_user,
     error::ApiError,
-    http_util::{ok_json, parse_json},
+    http_util::{from_json_value, ok_empty, ok_json, parse_json},
     router::{Ctx, HandlerFuture, Req},
 };
+
+/// Another server's answer to `query/directory` (Server-Server API §"Query Types").
+#[derive(Deserialize)]
+struct RemoteAlias {
+    room_id: OwnedRoomId,
+    #[serde(default)]
+    servers: Vec<String>,
+}
 
 /// The alias path parameter, which must belong to this server.
 pub(super) fn local_alias(cx: &Ctx, raw: &str) -> Result<OwnedRoomAliasId, ApiError> {
@@ -48,28 +55,34 @@ pub(super) async fn resolve_alias(cx: &Ctx, raw: &str) -> Result<(OwnedRoomId, V
     if !resp.status.is_success() {
         return Err(ApiError::not_found(format!("{server} does not know {alias}")));
     }
-    let room = resp.json["room_id"]
-        .as_str()
-        .and_then(|r| RoomId::parse(r).ok())
-        .ok_or_else(|| ApiError::not_found(format!("{server} answered for {alias} without a valid room_id")))?;
-    let mut servers: Vec<String> = resp.json["servers"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).take(20).collect())
-        .unwrap_or_default();
+    let answer: RemoteAlias = from_json_value(resp.json).map_err(|e| {
+        ApiError::not_found(format!("{server} answered for {alias} without a valid room_id and servers: {e}"))
+    })?;
+    let room = answer.room_id;
+    let mut servers = answer.servers;
+    servers.truncate(20);
     if !servers.iter().any(|s| s == server) {
         servers.push(server.to_owned());
     }
     Ok((room, servers))
 }
 
+/// The answer to `GET /directory/room/{roomAlias}`.
+#[derive(Serialize)]
+struct Resolved<'a> {
+    room_id: &'a RoomId,
+    servers: &'a [String],
+}
+
 /// GET /directory/room/{roomAlias}
 pub fn resolve(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let (room, servers) = resolve_alias(&cx, req.param("alias")?).await?;
-        Ok(ok_json(&json!({ "room_id": room, "servers": servers })))
+        Ok(ok_json(&Resolved { room_id: &room, servers: &servers }))
     })
 }
 
+/// `PUT /directory/room/{roomAlias}`.
 #[derive(Deserialize)]
 struct CreateBody {
     room_id: String,
@@ -88,7 +101,7 @@ pub fn create(cx: Ctx, req: Req) -> HandlerFuture {
         if !cx.engine.directory.create(alias.as_str(), room.as_str(), me.user_id.as_str()).await? {
             return Err(ApiError::new(StatusCode::CONFLICT, "M_UNKNOWN", format!("{alias} already exists")));
         }
-        Ok(ok_json(&json!({})))
+        Ok(ok_empty())
     })
 }
 
@@ -112,8 +125,14 @@ pub fn delete(cx: Ctx, req: Req) -> HandlerFuture {
             return Err(ApiError::forbidden("only the alias's creator or a room moderator can delete it"));
         }
         cx.engine.directory.remove(alias.as_str()).await?;
-        Ok(ok_json(&json!({})))
+        Ok(ok_empty())
     })
+}
+
+/// The answer to `GET /rooms/{roomId}/aliases`.
+#[derive(Serialize)]
+struct Aliases {
+    aliases: Vec<String>,
 }
 
 /// GET /rooms/{roomId}/aliases
@@ -124,6 +143,6 @@ pub fn room_aliases(cx: Ctx, req: Req) -> HandlerFuture {
         if cx.engine.rooms.membership(me.user_id.as_str(), &room)?.map(|m| m.membership).as_deref() != Some("join") {
             return Err(ApiError::forbidden(format!("you are not joined to {room}")));
         }
-        Ok(ok_json(&json!({ "aliases": cx.engine.directory.aliases_of(room.as_str())? })))
+        Ok(ok_json(&Aliases { aliases: cx.engine.directory.aliases_of(room.as_str())? }))
     })
 }

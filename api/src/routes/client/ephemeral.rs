@@ -9,14 +9,63 @@
 use std::time::Duration;
 
 use ruma::{EventId, RoomId, UserId};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value as JsonValue, json};
 
 use crate::{
     auth::{Authed, require_self, require_user},
     error::ApiError,
-    http_util::{ok_json, parse_json},
+    http_util::{ok_empty, ok_json, parse_json, parse_json_or_empty},
     router::{Ctx, HandlerFuture, Req},
 };
+
+/// `PUT /rooms/{roomId}/typing/{userId}`.
+#[derive(Deserialize)]
+struct TypingBody {
+    typing: bool,
+    /// Milliseconds; 30 s when left out.
+    timeout: Option<u64>,
+}
+
+/// `POST /rooms/{roomId}/receipt/{receiptType}/{eventId}`.
+#[derive(Deserialize)]
+struct ReceiptBody {
+    thread_id: Option<String>,
+}
+
+/// `POST /rooms/{roomId}/read_markers`.
+#[derive(Deserialize)]
+struct ReadMarkersBody {
+    #[serde(rename = "m.fully_read")]
+    fully_read: Option<String>,
+    #[serde(rename = "m.read")]
+    read: Option<String>,
+    #[serde(rename = "m.read.private")]
+    read_private: Option<String>,
+}
+
+/// `PUT /presence/{userId}/status`.
+#[derive(Deserialize)]
+struct PresenceBody {
+    /// `online`, `offline` or `unavailable` (checked after parsing: `M_INVALID_PARAM`).
+    presence: String,
+    status_msg: Option<String>,
+}
+
+/// The answer to `GET /presence/{userId}/status` for a user whose presence is known.
+#[derive(Serialize)]
+struct PresenceKnown<'a> {
+    presence: &'a str,
+    status_msg: Option<&'a str>,
+    last_active_ago: u64,
+    currently_active: bool,
+}
+
+/// The answer to `GET /presence/{userId}/status` for a user never seen.
+#[derive(Serialize)]
+struct PresenceUnknown {
+    presence: &'static str,
+}
 
 fn joined_room(cx: &Ctx, me: &Authed, req: &Req) -> Result<ruma::OwnedRoomId, ApiError> {
     let room = RoomId::parse(req.param("room_id")?).map_err(|e| ApiError::invalid_param(e.to_string()))?;
@@ -41,14 +90,14 @@ pub fn typing(cx: Ctx, req: Req) -> HandlerFuture {
         let me = require_user(&cx, &req)?;
         require_self(&me, &req, "user_id")?;
         let room = joined_room(&cx, &me, &req)?;
-        let body: JsonValue = parse_json(&req.body)?;
-        let typing = body["typing"].as_bool().ok_or_else(|| ApiError::bad_json("`typing` must be a boolean"))?;
-        let timeout = Duration::from_millis(body["timeout"].as_u64().unwrap_or(30_000));
+        let body: TypingBody = parse_json(&req.body)?;
+        let typing = body.typing;
+        let timeout = Duration::from_millis(body.timeout.unwrap_or(30_000));
         cx.engine.ephemeral.set_typing(&room, &me.user_id, typing, timeout);
         let edu =
             json!({ "edu_type": "m.typing", "content": { "room_id": room, "user_id": me.user_id, "typing": typing } });
         remote_servers(&cx, &room, edu);
-        Ok(ok_json(&json!({})))
+        Ok(ok_empty())
     })
 }
 
@@ -96,10 +145,10 @@ pub fn receipt(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
         let room = joined_room(&cx, &me, &req)?;
-        let body: JsonValue = if req.body.is_empty() { json!({}) } else { parse_json(&req.body)? };
-        let thread = body["thread_id"].as_str();
+        let body: ReceiptBody = parse_json_or_empty(&req.body)?;
+        let thread = body.thread_id.as_deref();
         mark(&cx, &me, &room, req.param("receipt_type")?, req.param("event_id")?, thread).await?;
-        Ok(ok_json(&json!({})))
+        Ok(ok_empty())
     })
 }
 
@@ -108,13 +157,15 @@ pub fn read_markers(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
         let room = joined_room(&cx, &me, &req)?;
-        let body: JsonValue = parse_json(&req.body)?;
-        for kind in ["m.fully_read", "m.read", "m.read.private"] {
-            if let Some(event) = body[kind].as_str() {
-                mark(&cx, &me, &room, kind, event, None).await?;
+        let body: ReadMarkersBody = parse_json(&req.body)?;
+        for (kind, event) in
+            [("m.fully_read", body.fully_read), ("m.read", body.read), ("m.read.private", body.read_private)]
+        {
+            if let Some(event) = event {
+                mark(&cx, &me, &room, kind, &event, None).await?;
             }
         }
-        Ok(ok_json(&json!({})))
+        Ok(ok_empty())
     })
 }
 
@@ -130,15 +181,15 @@ pub fn get_presence(cx: Ctx, req: Req) -> HandlerFuture {
         if user.server_name() == cx.engine.server_name && !cx.engine.users.exists(&user)? {
             return Err(ApiError::not_found("no such user"));
         }
-        Ok(ok_json(&match cx.engine.ephemeral.presence(&user) {
-            Some(p) => json!({
-                "presence": p.state,
-                "status_msg": p.status_msg,
-                "last_active_ago": p.since.elapsed().as_millis() as u64,
-                "currently_active": p.state == "online",
+        Ok(match cx.engine.ephemeral.presence(&user) {
+            Some(p) => ok_json(&PresenceKnown {
+                presence: &p.state,
+                status_msg: p.status_msg.as_deref(),
+                last_active_ago: p.since.elapsed().as_millis() as u64,
+                currently_active: p.state == "online",
             }),
-            None => json!({ "presence": "offline" }),
-        }))
+            None => ok_json(&PresenceUnknown { presence: "offline" }),
+        })
     })
 }
 
@@ -150,12 +201,12 @@ pub fn put_presence(cx: Ctx, req: Req) -> HandlerFuture {
         if !cx.engine.config.presence.enabled {
             return Err(ApiError::forbidden("presence is disabled on this server"));
         }
-        let body: JsonValue = parse_json(&req.body)?;
-        let state = body["presence"].as_str().ok_or_else(|| ApiError::bad_json("`presence` is required"))?;
+        let body: PresenceBody = parse_json(&req.body)?;
+        let state = body.presence.as_str();
         if !matches!(state, "online" | "offline" | "unavailable") {
             return Err(ApiError::invalid_param("presence must be online, offline or unavailable"));
         }
-        let status_msg = body["status_msg"].as_str().map(str::to_owned);
+        let status_msg = body.status_msg;
         cx.engine.ephemeral.set_presence(&me.user_id, state, status_msg.clone());
         // Servers sharing a room with the user learn it through an `m.presence` EDU.
         let mut item = json!({ "user_id": me.user_id, "presence": state, "last_active_ago": 0, "currently_active": state == "online" });
@@ -166,6 +217,6 @@ pub fn put_presence(cx: Ctx, req: Req) -> HandlerFuture {
         for server in myelin_engine::federation::e2ee::servers_sharing_rooms(&cx.engine, &me.user_id)? {
             cx.engine.federation.queue_edu(&server, edu.clone());
         }
-        Ok(ok_json(&json!({})))
+        Ok(ok_empty())
     })
 }

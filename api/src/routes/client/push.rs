@@ -11,14 +11,53 @@
 use ruma::push::{
     Action, NewConditionalPushRule, NewPatternedPushRule, NewPushRule, NewSimplePushRule, PushCondition, RuleKind,
 };
+use serde::{Deserialize, Serialize};
 use serde_json::{Value as JsonValue, json};
 
 use crate::{
     auth::{query_param, require_user},
     error::ApiError,
-    http_util::{ok_json, parse_json},
+    http_util::{ok_empty, ok_json, parse_json},
     router::{Ctx, HandlerFuture, Req},
 };
+
+/// `PUT /pushrules/global/{kind}/{ruleId}`.
+#[derive(Deserialize)]
+struct RuleBody {
+    actions: Vec<Action>,
+    /// `override` and `underride` rules only.
+    conditions: Option<Vec<PushCondition>>,
+    /// `content` rules only.
+    pattern: Option<String>,
+}
+
+/// `PUT /pushrules/global/{kind}/{ruleId}/enabled`.
+#[derive(Deserialize)]
+struct EnabledBody {
+    enabled: bool,
+}
+
+/// `PUT /pushrules/global/{kind}/{ruleId}/actions`.
+#[derive(Deserialize)]
+struct ActionsBody {
+    actions: Vec<Action>,
+}
+
+/// One entry of `GET /notifications`.
+#[derive(Serialize)]
+struct Notification {
+    actions: Vec<JsonValue>,
+    event: JsonValue,
+    read: bool,
+    room_id: ruma::OwnedRoomId,
+    ts: u64,
+}
+
+/// The answer to `GET /notifications`.
+#[derive(Serialize)]
+struct Notifications {
+    notifications: Vec<Notification>,
+}
 
 fn kind_of(req: &Req) -> Result<RuleKind, ApiError> {
     if req.param("scope")? != "global" {
@@ -36,6 +75,12 @@ fn rule_json(rules: &ruma::push::Ruleset, kind: &RuleKind, id: &str) -> Option<J
     all[kind.as_str()].as_array()?.iter().find(|r| r["rule_id"] == id).cloned()
 }
 
+/// The answer to `GET /pushrules/`: the rule sets by scope.
+#[derive(Serialize)]
+struct AllRules {
+    global: JsonValue,
+}
+
 /// GET /pushrules/ and /pushrules/global/
 pub fn get_all(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
@@ -45,7 +90,7 @@ pub fn get_all(cx: Ctx, req: Req) -> HandlerFuture {
         if req.parts.uri.path().contains("/pushrules/global") {
             return Ok(ok_json(&rules));
         }
-        Ok(ok_json(&json!({ "global": rules })))
+        Ok(ok_json(&AllRules { global: rules }))
     })
 }
 
@@ -67,21 +112,17 @@ pub fn put_rule(cx: Ctx, req: Req) -> HandlerFuture {
         let me = require_user(&cx, &req)?;
         let kind = kind_of(&req)?;
         let id = req.param("rule_id")?.to_owned();
-        let body: JsonValue = parse_json(&req.body)?;
-        let actions: Vec<Action> =
-            serde_json::from_value(body["actions"].clone()).map_err(|e| ApiError::bad_json(format!("actions: {e}")))?;
+        let body: RuleBody = parse_json(&req.body)?;
+        let actions = body.actions;
         let rule = match kind.as_str() {
             "override" | "underride" => {
-                let conditions: Vec<PushCondition> =
-                    serde_json::from_value(body.get("conditions").cloned().unwrap_or(json!([])))
-                        .map_err(|e| ApiError::bad_json(format!("conditions: {e}")))?;
+                let conditions = body.conditions.unwrap_or_default();
                 let rule = NewConditionalPushRule::new(id.clone(), conditions, actions);
                 if kind.as_str() == "override" { NewPushRule::Override(rule) } else { NewPushRule::Underride(rule) }
             }
             "content" => {
-                let pattern =
-                    body["pattern"].as_str().ok_or_else(|| ApiError::bad_json("content rules need a pattern"))?;
-                NewPushRule::Content(NewPatternedPushRule::new(id.clone(), pattern.to_owned(), actions))
+                let pattern = body.pattern.ok_or_else(|| ApiError::bad_json("content rules need a pattern"))?;
+                NewPushRule::Content(NewPatternedPushRule::new(id.clone(), pattern, actions))
             }
             "room" => {
                 let room = ruma::RoomId::parse(id.as_str()).map_err(|e| ApiError::invalid_param(e.to_string()))?;
@@ -96,7 +137,7 @@ pub fn put_rule(cx: Ctx, req: Req) -> HandlerFuture {
         let (before, after) = (query_param(&req, "before"), query_param(&req, "after"));
         rules.insert(rule, after.as_deref(), before.as_deref()).map_err(|e| ApiError::invalid_param(e.to_string()))?;
         cx.engine.set_push_rules(&me.user_id, &rules).await?;
-        Ok(ok_json(&json!({})))
+        Ok(ok_empty())
     })
 }
 
@@ -108,7 +149,7 @@ pub fn delete_rule(cx: Ctx, req: Req) -> HandlerFuture {
         let mut rules = cx.engine.push_rules(&me.user_id)?;
         rules.remove(kind, req.param("rule_id")?).map_err(|e| ApiError::not_found(e.to_string()))?;
         cx.engine.set_push_rules(&me.user_id, &rules).await?;
-        Ok(ok_json(&json!({})))
+        Ok(ok_empty())
     })
 }
 
@@ -131,18 +172,16 @@ pub fn put_attribute(cx: Ctx, req: Req) -> HandlerFuture {
         let me = require_user(&cx, &req)?;
         let kind = kind_of(&req)?;
         let id = req.param("rule_id")?.to_owned();
-        let body: JsonValue = parse_json(&req.body)?;
         let mut rules = cx.engine.push_rules(&me.user_id)?;
         if req.parts.uri.path().ends_with("/enabled") {
-            let enabled = body["enabled"].as_bool().ok_or_else(|| ApiError::bad_json("`enabled` must be a boolean"))?;
-            rules.set_enabled(kind, &id, enabled).map_err(|e| ApiError::not_found(e.to_string()))?;
+            let body: EnabledBody = parse_json(&req.body)?;
+            rules.set_enabled(kind, &id, body.enabled).map_err(|e| ApiError::not_found(e.to_string()))?;
         } else {
-            let actions: Vec<Action> = serde_json::from_value(body["actions"].clone())
-                .map_err(|e| ApiError::bad_json(format!("actions: {e}")))?;
-            rules.set_actions(kind, &id, actions).map_err(|e| ApiError::not_found(e.to_string()))?;
+            let body: ActionsBody = parse_json(&req.body)?;
+            rules.set_actions(kind, &id, body.actions).map_err(|e| ApiError::not_found(e.to_string()))?;
         }
         cx.engine.set_push_rules(&me.user_id, &rules).await?;
-        Ok(ok_json(&json!({})))
+        Ok(ok_empty())
     })
 }
 
@@ -188,20 +227,17 @@ pub fn notifications(cx: Ctx, req: Req) -> HandlerFuture {
                 if verdict.highlight {
                     actions.push(json!({ "set_tweak": "highlight" }));
                 }
-                found.push((
-                    u64::from(pdu.origin_server_ts.0),
-                    json!({
-                        "actions": actions,
-                        "event": cx.engine.rooms.format(&pdu, true, now, &me.user_id)?,
-                        "read": count <= read,
-                        "room_id": room,
-                        "ts": u64::from(pdu.origin_server_ts.0),
-                    }),
-                ));
+                found.push(Notification {
+                    actions,
+                    event: cx.engine.rooms.format(&pdu, true, now, &me.user_id)?,
+                    read: count <= read,
+                    room_id: room.clone(),
+                    ts: u64::from(pdu.origin_server_ts.0),
+                });
             }
         }
-        found.sort_by_key(|(ts, _)| std::cmp::Reverse(*ts));
-        let list: Vec<JsonValue> = found.into_iter().take(limit).map(|(_, n)| n).collect();
-        Ok(ok_json(&json!({ "notifications": list })))
+        found.sort_by_key(|n| std::cmp::Reverse(n.ts));
+        found.truncate(limit);
+        Ok(ok_json(&Notifications { notifications: found }))
     })
 }

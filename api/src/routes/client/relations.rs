@@ -11,14 +11,37 @@
 use http::StatusCode;
 use myelin_engine::rooms::{ArcPdu, NewEvent, relations::Relation};
 use ruma::{EventId, RoomId, events::TimelineEventType};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value as JsonValue, json};
 
 use crate::{
     auth::{Authed, query_param, require_user},
     error::ApiError,
-    http_util::{ok_json, parse_json},
+    http_util::{ok_json, parse_json_or_empty},
     router::{Ctx, HandlerFuture, Req},
 };
+
+/// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}`; the body may be left out.
+#[derive(Deserialize)]
+struct RedactBody {
+    reason: Option<String>,
+}
+
+/// The answer to a redaction: the event that redacts.
+#[derive(Serialize)]
+struct Sent<T: Serialize> {
+    event_id: T,
+}
+
+/// A page of `/relations` or `/threads`.
+#[derive(Serialize)]
+struct Chunk {
+    chunk: Vec<JsonValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_batch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recursion_depth: Option<u32>,
+}
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -62,7 +85,7 @@ pub fn redact(cx: Ctx, req: Req) -> HandlerFuture {
         let (room, target) = room_and_event(&req)?;
         let txn = format!("redact/{}", req.param("txn_id")?);
         if let Some(event_id) = cx.engine.users.txn_event(me.user_id.as_str(), &me.device_id, &txn)? {
-            return Ok(ok_json(&json!({ "event_id": event_id })));
+            return Ok(ok_json(&Sent { event_id }));
         }
         joined(&cx, &me, &room)?;
         let (pdu, _, _) = event_in_room(&cx, &me, &room, &target)?;
@@ -75,15 +98,15 @@ pub fn redact(cx: Ctx, req: Req) -> HandlerFuture {
                 )));
             }
         }
-        let body: JsonValue = if req.body.is_empty() { json!({}) } else { parse_json(&req.body)? };
+        let body: RedactBody = parse_json_or_empty(&req.body)?;
         let mut content = json!({});
-        if let Some(reason) = body.get("reason").and_then(JsonValue::as_str) {
+        if let Some(reason) = body.reason {
             content["reason"] = json!(reason);
         }
         let event =
             NewEvent { kind: TimelineEventType::RoomRedaction, state_key: None, content, redacts: Some(target) };
         let sent = cx.engine.rooms.send_for_txn(&me.user_id, &room, event, Some((&me.device_id, &txn))).await?;
-        Ok(ok_json(&json!({ "event_id": sent.event_id })))
+        Ok(ok_json(&Sent { event_id: &sent.event_id }))
     })
 }
 
@@ -192,16 +215,8 @@ pub fn relations(cx: Ctx, req: Req) -> HandlerFuture {
             chunk.push(serve(&cx, &me, &pdu, now));
             last = Some(count);
         }
-        let mut body = json!({ "chunk": chunk });
-        if recurse {
-            body["recursion_depth"] = json!(depth);
-        }
-        if let Some(last) = last
-            && body["chunk"].as_array().is_some_and(|c| c.len() == limit)
-        {
-            body["next_batch"] = json!(format!("r{last}"));
-        }
-        Ok(ok_json(&body))
+        let next_batch = last.filter(|_| chunk.len() == limit).map(|last| format!("r{last}"));
+        Ok(ok_json(&Chunk { chunk, next_batch, recursion_depth: recurse.then_some(depth) }))
     })
 }
 
@@ -237,10 +252,7 @@ pub fn threads(cx: Ctx, req: Req) -> HandlerFuture {
                 break;
             }
         }
-        let mut body = json!({ "chunk": chunk });
-        if body["chunk"].as_array().is_some_and(|c| c.len() == limit) {
-            body["next_batch"] = json!((from + limit).to_string());
-        }
-        Ok(ok_json(&body))
+        let next_batch = (chunk.len() == limit).then(|| (from + limit).to_string());
+        Ok(ok_json(&Chunk { chunk, next_batch, recursion_depth: None }))
     })
 }

@@ -8,7 +8,7 @@ pub fn create_room(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
         cx.limiter.check(&me.user_id)?;
-        let body: CreateRoomBody = if req.body.is_empty() { CreateRoomBody::default() } else { parse_json(&req.body)? };
+        let body: CreateRoomBody = crate::http_util::parse_json_or_empty(&req.body)?;
         let preset = match body.preset.as_deref() {
             None => None,
             Some("private_chat") => Some(Preset::PrivateChat),

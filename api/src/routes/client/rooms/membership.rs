@@ -55,6 +55,8 @@ pub fn join(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
         cx.limiter.check(&me.user_id)?;
+        // The body is optional; when present it must be an object with a string `reason`.
+        let body: ReasonBody = crate::http_util::parse_json_or_empty(&req.body)?;
         let (room, alias_servers) = room_or_alias(&cx, req.param("room_id")?).await?;
         if cx.engine.rooms.is_shutdown(&room)? {
             return Err(ApiError::forbidden(format!("{room} has been shut down on this server")));
@@ -66,7 +68,7 @@ pub fn join(cx: Ctx, req: Req) -> HandlerFuture {
             return Ok(ok_json(&json!({ "room_id": room })));
         }
 
-        set_membership(&cx, &me, &room, &me.user_id.clone(), "join", None).await?;
+        set_membership(&cx, &me, &room, &me.user_id.clone(), "join", body.reason).await?;
         Ok(ok_json(&json!({ "room_id": room })))
     })
 }
@@ -122,7 +124,7 @@ pub fn knock(cx: Ctx, req: Req) -> HandlerFuture {
         let me = require_user(&cx, &req)?;
         cx.limiter.check(&me.user_id)?;
         let (room, alias_servers) = room_or_alias(&cx, req.param("room_id")?).await?;
-        let body: ReasonBody = if req.body.is_empty() { ReasonBody::default() } else { parse_json(&req.body)? };
+        let body: ReasonBody = crate::http_util::parse_json_or_empty(&req.body)?;
         if cx.engine.rooms.is_local_room(&room) {
             set_membership(&cx, &me, &room, &me.user_id.clone(), "knock", body.reason).await?;
         } else {
@@ -190,7 +192,7 @@ pub fn leave(cx: Ctx, req: Req) -> HandlerFuture {
         let me = require_user(&cx, &req)?;
         cx.limiter.check(&me.user_id)?;
         let room = room_param(&req)?;
-        let body: ReasonBody = if req.body.is_empty() { ReasonBody::default() } else { parse_json(&req.body)? };
+        let body: ReasonBody = crate::http_util::parse_json_or_empty(&req.body)?;
         if membership_of(&cx, &me.user_id, &room)?.is_none() {
             return Err(ApiError::not_found(format!("you have no membership in {room}")));
         }

@@ -28,14 +28,11 @@ pub fn messages(cx: Ctx, req: Req) -> HandlerFuture {
         let limit = query_param(&req, "limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(10).clamp(1, 1000);
         let from = query_param(&req, "from").map(|t| parse_position(&t)).transpose()?;
         let to = query_param(&req, "to").map(|t| parse_position(&t)).transpose()?;
-        let filter: JsonValue = match query_param(&req, "filter") {
-            Some(f) => serde_json::from_str(&f).map_err(|e| ApiError::not_json(format!("filter: {e}")))?,
-            None => JsonValue::Null,
+        let filter: super::super::sync::RoomEventFilter = match query_param(&req, "filter") {
+            Some(f) => crate::http_util::parse_json_param("filter", &f)?,
+            None => Default::default(),
         };
-        let type_list = |key: &str| -> Option<Vec<String>> {
-            filter[key].as_array().map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect())
-        };
-        let (types, not_types) = (type_list("types"), type_list("not_types").unwrap_or_default());
+        let (types, not_types) = (filter.types, filter.not_types.unwrap_or_default());
         let matches = |pattern: &str, kind: &str| match pattern.strip_suffix('*') {
             Some(prefix) => kind.starts_with(prefix),
             None => pattern == kind,
