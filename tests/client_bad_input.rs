@@ -471,3 +471,44 @@ async fn room_bodies_and_the_messages_filter_are_typed() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_bodies_are_typed_and_unsigned_must_be_an_object() {
+    let s = TestServer::open("localhost").await;
+    let alice = s.register("alice").await;
+    let v3 = "/_matrix/client/v3";
+    let (me, device) = (alice.user_id.clone(), alice.device_id.clone());
+    let keys = |unsigned: Value| json!({ "device_keys": { "user_id": me, "device_id": device, "algorithms": [], "keys": {}, "unsigned": unsigned } });
+    let endpoints = vec![
+        ep(
+            &alice,
+            Method::POST,
+            format!("{v3}/keys/upload"),
+            keys(json!({})),
+            vec![keys(json!(1)), keys(json!("x")), json!({ "one_time_keys": [1] })],
+        ),
+        ep(
+            &alice,
+            Method::POST,
+            format!("{v3}/keys/query"),
+            json!({ "device_keys": { &me: [] } }),
+            vec![
+                json!({ "device_keys": { &me: "DEV" } }),
+                json!({ "device_keys": [] }),
+                json!({ "device_keys": {}, "timeout": "soon" }),
+            ],
+        ),
+        ep(
+            &alice,
+            Method::POST,
+            format!("{v3}/keys/claim"),
+            json!({ "one_time_keys": {} }),
+            vec![json!({ "one_time_keys": { &me: { "DEV": 1 } } })],
+        ),
+    ];
+    let failures = run(&s, endpoints).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // The keys that were taken are served, display name and all, to a query.
+    let answer = alice.post(&format!("{v3}/keys/query"), json!({ "device_keys": { &me: [] } })).await;
+    assert!(answer["device_keys"][&me][&alice.device_id].is_object(), "{answer}");
+}

@@ -17,13 +17,17 @@
 //! (10 s by default). A server that does not answer is listed in `failures`
 //! and its users are answered from the last keys we fetched, if any.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use myelin_engine::{
     e2ee::{USAGES, Upload},
     federation::keys_query,
 };
 use ruma::UserId;
+use serde::Deserialize;
 use serde_json::{Map, Value as JsonValue, json};
 
 use crate::{
@@ -36,27 +40,64 @@ use crate::{
 /// How long a key query waits for other servers unless the client says otherwise.
 const DEFAULT_REMOTE_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn object(v: &JsonValue, name: &str) -> Result<Map<String, JsonValue>, ApiError> {
-    match v.get(name) {
-        None | Some(JsonValue::Null) => Ok(Map::new()),
-        Some(JsonValue::Object(m)) => Ok(m.clone()),
-        Some(_) => Err(ApiError::bad_json(format!("`{name}` must be an object"))),
-    }
+fn remote_timeout(timeout: Option<u64>) -> Duration {
+    timeout.map_or(DEFAULT_REMOTE_TIMEOUT, |ms| Duration::from_millis(ms.min(30_000)))
 }
 
-fn remote_timeout(body: &JsonValue) -> Duration {
-    body["timeout"].as_u64().map_or(DEFAULT_REMOTE_TIMEOUT, |ms| Duration::from_millis(ms.min(30_000)))
+/// The body of `POST /keys/upload`.
+#[derive(Deserialize)]
+struct UploadBody {
+    device_keys: Option<Map<String, JsonValue>>,
+    one_time_keys: Option<Map<String, JsonValue>>,
+    fallback_keys: Option<Map<String, JsonValue>>,
+}
+
+/// The body of `POST /keys/query`: the devices wanted per user (none listed: all).
+#[derive(Deserialize)]
+struct QueryBody {
+    #[serde(default)]
+    device_keys: BTreeMap<String, Vec<String>>,
+    timeout: Option<u64>,
+}
+
+/// The body of `POST /keys/claim`: the algorithm wanted per user and device.
+#[derive(Deserialize)]
+struct ClaimBody {
+    #[serde(default)]
+    one_time_keys: BTreeMap<String, BTreeMap<String, String>>,
+    timeout: Option<u64>,
+}
+
+/// The body of `POST /keys/device_signing/upload`.
+#[derive(Deserialize)]
+struct CrossSigningBody {
+    master_key: Option<Map<String, JsonValue>>,
+    self_signing_key: Option<Map<String, JsonValue>>,
+    user_signing_key: Option<Map<String, JsonValue>>,
+    auth: Option<JsonValue>,
+}
+
+/// A `{user: x}` map as the engine's key functions take it.
+fn as_map<T: serde::Serialize>(users: BTreeMap<String, T>) -> Map<String, JsonValue> {
+    users.into_iter().map(|(user, v)| (user, serde_json::to_value(v).unwrap_or(JsonValue::Null))).collect()
 }
 
 /// POST /_matrix/client/v3/keys/upload
 pub fn upload(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
-        let body: JsonValue = parse_json(&req.body)?;
+        let body: UploadBody = parse_json(&req.body)?;
+        // `unsigned` is served back with the display name added: it must be an object.
+        if let Some(unsigned) = body.device_keys.as_ref().and_then(|k| k.get("unsigned"))
+            && !unsigned.is_object()
+            && !unsigned.is_null()
+        {
+            return Err(ApiError::bad_json("device_keys.unsigned must be an object"));
+        }
         let upload = Upload {
-            device_keys: body.get("device_keys").filter(|v| !v.is_null()).cloned(),
-            one_time_keys: object(&body, "one_time_keys")?,
-            fallback_keys: object(&body, "fallback_keys")?,
+            device_keys: body.device_keys.map(JsonValue::Object),
+            one_time_keys: body.one_time_keys.unwrap_or_default(),
+            fallback_keys: body.fallback_keys.unwrap_or_default(),
         };
         let done = cx.engine.e2ee.upload(me.user_id.as_str(), &me.device_id, upload).await?;
         if done.device_keys_changed {
@@ -70,10 +111,10 @@ pub fn upload(cx: Ctx, req: Req) -> HandlerFuture {
 pub fn query(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
-        let body: JsonValue = parse_json(&req.body)?;
-        let users = object(&body, "device_keys")?;
+        let body: QueryBody = parse_json(&req.body)?;
+        let users = as_map(body.device_keys);
         let mut out = keys_query::local_keys(&cx.engine, &users, Some(&me.user_id))?;
-        let timeout = remote_timeout(&body);
+        let timeout = remote_timeout(body.timeout);
         let mut failures = Map::new();
         let asks = keys_query::by_remote_server(&cx.engine, &users).into_iter().map(|(server, wanted)| {
             let engine = cx.engine.clone();
@@ -109,10 +150,10 @@ pub fn query(cx: Ctx, req: Req) -> HandlerFuture {
 pub fn claim(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let _me = require_user(&cx, &req)?;
-        let body: JsonValue = parse_json(&req.body)?;
-        let wanted = object(&body, "one_time_keys")?;
+        let body: ClaimBody = parse_json(&req.body)?;
+        let wanted = as_map(body.one_time_keys);
         let mut keys = keys_query::claim_local(&cx.engine, &wanted).await?;
-        let timeout = remote_timeout(&body);
+        let timeout = remote_timeout(body.timeout);
         let mut failures = Map::new();
         let asks = keys_query::by_remote_server(&cx.engine, &wanted).into_iter().map(|(server, wanted)| {
             let engine = cx.engine.clone();
@@ -155,11 +196,11 @@ pub fn changes(cx: Ctx, req: Req) -> HandlerFuture {
 pub fn upload_cross_signing(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
-        let body: JsonValue = parse_json(&req.body)?;
+        let body: CrossSigningBody = parse_json(&req.body)?;
         let mut keys = Vec::new();
-        for (usage, field) in USAGES.iter().zip(["master_key", "self_signing_key", "user_signing_key"]) {
-            if let Some(k) = body.get(field).filter(|k| !k.is_null()) {
-                keys.push((*usage, k.clone()));
+        for (usage, key) in USAGES.iter().zip([body.master_key, body.self_signing_key, body.user_signing_key]) {
+            if let Some(k) = key {
+                keys.push((*usage, JsonValue::Object(k)));
             }
         }
         // Replacing an existing master key needs the password (§"Cross-signing",
@@ -170,7 +211,7 @@ pub fn upload_cross_signing(cx: Ctx, req: Req) -> HandlerFuture {
             _ => false,
         };
         if replacing {
-            let auth = body.get("auth").cloned().and_then(|a| serde_json::from_value(a).ok());
+            let auth = body.auth.and_then(|a| serde_json::from_value(a).ok());
             if let Some(challenge) = super::account::password_uia(&cx, &me.user_id, auth).await? {
                 return Ok(challenge);
             }
@@ -189,14 +230,14 @@ pub fn upload_cross_signing(cx: Ctx, req: Req) -> HandlerFuture {
 pub fn upload_signatures(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
-        let body: JsonValue = parse_json(&req.body)?;
-        let targets = body.as_object().ok_or_else(|| ApiError::bad_json("body must be an object"))?;
+        // Per target user, per key id: the signed key object.
+        let targets: BTreeMap<String, Map<String, JsonValue>> = parse_json(&req.body)?;
         let mut failures = Map::new();
         let mut own_changed = false;
         let mut devices_changed: BTreeSet<String> = BTreeSet::new();
-        for (target, keys) in targets {
+        for (target, keys) in &targets {
             let Ok(target_id) = UserId::parse(target.as_str()) else { continue };
-            for (key_id, signed) in keys.as_object().into_iter().flatten() {
+            for (key_id, signed) in keys {
                 if target_id.server_name() != cx.engine.server_name {
                     // Kept here and merged into that key whenever we serve it.
                     if let Err(e) =
