@@ -18,7 +18,9 @@ use parking_lot::Mutex;
 use ruma::{RoomId, UserId};
 use serde_json::{Value as JsonValue, json};
 
-use super::{FederationError, OutboundRequest, RawResponse, Transport, TransportError, transport::TransportFuture};
+use super::{
+    FederationError, OutboundRequest, RawResponse, Transport, TransportError, enc, transport::TransportFuture,
+};
 use crate::{Config, Engine};
 
 /// What a scripted peer does with one request.
@@ -207,4 +209,159 @@ async fn a_transaction_over_the_limits_is_refused_whole_and_nothing_is_fetched()
     let answer = super::inbound::receive_transaction(&engine, "peer.test", "t3", txn).await.unwrap();
     assert!(answer.pdus.is_empty());
     assert!(peer.paths().is_empty(), "{:?}", peer.paths());
+}
+
+/// A room of ours that `@bob:peer.test` joined, and `peer.test`'s signing keys (pinned).
+async fn room_with_a_remote_member(
+    dir: &std::path::Path,
+    peer: Arc<FakePeer>,
+) -> (Arc<Engine>, crate::keys::ServerKeys, ruma::OwnedRoomId) {
+    let remote = crate::keys::ServerKeys::from_seed("peer.test".try_into().unwrap(), "r1", &[9u8; 32]).unwrap();
+    let mut config = Config { server_name: "us.test".into(), data_dir: dir.join("data"), ..Config::default() };
+    config.storage.cache_mb = 8;
+    config.storage.wal_mb = 1;
+    config.federation.trusted_keys.insert(
+        "peer.test".into(),
+        [(remote.key_id().to_owned(), remote.public_key_b64().to_owned())].into_iter().collect(),
+    );
+    let engine = Engine::open(config).unwrap();
+    engine.federation.set_transport(peer);
+    let alice = UserId::parse("@alice:us.test").unwrap();
+    let create = crate::rooms::CreateRoom {
+        version: Some(ruma::RoomVersionId::V12),
+        preset: Some(crate::rooms::Preset::PublicChat),
+        ..Default::default()
+    };
+    let room = engine.rooms.create_room(&alice, create).await.unwrap();
+    let bob = UserId::parse("@bob:peer.test").unwrap();
+    let join = crate::rooms::NewEvent::state(
+        ruma::events::TimelineEventType::RoomMember,
+        bob.as_str(),
+        json!({ "membership": "join" }),
+    );
+    let join = remote_signed(&engine, &remote, &room, &bob, join, None).await;
+    let pdu = crate::rooms::Pdu::from_object(join, &ruma::RoomVersionId::V12.rules().unwrap()).unwrap();
+    assert!(matches!(engine.rooms.append_pdu(pdu).await.unwrap(), crate::rooms::Appended::Accepted(_)));
+    (engine, remote, room)
+}
+
+/// An event of `sender` built on our room's head (or on `after`), signed by `remote`.
+async fn remote_signed(
+    engine: &Engine,
+    remote: &crate::keys::ServerKeys,
+    room: &RoomId,
+    sender: &UserId,
+    event: crate::rooms::NewEvent,
+    after: Option<&crate::rooms::Pdu>,
+) -> ruma::CanonicalJsonObject {
+    let rules = ruma::RoomVersionId::V12.rules().unwrap();
+    let mut object = engine.rooms.template(sender, room, event).await.unwrap();
+    if let Some(prev) = after {
+        object.insert("prev_events".into(), serde_json::from_value(json!([prev.event_id])).unwrap());
+        object.insert("depth".into(), ruma::CanonicalJsonValue::Integer((prev.depth as u32 + 1).into()));
+    }
+    remote.hash_and_sign_event(&mut object, &rules).unwrap();
+    object
+}
+
+fn text(body: &str) -> crate::rooms::NewEvent {
+    crate::rooms::NewEvent::message(
+        ruma::events::TimelineEventType::RoomMessage,
+        json!({ "msgtype": "m.text", "body": body }),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_prev_event_is_fetched_from_the_origin_and_both_are_stored() {
+    let rules = ruma::RoomVersionId::V12.rules().unwrap();
+    let missing: Arc<Mutex<Option<JsonValue>>> = Arc::default();
+    let served = missing.clone();
+    let peer = FakePeer::new(move |_, req| {
+        if req.path_and_query.contains("get_missing_events") {
+            Ok((200, json!({ "events": [served.lock().clone()] })))
+        } else {
+            Ok((404, json!({ "errcode": "M_NOT_FOUND" })))
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, remote, room) = room_with_a_remote_member(dir.path(), peer.clone()).await;
+    let bob = UserId::parse("@bob:peer.test").unwrap();
+    let first = remote_signed(&engine, &remote, &room, &bob, text("one"), None).await;
+    let first_pdu = crate::rooms::Pdu::from_object(first.clone(), &rules).unwrap();
+    let second = remote_signed(&engine, &remote, &room, &bob, text("two"), Some(&first_pdu)).await;
+    let second_pdu = crate::rooms::Pdu::from_object(second.clone(), &rules).unwrap();
+    *missing.lock() = Some(serde_json::to_value(&first).unwrap());
+    // Only the second event arrives, as a peer catching up after an outage sends it.
+    let txn = super::inbound::Transaction { pdus: vec![serde_json::to_value(&second).unwrap()], edus: Vec::new() };
+    let answer = super::inbound::receive_transaction(&engine, "peer.test", "t1", txn).await.unwrap();
+    assert_eq!(
+        answer.pdus.get(second_pdu.event_id.as_str()),
+        Some(&super::inbound::PduResult::default()),
+        "{answer:?}"
+    );
+    assert!(engine.rooms.meta(&first_pdu.event_id).unwrap().is_some(), "the fetched prev event is stored");
+    assert!(engine.rooms.meta(&second_pdu.event_id).unwrap().is_some(), "the event itself is stored");
+    let seen = peer.seen.lock().clone();
+    let asked: Vec<_> = seen.iter().filter(|(_, _, p, _)| p.contains("get_missing_events")).collect();
+    assert_eq!(asked.len(), 1, "{seen:?}");
+    assert_eq!(asked[0].3.as_ref().unwrap()["latest_events"], json!([second_pdu.event_id]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_answering_nonsense_to_get_missing_events_is_asked_for_the_state_instead() {
+    let rules = ruma::RoomVersionId::V12.rules().unwrap();
+    let peer = FakePeer::new(|_, req| {
+        if req.path_and_query.contains("get_missing_events") {
+            Ok((200, json!({ "events": "not a list" })))
+        } else {
+            Err(TransportError::Timeout)
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, remote, room) = room_with_a_remote_member(dir.path(), peer.clone()).await;
+    let bob = UserId::parse("@bob:peer.test").unwrap();
+    let first = remote_signed(&engine, &remote, &room, &bob, text("one"), None).await;
+    let first_pdu = crate::rooms::Pdu::from_object(first, &rules).unwrap();
+    let second = remote_signed(&engine, &remote, &room, &bob, text("two"), Some(&first_pdu)).await;
+    let txn = super::inbound::Transaction { pdus: vec![serde_json::to_value(&second).unwrap()], edus: Vec::new() };
+    // Answered (the transaction is not failed as a whole), whatever became of the event.
+    super::inbound::receive_transaction(&engine, "peer.test", "t1", txn).await.unwrap();
+    let paths = peer.paths();
+    assert!(
+        paths.iter().any(|p| p.contains("/state_ids/") && p.contains(&enc(first_pdu.event_id.as_str()))),
+        "{paths:?}"
+    );
+    assert!(engine.rooms.meta(&first_pdu.event_id).unwrap().is_none(), "nothing made up for the missing event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_join_answer_with_unsigned_state_is_refused_and_leaves_no_room() {
+    let peer = FakePeer::new(|_, req| {
+        if req.path_and_query.contains("make_join") {
+            Ok((
+                200,
+                json!({ "room_version": "12", "event": {
+                "type": "m.room.member", "state_key": "@alice:us.test", "sender": "@alice:us.test",
+                "room_id": "!room:resident.test", "content": { "membership": "join" },
+                "auth_events": [], "prev_events": [], "depth": 3 } }),
+            ))
+        } else {
+            // The state is an event nobody signed.
+            Ok((
+                200,
+                json!({ "state": [{ "type": "m.room.create", "state_key": "", "sender": "@eve:resident.test",
+                "room_id": "!room:resident.test", "content": {}, "auth_events": [], "prev_events": [], "depth": 1,
+                "origin_server_ts": 1, "hashes": { "sha256": "AAAA" } }], "auth_chain": [] }),
+            ))
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path(), peer.clone());
+    let user = UserId::parse("@alice:us.test").unwrap();
+    let room = RoomId::parse("!room:resident.test").unwrap();
+    let servers = ["resident.test".to_owned()];
+    let err = super::membership::join_remote(&engine, &user, &room, &servers).await.unwrap_err();
+    assert!(!matches!(err, FederationError::Unreachable(_)), "the bad state itself is the error: {err:?}");
+    assert!(peer.paths().iter().any(|p| p.contains("send_join")), "{:?}", peer.paths());
+    assert!(engine.rooms.room_version(&room).is_err(), "a refused join leaves the room unknown here");
 }
