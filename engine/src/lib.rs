@@ -15,6 +15,7 @@ pub mod federation;
 pub mod keys;
 pub mod media;
 pub mod positions;
+pub mod profile;
 pub mod push;
 pub mod receipts;
 pub mod rooms;

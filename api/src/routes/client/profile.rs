@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use myelin_engine::{rooms::NewEvent, users::Profile};
+use myelin_engine::users::Profile;
 use ruma::{UserId, events::TimelineEventType};
 use serde::Deserialize;
 use serde_json::{Value as JsonValue, json};
@@ -104,28 +104,8 @@ fn set_field(field: &'static str) -> impl Fn(Ctx, Req) -> HandlerFuture {
             } else {
                 profile.avatar_url = value;
             }
-            cx.engine.users.set_profile(me.user_id.as_str(), &profile).await?;
-            // Every joined room gets a new member event carrying the profile.
-            for (room, m) in cx.engine.rooms.rooms_of(me.user_id.as_str())? {
-                if m.membership != "join" {
-                    continue;
-                }
-                let mut content = cx
-                    .engine
-                    .rooms
-                    .state_event(&room, "m.room.member", me.user_id.as_str())?
-                    .map(|p| p.content_value())
-                    .unwrap_or_else(|| json!({ "membership": "join" }));
-                content["displayname"] = json!(profile.displayname);
-                content["avatar_url"] = json!(profile.avatar_url);
-                if let Some(obj) = content.as_object_mut() {
-                    obj.retain(|_, v| !v.is_null());
-                }
-                let event = NewEvent::state(TimelineEventType::RoomMember, me.user_id.as_str(), content);
-                if let Err(e) = cx.engine.rooms.send(&me.user_id, &room, event).await {
-                    tracing::warn!(room_id = %room, error = %e, "profile change not propagated to a room");
-                }
-            }
+            // Stored, and a new member event carrying it in every joined room.
+            cx.engine.set_profile_everywhere(&me.user_id, &profile).await?;
             Ok(ok_json(&json!({})))
         })
     }
