@@ -108,7 +108,7 @@ pub fn send_transaction(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let origin = require_server(&cx, &req).await?;
         let txn_id = req.param("txn_id")?.to_owned();
-        let txn: Transaction = parse_json(&req.body)?;
+        let txn = Transaction::from_body(&req.body)?;
         let results = inbound::receive_transaction(&cx.engine, &origin, &txn_id, txn).await?;
         Ok(ok_json(&serde_json::to_value(&results).map_err(|e| ApiError::unknown(e.to_string()))?))
     })
