@@ -11,19 +11,29 @@ use myelin_engine::federation::xmatrix;
 
 use crate::{Reply, TestServer, https_with};
 
-/// A GET to `to`'s federation listener, signed as `from` (names `*.test`).
-pub async fn signed_get(from: &TestServer, to: &TestServer, path: &str) -> Reply {
+/// A request to `to`'s federation listener, signed as `from` (names `*.test`).
+pub async fn signed(
+    from: &TestServer,
+    to: &TestServer,
+    method: Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Reply {
     let (origin, dest) = (from.engine.server_name.as_str(), to.engine.server_name.as_str());
-    let header = xmatrix::sign(&from.engine.keys, origin, dest, "GET", path, None).unwrap();
-    https_with(to.federation.unwrap(), Method::GET, path, None, &[("authorization", &header)]).await
+    let header = xmatrix::sign(&from.engine.keys, origin, dest, method.as_str(), path, body).unwrap();
+    let bytes = body.map(|b| b.to_string());
+    https_with(to.federation.unwrap(), method, path, bytes.as_deref().map(str::as_bytes), &[("authorization", &header)])
+        .await
+}
+
+/// A GET to `to`'s federation listener, signed as `from`.
+pub async fn signed_get(from: &TestServer, to: &TestServer, path: &str) -> Reply {
+    signed(from, to, Method::GET, path, None).await
 }
 
 /// A PUT to `to`'s federation listener, signed as `from`.
 pub async fn signed_put(from: &TestServer, to: &TestServer, path: &str, body: &serde_json::Value) -> Reply {
-    let (origin, dest) = (from.engine.server_name.as_str(), to.engine.server_name.as_str());
-    let header = xmatrix::sign(&from.engine.keys, origin, dest, "PUT", path, Some(body)).unwrap();
-    let bytes = body.to_string();
-    https_with(to.federation.unwrap(), Method::PUT, path, Some(bytes.as_bytes()), &[("authorization", &header)]).await
+    signed(from, to, Method::PUT, path, Some(body)).await
 }
 
 /// A minimal TLS HTTP server on `bind` answering each path with `answer(path)`

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 mod fed;
 mod wait;
 
-pub use fed::{signed_get, signed_put, tiny_tls_server};
+pub use fed::{signed, signed_get, signed_put, tiny_tls_server};
 pub use wait::{bodies, sync_until, wait_for_text};
 
 /// The `myelin` binary built next to this test executable.
