@@ -402,10 +402,6 @@ impl Transport for HttpTransport {
     fn send<'a>(&'a self, destination: &'a str, request: OutboundRequest) -> TransportFuture<'a> {
         Box::pin(self.send_request(destination, request))
     }
-
-    fn forget(&self, destination: &str) {
-        self.forget_connections(destination);
-    }
 }
 
 #[cfg(test)]

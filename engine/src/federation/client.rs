@@ -98,11 +98,6 @@ impl Outbound {
         }
     }
 
-    /// Forgets the liveness signal of a destination whose sender has stopped.
-    pub fn forget_alive(&self, server: &str) {
-        self.alive.lock().remove(server);
-    }
-
     /// Queues a volatile EDU for `server`'s next transaction.
     pub fn queue_edu(&self, server: &str, edu: JsonValue) {
         let mut all = self.edus.lock();

@@ -42,14 +42,12 @@ pub const MAX_EDUS: usize = 100;
 /// Most prev events taken on a remote's state for one incoming event.
 const MAX_STATE_FALLBACKS: usize = 4;
 
-/// The body of `PUT /send/{txnId}`.
-#[derive(Debug, Default, Deserialize)]
+/// The body of `PUT /send/{txnId}` (read with [`Transaction::from_body`]).
+#[derive(Debug, Default)]
 pub struct Transaction {
     /// PDUs, each checked on its own.
-    #[serde(default)]
     pub pdus: Vec<JsonValue>,
     /// EDUs, applied after the PDUs.
-    #[serde(default)]
     pub edus: Vec<JsonValue>,
 }
 

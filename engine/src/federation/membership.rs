@@ -172,11 +172,12 @@ pub async fn join_remote(
         let chain = state.split_off(state_len);
         // The resident may have co-signed the join (restricted rooms); prefer its copy.
         // A copy that is another event altogether is ignored: ours is the join.
-        let join = match answer.event.filter(JsonValue::is_object) {
-            Some(theirs) => match checked_pdu(engine, &theirs, &room_version).await {
-                Ok(p) if p.event_id == event_id => p,
-                _ => checked_pdu(engine, &body, &room_version).await?,
-            },
+        let theirs = match answer.event.filter(JsonValue::is_object) {
+            Some(json) => checked_pdu(engine, &json, &room_version).await.ok().filter(|p| p.event_id == event_id),
+            None => None,
+        };
+        let join = match theirs {
+            Some(p) => p,
             None => checked_pdu(engine, &body, &room_version).await?,
         };
         engine.rooms.join_remote(&room_version, state, chain, join).await?;

@@ -83,9 +83,6 @@ pub type TransportFuture<'a> = Pin<Box<dyn Future<Output = Result<RawResponse, T
 pub trait Transport: Send + Sync + 'static {
     /// Sends `request` to `destination` (a Matrix server name) and reads the answer.
     fn send<'a>(&'a self, destination: &'a str, request: OutboundRequest) -> TransportFuture<'a>;
-
-    /// Drops reusable connections to `destination` (after a failure, the next request reconnects).
-    fn forget(&self, _destination: &str) {}
 }
 
 /// The transport of an engine that has not been given one: every request fails.
