@@ -158,6 +158,47 @@ async fn execute(engine: &Arc<Engine>, req: &Value) -> Value {
                 .collect();
             json!({ "ok": true, "entries": entries })
         }
+        Some("appservice_add") => {
+            let Some(yaml) = req.get("registration").and_then(Value::as_str) else {
+                return json!({ "ok": false, "error": "`registration` (the file's YAML) is required" });
+            };
+            match engine.appservices.add(yaml).await {
+                Ok(a) => {
+                    if let Err(e) = engine.ensure_appservice_senders().await {
+                        return json!({ "ok": false, "error": format!("registered, but its sender user: {e}") });
+                    }
+                    tracing::info!(appservice = a.id(), "appservice registered over the admin socket");
+                    json!({ "ok": true, "id": a.id(), "sender": a.sender })
+                }
+                Err(e) => json!({ "ok": false, "error": e.to_string() }),
+            }
+        }
+        Some("appservice_remove") => {
+            let Some(id) = req.get("id").and_then(Value::as_str) else {
+                return json!({ "ok": false, "error": "`id` is required" });
+            };
+            match engine.appservices.remove(id).await {
+                Ok(()) => {
+                    tracing::info!(appservice = id, "appservice removed over the admin socket");
+                    json!({ "ok": true })
+                }
+                Err(e) => json!({ "ok": false, "error": e.to_string() }),
+            }
+        }
+        Some("appservice_list") => {
+            let mut entries = Vec::new();
+            for a in engine.appservices.all().iter() {
+                let depth = myelin_engine::appservice::queue::depth(&engine.db, a.id(), 1_000_000).unwrap_or(0);
+                entries.push(json!({
+                    "id": a.id(),
+                    "url": a.url(),
+                    "sender": a.sender,
+                    "source": a.source,
+                    "queued": depth,
+                }));
+            }
+            json!({ "ok": true, "entries": entries })
+        }
         Some("room_shutdown") => {
             let Some(room) = req.get("room_id").and_then(Value::as_str).and_then(|r| ruma::RoomId::parse(r).ok())
             else {

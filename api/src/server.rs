@@ -139,6 +139,9 @@ pub enum StartError {
     /// TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// An appservice's sender user could not be created.
+    #[error("appservice sender user: {0}")]
+    Appservice(#[from] myelin_engine::users::UserError),
 }
 
 /// Binds the listeners and starts serving.
@@ -206,6 +209,11 @@ pub async fn start(engine: Arc<Engine>) -> Result<Running, StartError> {
             prune_seen_txns(engine.clone(), stop_rx.clone()).instrument(tracing::info_span!("federation_txn_prune")),
         );
     }
+    engine.ensure_appservice_senders().await?;
+    tasks.spawn(
+        myelin_engine::appservice::sender::run(engine.clone(), stop_rx.clone())
+            .instrument(tracing::info_span!("appservice_sender")),
+    );
     tasks.spawn(crate::admin::serve(engine.clone(), stop_rx).instrument(tracing::info_span!("admin_socket")));
     Ok(Running { client_addr, federation_addr, stop, tasks, engine })
 }

@@ -40,6 +40,16 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     /// Presence.
     pub presence: PresenceConfig,
+    /// Application services (bridges).
+    pub appservice: AppserviceConfig,
+}
+
+/// `[appservice]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppserviceConfig {
+    /// Paths of appservice registration YAML files (the files bridges generate).
+    pub registrations: Vec<PathBuf>,
 }
 
 /// `[presence]` (Myelin extension).
@@ -159,6 +169,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             rate_limit: RateLimitConfig::default(),
             presence: PresenceConfig::default(),
+            appservice: AppserviceConfig::default(),
         }
     }
 }

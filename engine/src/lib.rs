@@ -5,6 +5,7 @@
 //! so tests run several servers in one process.
 
 pub mod acl;
+pub mod appservice;
 pub mod backup;
 pub mod config;
 pub mod directory;
@@ -70,6 +71,8 @@ pub struct Engine {
     pub unread: receipts::UnreadCache,
     /// Per room, a position at or above its newest receipt's.
     pub receipt_positions: positions::NewestPositions<ruma::OwnedRoomId>,
+    /// Registered application services (bridges).
+    pub appservices: Arc<appservice::Registry>,
 }
 
 impl Engine {
@@ -92,6 +95,20 @@ impl Engine {
             .map_err(|e| EngineError::Rooms(e.to_string()))?;
         tracing::info!(server_name = %server_name, key_id = keys.key_id(), data_dir = %config.data_dir.display(), "engine ready");
         let users = users::Users::new(db.clone(), server_name.clone(), stream.clone());
+        let appservices = rooms.appservices.clone();
+        appservices.load_files(&config.appservice.registrations)?;
+        for a in appservices.all().iter() {
+            // A user's access token reused as an as_token would let either act as the other.
+            if users.session(&a.registration.as_token).map_err(|e| EngineError::Rooms(e.to_string()))?.is_some() {
+                return Err(EngineError::Config(format!(
+                    "appservice registration {}: as_token: already an access token of a user",
+                    a.source
+                )));
+            }
+        }
+        if !appservices.is_empty() {
+            tracing::info!(appservices = appservices.all().len(), "appservices registered");
+        }
         let e2ee = e2ee::E2ee::new(db.clone(), stream.clone());
         let directory = directory::Directory::new(db.clone());
         let ephemeral = Arc::new(ephemeral::Ephemeral::new());
@@ -132,6 +149,7 @@ impl Engine {
             federation: federation::Outbound::default(),
             unread: receipts::UnreadCache::default(),
             receipt_positions: positions::NewestPositions::default(),
+            appservices,
         }))
     }
 

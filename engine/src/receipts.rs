@@ -122,6 +122,7 @@ impl Engine {
         BY_COUNT.put(&mut batch, &(key.0.clone(), count), &by_count)?;
         RECEIPTS.put(&mut batch, &key, &Receipt { event_id: event_id.to_owned(), ts, count })?;
         self.db.commit(batch).await?;
+        self.push_receipt_to_appservices(room, user, kind, thread, event_id, ts);
         Ok(())
     }
 

@@ -186,6 +186,14 @@ pub static ORIGINTXN_SEEN: Cf = point("origintxn_seen", 0);
 /// `(other server's user id, key id, local signer)` → the signer's signatures on that key.
 pub static USERKEYSIGNER_SIGNATURES: Cf = scan("userkeysigner_signatures", 0);
 
+/// Appservice id → its registration YAML (added with `myelin admin appservice add`).
+pub static APPSERVICE_REGISTRATION: Cf = point("appservice_registration", 0);
+/// `(appservice id, stream position)` → short event id: the durable appservice queue,
+/// written in the event's own batch.
+pub static APPSERVICESEQ_EVENT: Cf = scan("appserviceseq_event", 0);
+/// Appservice id → its sender's state (next transaction id, the transaction in flight).
+pub static APPSERVICE_SENDER: Cf = point("appservice_sender", 0);
+
 /// Every family, in creation order. The default family is unused.
 pub static ALL: &[&Cf] = &[
     &GLOBAL,
@@ -242,6 +250,9 @@ pub static ALL: &[&Cf] = &[
     &COUNTUSER_KEYCHANGE,
     &ORIGINTXN_SEEN,
     &USERKEYSIGNER_SIGNATURES,
+    &APPSERVICE_REGISTRATION,
+    &APPSERVICESEQ_EVENT,
+    &APPSERVICE_SENDER,
 ];
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use myelin_engine::{Config, Engine};
 use tokio::net::TcpStream;
 
+pub mod appservice;
 mod fed;
 mod wait;
 

@@ -7,7 +7,7 @@ use myelin_engine::{Config, Engine};
 
 use crate::{
     Failure,
-    cli::{FederationCommand, MediaCommand, RoomCommand, UserCommand},
+    cli::{AppserviceCommand, FederationCommand, MediaCommand, RoomCommand, UserCommand},
     load_config, runtime,
 };
 
@@ -136,6 +136,41 @@ pub(super) fn federation_cmd(what: FederationCommand, config_path: Option<PathBu
     }
     Ok(())
 }
+pub(super) fn appservice_cmd(what: AppserviceCommand, config_path: Option<PathBuf>) -> Result<(), Failure> {
+    let config = load_config(config_path)?;
+    let request = match &what {
+        AppserviceCommand::Add { file } => {
+            let yaml = std::fs::read_to_string(file)
+                .map_err(|e| Failure::usage(format!("cannot read {}: {e}", file.display())))?;
+            serde_json::json!({ "op": "appservice_add", "registration": yaml })
+        }
+        AppserviceCommand::List => serde_json::json!({ "op": "appservice_list" }),
+        AppserviceCommand::Remove { id } => serde_json::json!({ "op": "appservice_remove", "id": id }),
+    };
+    let answer = admin_call(config, &request)?;
+    match what {
+        AppserviceCommand::Add { .. } => println!(
+            "registered appservice {} (sender {})",
+            answer["id"].as_str().unwrap_or_default(),
+            answer["sender"].as_str().unwrap_or_default()
+        ),
+        AppserviceCommand::List => {
+            for e in answer["entries"].as_array().into_iter().flatten() {
+                println!(
+                    "{} {} url={} queued={} ({})",
+                    e["id"].as_str().unwrap_or_default(),
+                    e["sender"].as_str().unwrap_or_default(),
+                    e["url"].as_str().unwrap_or("none"),
+                    e["queued"].as_u64().unwrap_or(0),
+                    e["source"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        AppserviceCommand::Remove { id } => println!("removed appservice {id}"),
+    }
+    Ok(())
+}
+
 pub(super) fn room_cmd(what: RoomCommand, config_path: Option<PathBuf>) -> Result<(), Failure> {
     let config = load_config(config_path)?;
     let RoomCommand::Shutdown { room_id } = what;

@@ -160,6 +160,27 @@ pub(crate) enum AdminCommand {
         #[command(subcommand)]
         what: FederationCommand,
     },
+    /// Register and remove application services (bridges), without a restart.
+    Appservice {
+        #[command(subcommand)]
+        what: AppserviceCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AppserviceCommand {
+    /// Register the appservice of a registration YAML file (as bridges generate it).
+    Add {
+        /// Path of the registration file.
+        file: PathBuf,
+    },
+    /// Show every registered appservice and how many events wait for it.
+    List,
+    /// Unregister an appservice added with `add` and drop its queue.
+    Remove {
+        /// The registration's `id`.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]

@@ -17,7 +17,7 @@ mod serve;
 
 use std::{path::PathBuf, process::ExitCode};
 
-use admin_cmds::{federation_cmd, media_cmd, room_cmd, user_cmd};
+use admin_cmds::{appservice_cmd, federation_cmd, media_cmd, room_cmd, user_cmd};
 use backup::{backup_cmd, restore_cmd};
 use bench_cmd::bench_cmd;
 use clap::Parser;
@@ -64,6 +64,7 @@ fn main() -> ExitCode {
         Command::Admin { what: AdminCommand::Media { what }, config } => media_cmd(what, config),
         Command::Admin { what: AdminCommand::Room { what }, config } => room_cmd(what, config),
         Command::Admin { what: AdminCommand::Federation { what }, config } => federation_cmd(what, config),
+        Command::Admin { what: AdminCommand::Appservice { what }, config } => appservice_cmd(what, config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

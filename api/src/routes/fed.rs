@@ -53,7 +53,8 @@ pub fn query_directory(cx: Ctx, req: Req) -> HandlerFuture {
         if alias.server_name() != cx.engine.server_name {
             return Err(ApiError::not_found(format!("{alias} is not an alias of this server")));
         }
-        let entry = cx.engine.directory.resolve(alias.as_str())?.ok_or_else(|| ApiError::not_found("no such alias"))?;
+        let entry =
+            cx.engine.resolve_local_alias(alias.as_str()).await?.ok_or_else(|| ApiError::not_found("no such alias"))?;
         let room = RoomId::parse(&entry.room_id).map_err(|e| ApiError::unknown(e.to_string()))?;
         // Every server with a joined member can serve a join; ours first.
         let mut servers = vec![cx.engine.server_name.to_string()];

@@ -23,6 +23,7 @@
 //! [`POOL_PER_DESTINATION`] idle each): a transaction stream to a busy peer
 //! pays the TCP and TLS handshakes once, not per request.
 
+pub mod direct;
 pub mod dns;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -67,6 +68,8 @@ pub struct HttpTransport {
     srv_answers: parking_lot::Mutex<std::collections::HashMap<String, CachedSrv>>,
     /// Resolvers for SRV lookups.
     dns_servers: Vec<SocketAddr>,
+    /// Requests to configured URLs (appservices).
+    direct: direct::Direct,
 }
 
 /// Where to connect for a server name.
@@ -142,8 +145,10 @@ impl HttpTransport {
             builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAny(provider))).with_no_client_auth()
         };
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tls = Arc::new(tls);
         Ok(Self {
-            tls: Arc::new(tls),
+            direct: direct::Direct::new(tls.clone()),
+            tls,
             hosts: config.federation.hosts.clone(),
             pool: parking_lot::Mutex::new(std::collections::HashMap::new()),
             delegations: parking_lot::Mutex::new(std::collections::HashMap::new()),
@@ -401,6 +406,10 @@ impl HttpTransport {
 impl Transport for HttpTransport {
     fn send<'a>(&'a self, destination: &'a str, request: OutboundRequest) -> TransportFuture<'a> {
         Box::pin(self.send_request(destination, request))
+    }
+
+    fn send_url<'a>(&'a self, base_url: &'a str, request: OutboundRequest) -> TransportFuture<'a> {
+        Box::pin(self.direct.send(base_url, request))
     }
 }
 

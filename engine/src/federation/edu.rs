@@ -104,6 +104,7 @@ pub async fn receive_edu(engine: &Engine, origin: &str, edu: &JsonValue) {
                 }
                 let status = update.status_msg.map(|s| s.chars().take(1000).collect());
                 engine.ephemeral.set_presence(&update.user_id, state, status);
+                engine.push_presence_to_appservices(&update.user_id);
             }
         }
         "m.typing" => {
@@ -112,6 +113,7 @@ pub async fn receive_edu(engine: &Engine, origin: &str, edu: &JsonValue) {
                 return;
             }
             engine.ephemeral.set_typing(&typing.room_id, &typing.user_id, typing.typing, TYPING_TIMEOUT);
+            engine.push_typing_to_appservices(&typing.room_id);
         }
         "m.receipt" => receipts(engine, origin, content).await,
         _ => {}

@@ -36,7 +36,8 @@ pub struct OutboundRequest {
     pub path_and_query: String,
     /// The body (canonical JSON when signed).
     pub body: Option<Bytes>,
-    /// The `Authorization: X-Matrix …` value, when the request is signed.
+    /// The `Authorization` value: `X-Matrix …` when signed for a server,
+    /// `Bearer …` for an appservice.
     pub authorization: Option<String>,
     /// Most body bytes of the answer to read.
     pub limit: usize,
@@ -83,6 +84,14 @@ pub type TransportFuture<'a> = Pin<Box<dyn Future<Output = Result<RawResponse, T
 pub trait Transport: Send + Sync + 'static {
     /// Sends `request` to `destination` (a Matrix server name) and reads the answer.
     fn send<'a>(&'a self, destination: &'a str, request: OutboundRequest) -> TransportFuture<'a>;
+
+    /// Sends `request` to an endpoint the operator configured by URL (an
+    /// appservice, a push gateway): `base_url` is `http(s)://host[:port][/prefix]`,
+    /// connected to as written, without Matrix server discovery.
+    fn send_url<'a>(&'a self, base_url: &'a str, request: OutboundRequest) -> TransportFuture<'a> {
+        let _ = (base_url, request);
+        Box::pin(async { Err(TransportError::NoTransport) })
+    }
 }
 
 /// The transport of an engine that has not been given one: every request fails.

@@ -279,6 +279,7 @@ impl Rooms {
         destinations.dedup();
         self.index_relations(&mut batch, &pdu, short, count, room)?;
         self.index_search(&mut batch, &pdu, short, count, room)?;
+        self.queue_for_appservices(&mut batch, &pdu, short, count as u64, state_after)?;
         // The local user index /sync reads.
         if pdu.kind == TimelineEventType::RoomMember
             && let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())

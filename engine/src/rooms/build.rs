@@ -81,7 +81,7 @@ impl Rooms {
         let mut object = CanonicalJsonObject::new();
         object.insert("type".into(), text(event.kind.to_string()));
         object.insert("sender".into(), text(sender.to_string()));
-        object.insert("origin_server_ts".into(), int(now_ms())?);
+        object.insert("origin_server_ts".into(), int(event.origin_server_ts.unwrap_or_else(now_ms))?);
         object.insert("prev_events".into(), ids(&prev_events));
         object.insert("auth_events".into(), ids(&auth_events));
         object.insert("depth".into(), int(depth + 1)?);

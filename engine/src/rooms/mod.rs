@@ -23,6 +23,7 @@
 //! implement it).
 
 mod append;
+mod appservices;
 mod build;
 mod create;
 mod error;
@@ -75,17 +76,25 @@ pub struct NewEvent {
     pub content: JsonValue,
     /// For redactions: the redacted event (placed per room version).
     pub redacts: Option<OwnedEventId>,
+    /// `origin_server_ts` to use instead of now (an appservice's `ts` for bridged history).
+    pub origin_server_ts: Option<u64>,
 }
 
 impl NewEvent {
     /// A state event.
     pub fn state(kind: impl Into<TimelineEventType>, state_key: impl Into<String>, content: JsonValue) -> Self {
-        Self { kind: kind.into(), state_key: Some(state_key.into()), content, redacts: None }
+        Self { kind: kind.into(), state_key: Some(state_key.into()), content, redacts: None, origin_server_ts: None }
     }
 
     /// A message-like event.
     pub fn message(kind: impl Into<TimelineEventType>, content: JsonValue) -> Self {
-        Self { kind: kind.into(), state_key: None, content, redacts: None }
+        Self { kind: kind.into(), state_key: None, content, redacts: None, origin_server_ts: None }
+    }
+
+    /// The same event with the given `origin_server_ts`.
+    pub fn at(mut self, origin_server_ts: Option<u64>) -> Self {
+        self.origin_server_ts = origin_server_ts;
+        self
     }
 }
 
@@ -144,6 +153,8 @@ pub struct Rooms {
     /// state-dependent authorization rules: for them the outcome depends on nothing
     /// else, and a snapshot never changes (see [`Rooms::authorize`]).
     authorized: Mutex<LruCache<(u64, OwnedUserId, TimelineEventType), ()>>,
+    /// Registered appservices: which of them each appended event is queued for.
+    pub(crate) appservices: Arc<crate::appservice::Registry>,
     /// Destinations with rows queued since the sender last asked, and its wake-up.
     ready_destinations: Arc<(Mutex<std::collections::BTreeSet<String>>, tokio::sync::Notify)>,
 }
@@ -191,6 +202,7 @@ impl Rooms {
             versions: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             known_keys: parking_lot::RwLock::new(keys.public_key_map()),
+            appservices: Arc::new(crate::appservice::Registry::open(db.clone(), server_name.as_str())?),
             db,
             server_name,
             keys,

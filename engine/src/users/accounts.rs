@@ -192,6 +192,25 @@ impl Users {
         Ok(login)
     }
 
+    /// A new device for an existing, active account without a password check:
+    /// the caller has authenticated for the user otherwise (an appservice's
+    /// `m.login.application_service`).
+    pub async fn login_trusted(
+        &self,
+        user_id: &UserId,
+        device_id: Option<String>,
+        device_name: Option<String>,
+    ) -> Result<NewLogin, UserError> {
+        match self.account(user_id)? {
+            Some(a) if !a.deactivated => {}
+            _ => return Err(UserError::Forbidden("invalid username".into())),
+        }
+        let mut batch = Batch::new();
+        let login = self.new_device(&mut batch, user_id, device_id, device_name)?;
+        self.commit_token_deletions(batch).await?;
+        Ok(login)
+    }
+
     /// Whether `password` is the user's password (for user-interactive auth).
     pub async fn password_ok(&self, user_id: &UserId, password: &str) -> Result<bool, UserError> {
         match self.account(user_id)? {

@@ -87,6 +87,11 @@ impl Users {
         Ok(out)
     }
 
+    /// One of the user's devices.
+    pub fn device(&self, user_id: &str, device_id: &str) -> Result<Option<Device>, UserError> {
+        Ok(DEVICES.get(&*self.db, &(user_id.to_owned(), device_id.to_owned()))?)
+    }
+
     /// Renames a device.
     pub async fn rename_device(&self, user_id: &str, device_id: &str, name: Option<String>) -> Result<(), UserError> {
         let key = (user_id.to_owned(), device_id.to_owned());

@@ -102,6 +102,9 @@ fn uia_required(stage: &str, session: Option<String>, error: Option<(&str, &str)
 /// `POST /register`.
 #[derive(Deserialize)]
 struct RegisterBody {
+    /// `m.login.application_service` for an appservice's users.
+    #[serde(rename = "type")]
+    kind: Option<String>,
     username: Option<String>,
     password: Option<String>,
     auth: Option<AuthData>,
@@ -127,6 +130,9 @@ pub fn register(cx: Ctx, req: Req) -> HandlerFuture {
             return Err(ApiError::new(StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN", "guest access is disabled"));
         }
         let body: RegisterBody = parse_json_or_empty(&req.body)?;
+        if let Some(appservice) = crate::auth::appservice_of(&cx, &req) {
+            return register_for_appservice(&cx, &appservice, body).await;
+        }
         let config = &cx.engine.config.registration;
         let token = config.token.clone();
         if !config.enabled && token.is_empty() {
@@ -146,6 +152,7 @@ pub fn register(cx: Ctx, req: Req) -> HandlerFuture {
             Some(name) => cx.engine.users.user_id_for(&name.to_lowercase())?,
             None => cx.engine.users.user_id_for(&format!("u{}", random_session()))?,
         };
+        refuse_claimed_user(&cx, &user_id)?;
         let login = cx
             .engine
             .users
@@ -165,6 +172,65 @@ pub fn register(cx: Ctx, req: Req) -> HandlerFuture {
     })
 }
 
+/// 400 `M_EXCLUSIVE` when an appservice claims `user_id` exclusively.
+fn refuse_claimed_user(cx: &Ctx, user_id: &UserId) -> Result<(), ApiError> {
+    if let Some(a) = cx.engine.appservices.claimant_of_user(user_id.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "M_EXCLUSIVE",
+            format!("{user_id} is reserved by the appservice `{}`", a.id()),
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /register` with an `as_token` (Application Service API §"Server admin
+/// style permissions"): `type: m.login.application_service`, a username in
+/// the appservice's namespaces, no password and no user-interactive auth.
+async fn register_for_appservice(
+    cx: &Ctx,
+    appservice: &myelin_engine::appservice::Appservice,
+    body: RegisterBody,
+) -> Result<crate::http_util::Resp, ApiError> {
+    if body.kind.as_deref() != Some("m.login.application_service") {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "M_UNKNOWN",
+            "an appservice registers its users with type m.login.application_service",
+        ));
+    }
+    let name = body.username.ok_or_else(|| ApiError::missing_param("username is required"))?;
+    let user_id = match name.strip_prefix('@') {
+        Some(_) => UserId::parse(name.as_str()).map_err(|e| ApiError::invalid_param(format!("username: {e}")))?,
+        None => cx.engine.users.user_id_for(&name.to_lowercase())?,
+    };
+    if user_id.server_name() != cx.engine.server_name || !appservice.owns_user(user_id.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "M_EXCLUSIVE",
+            format!("{user_id} is not in the namespaces of the appservice `{}`", appservice.id()),
+        ));
+    }
+    if let Some(other) = cx.engine.appservices.claimant_of_user(user_id.as_str())
+        && other.id() != appservice.id()
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "M_EXCLUSIVE",
+            format!("{user_id} is reserved by the appservice `{}`", other.id()),
+        ));
+    }
+    let login = cx
+        .engine
+        .users
+        .register(&user_id, None, false, body.device_id, body.initial_device_display_name, body.inhibit_login)
+        .await?;
+    Ok(match login {
+        Some(l) => ok_json(&LoginResponse::new(cx, &l)),
+        None => ok_json(&RegisteredOnly { user_id: &user_id }),
+    })
+}
+
 /// The answer to `GET /register/available`.
 #[derive(Serialize)]
 struct Available {
@@ -179,6 +245,7 @@ pub fn register_available(cx: Ctx, req: Req) -> HandlerFuture {
         if cx.engine.users.exists(&user_id)? {
             return Err(ApiError::new(StatusCode::BAD_REQUEST, "M_USER_IN_USE", "user id already taken"));
         }
+        refuse_claimed_user(&cx, &user_id)?;
         Ok(ok_json(&Available { available: true }))
     })
 }
@@ -192,9 +259,13 @@ pub fn login_flows(_cx: Ctx, _req: Req) -> HandlerFuture {
     }
     #[derive(Serialize)]
     struct LoginFlows {
-        flows: [LoginType; 1],
+        flows: [LoginType; 2],
     }
-    Box::pin(async move { Ok(ok_json(&LoginFlows { flows: [LoginType { kind: "m.login.password" }] })) })
+    Box::pin(async move {
+        Ok(ok_json(&LoginFlows {
+            flows: [LoginType { kind: "m.login.password" }, LoginType { kind: "m.login.application_service" }],
+        }))
+    })
 }
 
 /// `POST /login`.
@@ -247,6 +318,23 @@ fn user_from_identifier(
 pub fn login(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let body: LoginBody = parse_json(&req.body)?;
+        if body.kind == "m.login.application_service" {
+            // Application Service API §"Using /login": the as_token stands for the password.
+            let appservice = crate::auth::appservice_of(&cx, &req).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "M_MISSING_TOKEN",
+                    "m.login.application_service needs an as_token",
+                )
+            })?;
+            let user_id = user_from_identifier(&cx, body.identifier.as_ref(), body.user.as_deref())?;
+            if !appservice.owns_user(user_id.as_str()) {
+                return Err(ApiError::forbidden(format!("{user_id} is not in the appservice's namespaces")));
+            }
+            let login =
+                cx.engine.users.login_trusted(&user_id, body.device_id, body.initial_device_display_name).await?;
+            return Ok(ok_json(&LoginResponse::new(&cx, &login)));
+        }
         if body.kind != "m.login.password" {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -289,6 +377,8 @@ pub fn logout_all(cx: Ctx, req: Req) -> HandlerFuture {
 #[derive(Serialize)]
 struct Whoami<'a> {
     user_id: &'a UserId,
+    /// Absent for an appservice acting without a device.
+    #[serde(skip_serializing_if = "str::is_empty")]
     device_id: &'a str,
     is_guest: bool,
 }

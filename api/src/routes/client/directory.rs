@@ -37,8 +37,8 @@ pub(super) async fn resolve_alias(cx: &Ctx, raw: &str) -> Result<(OwnedRoomId, V
     if alias.server_name() == cx.engine.server_name {
         let entry = cx
             .engine
-            .directory
-            .resolve(alias.as_str())?
+            .resolve_local_alias(alias.as_str())
+            .await?
             .ok_or_else(|| ApiError::not_found(format!("{alias} is not an alias")))?;
         let room = RoomId::parse(&entry.room_id).map_err(|e| ApiError::unknown(e.to_string()))?;
         return Ok((room, vec![cx.engine.server_name.to_string()]));
@@ -98,11 +98,30 @@ pub fn create(cx: Ctx, req: Req) -> HandlerFuture {
         if cx.engine.rooms.short_room(&room)?.is_none() {
             return Err(ApiError::not_found(format!("unknown room {room}")));
         }
+        refuse_claimed_alias(&cx, &me, &alias)?;
         if !cx.engine.directory.create(alias.as_str(), room.as_str(), me.user_id.as_str()).await? {
             return Err(ApiError::new(StatusCode::CONFLICT, "M_UNKNOWN", format!("{alias} already exists")));
         }
         Ok(ok_empty())
     })
+}
+
+/// 400 `M_EXCLUSIVE` when the caller may not take `alias`: an appservice
+/// claims it exclusively and the caller is not that appservice, or the caller
+/// is an appservice and the alias is outside its namespaces.
+pub(super) fn refuse_claimed_alias(cx: &Ctx, me: &crate::auth::Authed, alias: &RoomAliasId) -> Result<(), ApiError> {
+    let exclusive = |why: String| Err(ApiError::new(StatusCode::BAD_REQUEST, "M_EXCLUSIVE", why));
+    if let Some(a) = &me.appservice
+        && !a.owns_alias(alias.as_str())
+    {
+        return exclusive(format!("{alias} is not in the namespaces of the appservice `{}`", a.id()));
+    }
+    if let Some(claimant) = cx.engine.appservices.claimant_of_alias(alias.as_str())
+        && me.appservice.as_ref().map(|a| a.id()) != Some(claimant.id())
+    {
+        return exclusive(format!("{alias} is reserved by the appservice `{}`", claimant.id()));
+    }
+    Ok(())
 }
 
 /// Whether `user` may change the room's canonical alias (by power level, or as a v12 creator).

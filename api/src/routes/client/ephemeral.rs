@@ -94,6 +94,7 @@ pub fn typing(cx: Ctx, req: Req) -> HandlerFuture {
         let typing = body.typing;
         let timeout = Duration::from_millis(body.timeout.unwrap_or(30_000));
         cx.engine.ephemeral.set_typing(&room, &me.user_id, typing, timeout);
+        cx.engine.push_typing_to_appservices(&room);
         let edu =
             json!({ "edu_type": "m.typing", "content": { "room_id": room, "user_id": me.user_id, "typing": typing } });
         remote_servers(&cx, &room, edu);
@@ -208,6 +209,7 @@ pub fn put_presence(cx: Ctx, req: Req) -> HandlerFuture {
         }
         let status_msg = body.status_msg;
         cx.engine.ephemeral.set_presence(&me.user_id, state, status_msg.clone());
+        cx.engine.push_presence_to_appservices(&me.user_id);
         // Servers sharing a room with the user learn it through an `m.presence` EDU.
         let mut item = json!({ "user_id": me.user_id, "presence": state, "last_active_ago": 0, "currently_active": state == "online" });
         if let Some(m) = status_msg {

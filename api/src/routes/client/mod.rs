@@ -1,6 +1,7 @@
 //! The Client-Server API routes (`/_matrix/client/{r0,v3}/…`).
 
 mod account;
+mod appservice;
 mod directory;
 pub(crate) mod e2ee;
 mod ephemeral;
@@ -95,7 +96,12 @@ pub fn add(r: &mut Router) {
     both(r, M::PUT, "/directory/list/room/{room_id}", public_rooms::set_visibility);
     both(r, M::GET, "/publicRooms", public_rooms::get_public_rooms);
     both(r, M::POST, "/publicRooms", public_rooms::post_public_rooms);
-    both(r, M::GET, "/thirdparty/protocols", public_rooms::thirdparty_protocols);
+    both(r, M::GET, "/thirdparty/protocols", appservice::protocols);
+    both(r, M::GET, "/thirdparty/protocol/{protocol}", appservice::protocol);
+    both(r, M::GET, "/thirdparty/location/{protocol}", appservice::locations);
+    both(r, M::GET, "/thirdparty/user/{protocol}", appservice::users);
+    both(r, M::PUT, "/directory/list/appservice/{network_id}/{room_id}", appservice::publish);
+    r.add(M::POST, "/_matrix/client/v1/appservice/{appservice_id}/ping", appservice::ping);
 
     both(r, M::GET, "/profile/{user_id}", profile::get_profile);
     both(r, M::GET, "/profile/{user_id}/displayname", profile::get_displayname);

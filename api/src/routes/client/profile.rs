@@ -39,7 +39,12 @@ async fn profile_of(cx: &Ctx, req: &Req) -> Result<(ruma::OwnedUserId, Profile),
         let text = |k: &str| resp.json[k].as_str().map(str::to_owned);
         return Ok((user, Profile { displayname: text("displayname"), avatar_url: text("avatar_url") }));
     }
-    let profile = cx.engine.users.profile(user.as_str())?.ok_or_else(|| ApiError::not_found("no such user"))?;
+    let mut profile = cx.engine.users.profile(user.as_str())?;
+    if profile.is_none() && !cx.engine.users.exists(&user)? && cx.engine.query_appservice_user(user.as_str()).await {
+        // An appservice of the user's namespace has just registered the user.
+        profile = cx.engine.users.profile(user.as_str())?;
+    }
+    let profile = profile.ok_or_else(|| ApiError::not_found("no such user"))?;
     Ok((user, profile))
 }
 
@@ -84,7 +89,9 @@ fn set_field(field: &'static str) -> impl Fn(Ctx, Req) -> HandlerFuture {
     move |cx, req| {
         Box::pin(async move {
             let me = require_user(&cx, &req)?;
-            cx.limiter.check(&me.user_id)?;
+            if me.rate_limited() {
+                cx.limiter.check(&me.user_id)?;
+            }
             crate::auth::require_self(&me, &req, "user_id")?;
             let body: JsonValue = parse_json(&req.body)?;
             let value = match body.get(field) {

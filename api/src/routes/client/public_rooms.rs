@@ -277,13 +277,3 @@ pub fn federation_public_rooms(cx: Ctx, req: Req) -> HandlerFuture {
         Ok(ok_json(&list(&cx, limit, since, term)?))
     })
 }
-
-/// GET /thirdparty/protocols (Client-Server API §"Third-party Networks"): the
-/// protocols application services bridge to. Myelin has no application
-/// service support yet, so there are none; directory UIs ask this first.
-pub fn thirdparty_protocols(cx: Ctx, req: Req) -> HandlerFuture {
-    Box::pin(async move {
-        crate::auth::require_user(&cx, &req)?;
-        Ok(ok_empty())
-    })
-}

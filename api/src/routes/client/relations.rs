@@ -81,7 +81,9 @@ fn event_in_room(cx: &Ctx, me: &Authed, room: &RoomId, id: &EventId) -> Result<(
 pub fn redact(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
-        cx.limiter.check(&me.user_id)?;
+        if me.rate_limited() {
+            cx.limiter.check(&me.user_id)?;
+        }
         let (room, target) = room_and_event(&req)?;
         let txn = format!("redact/{}", req.param("txn_id")?);
         if let Some(event_id) = cx.engine.users.txn_event(me.user_id.as_str(), &me.device_id, &txn)? {
@@ -103,8 +105,13 @@ pub fn redact(cx: Ctx, req: Req) -> HandlerFuture {
         if let Some(reason) = body.reason {
             content["reason"] = json!(reason);
         }
-        let event =
-            NewEvent { kind: TimelineEventType::RoomRedaction, state_key: None, content, redacts: Some(target) };
+        let event = NewEvent {
+            kind: TimelineEventType::RoomRedaction,
+            state_key: None,
+            content,
+            redacts: Some(target),
+            origin_server_ts: crate::auth::appservice_ts(&me, &req)?,
+        };
         let sent = cx.engine.rooms.send_for_txn(&me.user_id, &room, event, Some((&me.device_id, &txn))).await?;
         Ok(ok_json(&Sent { event_id: &sent.event_id }))
     })

@@ -7,7 +7,9 @@ use super::*;
 pub fn create_room(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
-        cx.limiter.check(&me.user_id)?;
+        if me.rate_limited() {
+            cx.limiter.check(&me.user_id)?;
+        }
         let body: CreateRoomBody = crate::http_util::parse_json_or_empty(&req.body)?;
         let preset = match body.preset.as_deref() {
             None => None,
@@ -24,6 +26,7 @@ pub fn create_room(cx: Ctx, req: Req) -> HandlerFuture {
             Some(name) => {
                 let alias = super::super::directory::local_alias(&cx, &format!("#{name}:{}", cx.engine.server_name))
                     .map_err(|e| ApiError::invalid_param(e.message))?;
+                super::super::directory::refuse_claimed_alias(&cx, &me, &alias)?;
                 if cx.engine.directory.resolve(alias.as_str())?.is_some() {
                     return Err(ApiError::new(
                         http::StatusCode::BAD_REQUEST,

@@ -8,7 +8,9 @@ use super::*;
 pub fn send(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
-        cx.limiter.check(&me.user_id)?;
+        if me.rate_limited() {
+            cx.limiter.check(&me.user_id)?;
+        }
         let room = room_param(&req)?;
         let kind = req.param("event_type")?.to_owned();
         let txn = req.param("txn_id")?.to_owned();
@@ -20,7 +22,7 @@ pub fn send(cx: Ctx, req: Req) -> HandlerFuture {
             return Err(ApiError::bad_json("event content must be a JSON object"));
         }
         super::super::relations::check_relation(&cx, &me, &room, &content)?;
-        let event = NewEvent::message(TimelineEventType::from(kind), content);
+        let event = NewEvent::message(TimelineEventType::from(kind), content).at(appservice_ts(&me, &req)?);
         let pdu = cx.engine.rooms.send_for_txn(&me.user_id, &room, event, Some((&me.device_id, &txn))).await?;
         Ok(ok_json(&json!({ "event_id": pdu.event_id })))
     })
@@ -30,7 +32,9 @@ pub fn send(cx: Ctx, req: Req) -> HandlerFuture {
 pub fn put_state(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
-        cx.limiter.check(&me.user_id)?;
+        if me.rate_limited() {
+            cx.limiter.check(&me.user_id)?;
+        }
         let room = room_param(&req)?;
         let kind = req.param("event_type")?.to_owned();
         let key = req.param("state_key").map(str::to_owned).unwrap_or_default();
@@ -47,7 +51,11 @@ pub fn put_state(cx: Ctx, req: Req) -> HandlerFuture {
         let pdu = cx
             .engine
             .rooms
-            .send(&me.user_id, &room, NewEvent::state(TimelineEventType::from(kind), key, content))
+            .send(
+                &me.user_id,
+                &room,
+                NewEvent::state(TimelineEventType::from(kind), key, content).at(appservice_ts(&me, &req)?),
+            )
             .await?;
         Ok(ok_json(&json!({ "event_id": pdu.event_id })))
     })

@@ -54,7 +54,9 @@ async fn room_or_alias(cx: &Ctx, target: &str) -> Result<(ruma::OwnedRoomId, Vec
 pub fn join(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
-        cx.limiter.check(&me.user_id)?;
+        if me.rate_limited() {
+            cx.limiter.check(&me.user_id)?;
+        }
         // The body is optional; when present it must be an object with a string `reason`.
         let body: ReasonBody = crate::http_util::parse_json_or_empty(&req.body)?;
         let (room, alias_servers) = room_or_alias(&cx, req.param("room_id")?).await?;
@@ -122,7 +124,9 @@ fn servers_to_ask(
 pub fn knock(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
-        cx.limiter.check(&me.user_id)?;
+        if me.rate_limited() {
+            cx.limiter.check(&me.user_id)?;
+        }
         let (room, alias_servers) = room_or_alias(&cx, req.param("room_id")?).await?;
         let body: ReasonBody = crate::http_util::parse_json_or_empty(&req.body)?;
         if cx.engine.rooms.is_local_room(&room) {
@@ -146,7 +150,9 @@ fn target_action(membership: &'static str) -> impl Fn(Ctx, Req) -> HandlerFuture
     move |cx, req| {
         Box::pin(async move {
             let me = require_user(&cx, &req)?;
-            cx.limiter.check(&me.user_id)?;
+            if me.rate_limited() {
+                cx.limiter.check(&me.user_id)?;
+            }
             let room = room_param(&req)?;
             let body: TargetBody = parse_json(&req.body)?;
             if membership == "unban" {
@@ -157,6 +163,13 @@ fn target_action(membership: &'static str) -> impl Fn(Ctx, Req) -> HandlerFuture
                 }
                 set_membership(&cx, &me, &room, &body.user_id, "leave", body.reason).await?;
             } else {
+                if membership == "invite"
+                    && body.user_id.server_name() == cx.engine.server_name
+                    && !cx.engine.users.exists(&body.user_id)?
+                {
+                    // An appservice may bring an unknown user of its namespace into being.
+                    cx.engine.query_appservice_user(body.user_id.as_str()).await;
+                }
                 set_membership(&cx, &me, &room, &body.user_id, membership, body.reason).await?;
             }
             Ok(ok_json(&json!({})))
@@ -190,7 +203,9 @@ struct ReasonBody {
 pub fn leave(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
-        cx.limiter.check(&me.user_id)?;
+        if me.rate_limited() {
+            cx.limiter.check(&me.user_id)?;
+        }
         let room = room_param(&req)?;
         let body: ReasonBody = crate::http_util::parse_json_or_empty(&req.body)?;
         if membership_of(&cx, &me.user_id, &room)?.is_none() {

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{Value as JsonValue, json};
 
 use crate::{
-    auth::{Authed, query_param, require_user},
+    auth::{Authed, appservice_ts, query_param, require_user},
     error::ApiError,
     http_util::{ok_json, parse_json},
     router::{Ctx, HandlerFuture, Req},

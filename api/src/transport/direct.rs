@@ -1,0 +1,209 @@
+//! Requests to endpoints the operator configured by URL — appservices (and
+//! later push gateways): `http://` or `https://host[:port][/prefix]`, connected
+//! to as written, without Matrix server discovery. Such a URL comes from the
+//! operator's own configuration, so it may name a loopback or private address.
+//!
+//! Connections are kept alive and reused per base URL (an appservice on the
+//! same host receives a steady stream of transactions). Every request has a
+//! timeout and a response size limit.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::Uri;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use myelin_engine::federation::{OutboundRequest, RawResponse, TransportError};
+use tokio::net::TcpStream;
+
+/// How long one request may take.
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle connections kept per base URL.
+const POOL_PER_URL: usize = 4;
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// A parsed base URL.
+struct Base {
+    https: bool,
+    host: String,
+    port: u16,
+    /// `Host` header value.
+    authority: String,
+    /// Path prefix without a trailing slash.
+    prefix: String,
+}
+
+fn parse(base_url: &str) -> Result<Base, TransportError> {
+    let bad = || TransportError::Resolve(format!("`{base_url}` is not an http(s) URL"));
+    let uri: Uri = base_url.parse().map_err(|_| bad())?;
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(bad()),
+    };
+    let authority = uri.authority().ok_or_else(bad)?;
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+    Ok(Base {
+        https,
+        host,
+        port,
+        authority: authority.as_str().to_owned(),
+        prefix: uri.path().trim_end_matches('/').to_owned(),
+    })
+}
+
+/// The client for configured URLs.
+pub struct Direct {
+    tls: Arc<rustls::ClientConfig>,
+    pool: parking_lot::Mutex<HashMap<String, Vec<Sender>>>,
+}
+
+impl Direct {
+    /// With the TLS configuration used for `https://` URLs.
+    pub fn new(tls: Arc<rustls::ClientConfig>) -> Self {
+        Self { tls, pool: parking_lot::Mutex::new(HashMap::new()) }
+    }
+
+    async fn connect(&self, base: &Base) -> Result<Sender, TransportError> {
+        let addr = tokio::net::lookup_host((base.host.as_str(), base.port))
+            .await
+            .map_err(|_| TransportError::Resolve(base.host.clone()))?
+            .next()
+            .ok_or_else(|| TransportError::Resolve(base.host.clone()))?;
+        let tcp = TcpStream::connect(addr).await.map_err(|e| TransportError::Connect(format!("{addr}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let span = tracing::debug_span!("direct_connection", host = %base.host, port = base.port);
+        if base.https {
+            let name = rustls::pki_types::ServerName::try_from(base.host.clone())
+                .map_err(|e| TransportError::Connect(format!("server name: {e}")))?;
+            let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| TransportError::Connect(format!("TLS: {e}")))?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| TransportError::Http(e.to_string()))?;
+            tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    let _ = conn.await;
+                },
+                span,
+            ));
+            Ok(sender)
+        } else {
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .map_err(|e| TransportError::Http(e.to_string()))?;
+            tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    let _ = conn.await;
+                },
+                span,
+            ));
+            Ok(sender)
+        }
+    }
+
+    async fn pooled(&self, key: &str) -> Option<Sender> {
+        loop {
+            let mut conn = self.pool.lock().get_mut(key).and_then(Vec::pop)?;
+            if !conn.is_closed() && conn.ready().await.is_ok() {
+                return Some(conn);
+            }
+        }
+    }
+
+    fn give_back(&self, key: &str, conn: Sender) {
+        if conn.is_closed() {
+            return;
+        }
+        let mut pool = self.pool.lock();
+        let idle = pool.entry(key.to_owned()).or_default();
+        if idle.len() < POOL_PER_URL {
+            idle.push(conn);
+        }
+    }
+
+    /// Sends `request` below `base_url` and reads the answer; a pooled
+    /// connection found closed is replaced once.
+    pub async fn send(&self, base_url: &str, request: OutboundRequest) -> Result<RawResponse, TransportError> {
+        let base = parse(base_url)?;
+        let OutboundRequest { method, path_and_query, body, authorization, limit } = request;
+        let uri = format!("{}{}", base.prefix, path_and_query);
+        let base = &base;
+        let (uri, method, body, authorization) = (&uri, &method, &body, &authorization);
+        let attempt = |reuse: bool| async move {
+            let pooled = if reuse { self.pooled(base_url).await } else { None };
+            let was_pooled = pooled.is_some();
+            let mut sender = match pooled {
+                Some(s) => s,
+                None => self.connect(base).await?,
+            };
+            let mut req = http::Request::builder()
+                .method(method.clone())
+                .uri(uri.as_str())
+                .header(http::header::HOST, &base.authority);
+            if body.is_some() {
+                req = req.header(http::header::CONTENT_TYPE, "application/json");
+            }
+            if let Some(auth) = authorization {
+                req = req.header(http::header::AUTHORIZATION, auth.as_str());
+            }
+            let req = req
+                .body(Full::new(body.clone().unwrap_or_default()))
+                .map_err(|e| TransportError::Http(e.to_string()))?;
+            let resp = match sender.send_request(req).await {
+                Ok(r) => r,
+                Err(e) if was_pooled => return Ok(Err(e)),
+                Err(e) => return Err(TransportError::Http(e.to_string())),
+            };
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let body = Limited::new(resp.into_body(), limit)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                        TransportError::TooLarge(limit)
+                    } else {
+                        TransportError::Http(format!("reading the response: {e}"))
+                    }
+                })?
+                .to_bytes();
+            self.give_back(base_url, sender);
+            Ok(Ok(RawResponse { status, headers, body }))
+        };
+        let fut = async {
+            match attempt(true).await? {
+                Ok(r) => Ok(r),
+                Err(stale) => {
+                    tracing::debug!(url = base_url, error = %stale, "pooled connection was stale; reconnecting");
+                    self.pool.lock().remove(base_url);
+                    attempt(false).await?.map_err(|e| TransportError::Http(e.to_string()))
+                }
+            }
+        };
+        tokio::time::timeout(TIMEOUT, fut).await.map_err(|_| TransportError::Timeout)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    #[test]
+    fn base_urls_are_split_into_connection_and_prefix() {
+        let b = parse("http://localhost:29317").unwrap();
+        assert!(!b.https);
+        assert_eq!((b.host.as_str(), b.port, b.prefix.as_str()), ("localhost", 29317, ""));
+        let b = parse("https://bridge.example.org/as/").unwrap();
+        assert!(b.https);
+        assert_eq!((b.host.as_str(), b.port, b.prefix.as_str()), ("bridge.example.org", 443, "/as"));
+        let b = parse("http://[::1]:8080").unwrap();
+        assert_eq!((b.host.as_str(), b.port, b.authority.as_str()), ("::1", 8080, "[::1]:8080"));
+        assert!(parse("ftp://x").is_err());
+        assert!(parse("not a url").is_err());
+    }
+}

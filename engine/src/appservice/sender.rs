@@ -1,0 +1,247 @@
+//! Pushes to appservices (Application Service API §"Pushing events":
+//! `PUT /_matrix/app/v1/transactions/{txnId}`, `Authorization: Bearer <hs_token>`).
+//!
+//! > The application service should process the transaction and respond with a
+//! > 200 OK. If the homeserver does not receive a 200 OK it should retry the
+//! > transaction with the same transaction ID.
+//!
+//! One task per appservice with a URL, woken when rows are queued for it (after
+//! their batch is durable) or ephemeral events wait, and by a scan every 5 s.
+//! A transaction carries up to 100 events, oldest first, and up to 100
+//! ephemeral events. Before it is first sent it is stored (id, rows, body);
+//! every retry sends exactly that, also after a restart, and its rows are
+//! deleted only after a 2xx. On failure the sender waits with exponential
+//! backoff (1 s doubling to 2 min, the federation sender's policy, stored so a
+//! restart keeps it); any request the appservice makes with its token ends
+//! the wait at once.
+//!
+//! Metrics per appservice: `myelin_appservice_queue_depth`,
+//! `myelin_appservice_queue_oldest_age_seconds`,
+//! `myelin_appservice_transactions_total{result}` and
+//! `myelin_appservice_events_total`.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use http::Method;
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinHandle,
+};
+
+use super::queue::{self, InFlight, SenderState};
+use crate::{
+    Engine,
+    federation::{OutboundRequest, enc},
+    rooms::events::client_event,
+    util::now_ms,
+};
+
+/// Most events per transaction.
+const MAX_EVENTS: usize = 100;
+/// Most ephemeral events per transaction.
+const MAX_EPHEMERAL: usize = 100;
+/// Largest answer read from an appservice.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// Runs the appservice senders until `stop` fires.
+pub async fn run(engine: Arc<Engine>, mut stop: watch::Receiver<bool>) {
+    let mut tasks: HashMap<String, (JoinHandle<()>, Arc<Notify>)> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut scan = true;
+    loop {
+        let mut names: Vec<String> = if scan {
+            engine.appservices.all().iter().filter(|a| a.url().is_some()).map(|a| a.id().to_owned()).collect()
+        } else {
+            Vec::new()
+        };
+        scan = false;
+        names.extend(engine.appservices.take_ready());
+        // An appservice removed at run time: its task ends.
+        tasks.retain(|id, (task, _)| {
+            let keep = engine.appservices.get(id).is_some();
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for id in names {
+            match tasks.get(&id) {
+                Some((task, wake)) if !task.is_finished() => wake.notify_one(),
+                _ => {
+                    let wake = Arc::new(Notify::new());
+                    let task = tokio::spawn(tracing::Instrument::instrument(
+                        deliver(engine.clone(), id.clone(), wake.clone()),
+                        tracing::info_span!("appservice_sender", appservice = %id),
+                    ));
+                    tasks.insert(id, (task, wake));
+                }
+            }
+        }
+        tokio::select! {
+            _ = engine.appservices.wait_ready() => {}
+            _ = tick.tick() => scan = true,
+            _ = stop.changed() => break,
+        }
+    }
+    for (_, (t, _)) in tasks {
+        t.abort();
+    }
+}
+
+async fn deliver(engine: Arc<Engine>, id: String, wake: Arc<Notify>) {
+    let mut floor = 0;
+    loop {
+        if let Err(e) = deliver_queued(&engine, &id, &mut floor).await {
+            tracing::warn!(error = %e, "appservice queue could not be read; retrying in 5 s");
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            continue;
+        }
+        wake.notified().await;
+    }
+}
+
+fn jitter(base: Duration) -> Duration {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    base + Duration::from_millis(u64::from(nanos % 1000) * base.as_millis().min(1000) as u64 / 1000)
+}
+
+/// Builds the next transaction from the queue, or `None` when nothing waits.
+fn next_transaction(
+    engine: &Engine,
+    id: &str,
+    floor: &mut u64,
+    state: &mut SenderState,
+) -> Result<Option<InFlight>, crate::EngineError> {
+    // Read before the rows: every row at or below a visible position is in the read.
+    let visible = engine.stream.current();
+    let rows = queue::rows(&engine.db, id, *floor, MAX_EVENTS)?;
+    let ephemeral = engine.appservices.take_ephemeral(id, MAX_EPHEMERAL);
+    if rows.is_empty() && ephemeral.is_empty() {
+        // Nothing below `visible` is left: later reads may start above it.
+        *floor = (*floor).max(visible.saturating_add(1));
+        return Ok(None);
+    }
+    let now = now_ms();
+    let mut events = Vec::with_capacity(rows.len());
+    let mut oldest = now;
+    for (_, short) in &rows {
+        match engine.rooms.pdu_by_short(*short) {
+            Ok(Some(pdu)) => {
+                oldest = oldest.min(u64::from(pdu.origin_server_ts.0));
+                events.push(client_event(&pdu, true, now));
+            }
+            // Purged since it was queued: nothing to send for it.
+            Ok(None) => {}
+            Err(e) => return Err(crate::EngineError::Rooms(e.to_string())),
+        }
+    }
+    metrics::gauge!("myelin_appservice_queue_oldest_age_seconds", "appservice" => id.to_owned())
+        .set(now.saturating_sub(oldest) as f64 / 1000.0);
+    let mut body = serde_json::Map::new();
+    let count = events.len();
+    body.insert("events".into(), serde_json::Value::Array(events));
+    if !ephemeral.is_empty() {
+        // Both names: the stable one, and MSC2409's that older bridges read.
+        body.insert("ephemeral".into(), serde_json::Value::Array(ephemeral.clone()));
+        body.insert("de.sorunome.msc2409.ephemeral".into(), serde_json::Value::Array(ephemeral));
+    }
+    let body = serde_json::to_vec(&body).map_err(|e| crate::EngineError::Rooms(e.to_string()))?;
+    if state.next_txn == 0 {
+        // A fresh sender (or one re-added after removal) must not repeat ids the
+        // appservice saw before: start from the clock.
+        state.next_txn = now;
+    }
+    let txn_id = state.next_txn;
+    state.next_txn += 1;
+    let seqs: Vec<u64> = rows.iter().map(|(s, _)| *s).collect();
+    if let Some(last) = seqs.last() {
+        // A row above `visible` may still land below one read here.
+        *floor = (*floor).max(last.saturating_add(1).min(visible.saturating_add(1)));
+    }
+    Ok(Some(InFlight { txn_id, seqs, body, events: count }))
+}
+
+/// Delivers everything queued for one appservice, then returns.
+async fn deliver_queued(engine: &Engine, id: &str, floor: &mut u64) -> Result<(), crate::EngineError> {
+    let Some(appservice) = engine.appservices.get(id) else { return Ok(()) };
+    let Some(url) = appservice.url().map(ToOwned::to_owned) else { return Ok(()) };
+    let alive = engine.appservices.alive_signal(id);
+    let mut state = queue::state(&engine.db, id)?;
+    let wait = Duration::from_millis(state.retry_at_ms.saturating_sub(now_ms()));
+    if !wait.is_zero() {
+        tracing::info!(wait = ?wait, "appservice was failing before; waiting out its backoff");
+        tokio::select! {
+            _ = tokio::time::sleep(wait.min(Duration::from_secs(120))) => {}
+            _ = alive.notified() => state.step_ms = 0,
+        }
+    }
+    loop {
+        let in_flight = match state.in_flight.clone() {
+            Some(f) => f,
+            None => match next_transaction(engine, id, floor, &mut state)? {
+                Some(f) => {
+                    state.in_flight = Some(f.clone());
+                    queue::save_state(&engine.db, id, &state).await?;
+                    f
+                }
+                None => {
+                    metrics::gauge!("myelin_appservice_queue_depth", "appservice" => id.to_owned()).set(0.0);
+                    return Ok(());
+                }
+            },
+        };
+        let request = OutboundRequest {
+            method: Method::PUT,
+            path_and_query: format!("/_matrix/app/v1/transactions/{}", enc(&in_flight.txn_id.to_string())),
+            body: Some(in_flight.body.clone().into()),
+            authorization: Some(format!("Bearer {}", appservice.registration.hs_token)),
+            limit: MAX_ANSWER,
+        };
+        let transport = engine.federation.transport();
+        let outcome = transport.send_url(&url, request).await;
+        match outcome {
+            Ok(resp) if resp.status.is_success() => {
+                queue::delivered(&engine.db, id, &state).await?;
+                state.in_flight = None;
+                state.retry_at_ms = 0;
+                state.step_ms = 0;
+                metrics::counter!("myelin_appservice_transactions_total", "appservice" => id.to_owned(), "result" => "ok")
+                    .increment(1);
+                metrics::counter!("myelin_appservice_events_total", "appservice" => id.to_owned())
+                    .increment(in_flight.events as u64);
+                tracing::debug!(txn_id = in_flight.txn_id, events = in_flight.events, "transaction delivered");
+            }
+            failed => {
+                let result = match &failed {
+                    Ok(resp) => {
+                        tracing::warn!(status = %resp.status, txn_id = in_flight.txn_id, "appservice refused a transaction; retrying later");
+                        "refused"
+                    }
+                    Err(e) => {
+                        tracing::info!(error = %e, txn_id = in_flight.txn_id, "appservice unreachable; retrying later");
+                        "unreachable"
+                    }
+                };
+                metrics::counter!("myelin_appservice_transactions_total", "appservice" => id.to_owned(), "result" => result)
+                    .increment(1);
+                if let Ok(n) = queue::depth(&engine.db, id, 1_000_000) {
+                    metrics::gauge!("myelin_appservice_queue_depth", "appservice" => id.to_owned()).set(n as f64);
+                }
+                let step = Duration::from_millis(state.step_ms.clamp(1_000, 120_000));
+                let wait = jitter(step);
+                state.retry_at_ms = now_ms() + wait.as_millis() as u64;
+                state.step_ms = (step * 2).min(Duration::from_secs(120)).as_millis() as u64;
+                queue::save_state(&engine.db, id, &state).await?;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = alive.notified() => {
+                        tracing::info!("appservice showed life; retrying now");
+                        state.step_ms = 0;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! The Application Service API end to end: a registration file loaded at
+//! start, the appservice acting as its users, and what the homeserver pushes
+//! to it — over real HTTP on loopback, with a stand-in appservice that
+//! records every request (`kit::appservice`).
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use myelin_suite::{
+    Client, TestServer,
+    appservice::{FakeAppservice, RegistrationYaml, Seen, not_found, wait_events},
+    enc, http_with,
+};
+use serde_json::{Value, json};
+
+const AS_TOKEN: &str = "as-secret-token";
+const HS_TOKEN: &str = "hs-secret-token";
+
+fn registration(url: Option<&str>, exclusive: bool) -> String {
+    RegistrationYaml {
+        id: "fakebridge",
+        url,
+        as_token: AS_TOKEN,
+        hs_token: HS_TOKEN,
+        sender_localpart: "bridgebot",
+        user_regex: "@bridge_.*:as.test",
+        alias_regex: "#bridge_.*:as.test",
+        exclusive,
+        ephemeral: true,
+    }
+    .render()
+}
+
+/// A server named `as.test` with open registration and the registration file in `dir`.
+async fn server_with(yaml: &str, dir: &tempfile::TempDir) -> TestServer {
+    let path = dir.path().join("registration.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    TestServer::start_with("as.test", move |c| {
+        c.registration.enabled = true;
+        c.appservice.registrations = vec![path];
+    })
+    .await
+}
+
+/// A request with the appservice's token, as `user` when given.
+async fn as_request(
+    server: &TestServer,
+    method: Method,
+    path: &str,
+    user: Option<&str>,
+    body: Option<Value>,
+) -> myelin_suite::Reply {
+    let path = match user {
+        Some(u) => format!("{path}{}user_id={}", if path.contains('?') { '&' } else { '?' }, enc(u)),
+        None => path.to_owned(),
+    };
+    let auth = format!("Bearer {AS_TOKEN}");
+    let body = body.map(|b| b.to_string());
+    http_with(server.client, method, &path, body.as_deref().map(str::as_bytes), &[("authorization", &auth)]).await
+}
+
+async fn as_register(server: &TestServer, localpart: &str) -> myelin_suite::Reply {
+    let body = json!({ "type": "m.login.application_service", "username": localpart, "inhibit_login": true });
+    as_request(server, Method::POST, "/_matrix/client/v3/register", None, Some(body)).await
+}
+
+#[tokio::test]
+async fn an_appservice_acts_only_as_the_users_of_its_namespaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with(&registration(None, true), &dir).await;
+
+    // Its sender exists from the start; whoami says who the token is.
+    let r = as_request(&server, Method::GET, "/_matrix/client/v3/account/whoami", None, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.json()["user_id"], "@bridgebot:as.test");
+
+    // Registering a namespaced user: no password, no user-interactive auth.
+    let r = as_register(&server, "bridge_alice").await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["user_id"], "@bridge_alice:as.test");
+    assert!(r.json().get("access_token").is_none(), "inhibit_login gives no token");
+    // Twice: the id is taken.
+    assert_eq!(as_register(&server, "bridge_alice").await.errcode(), "M_USER_IN_USE");
+    // Outside its namespace: refused.
+    let r = as_register(&server, "carol").await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::BAD_REQUEST, "M_EXCLUSIVE"));
+    // Without the appservice login type: refused.
+    let r = as_request(
+        &server,
+        Method::POST,
+        "/_matrix/client/v3/register",
+        None,
+        Some(json!({ "username": "bridge_bob", "auth": { "type": "m.login.dummy" } })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{r:?}");
+
+    // Masquerading.
+    let r = as_request(&server, Method::GET, "/_matrix/client/v3/account/whoami", Some("@bridge_alice:as.test"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["user_id"], "@bridge_alice:as.test");
+    let alice = server.register("alice").await;
+    for (user, why) in [
+        ("@alice:as.test", "a user outside its namespaces"),
+        ("@bridge_nobody:as.test", "a namespaced user it never registered"),
+        ("@bridge_x:elsewhere.test", "another server's user"),
+    ] {
+        let r = as_request(&server, Method::GET, "/_matrix/client/v3/account/whoami", Some(user), None).await;
+        assert_eq!((r.status, r.errcode().as_str()), (StatusCode::FORBIDDEN, "M_FORBIDDEN"), "{why}");
+    }
+    let r = as_request(&server, Method::GET, "/_matrix/client/v3/account/whoami", Some("not a user id"), None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = as_request(&server, Method::GET, "/_matrix/client/v3/account/whoami?device_id=NOPE", None, None).await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::BAD_REQUEST, "M_UNKNOWN_DEVICE"));
+
+    // Ordinary users cannot take what the namespaces claim exclusively.
+    let body = json!({ "username": "bridge_mallory", "password": "pass-word-1", "auth": { "type": "m.login.dummy" } });
+    let r =
+        http_with(server.client, Method::POST, "/_matrix/client/v3/register", Some(body.to_string().as_bytes()), &[])
+            .await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::BAD_REQUEST, "M_EXCLUSIVE"));
+    let room = alice.create_room(json!({})).await;
+    let r = alice
+        .request(
+            Method::PUT,
+            "/_matrix/client/v3/directory/room/%23bridge_mine:as.test",
+            Some(json!({ "room_id": room })),
+        )
+        .await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::BAD_REQUEST, "M_EXCLUSIVE"));
+    let r = alice
+        .request(Method::POST, "/_matrix/client/v3/createRoom", Some(json!({ "room_alias_name": "bridge_x" })))
+        .await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::BAD_REQUEST, "M_EXCLUSIVE"));
+    // The appservice itself may.
+    let r = as_request(
+        &server,
+        Method::PUT,
+        "/_matrix/client/v3/directory/room/%23bridge_mine:as.test",
+        None,
+        Some(json!({ "room_id": room })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", String::from_utf8_lossy(&r.body));
+    // And an ordinary user's alias outside the namespaces is fine.
+    alice.put("/_matrix/client/v3/directory/room/%23plain:as.test", json!({ "room_id": room })).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_registration_file_stops_the_start_with_the_file_and_field_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, registration(None, true).replace("@bridge_.*:as.test", "@bridge_(:as.test")).unwrap();
+    let mut config = myelin_suite::test_config(dir.path(), "as.test");
+    config.appservice.registrations = vec![path.clone()];
+    let err = match myelin_engine::Engine::open(config) {
+        Ok(_) => panic!("a registration with a bad regex was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("bad.yaml") && err.contains("namespaces.users[0].regex"), "{err}");
+
+    // Two registrations with one token.
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+    std::fs::write(&a, registration(None, true)).unwrap();
+    std::fs::write(&b, registration(None, true).replace("id: fakebridge", "id: other").replace(HS_TOKEN, "hs2"))
+        .unwrap();
+    let mut config = myelin_suite::test_config(dir.path(), "as.test");
+    config.appservice.registrations = vec![a, b];
+    let err = match myelin_engine::Engine::open(config) {
+        Ok(_) => panic!("two registrations sharing an as_token were accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("b.yaml") && err.contains("as_token"), "{err}");
+}
+
+/// Room `room` with `alice` and the namespaced `@bridge_alice` joined (by masquerading).
+async fn bridged_room(server: &TestServer, alice: &Client) -> String {
+    assert_eq!(as_register(server, "bridge_alice").await.status, StatusCode::OK);
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let r = as_request(
+        server,
+        Method::POST,
+        &format!("/_matrix/client/v3/join/{}", enc(&room)),
+        Some("@bridge_alice:as.test"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", String::from_utf8_lossy(&r.body));
+    room
+}
+
+fn bodies_of(events: &[Value], room: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["room_id"] == room && e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn events_typing_and_receipts_reach_the_appservice_with_its_hs_token() {
+    let fake = FakeAppservice::start(not_found).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with(&registration(Some(&fake.url()), true), &dir).await;
+    let alice = server.register("alice").await;
+    let room = bridged_room(&server, &alice).await;
+
+    let event_id = alice.send_text(&room, "hello bridge").await;
+    wait_events(&fake, Duration::from_secs(10), "the message", |ev| bodies_of(ev, &room) == ["hello bridge"]).await;
+    for s in fake.requests().iter().filter(|s| s.path.starts_with("/_matrix/app/v1/transactions/")) {
+        assert_eq!(s.method, "PUT");
+        assert_eq!(s.authorization.as_deref(), Some(format!("Bearer {HS_TOKEN}").as_str()));
+    }
+    let events = fake.events();
+    let msg = events.iter().find(|e| e["event_id"] == event_id.as_str()).expect("the message event");
+    assert_eq!(msg["sender"], alice.user_id.as_str());
+    assert!(msg.get("origin_server_ts").is_some() && msg.get("content").is_some());
+    // The namespaced user's own join was pushed too (its state_key is in the namespace).
+    assert!(events.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == "@bridge_alice:as.test"));
+
+    // A bridged message with `ts`: history keeps its original time.
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/t1?ts=1000", enc(&room));
+    let r = as_request(
+        &server,
+        Method::PUT,
+        &path,
+        Some("@bridge_alice:as.test"),
+        Some(json!({ "msgtype": "m.text", "body": "old" })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", String::from_utf8_lossy(&r.body));
+    let old_id = r.json()["event_id"].as_str().unwrap().to_owned();
+    let ev = alice.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&old_id))).await;
+    assert_eq!(ev["origin_server_ts"], 1000);
+    assert_eq!(ev["sender"], "@bridge_alice:as.test");
+
+    // Typing and a read receipt.
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id)),
+            json!({ "typing": true, "timeout": 30000 }),
+        )
+        .await;
+    alice.post(&format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&event_id)), json!({})).await;
+    fake.wait_until(Duration::from_secs(10), "typing and receipt", |f| {
+        let eph = f.ephemeral();
+        eph.iter().any(|e| {
+            e["type"] == "m.typing"
+                && e["room_id"] == room.as_str()
+                && e["content"]["user_ids"][0] == alice.user_id.as_str()
+        }) && eph.iter().any(|e| {
+            e["type"] == "m.receipt" && e["content"][event_id.as_str()]["m.read"][alice.user_id.as_str()].is_object()
+        })
+    })
+    .await;
+    // A private receipt stays private.
+    alice
+        .post(&format!("/_matrix/client/v3/rooms/{}/receipt/m.read.private/{}", enc(&room), enc(&old_id)), json!({}))
+        .await;
+    alice.send_text(&room, "after the private receipt").await;
+    wait_events(&fake, Duration::from_secs(10), "the next message", |ev| bodies_of(ev, &room).len() == 3).await;
+    assert!(!fake.ephemeral().iter().any(|e| e.to_string().contains("m.read.private")), "private receipt pushed");
+
+    // A room with no namespaced member, sender or alias is not pushed.
+    let other = alice.create_room(json!({})).await;
+    alice.send_text(&other, "not for the bridge").await;
+    alice.send_text(&room, "marker").await;
+    wait_events(&fake, Duration::from_secs(10), "the marker", |ev| bodies_of(ev, &room).contains(&"marker".to_owned()))
+        .await;
+    assert!(bodies_of(&fake.events(), &other).is_empty(), "an unrelated room was pushed");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_appservice_that_was_down_gets_every_event_in_order_once_also_across_a_restart() {
+    let fake = FakeAppservice::start(not_found).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with(&registration(Some(&fake.url()), true), &dir).await;
+    let alice = server.register("alice").await;
+    let room = bridged_room(&server, &alice).await;
+    alice.send_text(&room, "m0").await;
+    wait_events(&fake, Duration::from_secs(10), "m0", |ev| bodies_of(ev, &room) == ["m0"]).await;
+
+    fake.set_down(true);
+    for i in 1..=30 {
+        alice.send_text(&room, &format!("m{i}")).await;
+    }
+    // It is retried while down…
+    fake.wait_until(Duration::from_secs(10), "a refused transaction", |f| f.requests().iter().any(|s| s.status == 503))
+        .await;
+    let refused: Vec<String> = fake.requests().iter().filter(|s| s.status == 503).map(|s| s.path.clone()).collect();
+    // …and the server restarts meanwhile, with more sent after.
+    let server = server.restart().await;
+    let alice = Client { addr: server.client, ..alice };
+    for i in 31..=40 {
+        alice.send_text(&room, &format!("m{i}")).await;
+    }
+    fake.set_down(false);
+    // Any request with its token says the appservice is back: no waiting out the backoff.
+    as_request(&server, Method::GET, "/_matrix/client/v3/account/whoami", None, None).await;
+    let want: Vec<String> = (0..=40).map(|i| format!("m{i}")).collect();
+    wait_events(&fake, Duration::from_secs(30), "all 41 messages", |ev| bodies_of(ev, &room).len() >= want.len()).await;
+    assert_eq!(bodies_of(&fake.events(), &room), want, "every event, in order, once");
+    // The transaction first refused was delivered under the same id.
+    let delivered: Vec<String> = fake.delivered().into_iter().map(|(id, _)| id).collect();
+    let first_refused = refused[0].trim_start_matches("/_matrix/app/v1/transactions/");
+    assert!(
+        delivered.iter().any(|d| d == first_refused),
+        "refused {first_refused} never delivered under its id: {delivered:?}"
+    );
+    let mut unique = delivered.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), delivered.len(), "a transaction id was delivered twice: {delivered:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_aliases_and_users_in_a_namespace_are_asked_of_the_appservice() {
+    // The bridge answers an alias query by creating the room with that alias,
+    // as bridges do, and a user query by registering the user.
+    let client_addr = std::sync::Arc::new(std::sync::OnceLock::<std::net::SocketAddr>::new());
+    let addr = client_addr.clone();
+    let fake = FakeAppservice::start(move |seen: Seen| {
+        let addr = addr.clone();
+        Box::pin(async move {
+            let Some(&client) = addr.get() else { return (503, json!({})) };
+            let auth = format!("Bearer {AS_TOKEN}");
+            let call = |method: Method, path: String, body: Value| {
+                let auth = auth.clone();
+                async move {
+                    http_with(client, method, &path, Some(body.to_string().as_bytes()), &[("authorization", &auth)]).await
+                }
+            };
+            if let Some(alias) = seen.path.strip_prefix("/_matrix/app/v1/rooms/") {
+                let alias = percent_decode(alias);
+                let Some(local) = alias.strip_prefix('#').and_then(|a| a.split(':').next()) else { return (404, json!({})) };
+                let r = call(Method::POST, "/_matrix/client/v3/createRoom".into(), json!({ "room_alias_name": local, "preset": "public_chat" })).await;
+                return if r.status == StatusCode::OK { (200, json!({})) } else { (500, json!({})) };
+            }
+            if let Some(user) = seen.path.strip_prefix("/_matrix/app/v1/users/") {
+                let user = percent_decode(user);
+                let local = user.trim_start_matches('@').split(':').next().unwrap_or_default().to_owned();
+                let r = call(
+                    Method::POST,
+                    "/_matrix/client/v3/register".into(),
+                    json!({ "type": "m.login.application_service", "username": local, "inhibit_login": true }),
+                )
+                .await;
+                return if r.status == StatusCode::OK { (200, json!({})) } else { (500, json!({})) };
+            }
+            if seen.path == "/_matrix/app/v1/ping" {
+                return (200, json!({}));
+            }
+            if seen.path == "/_matrix/app/v1/thirdparty/protocol/fakeproto" {
+                return (200, json!({ "user_fields": ["nick"], "location_fields": [], "icon": "", "field_types": {}, "instances": [] }));
+            }
+            (404, json!({ "errcode": "M_NOT_FOUND" }))
+        })
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with(&registration(Some(&fake.url()), true), &dir).await;
+    client_addr.set(server.client).unwrap();
+    let alice = server.register("alice").await;
+
+    let r = alice.request(Method::GET, "/_matrix/client/v3/directory/room/%23bridge_lobby:as.test", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", String::from_utf8_lossy(&r.body));
+    let room = r.json()["room_id"].as_str().unwrap().to_owned();
+    assert!(fake.requests().iter().any(|s| s.path == "/_matrix/app/v1/rooms/%23bridge_lobby%3Aas.test"
+        && s.authorization.as_deref() == Some(&format!("Bearer {HS_TOKEN}"))));
+    // The alias now works for joining.
+    alice.post(&format!("/_matrix/client/v3/join/{}", enc("#bridge_lobby:as.test")), json!({})).await;
+    let joined = alice.get("/_matrix/client/v3/joined_rooms").await;
+    assert!(joined["joined_rooms"].as_array().unwrap().iter().any(|r| r == room.as_str()));
+    // Outside the namespace nobody is asked.
+    let before = fake.requests().len();
+    let r = alice.request(Method::GET, "/_matrix/client/v3/directory/room/%23elsewhere:as.test", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(fake.requests().len(), before);
+
+    // A profile lookup of an unknown namespaced user brings it into being.
+    let r = alice.request(Method::GET, "/_matrix/client/v3/profile/%40bridge_zed%3Aas.test", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", String::from_utf8_lossy(&r.body));
+    assert!(fake.requests().iter().any(|s| s.path == "/_matrix/app/v1/users/%40bridge_zed%3Aas.test"));
+
+    // Ping, by the appservice only.
+    let r = as_request(
+        &server,
+        Method::POST,
+        "/_matrix/client/v1/appservice/fakebridge/ping",
+        None,
+        Some(json!({ "transaction_id": "p1" })),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", String::from_utf8_lossy(&r.body));
+    assert!(r.json()["duration_ms"].is_u64());
+    let ping = fake.requests().into_iter().find(|s| s.path == "/_matrix/app/v1/ping").expect("the ping");
+    assert_eq!((ping.method.as_str(), ping.body["transaction_id"].as_str()), ("POST", Some("p1")));
+    let r = alice.request(Method::POST, "/_matrix/client/v1/appservice/fakebridge/ping", Some(json!({}))).await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::FORBIDDEN, "M_FORBIDDEN"));
+
+    // Third-party protocols come from the appservice that declares them.
+    let protocols = alice.get("/_matrix/client/v3/thirdparty/protocols").await;
+    assert_eq!(protocols["fakeproto"]["user_fields"][0], "nick");
+
+    // Publishing a bridged room in the directory.
+    let path = format!("/_matrix/client/v3/directory/list/appservice/fakenet/{}", enc(&room));
+    let r = as_request(&server, Method::PUT, &path, None, Some(json!({ "visibility": "public" }))).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", String::from_utf8_lossy(&r.body));
+    let r = alice.request(Method::PUT, &path, Some(json!({ "visibility": "public" }))).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    server.stop().await;
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 3 <= bytes.len()
+            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
