@@ -434,3 +434,48 @@ fn percent_decode(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_puppet_invited_from_another_server_is_pushed_the_invite_and_the_remote_chat() {
+    let fake = FakeAppservice::start(not_found).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registration.yaml");
+    std::fs::write(&path, registration(Some(&fake.url()), true)).unwrap();
+    let (a, b) = myelin_suite::federation_pair(
+        "as.test",
+        "remote.test",
+        move |c| c.appservice.registrations = vec![path],
+        |_| {},
+    )
+    .await;
+    assert_eq!(as_register(&a, "bridge_alice").await.status, StatusCode::OK);
+    let bob = b.register("bob").await;
+    let room = bob.create_room(json!({ "preset": "private_chat", "invite": ["@bridge_alice:as.test"] })).await;
+    fake.wait_until(Duration::from_secs(15), "the remote invite", |f| {
+        f.events().iter().any(|e| {
+            e["type"] == "m.room.member"
+                && e["state_key"] == "@bridge_alice:as.test"
+                && e["content"]["membership"] == "invite"
+                && e["room_id"] == room.as_str()
+        })
+    })
+    .await;
+    // The puppet joins through the bridge; the remote user's messages reach the bridge.
+    let r = as_request(
+        &a,
+        Method::POST,
+        &format!("/_matrix/client/v3/join/{}?server_name=remote.test", enc(&room)),
+        Some("@bridge_alice:as.test"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", String::from_utf8_lossy(&r.body));
+    bob.send_text(&room, "hello from remote").await;
+    wait_events(&fake, Duration::from_secs(15), "the remote message", |ev| {
+        bodies_of(ev, &room) == ["hello from remote"]
+    })
+    .await;
+    let events = fake.events();
+    let msg = events.iter().find(|e| e["content"]["body"] == "hello from remote").unwrap();
+    assert_eq!(msg["sender"], "@bob:remote.test");
+}

@@ -126,7 +126,7 @@ fn next_transaction(
     let now = now_ms();
     let mut events = Vec::with_capacity(rows.len());
     let mut oldest = now;
-    for (_, short) in &rows {
+    for (seq, short) in &rows {
         match engine.rooms.pdu_by_short(*short) {
             Ok(Some(pdu)) => {
                 oldest = oldest.min(u64::from(pdu.origin_server_ts.0));
@@ -134,7 +134,15 @@ fn next_transaction(
             }
             // Purged since it was queued: nothing to send for it.
             Ok(None) => {}
-            Err(e) => return Err(crate::EngineError::Rooms(e.to_string())),
+            // An invite to a room this server is not in (an outlier, no room version
+            // known): sent as it was received.
+            Err(crate::rooms::RoomError::UnknownRoom(_)) => match engine.rooms.outlier_client_event(*short, now) {
+                Ok(Some(event)) => events.push(event),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(seq, error = %e, "skipping a queued event that cannot be read"),
+            },
+            Err(crate::rooms::RoomError::Storage(e)) => return Err(e.into()),
+            Err(e) => tracing::warn!(seq, error = %e, "skipping a queued event that cannot be read"),
         }
     }
     metrics::gauge!("myelin_appservice_queue_oldest_age_seconds", "appservice" => id.to_owned())

@@ -16,7 +16,7 @@ use crate::appservice::{Appservice, queue::QUEUE};
 impl Rooms {
     /// Puts a queue row for every appservice the event concerns into `batch`,
     /// and wakes their senders once it is durable.
-    pub(super) fn queue_for_appservices(
+    pub(crate) fn queue_for_appservices(
         &self,
         batch: &mut Batch,
         pdu: &ArcPdu,
@@ -50,6 +50,28 @@ impl Rooms {
             return Ok(false);
         }
         self.appservices.concerns_state(a.id(), state_after, || self.state_concerns(a, state_after, Some((short, pdu))))
+    }
+
+    /// The client form of a stored outlier whose room this server does not hold
+    /// (an invite from another server), read from its JSON as received.
+    pub fn outlier_client_event(&self, short: u64, now_ms: u64) -> Result<Option<serde_json::Value>, RoomError> {
+        let Some(myelin_storage::Raw(bytes)) = super::tables::PDUS.get(&*self.db, &short)? else { return Ok(None) };
+        let Some(event_id) = self.event_ids.lookup(&*self.db, short)? else { return Ok(None) };
+        let pdu: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| RoomError::BadEvent(e.to_string()))?;
+        let ts = pdu.get("origin_server_ts").and_then(serde_json::Value::as_u64).unwrap_or(0);
+        let mut event = serde_json::json!({
+            "type": pdu.get("type"),
+            "content": pdu.get("content"),
+            "event_id": event_id,
+            "sender": pdu.get("sender"),
+            "room_id": pdu.get("room_id"),
+            "origin_server_ts": ts,
+            "unsigned": { "age": now_ms.saturating_sub(ts) },
+        });
+        if let Some(key) = pdu.get("state_key") {
+            event["state_key"] = key.clone();
+        }
+        Ok(Some(event))
     }
 
     /// Whether the room concerns appservice `a` now: the room is in its room

@@ -367,6 +367,8 @@ impl Rooms {
         state.push(crate::events::stripped_event(&invite));
         let json = serde_json::to_vec(&state).map_err(|e| RoomError::BadEvent(e.to_string()))?;
         INVITE_STATE.put(&mut batch, &(user.to_string(), invite.room_id.to_string()), &Raw(json))?;
+        // A bridge's puppet invited from another server: the bridge must hear of it.
+        self.queue_for_appservices(&mut batch, &std::sync::Arc::new(invite), short, count as u64, 0)?;
         self.db.commit(batch).await?;
         Ok(())
     }
