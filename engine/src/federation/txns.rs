@@ -14,16 +14,13 @@
 //! returned, so a replay after a crash gets it too. A transaction that failed
 //! (no answer stored) is processed again by the next copy. Rows older than a
 //! day are pruned: a sender retries for minutes or hours, and a day bounds the
-//! table. The in-flight map holds one entry per transaction being processed
-//! or waited for, removed by the last one out: it is bounded by the requests
-//! in flight.
+//! table. The in-flight claims ([`crate::in_flight`]) hold one entry per
+//! transaction being processed or waited for: bounded by the requests in flight.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use myelin_storage::{Batch, Db, Direction, Stored, Table, catalog};
-use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::sync::OwnedMutexGuard;
 
 use crate::EngineError;
 
@@ -59,7 +56,7 @@ pub enum Turn<'a> {
 pub struct Claim<'a> {
     txns: &'a SeenTxns,
     key: Key,
-    guard: Option<OwnedMutexGuard<()>>,
+    _held: crate::in_flight::Claim<'a, Key>,
 }
 
 impl Claim<'_> {
@@ -72,24 +69,10 @@ impl Claim<'_> {
     }
 }
 
-impl Drop for Claim<'_> {
-    fn drop(&mut self) {
-        let mut map = self.txns.in_flight.lock();
-        // The map's handle and ours: nobody else waits, the entry can go.
-        if let Some(guard) = &self.guard
-            && Arc::strong_count(OwnedMutexGuard::mutex(guard)) <= 2
-        {
-            map.remove(&self.key);
-        }
-        // Released while the map is locked: a waiter cannot miss the entry's removal.
-        self.guard = None;
-    }
-}
-
 /// The processed inbound transactions.
 pub struct SeenTxns {
     db: Arc<Db>,
-    in_flight: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+    in_flight: crate::in_flight::InFlight<Key>,
 }
 
 fn now_ms() -> u64 {
@@ -99,7 +82,9 @@ fn now_ms() -> u64 {
 impl SeenTxns {
     /// Over `db`.
     pub fn new(db: Arc<Db>) -> Self {
-        Self { db, in_flight: Mutex::new(HashMap::new()) }
+        // Not bounded by count: an entry lives only as long as a request of an
+        // authenticated origin that holds a connection.
+        Self { db, in_flight: crate::in_flight::InFlight::new(usize::MAX) }
     }
 
     /// The stored answer to `origin`'s transaction `txn`, if any.
@@ -114,9 +99,12 @@ impl SeenTxns {
             return Ok(Turn::Answered(body));
         }
         let key = (origin.to_owned(), txn.to_owned());
-        let slot = self.in_flight.lock().entry(key.clone()).or_default().clone();
-        let guard = slot.lock_owned().await;
-        let claim = Claim { txns: self, key, guard: Some(guard) };
+        let held = self
+            .in_flight
+            .claim(key.clone())
+            .await
+            .ok_or_else(|| EngineError::Rooms("too many inbound transactions in flight".into()))?;
+        let claim = Claim { txns: self, key, _held: held };
         // The copy that held it before us may have answered meanwhile.
         match self.answer(origin, txn)? {
             Some(body) => Ok(Turn::Answered(body)),
