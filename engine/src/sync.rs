@@ -171,9 +171,16 @@ impl Engine {
 
     /// Whether the membership event `event` (a `leave` or `ban` of `user`) was
     /// sent by someone else: a kick or a ban, not a leave of her own.
-    fn removed_by_other(&self, user: &UserId, event: u64) -> Result<bool, EngineError> {
-        let pdu = self.rooms.pdu_by_short(event).map_err(rooms_err)?;
-        Ok(pdu.is_some_and(|p| p.sender != *user))
+    /// An event that cannot be read here (the leave of an invite to a room this
+    /// server is not in has no room version to parse it by) counts as her own.
+    fn removed_by_other(&self, user: &UserId, event: u64) -> bool {
+        match self.rooms.pdu_by_short(event) {
+            Ok(pdu) => pdu.is_some_and(|p| p.sender != *user),
+            Err(e) => {
+                tracing::debug!(%user, error = %e, "leave event unreadable; treated as the user's own");
+                false
+            }
+        }
     }
 
     fn changed_account_data(&self, user: &UserId, since: Option<u64>, upto: u64) -> Result<ChangedData, EngineError> {
@@ -224,7 +231,7 @@ impl Engine {
             let show_leave = since.is_some()
                 || req.include_leave
                 || membership == "ban"
-                || (membership == "leave" && self.removed_by_other(user, event)?);
+                || (membership == "leave" && self.removed_by_other(user, event));
             match membership.as_str() {
                 "join" => {
                     // A room with nothing new since the token (no event, receipt, typing
