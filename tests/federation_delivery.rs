@@ -178,3 +178,81 @@ async fn a_retried_transaction_and_a_resent_to_device_message_are_applied_once_e
     a.stop().await;
     b.stop().await;
 }
+
+/// A message from `sender` (a user of `signer`) on `host`'s head of `room`, signed by `signer`.
+async fn remote_message(
+    host: &myelin_suite::TestServer,
+    signer: &myelin_suite::TestServer,
+    sender: &str,
+    room: &str,
+    body: &str,
+) -> serde_json::Value {
+    use myelin_engine::rooms::NewEvent;
+    let room_id = ruma::RoomId::parse(room).unwrap();
+    let sender = ruma::UserId::parse(sender).unwrap();
+    let event = NewEvent::message("m.room.message", json!({ "msgtype": "m.text", "body": body }));
+    let mut template = host.engine.rooms.template(&sender, &room_id, event).await.unwrap();
+    let version = host.engine.rooms.room_version(&room_id).unwrap();
+    let rules = myelin_engine::rooms::version::rules(&version).unwrap();
+    signer.engine.keys.hash_and_sign_event(&mut template, &rules).unwrap();
+    serde_json::to_value(&template).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_transaction_id_gets_the_first_answer_byte_for_byte_and_concurrent_copies_run_once() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let mut alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.post(&format!("/_matrix/client/v3/join/{}?server_name=a.test", enc(&room)), json!({})).await;
+    alice.send_text(&room, "settled").await;
+    wait_for_text(&bob, &room, "settled").await;
+    let since = alice.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let txn = |pdus: Vec<serde_json::Value>, edus: Vec<serde_json::Value>| json!({ "origin": "b.test", "origin_server_ts": 1, "pdus": pdus, "edus": edus });
+
+    // 1. Replayed with other content: the first answer, and nothing of the second applied.
+    let first = remote_message(&a, &b, "@bob:b.test", &room, "first").await;
+    let r1 = signed_put(&b, &a, "/_matrix/federation/v1/send/dup-1", &txn(vec![first], vec![])).await;
+    assert_eq!(r1.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r1.body));
+    assert_eq!(r1.json()["pdus"].as_object().map(|m| m.len()), Some(1), "{}", String::from_utf8_lossy(&r1.body));
+    let other = remote_message(&a, &b, "@bob:b.test", &room, "replayed").await;
+    let r2 = signed_put(&b, &a, "/_matrix/federation/v1/send/dup-1", &txn(vec![other], vec![])).await;
+    assert_eq!(r2.status, StatusCode::OK);
+    assert_eq!(String::from_utf8_lossy(&r2.body), String::from_utf8_lossy(&r1.body), "the stored first answer");
+
+    // 2. Eight identical copies at once (a to-device message without a message id,
+    //    so only the transaction id can keep it from arriving twice).
+    let pdu = remote_message(&a, &b, "@bob:b.test", &room, "concurrent").await;
+    let edu = json!({ "edu_type": "m.direct_to_device", "content": {
+        "sender": "@bob:b.test", "type": "m.test.once",
+        "messages": { "@alice:a.test": { alice.device_id.clone(): { "n": 1 } } },
+    }});
+    let body = txn(vec![pdu], vec![edu]);
+    let replies =
+        futures_util::future::join_all((0..8).map(|_| signed_put(&b, &a, "/_matrix/federation/v1/send/dup-2", &body)))
+            .await;
+    for r in &replies {
+        assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.body, replies[0].body, "every copy gets the same answer");
+    }
+    assert_eq!(replies[0].json()["pdus"].as_object().map(|m| m.len()), Some(1));
+
+    // 3. Across a restart: still the first answer.
+    let a = a.restart().await;
+    alice.addr = a.client;
+    let r3 = signed_put(&b, &a, "/_matrix/federation/v1/send/dup-1", &txn(vec![], vec![])).await;
+    assert_eq!(String::from_utf8_lossy(&r3.body), String::from_utf8_lossy(&r1.body), "kept across a restart");
+
+    let s = sync_until(&alice, &since, "the concurrent message and the to-device message", |s| {
+        myelin_suite::bodies(s, &room).iter().any(|b| b == "concurrent")
+            && s["to_device"]["events"].as_array().is_some_and(|e| e.iter().any(|e| e["type"] == "m.test.once"))
+    })
+    .await;
+    let bodies = myelin_suite::bodies(&s, &room);
+    assert!(!bodies.iter().any(|b| b == "replayed"), "the replay's content was not applied: {bodies:?}");
+    let once: Vec<_> =
+        s["to_device"]["events"].as_array().unwrap().iter().filter(|e| e["type"] == "m.test.once").collect();
+    assert_eq!(once.len(), 1, "the to-device message arrived once: {once:?}");
+    a.stop().await;
+    b.stop().await;
+}

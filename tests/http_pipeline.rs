@@ -162,3 +162,115 @@ async fn oversize_body_is_413_before_it_is_read() {
     let _ = stop.send(true);
     s.stop().await;
 }
+
+/// Writes `head` and then `body_len` bytes of body (chunked when asked), the
+/// way a naive client does: all of it first, ignoring write errors, and only
+/// then reads the answer to the end. Returns what it could read.
+async fn send_all_then_read<S>(stream: S, head: String, body_len: usize, chunked: bool) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let written = async move {
+        wr.write_all(head.as_bytes()).await?;
+        let block = vec![b'a'; 64 * 1024];
+        let mut sent = 0;
+        while sent < body_len {
+            let n = block.len().min(body_len - sent);
+            if chunked {
+                wr.write_all(format!("{n:x}\r\n").as_bytes()).await?;
+            }
+            wr.write_all(&block[..n]).await?;
+            if chunked {
+                wr.write_all(b"\r\n").await?;
+            }
+            sent += n;
+        }
+        if chunked {
+            wr.write_all(b"0\r\n\r\n").await?;
+        }
+        wr.flush().await?;
+        Ok::<_, std::io::Error>(wr)
+    };
+    let written = tokio::time::timeout(Duration::from_secs(20), written).await.expect("writing the body hung");
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let read_err = loop {
+        match tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf)).await {
+            Ok(Ok(0)) => break None,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => break Some(e.to_string()),
+            Err(_) => break Some("no end of the answer in 10 s".to_owned()),
+        }
+    };
+    let text = String::from_utf8_lossy(&got).into_owned();
+    // The server may close early, but only after the client could send what it
+    // meant to and read the answer: a reset on either side loses the 413 for
+    // many clients (and on some systems the answer itself).
+    assert!(
+        written.is_ok(),
+        "the server reset the connection while the body was sent: {:?}; read {text}",
+        written.err()
+    );
+    assert!(read_err.is_none(), "reading the answer failed: {read_err:?}; read {text}");
+    text
+}
+
+fn assert_413(answer: &str, what: &str) {
+    assert!(answer.starts_with("HTTP/1.1 413"), "{what}: {answer}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let json: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: body is not JSON ({e}): {answer}"));
+    assert_eq!(json["errcode"], "M_TOO_LARGE", "{what}: {answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_a_10_mb_body_in_full_reads_the_413() {
+    let s = TestServer::open("localhost").await;
+    let alice = s.register("alice").await;
+    let room = alice.create_room(serde_json::json!({})).await;
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/big", myelin_suite::enc(&room));
+    let big = 10_000_000;
+    for round in 0..3 {
+        let head = format!(
+            "PUT {path}{round} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {big}\r\n\r\n",
+            alice.token
+        );
+        let stream = tokio::net::TcpStream::connect(s.client).await.unwrap();
+        assert_413(&send_all_then_read(stream, head, big, false).await, "declared length");
+        let head = format!(
+            "PUT {path}c{round} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+            alice.token
+        );
+        let stream = tokio::net::TcpStream::connect(s.client).await.unwrap();
+        assert_413(&send_all_then_read(stream, head, big, true).await, "chunked");
+    }
+    // The same through the kit's hyper client, which writes and reads at once.
+    let auth = format!("Bearer {}", alice.token);
+    let r = http_with(s.client, Method::PUT, &format!("{path}h"), Some(&vec![b'a'; big]), &[("authorization", &auth)])
+        .await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"));
+    // And the server still serves.
+    alice.send_text(&room, "still here").await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_sends_an_oversize_transaction_in_full_reads_the_413() {
+    let s = TestServer::start("localhost").await;
+    let fed = s.federation.unwrap();
+    // Above the transaction limit (200 PDUs of 64 KiB, as Synapse allows).
+    let big = 14_000_000;
+    for chunked in [false, true] {
+        let framing = if chunked { "transfer-encoding: chunked".to_owned() } else { format!("content-length: {big}") };
+        let head = format!(
+            "PUT /_matrix/federation/v1/send/t{chunked} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n{framing}\r\n\r\n"
+        );
+        let tcp = tokio::net::TcpStream::connect(fed).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(myelin_suite::insecure_client_config());
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        assert_413(&send_all_then_read(tls, head, big, chunked).await, &format!("federation, chunked: {chunked}"));
+    }
+    s.stop().await;
+}

@@ -281,3 +281,88 @@ async fn a_large_upload_streams_with_flat_server_memory() {
     let growth_mib = peak.saturating_sub(before) / 1024;
     assert!(growth_mib < 64, "server memory grew by {growth_mib} MiB while receiving 256 MiB");
 }
+
+/// A transport that records every outbound request and answers none.
+struct Recorder(std::sync::Mutex<Vec<String>>);
+
+impl myelin_engine::federation::Transport for Recorder {
+    fn send<'a>(
+        &'a self,
+        destination: &'a str,
+        request: myelin_engine::federation::OutboundRequest,
+    ) -> myelin_engine::federation::transport::TransportFuture<'a> {
+        self.0.lock().unwrap().push(format!("{destination} {}", request.path_and_query));
+        Box::pin(async { Err(myelin_engine::federation::TransportError::NoTransport) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_server_names_and_media_ids_are_400_and_never_fetched() {
+    let s = TestServer::open("localhost").await;
+    let recorder = std::sync::Arc::new(Recorder(Default::default()));
+    s.engine.federation.set_transport(recorder.clone());
+    let alice = s.register("alice").await;
+    let auth = format!("Bearer {}", alice.token);
+    let bad_servers = ["..", "%2E%2E", "%2e", "a%20b", "evil.com%2F..%2Fx", "a..b", ".evil.com", "a:b", "a:99999999"];
+    let bad_ids = ["..", "%2E%2E", "a%20b", "x%2F..%2Fy", "a.b", "%00"];
+    let mut paths = Vec::new();
+    for server in bad_servers {
+        for (prefix, tail) in [
+            ("/_matrix/media/v3/download", ""),
+            ("/_matrix/media/r0/download", "/name.txt"),
+            ("/_matrix/client/v1/media/download", ""),
+            ("/_matrix/client/v1/media/download", "/name.txt"),
+            ("/_matrix/media/v3/thumbnail", "?width=32&height=32"),
+            ("/_matrix/client/v1/media/thumbnail", "?width=32&height=32"),
+        ] {
+            paths.push(format!("{prefix}/{server}/abc{tail}"));
+        }
+    }
+    for id in bad_ids {
+        for server in ["remote.example", "localhost"] {
+            paths.push(format!("/_matrix/media/v3/download/{server}/{id}"));
+            paths.push(format!("/_matrix/client/v1/media/download/{server}/{id}"));
+            paths.push(format!("/_matrix/client/v1/media/thumbnail/{server}/{id}?width=32&height=32"));
+        }
+    }
+    let mut failures = Vec::new();
+    for path in &paths {
+        let r = http_with(s.client, Method::GET, path, None, &[("authorization", &auth)]).await;
+        let errcode = serde_json::from_slice::<serde_json::Value>(&r.body)
+            .ok()
+            .and_then(|j| j["errcode"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        if (r.status, errcode.as_str()) != (StatusCode::BAD_REQUEST, "M_INVALID_PARAM") {
+            failures.push(format!("{path}: {} {}", r.status, String::from_utf8_lossy(&r.body)));
+        }
+    }
+    // An empty server name or id does not match the route at all.
+    for path in ["/_matrix/client/v1/media/download//abc", "/_matrix/client/v1/media/download/localhost/"] {
+        let r = http_with(s.client, Method::GET, path, None, &[("authorization", &auth)]).await;
+        if !r.status.is_client_error() {
+            failures.push(format!("{path}: {} {}", r.status, String::from_utf8_lossy(&r.body)));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} paths answered wrongly:\n{}",
+        failures.len(),
+        paths.len() + 2,
+        failures.join("\n")
+    );
+    let sent = recorder.0.lock().unwrap().clone();
+    assert!(sent.is_empty(), "outbound requests were made: {sent:?}");
+
+    // A well-formed remote name still goes out (and fails here: 502), so the recorder does see requests.
+    let r = http_with(
+        s.client,
+        Method::GET,
+        "/_matrix/client/v1/media/download/remote.example/abc",
+        None,
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(recorder.0.lock().unwrap().len(), 1);
+    s.stop().await;
+}

@@ -179,6 +179,13 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", message)
     }
 
+    /// 429 `M_LIMIT_EXCEEDED`: too much in flight server-wide; try again in a second.
+    pub fn busy(message: impl Into<String>) -> Self {
+        let mut err = Self::new(StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED", message);
+        err.retry_after_ms = Some(1000);
+        err
+    }
+
     /// 400 `M_MISSING_PARAM`.
     pub fn missing_param(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "M_MISSING_PARAM", message)

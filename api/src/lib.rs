@@ -8,6 +8,7 @@ pub mod auth;
 pub mod error;
 pub mod federation;
 pub mod http_util;
+pub mod linger;
 pub mod metrics;
 pub mod ratelimit;
 pub mod response;

@@ -5,6 +5,10 @@
 //! soon as the streamed body passes the limit) → handler, with a panic turned
 //! into 500 `M_UNKNOWN` while the server keeps serving → CORS headers, metrics.
 //!
+//! Every connection is wrapped in [`Linger`]: when the server ends a
+//! connection whose request body it did not read, the client can still finish
+//! sending and read the answer instead of being reset.
+//!
 //! Shutdown: stop accepting, let in-flight requests finish for at most the
 //! grace period, then drop what is left.
 
@@ -31,6 +35,7 @@ use tracing::Instrument;
 use crate::{
     error::ApiError,
     http_util::{Resp, add_cors},
+    linger::Linger,
     router::{Ctx, Listener, Miss, Req, Router},
 };
 
@@ -283,7 +288,7 @@ async fn accept_plain(listener: TcpListener, state: Arc<ListenerState>, mut stop
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(Linger::new(stream)), service).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(
             async move {
@@ -324,7 +329,8 @@ async fn accept_tls(
         let watcher = graceful.watcher();
         tokio::spawn(
             async move {
-                let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(Linger::new(stream))).await
+                {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
                         tracing::debug!(%remote, error = %e, "TLS handshake failed");

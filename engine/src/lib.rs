@@ -13,6 +13,7 @@ pub mod e2ee;
 pub mod ephemeral;
 mod error;
 pub mod federation;
+pub mod in_flight;
 pub mod keys;
 pub mod media;
 pub mod positions;

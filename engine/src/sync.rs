@@ -13,7 +13,9 @@
 //! Sections: `rooms.join` (timeline since the token, at most `limit` events
 //! with `limited`/`prev_batch`; state: the full current state on the first
 //! sync of a room, after a gap or with `full_state`), `rooms.invite` (stripped
-//! state), `rooms.leave` (the leave, on incremental syncs), `rooms.knock`,
+//! state), `rooms.leave` (the leave, on incremental syncs; on an initial sync
+//! a kick or ban always, a leave of the user's own only with `include_leave`),
+//! `rooms.knock`,
 //! global and per-room account data newer than the token, `m.presence` of
 //! users sharing a room (changes since the token), and to-device
 //! messages for the syncing device (deleted once a later sync acknowledges
@@ -167,6 +169,20 @@ impl Engine {
         }
     }
 
+    /// Whether the membership event `event` (a `leave` or `ban` of `user`) was
+    /// sent by someone else: a kick or a ban, not a leave of her own.
+    /// An event that cannot be read here (the leave of an invite to a room this
+    /// server is not in has no room version to parse it by) counts as her own.
+    fn removed_by_other(&self, user: &UserId, event: u64) -> bool {
+        match self.rooms.pdu_by_short(event) {
+            Ok(pdu) => pdu.is_some_and(|p| p.sender != *user),
+            Err(e) => {
+                tracing::debug!(%user, error = %e, "leave event unreadable; treated as the user's own");
+                false
+            }
+        }
+    }
+
     fn changed_account_data(&self, user: &UserId, since: Option<u64>, upto: u64) -> Result<ChangedData, EngineError> {
         let mut changed = ChangedData { global: Vec::new(), rooms: HashMap::new() };
         for (room, kind, data) in self.users.account_data_since(user.as_str(), since).map_err(users_err)? {
@@ -202,11 +218,20 @@ impl Engine {
         // left a room shared with the user since the token.
         let mut joined_rooms = Vec::new();
         let (mut member_joins, mut member_leaves) = (BTreeSet::new(), BTreeSet::new());
-        for (room_id, Membership { membership, count, .. }) in self.rooms.rooms_of(user.as_str()).map_err(rooms_err)? {
+        for (room_id, Membership { membership, count, event }) in
+            self.rooms.rooms_of(user.as_str()).map_err(rooms_err)?
+        {
             if count > upto_i {
                 continue; // happened after this response's position: next time
             }
             let fresh = since.is_none() || count > since_i;
+            // A room the user was kicked or banned from is always shown, also on
+            // an initial sync without `include_leave` (as Synapse does): otherwise a
+            // user removed before her first sync never learns of it.
+            let show_leave = since.is_some()
+                || req.include_leave
+                || membership == "ban"
+                || (membership == "leave" && self.removed_by_other(user, event));
             match membership.as_str() {
                 "join" => {
                     // A room with nothing new since the token (no event, receipt, typing
@@ -266,7 +291,7 @@ impl Engine {
                     };
                     knock.insert(room_id.to_string(), json!({ "knock_state": { "events": state } }));
                 }
-                "leave" | "ban" if fresh && (since.is_some() || req.include_leave) => {
+                "leave" | "ban" if fresh && show_leave => {
                     let (events, limited) =
                         self.rooms.timeline_between(&room_id, since_i, count, req.timeline_limit).map_err(rooms_err)?;
                     let timeline: Vec<JsonValue> = events

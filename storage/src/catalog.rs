@@ -183,6 +183,10 @@ pub static COUNTUSER_KEYCHANGE: Cf = scan("countuser_keychange", 0);
 /// `(origin server, transaction id)` → when it was processed (ms): inbound deduplication.
 pub static ORIGINTXN_SEEN: Cf = point("origintxn_seen", 0);
 
+/// `(origin server, transaction id)` → when it was answered (ms) and the answer's
+/// JSON bytes: a replayed `/send/{txnId}` gets the first answer.
+pub static ORIGINTXN_ANSWER: Cf = point("origintxn_answer", 0);
+
 /// `(other server's user id, key id, local signer)` → the signer's signatures on that key.
 pub static USERKEYSIGNER_SIGNATURES: Cf = scan("userkeysigner_signatures", 0);
 
@@ -249,6 +253,7 @@ pub static ALL: &[&Cf] = &[
     &USERUSAGE_CROSSSIGNINGKEY,
     &COUNTUSER_KEYCHANGE,
     &ORIGINTXN_SEEN,
+    &ORIGINTXN_ANSWER,
     &USERKEYSIGNER_SIGNATURES,
     &APPSERVICE_REGISTRATION,
     &APPSERVICESEQ_EVENT,

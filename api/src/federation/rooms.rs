@@ -109,8 +109,8 @@ pub fn send_transaction(cx: Ctx, req: Req) -> HandlerFuture {
         let origin = require_server(&cx, &req).await?;
         let txn_id = req.param("txn_id")?.to_owned();
         let txn = Transaction::from_body(&req.body)?;
-        let results = inbound::receive_transaction(&cx.engine, &origin, &txn_id, txn).await?;
-        Ok(ok_json(&serde_json::to_value(&results).map_err(|e| ApiError::unknown(e.to_string()))?))
+        let answer = inbound::receive_transaction(&cx.engine, &origin, &txn_id, txn).await?;
+        Ok(crate::response::text_response(http::StatusCode::OK, "application/json", answer))
     })
 }
 

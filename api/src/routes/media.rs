@@ -148,8 +148,8 @@ pub fn create(cx: Ctx, req: Req) -> HandlerFuture {
 pub fn upload_reserved(cx: Ctx, mut req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
-        let server = req.param("server_name")?.to_owned();
-        let id = req.param("media_id")?.to_owned();
+        let (server, id) = media_ref(&req)?;
+        let (server, id) = (server.to_owned(), id.to_owned());
         let meta = cx.engine.media.meta(&server, &id)?.ok_or_else(|| ApiError::not_found("unknown media id"))?;
         if meta.uploader.as_deref() != Some(me.user_id.as_str()) {
             return Err(ApiError::forbidden("only the creator of a media id may upload to it"));
@@ -271,7 +271,7 @@ fn split_multipart(content_type: &str, body: &[u8]) -> Option<(Option<String>, V
 pub fn federation_download(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         crate::federation::require_server(&cx, &req).await?;
-        let id = req.param("media_id")?;
+        let id = media_id_param(&req)?;
         let meta = match cx.engine.media.meta(cx.engine.server_name.as_str(), id)? {
             Some(m) if !m.hash.is_empty() => m,
             _ => return Err(ApiError::not_found("media not found")),
@@ -288,7 +288,7 @@ pub fn federation_download(cx: Ctx, req: Req) -> HandlerFuture {
 pub fn federation_thumbnail(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         crate::federation::require_server(&cx, &req).await?;
-        let id = req.param("media_id")?;
+        let id = media_id_param(&req)?;
         let meta = match cx.engine.media.meta(cx.engine.server_name.as_str(), id)? {
             Some(m) if !m.hash.is_empty() => m,
             _ => return Err(ApiError::not_found("media not found")),
@@ -315,9 +315,28 @@ fn multipart(hash: &str, content_type: &str, bytes: &[u8]) -> Resp {
     resp
 }
 
-async fn local_media(cx: &Ctx, req: &Req) -> Result<MediaMeta, ApiError> {
-    let server = req.param("server_name")?;
+/// The request's media id, refused (400 `M_INVALID_PARAM`) unless it is `[A-Za-z0-9_-]+`.
+fn media_id_param(req: &Req) -> Result<&str, ApiError> {
     let id = req.param("media_id")?;
+    if !myelin_engine::util::valid_media_id(id) {
+        return Err(ApiError::invalid_param("the media id must be [A-Za-z0-9_-]+"));
+    }
+    Ok(id)
+}
+
+/// The request's `{serverName}/{mediaId}`, both checked before anything is
+/// looked up or fetched: a name that is not a server name never leads to an
+/// outbound request.
+fn media_ref(req: &Req) -> Result<(&str, &str), ApiError> {
+    let server = req.param("server_name")?;
+    if !myelin_engine::util::valid_server_name(server) {
+        return Err(ApiError::invalid_param("not a valid server name"));
+    }
+    Ok((server, media_id_param(req)?))
+}
+
+async fn local_media(cx: &Ctx, req: &Req) -> Result<MediaMeta, ApiError> {
+    let (server, id) = media_ref(req)?;
     if server != cx.engine.server_name.as_str() {
         // A cached copy, or fetch it now.
         return match cx.engine.media.meta(server, id)? {

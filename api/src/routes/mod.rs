@@ -70,7 +70,9 @@ pub fn federation_router() -> Router {
             Method::PUT,
             "/_matrix/federation/v1/send/{txn_id}",
             crate::federation::rooms::send_transaction,
-            20 << 20,
+            // 50 PDUs of at most 64 KiB and 100 EDUs without a specced size:
+            // room for 200 of 64 KiB, the limit Synapse applies.
+            200 * 65_536,
         )
         .add(Method::GET, "/_matrix/federation/v1/event/{event_id}", crate::federation::rooms::get_event)
         .add(

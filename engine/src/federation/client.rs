@@ -205,7 +205,8 @@ impl Remote<'_> {
 
     /// Sends one request (canonical JSON body when `signed`) and returns the raw
     /// answer, at most `limit` body bytes. Refused before anything leaves when
-    /// federation is off or the allow/deny lists exclude the server.
+    /// the name is not a valid server name, federation is off or the
+    /// allow/deny lists exclude the server.
     pub async fn raw(
         &self,
         method: Method,
@@ -215,6 +216,9 @@ impl Remote<'_> {
         limit: usize,
     ) -> Result<RawResponse, FederationError> {
         let engine = self.engine;
+        if !crate::util::valid_server_name(self.server) {
+            return Err(FederationError::BadRequest(format!("not a valid server name: {:?}", self.server)));
+        }
         if !engine.policy.allows(self.server) {
             return Err(FederationError::NotAllowed(self.server.to_owned()));
         }

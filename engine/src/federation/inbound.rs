@@ -17,8 +17,8 @@
 //!
 //! Guarantees: a transaction is answered only once every accepted event in
 //! it is durable; a transaction id already processed (also before a
-//! restart, as far as the unsynced seen-id row survived) is answered
-//! without applying its EDUs again. Limits: at most [`MAX_PDUS`] PDUs and
+//! restart) is answered with the first answer's bytes without applying
+//! anything again, and concurrent copies are processed once. Limits: at most [`MAX_PDUS`] PDUs and
 //! [`MAX_EDUS`] EDUs per transaction (more is refused, as Synapse does).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -91,23 +91,40 @@ pub struct TransactionResult {
     pub pdus: BTreeMap<String, PduResult>,
 }
 
-/// Processes one transaction from `origin` (already authenticated).
+/// Processes one transaction from `origin` (already authenticated) and
+/// returns the answer's JSON bytes.
+///
+/// A transaction id `origin` used before gets the first answer's bytes
+/// without anything of the replay being applied; a copy arriving while the
+/// first is processed waits for it (see [`super::txns`]).
 pub async fn receive_transaction(
     engine: &Engine,
     origin: &str,
     txn_id: &str,
     txn: Transaction,
-) -> Result<TransactionResult, FederationError> {
+) -> Result<Vec<u8>, FederationError> {
     if txn.pdus.len() > MAX_PDUS || txn.edus.len() > MAX_EDUS {
         return Err(FederationError::BadRequest(format!(
             "a transaction carries at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs"
         )));
     }
-    // A retried transaction we already processed (also before a restart): its EDUs
-    // must not be applied twice.
-    if engine.seen_txns.seen(origin, txn_id)? {
-        return Ok(TransactionResult::default());
-    }
+    let claim = match engine.seen_txns.claim(origin, txn_id).await? {
+        super::txns::Turn::Answered(body) => return Ok(body),
+        super::txns::Turn::Mine(claim) => claim,
+    };
+    let results = process_transaction(engine, origin, txn).await?;
+    let body = serde_json::to_vec(&results)
+        .map_err(|e| FederationError::BadRequest(format!("cannot encode the answer: {e}")))?;
+    claim.answer(&body).await?;
+    Ok(body)
+}
+
+/// Applies a transaction's PDUs, then its EDUs.
+async fn process_transaction(
+    engine: &Engine,
+    origin: &str,
+    txn: Transaction,
+) -> Result<TransactionResult, FederationError> {
     let mut results = TransactionResult::default();
     // Accepted events are appended one after another without waiting for each
     // one's commit; all of them are made durable together before the answer.
@@ -128,7 +145,6 @@ pub async fn receive_transaction(
     for edu in &txn.edus {
         super::edu::receive_edu(engine, origin, edu).await;
     }
-    engine.seen_txns.record(origin, txn_id)?;
     Ok(results)
 }
 

@@ -23,22 +23,23 @@ impl Users {
         Ok(FILTERS.get(&*self.db, &(user_id.to_owned(), id))?.map(|r| r.0))
     }
 
-    /// The event id a transaction already produced.
-    pub fn txn_event(&self, user_id: &str, device_id: &str, txn: &str) -> Result<Option<String>, UserError> {
-        Ok(TXNS.get(&*self.db, &(user_id.to_owned(), device_id.to_owned(), txn.to_owned()))?)
-    }
-
-    /// Remembers the event a transaction produced.
-    pub async fn set_txn_event(
+    /// Takes the claim on a client transaction id before anything is built for
+    /// it: a concurrent request with the same `(user, device, txn id)` waits
+    /// here until the claim is dropped, and then finds the first one's
+    /// [`Users::txn_event`] row (written in the event's own batch, before the
+    /// first request answers and drops its claim). `None` when
+    /// [`super::MAX_TXNS_IN_FLIGHT`] transactions are in flight.
+    pub async fn claim_txn(
         &self,
         user_id: &str,
         device_id: &str,
         txn: &str,
-        event_id: &str,
-    ) -> Result<(), UserError> {
-        let mut batch = Batch::new();
-        TXNS.put(&mut batch, &(user_id.to_owned(), device_id.to_owned(), txn.to_owned()), &event_id.to_owned())?;
-        self.db.commit(batch).await?;
-        Ok(())
+    ) -> Option<crate::in_flight::Claim<'_, super::TxnKey>> {
+        self.txn_claims.claim((user_id.to_owned(), device_id.to_owned(), txn.to_owned())).await
+    }
+
+    /// The event id a transaction already produced.
+    pub fn txn_event(&self, user_id: &str, device_id: &str, txn: &str) -> Result<Option<String>, UserError> {
+        Ok(TXNS.get(&*self.db, &(user_id.to_owned(), device_id.to_owned(), txn.to_owned()))?)
     }
 }

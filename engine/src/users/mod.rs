@@ -181,7 +181,16 @@ pub struct Users {
     to_device_acked: parking_lot::Mutex<HashMap<(String, String), u64>>,
     /// Access tokens read recently (every request reads one), see [`Users::session`].
     sessions: parking_lot::Mutex<SessionCache>,
+    /// Client transaction ids being processed: `(user, device, txn id)`, see [`Users::claim_txn`].
+    txn_claims: crate::in_flight::InFlight<TxnKey>,
 }
+
+/// `(user, device, transaction id)`.
+pub type TxnKey = (String, String, String);
+
+/// Most client transactions processed at once (server-wide); beyond that a new
+/// one is refused until one finishes.
+pub const MAX_TXNS_IN_FLIGHT: usize = 10_000;
 
 impl Users {
     /// The user service over `db`.
@@ -197,6 +206,7 @@ impl Users {
             to_device_newest: Default::default(),
             to_device_acked: parking_lot::Mutex::new(HashMap::new()),
             sessions: parking_lot::Mutex::new(SessionCache { generation: 0, by_token: lru::LruCache::unbounded() }),
+            txn_claims: crate::in_flight::InFlight::new(MAX_TXNS_IN_FLIGHT),
         }
     }
 }

@@ -12,7 +12,23 @@ impl Users {
         kind: &str,
         messages: Vec<(String, String, Vec<u8>)>,
     ) -> Result<(), UserError> {
+        self.send_to_device_for_txn(sender, kind, messages, None).await
+    }
+
+    /// [`Users::send_to_device`] for a client transaction: the `(sender, device,
+    /// txn id)` row is written in the messages' batch, so a retry finds it
+    /// exactly when the messages were queued.
+    pub async fn send_to_device_for_txn(
+        &self,
+        sender: &str,
+        kind: &str,
+        messages: Vec<(String, String, Vec<u8>)>,
+        txn: Option<(&str, &str)>,
+    ) -> Result<(), UserError> {
         let mut batch = Batch::new();
+        if let Some((device, txn)) = txn {
+            super::TXNS.put(&mut batch, &(sender.to_owned(), device.to_owned(), txn.to_owned()), &String::new())?;
+        }
         let count = self.stream.next_in(&mut batch);
         for (user, device, content) in messages {
             let targets: Vec<String> =

@@ -86,6 +86,13 @@ pub fn redact(cx: Ctx, req: Req) -> HandlerFuture {
         }
         let (room, target) = room_and_event(&req)?;
         let txn = format!("redact/{}", req.param("txn_id")?);
+        // Held until the answer: a concurrent copy waits, then finds the redaction.
+        let _claim = cx
+            .engine
+            .users
+            .claim_txn(me.user_id.as_str(), &me.device_id, &txn)
+            .await
+            .ok_or_else(|| ApiError::busy("too many transactions in flight"))?;
         if let Some(event_id) = cx.engine.users.txn_event(me.user_id.as_str(), &me.device_id, &txn)? {
             return Ok(ok_json(&Sent { event_id }));
         }

@@ -246,6 +246,13 @@ pub fn send_to_device(cx: Ctx, req: Req) -> HandlerFuture {
         }
         let kind = req.param("event_type")?.to_owned();
         let txn = format!("to_device/{}", req.param("txn_id")?);
+        // Held until the answer: a concurrent copy waits, then finds the txn row.
+        let _claim = cx
+            .engine
+            .users
+            .claim_txn(me.user_id.as_str(), &me.device_id, &txn)
+            .await
+            .ok_or_else(|| ApiError::busy("too many transactions in flight"))?;
         if cx.engine.users.txn_event(me.user_id.as_str(), &me.device_id, &txn)?.is_some() {
             return Ok(ok_empty());
         }
@@ -267,9 +274,9 @@ pub fn send_to_device(cx: Ctx, req: Req) -> HandlerFuture {
                 queue.push((user.clone(), device, bytes));
             }
         }
-        if !queue.is_empty() {
-            cx.engine.users.send_to_device(me.user_id.as_str(), &kind, queue).await?;
-        }
+        // Remote EDUs first: they carry a message id the receiving server
+        // deduplicates by, so a crash before the local batch below only makes a
+        // retry queue them again harmlessly.
         for (server, messages) in remote {
             let edu = json!({
                 "edu_type": "m.direct_to_device",
@@ -282,7 +289,8 @@ pub fn send_to_device(cx: Ctx, req: Req) -> HandlerFuture {
             });
             myelin_engine::federation::e2ee::queue_durable_edu(&cx.engine, [server], &edu).await?;
         }
-        cx.engine.users.set_txn_event(me.user_id.as_str(), &me.device_id, &txn, "").await?;
+        // The local messages and the transaction row in one batch: delivered once.
+        cx.engine.users.send_to_device_for_txn(me.user_id.as_str(), &kind, queue, Some((&me.device_id, &txn))).await?;
         Ok(ok_empty())
     })
 }

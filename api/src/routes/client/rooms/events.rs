@@ -14,6 +14,13 @@ pub fn send(cx: Ctx, req: Req) -> HandlerFuture {
         let room = room_param(&req)?;
         let kind = req.param("event_type")?.to_owned();
         let txn = req.param("txn_id")?.to_owned();
+        // Held until the answer: a concurrent copy waits, then finds the event.
+        let _claim = cx
+            .engine
+            .users
+            .claim_txn(me.user_id.as_str(), &me.device_id, &txn)
+            .await
+            .ok_or_else(|| ApiError::busy("too many transactions in flight"))?;
         if let Some(event_id) = cx.engine.users.txn_event(me.user_id.as_str(), &me.device_id, &txn)? {
             return Ok(ok_json(&json!({ "event_id": event_id })));
         }
