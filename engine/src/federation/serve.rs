@@ -253,9 +253,9 @@ pub async fn receive_invite(
     }
     refuse_if_shut(engine, &pdu.room_id)?;
     acl_check(engine, &pdu.room_id, origin)?;
-    if !engine.users.exists(&target)?
-        && !(engine.query_appservice_user(target.as_str()).await && engine.users.exists(&target)?)
-    {
+    let known = engine.users.exists(&target)?
+        || (engine.query_appservice_user(target.as_str()).await && engine.users.exists(&target)?);
+    if !known {
         return Err(FederationError::NotFound(format!("{target} does not exist")));
     }
     let rules = version::rules(&room_version)?;
