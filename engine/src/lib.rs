@@ -14,6 +14,7 @@ mod error;
 pub mod federation;
 pub mod keys;
 pub mod media;
+pub mod net_policy;
 pub mod positions;
 pub mod profile;
 pub mod push;
