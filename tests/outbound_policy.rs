@@ -147,3 +147,74 @@ async fn a_named_peer_in_federation_hosts_is_reached_on_loopback() {
     assert!(internal.accepted() > 0, "the operator's static host was not contacted");
     server.stop().await;
 }
+
+fn ranges(list: &[&str]) -> Vec<myelin_engine::net_policy::IpRange> {
+    list.iter().map(|r| r.parse().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_loopback_in_ip_range_allow_the_connection_does_happen() {
+    let (server, user) = server_with(|c| c.federation.ip_range_allow = ranges(&["127.0.0.0/8"])).await;
+    let internal = Internal::start().await;
+    let target = format!("127.0.0.1:{}", internal.port);
+    let path = format!("/_matrix/client/v1/media/download/{target}/abc");
+    let r = user.request(Method::GET, &path, None).await;
+    assert_eq!(r.status, http::StatusCode::BAD_GATEWAY, "{}", String::from_utf8_lossy(&r.body));
+    assert!(internal.accepted() > 0, "an allowed range was not connected to");
+    // Reached but not answering TLS: the requester still hears only that it could not be reached.
+    assert_eq!(r.json()["error"], "the server could not be reached");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_range_deny_wins_over_ip_range_allow() {
+    let (server, user) = server_with(|c| {
+        c.federation.ip_range_allow = ranges(&["127.0.0.0/8"]);
+        c.federation.ip_range_deny = ranges(&["127.0.0.1/32"]);
+    })
+    .await;
+    let internal = Internal::start().await;
+    let denied = format!("127.0.0.1:{}", internal.port);
+    let answers = probe(&server, &user, &denied).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(internal.accepted(), 0, "a denied address was connected to: {answers:?}");
+    let closed = format!("127.0.0.1:{}", free_port());
+    assert_eq!(answers, probe(&server, &user, &closed).await, "denied and closed must look the same");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federation_insecure_turns_off_verification_for_that_server_only() {
+    // B's certificate is self-signed: A verifies certificates, except B's when listed.
+    let (a, b) = myelin_suite::federation_pair(
+        "a.test",
+        "b.test",
+        |c| {
+            c.federation.verify_tls = true;
+            c.federation.insecure.insert("b.test".into(), true);
+        },
+        |_| {},
+    )
+    .await;
+    let keys = |server: &TestServer, name: &'static str| {
+        let addr = server.federation.unwrap();
+        async move {
+            let r = https(addr, Method::GET, &format!("/_matrix/key/v2/query/{name}"), None).await;
+            r.json()["server_keys"].as_array().map_or(0, Vec::len)
+        }
+    };
+    assert_eq!(keys(&a, "b.test").await, 1, "A did not reach B with verification off for B");
+    // C is not listed: its self-signed certificate is refused.
+    let c_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let c = TestServer::start_with("c.test", |c| c.federation.listen = c_addr).await;
+    let a = a
+        .restart_with(|cfg| {
+            cfg.federation.hosts.insert("c.test".into(), c_addr);
+        })
+        .await;
+    assert_eq!(keys(&a, "c.test").await, 0, "A accepted C's self-signed certificate");
+    assert_eq!(keys(&a, "b.test").await, 1);
+    for s in [a, b, c] {
+        s.stop().await;
+    }
+}

@@ -541,10 +541,9 @@ ip_range_deny = ["203.0.113.7"]
             assert!(err.contains(key), "error for {text:?} does not name {key}: {err}");
             assert!(!err.contains('\n'), "error is not one line: {err}");
         }
-        let err =
-            Config::load_from(None, env(&[("MYELIN_FEDERATION__IP_RANGE_ALLOW", r#"["10.0.0.0/8", "nope"]"#)]))
-                .unwrap_err()
-                .0;
+        let err = Config::load_from(None, env(&[("MYELIN_FEDERATION__IP_RANGE_ALLOW", r#"["10.0.0.0/8", "nope"]"#)]))
+            .unwrap_err()
+            .0;
         assert!(err.contains("federation.ip_range_allow") && err.contains("nope"), "{err}");
     }
 

@@ -122,31 +122,31 @@ const fn v6(segments: [u16; 8], prefix: u8) -> IpRange {
 
 /// Addresses that are never a stranger's to point us at (see the module doc).
 const REFUSED: &[IpRange] = &[
-    v4(0, 0, 0, 0, 8),       // "this network", unspecified
-    v4(10, 0, 0, 0, 8),      // private
-    v4(100, 64, 0, 0, 10),   // carrier-grade NAT
-    v4(127, 0, 0, 0, 8),     // loopback
-    v4(169, 254, 0, 0, 16),  // link-local
-    v4(172, 16, 0, 0, 12),   // private
-    v4(192, 0, 0, 0, 24),    // IETF protocol assignments
-    v4(192, 0, 2, 0, 24),    // documentation (TEST-NET-1)
-    v4(192, 88, 99, 0, 24),  // 6to4 relay anycast (deprecated)
-    v4(192, 168, 0, 0, 16),  // private
-    v4(198, 18, 0, 0, 15),   // benchmarking
-    v4(198, 51, 100, 0, 24), // documentation (TEST-NET-2)
-    v4(203, 0, 113, 0, 24),  // documentation (TEST-NET-3)
-    v4(224, 0, 0, 0, 4),     // multicast
-    v4(240, 0, 0, 0, 4),     // reserved, and 255.255.255.255 broadcast
-    v6([0, 0, 0, 0, 0, 0, 0, 0], 96), // ::, ::1 and the deprecated IPv4-compatible block
-    v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48), // local-use NAT64
-    v6([0x100, 0, 0, 0, 0, 0, 0, 0], 64), // discard-only
-    v6([0x2001, 0x2, 0, 0, 0, 0, 0, 0], 48), // benchmarking
+    v4(0, 0, 0, 0, 8),                         // "this network", unspecified
+    v4(10, 0, 0, 0, 8),                        // private
+    v4(100, 64, 0, 0, 10),                     // carrier-grade NAT
+    v4(127, 0, 0, 0, 8),                       // loopback
+    v4(169, 254, 0, 0, 16),                    // link-local
+    v4(172, 16, 0, 0, 12),                     // private
+    v4(192, 0, 0, 0, 24),                      // IETF protocol assignments
+    v4(192, 0, 2, 0, 24),                      // documentation (TEST-NET-1)
+    v4(192, 88, 99, 0, 24),                    // 6to4 relay anycast (deprecated)
+    v4(192, 168, 0, 0, 16),                    // private
+    v4(198, 18, 0, 0, 15),                     // benchmarking
+    v4(198, 51, 100, 0, 24),                   // documentation (TEST-NET-2)
+    v4(203, 0, 113, 0, 24),                    // documentation (TEST-NET-3)
+    v4(224, 0, 0, 0, 4),                       // multicast
+    v4(240, 0, 0, 0, 4),                       // reserved, and 255.255.255.255 broadcast
+    v6([0, 0, 0, 0, 0, 0, 0, 0], 96),          // ::, ::1 and the deprecated IPv4-compatible block
+    v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48),  // local-use NAT64
+    v6([0x100, 0, 0, 0, 0, 0, 0, 0], 64),      // discard-only
+    v6([0x2001, 0x2, 0, 0, 0, 0, 0, 0], 48),   // benchmarking
     v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32), // documentation
-    v6([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20), // documentation
-    v6([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7), // unique-local
-    v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10), // link-local
-    v6([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10), // site-local (deprecated)
-    v6([0xff00, 0, 0, 0, 0, 0, 0, 0], 8), // multicast
+    v6([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20),     // documentation
+    v6([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7),      // unique-local
+    v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10),     // link-local
+    v6([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10),     // site-local (deprecated)
+    v6([0xff00, 0, 0, 0, 0, 0, 0, 0], 8),      // multicast
 ];
 
 /// The well-known NAT64 prefix `64:ff9b::/96`: its last 32 bits are an IPv4 address.
@@ -200,7 +200,8 @@ impl OutboundPolicy {
             IpAddr::V6(a) => embedded_v4(a).map(IpAddr::V4),
             IpAddr::V4(a) => Some(IpAddr::V6(a.to_ipv6_mapped())),
         };
-        let matches = |ranges: &[IpRange]| ranges.iter().any(|r| r.contains(addr) || also.is_some_and(|x| r.contains(&x)));
+        let matches =
+            |ranges: &[IpRange]| ranges.iter().any(|r| r.contains(addr) || also.is_some_and(|x| r.contains(&x)));
         if matches(&self.deny) {
             return false;
         }
@@ -368,7 +369,18 @@ mod tests {
         }
         assert!("0.0.0.0/0".parse::<IpRange>().unwrap().contains(&ip("8.8.8.8")));
         assert!(!"0.0.0.0/0".parse::<IpRange>().unwrap().contains(&ip("::1")));
-        for bad in ["", "10.0.0.0/33", "::/129", "10.0.0/8", "10.0.0.0/", "10.0.0.0/+8", "10.0.0.0/8/8", "example.org/8", "10.0.0.0/-1", "10.0.0.0/ 8"] {
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0/8",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "10.0.0.0/8/8",
+            "example.org/8",
+            "10.0.0.0/-1",
+            "10.0.0.0/ 8",
+        ] {
             assert!(bad.parse::<IpRange>().is_err(), "{bad:?} parsed");
         }
     }
