@@ -23,7 +23,7 @@
 
 use std::{
     fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     str::FromStr,
 };
 
@@ -211,6 +211,16 @@ impl OutboundPolicy {
         !is_internal(addr)
     }
 
+    /// The address of `resolved` (one name's DNS answer) to connect to: the
+    /// first permitted IPv4 address, else the first permitted one. `None` when
+    /// the policy permits none of them.
+    pub fn choose(&self, resolved: &[SocketAddr]) -> Option<SocketAddr> {
+        let mut permitted = resolved.iter().filter(|a| self.permits(&a.ip()));
+        // IPv4 first: a name like `localhost` often lists `::1` first while the
+        // peer listens on IPv4 only, and there is no connection racing yet.
+        permitted.clone().find(|a| a.is_ipv4()).or_else(|| permitted.next()).copied()
+    }
+
     /// [`OutboundPolicy::permits`] as a result that names the address.
     pub fn check(&self, addr: &IpAddr) -> Result<(), Refused> {
         if self.permits(addr) { Ok(()) } else { Err(Refused(*addr)) }
@@ -348,6 +358,18 @@ mod tests {
         assert!(!policy.permits(&ip("2a00:1450::1")));
         assert_eq!(policy.check(&ip("8.8.8.8")), Err(Refused(ip("8.8.8.8"))));
         assert_eq!(policy.check(&ip("8.8.4.4")), Ok(()));
+    }
+
+    #[test]
+    fn the_first_permitted_address_is_chosen_ipv4_first() {
+        let addrs = |list: &[&str]| list.iter().map(|a| a.parse().unwrap()).collect::<Vec<SocketAddr>>();
+        let policy = OutboundPolicy::default();
+        let mixed = addrs(&["127.0.0.1:8448", "[2606:4700::1]:8448", "10.0.0.1:8448", "8.8.8.8:8448"]);
+        assert_eq!(policy.choose(&mixed), Some("8.8.8.8:8448".parse().unwrap()));
+        let v6 = addrs(&["[::1]:8448", "[2606:4700::1]:8448"]);
+        assert_eq!(policy.choose(&v6), Some("[2606:4700::1]:8448".parse().unwrap()));
+        assert_eq!(policy.choose(&addrs(&["127.0.0.1:1", "[::1]:1", "[::ffff:10.0.0.1]:1"])), None);
+        assert_eq!(policy.choose(&[]), None);
     }
 
     #[test]

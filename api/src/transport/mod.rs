@@ -222,14 +222,10 @@ impl HttpTransport {
         }
     }
 
-    /// The addresses of `resolved` the outbound policy permits, IPv4 first; a
+    /// The address of `resolved` to connect to ([`OutboundPolicy::choose`]); a
     /// refusal when it permits none of them.
     fn permitted(&self, server: &str, resolved: &[SocketAddr]) -> Result<SocketAddr, TransportError> {
-        let mut allowed = resolved.iter().filter(|a| self.policy.permits(&a.ip()));
-        // IPv4 first: a name like `localhost` often lists `::1` first while the
-        // peer listens on IPv4 only, and there is no connection racing here yet.
-        let first = allowed.clone().find(|a| a.is_ipv4()).or_else(|| allowed.next()).copied();
-        match first {
+        match self.policy.choose(resolved) {
             Some(addr) => Ok(addr),
             None if resolved.is_empty() => Err(TransportError::Resolve(server.to_owned())),
             None => {
