@@ -11,6 +11,8 @@ async fn a_server_is_found_through_its_well_known_delegation() {
     let a = TestServer::start_with("a.test", |c| {
         c.registration.enabled = true;
         c.federation.verify_tls = false;
+        // B is found on loopback without a hosts entry: the outbound policy must allow it.
+        c.federation.ip_range_allow = vec!["127.0.0.0/8".parse().unwrap()];
     })
     .await;
     let a_fed = a.federation.unwrap();
@@ -107,6 +109,7 @@ async fn a_server_is_found_through_its_srv_record() {
         c.federation.listen = a_addr;
         c.federation.verify_tls = false;
         c.federation.dns_servers = vec![dns];
+        c.federation.ip_range_allow = vec!["127.0.0.0/8".parse().unwrap()];
     })
     .await;
     let alice = a.register("alice").await;
@@ -117,4 +120,32 @@ async fn a_server_is_found_through_its_srv_record() {
     assert!(hits.load(std::sync::atomic::Ordering::SeqCst) >= 1, "the SRV record was asked for");
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_srv_target_on_loopback_is_not_connected_to_without_an_allowed_range() {
+    let internal = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = internal.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let listener = tokio::spawn(async move {
+        while let Ok((tcp, _)) = internal.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(tcp);
+        }
+    });
+    let (dns, hits) = fake_srv_resolver("_matrix-fed._tcp.evil.srvtest", "localhost", port).await;
+    let a = TestServer::start_with("a.test", |c| {
+        c.registration.enabled = true;
+        c.federation.verify_tls = false;
+        c.federation.dns_servers = vec![dns];
+    })
+    .await;
+    let alice = a.register("alice").await;
+    let r = alice.request(http::Method::GET, "/_matrix/client/v3/profile/%40x%3Aevil.srvtest", None).await;
+    assert_eq!(r.status, http::StatusCode::NOT_FOUND);
+    assert!(hits.load(std::sync::atomic::Ordering::SeqCst) >= 1, "the SRV record was asked for");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0, "the SRV target on loopback was connected to");
+    listener.abort();
+    a.stop().await;
 }

@@ -167,6 +167,7 @@ fn bad_configuration_exits_2_with_one_line_naming_the_key() {
         ("[client]\nlisten = \"127.0.0.1:notaport\"\n", "client.listen"),
         ("[federation]\nverify_tls = \"yes\"\n", "federation.verify_tls"),
         ("[federaton]\nenabled = true\n", "federaton"),
+        ("[federation]\nip_range_allow = [\"10.0.0.0/33\"]\n", "federation.ip_range_allow"),
     ];
     for (text, key) in cases {
         let file = dir.path().join("bad.toml");
@@ -187,6 +188,15 @@ fn bad_configuration_exits_2_with_one_line_naming_the_key() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("federation.listen"));
+    let out = Command::new(myelin_bin())
+        .arg("serve")
+        .env("MYELIN_FEDERATION__IP_RANGE_DENY", r#"["10.0.0.0/8", "not-a-range"]"#)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("federation.ip_range_deny") && stderr.contains("not-a-range"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,6 +84,8 @@ async fn myelin_and_synapse_federate_both_ways() {
             .env("MYELIN_CLIENT__LISTEN", format!("127.0.0.1:{my_client}"))
             .env("MYELIN_FEDERATION__LISTEN", format!("127.0.0.1:{my_fed}"))
             .env("MYELIN_FEDERATION__VERIFY_TLS", "false")
+            // Synapse is `localhost:PORT`, on loopback: the outbound policy refuses that by default.
+            .env("MYELIN_FEDERATION__IP_RANGE_ALLOW", r#"["127.0.0.0/8", "::1/128"]"#)
             .env("MYELIN_REGISTRATION__ENABLED", "true")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

@@ -60,6 +60,13 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "M_NOT_FOUND", message)
     }
 
+    /// 502 `M_UNKNOWN`: another server could not be reached. The one answer for a
+    /// destination refused by the outbound policy, a refused connection, a
+    /// timeout and a TLS failure alike, so that nobody learns which it was.
+    pub fn unreachable() -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", "the server could not be reached")
+    }
+
     /// 500 `M_UNKNOWN`.
     pub fn unknown(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", message)
@@ -130,7 +137,11 @@ impl From<myelin_engine::federation::FederationError> for ApiError {
                 format!("the room is version {v}"),
             )
             .with_room_version(&v),
-            e @ (F::Unreachable(_) | F::BadResponse { .. } | F::Transport { .. }) => {
+            F::Transport { server, source } => {
+                tracing::debug!(%server, error = %source, "answering that a server could not be reached");
+                ApiError::unreachable()
+            }
+            e @ (F::Unreachable(_) | F::BadResponse { .. }) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", e.to_string())
             }
             F::Rooms(e) => e.into(),

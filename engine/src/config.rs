@@ -18,6 +18,8 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::net_policy::IpRange;
+
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -124,6 +126,17 @@ pub struct FederationConfig {
     /// Most events fetched with `get_missing_events` to close one gap before the
     /// event is taken on the sender's reported state instead (Myelin extension).
     pub max_gap_events: usize,
+    /// CIDR ranges outbound connections may reach although they are internal
+    /// (loopback, private, link-local…; see `net_policy`), e.g. `["10.0.0.0/8"]`
+    /// for an air-gapped federation (Myelin extension). Checked after DNS.
+    pub ip_range_allow: Vec<IpRange>,
+    /// CIDR ranges outbound connections never reach, even public ones; wins
+    /// over `ip_range_allow` (Myelin extension). `[federation.hosts]` entries
+    /// are exempt from both lists.
+    pub ip_range_deny: Vec<IpRange>,
+    /// Server name → `true`: do not verify that destination's TLS certificate
+    /// (others still are, labs only; Myelin extension).
+    pub insecure: BTreeMap<String, bool>,
 }
 
 /// `[registration]`
@@ -196,6 +209,9 @@ impl Default for FederationConfig {
             notaries: Vec::new(),
             dns_servers: Vec::new(),
             max_gap_events: 5000,
+            ip_range_allow: Vec::new(),
+            ip_range_deny: Vec::new(),
+            insecure: BTreeMap::new(),
         }
     }
 }
@@ -252,7 +268,9 @@ impl Config {
         for (name, value) in env {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
             let key = rest.to_ascii_lowercase().replace("__", ".");
-            let is_known = defaults.find_value(&key).is_ok() || key.starts_with("federation.hosts.");
+            let is_known = defaults.find_value(&key).is_ok()
+                || key.starts_with("federation.hosts.")
+                || key.starts_with("federation.insecure.");
             if is_known {
                 known.push((name, value));
             } else {
@@ -284,6 +302,11 @@ impl Config {
                 if <&ruma::ServerName>::try_from(name.as_str()).is_err() {
                     return Err(ConfigError(format!("{field}: `{name}` is not a valid server name")));
                 }
+            }
+        }
+        for name in self.federation.insecure.keys() {
+            if <&ruma::ServerName>::try_from(name.as_str()).is_err() {
+                return Err(ConfigError(format!("federation.insecure: `{name}` is not a valid server name")));
             }
         }
         if self.federation.tls_cert.is_empty() != self.federation.tls_key.is_empty() {
@@ -474,6 +497,65 @@ enabled = true
         assert_eq!(c.federation.deny, vec!["evil.example".to_string(), "bad.example".to_string()]);
         assert_eq!(c.federation.hosts["b.example"].to_string(), "127.0.0.3:8448");
         assert_eq!(c.data_dir, PathBuf::from("/tmp/123"));
+    }
+
+    #[test]
+    fn outbound_ranges_and_insecure_destinations_from_file_and_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            &dir,
+            r#"
+[federation]
+ip_range_allow = ["10.0.0.0/8", "fd00::/8"]
+ip_range_deny = ["203.0.113.7"]
+[federation.insecure]
+"lab.example" = true
+"#,
+        );
+        let c = Config::load_from(Some(&p), env(&[])).unwrap().config;
+        let shown = |list: &[IpRange]| list.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(shown(&c.federation.ip_range_allow), ["10.0.0.0/8", "fd00::/8"]);
+        assert_eq!(shown(&c.federation.ip_range_deny), ["203.0.113.7/32"]);
+        assert_eq!(c.federation.insecure.get("lab.example"), Some(&true));
+
+        let c = Config::load_from(
+            Some(&p),
+            env(&[
+                ("MYELIN_FEDERATION__IP_RANGE_ALLOW", r#"["127.0.0.0/8"]"#),
+                ("MYELIN_FEDERATION__IP_RANGE_DENY", r#"["8.8.8.0/24", "2a00::/16"]"#),
+                ("MYELIN_FEDERATION__INSECURE__OTHER.EXAMPLE", "true"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let c = c.config;
+        assert_eq!(shown(&c.federation.ip_range_allow), ["127.0.0.0/8"], "the environment wins over the file");
+        assert_eq!(shown(&c.federation.ip_range_deny), ["8.8.8.0/24", "2a00::/16"]);
+        assert_eq!(c.federation.insecure.get("other.example"), Some(&true));
+        assert_eq!(c.federation.insecure.get("lab.example"), Some(&true));
+        assert!(Config::default().federation.ip_range_allow.is_empty());
+        assert!(Config::default().federation.ip_range_deny.is_empty());
+        assert!(Config::default().federation.insecure.is_empty());
+    }
+
+    #[test]
+    fn a_bad_range_is_a_startup_error_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for (text, key) in [
+            ("[federation]\nip_range_allow = [\"10.0.0.0/33\"]\n", "federation.ip_range_allow"),
+            ("[federation]\nip_range_deny = [\"example.org\"]\n", "federation.ip_range_deny"),
+            ("[federation]\nip_range_allow = \"10.0.0.0/8\"\n", "federation.ip_range_allow"),
+            ("[federation.insecure]\n\"bad name!\" = true\n", "federation.insecure"),
+        ] {
+            let p = write(&dir, text);
+            let err = Config::load_from(Some(&p), env(&[])).unwrap_err().0;
+            assert!(err.contains(key), "error for {text:?} does not name {key}: {err}");
+            assert!(!err.contains('\n'), "error is not one line: {err}");
+        }
+        let err = Config::load_from(None, env(&[("MYELIN_FEDERATION__IP_RANGE_ALLOW", r#"["10.0.0.0/8", "nope"]"#)]))
+            .unwrap_err()
+            .0;
+        assert!(err.contains("federation.ip_range_allow") && err.contains("nope"), "{err}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod federation;
 pub mod in_flight;
 pub mod keys;
 pub mod media;
+pub mod net_policy;
 pub mod positions;
 pub mod profile;
 pub mod push;

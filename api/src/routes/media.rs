@@ -185,10 +185,12 @@ pub fn config(cx: Ctx, req: Req) -> HandlerFuture {
 async fn fetch_remote(cx: &Ctx, server: &str, id: &str) -> Result<MediaMeta, ApiError> {
     let limit = cx.engine.config.media.max_upload_bytes;
     let path = format!("/_matrix/federation/v1/media/download/{}", myelin_engine::federation::enc(id));
-    let resp =
-        cx.engine.remote(server).raw(http::Method::GET, &path, None, true, limit as usize + 64 * 1024).await.map_err(
-            |e| ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", format!("fetching media from {server}: {e}")),
-        )?;
+    let resp = cx
+        .engine
+        .remote(server)
+        .raw(http::Method::GET, &path, None, true, limit as usize + 64 * 1024)
+        .await
+        .map_err(|e| fetch_failed(server, e))?;
     let unrecognized =
         matches!(resp.status, StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::BAD_REQUEST)
             && serde_json::from_slice::<serde_json::Value>(&resp.body)
@@ -222,6 +224,19 @@ async fn fetch_remote(cx: &Ctx, server: &str, id: &str) -> Result<MediaMeta, Api
     Ok(cx.engine.media.commit(server, id, staged, part_type, None, None).await?)
 }
 
+/// The answer when a remote media request got no answer: the same whatever
+/// failed (see [`ApiError::unreachable`]); what failed goes to the log.
+fn fetch_failed(server: &str, e: myelin_engine::federation::FederationError) -> ApiError {
+    use myelin_engine::federation::FederationError as F;
+    match e {
+        F::Transport { source, .. } => {
+            tracing::debug!(%server, error = %source, "remote media could not be fetched");
+            ApiError::unreachable()
+        }
+        other => ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", format!("fetching media from {server}: {other}")),
+    }
+}
+
 /// Fetches media from a server without the federation media endpoints, through
 /// its unauthenticated `/_matrix/media/v3/download` (not asking it to fetch
 /// from elsewhere).
@@ -231,10 +246,12 @@ async fn legacy_fetch(cx: &Ctx, server: &str, id: &str, limit: u64) -> Result<(O
         myelin_engine::federation::enc(server),
         myelin_engine::federation::enc(id)
     );
-    let resp =
-        cx.engine.remote(server).raw(http::Method::GET, &path, None, false, limit as usize + 1).await.map_err(|e| {
-            ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", format!("fetching media from {server}: {e}"))
-        })?;
+    let resp = cx
+        .engine
+        .remote(server)
+        .raw(http::Method::GET, &path, None, false, limit as usize + 1)
+        .await
+        .map_err(|e| fetch_failed(server, e))?;
     if resp.status == StatusCode::NOT_FOUND {
         return Err(ApiError::not_found("media not found"));
     }

@@ -14,9 +14,22 @@
 //! (see [`dns`]): the best record's target and port are connected to,
 //! while TLS and `Host` keep the server name.
 //!
+//! The outbound policy ([`myelin_engine::net_policy`]): every address this
+//! module is about to connect to — a federation destination, a `.well-known`
+//! host, an SRV target — is checked after DNS resolution, so that a
+//! stranger naming `127.0.0.1:6379` or a name resolving into the LAN as a
+//! server cannot make us open a connection there. Loopback, private,
+//! link-local and the other internal ranges are refused unless
+//! `federation.ip_range_allow` lists them; `federation.ip_range_deny` refuses
+//! more; destinations in `[federation.hosts]` are the operator's own and are
+//! not checked. A refusal is a [`TransportError::Refused`], which callers
+//! report like any other unreachable server (see `FederationError::Transport`).
+//!
 //! TLS with rustls: with `verify_tls` the server certificate must chain to the
 //! system roots or a `trusted_ca` file and name the server; without it any
-//! certificate is accepted (labs only). Every request has a timeout and a
+//! certificate is accepted (labs only; a warning at start). A destination
+//! listed `true` in `[federation.insecure]` gets the accepting configuration
+//! while every other one is still verified. Every request has a timeout and a
 //! response size limit.
 //!
 //! Connections are pooled per destination (HTTP/1.1 keep-alive, up to
@@ -26,13 +39,21 @@
 pub mod direct;
 pub mod dns;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
-use myelin_engine::federation::{OutboundRequest, RawResponse, Transport, TransportError, transport::TransportFuture};
+use myelin_engine::{
+    federation::{OutboundRequest, RawResponse, Transport, TransportError, transport::TransportFuture},
+    net_policy::OutboundPolicy,
+};
 use serde_json::Value as JsonValue;
 use tokio::net::TcpStream;
 
@@ -57,7 +78,14 @@ type CachedSrv = (Option<(String, u16)>, std::time::Instant);
 
 /// The network side of federation for one server.
 pub struct HttpTransport {
+    /// Verifies certificates (unless `verify_tls` is off, then it is `insecure_tls`).
     tls: Arc<rustls::ClientConfig>,
+    /// Accepts any certificate: for the destinations in `insecure`.
+    insecure_tls: Arc<rustls::ClientConfig>,
+    /// `[federation.insecure]`: destinations whose certificates are not verified.
+    insecure: BTreeSet<String>,
+    /// Which resolved addresses may be connected to.
+    policy: OutboundPolicy,
     /// `[federation.hosts]`: static server name → address overrides.
     hosts: std::collections::BTreeMap<String, SocketAddr>,
     /// Idle keep-alive connections per destination.
@@ -117,14 +145,23 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
 }
 
 impl HttpTransport {
-    /// Builds the transport from the configuration (roots, trusted CAs, verification, static hosts).
+    /// Builds the transport from the configuration (roots, trusted CAs, verification,
+    /// static hosts, the outbound policy).
     pub fn new(config: &myelin_engine::Config) -> Result<Self, crate::tls::TlsError> {
         use rustls::pki_types::{CertificateDer, pem::PemObject};
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| crate::tls::TlsError(e.to_string()))?;
-        let mut tls = if config.federation.verify_tls {
+        let builder = || {
+            rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| crate::tls::TlsError(e.to_string()))
+        };
+        let mut insecure_tls = builder()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider.clone())))
+            .with_no_client_auth();
+        insecure_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let insecure_tls = Arc::new(insecure_tls);
+        let tls = if config.federation.verify_tls {
             let mut roots = rustls::RootCertStore::empty();
             let native = rustls_native_certs::load_native_certs();
             for cert in native.certs {
@@ -140,15 +177,27 @@ impl HttpTransport {
                         .map_err(|e| crate::tls::TlsError(format!("federation.trusted_ca {}: {e}", path.display())))?;
                 }
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            let mut tls = builder()?.with_root_certificates(roots).with_no_client_auth();
+            tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Arc::new(tls)
         } else {
-            builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAny(provider))).with_no_client_auth()
+            tracing::warn!(
+                "federation.verify_tls is false: no remote server's certificate is verified, so anyone on the \
+                 path can impersonate any server (labs only; [federation.insecure] limits this to named servers)"
+            );
+            insecure_tls.clone()
         };
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let tls = Arc::new(tls);
+        let insecure: BTreeSet<String> =
+            config.federation.insecure.iter().filter(|(_, off)| **off).map(|(name, _)| name.clone()).collect();
+        if config.federation.verify_tls && !insecure.is_empty() {
+            tracing::warn!(servers = ?insecure, "certificates of these servers are not verified ([federation.insecure])");
+        }
         Ok(Self {
             direct: direct::Direct::new(tls.clone()),
             tls,
+            insecure_tls,
+            insecure,
+            policy: OutboundPolicy::from_config(config),
             hosts: config.federation.hosts.clone(),
             pool: parking_lot::Mutex::new(std::collections::HashMap::new()),
             delegations: parking_lot::Mutex::new(std::collections::HashMap::new()),
@@ -161,13 +210,42 @@ impl HttpTransport {
         })
     }
 
+    /// The outbound policy this transport applies, for other outbound delivery to share.
+    pub fn policy(&self) -> &OutboundPolicy {
+        &self.policy
+    }
+
+    /// The TLS configuration for `server`: the accepting one when `[federation.insecure]`
+    /// names it (as given, or its host without the port).
+    fn tls_for(&self, server: &str) -> Arc<rustls::ClientConfig> {
+        let host = myelin_engine::config_host(server);
+        if self.insecure.contains(server) || self.insecure.contains(host) {
+            self.insecure_tls.clone()
+        } else {
+            self.tls.clone()
+        }
+    }
+
+    /// The address of `resolved` to connect to ([`OutboundPolicy::choose`]); a
+    /// refusal when it permits none of them.
+    fn permitted(&self, server: &str, resolved: &[SocketAddr]) -> Result<SocketAddr, TransportError> {
+        match self.policy.choose(resolved) {
+            Some(addr) => Ok(addr),
+            None if resolved.is_empty() => Err(TransportError::Resolve(server.to_owned())),
+            None => {
+                let shown: Vec<String> = resolved.iter().map(|a| a.ip().to_string()).collect();
+                Err(TransportError::Refused(format!("{server} resolved to {}", shown.join(", "))))
+            }
+        }
+    }
+
     async fn resolve(&self, server: &str) -> Result<Target, TransportError> {
         let host = myelin_engine::config_host(server).to_owned();
         if let Some(addr) = self.hosts.get(server) {
             return Ok(Target { addr: *addr, tls_name: host, host_header: server.to_owned() });
         }
         if host.parse::<std::net::IpAddr>().is_ok() || has_port(server) {
-            return Self::direct(server).await;
+            return self.direct(server).await;
         }
         // The delegated name (or ours) is used as is when it is an IP literal or has a
         // port; otherwise its SRV records are asked for, then port 8448.
@@ -177,12 +255,12 @@ impl HttpTransport {
             && !has_port(&name)
             && let Some((target, port)) = self.srv_target(&name_host).await
         {
-            let mut found = Self::direct(&format!("{target}:{port}")).await?;
+            let mut found = self.direct(&format!("{target}:{port}")).await?;
             found.tls_name = name_host;
             found.host_header = name;
             return Ok(found);
         }
-        let mut target = Self::direct(&name).await?;
+        let mut target = self.direct(&name).await?;
         target.host_header = name;
         Ok(target)
     }
@@ -216,28 +294,20 @@ impl HttpTransport {
         answer
     }
 
-    /// An IP literal or a name, with its port or 8448, without delegation.
-    async fn direct(server: &str) -> Result<Target, TransportError> {
+    /// An IP literal or a name, with its port or 8448, without delegation; the
+    /// address is one the outbound policy permits.
+    async fn direct(&self, server: &str) -> Result<Target, TransportError> {
         let host = myelin_engine::config_host(server).to_owned();
         let port = if has_port(server) { server.rsplit_once(':').and_then(|(_, p)| p.parse().ok()) } else { None };
         let port = port.unwrap_or(8448);
-        let addr = match host.parse::<std::net::IpAddr>() {
-            Ok(ip) => SocketAddr::new(ip, port),
-            Err(_) => {
-                // IPv4 first: a name like `localhost` often lists `::1` first while the
-                // peer listens on IPv4 only, and there is no connection racing here yet.
-                let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
-                    .await
-                    .map_err(|_| TransportError::Resolve(server.to_owned()))?
-                    .collect();
-                addrs
-                    .iter()
-                    .find(|a| a.is_ipv4())
-                    .or(addrs.first())
-                    .copied()
-                    .ok_or_else(|| TransportError::Resolve(server.to_owned()))?
-            }
+        let resolved: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .map_err(|_| TransportError::Resolve(server.to_owned()))?
+                .collect(),
         };
+        let addr = self.permitted(server, &resolved)?;
         Ok(Target { addr, tls_name: host, host_header: server.to_owned() })
     }
 
@@ -261,10 +331,17 @@ impl HttpTransport {
 
     async fn fetch_well_known(&self, host: &str) -> Option<String> {
         let fut = async {
-            let addr = tokio::net::lookup_host((host, 443)).await.ok()?.next()?;
+            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host, 443)).await.ok()?.collect();
+            let addr = match self.permitted(host, &resolved) {
+                Ok(addr) => addr,
+                Err(e) => {
+                    tracing::info!(server = host, error = %e, "not fetching .well-known");
+                    return None;
+                }
+            };
             let tcp = TcpStream::connect(addr).await.ok()?;
             let name = rustls::pki_types::ServerName::try_from(host.to_owned()).ok()?;
-            let tls = tokio_rustls::TlsConnector::from(self.tls.clone()).connect(name, tcp).await.ok()?;
+            let tls = tokio_rustls::TlsConnector::from(self.tls_for(host)).connect(name, tcp).await.ok()?;
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.ok()?;
             tokio::spawn(async move {
                 let _ = conn.await;
@@ -311,7 +388,7 @@ impl HttpTransport {
                     let _ = tcp.set_nodelay(true);
                     let name = rustls::pki_types::ServerName::try_from(target.tls_name.clone())
                         .map_err(|e| connect("server name", &e))?;
-                    let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+                    let tls = tokio_rustls::TlsConnector::from(self.tls_for(server))
                         .connect(name, tcp)
                         .await
                         .map_err(|e| connect("TLS", &e))?;
@@ -405,7 +482,18 @@ impl HttpTransport {
 
 impl Transport for HttpTransport {
     fn send<'a>(&'a self, destination: &'a str, request: OutboundRequest) -> TransportFuture<'a> {
-        Box::pin(self.send_request(destination, request))
+        Box::pin(async move {
+            let answer = self.send_request(destination, request).await;
+            // What failed stays here, in the log: callers only say "could not be reached".
+            match &answer {
+                Err(e @ TransportError::Refused(_)) => {
+                    tracing::info!(%destination, error = %e, "federation request not sent")
+                }
+                Err(e) => tracing::debug!(%destination, error = %e, "federation request failed"),
+                Ok(_) => {}
+            }
+            answer
+        })
     }
 
     fn send_url<'a>(&'a self, base_url: &'a str, request: OutboundRequest) -> TransportFuture<'a> {

@@ -48,8 +48,12 @@ pub enum FederationError {
     /// Federation with the server is off or refused by the allow/deny lists.
     #[error("federation with {0} is not allowed by this server's configuration")]
     NotAllowed(String),
-    /// The request did not get an answer.
-    #[error("{server}: {source}")]
+    /// The request did not get an answer. What failed (refused by the outbound
+    /// policy, connection refused, timed out, TLS) is deliberately not in the
+    /// message, which may reach a client or another server: telling them apart
+    /// would make this server a port scanner. The transport logs it; the
+    /// `source` keeps it for code that must know.
+    #[error("{server} could not be reached")]
     Transport {
         /// The remote server.
         server: String,

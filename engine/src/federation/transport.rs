@@ -63,6 +63,10 @@ pub enum TransportError {
     /// No connection could be made (refused, unreachable, TLS failed).
     #[error("cannot connect: {0}")]
     Connect(String),
+    /// The outbound policy does not permit connecting to the address the
+    /// destination resolved to (`federation.ip_range_allow` / `ip_range_deny`).
+    #[error("refused by the outbound policy: {0}")]
+    Refused(String),
     /// The request or its answer took too long.
     #[error("timed out")]
     Timeout,
