@@ -119,3 +119,80 @@ async fn bench_join_waits_until_every_member_is_listed_on_the_joining_server() {
     a.stop().await;
     b.stop().await;
 }
+
+/// `myelin admin appservice add` registers the bench's appservice on the
+/// running server (through its admin socket), `bench appservice` then sees
+/// every event arrive, and `list`/`remove` show and drop it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_appservice_added_at_run_time_receives_every_bench_event_and_can_be_removed() {
+    let s = TestServer::start_with("bench.test", |c| {
+        c.registration.enabled = true;
+        c.rate_limit.per_second = 0.0;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = myelin_suite::free_port();
+    let reg = dir.path().join("reg.yaml");
+    std::fs::write(
+        &reg,
+        format!(
+            "id: bench\nurl: http://127.0.0.1:{port}\nas_token: a-tok\nhs_token: h-tok\nsender_localpart: asbench\n\
+             namespaces:\n  users: [{{ regex: '@bench.*', exclusive: false }}]\n"
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("myelin.toml");
+    std::fs::write(&config, format!("data_dir = {:?}\nserver_name = \"bench.test\"\n", s.engine.config.data_dir))
+        .unwrap();
+    let admin = |args: Vec<String>| {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(myelin_bin())
+                .arg("admin")
+                .arg("appservice")
+                .args(args)
+                .arg("--config")
+                .arg(config)
+                .output()
+                .unwrap()
+        })
+    };
+    let added = admin(vec!["add".into(), reg.display().to_string()]).await.unwrap();
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    assert!(String::from_utf8_lossy(&added.stdout).contains("@asbench:bench.test"));
+    assert!(s.engine.appservices.get("bench").is_some(), "the running server did not get it");
+    // The same file again: the id is taken.
+    let again = admin(vec!["add".into(), reg.display().to_string()]).await.unwrap();
+    assert_eq!(again.status.code(), Some(2), "{}", String::from_utf8_lossy(&again.stdout));
+
+    let url = format!("http://{}", s.client);
+    let bench = tokio::task::spawn_blocking(move || {
+        Command::new(myelin_bin())
+            .args([
+                "bench",
+                "appservice",
+                "--url",
+                &url,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--hs-token",
+                "h-tok",
+            ])
+            .args(["--rooms", "3", "--clients", "3", "--messages", "10", "--json"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(bench.status.success(), "{}", String::from_utf8_lossy(&bench.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&bench.stdout).unwrap();
+    assert_eq!((report["sent"].clone(), report["delivered"].clone()), (serde_json::json!(30), serde_json::json!(30)));
+    assert!(report["transactions"].as_u64().unwrap() >= 1);
+
+    let listed = admin(vec!["list".into()]).await.unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("bench @asbench:bench.test"), "{listed:?}");
+    let removed = admin(vec!["remove".into(), "bench".into()]).await.unwrap();
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    assert!(s.engine.appservices.get("bench").is_none());
+    s.stop().await;
+}

@@ -28,16 +28,16 @@ use tokio::net::TcpStream;
 /// traffic, presence, background flushes) would otherwise share the first
 /// part of a window that is ~150 ms long for a fast server (a 300-message
 /// federation burst measured ~15% lower without it).
-const SETTLE_AFTER_SETUP: Duration = Duration::from_secs(1);
+pub(crate) const SETTLE_AFTER_SETUP: Duration = Duration::from_secs(1);
 
 /// One keep-alive HTTP/1.1 connection to the homeserver.
-struct Conn {
+pub(crate) struct Conn {
     host: String,
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
 }
 
 impl Conn {
-    async fn open(base: &str) -> Result<Self, String> {
+    pub(crate) async fn open(base: &str) -> Result<Self, String> {
         let host = base
             .strip_prefix("http://")
             .ok_or_else(|| format!("{base}: only http:// URLs are supported"))?
@@ -79,7 +79,7 @@ impl Conn {
         Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
     }
 
-    async fn ok(
+    pub(crate) async fn ok(
         &mut self,
         method: Method,
         path: &str,
@@ -94,7 +94,7 @@ impl Conn {
     }
 }
 
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -106,13 +106,13 @@ fn enc(s: &str) -> String {
         .collect()
 }
 
-fn run_id() -> String {
+pub(crate) fn run_id() -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("{:x}", nanos % 0xffff_ffff)
 }
 
 /// Registers a user; returns (access token, user id).
-async fn register(conn: &mut Conn, name: &str) -> Result<(String, String), String> {
+pub(crate) async fn register(conn: &mut Conn, name: &str) -> Result<(String, String), String> {
     let j = conn
         .ok(
             Method::POST,
@@ -128,13 +128,13 @@ async fn register(conn: &mut Conn, name: &str) -> Result<(String, String), Strin
 }
 
 /// Creates a public room with `extra` creation fields; returns its id.
-async fn public_room(conn: &mut Conn, token: &str, mut extra: Value) -> Result<String, String> {
+pub(crate) async fn public_room(conn: &mut Conn, token: &str, mut extra: Value) -> Result<String, String> {
     extra["preset"] = json!("public_chat");
     let j = conn.ok(Method::POST, "/_matrix/client/v3/createRoom", Some(token), Some(extra)).await?;
     Ok(j["room_id"].as_str().ok_or("createRoom without room_id")?.to_owned())
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }

@@ -134,6 +134,42 @@ pub(super) fn bench_cmd(what: BenchCommand) -> Result<(), Failure> {
                 println!("| sequential script | {lines} | {:.2} |", t.as_secs_f64());
             }
         }
+        BenchCommand::Appservice { url, listen, hs_token, rooms, clients, messages, json } => {
+            let r = rt
+                .block_on(crate::bench_appservice::appservice(&url, listen, &hs_token, rooms, clients, messages))
+                .map_err(Failure::runtime)?;
+            let send_rate = r.sent as f64 / r.send_elapsed.as_secs_f64().max(1e-9);
+            let deliver_rate = r.delivered as f64 / r.deliver_elapsed.as_secs_f64().max(1e-9);
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "scenario": "appservice", "url": url, "rooms": rooms, "clients": clients,
+                        "sent": r.sent, "delivered": r.delivered, "transactions": r.transactions,
+                        "send_events_per_second": send_rate, "delivered_events_per_second": deliver_rate,
+                        "p50_ms": ms(r.p50), "p99_ms": ms(r.p99),
+                    })
+                );
+            } else {
+                println!("| scenario | sent | delivered | txns | send/s | delivered/s | p50 ms | p99 ms |");
+                println!("|---|---|---|---|---|---|---|---|");
+                println!(
+                    "| appservice, {rooms} rooms, {clients} clients | {} | {} | {} | {send_rate:.0} | {deliver_rate:.0} | {:.1} | {:.1} |",
+                    r.sent,
+                    r.delivered,
+                    r.transactions,
+                    ms(r.p50),
+                    ms(r.p99)
+                );
+            }
+            if r.delivered != r.sent {
+                return Err(Failure::runtime(format!(
+                    "{} acknowledged events never reached the appservice",
+                    r.sent - r.delivered
+                )));
+            }
+        }
     }
     Ok(())
 }

@@ -97,6 +97,30 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Events/s and latency to an appservice the bench itself plays, while clients send.
+    Appservice {
+        /// Client-Server API base URL (http://host:port).
+        #[arg(long, default_value = "http://127.0.0.1:8008")]
+        url: String,
+        /// Where the bench listens as the appservice (the registration's `url`).
+        #[arg(long, default_value = "127.0.0.1:29399")]
+        listen: std::net::SocketAddr,
+        /// The registration's `hs_token`, checked on every push.
+        #[arg(long)]
+        hs_token: String,
+        /// Rooms to spread the clients over.
+        #[arg(long, default_value_t = 20)]
+        rooms: usize,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 20)]
+        clients: usize,
+        /// Messages per client.
+        #[arg(long, default_value_t = 100)]
+        messages: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]

@@ -11,6 +11,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod admin_cmds;
 mod backup;
 mod bench;
+mod bench_appservice;
 mod bench_cmd;
 mod cli;
 mod serve;
