@@ -1,6 +1,13 @@
-//! Per-user rate limiting of event-creating requests: a token bucket per user
-//! (`[rate_limit] per_second`, `burst`). Over the limit: 429
-//! `M_LIMIT_EXCEEDED` with `retry_after_ms` (Client-Server API §"Rate limiting").
+//! Rate limiting (Client-Server API §"Rate limiting"): over a limit, 429
+//! `M_LIMIT_EXCEEDED` with `retry_after_ms`.
+//!
+//! - Event-creating requests: a token bucket per user (`[rate_limit]
+//!   per_second`, `burst`).
+//! - Wrong passwords: a bucket per account (`login_failures_per_second`,
+//!   `login_failures_burst`) that only failures drain. While it is empty,
+//!   password checks for that account are refused before the password is
+//!   looked at, so guessing costs a stranger `1 / login_failures_per_second`
+//!   seconds per try and its owner keeps logging in once the bucket refills.
 
 use std::{collections::HashMap, time::Instant};
 
@@ -10,42 +17,103 @@ use ruma::{OwnedUserId, UserId};
 
 use crate::error::ApiError;
 
-/// Buckets of one server.
-pub struct RateLimiter {
+/// Token buckets keyed by `K`, bounded in entries.
+struct Buckets<K> {
     per_second: f64,
     burst: f64,
-    buckets: Mutex<HashMap<OwnedUserId, (f64, Instant)>>,
+    map: Mutex<HashMap<K, (f64, Instant)>>,
 }
 
-impl RateLimiter {
-    /// A limiter; `per_second == 0` disables it.
-    pub fn new(per_second: f64, burst: u32) -> Self {
-        Self { per_second, burst: f64::from(burst.max(1)), buckets: Mutex::new(HashMap::new()) }
+/// Most buckets kept; past it the full ones (idle keys) are forgotten.
+const MAX_BUCKETS: usize = 100_000;
+
+impl<K: std::hash::Hash + Eq + Clone> Buckets<K> {
+    fn new(per_second: f64, burst: u32) -> Self {
+        Self { per_second, burst: f64::from(burst.max(1)), map: Mutex::new(HashMap::new()) }
     }
 
-    /// Takes one token for `user`, or says how long to wait.
-    pub fn check(&self, user: &UserId) -> Result<(), ApiError> {
+    /// Refills `key`'s bucket; `take` removes one token if there is one.
+    /// `Err(wait_ms)` when the bucket is empty.
+    fn refill(&self, key: &K, take: bool) -> Result<(), u64> {
         if self.per_second <= 0.0 {
             return Ok(());
         }
         let now = Instant::now();
-        let mut buckets = self.buckets.lock();
-        if buckets.len() > 100_000 {
+        let mut map = self.map.lock();
+        if map.len() > MAX_BUCKETS {
             // Idle buckets are full anyway; forgetting them loses nothing.
-            buckets.retain(|_, (tokens, at)| {
+            map.retain(|_, (tokens, at)| {
                 *tokens + now.duration_since(*at).as_secs_f64() * self.per_second < self.burst
             });
+            if map.len() > MAX_BUCKETS {
+                // Still too many: a flood of distinct keys. Dropping the oldest-drained
+                // half only makes those keys start full again.
+                let mut ages: Vec<_> = map.iter().map(|(k, (_, at))| (*at, k.clone())).collect();
+                ages.sort_by_key(|(at, _)| *at);
+                for (_, k) in ages.into_iter().take(MAX_BUCKETS / 2) {
+                    map.remove(&k);
+                }
+            }
         }
-        let (tokens, at) = buckets.entry(user.to_owned()).or_insert((self.burst, now));
+        let (tokens, at) = map.entry(key.clone()).or_insert((self.burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
         *at = now;
         if *tokens >= 1.0 {
-            *tokens -= 1.0;
+            if take {
+                *tokens -= 1.0;
+            }
             return Ok(());
         }
-        let wait_ms = ((1.0 - *tokens) / self.per_second * 1000.0).ceil() as u64;
-        let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED", "too many requests");
-        err.retry_after_ms = Some(wait_ms);
-        Err(err)
+        Err(((1.0 - *tokens) / self.per_second * 1000.0).ceil() as u64)
+    }
+}
+
+fn limited(wait_ms: u64, what: &str) -> ApiError {
+    let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED", what);
+    err.retry_after_ms = Some(wait_ms);
+    err
+}
+
+/// The limits of one server.
+pub struct RateLimiter {
+    events: Buckets<OwnedUserId>,
+    login_failures: Buckets<String>,
+}
+
+impl RateLimiter {
+    /// A limiter for event-creating requests; `per_second == 0` disables it.
+    /// Wrong passwords get the defaults of `[rate_limit]`.
+    pub fn new(per_second: f64, burst: u32) -> Self {
+        let d = myelin_engine::config::RateLimitConfig::default();
+        Self::with_login(per_second, burst, d.login_failures_per_second, d.login_failures_burst)
+    }
+
+    /// A limiter from the whole `[rate_limit]` section.
+    pub fn from_config(c: &myelin_engine::config::RateLimitConfig) -> Self {
+        Self::with_login(c.per_second, c.burst, c.login_failures_per_second, c.login_failures_burst)
+    }
+
+    fn with_login(per_second: f64, burst: u32, failures_per_second: f64, failures_burst: u32) -> Self {
+        Self {
+            events: Buckets::new(per_second, burst),
+            login_failures: Buckets::new(failures_per_second, failures_burst),
+        }
+    }
+
+    /// Takes one token for `user`, or says how long to wait.
+    pub fn check(&self, user: &UserId) -> Result<(), ApiError> {
+        self.events.refill(&user.to_owned(), true).map_err(|ms| limited(ms, "too many requests"))
+    }
+
+    /// Whether a password may be tried for `account` now (no token taken).
+    pub fn may_try_password(&self, account: &str) -> Result<(), ApiError> {
+        self.login_failures
+            .refill(&account.to_owned(), false)
+            .map_err(|ms| limited(ms, "too many wrong passwords for this account; try again later"))
+    }
+
+    /// Counts a wrong password for `account`.
+    pub fn wrong_password(&self, account: &str) {
+        let _ = self.login_failures.refill(&account.to_owned(), true);
     }
 }

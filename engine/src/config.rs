@@ -76,11 +76,15 @@ pub struct RateLimitConfig {
     pub per_second: f64,
     /// Events a user may send in a burst.
     pub burst: u32,
+    /// Wrong passwords per account per second, sustained; 0 turns the limit off.
+    pub login_failures_per_second: f64,
+    /// Wrong passwords an account takes in a row before the limit applies.
+    pub login_failures_burst: u32,
 }
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
-        Self { per_second: 50.0, burst: 200 }
+        Self { per_second: 50.0, burst: 200, login_failures_per_second: 0.2, login_failures_burst: 10 }
     }
 }
 
@@ -314,6 +318,12 @@ impl Config {
         }
         if !(self.rate_limit.per_second >= 0.0 && self.rate_limit.per_second.is_finite()) {
             return Err(ConfigError("rate_limit.per_second: must be a number >= 0 (0 turns the limit off)".into()));
+        }
+        let failures = self.rate_limit.login_failures_per_second;
+        if !(failures >= 0.0 && failures.is_finite()) {
+            return Err(ConfigError(
+                "rate_limit.login_failures_per_second: must be a number >= 0 (0 turns the limit off)".into(),
+            ));
         }
         if self.storage.cache_mb == 0 {
             return Err(ConfigError("storage.cache_mb: must be at least 1".into()));

@@ -344,8 +344,16 @@ pub fn login(cx: Ctx, req: Req) -> HandlerFuture {
         }
         let user_id = user_from_identifier(&cx, body.identifier.as_ref(), body.user.as_deref())?;
         let password = body.password.ok_or_else(|| ApiError::missing_param("password is required"))?;
+        cx.limiter.may_try_password(user_id.as_str())?;
         let login =
-            cx.engine.users.login(&user_id, &password, body.device_id, body.initial_device_display_name).await?;
+            match cx.engine.users.login(&user_id, &password, body.device_id, body.initial_device_display_name).await {
+                Ok(l) => l,
+                Err(myelin_engine::users::UserError::Forbidden(why)) => {
+                    cx.limiter.wrong_password(user_id.as_str());
+                    return Err(ApiError::forbidden(why));
+                }
+                Err(e) => return Err(e.into()),
+            };
         Ok(ok_json(&LoginResponse::new(&cx, &login)))
     })
 }
@@ -402,11 +410,15 @@ pub(crate) async fn password_uia(
         return Ok(Some(uia_required("m.login.password", auth.session, None)));
     }
     let named = user_from_identifier(cx, auth.identifier.as_ref(), auth.user.as_deref()).ok();
+    cx.limiter.may_try_password(user.as_str())?;
     let ok = named.as_deref() == Some(user)
         && match auth.password.as_deref() {
             Some(p) => cx.engine.users.password_ok(user, p).await?,
             None => false,
         };
+    if !ok && auth.password.is_some() {
+        cx.limiter.wrong_password(user.as_str());
+    }
     if ok {
         Ok(None)
     } else {
