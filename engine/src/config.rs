@@ -44,6 +44,24 @@ pub struct Config {
     pub presence: PresenceConfig,
     /// Application services (bridges).
     pub appservice: AppserviceConfig,
+    /// Push notifications to push gateways.
+    pub push: PushConfig,
+}
+
+/// `[push]` (Myelin extension).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Most notifications waiting per pusher while its gateway is down; the oldest give way.
+    pub max_pending: usize,
+    /// A notification not delivered within this many seconds is dropped (and counted).
+    pub max_age_s: u64,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self { max_pending: 1000, max_age_s: 86_400 }
+    }
 }
 
 /// `[appservice]`
@@ -187,6 +205,7 @@ impl Default for Config {
             rate_limit: RateLimitConfig::default(),
             presence: PresenceConfig::default(),
             appservice: AppserviceConfig::default(),
+            push: PushConfig::default(),
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod net_policy;
 pub mod positions;
 pub mod profile;
 pub mod push;
+pub mod pushers;
 pub mod receipts;
 pub mod rooms;
 pub mod sync;
@@ -75,6 +76,8 @@ pub struct Engine {
     pub receipt_positions: positions::NewestPositions<ruma::OwnedRoomId>,
     /// Registered application services (bridges).
     pub appservices: Arc<appservice::Registry>,
+    /// Users' pushers and the push notification queues.
+    pub pushers: pushers::Pushers,
 }
 
 impl Engine {
@@ -98,6 +101,8 @@ impl Engine {
         tracing::info!(server_name = %server_name, key_id = keys.key_id(), data_dir = %config.data_dir.display(), "engine ready");
         let users = users::Users::new(db.clone(), server_name.clone(), stream.clone());
         let appservices = rooms.appservices.clone();
+        let pushers = pushers::Pushers::open(db.clone(), rooms.push_wanted.clone(), rooms.push_pending.clone())
+            .map_err(|e| EngineError::Rooms(e.to_string()))?;
         appservices.load_files(&config.appservice.registrations)?;
         for a in appservices.all().iter() {
             // A user's access token reused as an as_token would let either act as the other.
@@ -152,6 +157,7 @@ impl Engine {
             unread: receipts::UnreadCache::default(),
             receipt_positions: positions::NewestPositions::default(),
             appservices,
+            pushers,
         }))
     }
 

@@ -17,12 +17,14 @@ use crate::{Engine, EngineError, rooms::ArcPdu};
 pub const PUSH_RULES: &str = "m.push_rules";
 
 /// How an event concerns a user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Verdict {
     /// Counts as a notification.
     pub notify: bool,
     /// Counts as a highlight.
     pub highlight: bool,
+    /// The `sound` tweak, for push gateways.
+    pub sound: Option<String>,
 }
 
 impl Engine {
@@ -69,9 +71,14 @@ impl Engine {
             display_name.to_owned(),
         );
         let actions = rules.get_actions(&raw, &ctx).await;
+        let sound = actions.iter().find_map(|a| match a {
+            Action::SetTweak(ruma::push::Tweak::Sound(s)) => Some(s.as_str().to_owned()),
+            _ => None,
+        });
         Verdict {
             notify: actions.iter().any(Action::should_notify),
             highlight: actions.iter().any(Action::is_highlight),
+            sound,
         }
     }
 }

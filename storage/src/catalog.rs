@@ -198,6 +198,13 @@ pub static APPSERVICESEQ_EVENT: Cf = scan("appserviceseq_event", 0);
 /// Appservice id → its sender's state (next transaction id, the transaction in flight).
 pub static APPSERVICE_SENDER: Cf = point("appservice_sender", 0);
 
+/// `(user id, app id, pushkey)` → the pusher's JSON.
+pub static USERAPPKEY_PUSHER: Cf = point("userappkey_pusher", 0);
+/// Stream position → short event id: appended events that may notify a pusher's user.
+pub static PUSH_PENDING: Cf = scan("push_pending", 0);
+/// `(pusher key, stream position)` → a notification waiting for its push gateway.
+pub static PUSHERCOUNT_NOTIFICATION: Cf = scan("pushercount_notification", 0);
+
 /// Every family, in creation order. The default family is unused.
 pub static ALL: &[&Cf] = &[
     &GLOBAL,
@@ -258,6 +265,9 @@ pub static ALL: &[&Cf] = &[
     &APPSERVICE_REGISTRATION,
     &APPSERVICESEQ_EVENT,
     &APPSERVICE_SENDER,
+    &USERAPPKEY_PUSHER,
+    &PUSH_PENDING,
+    &PUSHERCOUNT_NOTIFICATION,
 ];
 
 #[cfg(test)]

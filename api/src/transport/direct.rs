@@ -1,7 +1,9 @@
-//! Requests to endpoints the operator configured by URL — appservices (and
-//! later push gateways): `http://` or `https://host[:port][/prefix]`, connected
-//! to as written, without Matrix server discovery. Such a URL comes from the
-//! operator's own configuration, so it may name a loopback or private address.
+//! Requests to endpoints named by URL — appservices and push gateways:
+//! `http://` or `https://host[:port][/prefix]`, connected to as written,
+//! without Matrix server discovery. An appservice URL comes from the
+//! operator's own configuration, so it may name a loopback or private
+//! address; a push gateway URL comes from a user (a pusher), so its resolved
+//! address must pass the outbound policy like a federation destination.
 //!
 //! Connections are kept alive and reused per base URL (an appservice on the
 //! same host receives a steady stream of transactions). Every request has a
@@ -13,7 +15,10 @@ use bytes::Bytes;
 use http::Uri;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
-use myelin_engine::federation::{OutboundRequest, RawResponse, TransportError};
+use myelin_engine::{
+    federation::{OutboundRequest, RawResponse, TransportError},
+    net_policy::OutboundPolicy,
+};
 use tokio::net::TcpStream;
 
 /// How long one request may take.
@@ -66,12 +71,17 @@ impl Direct {
         Self { tls, pool: parking_lot::Mutex::new(HashMap::new()) }
     }
 
-    async fn connect(&self, base: &Base) -> Result<Sender, TransportError> {
-        let addr = tokio::net::lookup_host((base.host.as_str(), base.port))
+    async fn connect(&self, base: &Base, policy: Option<&OutboundPolicy>) -> Result<Sender, TransportError> {
+        let resolved: Vec<std::net::SocketAddr> = tokio::net::lookup_host((base.host.as_str(), base.port))
             .await
             .map_err(|_| TransportError::Resolve(base.host.clone()))?
-            .next()
-            .ok_or_else(|| TransportError::Resolve(base.host.clone()))?;
+            .collect();
+        let addr = match policy {
+            None => resolved.first().copied().ok_or_else(|| TransportError::Resolve(base.host.clone()))?,
+            Some(p) => p.choose(&resolved).ok_or_else(|| {
+                TransportError::Refused(format!("{}: no permitted address among {resolved:?}", base.host))
+            })?,
+        };
         let tcp = TcpStream::connect(addr).await.map_err(|e| TransportError::Connect(format!("{addr}: {e}")))?;
         let _ = tcp.set_nodelay(true);
         let span = tracing::debug_span!("direct_connection", host = %base.host, port = base.port);
@@ -127,19 +137,28 @@ impl Direct {
     }
 
     /// Sends `request` below `base_url` and reads the answer; a pooled
-    /// connection found closed is replaced once.
-    pub async fn send(&self, base_url: &str, request: OutboundRequest) -> Result<RawResponse, TransportError> {
+    /// connection found closed is replaced once. With `policy`, only an
+    /// address it permits is connected to.
+    pub async fn send(
+        &self,
+        base_url: &str,
+        request: OutboundRequest,
+        policy: Option<&OutboundPolicy>,
+    ) -> Result<RawResponse, TransportError> {
         let base = parse(base_url)?;
         let OutboundRequest { method, path_and_query, body, authorization, limit } = request;
         let uri = format!("{}{}", base.prefix, path_and_query);
         let base = &base;
+        // Checked and unchecked connections are never shared.
+        let key = format!("{}{base_url}", if policy.is_some() { "user:" } else { "" });
+        let key = &key;
         let (uri, method, body, authorization) = (&uri, &method, &body, &authorization);
         let attempt = |reuse: bool| async move {
-            let pooled = if reuse { self.pooled(base_url).await } else { None };
+            let pooled = if reuse { self.pooled(key).await } else { None };
             let was_pooled = pooled.is_some();
             let mut sender = match pooled {
                 Some(s) => s,
-                None => self.connect(base).await?,
+                None => self.connect(base, policy).await?,
             };
             let mut req = http::Request::builder()
                 .method(method.clone())
@@ -172,7 +191,7 @@ impl Direct {
                     }
                 })?
                 .to_bytes();
-            self.give_back(base_url, sender);
+            self.give_back(key, sender);
             Ok(Ok(RawResponse { status, headers, body }))
         };
         let fut = async {
@@ -180,7 +199,7 @@ impl Direct {
                 Ok(r) => Ok(r),
                 Err(stale) => {
                     tracing::debug!(url = base_url, error = %stale, "pooled connection was stale; reconnecting");
-                    self.pool.lock().remove(base_url);
+                    self.pool.lock().remove(key.as_str());
                     attempt(false).await?.map_err(|e| TransportError::Http(e.to_string()))
                 }
             }

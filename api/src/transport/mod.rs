@@ -497,7 +497,17 @@ impl Transport for HttpTransport {
     }
 
     fn send_url<'a>(&'a self, base_url: &'a str, request: OutboundRequest) -> TransportFuture<'a> {
-        Box::pin(self.direct.send(base_url, request))
+        Box::pin(self.direct.send(base_url, request, None))
+    }
+
+    fn send_user_url<'a>(&'a self, base_url: &'a str, request: OutboundRequest) -> TransportFuture<'a> {
+        Box::pin(async move {
+            let answer = self.direct.send(base_url, request, Some(&self.policy)).await;
+            if let Err(e @ TransportError::Refused(_)) = &answer {
+                tracing::info!(url = base_url, error = %e, "request to a user-supplied URL not sent");
+            }
+            answer
+        })
     }
 }
 

@@ -98,8 +98,12 @@ pub async fn announce_cross_signing(engine: &Engine, user: &UserId) {
     }
 }
 
-/// Forgets a deleted device's keys and tells other servers if it had any.
+/// Forgets a deleted device's keys (telling other servers if it had any)
+/// and the pushers it set: a logged-out phone gets no more notifications.
 pub async fn device_removed(engine: &Engine, user: &UserId, device: &str) -> Result<(), FederationError> {
+    if let Err(e) = engine.pushers.remove_device(user.as_str(), device).await {
+        tracing::warn!(%user, device, error = %e, "could not remove the device's pushers");
+    }
     if engine.e2ee.remove_device(user.as_str(), device).await? {
         announce_device(engine, user, device, true).await;
     }

@@ -96,6 +96,14 @@ pub trait Transport: Send + Sync + 'static {
         let _ = (base_url, request);
         Box::pin(async { Err(TransportError::NoTransport) })
     }
+
+    /// Like [`Transport::send_url`] for a URL a user supplied (a pusher's push
+    /// gateway): the address it resolves to must pass the outbound address
+    /// policy (`net_policy`), as for federation.
+    fn send_user_url<'a>(&'a self, base_url: &'a str, request: OutboundRequest) -> TransportFuture<'a> {
+        let _ = (base_url, request);
+        Box::pin(async { Err(TransportError::NoTransport) })
+    }
 }
 
 /// The transport of an engine that has not been given one: every request fails.

@@ -267,6 +267,7 @@ impl Rooms {
         } else {
             self.joined_servers(current, Some((short, &pdu)))?
         };
+        self.queue_for_push(&mut batch, &pdu, short, count as u64, &servers);
         let mut destinations: Vec<OwnedServerName> = servers.keys().cloned().collect();
         if pdu.kind == TimelineEventType::RoomMember
             && let Some(user) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())

@@ -14,6 +14,38 @@ use super::{ArcPdu, RoomError, Rooms, membership_of};
 use crate::appservice::{Appservice, queue::QUEUE};
 
 impl Rooms {
+    /// Puts a `push_pending` row into `batch` when the event may notify a
+    /// local user (someone has a pusher, and the room has a local member other
+    /// than the sender or the event invites one), and wakes the push
+    /// dispatcher once it is durable.
+    pub(super) fn queue_for_push(
+        &self,
+        batch: &mut Batch,
+        pdu: &ArcPdu,
+        short: u64,
+        count: u64,
+        servers: &std::collections::BTreeMap<ruma::OwnedServerName, usize>,
+    ) {
+        if !self.push_wanted.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let local = servers.get(&self.server_name).copied().unwrap_or(0);
+        let others = if pdu.sender.server_name() == self.server_name { local.saturating_sub(1) } else { local };
+        let invites_local = pdu.kind == TimelineEventType::RoomMember
+            && pdu
+                .state_key
+                .as_deref()
+                .and_then(|k| ruma::UserId::parse(k).ok())
+                .is_some_and(|u| u.server_name() == self.server_name);
+        if others == 0 && !invites_local {
+            return;
+        }
+        if crate::pushers::dispatch::PENDING.put(batch, &count, &short).is_ok() {
+            let wake = self.push_pending.clone();
+            batch.on_durable(move || wake.notify_one());
+        }
+    }
+
     /// Puts a queue row for every appservice the event concerns into `batch`,
     /// and wakes their senders once it is durable.
     pub(crate) fn queue_for_appservices(

@@ -155,6 +155,10 @@ pub struct Rooms {
     authorized: Mutex<LruCache<(u64, OwnedUserId, TimelineEventType), ()>>,
     /// Registered appservices: which of them each appended event is queued for.
     pub(crate) appservices: Arc<crate::appservice::Registry>,
+    /// Whether any user has a pusher: appended events then get a `push_pending` row.
+    pub(crate) push_wanted: Arc<std::sync::atomic::AtomicBool>,
+    /// Wakes the push dispatcher once a `push_pending` row is durable.
+    pub(crate) push_pending: Arc<tokio::sync::Notify>,
     /// Destinations with rows queued since the sender last asked, and its wake-up.
     ready_destinations: Arc<(Mutex<std::collections::BTreeSet<String>>, tokio::sync::Notify)>,
 }
@@ -203,6 +207,8 @@ impl Rooms {
             locks: Mutex::new(HashMap::new()),
             known_keys: parking_lot::RwLock::new(keys.public_key_map()),
             appservices: Arc::new(crate::appservice::Registry::open(db.clone(), server_name.as_str())?),
+            push_wanted: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            push_pending: Arc::new(tokio::sync::Notify::new()),
             db,
             server_name,
             keys,

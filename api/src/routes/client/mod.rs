@@ -9,6 +9,7 @@ mod power;
 mod profile;
 pub(crate) mod public_rooms;
 mod push;
+mod pushers;
 mod relations;
 mod rooms;
 mod search;
@@ -117,6 +118,8 @@ pub fn add(r: &mut Router) {
     both(r, M::PUT, "/presence/{user_id}/status", ephemeral::put_presence);
 
     both(r, M::POST, "/search", search::search);
+    both(r, M::GET, "/pushers", pushers::list);
+    both(r, M::POST, "/pushers/set", pushers::set);
 
     both(r, M::POST, "/keys/upload", e2ee::upload);
     both(r, M::POST, "/keys/query", e2ee::query);
