@@ -30,6 +30,8 @@ from mautrix.appservice import AppService
 from mautrix.client import ClientAPI
 from mautrix.types import (
     EventType,
+    LoginType,
+    PresenceState,
     Membership,
     MessageEvent,
     ReceiptEvent,
@@ -151,6 +153,32 @@ async def first(hs_url, server, reg, alice_token, state_path, n):
         name = await alice.get_displayname(puppet.mxid)
         check(name == "Puppet Alice (bridged)", f"the puppet sets its display name ({name})")
 
+        await puppet.set_presence(PresenceState.ONLINE, ignore_cache=True)
+        check(True, "the puppet sets its presence")
+        mxc = await puppet.upload_media(b"\x89PNG fake avatar bytes", mime_type="image/png", filename="avatar.png")
+        await puppet.set_avatar_url(mxc)
+        profile = await alice.get_profile(puppet.mxid)
+        check(profile.avatar_url == mxc, f"the puppet uploads an avatar and sets it ({mxc})")
+
+        # What bridges with end-to-bridge encryption do: log in as a namespaced
+        # user with the as_token (m.login.application_service), on a chosen device.
+        login_api = ClientAPI(base_url=hs_url, token=reg["as_token"])
+        flows = await login_api.get_login_flows()
+        check(flows.supports_type(LoginType.APPSERVICE), "/login offers m.login.application_service")
+        resp = await login_api.login(
+            identifier=puppet.mxid,
+            login_type=LoginType.APPSERVICE,
+            device_id="MAUTRIXDEV1",
+            device_name="mautrix bridge",
+            store_access_token=False,
+        )
+        check(resp.user_id == puppet.mxid and resp.device_id == "MAUTRIXDEV1", f"the bridge logs the puppet in with the as_token on its device ({resp.device_id})")
+        device_api = ClientAPI(base_url=hs_url, token=resp.access_token)
+        dwho = await device_api.whoami()
+        check(dwho.device_id == "MAUTRIXDEV1", f"whoami with that token names the device ({dwho.device_id})")
+        await device_api.api.session.close()
+        await login_api.api.session.close()
+
         await alice.invite_user(room_id, puppet.mxid)
         await wait_for(
             lambda: any(
@@ -171,6 +199,13 @@ async def first(hs_url, server, reg, alice_token, state_path, n):
         got = await alice.get_event(room_id, sent)
         check(got.sender == puppet.mxid, f"the puppet's message is sent as the puppet ({got.sender})")
         check(got.content.body == "hello from the bridged side", "alice reads the puppet's message")
+
+        old_ts = 1600000000000
+        past = await puppet.send_text(room_id, "bridged from the past", timestamp=old_ts)
+        got = await alice.get_event(room_id, past)
+        check(got.timestamp == old_ts, f"timestamp massaging (?ts=) sets origin_server_ts ({got.timestamp})")
+        joined = await bot.get_joined_rooms()
+        check(isinstance(joined, list), f"the bot lists its joined rooms ({len(joined)})")
 
         mine = await alice.send_text(room_id, "hello bridge, from alice")
         await wait_for(lambda: any(e.event_id == mine for e in bridge.messages(room_id)), "alice's message reaches the bridge")
