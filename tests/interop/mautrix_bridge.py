@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 
 import aiohttp
 from mautrix.appservice import AppService
+from mautrix.api import Method, Path
 from mautrix.client import ClientAPI
 from mautrix.types import (
     EventType,
@@ -191,9 +192,28 @@ async def first(hs_url, server, reg, alice_token, state_path, n):
             "the puppet's invite reaches the bridge",
         )
         check(True, "the puppet's invite reaches the bridge in a transaction")
+        invite = next(e for e in bridge.events if isinstance(e, StateEvent) and e.state_key == puppet.mxid)
+        stripped = [ev.type.t for ev in (invite.unsigned.invite_room_state or [])]
+        check("m.room.name" in stripped, f"the invite carries the room's stripped state ({stripped})")
         await puppet.ensure_joined(room_id)
         members = await puppet.get_joined_members(room_id)
         check(puppet.mxid in members and alice_id in members, f"the puppet joins alice's room ({sorted(members)})")
+        await wait_for(
+            lambda: any(
+                isinstance(e, StateEvent) and e.state_key == puppet.mxid and e.content.membership == Membership.JOIN
+                for e in bridge.events
+            ),
+            "the puppet's join reaches the bridge",
+        )
+        join = next(
+            e for e in bridge.events
+            if isinstance(e, StateEvent) and e.state_key == puppet.mxid and e.content.membership == Membership.JOIN
+        )
+        prev = join.prev_content.membership if join.prev_content else None
+        check(prev == Membership.INVITE, f"the join's prev_content says it was an invite ({prev})")
+        # The intent's own get_joined_members would join the bot first: ask directly.
+        raw = await bot.api.request(Method.GET, Path.v3.rooms[room_id].joined_members)
+        check(puppet.mxid in raw.get("joined", {}), "the bot, not in the room, lists the members of a room its puppet is in")
 
         sent = await puppet.send_text(room_id, "hello from the bridged side")
         got = await alice.get_event(room_id, sent)
