@@ -479,3 +479,75 @@ async fn a_puppet_invited_from_another_server_is_pushed_the_invite_and_the_remot
     let msg = events.iter().find(|e| e["content"]["body"] == "hello from remote").unwrap();
     assert_eq!(msg["sender"], "@bob:remote.test");
 }
+
+/// Found by the mautrix and matrix-appservice-bridge interop runs side by side
+/// with Synapse: bridges tell a join from a profile change, an accepted invite
+/// from a rejected one, by `unsigned.prev_content`, and name an invited portal
+/// from `unsigned.invite_room_state`; Synapse sends both.
+#[tokio::test]
+async fn pushed_state_events_carry_prev_content_and_invites_their_room_state() {
+    let fake = FakeAppservice::start(not_found).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with(&registration(Some(&fake.url()), true), &dir).await;
+    let alice = server.register("alice").await;
+    assert_eq!(as_register(&server, "bridge_bob").await.status, StatusCode::OK);
+    let room = alice.create_room(json!({ "name": "portal name" })).await;
+    let r = alice
+        .request(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            Some(json!({ "user_id": "@bridge_bob:as.test" })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = as_request(
+        &server,
+        Method::POST,
+        &format!("/_matrix/client/v3/join/{}", enc(&room)),
+        Some("@bridge_bob:as.test"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", String::from_utf8_lossy(&r.body));
+    let bob_member = |e: &Value, m: &str| e["state_key"] == "@bridge_bob:as.test" && e["content"]["membership"] == m;
+    wait_events(&fake, Duration::from_secs(10), "the invite and the join", |ev| {
+        ev.iter().any(|e| bob_member(e, "invite")) && ev.iter().any(|e| bob_member(e, "join"))
+    })
+    .await;
+    let events = fake.events();
+    let invite = events.iter().find(|e| bob_member(e, "invite")).unwrap();
+    let stripped = invite["unsigned"]["invite_room_state"].as_array().expect("invite_room_state");
+    assert!(stripped.iter().any(|s| s["type"] == "m.room.name" && s["content"]["name"] == "portal name"), "{invite}");
+    assert!(stripped.iter().any(|s| s["type"] == "m.room.create"), "{invite}");
+    assert!(stripped.iter().any(|s| s["type"] == "m.room.member" && s["state_key"] == alice.user_id.as_str()));
+    assert!(invite["unsigned"].get("prev_content").is_none(), "bob was never in the room: {invite}");
+    let join = events.iter().find(|e| bob_member(e, "join")).unwrap();
+    assert_eq!(join["unsigned"]["prev_content"]["membership"], "invite", "{join}");
+    assert_eq!(join["unsigned"]["prev_sender"], alice.user_id.as_str());
+    assert_eq!(join["unsigned"]["replaces_state"], invite["event_id"]);
+    assert!(join["unsigned"].get("invite_room_state").is_none());
+}
+
+/// Also found by the interop runs: a bridge bot lists the members of a portal
+/// its puppets are in without being joined itself (Synapse allows an
+/// appservice any room one of its users is joined to).
+#[tokio::test]
+async fn an_appservice_lists_the_members_of_rooms_its_users_are_joined_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with(&registration(None, true), &dir).await;
+    let alice = server.register("alice").await;
+    let room = bridged_room(&server, &alice).await;
+    let path = format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room));
+    let r = as_request(&server, Method::GET, &path, None, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", String::from_utf8_lossy(&r.body));
+    let joined = r.json()["joined"].as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(joined, ["@alice:as.test", "@bridge_alice:as.test"]);
+    // A room none of its users is in stays closed to it, and to other users.
+    let other = alice.create_room(json!({})).await;
+    let path = format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&other));
+    let r = as_request(&server, Method::GET, &path, None, None).await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::FORBIDDEN, "M_FORBIDDEN"));
+    let carol = server.register("carol").await;
+    let r = carol.request(Method::GET, &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room)), None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}

@@ -3,13 +3,71 @@
 # user's cache folder (reused when present):
 #   matrix-nio (PyPI), a real Matrix client library.
 #   matrix-synapse (PyPI), the reference homeserver, as a federation peer.
+#   mautrix (PyPI), the Python appservice framework of the mautrix bridges.
+#   matrix-appservice-bridge (npm), the Node appservice framework; 10.3.3 is
+#   the newest that runs on Node 20 (11.x asks for Node 22).
 set -euo pipefail
 
 NIO_VERSION="0.25.2"
 SYNAPSE_VERSION="1.163.2"
+MAUTRIX_VERSION="0.21.1"
+AIOHTTP_VERSION="3.14.5"
+MAB_VERSION="10.3.3"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/myelin"
 venv="${cache}/venv-nio-${NIO_VERSION}"
 synapse="${cache}/venv-synapse-${SYNAPSE_VERSION}"
+mautrix="${cache}/venv-mautrix-${MAUTRIX_VERSION}"
+mab="${cache}/node-mab-${MAB_VERSION}"
+
+if [[ -x "${mautrix}/bin/python" ]] && "${mautrix}/bin/python" -c "import mautrix.appservice, aiohttp" 2>/dev/null; then
+    echo "interop: mautrix ${MAUTRIX_VERSION} ready in ${mautrix}"
+else
+    echo "interop: installing mautrix ${MAUTRIX_VERSION} into ${mautrix}"
+    mkdir -p "${cache}"
+    rm -rf "${mautrix}"
+    python3 -m venv "${mautrix}"
+    "${mautrix}/bin/pip" install --quiet --disable-pip-version-check \
+        "mautrix==${MAUTRIX_VERSION}" "aiohttp==${AIOHTTP_VERSION}"
+    "${mautrix}/bin/python" -c "import mautrix.appservice, aiohttp"
+fi
+
+if [[ -f "${mab}/ok" ]] && [[ -d "${mab}/node_modules/matrix-appservice-bridge" ]]; then
+    echo "interop: matrix-appservice-bridge ${MAB_VERSION} ready in ${mab}"
+else
+    echo "interop: installing matrix-appservice-bridge ${MAB_VERSION} into ${mab}"
+    command -v npm >/dev/null || { echo "interop: npm (Node 20+) is needed for matrix-appservice-bridge" >&2; exit 1; }
+    rm -rf "${mab}"
+    mkdir -p "${mab}"
+    # The bot SDK under the framework loads the Rust crypto module (E2EE) at
+    # start, whose native library comes from GitHub releases, not from npm.
+    # The bridge tests use no encryption: an override puts a stand-in there
+    # that throws if anything ever calls into it.
+    mkdir -p "${mab}/crypto-stub"
+    cat > "${mab}/crypto-stub/package.json" <<'JSON'
+{ "name": "@matrix-org/matrix-sdk-crypto-nodejs", "version": "0.0.0-myelin-stub", "main": "index.js" }
+JSON
+    cat > "${mab}/crypto-stub/index.js" <<'JS'
+// Stand-in for the E2EE native module (not on npm): any use throws.
+module.exports = new Proxy({}, {
+    get(_, name) {
+        if (name === "__esModule") return false;
+        return function () { throw new Error(`E2EE is not available in the interop tests (${String(name)})`); };
+    },
+});
+JS
+    cat > "${mab}/package.json" <<JSON
+{
+  "name": "myelin-interop-mab",
+  "private": true,
+  "version": "1.0.0",
+  "dependencies": { "matrix-appservice-bridge": "${MAB_VERSION}" },
+  "overrides": { "@matrix-org/matrix-sdk-crypto-nodejs": "file:./crypto-stub" }
+}
+JSON
+    (cd "${mab}" && npm install --no-audit --no-fund --loglevel=error)
+    node -e "require('${mab}/node_modules/matrix-appservice-bridge')" >/dev/null
+    touch "${mab}/ok"
+fi
 
 if [[ -x "${synapse}/bin/python" ]] && "${synapse}/bin/python" -c "import synapse" 2>/dev/null; then
     echo "interop: matrix-synapse ${SYNAPSE_VERSION} ready in ${synapse}"

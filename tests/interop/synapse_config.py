@@ -2,7 +2,7 @@
 federation listener with a fresh self-signed certificate, open registration,
 rate limits raised, loopback federation allowed, certificate checks off.
 
-Usage: python synapse_config.py DIR CLIENT_PORT FEDERATION_PORT
+Usage: python synapse_config.py DIR CLIENT_PORT FEDERATION_PORT [APPSERVICE_REGISTRATION]
 """
 
 import datetime
@@ -76,6 +76,8 @@ c.update({
     "rc_invites": {"per_room": many, "per_user": many, "per_issuer": many},
     "rc_federation": {"window_size": 1000, "sleep_limit": 1000, "sleep_delay": 0, "reject_limit": 1000, "concurrent": 100},
 })
+if len(sys.argv) > 4:
+    c["app_service_config_files"] = [sys.argv[4]]
 with open(f"{directory}/hs.yaml", "w") as f:
     yaml.safe_dump(c, f)
 print(server_name)

@@ -130,7 +130,9 @@ fn next_transaction(
         match engine.rooms.pdu_by_short(*short) {
             Ok(Some(pdu)) => {
                 oldest = oldest.min(u64::from(pdu.origin_server_ts.0));
-                events.push(client_event(&pdu, true, now));
+                let mut event = client_event(&pdu, true, now);
+                with_state_context(engine, *short, &pdu, &mut event)?;
+                events.push(event);
             }
             // Purged since it was queued: nothing to send for it.
             Ok(None) => {}
@@ -169,6 +171,57 @@ fn next_transaction(
         *floor = (*floor).max(last.saturating_add(1).min(visible.saturating_add(1)));
     }
     Ok(Some(InFlight { txn_id, seqs, body, events: count }))
+}
+
+/// State types given to an invitee as the room's stripped state (Synapse's
+/// default `room_prejoin_state`, and what Myelin puts in federated invites).
+const INVITE_STATE_TYPES: [&str; 7] = [
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.canonical_alias",
+    "m.room.avatar",
+    "m.room.encryption",
+    "m.room.name",
+    "m.room.topic",
+];
+
+/// Adds what bridges read from a state event's `unsigned`: `prev_content`,
+/// `prev_sender` and `replaces_state` (the event it replaced, Client-Server
+/// API §"Room events"), and `invite_room_state` on an invite (§`m.room.member`),
+/// taken from the state before the event.
+fn with_state_context(
+    engine: &Engine,
+    short: u64,
+    pdu: &crate::rooms::pdu::Pdu,
+    event: &mut serde_json::Value,
+) -> Result<(), crate::EngineError> {
+    let Some(state_key) = pdu.state_key.as_deref() else { return Ok(()) };
+    let rooms_err = |e: crate::rooms::RoomError| crate::EngineError::Rooms(e.to_string());
+    let Some(meta) = engine.rooms.meta_of_short(short).map_err(rooms_err)? else { return Ok(()) };
+    if meta.state_before == 0 {
+        return Ok(());
+    }
+    let kind = pdu.kind.to_string();
+    if let Some(prev) = engine.rooms.state_pdu_at(meta.state_before, &kind, state_key).map_err(rooms_err)? {
+        event["unsigned"]["prev_content"] = prev.content_value();
+        event["unsigned"]["prev_sender"] = serde_json::json!(prev.sender);
+        event["unsigned"]["replaces_state"] = serde_json::json!(prev.event_id);
+    }
+    if kind == "m.room.member" && pdu.content_value()["membership"] == "invite" {
+        let mut stripped = Vec::new();
+        for t in INVITE_STATE_TYPES {
+            if let Some(p) = engine.rooms.state_pdu_at(meta.state_before, t, "").map_err(rooms_err)? {
+                stripped.push(crate::rooms::events::stripped_event(&p));
+            }
+        }
+        if let Some(p) =
+            engine.rooms.state_pdu_at(meta.state_before, "m.room.member", pdu.sender.as_str()).map_err(rooms_err)?
+        {
+            stripped.push(crate::rooms::events::stripped_event(&p));
+        }
+        event["unsigned"]["invite_room_state"] = serde_json::Value::Array(stripped);
+    }
+    Ok(())
 }
 
 /// Delivers everything queued for one appservice, then returns.

@@ -178,7 +178,6 @@ pub fn joined_members(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
         let room = room_param(&req)?;
-        require_joined(&cx, &me, &room)?;
         let mut joined = serde_json::Map::new();
         for p in cx.engine.rooms.current_state(&room)? {
             let content = p.content_value();
@@ -188,6 +187,16 @@ pub fn joined_members(cx: Ctx, req: Req) -> HandlerFuture {
                     json!({ "display_name": content.get("displayname"), "avatar_url": content.get("avatar_url") }),
                 );
             }
+        }
+        // An appservice may list a room one of its users is joined to without
+        // being joined as the user it acts as (bridge bots check portals that
+        // way), as Synapse allows.
+        let interested = me
+            .appservice
+            .as_ref()
+            .is_some_and(|a| joined.keys().any(|u| a.owns_user(u) || u.as_str() == a.sender.as_str()));
+        if !interested {
+            require_joined(&cx, &me, &room)?;
         }
         Ok(ok_json(&json!({ "joined": joined })))
     })
