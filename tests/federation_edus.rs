@@ -267,3 +267,48 @@ async fn device_keys_are_queried_and_one_time_keys_claimed_across_servers() {
     assert!(q["device_keys"][&alice.user_id].get("PHONE").is_some(), "cached keys served: {q}");
     b.stop().await;
 }
+
+/// Typing and receipts from a server with no member in the room (or for a
+/// room this server does not hold, or naming an event it does not have) are
+/// dropped: they would otherwise grow maps and write durable rows keyed by
+/// whatever a peer makes up (issue #25 §2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_and_receipts_for_rooms_the_origin_is_not_in_are_dropped() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let event = alice.send_text(&room, "hello").await;
+    let room_id = ruma::RoomId::parse(room.as_str()).unwrap();
+    let made_up = ruma::RoomId::parse("!madeup:a.test").unwrap();
+    let edus = json!([
+        { "edu_type": "m.typing", "content": { "room_id": room, "user_id": "@bob:b.test", "typing": true } },
+        { "edu_type": "m.typing", "content": { "room_id": made_up, "user_id": "@bob:b.test", "typing": true } },
+        { "edu_type": "m.receipt", "content": { room.clone(): { "m.read": { "@bob:b.test": { "data": { "ts": 1 }, "event_ids": [event] } } } } },
+        { "edu_type": "m.receipt", "content": { made_up.as_str(): { "m.read": { "@bob:b.test": { "data": { "ts": 1 }, "event_ids": ["$x"] } } } } },
+    ]);
+    let body = json!({ "origin": "b.test", "origin_server_ts": 1, "pdus": [], "edus": edus });
+    let r = myelin_suite::signed_put(&b, &a, "/_matrix/federation/v1/send/t-outsider", &body).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", String::from_utf8_lossy(&r.body));
+    assert!(a.engine.ephemeral.typing_in(&room_id).0.is_empty(), "typing from a server not in the room");
+    assert!(a.engine.ephemeral.typing_in(&made_up).0.is_empty(), "typing for a room that does not exist");
+    assert!(a.engine.receipts_since(&room_id, 0).unwrap().iter().all(|r| r.0 != "@bob:b.test"));
+    assert!(a.engine.receipts_since(&made_up, 0).unwrap().is_empty());
+
+    // Once bob is in the room, the same EDUs count — except a receipt for an unknown event.
+    let bob = b.register("bob").await;
+    bob.post(&format!("/_matrix/client/v3/join/{}?server_name=a.test", enc(&room)), json!({})).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !a.engine.rooms.joined_servers_now(&room_id).unwrap().iter().any(|s| s == "b.test") {
+        assert!(std::time::Instant::now() < deadline, "A never saw bob join");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let edus = json!([
+        { "edu_type": "m.typing", "content": { "room_id": room, "user_id": "@bob:b.test", "typing": true } },
+        { "edu_type": "m.receipt", "content": { room.clone(): { "m.read": { "@bob:b.test": { "data": { "ts": 1 }, "event_ids": ["$notanevent:a.test"] } } } } },
+    ]);
+    let body = json!({ "origin": "b.test", "origin_server_ts": 2, "pdus": [], "edus": edus });
+    let r = myelin_suite::signed_put(&b, &a, "/_matrix/federation/v1/send/t-member", &body).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(a.engine.ephemeral.typing_in(&room_id).0.len(), 1, "a member's typing is kept");
+    assert!(a.engine.receipts_since(&room_id, 0).unwrap().iter().all(|r| r.3.event_id != "$notanevent:a.test"));
+}

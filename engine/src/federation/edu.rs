@@ -112,12 +112,28 @@ pub async fn receive_edu(engine: &Engine, origin: &str, edu: &JsonValue) {
             if typing.user_id.server_name().as_str() != origin || !acl_allows(engine, &typing.room_id, origin) {
                 return;
             }
+            if !origin_in_room(engine, &typing.room_id, origin) {
+                dropped("m.typing");
+                return;
+            }
             engine.ephemeral.set_typing(&typing.room_id, &typing.user_id, typing.typing, TYPING_TIMEOUT);
             engine.push_typing_to_appservices(&typing.room_id);
         }
         "m.receipt" => receipts(engine, origin, content).await,
         _ => {}
     }
+}
+
+/// Whether `origin` has a joined member in a room this server holds. Typing
+/// and receipts for any other room are dropped: they would grow state keyed
+/// by whatever room ids a peer makes up.
+fn origin_in_room(engine: &Engine, room: &RoomId, origin: &str) -> bool {
+    engine.rooms.joined_servers_now(room).is_ok_and(|servers| servers.iter().any(|s| s == origin))
+}
+
+fn dropped(edu_type: &'static str) {
+    metrics::counter!("myelin_federation_inbound_edus_dropped_total", "edu_type" => edu_type, "reason" => "not_in_room")
+        .increment(1);
 }
 
 async fn direct_to_device(engine: &Engine, origin: &str, message: DirectToDevice) {
@@ -163,6 +179,10 @@ async fn receipts(engine: &Engine, origin: &str, content: &JsonValue) {
         if !acl_allows(engine, &room, origin) {
             continue;
         }
+        if !origin_in_room(engine, &room, origin) {
+            dropped("m.receipt");
+            continue;
+        }
         let Some(users) = kinds.get("m.read").and_then(JsonValue::as_object) else { continue };
         for (user, data) in users {
             let Ok(user) = UserId::parse(user.as_str()) else { continue };
@@ -171,6 +191,16 @@ async fn receipts(engine: &Engine, origin: &str, content: &JsonValue) {
             }
             let Ok(receipt) = UserReceipt::deserialize(data) else { continue };
             for event in &receipt.event_ids {
+                // A receipt names an event of this room that we hold; anything else
+                // would be a durable row written for whatever a peer makes up.
+                let known = ruma::EventId::parse(event.as_str())
+                    .ok()
+                    .and_then(|id| engine.rooms.pdu(&id).ok().flatten())
+                    .is_some_and(|p| p.room_id == room);
+                if !known {
+                    dropped("m.receipt");
+                    continue;
+                }
                 if let Err(e) =
                     engine.set_receipt(&room, &user, "m.read", receipt.data.thread_id.as_deref(), event).await
                 {
