@@ -30,20 +30,20 @@ type Script = dyn Fn(&str, &OutboundRequest) -> Result<(u16, JsonValue), Transpo
 type Seen = (String, String, String, Option<JsonValue>);
 
 /// A peer whose every answer comes from a test's script.
-struct FakePeer {
+pub(super) struct FakePeer {
     script: Box<Script>,
     /// Every request, as (destination, method, path, body).
     seen: Mutex<Vec<Seen>>,
 }
 
 impl FakePeer {
-    fn new(
+    pub(super) fn new(
         script: impl Fn(&str, &OutboundRequest) -> Result<(u16, JsonValue), TransportError> + Send + Sync + 'static,
     ) -> Arc<Self> {
         Arc::new(Self { script: Box::new(script), seen: Mutex::new(Vec::new()) })
     }
 
-    fn paths(&self) -> Vec<String> {
+    pub(super) fn paths(&self) -> Vec<String> {
         self.seen.lock().iter().map(|(d, m, p, _)| format!("{d} {m} {p}")).collect()
     }
 }
@@ -66,7 +66,7 @@ impl Transport for FakePeer {
     }
 }
 
-fn engine(dir: &std::path::Path, peer: Arc<FakePeer>) -> Arc<Engine> {
+pub(super) fn engine(dir: &std::path::Path, peer: Arc<FakePeer>) -> Arc<Engine> {
     let mut config = Config { server_name: "us.test".into(), data_dir: dir.join("data"), ..Config::default() };
     config.storage.cache_mb = 8;
     config.storage.wal_mb = 1;
