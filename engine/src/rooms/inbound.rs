@@ -39,6 +39,19 @@ pub enum Appended {
     Rejected(String),
 }
 
+/// Says what the auth rules made of a reported state.
+fn log_checked(room_id: &RoomId, checked: &super::remote_state::CheckedState) {
+    if checked.rejected > 0 || checked.dropped > 0 {
+        tracing::warn!(
+            room_id = %room_id,
+            rejected = checked.rejected,
+            dropped = checked.dropped,
+            kept = checked.state.len(),
+            "a server reported room state that fails the auth rules; those events are not in the state"
+        );
+    }
+}
+
 impl Rooms {
     /// Learns a server's public key (federation feeds this; our own is preloaded).
     pub fn add_server_key(&self, server: &str, key_id: &str, public_b64: &str) -> Result<(), RoomError> {
@@ -134,9 +147,11 @@ impl Rooms {
     /// events": `/state_ids` at the event, then its events), so that the events
     /// built on it can be appended: a gap too large to fetch event by event.
     ///
-    /// The state events and their auth chain are stored as outliers (as for a
-    /// join); the event is authorized against that state and kept outside the
-    /// timeline (rejected when the state forbids it). Returns whether it passed.
+    /// The state events and their auth chain go through the auth rules first
+    /// ([`Rooms::check_remote_state`]: failures are stored rejected and left
+    /// out of the state), and are stored as outliers; the event is authorized
+    /// against the state kept and kept outside the timeline (rejected when that
+    /// state forbids it). Returns whether it passed.
     pub async fn store_with_remote_state(
         &self,
         pdu: Pdu,
@@ -147,56 +162,20 @@ impl Rooms {
             return Ok(true);
         }
         let rules = super::version::rules(&self.room_version(&pdu.room_id)?)?;
+        let checked = self.check_remote_state(&rules, &pdu.room_id, &state, &auth_chain)?;
+        log_checked(&pdu.room_id, &checked);
         let mut batch = Batch::new();
         let room = self.room_ids.get_or_create(&self.db, &mut batch, pdu.room_id.as_str())?;
-        let state: Vec<Pdu> = state.into_iter().filter(|p| p.room_id == pdu.room_id).collect();
-        let auth_chain: Vec<Pdu> = auth_chain.into_iter().filter(|p| p.room_id == pdu.room_id).collect();
-        let snapshot = self.store_outlier_state(&mut batch, room, &state, &auth_chain)?;
-        self.db.commit(batch).await?;
-        // The outliers must be readable (by id) before authorization looks them up.
+        let snapshot = self.stage_checked_state(&mut batch, room, &checked)?;
+        if let Err(e) = self.db.commit(batch).await {
+            self.forget_staged(&checked);
+            return Err(e.into());
+        }
         let before = StateRef::Stored(snapshot);
         let allowed = self.authorize(&rules, &pdu, &before).is_ok();
         let flags = if allowed { OUTLIER } else { OUTLIER | REJECTED };
         self.store_flagged(pdu, flags, Some(before)).await?;
         Ok(allowed)
-    }
-
-    /// Adds `auth_chain` and `state` to `batch` as outliers (those not stored yet)
-    /// and `state` as a snapshot, whose id it returns: what a server reported as a
-    /// room's state (a `send_join` answer, `/state_ids` at an event).
-    fn store_outlier_state(
-        &self,
-        batch: &mut Batch,
-        room: u64,
-        state: &[Pdu],
-        auth_chain: &[Pdu],
-    ) -> Result<u64, RoomError> {
-        let mut seen = std::collections::HashSet::new();
-        for p in auth_chain.iter().chain(state.iter()) {
-            if !seen.insert(p.event_id.clone()) {
-                continue;
-            }
-            let short = self.event_ids.get_or_create(&self.db, batch, p.event_id.as_str())?;
-            if !META.contains(&*self.db, &short)? {
-                PDUS.put(batch, &short, &Raw(p.to_bytes()))?;
-                META.put(
-                    batch,
-                    &short,
-                    &EventMeta { room, depth: p.depth, count: 0, flags: OUTLIER, state_before: 0, state_after: 0 },
-                )?;
-            }
-        }
-        let mut entries = Vec::with_capacity(state.len());
-        for p in state {
-            let Some(key) = &p.state_key else { continue };
-            let name = super::state_key_string(&p.kind.to_string(), key);
-            let ssk = self.state_keys.get_or_create(&self.db, batch, &name)?;
-            let short = self.event_ids.get_or_create(&self.db, batch, p.event_id.as_str())?;
-            entries.push((ssk, short));
-        }
-        entries.sort_unstable();
-        entries.dedup_by_key(|e| e.0);
-        self.states.store(batch, entries, None)
     }
 
     /// Stores an event whose place in the DAG is unknown (auth events of a join, say).
@@ -250,10 +229,17 @@ impl Rooms {
     }
 
     /// Enters a room that lives on other servers: the `send_join` answer gives
-    /// the room state before our join event and its auth chain. They are
-    /// stored as outliers, the state becomes the join's state, and the join
-    /// becomes the first event of our timeline (its prev events are the
-    /// resident server's, which we do not have: a gap backfill can fill).
+    /// the room state before our join event and its auth chain. Every one of
+    /// those events goes through the auth rules against its own auth events
+    /// ([`Rooms::check_remote_state`]); they are stored as outliers (failures
+    /// flagged rejected), the state kept becomes the join's state, the join is
+    /// authorized against it and becomes the first event of our timeline (its
+    /// prev events are the resident server's, which we do not have: a gap
+    /// backfill can fill).
+    ///
+    /// One batch: the outliers, the state, the room's head and the join are
+    /// written together or not at all, so a join that fails (refused by the
+    /// state, or a failed write) leaves nothing behind and can be tried again.
     pub async fn join_remote(
         &self,
         version: &ruma::RoomVersionId,
@@ -265,34 +251,53 @@ impl Rooms {
         let room_id = join.room_id.clone();
         let lock = self.lock_of(&room_id);
         let mut guard = lock.lock().await;
-        if self.short_room(&room_id)?.is_some()
-            && ROOMS.get(&*self.db, &self.short_room(&room_id)?.unwrap_or(0))?.is_some()
+        if let Some(short) = self.short_room(&room_id)?
+            && ROOMS.get(&*self.db, &short)?.is_some()
         {
             return Err(RoomError::InUse(format!("{room_id} is already known here")));
         }
-        // 1. The auth chain and the state, as outliers; the state as a snapshot.
+        // 1. The state and its auth chain through the auth rules.
+        let checked = self.check_remote_state(&rules, &room_id, &state, &auth_chain)?;
+        log_checked(&room_id, &checked);
+        // 2. The outliers and the state kept, staged in the join's batch.
         let mut batch = Batch::new();
         let room = self.room_ids.get_or_create(&self.db, &mut batch, room_id.as_str())?;
-        let snapshot = self.store_outlier_state(&mut batch, room, &state, &auth_chain)?;
-        ROOMS.put(&mut batch, &room, &RoomInfo { version: version.to_string(), state: snapshot, depth: join.depth })?;
-        self.db.commit(batch).await?;
-        self.versions.lock().insert(room, rules.clone());
-        // 2. The join itself, authorized against that state.
+        let snapshot = self.stage_checked_state(&mut batch, room, &checked)?;
+        // 3. The join, authorized against that state, in the same batch.
+        let servers = match self.joined_servers(snapshot, None) {
+            Ok(s) => s,
+            Err(e) => {
+                self.forget_staged(&checked);
+                return Err(e);
+            }
+        };
         let mut head = super::Head {
             room_id: room_id.clone(),
             short: room,
             version: version.clone(),
-            rules,
+            rules: rules.clone(),
             extremities: Vec::new(),
             depth: join.depth,
             state: snapshot,
-            servers: self.joined_servers(snapshot, None)?,
+            servers,
         };
-        let (appended, pending) =
-            self.append_with(&mut head, join, Before::Given(StateRef::Stored(snapshot)), None, false)?;
+        let appended =
+            self.append_in(batch, &mut head, join, Before::Given(StateRef::Stored(snapshot)), None, false);
+        let (appended, pending) = match appended {
+            Ok(a) => a,
+            Err(e) => {
+                self.forget_staged(&checked);
+                return Err(e);
+            }
+        };
+        self.versions.lock().insert(room, rules);
         *guard = Some(head);
         drop(guard);
-        self.settle(&room_id, pending).await?;
+        if let Err(e) = self.settle(&room_id, pending).await {
+            self.forget_staged(&checked);
+            self.unsettled.lock().retain(|_, (_, p)| p.event_id != appended.event_id);
+            return Err(e);
+        }
         Ok(appended)
     }
 
