@@ -20,6 +20,10 @@
 //! its edges, but no timeline row and it does not become an extremity, so
 //! clients never see it and our next events do not build on it. An outlier
 //! is stored with `OUTLIER` only (its place in the DAG is unknown).
+//!
+//! A state another server reports (a `send_join` answer, `/state_ids` at a
+//! missing prev event) goes through step 4 event by event before it is used
+//! ([`super::remote_state`]); a remote join is written as one batch.
 
 use std::sync::Arc;
 
@@ -256,18 +260,39 @@ impl Rooms {
         {
             return Err(RoomError::InUse(format!("{room_id} is already known here")));
         }
-        // 1. The state and its auth chain through the auth rules.
-        let checked = self.check_remote_state(&rules, &room_id, &state, &auth_chain)?;
-        log_checked(&room_id, &checked);
-        // 2. The outliers and the state kept, staged in the join's batch.
         let mut batch = Batch::new();
         let room = self.room_ids.get_or_create(&self.db, &mut batch, room_id.as_str())?;
-        let snapshot = self.stage_checked_state(&mut batch, room, &checked)?;
+        // Events held here already (an invite, say) are read with the room's rules.
+        self.versions.lock().insert(room, rules.clone());
+        let forget_room = || {
+            self.versions.lock().remove(&room);
+        };
+        // 1. The state and its auth chain through the auth rules.
+        let checked = match self.check_remote_state(&rules, &room_id, &state, &auth_chain) {
+            Ok(c) => c,
+            Err(e) => {
+                forget_room();
+                return Err(e);
+            }
+        };
+        log_checked(&room_id, &checked);
+        let forget = || {
+            self.forget_staged(&checked);
+            forget_room();
+        };
+        // 2. The outliers and the state kept, staged in the join's batch.
+        let snapshot = match self.stage_checked_state(&mut batch, room, &checked) {
+            Ok(s) => s,
+            Err(e) => {
+                forget();
+                return Err(e);
+            }
+        };
         // 3. The join, authorized against that state, in the same batch.
         let servers = match self.joined_servers(snapshot, None) {
             Ok(s) => s,
             Err(e) => {
-                self.forget_staged(&checked);
+                forget();
                 return Err(e);
             }
         };
@@ -275,7 +300,7 @@ impl Rooms {
             room_id: room_id.clone(),
             short: room,
             version: version.clone(),
-            rules: rules.clone(),
+            rules,
             extremities: Vec::new(),
             depth: join.depth,
             state: snapshot,
@@ -286,15 +311,14 @@ impl Rooms {
         let (appended, pending) = match appended {
             Ok(a) => a,
             Err(e) => {
-                self.forget_staged(&checked);
+                forget();
                 return Err(e);
             }
         };
-        self.versions.lock().insert(room, rules);
         *guard = Some(head);
         drop(guard);
         if let Err(e) = self.settle(&room_id, pending).await {
-            self.forget_staged(&checked);
+            forget();
             self.unsettled.lock().retain(|_, (_, p)| p.event_id != appended.event_id);
             return Err(e);
         }
