@@ -53,11 +53,8 @@ impl Resident {
         config.storage.cache_mb = 8;
         config.storage.wal_mb = 1;
         let engine = Engine::open(config).unwrap();
-        let create = CreateRoom {
-            version: Some(RoomVersionId::V12),
-            preset: Some(Preset::PublicChat),
-            ..Default::default()
-        };
+        let create =
+            CreateRoom { version: Some(RoomVersionId::V12), preset: Some(Preset::PublicChat), ..Default::default() };
         let room = engine.rooms.create_room(&user("@creator:resident.test"), create).await.unwrap();
         let mallory = user("@mallory:resident.test");
         engine.rooms.send(&mallory, &room, member(mallory.as_str(), "join")).await.unwrap();
@@ -89,12 +86,8 @@ impl Resident {
         let ids: Vec<_> = state.iter().map(|p| p.event_id.clone()).collect();
         let chain = self.engine.rooms.auth_chain_events(&ids).unwrap();
         let dropped = |p: &Pdu| drop.iter().any(|d| d.event_id == p.event_id);
-        let answer_state: Vec<JsonValue> = state
-            .iter()
-            .filter(|p| !dropped(p))
-            .map(|p| json_of(p))
-            .chain(extra.iter().map(|p| json_of(p)))
-            .collect();
+        let answer_state: Vec<JsonValue> =
+            state.iter().filter(|p| !dropped(p)).map(|p| json_of(p)).chain(extra.iter().map(|p| json_of(p))).collect();
         let answer_chain: Vec<JsonValue> = chain.iter().chain(state.iter()).map(|p| json_of(p)).collect();
         json!({ "origin": "resident.test", "state": answer_state, "auth_chain": answer_chain })
     }
@@ -182,7 +175,8 @@ async fn forged_state_in_a_send_join_answer_is_rejected_and_the_room_state_is_th
         "join",
         "our join went through against the honest state"
     );
-    let current: Vec<_> = engine.rooms.current_state(&resident.room).unwrap().iter().map(|p| p.event_id.clone()).collect();
+    let current: Vec<_> =
+        engine.rooms.current_state(&resident.room).unwrap().iter().map(|p| p.event_id.clone()).collect();
     for forged in [&forged_levels, &eve_join, &grace_join] {
         assert!(!current.contains(&forged.event_id), "{} is in the state", forged.event_id);
     }
@@ -235,4 +229,57 @@ async fn a_join_the_returned_state_forbids_leaves_nothing_and_a_retry_through_an
     let mine = engine.rooms.state_event(&resident.room, "m.room.member", alice.as_str()).unwrap().unwrap();
     assert_eq!(mine.content_value()["membership"], "join");
     assert_eq!(engine.rooms.membership(alice.as_str(), &resident.room).unwrap().unwrap().membership, "join");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_resident_sent_while_we_joined_is_kept_and_visible_after_the_join() {
+    let resident = Resident::start().await;
+    let template = resident.make_join().await;
+    let answer = resident.send_join(&[], &[]);
+    // While our join is under way, Mallory speaks on the head our join also builds on.
+    let mallory = user("@mallory:resident.test");
+    let body = json!({ "msgtype": "m.text", "body": "said while you joined" });
+    let said =
+        resident.engine.rooms.send(&mallory, &resident.room, NewEvent::message("m.room.message", body)).await.unwrap();
+    let head = said.prev_events.clone();
+    assert_eq!(template["event"]["prev_events"], json!(head), "both build on the same head");
+    // The resident answers /state_ids at that head as it holds it.
+    let at = resident.engine.rooms.meta(&head[0]).unwrap().unwrap();
+    let state = resident.engine.rooms.state_at(at.state_before).unwrap();
+    let ids: Vec<_> = state.iter().map(|p| p.event_id.clone()).collect();
+    let chain = resident.engine.rooms.auth_chain_events(&ids).unwrap();
+    let state_ids = json!({
+        "pdu_ids": ids,
+        "auth_chain_ids": chain.iter().map(|p| p.event_id.clone()).collect::<Vec<_>>(),
+    });
+    let peer = FakePeer::new(move |_, req| {
+        let path = &req.path_and_query;
+        if path.contains("/make_join/") {
+            Ok((200, template.clone()))
+        } else if path.contains("/send_join/") {
+            Ok((200, answer.clone()))
+        } else if path.contains("/state_ids/") {
+            Ok((200, state_ids.clone()))
+        } else {
+            Ok((404, json!({ "errcode": "M_NOT_FOUND" })))
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let engine = joiner(dir.path(), &resident, peer.clone());
+    let alice = user("@alice:us.test");
+    super::membership::join_remote(&engine, &alice, &resident.room, &["resident.test".to_owned()]).await.unwrap();
+    // The message arrives after our join; its prev event is an outlier of the join's state.
+    let pdus = vec![json_of(&said)];
+    let answer = super::inbound::receive_transaction(
+        &engine,
+        "resident.test",
+        "t1",
+        super::inbound::Transaction { pdus, edus: Vec::new() },
+    )
+    .await
+    .unwrap();
+    let answer: JsonValue = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["pdus"][said.event_id.as_str()], json!({}), "{answer}");
+    let meta = engine.rooms.meta(&said.event_id).unwrap().unwrap();
+    assert!(meta.count > 0 && meta.flags == 0, "the message is in our timeline: {meta:?}");
 }

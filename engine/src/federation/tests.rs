@@ -395,7 +395,8 @@ async fn a_forged_power_level_change_in_the_state_ids_fallback_is_rejected_and_n
     let first = remote_signed(&engine, &remote, &room, &bob, text("one"), None).await;
     let first_pdu = crate::rooms::Pdu::from_object(first.clone(), &rules).unwrap();
     let second = remote_signed(&engine, &remote, &room, &bob, text("two"), Some(&first_pdu)).await;
-    let mut pdu_ids: Vec<String> = engine.rooms.current_state(&room).unwrap().iter().map(|p| p.event_id.to_string()).collect();
+    let mut pdu_ids: Vec<String> =
+        engine.rooms.current_state(&room).unwrap().iter().map(|p| p.event_id.to_string()).collect();
     pdu_ids.retain(|id| *id != honest.event_id.as_str());
     pdu_ids.push(forged_pdu.event_id.to_string());
     *state_ids.lock() = json!({ "pdu_ids": pdu_ids, "auth_chain_ids": [honest.event_id] });
@@ -412,4 +413,45 @@ async fn a_forged_power_level_change_in_the_state_ids_fallback_is_rejected_and_n
     assert_ne!(forged_meta.flags & crate::rooms::tables::REJECTED, 0, "flagged rejected");
     let current = engine.rooms.state_event(&room, "m.room.power_levels", "").unwrap().unwrap();
     assert_eq!(current.event_id, honest.event_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_built_on_a_rejected_event_is_judged_on_the_state_before_it_not_rejected_with_it() {
+    let rules = ruma::RoomVersionId::V12.rules().unwrap();
+    let peer = FakePeer::new(|_, _| Ok((404, json!({ "errcode": "M_NOT_FOUND" }))));
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, remote, room) = room_with_a_remote_member(dir.path(), peer.clone()).await;
+    let bob = UserId::parse("@bob:peer.test").unwrap();
+    // Bob, without power, changes the power levels: rejected.
+    let mut levels = engine.rooms.state_event(&room, "m.room.power_levels", "").unwrap().unwrap().content_value();
+    levels["users"][bob.as_str()] = json!(100);
+    let forged = remote_signed(
+        &engine,
+        &remote,
+        &room,
+        &bob,
+        crate::rooms::NewEvent::state("m.room.power_levels", "", levels),
+        None,
+    )
+    .await;
+    let forged_pdu = crate::rooms::Pdu::from_object(forged.clone(), &rules).unwrap();
+    // Then a message on top of it, which Bob may send.
+    let after = remote_signed(&engine, &remote, &room, &bob, text("after"), Some(&forged_pdu)).await;
+    let after_pdu = crate::rooms::Pdu::from_object(after.clone(), &rules).unwrap();
+    let pdus = vec![serde_json::to_value(&forged).unwrap(), serde_json::to_value(&after).unwrap()];
+    let answer = super::inbound::receive_transaction(
+        &engine,
+        "peer.test",
+        "t1",
+        super::inbound::Transaction { pdus, edus: Vec::new() },
+    )
+    .await
+    .unwrap();
+    let answer: JsonValue = serde_json::from_slice(&answer).unwrap();
+    assert!(answer["pdus"][forged_pdu.event_id.as_str()]["error"].is_string(), "{answer}");
+    assert_eq!(answer["pdus"][after_pdu.event_id.as_str()], json!({}), "{answer}");
+    let meta = engine.rooms.meta(&after_pdu.event_id).unwrap().unwrap();
+    assert!(meta.count > 0 && meta.flags == 0, "the message is in the timeline: {meta:?}");
+    let levels = engine.rooms.state_event(&room, "m.room.power_levels", "").unwrap().unwrap();
+    assert_ne!(levels.event_id, forged_pdu.event_id, "the rejected change is not the state");
 }

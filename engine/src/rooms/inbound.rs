@@ -306,8 +306,7 @@ impl Rooms {
             state: snapshot,
             servers,
         };
-        let appended =
-            self.append_in(batch, &mut head, join, Before::Given(StateRef::Stored(snapshot)), None, false);
+        let appended = self.append_in(batch, &mut head, join, Before::Given(StateRef::Stored(snapshot)), None, false);
         let (appended, pending) = match appended {
             Ok(a) => a,
             Err(e) => {

@@ -96,11 +96,8 @@ impl Rooms {
         let mut out = CheckedState { events: Vec::new(), state: BTreeMap::new(), rejected: 0, dropped: 0 };
         while !waiting.is_empty() {
             // Those whose auth events are all judged (or were never offered).
-            let mut ready: Vec<&Pdu> = waiting
-                .values()
-                .copied()
-                .filter(|p| p.auth_events.iter().all(|a| !waiting.contains_key(a)))
-                .collect();
+            let mut ready: Vec<&Pdu> =
+                waiting.values().copied().filter(|p| p.auth_events.iter().all(|a| !waiting.contains_key(a))).collect();
             if ready.is_empty() {
                 tracing::warn!(room_id = %room_id, events = waiting.len(), "auth events form a loop; dropping them");
                 out.dropped += waiting.len();
@@ -164,7 +161,9 @@ impl Rooms {
         }
         Ok(state
             .iter()
-            .find(|p| p.room_id == room_id && p.kind == TimelineEventType::RoomCreate && p.state_key.as_deref() == Some(""))
+            .find(|p| {
+                p.room_id == room_id && p.kind == TimelineEventType::RoomCreate && p.state_key.as_deref() == Some("")
+            })
             .map(|p| p.event_id.clone()))
     }
 
