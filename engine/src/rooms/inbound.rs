@@ -15,7 +15,9 @@
 //! receiver; here every prev event must already be stored.
 //!
 //! What is recorded: a rejected event is stored with the `REJECTED` flag and
-//! nothing else (no timeline row, no state, no edges, never an extremity); a
+//! the state before it, which is also its state after (it changes no state;
+//! no timeline row, no edges, never an extremity), so an event built on it is
+//! judged on the state before it instead of on none; a
 //! soft-failed event is stored with `SOFT_FAILED`, its state before/after and
 //! its edges, but no timeline row and it does not become an extremity, so
 //! clients never see it and our next events do not build on it. An outlier
@@ -125,7 +127,8 @@ impl Rooms {
         // 4./5. Against its auth events and the state before it.
         let before = self.state_before(head, &pdu.prev_events)?;
         if let Err(RoomError::Forbidden(reason)) = self.authorize(&head.rules, &pdu, &before) {
-            self.store_flagged(pdu, REJECTED, None).await?;
+            // Its states are the state before it, so what builds on it has a state.
+            self.store_flagged(pdu, REJECTED, Some(before)).await?;
             tracing::info!(room_id = %room_id, reason, "rejected an event that fails authorization");
             return Ok((Appended::Rejected(reason), None));
         }
@@ -162,8 +165,13 @@ impl Rooms {
         state: Vec<Pdu>,
         auth_chain: Vec<Pdu>,
     ) -> Result<bool, RoomError> {
-        if self.meta(&pdu.event_id)?.is_some() {
-            return Ok(true);
+        // Held with a state already: nothing to do. Held as an outlier without
+        // one: it gets the state now, keeping what was decided about it.
+        let held = self.meta(&pdu.event_id)?;
+        if let Some(meta) = &held
+            && (meta.state_after != 0 || meta.flags & OUTLIER == 0)
+        {
+            return Ok(meta.flags & REJECTED == 0);
         }
         let rules = super::version::rules(&self.room_version(&pdu.room_id)?)?;
         let checked = self.check_remote_state(&rules, &pdu.room_id, &state, &auth_chain)?;
@@ -176,7 +184,8 @@ impl Rooms {
             return Err(e.into());
         }
         let before = StateRef::Stored(snapshot);
-        let allowed = self.authorize(&rules, &pdu, &before).is_ok();
+        let was_rejected = held.is_some_and(|m| m.flags & REJECTED != 0);
+        let allowed = !was_rejected && self.authorize(&rules, &pdu, &before).is_ok();
         let flags = if allowed { OUTLIER } else { OUTLIER | REJECTED };
         self.store_flagged(pdu, flags, Some(before)).await?;
         Ok(allowed)
@@ -191,7 +200,11 @@ impl Rooms {
     }
 
     /// Stores an event outside the timeline with `flags`; with a `before`
-    /// state it also records its states and edges (soft-failed events).
+    /// state it also records its states and (unless it is rejected) its edges.
+    /// A rejected event's state after is the state before it: it changes no
+    /// state, and an event built on it is judged on the state it would have
+    /// had without it (as Synapse does), so one rejection does not reject the
+    /// branch after it.
     async fn store_flagged(&self, pdu: Pdu, flags: u8, before: Option<StateRef>) -> Result<ArcPdu, RoomError> {
         let mut batch = Batch::new();
         let short = self.event_ids.get_or_create(&self.db, &mut batch, pdu.event_id.as_str())?;
@@ -203,7 +216,9 @@ impl Rooms {
                 None => None,
             };
             state_before = self.materialize(&mut batch, &before, hint)?;
+            let rejected = flags & REJECTED != 0;
             state_after = match &pdu.state_key {
+                Some(_) if rejected => state_before,
                 Some(key) => {
                     let name = super::state_key_string(&pdu.kind.to_string(), key);
                     let ssk = self.state_keys.get_or_create(&self.db, &mut batch, &name)?;
@@ -212,7 +227,7 @@ impl Rooms {
                 }
                 None => state_before,
             };
-            for prev in &pdu.prev_events {
+            for prev in pdu.prev_events.iter().filter(|_| !rejected) {
                 if let Some(p) = self.event_ids.get(&*self.db, prev.as_str())? {
                     EDGES.put(&mut batch, &(p, short), &())?;
                 }
