@@ -157,7 +157,16 @@ async fn forged_state_in_a_send_join_answer_is_rejected_and_the_room_state_is_th
         })
         .await;
     assert!(grace_join.auth_events.contains(&forged_levels.event_id));
-    let answer = resident.send_join(&[&honest_levels], &[&forged_levels, &eve_join, &grace_join]);
+    // (b) Mallory's leave, reported instead of her join, cites a missing auth event.
+    let mallory = "@mallory:resident.test";
+    let mallory_leave = resident
+        .forge(mallory, member(mallory, "leave"), |object| {
+            let Some(CanonicalJsonValue::Array(auth)) = object.get_mut("auth_events") else { panic!() };
+            auth.push(CanonicalJsonValue::String("$notanywhereAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into()));
+        })
+        .await;
+    let answer =
+        resident.send_join(&[&honest_levels, &mallory_join], &[&forged_levels, &eve_join, &grace_join, &mallory_leave]);
     let peer = scripted(resident.make_join().await, answer);
     let dir = tempfile::tempdir().unwrap();
     let engine = joiner(dir.path(), &resident, peer.clone());
@@ -167,7 +176,11 @@ async fn forged_state_in_a_send_join_answer_is_rejected_and_the_room_state_is_th
     let state = |kind: &str, key: &str| engine.rooms.state_event(&resident.room, kind, key).unwrap();
     let levels = state("m.room.power_levels", "").expect("the room has power levels");
     assert_eq!(levels.event_id, honest_levels.event_id, "the power levels are the honest ones");
-    assert_eq!(state("m.room.member", "@mallory:resident.test").unwrap().event_id, mallory_join.event_id);
+    assert_eq!(
+        state("m.room.member", mallory).unwrap().event_id,
+        mallory_join.event_id,
+        "the unverifiable leave falls back to the join it replaced"
+    );
     assert!(state("m.room.member", eve).is_none(), "a join with a missing auth event is not in the state");
     assert!(state("m.room.member", grace).is_none(), "a join citing a rejected event is not in the state");
     assert_eq!(
@@ -177,7 +190,7 @@ async fn forged_state_in_a_send_join_answer_is_rejected_and_the_room_state_is_th
     );
     let current: Vec<_> =
         engine.rooms.current_state(&resident.room).unwrap().iter().map(|p| p.event_id.clone()).collect();
-    for forged in [&forged_levels, &eve_join, &grace_join] {
+    for forged in [&forged_levels, &eve_join, &grace_join, &mallory_leave] {
         assert!(!current.contains(&forged.event_id), "{} is in the state", forged.event_id);
     }
     // The forged events the chain could be checked for are kept, flagged rejected.

@@ -210,7 +210,8 @@ impl Rooms {
         lookup: &impl Fn(&EventId) -> Option<ArcPdu>,
     ) -> Option<ArcPdu> {
         let mut seen = HashSet::new();
-        let mut current = lookup(&p.event_id)?;
+        // Not judged at all (dropped): as untrusted as a rejected one.
+        let mut current = lookup(&p.event_id).unwrap_or_else(|| Arc::new(Pdu { rejected: true, ..p.clone() }));
         while current.rejected {
             if !seen.insert(current.event_id.clone()) {
                 return None;
