@@ -220,7 +220,16 @@ pub async fn fill_gap(
     pdu: &Pdu,
 ) -> Result<(), FederationError> {
     let known = |id: &OwnedEventId| engine.rooms.meta(id).ok().flatten().is_some();
+    // Stored, but without a state after it: an outlier (a join's state, an auth
+    // event). An event built on it needs the state there: fetched below.
+    let stateless = |id: &OwnedEventId| engine.rooms.meta(id).ok().flatten().is_some_and(|m| m.state_after == 0);
     if pdu.prev_events.iter().all(known) {
+        let outliers: Vec<OwnedEventId> = pdu.prev_events.iter().filter(|p| stateless(p)).cloned().collect();
+        for prev in outliers.into_iter().take(MAX_STATE_FALLBACKS) {
+            if let Err(e) = accept_with_remote_state(engine, origin, room, version, &prev).await {
+                tracing::warn!(%origin, room_id = %room, event_id = %prev, error = %e, "could not fetch the state at an outlier");
+            }
+        }
         return Ok(());
     }
     let path = format!("/_matrix/federation/v1/get_missing_events/{}", enc(room.as_str()));
@@ -274,7 +283,8 @@ pub async fn fill_gap(
     let mut missing: Vec<OwnedEventId> = Vec::new();
     for p in events.iter().chain(std::iter::once(pdu)) {
         for prev in &p.prev_events {
-            if !fetched_ids.contains(prev) && !known(prev) && !missing.contains(prev) {
+            let without_state = !fetched_ids.contains(prev) && (!known(prev) || stateless(prev));
+            if without_state && !missing.contains(prev) {
                 missing.push(prev.clone());
             }
         }
@@ -297,7 +307,9 @@ pub async fn fill_gap(
 
 /// Fetches `event_id` and the state before it from `origin` (`/state_ids`,
 /// then `/event` for each event not held here, 16 at a time) and stores it
-/// as an outlier with that state, so later events can be appended on it.
+/// as an outlier with that state, so later events can be appended on it
+/// (also when it is held already as an outlier without a state: an event of
+/// a `send_join` state that others build on).
 pub async fn accept_with_remote_state(
     engine: &Engine,
     origin: &str,

@@ -4,7 +4,10 @@
 //! template (`GET make_join`, offering the room versions we read), sign it,
 //! send it back (`PUT v2/send_join`) and receive the room state and its
 //! auth chain, which are checked (signatures, hashes) before the rooms
-//! engine takes them. §"Knocking upon a room" and §"Leaving Rooms
+//! engine takes them; the rooms engine then runs the authorization rules on
+//! each of them against its own auth events, keeps only what passes as the
+//! room state, and authorizes the join against that (`Rooms::join_remote`,
+//! one batch: a join that fails leaves nothing behind). §"Knocking upon a room" and §"Leaving Rooms
 //! (Rejecting Invites)" are the same dance with `make_knock`/`send_knock`
 //! and `make_leave`/`send_leave`. §"Inviting to a room": an invite of
 //! another server's user is co-signed by that user's server first

@@ -97,4 +97,6 @@ impl From<myelin_storage::StorageError> for FederationError {
 }
 
 #[cfg(test)]
+mod join_tests;
+#[cfg(test)]
 mod tests;

@@ -30,20 +30,20 @@ type Script = dyn Fn(&str, &OutboundRequest) -> Result<(u16, JsonValue), Transpo
 type Seen = (String, String, String, Option<JsonValue>);
 
 /// A peer whose every answer comes from a test's script.
-struct FakePeer {
+pub(super) struct FakePeer {
     script: Box<Script>,
     /// Every request, as (destination, method, path, body).
     seen: Mutex<Vec<Seen>>,
 }
 
 impl FakePeer {
-    fn new(
+    pub(super) fn new(
         script: impl Fn(&str, &OutboundRequest) -> Result<(u16, JsonValue), TransportError> + Send + Sync + 'static,
     ) -> Arc<Self> {
         Arc::new(Self { script: Box::new(script), seen: Mutex::new(Vec::new()) })
     }
 
-    fn paths(&self) -> Vec<String> {
+    pub(super) fn paths(&self) -> Vec<String> {
         self.seen.lock().iter().map(|(d, m, p, _)| format!("{d} {m} {p}")).collect()
     }
 }
@@ -66,7 +66,7 @@ impl Transport for FakePeer {
     }
 }
 
-fn engine(dir: &std::path::Path, peer: Arc<FakePeer>) -> Arc<Engine> {
+pub(super) fn engine(dir: &std::path::Path, peer: Arc<FakePeer>) -> Arc<Engine> {
     let mut config = Config { server_name: "us.test".into(), data_dir: dir.join("data"), ..Config::default() };
     config.storage.cache_mb = 8;
     config.storage.wal_mb = 1;
@@ -362,4 +362,96 @@ async fn a_send_join_answer_with_unsigned_state_is_refused_and_leaves_no_room() 
     assert!(!matches!(err, FederationError::Unreachable(_)), "the bad state itself is the error: {err:?}");
     assert!(peer.paths().iter().any(|p| p.contains("send_join")), "{:?}", peer.paths());
     assert!(engine.rooms.room_version(&room).is_err(), "a refused join leaves the room unknown here");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_power_level_change_in_the_state_ids_fallback_is_rejected_and_not_the_state() {
+    let rules = ruma::RoomVersionId::V12.rules().unwrap();
+    let served: Arc<Mutex<Vec<(String, JsonValue)>>> = Arc::default();
+    let state_ids: Arc<Mutex<JsonValue>> = Arc::default();
+    let (events, ids) = (served.clone(), state_ids.clone());
+    let peer = FakePeer::new(move |_, req| {
+        let path = &req.path_and_query;
+        if path.contains("/state_ids/") {
+            return Ok((200, ids.lock().clone()));
+        }
+        for (id, json) in events.lock().iter() {
+            if path.ends_with(&format!("/event/{}", enc(id))) {
+                return Ok((200, json!({ "origin": "peer.test", "pdus": [json] })));
+            }
+        }
+        Ok((404, json!({ "errcode": "M_NOT_FOUND" })))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, remote, room) = room_with_a_remote_member(dir.path(), peer.clone()).await;
+    let bob = UserId::parse("@bob:peer.test").unwrap();
+    let honest = engine.rooms.state_event(&room, "m.room.power_levels", "").unwrap().unwrap();
+    // Bob, without power, gives himself 100; the peer reports that as the state.
+    let mut levels = honest.content_value();
+    levels["users"][bob.as_str()] = json!(100);
+    let forged = crate::rooms::NewEvent::state("m.room.power_levels", "", levels);
+    let forged = remote_signed(&engine, &remote, &room, &bob, forged, None).await;
+    let forged_pdu = crate::rooms::Pdu::from_object(forged.clone(), &rules).unwrap();
+    let first = remote_signed(&engine, &remote, &room, &bob, text("one"), None).await;
+    let first_pdu = crate::rooms::Pdu::from_object(first.clone(), &rules).unwrap();
+    let second = remote_signed(&engine, &remote, &room, &bob, text("two"), Some(&first_pdu)).await;
+    let mut pdu_ids: Vec<String> =
+        engine.rooms.current_state(&room).unwrap().iter().map(|p| p.event_id.to_string()).collect();
+    pdu_ids.retain(|id| *id != honest.event_id.as_str());
+    pdu_ids.push(forged_pdu.event_id.to_string());
+    *state_ids.lock() = json!({ "pdu_ids": pdu_ids, "auth_chain_ids": [honest.event_id] });
+    *served.lock() = vec![
+        (forged_pdu.event_id.to_string(), serde_json::to_value(&forged).unwrap()),
+        (first_pdu.event_id.to_string(), serde_json::to_value(&first).unwrap()),
+    ];
+    let txn = super::inbound::Transaction { pdus: vec![serde_json::to_value(&second).unwrap()], edus: Vec::new() };
+    super::inbound::receive_transaction(&engine, "peer.test", "t1", txn).await.unwrap();
+    let first_meta = engine.rooms.meta(&first_pdu.event_id).unwrap().expect("the prev event is taken on the state");
+    let levels_before = engine.rooms.state_pdu_at(first_meta.state_before, "m.room.power_levels", "").unwrap();
+    assert_eq!(levels_before.map(|p| p.event_id.clone()), Some(honest.event_id.clone()), "the honest power levels");
+    let forged_meta = engine.rooms.meta(&forged_pdu.event_id).unwrap().expect("the forged event is kept");
+    assert_ne!(forged_meta.flags & crate::rooms::tables::REJECTED, 0, "flagged rejected");
+    let current = engine.rooms.state_event(&room, "m.room.power_levels", "").unwrap().unwrap();
+    assert_eq!(current.event_id, honest.event_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_built_on_a_rejected_event_is_judged_on_the_state_before_it_not_rejected_with_it() {
+    let rules = ruma::RoomVersionId::V12.rules().unwrap();
+    let peer = FakePeer::new(|_, _| Ok((404, json!({ "errcode": "M_NOT_FOUND" }))));
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, remote, room) = room_with_a_remote_member(dir.path(), peer.clone()).await;
+    let bob = UserId::parse("@bob:peer.test").unwrap();
+    // Bob, without power, changes the power levels: rejected.
+    let mut levels = engine.rooms.state_event(&room, "m.room.power_levels", "").unwrap().unwrap().content_value();
+    levels["users"][bob.as_str()] = json!(100);
+    let forged = remote_signed(
+        &engine,
+        &remote,
+        &room,
+        &bob,
+        crate::rooms::NewEvent::state("m.room.power_levels", "", levels),
+        None,
+    )
+    .await;
+    let forged_pdu = crate::rooms::Pdu::from_object(forged.clone(), &rules).unwrap();
+    // Then a message on top of it, which Bob may send.
+    let after = remote_signed(&engine, &remote, &room, &bob, text("after"), Some(&forged_pdu)).await;
+    let after_pdu = crate::rooms::Pdu::from_object(after.clone(), &rules).unwrap();
+    let pdus = vec![serde_json::to_value(&forged).unwrap(), serde_json::to_value(&after).unwrap()];
+    let answer = super::inbound::receive_transaction(
+        &engine,
+        "peer.test",
+        "t1",
+        super::inbound::Transaction { pdus, edus: Vec::new() },
+    )
+    .await
+    .unwrap();
+    let answer: JsonValue = serde_json::from_slice(&answer).unwrap();
+    assert!(answer["pdus"][forged_pdu.event_id.as_str()]["error"].is_string(), "{answer}");
+    assert_eq!(answer["pdus"][after_pdu.event_id.as_str()], json!({}), "{answer}");
+    let meta = engine.rooms.meta(&after_pdu.event_id).unwrap().unwrap();
+    assert!(meta.count > 0 && meta.flags == 0, "the message is in the timeline: {meta:?}");
+    let levels = engine.rooms.state_event(&room, "m.room.power_levels", "").unwrap().unwrap();
+    assert_ne!(levels.event_id, forged_pdu.event_id, "the rejected change is not the state");
 }

@@ -168,6 +168,20 @@ impl Rooms {
         client_txn: Option<(String, String, String)>,
         more_follow: bool,
     ) -> Result<(ArcPdu, myelin_storage::Pending), RoomError> {
+        self.append_in(Batch::new(), head, pdu, before, client_txn, more_follow)
+    }
+
+    /// [`Rooms::append_with`] adding to `batch`, which may already hold rows that
+    /// must be written with the event or not at all (a remote join's state).
+    pub(super) fn append_in(
+        &self,
+        mut batch: Batch,
+        head: &mut Head,
+        pdu: Pdu,
+        before: Before,
+        client_txn: Option<(String, String, String)>,
+        more_follow: bool,
+    ) -> Result<(ArcPdu, myelin_storage::Pending), RoomError> {
         let is_create = pdu.kind == TimelineEventType::RoomCreate;
         let tolerate_gaps = matches!(before, Before::Given(_));
         if is_create && head.state != 0 {
@@ -190,7 +204,6 @@ impl Rooms {
             Before::Authorized(state) => state,
         };
         // 3. Ids and the state after.
-        let mut batch = Batch::new();
         let short = self.event_ids.get_or_create(&self.db, &mut batch, pdu.event_id.as_str())?;
         if self.meta_of_short(short)?.is_some() {
             return Err(RoomError::InUse(format!("event {} is already stored", pdu.event_id)));

@@ -15,11 +15,17 @@
 //! receiver; here every prev event must already be stored.
 //!
 //! What is recorded: a rejected event is stored with the `REJECTED` flag and
-//! nothing else (no timeline row, no state, no edges, never an extremity); a
+//! the state before it, which is also its state after (it changes no state;
+//! no timeline row, no edges, never an extremity), so an event built on it is
+//! judged on the state before it instead of on none; a
 //! soft-failed event is stored with `SOFT_FAILED`, its state before/after and
 //! its edges, but no timeline row and it does not become an extremity, so
 //! clients never see it and our next events do not build on it. An outlier
 //! is stored with `OUTLIER` only (its place in the DAG is unknown).
+//!
+//! A state another server reports (a `send_join` answer, `/state_ids` at a
+//! missing prev event) goes through step 4 event by event before it is used
+//! ([`super::remote_state`]); a remote join is written as one batch.
 
 use std::sync::Arc;
 
@@ -37,6 +43,19 @@ pub enum Appended {
     SoftFailed(ArcPdu),
     /// Failed authorization: stored as rejected, with the reason.
     Rejected(String),
+}
+
+/// Says what the auth rules made of a reported state.
+fn log_checked(room_id: &RoomId, checked: &super::remote_state::CheckedState) {
+    if checked.rejected > 0 || checked.dropped > 0 {
+        tracing::warn!(
+            room_id = %room_id,
+            rejected = checked.rejected,
+            dropped = checked.dropped,
+            kept = checked.state.len(),
+            "a server reported room state that fails the auth rules; those events are not in the state"
+        );
+    }
 }
 
 impl Rooms {
@@ -108,7 +127,8 @@ impl Rooms {
         // 4./5. Against its auth events and the state before it.
         let before = self.state_before(head, &pdu.prev_events)?;
         if let Err(RoomError::Forbidden(reason)) = self.authorize(&head.rules, &pdu, &before) {
-            self.store_flagged(pdu, REJECTED, None).await?;
+            // Its states are the state before it, so what builds on it has a state.
+            self.store_flagged(pdu, REJECTED, Some(before)).await?;
             tracing::info!(room_id = %room_id, reason, "rejected an event that fails authorization");
             return Ok((Appended::Rejected(reason), None));
         }
@@ -134,69 +154,41 @@ impl Rooms {
     /// events": `/state_ids` at the event, then its events), so that the events
     /// built on it can be appended: a gap too large to fetch event by event.
     ///
-    /// The state events and their auth chain are stored as outliers (as for a
-    /// join); the event is authorized against that state and kept outside the
-    /// timeline (rejected when the state forbids it). Returns whether it passed.
+    /// The state events and their auth chain go through the auth rules first
+    /// ([`Rooms::check_remote_state`]: failures are stored rejected and left
+    /// out of the state), and are stored as outliers; the event is authorized
+    /// against the state kept and kept outside the timeline (rejected when that
+    /// state forbids it). Returns whether it passed.
     pub async fn store_with_remote_state(
         &self,
         pdu: Pdu,
         state: Vec<Pdu>,
         auth_chain: Vec<Pdu>,
     ) -> Result<bool, RoomError> {
-        if self.meta(&pdu.event_id)?.is_some() {
-            return Ok(true);
+        // Held with a state already: nothing to do. Held as an outlier without
+        // one: it gets the state now, keeping what was decided about it.
+        let held = self.meta(&pdu.event_id)?;
+        if let Some(meta) = &held
+            && (meta.state_after != 0 || meta.flags & OUTLIER == 0)
+        {
+            return Ok(meta.flags & REJECTED == 0);
         }
         let rules = super::version::rules(&self.room_version(&pdu.room_id)?)?;
+        let checked = self.check_remote_state(&rules, &pdu.room_id, &state, &auth_chain)?;
+        log_checked(&pdu.room_id, &checked);
         let mut batch = Batch::new();
         let room = self.room_ids.get_or_create(&self.db, &mut batch, pdu.room_id.as_str())?;
-        let state: Vec<Pdu> = state.into_iter().filter(|p| p.room_id == pdu.room_id).collect();
-        let auth_chain: Vec<Pdu> = auth_chain.into_iter().filter(|p| p.room_id == pdu.room_id).collect();
-        let snapshot = self.store_outlier_state(&mut batch, room, &state, &auth_chain)?;
-        self.db.commit(batch).await?;
-        // The outliers must be readable (by id) before authorization looks them up.
+        let snapshot = self.stage_checked_state(&mut batch, room, &checked)?;
+        if let Err(e) = self.db.commit(batch).await {
+            self.forget_staged(&checked);
+            return Err(e.into());
+        }
         let before = StateRef::Stored(snapshot);
-        let allowed = self.authorize(&rules, &pdu, &before).is_ok();
+        let was_rejected = held.is_some_and(|m| m.flags & REJECTED != 0);
+        let allowed = !was_rejected && self.authorize(&rules, &pdu, &before).is_ok();
         let flags = if allowed { OUTLIER } else { OUTLIER | REJECTED };
         self.store_flagged(pdu, flags, Some(before)).await?;
         Ok(allowed)
-    }
-
-    /// Adds `auth_chain` and `state` to `batch` as outliers (those not stored yet)
-    /// and `state` as a snapshot, whose id it returns: what a server reported as a
-    /// room's state (a `send_join` answer, `/state_ids` at an event).
-    fn store_outlier_state(
-        &self,
-        batch: &mut Batch,
-        room: u64,
-        state: &[Pdu],
-        auth_chain: &[Pdu],
-    ) -> Result<u64, RoomError> {
-        let mut seen = std::collections::HashSet::new();
-        for p in auth_chain.iter().chain(state.iter()) {
-            if !seen.insert(p.event_id.clone()) {
-                continue;
-            }
-            let short = self.event_ids.get_or_create(&self.db, batch, p.event_id.as_str())?;
-            if !META.contains(&*self.db, &short)? {
-                PDUS.put(batch, &short, &Raw(p.to_bytes()))?;
-                META.put(
-                    batch,
-                    &short,
-                    &EventMeta { room, depth: p.depth, count: 0, flags: OUTLIER, state_before: 0, state_after: 0 },
-                )?;
-            }
-        }
-        let mut entries = Vec::with_capacity(state.len());
-        for p in state {
-            let Some(key) = &p.state_key else { continue };
-            let name = super::state_key_string(&p.kind.to_string(), key);
-            let ssk = self.state_keys.get_or_create(&self.db, batch, &name)?;
-            let short = self.event_ids.get_or_create(&self.db, batch, p.event_id.as_str())?;
-            entries.push((ssk, short));
-        }
-        entries.sort_unstable();
-        entries.dedup_by_key(|e| e.0);
-        self.states.store(batch, entries, None)
     }
 
     /// Stores an event whose place in the DAG is unknown (auth events of a join, say).
@@ -208,7 +200,11 @@ impl Rooms {
     }
 
     /// Stores an event outside the timeline with `flags`; with a `before`
-    /// state it also records its states and edges (soft-failed events).
+    /// state it also records its states and (unless it is rejected) its edges.
+    /// A rejected event's state after is the state before it: it changes no
+    /// state, and an event built on it is judged on the state it would have
+    /// had without it (as Synapse does), so one rejection does not reject the
+    /// branch after it.
     async fn store_flagged(&self, pdu: Pdu, flags: u8, before: Option<StateRef>) -> Result<ArcPdu, RoomError> {
         let mut batch = Batch::new();
         let short = self.event_ids.get_or_create(&self.db, &mut batch, pdu.event_id.as_str())?;
@@ -220,7 +216,9 @@ impl Rooms {
                 None => None,
             };
             state_before = self.materialize(&mut batch, &before, hint)?;
+            let rejected = flags & REJECTED != 0;
             state_after = match &pdu.state_key {
+                Some(_) if rejected => state_before,
                 Some(key) => {
                     let name = super::state_key_string(&pdu.kind.to_string(), key);
                     let ssk = self.state_keys.get_or_create(&self.db, &mut batch, &name)?;
@@ -229,7 +227,7 @@ impl Rooms {
                 }
                 None => state_before,
             };
-            for prev in &pdu.prev_events {
+            for prev in pdu.prev_events.iter().filter(|_| !rejected) {
                 if let Some(p) = self.event_ids.get(&*self.db, prev.as_str())? {
                     EDGES.put(&mut batch, &(p, short), &())?;
                 }
@@ -250,10 +248,17 @@ impl Rooms {
     }
 
     /// Enters a room that lives on other servers: the `send_join` answer gives
-    /// the room state before our join event and its auth chain. They are
-    /// stored as outliers, the state becomes the join's state, and the join
-    /// becomes the first event of our timeline (its prev events are the
-    /// resident server's, which we do not have: a gap backfill can fill).
+    /// the room state before our join event and its auth chain. Every one of
+    /// those events goes through the auth rules against its own auth events
+    /// ([`Rooms::check_remote_state`]); they are stored as outliers (failures
+    /// flagged rejected), the state kept becomes the join's state, the join is
+    /// authorized against it and becomes the first event of our timeline (its
+    /// prev events are the resident server's, which we do not have: a gap
+    /// backfill can fill).
+    ///
+    /// One batch: the outliers, the state, the room's head and the join are
+    /// written together or not at all, so a join that fails (refused by the
+    /// state, or a failed write) leaves nothing behind and can be tried again.
     pub async fn join_remote(
         &self,
         version: &ruma::RoomVersionId,
@@ -265,19 +270,47 @@ impl Rooms {
         let room_id = join.room_id.clone();
         let lock = self.lock_of(&room_id);
         let mut guard = lock.lock().await;
-        if self.short_room(&room_id)?.is_some()
-            && ROOMS.get(&*self.db, &self.short_room(&room_id)?.unwrap_or(0))?.is_some()
+        if let Some(short) = self.short_room(&room_id)?
+            && ROOMS.get(&*self.db, &short)?.is_some()
         {
             return Err(RoomError::InUse(format!("{room_id} is already known here")));
         }
-        // 1. The auth chain and the state, as outliers; the state as a snapshot.
         let mut batch = Batch::new();
         let room = self.room_ids.get_or_create(&self.db, &mut batch, room_id.as_str())?;
-        let snapshot = self.store_outlier_state(&mut batch, room, &state, &auth_chain)?;
-        ROOMS.put(&mut batch, &room, &RoomInfo { version: version.to_string(), state: snapshot, depth: join.depth })?;
-        self.db.commit(batch).await?;
+        // Events held here already (an invite, say) are read with the room's rules.
         self.versions.lock().insert(room, rules.clone());
-        // 2. The join itself, authorized against that state.
+        let forget_room = || {
+            self.versions.lock().remove(&room);
+        };
+        // 1. The state and its auth chain through the auth rules.
+        let checked = match self.check_remote_state(&rules, &room_id, &state, &auth_chain) {
+            Ok(c) => c,
+            Err(e) => {
+                forget_room();
+                return Err(e);
+            }
+        };
+        log_checked(&room_id, &checked);
+        let forget = || {
+            self.forget_staged(&checked);
+            forget_room();
+        };
+        // 2. The outliers and the state kept, staged in the join's batch.
+        let snapshot = match self.stage_checked_state(&mut batch, room, &checked) {
+            Ok(s) => s,
+            Err(e) => {
+                forget();
+                return Err(e);
+            }
+        };
+        // 3. The join, authorized against that state, in the same batch.
+        let servers = match self.joined_servers(snapshot, None) {
+            Ok(s) => s,
+            Err(e) => {
+                forget();
+                return Err(e);
+            }
+        };
         let mut head = super::Head {
             room_id: room_id.clone(),
             short: room,
@@ -286,13 +319,23 @@ impl Rooms {
             extremities: Vec::new(),
             depth: join.depth,
             state: snapshot,
-            servers: self.joined_servers(snapshot, None)?,
+            servers,
         };
-        let (appended, pending) =
-            self.append_with(&mut head, join, Before::Given(StateRef::Stored(snapshot)), None, false)?;
+        let appended = self.append_in(batch, &mut head, join, Before::Given(StateRef::Stored(snapshot)), None, false);
+        let (appended, pending) = match appended {
+            Ok(a) => a,
+            Err(e) => {
+                forget();
+                return Err(e);
+            }
+        };
         *guard = Some(head);
         drop(guard);
-        self.settle(&room_id, pending).await?;
+        if let Err(e) = self.settle(&room_id, pending).await {
+            forget();
+            self.unsettled.lock().retain(|_, (_, p)| p.event_id != appended.event_id);
+            return Err(e);
+        }
         Ok(appended)
     }
 

@@ -33,6 +33,7 @@ mod inbound;
 pub mod pdu;
 mod read;
 pub mod relations;
+mod remote_state;
 mod resolve;
 pub mod search;
 pub mod state;
