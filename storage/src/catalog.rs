@@ -198,6 +198,15 @@ pub static APPSERVICESEQ_EVENT: Cf = scan("appserviceseq_event", 0);
 /// Appservice id → its sender's state (next transaction id, the transaction in flight).
 pub static APPSERVICE_SENDER: Cf = point("appservice_sender", 0);
 
+/// `(user id, backup version)` → the key backup's algorithm, `auth_data`, etag and session count.
+pub static USERVERSION_KEYBACKUP: Cf = scan("userversion_keybackup", 0);
+/// `(user id, backup version, room id, session id)` → one backed-up megolm session.
+pub static USERVERSIONROOMSESSION_ROOMKEY: Cf = scan("userversionroomsession_roomkey", 0);
+/// OpenID access token (it starts with its expiry, so key order is expiry order) → its user.
+pub static OPENIDTOKEN_USER: Cf = scan("openidtoken_user", 0);
+/// `(milliseconds since the epoch, report id)` → a content report from a local user.
+pub static TIMEREPORT_REPORT: Cf = scan("timereport_report", 0);
+
 /// Every family, in creation order. The default family is unused.
 pub static ALL: &[&Cf] = &[
     &GLOBAL,
@@ -258,6 +267,10 @@ pub static ALL: &[&Cf] = &[
     &APPSERVICE_REGISTRATION,
     &APPSERVICESEQ_EVENT,
     &APPSERVICE_SENDER,
+    &USERVERSION_KEYBACKUP,
+    &USERVERSIONROOMSESSION_ROOMKEY,
+    &OPENIDTOKEN_USER,
+    &TIMEREPORT_REPORT,
 ];
 
 #[cfg(test)]
