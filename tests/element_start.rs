@@ -109,7 +109,7 @@ async fn turn_server_answers_from_the_configuration() {
     })
     .await;
     let alice = s.register("alice").await;
-    let t = alice.get(&format!("/_matrix/client/r0/voip/turnServer")).await;
+    let t = alice.get("/_matrix/client/r0/voip/turnServer").await;
     assert_eq!(
         (t["username"].clone(), t["password"].clone(), t["ttl"].clone()),
         (json!("element"), json!("pw"), json!(86400))
