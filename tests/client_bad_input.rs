@@ -353,6 +353,59 @@ async fn typed_endpoints_refuse_wrong_types_and_take_valid_bodies() {
             ],
         ),
     ];
+    // Key backup (erin creates versions; carol's one version takes keys), OpenID, reports.
+    let erin = s.register("erin").await;
+    let backup = json!({ "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": { "public_key": "k" } });
+    let kv =
+        carol.post(&format!("{v3}/room_keys/version"), backup.clone()).await["version"].as_str().unwrap().to_owned();
+    let key =
+        json!({ "first_message_index": 0, "forwarded_count": 0, "is_verified": false, "session_data": { "c": "x" } });
+    let key_wrong = vec![
+        json!({ "first_message_index": "0", "forwarded_count": 0, "is_verified": false, "session_data": {} }),
+        json!({ "first_message_index": 0, "forwarded_count": -1, "is_verified": false, "session_data": {} }),
+        json!({ "first_message_index": 0, "forwarded_count": 0, "is_verified": 1, "session_data": {} }),
+        json!({ "first_message_index": 0, "forwarded_count": 0, "is_verified": false, "session_data": [] }),
+        json!({ "first_message_index": 0, "forwarded_count": 0, "is_verified": false }),
+    ];
+    let version_wrong = vec![
+        json!({ "algorithm": 1, "auth_data": {} }),
+        json!({ "algorithm": "a", "auth_data": "x" }),
+        json!({ "auth_data": {} }),
+    ];
+    endpoints.extend([
+        ep(&erin, Method::POST, format!("{v3}/room_keys/version"), backup.clone(), version_wrong.clone()),
+        ep(&carol, Method::PUT, format!("{v3}/room_keys/version/{kv}"), backup, version_wrong),
+        ep(&carol, Method::PUT, format!("{v3}/room_keys/keys/{r}/s1?version={kv}"), key.clone(), key_wrong),
+        ep(
+            &carol,
+            Method::PUT,
+            format!("{v3}/room_keys/keys/{r}?version={kv}"),
+            json!({ "sessions": { "s2": key.clone() } }),
+            vec![json!({ "sessions": [] }), json!({ "sessions": { "s2": [] } }), json!({})],
+        ),
+        ep(
+            &carol,
+            Method::PUT,
+            format!("{v3}/room_keys/keys?version={kv}"),
+            json!({ "rooms": { room.as_str(): { "sessions": { "s3": key } } } }),
+            vec![json!({ "rooms": { room.as_str(): [] } }), json!({ "rooms": 5 }), json!({})],
+        ),
+        ep(&alice, Method::POST, format!("{v3}/user/{me}/openid/request_token"), json!({}), vec![]),
+        ep(
+            &alice,
+            Method::POST,
+            format!("{v3}/rooms/{r}/report/{}", enc(&event)),
+            json!({ "reason": "typed", "score": -5 }),
+            vec![json!({ "reason": 5 }), json!({ "score": "low" }), json!({ "score": 1.5 })],
+        ),
+        ep(
+            &bob,
+            Method::POST,
+            format!("{v3}/rooms/{r}/report"),
+            json!({ "reason": "typed" }),
+            vec![json!({ "reason": [] })],
+        ),
+    ]);
     // A room rule: its id is the room, and `actions` may hold tweaks.
     endpoints.push(ep(
         &bob,

@@ -22,12 +22,21 @@ pub struct ApiError {
     pub retry_after_ms: Option<u64>,
     /// For `M_INCOMPATIBLE_ROOM_VERSION`: the room's version.
     pub room_version: Option<String>,
+    /// For `M_WRONG_ROOM_KEYS_VERSION`: the user's current backup version.
+    pub current_version: Option<String>,
 }
 
 impl ApiError {
     /// Builds an error.
     pub fn new(status: StatusCode, errcode: &'static str, message: impl Into<String>) -> Self {
-        Self { status, errcode, message: message.into(), retry_after_ms: None, room_version: None }
+        Self {
+            status,
+            errcode,
+            message: message.into(),
+            retry_after_ms: None,
+            room_version: None,
+            current_version: None,
+        }
     }
 
     /// 404 `M_UNRECOGNIZED`: no such endpoint.
@@ -80,6 +89,9 @@ impl ApiError {
         }
         if let Some(v) = &self.room_version {
             body["room_version"] = serde_json::json!(v);
+        }
+        if let Some(v) = &self.current_version {
+            body["current_version"] = serde_json::json!(v);
         }
         let mut resp = json_response(self.status, &body);
         if let Some(ms) = self.retry_after_ms
@@ -157,6 +169,24 @@ impl From<myelin_engine::e2ee::E2eeError> for ApiError {
         match e {
             myelin_engine::e2ee::E2eeError::Invalid(m) => ApiError::invalid_param(m),
             myelin_engine::e2ee::E2eeError::Storage(e) => EngineError::from(e).into(),
+        }
+    }
+}
+
+impl From<myelin_engine::key_backup::KeyBackupError> for ApiError {
+    fn from(e: myelin_engine::key_backup::KeyBackupError) -> Self {
+        use myelin_engine::key_backup::KeyBackupError as K;
+        match e {
+            K::NotFound(m) => ApiError::not_found(m),
+            K::WrongVersion { sent, current } => {
+                let message = format!("version {sent} is not the current backup version {current}");
+                let mut err = ApiError::new(StatusCode::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION", message);
+                err.current_version = Some(current);
+                err
+            }
+            K::Invalid(m) => ApiError::invalid_param(m),
+            K::TooLarge(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE", m),
+            K::Storage(e) => EngineError::from(e).into(),
         }
     }
 }

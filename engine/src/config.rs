@@ -46,6 +46,8 @@ pub struct Config {
     pub appservice: AppserviceConfig,
     /// Push notifications to push gateways.
     pub push: PushConfig,
+    /// TURN servers handed to clients for calls (`/voip/turnServer`).
+    pub voip: VoipConfig,
 }
 
 /// `[push]` (Myelin extension).
@@ -61,6 +63,37 @@ pub struct PushConfig {
 impl Default for PushConfig {
     fn default() -> Self {
         Self { max_pending: 1000, max_age_s: 86_400 }
+    }
+}
+
+/// `[voip]`: what `GET /voip/turnServer` answers. With no URIs, or URIs and
+/// neither a shared secret nor a username and password, it answers `{}`, as
+/// Synapse does.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VoipConfig {
+    /// TURN URIs, e.g. `["turn:turn.example.org:3478?transport=udp"]`.
+    pub turn_uris: Vec<String>,
+    /// coturn's `static-auth-secret`: credentials are minted per request
+    /// (username `expiry:user_id`, password base64 HMAC-SHA1 of it).
+    pub turn_shared_secret: String,
+    /// Fixed credentials, used when there is no shared secret.
+    pub turn_username: String,
+    /// Password for `turn_username`.
+    pub turn_password: String,
+    /// How long minted credentials are valid, in seconds.
+    pub turn_ttl_s: u64,
+}
+
+impl Default for VoipConfig {
+    fn default() -> Self {
+        Self {
+            turn_uris: Vec::new(),
+            turn_shared_secret: String::new(),
+            turn_username: String::new(),
+            turn_password: String::new(),
+            turn_ttl_s: 86_400,
+        }
     }
 }
 
@@ -206,6 +239,7 @@ impl Default for Config {
             presence: PresenceConfig::default(),
             appservice: AppserviceConfig::default(),
             push: PushConfig::default(),
+            voip: VoipConfig::default(),
         }
     }
 }

@@ -14,14 +14,17 @@ pub mod ephemeral;
 mod error;
 pub mod federation;
 pub mod in_flight;
+pub mod key_backup;
 pub mod keys;
 pub mod media;
 pub mod net_policy;
+pub mod openid;
 pub mod positions;
 pub mod profile;
 pub mod push;
 pub mod pushers;
 pub mod receipts;
+pub mod reports;
 pub mod rooms;
 pub mod sync;
 pub mod users;
@@ -78,6 +81,12 @@ pub struct Engine {
     pub appservices: Arc<appservice::Registry>,
     /// Users' pushers and the push notification queues.
     pub pushers: pushers::Pushers,
+    /// Server-side backups of users' room keys.
+    pub key_backups: key_backup::KeyBackups,
+    /// OpenID tokens handed to third parties.
+    pub openid: openid::OpenId,
+    /// Content reports.
+    pub reports: reports::Reports,
 }
 
 impl Engine {
@@ -137,6 +146,9 @@ impl Engine {
         if indexed > 0 {
             tracing::info!(rows = indexed, "indexed existing account data by stream position");
         }
+        let key_backups = key_backup::KeyBackups::new(db.clone());
+        let openid = openid::OpenId::new(db.clone());
+        let reports = reports::Reports::new(db.clone());
         Ok(Arc::new(Self {
             config: Arc::new(config),
             server_name,
@@ -158,6 +170,9 @@ impl Engine {
             receipt_positions: positions::NewestPositions::default(),
             appservices,
             pushers,
+            key_backups,
+            openid,
+            reports,
         }))
     }
 

@@ -204,6 +204,14 @@ pub static USERAPPKEY_PUSHER: Cf = point("userappkey_pusher", 0);
 pub static PUSH_PENDING: Cf = scan("push_pending", 0);
 /// `(pusher key, stream position)` → a notification waiting for its push gateway.
 pub static PUSHERCOUNT_NOTIFICATION: Cf = scan("pushercount_notification", 0);
+/// `(user id, backup version)` → the key backup's algorithm, `auth_data`, etag and session count.
+pub static USERVERSION_KEYBACKUP: Cf = scan("userversion_keybackup", 0);
+/// `(user id, backup version, room id, session id)` → one backed-up megolm session.
+pub static USERVERSIONROOMSESSION_ROOMKEY: Cf = scan("userversionroomsession_roomkey", 0);
+/// OpenID access token (it starts with its expiry, so key order is expiry order) → its user.
+pub static OPENIDTOKEN_USER: Cf = scan("openidtoken_user", 0);
+/// `(milliseconds since the epoch, report id)` → a content report from a local user.
+pub static TIMEREPORT_REPORT: Cf = scan("timereport_report", 0);
 
 /// Every family, in creation order. The default family is unused.
 pub static ALL: &[&Cf] = &[
@@ -268,6 +276,10 @@ pub static ALL: &[&Cf] = &[
     &USERAPPKEY_PUSHER,
     &PUSH_PENDING,
     &PUSHERCOUNT_NOTIFICATION,
+    &USERVERSION_KEYBACKUP,
+    &USERVERSIONROOMSESSION_ROOMKEY,
+    &OPENIDTOKEN_USER,
+    &TIMEREPORT_REPORT,
 ];
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ pub fn federation_router() -> Router {
         .add(Method::GET, "/_matrix/key/v2/query/{server_name}", keys::query_server_keys)
         .add(Method::GET, "/_matrix/federation/v1/query/profile", fed::query_profile)
         .add(Method::GET, "/_matrix/federation/v1/query/directory", fed::query_directory)
+        .add(Method::GET, "/_matrix/federation/v1/openid/userinfo", client::openid::userinfo)
         .add(Method::GET, "/_matrix/federation/v1/user/devices/{user_id}", crate::federation::e2ee::user_devices)
         .add(Method::POST, "/_matrix/federation/v1/user/keys/query", crate::federation::e2ee::keys_query)
         .add(Method::POST, "/_matrix/federation/v1/user/keys/claim", crate::federation::e2ee::keys_claim)

@@ -581,8 +581,19 @@ pub fn capabilities(cx: Ctx, req: Req) -> HandlerFuture {
             "m.room_versions": { "default": myelin_engine::rooms::version::DEFAULT.to_string(), "available": available },
             "m.set_displayname": { "enabled": true },
             "m.set_avatar_url": { "enabled": true },
+            // No third-party identifiers (`/account/3pid` is always empty) and no
+            // `/login/get_token`: both say so rather than leave clients to guess.
             "m.3pid_changes": { "enabled": false },
+            "m.get_login_token": { "enabled": false },
         }})))
+    })
+}
+
+/// GET /_matrix/client/v3/account/3pid: this server binds no third-party identifiers.
+pub fn threepids(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        require_user(&cx, &req)?;
+        Ok(ok_json(&json!({ "threepids": [] })))
     })
 }
 

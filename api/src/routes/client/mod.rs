@@ -5,6 +5,8 @@ mod appservice;
 mod directory;
 pub(crate) mod e2ee;
 mod ephemeral;
+mod key_backup;
+pub(crate) mod openid;
 mod power;
 mod profile;
 pub(crate) mod public_rooms;
@@ -14,6 +16,7 @@ mod relations;
 mod rooms;
 mod search;
 mod sync;
+mod voip;
 
 use http::Method;
 
@@ -24,6 +27,15 @@ fn both(r: &mut Router, method: Method, path: &str, handler: Handler) {
     r.add(method.clone(), &format!("/_matrix/client/v3{path}"), handler);
     r.add(method, &format!("/_matrix/client/r0{path}"), handler);
 }
+
+/// Like [`both`], with its own body limit.
+fn both_limited(r: &mut Router, method: Method, path: &str, handler: Handler, max_body: usize) {
+    r.add_limited(method.clone(), &format!("/_matrix/client/v3{path}"), handler, max_body);
+    r.add_limited(method, &format!("/_matrix/client/r0{path}"), handler, max_body);
+}
+
+/// Body limit of a key backup upload: many sessions of up to 64 KiB each.
+const ROOM_KEYS_MAX_BODY: usize = 16 << 20;
 
 /// Adds every client route to `r`.
 pub fn add(r: &mut Router) {
@@ -127,6 +139,23 @@ pub fn add(r: &mut Router) {
     both(r, M::GET, "/keys/changes", e2ee::changes);
     both(r, M::POST, "/keys/device_signing/upload", e2ee::upload_cross_signing);
     both(r, M::POST, "/keys/signatures/upload", e2ee::upload_signatures);
+
+    both(r, M::POST, "/room_keys/version", key_backup::create_version);
+    both(r, M::GET, "/room_keys/version", key_backup::get_version);
+    both(r, M::GET, "/room_keys/version/{version}", key_backup::get_version);
+    both(r, M::PUT, "/room_keys/version/{version}", key_backup::update_version);
+    both(r, M::DELETE, "/room_keys/version/{version}", key_backup::delete_version);
+    for path in ["/room_keys/keys", "/room_keys/keys/{room_id}", "/room_keys/keys/{room_id}/{session_id}"] {
+        both(r, M::GET, path, key_backup::get_keys);
+        both_limited(r, M::PUT, path, key_backup::put_keys, ROOM_KEYS_MAX_BODY);
+        both(r, M::DELETE, path, key_backup::delete_keys);
+    }
+
+    both(r, M::POST, "/user/{user_id}/openid/request_token", openid::request_token);
+    both(r, M::GET, "/voip/turnServer", voip::turn_server);
+    both(r, M::POST, "/rooms/{room_id}/report/{event_id}", rooms::report_event);
+    both(r, M::POST, "/rooms/{room_id}/report", rooms::report_room);
+    both(r, M::GET, "/account/3pid", account::threepids);
 
     both(r, M::GET, "/sync", sync::sync);
     both(r, M::PUT, "/sendToDevice/{event_type}/{txn_id}", sync::send_to_device);

@@ -94,8 +94,10 @@ mod create;
 mod events;
 mod membership;
 mod messages;
+mod reports;
 
 pub use create::*;
 pub use events::*;
 pub use membership::*;
 pub use messages::*;
+pub use reports::*;
