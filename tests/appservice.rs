@@ -377,10 +377,14 @@ async fn unknown_aliases_and_users_in_a_namespace_are_asked_of_the_appservice() 
     let joined = alice.get("/_matrix/client/v3/joined_rooms").await;
     assert!(joined["joined_rooms"].as_array().unwrap().iter().any(|r| r == room.as_str()));
     // Outside the namespace nobody is asked.
-    let before = fake.requests().len();
+    // (Transactions may arrive meanwhile: only queries count.)
+    let queries = |f: &FakeAppservice| {
+        f.requests().iter().filter(|s| !s.path.starts_with("/_matrix/app/v1/transactions/")).count()
+    };
+    let before = queries(&fake);
     let r = alice.request(Method::GET, "/_matrix/client/v3/directory/room/%23elsewhere:as.test", None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    assert_eq!(fake.requests().len(), before);
+    assert_eq!(queries(&fake), before);
 
     // A profile lookup of an unknown namespaced user brings it into being.
     let r = alice.request(Method::GET, "/_matrix/client/v3/profile/%40bridge_zed%3Aas.test", None).await;

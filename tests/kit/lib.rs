@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 
 pub mod appservice;
 mod fed;
+pub mod proxy;
 mod wait;
 
 pub use fed::{signed, signed_get, signed_put, tiny_tls_server};
