@@ -103,11 +103,31 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// What the caller learns of an internal failure: that it failed (details
+    /// stay in the log), or, when the disk is full, 507 with a message saying
+    /// so, so that a client (and its user) knows to retry later rather than
+    /// suspect its request.
+    pub fn internal(e: &dyn std::fmt::Display) -> Self {
+        let text = e.to_string();
+        if text.contains("No space left on device") || text.contains("ENOSPC") {
+            metrics::counter!("myelin_storage_full_refusals_total").increment(1);
+            let mut err = ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "M_UNKNOWN",
+                "the server's storage is full; nothing was stored, try again later",
+            );
+            err.retry_after_ms = Some(10_000);
+            return err;
+        }
+        ApiError::unknown("internal server error")
+    }
+}
+
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         tracing::error!(error = %e, "request failed in the engine");
-        // Internal details stay in the log; the caller learns only that it failed.
-        ApiError::unknown("internal server error")
+        ApiError::internal(&e)
     }
 }
 
@@ -126,7 +146,7 @@ impl From<RoomError> for ApiError {
             RoomError::InUse(m) => ApiError::new(StatusCode::BAD_REQUEST, "M_ROOM_IN_USE", m),
             other => {
                 tracing::error!(error = %other, "rooms engine failure");
-                ApiError::unknown("internal server error")
+                ApiError::internal(&other)
             }
         }
     }
