@@ -5,17 +5,30 @@
 //! authorization and state resolution. The rules themselves come from ruma
 //! (`RoomVersionId::rules()`); this module only decides support.
 //!
-//! We read and verify every stable version 1–12. We create rooms in 10, 11
-//! and 12; 12 is the default, as in Synapse 1.163. State resolution v1 (room
-//! versions 1) is not implemented by ruma: a version-1 room is readable, but
-//! resolving a fork in it fails with an error rather than guessing.
+//! We read and verify every stable version 1–12. We create rooms in 3 to 12;
+//! 12 is the default, as in Synapse 1.163. Versions 1 and 2 are not created:
+//! their event ids are chosen by the origin and carried in the event, and
+//! version 1 needs state resolution v1, which ruma does not implement (issue
+//! #27); a version-1 room is readable, but resolving a fork in it fails with
+//! an error rather than guessing.
 
 use ruma::{RoomVersionId, room_version_rules::RoomVersionRules};
 
 use super::RoomError;
 
 /// Versions a room may be created in.
-pub const CREATABLE: &[RoomVersionId] = &[RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12];
+pub const CREATABLE: &[RoomVersionId] = &[
+    RoomVersionId::V3,
+    RoomVersionId::V4,
+    RoomVersionId::V5,
+    RoomVersionId::V6,
+    RoomVersionId::V7,
+    RoomVersionId::V8,
+    RoomVersionId::V9,
+    RoomVersionId::V10,
+    RoomVersionId::V11,
+    RoomVersionId::V12,
+];
 
 /// The version of new rooms unless the creator asks for another.
 pub const DEFAULT: RoomVersionId = RoomVersionId::V12;
