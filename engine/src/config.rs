@@ -214,11 +214,16 @@ pub struct MediaConfig {
     pub legacy_unauthenticated: bool,
 }
 
-/// `[storage]` (Myelin extension; not in the original contract)
+/// `[storage]`: `memory_mb` is in the operator contract (`DESIGN.md`); the rest are Myelin extensions.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// RocksDB block cache budget in MiB, shared out per column family.
+    /// The memory budget in MiB for RocksDB's block cache and write buffers
+    /// together: one block cache of this size, which the memtables are charged
+    /// to (a quarter of it at most; past that they are flushed).
+    pub memory_mb: usize,
+    /// 0: the block cache is the whole `memory_mb`. Otherwise its size in MiB
+    /// (older configurations; the write buffers are still charged to it).
     pub cache_mb: usize,
     /// Size in MiB the write-ahead log is given at start-up, so that syncs
     /// overwrite instead of growing a file; 0 turns it off.
@@ -281,7 +286,20 @@ impl Default for MediaConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { cache_mb: 256, wal_mb: 64 }
+        Self { memory_mb: 256, cache_mb: 0, wal_mb: 64 }
+    }
+}
+
+impl StorageConfig {
+    /// The storage options these settings give: one block cache, and the
+    /// memtables' limit charged to it.
+    pub fn options(&self) -> myelin_storage::StorageOptions {
+        let cache_mb = if self.cache_mb > 0 { self.cache_mb } else { self.memory_mb };
+        myelin_storage::StorageOptions {
+            cache_bytes: cache_mb << 20,
+            write_buffer_bytes: (cache_mb << 20) / 4,
+            wal_bytes: self.wal_mb << 20,
+        }
     }
 }
 
@@ -378,8 +396,8 @@ impl Config {
                 "rate_limit.login_failures_per_second: must be a number >= 0 (0 turns the limit off)".into(),
             ));
         }
-        if self.storage.cache_mb == 0 {
-            return Err(ConfigError("storage.cache_mb: must be at least 1".into()));
+        if self.storage.memory_mb < 16 {
+            return Err(ConfigError("storage.memory_mb: must be at least 16".into()));
         }
         Ok(())
     }

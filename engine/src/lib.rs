@@ -34,7 +34,7 @@ use std::{path::PathBuf, sync::Arc};
 
 pub use config::Config;
 pub use error::EngineError;
-use myelin_storage::{Db, StorageOptions, StreamCounter};
+use myelin_storage::{Db, StreamCounter};
 /// Client and stripped formats of events (part of `rooms`, re-exported at the old path).
 pub use rooms::events;
 use ruma::OwnedServerName;
@@ -99,8 +99,7 @@ impl Engine {
         let server_name = OwnedServerName::try_from(config.server_name.as_str())
             .map_err(|e| EngineError::Config(format!("server_name: {e}")))?;
         let db_path = Self::db_path_of(&config);
-        let options =
-            StorageOptions { cache_bytes: config.storage.cache_mb << 20, wal_bytes: config.storage.wal_mb << 20 };
+        let options = config.storage.options();
         let db = Db::open(&db_path, &options)?;
         let keys = keys::ServerKeys::load_or_generate(&config.data_dir, server_name.clone())?;
         let stream = StreamCounter::load(&db, "stream")?;

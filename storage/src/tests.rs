@@ -326,7 +326,7 @@ fn only_plain_unsynced_batches_skip_the_sync() {
 #[tokio::test]
 async fn a_presized_wal_is_the_live_log_and_keeps_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let options = StorageOptions { cache_bytes: 8 << 20, wal_bytes: 2 << 20 };
+    let options = StorageOptions { cache_bytes: 8 << 20, write_buffer_bytes: 2 << 20, wal_bytes: 2 << 20 };
     let db = Db::open(dir.path(), &options).unwrap();
     let before = crate::db::live_wal_len(dir.path()).unwrap();
     assert!(before >= 2 << 20, "live WAL is {before} bytes");
@@ -519,4 +519,27 @@ async fn an_empty_write_does_not_reset_the_slow_sync_measure() {
     db.shared.last_sync_us.store(5_000, std::sync::atomic::Ordering::Relaxed);
     db.commit(Batch::new()).await.unwrap();
     assert_eq!(db.shared.last_sync_us.load(std::sync::atomic::Ordering::Relaxed), 5_000);
+}
+
+/// The configured budget reaches RocksDB: every family reads back the one
+/// shared block cache of the configured size, and the memtables' charge shows
+/// in its usage once rows are written.
+#[test]
+fn the_memory_budget_is_one_shared_cache_that_memtables_are_charged_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StorageOptions { cache_bytes: 32 << 20, write_buffer_bytes: 8 << 20, wal_bytes: 0 };
+    let db = Db::open(dir.path(), &options).unwrap();
+    for cf in crate::catalog::ALL {
+        assert_eq!(db.property(cf, "rocksdb.block-cache-capacity"), Some(32 << 20), "{}", cf.name);
+    }
+    let before = db.property(&crate::catalog::GLOBAL, "rocksdb.block-cache-usage").unwrap();
+    let mut batch = crate::Batch::new();
+    for i in 0..20_000u64 {
+        batch.put_raw(&crate::catalog::SHORTEVENTID_PDU, i.to_be_bytes().to_vec(), vec![b'x'; 256]);
+    }
+    db.commit_blocking(batch).unwrap();
+    assert!(db.memtable_bytes() > 1 << 20, "memtables hold the rows");
+    let after = db.property(&crate::catalog::GLOBAL, "rocksdb.block-cache-usage").unwrap();
+    assert!(after >= before + (1 << 20), "memtables are charged to the shared cache: {before} -> {after}");
+    db.shutdown();
 }

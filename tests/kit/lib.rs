@@ -205,7 +205,7 @@ pub fn test_config(dir: &Path, server_name: &str) -> Config {
     let mut config = Config { server_name: server_name.to_owned(), data_dir: dir.join("data"), ..Config::default() };
     config.client.listen = "127.0.0.1:0".parse().unwrap();
     config.federation.listen = "127.0.0.1:0".parse().unwrap();
-    config.storage.cache_mb = 16;
+    config.storage.memory_mb = 32;
     // Exercises the WAL pre-sizing at every start without writing 64 MiB each time.
     config.storage.wal_mb = 1;
     config

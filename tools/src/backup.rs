@@ -32,7 +32,7 @@ pub(super) fn backup_cmd(dir: PathBuf, config_path: Option<PathBuf>) -> Result<(
         }
         None => {
             // No running server: open the database ourselves.
-            let options = StorageOptions { cache_bytes: config.storage.cache_mb << 20, wal_bytes: 0 };
+            let options = StorageOptions { wal_bytes: 0, ..config.storage.options() };
             let db = Db::open(&Engine::db_path_of(&config), &options).map_err(|e| match e {
                 StorageError::Locked(_) => Failure::usage(format!(
                     "{e}; the running server's admin socket is not reachable, so it cannot be asked for a backup"

@@ -7,9 +7,26 @@ use crate::{
     router::{Ctx, HandlerFuture, Req},
 };
 
-/// GET /metrics: Prometheus text exposition.
-pub fn metrics(_cx: Ctx, _req: Req) -> HandlerFuture {
+/// GET /metrics: Prometheus text exposition. The storage memory gauges are
+/// read from RocksDB at each scrape: `myelin_storage_block_cache_bytes`
+/// (usage of the one shared cache, memtable charges included),
+/// `myelin_storage_block_cache_capacity_bytes` and `myelin_storage_memtable_bytes`.
+pub fn metrics(cx: Ctx, _req: Req) -> HandlerFuture {
     Box::pin(async move {
+        let db = cx.engine.db.clone();
+        let (usage, capacity, memtables) = tokio::task::spawn_blocking(move || {
+            let global = &myelin_storage::catalog::GLOBAL;
+            (
+                db.property(global, "rocksdb.block-cache-usage").unwrap_or(0),
+                db.property(global, "rocksdb.block-cache-capacity").unwrap_or(0),
+                db.memtable_bytes(),
+            )
+        })
+        .await
+        .unwrap_or((0, 0, 0));
+        metrics::gauge!("myelin_storage_block_cache_bytes").set(usage as f64);
+        metrics::gauge!("myelin_storage_block_cache_capacity_bytes").set(capacity as f64);
+        metrics::gauge!("myelin_storage_memtable_bytes").set(memtables as f64);
         let body = crate::metrics::handle().map(|h| h.render()).unwrap_or_default();
         Ok(text_response(StatusCode::OK, "text/plain; version=0.0.4", body))
     })
