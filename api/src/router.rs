@@ -45,6 +45,8 @@ pub struct Ctx {
     pub federation_addr: Option<std::net::SocketAddr>,
     /// Per-user limits on event-creating requests.
     pub limiter: Arc<crate::ratelimit::RateLimiter>,
+    /// Statuses of recent room deletions through the Synapse admin API.
+    pub deletions: Arc<crate::routes::synapse_admin::rooms::Deletions>,
 }
 
 /// A parsed request: head, full body (already size-checked), path parameters.
