@@ -34,6 +34,8 @@ impl Listener {
     }
 }
 
+pub use crate::routes::synapse_admin::rooms::Deletions as RoomDeletions;
+
 /// What a handler gets besides the request.
 #[derive(Clone)]
 pub struct Ctx {
@@ -46,7 +48,7 @@ pub struct Ctx {
     /// Per-user limits on event-creating requests.
     pub limiter: Arc<crate::ratelimit::RateLimiter>,
     /// Statuses of recent room deletions through the Synapse admin API.
-    pub deletions: Arc<crate::routes::synapse_admin::rooms::Deletions>,
+    pub deletions: Arc<RoomDeletions>,
 }
 
 /// A parsed request: head, full body (already size-checked), path parameters.

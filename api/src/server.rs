@@ -164,7 +164,7 @@ pub async fn start(engine: Arc<Engine>) -> Result<Running, StartError> {
     let client_addr =
         client.local_addr().map_err(|err| StartError::Bind { what: "client", addr: config.client.listen, err })?;
     let limiter = Arc::new(crate::ratelimit::RateLimiter::from_config(&config.rate_limit));
-    let deletions = Arc::new(crate::routes::synapse_admin::rooms::Deletions::default());
+    let deletions = Arc::new(crate::router::RoomDeletions::default());
     // The engine makes every outbound federation request through this transport.
     engine.federation.set_transport(Arc::new(crate::transport::HttpTransport::new(&config)?));
     let mut federation_addr = None;
