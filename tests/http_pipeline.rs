@@ -102,7 +102,9 @@ async fn pipeline_server() -> (TestServer, std::net::SocketAddr, tokio::sync::wa
     let addr = listener.local_addr().unwrap();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let limiter = std::sync::Arc::new(myelin_api::ratelimit::RateLimiter::new(0.0, 1));
-    let ctx = Ctx { engine: s.engine.clone(), listener: Listener::Client, federation_addr: s.federation, limiter };
+    let deletions = Default::default();
+    let ctx =
+        Ctx { engine: s.engine.clone(), listener: Listener::Client, federation_addr: s.federation, limiter, deletions };
     tokio::spawn(myelin_api::server::serve_router(listener, ctx, router, stop_rx));
     (s, addr, stop)
 }

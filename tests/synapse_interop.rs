@@ -118,3 +118,40 @@ async fn myelin_and_synapse_federate_both_ways() {
     assert!(stdout.contains("all checks passed"), "{stdout}");
     assert!(stdout.trim_end().ends_with(" passed, 0 failed"), "{stdout}");
 }
+
+/// Synapse's own `register_new_matrix_user` (from the same release) creates an
+/// admin and a plain user on Myelin through `/_synapse/admin/v1/register`: the
+/// shared-secret MAC as Synapse's tool computes it, not as our tests do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synapses_register_new_matrix_user_works_against_myelin() {
+    let python = venv_python("venv-synapse-1.163.2");
+    let tool = python.with_file_name("register_new_matrix_user");
+    let s = myelin_suite::TestServer::start_with("localhost", |c| c.registration.shared_secret = "s3cr3t".into()).await;
+    let url = format!("http://{}", s.client);
+    for (user, admin_flag) in [("root", "--admin"), ("plain", "--no-admin")] {
+        let (tool, url) = (tool.clone(), url.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(&tool).args(["-u", user, "-p", "pass-word", admin_flag, "-k", "s3cr3t", &url]).output()
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{user}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("Success"), "{stdout}");
+    }
+    let account = |name: &str| s.engine.users.account(&ruma::UserId::parse(name).unwrap()).unwrap().unwrap();
+    assert!(account("@root:localhost").admin);
+    assert!(!account("@plain:localhost").admin);
+    // A wrong secret is refused, and the tool says so.
+    let (tool2, url2) = (tool.clone(), url.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(&tool2).args(["-u", "eve", "-p", "pw", "--no-admin", "-k", "wrong", &url2]).output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!out.status.success() || !String::from_utf8_lossy(&out.stdout).contains("Success"));
+    assert!(!s.engine.users.exists(&ruma::UserId::parse("@eve:localhost").unwrap()).unwrap());
+    s.stop().await;
+}

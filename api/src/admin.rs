@@ -10,6 +10,7 @@
 //! `{"op":"backup","dir":"/abs/path"}` → `{"ok":true,"bytes":N,"files":N}`;
 //! `{"op":"user_create","name":"..","password":"..","admin":false}`,
 //! `{"op":"user_reset_password","name":"..","password":".."}`,
+//! `{"op":"user_set_admin","name":"..","admin":true}`,
 //! `{"op":"user_list"}` → see [`user_op`];
 //! `{"op":"media_delete","mxc":"mxc://server/id"}`,
 //! `{"op":"media_purge_remote","older_than_ms":N}` → `{"ok":true,"purged":N}`;
@@ -205,7 +206,7 @@ async fn execute(engine: &Arc<Engine>, req: &Value) -> Value {
                 return json!({ "ok": false, "error": "`room_id` must be a room id" });
             };
             match shutdown_room(engine, &room).await {
-                Ok(n) => json!({ "ok": true, "users_removed": n }),
+                Ok(s) => json!({ "ok": true, "users_removed": s.kicked_users.len() }),
                 Err(e) => json!({ "ok": false, "error": e }),
             }
         }
@@ -244,6 +245,15 @@ pub async fn user_op(engine: &Engine, op: &str, req: &Value) -> Result<Value, St
             }
             let left = deactivate_user(engine, &user).await?;
             Ok(json!({ "ok": true, "user_id": user, "rooms_left": left }))
+        }
+        "user_set_admin" => {
+            let user_id = users.user_id_for(name()?).map_err(|e| e.to_string())?;
+            let admin = req
+                .get("admin")
+                .and_then(Value::as_bool)
+                .ok_or_else(|| "`admin` (true or false) is required".to_owned())?;
+            users.set_admin(&user_id, admin).await.map_err(|e| e.to_string())?;
+            Ok(json!({ "ok": true, "user_id": user_id, "admin": admin }))
         }
         "user_list" => {
             let list: Vec<Value> = users
@@ -295,19 +305,29 @@ pub async fn forget_device_keys(engine: &Engine, user: &ruma::UserId, devices: &
     Ok(())
 }
 
+/// What a room shutdown did.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    /// The local users made to leave.
+    pub kicked_users: Vec<String>,
+    /// The local aliases removed.
+    pub local_aliases: Vec<String>,
+}
+
 /// Shuts a room down here: marks it so no local user can join or be invited
 /// (and remote servers cannot join through us), takes it out of the public
 /// directory, removes its local aliases, and makes every local member leave;
-/// those leaves federate. Returns how many local users were removed.
-pub async fn shutdown_room(engine: &Engine, room: &ruma::RoomId) -> Result<usize, String> {
+/// those leaves federate. Says which users were removed.
+pub async fn shutdown_room(engine: &Engine, room: &ruma::RoomId) -> Result<Shutdown, String> {
     let now =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     engine.rooms.mark_shutdown(room, now).await.map_err(|e| e.to_string())?;
     engine.directory.set_public(room.as_str(), false).await.map_err(|e| e.to_string())?;
+    let mut done = Shutdown::default();
     for alias in engine.directory.aliases_of(room.as_str()).map_err(|e| e.to_string())? {
         engine.directory.remove(&alias).await.map_err(|e| e.to_string())?;
+        done.local_aliases.push(alias);
     }
-    let mut removed = 0;
     let members: Vec<ruma::OwnedUserId> = match engine.rooms.current_state(room) {
         Ok(state) => state
             .iter()
@@ -320,11 +340,11 @@ pub async fn shutdown_room(engine: &Engine, room: &ruma::RoomId) -> Result<usize
     };
     for user in members {
         if leave_rooms(engine, &user, Some(room)).await? > 0 {
-            removed += 1;
+            done.kicked_users.push(user.to_string());
         }
     }
-    tracing::info!(room_id = %room, users_removed = removed, "room shut down");
-    Ok(removed)
+    tracing::info!(room_id = %room, users_removed = done.kicked_users.len(), "room shut down");
+    Ok(done)
 }
 
 /// Sends `user`'s leave to `only` or to every room they are in, invited to or knocking on.

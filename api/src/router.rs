@@ -34,6 +34,8 @@ impl Listener {
     }
 }
 
+pub use crate::routes::synapse_admin::rooms::Deletions as RoomDeletions;
+
 /// What a handler gets besides the request.
 #[derive(Clone)]
 pub struct Ctx {
@@ -45,6 +47,8 @@ pub struct Ctx {
     pub federation_addr: Option<std::net::SocketAddr>,
     /// Per-user limits on event-creating requests.
     pub limiter: Arc<crate::ratelimit::RateLimiter>,
+    /// Statuses of recent room deletions through the Synapse admin API.
+    pub deletions: Arc<RoomDeletions>,
 }
 
 /// A parsed request: head, full body (already size-checked), path parameters.

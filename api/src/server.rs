@@ -164,6 +164,7 @@ pub async fn start(engine: Arc<Engine>) -> Result<Running, StartError> {
     let client_addr =
         client.local_addr().map_err(|err| StartError::Bind { what: "client", addr: config.client.listen, err })?;
     let limiter = Arc::new(crate::ratelimit::RateLimiter::from_config(&config.rate_limit));
+    let deletions = Arc::new(crate::router::RoomDeletions::default());
     // The engine makes every outbound federation request through this transport.
     engine.federation.set_transport(Arc::new(crate::transport::HttpTransport::new(&config)?));
     let mut federation_addr = None;
@@ -185,6 +186,7 @@ pub async fn start(engine: Arc<Engine>) -> Result<Running, StartError> {
                 listener: Listener::Federation,
                 federation_addr,
                 limiter: limiter.clone(),
+                deletions: deletions.clone(),
             },
             router: crate::routes::federation_router(),
         });
@@ -194,7 +196,7 @@ pub async fn start(engine: Arc<Engine>) -> Result<Running, StartError> {
     };
 
     let client_state = Arc::new(ListenerState {
-        ctx: Ctx { engine: engine.clone(), listener: Listener::Client, federation_addr, limiter },
+        ctx: Ctx { engine: engine.clone(), listener: Listener::Client, federation_addr, limiter, deletions },
         router: crate::routes::client_router(),
     });
     tracing::info!(addr = %client_addr, "client API listening (HTTP)");

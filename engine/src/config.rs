@@ -202,6 +202,10 @@ pub struct RegistrationConfig {
     pub enabled: bool,
     /// Or: require this registration token (`m.login.registration_token`).
     pub token: String,
+    /// Non-empty: enables Synapse-compatible shared-secret registration at
+    /// `/_synapse/admin/v1/register` (HMAC-SHA1 with this key; Synapse's
+    /// `registration_shared_secret`). Whoever knows it can create admins.
+    pub shared_secret: String,
 }
 
 /// `[media]`

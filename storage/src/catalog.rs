@@ -98,6 +98,9 @@ pub static STATEHASH_SHORTSTATEHASH: Cf = point("statehash_shortstatehash", 2);
 
 /// User id → account (password hash, flags).
 pub static USERID_ACCOUNT: Cf = point("userid_account", 1);
+/// User id → ms since the epoch when an admin erased the account (Synapse's
+/// `erase` on deactivation): its profile is gone and it reads as erased.
+pub static USERID_ERASED: Cf = point("userid_erased", 0);
 /// Access token → session (user, device).
 pub static TOKEN_SESSION: Cf = point("token_session", 1);
 /// `(user id, device id)` → device.
@@ -236,6 +239,7 @@ pub static ALL: &[&Cf] = &[
     &SHORTSTATEHASH_STATELAYER,
     &STATEHASH_SHORTSTATEHASH,
     &USERID_ACCOUNT,
+    &USERID_ERASED,
     &TOKEN_SESSION,
     &USERDEVICE_DEVICE,
     &USERROOMTYPE_ACCOUNTDATA,

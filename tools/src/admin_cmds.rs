@@ -44,6 +44,9 @@ pub(super) fn user_cmd(what: UserCommand, config_path: Option<PathBuf>) -> Resul
             };
             serde_json::json!({ "op": "user_reset_password", "name": name, "password": password })
         }
+        UserCommand::SetAdmin { name, off } => {
+            serde_json::json!({ "op": "user_set_admin", "name": name, "admin": !off })
+        }
         UserCommand::List => serde_json::json!({ "op": "user_list" }),
         UserCommand::Deactivate { name } => serde_json::json!({ "op": "user_deactivate", "name": name }),
     };
@@ -78,6 +81,10 @@ pub(super) fn user_cmd(what: UserCommand, config_path: Option<PathBuf>) -> Resul
         }
     } else if let Some(left) = answer.get("rooms_left").and_then(|n| n.as_u64()) {
         println!("{} deactivated; left {left} rooms", answer["user_id"].as_str().unwrap_or_default());
+    } else if let (Some(user), Some(admin)) =
+        (answer.get("user_id").and_then(|u| u.as_str()), answer.get("admin").and_then(|a| a.as_bool()))
+    {
+        println!("{user} {}", if admin { "is now a server admin" } else { "is no longer a server admin" });
     } else if let Some(user) = answer.get("user_id").and_then(|u| u.as_str()) {
         match shown_password {
             Some(p) => println!("{user} password: {p}"),

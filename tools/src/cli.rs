@@ -274,6 +274,14 @@ pub(crate) enum UserCommand {
         #[arg(long)]
         password: Option<String>,
     },
+    /// Make a user a server administrator (admin API access), or with --off no longer.
+    SetAdmin {
+        /// Localpart or full user id.
+        name: String,
+        /// Take the admin flag away instead.
+        #[arg(long)]
+        off: bool,
+    },
     /// List every local user.
     List,
     /// Leave every room (the leaves reach the other servers) and deactivate the account.

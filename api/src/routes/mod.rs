@@ -6,6 +6,7 @@ mod fed;
 mod keys;
 mod media;
 mod ops;
+pub(crate) mod synapse_admin;
 
 use http::Method;
 
@@ -23,6 +24,7 @@ pub fn client_router() -> Router {
         .add(Method::GET, "/health", ops::health);
     client::add(&mut r);
     media::add(&mut r);
+    synapse_admin::add(&mut r);
     r
 }
 

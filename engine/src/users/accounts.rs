@@ -11,7 +11,7 @@ use myelin_storage::{Batch, Direction};
 use ring::rand::SecureRandom;
 use ruma::{OwnedUserId, UserId};
 
-use super::{ACCOUNTS, Account, DEVICES, NewLogin, PROFILES, Profile, TOKENS, UserError, Users, now_ms};
+use super::{ACCOUNTS, Account, DEVICES, ERASED, NewLogin, PROFILES, Profile, TOKENS, UserError, Users, now_ms};
 use crate::EngineError;
 
 fn hash_password(argon2: &Argon2<'static>, password: &str) -> Result<String, UserError> {
@@ -264,5 +264,54 @@ impl Users {
         self.commit_token_deletions(batch).await?;
         tracing::info!(user_id = %user_id, "deactivated");
         Ok(())
+    }
+
+    /// Makes an account a server administrator or not.
+    pub async fn set_admin(&self, user_id: &UserId, admin: bool) -> Result<(), UserError> {
+        let _guard = self.create_lock.lock().await;
+        let mut account = self.account(user_id)?.ok_or_else(|| UserError::NotFound("no such user".into()))?;
+        if account.admin == admin {
+            return Ok(());
+        }
+        account.admin = admin;
+        let mut batch = Batch::new();
+        ACCOUNTS.put(&mut batch, &user_id.to_string(), &account)?;
+        self.db.commit(batch).await?;
+        tracing::info!(user_id = %user_id, admin, "server admin flag changed");
+        Ok(())
+    }
+
+    /// Whether a local account is a server administrator (and still active).
+    pub fn is_admin(&self, user_id: &UserId) -> Result<bool, UserError> {
+        Ok(self.account(user_id)?.is_some_and(|a| a.admin && !a.deactivated))
+    }
+
+    /// Reactivates a deactivated account (Synapse's `deactivated: false`). It has
+    /// no password until one is set, and the erased mark goes.
+    pub async fn reactivate(&self, user_id: &UserId) -> Result<(), UserError> {
+        let _guard = self.create_lock.lock().await;
+        let mut account = self.account(user_id)?.ok_or_else(|| UserError::NotFound("no such user".into()))?;
+        account.deactivated = false;
+        let mut batch = Batch::new();
+        ACCOUNTS.put(&mut batch, &user_id.to_string(), &account)?;
+        ERASED.delete(&mut batch, &user_id.to_string());
+        self.db.commit(batch).await?;
+        tracing::info!(user_id = %user_id, "reactivated");
+        Ok(())
+    }
+
+    /// Erases a (deactivated) account's profile and marks it erased.
+    pub async fn erase(&self, user_id: &UserId) -> Result<(), UserError> {
+        let mut batch = Batch::new();
+        PROFILES.put(&mut batch, &user_id.to_string(), &Profile::default())?;
+        ERASED.put(&mut batch, &user_id.to_string(), &now_ms())?;
+        self.db.commit(batch).await?;
+        tracing::info!(user_id = %user_id, "erased");
+        Ok(())
+    }
+
+    /// Whether the account was erased (see [`Users::erase`]).
+    pub fn erased(&self, user_id: &UserId) -> Result<bool, UserError> {
+        Ok(ERASED.contains(&*self.db, &user_id.to_string())?)
     }
 }

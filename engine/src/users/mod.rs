@@ -27,6 +27,7 @@ mod devices;
 mod filters;
 mod profile;
 mod sessions;
+pub mod shared_secret;
 mod to_device;
 
 use accounts::{HashPool, password_hasher};
@@ -70,6 +71,8 @@ impl Stored for Device {}
 
 const ACCOUNTS: Table<String, Account> = Table::new(&catalog::USERID_ACCOUNT);
 const TOKENS: Table<String, Session> = Table::new(&catalog::TOKEN_SESSION);
+/// User id → when it was erased (ms).
+const ERASED: Table<String, u64> = Table::new(&catalog::USERID_ERASED);
 const DEVICES: Table<(String, String), Device> = Table::new(&catalog::USERDEVICE_DEVICE);
 const ACCOUNT_DATA: Table<(String, String, String), AccountData> = Table::new(&catalog::USERROOMTYPE_ACCOUNTDATA);
 /// `(user, stream position)` → `(room or "", type)` written then; a row whose data was
@@ -183,6 +186,8 @@ pub struct Users {
     sessions: parking_lot::Mutex<SessionCache>,
     /// Client transaction ids being processed: `(user, device, txn id)`, see [`Users::claim_txn`].
     txn_claims: crate::in_flight::InFlight<TxnKey>,
+    /// Nonces handed out for shared-secret registration.
+    pub nonces: shared_secret::Nonces,
 }
 
 /// `(user, device, transaction id)`.
@@ -207,6 +212,7 @@ impl Users {
             to_device_acked: parking_lot::Mutex::new(HashMap::new()),
             sessions: parking_lot::Mutex::new(SessionCache { generation: 0, by_token: lru::LruCache::unbounded() }),
             txn_claims: crate::in_flight::InFlight::new(MAX_TXNS_IN_FLIGHT),
+            nonces: shared_secret::Nonces::default(),
         }
     }
 }
