@@ -108,8 +108,10 @@ async fn stalled_body(s: &TestServer, tls: bool) {
     let mut io = open(addr, tls).await.unwrap();
     let started = Instant::now();
     io.write_all(
-        format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"ty")
-            .as_bytes(),
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"ty"
+        )
+        .as_bytes(),
     )
     .await
     .unwrap();
@@ -184,8 +186,7 @@ async fn slowloris_headers_get_the_connection_closed_on_both_listeners() {
                 return;
             }
             for i in 0..100 {
-                if wr.write_all(format!("X-Slow-{i}: a\r\n").as_bytes()).await.is_err() || wr.flush().await.is_err()
-                {
+                if wr.write_all(format!("X-Slow-{i}: a\r\n").as_bytes()).await.is_err() || wr.flush().await.is_err() {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -324,9 +325,9 @@ async fn concurrent_logins_beyond_the_hashing_queue_get_429_and_none_a_5xx() {
     let mut tasks = Vec::new();
     for _ in 0..40 {
         let (addr, body) = (s.client, body.clone());
-        tasks.push(tokio::spawn(
-            async move { http(addr, Method::POST, "/_matrix/client/v3/login", Some(body.as_bytes())).await },
-        ));
+        tasks.push(tokio::spawn(async move {
+            http(addr, Method::POST, "/_matrix/client/v3/login", Some(body.as_bytes())).await
+        }));
     }
     let (mut ok, mut limited) = (0, 0);
     for task in tasks {
