@@ -92,6 +92,11 @@ impl KeyRing {
         Ok(any_time.then(|| set.old_verify_keys.get(key_id).map(|(k, _)| k.clone())).flatten())
     }
 
+    /// `server`'s keys as stored (validity as this server counts it).
+    pub fn stored(&self, server: &str) -> Result<Option<ServerKeySet>, FederationError> {
+        Ok(KEYS.get(&*self.db, &server.to_owned())?)
+    }
+
     /// `server`'s last accepted key document, if still valid.
     pub fn document(&self, server: &str) -> Result<Option<JsonValue>, FederationError> {
         let Some(myelin_storage::Raw(raw)) = DOCS.get(&*self.db, &server.to_owned())? else { return Ok(None) };
