@@ -218,6 +218,15 @@ impl From<UserError> for ApiError {
             UserError::InvalidUsername(m) => ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_USERNAME", m),
             UserError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "M_FORBIDDEN", m),
             UserError::NotFound(m) => ApiError::not_found(m),
+            UserError::Busy { retry_after_ms } => {
+                let mut err = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "M_LIMIT_EXCEEDED",
+                    "too many passwords are being checked; try again shortly",
+                );
+                err.retry_after_ms = Some(retry_after_ms);
+                err
+            }
             UserError::Engine(e) => e.into(),
         }
     }

@@ -90,6 +90,9 @@ pub struct Route {
     pub max_body: usize,
     /// The handler reads the body itself (`Req::stream`) and enforces its own limit.
     pub streaming: bool,
+    /// How long the handler may wait on purpose (a long-poll), on top of
+    /// `limits.handler_timeout_s`.
+    pub long_poll: std::time::Duration,
 }
 
 /// Percent-decoded path parameters, in template order.
@@ -126,12 +129,27 @@ impl Router {
 
     /// Adds a route with its own body limit.
     pub fn add_limited(&mut self, method: Method, path: &str, handler: Handler, max_body: usize) -> &mut Self {
-        self.insert(Route { method, handler, max_body, streaming: false }, path)
+        self.insert(Route { method, handler, max_body, streaming: false, long_poll: Default::default() }, path)
+    }
+
+    /// Adds a long-poll route: its handler may wait up to `wait` on purpose,
+    /// on top of the handler timeout.
+    pub fn add_long_poll(
+        &mut self,
+        method: Method,
+        path: &str,
+        handler: Handler,
+        wait: std::time::Duration,
+    ) -> &mut Self {
+        self.insert(Route { method, handler, max_body: DEFAULT_MAX_BODY, streaming: false, long_poll: wait }, path)
     }
 
     /// Adds a route whose handler streams the request body itself.
     pub fn add_streaming(&mut self, method: Method, path: &str, handler: Handler) -> &mut Self {
-        self.insert(Route { method, handler, max_body: usize::MAX, streaming: true }, path)
+        self.insert(
+            Route { method, handler, max_body: usize::MAX, streaming: true, long_poll: Default::default() },
+            path,
+        )
     }
 
     fn insert(&mut self, route: Route, path: &str) -> &mut Self {

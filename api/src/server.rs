@@ -1,9 +1,25 @@
 //! The listeners: accept loops, per-request pipeline, graceful shutdown.
 //!
+//! Per connection: the listener's caps ([`ConnLimits`]: over
+//! `limits.max_connections` or `limits.max_connections_per_ip` it is closed
+//! at accept), TLS (federation, 10 s), then the request headers within
+//! `limits.header_timeout_s` (hyper's `header_read_timeout`; the connection
+//! is closed after it).
+//!
 //! Per request: CORS preflight → route lookup (404/405 `M_UNRECOGNIZED`) →
 //! body limit (413 `M_TOO_LARGE` from `Content-Length` before reading, or as
-//! soon as the streamed body passes the limit) → handler, with a panic turned
-//! into 500 `M_UNKNOWN` while the server keeps serving → CORS headers, metrics.
+//! soon as the streamed body passes the limit) and body deadline (the whole
+//! body within `limits.body_timeout_s`, else 408 and `Connection: close`) →
+//! handler within `limits.handler_timeout_s` (plus a long-poll route's own
+//! wait; else 503 `M_UNKNOWN`), with a panic turned into 500 `M_UNKNOWN`
+//! while the server keeps serving → CORS headers, metrics. Streaming routes
+//! (media uploads, authenticated first) read their body themselves with the
+//! body timeout between two chunks, and have no handler deadline: their
+//! length is bounded by the size limit and the pace by the chunk timeout.
+//!
+//! A handler stopped by its deadline is dropped at an `.await`, exactly as
+//! when its client disconnects (hyper drops the request's future then), so it
+//! adds no new way for a handler to be cut short.
 //!
 //! Every connection is wrapped in [`Linger`]: when the server ends a
 //! connection whose request body it did not read, the client can still finish
@@ -33,6 +49,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tracing::Instrument;
 
 use crate::{
+    conn_limit::ConnLimits,
     error::ApiError,
     http_util::{Resp, add_cors},
     linger::Linger,
@@ -41,12 +58,33 @@ use crate::{
 
 /// How long a TLS handshake may take.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct ListenerState {
     ctx: Ctx,
     router: Router,
+    timeouts: Timeouts,
+    conns: Arc<ConnLimits>,
+}
+
+/// The `[limits]` timeouts, as durations.
+#[derive(Clone, Copy)]
+struct Timeouts {
+    header: Duration,
+    body: Duration,
+    handler: Duration,
+}
+
+impl ListenerState {
+    fn new(ctx: Ctx, router: Router) -> Self {
+        let limits = &ctx.engine.config.limits;
+        let timeouts = Timeouts {
+            header: Duration::from_secs(limits.header_timeout_s),
+            body: Duration::from_secs(limits.body_timeout_s),
+            handler: Duration::from_secs(limits.handler_timeout_s),
+        };
+        let conns = ConnLimits::new(ctx.listener.label(), limits.max_connections, limits.max_connections_per_ip);
+        Self { ctx, router, timeouts, conns }
+    }
 }
 
 /// Handles one request end to end; never fails at the HTTP level.
@@ -58,6 +96,10 @@ async fn handle(state: Arc<ListenerState>, req: http::Request<Incoming>) -> Resu
     } else {
         dispatch(&state, req).await.unwrap_or_else(ApiError::into_response)
     };
+    if resp.status() == StatusCode::REQUEST_TIMEOUT {
+        // The rest of the body is not waited for: the connection cannot carry another request.
+        resp.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
     add_cors(&mut resp);
     let listener = state.ctx.listener.label();
     metrics::counter!("myelin_http_requests_total", "listener" => listener, "status" => resp.status().as_str().to_owned())
@@ -81,18 +123,46 @@ async fn dispatch(state: &ListenerState, req: http::Request<Incoming>) -> Result
             (route.handler)(state.ctx.clone(), Req { parts, body: bytes::Bytes::new(), stream: Some(body), params });
         return run_handler(fut, &path).await;
     }
+    let body_timeout = state.timeouts.body;
     let declared =
         parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > route.max_body as u64) {
         return Err(ApiError::too_large(route.max_body));
     }
-    let body = match Limited::new(body, route.max_body).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(ApiError::too_large(route.max_body)),
-        Err(e) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", format!("reading the body: {e}"))),
+    let collected = tokio::time::timeout(body_timeout, Limited::new(body, route.max_body).collect()).await;
+    let body = match collected {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(ApiError::too_large(route.max_body)),
+        Ok(Err(e)) => {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", format!("reading the body: {e}")));
+        }
+        Err(_) => {
+            metrics::counter!("myelin_http_body_timeouts_total", "listener" => state.ctx.listener.label()).increment(1);
+            tracing::debug!(path, "request body not received within limits.body_timeout_s; answered 408");
+            return Err(body_timed_out(body_timeout));
+        }
     };
     let fut = (route.handler)(state.ctx.clone(), Req { parts, body, stream: None, params });
-    run_handler(fut, &path).await
+    let deadline = state.timeouts.handler + route.long_poll;
+    match tokio::time::timeout(deadline, run_handler(fut, &path)).await {
+        Ok(result) => result,
+        Err(_) => {
+            metrics::counter!("myelin_http_handler_timeouts_total", "listener" => state.ctx.listener.label())
+                .increment(1);
+            tracing::warn!(path, seconds = deadline.as_secs(), "handler stopped after limits.handler_timeout_s");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "M_UNKNOWN",
+                format!("the request was not done within {} s", deadline.as_secs()),
+            ))
+        }
+    }
+}
+
+/// 408 `M_UNKNOWN`; [`handle`] closes the connection after it.
+pub fn body_timed_out(after: Duration) -> ApiError {
+    let message = format!("the request body did not arrive within {} s", after.as_secs());
+    ApiError::new(StatusCode::REQUEST_TIMEOUT, "M_UNKNOWN", message)
 }
 
 async fn run_handler(fut: crate::router::HandlerFuture, path: &str) -> Result<Resp, ApiError> {
@@ -111,9 +181,9 @@ async fn run_handler(fut: crate::router::HandlerFuture, path: &str) -> Result<Re
     }
 }
 
-fn http_builder() -> auto::Builder<TokioExecutor> {
+fn http_builder(timeouts: Timeouts) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(timeouts.header);
     builder
 }
 
@@ -180,25 +250,25 @@ pub async fn start(engine: Arc<Engine>) -> Result<Running, StartError> {
             addr: config.federation.listen,
             err,
         })?);
-        let state = Arc::new(ListenerState {
-            ctx: Ctx {
+        let state = Arc::new(ListenerState::new(
+            Ctx {
                 engine: engine.clone(),
                 listener: Listener::Federation,
                 federation_addr,
                 limiter: limiter.clone(),
                 deletions: deletions.clone(),
             },
-            router: crate::routes::federation_router(),
-        });
+            crate::routes::federation_router(),
+        ));
         Some((listener, state, tokio_rustls::TlsAcceptor::from(tls)))
     } else {
         None
     };
 
-    let client_state = Arc::new(ListenerState {
-        ctx: Ctx { engine: engine.clone(), listener: Listener::Client, federation_addr, limiter, deletions },
-        router: crate::routes::client_router(),
-    });
+    let client_state = Arc::new(ListenerState::new(
+        Ctx { engine: engine.clone(), listener: Listener::Client, federation_addr, limiter, deletions },
+        crate::routes::client_router(),
+    ));
     tracing::info!(addr = %client_addr, "client API listening (HTTP)");
     tasks.spawn(accept_plain(client, client_state, stop_rx.clone()).instrument(tracing::info_span!("client_accept")));
     if let Some((listener, state, acceptor)) = federation {
@@ -282,7 +352,7 @@ async fn prune_seen_txns(engine: Arc<Engine>, mut stop: tokio::sync::watch::Rece
 
 async fn accept_plain(listener: TcpListener, state: Arc<ListenerState>, mut stop: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
-    let builder = http_builder();
+    let builder = http_builder(state.timeouts);
     loop {
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -295,6 +365,8 @@ async fn accept_plain(listener: TcpListener, state: Arc<ListenerState>, mut stop
             },
             _ = stop.changed() => break,
         };
+        // Over a cap the stream is dropped here: closed before a byte is read.
+        let Ok(admitted) = state.conns.admit(remote.ip()) else { continue };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
@@ -302,6 +374,7 @@ async fn accept_plain(listener: TcpListener, state: Arc<ListenerState>, mut stop
         let conn = graceful.watch(conn);
         tokio::spawn(
             async move {
+                let _admitted = admitted;
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "client connection ended with an error");
                 }
@@ -320,7 +393,7 @@ async fn accept_tls(
     mut stop: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = Arc::new(http_builder());
+    let builder = Arc::new(http_builder(state.timeouts));
     loop {
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -333,12 +406,14 @@ async fn accept_tls(
             },
             _ = stop.changed() => break,
         };
+        let Ok(admitted) = state.conns.admit(remote.ip()) else { continue };
         metrics::counter!("myelin_federation_connections_accepted_total").increment(1);
         let _ = stream.set_nodelay(true);
         let (state, acceptor, builder) = (state.clone(), acceptor.clone(), builder.clone());
         let watcher = graceful.watcher();
         tokio::spawn(
             async move {
+                let _admitted = admitted;
                 let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(Linger::new(stream))).await
                 {
                     Ok(Ok(tls)) => tls,
@@ -369,5 +444,5 @@ async fn accept_tls(
 /// The same pipeline as the real client listener; tests use it to exercise
 /// routes that production does not have (a handler that panics).
 pub async fn serve_router(listener: TcpListener, ctx: Ctx, router: Router, stop: watch::Receiver<bool>) {
-    accept_plain(listener, Arc::new(ListenerState { ctx, router }), stop).await;
+    accept_plain(listener, Arc::new(ListenerState::new(ctx, router)), stop).await;
 }

@@ -48,6 +48,48 @@ pub struct Config {
     pub push: PushConfig,
     /// TURN servers handed to clients for calls (`/voip/turnServer`).
     pub voip: VoipConfig,
+    /// Timeouts, connection caps and the password-hashing queue.
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]` (Myelin extension): what one client, connection or request may
+/// hold. Each listener (client, federation) applies these on its own.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Seconds a client may take to send a request's headers (slowloris);
+    /// then the connection is closed.
+    pub header_timeout_s: u64,
+    /// Seconds a client may take to send a request body (whole body; for
+    /// media uploads, between two chunks); then 408 and the connection is closed.
+    pub body_timeout_s: u64,
+    /// Seconds a handler may run before it is stopped with 503 `M_UNKNOWN`;
+    /// `/sync` gets this plus the long-poll wait it honours (at most 60 s).
+    pub handler_timeout_s: u64,
+    /// Open connections per listener; a new one beyond is closed at accept. 0: no cap.
+    pub max_connections: usize,
+    /// Open connections per listener from one IP address; a new one beyond is
+    /// closed at accept. 0: no cap (behind a reverse proxy every client has its address).
+    pub max_connections_per_ip: usize,
+    /// Threads that hash and check passwords (Argon2, 7 MiB each).
+    pub hash_threads: usize,
+    /// Passwords waiting for a hashing thread; a login, registration or
+    /// password change beyond is answered 429 `M_LIMIT_EXCEEDED`.
+    pub hash_queue: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            header_timeout_s: 30,
+            body_timeout_s: 30,
+            handler_timeout_s: 120,
+            max_connections: 4096,
+            max_connections_per_ip: 128,
+            hash_threads: 2,
+            hash_queue: 32,
+        }
+    }
 }
 
 /// `[push]` (Myelin extension).
@@ -249,6 +291,7 @@ impl Default for Config {
             appservice: AppserviceConfig::default(),
             push: PushConfig::default(),
             voip: VoipConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -399,6 +442,17 @@ impl Config {
             return Err(ConfigError(
                 "rate_limit.login_failures_per_second: must be a number >= 0 (0 turns the limit off)".into(),
             ));
+        }
+        let limits = &self.limits;
+        for (key, value) in [
+            ("limits.header_timeout_s", limits.header_timeout_s),
+            ("limits.body_timeout_s", limits.body_timeout_s),
+            ("limits.handler_timeout_s", limits.handler_timeout_s),
+            ("limits.hash_threads", limits.hash_threads as u64),
+        ] {
+            if value == 0 {
+                return Err(ConfigError(format!("{key}: must be at least 1")));
+            }
         }
         if self.storage.memory_mb < 16 {
             return Err(ConfigError("storage.memory_mb: must be at least 16".into()));

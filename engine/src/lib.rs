@@ -107,7 +107,7 @@ impl Engine {
         let rooms = rooms::Rooms::open(db.clone(), server_name.clone(), keys.clone(), stream.clone())
             .map_err(|e| EngineError::Rooms(e.to_string()))?;
         tracing::info!(server_name = %server_name, key_id = keys.key_id(), data_dir = %config.data_dir.display(), "engine ready");
-        let users = users::Users::new(db.clone(), server_name.clone(), stream.clone());
+        let users = users::Users::new(db.clone(), server_name.clone(), stream.clone(), &config.limits);
         let appservices = rooms.appservices.clone();
         let pushers = pushers::Pushers::open(db.clone(), rooms.push_wanted.clone(), rooms.push_pending.clone())
             .map_err(|e| EngineError::Rooms(e.to_string()))?;

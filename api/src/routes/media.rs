@@ -81,8 +81,13 @@ async fn receive(cx: &Ctx, req: &mut Req) -> Result<Staged, ApiError> {
         tokio::fs::File::create(&path).await.map_err(|e| ApiError::unknown(format!("temporary file: {e}")))?;
     let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
     let mut size = 0u64;
+    // Each chunk within limits.body_timeout_s of the one before (the whole upload may take longer).
+    let chunk_timeout = std::time::Duration::from_secs(cx.engine.config.limits.body_timeout_s);
     let result: Result<(), ApiError> = async {
-        while let Some(frame) = body.frame().await {
+        while let Some(frame) = tokio::time::timeout(chunk_timeout, body.frame())
+            .await
+            .map_err(|_| crate::server::body_timed_out(chunk_timeout))?
+        {
             let frame = frame
                 .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", format!("reading the upload: {e}")))?;
             let Ok(data) = frame.into_data() else { continue };

@@ -2,10 +2,19 @@
 //!
 //! A key document fetched from a server is accepted only if its
 //! `server_name` is the server asked and it is signed by every key it lists
-//! in `verify_keys`. Accepted keys are stored with `valid_until_ts` and
-//! served from memory afterwards; a key past its validity is fetched again
-//! before it is trusted for a new request. `old_verify_keys` are kept for
-//! verifying events signed before they expired.
+//! in `verify_keys`. Accepted keys are stored with `valid_until_ts` capped at
+//! [`MAX_REMOTE_VALIDITY_MS`] after the fetch (room version 5: "Servers MUST
+//! use the lesser of `valid_until_ts` and 7 days into the future when
+//! determining if a key is valid"), and served from memory afterwards; a key
+//! past that is fetched again before it is trusted for a new request.
+//! `old_verify_keys` are kept with their `expired_ts` for verifying events
+//! signed before they expired.
+//!
+//! Two questions, two methods: [`KeyRing::key`] answers "may this key sign
+//! a request now" (X-Matrix, notary answers); [`KeyRing::key_at`] answers
+//! "did this key count at the event's `origin_server_ts`" (room versions 5
+//! and later) or "did the server ever publish it" (older versions). Both
+//! read only what is stored, so they answer the same after a restart.
 //!
 //! Our own key is always known.
 
@@ -31,6 +40,9 @@ pub struct ServerKeySet {
     pub valid_until_ts: u64,
 }
 impl Stored for ServerKeySet {}
+
+/// The longest a remote key is trusted after it was fetched: 7 days.
+pub const MAX_REMOTE_VALIDITY_MS: u64 = 7 * 24 * 3600 * 1000;
 
 const KEYS: Table<String, ServerKeySet> = Table::new(&catalog::SERVERNAME_SERVERKEYS);
 const DOCS: Table<String, myelin_storage::Raw> = Table::new(&catalog::SERVERNAME_KEYDOC);
@@ -72,31 +84,65 @@ impl KeyRing {
 
     /// The public key `key_id` of `server` if known and, unless `any_time`, still valid.
     pub fn key(&self, server: &str, key_id: &str, any_time: bool) -> Result<Option<String>, FederationError> {
+        if any_time || server == self.own_name || self.is_pinned(server) {
+            return self.key_at(server, key_id, None);
+        }
+        let now = now_ms();
+        let found =
+            self.with_set(server, |set| set.verify_keys.get(key_id).filter(|_| set.valid_until_ts > now).cloned())?;
+        Ok(found.flatten())
+    }
+
+    /// The public key `key_id` of `server` if it was valid at `at` (ms):
+    /// a current key up to its (capped) `valid_until_ts`, an old one before its
+    /// `expired_ts`. With `at` None, any key the server published (room
+    /// versions before 5 do not enforce validity). Our own and pinned keys are
+    /// always valid.
+    pub fn key_at(&self, server: &str, key_id: &str, at: Option<u64>) -> Result<Option<String>, FederationError> {
         if server == self.own_name {
             return Ok((key_id == self.own.key_id()).then(|| self.own.public_key_b64().to_owned()));
         }
         if let Some(keys) = self.pinned.get(server) {
             return Ok(keys.get(key_id).cloned());
         }
-        let set = match self.cache.read().get(server).cloned() {
-            Some(set) => Some(set),
-            None => KEYS.get(&*self.db, &server.to_owned())?,
-        };
-        let Some(set) = set else { return Ok(None) };
-        self.cache.write().insert(server.to_owned(), set.clone());
-        if let Some(key) = set.verify_keys.get(key_id)
-            && (any_time || set.valid_until_ts > now_ms())
-        {
-            return Ok(Some(key.clone()));
+        let found = self.with_set(server, |set| {
+            if let Some(key) = set.verify_keys.get(key_id)
+                && at.is_none_or(|ts| ts <= set.valid_until_ts)
+            {
+                return Some(key.clone());
+            }
+            match set.old_verify_keys.get(key_id) {
+                Some((key, expired)) if at.is_none_or(|ts| ts < *expired) => Some(key.clone()),
+                _ => None,
+            }
+        })?;
+        Ok(found.flatten())
+    }
+
+    /// Runs `f` on `server`'s stored keys (from memory, else storage); None when there are none.
+    fn with_set<T>(&self, server: &str, f: impl FnOnce(&ServerKeySet) -> T) -> Result<Option<T>, FederationError> {
+        if let Some(set) = self.cache.read().get(server) {
+            return Ok(Some(f(set)));
         }
-        Ok(any_time.then(|| set.old_verify_keys.get(key_id).map(|(k, _)| k.clone())).flatten())
+        let Some(set) = KEYS.get(&*self.db, &server.to_owned())? else { return Ok(None) };
+        let out = f(&set);
+        self.cache.write().insert(server.to_owned(), set);
+        Ok(Some(out))
+    }
+
+    /// `server`'s keys as stored (validity as this server counts it).
+    pub fn stored(&self, server: &str) -> Result<Option<ServerKeySet>, FederationError> {
+        Ok(KEYS.get(&*self.db, &server.to_owned())?)
     }
 
     /// `server`'s last accepted key document, if still valid.
     pub fn document(&self, server: &str) -> Result<Option<JsonValue>, FederationError> {
         let Some(myelin_storage::Raw(raw)) = DOCS.get(&*self.db, &server.to_owned())? else { return Ok(None) };
         let doc: JsonValue = serde_json::from_slice(&raw).unwrap_or(JsonValue::Null);
-        Ok((doc["valid_until_ts"].as_u64().unwrap_or(0) > now_ms()).then_some(doc))
+        let now = now_ms();
+        // Valid by its own word and by our cap (the stored, capped validity).
+        let capped = self.with_set(server, |set| set.valid_until_ts > now)?.unwrap_or(false);
+        Ok((capped && doc["valid_until_ts"].as_u64().unwrap_or(0) > now).then_some(doc))
     }
 
     /// Checks a key document fetched from `server` and stores its keys.
@@ -153,7 +199,7 @@ impl KeyRing {
         let keys = ServerKeySet {
             verify_keys: verify,
             old_verify_keys: old,
-            valid_until_ts: doc["valid_until_ts"].as_u64().unwrap_or(0),
+            valid_until_ts: doc["valid_until_ts"].as_u64().unwrap_or(0).min(now_ms() + MAX_REMOTE_VALIDITY_MS),
         };
         let mut batch = Batch::new();
         KEYS.put(&mut batch, &server.to_owned(), &keys)?;

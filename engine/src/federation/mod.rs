@@ -99,4 +99,6 @@ impl From<myelin_storage::StorageError> for FederationError {
 #[cfg(test)]
 mod join_tests;
 #[cfg(test)]
+mod key_validity_tests;
+#[cfg(test)]
 mod tests;

@@ -71,8 +71,19 @@ impl Rooms {
     /// `Verified::Signatures` means the content hash does not match: the
     /// event must be redacted before use. An error means: drop it.
     pub fn verify(&self, object: &CanonicalJsonObject, rules: &RoomVersionRules) -> Result<Verified, RoomError> {
+        self.verify_with_keys(object, rules, &self.known_keys.read())
+    }
+
+    /// [`Rooms::verify`] with the keys given (federation picks the keys valid
+    /// at the event's time from its key ring).
+    pub fn verify_with_keys(
+        &self,
+        object: &CanonicalJsonObject,
+        rules: &RoomVersionRules,
+        keys: &ruma::signatures::PublicKeyMap,
+    ) -> Result<Verified, RoomError> {
         ruma::state_res::check_pdu_format(object, &rules.event_format).map_err(RoomError::BadEvent)?;
-        ruma::signatures::verify_event(&self.known_keys.read(), object, rules)
+        ruma::signatures::verify_event(keys, object, rules)
             .map_err(|e| RoomError::BadEvent(format!("signature check failed: {e}")))
     }
 

@@ -1,5 +1,5 @@
 //! Accounts: user ids, registration, login, passwords and deactivation, with the
-//! two threads that do all Argon2 hashing.
+//! few threads that do all Argon2 hashing (a bounded queue in front of them).
 
 use std::sync::Arc;
 
@@ -35,16 +35,29 @@ fn password_matches(argon2: &Argon2<'static>, hash: &str, password: &str) -> boo
 
 type HashJob = Box<dyn FnOnce() + Send>;
 
-/// Two long-lived threads do all password hashing and checking. Argon2's working
-/// memory is then reused by those two threads; hashed on the blocking pool, every
-/// thread that ever hashed kept its own allocator arena full of freed Argon2 blocks
-/// (measured: 400 registrations, 8 at a time, left the server at 1.5 GiB RSS).
+/// A few long-lived threads (`limits.hash_threads`, 2 by default) do all
+/// password hashing and checking. Argon2's working memory is then reused by
+/// those threads; hashed on the blocking pool, every thread that ever hashed
+/// kept its own allocator arena full of freed Argon2 blocks (measured: 400
+/// registrations, 8 at a time, left the server at 1.5 GiB RSS).
+///
+/// Bounded: at most `threads + queue` jobs are taken at once (running or
+/// waiting); one more is refused with [`UserError::Busy`] (429
+/// `M_LIMIT_EXCEEDED`) and a `retry_after_ms` from the measured hashing time.
+/// A job whose caller went away still runs to its end and frees its place then.
 pub(super) struct HashPool {
     jobs: std::sync::mpsc::Sender<HashJob>,
+    threads: usize,
+    capacity: usize,
+    /// Jobs taken and not yet finished (running or waiting).
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+    /// A moving average of one job's time, in microseconds.
+    average_us: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl HashPool {
-    pub(super) fn new(threads: usize) -> Self {
+    pub(super) fn new(threads: usize, queue: usize) -> Self {
+        let threads = threads.max(1);
         let (jobs, rx) = std::sync::mpsc::channel::<HashJob>();
         let rx = Arc::new(parking_lot::Mutex::new(rx));
         for i in 0..threads {
@@ -62,17 +75,57 @@ impl HashPool {
                 tracing::error!(error = %e, "could not start a password hashing thread");
             }
         }
-        Self { jobs }
+        Self {
+            jobs,
+            threads,
+            capacity: threads + queue,
+            pending: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            // Until measured: about what one hash takes on the project machine.
+            average_us: Arc::new(std::sync::atomic::AtomicU64::new(30_000)),
+        }
     }
 
     async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, UserError> {
+        use std::sync::atomic::Ordering;
+        let taken =
+            self.pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.capacity).then_some(n + 1));
+        let before = match taken {
+            Ok(before) => before,
+            Err(pending) => {
+                metrics::counter!("myelin_password_hash_refused_total").increment(1);
+                let per_job = self.average_us.load(Ordering::Relaxed);
+                let wait_ms = (per_job * (pending as u64 + 1) / self.threads as u64 / 1000).clamp(50, 10_000);
+                tracing::debug!(pending, wait_ms, "password hashing queue full; answered 429");
+                return Err(UserError::Busy { retry_after_ms: wait_ms });
+            }
+        };
+        metrics::gauge!("myelin_password_hash_pending").set((before + 1) as f64);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.jobs
-            .send(Box::new(move || {
-                let _ = tx.send(f());
-            }))
-            .map_err(|_| UserError::Engine(EngineError::Keys("password hashing threads are gone".into())))?;
+        let (pending, average_us) = (self.pending.clone(), self.average_us.clone());
+        // Frees the place when the job is done or dropped unrun (even if it panics).
+        let place = Place(pending);
+        let job: HashJob = Box::new(move || {
+            let _place = place;
+            let started = std::time::Instant::now();
+            let _ = tx.send(f());
+            let took = started.elapsed().as_micros() as u64;
+            let old = average_us.load(Ordering::Relaxed);
+            average_us.store((old * 7 + took) / 8, Ordering::Relaxed);
+        });
+        if self.jobs.send(job).is_err() {
+            return Err(UserError::Engine(EngineError::Keys("password hashing threads are gone".into())));
+        }
         rx.await.map_err(|_| UserError::Engine(EngineError::Keys("password hashing thread failed".into())))
+    }
+}
+
+/// One taken place in a [`HashPool`].
+struct Place(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let left = self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel).saturating_sub(1);
+        metrics::gauge!("myelin_password_hash_pending").set(left as f64);
     }
 }
 

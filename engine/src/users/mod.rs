@@ -139,6 +139,12 @@ pub enum UserError {
     /// `M_NOT_FOUND`.
     #[error("{0}")]
     NotFound(String),
+    /// `M_LIMIT_EXCEEDED`: the password-hashing queue is full.
+    #[error("too many passwords waiting to be checked")]
+    Busy {
+        /// When to try again.
+        retry_after_ms: u64,
+    },
     /// Internal failure.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -199,14 +205,19 @@ pub const MAX_TXNS_IN_FLIGHT: usize = 10_000;
 
 impl Users {
     /// The user service over `db`.
-    pub fn new(db: Arc<Db>, server_name: OwnedServerName, stream: myelin_storage::StreamCounter) -> Self {
+    pub fn new(
+        db: Arc<Db>,
+        server_name: OwnedServerName,
+        stream: myelin_storage::StreamCounter,
+        limits: &crate::config::LimitsConfig,
+    ) -> Self {
         Self {
             db,
             stream,
             server_name,
             create_lock: tokio::sync::Mutex::new(()),
             argon2: password_hasher(),
-            hashing: HashPool::new(2),
+            hashing: HashPool::new(limits.hash_threads, limits.hash_queue),
             account_data_newest: Default::default(),
             to_device_newest: Default::default(),
             to_device_acked: parking_lot::Mutex::new(HashMap::new()),
@@ -231,7 +242,7 @@ mod testing {
     /// The user service over `db`, with its own stream counter as a start would load it.
     pub(super) fn service(db: &Arc<Db>) -> Users {
         let server: OwnedServerName = "x".try_into().unwrap();
-        Users::new(db.clone(), server, StreamCounter::load(db, "stream").unwrap())
+        Users::new(db.clone(), server, StreamCounter::load(db, "stream").unwrap(), &Default::default())
     }
 
     pub(super) fn open(dir: &tempfile::TempDir) -> Arc<Db> {

@@ -157,7 +157,10 @@ pub fn add(r: &mut Router) {
     both(r, M::POST, "/rooms/{room_id}/report", rooms::report_room);
     both(r, M::GET, "/account/3pid", account::threepids);
 
-    both(r, M::GET, "/sync", sync::sync);
+    // A long-poll: its deadline is the handler timeout plus the longest wait it honours.
+    for prefix in ["/_matrix/client/v3", "/_matrix/client/r0"] {
+        r.add_long_poll(M::GET, &format!("{prefix}/sync"), sync::sync, sync::MAX_TIMEOUT);
+    }
     both(r, M::PUT, "/sendToDevice/{event_type}/{txn_id}", sync::send_to_device);
     both(r, M::POST, "/user/{user_id}/filter", sync::put_filter);
     both(r, M::GET, "/user/{user_id}/filter/{filter_id}", sync::get_filter);

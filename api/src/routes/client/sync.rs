@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// Longest long-poll we honour.
-const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
 // Filters (Client-Server API §"Filtering"). Every field the spec defines is
 // read, so a wrong type is refused (400 `M_BAD_JSON`, as Synapse does), even
