@@ -158,6 +158,10 @@ async fn execute(engine: &Arc<Engine>, req: &Value) -> Value {
                 .collect();
             json!({ "ok": true, "entries": entries })
         }
+        Some("federation_queue") => match myelin_engine::federation::queue_status::queue_status(engine) {
+            Ok(destinations) => json!({ "ok": true, "destinations": destinations }),
+            Err(e) => json!({ "ok": false, "error": e.to_string() }),
+        },
         Some("appservice_add") => {
             let Some(yaml) = req.get("registration").and_then(Value::as_str) else {
                 return json!({ "ok": false, "error": "`registration` (the file's YAML) is required" });

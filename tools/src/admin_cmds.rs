@@ -117,6 +117,7 @@ pub(super) fn federation_cmd(what: FederationCommand, config_path: Option<PathBu
         FederationCommand::Deny { server } => serde_json::json!({ "op": "federation_deny", "server": server }),
         FederationCommand::Remove { server } => serde_json::json!({ "op": "federation_remove", "server": server }),
         FederationCommand::List => serde_json::json!({ "op": "federation_list" }),
+        FederationCommand::Queue => serde_json::json!({ "op": "federation_queue" }),
     };
     let answer = admin_call(config, &request)?;
     match what {
@@ -127,6 +128,23 @@ pub(super) fn federation_cmd(what: FederationCommand, config_path: Option<PathBu
                     e["list"].as_str().unwrap_or_default(),
                     e["server"].as_str().unwrap_or_default(),
                     e["source"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        FederationCommand::Queue => {
+            println!(
+                "{:<40} {:>8} {:>12} {:<8} {:>14}",
+                "destination", "depth", "oldest_age_s", "state", "failing_for_s"
+            );
+            for d in answer["destinations"].as_array().into_iter().flatten() {
+                let num = |k: &str| d[k].as_u64().map_or_else(|| "-".to_owned(), |n| n.to_string());
+                println!(
+                    "{:<40} {:>8} {:>12} {:<8} {:>14}",
+                    d["destination"].as_str().unwrap_or_default(),
+                    num("depth"),
+                    num("oldest_age_s"),
+                    d["state"].as_str().unwrap_or_default(),
+                    num("failing_for_s")
                 );
             }
         }
