@@ -10,6 +10,7 @@
 //! federation uses rooms; rooms never call federation (they leave rows in
 //! the outbound queue and wake the sender).
 
+pub mod auth_fetch;
 pub mod backfill;
 pub mod backoff;
 pub mod client;
@@ -97,6 +98,8 @@ impl From<myelin_storage::StorageError> for FederationError {
     }
 }
 
+#[cfg(test)]
+mod auth_fetch_tests;
 #[cfg(test)]
 mod join_tests;
 #[cfg(test)]
