@@ -159,7 +159,12 @@ async fn execute(engine: &Arc<Engine>, req: &Value) -> Value {
             json!({ "ok": true, "entries": entries })
         }
         Some("federation_queue") => match myelin_engine::federation::queue_status::queue_status(engine) {
-            Ok(destinations) => json!({ "ok": true, "destinations": destinations }),
+            Ok(destinations) => {
+                // Inbound PDUs waiting for auth events (in memory: only a running server has any).
+                let pending: serde_json::Map<String, Value> =
+                    engine.pending_pdus.per_origin().into_iter().map(|(o, n)| (o, json!(n))).collect();
+                json!({ "ok": true, "destinations": destinations, "pending_pdus": pending })
+            }
             Err(e) => json!({ "ok": false, "error": e.to_string() }),
         },
         Some("appservice_add") => {

@@ -147,6 +147,9 @@ pub(super) fn federation_cmd(what: FederationCommand, config_path: Option<PathBu
                     num("failing_for_s")
                 );
             }
+            for (origin, n) in answer["pending_pdus"].as_object().into_iter().flatten() {
+                println!("inbound from {origin}: {n} event(s) wait for auth events");
+            }
         }
         FederationCommand::Allow { server } => println!("allowed {server}"),
         FederationCommand::Deny { server } => println!("denied {server}"),
