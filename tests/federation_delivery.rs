@@ -37,6 +37,17 @@ async fn messages_sent_while_a_server_is_down_all_arrive_once_after_it_returns()
     assert!(gauge("myelin_federation_queue_oldest_age_seconds") > 0.5);
     let stored = a.engine.backoffs.get("b.test").unwrap().expect("A stored B's backoff");
     assert!(stored.step_ms >= 1000, "{stored:?}");
+    assert_eq!(gauge("myelin_federation_destination_parked"), 0.0, "failing, not parked");
+    // The operator sees the destination backing off with its queue.
+    let queue = myelin_api::admin::request(&a.engine.config.data_dir, &json!({ "op": "federation_queue" }))
+        .await
+        .unwrap()
+        .expect("the admin socket answers");
+    let row = queue["destinations"].as_array().and_then(|d| d.iter().find(|d| d["destination"] == "b.test"));
+    let row = row.unwrap_or_else(|| panic!("b.test is listed: {queue}"));
+    assert_eq!(row["state"], "backoff", "{row}");
+    assert!(row["depth"].as_u64().is_some_and(|d| d >= 25), "{row}");
+    assert!(row["oldest_age_s"].as_u64().is_some() && row["failing_for_s"].as_u64().is_some(), "{row}");
 
     // B comes back on the same data and address; bob pokes A (any signed request
     // counts as a sign of life), and everything A queued arrives.

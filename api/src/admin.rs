@@ -159,6 +159,15 @@ async fn execute(engine: &Arc<Engine>, req: &Value) -> Value {
                 .collect();
             json!({ "ok": true, "entries": entries })
         }
+        Some("federation_queue") => match myelin_engine::federation::queue_status::queue_status(engine) {
+            Ok(destinations) => {
+                // Inbound PDUs waiting for auth events (in memory: only a running server has any).
+                let pending: serde_json::Map<String, Value> =
+                    engine.pending_pdus.per_origin().into_iter().map(|(o, n)| (o, json!(n))).collect();
+                json!({ "ok": true, "destinations": destinations, "pending_pdus": pending })
+            }
+            Err(e) => json!({ "ok": false, "error": e.to_string() }),
+        },
         Some("appservice_add") => {
             let Some(yaml) = req.get("registration").and_then(Value::as_str) else {
                 return json!({ "ok": false, "error": "`registration` (the file's YAML) is required" });

@@ -223,6 +223,11 @@ pub struct FederationConfig {
     /// Most events fetched with `get_missing_events` to close one gap before the
     /// event is taken on the sender's reported state instead (Myelin extension).
     pub max_gap_events: usize,
+    /// Seconds a destination may stay unreachable before it is parked: its
+    /// queue is kept, nothing is dropped, but it is no longer retried until it
+    /// reaches us (an authenticated request) or the server restarts, when it
+    /// is tried once (Myelin extension). 0: never park.
+    pub park_after_s: u64,
     /// CIDR ranges outbound connections may reach although they are internal
     /// (loopback, private, link-local…; see `net_policy`), e.g. `["10.0.0.0/8"]`
     /// for an air-gapped federation (Myelin extension). Checked after DNS.
@@ -318,6 +323,7 @@ impl Default for FederationConfig {
             notaries: Vec::new(),
             dns_servers: Vec::new(),
             max_gap_events: 5000,
+            park_after_s: 86_400,
             ip_range_allow: Vec::new(),
             ip_range_deny: Vec::new(),
             insecure: BTreeMap::new(),

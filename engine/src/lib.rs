@@ -73,6 +73,8 @@ pub struct Engine {
     pub federation: federation::Outbound,
     /// Inbound transactions already processed.
     pub seen_txns: federation::txns::SeenTxns,
+    /// Inbound PDUs waiting for auth events that could not be fetched yet (volatile).
+    pub pending_pdus: federation::auth_fetch::PendingPdus,
     /// Push verdicts and member counts behind unread counts.
     pub unread: receipts::UnreadCache,
     /// Per room, a position at or above its newest receipt's.
@@ -164,6 +166,7 @@ impl Engine {
             policy,
             backoffs,
             seen_txns,
+            pending_pdus: federation::auth_fetch::PendingPdus::default(),
             federation: federation::Outbound::default(),
             unread: receipts::UnreadCache::default(),
             receipt_positions: positions::NewestPositions::default(),

@@ -124,6 +124,7 @@ pub(super) fn federation_cmd(what: FederationCommand, config_path: Option<PathBu
         FederationCommand::Deny { server } => serde_json::json!({ "op": "federation_deny", "server": server }),
         FederationCommand::Remove { server } => serde_json::json!({ "op": "federation_remove", "server": server }),
         FederationCommand::List => serde_json::json!({ "op": "federation_list" }),
+        FederationCommand::Queue => serde_json::json!({ "op": "federation_queue" }),
     };
     let answer = admin_call(config, &request)?;
     match what {
@@ -135,6 +136,26 @@ pub(super) fn federation_cmd(what: FederationCommand, config_path: Option<PathBu
                     e["server"].as_str().unwrap_or_default(),
                     e["source"].as_str().unwrap_or_default()
                 );
+            }
+        }
+        FederationCommand::Queue => {
+            println!(
+                "{:<40} {:>8} {:>12} {:<8} {:>14}",
+                "destination", "depth", "oldest_age_s", "state", "failing_for_s"
+            );
+            for d in answer["destinations"].as_array().into_iter().flatten() {
+                let num = |k: &str| d[k].as_u64().map_or_else(|| "-".to_owned(), |n| n.to_string());
+                println!(
+                    "{:<40} {:>8} {:>12} {:<8} {:>14}",
+                    d["destination"].as_str().unwrap_or_default(),
+                    num("depth"),
+                    num("oldest_age_s"),
+                    d["state"].as_str().unwrap_or_default(),
+                    num("failing_for_s")
+                );
+            }
+            for (origin, n) in answer["pending_pdus"].as_object().into_iter().flatten() {
+                println!("inbound from {origin}: {n} event(s) wait for auth events");
             }
         }
         FederationCommand::Allow { server } => println!("allowed {server}"),

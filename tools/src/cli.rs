@@ -226,6 +226,9 @@ pub(crate) enum FederationCommand {
     },
     /// Show the configured and runtime entries.
     List,
+    /// Show each destination's outbound queue: depth, oldest event's age, and
+    /// whether it is active, backing off or parked.
+    Queue,
 }
 
 #[derive(Subcommand)]

@@ -62,6 +62,8 @@ pub struct Outbound {
     pub edu_ready: Notify,
     /// Per destination: fires when it shows life (an authenticated inbound request).
     alive: Mutex<HashMap<String, Arc<Notify>>>,
+    /// How fast the sender retries (shortened by tests).
+    timings: Mutex<super::sender::Timings>,
 }
 
 impl Default for Outbound {
@@ -71,6 +73,7 @@ impl Default for Outbound {
             edus: Mutex::new(HashMap::new()),
             edu_ready: Notify::new(),
             alive: Mutex::new(HashMap::new()),
+            timings: Mutex::new(super::sender::Timings::default()),
         }
     }
 }
@@ -86,12 +89,24 @@ impl Outbound {
         self.transport.read().clone()
     }
 
+    /// Sets how fast the sender retries failing destinations (tests; taken by
+    /// each destination's next run of deliveries).
+    pub fn set_sender_timings(&self, timings: super::sender::Timings) {
+        *self.timings.lock() = timings;
+    }
+
+    /// How fast the sender retries failing destinations.
+    pub fn sender_timings(&self) -> super::sender::Timings {
+        *self.timings.lock()
+    }
+
     /// The signal that `server` is reachable again (see [`Outbound::mark_alive`]).
     pub fn alive_signal(&self, server: &str) -> Arc<Notify> {
         self.alive.lock().entry(server.to_owned()).or_default().clone()
     }
 
-    /// Records that `server` just reached us: a sender backing off from it retries now.
+    /// Records that `server` just reached us: a sender backing off from it
+    /// retries now, and a parked one resumes.
     pub fn mark_alive(&self, server: &str) {
         if let Some(n) = self.alive.lock().get(server) {
             n.notify_one();

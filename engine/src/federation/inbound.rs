@@ -129,8 +129,19 @@ async fn process_transaction(
     // Accepted events are appended one after another without waiting for each
     // one's commit; all of them are made durable together before the answer.
     let mut unsettled = Vec::new();
+    let mut budget = super::auth_fetch::MAX_FETCH_PER_TXN;
+    // PDUs of earlier transactions that waited for their auth events: tried again
+    // first (their answers went with their own transactions).
+    for waiting in engine.pending_pdus.take_due(origin) {
+        let room = waiting.pdu.room_id.clone();
+        let id = waiting.pdu.event_id.clone();
+        let outcome =
+            admit(engine, origin, &room, &waiting.version, waiting.pdu, waiting.attempts, &mut unsettled, &mut budget)
+                .await;
+        tracing::debug!(%origin, event_id = %id, ?outcome, "retried an event that waited for its auth events");
+    }
     for json in &txn.pdus {
-        let (id, outcome) = receive_pdu(engine, origin, json, &mut unsettled).await;
+        let (id, outcome) = receive_pdu(engine, origin, json, &mut unsettled, &mut budget).await;
         if let Some(id) = id {
             results.pdus.insert(id, outcome);
         }
@@ -153,6 +164,7 @@ async fn receive_pdu(
     origin: &str,
     json: &JsonValue,
     unsettled: &mut Vec<(OwnedRoomId, myelin_storage::Pending)>,
+    budget: &mut usize,
 ) -> (Option<String>, PduResult) {
     let Some(room) = json.get("room_id").and_then(JsonValue::as_str).and_then(|r| RoomId::parse(r).ok()) else {
         return (None, PduResult::ok());
@@ -169,21 +181,53 @@ async fn receive_pdu(
         Err(e) => return (None, PduResult::error(e.to_string())),
     };
     let id = pdu.event_id.to_string();
+    (Some(id), admit(engine, origin, &room, &room_version, pdu, 0, unsettled, budget).await)
+}
+
+/// Receipt checks 4–6 for a PDU that passed 1–3: its gap filled, its missing
+/// auth events fetched ([`super::auth_fetch`]), then the rooms engine's
+/// authorization. A PDU whose auth events cannot be had yet is kept pending
+/// (tried `attempts` times before), not rejected.
+#[allow(clippy::too_many_arguments)]
+async fn admit(
+    engine: &Engine,
+    origin: &str,
+    room: &RoomId,
+    room_version: &RoomVersionId,
+    pdu: Pdu,
+    attempts: u32,
+    unsettled: &mut Vec<(OwnedRoomId, myelin_storage::Pending)>,
+    budget: &mut usize,
+) -> PduResult {
     match engine.rooms.meta(&pdu.event_id) {
-        Ok(Some(_)) => return (Some(id), PduResult::ok()),
+        Ok(Some(_)) => return PduResult::ok(),
         Ok(None) => {}
-        Err(e) => return (Some(id), PduResult::error(e.to_string())),
+        Err(e) => return PduResult::error(e.to_string()),
     }
-    if let Err(e) = fill_gap(engine, origin, &room, &room_version, &pdu).await {
-        return (Some(id), PduResult::error(e.to_string()));
+    if let Err(e) = fill_gap(engine, origin, room, room_version, &pdu).await {
+        return PduResult::error(e.to_string());
+    }
+    let missing = match super::auth_fetch::fetch_missing_auth(engine, origin, room, room_version, &pdu, budget).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::info!(%origin, event_id = %pdu.event_id, error = %e, "could not store fetched auth events");
+            pdu.auth_events.clone()
+        }
+    };
+    if !missing.is_empty() {
+        tracing::info!(%origin, room_id = %room, event_id = %pdu.event_id, missing = missing.len(), attempts,
+            "auth events of an event could not be fetched; keeping it pending");
+        let reason = format!("{} auth event(s) could not be fetched yet; kept pending", missing.len());
+        engine.pending_pdus.keep(origin, pdu, room_version.clone(), attempts + 1);
+        return PduResult::error(reason);
     }
     match engine.rooms.append_pdu_unsettled(pdu, true).await {
         Ok((Appended::Accepted(_) | Appended::SoftFailed(_), pending)) => {
-            unsettled.extend(pending.map(|p| (room.clone(), p)));
-            (Some(id), PduResult::ok())
+            unsettled.extend(pending.map(|p| (room.to_owned(), p)));
+            PduResult::ok()
         }
-        Ok((Appended::Rejected(reason), _)) => (Some(id), PduResult::error(reason)),
-        Err(e) => (Some(id), PduResult::error(e.to_string())),
+        Ok((Appended::Rejected(reason), _)) => PduResult::error(reason),
+        Err(e) => PduResult::error(e.to_string()),
     }
 }
 
@@ -199,12 +243,6 @@ struct MissingEvents {
 struct StateIds {
     pdu_ids: Vec<OwnedEventId>,
     auth_chain_ids: Vec<OwnedEventId>,
-}
-
-/// A `/event` answer.
-#[derive(Debug, Deserialize)]
-struct OneEvent {
-    pdus: Vec<JsonValue>,
 }
 
 /// Fetches unknown prev events of `pdu` from `origin` with `get_missing_events`,
@@ -330,12 +368,7 @@ pub async fn accept_with_remote_state(
         if let Ok(Some(p)) = engine.rooms.pdu(&id) {
             return Some((*p).clone());
         }
-        let path = format!("/_matrix/federation/v1/event/{}", enc(id.as_str()));
-        let answer = engine.remote(origin).get(&path).await.ok()?;
-        let answer: OneEvent = answer.parse(origin).ok()?;
-        let json = answer.pdus.into_iter().next()?;
-        let p = checked_pdu(engine, &json, version).await.ok()?;
-        (p.event_id == id && p.room_id == *room).then_some(p)
+        super::auth_fetch::fetch_event(engine, origin, room, version, &id).await
     };
     let state: Vec<Pdu> = futures_util::stream::iter(ids.pdu_ids)
         .map(fetch)

@@ -6,10 +6,11 @@
 //! `key_fetch`), checks on received PDUs (`pdu_check`), the membership
 //! handshakes (`membership`), inbound transactions and gap filling
 //! (`inbound`, `edu`), what is served to other servers (`serve`), backfill,
-//! and the outbound queue's sender loop (`sender`). Inside the engine,
+//! and the outbound queue's sender loop (`sender`, `queue_status`). Inside the engine,
 //! federation uses rooms; rooms never call federation (they leave rows in
 //! the outbound queue and wake the sender).
 
+pub mod auth_fetch;
 pub mod backfill;
 pub mod backoff;
 pub mod client;
@@ -22,6 +23,7 @@ pub mod keys_query;
 pub mod membership;
 pub mod pdu_check;
 pub mod policy;
+pub mod queue_status;
 pub mod sender;
 pub mod serve;
 pub mod transport;
@@ -97,8 +99,12 @@ impl From<myelin_storage::StorageError> for FederationError {
 }
 
 #[cfg(test)]
+mod auth_fetch_tests;
+#[cfg(test)]
 mod join_tests;
 #[cfg(test)]
 mod key_validity_tests;
+#[cfg(test)]
+mod sender_tests;
 #[cfg(test)]
 mod tests;

@@ -5,15 +5,39 @@
 //! them as one transaction whose id is derived from the rows it carries and a
 //! per-run nonce (a retry of the same rows reuses the id, so the receiver can
 //! deduplicate; ids never repeat across runs),
-//! and deletes the rows only after a 200. On failure it waits with
-//! exponential backoff and jitter (1 s doubling to 2 min: links here are
-//! often LAN or site-to-site, where a quick return matters more than sparing
-//! a peer a retry a minute) and tries again; an authenticated inbound request
-//! from the destination ends the wait at once.
+//! and deletes the rows only after the destination settled them. On failure
+//! it waits with exponential backoff and jitter (1 s doubling to 2 min: links
+//! here are often LAN or site-to-site, where a quick return matters more than
+//! sparing a peer a retry a minute) and sends the same transaction again
+//! (same rows, same id); an authenticated inbound request from the
+//! destination ends the wait at once.
 //!
-//! Guarantees: a row is removed only after the destination answered 200; the
-//! queue survives restarts (it is in RocksDB), so a destination that was down
-//! for hours gets every PDU it missed when it returns.
+//! What an answer settles (Server-Server API §"Transactions"):
+//! - a 200 is delivered, also when it reports errors for single PDUs (logged
+//!   at debug, counted in `myelin_federation_pdu_errors_total`): the spec has
+//!   the sender use that answer, and resending would not change it;
+//! - a 4xx for the whole transaction other than 401, 403, 408 and 429 means
+//!   the destination will not take it: it is sent [`MAX_REFUSALS`] times in
+//!   all (short pauses, no stored backoff: the destination is reachable),
+//!   then its rows are dropped with a warning and
+//!   `myelin_federation_transactions_total{result="dropped"}`, and the queue
+//!   moves on — one bad transaction never blocks the ones behind it;
+//! - anything else (no answer, 5xx, 401, 403, 408, 429; see [`verdict`] for
+//!   why 401 and 403 are here) is retried with backoff, a 429 no sooner than
+//!   its `retry_after_ms`. A destination failing so for longer than
+//!   `federation.park_after_s` is *parked*: its rows are kept, nothing is
+//!   dropped, but it is not retried (new rows do not wake it) until it shows
+//!   life ([`super::Outbound::mark_alive`]: any authenticated request from
+//!   it), which resumes it at once with a fresh window, or until the next
+//!   start-up, which tries it once. `myelin_federation_destination_parked`
+//!   and [`super::queue_status`] (`myelin admin federation queue`) show it.
+//!
+//! Guarantees: a row is removed only after the destination answered 200, or
+//! refused its transaction as a whole [`MAX_REFUSALS`] times; the queue
+//! survives restarts (it is in RocksDB), so a destination that was down for
+//! hours, or parked, gets every PDU it missed when it returns. Not
+//! guaranteed: a parked destination's queue still grows with the rooms it
+//! shares with us (bounded by their traffic, not by retries).
 //!
 //! A transaction that follows one just delivered (the queue was emptied by it)
 //! waits [`LINGER`] (1 ms) first, so a burst travels in fewer, fuller
@@ -25,13 +49,16 @@
 //! 200 like PDUs. Typing, receipts and presence come from an in-memory queue
 //! per destination: volatile, they may be lost on restart, which the spec allows.
 //!
-//! Metrics per destination: `myelin_federation_queue_depth` and
-//! `myelin_federation_queue_oldest_age_seconds` (gauges), and
-//! `myelin_federation_transactions_total{destination,result}`.
+//! Metrics per destination: `myelin_federation_queue_depth`,
+//! `myelin_federation_queue_oldest_age_seconds` and
+//! `myelin_federation_destination_parked` (gauges),
+//! `myelin_federation_transactions_total{destination,result}` (`ok`,
+//! `refused`, `unreachable`, `dropped`) and `myelin_federation_pdu_errors_total`.
 //!
-//! The backoff (next try, current step) is stored per destination, so a
-//! restart waits out a failing destination's backoff instead of hammering it;
-//! it is cleared by the next delivered transaction.
+//! The backoff (next try, current step, failing since, parked) is stored per
+//! destination, so a restart waits out a failing destination's backoff
+//! instead of hammering it and keeps counting towards parking; it is cleared
+//! by the next transaction the destination answers.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -115,10 +142,26 @@ pub async fn run(engine: Arc<Engine>, mut stop: watch::Receiver<bool>) {
 }
 
 /// A destination's task: delivers what is queued, then waits to be woken.
+///
+/// A parked destination is not woken by new rows (nor by the 5 s scan): only
+/// by a sign of life ([`super::Outbound::mark_alive`]), which starts a fresh
+/// window of `park_after_s` retries.
 async fn deliver(engine: Arc<Engine>, name: String, wake: Arc<Notify>) {
     loop {
-        deliver_queued(&engine, &name).await;
-        wake.notified().await;
+        match deliver_queued(&engine, &name).await {
+            Stopped::Drained | Stopped::Failed => wake.notified().await,
+            Stopped::Parked => {
+                engine.federation.alive_signal(&name).notified().await;
+                tracing::info!("parked destination reached us; resuming");
+                let now = now_ms();
+                let fresh =
+                    super::backoff::Backoff { retry_at_ms: now, step_ms: 0, failing_since_ms: now, parked: false };
+                if let Err(e) = engine.backoffs.set(&name, fresh).await {
+                    tracing::warn!(error = %e, "could not store that the destination is no longer parked");
+                }
+                set_parked_gauge(&name, false);
+            }
+        }
     }
 }
 
@@ -129,7 +172,7 @@ fn jitter(base: Duration) -> Duration {
 }
 
 /// The `origin_server_ts` of a stored PDU.
-fn origin_server_ts(pdu: &[u8]) -> Option<u64> {
+pub(super) fn origin_server_ts(pdu: &[u8]) -> Option<u64> {
     #[derive(serde::Deserialize)]
     struct Ts {
         origin_server_ts: u64,
@@ -169,133 +212,334 @@ fn transaction_body(origin: &str, now: u64, pdus: &[(u64, Vec<u8>)], edus: &[ser
     body
 }
 
+/// How quickly the sender retries a failing destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
+    /// The first wait after a failure; doubled on each further failure.
+    pub first_backoff: Duration,
+    /// The longest wait.
+    pub max_backoff: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self { first_backoff: Duration::from_secs(1), max_backoff: Duration::from_secs(120) }
+    }
+}
+
+/// How often a transaction the destination refuses as a whole (a 4xx other
+/// than 401, 403, 408 and 429) is sent before its rows are dropped.
+pub const MAX_REFUSALS: u32 = 5;
+
+/// What a destination's answer to a transaction means for its queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// 2xx: delivered, whatever the per-PDU results say.
+    Delivered,
+    /// The destination answered and will not take this transaction: sent
+    /// again up to [`MAX_REFUSALS`] times, then dropped.
+    Refused,
+    /// Try again later, with backoff, for as long as `park_after_s` allows.
+    Transient,
+}
+
+/// Sorts a whole-transaction answer.
+///
+/// 401 and 403 are transient here although they are 4xx: a 401 is the
+/// destination failing to check our request signature, nearly always because
+/// it cannot fetch our keys yet (a key server it cannot reach, a key just
+/// rotated); a 403 is its server ACL or deny list, which its operator can
+/// change. Neither says anything about these events, and dropping them would
+/// lose them for good while it is the destination that must change; a
+/// destination that keeps answering so is parked after `park_after_s`
+/// instead. 408 (timeout) and 429 (rate limit) are transient by definition.
+fn verdict(status: http::StatusCode) -> Verdict {
+    match status.as_u16() {
+        200..=299 => Verdict::Delivered,
+        401 | 403 | 408 | 429 => Verdict::Transient,
+        400..=499 => Verdict::Refused,
+        _ => Verdict::Transient,
+    }
+}
+
+/// How [`deliver_queued`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopped {
+    /// Everything queued was delivered (or dropped after refusals).
+    Drained,
+    /// Unreachable for longer than `park_after_s`: parked.
+    Parked,
+    /// The queue could not be read or updated; the next wake tries again.
+    Failed,
+}
+
+/// One transaction, kept as built while it is retried: a retry sends the same
+/// rows under the same id, as the spec asks ("must wait and retry for a 200
+/// OK response before sending a transaction with a different txnId").
+struct Built {
+    queued: crate::rooms::tables::OutboundBatch,
+    /// How many EDUs it carries (durable and volatile).
+    edus: usize,
+    txn_id: String,
+    body: Vec<u8>,
+    /// Whole-transaction refusals so far.
+    refusals: u32,
+}
+
+/// The per-PDU errors of a 200 answer: logged at debug and counted, nothing else
+/// (the spec: the sender uses this response even when PDUs failed).
+fn note_pdu_errors(name: &str, answer: &serde_json::Value) {
+    let Some(results) = answer.get("pdus").and_then(serde_json::Value::as_object) else { return };
+    let mut errors = 0u64;
+    for (event_id, result) in results {
+        if let Some(error) = result.get("error") {
+            errors += 1;
+            tracing::debug!(%event_id, %error, "destination did not take a PDU");
+        }
+    }
+    if errors > 0 {
+        metrics::counter!("myelin_federation_pdu_errors_total", "destination" => name.to_owned()).increment(errors);
+    }
+}
+
+fn set_parked_gauge(name: &str, parked: bool) {
+    metrics::gauge!("myelin_federation_destination_parked", "destination" => name.to_owned()).set(if parked {
+        1.0
+    } else {
+        0.0
+    });
+}
+
+/// The age of the oldest queued PDU, as far as `queued` (the head of the queue) shows it.
+fn set_oldest_gauge(name: &str, queued: &crate::rooms::tables::OutboundBatch) {
+    let now = now_ms();
+    let oldest_ms = queued.pdus.first().and_then(|(_, p)| origin_server_ts(p)).unwrap_or(now);
+    metrics::gauge!("myelin_federation_queue_oldest_age_seconds", "destination" => name.to_owned())
+        .set(now.saturating_sub(oldest_ms) as f64 / 1000.0);
+}
+
+/// A 429's `retry_after_ms`, when it gives one.
+fn retry_after(answer: &serde_json::Value) -> Option<Duration> {
+    answer.get("retry_after_ms").and_then(serde_json::Value::as_u64).map(Duration::from_millis)
+}
+
 /// Delivers everything queued for one destination, then returns.
-async fn deliver_queued(engine: &Engine, name: &str) {
-    let mut backoff = Duration::from_secs(1);
+async fn deliver_queued(engine: &Engine, name: &str) -> Stopped {
+    let timings = engine.federation.sender_timings();
+    let mut backoff = timings.first_backoff;
     let alive = engine.federation.alive_signal(name);
+    let park_after_ms = engine.config.federation.park_after_s.saturating_mul(1000);
     let mut depth: Option<usize> = None;
     // Whether a backoff row is stored for this destination (to clear after a success).
     let mut backoff_stored = false;
-    // A destination that was failing before a restart keeps its wait and step.
+    // The first failure of the current run of failures (0: not failing).
+    let mut failing_since = 0u64;
+    // A destination that was failing before a restart keeps its wait and step;
+    // a parked one is tried once at once (and parked again if that fails).
     if let Ok(Some(stored)) = engine.backoffs.get(name) {
         backoff_stored = true;
-        backoff = Duration::from_millis(stored.step_ms.clamp(1_000, 120_000));
+        backoff = Duration::from_millis(stored.step_ms)
+            .clamp(timings.first_backoff, timings.max_backoff.max(timings.first_backoff));
+        failing_since = if stored.failing_since_ms == 0 { now_ms() } else { stored.failing_since_ms };
         let wait = Duration::from_millis(stored.retry_at_ms.saturating_sub(now_ms()));
-        if !wait.is_zero() {
+        set_parked_gauge(name, stored.parked);
+        if stored.parked {
+            tracing::info!("destination was parked; trying it once");
+        } else if !wait.is_zero() {
             tracing::info!(wait = ?wait, "destination was failing before; waiting out its backoff");
             tokio::select! {
-                _ = tokio::time::sleep(wait.min(Duration::from_secs(120))) => {}
-                _ = alive.notified() => backoff = Duration::from_secs(1),
+                _ = tokio::time::sleep(wait.min(timings.max_backoff)) => {}
+                _ = alive.notified() => backoff = timings.first_backoff,
             }
         }
     }
     // Set after a delivered transaction that emptied the queue: the destination is in
     // a burst, so the next transaction waits LINGER for more events to join it.
     let mut linger = false;
+    let mut held: Option<Built> = None;
     loop {
         if std::mem::take(&mut linger) {
             tokio::time::sleep(LINGER).await;
         }
         let dest = engine.rooms.server_short(name).ok().flatten();
-        let queued = match dest.map(|d| engine.rooms.outbound_batch(d, 50, 100)).transpose() {
-            Ok(b) => b.unwrap_or_default(),
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the queue failed");
-                return;
-            }
+        let mut txn = match held.take() {
+            Some(t) => t,
+            None => match build(engine, name, dest, &mut depth) {
+                Ok(Some(t)) => t,
+                Ok(None) => return Stopped::Drained,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the queue failed");
+                    return Stopped::Failed;
+                }
+            },
         };
-        // Durable EDUs first (they are in the queue's order), then volatile ones up to 100.
-        let volatile = engine.federation.take_edus(name, 100 - queued.edus.len());
-        let volatile_count = volatile.len();
-        let edus: Vec<serde_json::Value> = queued.edus.iter().map(|(_, e)| e.clone()).chain(volatile).collect();
-        let batch = &queued.pdus;
-        let now = now_ms();
-        // Queue metrics per destination: depth exactly when it fits one transaction,
-        // otherwise counted on failure and decremented by what is delivered.
-        if batch.len() < 50 {
-            depth = Some(batch.len());
-        }
-        let oldest_ms = batch.first().and_then(|(_, p)| origin_server_ts(p)).unwrap_or(now);
-        metrics::gauge!("myelin_federation_queue_oldest_age_seconds", "destination" => name.to_owned())
-            .set(now.saturating_sub(oldest_ms) as f64 / 1000.0);
-        if let Some(d) = depth {
-            metrics::gauge!("myelin_federation_queue_depth", "destination" => name.to_owned()).set(d as f64);
-        }
-        let seqs = queued.seqs();
-        if seqs.is_empty() && edus.is_empty() {
-            return;
-        }
-        // Derived from the rows carried, so a retry of the same rows reuses the id, and
-        // from this run's nonce, so ids never repeat across restarts or a reset database
-        // (a receiver drops a transaction id it has seen, PDUs and all).
-        let nonce = *RUN_NONCE;
-        let txn_id = match (seqs.first(), seqs.last()) {
-            (Some(first), Some(last)) => format!("m{nonce:x}-{first}-{last}-{}-{}", seqs.len(), edus.len()),
-            _ => format!("e{nonce:x}-{now}-{}", edus.len()),
+        let path = format!("/_matrix/federation/v1/send/{}", txn.txn_id);
+        let answer = engine.remote(name).canonical(Method::PUT, &path, txn.body.clone()).await;
+        let verdict = match &answer {
+            Ok(resp) => verdict(resp.status),
+            Err(_) => Verdict::Transient,
         };
-        let body = transaction_body(engine.server_name.as_str(), now, batch, &edus);
-        let path = format!("/_matrix/federation/v1/send/{txn_id}");
-        match engine.remote(name).canonical(Method::PUT, &path, body).await {
-            Ok(resp) if resp.status.is_success() => {
+        let count = |result: &'static str| {
+            metrics::counter!("myelin_federation_transactions_total", "destination" => name.to_owned(), "result" => result)
+                .increment(1);
+        };
+        match verdict {
+            Verdict::Delivered | Verdict::Refused
+                if verdict == Verdict::Delivered || txn.refusals + 1 >= MAX_REFUSALS =>
+            {
+                if verdict == Verdict::Delivered {
+                    if let Ok(resp) = &answer {
+                        note_pdu_errors(name, &resp.json);
+                    }
+                    count("ok");
+                } else {
+                    let status = answer.as_ref().map(|r| r.status.as_u16()).unwrap_or(0);
+                    tracing::warn!(status, txn_id = %txn.txn_id, pdus = txn.queued.pdus.len(), edus = txn.edus,
+                        "destination refused a transaction {MAX_REFUSALS} times; dropping it (those events and EDUs will not reach it)");
+                    count("dropped");
+                }
+                let seqs = txn.queued.seqs();
                 if let Some(d) = dest
                     && !seqs.is_empty()
-                    && let Err(e) = engine.rooms.outbound_delivered(d, &queued).await
+                    && let Err(e) = engine.rooms.outbound_delivered(d, &txn.queued).await
                 {
-                    tracing::warn!(error = %e, "could not mark a transaction delivered; it will be sent again");
-                    return;
+                    tracing::warn!(error = %e, "could not remove a settled transaction's rows; it will be sent again");
+                    return Stopped::Failed;
                 }
-                metrics::counter!("myelin_federation_transactions_total", "destination" => name.to_owned(), "result" => "ok")
-                    .increment(1);
-                depth = depth.map(|d| d.saturating_sub(batch.len()));
-                linger = !batch.is_empty() && batch.len() < 50;
+                depth = depth.map(|d| d.saturating_sub(txn.queued.pdus.len()));
+                linger = verdict == Verdict::Delivered && !txn.queued.pdus.is_empty() && txn.queued.pdus.len() < 50;
+                // It answered: whatever it thought of the transaction, it is reachable.
+                if failing_since != 0 {
+                    set_parked_gauge(name, false);
+                }
+                failing_since = 0;
                 if backoff_stored && engine.backoffs.clear(name).await.is_ok() {
                     backoff_stored = false;
                 }
-                backoff = Duration::from_secs(1);
+                backoff = timings.first_backoff;
             }
-            failed => {
-                match failed {
+            Verdict::Refused => {
+                txn.refusals += 1;
+                let status = answer.as_ref().map(|r| r.status.as_u16()).unwrap_or(0);
+                tracing::info!(
+                    status,
+                    refusals = txn.refusals,
+                    "destination refused a transaction; sending it again later"
+                );
+                count("refused");
+                held = Some(txn);
+                // It is reachable, so no stored backoff and no parking: only a pause.
+                tokio::select! {
+                    _ = tokio::time::sleep(jitter(backoff)) => {}
+                    _ = alive.notified() => {}
+                }
+                backoff = (backoff * 2).min(timings.max_backoff);
+            }
+            _ => {
+                match &answer {
                     Ok(resp) => {
-                        tracing::warn!(status = %resp.status, "destination refused a transaction; retrying later");
-                        metrics::counter!("myelin_federation_transactions_total", "destination" => name.to_owned(), "result" => "refused")
-                            .increment(1);
+                        tracing::info!(status = %resp.status, wait = ?backoff, "destination could not take a transaction; retrying later");
+                        count("refused");
                     }
                     Err(e) => {
                         tracing::info!(error = %e, wait = ?backoff, "destination unreachable; retrying later");
-                        metrics::counter!("myelin_federation_transactions_total", "destination" => name.to_owned(), "result" => "unreachable")
-                            .increment(1);
+                        count("unreachable");
                     }
                 }
-                // Durable EDUs are still in the queue; only the volatile ones go back in memory.
-                let skip = edus.len() - volatile_count;
-                engine.federation.requeue_edus(name, edus[skip..].to_vec());
+                set_oldest_gauge(name, &txn.queued);
+                let now = now_ms();
+                if failing_since == 0 {
+                    failing_since = now;
+                    set_parked_gauge(name, false);
+                }
                 if let Some(d) = dest
                     && let Ok(n) = engine.rooms.outbound_depth(d, 1_000_000)
                 {
                     depth = Some(n);
                     metrics::gauge!("myelin_federation_queue_depth", "destination" => name.to_owned()).set(n as f64);
                 }
-                let wait = jitter(backoff);
+                let mut wait = jitter(backoff);
+                if let Ok(resp) = &answer
+                    && resp.status == http::StatusCode::TOO_MANY_REQUESTS
+                    && let Some(asked) = retry_after(&resp.json)
+                {
+                    wait = wait.max(asked.min(timings.max_backoff));
+                }
+                let parked = park_after_ms > 0 && now.saturating_sub(failing_since) >= park_after_ms;
                 let stored = super::backoff::Backoff {
-                    retry_at_ms: now_ms() + wait.as_millis() as u64,
+                    retry_at_ms: now + wait.as_millis() as u64,
                     step_ms: backoff.as_millis() as u64,
+                    failing_since_ms: failing_since,
+                    parked,
                 };
                 match engine.backoffs.set(name, stored).await {
                     Ok(()) => backoff_stored = true,
                     Err(e) => tracing::warn!(error = %e, "could not store the destination's backoff"),
                 }
+                if parked {
+                    // Its volatile EDUs (typing, receipts, presence) are stale by the time it returns.
+                    tracing::warn!(
+                        unreachable_for_s = now.saturating_sub(failing_since) / 1000,
+                        queued = depth.unwrap_or(0),
+                        "destination unreachable for longer than federation.park_after_s; parked: \
+                         its queue is kept but not retried until it reaches us or the server restarts"
+                    );
+                    set_parked_gauge(name, true);
+                    // A sign of life from before this last failure does not end the parking.
+                    let _ = futures_util::FutureExt::now_or_never(alive.notified());
+                    return Stopped::Parked;
+                }
+                held = Some(txn);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {
-                        backoff = (backoff * 2).min(Duration::from_secs(120));
+                        backoff = (backoff * 2).min(timings.max_backoff);
                     }
                     _ = alive.notified() => {
                         tracing::info!("destination reached us; retrying now");
-                        backoff = Duration::from_secs(1);
+                        backoff = timings.first_backoff;
                     }
                 }
             }
         }
     }
+}
+
+/// The next transaction from the queue (durable rows first, then volatile
+/// EDUs up to 100 in all); `None` when nothing waits.
+fn build(
+    engine: &Engine,
+    name: &str,
+    dest: Option<u64>,
+    depth: &mut Option<usize>,
+) -> Result<Option<Built>, crate::rooms::RoomError> {
+    let queued = dest.map(|d| engine.rooms.outbound_batch(d, 50, 100)).transpose()?.unwrap_or_default();
+    let volatile = engine.federation.take_edus(name, 100 - queued.edus.len());
+    let edus: Vec<serde_json::Value> = queued.edus.iter().map(|(_, e)| e.clone()).chain(volatile).collect();
+    let batch = &queued.pdus;
+    let now = now_ms();
+    // Queue metrics per destination: depth exactly when it fits one transaction,
+    // otherwise counted on failure and decremented by what is delivered.
+    if batch.len() < 50 {
+        *depth = Some(batch.len());
+    }
+    set_oldest_gauge(name, &queued);
+    if let Some(d) = depth {
+        metrics::gauge!("myelin_federation_queue_depth", "destination" => name.to_owned()).set(*d as f64);
+    }
+    let seqs = queued.seqs();
+    if seqs.is_empty() && edus.is_empty() {
+        return Ok(None);
+    }
+    // Derived from the rows carried, so a retry of the same rows reuses the id, and
+    // from this run's nonce, so ids never repeat across restarts or a reset database
+    // (a receiver drops a transaction id it has seen, PDUs and all).
+    let nonce = *RUN_NONCE;
+    let txn_id = match (seqs.first(), seqs.last()) {
+        (Some(first), Some(last)) => format!("m{nonce:x}-{first}-{last}-{}-{}", seqs.len(), edus.len()),
+        _ => format!("e{nonce:x}-{now}-{}", edus.len()),
+    };
+    let body = transaction_body(engine.server_name.as_str(), now, batch, &edus);
+    Ok(Some(Built { queued, edus: edus.len(), txn_id, body, refusals: 0 }))
 }
 
 #[cfg(test)]

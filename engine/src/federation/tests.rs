@@ -27,13 +27,13 @@ use crate::{Config, Engine};
 type Script = dyn Fn(&str, &OutboundRequest) -> Result<(u16, JsonValue), TransportError> + Send + Sync;
 
 /// One request as the peer saw it: destination, method, path, body.
-type Seen = (String, String, String, Option<JsonValue>);
+pub(super) type Seen = (String, String, String, Option<JsonValue>);
 
 /// A peer whose every answer comes from a test's script.
 pub(super) struct FakePeer {
     script: Box<Script>,
     /// Every request, as (destination, method, path, body).
-    seen: Mutex<Vec<Seen>>,
+    pub(super) seen: Mutex<Vec<Seen>>,
 }
 
 impl FakePeer {
@@ -180,7 +180,7 @@ async fn keys_from_a_peer_that_lies_about_its_key_are_not_trusted() {
 }
 
 /// Polls `check` for up to 10 s.
-async fn wait_for(check: impl Fn() -> bool) -> bool {
+pub(super) async fn wait_for(check: impl Fn() -> bool) -> bool {
     for _ in 0..200 {
         if check() {
             return true;
@@ -213,7 +213,7 @@ async fn a_transaction_over_the_limits_is_refused_whole_and_nothing_is_fetched()
 }
 
 /// A room of ours that `@bob:peer.test` joined, and `peer.test`'s signing keys (pinned).
-async fn room_with_a_remote_member(
+pub(super) async fn room_with_a_remote_member(
     dir: &std::path::Path,
     peer: Arc<FakePeer>,
 ) -> (Arc<Engine>, crate::keys::ServerKeys, ruma::OwnedRoomId) {
@@ -247,7 +247,7 @@ async fn room_with_a_remote_member(
 }
 
 /// An event of `sender` built on our room's head (or on `after`), signed by `remote`.
-async fn remote_signed(
+pub(super) async fn remote_signed(
     engine: &Engine,
     remote: &crate::keys::ServerKeys,
     room: &RoomId,
@@ -265,7 +265,7 @@ async fn remote_signed(
     object
 }
 
-fn text(body: &str) -> crate::rooms::NewEvent {
+pub(super) fn text(body: &str) -> crate::rooms::NewEvent {
     crate::rooms::NewEvent::message(
         ruma::events::TimelineEventType::RoomMessage,
         json!({ "msgtype": "m.text", "body": body }),

@@ -46,7 +46,7 @@ pub enum Appended {
 }
 
 /// Says what the auth rules made of a reported state.
-fn log_checked(room_id: &RoomId, checked: &super::remote_state::CheckedState) {
+pub(super) fn log_checked(room_id: &RoomId, checked: &super::remote_state::CheckedState) {
     if checked.rejected > 0 || checked.dropped > 0 {
         tracing::warn!(
             room_id = %room_id,

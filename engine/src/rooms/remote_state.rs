@@ -236,6 +236,48 @@ impl Rooms {
         room: u64,
         checked: &CheckedState,
     ) -> Result<u64, RoomError> {
+        self.stage_checked_events(batch, room, checked)?;
+        let mut entries = Vec::with_capacity(checked.state.len());
+        for ((kind, key), p) in &checked.state {
+            let ssk = self.state_keys.get_or_create(&self.db, batch, &super::state_key_string(kind, key))?;
+            let short = self.event_ids.get_or_create(&self.db, batch, p.event_id.as_str())?;
+            entries.push((ssk, short));
+        }
+        entries.sort_unstable();
+        let snapshot = self.states.store(batch, entries, None)?;
+        Ok(snapshot)
+    }
+
+    /// Stores auth events fetched for an event that cites them (Server-Server
+    /// API §"Checks performed on receipt of a PDU", step 4 needs them): each
+    /// goes through the auth rules against its own auth events, in dependency
+    /// order, like a reported state's ([`Rooms::check_remote_state`]), and is
+    /// stored as an outlier, flagged rejected when it fails; one whose own auth
+    /// events are missing is not stored. Returns how many were stored.
+    pub async fn store_auth_events(&self, room_id: &RoomId, events: &[Pdu]) -> Result<usize, RoomError> {
+        let rules = super::version::rules(&self.room_version(room_id)?)?;
+        // Before v12 the create event is found in the state handed over: give it ours.
+        let create: Vec<Pdu> = match self.state_event(room_id, "m.room.create", "")? {
+            Some(c) if !rules.authorization.room_create_event_id_as_room_id => vec![(*c).clone()],
+            _ => Vec::new(),
+        };
+        let checked = self.check_remote_state(&rules, room_id, &create, events)?;
+        super::inbound::log_checked(room_id, &checked);
+        if checked.events.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = Batch::new();
+        let room = self.room_ids.get_or_create(&self.db, &mut batch, room_id.as_str())?;
+        self.stage_checked_events(&mut batch, room, &checked)?;
+        if let Err(e) = self.db.commit(batch).await {
+            self.forget_staged(&checked);
+            return Err(e.into());
+        }
+        Ok(checked.events.len())
+    }
+
+    /// The outlier half of [`Rooms::stage_checked_state`]: the checked events, no state.
+    fn stage_checked_events(&self, batch: &mut Batch, room: u64, checked: &CheckedState) -> Result<(), RoomError> {
         let mut staged = Vec::with_capacity(checked.events.len());
         for p in &checked.events {
             let short = self.event_ids.get_or_create(&self.db, batch, p.event_id.as_str())?;
@@ -249,13 +291,6 @@ impl Rooms {
             self.unsettled.lock().insert(short, (meta, p.clone()));
             staged.push(short);
         }
-        let mut entries = Vec::with_capacity(checked.state.len());
-        for ((kind, key), p) in &checked.state {
-            let ssk = self.state_keys.get_or_create(&self.db, batch, &super::state_key_string(kind, key))?;
-            let short = self.event_ids.get_or_create(&self.db, batch, p.event_id.as_str())?;
-            entries.push((ssk, short));
-        }
-        entries.sort_unstable();
         let unsettled = self.unsettled.clone();
         let shorts = staged.clone();
         batch.on_durable(move || {
@@ -264,8 +299,7 @@ impl Rooms {
                 map.remove(s);
             }
         });
-        let snapshot = self.states.store(batch, entries, None)?;
-        Ok(snapshot)
+        Ok(())
     }
 
     /// Forgets what [`Rooms::stage_checked_state`] served from memory, for a batch never written.

@@ -1,0 +1,251 @@
+//! Missing auth events, fetched before a PDU is authorized, and the PDUs
+//! that wait for them (Server-Server API §"Checks performed on receipt of a
+//! PDU", step 4: "Passes authorization rules based on the event's auth
+//! events, otherwise it is rejected").
+//!
+//! An inbound PDU may cite auth events this server never received (the
+//! sender's transaction that carried them was lost, or they lie on a branch
+//! we have not seen). Before the PDU is authorized, each auth event not
+//! stored here is fetched from the PDU's origin with
+//! `GET /_matrix/federation/v1/event/{eventId}`, and so are the auth events of
+//! those, at most [`MAX_FETCH_PER_PDU`] per PDU and [`MAX_FETCH_PER_TXN`] per
+//! transaction. Each fetched event goes through the checks on receipt
+//! (format, signatures, hashes: `pdu_check`) and the auth rules against its
+//! own auth events (`Rooms::store_auth_events`), and is stored as an outlier
+//! (flagged rejected when it fails: the PDU citing it is then rejected, for
+//! the reason the spec gives).
+//!
+//! A PDU whose auth events could not all be fetched is *not* rejected: it
+//! is kept pending ([`PendingPdus`]) and tried again when its origin sends
+//! its next transaction, after a backoff per PDU (the first retry at once,
+//! then 2 s doubling to 10 min), at most [`MAX_ATTEMPTS`] times; then it is
+//! given up and logged, still unstored (it can come back by any later
+//! route: a retransmission, `get_missing_events`, backfill).
+//!
+//! Guarantees: no PDU is stored rejected because a fetch failed; at most
+//! [`MAX_PENDING_PER_ORIGIN`] PDUs wait per origin and [`MAX_PENDING`] in all
+//! (a PDU over the bound is not kept, and counted in
+//! `myelin_federation_pending_pdus_dropped_total`); the gauge
+//! `myelin_federation_pending_pdus` shows how many wait. Not guaranteed: the
+//! set is in memory, so a restart forgets it (the PDUs are not acknowledged
+//! as stored, and the origin or a later gap fill brings them again); a
+//! quiet origin's pending PDUs wait for its next transaction (no timer).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use parking_lot::Mutex;
+use ruma::{EventId, OwnedEventId, RoomId, RoomVersionId};
+use serde::Deserialize;
+
+use super::{FederationError, enc, pdu_check::checked_pdu};
+use crate::{Engine, rooms::Pdu, util::now_ms};
+
+/// Most auth events fetched for one PDU.
+pub const MAX_FETCH_PER_PDU: usize = 20;
+/// Most auth events fetched while processing one transaction.
+pub const MAX_FETCH_PER_TXN: usize = 50;
+/// Most PDUs kept pending per origin.
+pub const MAX_PENDING_PER_ORIGIN: usize = 50;
+/// Most PDUs kept pending in all.
+pub const MAX_PENDING: usize = 500;
+/// Tries of a pending PDU before it is given up.
+pub const MAX_ATTEMPTS: u32 = 8;
+
+/// A `/event` answer.
+#[derive(Debug, Deserialize)]
+struct OneEvent {
+    pdus: Vec<serde_json::Value>,
+}
+
+/// Fetches `id` from `origin` with `/event`, checked (format, signatures,
+/// hashes) and of `room`; `None` when it cannot be had.
+pub(super) async fn fetch_event(
+    engine: &Engine,
+    origin: &str,
+    room: &RoomId,
+    version: &RoomVersionId,
+    id: &EventId,
+) -> Option<Pdu> {
+    let path = format!("/_matrix/federation/v1/event/{}", enc(id.as_str()));
+    let answer = match engine.remote(origin).get(&path).await {
+        Ok(a) if a.status.is_success() => a,
+        Ok(a) => {
+            tracing::debug!(%origin, event_id = %id, status = %a.status, "event not served");
+            return None;
+        }
+        Err(e) => {
+            tracing::debug!(%origin, event_id = %id, error = %e, "event could not be fetched");
+            return None;
+        }
+    };
+    let answer: OneEvent = answer.parse(origin).ok()?;
+    let json = answer.pdus.into_iter().next()?;
+    let p = checked_pdu(engine, &json, version).await.ok()?;
+    (p.event_id == id && p.room_id == *room).then_some(p)
+}
+
+/// Whether `pdu`'s auth events are all stored here now.
+fn missing_auth(engine: &Engine, pdu: &Pdu) -> Vec<OwnedEventId> {
+    pdu.auth_events.iter().filter(|a| !matches!(engine.rooms.meta(a), Ok(Some(_)))).cloned().collect()
+}
+
+/// Fetches and stores the auth events of `pdu` not held here, and theirs,
+/// spending at most [`MAX_FETCH_PER_PDU`] fetches and what is left of
+/// `budget` (the transaction's). Returns the auth events still missing.
+pub(super) async fn fetch_missing_auth(
+    engine: &Engine,
+    origin: &str,
+    room: &RoomId,
+    version: &RoomVersionId,
+    pdu: &Pdu,
+    budget: &mut usize,
+) -> Result<Vec<OwnedEventId>, FederationError> {
+    let mut wanted = missing_auth(engine, pdu);
+    if wanted.is_empty() {
+        return Ok(wanted);
+    }
+    let known = |id: &EventId| matches!(engine.rooms.meta(id), Ok(Some(_)));
+    let mut fetched: Vec<Pdu> = Vec::new();
+    let mut tried: HashSet<OwnedEventId> = HashSet::new();
+    let mut spent = 0;
+    while let Some(id) = wanted.pop() {
+        if !tried.insert(id.clone()) || known(&id) {
+            continue;
+        }
+        if spent >= MAX_FETCH_PER_PDU || *budget == 0 {
+            tracing::info!(%origin, event_id = %pdu.event_id, "fetch bound reached for missing auth events");
+            break;
+        }
+        spent += 1;
+        *budget -= 1;
+        if let Some(p) = fetch_event(engine, origin, room, version, &id).await {
+            wanted.extend(p.auth_events.iter().filter(|a| !tried.contains(*a) && !known(a)).cloned());
+            fetched.push(p);
+        }
+    }
+    if !fetched.is_empty() {
+        let stored = engine.rooms.store_auth_events(room, &fetched).await?;
+        tracing::debug!(%origin, room_id = %room, event_id = %pdu.event_id, fetched = fetched.len(), stored,
+            "fetched missing auth events");
+    }
+    Ok(missing_auth(engine, pdu))
+}
+
+/// One PDU waiting for its auth events.
+#[derive(Debug, Clone)]
+pub struct PendingPdu {
+    /// The PDU, checked for format, signatures and hashes.
+    pub pdu: Pdu,
+    /// Its room's version.
+    pub version: RoomVersionId,
+    /// Tries so far.
+    pub attempts: u32,
+    /// Not retried before this time (ms since the epoch).
+    pub next_try_ms: u64,
+}
+
+/// Inbound PDUs kept until their auth events can be fetched, per origin (in memory, bounded).
+#[derive(Debug, Default)]
+pub struct PendingPdus {
+    by_origin: Mutex<HashMap<String, VecDeque<PendingPdu>>>,
+}
+
+impl PendingPdus {
+    /// How many PDUs wait, in all.
+    pub fn len(&self) -> usize {
+        self.by_origin.lock().values().map(VecDeque::len).sum()
+    }
+
+    /// Whether none waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many PDUs wait per origin.
+    pub fn per_origin(&self) -> Vec<(String, usize)> {
+        let mut out: Vec<(String, usize)> = self.by_origin.lock().iter().map(|(o, q)| (o.clone(), q.len())).collect();
+        out.sort();
+        out
+    }
+
+    /// Keeps `pdu` (tried `attempts` times already) for `origin`'s next
+    /// transaction, unless it was tried [`MAX_ATTEMPTS`] times or the set is full.
+    pub(super) fn keep(&self, origin: &str, pdu: Pdu, version: RoomVersionId, attempts: u32) {
+        if attempts >= MAX_ATTEMPTS {
+            tracing::warn!(%origin, event_id = %pdu.event_id, attempts,
+                "giving up on an event whose auth events could not be fetched; it is not stored");
+            metrics::counter!("myelin_federation_pending_pdus_dropped_total").increment(1);
+            return;
+        }
+        // The first retry at the next transaction, then 2 s doubling to 10 min.
+        let wait_s = if attempts <= 1 { 0 } else { (1u64 << (attempts - 1).min(10)).min(600) };
+        let mut all = self.by_origin.lock();
+        let total: usize = all.values().map(VecDeque::len).sum();
+        let queue = all.entry(origin.to_owned()).or_default();
+        let present = queue.iter().any(|p| p.pdu.event_id == pdu.event_id);
+        if !present && (queue.len() >= MAX_PENDING_PER_ORIGIN || total >= MAX_PENDING) {
+            tracing::info!(%origin, event_id = %pdu.event_id, "too many events wait for auth events; not keeping this one");
+            metrics::counter!("myelin_federation_pending_pdus_dropped_total").increment(1);
+        } else if !present {
+            queue.push_back(PendingPdu { pdu, version, attempts, next_try_ms: now_ms() + wait_s * 1000 });
+        }
+        if queue.is_empty() {
+            all.remove(origin);
+        }
+        let total: usize = all.values().map(VecDeque::len).sum();
+        drop(all);
+        metrics::gauge!("myelin_federation_pending_pdus").set(total as f64);
+    }
+
+    /// Takes `origin`'s pending PDUs whose retry time has come, oldest first.
+    pub(super) fn take_due(&self, origin: &str) -> Vec<PendingPdu> {
+        let now = now_ms();
+        let mut all = self.by_origin.lock();
+        let Some(queue) = all.get_mut(origin) else { return Vec::new() };
+        let (due, wait): (Vec<PendingPdu>, Vec<PendingPdu>) = queue.drain(..).partition(|p| p.next_try_ms <= now);
+        queue.extend(wait);
+        if queue.is_empty() {
+            all.remove(origin);
+        }
+        let total: usize = all.values().map(VecDeque::len).sum();
+        drop(all);
+        if !due.is_empty() {
+            metrics::gauge!("myelin_federation_pending_pdus").set(total as f64);
+        }
+        due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pdu(n: u32) -> Pdu {
+        let rules = RoomVersionId::V12.rules().unwrap();
+        let object = serde_json::from_value(serde_json::json!({
+            "type": "m.room.message", "room_id": "!r:x.test", "sender": "@a:x.test", "content": { "n": n },
+            "origin_server_ts": n, "depth": 2, "prev_events": [], "auth_events": [],
+            "hashes": { "sha256": "AAAA" }, "signatures": {} }))
+        .unwrap();
+        Pdu::from_object(object, &rules).unwrap()
+    }
+
+    #[test]
+    fn the_pending_set_is_bounded_and_gives_up_after_max_attempts() {
+        let pending = PendingPdus::default();
+        for n in 0..(MAX_PENDING_PER_ORIGIN as u32 + 5) {
+            pending.keep("a.test", pdu(n), RoomVersionId::V12, 1);
+        }
+        assert_eq!(pending.len(), MAX_PENDING_PER_ORIGIN, "bounded per origin");
+        pending.keep("a.test", pdu(0), RoomVersionId::V12, 1);
+        assert_eq!(pending.len(), MAX_PENDING_PER_ORIGIN, "kept once");
+        let due = pending.take_due("a.test");
+        assert_eq!(due.len(), MAX_PENDING_PER_ORIGIN, "the first retry is due at once");
+        assert!(pending.is_empty());
+        pending.keep("b.test", pdu(1), RoomVersionId::V12, 3);
+        assert!(pending.take_due("b.test").is_empty(), "later retries wait");
+        assert_eq!(pending.per_origin(), vec![("b.test".to_owned(), 1)]);
+        pending.keep("c.test", pdu(2), RoomVersionId::V12, MAX_ATTEMPTS);
+        assert_eq!(pending.len(), 1, "given up after MAX_ATTEMPTS");
+    }
+}

@@ -1,0 +1,118 @@
+//! Missing auth events are fetched; a PDU whose auth events cannot be fetched
+//! yet is kept pending, never rejected for it.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use parking_lot::Mutex;
+use ruma::{CanonicalJsonValue, UserId};
+use serde_json::{Value as JsonValue, json};
+
+use super::{
+    enc,
+    inbound::{Transaction, receive_transaction},
+    tests::{FakePeer, remote_signed, room_with_a_remote_member, text},
+};
+use crate::{
+    Engine,
+    rooms::{NewEvent, Pdu, tables},
+};
+
+/// Bob's new membership (a display name change) that we never received, and a
+/// message of his whose auth events name it instead of the membership we hold:
+/// as his server sends it when the transaction with the change was lost.
+async fn message_citing_an_unseen_membership(
+    engine: &Engine,
+    remote: &crate::keys::ServerKeys,
+    room: &ruma::RoomId,
+) -> (ruma::CanonicalJsonObject, Pdu, JsonValue, Pdu) {
+    let rules = ruma::RoomVersionId::V12.rules().unwrap();
+    let bob = UserId::parse("@bob:peer.test").unwrap();
+    let held = engine.rooms.state_event(room, "m.room.member", bob.as_str()).unwrap().unwrap();
+    let change = NewEvent::state(
+        ruma::events::TimelineEventType::RoomMember,
+        bob.as_str(),
+        json!({ "membership": "join", "displayname": "Bob Two" }),
+    );
+    let change = remote_signed(engine, remote, room, &bob, change, None).await;
+    let change_pdu = Pdu::from_object(change.clone(), &rules).unwrap();
+    let mut message = engine.rooms.template(&bob, room, text("hello")).await.unwrap();
+    let Some(CanonicalJsonValue::Array(auth)) = message.get_mut("auth_events") else { panic!("no auth events") };
+    for a in auth.iter_mut() {
+        if *a == CanonicalJsonValue::String(held.event_id.to_string()) {
+            *a = CanonicalJsonValue::String(change_pdu.event_id.to_string());
+        }
+    }
+    remote.hash_and_sign_event(&mut message, &rules).unwrap();
+    let message_pdu = Pdu::from_object(message.clone(), &rules).unwrap();
+    assert!(message_pdu.auth_events.contains(&change_pdu.event_id));
+    (change, change_pdu, serde_json::to_value(&message).unwrap(), message_pdu)
+}
+
+/// A peer that serves `/event/{id}` for the events in `served` while `serving` is set.
+fn serving_peer(served: Arc<Mutex<Vec<(String, JsonValue)>>>, serving: Arc<AtomicBool>) -> Arc<FakePeer> {
+    FakePeer::new(move |_, req| {
+        if serving.load(Ordering::SeqCst) {
+            for (id, json) in served.lock().iter() {
+                if req.path_and_query.ends_with(&format!("/event/{}", enc(id))) {
+                    return Ok((200, json!({ "origin": "peer.test", "pdus": [json] })));
+                }
+            }
+        }
+        Ok((404, json!({ "errcode": "M_NOT_FOUND" })))
+    })
+}
+
+async fn send(engine: &Engine, txn_id: &str, pdus: Vec<JsonValue>) -> JsonValue {
+    let txn = Transaction { pdus, edus: Vec::new() };
+    let answer = receive_transaction(engine, "peer.test", txn_id, txn).await.unwrap();
+    serde_json::from_slice(&answer).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pdu_whose_auth_event_we_lack_is_accepted_after_the_auth_event_is_fetched() {
+    let served: Arc<Mutex<Vec<(String, JsonValue)>>> = Arc::default();
+    let peer = serving_peer(served.clone(), Arc::new(AtomicBool::new(true)));
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, remote, room) = room_with_a_remote_member(dir.path(), peer.clone()).await;
+    let (change, change_pdu, json, message) = message_citing_an_unseen_membership(&engine, &remote, &room).await;
+    served.lock().push((change_pdu.event_id.to_string(), serde_json::to_value(&change).unwrap()));
+    let answer = send(&engine, "t1", vec![json]).await;
+    assert_eq!(answer["pdus"][message.event_id.as_str()], json!({}), "{answer}");
+    let paths = peer.paths();
+    assert!(paths.iter().any(|p| p.ends_with(&format!("/event/{}", enc(change_pdu.event_id.as_str())))), "{paths:?}");
+    let fetched = engine.rooms.meta(&change_pdu.event_id).unwrap().expect("the auth event is stored");
+    assert_eq!(fetched.flags, tables::OUTLIER, "as an outlier that passed the auth rules");
+    let meta = engine.rooms.meta(&message.event_id).unwrap().expect("the message is stored");
+    assert!(meta.count > 0 && meta.flags == 0, "in the timeline: {meta:?}");
+    assert_eq!(engine.pending_pdus.len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pdu_whose_auth_event_cannot_be_fetched_is_kept_pending_not_rejected_and_accepted_later() {
+    let served: Arc<Mutex<Vec<(String, JsonValue)>>> = Arc::default();
+    let serving = Arc::new(AtomicBool::new(false));
+    let peer = serving_peer(served.clone(), serving.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, remote, room) = room_with_a_remote_member(dir.path(), peer.clone()).await;
+    let (change, change_pdu, json, message) = message_citing_an_unseen_membership(&engine, &remote, &room).await;
+    served.lock().push((change_pdu.event_id.to_string(), serde_json::to_value(&change).unwrap()));
+    // The peer cannot serve the auth event: the message is neither stored nor rejected.
+    let answer = send(&engine, "t1", vec![json]).await;
+    assert!(answer["pdus"][message.event_id.as_str()]["error"].is_string(), "{answer}");
+    assert!(engine.rooms.meta(&message.event_id).unwrap().is_none(), "not stored, so not rejected for good");
+    assert!(engine.rooms.meta(&change_pdu.event_id).unwrap().is_none());
+    assert_eq!(engine.pending_pdus.len(), 1, "kept pending");
+    // The peer's next transaction (anything, here a later message) retries it.
+    serving.store(true, Ordering::SeqCst);
+    let bob = UserId::parse("@bob:peer.test").unwrap();
+    let later = remote_signed(&engine, &remote, &room, &bob, text("later"), None).await;
+    let answer = send(&engine, "t2", vec![serde_json::to_value(&later).unwrap()]).await;
+    assert_eq!(answer["pdus"].as_object().map(|m| m.len()), Some(1), "{answer}");
+    let meta = engine.rooms.meta(&message.event_id).unwrap().expect("accepted once the peer could serve");
+    assert_eq!(meta.flags, 0, "{meta:?}");
+    assert!(meta.count > 0, "in the timeline");
+    assert_eq!(engine.pending_pdus.len(), 0);
+}
