@@ -528,3 +528,27 @@ async fn presence_reaches_the_sync_of_users_sharing_a_room_only() {
     assert_eq!(again["presence"]["events"], json!([]));
     s.stop().await;
 }
+
+/// State events carry what they replaced in `unsigned` (`prev_content`,
+/// `prev_sender`, `replaces_state`), in `/sync`, `/messages` and `/event`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_change_carries_the_content_it_replaced() {
+    let s = myelin_suite::TestServer::open("prev.test").await;
+    let alice = s.register("alice").await;
+    let room = alice.create_room(serde_json::json!({ "topic": "first" })).await;
+    let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.topic", myelin_suite::enc(&room));
+    let first = alice.get(&path).await;
+    assert_eq!(first["topic"], "first");
+    let second = alice.put(&path, serde_json::json!({ "topic": "second" })).await["event_id"].as_str().unwrap().to_owned();
+    let ev = alice.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", myelin_suite::enc(&room), myelin_suite::enc(&second))).await;
+    assert_eq!(ev["unsigned"]["prev_content"]["topic"], "first", "{ev}");
+    assert_eq!(ev["unsigned"]["prev_sender"], alice.user_id.as_str());
+    let sync = alice.sync(None, 0).await;
+    let timeline = sync["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap();
+    let topic = timeline.iter().find(|e| e["event_id"] == second.as_str()).expect("the change in the timeline");
+    assert_eq!(topic["unsigned"]["prev_content"]["topic"], "first");
+    assert!(topic["unsigned"]["replaces_state"].is_string());
+    // The room's first topic replaced nothing.
+    let first_ev = timeline.iter().find(|e| e["type"] == "m.room.topic" && e["content"]["topic"] == "first").unwrap();
+    assert!(first_ev["unsigned"].get("prev_content").is_none());
+}

@@ -133,6 +133,18 @@ impl Rooms {
             return Ok(ev);
         }
         let mut ev = crate::events::client_event(pdu, with_room_id, now);
+        if let Some(state_key) = pdu.state_key.as_deref() {
+            // Client-Server API §"Room events": `unsigned.prev_content` is the state
+            // this event replaced; clients render "changed their name from …" with it.
+            let before = super::tables::META.get(&*self.db, &short)?.map_or(0, |m| m.state_before);
+            if before != 0
+                && let Some(prev) = self.state_pdu_at(before, &pdu.kind.to_string(), state_key)?
+            {
+                ev["unsigned"]["prev_content"] = prev.content_value();
+                ev["unsigned"]["prev_sender"] = serde_json::json!(prev.sender);
+                ev["unsigned"]["replaces_state"] = serde_json::json!(prev.event_id);
+            }
+        }
         let bundle = self.bundle(pdu, short, with_room_id, now, viewer)?;
         if !bundle.is_empty() {
             ev["unsigned"]["m.relations"] = JsonValue::Object(bundle);
