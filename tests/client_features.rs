@@ -539,8 +539,11 @@ async fn a_state_change_carries_the_content_it_replaced() {
     let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.topic", myelin_suite::enc(&room));
     let first = alice.get(&path).await;
     assert_eq!(first["topic"], "first");
-    let second = alice.put(&path, serde_json::json!({ "topic": "second" })).await["event_id"].as_str().unwrap().to_owned();
-    let ev = alice.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", myelin_suite::enc(&room), myelin_suite::enc(&second))).await;
+    let second =
+        alice.put(&path, serde_json::json!({ "topic": "second" })).await["event_id"].as_str().unwrap().to_owned();
+    let ev = alice
+        .get(&format!("/_matrix/client/v3/rooms/{}/event/{}", myelin_suite::enc(&room), myelin_suite::enc(&second)))
+        .await;
     assert_eq!(ev["unsigned"]["prev_content"]["topic"], "first", "{ev}");
     assert_eq!(ev["unsigned"]["prev_sender"], alice.user_id.as_str());
     let sync = alice.sync(None, 0).await;
