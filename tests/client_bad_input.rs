@@ -394,6 +394,21 @@ async fn typed_endpoints_refuse_wrong_types_and_take_valid_bodies() {
         ep(
             &alice,
             Method::POST,
+            format!("{v3}/pushers/set"),
+            json!({
+                "pushkey": "k1", "kind": "http", "app_id": "org.example", "app_display_name": "A",
+                "device_display_name": "d", "lang": "en", "data": { "url": "https://gw.example/_matrix/push/v1/notify" },
+            }),
+            vec![
+                json!({ "pushkey": 5, "kind": "http", "app_id": "a" }),
+                json!({ "pushkey": "k", "kind": 1, "app_id": "a" }),
+                json!({ "pushkey": "k", "kind": "http", "app_id": "a", "data": "x" }),
+                json!({ "pushkey": "k", "kind": null, "app_id": "a", "append": "yes" }),
+            ],
+        ),
+        ep(
+            &alice,
+            Method::POST,
             format!("{v3}/rooms/{r}/report/{}", enc(&event)),
             json!({ "reason": "typed", "score": -5 }),
             vec![json!({ "reason": 5 }), json!({ "score": "low" }), json!({ "score": 1.5 })],
