@@ -61,10 +61,20 @@ async fn garbage_path_parameters_get_a_matrix_4xx() {
             (Method::GET, format!("{v3}/thirdparty/protocol/{g}"), None, false),
             (Method::GET, format!("{v3}/thirdparty/location/{g}"), None, false),
             (Method::GET, format!("{v3}/thirdparty/user/{g}"), None, false),
-            (Method::PUT, format!("{v3}/directory/list/appservice/net/{g}"), Some(json!({ "visibility": "public" })), true),
+            (
+                Method::PUT,
+                format!("{v3}/directory/list/appservice/net/{g}"),
+                Some(json!({ "visibility": "public" })),
+                true,
+            ),
             (Method::POST, format!("/_matrix/client/v1/appservice/{g}/ping"), Some(json!({})), true),
             (Method::GET, format!("{v3}/room_keys/version/{g}"), None, false),
-            (Method::PUT, format!("{v3}/room_keys/version/{g}"), Some(json!({ "algorithm": "a", "auth_data": {} })), false),
+            (
+                Method::PUT,
+                format!("{v3}/room_keys/version/{g}"),
+                Some(json!({ "algorithm": "a", "auth_data": {} })),
+                false,
+            ),
             (Method::DELETE, format!("{v3}/room_keys/version/{g}"), None, false),
             (Method::GET, format!("{v3}/room_keys/keys/{g}?version=1"), None, false),
             (Method::GET, format!("{v3}/room_keys/keys/{g}/{g}?version=1"), None, false),
@@ -131,9 +141,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_request_twice_at_once_has_one_effect() {
     let fake = FakeAppservice::start(|seen| {
-        Box::pin(async move {
-            if seen.path == "/_matrix/app/v1/ping" { (200, json!({})) } else { (404, json!({})) }
-        })
+        Box::pin(async move { if seen.path == "/_matrix/app/v1/ping" { (200, json!({})) } else { (404, json!({})) } })
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
@@ -153,8 +161,10 @@ async fn the_same_request_twice_at_once_has_one_effect() {
 
     // The same backup session put twice at once: one session, one count.
     let backup = json!({ "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": { "public_key": "k" } });
-    let version = alice.post(&format!("{v3}/room_keys/version"), backup.clone()).await["version"].as_str().unwrap().to_owned();
-    let key = json!({ "first_message_index": 0, "forwarded_count": 0, "is_verified": false, "session_data": { "c": "x" } });
+    let version =
+        alice.post(&format!("{v3}/room_keys/version"), backup.clone()).await["version"].as_str().unwrap().to_owned();
+    let key =
+        json!({ "first_message_index": 0, "forwarded_count": 0, "is_verified": false, "session_data": { "c": "x" } });
     let path = format!("{v3}/room_keys/keys/{}/s1?version={version}", enc("!r:hostile.test"));
     let (a, b) = twice(|| alice.request(Method::PUT, &path, Some(key.clone()))).await;
     assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK));

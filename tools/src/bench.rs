@@ -142,6 +142,40 @@ pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// What the send-shaped scenarios set up: an owner, its public rooms, and one
+/// connected, joined sender per client (client i in room i mod R).
+pub(crate) struct Setup {
+    /// The owner's connection.
+    pub conn: Conn,
+    /// The owner's access token.
+    pub owner: String,
+    /// The rooms.
+    pub rooms: Vec<String>,
+    /// `(connection, access token, room)` per client.
+    pub senders: Vec<(Conn, String, String)>,
+}
+
+/// Registers the owner and `clients` senders of run `id`, creates `rooms` rooms and joins each sender to one.
+pub(crate) async fn setup(base: &str, id: &str, rooms: usize, clients: usize) -> Result<Setup, String> {
+    let mut conn = Conn::open(base).await?;
+    let (owner, _) = register(&mut conn, &format!("bench{id}owner")).await?;
+    let mut room_ids = Vec::new();
+    for i in 0..rooms {
+        room_ids.push(public_room(&mut conn, &owner, json!({ "name": format!("bench {id} {i}") })).await?);
+    }
+    let mut senders = Vec::new();
+    for c in 0..clients {
+        let mut sender = Conn::open(base).await?;
+        let (token, _) = register(&mut sender, &format!("bench{id}u{c}")).await?;
+        let room = room_ids[c % rooms].clone();
+        sender
+            .ok(Method::POST, &format!("/_matrix/client/v3/join/{}", enc(&room)), Some(&token), Some(json!({})))
+            .await?;
+        senders.push((sender, token, room));
+    }
+    Ok(Setup { conn, owner, rooms: room_ids, senders })
+}
+
 /// Result of the `send` scenario.
 pub struct SendReport {
     /// Events acknowledged.
@@ -160,21 +194,8 @@ pub struct SendReport {
 pub async fn send(base: &str, rooms: usize, clients: usize, messages: usize) -> Result<SendReport, String> {
     let rooms = rooms.max(1);
     let id = run_id();
-    let mut setup = Conn::open(base).await?;
-    let (owner_token, _) = register(&mut setup, &format!("bench{id}owner")).await?;
-    let mut room_ids = Vec::new();
-    for i in 0..rooms {
-        room_ids.push(public_room(&mut setup, &owner_token, json!({ "name": format!("bench {id} {i}") })).await?);
-    }
-    let mut senders = Vec::new();
-    for c in 0..clients {
-        let mut conn = Conn::open(base).await?;
-        let (token, _) = register(&mut conn, &format!("bench{id}u{c}")).await?;
-        let room = room_ids[c % rooms].clone();
-        conn.ok(Method::POST, &format!("/_matrix/client/v3/join/{}", enc(&room)), Some(&token), Some(json!({})))
-            .await?;
-        senders.push((conn, token, room));
-    }
+    let Setup { mut conn, owner: owner_token, rooms: room_ids, senders } = setup(base, &id, rooms, clients).await?;
+    let setup = &mut conn;
     eprintln!("bench send: {clients} clients x {messages} messages into {rooms} rooms at {base}");
     tokio::time::sleep(SETTLE_AFTER_SETUP).await;
     let start = Instant::now();

@@ -23,7 +23,7 @@ use http::Method;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
-use crate::bench::{Conn, SETTLE_AFTER_SETUP, enc, percentile, public_room, register, run_id};
+use crate::bench::{SETTLE_AFTER_SETUP, Setup, enc, percentile, run_id, setup};
 
 /// Result of the `appservice` scenario.
 pub struct AppserviceReport {
@@ -104,21 +104,7 @@ pub async fn appservice(
     let arrivals: Arrivals = Arc::new(Mutex::new((HashMap::new(), 0)));
     let server = listen(addr, hs_token.to_owned(), arrivals.clone()).await?;
     let id = run_id();
-    let mut setup = Conn::open(base).await?;
-    let (owner, _) = register(&mut setup, &format!("bench{id}owner")).await?;
-    let mut room_ids = Vec::new();
-    for i in 0..rooms {
-        room_ids.push(public_room(&mut setup, &owner, json!({ "name": format!("bench {id} {i}") })).await?);
-    }
-    let mut senders = Vec::new();
-    for c in 0..clients {
-        let mut conn = Conn::open(base).await?;
-        let (token, _) = register(&mut conn, &format!("bench{id}u{c}")).await?;
-        let room = room_ids[c % rooms].clone();
-        conn.ok(Method::POST, &format!("/_matrix/client/v3/join/{}", enc(&room)), Some(&token), Some(json!({})))
-            .await?;
-        senders.push((conn, token, room));
-    }
+    let Setup { senders, .. } = setup(base, &id, rooms, clients).await?;
     eprintln!(
         "bench appservice: {clients} clients x {messages} messages into {rooms} rooms at {base}, appservice at {addr}"
     );

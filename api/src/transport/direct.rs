@@ -13,7 +13,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::Uri;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use myelin_engine::{
     federation::{OutboundRequest, RawResponse, TransportError},
@@ -160,39 +160,15 @@ impl Direct {
                 Some(s) => s,
                 None => self.connect(base, policy).await?,
             };
-            let mut req = http::Request::builder()
-                .method(method.clone())
-                .uri(uri.as_str())
-                .header(http::header::HOST, &base.authority);
-            if body.is_some() {
-                req = req.header(http::header::CONTENT_TYPE, "application/json");
-            }
-            if let Some(auth) = authorization {
-                req = req.header(http::header::AUTHORIZATION, auth.as_str());
-            }
-            let req = req
-                .body(Full::new(body.clone().unwrap_or_default()))
-                .map_err(|e| TransportError::Http(e.to_string()))?;
-            let resp = match sender.send_request(req).await {
-                Ok(r) => r,
-                Err(e) if was_pooled => return Ok(Err(e)),
-                Err(e) => return Err(TransportError::Http(e.to_string())),
-            };
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let body = Limited::new(resp.into_body(), limit)
-                .collect()
-                .await
-                .map_err(|e| {
-                    if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                        TransportError::TooLarge(limit)
-                    } else {
-                        TransportError::Http(format!("reading the response: {e}"))
-                    }
-                })?
-                .to_bytes();
+            let resp =
+                match super::exchange(&mut sender, method, uri, &base.authority, body, authorization, limit).await {
+                    Ok(r) => r,
+                    Err(super::ExchangeError::Stale(e)) if was_pooled => return Ok(Err(e)),
+                    Err(super::ExchangeError::Stale(e)) => return Err(TransportError::Http(e.to_string())),
+                    Err(super::ExchangeError::Failed(e)) => return Err(e),
+                };
             self.give_back(key, sender);
-            Ok(Ok(RawResponse { status, headers, body }))
+            Ok(Ok(resp))
         };
         let fut = async {
             match attempt(true).await? {

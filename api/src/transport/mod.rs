@@ -405,40 +405,16 @@ impl HttpTransport {
                     (sender, target.host_header)
                 }
             };
-            let mut req = http::Request::builder()
-                .method(method.clone())
-                .uri(path_and_query)
-                .header(http::header::HOST, &host_header);
-            if body.is_some() {
-                req = req.header(http::header::CONTENT_TYPE, "application/json");
-            }
-            if let Some(auth) = authorization {
-                req = req.header(http::header::AUTHORIZATION, auth.as_str());
-            }
-            let req = req
-                .body(Full::new(body.clone().unwrap_or_default()))
-                .map_err(|e| TransportError::Http(e.to_string()))?;
-            let resp = match sender.send_request(req).await {
-                Ok(r) => r,
-                Err(e) if was_pooled => return Ok(Err(e)),
-                Err(e) => return Err(TransportError::Http(e.to_string())),
-            };
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            let body = Limited::new(resp.into_body(), limit)
-                .collect()
-                .await
-                .map_err(|e| {
-                    if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                        TransportError::TooLarge(limit)
-                    } else {
-                        TransportError::Http(format!("reading the response: {e}"))
-                    }
-                })?
-                .to_bytes();
+            let resp =
+                match exchange(&mut sender, method, path_and_query, &host_header, body, authorization, limit).await {
+                    Ok(r) => r,
+                    Err(Stale(e)) if was_pooled => return Ok(Err(e)),
+                    Err(Stale(e)) => return Err(TransportError::Http(e.to_string())),
+                    Err(Failed(e)) => return Err(e),
+                };
             // The whole response was read: the connection can carry the next request.
             self.give_back(server, (sender, host_header));
-            Ok(Ok(RawResponse { status, headers, body }))
+            Ok(Ok(resp))
         };
         let fut = async {
             match attempt(true).await? {
@@ -478,6 +454,53 @@ impl HttpTransport {
     pub fn forget_connections(&self, server: &str) {
         self.pool.lock().remove(server);
     }
+}
+
+/// Why one request on a connection got no answer.
+pub(crate) enum ExchangeError {
+    /// Sending failed before any answer: on a pooled connection, the peer had
+    /// closed it meanwhile, and the request may be sent again on a new one.
+    Stale(hyper::Error),
+    /// Anything else.
+    Failed(TransportError),
+}
+use ExchangeError::{Failed, Stale};
+
+/// Sends one request on `sender` and reads the whole answer, at most `limit` body bytes.
+pub(crate) async fn exchange(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    method: &http::Method,
+    uri: &str,
+    host: &str,
+    body: &Option<Bytes>,
+    authorization: &Option<String>,
+    limit: usize,
+) -> Result<RawResponse, ExchangeError> {
+    let mut req = http::Request::builder().method(method.clone()).uri(uri).header(http::header::HOST, host);
+    if body.is_some() {
+        req = req.header(http::header::CONTENT_TYPE, "application/json");
+    }
+    if let Some(auth) = authorization {
+        req = req.header(http::header::AUTHORIZATION, auth.as_str());
+    }
+    let req = req
+        .body(Full::new(body.clone().unwrap_or_default()))
+        .map_err(|e| Failed(TransportError::Http(e.to_string())))?;
+    let resp = sender.send_request(req).await.map_err(Stale)?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = Limited::new(resp.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            Failed(if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                TransportError::TooLarge(limit)
+            } else {
+                TransportError::Http(format!("reading the response: {e}"))
+            })
+        })?
+        .to_bytes();
+    Ok(RawResponse { status, headers, body })
 }
 
 impl Transport for HttpTransport {

@@ -20,6 +20,7 @@
 //! `myelin_appservice_transactions_total{result}` and
 //! `myelin_appservice_events_total`.
 
+use crate::federation::backoff::jitter;
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use http::Method;
@@ -99,12 +100,6 @@ async fn deliver(engine: Arc<Engine>, id: String, wake: Arc<Notify>) {
         }
         wake.notified().await;
     }
-}
-
-fn jitter(base: Duration) -> Duration {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    base + Duration::from_millis(u64::from(nanos % 1000) * base.as_millis().min(1000) as u64 / 1000)
 }
 
 /// Builds the next transaction from the queue, or `None` when nothing waits.

@@ -3,7 +3,7 @@
 //! nor how long it has been down (a destination unreachable for longer than
 //! `federation.park_after_s` is *parked*: see [`super::sender`]).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use myelin_storage::{Batch, Db, Direction, Raw, Stored, Table, catalog};
 use serde::{Deserialize, Serialize};
@@ -92,6 +92,15 @@ impl Backoffs {
         self.db.commit(batch).await?;
         Ok(())
     }
+}
+
+/// `base` plus up to a second of jitter (in proportion, for bases under a
+/// second), so retries of many queues do not arrive in step. Shared by the
+/// federation, appservice and push senders: one backoff policy.
+pub(crate) fn jitter(base: Duration) -> Duration {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    base + Duration::from_millis(u64::from(nanos % 1000) * base.as_millis().min(1000) as u64 / 1000)
 }
 
 #[cfg(test)]

@@ -60,6 +60,7 @@
 //! instead of hammering it and keeps counting towards parking; it is cleared
 //! by the next transaction the destination answers.
 
+use super::backoff::jitter;
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use http::Method;
@@ -163,12 +164,6 @@ async fn deliver(engine: Arc<Engine>, name: String, wake: Arc<Notify>) {
             }
         }
     }
-}
-
-fn jitter(base: Duration) -> Duration {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    base + Duration::from_millis(u64::from(nanos % 1000) * base.as_millis().min(1000) as u64 / 1000)
 }
 
 /// The `origin_server_ts` of a stored PDU.

@@ -9,6 +9,7 @@
 //! (5xx, 429, no answer) is retried with backoff from 1 s to 2 min. One
 //! older than `push.max_age_s` is dropped unsent, counted.
 
+use crate::federation::backoff::jitter;
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use http::Method;
@@ -57,12 +58,6 @@ pub async fn run(engine: Arc<Engine>, mut stop: watch::Receiver<bool>) {
     for (_, (t, _)) in tasks {
         t.abort();
     }
-}
-
-fn jitter(base: Duration) -> Duration {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    base + Duration::from_millis(u64::from(nanos % 1000) * base.as_millis().min(1000) as u64 / 1000)
 }
 
 /// Splits a gateway URL into its base (`scheme://authority`) and path.

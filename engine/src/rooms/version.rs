@@ -16,20 +16,6 @@ use ruma::{RoomVersionId, room_version_rules::RoomVersionRules};
 
 use super::RoomError;
 
-/// Versions a room may be created in.
-pub const CREATABLE: &[RoomVersionId] = &[
-    RoomVersionId::V3,
-    RoomVersionId::V4,
-    RoomVersionId::V5,
-    RoomVersionId::V6,
-    RoomVersionId::V7,
-    RoomVersionId::V8,
-    RoomVersionId::V9,
-    RoomVersionId::V10,
-    RoomVersionId::V11,
-    RoomVersionId::V12,
-];
-
 /// The version of new rooms unless the creator asks for another.
 pub const DEFAULT: RoomVersionId = RoomVersionId::V12;
 
@@ -48,6 +34,9 @@ pub const READABLE: &[RoomVersionId] = &[
     RoomVersionId::V11,
     RoomVersionId::V12,
 ];
+
+/// Versions a room may be created in: every readable one but 1 and 2.
+pub const CREATABLE: &[RoomVersionId] = READABLE.split_at(2).1;
 
 /// The rules of a readable version.
 pub fn rules(version: &RoomVersionId) -> Result<RoomVersionRules, RoomError> {
