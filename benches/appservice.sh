@@ -93,6 +93,9 @@ wait_up "$sc"
 settle; m=$("$myelin" bench appservice --url "http://127.0.0.1:$mc" --listen "127.0.0.1:$asp" --hs-token bench-hs-token --rooms "$rooms" --clients "$clients" --messages "$messages" --json) || true
 settle; s=$("$myelin" bench appservice --url "http://127.0.0.1:$sc" --listen "127.0.0.1:$asp" --hs-token bench-hs-token --rooms "$rooms" --clients "$clients" --messages "$messages" --json) || true
 
+hwm_of() { grep -m1 VmHWM "/proc/$1/status" 2>/dev/null | awk '{print $2}'; }
+# Peak RSS: Myelin over the whole run; Synapse since its restart with the appservice.
+echo "peak RSS: Myelin $(hwm_of "${pids[0]}") KiB, Synapse $(hwm_of "${pids[-1]}") KiB"
 python3 - "$rooms" "$clients" "$m_base" "$s_base" "$m" "$s" <<'PY'
 import json, sys
 rooms, clients = sys.argv[1], sys.argv[2]
