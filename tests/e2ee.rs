@@ -212,3 +212,38 @@ async fn a_password_change_that_logs_out_other_devices_forgets_their_keys() {
     assert_eq!(devices, [&alice.device_id]);
     s.stop().await;
 }
+
+/// More to-device messages than one `/sync` page: every one arrives, once. (Room keys
+/// travel this way; a sync that acknowledged a page it did not carry lost them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_to_device_backlog_longer_than_a_page_arrives_whole_over_several_syncs() {
+    // Past the per-user burst on purpose: 250 sends in a row.
+    let s = TestServer::start_with("localhost", |c| {
+        c.registration.enabled = true;
+        c.rate_limit.burst = 1000;
+    })
+    .await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let first = bob.sync(None, 0).await;
+    let total = 250;
+    for n in 0..total {
+        let path = format!("/_matrix/client/v3/sendToDevice/m.test/b{n}");
+        alice.put(&path, json!({ "messages": { bob.user_id.clone(): { bob.device_id.clone(): { "n": n } } } })).await;
+    }
+    let mut since = first["next_batch"].as_str().unwrap().to_owned();
+    let mut got: Vec<u64> = Vec::new();
+    for _ in 0..10 {
+        let r = bob.sync(Some(&since), 0).await;
+        got.extend(r["to_device"]["events"].as_array().unwrap().iter().map(|e| e["content"]["n"].as_u64().unwrap()));
+        since = r["next_batch"].as_str().unwrap().to_owned();
+        if got.len() >= total {
+            break;
+        }
+    }
+    let expected: Vec<u64> = (0..total as u64).collect();
+    assert_eq!(got, expected, "each message once, in order");
+    let r = bob.sync(Some(&since), 0).await;
+    assert!(r["to_device"]["events"].as_array().unwrap().is_empty());
+    s.stop().await;
+}

@@ -23,7 +23,9 @@
 //! visibility rules (`Rooms::visible_to`). Filters: timeline `limit`,
 //! `types`/`not_types`, `lazy_load_members`, `include_leave`. Joined rooms
 //! carry `m.typing` and `m.receipt` ephemeral events and unread counts
-//! (`crate::receipts`). Tokens are `s<stream position>_<typing serial>`.
+//! (`crate::receipts`). Tokens are `s<stream position>_<typing serial>`, plus
+//! `_<to-device position>` when a page of to-device messages was full: the next
+//! sync then acknowledges (deletes) only the messages that page carried.
 //! §"Extensions to /sync" (end-to-end encryption): `device_lists.changed`
 //! lists users sharing a room with the syncing user whose device list
 //! changed since the token (`crate::e2ee`), or who joined a shared room
@@ -54,6 +56,8 @@ pub struct SyncRequest {
     pub since: Option<u64>,
     /// Typing serial of `since` (0 when absent).
     pub since_typing: u64,
+    /// The to-device position `since` acknowledges, when not its stream position.
+    pub since_to_device: Option<u64>,
     /// Long-poll timeout.
     pub timeout: Duration,
     /// Send the full state of every joined room.
@@ -76,6 +80,7 @@ impl Default for SyncRequest {
             device_id: String::new(),
             since: None,
             since_typing: 0,
+            since_to_device: None,
             timeout: Duration::ZERO,
             full_state: false,
             timeline_limit: 20,
@@ -87,14 +92,33 @@ impl Default for SyncRequest {
     }
 }
 
-/// Parses a `s<pos>` or `s<pos>_<typing serial>` sync token.
+/// Parses a `s<pos>`, `s<pos>_<typing serial>` or `s<pos>_<typing serial>_<to-device
+/// position>` sync token into the position and the typing serial.
 pub fn parse_token(token: &str) -> Option<(u64, u64)> {
-    let rest = token.strip_prefix('s')?;
-    match rest.split_once('_') {
-        Some((pos, typing)) => Some((pos.parse().ok()?, typing.parse().ok()?)),
-        None => Some((rest.parse().ok()?, 0)),
-    }
+    parse_full_token(token).map(|(pos, typing, _)| (pos, typing))
 }
+
+/// Parses a sync token, with the to-device position it acknowledges when that is
+/// not its stream position (a page of to-device messages that was full).
+pub fn parse_full_token(token: &str) -> Option<(u64, u64, Option<u64>)> {
+    let mut parts = token.strip_prefix('s')?.split('_');
+    let pos = parts.next()?.parse().ok()?;
+    let typing = match parts.next() {
+        Some(t) => t.parse().ok()?,
+        None => 0,
+    };
+    let to_device = match parts.next() {
+        Some(t) => Some(t.parse::<u64>().ok()?.min(pos)),
+        None => None,
+    };
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((pos, typing, to_device))
+}
+
+/// Most to-device messages one `/sync` delivers.
+const TO_DEVICE_PAGE: usize = 100;
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -113,9 +137,9 @@ fn users_err(e: crate::users::UserError) -> EngineError {
 }
 
 /// Account data newer than the token: global events, and per room.
-struct ChangedData {
-    global: Vec<JsonValue>,
-    rooms: HashMap<String, Vec<JsonValue>>,
+pub(crate) struct ChangedData {
+    pub(crate) global: Vec<JsonValue>,
+    pub(crate) rooms: HashMap<String, Vec<JsonValue>>,
 }
 
 impl Engine {
@@ -126,7 +150,8 @@ impl Engine {
         let mut typing_wake = self.ephemeral.subscribe();
         // A sync with `since` acknowledges the to-device messages delivered before it.
         if let Some(since) = req.since {
-            self.users.ack_to_device(user.as_str(), &req.device_id, since).await.map_err(users_err)?;
+            let acked = req.since_to_device.unwrap_or(since);
+            self.users.ack_to_device(user.as_str(), &req.device_id, acked).await.map_err(users_err)?;
         }
         loop {
             // Read the position first: everything at or below it is durable and visible.
@@ -151,7 +176,7 @@ impl Engine {
         }
     }
 
-    fn serve(&self, pdu: &ArcPdu, now: u64, user: &UserId) -> JsonValue {
+    pub(crate) fn serve(&self, pdu: &ArcPdu, now: u64, user: &UserId) -> JsonValue {
         self.rooms.format(pdu, false, now, user).unwrap_or_else(|e| {
             tracing::warn!(event_id = %pdu.event_id, error = %e, "serving an event without its relations");
             client_event(pdu, false, now)
@@ -173,7 +198,7 @@ impl Engine {
     /// sent by someone else: a kick or a ban, not a leave of her own.
     /// An event that cannot be read here (the leave of an invite to a room this
     /// server is not in has no room version to parse it by) counts as her own.
-    fn removed_by_other(&self, user: &UserId, event: u64) -> bool {
+    pub(crate) fn removed_by_other(&self, user: &UserId, event: u64) -> bool {
         match self.rooms.pdu_by_short(event) {
             Ok(pdu) => pdu.is_some_and(|p| p.sender != *user),
             Err(e) => {
@@ -183,7 +208,12 @@ impl Engine {
         }
     }
 
-    fn changed_account_data(&self, user: &UserId, since: Option<u64>, upto: u64) -> Result<ChangedData, EngineError> {
+    pub(crate) fn changed_account_data(
+        &self,
+        user: &UserId,
+        since: Option<u64>,
+        upto: u64,
+    ) -> Result<ChangedData, EngineError> {
         let mut changed = ChangedData { global: Vec::new(), rooms: HashMap::new() };
         for (room, kind, data) in self.users.account_data_since(user.as_str(), since).map_err(users_err)? {
             if data.count > upto || since.is_some_and(|s| data.count <= s) {
@@ -312,10 +342,15 @@ impl Engine {
                 _ => {}
             }
         }
-        let to_device: Vec<JsonValue> = self
-            .users
-            .pending_to_device(user.as_str(), &req.device_id, upto, 100)
-            .map_err(users_err)?
+        let pending =
+            self.users.pending_to_device(user.as_str(), &req.device_id, upto, TO_DEVICE_PAGE).map_err(users_err)?;
+        // A full page: the token acknowledges only what it carried, or the rest
+        // (queued at or below `upto`) would be deleted unseen by the next sync.
+        let to_device_ack = match pending.last() {
+            Some((pos, _)) if pending.len() == TO_DEVICE_PAGE && *pos < upto => Some(*pos),
+            _ => None,
+        };
+        let to_device: Vec<JsonValue> = pending
             .into_iter()
             .filter_map(|(_, m)| {
                 let content = serde_json::from_slice::<JsonValue>(&m.content).ok()?;
@@ -339,7 +374,10 @@ impl Engine {
             || !data.global.is_empty()
             || !to_device.is_empty();
         let body = json!({
-            "next_batch": format!("s{upto}_{typing_serial}"),
+            "next_batch": match to_device_ack {
+                Some(ack) => format!("s{upto}_{typing_serial}_{ack}"),
+                None => format!("s{upto}_{typing_serial}"),
+            },
             "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
             "account_data": { "events": data.global },
             "presence": { "events": presence },
@@ -416,8 +454,22 @@ impl Engine {
         if (fresh && !typing.is_empty()) || (!fresh && changed > since_typing) {
             out.push(json!({ "type": "m.typing", "content": { "user_ids": typing } }));
         }
+        if let Some(receipts) = self.receipt_event(room, user, if fresh { 0 } else { since.unwrap_or(0) })? {
+            out.push(receipts);
+        }
+        Ok(out)
+    }
+
+    /// The `m.receipt` event of the receipts set in `room` after stream position
+    /// `since` (all of them at 0); private ones only the viewer's own.
+    pub(crate) fn receipt_event(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        since: u64,
+    ) -> Result<Option<JsonValue>, EngineError> {
         let mut content = serde_json::Map::new();
-        for (who, kind, thread, receipt) in self.receipts_since(room, if fresh { 0 } else { since.unwrap_or(0) })? {
+        for (who, kind, thread, receipt) in self.receipts_since(room, since)? {
             if kind == "m.read.private" && who != user.as_str() {
                 continue;
             }
@@ -428,15 +480,12 @@ impl Engine {
             let by_event = content.entry(receipt.event_id.clone()).or_insert_with(|| json!({}));
             by_event[kind.as_str()][who.as_str()] = entry;
         }
-        if !content.is_empty() {
-            out.push(json!({ "type": "m.receipt", "content": content }));
-        }
-        Ok(out)
+        Ok((!content.is_empty()).then(|| json!({ "type": "m.receipt", "content": content })))
     }
 
     /// Notes members who joined or left `room` in this sync's timeline (everyone, when
     /// the user is new to the room): their devices must be (re)fetched or forgotten.
-    fn note_member_changes(
+    pub(crate) fn note_member_changes(
         &self,
         room: &RoomId,
         user: &UserId,
@@ -537,7 +586,7 @@ impl Engine {
     /// `device_lists.changed` and `.left` for an incremental sync: users sharing a room
     /// whose devices changed in `(since, upto]` or who joined one; users who left the
     /// user's last shared room.
-    fn device_list_changes(
+    pub(crate) fn device_list_changes(
         &self,
         user: &UserId,
         since: u64,

@@ -7,7 +7,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use myelin_engine::sync::{SyncRequest, parse_token};
+use myelin_engine::sync::{SyncRequest, parse_full_token};
 use ruma::RoomId;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as JsonValue, json};
@@ -122,10 +122,11 @@ pub fn sync(cx: Ctx, req: Req) -> HandlerFuture {
         let me = require_user(&cx, &req)?;
         let mut request = SyncRequest { device_id: me.device_id.clone(), ..SyncRequest::default() };
         if let Some(since) = query_param(&req, "since") {
-            let (pos, typing) =
-                parse_token(&since).ok_or_else(|| ApiError::invalid_param(format!("bad since token {since}")))?;
+            let (pos, typing, to_device) =
+                parse_full_token(&since).ok_or_else(|| ApiError::invalid_param(format!("bad since token {since}")))?;
             request.since = Some(pos);
             request.since_typing = typing;
+            request.since_to_device = to_device;
         }
         if let Some(t) = query_param(&req, "timeout") {
             let ms = t.parse::<u64>().map_err(|_| ApiError::invalid_param("timeout must be milliseconds"))?;
