@@ -26,6 +26,7 @@ pub mod pushers;
 pub mod receipts;
 pub mod reports;
 pub mod rooms;
+pub mod sliding;
 pub mod sync;
 pub mod users;
 pub mod util;
@@ -89,6 +90,8 @@ pub struct Engine {
     pub openid: openid::OpenId,
     /// Content reports.
     pub reports: reports::Reports,
+    /// Sliding-sync connections and their caches.
+    pub sliding: sliding::Sliding,
 }
 
 impl Engine {
@@ -175,6 +178,7 @@ impl Engine {
             key_backups,
             openid,
             reports,
+            sliding: sliding::Sliding::default(),
         }))
     }
 

@@ -26,7 +26,12 @@ pub const SPEC_VERSIONS: &[&str] = &[
 
 /// GET /_matrix/client/versions
 pub fn versions(_cx: Ctx, _req: Req) -> HandlerFuture {
-    Box::pin(async move { Ok(ok_json(&serde_json::json!({ "versions": SPEC_VERSIONS, "unstable_features": {} }))) })
+    // Simplified sliding sync (MSC4186): matrix-rust-sdk looks for this flag.
+    let body = serde_json::json!({
+        "versions": SPEC_VERSIONS,
+        "unstable_features": { "org.matrix.simplified_msc3575": true },
+    });
+    Box::pin(async move { Ok(ok_json(&body)) })
 }
 
 /// GET /.well-known/matrix/client

@@ -135,6 +135,27 @@ impl Rooms {
         self.state_at(self.current_snapshot(room_id)?)
     }
 
+    /// The room's current snapshot, and the events of its current state that are not in
+    /// snapshot `from` (added or replaced since; all of them when `from` is 0).
+    pub fn state_changed_since(&self, room_id: &RoomId, from: u64) -> Result<(u64, Vec<ArcPdu>), RoomError> {
+        let current = self.current_snapshot(room_id)?;
+        if from == current {
+            return Ok((current, Vec::new()));
+        }
+        if from == 0 {
+            return Ok((current, self.state_at(current)?));
+        }
+        let (old, new) = (self.states.load(from)?, self.states.load(current)?);
+        let (added, _removed) = state::diff(&old, &new);
+        let mut out = Vec::with_capacity(added.len());
+        for (_, short) in added {
+            if let Some(p) = self.pdu_by_short(short)? {
+                out.push(p);
+            }
+        }
+        Ok((current, out))
+    }
+
     /// The room's forward extremities.
     pub fn extremities(&self, room_id: &RoomId) -> Result<Vec<OwnedEventId>, RoomError> {
         let short = self.short_room(room_id)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;

@@ -15,6 +15,7 @@ mod pushers;
 mod relations;
 mod rooms;
 mod search;
+mod sliding;
 mod sync;
 mod voip;
 
@@ -161,6 +162,14 @@ pub fn add(r: &mut Router) {
     for prefix in ["/_matrix/client/v3", "/_matrix/client/r0"] {
         r.add_long_poll(M::GET, &format!("{prefix}/sync"), sync::sync, sync::MAX_TIMEOUT);
     }
+    r.add_long_poll(
+        M::POST,
+        "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+        sliding::sync,
+        sliding::MAX_TIMEOUT,
+    );
+    r.add(M::GET, "/_matrix/client/v1/auth_metadata", sliding::auth_metadata);
+    r.add(M::GET, "/_matrix/client/unstable/org.matrix.msc2965/auth_metadata", sliding::auth_metadata);
     both(r, M::PUT, "/sendToDevice/{event_type}/{txn_id}", sync::send_to_device);
     both(r, M::POST, "/user/{user_id}/filter", sync::put_filter);
     both(r, M::GET, "/user/{user_id}/filter/{filter_id}", sync::get_filter);

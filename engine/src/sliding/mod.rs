@@ -1,0 +1,598 @@
+//! Simplified sliding sync (MSC4186), the sync of Element X and matrix-rust-sdk.
+//!
+//! MSC4186: "The client sends a request with a set of *lists* … each list has
+//! *ranges* of the rooms, sorted by their most recent activity (the `bump_stamp`)
+//! … and *room subscriptions* for rooms the client wants regardless of the lists.
+//! The server answers with the rooms in those ranges and subscriptions that have
+//! changed since the `pos` the client sends, and the extensions (`to_device`,
+//! `e2ee`, `account_data`, `receipts`, `typing`)." Parameters are not sticky: every
+//! request carries the whole configuration. An unknown `pos` is answered with
+//! `M_UNKNOWN_POS` so the client starts the connection again.
+//!
+//! Built on the same engine as `/sync` (memberships, timelines, state snapshots,
+//! receipts, the stream counter's notifier); what a connection was sent lives in
+//! [`conn::Connections`]. A room is sent in full (`initial`) the first time a
+//! connection sees it, then only its news: new timeline events, state that changed
+//! between the snapshot it was last sent at and now and matches the rules, and its
+//! counts. A room that leaves every window keeps its record, so when it comes back
+//! the connection gets what it missed.
+//!
+//! Rooms in the lists: joined, invited, knocked and banned rooms, rooms the user was
+//! kicked from, and rooms the user left since the connection's last answer (so the
+//! client learns of it), as Synapse does.
+
+pub mod conn;
+mod room;
+pub mod types;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    num::NonZeroUsize,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use lru::LruCache;
+use parking_lot::Mutex;
+use ruma::{OwnedRoomId, RoomId, UserId};
+use serde_json::{Value as JsonValue, json};
+
+pub use conn::{Connections, UnknownPos};
+pub use types::*;
+
+use crate::{Engine, EngineError, rooms::tables::Membership};
+
+/// Event types that move a room up its lists (MSC4186's default bump event types).
+pub const BUMP_TYPES: &[&str] = &[
+    "m.room.create",
+    "m.room.message",
+    "m.room.encrypted",
+    "m.sticker",
+    "m.call.invite",
+    "m.poll.start",
+    "m.beacon_info",
+];
+
+/// Most events read back from a room's newest one to find its bump stamp.
+const BUMP_SCAN: usize = 200;
+/// Most timeline events per room and answer.
+pub const MAX_TIMELINE: u64 = 500;
+/// Most to-device messages per answer.
+const MAX_TO_DEVICE: u64 = 1000;
+
+/// What a sliding-sync request fails with.
+#[derive(Debug, thiserror::Error)]
+pub enum SlidingError {
+    /// The `pos` is not (or no longer) known: start the connection again.
+    #[error(transparent)]
+    UnknownPos(#[from] UnknownPos),
+    /// The request names something malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// Server-side state of sliding sync: connections, and caches keyed by immutable things.
+pub struct Sliding {
+    /// What each connection was sent.
+    pub connections: Connections,
+    /// Per room: `(position scanned up to, bump stamp there)`.
+    bumps: Mutex<LruCache<OwnedRoomId, (i64, i64)>>,
+    /// Per state snapshot: the room facts lists and rooms show (snapshots never change).
+    summaries: Mutex<LruCache<u64, Arc<room::Summary>>>,
+}
+
+impl Default for Sliding {
+    fn default() -> Self {
+        let cap = |n| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            connections: Connections::new(),
+            bumps: Mutex::new(LruCache::new(cap(100_000))),
+            summaries: Mutex::new(LruCache::new(cap(8192))),
+        }
+    }
+}
+
+/// One request, as the API edge read it.
+#[derive(Debug, Clone, Default)]
+pub struct Params {
+    /// The requesting device.
+    pub device_id: String,
+    /// The `pos` query parameter.
+    pub pos: Option<String>,
+    /// How long to wait for news when there is none.
+    pub timeout: Duration,
+    /// The body.
+    pub body: Request,
+}
+
+/// What one room is wanted with, merged over the lists and subscriptions naming it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Wanted {
+    pub(crate) timeline_limit: u64,
+    /// Sorted, without duplicates.
+    pub(crate) rules: Vec<(String, String)>,
+    /// The lists the room is in a range of.
+    pub(crate) lists: Vec<String>,
+    pub(crate) subscribed: bool,
+}
+
+impl Wanted {
+    fn merge(&mut self, spec: &RoomSpec) {
+        self.timeline_limit = self.timeline_limit.max(spec.timeline_limit.min(MAX_TIMELINE));
+        for rule in &spec.required_state {
+            if !self.rules.contains(rule) {
+                self.rules.push(rule.clone());
+            }
+        }
+        self.rules.sort();
+    }
+}
+
+fn err<E: std::fmt::Display>(e: E) -> EngineError {
+    EngineError::Rooms(e.to_string())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// One candidate room of the lists.
+struct Candidate {
+    room_id: OwnedRoomId,
+    membership: Membership,
+    stamp: i64,
+}
+
+impl Engine {
+    /// Runs one sliding-sync request for `user`, waiting up to `params.timeout` for news
+    /// when it continues a connection.
+    pub async fn sliding_sync(&self, user: &UserId, params: Params) -> Result<Response, SlidingError> {
+        for name in params.body.lists.keys() {
+            if name.len() > 64 {
+                return Err(SlidingError::BadRequest("list names are at most 64 bytes".into()));
+            }
+        }
+        if params.body.lists.len() > 100 || params.body.room_subscriptions.len() > 1000 {
+            return Err(SlidingError::BadRequest("at most 100 lists and 1,000 room subscriptions".into()));
+        }
+        let conn_id = params.body.conn_id.clone().unwrap_or_default();
+        if conn_id.len() > 64 {
+            return Err(SlidingError::BadRequest("conn_id is at most 64 bytes".into()));
+        }
+        let store = &self.sliding.connections;
+        if params.pos.is_none() {
+            store.forget(user.as_str(), &params.device_id, &conn_id);
+        }
+        let prev = store.resume(user.as_str(), &params.device_id, &conn_id, params.pos.as_deref())?;
+        if let Some(td) = params.body.extensions.to_device.as_ref().filter(|t| t.enabled == Some(true))
+            && let Some(since) = td.since.as_deref()
+        {
+            let since =
+                since.parse::<u64>().map_err(|_| SlidingError::BadRequest(format!("bad to_device since {since}")))?;
+            self.users.ack_to_device(user.as_str(), &params.device_id, since).await.map_err(err)?;
+        }
+        let deadline = Instant::now() + params.timeout;
+        let mut wake = self.stream.subscribe();
+        let mut typing_wake = self.ephemeral.subscribe();
+        loop {
+            let upto = self.stream.current();
+            let (mut response, state, news) = self.sliding_once(user, &params, &prev, upto).await?;
+            let waited_out = Instant::now() >= deadline;
+            if news || params.pos.is_none() || waited_out {
+                response.pos = store.commit(user.as_str(), &params.device_id, &conn_id, state);
+                return Ok(response);
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let changed = async {
+                tokio::select! {
+                    r = wake.changed() => r.is_ok(),
+                    r = typing_wake.changed() => r.is_ok(),
+                }
+            };
+            if !matches!(tokio::time::timeout(remaining, changed).await, Ok(true)) {
+                // Timed out, or shutting down: answer with what there is.
+                let upto = self.stream.current();
+                let (mut response, state, _) = self.sliding_once(user, &params, &prev, upto).await?;
+                response.pos = store.commit(user.as_str(), &params.device_id, &conn_id, state);
+                return Ok(response);
+            }
+        }
+    }
+
+    /// Builds one answer at stream position `upto` from the connection state `prev`;
+    /// says whether it tells the client anything.
+    async fn sliding_once(
+        &self,
+        user: &UserId,
+        params: &Params,
+        prev: &conn::ConnState,
+        upto: u64,
+    ) -> Result<(Response, conn::ConnState, bool), SlidingError> {
+        let body = &params.body;
+        let upto_i = upto as i64;
+        let since = (prev.upto > 0).then_some(prev.upto);
+        let typing_serial = self.ephemeral.serial();
+        let direct = self.direct_rooms(user)?;
+        let candidates = self.list_candidates(user, prev, upto_i)?;
+
+        // Lists: filter, sort by bump stamp (newest first), take the ranges.
+        let mut wanted: BTreeMap<OwnedRoomId, Wanted> = BTreeMap::new();
+        let mut lists_out = BTreeMap::new();
+        let mut memberships: HashMap<OwnedRoomId, Membership> = HashMap::new();
+        let mut stamps: HashMap<OwnedRoomId, i64> = HashMap::new();
+        for c in &candidates {
+            memberships.insert(c.room_id.clone(), c.membership.clone());
+            stamps.insert(c.room_id.clone(), c.stamp);
+        }
+        for (name, list) in &body.lists {
+            let mut rooms: Vec<&Candidate> = Vec::new();
+            for c in &candidates {
+                if self.passes(user, c, list.filters.as_ref(), &direct)? {
+                    rooms.push(c);
+                }
+            }
+            rooms.sort_by(|a, b| b.stamp.cmp(&a.stamp).then_with(|| a.room_id.cmp(&b.room_id)));
+            lists_out.insert(name.clone(), ListOut { count: rooms.len() as u64 });
+            for &(start, end) in list.ranges.iter().take(100) {
+                let end = end.min(rooms.len().saturating_sub(1) as u64);
+                if rooms.is_empty() || start > end {
+                    continue;
+                }
+                for c in &rooms[start as usize..=end as usize] {
+                    let w = wanted.entry(c.room_id.clone()).or_default();
+                    w.merge(&list.room);
+                    if !w.lists.contains(name) {
+                        w.lists.push(name.clone());
+                    }
+                }
+            }
+        }
+        // Subscriptions: any room the user has a membership in, listed or not.
+        for (room_id, spec) in &body.room_subscriptions {
+            if !memberships.contains_key(room_id) {
+                match self.rooms.membership(user.as_str(), room_id).map_err(err)? {
+                    Some(m) if m.count <= upto_i => {
+                        stamps.insert(room_id.clone(), self.bump_stamp_of(room_id, &m, upto_i)?);
+                        memberships.insert(room_id.clone(), m);
+                    }
+                    // Not the user's room: nothing to show (as Synapse, no error).
+                    _ => continue,
+                }
+            }
+            let w = wanted.entry(room_id.clone()).or_default();
+            w.merge(spec);
+            w.subscribed = true;
+        }
+
+        // The rooms.
+        let now = now_ms();
+        let mut next = conn::ConnState {
+            upto,
+            typing: typing_serial,
+            rooms: prev.rooms.clone(),
+            lists: lists_out.iter().map(|(k, v)| (k.clone(), v.count)).collect(),
+        };
+        let mut rooms_out = BTreeMap::new();
+        let mut initial_rooms = HashSet::new();
+        for (room_id, w) in &wanted {
+            let Some(m) = memberships.get(room_id) else { continue };
+            let stamp = stamps.get(room_id).copied().unwrap_or(m.count);
+            let cx = room::Cx {
+                user,
+                upto: upto_i,
+                conn_upto: prev.upto as i64,
+                now,
+                is_dm: direct.contains(room_id.as_str()),
+                stamp,
+            };
+            if let Some((out, sent)) = self.sliding_room(room_id, m, w, prev.rooms.get(room_id), &cx).await? {
+                if out.initial {
+                    initial_rooms.insert(room_id.clone());
+                }
+                rooms_out.insert(room_id.to_string(), out);
+                next.rooms.insert(room_id.clone(), sent);
+            }
+        }
+
+        // Extensions.
+        let ext = &body.extensions;
+        let mut extensions = ExtensionsOut::default();
+        let mut news = !rooms_out.is_empty() || next.lists != prev.lists;
+        if let Some(td) = ext.to_device.as_ref().filter(|t| t.enabled == Some(true)) {
+            let limit = td.limit.unwrap_or(100).clamp(1, MAX_TO_DEVICE) as usize;
+            let pending = self.users.pending_to_device(user.as_str(), &params.device_id, upto, limit).map_err(err)?;
+            // A full page ends at its last message, so the rest is not acknowledged unseen.
+            let next_batch = match pending.last() {
+                Some((pos, _)) if pending.len() == limit => *pos,
+                _ => upto,
+            };
+            let events: Vec<JsonValue> = pending
+                .into_iter()
+                .filter_map(|(_, m)| {
+                    let content = serde_json::from_slice::<JsonValue>(&m.content).ok()?;
+                    Some(json!({ "sender": m.sender, "type": m.kind, "content": content }))
+                })
+                .collect();
+            news |= !events.is_empty();
+            extensions.to_device = Some(ToDeviceOut { next_batch: next_batch.to_string(), events });
+        }
+        if ext.e2ee.as_ref().is_some_and(|t| t.enabled == Some(true)) {
+            let mut e2ee = E2eeOut::default();
+            if let Some(s) = since {
+                let (changed, left) = self.sliding_device_lists(user, &candidates, s, upto)?;
+                news |= !changed.is_empty() || !left.is_empty();
+                e2ee.device_lists = DeviceListsOut { changed, left };
+            }
+            e2ee.device_one_time_keys_count =
+                json!(self.e2ee.one_time_key_counts(user.as_str(), &params.device_id).map_err(err)?);
+            e2ee.device_unused_fallback_key_types =
+                json!(self.e2ee.unused_fallback_types(user.as_str(), &params.device_id).map_err(err)?);
+            extensions.e2ee = Some(e2ee);
+        }
+        let in_scope = |scope: &Scoped| -> Vec<&OwnedRoomId> {
+            wanted
+                .iter()
+                .filter(|(r, w)| {
+                    let lists: Vec<&str> = w.lists.iter().map(String::as_str).collect();
+                    scope.covers(&lists, w.subscribed, r.as_str())
+                })
+                .map(|(r, _)| r)
+                .collect()
+        };
+        if let Some(scope) = ext.account_data.as_ref().filter(|_| Scoped::on(&ext.account_data)) {
+            let changed = self.changed_account_data(user, since, upto)?;
+            let mut all_rooms = if initial_rooms.is_empty() || since.is_none() {
+                None
+            } else {
+                Some(self.changed_account_data(user, None, upto)?.rooms)
+            };
+            let mut out = AccountDataOut { global: changed.global, rooms: BTreeMap::new() };
+            let mut changed_rooms = changed.rooms;
+            for room_id in in_scope(scope) {
+                let events = match all_rooms.as_mut() {
+                    Some(all) if initial_rooms.contains(room_id) => all.remove(room_id.as_str()),
+                    _ => changed_rooms.remove(room_id.as_str()),
+                };
+                if let Some(events) = events.filter(|e| !e.is_empty()) {
+                    out.rooms.insert(room_id.to_string(), events);
+                }
+            }
+            news |= !out.global.is_empty() || !out.rooms.is_empty();
+            extensions.account_data = Some(out);
+        }
+        if let Some(scope) = ext.receipts.as_ref().filter(|_| Scoped::on(&ext.receipts)) {
+            let mut out = RoomEventsOut::default();
+            for room_id in in_scope(scope) {
+                let from = match since {
+                    Some(s) if !initial_rooms.contains(room_id) => {
+                        if self.receipts_quiet_since(room_id, s)? {
+                            continue;
+                        }
+                        s
+                    }
+                    _ => 0,
+                };
+                if let Some(event) = self.receipt_event(room_id, user, from)? {
+                    out.rooms.insert(room_id.to_string(), event);
+                }
+            }
+            news |= !out.rooms.is_empty();
+            extensions.receipts = Some(out);
+        }
+        if let Some(scope) = ext.typing.as_ref().filter(|_| Scoped::on(&ext.typing)) {
+            let mut out = RoomEventsOut::default();
+            for room_id in in_scope(scope) {
+                let (users, changed) = self.ephemeral.typing_in(room_id);
+                let fresh = since.is_none() || initial_rooms.contains(room_id);
+                if (fresh && !users.is_empty()) || (!fresh && changed > prev.typing) {
+                    out.rooms
+                        .insert(room_id.to_string(), json!({ "type": "m.typing", "content": { "user_ids": users } }));
+                }
+            }
+            news |= !out.rooms.is_empty();
+            extensions.typing = Some(out);
+        }
+        let response = Response {
+            pos: String::new(),
+            txn_id: body.txn_id.clone(),
+            lists: lists_out,
+            rooms: rooms_out,
+            extensions,
+        };
+        Ok((response, next, news))
+    }
+
+    /// The rooms the lists are made of, with their bump stamps.
+    fn list_candidates(&self, user: &UserId, prev: &conn::ConnState, upto: i64) -> Result<Vec<Candidate>, EngineError> {
+        let mut out = Vec::new();
+        for (room_id, m) in self.rooms.rooms_of(user.as_str()).map_err(err)? {
+            if m.count > upto {
+                continue; // after this answer's position: next time
+            }
+            let shown = match m.membership.as_str() {
+                "join" | "invite" | "knock" | "ban" => true,
+                // Left since the last answer (the client must learn of it), or removed by someone else.
+                "leave" => (prev.upto > 0 && m.count > prev.upto as i64) || self.removed_by_other(user, m.event),
+                _ => false,
+            };
+            if !shown {
+                continue;
+            }
+            let stamp = self.bump_stamp_of(&room_id, &m, upto)?;
+            out.push(Candidate { room_id, membership: m, stamp });
+        }
+        Ok(out)
+    }
+
+    /// The position a room sorts by: its newest event of a bumping type for a joined
+    /// room, the membership event otherwise (or when no such event is near the top).
+    fn bump_stamp_of(&self, room_id: &RoomId, m: &Membership, upto: i64) -> Result<i64, EngineError> {
+        if m.membership != "join" {
+            return Ok(m.count);
+        }
+        let cached = self.sliding.bumps.lock().get(room_id).copied();
+        if let Some((checked, stamp)) = cached
+            && (checked >= upto || self.rooms.quiet_since(room_id, checked).map_err(err)?)
+        {
+            return Ok(stamp.max(m.count));
+        }
+        let floor = cached.map_or(i64::MIN, |(checked, _)| checked);
+        let mut stamp = cached.map(|(_, s)| s);
+        let events = self
+            .rooms
+            .timeline(room_id, Some(upto.saturating_add(1)), myelin_storage::Direction::Reverse, BUMP_SCAN)
+            .map_err(err)?;
+        let mut found = false;
+        for (pos, pdu) in &events {
+            if *pos <= floor {
+                found = true; // the cached stamp stands
+                break;
+            }
+            if BUMP_TYPES.contains(&pdu.kind.to_string().as_str()) {
+                stamp = Some(*pos);
+                found = true;
+                break;
+            }
+        }
+        if !found && events.len() == BUMP_SCAN {
+            // Nothing bumping among the newest events: the oldest of them sorts it.
+            stamp = events.last().map(|(p, _)| *p);
+        }
+        let stamp = stamp.unwrap_or(m.count);
+        self.sliding.bumps.lock().put(room_id.to_owned(), (upto, stamp));
+        Ok(stamp.max(m.count))
+    }
+
+    /// The rooms of the user's `m.direct` account data.
+    fn direct_rooms(&self, user: &UserId) -> Result<HashSet<String>, EngineError> {
+        let Some(raw) = self.users.account_data(user.as_str(), None, "m.direct").map_err(err)? else {
+            return Ok(HashSet::new());
+        };
+        let Ok(JsonValue::Object(map)) = serde_json::from_slice::<JsonValue>(&raw) else { return Ok(HashSet::new()) };
+        Ok(map
+            .values()
+            .filter_map(JsonValue::as_array)
+            .flatten()
+            .filter_map(JsonValue::as_str)
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Whether a candidate room passes a list's filters.
+    fn passes(
+        &self,
+        user: &UserId,
+        c: &Candidate,
+        filters: Option<&ListFilters>,
+        direct: &HashSet<String>,
+    ) -> Result<bool, EngineError> {
+        let Some(f) = filters else { return Ok(true) };
+        let invited = c.membership.membership == "invite";
+        if f.is_invite.is_some_and(|want| want != invited) {
+            return Ok(false);
+        }
+        if f.is_dm.is_some_and(|want| want != direct.contains(c.room_id.as_str())) {
+            return Ok(false);
+        }
+        if f.is_encrypted.is_some() || f.room_types.is_some() || !f.not_room_types.is_empty() {
+            let (encrypted, room_type) = self.room_facts(user, &c.room_id, &c.membership)?;
+            if f.is_encrypted.is_some_and(|want| want != encrypted) {
+                return Ok(false);
+            }
+            if let Some(types) = &f.room_types
+                && !types.contains(&room_type)
+            {
+                return Ok(false);
+            }
+            if f.not_room_types.contains(&room_type) {
+                return Ok(false);
+            }
+        }
+        if !f.spaces.is_empty() {
+            let mut in_space = false;
+            for space in &f.spaces {
+                if self.rooms.state_event(space, "m.space.child", c.room_id.as_str()).ok().flatten().is_some_and(|p| {
+                    p.content_value().get("via").and_then(JsonValue::as_array).is_some_and(|v| !v.is_empty())
+                }) {
+                    in_space = true;
+                    break;
+                }
+            }
+            if !in_space {
+                return Ok(false);
+            }
+        }
+        if !f.tags.is_empty() || !f.not_tags.is_empty() {
+            let tags: BTreeSet<String> = self
+                .users
+                .account_data(user.as_str(), Some(c.room_id.as_str()), "m.tag")
+                .map_err(err)?
+                .and_then(|raw| serde_json::from_slice::<JsonValue>(&raw).ok())
+                .and_then(|v| v.get("tags").and_then(JsonValue::as_object).map(|t| t.keys().cloned().collect()))
+                .unwrap_or_default();
+            if !f.tags.is_empty() && !f.tags.iter().any(|t| tags.contains(t)) {
+                return Ok(false);
+            }
+            if f.not_tags.iter().any(|t| tags.contains(t)) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether a room is encrypted, and its creation type: from its state, or from the
+    /// invite's stripped state for a room this server does not hold.
+    fn room_facts(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        m: &Membership,
+    ) -> Result<(bool, Option<String>), EngineError> {
+        let type_of = |content: &JsonValue| content.get("type").and_then(JsonValue::as_str).map(str::to_owned);
+        if self.rooms.is_local_room(room_id) {
+            let encrypted = self.rooms.state_event(room_id, "m.room.encryption", "").map_err(err)?.is_some();
+            let room_type = self
+                .rooms
+                .state_event(room_id, "m.room.create", "")
+                .map_err(err)?
+                .and_then(|p| type_of(&p.content_value()));
+            return Ok((encrypted, room_type));
+        }
+        if matches!(m.membership.as_str(), "invite" | "knock")
+            && let Some(state) = self.rooms.invite_state(user, room_id).map_err(err)?
+        {
+            let find = |kind: &str| state.iter().find(|e| e.get("type").and_then(JsonValue::as_str) == Some(kind));
+            let encrypted = find("m.room.encryption").is_some();
+            let room_type = find("m.room.create").and_then(|e| e.get("content")).and_then(type_of);
+            return Ok((encrypted, room_type));
+        }
+        Ok((false, None))
+    }
+
+    /// `device_lists` since stream position `since`: members who joined or left a
+    /// joined room in between (everyone, in a room joined in between), and users whose
+    /// devices changed.
+    fn sliding_device_lists(
+        &self,
+        user: &UserId,
+        candidates: &[Candidate],
+        since: u64,
+        upto: u64,
+    ) -> Result<(Vec<String>, Vec<String>), EngineError> {
+        let (mut joins, mut leaves) = (BTreeSet::new(), BTreeSet::new());
+        let mut joined = Vec::new();
+        for c in candidates.iter().filter(|c| c.membership.membership == "join") {
+            joined.push(c.room_id.clone());
+            if self.rooms.quiet_since(&c.room_id, since as i64).map_err(err)? {
+                continue;
+            }
+            let fresh = c.membership.count > since as i64;
+            let (events, _) = self.rooms.timeline_between(&c.room_id, since as i64, upto as i64, 1000).map_err(err)?;
+            self.note_member_changes(&c.room_id, user, fresh, &events, &mut joins, &mut leaves)?;
+        }
+        self.device_list_changes(user, since, upto, &joined, joins, leaves)
+    }
+}
