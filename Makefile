@@ -3,7 +3,7 @@ CARGO ?= cargo
 RUST_LOG ?= info
 export RUST_LOG
 
-.PHONY: setup build run test fmt lint check bench-storage clean-cache interop-setup
+.PHONY: setup build run test fmt lint check bench-storage clean-cache interop-setup sdk-test
 
 ## Install build prerequisites and the cached RocksDB archive.
 setup:
@@ -38,6 +38,13 @@ test: lint interop-setup
 		echo "cargo-nextest not found; using cargo test"; \
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
+	$(MAKE) sdk-test
+
+## Element X's engine (matrix-sdk, matrix-sdk-ui) against the built `myelin` binary: a
+## crate of its own (sdk-tests/), so the default build does not compile the SDK.
+sdk-test: setup
+	$(CARGO) build --bins
+	cd sdk-tests && $(CARGO) fmt -- --check && $(CARGO) clippy --all-targets -- -D warnings && $(CARGO) test --no-fail-fast
 
 ## Storage group-commit benchmark (release build of everything: slow the first time).
 bench-storage: setup

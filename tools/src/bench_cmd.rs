@@ -134,6 +134,36 @@ pub(super) fn bench_cmd(what: BenchCommand) -> Result<(), Failure> {
                 println!("| sequential script | {lines} | {:.2} |", t.as_secs_f64());
             }
         }
+        BenchCommand::Sliding { url, rooms, big, members, window, samples, pid, json } => {
+            let r = rt
+                .block_on(crate::bench_sliding::sliding(&url, rooms, big, members, window, samples, pid))
+                .map_err(Failure::runtime)?;
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "scenario": "sliding", "url": url, "rooms": rooms, "big": big, "members": members,
+                        "window": window, "samples": samples, "count": r.count,
+                        "first_p50_ms": ms(r.first.0), "first_p99_ms": ms(r.first.1),
+                        "incremental_p50_ms": ms(r.incremental.0), "incremental_p99_ms": ms(r.incremental.1),
+                        "rss_before_kib": r.rss_kib.map(|m| m.0), "rss_after_kib": r.rss_kib.map(|m| m.1),
+                    })
+                );
+            } else {
+                println!(
+                    "| scenario | rooms (big × members) | first p50 ms | first p99 ms | incremental p50 ms | incremental p99 ms |"
+                );
+                println!("|---|---|---|---|---|---|");
+                println!(
+                    "| sliding sync, window {window} | {rooms} ({big} × {members}) | {:.1} | {:.1} | {:.1} | {:.1} |",
+                    ms(r.first.0),
+                    ms(r.first.1),
+                    ms(r.incremental.0),
+                    ms(r.incremental.1)
+                );
+            }
+        }
         BenchCommand::Appservice { url, listen, hs_token, rooms, clients, messages, json } => {
             let r = rt
                 .block_on(crate::bench_appservice::appservice(&url, listen, &hs_token, rooms, clients, messages))

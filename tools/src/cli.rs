@@ -97,6 +97,33 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Simplified sliding sync (MSC4186): first and incremental answers for an account in many rooms.
+    Sliding {
+        /// Client-Server API base URL (http://host:port).
+        #[arg(long, default_value = "http://127.0.0.1:8008")]
+        url: String,
+        /// Rooms the account is in.
+        #[arg(long, default_value_t = 1000)]
+        rooms: usize,
+        /// How many of them also hold `members` other users.
+        #[arg(long, default_value_t = 500)]
+        big: usize,
+        /// Other users in each big room.
+        #[arg(long, default_value_t = 100)]
+        members: usize,
+        /// Rooms in the list's window.
+        #[arg(long, default_value_t = 20)]
+        window: usize,
+        /// Answers measured of each kind.
+        #[arg(long, default_value_t = 50)]
+        samples: usize,
+        /// The server's process id, to report its memory around the measurements.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Events/s and latency to an appservice the bench itself plays, while clients send.
     Appservice {
         /// Client-Server API base URL (http://host:port).

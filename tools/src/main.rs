@@ -13,6 +13,7 @@ mod backup;
 mod bench;
 mod bench_appservice;
 mod bench_cmd;
+mod bench_sliding;
 mod cli;
 mod serve;
 

@@ -1,0 +1,385 @@
+//! Element X's engine against a real Myelin: the `matrix-sdk` and `matrix-sdk-ui`
+//! crates (the room list, timelines and encryption of Element X) sync through
+//! simplified sliding sync with a `myelin serve` started from the workspace build.
+//!
+//! Each check asserts what the SDK's own state shows: the room list and its order,
+//! room states, timeline items, unread counts and decrypted text.
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use matrix_sdk::{
+    Client, Room, RoomState,
+    ruma::{
+        OwnedRoomId, RoomId, UserId,
+        api::client::{
+            room::create_room,
+            uiaa::{AuthData, Dummy},
+        },
+        assign,
+        events::{
+            InitialStateEvent,
+            room::{encryption::RoomEncryptionEventContent, message::RoomMessageEventContent},
+        },
+    },
+};
+use matrix_sdk_ui::{
+    sync_service::{State, SyncService},
+    timeline::{RoomExt, Timeline},
+};
+
+/// A `myelin serve` on loopback, in a temporary data directory.
+struct Server {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn myelin_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("MYELIN_BIN") {
+        return PathBuf::from(p);
+    }
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.join("..").join("target").join("debug").join("myelin")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+impl Server {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(dir, free_port()).await
+    }
+
+    /// Starts on `port` (a restart keeps the clients' homeserver URL).
+    async fn start_in(dir: tempfile::TempDir, port: u16) -> Self {
+        let bin = myelin_bin();
+        assert!(bin.exists(), "{} missing: run `cargo build --bins` in the workspace first", bin.display());
+        let child = Command::new(bin)
+            .arg("serve")
+            .current_dir(dir.path())
+            .env("MYELIN_SERVER_NAME", "localhost")
+            .env("MYELIN_DATA_DIR", dir.path().join("data"))
+            .env("MYELIN_CLIENT__LISTEN", format!("127.0.0.1:{port}"))
+            .env("MYELIN_FEDERATION__ENABLED", "false")
+            .env("MYELIN_FEDERATION__LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env("MYELIN_REGISTRATION__ENABLED", "true")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("myelin serve starts");
+        let server = Server { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "myelin serve did not listen on {port}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (SIGKILL: the harshest restart) and starts it again on the same data.
+    async fn restart(mut self) -> Self {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        Self::start_in(dir, self.port).await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn client(server: &Server) -> Client {
+    Client::builder().homeserver_url(server.url()).build().await.expect("client builds")
+}
+
+/// Registers `name` and returns a logged-in client (no sync running).
+async fn register(server: &Server, name: &str) -> Client {
+    let c = client(server).await;
+    let request = assign!(matrix_sdk::ruma::api::client::account::register::v3::Request::new(), {
+        username: Some(name.to_owned()),
+        password: Some(format!("{name}-password")),
+        auth: Some(AuthData::Dummy(Dummy::new())),
+    });
+    c.matrix_auth().register(request).await.expect("register");
+    c
+}
+
+/// Logs `name` in on a new device, as Element X does (password login).
+async fn login(server: &Server, name: &str) -> Client {
+    let c = client(server).await;
+    c.matrix_auth()
+        .login_username(name, &format!("{name}-password"))
+        .initial_device_display_name("Element X test")
+        .await
+        .expect("password login");
+    c
+}
+
+/// Element X's sync: the room list and encryption connections, restarted after an
+/// error (an unknown `pos` after a server restart ends the service's syncs).
+async fn start_sync(c: &Client) -> Arc<SyncService> {
+    let service = Arc::new(SyncService::builder(c.clone()).build().await.expect("sync service"));
+    service.start().await;
+    let watched = service.clone();
+    tokio::spawn(async move {
+        let mut state = watched.state();
+        while let Some(s) = state.next().await {
+            if matches!(s, State::Error(_) | State::Terminated) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                watched.start().await;
+            }
+        }
+    });
+    service
+}
+
+/// Waits until `check` holds (the SDK applies sync answers in the background).
+async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn recency(c: &Client, room: &RoomId) -> u64 {
+    c.get_room(room).and_then(|r| r.recency_stamp()).map(u64::from).unwrap_or(0)
+}
+
+/// The room ids the SDK knows, most recent first (the room list's order).
+fn by_recency(c: &Client, rooms: &[OwnedRoomId]) -> Vec<OwnedRoomId> {
+    let mut v: Vec<(u64, OwnedRoomId)> = rooms.iter().map(|r| (recency(c, r), r.clone())).collect();
+    v.sort_by_key(|(stamp, _)| std::cmp::Reverse(*stamp));
+    v.into_iter().map(|(_, r)| r).collect()
+}
+
+async fn texts(timeline: &Timeline) -> Vec<String> {
+    timeline
+        .items()
+        .await
+        .iter()
+        .filter_map(|i| i.as_event())
+        .filter_map(|e| e.content().as_message().map(|m| m.body().to_owned()))
+        .collect()
+}
+
+async fn wait_for_text(timeline: &Timeline, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if texts(timeline).await.iter().any(|t| t == text) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {text:?}; have {:?}", texts(timeline).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn create(c: &Client, name: &str) -> Room {
+    c.create_room(assign!(create_room::v3::Request::new(), { name: Some(name.to_owned()) })).await.expect("create room")
+}
+
+async fn say(room: &Room, text: &str) {
+    room.send(RoomMessageEventContent::text_plain(text)).await.expect("send");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn element_x_room_list_timeline_invites_unread_and_restart() {
+    let mut server = Server::start().await;
+    let alice_web = register(&server, "alice").await;
+    let bob = register(&server, "bob").await;
+
+    // Alice (on another client) has three rooms; the newest message is in `c`.
+    let a = create(&alice_web, "a").await;
+    let b = create(&alice_web, "b").await;
+    let c = create(&alice_web, "c").await;
+    for n in 0..30 {
+        say(&a, &format!("history {n}")).await;
+    }
+    say(&b, "in b").await;
+    say(&c, "in c").await;
+    let rooms = vec![a.room_id().to_owned(), b.room_id().to_owned(), c.room_id().to_owned()];
+    a.invite_user_by_id(bob.user_id().unwrap()).await.expect("invite bob");
+    let bob_a = bob.join_room_by_id(a.room_id()).await.expect("bob joins a");
+
+    // Element X logs in and syncs: the room list holds the three, most recent first.
+    let ex = login(&server, "alice").await;
+    let _sync = start_sync(&ex).await;
+    eventually("three joined rooms", || {
+        rooms.iter().all(|r| ex.get_room(r).is_some_and(|r| r.state() == RoomState::Joined))
+    })
+    .await;
+    // Bob's join is newer than the messages but does not bump; `c` stays on top.
+    assert_eq!(by_recency(&ex, &rooms), vec![rooms[2].clone(), rooms[1].clone(), rooms[0].clone()]);
+    assert_eq!(ex.get_room(&rooms[2]).unwrap().name().as_deref(), Some("c"));
+
+    // A message from another client moves its room to the top, and arrives in the timeline.
+    let timeline_a = ex.get_room(&rooms[0]).unwrap().timeline().await.expect("timeline");
+    say(&bob_a, "bob was here").await;
+    eventually("room a on top", || by_recency(&ex, &rooms)[0] == rooms[0]).await;
+    wait_for_text(&timeline_a, "bob was here").await;
+    // Unread: one notifying message from bob.
+    eventually("one unread in a", || {
+        ex.get_room(&rooms[0]).is_some_and(|r| r.unread_notification_counts().notification_count == 1)
+    })
+    .await;
+
+    // The timeline paginates back to the room's first message.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !texts(&timeline_a).await.iter().any(|t| t == "history 0") {
+        assert!(Instant::now() < deadline, "paging back did not reach history 0: {:?}", texts(&timeline_a).await);
+        timeline_a.paginate_backwards(20).await.expect("paginate");
+    }
+    let got = texts(&timeline_a).await;
+    let history: Vec<&String> = got.iter().filter(|t| t.starts_with("history ")).collect();
+    assert_eq!(history.len(), 30, "each message once, in order: {got:?}");
+    assert_eq!(history[0], "history 0");
+
+    // An invite appears, and is accepted.
+    let d = bob
+        .create_room(assign!(create_room::v3::Request::new(), {
+            name: Some("from bob".to_owned()),
+            invite: vec![UserId::parse("@alice:localhost").unwrap()],
+        }))
+        .await
+        .expect("bob creates d");
+    let d_id = d.room_id().to_owned();
+    eventually("invite to d", || ex.get_room(&d_id).is_some_and(|r| r.state() == RoomState::Invited)).await;
+    ex.get_room(&d_id).unwrap().join().await.expect("accept the invite");
+    eventually("joined d", || ex.get_room(&d_id).is_some_and(|r| r.state() == RoomState::Joined)).await;
+    say(&d, "welcome").await;
+    let timeline_d = ex.get_room(&d_id).unwrap().timeline().await.expect("timeline d");
+    wait_for_text(&timeline_d, "welcome").await;
+
+    // A server restart: the connection's position is gone (M_UNKNOWN_POS); the SDK starts
+    // again and keeps receiving.
+    server = server.restart().await;
+    let bob = login(&server, "bob").await;
+    let bob_d = bob.get_room(&d_id);
+    let bob_d = match bob_d {
+        Some(r) => r,
+        None => bob.join_room_by_id(&d_id).await.expect("bob's room d"),
+    };
+    say(&bob_d, "after the restart").await;
+    wait_for_text(&timeline_d, "after the restart").await;
+    eventually("room d on top", || {
+        let mut all = rooms.clone();
+        all.push(d_id.clone());
+        by_recency(&ex, &all)[0] == d_id
+    })
+    .await;
+    drop(server);
+}
+
+/// Waits until `who` is joined to `room` as the SDK of `c` sees it.
+async fn wait_joined_member(c: &Client, room: &RoomId, who: &UserId) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(r) = c.get_room(room)
+            && let Ok(Some(m)) = r.get_member_no_sync(who).await
+            && *m.membership() == matrix_sdk::ruma::events::room::member::MembershipState::Join
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {who} to be joined");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The decrypted texts of events that were encrypted (a message the SDK could not
+/// decrypt is not a message item, so it is not among them).
+async fn decrypted(timeline: &Timeline) -> Vec<String> {
+    timeline
+        .items()
+        .await
+        .iter()
+        .filter_map(|i| i.as_event())
+        .filter(|e| e.encryption_info().is_some())
+        .filter_map(|e| e.content().as_message().map(|m| m.body().to_owned()))
+        .collect()
+}
+
+async fn wait_decrypted(timeline: &Timeline, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        if decrypted(timeline).await.iter().any(|t| t == text) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting to decrypt {text:?}; decrypted {:?}, all {:?}",
+            decrypted(timeline).await,
+            texts(timeline).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn element_x_encrypted_dm_decrypts_both_ways_and_on_a_new_device() {
+    let server = Server::start().await;
+    let alice = register(&server, "alice").await;
+    let bob = register(&server, "bob").await;
+    let _alice_sync = start_sync(&alice).await;
+    let _bob_sync = start_sync(&bob).await;
+    let alice_id = alice.user_id().unwrap().to_owned();
+
+    // Bob opens an encrypted DM with Alice, as Element X does.
+    let encryption = InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults());
+    let dm = bob
+        .create_room(assign!(create_room::v3::Request::new(), {
+            invite: vec![alice_id.clone()],
+            is_direct: true,
+            initial_state: vec![encryption.to_raw_any()],
+        }))
+        .await
+        .expect("bob creates the DM");
+    let dm_id = dm.room_id().to_owned();
+    eventually("alice sees the invite", || alice.get_room(&dm_id).is_some_and(|r| r.state() == RoomState::Invited))
+        .await;
+    alice.get_room(&dm_id).unwrap().join().await.expect("alice accepts");
+    wait_joined_member(&bob, &dm_id, &alice_id).await;
+
+    let alice_tl = alice.get_room(&dm_id).unwrap().timeline().await.expect("alice's timeline");
+    let bob_tl = dm.timeline().await.expect("bob's timeline");
+    say(&dm, "the secret is 42").await;
+    wait_decrypted(&alice_tl, "the secret is 42").await;
+    say(&alice.get_room(&dm_id).unwrap(), "noted, bob").await;
+    wait_decrypted(&bob_tl, "noted, bob").await;
+
+    // Alice logs in on a second device: Bob's next message decrypts there too
+    // (Bob's client learns of the device from the device-list change).
+    let alice2 = login(&server, "alice").await;
+    let _alice2_sync = start_sync(&alice2).await;
+    eventually("the second device sees the DM", || alice2.get_room(&dm_id).is_some()).await;
+    // Give Bob's encryption sync the device-list change before he encrypts.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let devices = bob.encryption().get_user_devices(&alice_id).await.expect("devices");
+        if devices.devices().count() >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob never learned of alice's second device");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let alice2_tl = alice2.get_room(&dm_id).unwrap().timeline().await.expect("second device's timeline");
+    say(&dm, "hello, second device").await;
+    wait_decrypted(&alice2_tl, "hello, second device").await;
+    wait_decrypted(&alice_tl, "hello, second device").await;
+}
