@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures_util::{StreamExt, pin_mut};
 use matrix_sdk::{
     Client, Room, RoomState,
     ruma::{
@@ -29,6 +30,7 @@ use matrix_sdk::{
     },
 };
 use matrix_sdk_ui::{
+    room_list_service::filters::new_filter_non_left,
     sync_service::{State, SyncService},
     timeline::{RoomExt, Timeline},
 };
@@ -159,6 +161,32 @@ async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
     }
 }
 
+/// The room list as Element X shows it (the room-list service's entries, rooms not
+/// left), kept up to date in the background.
+async fn shown_rooms(service: &SyncService) -> Arc<std::sync::Mutex<Vec<OwnedRoomId>>> {
+    let shown = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let all = service.room_list_service().all_rooms().await.expect("the all_rooms list");
+    let out = shown.clone();
+    tokio::spawn(async move {
+        let (entries, controller) = all.entries_with_dynamic_adapters(100);
+        controller.set_filter(Box::new(new_filter_non_left()));
+        pin_mut!(entries);
+        let mut list = eyeball_im::Vector::new();
+        while let Some(diffs) = entries.next().await {
+            for diff in diffs {
+                diff.apply(&mut list);
+            }
+            let ids = list.iter().map(|r| r.room_id().to_owned()).collect();
+            *out.lock().unwrap_or_else(|p| p.into_inner()) = ids;
+        }
+    });
+    shown
+}
+
+fn snapshot(shown: &std::sync::Mutex<Vec<OwnedRoomId>>) -> Vec<OwnedRoomId> {
+    shown.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
 fn recency(c: &Client, room: &RoomId) -> u64 {
     c.get_room(room).and_then(|r| r.recency_stamp()).map(u64::from).unwrap_or(0)
 }
@@ -220,7 +248,8 @@ async fn element_x_room_list_timeline_invites_unread_and_restart() {
 
     // Element X logs in and syncs: the room list holds the three, most recent first.
     let ex = login(&server, "alice").await;
-    let _sync = start_sync(&ex).await;
+    let sync = start_sync(&ex).await;
+    let shown = shown_rooms(&sync).await;
     eventually("three joined rooms", || {
         rooms.iter().all(|r| ex.get_room(r).is_some_and(|r| r.state() == RoomState::Joined))
     })
@@ -228,11 +257,16 @@ async fn element_x_room_list_timeline_invites_unread_and_restart() {
     // Bob's join is newer than the messages but does not bump; `c` stays on top.
     assert_eq!(by_recency(&ex, &rooms), vec![rooms[2].clone(), rooms[1].clone(), rooms[0].clone()]);
     assert_eq!(ex.get_room(&rooms[2]).unwrap().name().as_deref(), Some("c"));
+    // The room list shows them in that order.
+    let newest_first = vec![rooms[2].clone(), rooms[1].clone(), rooms[0].clone()];
+    eventually("the room list shows c, b, a", || snapshot(&shown) == newest_first).await;
 
     // A message from another client moves its room to the top, and arrives in the timeline.
     let timeline_a = ex.get_room(&rooms[0]).unwrap().timeline().await.expect("timeline");
     say(&bob_a, "bob was here").await;
     eventually("room a on top", || by_recency(&ex, &rooms)[0] == rooms[0]).await;
+    let moved = vec![rooms[0].clone(), rooms[2].clone(), rooms[1].clone()];
+    eventually("the room list shows a, c, b", || snapshot(&shown) == moved).await;
     wait_for_text(&timeline_a, "bob was here").await;
     // Unread: one notifying message from bob.
     eventually("one unread in a", || {
@@ -261,6 +295,7 @@ async fn element_x_room_list_timeline_invites_unread_and_restart() {
         .expect("bob creates d");
     let d_id = d.room_id().to_owned();
     eventually("invite to d", || ex.get_room(&d_id).is_some_and(|r| r.state() == RoomState::Invited)).await;
+    eventually("the invite heads the room list", || snapshot(&shown).first() == Some(&d_id)).await;
     ex.get_room(&d_id).unwrap().join().await.expect("accept the invite");
     eventually("joined d", || ex.get_room(&d_id).is_some_and(|r| r.state() == RoomState::Joined)).await;
     say(&d, "welcome").await;

@@ -27,6 +27,9 @@ pub fn metrics(cx: Ctx, _req: Req) -> HandlerFuture {
         metrics::gauge!("myelin_storage_block_cache_bytes").set(usage as f64);
         metrics::gauge!("myelin_storage_block_cache_capacity_bytes").set(capacity as f64);
         metrics::gauge!("myelin_storage_memtable_bytes").set(memtables as f64);
+        let sliding = &cx.engine.sliding.connections;
+        metrics::gauge!("myelin_sliding_sync_connections").set(sliding.len() as f64);
+        metrics::gauge!("myelin_sliding_sync_rooms_remembered").set(sliding.rooms_remembered() as f64);
         let body = crate::metrics::handle().map(|h| h.render()).unwrap_or_default();
         Ok(text_response(StatusCode::OK, "text/plain; version=0.0.4", body))
     })

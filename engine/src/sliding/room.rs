@@ -235,10 +235,24 @@ impl Engine {
         // Joined.
         let snapshot = self.rooms.current_snapshot(room_id).map_err(err)?;
         sent.snapshot = snapshot;
+        let prev = prev.filter(|_| same_membership);
+        // A quiet room (no event, no receipt since it was sent, same state) costs no more reads.
+        let news = match prev {
+            Some(prev) => !self.rooms.quiet_since(room_id, prev.upto).map_err(err)?,
+            None => true,
+        };
+        if let Some(prev) = prev
+            && !news
+            && snapshot == prev.snapshot
+            && w.timeline_limit <= prev.timeline_limit
+            && *rules == *prev.rules
+            && self.receipts_quiet_since(room_id, prev.upto.max(0) as u64)?
+        {
+            return Ok(None);
+        }
         let summary = self.room_summary(snapshot)?;
         let (notes, highlights) = self.unread_counts(room_id, cx.user, cx.upto).await?;
         sent.counts = (notes, highlights);
-        let prev = prev.filter(|_| same_membership);
         let Some(prev) = prev else {
             // First time: everything.
             let (events, limited) = self.sliding_timeline(room_id, 0, cx.upto, w.timeline_limit, cx)?;
@@ -257,7 +271,6 @@ impl Engine {
             return Ok(Some((out, sent)));
         };
 
-        let news = !self.rooms.quiet_since(room_id, prev.upto).map_err(err)?;
         let expanded = w.timeline_limit > prev.timeline_limit;
         let rules_changed = *rules != *prev.rules;
         let counts_changed = sent.counts != prev.counts;
