@@ -221,12 +221,9 @@ impl Engine {
         // Lists: filter, sort by bump stamp (newest first), take the ranges.
         let mut wanted: BTreeMap<OwnedRoomId, Wanted> = BTreeMap::new();
         let mut lists_out = BTreeMap::new();
-        let mut memberships: HashMap<OwnedRoomId, Membership> = HashMap::new();
-        let mut stamps: HashMap<OwnedRoomId, i64> = HashMap::new();
-        for c in &candidates {
-            memberships.insert(c.room_id.clone(), c.membership.clone());
-            stamps.insert(c.room_id.clone(), c.stamp);
-        }
+        // Rooms in a window or subscribed, with their membership and stamp: a few dozen,
+        // where the candidates may be thousands (no map over all of them per request).
+        let mut picked: HashMap<OwnedRoomId, (Membership, i64)> = HashMap::new();
         for (name, list) in &body.lists {
             let mut rooms: Vec<&Candidate> = Vec::new();
             for c in &candidates {
@@ -242,6 +239,7 @@ impl Engine {
                     continue;
                 }
                 for c in &rooms[start as usize..=end as usize] {
+                    picked.entry(c.room_id.clone()).or_insert_with(|| (c.membership.clone(), c.stamp));
                     let w = wanted.entry(c.room_id.clone()).or_default();
                     w.merge(&list.room);
                     if !w.lists.contains(name) {
@@ -252,11 +250,12 @@ impl Engine {
         }
         // Subscriptions: any room the user has a membership in, listed or not.
         for (room_id, spec) in &body.room_subscriptions {
-            if !memberships.contains_key(room_id) {
-                match self.rooms.membership(user.as_str(), room_id).map_err(err)? {
+            if !picked.contains_key(room_id) {
+                let listed = candidates.iter().find(|c| c.room_id == *room_id);
+                match listed.map(|c| c.membership.clone()).or(self.rooms.membership(user.as_str(), room_id).map_err(err)?) {
                     Some(m) if m.count <= upto_i => {
-                        stamps.insert(room_id.clone(), self.bump_stamp_of(room_id, &m, upto_i)?);
-                        memberships.insert(room_id.clone(), m);
+                        let stamp = self.bump_stamp_of(room_id, &m, upto_i)?;
+                        picked.insert(room_id.clone(), (m, stamp));
                     }
                     // Not the user's room: nothing to show (as Synapse, no error).
                     _ => continue,
@@ -278,8 +277,8 @@ impl Engine {
         let mut rooms_out = BTreeMap::new();
         let mut initial_rooms = HashSet::new();
         for (room_id, w) in &wanted {
-            let Some(m) = memberships.get(room_id) else { continue };
-            let stamp = stamps.get(room_id).copied().unwrap_or(m.count);
+            let Some((m, stamp)) = picked.get(room_id) else { continue };
+            let stamp = *stamp;
             let cx = room::Cx {
                 user,
                 upto: upto_i,
