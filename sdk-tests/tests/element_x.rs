@@ -40,6 +40,8 @@ struct Server {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
+    /// The federation port, when the server federates (its name is then `127.0.0.1:PORT`).
+    federation: Option<u16>,
 }
 
 fn myelin_bin() -> PathBuf {
@@ -57,34 +59,74 @@ fn free_port() -> u16 {
 impl Server {
     async fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        Self::start_in(dir, free_port()).await
+        Self::start_in(dir, free_port(), None, true).await
     }
 
-    /// Starts on `port` (a restart keeps the clients' homeserver URL).
-    async fn start_in(dir: tempfile::TempDir, port: u16) -> Self {
+    /// A server that federates with others on loopback (self-signed TLS accepted).
+    async fn start_federating() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(dir, free_port(), Some(free_port()), true).await
+    }
+
+    /// Starts on `port` (a restart keeps the clients' homeserver URL). A start that
+    /// loses its ports to a server of a test running alongside (free ports are picked
+    /// before they are bound) is tried again on fresh ones, except for a restart.
+    async fn start_in(dir: tempfile::TempDir, port: u16, federation: Option<u16>, retry: bool) -> Self {
+        let (mut port, mut federation) = (port, federation);
+        for _ in 0..if retry { 5 } else { 1 } {
+            let mut child = Self::spawn(&dir, port, federation);
+            if Self::ready(&mut child, port).await {
+                return Server { child, port, dir, federation };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            port = free_port();
+            federation = federation.map(|_| free_port());
+        }
+        panic!("myelin serve did not start (its ports were taken)");
+    }
+
+    fn spawn(dir: &tempfile::TempDir, port: u16, federation: Option<u16>) -> Child {
         let bin = myelin_bin();
         assert!(bin.exists(), "{} missing: run `cargo build --bins` in the workspace first", bin.display());
-        let child = Command::new(bin)
-            .arg("serve")
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
             .current_dir(dir.path())
-            .env("MYELIN_SERVER_NAME", "localhost")
             .env("MYELIN_DATA_DIR", dir.path().join("data"))
             .env("MYELIN_CLIENT__LISTEN", format!("127.0.0.1:{port}"))
-            .env("MYELIN_FEDERATION__ENABLED", "false")
-            .env("MYELIN_FEDERATION__LISTEN", format!("127.0.0.1:{}", free_port()))
             .env("MYELIN_REGISTRATION__ENABLED", "true")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("myelin serve starts");
-        let server = Server { child, port, dir };
+            .stderr(Stdio::inherit());
+        match federation {
+            None => cmd
+                .env("MYELIN_SERVER_NAME", "localhost")
+                .env("MYELIN_FEDERATION__ENABLED", "false")
+                .env("MYELIN_FEDERATION__LISTEN", format!("127.0.0.1:{}", free_port())),
+            Some(f) => cmd
+                .env("MYELIN_SERVER_NAME", format!("127.0.0.1:{f}"))
+                .env("MYELIN_FEDERATION__LISTEN", format!("127.0.0.1:{f}"))
+                .env("MYELIN_FEDERATION__VERIFY_TLS", "false")
+                .env("MYELIN_FEDERATION__IP_RANGE_ALLOW", r#"["127.0.0.0/8"]"#),
+        };
+        cmd.spawn().expect("myelin serve starts")
+    }
+
+    /// Whether the child listens on `port` and is still alive a moment later (another
+    /// test's server on the same port would answer while ours exits).
+    async fn ready(child: &mut Child, port: u16) -> bool {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        loop {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return false;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                return matches!(child.try_wait(), Ok(None));
+            }
             assert!(Instant::now() < deadline, "myelin serve did not listen on {port}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        server
     }
 
     fn url(&self) -> String {
@@ -96,7 +138,7 @@ impl Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
-        Self::start_in(dir, self.port).await
+        Self::start_in(dir, self.port, self.federation, false).await
     }
 }
 
@@ -417,4 +459,41 @@ async fn element_x_encrypted_dm_decrypts_both_ways_and_on_a_new_device() {
     say(&dm, "hello, second device").await;
     wait_decrypted(&alice2_tl, "hello, second device").await;
     wait_decrypted(&alice_tl, "hello, second device").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn element_x_encrypted_dm_across_two_myelin_servers() {
+    let here = Server::start_federating().await;
+    let there = Server::start_federating().await;
+    let alice = register(&here, "alice").await;
+    let bob = register(&there, "bob").await;
+    let _alice_sync = start_sync(&alice).await;
+    let _bob_sync = start_sync(&bob).await;
+    let alice_id = alice.user_id().unwrap().to_owned();
+
+    // Bob, on the other server, opens an encrypted DM with Alice.
+    let encryption = InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults());
+    let dm = bob
+        .create_room(assign!(create_room::v3::Request::new(), {
+            invite: vec![alice_id.clone()],
+            is_direct: true,
+            initial_state: vec![encryption.to_raw_any()],
+        }))
+        .await
+        .expect("bob creates the DM");
+    let dm_id = dm.room_id().to_owned();
+    eventually("alice sees the invite over federation", || {
+        alice.get_room(&dm_id).is_some_and(|r| r.state() == RoomState::Invited)
+    })
+    .await;
+    alice.get_room(&dm_id).unwrap().join().await.expect("alice joins over federation");
+    wait_joined_member(&bob, &dm_id, &alice_id).await;
+
+    // Keys are queried and claimed over federation, the room key goes as a to-device EDU.
+    let alice_tl = alice.get_room(&dm_id).unwrap().timeline().await.expect("alice's timeline");
+    let bob_tl = dm.timeline().await.expect("bob's timeline");
+    say(&dm, "across servers, encrypted").await;
+    wait_decrypted(&alice_tl, "across servers, encrypted").await;
+    say(&alice.get_room(&dm_id).unwrap(), "received, encrypted back").await;
+    wait_decrypted(&bob_tl, "received, encrypted back").await;
 }
