@@ -452,3 +452,25 @@ async fn unknown_positions_and_bad_requests_get_clear_errors() {
     let r = ss(&alice, None, 0, &list(json!([[5, 1], [0, u64::MAX]]), 1, json!([]))).await;
     assert_eq!(r["lists"]["all"]["count"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lazy_members_follow_every_membership_change_on_a_gapless_update() {
+    let s = TestServer::open("localhost").await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let carol = s.register("carol").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let req = list(json!([[0, 0]]), 5, json!([["m.room.member", "$LAZY"]]));
+    let first = ss(&alice, None, 0, &req).await;
+    // Bob joins and leaves a message; Carol only joins: both member events come.
+    bob.post(&format!("{V3}/join/{}", enc(&room)), json!({})).await;
+    bob.send_text(&room, "hi").await;
+    carol.post(&format!("{V3}/join/{}", enc(&room)), json!({})).await;
+    let next = ss(&alice, Some(&pos_of(&first)), 5_000, &req).await;
+    let members: Vec<String> =
+        state_types(&next["rooms"][&room]).into_iter().filter(|(t, _)| t == "m.room.member").map(|(_, k)| k).collect();
+    assert!(members.contains(&bob.user_id), "{members:?}");
+    assert!(members.contains(&carol.user_id), "{members:?}");
+    // A member who did nothing in between is not sent again.
+    assert!(!members.contains(&alice.user_id), "{members:?}");
+}

@@ -364,12 +364,13 @@ async fn element_x_room_list_timeline_invites_unread_and_restart() {
     drop(server);
 }
 
-/// Waits until `who` is joined to `room` as the SDK of `c` sees it.
+/// Waits until `who` is joined to `room` as the SDK of `c` sees it (members are
+/// lazy-loaded: the list is fetched once, then kept up by sync).
 async fn wait_joined_member(c: &Client, room: &RoomId, who: &UserId) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(r) = c.get_room(room)
-            && let Ok(Some(m)) = r.get_member_no_sync(who).await
+            && let Ok(Some(m)) = r.get_member(who).await
             && *m.membership() == matrix_sdk::ruma::events::room::member::MembershipState::Join
         {
             return;
@@ -496,4 +497,174 @@ async fn element_x_encrypted_dm_across_two_myelin_servers() {
     wait_decrypted(&alice_tl, "across servers, encrypted").await;
     say(&alice.get_room(&dm_id).unwrap(), "received, encrypted back").await;
     wait_decrypted(&bob_tl, "received, encrypted back").await;
+}
+
+/// A real Synapse (the interop venv of `tests/interop/setup.sh`), SQLite, on loopback.
+struct Synapse {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Synapse {
+    async fn start() -> Self {
+        let cache = std::env::var("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache"));
+        let python = cache.join("myelin/venv-synapse-1.163.2/bin/python");
+        assert!(python.exists(), "{} missing: run tests/interop/setup.sh", python.display());
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/interop/synapse_config.py");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (port, fed) = (free_port(), free_port());
+        let status = Command::new(&python)
+            .arg(&script)
+            .arg(dir.path())
+            .arg(port.to_string())
+            .arg(fed.to_string())
+            .stdout(Stdio::null())
+            .status()
+            .expect("synapse_config.py runs");
+        assert!(status.success(), "synapse_config.py failed");
+        let child = Command::new(&python)
+            .args(["-m", "synapse.app.homeserver", "-c"])
+            .arg(dir.path().join("hs.yaml"))
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("synapse starts");
+        let synapse = Synapse { child, port, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "Synapse did not listen on {port}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        synapse
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Synapse {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Registers on Synapse (open registration, `m.login.dummy`).
+async fn register_at(url: &str, name: &str) -> Client {
+    let c = Client::builder().homeserver_url(url).build().await.expect("client builds");
+    let request = assign!(matrix_sdk::ruma::api::client::account::register::v3::Request::new(), {
+        username: Some(name.to_owned()),
+        password: Some(format!("{name}-password")),
+        auth: Some(AuthData::Dummy(Dummy::new())),
+    });
+    c.matrix_auth().register(request).await.expect("register on Synapse");
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn element_x_encrypted_dm_between_myelin_and_synapse() {
+    let synapse = Synapse::start().await;
+    let myelin = Server::start_federating().await;
+    let alice = register(&myelin, "alice").await;
+    let bob = register_at(&synapse.url(), "bob").await;
+    let _alice_sync = start_sync(&alice).await;
+    let _bob_sync = start_sync(&bob).await;
+    let alice_id = alice.user_id().unwrap().to_owned();
+    let bob_id = bob.user_id().unwrap().to_owned();
+
+    // Bob on Synapse opens an encrypted DM with Alice on Myelin.
+    let encryption = InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults());
+    let dm = bob
+        .create_room(assign!(create_room::v3::Request::new(), {
+            invite: vec![alice_id.clone()],
+            is_direct: true,
+            initial_state: vec![encryption.to_raw_any()],
+        }))
+        .await
+        .expect("bob creates the DM on Synapse");
+    let dm_id = dm.room_id().to_owned();
+    eventually("alice on Myelin sees Synapse's invite", || {
+        alice.get_room(&dm_id).is_some_and(|r| r.state() == RoomState::Invited)
+    })
+    .await;
+    alice.get_room(&dm_id).unwrap().join().await.expect("alice joins the Synapse room");
+    wait_joined_member(&bob, &dm_id, &alice_id).await;
+    let alice_tl = alice.get_room(&dm_id).unwrap().timeline().await.expect("alice's timeline");
+    let bob_tl = dm.timeline().await.expect("bob's timeline");
+    say(&dm, "from Synapse, encrypted").await;
+    wait_decrypted(&alice_tl, "from Synapse, encrypted").await;
+    say(&alice.get_room(&dm_id).unwrap(), "from Myelin, encrypted").await;
+    wait_decrypted(&bob_tl, "from Myelin, encrypted").await;
+
+    // And the other way round: Alice on Myelin opens one with Bob on Synapse.
+    let encryption = InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults());
+    let dm2 = alice
+        .create_room(assign!(create_room::v3::Request::new(), {
+            invite: vec![bob_id.clone()],
+            is_direct: true,
+            initial_state: vec![encryption.to_raw_any()],
+        }))
+        .await
+        .expect("alice creates a DM on Myelin");
+    let dm2_id = dm2.room_id().to_owned();
+    eventually("bob on Synapse sees Myelin's invite", || {
+        bob.get_room(&dm2_id).is_some_and(|r| r.state() == RoomState::Invited)
+    })
+    .await;
+    bob.get_room(&dm2_id).unwrap().join().await.expect("bob joins the Myelin room");
+    wait_joined_member(&alice, &dm2_id, &bob_id).await;
+    let bob_tl2 = bob.get_room(&dm2_id).unwrap().timeline().await.expect("bob's second timeline");
+    say(&dm2, "Myelin's room, encrypted").await;
+    wait_decrypted(&bob_tl2, "Myelin's room, encrypted").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn element_x_encrypted_group_of_three_on_two_myelin_servers() {
+    let here = Server::start_federating().await;
+    let there = Server::start_federating().await;
+    let alice = register(&here, "alice").await;
+    let bob = register(&here, "bob").await;
+    let carol = register(&there, "carol").await;
+    let _syncs = [start_sync(&alice).await, start_sync(&bob).await, start_sync(&carol).await];
+    let (bob_id, carol_id) = (bob.user_id().unwrap().to_owned(), carol.user_id().unwrap().to_owned());
+
+    let encryption = InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults());
+    let room = alice
+        .create_room(assign!(create_room::v3::Request::new(), {
+            name: Some("ops".to_owned()),
+            invite: vec![bob_id.clone(), carol_id.clone()],
+            initial_state: vec![encryption.to_raw_any()],
+        }))
+        .await
+        .expect("alice creates the group");
+    let room_id = room.room_id().to_owned();
+    for (who, c) in [("bob", &bob), ("carol", &carol)] {
+        eventually(&format!("{who} is invited"), || {
+            c.get_room(&room_id).is_some_and(|r| r.state() == RoomState::Invited)
+        })
+        .await;
+        c.get_room(&room_id).unwrap().join().await.expect("join the group");
+    }
+    for who in [&bob_id, &carol_id] {
+        wait_joined_member(&alice, &room_id, who).await;
+    }
+    wait_joined_member(&carol, &room_id, &bob_id).await;
+    let timelines = [
+        room.timeline().await.expect("alice's timeline"),
+        bob.get_room(&room_id).unwrap().timeline().await.expect("bob's timeline"),
+        carol.get_room(&room_id).unwrap().timeline().await.expect("carol's timeline"),
+    ];
+    // Carol (the other server) writes: both users on the first server decrypt it.
+    say(&carol.get_room(&room_id).unwrap(), "carol to the group").await;
+    wait_decrypted(&timelines[0], "carol to the group").await;
+    wait_decrypted(&timelines[1], "carol to the group").await;
+    // Alice writes: Bob on her server and Carol across federation decrypt it.
+    say(&room, "alice to the group").await;
+    wait_decrypted(&timelines[1], "alice to the group").await;
+    wait_decrypted(&timelines[2], "alice to the group").await;
 }

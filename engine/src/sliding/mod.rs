@@ -252,7 +252,11 @@ impl Engine {
         for (room_id, spec) in &body.room_subscriptions {
             if !picked.contains_key(room_id) {
                 let listed = candidates.iter().find(|c| c.room_id == *room_id);
-                match listed.map(|c| c.membership.clone()).or(self.rooms.membership(user.as_str(), room_id).map_err(err)?) {
+                let membership = match listed {
+                    Some(c) => Some(c.membership.clone()),
+                    None => self.rooms.membership(user.as_str(), room_id).map_err(err)?,
+                };
+                match membership {
                     Some(m) if m.count <= upto_i => {
                         let stamp = self.bump_stamp_of(room_id, &m, upto_i)?;
                         picked.insert(room_id.clone(), (m, stamp));

@@ -48,6 +48,21 @@ fn matches_rules(rules: &[(String, String)], kind: &str, key: &str, user: &UserI
     rules.iter().any(|(t, k)| (t == "*" || t == kind) && (k == "*" || k == key || (k == "$ME" && key == user.as_str())))
 }
 
+/// The members `$LAZY` sends for these timeline events: their senders, and the
+/// targets of the membership events among them.
+fn lazy_members<'a>(events: impl Iterator<Item = &'a ArcPdu>) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for p in events {
+        out.insert(p.sender.to_string());
+        if p.kind.to_string() == "m.room.member"
+            && let Some(target) = &p.state_key
+        {
+            out.insert(target.clone());
+        }
+    }
+    out
+}
+
 fn wants_lazy(rules: &[(String, String)]) -> bool {
     rules.iter().any(|(t, k)| t == "m.room.member" && k == "$LAZY")
 }
@@ -217,7 +232,7 @@ impl Engine {
                 let after = prev.map_or(0, |p| p.upto);
                 let (events, limited) = self.sliding_timeline(room_id, after, m.count, w.timeline_limit, cx)?;
                 self.fill_timeline(&mut out, &events, limited, after, cx);
-                let senders = events.iter().map(|(_, p)| p.sender.to_string()).collect();
+                let senders = lazy_members(events.iter().map(|(_, p)| p));
                 out.required_state = self.required_state(room_id, &rules, &senders, cx)?;
                 // Clients learn the room is left from the user's own member event: always sent.
                 if let Some(own) = self.rooms.pdu_by_short(m.event).map_err(err)?
@@ -257,7 +272,7 @@ impl Engine {
             // First time: everything.
             let (events, limited) = self.sliding_timeline(room_id, 0, cx.upto, w.timeline_limit, cx)?;
             self.fill_timeline(&mut out, &events, limited, cx.conn_upto, cx);
-            let senders = events.iter().map(|(_, p)| p.sender.to_string()).collect();
+            let senders = lazy_members(events.iter().map(|(_, p)| p));
             out.required_state = self.required_state(room_id, &rules, &senders, cx)?;
             out.name = summary.name.clone();
             out.avatar = summary.avatar.clone().map(JsonValue::String);
@@ -285,16 +300,20 @@ impl Engine {
             self.sliding_timeline(room_id, prev.upto, cx.upto, w.timeline_limit, cx)?
         };
         self.fill_timeline(&mut out, &events, limited, prev.upto, cx);
-        let senders: HashSet<String> =
-            events.iter().filter(|(c, _)| *c > prev.upto).map(|(_, p)| p.sender.to_string()).collect();
+        let senders = lazy_members(events.iter().filter(|(c, _)| *c > prev.upto).map(|(_, p)| p));
         if rules_changed {
             out.required_state = self.required_state(room_id, &rules, &senders, cx)?;
         } else {
             let (_, changed) = self.rooms.state_changed_since(room_id, prev.snapshot).map_err(err)?;
             let mut seen = HashSet::new();
+            // `$LAZY` on a gapless update: every membership change, so the client's member
+            // list stays whole (as Synapse); after a gap, only the timeline's senders.
+            let all_members = wants_lazy(&rules) && !limited;
             for p in changed {
                 let key = p.state_key.as_deref().unwrap_or_default();
-                if matches_rules(&rules, &p.kind.to_string(), key, cx.user) && seen.insert(p.event_id.clone()) {
+                let kind = p.kind.to_string();
+                let wanted = matches_rules(&rules, &kind, key, cx.user) || (all_members && kind == "m.room.member");
+                if wanted && seen.insert(p.event_id.clone()) {
                     out.required_state.push(self.serve(&p, cx.now, cx.user));
                 }
             }
