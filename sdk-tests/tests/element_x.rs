@@ -59,34 +59,42 @@ fn free_port() -> u16 {
 impl Server {
     async fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        Self::start_in(dir, free_port(), None, true).await
+        Self::start_in(dir, 0, None, true).await
     }
 
     /// A server that federates with others on loopback (self-signed TLS accepted).
     async fn start_federating() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        Self::start_in(dir, free_port(), Some(free_port()), true).await
+        Self::start_in(dir, 0, Some(free_port()), true).await
     }
 
-    /// Starts on `port` (a restart keeps the clients' homeserver URL). A start that
-    /// loses its ports to a server of a test running alongside (free ports are picked
-    /// before they are bound) is tried again on fresh ones, except for a restart.
+    /// Starts on `port`, or on a port the server picks when `port` is 0 (read back from
+    /// its log); a restart passes its old port so the clients' homeserver URL stays. A
+    /// start that loses its federation port to a parallel test's server is tried again
+    /// on a fresh one, except for a restart.
     async fn start_in(dir: tempfile::TempDir, port: u16, federation: Option<u16>, retry: bool) -> Self {
-        let (mut port, mut federation) = (port, federation);
+        let mut federation = federation;
         for _ in 0..if retry { 5 } else { 1 } {
-            let mut child = Self::spawn(&dir, port, federation);
-            if Self::ready(&mut child, port).await {
-                return Server { child, port, dir, federation };
+            let (mut child, listening) = Self::spawn(&dir, port, federation);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Ok(bound) = listening.try_recv() {
+                    return Server { child, port: bound, dir, federation };
+                }
+                if matches!(child.try_wait(), Ok(Some(_))) || Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let _ = child.kill();
             let _ = child.wait();
-            port = free_port();
             federation = federation.map(|_| free_port());
         }
-        panic!("myelin serve did not start (its ports were taken)");
+        panic!("myelin serve did not start (see its log above)");
     }
 
-    fn spawn(dir: &tempfile::TempDir, port: u16, federation: Option<u16>) -> Child {
+    /// Spawns `myelin serve`; the receiver gets the client port once it listens.
+    fn spawn(dir: &tempfile::TempDir, port: u16, federation: Option<u16>) -> (Child, std::sync::mpsc::Receiver<u16>) {
         let bin = myelin_bin();
         assert!(bin.exists(), "{} missing: run `cargo build --bins` in the workspace first", bin.display());
         let mut cmd = Command::new(bin);
@@ -95,38 +103,39 @@ impl Server {
             .env("MYELIN_DATA_DIR", dir.path().join("data"))
             .env("MYELIN_CLIENT__LISTEN", format!("127.0.0.1:{port}"))
             .env("MYELIN_REGISTRATION__ENABLED", "true")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,myelin_api::server=info")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::piped());
         match federation {
             None => cmd
                 .env("MYELIN_SERVER_NAME", "localhost")
                 .env("MYELIN_FEDERATION__ENABLED", "false")
-                .env("MYELIN_FEDERATION__LISTEN", format!("127.0.0.1:{}", free_port())),
+                .env("MYELIN_FEDERATION__LISTEN", "127.0.0.1:0"),
             Some(f) => cmd
                 .env("MYELIN_SERVER_NAME", format!("127.0.0.1:{f}"))
                 .env("MYELIN_FEDERATION__LISTEN", format!("127.0.0.1:{f}"))
                 .env("MYELIN_FEDERATION__VERIFY_TLS", "false")
                 .env("MYELIN_FEDERATION__IP_RANGE_ALLOW", r#"["127.0.0.0/8"]"#),
         };
-        cmd.spawn().expect("myelin serve starts")
-    }
-
-    /// Whether the child listens on `port` and is still alive a moment later (another
-    /// test's server on the same port would answer while ours exits).
-    async fn ready(child: &mut Child, port: u16) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if matches!(child.try_wait(), Ok(Some(_))) {
-                return false;
+        let mut child = cmd.spawn().expect("myelin serve starts");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().expect("piped stderr");
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("client API listening")
+                    && let Some(at) = line.find("127.0.0.1:")
+                {
+                    let digits: String = line[at + 10..].chars().take_while(char::is_ascii_digit).collect();
+                    if let Ok(p) = digits.parse() {
+                        let _ = tx.send(p);
+                    }
+                    continue;
+                }
+                eprintln!("myelin: {line}");
             }
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                return matches!(child.try_wait(), Ok(None));
-            }
-            assert!(Instant::now() < deadline, "myelin serve did not listen on {port}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        });
+        (child, rx)
     }
 
     fn url(&self) -> String {
@@ -297,10 +306,10 @@ async fn element_x_room_list_timeline_invites_unread_and_restart() {
     })
     .await;
     // Bob's join is newer than the messages but does not bump; `c` stays on top.
-    assert_eq!(by_recency(&ex, &rooms), vec![rooms[2].clone(), rooms[1].clone(), rooms[0].clone()]);
+    let newest_first = vec![rooms[2].clone(), rooms[1].clone(), rooms[0].clone()];
+    eventually("recency c, b, a", || by_recency(&ex, &rooms) == newest_first).await;
     assert_eq!(ex.get_room(&rooms[2]).unwrap().name().as_deref(), Some("c"));
     // The room list shows them in that order.
-    let newest_first = vec![rooms[2].clone(), rooms[1].clone(), rooms[0].clone()];
     eventually("the room list shows c, b, a", || snapshot(&shown) == newest_first).await;
 
     // A message from another client moves its room to the top, and arrives in the timeline.
@@ -380,6 +389,24 @@ async fn wait_joined_member(c: &Client, room: &RoomId, who: &UserId) {
     }
 }
 
+/// Waits until the crypto store of `c` holds at least `n` devices of `who`, asking
+/// the server (`/keys/query`) when it does not yet. Element X learns of a new member's
+/// devices from its encryption connection, whose long-poll may only return 30 s
+/// later; a message sent before then is encrypted for none of the member's devices.
+/// A person does not type that fast after a join; a test does.
+async fn wait_devices(c: &Client, who: &UserId, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let known = c.encryption().get_user_devices(who).await.map(|d| d.devices().count()).unwrap_or(0);
+        if known >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{:?} never learned of {n} device(s) of {who}", c.user_id());
+        let _ = c.encryption().request_user_identity(who).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The decrypted texts of events that were encrypted (a message the SDK could not
 /// decrypt is not a message item, so it is not among them).
 async fn decrypted(timeline: &Timeline) -> Vec<String> {
@@ -399,12 +426,20 @@ async fn wait_decrypted(timeline: &Timeline, text: &str) {
         if decrypted(timeline).await.iter().any(|t| t == text) {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting to decrypt {text:?}; decrypted {:?}, all {:?}",
-            decrypted(timeline).await,
-            texts(timeline).await
-        );
+        if Instant::now() >= deadline {
+            let kinds: Vec<String> = timeline
+                .items()
+                .await
+                .iter()
+                .filter_map(|i| i.as_event())
+                .map(|e| format!("{:?}", e.content()).chars().take(60).collect())
+                .collect();
+            panic!(
+                "timed out waiting to decrypt {text:?}; decrypted {:?}, all {:?}; items {kinds:?}",
+                decrypted(timeline).await,
+                texts(timeline).await
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -433,6 +468,8 @@ async fn element_x_encrypted_dm_decrypts_both_ways_and_on_a_new_device() {
         .await;
     alice.get_room(&dm_id).unwrap().join().await.expect("alice accepts");
     wait_joined_member(&bob, &dm_id, &alice_id).await;
+    wait_devices(&bob, &alice_id, 1).await;
+    wait_devices(&alice, bob.user_id().unwrap(), 1).await;
 
     let alice_tl = alice.get_room(&dm_id).unwrap().timeline().await.expect("alice's timeline");
     let bob_tl = dm.timeline().await.expect("bob's timeline");
@@ -446,16 +483,8 @@ async fn element_x_encrypted_dm_decrypts_both_ways_and_on_a_new_device() {
     let alice2 = login(&server, "alice").await;
     let _alice2_sync = start_sync(&alice2).await;
     eventually("the second device sees the DM", || alice2.get_room(&dm_id).is_some()).await;
-    // Give Bob's encryption sync the device-list change before he encrypts.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let devices = bob.encryption().get_user_devices(&alice_id).await.expect("devices");
-        if devices.devices().count() >= 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "bob never learned of alice's second device");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // Bob's client knows the new device (from the device-list change, or by asking).
+    wait_devices(&bob, &alice_id, 2).await;
     let alice2_tl = alice2.get_room(&dm_id).unwrap().timeline().await.expect("second device's timeline");
     say(&dm, "hello, second device").await;
     wait_decrypted(&alice2_tl, "hello, second device").await;
@@ -489,6 +518,8 @@ async fn element_x_encrypted_dm_across_two_myelin_servers() {
     .await;
     alice.get_room(&dm_id).unwrap().join().await.expect("alice joins over federation");
     wait_joined_member(&bob, &dm_id, &alice_id).await;
+    wait_devices(&bob, &alice_id, 1).await;
+    wait_devices(&alice, bob.user_id().unwrap(), 1).await;
 
     // Keys are queried and claimed over federation, the room key goes as a to-device EDU.
     let alice_tl = alice.get_room(&dm_id).unwrap().timeline().await.expect("alice's timeline");
@@ -594,6 +625,8 @@ async fn element_x_encrypted_dm_between_myelin_and_synapse() {
     .await;
     alice.get_room(&dm_id).unwrap().join().await.expect("alice joins the Synapse room");
     wait_joined_member(&bob, &dm_id, &alice_id).await;
+    wait_devices(&bob, &alice_id, 1).await;
+    wait_devices(&alice, bob.user_id().unwrap(), 1).await;
     let alice_tl = alice.get_room(&dm_id).unwrap().timeline().await.expect("alice's timeline");
     let bob_tl = dm.timeline().await.expect("bob's timeline");
     say(&dm, "from Synapse, encrypted").await;
@@ -618,6 +651,7 @@ async fn element_x_encrypted_dm_between_myelin_and_synapse() {
     .await;
     bob.get_room(&dm2_id).unwrap().join().await.expect("bob joins the Myelin room");
     wait_joined_member(&alice, &dm2_id, &bob_id).await;
+    wait_devices(&alice, &bob_id, 1).await;
     let bob_tl2 = bob.get_room(&dm2_id).unwrap().timeline().await.expect("bob's second timeline");
     say(&dm2, "Myelin's room, encrypted").await;
     wait_decrypted(&bob_tl2, "Myelin's room, encrypted").await;
@@ -654,6 +688,14 @@ async fn element_x_encrypted_group_of_three_on_two_myelin_servers() {
         wait_joined_member(&alice, &room_id, who).await;
     }
     wait_joined_member(&carol, &room_id, &bob_id).await;
+    for (c, who) in [
+        (&carol, alice.user_id()),
+        (&carol, Some(bob_id.as_ref())),
+        (&alice, Some(bob_id.as_ref())),
+        (&alice, Some(carol_id.as_ref())),
+    ] {
+        wait_devices(c, who.unwrap(), 1).await;
+    }
     let timelines = [
         room.timeline().await.expect("alice's timeline"),
         bob.get_room(&room_id).unwrap().timeline().await.expect("bob's timeline"),
@@ -667,4 +709,67 @@ async fn element_x_encrypted_group_of_three_on_two_myelin_servers() {
     say(&room, "alice to the group").await;
     wait_decrypted(&timelines[1], "alice to the group").await;
     wait_decrypted(&timelines[2], "alice to the group").await;
+}
+
+/// A client with Element X's encryption settings for recovery: cross-signing made at
+/// login, room keys fetched from the backup once the recovery key is known.
+async fn recovery_client(server: &Server) -> Client {
+    let settings = matrix_sdk::encryption::EncryptionSettings {
+        auto_enable_cross_signing: true,
+        backup_download_strategy: matrix_sdk::encryption::BackupDownloadStrategy::OneShot,
+        auto_enable_backups: false,
+    };
+    Client::builder().homeserver_url(server.url()).with_encryption_settings(settings).build().await.expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn element_x_recovery_restores_history_on_a_new_device_from_the_key_backup() {
+    let server = Server::start().await;
+    let bob = register(&server, "bob").await;
+    let alice = recovery_client(&server).await;
+    let request = assign!(matrix_sdk::ruma::api::client::account::register::v3::Request::new(), {
+        username: Some("alice".to_owned()),
+        password: Some("alice-password".to_owned()),
+        auth: Some(AuthData::Dummy(Dummy::new())),
+    });
+    alice.matrix_auth().register(request).await.expect("register alice");
+    let _syncs = [start_sync(&alice).await, start_sync(&bob).await];
+    let alice_id = alice.user_id().unwrap().to_owned();
+
+    let encryption = InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults());
+    let dm = bob
+        .create_room(assign!(create_room::v3::Request::new(), {
+            invite: vec![alice_id.clone()],
+            is_direct: true,
+            initial_state: vec![encryption.to_raw_any()],
+        }))
+        .await
+        .expect("bob creates the DM");
+    let dm_id = dm.room_id().to_owned();
+    eventually("alice is invited", || alice.get_room(&dm_id).is_some_and(|r| r.state() == RoomState::Invited)).await;
+    alice.get_room(&dm_id).unwrap().join().await.expect("alice joins");
+    wait_joined_member(&bob, &dm_id, &alice_id).await;
+    wait_devices(&bob, &alice_id, 1).await;
+    wait_devices(&alice, bob.user_id().unwrap(), 1).await;
+    let alice_tl = alice.get_room(&dm_id).unwrap().timeline().await.expect("alice's timeline");
+    say(&dm, "keep this for later").await;
+    wait_decrypted(&alice_tl, "keep this for later").await;
+
+    // Alice turns recovery on: a key backup (/room_keys) and secret storage (account data).
+    let recovery_key = alice.encryption().recovery().enable().await.expect("enable recovery");
+    alice.encryption().backups().wait_for_steady_state().await.expect("room keys uploaded");
+
+    // A new device of hers never received the room key; the recovery key brings it back.
+    let alice2 = recovery_client(&server).await;
+    alice2
+        .matrix_auth()
+        .login_username("alice", "alice-password")
+        .initial_device_display_name("new phone")
+        .await
+        .expect("login on a new device");
+    let _sync2 = start_sync(&alice2).await;
+    eventually("the new device sees the DM", || alice2.get_room(&dm_id).is_some()).await;
+    alice2.encryption().recovery().recover(&recovery_key).await.expect("recover with the key");
+    let alice2_tl = alice2.get_room(&dm_id).unwrap().timeline().await.expect("new device's timeline");
+    wait_decrypted(&alice2_tl, "keep this for later").await;
 }
