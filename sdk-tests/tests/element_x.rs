@@ -773,3 +773,61 @@ async fn element_x_recovery_restores_history_on_a_new_device_from_the_key_backup
     let alice2_tl = alice2.get_room(&dm_id).unwrap().timeline().await.expect("new device's timeline");
     wait_decrypted(&alice2_tl, "keep this for later").await;
 }
+
+/// Claims one-time keys of `who`'s devices as a stranger would, until the server hands
+/// out the fallback key (every one-time key is gone); returns how many were claimed.
+async fn drain_one_time_keys(c: &Client, who: &UserId, device: &matrix_sdk::ruma::DeviceId) -> usize {
+    use matrix_sdk::ruma::{OneTimeKeyAlgorithm, api::client::keys::claim_keys};
+    for claimed in 0..500 {
+        let wanted = [(device.to_owned(), OneTimeKeyAlgorithm::SignedCurve25519)].into_iter().collect();
+        let request = claim_keys::v3::Request::new([(who.to_owned(), wanted)].into_iter().collect());
+        let response = c.send(request).await.expect("keys/claim");
+        let keys = response.one_time_keys.get(who).and_then(|d| d.get(device)).expect("a key for the device");
+        let fallback = keys.values().any(|k| k.json().get().contains("\"fallback\":true"));
+        if fallback {
+            return claimed;
+        }
+    }
+    panic!("the server never handed out the fallback key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn element_x_offline_receiver_decrypts_after_restart_through_the_fallback_key() {
+    let mut server = Server::start().await;
+    let alice = register(&server, "alice").await;
+    let carol = register(&server, "carol").await;
+    let alice_sync = start_sync(&alice).await;
+    let _carol_sync = start_sync(&carol).await;
+    let alice_id = alice.user_id().unwrap().to_owned();
+    let alice_device = alice.device_id().unwrap().to_owned();
+
+    let encryption = InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults());
+    let dm = carol
+        .create_room(assign!(create_room::v3::Request::new(), {
+            invite: vec![alice_id.clone()],
+            is_direct: true,
+            initial_state: vec![encryption.to_raw_any()],
+        }))
+        .await
+        .expect("carol creates the DM");
+    let dm_id = dm.room_id().to_owned();
+    eventually("alice is invited", || alice.get_room(&dm_id).is_some_and(|r| r.state() == RoomState::Invited)).await;
+    alice.get_room(&dm_id).unwrap().join().await.expect("alice joins");
+    wait_joined_member(&carol, &dm_id, &alice_id).await;
+    wait_devices(&carol, &alice_id, 1).await;
+
+    // Alice goes offline; a stranger takes every one-time key of her device.
+    alice_sync.stop().await;
+    let stranger = register(&server, "stranger").await;
+    let drained = drain_one_time_keys(&stranger, &alice_id, &alice_device).await;
+    assert!(drained > 0, "her device had one-time keys to take");
+
+    // Carol writes: her client can only open a session with the fallback key. The room
+    // key waits for Alice as a to-device message, across a hard restart of the server.
+    say(&dm, "while you were away").await;
+    server = server.restart().await;
+    alice_sync.start().await;
+    let alice_tl = alice.get_room(&dm_id).unwrap().timeline().await.expect("alice's timeline");
+    wait_decrypted(&alice_tl, "while you were away").await;
+    drop(server);
+}
