@@ -448,6 +448,16 @@ async fn unknown_positions_and_bad_requests_get_clear_errors() {
     }
     let r = alice.request(Method::POST, &format!("{SS}?timeout=soon"), Some(req.clone())).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    // What one request may make the server keep or compute is bounded.
+    let many: serde_json::Map<String, Value> =
+        (0..101).map(|n| (format!("l{n}"), json!({ "ranges": [[0, 1]], "timeline_limit": 1 }))).collect();
+    let r = alice.request(Method::POST, &path(None, 0), Some(json!({ "lists": many }))).await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::BAD_REQUEST, "M_INVALID_PARAM"));
+    let r = alice.request(Method::POST, &path(None, 0), Some(json!({ "conn_id": "c".repeat(65) }))).await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::BAD_REQUEST, "M_INVALID_PARAM"));
+    let long_name = json!({ "lists": { "n".repeat(65): { "ranges": [[0, 1]], "timeline_limit": 1 } } });
+    let r = alice.request(Method::POST, &path(None, 0), Some(long_name)).await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::BAD_REQUEST, "M_INVALID_PARAM"));
     // An inverted or huge range is not an error, just empty or clamped.
     let r = ss(&alice, None, 0, &list(json!([[5, 1], [0, u64::MAX]]), 1, json!([]))).await;
     assert_eq!(r["lists"]["all"]["count"], 0);
