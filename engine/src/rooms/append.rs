@@ -305,6 +305,7 @@ impl Rooms {
                 &(target.to_string(), room),
                 &Membership { membership, count, event: short },
             )?;
+            self.bump_memberships_when_durable(&mut batch, target.to_string());
         }
         // Each server sends its own events; we never forward another server's.
         let ours = pdu.sender.server_name() == self.server_name;

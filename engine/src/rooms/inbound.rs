@@ -417,6 +417,7 @@ impl Rooms {
             &(user.to_string(), room),
             &Membership { membership: membership.into(), count, event: short },
         )?;
+        self.bump_memberships_when_durable(&mut batch, user.to_string());
         let mut state = invite_state.to_vec();
         state.push(crate::events::stripped_event(&invite));
         let json = serde_json::to_vec(&state).map_err(|e| RoomError::BadEvent(e.to_string()))?;
@@ -465,6 +466,7 @@ impl Rooms {
         };
         let count = stream.next_in(&mut batch) as i64;
         MEMBERSHIPS.put(&mut batch, &key, &Membership { membership: "leave".into(), count, event })?;
+        self.bump_memberships_when_durable(&mut batch, user.to_string());
         INVITE_STATE.delete(&mut batch, &(user.to_string(), room_id.to_string()));
         self.db.commit(batch).await?;
         Ok(())

@@ -54,7 +54,7 @@ pub(crate) use head::Head;
 use head::RoomLock;
 pub use inbound::Appended;
 use lru::LruCache;
-use myelin_storage::{Db, Interner, StreamCounter, catalog};
+use myelin_storage::{Batch, Db, Interner, StreamCounter, catalog};
 use parking_lot::Mutex;
 pub use pdu::{ArcPdu, Pdu};
 use ruma::{
@@ -162,6 +162,10 @@ pub struct Rooms {
     pub(crate) push_pending: Arc<tokio::sync::Notify>,
     /// Destinations with rows queued since the sender last asked, and its wake-up.
     ready_destinations: Arc<(Mutex<std::collections::BTreeSet<String>>, tokio::sync::Notify)>,
+    /// Per local user, a counter raised once a change of their memberships is visible
+    /// (in the batch's durability hook): a reader that read the counter before the rows
+    /// may keep those rows while the counter stays.
+    member_versions: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 fn now_ms() -> u64 {
@@ -204,6 +208,7 @@ impl Rooms {
             outbound_floors: Mutex::new(std::collections::BTreeMap::new()),
             newest: crate::positions::NewestPositions::default(),
             ready_destinations: Arc::new((Mutex::new(std::collections::BTreeSet::new()), tokio::sync::Notify::new())),
+            member_versions: Arc::new(Mutex::new(HashMap::new())),
             versions: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             known_keys: parking_lot::RwLock::new(keys.public_key_map()),
@@ -215,6 +220,21 @@ impl Rooms {
             keys,
             stream,
         })
+    }
+
+    /// The membership counter of a local user (see `member_versions`): read it before
+    /// [`Rooms::rooms_of`], and the rows read stay right while it does not change.
+    pub fn memberships_version(&self, user_id: &str) -> u64 {
+        self.member_versions.lock().get(user_id).copied().unwrap_or(0)
+    }
+
+    /// Raises the user's membership counter once `batch` (which writes one of their
+    /// membership rows) is visible.
+    pub(crate) fn bump_memberships_when_durable(&self, batch: &mut Batch, user_id: String) {
+        let versions = self.member_versions.clone();
+        batch.on_durable(move || {
+            *versions.lock().entry(user_id).or_insert(0) += 1;
+        });
     }
 
     /// The short id of a known room.

@@ -74,6 +74,9 @@ pub enum SlidingError {
     Engine(#[from] EngineError),
 }
 
+/// A user's memberships: room, membership, and for a leave whether someone else did it.
+type UserRooms = Arc<Vec<(OwnedRoomId, Membership, bool)>>;
+
 /// Server-side state of sliding sync: connections, and caches keyed by immutable things.
 pub struct Sliding {
     /// What each connection was sent.
@@ -82,6 +85,9 @@ pub struct Sliding {
     bumps: Mutex<LruCache<OwnedRoomId, (i64, i64)>>,
     /// Per state snapshot: the room facts lists and rooms show (snapshots never change).
     summaries: Mutex<LruCache<u64, Arc<room::Summary>>>,
+    /// Per local user: their memberships, with whether each leave was someone else's
+    /// doing, at a membership counter (`Rooms::memberships_version`).
+    memberships: Mutex<LruCache<String, (u64, UserRooms)>>,
 }
 
 impl Default for Sliding {
@@ -91,6 +97,7 @@ impl Default for Sliding {
             connections: Connections::new(),
             bumps: Mutex::new(LruCache::new(cap(100_000))),
             summaries: Mutex::new(LruCache::new(cap(8192))),
+            memberships: Mutex::new(LruCache::new(cap(10_000))),
         }
     }
 }
@@ -411,23 +418,44 @@ impl Engine {
     /// The rooms the lists are made of, with their bump stamps.
     fn list_candidates(&self, user: &UserId, prev: &conn::ConnState, upto: i64) -> Result<Vec<Candidate>, EngineError> {
         let mut out = Vec::new();
-        for (room_id, m) in self.rooms.rooms_of(user.as_str()).map_err(err)? {
+        for (room_id, m, removed) in self.memberships_of(user)?.iter() {
             if m.count > upto {
                 continue; // after this answer's position: next time
             }
             let shown = match m.membership.as_str() {
                 "join" | "invite" | "knock" | "ban" => true,
                 // Left since the last answer (the client must learn of it), or removed by someone else.
-                "leave" => (prev.upto > 0 && m.count > prev.upto as i64) || self.removed_by_other(user, m.event),
+                "leave" => (prev.upto > 0 && m.count > prev.upto as i64) || *removed,
                 _ => false,
             };
             if !shown {
                 continue;
             }
-            let stamp = self.bump_stamp_of(&room_id, &m, upto)?;
-            out.push(Candidate { room_id, membership: m, stamp });
+            let stamp = self.bump_stamp_of(room_id, m, upto)?;
+            out.push(Candidate { room_id: room_id.clone(), membership: m.clone(), stamp });
         }
         Ok(out)
+    }
+
+    /// The user's memberships, read from storage only when they changed since the last
+    /// read (a user in thousands of rooms paid a row, a room-id lookup and, per left
+    /// room, an event read on every request).
+    fn memberships_of(&self, user: &UserId) -> Result<UserRooms, EngineError> {
+        // The counter first: a change that becomes visible after it raises it again.
+        let version = self.rooms.memberships_version(user.as_str());
+        if let Some((v, rows)) = self.sliding.memberships.lock().get(user.as_str())
+            && *v == version
+        {
+            return Ok(rows.clone());
+        }
+        let mut rows = Vec::new();
+        for (room_id, m) in self.rooms.rooms_of(user.as_str()).map_err(err)? {
+            let removed = m.membership == "leave" && self.removed_by_other(user, m.event);
+            rows.push((room_id, m, removed));
+        }
+        let rows = Arc::new(rows);
+        self.sliding.memberships.lock().put(user.to_string(), (version, rows.clone()));
+        Ok(rows)
     }
 
     /// The position a room sorts by: its newest event of a bumping type for a joined
