@@ -816,6 +816,22 @@ async fn element_x_offline_receiver_decrypts_after_restart_through_the_fallback_
     wait_joined_member(&carol, &dm_id, &alice_id).await;
     wait_devices(&carol, &alice_id, 1).await;
 
+    // Her client has uploaded its fallback key (a connection of its own asks the server).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        use matrix_sdk::ruma::{OneTimeKeyAlgorithm, api::client::sync::sync_events::v5};
+        let mut probe = v5::Request::new();
+        probe.conn_id = Some("fallback-probe".to_owned());
+        probe.extensions.e2ee.enabled = Some(true);
+        let answer = alice.send(probe).await.expect("sliding sync probe");
+        let types = answer.extensions.e2ee.device_unused_fallback_key_types.unwrap_or_default();
+        if types.contains(&OneTimeKeyAlgorithm::SignedCurve25519) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "alice's client never uploaded a fallback key");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // Alice goes offline; a stranger takes every one-time key of her device.
     alice_sync.stop().await;
     let stranger = register(&server, "stranger").await;
