@@ -42,7 +42,7 @@ test: lint interop-setup
 
 ## Element X's engine (matrix-sdk, matrix-sdk-ui) against the built `myelin` binary: a
 ## crate of its own (sdk-tests/), so the default build does not compile the SDK.
-sdk-test: setup
+sdk-test: setup interop-setup
 	$(CARGO) build --bins
 	cd sdk-tests && $(CARGO) fmt -- --check && $(CARGO) clippy --all-targets -- -D warnings && $(CARGO) test --no-fail-fast
 
