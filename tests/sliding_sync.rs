@@ -484,3 +484,78 @@ async fn lazy_members_follow_every_membership_change_on_a_gapless_update() {
     // A member who did nothing in between is not sent again.
     assert!(!members.contains(&alice.user_id), "{members:?}");
 }
+
+/// The sync routes (`/sync`, sliding sync, `auth_metadata`) tried as a hostile client
+/// would: garbage in the path or a wrong-typed body or parameter is a Matrix 4xx, and
+/// the same request twice at once has one effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_routes_refuse_garbage_and_serve_concurrent_duplicates_once() {
+    let s = TestServer::open("localhost").await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let is_matrix_4xx = |r: &myelin_suite::Reply| {
+        r.status.is_client_error() && serde_json::from_slice::<Value>(&r.body).is_ok_and(|j| j["errcode"].is_string())
+    };
+    // Garbage after or inside the paths: no such endpoint.
+    for g in ["%00", "..", "%FF%FE", "a%20b", "!"] {
+        for (method, p) in [
+            (Method::GET, format!("{V3}/sync/{g}")),
+            (Method::POST, format!("{SS}/{g}")),
+            (Method::GET, format!("/_matrix/client/v1/auth_metadata/{g}")),
+            (Method::GET, format!("/_matrix/client/unstable/org.matrix.msc2965/auth_metadata/{g}")),
+        ] {
+            let r = alice.request(method.clone(), &p, Some(json!({}))).await;
+            assert!(is_matrix_4xx(&r), "{method} {p}: {} {}", r.status, String::from_utf8_lossy(&r.body));
+        }
+    }
+    // Wrong-typed input: /sync takes its input as parameters, sliding sync as a body.
+    for q in ["timeout=soon", "since=tomorrow", "full_state=1&since=s1_0_x", "filter=%7B%22room%22%3A%22x%22%7D"] {
+        let r = alice.request(Method::GET, &format!("{V3}/sync?{q}"), None).await;
+        assert_eq!(
+            (r.status, is_matrix_4xx(&r)),
+            (StatusCode::BAD_REQUEST, true),
+            "{q}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    for body in [json!("lists"), json!({ "lists": [] }), json!({ "conn_id": 7 }), json!({ "txn_id": {} })] {
+        let r = alice.request(Method::POST, &path(None, 0), Some(body.clone())).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", String::from_utf8_lossy(&r.body));
+    }
+    // auth_metadata takes no body: one of the wrong type changes nothing (still 404).
+    for p in ["/_matrix/client/v1/auth_metadata", "/_matrix/client/unstable/org.matrix.msc2965/auth_metadata"] {
+        let r = alice.request(Method::GET, p, Some(json!(["x", 1]))).await;
+        assert_eq!((r.status, r.errcode().as_str()), (StatusCode::NOT_FOUND, "M_UNRECOGNIZED"), "{p}");
+        let (a, b) = tokio::join!(alice.request(Method::GET, p, None), alice.request(Method::GET, p, None));
+        assert_eq!((a.status, b.status), (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND), "{p}");
+    }
+
+    // Twice at once, /sync from the same token: both carry the to-device message, and the
+    // next sync (which acknowledges it) does not lose or repeat anything.
+    let first = bob.sync(None, 0).await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    let send = json!({ "messages": { bob.user_id.clone(): { bob.device_id.clone(): { "n": 1 } } } });
+    alice.put(&format!("{V3}/sendToDevice/m.test/dup1"), send).await;
+    let (a, b) = tokio::join!(bob.sync(Some(&since), 0), bob.sync(Some(&since), 0));
+    for r in [&a, &b] {
+        assert_eq!(r["to_device"]["events"].as_array().unwrap().len(), 1, "{r}");
+    }
+    let after = bob.sync(Some(a["next_batch"].as_str().unwrap()), 0).await;
+    assert!(after["to_device"]["events"].as_array().unwrap().is_empty(), "acknowledged once: {after}");
+
+    // Twice at once, a new sliding-sync connection: one connection, whose either
+    // position goes on, and the room is sent once on each line.
+    let room = alice.create_room(json!({ "name": "dup" })).await;
+    let req = json!({ "conn_id": "dup", "lists": { "all": { "ranges": [[0, 9]], "timeline_limit": 1 } } });
+    let fresh = path(None, 0);
+    let (a, b) = tokio::join!(
+        alice.request(Method::POST, &fresh, Some(req.clone())),
+        alice.request(Method::POST, &fresh, Some(req.clone()))
+    );
+    assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK));
+    for first in [a.json(), b.json()] {
+        assert_eq!(first["rooms"][&room]["initial"], true);
+        let next = ss(&alice, Some(&pos_of(&first)), 200, &req).await;
+        assert!(next["rooms"].get(&room).is_none(), "already sent on this line: {next}");
+    }
+}

@@ -282,6 +282,12 @@ pub fn put(cx: Ctx, req: Req) -> HandlerFuture {
             return Err(bad_request("threepids and external_ids are not supported by this server's admin API"));
         }
         let users = &cx.engine.users;
+        // One edit of a user at a time: two creations at once must not both see "no such
+        // user" (the second then failed with M_USER_IN_USE); the second now modifies.
+        let _claim = users
+            .claim_txn(user.as_str(), "", "_synapse/admin/v2/users")
+            .await
+            .ok_or_else(|| ApiError::busy("too many requests in flight"))?;
         match users.account(&user)? {
             Some(account) => {
                 if body.displayname.is_some() || body.avatar_url.is_some() {
