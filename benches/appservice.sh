@@ -17,17 +17,7 @@ clients="${CLIENTS:-20}"
 rooms="${ROOMS:-20}"
 messages="${MESSAGES:-100}"
 
-bash tests/interop/setup.sh >/dev/null
-cargo build --release --bin myelin >/dev/null 2>&1 || cargo build --release --bin myelin
-myelin="$root/target/release/myelin"
-python="${XDG_CACHE_HOME:-$HOME/.cache}/myelin/venv-synapse-1.163.2/bin/python"
-
-work="$(mktemp -d)"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$root/benches/lib.sh"
 sc=$(free_port); sf=$(free_port); mc=$(free_port); mf=$(free_port); asp=$(free_port)
 
 registration() { # file sender_localpart
@@ -50,13 +40,6 @@ YAML
 start_synapse() { # dir
     (cd "$1" && exec "$python" -m synapse.app.homeserver -c hs.yaml >/dev/null 2>&1) &
     pids+=($!)
-}
-wait_up() {
-    for _ in $(seq 1 600); do
-        curl -sf "http://127.0.0.1:$1/_matrix/client/versions" >/dev/null && return 0
-        sleep 0.1
-    done
-    echo "server on port $1 did not start" >&2; exit 1
 }
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 settle() { sleep 3; }

@@ -16,17 +16,7 @@ lines="${LINES:-3000}"
 clients="${CLIENTS:-20}"
 messages="${MESSAGES:-100}"
 
-bash tests/interop/setup.sh >/dev/null
-cargo build --release --bin myelin >/dev/null 2>&1 || cargo build --release --bin myelin
-myelin="$root/target/release/myelin"
-python="${XDG_CACHE_HOME:-$HOME/.cache}/myelin/venv-synapse-1.163.2/bin/python"
-
-work="$(mktemp -d)"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$root/benches/lib.sh"
 sc=$(free_port); sf=$(free_port); mc=$(free_port); mf=$(free_port)
 # A second server of each kind, for the federation scenario.
 sc2=$(free_port); sf2=$(free_port); mc2=$(free_port); mf2=$(free_port)
@@ -51,13 +41,6 @@ start_myelin "$work/myelin" "$mc" "$mf"
 start_synapse "$work/synapse2" "$sc2" "$sf2"
 start_myelin "$work/myelin2" "$mc2" "$mf2"
 
-wait_up() {
-    for _ in $(seq 1 600); do
-        curl -sf "http://127.0.0.1:$1/_matrix/client/versions" >/dev/null && return 0
-        sleep 0.1
-    done
-    echo "server on port $1 did not start" >&2; exit 1
-}
 wait_up "$mc"; wait_up "$sc"; wait_up "$mc2"; wait_up "$sc2"
 
 # Waits (at most 60 s) until the four servers together use under 5 % of one

@@ -4,7 +4,8 @@
 # one account in ROOMS rooms, BIG of them with MEMBERS other users: the first
 # answer of a new connection for a WINDOW-room window (Element X's room-list
 # request) and the answer after one new message, p50/p99; plus each server's RSS
-# after the set-up and after the 2 x SAMPLES + 1 connections (memory per connection).
+# after the set-up and after the 2 x SAMPLES + 1 connections (memory per connection), and
+# each server's peak RSS over the run.
 #
 # Usage: benches/sliding.sh   (ROOMS=1000 BIG=500 MEMBERS=100 WINDOW=20 SAMPLES=50;
 #        SYNAPSE=0 to measure Myelin alone)
@@ -15,25 +16,8 @@ cd "$root"
 rooms="${ROOMS:-1000}"; big="${BIG:-500}"; members="${MEMBERS:-100}"
 window="${WINDOW:-20}"; samples="${SAMPLES:-50}"; with_synapse="${SYNAPSE:-1}"
 
-bash tests/interop/setup.sh >/dev/null
-cargo build --release --bin myelin >/dev/null 2>&1 || cargo build --release --bin myelin
-myelin="$root/target/release/myelin"
-python="${XDG_CACHE_HOME:-$HOME/.cache}/myelin/venv-synapse-1.163.2/bin/python"
-
-work="$(mktemp -d)"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$root/benches/lib.sh"
 rss_of() { grep -m1 VmRSS "/proc/$1/status" 2>/dev/null | awk '{print $2}'; }
-wait_up() {
-    for _ in $(seq 1 600); do
-        curl -sf "http://127.0.0.1:$1/_matrix/client/versions" >/dev/null && return 0
-        sleep 0.1
-    done
-    echo "server on port $1 did not start" >&2; exit 1
-}
 sc=$(free_port); sf=$(free_port); mc=$(free_port); mf=$(free_port)
 
 mkdir -p "$work/myelin" "$work/synapse"
@@ -79,4 +63,8 @@ def mem(r):
     before, after = r["rss_before_kib"], r["rss_after_kib"]
     return f"{before / 1024:.0f} → {after / 1024:.0f} MiB ({(after - before) / (2 * samples + 1):.0f} KiB per connection)"
 print(f"| RSS after set-up → after {2 * samples + 1} connections | {mem(m)} | {mem(s)} | |")
+def peak(r):
+    return "failed" if r.get("failed") or r.get("peak_rss_kib") is None else f"{r['peak_rss_kib'] / 1024:.0f} MiB"
+ratio_peak = "—" if "MiB" not in peak(m) or "MiB" not in peak(s) else f"{m['peak_rss_kib'] / s['peak_rss_kib']:.2f} (Myelin / Synapse)"
+print(f"| peak RSS over the run | {peak(m)} | {peak(s)} | {ratio_peak} |")
 PY

@@ -162,9 +162,9 @@ async fn client(server: &Server) -> Client {
     Client::builder().homeserver_url(server.url()).build().await.expect("client builds")
 }
 
-/// Registers `name` and returns a logged-in client (no sync running).
-async fn register(server: &Server, name: &str) -> Client {
-    let c = client(server).await;
+/// Registers `name` (open registration, `m.login.dummy`) with the client `c`, which
+/// is then logged in (no sync running).
+async fn register_with(c: Client, name: &str) -> Client {
     let request = assign!(matrix_sdk::ruma::api::client::account::register::v3::Request::new(), {
         username: Some(name.to_owned()),
         password: Some(format!("{name}-password")),
@@ -172,6 +172,11 @@ async fn register(server: &Server, name: &str) -> Client {
     });
     c.matrix_auth().register(request).await.expect("register");
     c
+}
+
+/// Registers `name` on a Myelin server.
+async fn register(server: &Server, name: &str) -> Client {
+    register_with(client(server).await, name).await
 }
 
 /// Logs `name` in on a new device, as Element X does (password login).
@@ -407,6 +412,29 @@ async fn wait_devices(c: &Client, who: &UserId, n: usize) {
     }
 }
 
+/// `creator` opens an encrypted DM with `invitee`, as Element X does, and `invitee`
+/// accepts; returns the creator's room once each side's client knows the other's
+/// devices (see [`wait_devices`]).
+async fn encrypted_dm(creator: &Client, invitee: &Client) -> Room {
+    let invitee_id = invitee.user_id().expect("logged in").to_owned();
+    let encryption = InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults());
+    let room = creator
+        .create_room(assign!(create_room::v3::Request::new(), {
+            invite: vec![invitee_id.clone()],
+            is_direct: true,
+            initial_state: vec![encryption.to_raw_any()],
+        }))
+        .await
+        .expect("create the DM");
+    let id = room.room_id().to_owned();
+    eventually("the invite arrives", || invitee.get_room(&id).is_some_and(|r| r.state() == RoomState::Invited)).await;
+    invitee.get_room(&id).expect("the invited room").join().await.expect("accept the invite");
+    wait_joined_member(creator, &id, &invitee_id).await;
+    wait_devices(creator, &invitee_id, 1).await;
+    wait_devices(invitee, creator.user_id().expect("logged in"), 1).await;
+    room
+}
+
 /// The decrypted texts of events that were encrypted (a message the SDK could not
 /// decrypt is not a message item, so it is not among them).
 async fn decrypted(timeline: &Timeline) -> Vec<String> {
@@ -454,22 +482,8 @@ async fn element_x_encrypted_dm_decrypts_both_ways_and_on_a_new_device() {
     let alice_id = alice.user_id().unwrap().to_owned();
 
     // Bob opens an encrypted DM with Alice, as Element X does.
-    let encryption = InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults());
-    let dm = bob
-        .create_room(assign!(create_room::v3::Request::new(), {
-            invite: vec![alice_id.clone()],
-            is_direct: true,
-            initial_state: vec![encryption.to_raw_any()],
-        }))
-        .await
-        .expect("bob creates the DM");
+    let dm = encrypted_dm(&bob, &alice).await;
     let dm_id = dm.room_id().to_owned();
-    eventually("alice sees the invite", || alice.get_room(&dm_id).is_some_and(|r| r.state() == RoomState::Invited))
-        .await;
-    alice.get_room(&dm_id).unwrap().join().await.expect("alice accepts");
-    wait_joined_member(&bob, &dm_id, &alice_id).await;
-    wait_devices(&bob, &alice_id, 1).await;
-    wait_devices(&alice, bob.user_id().unwrap(), 1).await;
 
     let alice_tl = alice.get_room(&dm_id).unwrap().timeline().await.expect("alice's timeline");
     let bob_tl = dm.timeline().await.expect("bob's timeline");
@@ -499,27 +513,10 @@ async fn element_x_encrypted_dm_across_two_myelin_servers() {
     let bob = register(&there, "bob").await;
     let _alice_sync = start_sync(&alice).await;
     let _bob_sync = start_sync(&bob).await;
-    let alice_id = alice.user_id().unwrap().to_owned();
 
     // Bob, on the other server, opens an encrypted DM with Alice.
-    let encryption = InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults());
-    let dm = bob
-        .create_room(assign!(create_room::v3::Request::new(), {
-            invite: vec![alice_id.clone()],
-            is_direct: true,
-            initial_state: vec![encryption.to_raw_any()],
-        }))
-        .await
-        .expect("bob creates the DM");
+    let dm = encrypted_dm(&bob, &alice).await;
     let dm_id = dm.room_id().to_owned();
-    eventually("alice sees the invite over federation", || {
-        alice.get_room(&dm_id).is_some_and(|r| r.state() == RoomState::Invited)
-    })
-    .await;
-    alice.get_room(&dm_id).unwrap().join().await.expect("alice joins over federation");
-    wait_joined_member(&bob, &dm_id, &alice_id).await;
-    wait_devices(&bob, &alice_id, 1).await;
-    wait_devices(&alice, bob.user_id().unwrap(), 1).await;
 
     // Keys are queried and claimed over federation, the room key goes as a to-device EDU.
     let alice_tl = alice.get_room(&dm_id).unwrap().timeline().await.expect("alice's timeline");
@@ -585,48 +582,19 @@ impl Drop for Synapse {
     }
 }
 
-/// Registers on Synapse (open registration, `m.login.dummy`).
-async fn register_at(url: &str, name: &str) -> Client {
-    let c = Client::builder().homeserver_url(url).build().await.expect("client builds");
-    let request = assign!(matrix_sdk::ruma::api::client::account::register::v3::Request::new(), {
-        username: Some(name.to_owned()),
-        password: Some(format!("{name}-password")),
-        auth: Some(AuthData::Dummy(Dummy::new())),
-    });
-    c.matrix_auth().register(request).await.expect("register on Synapse");
-    c
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn element_x_encrypted_dm_between_myelin_and_synapse() {
     let synapse = Synapse::start().await;
     let myelin = Server::start_federating().await;
     let alice = register(&myelin, "alice").await;
-    let bob = register_at(&synapse.url(), "bob").await;
+    let bob =
+        register_with(Client::builder().homeserver_url(synapse.url()).build().await.expect("client"), "bob").await;
     let _alice_sync = start_sync(&alice).await;
     let _bob_sync = start_sync(&bob).await;
-    let alice_id = alice.user_id().unwrap().to_owned();
-    let bob_id = bob.user_id().unwrap().to_owned();
 
     // Bob on Synapse opens an encrypted DM with Alice on Myelin.
-    let encryption = InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults());
-    let dm = bob
-        .create_room(assign!(create_room::v3::Request::new(), {
-            invite: vec![alice_id.clone()],
-            is_direct: true,
-            initial_state: vec![encryption.to_raw_any()],
-        }))
-        .await
-        .expect("bob creates the DM on Synapse");
+    let dm = encrypted_dm(&bob, &alice).await;
     let dm_id = dm.room_id().to_owned();
-    eventually("alice on Myelin sees Synapse's invite", || {
-        alice.get_room(&dm_id).is_some_and(|r| r.state() == RoomState::Invited)
-    })
-    .await;
-    alice.get_room(&dm_id).unwrap().join().await.expect("alice joins the Synapse room");
-    wait_joined_member(&bob, &dm_id, &alice_id).await;
-    wait_devices(&bob, &alice_id, 1).await;
-    wait_devices(&alice, bob.user_id().unwrap(), 1).await;
     let alice_tl = alice.get_room(&dm_id).unwrap().timeline().await.expect("alice's timeline");
     let bob_tl = dm.timeline().await.expect("bob's timeline");
     say(&dm, "from Synapse, encrypted").await;
@@ -635,23 +603,8 @@ async fn element_x_encrypted_dm_between_myelin_and_synapse() {
     wait_decrypted(&bob_tl, "from Myelin, encrypted").await;
 
     // And the other way round: Alice on Myelin opens one with Bob on Synapse.
-    let encryption = InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults());
-    let dm2 = alice
-        .create_room(assign!(create_room::v3::Request::new(), {
-            invite: vec![bob_id.clone()],
-            is_direct: true,
-            initial_state: vec![encryption.to_raw_any()],
-        }))
-        .await
-        .expect("alice creates a DM on Myelin");
+    let dm2 = encrypted_dm(&alice, &bob).await;
     let dm2_id = dm2.room_id().to_owned();
-    eventually("bob on Synapse sees Myelin's invite", || {
-        bob.get_room(&dm2_id).is_some_and(|r| r.state() == RoomState::Invited)
-    })
-    .await;
-    bob.get_room(&dm2_id).unwrap().join().await.expect("bob joins the Myelin room");
-    wait_joined_member(&alice, &dm2_id, &bob_id).await;
-    wait_devices(&alice, &bob_id, 1).await;
     let bob_tl2 = bob.get_room(&dm2_id).unwrap().timeline().await.expect("bob's second timeline");
     say(&dm2, "Myelin's room, encrypted").await;
     wait_decrypted(&bob_tl2, "Myelin's room, encrypted").await;
@@ -726,31 +679,11 @@ async fn recovery_client(server: &Server) -> Client {
 async fn element_x_recovery_restores_history_on_a_new_device_from_the_key_backup() {
     let server = Server::start().await;
     let bob = register(&server, "bob").await;
-    let alice = recovery_client(&server).await;
-    let request = assign!(matrix_sdk::ruma::api::client::account::register::v3::Request::new(), {
-        username: Some("alice".to_owned()),
-        password: Some("alice-password".to_owned()),
-        auth: Some(AuthData::Dummy(Dummy::new())),
-    });
-    alice.matrix_auth().register(request).await.expect("register alice");
+    let alice = register_with(recovery_client(&server).await, "alice").await;
     let _syncs = [start_sync(&alice).await, start_sync(&bob).await];
-    let alice_id = alice.user_id().unwrap().to_owned();
 
-    let encryption = InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults());
-    let dm = bob
-        .create_room(assign!(create_room::v3::Request::new(), {
-            invite: vec![alice_id.clone()],
-            is_direct: true,
-            initial_state: vec![encryption.to_raw_any()],
-        }))
-        .await
-        .expect("bob creates the DM");
+    let dm = encrypted_dm(&bob, &alice).await;
     let dm_id = dm.room_id().to_owned();
-    eventually("alice is invited", || alice.get_room(&dm_id).is_some_and(|r| r.state() == RoomState::Invited)).await;
-    alice.get_room(&dm_id).unwrap().join().await.expect("alice joins");
-    wait_joined_member(&bob, &dm_id, &alice_id).await;
-    wait_devices(&bob, &alice_id, 1).await;
-    wait_devices(&alice, bob.user_id().unwrap(), 1).await;
     let alice_tl = alice.get_room(&dm_id).unwrap().timeline().await.expect("alice's timeline");
     say(&dm, "keep this for later").await;
     wait_decrypted(&alice_tl, "keep this for later").await;
@@ -801,20 +734,8 @@ async fn element_x_offline_receiver_decrypts_after_restart_through_the_fallback_
     let alice_id = alice.user_id().unwrap().to_owned();
     let alice_device = alice.device_id().unwrap().to_owned();
 
-    let encryption = InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults());
-    let dm = carol
-        .create_room(assign!(create_room::v3::Request::new(), {
-            invite: vec![alice_id.clone()],
-            is_direct: true,
-            initial_state: vec![encryption.to_raw_any()],
-        }))
-        .await
-        .expect("carol creates the DM");
+    let dm = encrypted_dm(&carol, &alice).await;
     let dm_id = dm.room_id().to_owned();
-    eventually("alice is invited", || alice.get_room(&dm_id).is_some_and(|r| r.state() == RoomState::Invited)).await;
-    alice.get_room(&dm_id).unwrap().join().await.expect("alice joins");
-    wait_joined_member(&carol, &dm_id, &alice_id).await;
-    wait_devices(&carol, &alice_id, 1).await;
 
     // Her client has uploaded its fallback key (a connection of its own asks the server).
     let deadline = Instant::now() + Duration::from_secs(30);

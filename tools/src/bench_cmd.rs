@@ -148,6 +148,7 @@ pub(super) fn bench_cmd(what: BenchCommand) -> Result<(), Failure> {
                         "first_p50_ms": ms(r.first.0), "first_p99_ms": ms(r.first.1),
                         "incremental_p50_ms": ms(r.incremental.0), "incremental_p99_ms": ms(r.incremental.1),
                         "rss_before_kib": r.rss_kib.map(|m| m.0), "rss_after_kib": r.rss_kib.map(|m| m.1),
+                        "peak_rss_kib": r.peak_rss_kib,
                     })
                 );
             } else {

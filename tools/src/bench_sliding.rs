@@ -11,7 +11,7 @@
 //!   carry that message, or the run fails.
 //!
 //! Reports p50/p99 of both, and with `--pid` the server's RSS after the set-up and
-//! after the `2 × samples + 1` connections. Works against any server that serves MSC4186.
+//! after the `2 × samples + 1` connections, and its peak RSS. Works against any server that serves MSC4186.
 
 use std::time::{Duration, Instant};
 
@@ -33,12 +33,14 @@ pub struct SlidingReport {
     /// The server's resident memory (KiB) after the set-up and after the measurements,
     /// when its process id was given.
     pub rss_kib: Option<(u64, u64)>,
+    /// The server's peak resident memory (KiB) over its life, read after the measurements.
+    pub peak_rss_kib: Option<u64>,
 }
 
-/// The resident set size of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> Option<u64> {
+/// A memory field (`VmRSS`, `VmHWM`) of process `pid`, in KiB.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = status.lines().find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
@@ -114,7 +116,7 @@ pub async fn sliding(
     }
     eprintln!("bench sliding: set up; measuring {samples} first and {samples} incremental answers");
     tokio::time::sleep(crate::bench::SETTLE_AFTER_SETUP).await;
-    let rss_before = pid.and_then(rss_kib);
+    let rss_before = pid.and_then(|p| status_kib(p, "VmRSS"));
 
     let mut first = Vec::with_capacity(samples);
     let mut count = 0;
@@ -153,7 +155,8 @@ pub async fn sliding(
         }
         pos = r["pos"].as_str().ok_or("no pos")?.to_owned();
     }
-    let rss = pid.and_then(rss_kib).zip(rss_before).map(|(after, before)| (before, after));
+    let rss = pid.and_then(|p| status_kib(p, "VmRSS")).zip(rss_before).map(|(after, before)| (before, after));
+    let peak_rss_kib = pid.and_then(|p| status_kib(p, "VmHWM"));
     first.sort();
     incremental.sort();
     Ok(SlidingReport {
@@ -161,5 +164,6 @@ pub async fn sliding(
         incremental: (percentile(&incremental, 0.5), percentile(&incremental, 0.99)),
         count,
         rss_kib: rss,
+        peak_rss_kib,
     })
 }

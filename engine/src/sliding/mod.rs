@@ -184,11 +184,12 @@ impl Engine {
         let deadline = Instant::now() + params.timeout;
         let mut wake = self.stream.subscribe();
         let mut typing_wake = self.ephemeral.subscribe();
+        // After a timeout (or at shutdown) one last answer is built with what there is.
+        let mut last = false;
         loop {
             let upto = self.stream.current();
             let (mut response, state, news) = self.sliding_once(user, &params, &prev, upto).await?;
-            let waited_out = Instant::now() >= deadline;
-            if news || params.pos.is_none() || waited_out {
+            if news || params.pos.is_none() || last || Instant::now() >= deadline {
                 response.pos = store.commit(user.as_str(), &params.device_id, &conn_id, state);
                 return Ok(response);
             }
@@ -199,13 +200,7 @@ impl Engine {
                     r = typing_wake.changed() => r.is_ok(),
                 }
             };
-            if !matches!(tokio::time::timeout(remaining, changed).await, Ok(true)) {
-                // Timed out, or shutting down: answer with what there is.
-                let upto = self.stream.current();
-                let (mut response, state, _) = self.sliding_once(user, &params, &prev, upto).await?;
-                response.pos = store.commit(user.as_str(), &params.device_id, &conn_id, state);
-                return Ok(response);
-            }
+            last = !matches!(tokio::time::timeout(remaining, changed).await, Ok(true));
         }
     }
 
@@ -352,7 +347,7 @@ impl Engine {
                 .map(|(r, _)| r)
                 .collect()
         };
-        if let Some(scope) = ext.account_data.as_ref().filter(|_| Scoped::on(&ext.account_data)) {
+        if let Some(scope) = ext.account_data.as_ref().filter(|s| s.enabled == Some(true)) {
             let changed = self.changed_account_data(user, since, upto)?;
             let mut all_rooms = if initial_rooms.is_empty() || since.is_none() {
                 None
@@ -373,7 +368,7 @@ impl Engine {
             news |= !out.global.is_empty() || !out.rooms.is_empty();
             extensions.account_data = Some(out);
         }
-        if let Some(scope) = ext.receipts.as_ref().filter(|_| Scoped::on(&ext.receipts)) {
+        if let Some(scope) = ext.receipts.as_ref().filter(|s| s.enabled == Some(true)) {
             let mut out = RoomEventsOut::default();
             for room_id in in_scope(scope) {
                 let from = match since {
@@ -392,7 +387,7 @@ impl Engine {
             news |= !out.rooms.is_empty();
             extensions.receipts = Some(out);
         }
-        if let Some(scope) = ext.typing.as_ref().filter(|_| Scoped::on(&ext.typing)) {
+        if let Some(scope) = ext.typing.as_ref().filter(|s| s.enabled == Some(true)) {
             let mut out = RoomEventsOut::default();
             for room_id in in_scope(scope) {
                 let (users, changed) = self.ephemeral.typing_in(room_id);

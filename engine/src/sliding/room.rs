@@ -185,7 +185,11 @@ impl Engine {
         prev: Option<&SentRoom>,
         cx: &Cx<'_>,
     ) -> Result<Option<(RoomOut, SentRoom)>, EngineError> {
-        let rules = Arc::new(w.rules.clone());
+        // The rules as last sent when unchanged (most rooms, most requests): no copy.
+        let rules = match prev {
+            Some(p) if *p.rules == w.rules => p.rules.clone(),
+            _ => Arc::new(w.rules.clone()),
+        };
         let same_membership = prev.is_some_and(|p| p.membership == m.membership);
         let mut sent = SentRoom {
             upto: cx.upto,

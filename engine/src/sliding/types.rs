@@ -144,11 +144,6 @@ pub struct Scoped {
 }
 
 impl Scoped {
-    /// Whether the extension is on.
-    pub fn on(this: &Option<Scoped>) -> bool {
-        this.as_ref().is_some_and(|s| s.enabled == Some(true))
-    }
-
     /// Whether a room reached through `lists` (names) or a subscription is in scope.
     pub fn covers(&self, lists: &[&str], subscribed: bool, room_id: &str) -> bool {
         let by_list = match &self.lists {
