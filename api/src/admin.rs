@@ -18,6 +18,8 @@
 //! `{"op":"room_shutdown","room_id":"!.."}` → `{"ok":true,"users_removed":N}`;
 //! `{"op":"federation_allow"|"federation_deny"|"federation_remove","server":".."}` → `{"ok":true}`,
 //! `{"op":"federation_list"}` → `{"ok":true,"entries":[{"server","list","source"}]}`;
+//! `{"op":"storage_stats","compact":bool}` → `{"ok":true,"events":N,"sst_bytes":N,
+//! "families":[{"name","sst_bytes","keys"}]}` (after a full compaction with `compact`);
 //! failures → `{"ok":false,"error":"..."}`.
 
 use std::{
@@ -104,6 +106,32 @@ async fn execute(engine: &Arc<Engine>, req: &Value) -> Value {
             match engine.backup(PathBuf::from(dir)).await {
                 Ok(r) => json!({ "ok": true, "bytes": r.bytes, "files": r.files }),
                 Err(e) => json!({ "ok": false, "error": e.to_string() }),
+            }
+        }
+        Some("storage_stats") => {
+            let compact = req.get("compact").and_then(Value::as_bool).unwrap_or(false);
+            let db = engine.db.clone();
+            let stats = tokio::task::spawn_blocking(move || {
+                if compact {
+                    tracing::info!("full compaction requested over the admin socket");
+                    db.compact_all();
+                }
+                let events = myelin_engine::rooms::stored_event_count(&db);
+                (db.family_sizes(), events)
+            })
+            .await;
+            match stats {
+                Ok((families, Ok(events))) => {
+                    let sst: u64 = families.iter().map(|f| f.1).sum();
+                    let families: Vec<Value> = families
+                        .iter()
+                        .filter(|f| f.1 > 0)
+                        .map(|(name, bytes, keys)| json!({ "name": name, "sst_bytes": bytes, "keys": keys }))
+                        .collect();
+                    json!({ "ok": true, "events": events, "sst_bytes": sst, "families": families })
+                }
+                Ok((_, Err(e))) => json!({ "ok": false, "error": e.to_string() }),
+                Err(e) => json!({ "ok": false, "error": format!("storage task failed: {e}") }),
             }
         }
         Some("media_delete") => {

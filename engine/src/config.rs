@@ -269,11 +269,10 @@ pub struct MediaConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// The memory budget in MiB for RocksDB's block cache and write buffers
-    /// together: one block cache of this size, which the memtables are charged
-    /// to (a quarter of it at most; past that they are flushed).
+    /// The memory budget of the whole process in MiB (see [`StorageConfig::options`]
+    /// for how it is split).
     pub memory_mb: usize,
-    /// 0: the block cache is the whole `memory_mb`. Otherwise its size in MiB
+    /// 0: the block cache is its share of `memory_mb`. Otherwise its size in MiB
     /// (older configurations; the write buffers are still charged to it).
     pub cache_mb: usize,
     /// Size in MiB the write-ahead log is given at start-up, so that syncs
@@ -344,14 +343,24 @@ impl Default for StorageConfig {
 }
 
 impl StorageConfig {
-    /// The storage options these settings give: one block cache, and the
-    /// memtables' limit charged to it.
+    /// The storage options these settings give, splitting `memory_mb`:
+    /// - half is RocksDB's one block cache (data, index and filter blocks),
+    ///   which the memtables are charged to as well (at most a quarter of it:
+    ///   past that the largest is flushed);
+    /// - three tenths are Myelin's in-process caches (events, state
+    ///   snapshots, short ids, sessions, receipts, sliding sync), each sized
+    ///   in bytes from its share;
+    /// - the last fifth is left for what is not a cache: requests and
+    ///   responses in flight, connections, sync state, the runtime, and the
+    ///   allocator's slack.
     pub fn options(&self) -> myelin_storage::StorageOptions {
-        let cache_mb = if self.cache_mb > 0 { self.cache_mb } else { self.memory_mb };
+        let budget = self.memory_mb << 20;
+        let cache_bytes = if self.cache_mb > 0 { self.cache_mb << 20 } else { budget / 2 };
         myelin_storage::StorageOptions {
-            cache_bytes: cache_mb << 20,
-            write_buffer_bytes: (cache_mb << 20) / 4,
+            cache_bytes,
+            write_buffer_bytes: cache_bytes / 4,
             wal_bytes: self.wal_mb << 20,
+            app_cache_bytes: budget / 10 * 3,
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod acl;
 pub mod appservice;
 pub mod backup;
+pub mod cache_shares;
 pub mod config;
 pub mod directory;
 pub mod e2ee;
@@ -153,6 +154,7 @@ impl Engine {
         let key_backups = key_backup::KeyBackups::new(db.clone());
         let openid = openid::OpenId::new(db.clone());
         let reports = reports::Reports::new(db.clone());
+        let (unread, sliding) = (receipts::UnreadCache::new(db.caches()), sliding::Sliding::new(db.caches()));
         Ok(Arc::new(Self {
             config: Arc::new(config),
             server_name,
@@ -171,14 +173,14 @@ impl Engine {
             seen_txns,
             pending_pdus: federation::auth_fetch::PendingPdus::default(),
             federation: federation::Outbound::default(),
-            unread: receipts::UnreadCache::default(),
+            unread,
             receipt_positions: positions::NewestPositions::default(),
             appservices,
             pushers,
             key_backups,
             openid,
             reports,
-            sliding: sliding::Sliding::default(),
+            sliding,
         }))
     }
 

@@ -13,16 +13,15 @@
 //!   never allocated (callers may use it as "none").
 //!
 //! Because a stored mapping never changes, the most recently used ones are
-//! kept in memory (both ways, bounded, see [`Interner::with_cache`]) with no
+//! kept in memory (both ways, bounded in bytes, see [`Interner::with_cache`]) with no
 //! invalidation: a room's, a state key's or a server's id is read on every
 //! event, and a RocksDB point read costs more than the rest of the lookup.
 
 use std::{collections::HashMap, sync::Arc};
 
-use lru::LruCache;
 use parking_lot::Mutex;
 
-use crate::{Batch, Db, StorageError, Table, catalog::Cf, table::Read};
+use crate::{Batch, ByteLru, Caches, Db, Share, StorageError, Table, catalog::Cf, table::Read};
 
 struct State {
     next: u64,
@@ -32,27 +31,19 @@ struct State {
     pending_names: HashMap<u64, String>,
 }
 
-/// Stored mappings read recently, both ways.
+/// Stored mappings read recently, both ways (none until [`Interner::with_cache`]).
 struct Cache {
-    by_name: LruCache<String, u64>,
-    by_id: LruCache<u64, String>,
-    /// Most entries per direction (0: nothing is kept).
-    limit: usize,
+    by_name: Option<ByteLru<String, u64>>,
+    by_id: Option<ByteLru<u64, String>>,
 }
 
 impl Cache {
     fn keep(&mut self, name: &str, id: u64) {
-        if self.limit == 0 {
-            return;
+        if let Some(c) = &mut self.by_name {
+            c.put(name.to_owned(), id);
         }
-        // Unbounded maps trimmed by hand: `LruCache::new` would allocate the full capacity up front.
-        self.by_name.put(name.to_owned(), id);
-        self.by_id.put(id, name.to_owned());
-        while self.by_name.len() > self.limit {
-            self.by_name.pop_lru();
-        }
-        while self.by_id.len() > self.limit {
-            self.by_id.pop_lru();
+        if let Some(c) = &mut self.by_id {
+            c.put(id, name.to_owned());
         }
     }
 }
@@ -74,19 +65,24 @@ impl Interner {
             forward: Table::new(forward),
             reverse,
             state: Arc::new(Mutex::new(State { next, pending: HashMap::new(), pending_names: HashMap::new() })),
-            cache: Mutex::new(Cache { by_name: LruCache::unbounded(), by_id: LruCache::unbounded(), limit: 0 }),
+            cache: Mutex::new(Cache { by_name: None, by_id: None }),
         })
     }
 
-    /// Keeps up to `entries` stored mappings per direction in memory.
-    pub fn with_cache(self, entries: usize) -> Self {
-        self.cache.lock().limit = entries;
+    /// Keeps stored mappings in memory, both ways: string → id in a cache
+    /// with `by_name` of the budget, id → string in one with `by_id`.
+    pub fn with_cache(self, caches: &Caches, by_name: Share, by_id: Share) -> Self {
+        {
+            let mut cache = self.cache.lock();
+            cache.by_name = Some(caches.lru(by_name, |k: &String, _| k.capacity()));
+            cache.by_id = Some(caches.lru(by_id, |_, v: &String| v.capacity()));
+        }
         self
     }
 
     /// The stored id of `s`: from the cache, else from `r` (and then cached).
     fn stored_id(&self, r: &impl Read, s: &str) -> Result<Option<u64>, StorageError> {
-        if let Some(&id) = self.cache.lock().by_name.get(s) {
+        if let Some(&id) = self.cache.lock().by_name.as_mut().and_then(|c| c.get(s)) {
             return Ok(Some(id));
         }
         let id = self.forward.get(r, &s.to_owned())?;
@@ -114,7 +110,7 @@ impl Interner {
         if let Some(name) = self.state.lock().pending_names.get(&id) {
             return Ok(Some(name.clone()));
         }
-        if let Some(name) = self.cache.lock().by_id.get(&id) {
+        if let Some(name) = self.cache.lock().by_id.as_mut().and_then(|c| c.get(&id)) {
             return Ok(Some(name.clone()));
         }
         let name = self.reverse.get(r, &id)?;

@@ -6,11 +6,13 @@
 //!   group-commit writer thread (one WAL sync per group);
 //! - [`Interner`]: short ids; [`StreamCounter`]: the sync-token stream;
 //! - [`Snapshot`]: consistent reads; [`Db::read`]: reads off the async runtime;
-//! - [`Db::checkpoint`]: online backups.
+//! - [`Db::checkpoint`]: online backups;
+//! - [`Caches`]: in-process caches bounded in bytes, from one budget.
 //!
 //! This crate knows bytes, keys and tables; it never imports Matrix types.
 
 mod batch;
+pub mod cache;
 pub mod catalog;
 mod codec;
 mod db;
@@ -22,6 +24,7 @@ mod table;
 mod writer;
 
 pub use batch::Batch;
+pub use cache::{ByteLru, CacheStats, Caches, Share};
 pub use codec::{Raw, Stored, Value};
 pub use db::{Db, Pending, SCHEMA_IDENTITY, SCHEMA_VERSION, Snapshot, StorageOptions};
 pub use error::StorageError;

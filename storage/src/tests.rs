@@ -156,9 +156,15 @@ async fn interner_gives_one_id_per_string_under_concurrency() {
     let dir = tempfile::tempdir().unwrap();
     let ids = {
         let db = open(&dir);
-        // A cache smaller than the 20 strings: hits, misses and evictions all happen.
+        // A cache smaller than the 20 strings (about 9 per direction): hits, misses and
+        // evictions all happen.
+        let caches = crate::Caches::new(2000);
         let interner = Arc::new(
-            Interner::open(&db, &catalog::ROOMID_SHORTROOMID, &catalog::SHORTROOMID_ROOMID).unwrap().with_cache(8),
+            Interner::open(&db, &catalog::ROOMID_SHORTROOMID, &catalog::SHORTROOMID_ROOMID).unwrap().with_cache(
+                &caches,
+                crate::Share { name: "by_name", permille: 500 },
+                crate::Share { name: "by_id", permille: 500 },
+            ),
         );
         let mut tasks = Vec::new();
         for _ in 0..8 {
@@ -196,12 +202,29 @@ async fn interner_gives_one_id_per_string_under_concurrency() {
         assert_eq!(interner.get_or_create(&db, &mut b, "!lost:x").unwrap(), lost);
         db.commit(b).await.unwrap();
         assert_eq!(interner.lookup(&*db, lost).unwrap().as_deref(), Some("!lost:x"));
+        // The writers may all have found each string pending (lockstep), which caches
+        // nothing; read every stored mapping twice so both caches fill, hit and evict.
+        for (i, id) in all[0].iter().enumerate() {
+            for _ in 0..2 {
+                assert_eq!(interner.get(&*db, &format!("!room{i}:x")).unwrap(), Some(*id));
+                assert_eq!(interner.lookup(&*db, *id).unwrap(), Some(format!("!room{i}:x")));
+            }
+        }
+        for stats in caches.stats() {
+            assert!(stats.hits() > 0 && stats.misses() > 0, "{stats:?}");
+            assert!(stats.bytes() <= stats.capacity, "{}: {} > {}", stats.name, stats.bytes(), stats.capacity);
+            assert!(stats.entries() < 20 && stats.evictions() > 0, "{}: {stats:?}", stats.name);
+        }
         db.shutdown();
         all.swap_remove(0)
     };
     let db = open(&dir);
-    let interner =
-        Interner::open(&db, &catalog::ROOMID_SHORTROOMID, &catalog::SHORTROOMID_ROOMID).unwrap().with_cache(8);
+    let caches = crate::Caches::new(2000);
+    let interner = Interner::open(&db, &catalog::ROOMID_SHORTROOMID, &catalog::SHORTROOMID_ROOMID).unwrap().with_cache(
+        &caches,
+        crate::Share { name: "by_name", permille: 500 },
+        crate::Share { name: "by_id", permille: 500 },
+    );
     for _ in 0..2 {
         for (i, id) in ids.iter().enumerate() {
             assert_eq!(interner.get(&*db, &format!("!room{i}:x")).unwrap(), Some(*id));
@@ -326,7 +349,12 @@ fn only_plain_unsynced_batches_skip_the_sync() {
 #[tokio::test]
 async fn a_presized_wal_is_the_live_log_and_keeps_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let options = StorageOptions { cache_bytes: 8 << 20, write_buffer_bytes: 2 << 20, wal_bytes: 2 << 20 };
+    let options = StorageOptions {
+        cache_bytes: 8 << 20,
+        write_buffer_bytes: 2 << 20,
+        wal_bytes: 2 << 20,
+        app_cache_bytes: 1 << 20,
+    };
     let db = Db::open(dir.path(), &options).unwrap();
     let before = crate::db::live_wal_len(dir.path()).unwrap();
     assert!(before >= 2 << 20, "live WAL is {before} bytes");
@@ -527,7 +555,8 @@ async fn an_empty_write_does_not_reset_the_slow_sync_measure() {
 #[test]
 fn the_memory_budget_is_one_shared_cache_that_memtables_are_charged_to() {
     let dir = tempfile::tempdir().unwrap();
-    let options = StorageOptions { cache_bytes: 32 << 20, write_buffer_bytes: 8 << 20, wal_bytes: 0 };
+    let options =
+        StorageOptions { cache_bytes: 32 << 20, write_buffer_bytes: 8 << 20, wal_bytes: 0, app_cache_bytes: 1 << 20 };
     let db = Db::open(dir.path(), &options).unwrap();
     for cf in crate::catalog::ALL {
         assert_eq!(db.property(cf, "rocksdb.block-cache-capacity"), Some(32 << 20), "{}", cf.name);

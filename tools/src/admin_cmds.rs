@@ -239,3 +239,28 @@ pub(super) fn media_cmd(what: MediaCommand, config_path: Option<PathBuf>) -> Res
     }
     Ok(())
 }
+
+pub(super) fn storage_cmd(compact: bool, json: bool, config_path: Option<PathBuf>) -> Result<(), Failure> {
+    let config = load_config(config_path)?;
+    let answer = admin_call(config, &serde_json::json!({ "op": "storage_stats", "compact": compact }))?;
+    if json {
+        println!("{answer}");
+        return Ok(());
+    }
+    let events = answer["events"].as_u64().unwrap_or(0);
+    let sst = answer["sst_bytes"].as_u64().unwrap_or(0);
+    println!("{:<32} {:>14} {:>12}", "family", "bytes", "keys");
+    for f in answer["families"].as_array().into_iter().flatten() {
+        println!(
+            "{:<32} {:>14} {:>12}",
+            f["name"].as_str().unwrap_or_default(),
+            f["sst_bytes"].as_u64().unwrap_or(0),
+            f["keys"].as_u64().unwrap_or(0)
+        );
+    }
+    println!("{:<32} {:>14} {:>12}", "total", sst, "");
+    if let Some(per_event) = sst.checked_div(events) {
+        println!("{events} events stored: {per_event} bytes per event");
+    }
+    Ok(())
+}

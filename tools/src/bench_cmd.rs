@@ -134,6 +134,18 @@ pub(super) fn bench_cmd(what: BenchCommand) -> Result<(), Failure> {
                 println!("| sequential script | {lines} | {:.2} |", t.as_secs_f64());
             }
         }
+        BenchCommand::Soak { url, as_token, users, rooms, events, clients, pid } => {
+            let r = rt
+                .block_on(crate::bench_soak::soak(&url, &as_token, users, rooms, events, clients, pid))
+                .map_err(Failure::runtime)?;
+            println!("{}", r.to_json());
+            if r.readable != r.events {
+                return Err(Failure::runtime(format!(
+                    "{} acknowledged events were not read back exactly once",
+                    r.events - r.readable
+                )));
+            }
+        }
         BenchCommand::Sliding { url, rooms, big, members, window, samples, pid, json } => {
             let r = rt
                 .block_on(crate::bench_sliding::sliding(&url, rooms, big, members, window, samples, pid))

@@ -124,6 +124,30 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Many users in many rooms, many events, through an appservice; then every event read back.
+    Soak {
+        /// Client-Server API base URL (http://host:port).
+        #[arg(long, default_value = "http://127.0.0.1:8008")]
+        url: String,
+        /// The `as_token` of a registration whose user namespace holds `@soak-…`.
+        #[arg(long)]
+        as_token: String,
+        /// Users to register.
+        #[arg(long, default_value_t = 100_000)]
+        users: usize,
+        /// Rooms to create.
+        #[arg(long, default_value_t = 10_000)]
+        rooms: usize,
+        /// Messages to send, spread over the rooms.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// The server's process id, to report its memory after each phase.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
     /// Events/s and latency to an appservice the bench itself plays, while clients send.
     Appservice {
         /// Client-Server API base URL (http://host:port).
@@ -215,6 +239,16 @@ pub(crate) enum AdminCommand {
     Appservice {
         #[command(subcommand)]
         what: AppserviceCommand,
+    },
+    /// Show what the database holds on disk, per column family, and bytes per stored event.
+    Storage {
+        /// Compact every family fully first (minutes on a large database), so the
+        /// figures are what the data costs once RocksDB has settled.
+        #[arg(long)]
+        compact: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -14,12 +14,13 @@ mod bench;
 mod bench_appservice;
 mod bench_cmd;
 mod bench_sliding;
+mod bench_soak;
 mod cli;
 mod serve;
 
 use std::{path::PathBuf, process::ExitCode};
 
-use admin_cmds::{appservice_cmd, federation_cmd, media_cmd, room_cmd, user_cmd};
+use admin_cmds::{appservice_cmd, federation_cmd, media_cmd, room_cmd, storage_cmd, user_cmd};
 use backup::{backup_cmd, restore_cmd};
 use bench_cmd::bench_cmd;
 use clap::Parser;
@@ -67,6 +68,7 @@ fn main() -> ExitCode {
         Command::Admin { what: AdminCommand::Room { what }, config } => room_cmd(what, config),
         Command::Admin { what: AdminCommand::Federation { what }, config } => federation_cmd(what, config),
         Command::Admin { what: AdminCommand::Appservice { what }, config } => appservice_cmd(what, config),
+        Command::Admin { what: AdminCommand::Storage { compact, json }, config } => storage_cmd(compact, json, config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

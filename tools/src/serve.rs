@@ -1,8 +1,9 @@
 //! `myelin serve`: runs the homeserver until a stop signal.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use myelin_engine::Engine;
+use tracing::Instrument;
 
 use crate::{Failure, load_config, runtime};
 
@@ -26,7 +27,10 @@ pub(super) fn serve(config_path: Option<PathBuf>) -> Result<(), Failure> {
             let _span = tracing::debug_span!("release_start_up_memory").entered();
             release_freed_memory();
         });
+        let trimmer =
+            tokio::spawn(trim_when_quiet(engine.clone()).instrument(tracing::info_span!("task", name = "memory-trim")));
         wait_for_stop_signal().await;
+        trimmer.abort();
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         // A second signal during the grace period means "now".
         tokio::spawn(async {
@@ -37,6 +41,37 @@ pub(super) fn serve(config_path: Option<PathBuf>) -> Result<(), Failure> {
         running.shutdown(myelin_api::SHUTDOWN_GRACE).await;
         Ok(())
     })
+}
+
+/// How often the trimmer looks for a quiet period.
+const TRIM_CHECK: Duration = Duration::from_secs(5);
+
+/// After a burst, once a check finds no new events since the previous one,
+/// returns the memory the burst freed to the system (once per quiet period).
+///
+/// glibc keeps freed memory in its heaps for reuse, and with one heap per
+/// busy thread a burst leaves hundreds of MB resident that nothing uses
+/// (`BENCHMARKS.md`, "Memory"). Trimming walks the heaps and costs a few
+/// milliseconds, and pages given back must be faulted in again, so it is not
+/// done while events keep arriving.
+async fn trim_when_quiet(engine: Arc<Engine>) {
+    let mut last = engine.stream.current();
+    let mut trimmed = true;
+    let mut tick = tokio::time::interval(TRIM_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = engine.stream.current();
+        if now != last {
+            last = now;
+            trimmed = false;
+        } else if !trimmed {
+            trimmed = true;
+            let started = std::time::Instant::now();
+            let _ = tokio::task::spawn_blocking(release_freed_memory).await;
+            tracing::debug!(took_ms = started.elapsed().as_millis() as u64, "returned freed memory after a burst");
+        }
+    }
 }
 
 /// Returns the free pages of glibc's heaps (where RocksDB allocates) to the system.

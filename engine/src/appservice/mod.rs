@@ -25,11 +25,9 @@ pub mod sender;
 
 use std::{
     collections::{BTreeSet, HashMap, VecDeque},
-    num::NonZeroUsize,
     sync::Arc,
 };
 
-use lru::LruCache;
 use myelin_storage::{Batch, Db, Direction, Table, catalog};
 use parking_lot::{Mutex, RwLock};
 pub use registration::{Appservice, Registration, RegistrationError};
@@ -69,7 +67,7 @@ pub struct Registry {
     /// `(appservice id, state snapshot)` → whether the room at that state has a
     /// joined member in its user namespaces or an alias in its alias namespaces.
     /// A snapshot never changes, so an entry never goes stale.
-    by_state: Mutex<LruCache<(String, u64), bool>>,
+    by_state: Mutex<myelin_storage::ByteLru<(String, u64), bool>>,
     /// Appservices with rows queued since the sender last asked, and its wake-up.
     ready: Arc<(Mutex<BTreeSet<String>>, Notify)>,
     /// Ephemeral events waiting per appservice (volatile).
@@ -92,12 +90,14 @@ impl Registry {
                 Err(e) => tracing::warn!(appservice = %id, error = %e, "skipping a stored registration"),
             }
         }
-        let cap = NonZeroUsize::new(16_384).unwrap_or(NonZeroUsize::MIN);
+        let by_state = Mutex::new(
+            db.caches().lru(crate::cache_shares::APPSERVICE_INTEREST, |(id, _): &(String, u64), _| id.capacity()),
+        );
         Ok(Self {
             db,
             server_name: server_name.to_owned(),
             list: RwLock::new(Arc::new(list)),
-            by_state: Mutex::new(LruCache::new(cap)),
+            by_state,
             ready: Arc::new((Mutex::new(BTreeSet::new()), Notify::new())),
             ephemeral: Mutex::new(HashMap::new()),
             alive: Mutex::new(HashMap::new()),

@@ -43,7 +43,6 @@ mod visibility;
 
 use std::{
     collections::HashMap,
-    num::NonZeroUsize,
     sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -53,8 +52,7 @@ pub use error::RoomError;
 pub(crate) use head::Head;
 use head::RoomLock;
 pub use inbound::Appended;
-use lru::LruCache;
-use myelin_storage::{Batch, Db, Interner, StreamCounter, catalog};
+use myelin_storage::{Batch, ByteLru, Db, Interner, StreamCounter, catalog};
 use parking_lot::Mutex;
 pub use pdu::{ArcPdu, Pdu};
 use ruma::{
@@ -64,7 +62,7 @@ use ruma::{
 use serde_json::Value as JsonValue;
 use tables::*;
 
-use crate::keys::ServerKeys;
+use crate::{cache_shares as shares, keys::ServerKeys};
 
 /// An event to be created by a local user.
 #[derive(Debug, Clone)]
@@ -121,6 +119,17 @@ pub(crate) enum Before {
     Authorized(StateRef),
 }
 
+/// How many events (PDUs, outliers and rejected ones included) are stored.
+/// Reads every one: for operators' statistics, not for hot paths.
+pub fn stored_event_count(db: &Db) -> Result<u64, RoomError> {
+    let mut n = 0;
+    for row in PDUS.iter(db, myelin_storage::Direction::Forward)? {
+        row?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// The rooms engine of one server.
 pub struct Rooms {
     db: Arc<Db>,
@@ -132,7 +141,7 @@ pub struct Rooms {
     state_keys: Interner,
     servers: Interner,
     states: state::StateStore,
-    pdus: Mutex<LruCache<u64, ArcPdu>>,
+    pdus: Mutex<ByteLru<u64, ArcPdu>>,
     /// Appended events whose batch is not durable yet, by short id: the next append to the
     /// room may build on them before the writer has stored them (see `append_with`).
     unsettled: Arc<Mutex<HashMap<u64, (EventMeta, ArcPdu)>>>,
@@ -149,11 +158,11 @@ pub struct Rooms {
     newest: crate::positions::NewestPositions<OwnedRoomId>,
     /// Per room, the servers with joined members at one state snapshot (snapshots
     /// never change, so an entry is right while the room's state is that snapshot).
-    servers_at: Mutex<LruCache<OwnedRoomId, (u64, Vec<String>)>>,
+    servers_at: Mutex<ByteLru<OwnedRoomId, (u64, Vec<String>)>>,
     /// `(state snapshot, sender, type)` of message-like events that passed the
     /// state-dependent authorization rules: for them the outcome depends on nothing
     /// else, and a snapshot never changes (see [`Rooms::authorize`]).
-    authorized: Mutex<LruCache<(u64, OwnedUserId, TimelineEventType), ()>>,
+    authorized: Mutex<ByteLru<(u64, OwnedUserId, TimelineEventType), ()>>,
     /// Registered appservices: which of them each appended event is queued for.
     pub(crate) appservices: Arc<crate::appservice::Registry>,
     /// Whether any user has a pusher: appended events then get a `push_pending` row.
@@ -189,21 +198,30 @@ impl Rooms {
         keys: Arc<ServerKeys>,
         stream: StreamCounter,
     ) -> Result<Self, RoomError> {
-        let cap = |n| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
+        let caches = db.caches().clone();
         Ok(Self {
             // Cached mappings: recent events (prev and auth events are looked up again and
             // again), and nearly all rooms, state keys and servers of a busy node.
-            event_ids: Interner::open(&db, &catalog::EVENTID_SHORTEVENTID, &catalog::SHORTEVENTID_EVENTID)?
-                .with_cache(8192),
-            room_ids: Interner::open(&db, &catalog::ROOMID_SHORTROOMID, &catalog::SHORTROOMID_ROOMID)?.with_cache(4096),
+            event_ids: Interner::open(&db, &catalog::EVENTID_SHORTEVENTID, &catalog::SHORTEVENTID_EVENTID)?.with_cache(
+                &caches,
+                shares::EVENT_IDS,
+                shares::EVENT_IDS_REV,
+            ),
+            room_ids: Interner::open(&db, &catalog::ROOMID_SHORTROOMID, &catalog::SHORTROOMID_ROOMID)?.with_cache(
+                &caches,
+                shares::ROOM_IDS,
+                shares::ROOM_IDS_REV,
+            ),
             state_keys: Interner::open(&db, &catalog::STATEKEY_SHORTSTATEKEY, &catalog::SHORTSTATEKEY_STATEKEY)?
-                .with_cache(8192),
+                .with_cache(&caches, shares::STATE_KEYS, shares::STATE_KEYS_REV),
             servers: Interner::open(&db, &catalog::SERVERNAME_SHORTSERVER, &catalog::SHORTSERVER_SERVERNAME)?
-                .with_cache(1024),
+                .with_cache(&caches, shares::SERVERS, shares::SERVERS_REV),
             states: state::StateStore::open(db.clone())?,
-            pdus: Mutex::new(LruCache::new(cap(65536))),
-            servers_at: Mutex::new(LruCache::new(cap(4096))),
-            authorized: Mutex::new(LruCache::new(cap(4096))),
+            pdus: Mutex::new(caches.lru(shares::EVENTS, |_, pdu: &ArcPdu| pdu.heap_bytes())),
+            servers_at: Mutex::new(caches.lru(shares::SERVERS_AT, |room: &OwnedRoomId, (_, servers)| {
+                room.as_str().len() + servers.iter().map(|s| 24 + s.capacity()).sum::<usize>()
+            })),
+            authorized: Mutex::new(caches.lru(shares::AUTHORIZED, |(_, user, _), _| user.as_str().len())),
             unsettled: Arc::new(Mutex::new(HashMap::new())),
             outbound_floors: Mutex::new(std::collections::BTreeMap::new()),
             newest: crate::positions::NewestPositions::default(),

@@ -266,6 +266,51 @@ impl ruma::state_res::Event for Pdu {
 /// What caches hand out; ruma's resolution accepts it directly (`Event for Arc<T>`).
 pub type ArcPdu = Arc<Pdu>;
 
+impl Pdu {
+    /// About how many bytes this event holds outside its inline size: the
+    /// parsed fields and the canonical JSON tree (what a cache of events pays).
+    pub fn heap_bytes(&self) -> usize {
+        let ids = |v: &[OwnedEventId]| v.iter().map(|e| e.as_str().len() + 8).sum::<usize>();
+        self.event_id.as_str().len()
+            + self.room_id.as_str().len()
+            + self.sender.as_str().len()
+            + self.content.get().len()
+            + self.state_key.as_ref().map_or(0, String::len)
+            + ids(&self.prev_events)
+            + ids(&self.auth_events)
+            + self.redacts.as_ref().map_or(0, |e| e.as_str().len())
+            + json_object_heap(&self.json)
+            + 16
+    }
+}
+
+/// Heap bytes of a canonical JSON object: per member, its key and value
+/// inline in a B-tree node (plus a share of the node), and what each owns.
+fn json_object_heap(object: &CanonicalJsonObject) -> usize {
+    const NODE_SHARE: usize = 16;
+    object
+        .iter()
+        .map(|(k, v)| {
+            std::mem::size_of::<String>()
+                + std::mem::size_of::<CanonicalJsonValue>()
+                + NODE_SHARE
+                + k.len()
+                + json_heap(v)
+        })
+        .sum()
+}
+
+fn json_heap(value: &CanonicalJsonValue) -> usize {
+    match value {
+        CanonicalJsonValue::String(s) => s.len(),
+        CanonicalJsonValue::Array(a) => {
+            a.iter().map(|v| std::mem::size_of::<CanonicalJsonValue>() + json_heap(v)).sum()
+        }
+        CanonicalJsonValue::Object(o) => json_object_heap(o),
+        _ => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use ruma::{CanonicalJsonValue, RoomVersionId};

@@ -22,15 +22,13 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    num::NonZeroUsize,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
 };
 
-use lru::LruCache;
-use myelin_storage::{Batch, Db, Stored, Table, catalog};
+use myelin_storage::{Batch, ByteLru, Db, Stored, Table, catalog};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -66,8 +64,8 @@ const HASHES: Table<Vec<u8>, u64> = Table::new(&catalog::STATEHASH_SHORTSTATEHAS
 pub struct StateStore {
     db: Arc<Db>,
     next: AtomicU64,
-    layers: Mutex<LruCache<u64, Arc<Layer>>>,
-    full: Mutex<LruCache<u64, Arc<FullState>>>,
+    layers: Mutex<ByteLru<u64, Arc<Layer>>>,
+    full: Mutex<ByteLru<u64, Arc<FullState>>>,
     /// States stored in batches not yet known to be durable, by hash.
     pending: Arc<Mutex<HashMap<Vec<u8>, u64>>>,
     /// Their layers, pinned until durable: the LRU may evict, and storage does not
@@ -135,12 +133,16 @@ impl StateStore {
     /// Opens the store; ids continue above the largest stored one.
     pub fn open(db: Arc<Db>) -> Result<Self, RoomError> {
         let next = LAYERS.last(&*db)?.map_or(1, |(id, _)| id + 1);
-        let cap = |n| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
+        let caches = db.caches().clone();
         Ok(Self {
             db,
             next: AtomicU64::new(next),
-            layers: Mutex::new(LruCache::new(cap(4096))),
-            full: Mutex::new(LruCache::new(cap(256))),
+            layers: Mutex::new(caches.lru(crate::cache_shares::STATE_LAYERS, |_, l: &Arc<Layer>| {
+                16 + l.added.capacity() * std::mem::size_of::<Entry>() + l.removed.capacity() * 8
+            })),
+            full: Mutex::new(caches.lru(crate::cache_shares::STATE_FULL, |_, s: &Arc<FullState>| {
+                16 + s.capacity() * std::mem::size_of::<Entry>()
+            })),
             pending: Arc::new(Mutex::new(HashMap::new())),
             pending_layers: Arc::new(Mutex::new(HashMap::new())),
         })
@@ -281,8 +283,10 @@ mod tests {
 
     fn open() -> (tempfile::TempDir, Arc<Db>, StateStore) {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path(), &myelin_storage::StorageOptions { cache_bytes: 8 << 20, ..Default::default() })
-            .unwrap();
+        // Caches of a few kB: tests that need evictions get them with a few hundred states.
+        let options =
+            myelin_storage::StorageOptions { cache_bytes: 8 << 20, app_cache_bytes: 64 << 10, ..Default::default() };
+        let db = Db::open(dir.path(), &options).unwrap();
         let store = StateStore::open(db.clone()).unwrap();
         (dir, db, store)
     }
@@ -325,6 +329,7 @@ mod tests {
             store.store_changed(&mut batch, None, &[(10 + i, i)]).unwrap();
             db.commit_blocking(batch).unwrap();
         }
+        assert!(store.layers.lock().len() < 1000, "the layer cache evicted");
         store.full.lock().clear();
         assert_eq!(*store.load(id).unwrap(), vec![(1, 100), (2, 200)], "read before its batch is stored");
         db.commit_blocking(in_flight).unwrap();

@@ -27,12 +27,11 @@ pub mod types;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    num::NonZeroUsize,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use lru::LruCache;
+use myelin_storage::{ByteLru, Caches};
 use parking_lot::Mutex;
 use ruma::{OwnedRoomId, RoomId, UserId};
 use serde_json::{Value as JsonValue, json};
@@ -77,27 +76,37 @@ pub enum SlidingError {
 /// A user's memberships: room, membership, and for a leave whether someone else did it.
 type UserRooms = Arc<Vec<(OwnedRoomId, Membership, bool)>>;
 
+fn user_rooms_heap(rooms: &UserRooms) -> usize {
+    16 + rooms
+        .iter()
+        .map(|(r, _, _)| std::mem::size_of::<(OwnedRoomId, Membership, bool)>() + r.as_str().len())
+        .sum::<usize>()
+}
+
 /// Server-side state of sliding sync: connections, and caches keyed by immutable things.
 pub struct Sliding {
     /// What each connection was sent.
     pub connections: Connections,
     /// Per room: `(position scanned up to, bump stamp there)`.
-    bumps: Mutex<LruCache<OwnedRoomId, (i64, i64)>>,
+    bumps: Mutex<ByteLru<OwnedRoomId, (i64, i64)>>,
     /// Per state snapshot: the room facts lists and rooms show (snapshots never change).
-    summaries: Mutex<LruCache<u64, Arc<room::Summary>>>,
+    summaries: Mutex<ByteLru<u64, Arc<room::Summary>>>,
     /// Per local user: their memberships, with whether each leave was someone else's
     /// doing, at a membership counter (`Rooms::memberships_version`).
-    memberships: Mutex<LruCache<String, (u64, UserRooms)>>,
+    memberships: Mutex<ByteLru<String, (u64, UserRooms)>>,
 }
 
-impl Default for Sliding {
-    fn default() -> Self {
-        let cap = |n| NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN);
+impl Sliding {
+    /// No connections yet, and empty caches with their shares of `caches`.
+    pub fn new(caches: &Caches) -> Self {
+        use crate::cache_shares::{SLIDING_BUMPS, SLIDING_MEMBERSHIPS, SLIDING_SUMMARIES};
         Self {
             connections: Connections::new(),
-            bumps: Mutex::new(LruCache::new(cap(100_000))),
-            summaries: Mutex::new(LruCache::new(cap(8192))),
-            memberships: Mutex::new(LruCache::new(cap(10_000))),
+            bumps: Mutex::new(caches.lru(SLIDING_BUMPS, |room: &OwnedRoomId, _| room.as_str().len())),
+            summaries: Mutex::new(caches.lru(SLIDING_SUMMARIES, |_, s: &Arc<room::Summary>| s.heap_bytes())),
+            memberships: Mutex::new(caches.lru(SLIDING_MEMBERSHIPS, |user: &String, (_, rooms): &(u64, UserRooms)| {
+                user.capacity() + user_rooms_heap(rooms)
+            })),
         }
     }
 }

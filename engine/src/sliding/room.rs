@@ -38,6 +38,18 @@ pub(crate) struct Summary {
 }
 
 impl Summary {
+    /// About how many bytes it holds outside its inline size.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::capacity);
+        16 + opt(&self.name)
+            + opt(&self.avatar)
+            + self
+                .members
+                .iter()
+                .map(|h| std::mem::size_of::<Hero>() + h.user_id.capacity() + opt(&h.displayname) + opt(&h.avatar_url))
+                .sum::<usize>()
+    }
+
     fn heroes(&self, user: &UserId) -> Vec<Hero> {
         self.members.iter().filter(|h| h.user_id != user.as_str()).take(HEROES).cloned().collect()
     }

@@ -211,6 +211,9 @@ impl Users {
         stream: myelin_storage::StreamCounter,
         limits: &crate::config::LimitsConfig,
     ) -> Self {
+        let by_token = db.caches().lru(crate::cache_shares::SESSIONS, |token: &String, s: &Session| {
+            token.capacity() + s.user_id.capacity() + s.device_id.capacity()
+        });
         Self {
             db,
             stream,
@@ -221,7 +224,7 @@ impl Users {
             account_data_newest: Default::default(),
             to_device_newest: Default::default(),
             to_device_acked: parking_lot::Mutex::new(HashMap::new()),
-            sessions: parking_lot::Mutex::new(SessionCache { generation: 0, by_token: lru::LruCache::unbounded() }),
+            sessions: parking_lot::Mutex::new(SessionCache { generation: 0, by_token }),
             txn_claims: crate::in_flight::InFlight::new(MAX_TXNS_IN_FLIGHT),
             nonces: shared_secret::Nonces::default(),
         }

@@ -5,13 +5,10 @@ use myelin_storage::Batch;
 
 use super::{Session, TOKENS, UserError, Users};
 
-/// Most access tokens kept in memory.
-const SESSIONS_KEPT: usize = 4096;
-
 /// Sessions of access tokens, and a generation raised by every token deletion.
 pub(super) struct SessionCache {
     pub(super) generation: u64,
-    pub(super) by_token: lru::LruCache<String, Session>,
+    pub(super) by_token: myelin_storage::ByteLru<String, Session>,
 }
 
 impl Users {
@@ -45,9 +42,6 @@ impl Users {
             let mut cache = self.sessions.lock();
             if cache.generation == generation {
                 cache.by_token.put(token.to_owned(), s.clone());
-                while cache.by_token.len() > SESSIONS_KEPT {
-                    cache.by_token.pop_lru();
-                }
             }
         }
         Ok(session)

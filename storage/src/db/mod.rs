@@ -22,7 +22,7 @@ pub(crate) use wal::live_wal_len;
 use wal::presize_wal;
 
 use crate::{
-    Batch, Table,
+    Batch, Caches, Table,
     catalog::{self, Access, Cf, Compression},
     error::StorageError,
     key::Key,
@@ -49,11 +49,13 @@ pub struct StorageOptions {
     pub write_buffer_bytes: usize,
     /// Size the write-ahead log is given at open (0: none); see [`Db::open`].
     pub wal_bytes: u64,
+    /// Budget of the in-process caches made from [`Db::caches`].
+    pub app_cache_bytes: usize,
 }
 
 impl Default for StorageOptions {
     fn default() -> Self {
-        Self { cache_bytes: 256 << 20, write_buffer_bytes: 64 << 20, wal_bytes: 0 }
+        Self { cache_bytes: 128 << 20, write_buffer_bytes: 32 << 20, wal_bytes: 0, app_cache_bytes: 64 << 20 }
     }
 }
 
@@ -71,6 +73,7 @@ pub struct Db {
     /// before the writer lock whenever both are held.
     kept: Mutex<Option<Kept>>,
     kept_ids: AtomicU64,
+    caches: Arc<Caches>,
 }
 
 /// A synced batch not yet handed to the writer thread: its caller may write it.
@@ -235,6 +238,7 @@ impl Db {
             shared,
             kept: Mutex::new(None),
             kept_ids: AtomicU64::new(0),
+            caches: Arc::new(Caches::new(options.app_cache_bytes)),
         }))
     }
 
@@ -245,9 +249,40 @@ impl Db {
         self.rocks.property_int_value_cf(handle, name).ok().flatten()
     }
 
+    /// Rewrites every family into its last level, with that level's
+    /// compression (what the data costs on disk once RocksDB has settled).
+    /// Blocking: minutes on a large database.
+    pub fn compact_all(&self) {
+        let mut options = rocksdb::CompactOptions::default();
+        options.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        for cf in catalog::ALL {
+            if let Some(handle) = self.rocks.cf_handle(cf.name) {
+                self.rocks.compact_range_cf_opt(handle, None::<&[u8]>, None::<&[u8]>, &options);
+            }
+        }
+    }
+
+    /// Per family: its name, bytes in table files, and estimated keys.
+    pub fn family_sizes(&self) -> Vec<(&'static str, u64, u64)> {
+        catalog::ALL
+            .iter()
+            .map(|cf| {
+                let bytes = self.property(cf, "rocksdb.total-sst-files-size").unwrap_or(0);
+                let keys = self.property(cf, "rocksdb.estimate-num-keys").unwrap_or(0);
+                (cf.name, bytes, keys)
+            })
+            .collect()
+    }
+
     /// Memtable bytes of every family together.
     pub fn memtable_bytes(&self) -> u64 {
         catalog::ALL.iter().filter_map(|cf| self.property(cf, "rocksdb.cur-size-all-mem-tables")).sum()
+    }
+
+    /// The in-process caches' share of the memory budget, for every component
+    /// opened over this database.
+    pub fn caches(&self) -> &Arc<Caches> {
+        &self.caches
     }
 
     /// Where the database lives.

@@ -1,0 +1,314 @@
+//! In-process caches bounded in bytes, sharing one budget.
+//!
+//! `[storage] memory_mb` is the budget of the whole process (see
+//! `StorageConfig::options` for the split). Myelin's own part of it is a
+//! [`Caches`]: each cache asks it for a named share ([`Caches::lru`]), weighs
+//! every entry it keeps (key and value, their heap included, plus a fixed
+//! overhead per entry) and drops the least recently used entries once it holds
+//! more than its share. Entry counts say nothing about memory: one cached
+//! event may be 300 bytes or 60 KiB, one room state 20 entries or 20,000.
+//!
+//! Weights are estimates from sizes the cache can see cheaply (string and
+//! vector lengths, JSON walked once on insert), not allocator measurements; the
+//! benchmarks in `BENCHMARKS.md` check the sum against the process's RSS.
+//!
+//! Each cache keeps its hit, miss and eviction counts and its bytes and
+//! entries, for `/metrics` ([`Caches::stats`]).
+
+use std::{
+    borrow::Borrow,
+    hash::Hash,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+};
+
+use lru::LruCache;
+use parking_lot::Mutex;
+
+/// What every entry costs beyond its key and value: the hash table slot, the
+/// LRU list's two pointers and the node's allocation header.
+pub const ENTRY_OVERHEAD: usize = 64;
+
+/// A cache's name (the `cache` label of its metrics) and its part of the budget.
+#[derive(Debug, Clone, Copy)]
+pub struct Share {
+    /// The name.
+    pub name: &'static str,
+    /// Thousandths of the budget.
+    pub permille: usize,
+}
+
+/// Counts of one cache, shared with `/metrics`.
+#[derive(Debug)]
+pub struct CacheStats {
+    /// The cache's name (the `cache` label of its metrics).
+    pub name: &'static str,
+    /// Most bytes it may hold.
+    pub capacity: u64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    evictions: AtomicU64,
+    bytes: AtomicU64,
+    entries: AtomicU64,
+}
+
+impl CacheStats {
+    /// Lookups answered from the cache.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Relaxed)
+    }
+
+    /// Lookups the cache could not answer.
+    pub fn misses(&self) -> u64 {
+        self.misses.load(Relaxed)
+    }
+
+    /// Entries dropped to stay within the capacity.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Relaxed)
+    }
+
+    /// Bytes held now (the sum of the entries' weights).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Relaxed)
+    }
+
+    /// Entries held now.
+    pub fn entries(&self) -> u64 {
+        self.entries.load(Relaxed)
+    }
+}
+
+/// Myelin's part of the memory budget, and every cache made from it.
+#[derive(Debug)]
+pub struct Caches {
+    total: usize,
+    list: Mutex<Vec<Arc<CacheStats>>>,
+}
+
+impl Caches {
+    /// A budget of `total` bytes for in-process caches.
+    pub fn new(total: usize) -> Self {
+        Self { total, list: Mutex::new(Vec::new()) }
+    }
+
+    /// The whole budget in bytes.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// A new cache with `share` of the budget; `heap` weighs what an entry
+    /// owns outside its inline size.
+    pub fn lru<K: Hash + Eq, V>(&self, share: Share, heap: fn(&K, &V) -> usize) -> ByteLru<K, V> {
+        let capacity = (self.total as u128 * share.permille.min(1000) as u128 / 1000) as u64;
+        let stats = Arc::new(CacheStats {
+            name: share.name,
+            capacity,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            entries: AtomicU64::new(0),
+        });
+        self.list.lock().push(stats.clone());
+        ByteLru { map: LruCache::unbounded(), used: 0, capacity: capacity as usize, heap, stats }
+    }
+
+    /// The counts of every cache made so far, in the order they were made.
+    pub fn stats(&self) -> Vec<Arc<CacheStats>> {
+        self.list.lock().clone()
+    }
+}
+
+/// A least-recently-used map bounded by the summed weight of its entries.
+///
+/// Not synchronised: callers keep it behind their own lock, as they did the
+/// plain `LruCache` it replaces.
+pub struct ByteLru<K: Hash + Eq, V> {
+    map: LruCache<K, (V, usize)>,
+    used: usize,
+    capacity: usize,
+    heap: fn(&K, &V) -> usize,
+    stats: Arc<CacheStats>,
+}
+
+impl<K: Hash + Eq, V> ByteLru<K, V> {
+    /// The value of `k`, marked as most recently used; counted as a hit or a miss.
+    pub fn get<Q>(&mut self, k: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        match self.map.get(k) {
+            Some((v, _)) => {
+                self.stats.hits.fetch_add(1, Relaxed);
+                Some(v)
+            }
+            None => {
+                self.stats.misses.fetch_add(1, Relaxed);
+                None
+            }
+        }
+    }
+
+    /// The value of `k` for changing in place (its weight is not weighed again:
+    /// use it only for changes that keep the size).
+    pub fn get_mut<Q>(&mut self, k: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        match self.map.get_mut(k) {
+            Some((v, _)) => {
+                self.stats.hits.fetch_add(1, Relaxed);
+                Some(v)
+            }
+            None => {
+                self.stats.misses.fetch_add(1, Relaxed);
+                None
+            }
+        }
+    }
+
+    /// The value of `k` without marking it used or counting the lookup.
+    pub fn peek<Q>(&self, k: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.map.peek(k).map(|(v, _)| v)
+    }
+
+    /// Keeps `v` under `k`, then drops least recently used entries past the
+    /// capacity. An entry larger than the whole capacity is not kept (and an
+    /// older value of `k` is dropped): it would evict everything else.
+    pub fn put(&mut self, k: K, v: V) {
+        let weight = std::mem::size_of::<K>() + std::mem::size_of::<V>() + ENTRY_OVERHEAD + (self.heap)(&k, &v);
+        if weight > self.capacity {
+            if let Some((_, w)) = self.map.pop(&k) {
+                self.used -= w;
+            }
+            self.publish();
+            return;
+        }
+        if let Some((_, old)) = self.map.put(k, (v, weight)) {
+            self.used -= old;
+        }
+        self.used += weight;
+        while self.used > self.capacity {
+            match self.map.pop_lru() {
+                Some((_, (_, w))) => {
+                    self.used -= w;
+                    self.stats.evictions.fetch_add(1, Relaxed);
+                }
+                None => break,
+            }
+        }
+        self.publish();
+    }
+
+    /// Removes `k`, returning its value.
+    pub fn pop<Q>(&mut self, k: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let (v, w) = self.map.pop(k)?;
+        self.used -= w;
+        self.publish();
+        Some(v)
+    }
+
+    /// Removes every entry.
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.used = 0;
+        self.publish();
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Bytes held (the sum of the entries' weights).
+    pub fn bytes(&self) -> usize {
+        self.used
+    }
+
+    /// Most bytes it may hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn publish(&self) {
+        self.stats.bytes.store(self.used as u64, Relaxed);
+        self.stats.entries.store(self.map.len() as u64, Relaxed);
+    }
+}
+
+/// Heap weight of nothing beyond the inline size.
+pub fn inline<K, V>(_: &K, _: &V) -> usize {
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn string_heap(k: &String, v: &Vec<u8>) -> usize {
+        k.capacity() + v.capacity()
+    }
+
+    /// Bytes, not entries, bound the cache: one big value pushes out many small ones.
+    #[test]
+    fn weight_bounds_the_cache_and_the_least_recent_go_first() {
+        let caches = Caches::new(100_000);
+        let mut c = caches.lru::<String, Vec<u8>>(Share { name: "test", permille: 100 }, string_heap);
+        assert_eq!(c.capacity(), 10_000);
+        for i in 0..100 {
+            c.put(format!("k{i}"), vec![0; 200]);
+        }
+        assert!(c.bytes() <= c.capacity(), "{} > {}", c.bytes(), c.capacity());
+        let small = c.len();
+        assert!(small < 40 && small > 20, "about 10,000 / (200 + overhead) entries fit, got {small}");
+        assert!(c.get("k0").is_none(), "the oldest went first");
+        assert!(c.get("k99").is_some());
+        c.put("big".into(), vec![0; 8_000]);
+        assert!(c.bytes() <= c.capacity());
+        assert!(c.len() < 10, "one 8 kB value left room for few others: {}", c.len());
+        assert!(c.get("big").is_some());
+        let stats = &caches.stats()[0];
+        assert_eq!((stats.name, stats.capacity), ("test", 10_000));
+        assert_eq!(stats.bytes(), c.bytes() as u64);
+        assert_eq!(stats.entries(), c.len() as u64);
+        assert_eq!((stats.hits(), stats.misses()), (2, 1));
+        assert!(stats.evictions() >= 60, "{}", stats.evictions());
+    }
+
+    /// An entry larger than the whole cache is not kept and does not empty it.
+    #[test]
+    fn an_oversized_entry_is_refused_and_replaced_values_are_reweighed() {
+        let caches = Caches::new(10_000);
+        let mut c = caches.lru::<String, Vec<u8>>(Share { name: "test", permille: 1000 }, string_heap);
+        c.put("a".into(), vec![0; 10]);
+        c.put("b".into(), vec![0; 10]);
+        c.put("huge".into(), vec![0; 20_000]);
+        assert_eq!(c.len(), 2);
+        assert!(c.peek("huge").is_none());
+        let before = c.bytes();
+        c.put("a".into(), vec![0; 1000]);
+        assert_eq!(c.bytes(), before + 990, "the old value's weight was taken off");
+        c.put("a".into(), vec![0; 20_000]);
+        assert!(c.peek("a").is_none(), "an oversized replacement drops the old value too");
+        assert_eq!(c.pop("b").map(|v| v.len()), Some(10));
+        assert_eq!((c.len(), c.bytes()), (0, 0));
+    }
+}
