@@ -17,5 +17,5 @@ wait_up() {
         curl -sf "http://127.0.0.1:$1/_matrix/client/versions" >/dev/null && return 0
         sleep 0.1
     done
-    echo "server on port $1 did not start" >&2; exit 1
+    echo "server on port $1 did not start" >&2; return 1
 }

@@ -42,11 +42,12 @@ run_myelin() { # label binary budget(MiB or "default")
     mkdir -p "$dir"
     local budget_env=()
     [ "$budget" != default ] && budget_env=(MYELIN_STORAGE__MEMORY_MB="$budget")
-    (cd "$dir" && env "${budget_env[@]}" MYELIN_SERVER_NAME="127.0.0.1:$mf" MYELIN_CLIENT__LISTEN="127.0.0.1:$mc" \
+    (cd "$dir" && exec env "${budget_env[@]}" MYELIN_SERVER_NAME="127.0.0.1:$mf" MYELIN_CLIENT__LISTEN="127.0.0.1:$mc" \
         MYELIN_FEDERATION__LISTEN="127.0.0.1:$mf" MYELIN_REGISTRATION__ENABLED=true \
-        MYELIN_RATE_LIMIT__PER_SECOND=0 RUST_LOG=warn exec "$bin" serve >/dev/null 2>&1) &
+        MYELIN_RATE_LIMIT__PER_SECOND=0 RUST_LOG=warn "$bin" serve >"$dir.log" 2>&1) &
     local pid=$!; pids+=("$pid")
-    wait_up "$mc"; sleep 3
+    wait_up "$mc" || { tail -20 "$dir.log" >&2; exit 1; }
+    sleep 3
     local idle; idle=$(rss_of "$pid")
     sampler "$pid" "$dir.rss" &
     local one twenty
@@ -58,7 +59,7 @@ run_myelin() { # label binary budget(MiB or "default")
     kill "$pid"; wait "$pid" 2>/dev/null || true
     local per_event
     per_event=$(cd "$dir" && "$bin" admin storage --compact --json 2>/dev/null \
-        | python3 -c 'import json,sys; j=json.load(sys.stdin); print(f"{j[\"sst_bytes\"] // max(j[\"events\"], 1)} B ({j[\"events\"]} events)")' \
+        | python3 -c 'import json,sys; j=json.load(sys.stdin); print("%d B (%d events)" % (j["sst_bytes"] // max(j["events"], 1), j["events"]))' \
         || echo "n/a")
     printf '| %s | %s | %d MiB | %d MiB | %d MiB | %.2f | %.0f ev/s | %.0f ev/s | %s |\n' "$label" "$budget" \
         $((idle / 1024)) $((peak / 1024)) $((post / 1024)) "$(awk "BEGIN{print $post/$idle}")" \

@@ -8,7 +8,7 @@
 //! receipt that their push rules (`crate::push`) mark as notifying or
 //! highlighting.
 
-use myelin_storage::{Batch, ByteLru, Caches, Direction, Stored, Table, catalog};
+use myelin_storage::{Batch, Caches, Direction, Stored, Table, catalog};
 use ruma::{RoomId, UserId};
 use serde::{Deserialize, Serialize};
 
@@ -37,9 +37,9 @@ impl Stored for Receipt {}
 /// moved receipt restarts a tally; a room's joined-member count once per
 /// state snapshot.
 pub struct UnreadCache {
-    verdicts: parking_lot::Mutex<ByteLru<(String, i64), (bool, bool)>>,
-    tallies: parking_lot::Mutex<ByteLru<(String, String), Tally>>,
-    members: parking_lot::Mutex<ByteLru<u64, usize>>,
+    verdicts: myelin_storage::SharedLru<(String, i64), (bool, bool)>,
+    tallies: myelin_storage::SharedLru<(String, String), Tally>,
+    members: myelin_storage::SharedLru<u64, usize>,
 }
 
 /// A user's counts over the timeline positions `(from, upto]` of one room.
@@ -56,11 +56,9 @@ impl UnreadCache {
     pub fn new(caches: &Caches) -> Self {
         use crate::cache_shares::{UNREAD_MEMBERS, UNREAD_TALLIES, UNREAD_VERDICTS};
         Self {
-            verdicts: parking_lot::Mutex::new(caches.lru(UNREAD_VERDICTS, |(user, _), _| user.capacity())),
-            tallies: parking_lot::Mutex::new(
-                caches.lru(UNREAD_TALLIES, |(room, user), _| room.capacity() + user.capacity()),
-            ),
-            members: parking_lot::Mutex::new(caches.lru(UNREAD_MEMBERS, myelin_storage::cache::inline)),
+            verdicts: caches.lru(UNREAD_VERDICTS, |(user, _), _| user.capacity()),
+            tallies: caches.lru(UNREAD_TALLIES, |(room, user), _| room.capacity() + user.capacity()),
+            members: caches.lru(UNREAD_MEMBERS, myelin_storage::cache::inline),
         }
     }
 }

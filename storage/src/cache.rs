@@ -14,12 +14,17 @@
 //!
 //! Each cache keeps its hit, miss and eviction counts and its bytes and
 //! entries, for `/metrics` ([`Caches::stats`]).
+//!
+//! Every cache stays reachable from its [`Caches`] (a weak handle), so that
+//! when the server falls quiet [`Caches::shrink`] gives most of their memory
+//! back at once: full caches are the point of a budget under load, but an
+//! appliance that idles for hours should not hold the peak of its last burst.
 
 use std::{
     borrow::Borrow,
     hash::Hash,
     sync::{
-        Arc,
+        Arc, Weak,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
 };
@@ -82,16 +87,41 @@ impl CacheStats {
 }
 
 /// Myelin's part of the memory budget, and every cache made from it.
-#[derive(Debug)]
 pub struct Caches {
     total: usize,
     list: Mutex<Vec<Arc<CacheStats>>>,
+    shrinkable: Mutex<Vec<Weak<dyn Shrink>>>,
+}
+
+impl std::fmt::Debug for Caches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caches").field("total", &self.total).field("list", &self.list).finish_non_exhaustive()
+    }
+}
+
+/// A cache its owner locks like its own mutex and the budget can shrink from outside.
+pub type SharedLru<K, V> = Arc<Mutex<ByteLru<K, V>>>;
+
+/// A cache [`Caches::shrink`] can reach.
+trait Shrink: Send + Sync {
+    /// Drops least recently used entries until at most `permille` of the capacity is held; returns the bytes dropped.
+    fn shrink(&self, permille: u32) -> usize;
+}
+
+impl<K: Hash + Eq + Send, V: Send> Shrink for Mutex<ByteLru<K, V>> {
+    fn shrink(&self, permille: u32) -> usize {
+        let mut lru = self.lock();
+        let before = lru.bytes();
+        let keep = (lru.capacity() as u128 * permille.min(1000) as u128 / 1000) as usize;
+        lru.shrink_to(keep);
+        before - lru.bytes()
+    }
 }
 
 impl Caches {
     /// A budget of `total` bytes for in-process caches.
     pub fn new(total: usize) -> Self {
-        Self { total, list: Mutex::new(Vec::new()) }
+        Self { total, list: Mutex::new(Vec::new()), shrinkable: Mutex::new(Vec::new()) }
     }
 
     /// The whole budget in bytes.
@@ -99,9 +129,13 @@ impl Caches {
         self.total
     }
 
-    /// A new cache with `share` of the budget; `heap` weighs what an entry
-    /// owns outside its inline size.
-    pub fn lru<K: Hash + Eq, V>(&self, share: Share, heap: fn(&K, &V) -> usize) -> ByteLru<K, V> {
+    /// A new cache with `share` of the budget, behind its own lock; `heap`
+    /// weighs what an entry owns outside its inline size.
+    pub fn lru<K: Hash + Eq + Send + 'static, V: Send + 'static>(
+        &self,
+        share: Share,
+        heap: fn(&K, &V) -> usize,
+    ) -> SharedLru<K, V> {
         let capacity = (self.total as u128 * share.permille.min(1000) as u128 / 1000) as u64;
         let stats = Arc::new(CacheStats {
             name: share.name,
@@ -113,7 +147,19 @@ impl Caches {
             entries: AtomicU64::new(0),
         });
         self.list.lock().push(stats.clone());
-        ByteLru { map: LruCache::unbounded(), used: 0, capacity: capacity as usize, heap, stats }
+        let lru = Arc::new(Mutex::new(ByteLru { map: LruCache::unbounded(), used: 0, capacity: capacity as usize, heap, stats }));
+        let weak: Weak<dyn Shrink> = Arc::downgrade(&lru) as Weak<Mutex<ByteLru<K, V>>>;
+        let mut shrinkable = self.shrinkable.lock();
+        shrinkable.retain(|c| c.strong_count() > 0);
+        shrinkable.push(weak);
+        lru
+    }
+
+    /// Shrinks every live cache to at most `permille` of its capacity (least
+    /// recently used entries go first); returns the bytes dropped.
+    pub fn shrink(&self, permille: u32) -> usize {
+        let live: Vec<_> = self.shrinkable.lock().iter().filter_map(Weak::upgrade).collect();
+        live.iter().map(|c| c.shrink(permille)).sum()
     }
 
     /// The counts of every cache made so far, in the order they were made.
@@ -197,16 +243,7 @@ impl<K: Hash + Eq, V> ByteLru<K, V> {
             self.used -= old;
         }
         self.used += weight;
-        while self.used > self.capacity {
-            match self.map.pop_lru() {
-                Some((_, (_, w))) => {
-                    self.used -= w;
-                    self.stats.evictions.fetch_add(1, Relaxed);
-                }
-                None => break,
-            }
-        }
-        self.publish();
+        self.shrink_to(self.capacity);
     }
 
     /// Removes `k`, returning its value.
@@ -219,6 +256,21 @@ impl<K: Hash + Eq, V> ByteLru<K, V> {
         self.used -= w;
         self.publish();
         Some(v)
+    }
+
+    /// Drops least recently used entries until at most `bytes` are held
+    /// (counted as evictions).
+    pub fn shrink_to(&mut self, bytes: usize) {
+        while self.used > bytes {
+            match self.map.pop_lru() {
+                Some((_, (_, w))) => {
+                    self.used -= w;
+                    self.stats.evictions.fetch_add(1, Relaxed);
+                }
+                None => break,
+            }
+        }
+        self.publish();
     }
 
     /// Removes every entry.
@@ -271,7 +323,8 @@ mod tests {
     #[test]
     fn weight_bounds_the_cache_and_the_least_recent_go_first() {
         let caches = Caches::new(100_000);
-        let mut c = caches.lru::<String, Vec<u8>>(Share { name: "test", permille: 100 }, string_heap);
+        let lru = caches.lru::<String, Vec<u8>>(Share { name: "test", permille: 100 }, string_heap);
+        let mut c = lru.lock();
         assert_eq!(c.capacity(), 10_000);
         for i in 0..100 {
             c.put(format!("k{i}"), vec![0; 200]);
@@ -297,7 +350,8 @@ mod tests {
     #[test]
     fn an_oversized_entry_is_refused_and_replaced_values_are_reweighed() {
         let caches = Caches::new(10_000);
-        let mut c = caches.lru::<String, Vec<u8>>(Share { name: "test", permille: 1000 }, string_heap);
+        let lru = caches.lru::<String, Vec<u8>>(Share { name: "test", permille: 1000 }, string_heap);
+        let mut c = lru.lock();
         c.put("a".into(), vec![0; 10]);
         c.put("b".into(), vec![0; 10]);
         c.put("huge".into(), vec![0; 20_000]);
@@ -310,5 +364,32 @@ mod tests {
         assert!(c.peek("a").is_none(), "an oversized replacement drops the old value too");
         assert_eq!(c.pop("b").map(|v| v.len()), Some(10));
         assert_eq!((c.len(), c.bytes()), (0, 0));
+    }
+
+    /// Shrinking reaches every live cache, keeps the most recent entries, and
+    /// forgets caches whose owner dropped them.
+    #[test]
+    fn shrink_reaches_every_live_cache_and_keeps_the_most_recent() {
+        let caches = Caches::new(100_000);
+        let a = caches.lru::<String, Vec<u8>>(Share { name: "a", permille: 500 }, string_heap);
+        let b = caches.lru::<String, Vec<u8>>(Share { name: "b", permille: 500 }, string_heap);
+        let gone = caches.lru::<String, Vec<u8>>(Share { name: "gone", permille: 100 }, string_heap);
+        for i in 0..100 {
+            a.lock().put(format!("k{i}"), vec![0; 300]);
+            b.lock().put(format!("k{i}"), vec![0; 300]);
+        }
+        gone.lock().put("x".into(), vec![0; 300]);
+        drop(gone);
+        let before = a.lock().bytes() + b.lock().bytes();
+        let dropped = caches.shrink(100);
+        let after = a.lock().bytes() + b.lock().bytes();
+        assert_eq!(dropped, before - after, "the bytes reported are the bytes dropped");
+        for c in [&a, &b] {
+            let mut c = c.lock();
+            assert!(c.bytes() <= c.capacity() / 10 && !c.is_empty(), "{} of {}", c.bytes(), c.capacity());
+            assert!(c.peek("k99").is_some() && c.get("k0").is_none(), "the least recent went first");
+        }
+        assert_eq!(caches.shrink(0), after);
+        assert!(a.lock().is_empty() && b.lock().is_empty());
     }
 }

@@ -21,7 +21,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use parking_lot::Mutex;
 
-use crate::{Batch, ByteLru, Caches, Db, Share, StorageError, Table, catalog::Cf, table::Read};
+use crate::{Batch, Caches, Db, Share, SharedLru, StorageError, Table, catalog::Cf, table::Read};
 
 struct State {
     next: u64,
@@ -33,17 +33,17 @@ struct State {
 
 /// Stored mappings read recently, both ways (none until [`Interner::with_cache`]).
 struct Cache {
-    by_name: Option<ByteLru<String, u64>>,
-    by_id: Option<ByteLru<u64, String>>,
+    by_name: Option<SharedLru<String, u64>>,
+    by_id: Option<SharedLru<u64, String>>,
 }
 
 impl Cache {
     fn keep(&mut self, name: &str, id: u64) {
-        if let Some(c) = &mut self.by_name {
-            c.put(name.to_owned(), id);
+        if let Some(c) = &self.by_name {
+            c.lock().put(name.to_owned(), id);
         }
-        if let Some(c) = &mut self.by_id {
-            c.put(id, name.to_owned());
+        if let Some(c) = &self.by_id {
+            c.lock().put(id, name.to_owned());
         }
     }
 }
@@ -82,7 +82,7 @@ impl Interner {
 
     /// The stored id of `s`: from the cache, else from `r` (and then cached).
     fn stored_id(&self, r: &impl Read, s: &str) -> Result<Option<u64>, StorageError> {
-        if let Some(&id) = self.cache.lock().by_name.as_mut().and_then(|c| c.get(s)) {
+        if let Some(id) = self.cache.lock().by_name.as_ref().and_then(|c| c.lock().get(s).copied()) {
             return Ok(Some(id));
         }
         let id = self.forward.get(r, &s.to_owned())?;
@@ -110,8 +110,8 @@ impl Interner {
         if let Some(name) = self.state.lock().pending_names.get(&id) {
             return Ok(Some(name.clone()));
         }
-        if let Some(name) = self.cache.lock().by_id.as_mut().and_then(|c| c.get(&id)) {
-            return Ok(Some(name.clone()));
+        if let Some(name) = self.cache.lock().by_id.as_ref().and_then(|c| c.lock().get(&id).cloned()) {
+            return Ok(Some(name));
         }
         let name = self.reverse.get(r, &id)?;
         if let Some(name) = &name {

@@ -24,9 +24,9 @@ mod table;
 mod writer;
 
 pub use batch::Batch;
-pub use cache::{ByteLru, CacheStats, Caches, Share};
+pub use cache::{ByteLru, CacheStats, Caches, Share, SharedLru};
 pub use codec::{Raw, Stored, Value};
-pub use db::{Db, Pending, SCHEMA_IDENTITY, SCHEMA_VERSION, Snapshot, StorageOptions};
+pub use db::{Db, Pending, Released, SCHEMA_IDENTITY, SCHEMA_VERSION, Snapshot, StorageOptions};
 pub use error::StorageError;
 pub use intern::Interner;
 pub use key::{HasPrefix, Key};

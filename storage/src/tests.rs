@@ -572,3 +572,66 @@ fn the_memory_budget_is_one_shared_cache_that_memtables_are_charged_to() {
     assert!(after >= before + (1 << 20), "memtables are charged to the shared cache: {before} -> {after}");
     db.shutdown();
 }
+
+/// A quiet server gives back what it held for speed: memtables are flushed,
+/// the block cache and Myelin's caches shrink to the kept share, the block
+/// cache's capacity is restored for the next burst, and every row still reads.
+#[test]
+fn release_memory_flushes_memtables_and_shrinks_every_cache() {
+    use crate::table::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let options =
+        StorageOptions { cache_bytes: 32 << 20, write_buffer_bytes: 16 << 20, wal_bytes: 0, app_cache_bytes: 1 << 20 };
+    let db = Db::open(dir.path(), &options).unwrap();
+    let mut batch = crate::Batch::new();
+    for i in 0..20_000u64 {
+        batch.put_raw(&crate::catalog::SHORTEVENTID_PDU, i.to_be_bytes().to_vec(), vec![b'x'; 256]);
+    }
+    db.commit_blocking(batch).unwrap();
+    // Table files, then every row read once: the block cache fills with their blocks.
+    db.compact_all();
+    let read = |db: &Db| {
+        (0..20_000u64)
+            .filter(|i| {
+                db.get_raw(&crate::catalog::SHORTEVENTID_PDU, &i.to_be_bytes()).unwrap().as_deref()
+                    == Some(&[b'x'; 256][..])
+            })
+            .count()
+    };
+    assert_eq!(read(&db), 20_000);
+    let mut batch = crate::Batch::new();
+    batch.put_raw(&crate::catalog::SHORTEVENTID_PDU, b"unflushed".to_vec(), b"row".to_vec());
+    for i in 0..2000u64 {
+        batch.put_raw(&crate::catalog::EVENTID_SHORTEVENTID, i.to_be_bytes().to_vec(), vec![b'y'; 256]);
+    }
+    db.commit_blocking(batch).unwrap();
+    let lru = db.caches().lru::<u64, Vec<u8>>(crate::Share { name: "t", permille: 1000 }, |_, v| v.capacity());
+    for i in 0..1000u64 {
+        lru.lock().put(i, vec![0; 512]);
+    }
+    let global = &crate::catalog::GLOBAL;
+    let cached = db.property(global, "rocksdb.block-cache-usage").unwrap();
+    assert!(cached > 4 << 20, "reads filled the block cache: {cached}");
+    let memtables = db.memtable_bytes();
+    assert!(memtables > 256 * 2000, "{memtables}");
+    let app_before = lru.lock().bytes();
+
+    let released = db.release_memory(100);
+    let kept = db.property(global, "rocksdb.block-cache-usage").unwrap();
+    let pinned = db.property(global, "rocksdb.block-cache-pinned-usage").unwrap();
+    assert!(kept <= (32 << 20) / 10 + pinned && kept < cached, "block cache {cached} -> {kept} ({pinned} pinned)");
+    assert!(released.block_cache_bytes > 0 && released.memtable_bytes > memtables / 2, "{released:?}");
+    assert_eq!(
+        db.property(&crate::catalog::SHORTEVENTID_PDU, "rocksdb.num-entries-active-mem-table"),
+        Some(0),
+        "the memtable was flushed"
+    );
+    assert_eq!(db.property(global, "rocksdb.block-cache-capacity"), Some(32 << 20), "capacity restored");
+    let app_after = lru.lock().bytes();
+    assert!(app_after <= (1 << 20) / 10 && app_after > 0, "{app_before} -> {app_after}");
+    assert_eq!(released.cache_bytes, (app_before - app_after) as u64);
+    assert!(lru.lock().peek(&999).is_some() && lru.lock().peek(&0).is_none(), "the most recent stay");
+    assert_eq!(read(&db), 20_000, "every row still reads");
+    assert_eq!(db.get_raw(&crate::catalog::SHORTEVENTID_PDU, b"unflushed").unwrap().as_deref(), Some(&b"row"[..]));
+    db.shutdown();
+}

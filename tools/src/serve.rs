@@ -46,17 +46,26 @@ pub(super) fn serve(config_path: Option<PathBuf>) -> Result<(), Failure> {
 /// How often the trimmer looks for a quiet period.
 const TRIM_CHECK: Duration = Duration::from_secs(5);
 
-/// After a burst, once a check finds no new events since the previous one,
-/// returns the memory the burst freed to the system (once per quiet period).
+/// Checks in a row that must find no new events before memory is given back.
+const QUIET_CHECKS: u32 = 2;
+
+/// The share of each cache's capacity (per mille) kept through a quiet period:
+/// its most recently used entries, which the next requests most likely want.
+const KEEP_WHEN_QUIET: u32 = 100;
+
+/// After a burst, once no new events arrived for `QUIET_CHECKS` checks, gives
+/// the memory held for speed back to the system (once per quiet period):
+/// memtables are flushed, the block cache and Myelin's caches shrink to a
+/// tenth of their capacity, and the allocator returns its free pages.
 ///
-/// glibc keeps freed memory in its heaps for reuse, and with one heap per
-/// busy thread a burst leaves hundreds of MB resident that nothing uses
-/// (`BENCHMARKS.md`, "Memory"). Trimming walks the heaps and costs a few
-/// milliseconds, and pages given back must be faulted in again, so it is not
-/// done while events keep arriving.
+/// Under load the caches fill to their budget, which is what a budget is for;
+/// but an appliance idle for hours should not hold the peak of its last burst.
+/// glibc keeps freed memory in its heaps for reuse (one heap per busy thread:
+/// RocksDB allocates there), so trimming must follow. A quiet period costs the
+/// next reads a few cache misses, so nothing is released while events arrive.
 async fn trim_when_quiet(engine: Arc<Engine>) {
     let mut last = engine.stream.current();
-    let mut trimmed = true;
+    let mut quiet = 0u32;
     let mut tick = tokio::time::interval(TRIM_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -64,17 +73,36 @@ async fn trim_when_quiet(engine: Arc<Engine>) {
         let now = engine.stream.current();
         if now != last {
             last = now;
-            trimmed = false;
-        } else if !trimmed {
-            trimmed = true;
-            let started = std::time::Instant::now();
-            let _ = tokio::task::spawn_blocking(release_freed_memory).await;
-            tracing::debug!(took_ms = started.elapsed().as_millis() as u64, "returned freed memory after a burst");
+            quiet = 0;
+            continue;
+        }
+        quiet = quiet.saturating_add(1);
+        if quiet != QUIET_CHECKS {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let db = engine.db.clone();
+        match tokio::task::spawn_blocking(move || {
+            let released = db.release_memory(KEEP_WHEN_QUIET);
+            release_freed_memory();
+            released
+        })
+        .await
+        {
+            Ok(released) => tracing::info!(
+                took_ms = started.elapsed().as_millis() as u64,
+                memtable_bytes = released.memtable_bytes,
+                block_cache_bytes = released.block_cache_bytes,
+                cache_bytes = released.cache_bytes,
+                "quiet: gave back memory held for the last burst"
+            ),
+            Err(e) => tracing::warn!(error = %e, "releasing memory failed"),
         }
     }
 }
 
-/// Returns the free pages of glibc's heaps (where RocksDB allocates) to the system.
+/// Returns the free pages of glibc's heaps (where RocksDB allocates) to the system;
+/// mimalloc, Myelin's own allocator, returns its free pages by itself.
 #[allow(unsafe_code)]
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

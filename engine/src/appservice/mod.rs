@@ -67,7 +67,7 @@ pub struct Registry {
     /// `(appservice id, state snapshot)` → whether the room at that state has a
     /// joined member in its user namespaces or an alias in its alias namespaces.
     /// A snapshot never changes, so an entry never goes stale.
-    by_state: Mutex<myelin_storage::ByteLru<(String, u64), bool>>,
+    by_state: myelin_storage::SharedLru<(String, u64), bool>,
     /// Appservices with rows queued since the sender last asked, and its wake-up.
     ready: Arc<(Mutex<BTreeSet<String>>, Notify)>,
     /// Ephemeral events waiting per appservice (volatile).
@@ -90,9 +90,7 @@ impl Registry {
                 Err(e) => tracing::warn!(appservice = %id, error = %e, "skipping a stored registration"),
             }
         }
-        let by_state = Mutex::new(
-            db.caches().lru(crate::cache_shares::APPSERVICE_INTEREST, |(id, _): &(String, u64), _| id.capacity()),
-        );
+        let by_state = db.caches().lru(crate::cache_shares::APPSERVICE_INTEREST, |(id, _): &(String, u64), _| id.capacity());
         Ok(Self {
             db,
             server_name: server_name.to_owned(),

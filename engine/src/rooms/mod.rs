@@ -52,7 +52,7 @@ pub use error::RoomError;
 pub(crate) use head::Head;
 use head::RoomLock;
 pub use inbound::Appended;
-use myelin_storage::{Batch, ByteLru, Db, Interner, StreamCounter, catalog};
+use myelin_storage::{Batch, Db, Interner, StreamCounter, catalog};
 use parking_lot::Mutex;
 pub use pdu::{ArcPdu, Pdu};
 use ruma::{
@@ -141,7 +141,7 @@ pub struct Rooms {
     state_keys: Interner,
     servers: Interner,
     states: state::StateStore,
-    pdus: Mutex<ByteLru<u64, ArcPdu>>,
+    pdus: myelin_storage::SharedLru<u64, ArcPdu>,
     /// Appended events whose batch is not durable yet, by short id: the next append to the
     /// room may build on them before the writer has stored them (see `append_with`).
     unsettled: Arc<Mutex<HashMap<u64, (EventMeta, ArcPdu)>>>,
@@ -158,11 +158,11 @@ pub struct Rooms {
     newest: crate::positions::NewestPositions<OwnedRoomId>,
     /// Per room, the servers with joined members at one state snapshot (snapshots
     /// never change, so an entry is right while the room's state is that snapshot).
-    servers_at: Mutex<ByteLru<OwnedRoomId, (u64, Vec<String>)>>,
+    servers_at: myelin_storage::SharedLru<OwnedRoomId, (u64, Vec<String>)>,
     /// `(state snapshot, sender, type)` of message-like events that passed the
     /// state-dependent authorization rules: for them the outcome depends on nothing
     /// else, and a snapshot never changes (see [`Rooms::authorize`]).
-    authorized: Mutex<ByteLru<(u64, OwnedUserId, TimelineEventType), ()>>,
+    authorized: myelin_storage::SharedLru<(u64, OwnedUserId, TimelineEventType), ()>,
     /// Registered appservices: which of them each appended event is queued for.
     pub(crate) appservices: Arc<crate::appservice::Registry>,
     /// Whether any user has a pusher: appended events then get a `push_pending` row.
@@ -217,11 +217,11 @@ impl Rooms {
             servers: Interner::open(&db, &catalog::SERVERNAME_SHORTSERVER, &catalog::SHORTSERVER_SERVERNAME)?
                 .with_cache(&caches, shares::SERVERS, shares::SERVERS_REV),
             states: state::StateStore::open(db.clone())?,
-            pdus: Mutex::new(caches.lru(shares::EVENTS, |_, pdu: &ArcPdu| pdu.heap_bytes())),
-            servers_at: Mutex::new(caches.lru(shares::SERVERS_AT, |room: &OwnedRoomId, (_, servers)| {
+            pdus: caches.lru(shares::EVENTS, |_, pdu: &ArcPdu| pdu.heap_bytes()),
+            servers_at: caches.lru(shares::SERVERS_AT, |room: &OwnedRoomId, (_, servers)| {
                 room.as_str().len() + servers.iter().map(|s| 24 + s.capacity()).sum::<usize>()
-            })),
-            authorized: Mutex::new(caches.lru(shares::AUTHORIZED, |(_, user, _), _| user.as_str().len())),
+            }),
+            authorized: caches.lru(shares::AUTHORIZED, |(_, user, _), _| user.as_str().len()),
             unsettled: Arc::new(Mutex::new(HashMap::new())),
             outbound_floors: Mutex::new(std::collections::BTreeMap::new()),
             newest: crate::positions::NewestPositions::default(),

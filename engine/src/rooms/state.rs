@@ -28,7 +28,7 @@ use std::{
     },
 };
 
-use myelin_storage::{Batch, ByteLru, Db, Stored, Table, catalog};
+use myelin_storage::{Batch, Db, Stored, Table, catalog};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -64,8 +64,8 @@ const HASHES: Table<Vec<u8>, u64> = Table::new(&catalog::STATEHASH_SHORTSTATEHAS
 pub struct StateStore {
     db: Arc<Db>,
     next: AtomicU64,
-    layers: Mutex<ByteLru<u64, Arc<Layer>>>,
-    full: Mutex<ByteLru<u64, Arc<FullState>>>,
+    layers: myelin_storage::SharedLru<u64, Arc<Layer>>,
+    full: myelin_storage::SharedLru<u64, Arc<FullState>>,
     /// States stored in batches not yet known to be durable, by hash.
     pending: Arc<Mutex<HashMap<Vec<u8>, u64>>>,
     /// Their layers, pinned until durable: the LRU may evict, and storage does not
@@ -137,12 +137,12 @@ impl StateStore {
         Ok(Self {
             db,
             next: AtomicU64::new(next),
-            layers: Mutex::new(caches.lru(crate::cache_shares::STATE_LAYERS, |_, l: &Arc<Layer>| {
+            layers: caches.lru(crate::cache_shares::STATE_LAYERS, |_, l: &Arc<Layer>| {
                 16 + l.added.capacity() * std::mem::size_of::<Entry>() + l.removed.capacity() * 8
-            })),
-            full: Mutex::new(caches.lru(crate::cache_shares::STATE_FULL, |_, s: &Arc<FullState>| {
+            }),
+            full: caches.lru(crate::cache_shares::STATE_FULL, |_, s: &Arc<FullState>| {
                 16 + s.capacity() * std::mem::size_of::<Entry>()
-            })),
+            }),
             pending: Arc::new(Mutex::new(HashMap::new())),
             pending_layers: Arc::new(Mutex::new(HashMap::new())),
         })

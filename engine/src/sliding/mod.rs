@@ -31,8 +31,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use myelin_storage::{ByteLru, Caches};
-use parking_lot::Mutex;
+use myelin_storage::Caches;
 use ruma::{OwnedRoomId, RoomId, UserId};
 use serde_json::{Value as JsonValue, json};
 
@@ -88,12 +87,12 @@ pub struct Sliding {
     /// What each connection was sent.
     pub connections: Connections,
     /// Per room: `(position scanned up to, bump stamp there)`.
-    bumps: Mutex<ByteLru<OwnedRoomId, (i64, i64)>>,
+    bumps: myelin_storage::SharedLru<OwnedRoomId, (i64, i64)>,
     /// Per state snapshot: the room facts lists and rooms show (snapshots never change).
-    summaries: Mutex<ByteLru<u64, Arc<room::Summary>>>,
+    summaries: myelin_storage::SharedLru<u64, Arc<room::Summary>>,
     /// Per local user: their memberships, with whether each leave was someone else's
     /// doing, at a membership counter (`Rooms::memberships_version`).
-    memberships: Mutex<ByteLru<String, (u64, UserRooms)>>,
+    memberships: myelin_storage::SharedLru<String, (u64, UserRooms)>,
 }
 
 impl Sliding {
@@ -102,11 +101,11 @@ impl Sliding {
         use crate::cache_shares::{SLIDING_BUMPS, SLIDING_MEMBERSHIPS, SLIDING_SUMMARIES};
         Self {
             connections: Connections::new(),
-            bumps: Mutex::new(caches.lru(SLIDING_BUMPS, |room: &OwnedRoomId, _| room.as_str().len())),
-            summaries: Mutex::new(caches.lru(SLIDING_SUMMARIES, |_, s: &Arc<room::Summary>| s.heap_bytes())),
-            memberships: Mutex::new(caches.lru(SLIDING_MEMBERSHIPS, |user: &String, (_, rooms): &(u64, UserRooms)| {
+            bumps: caches.lru(SLIDING_BUMPS, |room: &OwnedRoomId, _| room.as_str().len()),
+            summaries: caches.lru(SLIDING_SUMMARIES, |_, s: &Arc<room::Summary>| s.heap_bytes()),
+            memberships: caches.lru(SLIDING_MEMBERSHIPS, |user: &String, (_, rooms): &(u64, UserRooms)| {
                 user.capacity() + user_rooms_heap(rooms)
-            })),
+            }),
         }
     }
 }

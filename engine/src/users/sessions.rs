@@ -8,7 +8,7 @@ use super::{Session, TOKENS, UserError, Users};
 /// Sessions of access tokens, and a generation raised by every token deletion.
 pub(super) struct SessionCache {
     pub(super) generation: u64,
-    pub(super) by_token: myelin_storage::ByteLru<String, Session>,
+    pub(super) by_token: myelin_storage::SharedLru<String, Session>,
 }
 
 impl Users {
@@ -18,7 +18,7 @@ impl Users {
         self.db.commit(batch).await?;
         let mut cache = self.sessions.lock();
         cache.generation += 1;
-        cache.by_token.clear();
+        cache.by_token.lock().clear();
         Ok(())
     }
 
@@ -31,17 +31,17 @@ impl Users {
     /// served from memory once its deletion has returned.
     pub fn session(&self, token: &str) -> Result<Option<Session>, UserError> {
         let generation = {
-            let mut cache = self.sessions.lock();
-            if let Some(s) = cache.by_token.get(token) {
+            let cache = self.sessions.lock();
+            if let Some(s) = cache.by_token.lock().get(token) {
                 return Ok(Some(s.clone()));
             }
             cache.generation
         };
         let session = TOKENS.get(&*self.db, &token.to_owned())?;
         if let Some(s) = &session {
-            let mut cache = self.sessions.lock();
+            let cache = self.sessions.lock();
             if cache.generation == generation {
-                cache.by_token.put(token.to_owned(), s.clone());
+                cache.by_token.lock().put(token.to_owned(), s.clone());
             }
         }
         Ok(session)

@@ -74,6 +74,19 @@ pub struct Db {
     kept: Mutex<Option<Kept>>,
     kept_ids: AtomicU64,
     caches: Arc<Caches>,
+    /// The one block cache every family reads through, and its configured capacity.
+    block_cache: (rocksdb::Cache, usize),
+}
+
+/// What [`Db::release_memory`] gave back.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Released {
+    /// Memtable bytes written out to table files.
+    pub memtable_bytes: u64,
+    /// Block cache bytes dropped.
+    pub block_cache_bytes: u64,
+    /// Bytes dropped from Myelin's own caches.
+    pub cache_bytes: u64,
 }
 
 /// A synced batch not yet handed to the writer thread: its caller may write it.
@@ -154,7 +167,8 @@ impl Db {
         // overwrites allocated blocks instead of growing the file, which on
         // ext4 costs no journal commit (see `presize_wal`).
         db_opts.set_recycle_log_file_num(RECYCLED_WALS);
-        let cache = rocksdb::Cache::new_lru_cache(options.cache_bytes.max(1 << 20));
+        let cache_capacity = options.cache_bytes.max(1 << 20);
+        let cache = rocksdb::Cache::new_lru_cache(cache_capacity);
         if options.write_buffer_bytes > 0 {
             // Memtables are charged to the block cache: the two together stay
             // within `cache_bytes` (the memory budget), and the writers are not
@@ -239,6 +253,7 @@ impl Db {
             kept: Mutex::new(None),
             kept_ids: AtomicU64::new(0),
             caches: Arc::new(Caches::new(options.app_cache_bytes)),
+            block_cache: (cache, cache_capacity),
         }))
     }
 
@@ -260,6 +275,37 @@ impl Db {
                 self.rocks.compact_range_cf_opt(handle, None::<&[u8]>, None::<&[u8]>, &options);
             }
         }
+    }
+
+    /// Gives back the memory held for speed, for a server fallen quiet:
+    /// memtables are flushed to table files (which also shortens the next
+    /// recovery), and the block cache and Myelin's caches keep only
+    /// `keep_permille` of their capacity, least recently used entries going
+    /// first. Blocking (flushes wait for their files): call it off the runtime.
+    pub fn release_memory(&self, keep_permille: u32) -> Released {
+        let mut released = Released { memtable_bytes: self.memtable_bytes(), ..Default::default() };
+        let mut flush = rocksdb::FlushOptions::default();
+        flush.set_wait(true);
+        for cf in catalog::ALL {
+            let Some(handle) = self.rocks.cf_handle(cf.name) else { continue };
+            let unflushed = self.property(cf, "rocksdb.num-entries-active-mem-table").unwrap_or(0) > 0
+                || self.property(cf, "rocksdb.num-immutable-mem-table").unwrap_or(0) > 0;
+            if unflushed && let Err(e) = self.rocks.flush_cf_opt(handle, &flush) {
+                tracing::warn!(family = cf.name, error = %e, "flush while releasing memory failed");
+            }
+        }
+        released.memtable_bytes = released.memtable_bytes.saturating_sub(self.memtable_bytes());
+        // A lower capacity evicts unpinned blocks at once; the capacity is then restored
+        // so the next burst may fill the cache again.
+        let (cache, capacity) = &self.block_cache;
+        let mut cache = cache.clone();
+        let before = cache.get_usage();
+        let keep = (*capacity as u128 * keep_permille.min(1000) as u128 / 1000) as usize;
+        cache.set_capacity(keep.max(1));
+        released.block_cache_bytes = before.saturating_sub(cache.get_usage()) as u64;
+        cache.set_capacity(*capacity);
+        released.cache_bytes = self.caches.shrink(keep_permille) as u64;
+        released
     }
 
     /// Per family: its name, bytes in table files, and estimated keys.
