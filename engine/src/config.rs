@@ -342,11 +342,15 @@ impl Default for StorageConfig {
     }
 }
 
+/// Below this, memtables flush so often that sends slow (`BENCHMARKS.md`, "Memory budget").
+const WRITE_BUFFER_FLOOR: usize = 32 << 20;
+
 impl StorageConfig {
     /// The storage options these settings give, splitting `memory_mb`:
     /// - half is RocksDB's one block cache (data, index and filter blocks),
-    ///   which the memtables are charged to as well (at most a quarter of it:
-    ///   past that the largest is flushed);
+    ///   which the memtables are charged to as well (a quarter of it, but at
+    ///   least 32 MiB and at most half: past that the largest is flushed;
+    ///   below 32 MiB the ~60 families flush so often that sends slow down);
     /// - three tenths are Myelin's in-process caches (events, state
     ///   snapshots, short ids, sessions, receipts, sliding sync), each sized
     ///   in bytes from its share;
@@ -358,7 +362,7 @@ impl StorageConfig {
         let cache_bytes = if self.cache_mb > 0 { self.cache_mb << 20 } else { budget / 2 };
         myelin_storage::StorageOptions {
             cache_bytes,
-            write_buffer_bytes: cache_bytes / 4,
+            write_buffer_bytes: (cache_bytes / 4).max(WRITE_BUFFER_FLOOR).min(cache_bytes / 2),
             wal_bytes: self.wal_mb << 20,
             app_cache_bytes: budget / 10 * 3,
         }

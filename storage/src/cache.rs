@@ -147,7 +147,13 @@ impl Caches {
             entries: AtomicU64::new(0),
         });
         self.list.lock().push(stats.clone());
-        let lru = Arc::new(Mutex::new(ByteLru { map: LruCache::unbounded(), used: 0, capacity: capacity as usize, heap, stats }));
+        let lru = Arc::new(Mutex::new(ByteLru {
+            map: LruCache::unbounded(),
+            used: 0,
+            capacity: capacity as usize,
+            heap,
+            stats,
+        }));
         let weak: Weak<dyn Shrink> = Arc::downgrade(&lru) as Weak<Mutex<ByteLru<K, V>>>;
         let mut shrinkable = self.shrinkable.lock();
         shrinkable.retain(|c| c.strong_count() > 0);

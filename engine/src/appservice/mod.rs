@@ -90,7 +90,8 @@ impl Registry {
                 Err(e) => tracing::warn!(appservice = %id, error = %e, "skipping a stored registration"),
             }
         }
-        let by_state = db.caches().lru(crate::cache_shares::APPSERVICE_INTEREST, |(id, _): &(String, u64), _| id.capacity());
+        let by_state =
+            db.caches().lru(crate::cache_shares::APPSERVICE_INTEREST, |(id, _): &(String, u64), _| id.capacity());
         Ok(Self {
             db,
             server_name: server_name.to_owned(),
