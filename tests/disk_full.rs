@@ -151,20 +151,22 @@ async fn a_full_disk_answers_sends_with_an_error_and_loses_nothing_acknowledged(
     drop(child);
     let (child, addr) = spawn(&data);
     assert!(healthy(addr).await, "server did not restart after space was freed");
-    let page = http_with(
-        addr,
-        Method::GET,
-        &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=5000", enc(&room)),
-        None,
-        &[("authorization", &auth)],
-    )
-    .await;
-    let ids: Vec<String> = page.json()["chunk"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
-        .collect();
+    // Every page (the server caps `limit`), so that each acknowledged send is looked for.
+    let mut ids: Vec<String> = Vec::new();
+    let mut from = String::new();
+    loop {
+        let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1000{from}", enc(&room));
+        let page = http_with(addr, Method::GET, &path, None, &[("authorization", &auth)]).await;
+        assert_eq!(page.status, StatusCode::OK);
+        let page = page.json();
+        let chunk = page["chunk"].as_array().unwrap();
+        ids.extend(chunk.iter().filter_map(|e| e["event_id"].as_str().map(str::to_owned)));
+        match page["end"].as_str() {
+            Some(end) if !chunk.is_empty() => from = format!("&from={end}"),
+            _ => break,
+        }
+    }
+    assert!(ids.len() > acked.len(), "{} events read back for {} acknowledged sends", ids.len(), acked.len());
     for id in &acked {
         assert!(ids.contains(id), "acknowledged {id} lost on the full disk");
     }
