@@ -193,16 +193,7 @@ impl<K: Hash + Eq, V> ByteLru<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        match self.map.get(k) {
-            Some((v, _)) => {
-                self.stats.hits.fetch_add(1, Relaxed);
-                Some(v)
-            }
-            None => {
-                self.stats.misses.fetch_add(1, Relaxed);
-                None
-            }
-        }
+        counted(&self.stats, self.map.get(k).map(|(v, _)| v))
     }
 
     /// The value of `k` for changing in place (its weight is not weighed again:
@@ -212,16 +203,7 @@ impl<K: Hash + Eq, V> ByteLru<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        match self.map.get_mut(k) {
-            Some((v, _)) => {
-                self.stats.hits.fetch_add(1, Relaxed);
-                Some(v)
-            }
-            None => {
-                self.stats.misses.fetch_add(1, Relaxed);
-                None
-            }
-        }
+        counted(&self.stats, self.map.get_mut(k).map(|(v, _)| v))
     }
 
     /// The value of `k` without marking it used or counting the lookup.
@@ -310,6 +292,13 @@ impl<K: Hash + Eq, V> ByteLru<K, V> {
         self.stats.bytes.store(self.used as u64, Relaxed);
         self.stats.entries.store(self.map.len() as u64, Relaxed);
     }
+}
+
+/// `found`, counted as a hit or a miss.
+fn counted<T>(stats: &CacheStats, found: Option<T>) -> Option<T> {
+    let counter = if found.is_some() { &stats.hits } else { &stats.misses };
+    counter.fetch_add(1, Relaxed);
+    found
 }
 
 /// Heap weight of nothing beyond the inline size.
