@@ -298,8 +298,10 @@ impl Engine {
                     if events.is_empty() && room_data.is_empty() && ephemeral.is_empty() && !fresh && !req.full_state {
                         continue;
                     }
-                    let full = fresh || limited || req.full_state;
-                    let mut body = self.joined_room(&room_id, user, &events, limited, full, since_i, req, now)?;
+                    // The client has this room's state at the token unless the room is new
+                    // to it or it asked for all of it again.
+                    let state_since = since.filter(|_| !fresh && !req.full_state).map(|s| s as i64);
+                    let mut body = self.joined_room(&room_id, user, &events, limited, state_since, upto_i, req, now)?;
                     body["account_data"]["events"] = JsonValue::Array(room_data);
                     body["ephemeral"]["events"] = JsonValue::Array(ephemeral);
                     let (notes, highlights) = self.unread_counts(&room_id, user, upto_i).await?;
@@ -324,17 +326,23 @@ impl Engine {
                 "leave" | "ban" if fresh && show_leave => {
                     let (events, limited) =
                         self.rooms.timeline_between(&room_id, since_i, count, req.timeline_limit).map_err(rooms_err)?;
-                    let timeline: Vec<JsonValue> = events
+                    let visible: Vec<&(i64, ArcPdu)> = events
                         .iter()
-                        .filter(|(c, p)| self.rooms.visible_to(user, p, *c).unwrap_or(false))
-                        .map(|(_, p)| self.serve(p, now, user))
+                        .filter(|(c, p)| self.wanted(req, p) && self.rooms.visible_to(user, p, *c).unwrap_or(false))
                         .collect();
+                    // The state up to the start of this timeline, as for a joined room, but
+                    // never past the leave. A room this server holds no state of (an invite
+                    // from another server that was refused) has none to give.
+                    let state_since = since.filter(|_| !req.full_state).map(|s| s as i64);
+                    let state = self.state_block(&room_id, user, &visible, count, state_since, req).unwrap_or_default();
+                    let state: Vec<JsonValue> = state.iter().map(|p| self.serve(p, now, user)).collect();
+                    let timeline: Vec<JsonValue> = visible.iter().map(|(_, p)| self.serve(p, now, user)).collect();
                     let prev = events.first().map_or(since_i, |(c, _)| c - 1);
                     leave.insert(
                         room_id.to_string(),
                         json!({
                             "timeline": { "events": timeline, "limited": limited, "prev_batch": format!("t{prev}") },
-                            "state": { "events": [] },
+                            "state": { "events": state },
                             "account_data": { "events": [] },
                         }),
                     );
@@ -389,6 +397,62 @@ impl Engine {
         Ok((body, has_news))
     }
 
+    /// The `state` block of a room's sync entry (Client-Server API §"GET /sync":
+    /// "Updates to the state, between the time indicated by the `since` parameter, and
+    /// the start of the `timeline` (or all state up to the start of the `timeline`, if
+    /// `since` is not given, or `full_state` is true)").
+    ///
+    /// `timeline` is what the client is sent; `since` is the position the client
+    /// already has the room's state at (None: it has none). State events in the
+    /// timeline are never repeated here. With lazy loading, member events only for
+    /// the timeline's senders (and, when the client has no state, the user).
+    fn state_block(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        timeline: &[&(i64, ArcPdu)],
+        upto: i64,
+        since: Option<i64>,
+        req: &SyncRequest,
+    ) -> Result<Vec<ArcPdu>, EngineError> {
+        let start = match timeline.first() {
+            Some((_, p)) => self.rooms.snapshot_before(&p.event_id).map_err(rooms_err)?,
+            None => self.rooms.snapshot_at_position(room_id, upto).map_err(rooms_err)?,
+        };
+        let in_timeline: HashSet<&ruma::EventId> = timeline.iter().map(|(_, p)| &*p.event_id).collect();
+        let mut state = match since {
+            Some(s) => {
+                let before = self.rooms.snapshot_at_position(room_id, s).map_err(rooms_err)?;
+                self.rooms.state_added(before, start).map_err(rooms_err)?
+            }
+            None => self.rooms.state_at(start).map_err(rooms_err)?,
+        };
+        if req.lazy_load_members {
+            let mut senders: HashSet<&str> = timeline.iter().map(|(_, p)| p.sender.as_str()).collect();
+            if since.is_none() {
+                senders.insert(user.as_str());
+            }
+            state.retain(|p| {
+                p.kind.to_string() != "m.room.member" || p.state_key.as_deref().is_some_and(|k| senders.contains(k))
+            });
+            if since.is_some() {
+                // The members of the timeline's senders as of its start, changed or not:
+                // the client may never have been sent them.
+                let have: HashSet<String> = state.iter().filter_map(|p| p.state_key.clone()).collect();
+                for who in senders {
+                    if have.contains(who) {
+                        continue;
+                    }
+                    if let Some(p) = self.rooms.state_pdu_at(start, "m.room.member", who).map_err(rooms_err)? {
+                        state.push(p);
+                    }
+                }
+            }
+        }
+        state.retain(|p| !in_timeline.contains(&*p.event_id));
+        Ok(state)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn joined_room(
         &self,
@@ -396,41 +460,26 @@ impl Engine {
         user: &UserId,
         events: &[(i64, ArcPdu)],
         limited: bool,
-        full_state: bool,
-        since: i64,
+        state_since: Option<i64>,
+        upto: i64,
         req: &SyncRequest,
         now: u64,
     ) -> Result<JsonValue, EngineError> {
-        let in_timeline: HashSet<&ruma::EventId> = events.iter().map(|(_, p)| &*p.event_id).collect();
-        let current = self.rooms.current_state(room_id).map_err(rooms_err)?;
-        let state: Vec<JsonValue> = if full_state {
-            // Lazy-loading: only the members the client needs to render this timeline.
-            let senders: HashSet<&str> = events.iter().map(|(_, p)| p.sender.as_str()).chain([user.as_str()]).collect();
-            current
-                .iter()
-                .filter(|p| !in_timeline.contains(&*p.event_id))
-                .filter(|p| {
-                    !req.lazy_load_members
-                        || p.kind.to_string() != "m.room.member"
-                        || p.state_key.as_deref().is_some_and(|k| senders.contains(k))
-                })
-                .map(|p| self.serve(p, now, user))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let timeline: Vec<JsonValue> = events
+        let timeline: Vec<&(i64, ArcPdu)> = events
             .iter()
             .filter(|(c, p)| self.wanted(req, p) && self.rooms.visible_to(user, p, *c).unwrap_or(false))
-            .map(|(_, p)| self.serve(p, now, user))
             .collect();
-        let prev = events.first().map_or(since, |(c, _)| c - 1);
+        let state = self.state_block(room_id, user, &timeline, upto, state_since, req)?;
+        let state: Vec<JsonValue> = state.iter().map(|p| self.serve(p, now, user)).collect();
+        let timeline_json: Vec<JsonValue> = timeline.iter().map(|(_, p)| self.serve(p, now, user)).collect();
+        let prev = events.first().map_or(state_since.unwrap_or(upto), |(c, _)| c - 1);
+        let current = self.rooms.current_state(room_id).map_err(rooms_err)?;
         let joined = current
             .iter()
             .filter(|p| p.kind.to_string() == "m.room.member" && p.content_value()["membership"] == "join")
             .count();
         Ok(json!({
-            "timeline": { "events": timeline, "limited": limited, "prev_batch": format!("t{prev}") },
+            "timeline": { "events": timeline_json, "limited": limited, "prev_batch": format!("t{prev}") },
             "state": { "events": state },
             "account_data": { "events": [] },
             "ephemeral": { "events": [] },

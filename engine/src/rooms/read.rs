@@ -156,6 +156,43 @@ impl Rooms {
         Ok((current, out))
     }
 
+    /// The state after the room's last timeline event at or before position `pos`
+    /// (0: none yet). `/sync` compares it with the state at the start of a timeline.
+    pub fn snapshot_at_position(&self, room_id: &RoomId, pos: i64) -> Result<u64, RoomError> {
+        use std::ops::Bound::Included;
+        let short = self.short_room(room_id)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
+        let mut rows =
+            TIMELINE.range(&*self.db, (Included((short, i64::MIN)), Included((short, pos))), Direction::Reverse)?;
+        let Some(row) = rows.next() else { return Ok(0) };
+        let (_, ev) = row?;
+        Ok(self.meta_of_short(ev)?.map_or(0, |m| m.state_after))
+    }
+
+    /// The state before a stored event (0: none or unknown, as for outliers).
+    pub fn snapshot_before(&self, event_id: &EventId) -> Result<u64, RoomError> {
+        Ok(self.meta(event_id)?.map_or(0, |m| m.state_before))
+    }
+
+    /// The events of snapshot `to` that are not in snapshot `from` (added or replaced).
+    pub fn state_added(&self, from: u64, to: u64) -> Result<Vec<ArcPdu>, RoomError> {
+        if from == to {
+            return Ok(Vec::new());
+        }
+        if from == 0 {
+            return self.state_at(to);
+        }
+        let old = self.states.load(from)?;
+        let new = if to == 0 { Arc::new(Vec::new()) } else { self.states.load(to)? };
+        let (added, _removed) = state::diff(&old, &new);
+        let mut out = Vec::with_capacity(added.len());
+        for (_, short) in added {
+            if let Some(p) = self.pdu_by_short(short)? {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
     /// The room's forward extremities.
     pub fn extremities(&self, room_id: &RoomId) -> Result<Vec<OwnedEventId>, RoomError> {
         let short = self.short_room(room_id)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
