@@ -176,8 +176,9 @@ impl Engine {
         }
     }
 
-    pub(crate) fn serve(&self, pdu: &ArcPdu, now: u64, user: &UserId) -> JsonValue {
-        self.rooms.format(pdu, false, now, user).unwrap_or_else(|e| {
+    /// An event as one device of `user` sees it (its own sends with their transaction id).
+    pub(crate) fn serve_to(&self, pdu: &ArcPdu, now: u64, user: &UserId, device: Option<&str>) -> JsonValue {
+        self.rooms.format_for(pdu, false, now, user, device).unwrap_or_else(|e| {
             tracing::warn!(event_id = %pdu.event_id, error = %e, "serving an event without its relations");
             client_event(pdu, false, now)
         })
@@ -335,8 +336,10 @@ impl Engine {
                     // from another server that was refused) has none to give.
                     let state_since = since.filter(|_| !req.full_state).map(|s| s as i64);
                     let state = self.state_block(&room_id, user, &visible, count, state_since, req).unwrap_or_default();
-                    let state: Vec<JsonValue> = state.iter().map(|p| self.serve(p, now, user)).collect();
-                    let timeline: Vec<JsonValue> = visible.iter().map(|(_, p)| self.serve(p, now, user)).collect();
+                    let state: Vec<JsonValue> =
+                        state.iter().map(|p| self.serve_to(p, now, user, Some(&req.device_id))).collect();
+                    let timeline: Vec<JsonValue> =
+                        visible.iter().map(|(_, p)| self.serve_to(p, now, user, Some(&req.device_id))).collect();
                     let prev = events.first().map_or(since_i, |(c, _)| c - 1);
                     leave.insert(
                         room_id.to_string(),
@@ -470,8 +473,9 @@ impl Engine {
             .filter(|(c, p)| self.wanted(req, p) && self.rooms.visible_to(user, p, *c).unwrap_or(false))
             .collect();
         let state = self.state_block(room_id, user, &timeline, upto, state_since, req)?;
-        let state: Vec<JsonValue> = state.iter().map(|p| self.serve(p, now, user)).collect();
-        let timeline_json: Vec<JsonValue> = timeline.iter().map(|(_, p)| self.serve(p, now, user)).collect();
+        let state: Vec<JsonValue> = state.iter().map(|p| self.serve_to(p, now, user, Some(&req.device_id))).collect();
+        let timeline_json: Vec<JsonValue> =
+            timeline.iter().map(|(_, p)| self.serve_to(p, now, user, Some(&req.device_id))).collect();
         let prev = events.first().map_or(state_since.unwrap_or(upto), |(c, _)| c - 1);
         let current = self.rooms.current_state(room_id).map_err(rooms_err)?;
         let joined = current

@@ -113,7 +113,10 @@ pub static USERCOUNT_ACCOUNTDATA: Cf = scan("usercount_accountdata", 0);
 /// `(user id, filter id)` → filter JSON.
 pub static USERFILTER_FILTER: Cf = point("userfilter_filter", 1);
 /// `(user id, device id, transaction id)` → event id: idempotent sends.
-pub static USERDEVICETXN_EVENTID: Cf = point("userdevicetxn_eventid", 1);
+pub static USERDEVICETXN_EVENTID: Cf = point("userdevicetxn_eventid", 0);
+/// Short event id → `(device id, transaction id)` it was sent with: the sending
+/// device sees its transaction id in the event's `unsigned`.
+pub static SHORTEVENTID_TXN: Cf = point("shorteventid_txn", 1);
 /// `(user id, short room id)` → the user's membership in the room (local users).
 pub static USERROOM_MEMBERSHIP: Cf = scan("userroom_membership", 2);
 
@@ -246,6 +249,7 @@ pub static ALL: &[&Cf] = &[
     &USERCOUNT_ACCOUNTDATA,
     &USERFILTER_FILTER,
     &USERDEVICETXN_EVENTID,
+    &SHORTEVENTID_TXN,
     &USERROOM_MEMBERSHIP,
     &ALIAS_ROOM,
     &ROOMALIAS_NONE,

@@ -264,6 +264,7 @@ impl Rooms {
         self.newest.raise(pdu.room_id.clone(), count);
         if let Some(key) = &client_txn {
             crate::users::TXNS.put(&mut batch, key, &pdu.event_id.to_string())?;
+            EVENT_TXNS.put(&mut batch, &short, &SentWith { device: key.1.clone(), txn: key.2.clone() })?;
         }
         for prev in &prev_shorts {
             EDGES.put(&mut batch, &(*prev, short), &())?;

@@ -120,6 +120,40 @@ impl Rooms {
 
     /// An event as a client sees it: redacted if it was, with bundled aggregations otherwise.
     pub fn format(&self, pdu: &ArcPdu, with_room_id: bool, now: u64, viewer: &UserId) -> Result<JsonValue, RoomError> {
+        self.format_for(pdu, with_room_id, now, viewer, None)
+    }
+
+    /// [`Rooms::format`] for one device of the viewer: its own sends carry the
+    /// transaction id they were sent with (Client-Server API §"Room event format",
+    /// `unsigned.transaction_id`: "if the client being given the event is the same
+    /// one which sent it"). Other devices, and other users, never see it.
+    pub fn format_for(
+        &self,
+        pdu: &ArcPdu,
+        with_room_id: bool,
+        now: u64,
+        viewer: &UserId,
+        device: Option<&str>,
+    ) -> Result<JsonValue, RoomError> {
+        let mut ev = self.format_inner(pdu, with_room_id, now, viewer)?;
+        if let Some(device) = device
+            && pdu.sender == *viewer
+            && let Some(short) = self.event_ids.get(&*self.db, pdu.event_id.as_str())?
+            && let Some(sent) = super::tables::EVENT_TXNS.get(&*self.db, &short)?
+            && sent.device == device
+        {
+            ev["unsigned"]["transaction_id"] = JsonValue::String(sent.txn);
+        }
+        Ok(ev)
+    }
+
+    fn format_inner(
+        &self,
+        pdu: &ArcPdu,
+        with_room_id: bool,
+        now: u64,
+        viewer: &UserId,
+    ) -> Result<JsonValue, RoomError> {
         let short = self.event_ids.get(&*self.db, pdu.event_id.as_str())?;
         let Some(short) = short else { return Ok(crate::events::client_event(pdu, with_room_id, now)) };
         if let Some(redaction) = self.redaction_of(short)? {

@@ -85,6 +85,18 @@ pub const PDUS: Table<u64, Raw> = Table::new(&catalog::SHORTEVENTID_PDU);
 pub const META: Table<u64, EventMeta> = Table::new(&catalog::SHORTEVENTID_EVENTMETA);
 /// `(short room id, count)` → short event id.
 pub const TIMELINE: Table<(u64, i64), u64> = Table::new(&catalog::ROOMCOUNT_SHORTEVENTID);
+/// Short event id → the device and transaction id of a client's send.
+pub const EVENT_TXNS: Table<u64, SentWith> = Table::new(&catalog::SHORTEVENTID_TXN);
+
+/// The device and transaction id a client sent an event with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SentWith {
+    /// The sending device.
+    pub device: String,
+    /// The client's transaction id.
+    pub txn: String,
+}
+impl Stored for SentWith {}
 /// `(short room id, short event id)` → (): forward extremities.
 pub const EXTREMITIES: Table<(u64, u64), ()> = Table::new(&catalog::ROOMEVENT_EXTREMITY);
 /// `(prev short event id, child short event id)` → ().

@@ -295,6 +295,7 @@ impl Engine {
             let stamp = *stamp;
             let cx = room::Cx {
                 user,
+                device: &params.device_id,
                 upto: upto_i,
                 conn_upto: prev.upto as i64,
                 now,

@@ -17,6 +17,8 @@ const HEROES: usize = 5;
 /// What the room is built against.
 pub(crate) struct Cx<'a> {
     pub(crate) user: &'a UserId,
+    /// The requesting device (its own sends carry their transaction ids).
+    pub(crate) device: &'a str,
     /// This answer's position.
     pub(crate) upto: i64,
     /// The connection's previous answer's position (0: none).
@@ -144,14 +146,14 @@ impl Engine {
                 if let Some(p) = self.rooms.state_event(room_id, t, key).map_err(err)?
                     && seen.insert(p.event_id.clone())
                 {
-                    out.push(self.serve(&p, cx.now, cx.user));
+                    out.push(self.serve_to(&p, cx.now, cx.user, Some(cx.device)));
                 }
             }
         } else {
             for p in self.rooms.current_state(room_id).map_err(err)? {
                 let key = p.state_key.as_deref().unwrap_or_default();
                 if matches_rules(rules, &p.kind.to_string(), key, cx.user) && seen.insert(p.event_id.clone()) {
-                    out.push(self.serve(&p, cx.now, cx.user));
+                    out.push(self.serve_to(&p, cx.now, cx.user, Some(cx.device)));
                 }
             }
         }
@@ -160,7 +162,7 @@ impl Engine {
                 if let Some(p) = self.rooms.state_event(room_id, "m.room.member", who).map_err(err)?
                     && seen.insert(p.event_id.clone())
                 {
-                    out.push(self.serve(&p, cx.now, cx.user));
+                    out.push(self.serve_to(&p, cx.now, cx.user, Some(cx.device)));
                 }
             }
         }
@@ -255,7 +257,7 @@ impl Engine {
                     && !events.iter().any(|(_, p)| p.event_id == own.event_id)
                     && !out.required_state.iter().any(|e| e["event_id"] == own.event_id.as_str())
                 {
-                    out.required_state.push(self.serve(&own, cx.now, cx.user));
+                    out.required_state.push(self.serve_to(&own, cx.now, cx.user, Some(cx.device)));
                 }
                 return Ok(Some((out, sent)));
             }
@@ -330,7 +332,7 @@ impl Engine {
                 let kind = p.kind.to_string();
                 let wanted = matches_rules(&rules, &kind, key, cx.user) || (all_members && kind == "m.room.member");
                 if wanted && seen.insert(p.event_id.clone()) {
-                    out.required_state.push(self.serve(&p, cx.now, cx.user));
+                    out.required_state.push(self.serve_to(&p, cx.now, cx.user, Some(cx.device)));
                 }
             }
             if wants_lazy(&rules) {
@@ -338,7 +340,7 @@ impl Engine {
                     if let Some(p) = self.rooms.state_event(room_id, "m.room.member", who).map_err(err)?
                         && seen.insert(p.event_id.clone())
                     {
-                        out.required_state.push(self.serve(&p, cx.now, cx.user));
+                        out.required_state.push(self.serve_to(&p, cx.now, cx.user, Some(cx.device)));
                     }
                 }
             }
@@ -371,6 +373,6 @@ impl Engine {
         }
         let live = if live_after > 0 { events.iter().filter(|(c, _)| *c > live_after).count() } else { 0 };
         out.num_live = Some(live as u64);
-        out.timeline = events.iter().map(|(_, p)| self.serve(p, cx.now, cx.user)).collect();
+        out.timeline = events.iter().map(|(_, p)| self.serve_to(p, cx.now, cx.user, Some(cx.device))).collect();
     }
 }

@@ -159,7 +159,7 @@ pub fn check_relation(cx: &Ctx, me: &Authed, room: &RoomId, content: &JsonValue)
 fn serve(cx: &Ctx, me: &Authed, pdu: &ArcPdu, now: u64) -> JsonValue {
     cx.engine
         .rooms
-        .format(pdu, true, now, &me.user_id)
+        .format_for(pdu, true, now, &me.user_id, Some(&me.device_id))
         .unwrap_or_else(|_| myelin_engine::events::client_event(pdu, true, now))
 }
 

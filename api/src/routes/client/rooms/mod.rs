@@ -33,7 +33,7 @@ fn now_ms() -> u64 {
 
 /// An event as this user sees it: redacted, or with bundled relations.
 fn serve(cx: &Ctx, me: &Authed, pdu: &myelin_engine::rooms::ArcPdu, with_room_id: bool, now: u64) -> JsonValue {
-    cx.engine.rooms.format(pdu, with_room_id, now, &me.user_id).unwrap_or_else(|e| {
+    cx.engine.rooms.format_for(pdu, with_room_id, now, &me.user_id, Some(&me.device_id)).unwrap_or_else(|e| {
         tracing::warn!(event_id = %pdu.event_id, error = %e, "serving an event without its relations");
         client_event(pdu, with_room_id, now)
     })

@@ -1,0 +1,73 @@
+//! Client-Server API semantics clients rely on, each as the other device or
+//! user observes it: transaction ids only for the sending device, room tags,
+//! ignored users.
+
+use myelin_suite::{Client, TestServer, enc};
+use serde_json::{Value, json};
+
+async fn login_again(s: &TestServer, c: &Client) -> Client {
+    let body = json!({
+        "type": "m.login.password",
+        "identifier": { "type": "m.id.user", "user": c.user_id },
+        "password": "pass-word-1",
+    });
+    let r =
+        myelin_suite::http(s.client, http::Method::POST, "/_matrix/client/v3/login", Some(body.to_string().as_bytes()))
+            .await;
+    let j = r.json();
+    Client {
+        addr: s.client,
+        token: j["access_token"].as_str().unwrap_or_else(|| panic!("login: {j}")).to_owned(),
+        user_id: c.user_id.clone(),
+        device_id: j["device_id"].as_str().unwrap().to_owned(),
+    }
+}
+
+fn timeline_event<'a>(sync: &'a Value, room: &str, event_id: &str) -> &'a Value {
+    sync["rooms"]["join"][room]["timeline"]["events"]
+        .as_array()
+        .and_then(|evs| evs.iter().find(|e| e["event_id"] == event_id))
+        .unwrap_or_else(|| panic!("{event_id} not in the timeline: {sync}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_sending_device_sees_its_transaction_id() {
+    let s = TestServer::open("localhost").await;
+    let alice = s.register("alice").await;
+    let alice2 = login_again(&s, &alice).await;
+    let bob = s.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), json!({})).await;
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/my-txn-1", enc(&room));
+    let sent = alice.put(&path, json!({ "msgtype": "m.text", "body": "hi" })).await;
+    let event_id = sent["event_id"].as_str().unwrap();
+
+    let own = alice.sync(None, 0).await;
+    assert_eq!(timeline_event(&own, &room, event_id)["unsigned"]["transaction_id"], "my-txn-1");
+    for (who, c) in [("alice's other device", &alice2), ("bob", &bob)] {
+        let sync = c.sync(None, 0).await;
+        let ev = timeline_event(&sync, &room, event_id);
+        assert!(ev["unsigned"].get("transaction_id").is_none(), "{who} must not see it: {ev}");
+    }
+    // The same for /event and /messages.
+    let one = alice.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(event_id))).await;
+    assert_eq!(one["unsigned"]["transaction_id"], "my-txn-1", "{one}");
+    let other = bob.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(event_id))).await;
+    assert!(other["unsigned"].get("transaction_id").is_none(), "{other}");
+    let page = alice2.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=5", enc(&room))).await;
+    let ev = page["chunk"].as_array().unwrap().iter().find(|e| e["event_id"] == event_id).unwrap();
+    assert!(ev["unsigned"].get("transaction_id").is_none(), "other device in /messages: {ev}");
+    // And for sliding sync (Element X matches its local echo by it).
+    let sliding = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
+    let body = json!({ "lists": { "all": { "ranges": [[0, 10]], "timeline_limit": 5 } } });
+    for (c, want) in [(&alice, Some("my-txn-1")), (&alice2, None)] {
+        let r = c.post(sliding, body.clone()).await;
+        let ev = r["rooms"][&room]["timeline"]
+            .as_array()
+            .and_then(|t| t.iter().find(|e| e["event_id"] == event_id))
+            .unwrap_or_else(|| panic!("sliding sync timeline: {r}"))
+            .clone();
+        assert_eq!(ev["unsigned"].get("transaction_id").and_then(Value::as_str), want, "{ev}");
+    }
+    s.stop().await;
+}
