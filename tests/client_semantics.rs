@@ -71,3 +71,65 @@ async fn only_the_sending_device_sees_its_transaction_id() {
     }
     s.stop().await;
 }
+
+fn room_account_data<'a>(sync: &'a Value, room: &str, kind: &str) -> Option<&'a Value> {
+    sync["rooms"]["join"][room]["account_data"]["events"].as_array()?.iter().find(|e| e["type"] == kind)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_tags_are_set_listed_synced_and_removed() {
+    let s = TestServer::open("localhost").await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let room = alice.create_room(json!({})).await;
+    let tags = format!("/_matrix/client/v3/user/{}/rooms/{}/tags", enc(&alice.user_id), enc(&room));
+    alice.put(&format!("{tags}/u.work"), json!({ "order": 0.25 })).await;
+    alice.put(&format!("{tags}/m.favourite"), json!({})).await;
+    let got = alice.get(&tags).await;
+    assert_eq!(got, json!({ "tags": { "u.work": { "order": 0.25 }, "m.favourite": {} } }));
+
+    let first = alice.sync(None, 0).await;
+    let tag = room_account_data(&first, &room, "m.tag").unwrap_or_else(|| panic!("m.tag in sync: {first}"));
+    assert_eq!(tag["content"], got, "the m.tag event holds the same tags");
+
+    alice.request(http::Method::DELETE, &format!("{tags}/u.work"), None).await;
+    let next = alice.sync(first["next_batch"].as_str(), 0).await;
+    let tag = room_account_data(&next, &room, "m.tag").unwrap_or_else(|| panic!("changed m.tag: {next}"));
+    assert_eq!(tag["content"], json!({ "tags": { "m.favourite": {} } }));
+    assert_eq!(alice.get(&tags).await, json!({ "tags": { "m.favourite": {} } }));
+
+    // Concurrent tags on one room are all kept.
+    let puts = (0..10).map(|i| {
+        let (alice, tags) = (alice.clone(), tags.clone());
+        async move { alice.put(&format!("{tags}/u.t{i}"), json!({ "order": 0.5 })).await }
+    });
+    futures_util::future::join_all(puts).await;
+    let all = alice.get(&tags).await;
+    assert_eq!(all["tags"].as_object().map(|t| t.len()), Some(11), "{all}");
+
+    // Bad input.
+    for (who, path, body, status, errcode) in [
+        ("order not a number", format!("{tags}/u.x"), json!({ "order": "high" }), 400, "M_BAD_JSON"),
+        ("body not an object", format!("{tags}/u.x"), json!([1]), 400, "M_BAD_JSON"),
+        (
+            "another user's tags",
+            format!("/_matrix/client/v3/user/{}/rooms/{}/tags/u.x", enc(&alice.user_id), enc(&room)),
+            json!({}),
+            403,
+            "M_FORBIDDEN",
+        ),
+        (
+            "not a room id",
+            format!("/_matrix/client/v3/user/{}/rooms/nonsense/tags/u.x", enc(&alice.user_id)),
+            json!({}),
+            400,
+            "M_INVALID_PARAM",
+        ),
+    ] {
+        let c = if who == "another user's tags" { &bob } else { &alice };
+        let r = c.request(http::Method::PUT, &path, Some(body)).await;
+        assert_eq!((r.status.as_u16(), r.errcode()), (status, errcode.to_owned()), "{who}");
+    }
+    assert_eq!(alice.get(&tags).await["tags"].as_object().map(|t| t.len()), Some(11), "nothing changed");
+    s.stop().await;
+}

@@ -95,6 +95,21 @@ impl Users {
         self.db.commit(batch).await?;
         Ok(())
     }
+    /// Changes one account-data event through `change` (given the stored JSON,
+    /// returning the new JSON, or None to leave it), with no other such change in between.
+    pub async fn update_account_data(
+        &self,
+        user_id: &str,
+        room: Option<&str>,
+        kind: &str,
+        change: impl FnOnce(Option<Vec<u8>>) -> Result<Option<Vec<u8>>, UserError>,
+    ) -> Result<(), UserError> {
+        let _one_at_a_time = self.account_data_lock.lock().await;
+        match change(self.account_data(user_id, room, kind)?)? {
+            Some(new) => self.set_account_data(user_id, room, kind, new).await,
+            None => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]

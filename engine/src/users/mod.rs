@@ -178,6 +178,9 @@ pub struct Users {
     server_name: OwnedServerName,
     /// Serialises account creation so two registrations cannot take one name.
     create_lock: tokio::sync::Mutex<()>,
+    /// Serialises read-modify-write updates of account data (room tags), so two
+    /// concurrent changes to one event cannot lose either.
+    account_data_lock: tokio::sync::Mutex<()>,
     argon2: Argon2<'static>,
     hashing: HashPool,
     /// Per user, a position at or above their newest account data: an incremental
@@ -219,6 +222,7 @@ impl Users {
             stream,
             server_name,
             create_lock: tokio::sync::Mutex::new(()),
+            account_data_lock: tokio::sync::Mutex::new(()),
             argon2: password_hasher(),
             hashing: HashPool::new(limits.hash_threads, limits.hash_queue),
             account_data_newest: Default::default(),

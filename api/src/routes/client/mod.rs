@@ -17,6 +17,7 @@ mod rooms;
 mod search;
 mod sliding;
 mod sync;
+mod tags;
 mod voip;
 
 use http::Method;
@@ -176,5 +177,8 @@ pub fn add(r: &mut Router) {
     both(r, M::PUT, "/user/{user_id}/account_data/{type}", sync::put_account_data);
     both(r, M::GET, "/user/{user_id}/account_data/{type}", sync::get_account_data);
     both(r, M::PUT, "/user/{user_id}/rooms/{room_id}/account_data/{type}", sync::put_account_data);
+    both(r, M::GET, "/user/{user_id}/rooms/{room_id}/tags", tags::get_tags);
+    both(r, M::PUT, "/user/{user_id}/rooms/{room_id}/tags/{tag}", tags::put_tag);
+    both(r, M::DELETE, "/user/{user_id}/rooms/{room_id}/tags/{tag}", tags::delete_tag);
     both(r, M::GET, "/user/{user_id}/rooms/{room_id}/account_data/{type}", sync::get_account_data);
 }
