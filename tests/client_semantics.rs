@@ -133,3 +133,75 @@ async fn room_tags_are_set_listed_synced_and_removed() {
     assert_eq!(alice.get(&tags).await["tags"].as_object().map(|t| t.len()), Some(11), "nothing changed");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ignored_users_messages_invites_and_typing_are_hidden_but_not_state() {
+    let s = TestServer::open("localhost").await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let carol = s.register("carol").await;
+    let power = json!({ "users": { bob.user_id.clone(): 50 } });
+    let room = carol.create_room(json!({ "preset": "public_chat", "power_level_content_override": power })).await;
+    for c in [&alice, &bob] {
+        c.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), json!({})).await;
+    }
+    let ignore = format!("/_matrix/client/v3/user/{}/account_data/m.ignored_user_list", enc(&alice.user_id));
+    alice.put(&ignore, json!({ "ignored_users": { bob.user_id.clone(): {} } })).await;
+
+    let hidden = bob.send_text(&room, "from bob").await;
+    let topic = bob
+        .put(&format!("/_matrix/client/v3/rooms/{}/state/m.room.topic", enc(&room)), json!({ "topic": "bob's topic" }))
+        .await;
+    let shown = carol.send_text(&room, "from carol").await;
+    bob.put(
+        &format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&bob.user_id)),
+        json!({ "typing": true, "timeout": 30000 }),
+    )
+    .await;
+    carol
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&carol.user_id)),
+            json!({ "typing": true, "timeout": 30000 }),
+        )
+        .await;
+    let from_bob = bob.create_room(json!({ "invite": [alice.user_id] })).await;
+    let from_carol = carol.create_room(json!({ "invite": [alice.user_id] })).await;
+
+    let sync = alice.sync(None, 0).await;
+    let ids: Vec<&str> = sync["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["event_id"].as_str())
+        .collect();
+    assert!(!ids.contains(&hidden.as_str()), "bob's message is hidden: {ids:?}");
+    assert!(ids.contains(&shown.as_str()), "carol's is not");
+    assert!(ids.contains(&topic["event_id"].as_str().unwrap()), "bob's state events still come");
+    assert!(sync["rooms"]["invite"].get(&from_bob).is_none(), "no invite from bob: {}", sync["rooms"]["invite"]);
+    assert!(sync["rooms"]["invite"].get(&from_carol).is_some(), "carol's invite comes");
+    let typing = sync["rooms"]["join"][&room]["ephemeral"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.typing")
+        .unwrap_or_else(|| panic!("typing: {sync}"))
+        .clone();
+    assert_eq!(typing["content"]["user_ids"], json!([carol.user_id]), "{typing}");
+
+    let page = alice.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=20", enc(&room))).await;
+    let ids: Vec<&str> = page["chunk"].as_array().unwrap().iter().filter_map(|e| e["event_id"].as_str()).collect();
+    assert!(!ids.contains(&hidden.as_str()) && ids.contains(&shown.as_str()), "/messages: {ids:?}");
+
+    // Unignored: a new sync shows bob's message again.
+    alice.put(&ignore, json!({ "ignored_users": {} })).await;
+    let sync = alice.sync(None, 0).await;
+    let ids: Vec<&str> = sync["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["event_id"].as_str())
+        .collect();
+    assert!(ids.contains(&hidden.as_str()), "{ids:?}");
+    assert!(sync["rooms"]["invite"].get(&from_bob).is_some());
+    s.stop().await;
+}

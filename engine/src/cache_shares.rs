@@ -15,7 +15,7 @@ const fn share(name: &'static str, permille: usize) -> Share {
 }
 
 /// Parsed events by short id (prev and auth events are read again and again).
-pub const EVENTS: Share = share("events", 350);
+pub const EVENTS: Share = share("events", 340);
 /// State snapshot layers (the change from a parent snapshot).
 pub const STATE_LAYERS: Share = share("state_layers", 80);
 /// Whole state snapshots, flattened.
@@ -54,11 +54,13 @@ pub const SLIDING_SUMMARIES: Share = share("sliding_summaries", 40);
 pub const SLIDING_MEMBERSHIPS: Share = share("sliding_memberships", 50);
 /// Appservice interest per appservice and snapshot.
 pub const APPSERVICE_INTEREST: Share = share("appservice_interest", 10);
+/// `/sync` lazy loading: the member events each device was already sent, per room.
+pub const LAZY_MEMBERS: Share = share("lazy_members", 10);
 /// Sessions by access token.
 pub const SESSIONS: Share = share("sessions", 40);
 
 /// Every share, for the test that they add up to the whole budget.
-pub const ALL: [Share; 21] = [
+pub const ALL: [Share; 22] = [
     EVENTS,
     STATE_LAYERS,
     STATE_FULL,
@@ -79,6 +81,7 @@ pub const ALL: [Share; 21] = [
     SLIDING_SUMMARIES,
     SLIDING_MEMBERSHIPS,
     APPSERVICE_INTEREST,
+    LAZY_MEMBERS,
     SESSIONS,
 ];
 

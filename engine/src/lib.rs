@@ -14,6 +14,7 @@ pub mod e2ee;
 pub mod ephemeral;
 mod error;
 pub mod federation;
+pub mod filter;
 pub mod in_flight;
 pub mod key_backup;
 pub mod keys;
@@ -93,6 +94,8 @@ pub struct Engine {
     pub reports: reports::Reports,
     /// Sliding-sync connections and their caches.
     pub sliding: sliding::Sliding,
+    /// Per (user, device, room), the member events lazy-loading `/sync` already sent.
+    pub(crate) lazy_members: sync::LazySent,
 }
 
 impl Engine {
@@ -155,6 +158,7 @@ impl Engine {
         let openid = openid::OpenId::new(db.clone());
         let reports = reports::Reports::new(db.clone());
         let (unread, sliding) = (receipts::UnreadCache::new(db.caches()), sliding::Sliding::new(db.caches()));
+        let lazy_members = sync::lazy_sent(db.caches());
         Ok(Arc::new(Self {
             config: Arc::new(config),
             server_name,
@@ -181,6 +185,7 @@ impl Engine {
             openid,
             reports,
             sliding,
+            lazy_members,
         }))
     }
 

@@ -44,6 +44,7 @@ use serde_json::{Map, Value as JsonValue, json};
 use crate::{
     Engine, EngineError,
     events::{client_event, stripped_event},
+    filter::EventFilter,
     rooms::{ArcPdu, RoomError, tables::Membership},
 };
 
@@ -64,14 +65,32 @@ pub struct SyncRequest {
     pub full_state: bool,
     /// Most timeline events per room.
     pub timeline_limit: usize,
-    /// Only these event types in timelines (None: all).
-    pub types: Option<Vec<String>>,
-    /// Never these event types in timelines.
-    pub not_types: Vec<String>,
+    /// What of the timelines to send (`room.timeline`).
+    pub timeline: EventFilter,
+    /// What of the room state to send (`room.state`).
+    pub state: EventFilter,
+    /// Which typing and receipt events (`room.ephemeral`).
+    pub ephemeral: EventFilter,
+    /// Which per-room account data (`room.account_data`).
+    pub room_account_data: EventFilter,
+    /// Which global account data (`account_data`).
+    pub account_data: EventFilter,
+    /// Which presence events (`presence`).
+    pub presence: EventFilter,
+    /// Which rooms at all (`room.rooms`, `room.not_rooms`).
+    pub rooms: EventFilter,
+    /// Only these fields of each event (`event_fields`; None: all).
+    pub event_fields: Option<Vec<String>>,
+    /// Events as PDUs (`event_format: federation`) instead of the client format.
+    pub federation_format: bool,
     /// Send only the member events of timeline senders (and the user) in state.
     pub lazy_load_members: bool,
+    /// With lazy loading, send the senders' member events even when sent before.
+    pub include_redundant_members: bool,
     /// Include rooms the user left in an initial sync.
     pub include_leave: bool,
+    /// Users whose events are not sent (the engine fills it from `m.ignored_user_list`).
+    pub ignored: HashSet<String>,
 }
 
 impl Default for SyncRequest {
@@ -84,10 +103,19 @@ impl Default for SyncRequest {
             timeout: Duration::ZERO,
             full_state: false,
             timeline_limit: 20,
-            types: None,
-            not_types: Vec::new(),
+            timeline: EventFilter::default(),
+            state: EventFilter::default(),
+            ephemeral: EventFilter::default(),
+            room_account_data: EventFilter::default(),
+            account_data: EventFilter::default(),
+            presence: EventFilter::default(),
+            rooms: EventFilter::default(),
+            event_fields: None,
+            federation_format: false,
             lazy_load_members: false,
+            include_redundant_members: false,
             include_leave: false,
+            ignored: HashSet::new(),
         }
     }
 }
@@ -117,6 +145,24 @@ pub fn parse_full_token(token: &str) -> Option<(u64, u64, Option<u64>)> {
     Some((pos, typing, to_device))
 }
 
+/// Per (user, device, room), the member events lazy-loading `/sync` already sent
+/// that device: Client-Server API §"Lazy-loading room members": "the server … may
+/// not send membership events which the server believes are already cached by
+/// the client" unless `include_redundant_members`. Bounded in bytes; a forgotten
+/// entry only means a member event is sent again.
+pub(crate) type LazySent =
+    myelin_storage::SharedLru<(String, String, ruma::OwnedRoomId), HashMap<String, ruma::OwnedEventId>>;
+
+/// The lazy-loading cache, with its share of the budget.
+pub(crate) fn lazy_sent(caches: &myelin_storage::Caches) -> LazySent {
+    caches.lru(crate::cache_shares::LAZY_MEMBERS, |(user, device, room), sent: &HashMap<String, ruma::OwnedEventId>| {
+        user.len()
+            + device.len()
+            + room.as_str().len()
+            + sent.iter().map(|(k, v)| k.len() + v.as_str().len() + 48).sum::<usize>()
+    })
+}
+
 /// Most to-device messages one `/sync` delivers.
 const TO_DEVICE_PAGE: usize = 100;
 
@@ -144,8 +190,9 @@ pub(crate) struct ChangedData {
 
 impl Engine {
     /// Runs one `/sync` for `user`, waiting up to `req.timeout` for something new.
-    pub async fn sync(&self, user: &UserId, req: SyncRequest) -> Result<JsonValue, EngineError> {
+    pub async fn sync(&self, user: &UserId, mut req: SyncRequest) -> Result<JsonValue, EngineError> {
         let deadline = Instant::now() + req.timeout;
+        req.ignored = self.ignored_users(user)?;
         let mut wake = self.stream.subscribe();
         let mut typing_wake = self.ephemeral.subscribe();
         // A sync with `since` acknowledges the to-device messages delivered before it.
@@ -184,15 +231,46 @@ impl Engine {
         })
     }
 
-    fn wanted(&self, req: &SyncRequest, pdu: &ArcPdu) -> bool {
-        let kind = pdu.kind.to_string();
-        if req.not_types.iter().any(|t| type_matches(t, &kind)) {
-            return false;
+    /// An event as this sync's device sees it, in the filter's format and fields.
+    fn render(&self, pdu: &ArcPdu, now: u64, user: &UserId, req: &SyncRequest) -> JsonValue {
+        let mut ev = if req.federation_format {
+            // The PDU as servers exchange it, with the client's `unsigned` beside it.
+            let client = self.serve_to(pdu, now, user, Some(&req.device_id));
+            let mut raw = serde_json::from_slice::<JsonValue>(&pdu.to_bytes()).unwrap_or_else(|_| client.clone());
+            raw["event_id"] = json!(pdu.event_id);
+            raw["unsigned"] = client["unsigned"].clone();
+            raw
+        } else {
+            self.serve_to(pdu, now, user, Some(&req.device_id))
+        };
+        if let Some(fields) = &req.event_fields {
+            ev = crate::filter::only_fields(&ev, fields);
         }
-        match &req.types {
-            Some(types) => types.iter().any(|t| type_matches(t, &kind)),
-            None => true,
-        }
+        ev
+    }
+
+    /// The users `user` ignores (§"Ignoring Users": the `ignored_users` keys of the
+    /// global `m.ignored_user_list` account data).
+    pub fn ignored_users(&self, user: &UserId) -> Result<HashSet<String>, EngineError> {
+        let Some(bytes) = self.users.account_data(user.as_str(), None, "m.ignored_user_list").map_err(users_err)?
+        else {
+            return Ok(HashSet::new());
+        };
+        let json: JsonValue = serde_json::from_slice(&bytes).unwrap_or_default();
+        Ok(json["ignored_users"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default())
+    }
+
+    /// Whether the invite `event` (or, for an invite from another server, the
+    /// member event in its stripped state) was sent by an ignored user.
+    fn invited_by_ignored(&self, user: &UserId, event: u64, state: &[JsonValue], ignored: &HashSet<String>) -> bool {
+        let sender = match self.rooms.pdu_by_short(event) {
+            Ok(Some(p)) => Some(p.sender.to_string()),
+            _ => state
+                .iter()
+                .find(|e| e["type"] == "m.room.member" && e["state_key"] == user.as_str())
+                .and_then(|e| e["sender"].as_str().map(str::to_owned)),
+        };
+        sender.is_some_and(|s| ignored.contains(&s))
     }
 
     /// Whether the membership event `event` (a `leave` or `ban` of `user`) was
@@ -255,6 +333,13 @@ impl Engine {
             if count > upto_i {
                 continue; // happened after this response's position: next time
             }
+            if !req.rooms.allows_room(room_id.as_str()) {
+                // Filtered out of the answer, but still shared for presence and devices.
+                if membership == "join" {
+                    joined_rooms.push(room_id.clone());
+                }
+                continue;
+            }
             let fresh = since.is_none() || count > since_i;
             // A room the user was kicked or banned from is always shown, also on
             // an initial sync without `include_leave` (as Synapse does): otherwise a
@@ -294,8 +379,11 @@ impl Engine {
                             &mut member_leaves,
                         )?;
                     }
-                    let room_data = data.rooms.remove(room_id.as_str()).unwrap_or_default();
-                    let ephemeral = self.room_ephemeral(&room_id, user, since, since_typing, fresh)?;
+                    let mut room_data = data.rooms.remove(room_id.as_str()).unwrap_or_default();
+                    keep_wanted(&mut room_data, &req.room_account_data, room_id.as_str());
+                    let mut ephemeral = self.room_ephemeral(&room_id, user, since, since_typing, fresh)?;
+                    keep_wanted(&mut ephemeral, &req.ephemeral, room_id.as_str());
+                    drop_ignored_ephemeral(&mut ephemeral, &req.ignored);
                     if events.is_empty() && room_data.is_empty() && ephemeral.is_empty() && !fresh && !req.full_state {
                         continue;
                     }
@@ -315,6 +403,11 @@ impl Engine {
                         Some(state) if !self.rooms.is_local_room(&room_id) => state,
                         _ => self.stripped_state(&room_id, user)?,
                     };
+                    // §"Ignoring Users": "Servers must not send room invites from ignored
+                    // users to clients."
+                    if !req.ignored.is_empty() && self.invited_by_ignored(user, event, &state, &req.ignored) {
+                        continue;
+                    }
                     invite.insert(room_id.to_string(), json!({ "invite_state": { "events": state } }));
                 }
                 "knock" if fresh => {
@@ -329,17 +422,20 @@ impl Engine {
                         self.rooms.timeline_between(&room_id, since_i, count, req.timeline_limit).map_err(rooms_err)?;
                     let visible: Vec<&(i64, ArcPdu)> = events
                         .iter()
-                        .filter(|(c, p)| self.wanted(req, p) && self.rooms.visible_to(user, p, *c).unwrap_or(false))
+                        .filter(|(c, p)| {
+                            req.timeline.matches(p)
+                                && !ignored(req, p)
+                                && self.rooms.visible_to(user, p, *c).unwrap_or(false)
+                        })
                         .collect();
                     // The state up to the start of this timeline, as for a joined room, but
                     // never past the leave. A room this server holds no state of (an invite
                     // from another server that was refused) has none to give.
                     let state_since = since.filter(|_| !req.full_state).map(|s| s as i64);
                     let state = self.state_block(&room_id, user, &visible, count, state_since, req).unwrap_or_default();
-                    let state: Vec<JsonValue> =
-                        state.iter().map(|p| self.serve_to(p, now, user, Some(&req.device_id))).collect();
+                    let state: Vec<JsonValue> = state.iter().map(|p| self.render(p, now, user, req)).collect();
                     let timeline: Vec<JsonValue> =
-                        visible.iter().map(|(_, p)| self.serve_to(p, now, user, Some(&req.device_id))).collect();
+                        visible.iter().map(|(_, p)| self.render(p, now, user, req)).collect();
                     let prev = events.first().map_or(since_i, |(c, _)| c - 1);
                     leave.insert(
                         room_id.to_string(),
@@ -372,7 +468,10 @@ impl Engine {
             Some(s) => self.device_list_changes(user, s, upto, &joined_rooms, member_joins, member_leaves)?,
             None => (Vec::new(), Vec::new()),
         };
-        let presence = self.presence_events(user, since_typing, &joined_rooms)?;
+        let mut presence = self.presence_events(user, since_typing, &joined_rooms)?;
+        presence.retain(|p| req.presence.passes("m.presence", p["sender"].as_str().unwrap_or_default()));
+        presence.truncate(req.presence.limit.unwrap_or(usize::MAX));
+        keep_wanted(&mut data.global, &req.account_data, "");
         let otk_counts = self.e2ee.one_time_key_counts(user.as_str(), &req.device_id).map_err(e2ee_err)?;
         let fallback_types = self.e2ee.unused_fallback_types(user.as_str(), &req.device_id).map_err(e2ee_err)?;
         let has_news = !changed.is_empty()
@@ -430,6 +529,7 @@ impl Engine {
             }
             None => self.rooms.state_at(start).map_err(rooms_err)?,
         };
+        state.retain(|p| !in_timeline.contains(&*p.event_id) && req.state.matches(p));
         if req.lazy_load_members {
             let mut senders: HashSet<&str> = timeline.iter().map(|(_, p)| p.sender.as_str()).collect();
             if since.is_none() {
@@ -438,21 +538,38 @@ impl Engine {
             state.retain(|p| {
                 p.kind.to_string() != "m.room.member" || p.state_key.as_deref().is_some_and(|k| senders.contains(k))
             });
+            let key = (user.to_string(), req.device_id.clone(), room_id.to_owned());
+            // What this device was sent before; a client without the room's state has nothing.
+            let sent_before = match since {
+                Some(_) => self.lazy_members.lock().get(&key).cloned().unwrap_or_default(),
+                None => HashMap::new(),
+            };
             if since.is_some() {
-                // The members of the timeline's senders as of its start, changed or not:
-                // the client may never have been sent them.
+                // The members of the timeline's senders as of its start, changed or not,
+                // unless this device already has that very event.
                 let have: HashSet<String> = state.iter().filter_map(|p| p.state_key.clone()).collect();
                 for who in senders {
                     if have.contains(who) {
                         continue;
                     }
-                    if let Some(p) = self.rooms.state_pdu_at(start, "m.room.member", who).map_err(rooms_err)? {
+                    if let Some(p) = self.rooms.state_pdu_at(start, "m.room.member", who).map_err(rooms_err)?
+                        && req.state.matches(&p)
+                        && !in_timeline.contains(&*p.event_id)
+                        && (req.include_redundant_members || sent_before.get(who) != Some(&p.event_id))
+                    {
                         state.push(p);
                     }
                 }
             }
+            let mut sent = sent_before;
+            let members = state.iter().chain(timeline.iter().map(|(_, p)| p));
+            for p in members.filter(|p| p.kind.to_string() == "m.room.member") {
+                if let Some(who) = p.state_key.as_deref() {
+                    sent.insert(who.to_owned(), p.event_id.clone());
+                }
+            }
+            self.lazy_members.lock().put(key, sent);
         }
-        state.retain(|p| !in_timeline.contains(&*p.event_id));
         Ok(state)
     }
 
@@ -470,12 +587,13 @@ impl Engine {
     ) -> Result<JsonValue, EngineError> {
         let timeline: Vec<&(i64, ArcPdu)> = events
             .iter()
-            .filter(|(c, p)| self.wanted(req, p) && self.rooms.visible_to(user, p, *c).unwrap_or(false))
+            .filter(|(c, p)| {
+                req.timeline.matches(p) && !ignored(req, p) && self.rooms.visible_to(user, p, *c).unwrap_or(false)
+            })
             .collect();
         let state = self.state_block(room_id, user, &timeline, upto, state_since, req)?;
-        let state: Vec<JsonValue> = state.iter().map(|p| self.serve_to(p, now, user, Some(&req.device_id))).collect();
-        let timeline_json: Vec<JsonValue> =
-            timeline.iter().map(|(_, p)| self.serve_to(p, now, user, Some(&req.device_id))).collect();
+        let state: Vec<JsonValue> = state.iter().map(|p| self.render(p, now, user, req)).collect();
+        let timeline_json: Vec<JsonValue> = timeline.iter().map(|(_, p)| self.render(p, now, user, req)).collect();
         let prev = events.first().map_or(state_since.unwrap_or(upto), |(c, _)| c - 1);
         let current = self.rooms.current_state(room_id).map_err(rooms_err)?;
         let joined = current
@@ -684,10 +802,43 @@ impl Engine {
     }
 }
 
-/// Filter type patterns: exact, or a trailing `*` wildcard.
-fn type_matches(pattern: &str, kind: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => kind.starts_with(prefix),
-        None => pattern == kind,
+/// Keeps the account-data or ephemeral events (`{type, content}`) of room `room`
+/// ("" for global ones) that `filter` lets through, at most its `limit`.
+fn keep_wanted(events: &mut Vec<JsonValue>, filter: &EventFilter, room: &str) {
+    if !room.is_empty() && !filter.allows_room(room) {
+        events.clear();
+        return;
+    }
+    events.retain(|e| filter.passes(e["type"].as_str().unwrap_or_default(), e["sender"].as_str().unwrap_or_default()));
+    events.truncate(filter.limit.unwrap_or(usize::MAX));
+}
+
+/// Whether `pdu` is hidden as the message of an ignored user (§"Ignoring Users":
+/// "Servers must still send state events sent by ignored users to clients").
+pub fn ignored(req: &SyncRequest, pdu: &ArcPdu) -> bool {
+    !req.ignored.is_empty() && pdu.state_key.is_none() && req.ignored.contains(pdu.sender.as_str())
+}
+
+/// Takes ignored users out of `m.typing` and `m.receipt` events.
+fn drop_ignored_ephemeral(events: &mut [JsonValue], ignored: &HashSet<String>) {
+    if ignored.is_empty() {
+        return;
+    }
+    for e in events.iter_mut() {
+        if e["type"] == "m.typing"
+            && let Some(ids) = e["content"]["user_ids"].as_array_mut()
+        {
+            ids.retain(|u| !u.as_str().is_some_and(|u| ignored.contains(u)));
+        } else if e["type"] == "m.receipt"
+            && let Some(by_event) = e["content"].as_object_mut()
+        {
+            for kinds in by_event.values_mut() {
+                for users in kinds.as_object_mut().into_iter().flat_map(|k| k.values_mut()) {
+                    if let Some(users) = users.as_object_mut() {
+                        users.retain(|u, _| !ignored.contains(u));
+                    }
+                }
+            }
+        }
     }
 }

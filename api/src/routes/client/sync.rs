@@ -7,7 +7,10 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use myelin_engine::sync::{SyncRequest, parse_full_token};
+use myelin_engine::{
+    filter::EventFilter as EngineFilter,
+    sync::{SyncRequest, parse_full_token},
+};
 use ruma::RoomId;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as JsonValue, json};
@@ -88,20 +91,56 @@ pub(crate) struct RoomEventFilter {
     pub(crate) unread_thread_notifications: Option<bool>,
 }
 
+impl RoomEventFilter {
+    /// The engine's form of this filter.
+    pub(crate) fn to_engine(&self) -> EngineFilter {
+        EngineFilter {
+            limit: self.limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX)),
+            types: self.types.clone(),
+            not_types: self.not_types.clone().unwrap_or_default(),
+            senders: self.senders.clone(),
+            not_senders: self.not_senders.clone().unwrap_or_default(),
+            rooms: self.rooms.clone(),
+            not_rooms: self.not_rooms.clone().unwrap_or_default(),
+            contains_url: self.contains_url,
+        }
+    }
+}
+
+impl EventFilter {
+    /// The engine's form of this filter (no room rules).
+    fn to_engine(&self) -> EngineFilter {
+        EngineFilter {
+            limit: self.limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX)),
+            types: self.types.clone(),
+            not_types: self.not_types.clone().unwrap_or_default(),
+            senders: self.senders.clone(),
+            not_senders: self.not_senders.clone().unwrap_or_default(),
+            ..EngineFilter::default()
+        }
+    }
+}
+
 fn apply_filter(req: &mut SyncRequest, filter: Filter) {
     let room = filter.room.unwrap_or_default();
     let timeline = room.timeline.unwrap_or_default();
     if let Some(limit) = timeline.limit {
         req.timeline_limit = usize::try_from(limit).unwrap_or(usize::MAX).clamp(1, 1000);
     }
-    if let Some(types) = timeline.types {
-        req.types = Some(types);
-    }
-    if let Some(types) = timeline.not_types {
-        req.not_types = types;
-    }
-    req.lazy_load_members = room.state.and_then(|s| s.lazy_load_members).unwrap_or(false);
+    req.timeline = timeline.to_engine();
+    let state = room.state.unwrap_or_default();
+    req.lazy_load_members = state.lazy_load_members.unwrap_or(false);
+    req.include_redundant_members = state.include_redundant_members.unwrap_or(false);
+    req.state = state.to_engine();
+    req.ephemeral = room.ephemeral.unwrap_or_default().to_engine();
+    req.room_account_data = room.account_data.unwrap_or_default().to_engine();
+    req.account_data = filter.account_data.unwrap_or_default().to_engine();
+    req.presence = filter.presence.unwrap_or_default().to_engine();
+    req.rooms =
+        EngineFilter { rooms: room.rooms, not_rooms: room.not_rooms.unwrap_or_default(), ..EngineFilter::default() };
     req.include_leave = room.include_leave.unwrap_or(false);
+    req.event_fields = filter.event_fields;
+    req.federation_format = filter.event_format == Some(EventFormat::Federation);
 }
 
 /// The answer to `POST /user/{userId}/filter`.

@@ -10,6 +10,47 @@ pub(super) fn parse_position(token: &str) -> Result<i64, ApiError> {
     digits.parse::<i64>().map_err(|_| ApiError::invalid_param(format!("bad pagination token {token}")))
 }
 
+/// A message of an ignored user (§"Ignoring Users"; their state events are still shown).
+fn hidden(ignored: &std::collections::HashSet<String>, p: &myelin_engine::rooms::ArcPdu) -> bool {
+    p.state_key.is_none() && ignored.contains(p.sender.as_str())
+}
+
+/// The `limit` query parameter: an integer, or the default when absent (400 otherwise).
+fn limit_param(req: &Req, default: usize) -> Result<usize, ApiError> {
+    match query_param(req, "limit") {
+        Some(l) => l.parse::<usize>().map_err(|_| ApiError::invalid_param("limit must be a non-negative integer")),
+        None => Ok(default),
+    }
+}
+
+/// The `filter` query parameter: a `RoomEventFilter` as JSON.
+fn filter_param(req: &Req) -> Result<crate::routes::client::sync::RoomEventFilter, ApiError> {
+    match query_param(req, "filter") {
+        Some(f) => crate::http_util::parse_json_param("filter", &f),
+        None => Ok(Default::default()),
+    }
+}
+
+/// The member events of the senders of `events`, in the state after `at`.
+fn senders_members(
+    cx: &Ctx,
+    me: &crate::auth::Authed,
+    events: &[(i64, myelin_engine::rooms::ArcPdu)],
+    at: Option<&myelin_engine::rooms::ArcPdu>,
+    now: u64,
+) -> Result<Vec<JsonValue>, ApiError> {
+    let Some(at) = at else { return Ok(Vec::new()) };
+    let Some(meta) = cx.engine.rooms.meta(&at.event_id)? else { return Ok(Vec::new()) };
+    let senders: std::collections::BTreeSet<&str> = events.iter().map(|(_, p)| p.sender.as_str()).collect();
+    let mut out = Vec::new();
+    for who in senders {
+        if let Some(p) = cx.engine.rooms.state_pdu_at(meta.state_after, "m.room.member", who)? {
+            out.push(serve(cx, me, &p, true, now));
+        }
+    }
+    Ok(out)
+}
+
 /// GET /rooms/{roomId}/messages
 ///
 /// Tokens name a point between positions: `t<n>` (or a sync token `s<n>`)
@@ -25,22 +66,14 @@ pub fn messages(cx: Ctx, req: Req) -> HandlerFuture {
             Some("f") => false,
             _ => return Err(ApiError::invalid_param("dir must be b or f")),
         };
-        let limit = query_param(&req, "limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(10).clamp(1, 1000);
+        let limit = limit_param(&req, 10)?.clamp(1, 1000);
         let from = query_param(&req, "from").map(|t| parse_position(&t)).transpose()?;
         let to = query_param(&req, "to").map(|t| parse_position(&t)).transpose()?;
-        let filter: super::super::sync::RoomEventFilter = match query_param(&req, "filter") {
-            Some(f) => crate::http_util::parse_json_param("filter", &f)?,
-            None => Default::default(),
-        };
-        let (types, not_types) = (filter.types, filter.not_types.unwrap_or_default());
-        let matches = |pattern: &str, kind: &str| match pattern.strip_suffix('*') {
-            Some(prefix) => kind.starts_with(prefix),
-            None => pattern == kind,
-        };
-        let wanted = |kind: &str| {
-            !not_types.iter().any(|p| matches(p, kind))
-                && types.as_ref().is_none_or(|t| t.iter().any(|p| matches(p, kind)))
-        };
+        let filter = filter_param(&req)?;
+        let lazy = filter.lazy_load_members.unwrap_or(false);
+        let filter = filter.to_engine();
+        let ignored = cx.engine.ignored_users(&me.user_id)?;
+        let wanted = |p: &myelin_engine::rooms::ArcPdu| filter.matches(p) && !hidden(&ignored, p);
         let events = if backwards {
             let start = from.map_or(upto, |f| f.min(upto));
             let start = if start == i64::MAX { None } else { Some(start + 1) };
@@ -73,7 +106,7 @@ pub fn messages(cx: Ctx, req: Req) -> HandlerFuture {
         let reached_to = events.len() < limit && to.is_some();
         let events: Vec<_> = events
             .into_iter()
-            .filter(|(_, p)| wanted(&p.kind.to_string()))
+            .filter(|(_, p)| wanted(p))
             .filter(|(c, p)| cx.engine.rooms.visible_to(&me.user_id, p, *c).unwrap_or(false))
             .collect();
         let now = now_ms();
@@ -83,6 +116,13 @@ pub fn messages(cx: Ctx, req: Req) -> HandlerFuture {
             |f| format!("t{f}"),
         );
         let mut body = json!({ "chunk": chunk, "start": start });
+        if lazy {
+            // §"GET /messages" `state`: "if `lazy_load_members` is enabled in the filter
+            // then this may contain the membership events for the senders of events in
+            // the `chunk`" — as of the newest event of the page.
+            let newest = if backwards { events.first() } else { events.last() };
+            body["state"] = json!(senders_members(&cx, &me, &events, newest.map(|(_, p)| p), now)?);
+        }
         if let Some(last) = last_read
             && full_page
             && !reached_to
@@ -102,11 +142,20 @@ pub fn context(cx: Ctx, req: Req) -> HandlerFuture {
         let me = require_user(&cx, &req)?;
         let room = room_param(&req)?;
         let (pdu, meta, upto) = readable_event(&cx, &me, &room, &req)?;
-        let limit = query_param(&req, "limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(10).min(100);
+        let limit = limit_param(&req, 10)?.min(100);
         let half = limit / 2;
+        let filter = filter_param(&req)?;
+        let lazy = filter.lazy_load_members.unwrap_or(false);
+        let filter = filter.to_engine();
+        let ignored = cx.engine.ignored_users(&me.user_id)?;
         let visible = |list: Vec<(i64, myelin_engine::rooms::ArcPdu)>| -> Vec<(i64, myelin_engine::rooms::ArcPdu)> {
             list.into_iter()
-                .filter(|(c, p)| *c <= upto && cx.engine.rooms.visible_to(&me.user_id, p, *c).unwrap_or(false))
+                .filter(|(c, p)| {
+                    *c <= upto
+                        && filter.matches(p)
+                        && !hidden(&ignored, p)
+                        && cx.engine.rooms.visible_to(&me.user_id, p, *c).unwrap_or(false)
+                })
                 .collect()
         };
         let before = visible(cx.engine.rooms.timeline(&room, Some(meta.count), Direction::Reverse, limit - half)?);
@@ -114,8 +163,12 @@ pub fn context(cx: Ctx, req: Req) -> HandlerFuture {
         let now = now_ms();
         let start = before.last().map_or(meta.count - 1, |(c, _)| c - 1);
         let end = after.last().map_or(meta.count, |(c, _)| *c);
-        let state: Vec<JsonValue> =
-            cx.engine.rooms.state_at(meta.state_after)?.iter().map(|p| serve(&cx, &me, p, true, now)).collect();
+        let state: Vec<JsonValue> = if lazy {
+            let shown: Vec<_> = before.iter().chain(after.iter()).cloned().chain([(meta.count, pdu.clone())]).collect();
+            senders_members(&cx, &me, &shown, Some(&pdu), now)?
+        } else {
+            cx.engine.rooms.state_at(meta.state_after)?.iter().map(|p| serve(&cx, &me, p, true, now)).collect()
+        };
         Ok(ok_json(&json!({
             "event": serve(&cx, &me, &pdu, true, now),
             "events_before": before.iter().map(|(_, p)| serve(&cx, &me, p, true, now)).collect::<Vec<_>>(),
