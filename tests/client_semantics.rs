@@ -205,3 +205,51 @@ async fn an_ignored_users_messages_invites_and_typing_are_hidden_but_not_state()
     assert!(sync["rooms"]["invite"].get(&from_bob).is_some());
     s.stop().await;
 }
+
+fn presence_of<'a>(sync: &'a Value, user: &str) -> Option<&'a Value> {
+    sync["presence"]["events"].as_array()?.iter().find(|e| e["sender"] == user).map(|e| &e["content"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_comes_with_sync_set_presence_and_new_members() {
+    let s = TestServer::open("localhost").await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let carol = s.register("carol").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), json!({})).await;
+    bob.put(
+        &format!("/_matrix/client/v3/presence/{}/status", enc(&bob.user_id)),
+        json!({ "presence": "unavailable", "status_msg": "away" }),
+    )
+    .await;
+
+    // Syncing marks alice online; she sees her own presence and bob's.
+    let first = alice.sync(None, 0).await;
+    assert_eq!(presence_of(&first, &alice.user_id).map(|p| p["presence"].clone()), Some(json!("online")), "{first}");
+    let bob_p = presence_of(&first, &bob.user_id).unwrap_or_else(|| panic!("bob's presence: {first}"));
+    assert_eq!((bob_p["presence"].as_str(), bob_p["status_msg"].as_str()), (Some("unavailable"), Some("away")));
+    // Bob's own sync does not override the state he chose.
+    bob.sync(None, 0).await;
+    let got = alice.get(&format!("/_matrix/client/v3/presence/{}/status", enc(&bob.user_id))).await;
+    assert_eq!(got["presence"], "unavailable", "{got}");
+
+    // set_presence=offline leaves carol offline.
+    carol.get("/_matrix/client/v3/sync?timeout=0&set_presence=offline").await;
+    let got = alice.get(&format!("/_matrix/client/v3/presence/{}/status", enc(&carol.user_id))).await;
+    assert_eq!(got["presence"], "offline", "{got}");
+    let r = carol.request(http::Method::GET, "/_matrix/client/v3/sync?timeout=0&set_presence=busy", None).await;
+    assert_eq!((r.status.as_u16(), r.errcode()), (400, "M_INVALID_PARAM".to_owned()));
+
+    // Carol goes online (before sharing a room), then joins: alice's next sync has her presence.
+    carol.sync(None, 0).await;
+    let token = alice.sync(first["next_batch"].as_str(), 0).await["next_batch"].as_str().unwrap().to_owned();
+    carol.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), json!({})).await;
+    let next = alice.sync(Some(&token), 0).await;
+    assert_eq!(
+        presence_of(&next, &carol.user_id).map(|p| p["presence"].clone()),
+        Some(json!("online")),
+        "a new member's presence: {next}"
+    );
+    s.stop().await;
+}

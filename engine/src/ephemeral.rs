@@ -159,3 +159,50 @@ impl Ephemeral {
         self.presence.lock().get(user).cloned()
     }
 }
+
+impl crate::Engine {
+    /// A local user's presence changes: kept, shown to appservices, and pushed as an
+    /// `m.presence` EDU to the servers sharing a room with the user.
+    pub fn set_user_presence(
+        &self,
+        user: &ruma::UserId,
+        state: &str,
+        status_msg: Option<String>,
+    ) -> Result<(), crate::EngineError> {
+        self.ephemeral.set_presence(user, state, status_msg.clone());
+        self.push_presence_to_appservices(user);
+        let mut item = serde_json::json!({
+            "user_id": user,
+            "presence": state,
+            "last_active_ago": 0,
+            "currently_active": state == "online",
+        });
+        if let Some(m) = status_msg {
+            item["status_msg"] = serde_json::json!(m);
+        }
+        let edu = serde_json::json!({ "edu_type": "m.presence", "content": { "push": [item] } });
+        let servers = crate::federation::e2ee::servers_sharing_rooms(self, user)
+            .map_err(|e| crate::EngineError::Rooms(e.to_string()))?;
+        for server in servers {
+            self.federation.queue_edu(&server, edu.clone());
+        }
+        Ok(())
+    }
+
+    /// `/sync?set_presence=`: syncing marks an offline (or never seen) user as
+    /// `online` or `unavailable`; `offline` changes nothing (Client-Server API
+    /// §"GET /sync": "Controls whether the client is automatically marked as online
+    /// by polling this API"). A state the user set themselves otherwise stays.
+    pub fn presence_from_sync(&self, user: &ruma::UserId, set_presence: &str) -> Result<(), crate::EngineError> {
+        if !self.config.presence.enabled || set_presence == "offline" {
+            return Ok(());
+        }
+        let current = self.ephemeral.presence(user);
+        let status = current.as_ref().and_then(|p| p.status_msg.clone());
+        match current.as_ref().map(|p| p.state.as_str()) {
+            None | Some("offline") => self.set_user_presence(user, set_presence, status),
+            Some("online") if set_presence == "unavailable" => self.set_user_presence(user, set_presence, status),
+            _ => Ok(()),
+        }
+    }
+}

@@ -464,11 +464,13 @@ impl Engine {
                 Some(json!({ "sender": m.sender, "type": m.kind, "content": content }))
             })
             .collect();
+        // Members new to a room shared with the user: their presence comes along even
+        // if it did not change since the token (the client never had it).
+        let mut presence = self.presence_events(user, since_typing, &joined_rooms, &member_joins)?;
         let (changed, left) = match since {
             Some(s) => self.device_list_changes(user, s, upto, &joined_rooms, member_joins, member_leaves)?,
             None => (Vec::new(), Vec::new()),
         };
-        let mut presence = self.presence_events(user, since_typing, &joined_rooms)?;
         presence.retain(|p| req.presence.passes("m.presence", p["sender"].as_str().unwrap_or_default()));
         presence.truncate(req.presence.limit.unwrap_or(usize::MAX));
         keep_wanted(&mut data.global, &req.account_data, "");
@@ -701,14 +703,22 @@ impl Engine {
         user: &UserId,
         since_serial: u64,
         joined_rooms: &[ruma::OwnedRoomId],
+        newly_joined: &BTreeSet<String>,
     ) -> Result<Vec<JsonValue>, EngineError> {
         if !self.config.presence.enabled {
             return Ok(Vec::new());
         }
         let now = std::time::Instant::now();
         let mut out = Vec::new();
-        for (who, p) in self.ephemeral.presence_since(since_serial) {
-            if who != user && !self.shares_room(who.as_str(), joined_rooms)? {
+        let mut seen = HashSet::new();
+        let changed = self.ephemeral.presence_since(since_serial);
+        let new_members = newly_joined.iter().filter_map(|who| {
+            let who = UserId::parse(who.as_str()).ok()?;
+            let p = self.ephemeral.presence(&who)?;
+            Some((who, p))
+        });
+        for (who, p) in changed.into_iter().chain(new_members.collect::<Vec<_>>()) {
+            if !seen.insert(who.clone()) || (who != user && !self.shares_room(who.as_str(), joined_rooms)?) {
                 continue;
             }
             let mut content = json!({

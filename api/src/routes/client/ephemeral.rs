@@ -207,18 +207,7 @@ pub fn put_presence(cx: Ctx, req: Req) -> HandlerFuture {
         if !matches!(state, "online" | "offline" | "unavailable") {
             return Err(ApiError::invalid_param("presence must be online, offline or unavailable"));
         }
-        let status_msg = body.status_msg;
-        cx.engine.ephemeral.set_presence(&me.user_id, state, status_msg.clone());
-        cx.engine.push_presence_to_appservices(&me.user_id);
-        // Servers sharing a room with the user learn it through an `m.presence` EDU.
-        let mut item = json!({ "user_id": me.user_id, "presence": state, "last_active_ago": 0, "currently_active": state == "online" });
-        if let Some(m) = status_msg {
-            item["status_msg"] = json!(m);
-        }
-        let edu = json!({ "edu_type": "m.presence", "content": { "push": [item] } });
-        for server in myelin_engine::federation::e2ee::servers_sharing_rooms(&cx.engine, &me.user_id)? {
-            cx.engine.federation.queue_edu(&server, edu.clone());
-        }
+        cx.engine.set_user_presence(&me.user_id, state, body.status_msg)?;
         Ok(ok_empty())
     })
 }

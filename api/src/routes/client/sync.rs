@@ -171,7 +171,15 @@ pub fn sync(cx: Ctx, req: Req) -> HandlerFuture {
             let ms = t.parse::<u64>().map_err(|_| ApiError::invalid_param("timeout must be milliseconds"))?;
             request.timeout = Duration::from_millis(ms).min(MAX_TIMEOUT);
         }
-        request.full_state = query_param(&req, "full_state").as_deref() == Some("true");
+        request.full_state = match query_param(&req, "full_state").as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(_) => return Err(ApiError::invalid_param("full_state must be true or false")),
+        };
+        let set_presence = query_param(&req, "set_presence").unwrap_or_else(|| "online".to_owned());
+        if !matches!(set_presence.as_str(), "online" | "offline" | "unavailable") {
+            return Err(ApiError::invalid_param("set_presence must be online, offline or unavailable"));
+        }
         if let Some(filter) = query_param(&req, "filter") {
             let filter: Filter = if filter.trim_start().starts_with(['{', '[']) {
                 parse_json_param("filter", &filter)?
@@ -186,6 +194,7 @@ pub fn sync(cx: Ctx, req: Req) -> HandlerFuture {
             };
             apply_filter(&mut request, filter);
         }
+        cx.engine.presence_from_sync(&me.user_id, &set_presence)?;
         let body = cx.engine.sync(&me.user_id, request).await?;
         Ok(ok_json(&body))
     })
