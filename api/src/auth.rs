@@ -31,6 +31,8 @@ pub struct Authed {
     pub token: String,
     /// The appservice whose `as_token` this is.
     pub appservice: Option<Arc<Appservice>>,
+    /// A guest account (Client-Server API §"Guest Access").
+    pub is_guest: bool,
 }
 
 impl Authed {
@@ -88,7 +90,15 @@ pub fn require_user(cx: &Ctx, req: &Req) -> Result<Authed, ApiError> {
             ApiError::new(StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN", "unknown or revoked access token")
         })?;
     let user_id = UserId::parse(session.user_id.as_str()).map_err(|e| ApiError::unknown(e.to_string()))?;
-    Ok(Authed { user_id, device_id: session.device_id, token, appservice: None })
+    let is_guest = cx.engine.users.is_guest(user_id.as_str())?;
+    if is_guest && !crate::guests::allowed(&req.parts.method, req.parts.uri.path()) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "M_GUEST_ACCESS_FORBIDDEN",
+            "guests cannot use this endpoint",
+        ));
+    }
+    Ok(Authed { user_id, device_id: session.device_id, token, appservice: None, is_guest })
 }
 
 /// The appservice `appservice` acting as its sender or as `?user_id=`.
@@ -128,7 +138,7 @@ fn appservice_user(cx: &Ctx, req: &Req, token: String, appservice: Arc<Appservic
             d
         }
     };
-    Ok(Authed { user_id, device_id, token, appservice: Some(appservice) })
+    Ok(Authed { user_id, device_id, token, appservice: Some(appservice), is_guest: false })
 }
 
 /// The `ts` query parameter of an appservice's request: the `origin_server_ts`

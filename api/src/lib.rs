@@ -8,6 +8,7 @@ pub mod auth;
 pub mod conn_limit;
 pub mod error;
 pub mod federation;
+mod guests;
 pub mod http_util;
 pub mod linger;
 pub mod metrics;

@@ -242,7 +242,7 @@ pub struct FederationConfig {
 }
 
 /// `[registration]`
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrationConfig {
     /// Open registration (`m.login.dummy`).
@@ -253,6 +253,16 @@ pub struct RegistrationConfig {
     /// `/_synapse/admin/v1/register` (HMAC-SHA1 with this key; Synapse's
     /// `registration_shared_secret`). Whoever knows it can create admins.
     pub shared_secret: String,
+    /// With open registration, also guest accounts (`/register?kind=guest`, Client-Server
+    /// API §"Guest Access"; Myelin extension). Guests only join rooms whose
+    /// `m.room.guest_access` is `can_join` and only reach the endpoints the spec lists.
+    pub guests: bool,
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        Self { enabled: false, token: String::new(), shared_secret: String::new(), guests: true }
+    }
 }
 
 /// `[media]`

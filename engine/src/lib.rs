@@ -15,6 +15,7 @@ pub mod ephemeral;
 mod error;
 pub mod federation;
 pub mod filter;
+pub mod guests;
 pub mod in_flight;
 pub mod key_backup;
 pub mod keys;

@@ -119,6 +119,15 @@ pub async fn receive_transaction(
     Ok(body)
 }
 
+/// What a transaction's accepted events leave to do once all are appended.
+#[derive(Default)]
+struct Unsettled {
+    /// Appends not yet durable, made so together before the answer.
+    pending: Vec<(OwnedRoomId, myelin_storage::Pending)>,
+    /// Rooms whose `m.room.guest_access` changed: this server's guests may have to leave.
+    guest_access: Vec<OwnedRoomId>,
+}
+
 /// Applies a transaction's PDUs, then its EDUs.
 async fn process_transaction(
     engine: &Engine,
@@ -128,7 +137,7 @@ async fn process_transaction(
     let mut results = TransactionResult::default();
     // Accepted events are appended one after another without waiting for each
     // one's commit; all of them are made durable together before the answer.
-    let mut unsettled = Vec::new();
+    let mut unsettled = Unsettled::default();
     let mut budget = super::auth_fetch::MAX_FETCH_PER_TXN;
     // PDUs of earlier transactions that waited for their auth events: tried again
     // first (their answers went with their own transactions).
@@ -147,11 +156,16 @@ async fn process_transaction(
         }
     }
     // Each accepted event told the writer another would follow; none will now.
-    if !unsettled.is_empty() {
+    if !unsettled.pending.is_empty() {
         engine.rooms.release_held()?;
     }
-    for (room, pending) in unsettled {
+    for (room, pending) in unsettled.pending {
         engine.rooms.settle(&room, pending).await?;
+    }
+    for room in unsettled.guest_access {
+        if let Err(e) = engine.enforce_guest_access(&room).await {
+            tracing::warn!(%origin, room_id = %room, error = %e, "could not apply a change of guest access");
+        }
     }
     for edu in &txn.edus {
         super::edu::receive_edu(engine, origin, edu).await;
@@ -163,7 +177,7 @@ async fn receive_pdu(
     engine: &Engine,
     origin: &str,
     json: &JsonValue,
-    unsettled: &mut Vec<(OwnedRoomId, myelin_storage::Pending)>,
+    unsettled: &mut Unsettled,
     budget: &mut usize,
 ) -> (Option<String>, PduResult) {
     let Some(room) = json.get("room_id").and_then(JsonValue::as_str).and_then(|r| RoomId::parse(r).ok()) else {
@@ -196,7 +210,7 @@ async fn admit(
     room_version: &RoomVersionId,
     pdu: Pdu,
     attempts: u32,
-    unsettled: &mut Vec<(OwnedRoomId, myelin_storage::Pending)>,
+    unsettled: &mut Unsettled,
     budget: &mut usize,
 ) -> PduResult {
     match engine.rooms.meta(&pdu.event_id) {
@@ -222,8 +236,11 @@ async fn admit(
         return PduResult::error(reason);
     }
     match engine.rooms.append_pdu_unsettled(pdu, true).await {
-        Ok((Appended::Accepted(_) | Appended::SoftFailed(_), pending)) => {
-            unsettled.extend(pending.map(|p| (room.to_owned(), p)));
+        Ok((Appended::Accepted(p) | Appended::SoftFailed(p), pending)) => {
+            unsettled.pending.extend(pending.map(|pend| (room.to_owned(), pend)));
+            if p.kind.to_string() == "m.room.guest_access" && !unsettled.guest_access.iter().any(|r| r == room) {
+                unsettled.guest_access.push(room.to_owned());
+            }
             PduResult::ok()
         }
         Ok((Appended::Rejected(reason), _)) => PduResult::error(reason),

@@ -11,7 +11,9 @@ use myelin_storage::{Batch, Direction};
 use ring::rand::SecureRandom;
 use ruma::{OwnedUserId, UserId};
 
-use super::{ACCOUNTS, Account, DEVICES, ERASED, NewLogin, PROFILES, Profile, TOKENS, UserError, Users, now_ms};
+use super::{
+    ACCOUNTS, Account, DEVICES, ERASED, GUESTS, NewLogin, PROFILES, Profile, TOKENS, UserError, Users, now_ms,
+};
 use crate::EngineError;
 
 fn hash_password(argon2: &Argon2<'static>, password: &str) -> Result<String, UserError> {
@@ -208,6 +210,78 @@ impl Users {
             if inhibit_login { None } else { Some(self.new_device(&mut batch, user_id, device_id, device_name)?) };
         self.db.commit(batch).await?;
         tracing::info!(user_id = %user_id, "registered");
+        Ok(login)
+    }
+
+    /// Registers a guest (Client-Server API §"Guest Access"): a numeric localpart,
+    /// no password, and a device logged in.
+    pub async fn register_guest(&self, device_name: Option<String>) -> Result<NewLogin, UserError> {
+        let _guard = self.create_lock.lock().await;
+        let mut bytes = [0u8; 8];
+        let user_id = loop {
+            ring::rand::SystemRandom::new()
+                .fill(&mut bytes)
+                .map_err(|_| UserError::Engine(EngineError::Config("no randomness".into())))?;
+            // Numeric like Synapse's guests; the range keeps them short but unguessable.
+            let localpart = (u64::from_le_bytes(bytes) % 9_000_000_000_000 + 1_000_000_000_000).to_string();
+            let user_id = self.user_id_for(&localpart)?;
+            if !self.exists(&user_id)? {
+                break user_id;
+            }
+        };
+        let mut batch = Batch::new();
+        let account = Account { password_hash: String::new(), created_ms: now_ms(), admin: false, deactivated: false };
+        ACCOUNTS.put(&mut batch, &user_id.to_string(), &account)?;
+        GUESTS.put(&mut batch, &user_id.to_string(), &now_ms())?;
+        let profile = Profile { displayname: Some(user_id.localpart().to_owned()), avatar_url: None };
+        PROFILES.put(&mut batch, &user_id.to_string(), &profile)?;
+        let login = self.new_device(&mut batch, &user_id, None, device_name)?;
+        self.any_guests.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.db.commit(batch).await?;
+        tracing::info!(user_id = %user_id, "guest registered");
+        Ok(login)
+    }
+
+    /// Whether this server may hold a guest account (false until the first is registered).
+    pub fn may_have_guests(&self) -> bool {
+        self.any_guests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether `user_id` is a guest account.
+    pub fn is_guest(&self, user_id: &str) -> Result<bool, UserError> {
+        if !self.may_have_guests() {
+            return Ok(false);
+        }
+        Ok(GUESTS.contains(&*self.db, &user_id.to_owned())?)
+    }
+
+    /// A guest becomes a full account with a password and keeps its id, rooms and
+    /// data (Synapse's `guest_access_token` upgrade); logs in a new device.
+    pub async fn upgrade_guest(
+        &self,
+        user_id: &UserId,
+        password: Option<&str>,
+        device_id: Option<String>,
+        device_name: Option<String>,
+        inhibit_login: bool,
+    ) -> Result<Option<NewLogin>, UserError> {
+        let hash = match password {
+            Some(p) => self.hash_off_runtime(p).await?,
+            None => String::new(),
+        };
+        let _guard = self.create_lock.lock().await;
+        if !self.is_guest(user_id.as_str())? {
+            return Err(UserError::Forbidden("not a guest account".into()));
+        }
+        let mut account = self.account(user_id)?.ok_or_else(|| UserError::NotFound("no such user".into()))?;
+        account.password_hash = hash;
+        let mut batch = Batch::new();
+        ACCOUNTS.put(&mut batch, &user_id.to_string(), &account)?;
+        GUESTS.delete(&mut batch, &user_id.to_string());
+        let login =
+            if inhibit_login { None } else { Some(self.new_device(&mut batch, user_id, device_id, device_name)?) };
+        self.db.commit(batch).await?;
+        tracing::info!(user_id = %user_id, "guest upgraded to a full account");
         Ok(login)
     }
 

@@ -73,6 +73,8 @@ const ACCOUNTS: Table<String, Account> = Table::new(&catalog::USERID_ACCOUNT);
 const TOKENS: Table<String, Session> = Table::new(&catalog::TOKEN_SESSION);
 /// User id → when it was erased (ms).
 const ERASED: Table<String, u64> = Table::new(&catalog::USERID_ERASED);
+/// Guest accounts: user id → creation time.
+const GUESTS: Table<String, u64> = Table::new(&catalog::USERID_GUEST);
 const DEVICES: Table<(String, String), Device> = Table::new(&catalog::USERDEVICE_DEVICE);
 const ACCOUNT_DATA: Table<(String, String, String), AccountData> = Table::new(&catalog::USERROOMTYPE_ACCOUNTDATA);
 /// `(user, stream position)` → `(room or "", type)` written then; a row whose data was
@@ -197,6 +199,9 @@ pub struct Users {
     txn_claims: crate::in_flight::InFlight<TxnKey>,
     /// Nonces handed out for shared-secret registration.
     pub nonces: shared_secret::Nonces,
+    /// Whether any guest account may exist: while none ever did, requests skip the
+    /// guest lookup.
+    any_guests: std::sync::atomic::AtomicBool,
 }
 
 /// `(user, device, transaction id)`.
@@ -217,6 +222,9 @@ impl Users {
         let by_token = db.caches().lru(crate::cache_shares::SESSIONS, |token: &String, s: &Session| {
             token.capacity() + s.user_id.capacity() + s.device_id.capacity()
         });
+        // An unreadable table counts as "may have guests": the lookup then decides.
+        let any_guests =
+            GUESTS.iter(&*db, myelin_storage::Direction::Forward).map(|mut i| i.next().is_some()).unwrap_or(true);
         Self {
             db,
             stream,
@@ -231,6 +239,7 @@ impl Users {
             sessions: parking_lot::Mutex::new(SessionCache { generation: 0, by_token }),
             txn_claims: crate::in_flight::InFlight::new(MAX_TXNS_IN_FLIGHT),
             nonces: shared_secret::Nonces::default(),
+            any_guests: std::sync::atomic::AtomicBool::new(any_guests),
         }
     }
 }

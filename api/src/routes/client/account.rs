@@ -112,6 +112,8 @@ struct RegisterBody {
     initial_device_display_name: Option<String>,
     #[serde(default)]
     inhibit_login: bool,
+    /// A guest's access token: the guest becomes a full account (Synapse's upgrade).
+    guest_access_token: Option<String>,
     /// Refresh tokens are not issued; the field is read so that its type is checked.
     #[serde(default, rename = "refresh_token")]
     _refresh_token: Option<bool>,
@@ -126,10 +128,27 @@ struct RegisteredOnly<'a> {
 /// POST /_matrix/client/v3/register
 pub fn register(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
-        if query_param(&req, "kind").as_deref() == Some("guest") {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN", "guest access is disabled"));
-        }
+        let guest = match query_param(&req, "kind").as_deref() {
+            None | Some("user") => false,
+            Some("guest") => true,
+            Some(other) => return Err(ApiError::invalid_param(format!("kind must be user or guest, not {other}"))),
+        };
         let body: RegisterBody = parse_json_or_empty(&req.body)?;
+        if guest {
+            let config = &cx.engine.config.registration;
+            if !(config.enabled && config.guests) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "M_GUEST_ACCESS_FORBIDDEN",
+                    "guest access is disabled",
+                ));
+            }
+            let login = cx.engine.users.register_guest(body.initial_device_display_name).await?;
+            return Ok(ok_json(&LoginResponse::new(&cx, &login)));
+        }
+        if let Some(guest_token) = body.guest_access_token.clone() {
+            return upgrade_guest(&cx, &guest_token, body).await;
+        }
         if let Some(appservice) = crate::auth::appservice_of(&cx, &req) {
             return register_for_appservice(&cx, &appservice, body).await;
         }
@@ -169,6 +188,49 @@ pub fn register(cx: Ctx, req: Req) -> HandlerFuture {
             Some(l) => ok_json(&LoginResponse::new(&cx, &l)),
             None => ok_json(&RegisteredOnly { user_id: &user_id }),
         })
+    })
+}
+
+/// `POST /register` with `guest_access_token`: the guest keeps its user id (a
+/// `username`, if given, must be its localpart, as Synapse requires) and gets a
+/// password. The registration rules (open, or the token) apply as to anyone.
+async fn upgrade_guest(cx: &Ctx, guest_token: &str, body: RegisterBody) -> Result<crate::http_util::Resp, ApiError> {
+    let config = &cx.engine.config.registration;
+    if !config.enabled {
+        return Err(ApiError::forbidden("registration is disabled on this server"));
+    }
+    let session = cx
+        .engine
+        .users
+        .session(guest_token)?
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN", "unknown guest access token"))?;
+    let user_id = UserId::parse(session.user_id.as_str()).map_err(|e| ApiError::unknown(e.to_string()))?;
+    if !cx.engine.users.is_guest(user_id.as_str())? {
+        return Err(ApiError::forbidden("guest_access_token is not a guest's"));
+    }
+    if let Some(name) = body.username.as_deref()
+        && name.to_lowercase() != user_id.localpart()
+    {
+        return Err(ApiError::forbidden("a guest upgrades under its own user id"));
+    }
+    let auth = body.auth.unwrap_or_default();
+    if auth.kind.as_deref() != Some("m.login.dummy") {
+        return Ok(uia_required("m.login.dummy", auth.session, None));
+    }
+    let login = cx
+        .engine
+        .users
+        .upgrade_guest(
+            &user_id,
+            body.password.as_deref(),
+            body.device_id,
+            body.initial_device_display_name,
+            body.inhibit_login,
+        )
+        .await?;
+    Ok(match login {
+        Some(l) => ok_json(&LoginResponse::new(cx, &l)),
+        None => ok_json(&RegisteredOnly { user_id: &user_id }),
     })
 }
 
@@ -395,7 +457,7 @@ struct Whoami<'a> {
 pub fn whoami(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
-        Ok(ok_json(&Whoami { user_id: &me.user_id, device_id: &me.device_id, is_guest: false }))
+        Ok(ok_json(&Whoami { user_id: &me.user_id, device_id: &me.device_id, is_guest: me.is_guest }))
     })
 }
 

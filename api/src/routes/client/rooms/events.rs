@@ -61,9 +61,12 @@ pub fn put_state(cx: Ctx, req: Req) -> HandlerFuture {
             .send(
                 &me.user_id,
                 &room,
-                NewEvent::state(TimelineEventType::from(kind), key, content).at(appservice_ts(&me, &req)?),
+                NewEvent::state(TimelineEventType::from(kind.as_str()), key, content).at(appservice_ts(&me, &req)?),
             )
             .await?;
+        if kind == "m.room.guest_access" {
+            cx.engine.enforce_guest_access(&room).await?;
+        }
         Ok(ok_json(&json!({ "event_id": pdu.event_id })))
     })
 }

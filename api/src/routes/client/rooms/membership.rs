@@ -64,9 +64,23 @@ pub fn join(cx: Ctx, req: Req) -> HandlerFuture {
             return Err(ApiError::forbidden(format!("{room} has been shut down on this server")));
         }
         let known = cx.engine.rooms.short_room(&room)?.is_some() && cx.engine.rooms.room_version(&room).is_ok();
+        // §"Guest Access": "Servers MUST only allow guest users to join rooms if the
+        // m.room.guest_access state event is present on the room and has the
+        // guest_access value can_join."
+        let guest_refused = || {
+            ApiError::new(http::StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN", "this room does not let guests join")
+        };
+        if me.is_guest && known && !myelin_engine::guests::guests_can_join(&cx.engine, &room)? {
+            return Err(guest_refused());
+        }
         if !known {
             let servers = servers_to_ask(&cx, &req, &me.user_id, &room, alias_servers)?;
             myelin_engine::federation::membership::join_remote(&cx.engine, &me.user_id, &room, &servers).await?;
+            // A room held elsewhere shows its guest access only once joined: a
+            // guest who may not be there leaves again at once.
+            if me.is_guest && cx.engine.enforce_guest_access(&room).await? > 0 {
+                return Err(guest_refused());
+            }
             return Ok(ok_json(&json!({ "room_id": room })));
         }
 
