@@ -63,6 +63,21 @@ impl ServerAcl {
         Ok(Self { allow: list("allow")?, deny: list("deny")?, allow_ip_literals })
     }
 
+    /// Reads an ACL as it arrived in a room, where a malformed part cannot be
+    /// refused any more: non-list `allow`/`deny` count as empty, non-string
+    /// entries match nothing and a non-boolean `allow_ip_literals` counts as
+    /// `true` (the spec does not say; this is what Synapse does).
+    pub fn from_content_lenient(content: &JsonValue) -> Self {
+        let list = |name: &str| -> Vec<String> {
+            match content.get(name) {
+                Some(JsonValue::Array(items)) => items.iter().filter_map(|i| i.as_str().map(str::to_owned)).collect(),
+                _ => Vec::new(),
+            }
+        };
+        let allow_ip_literals = content.get("allow_ip_literals").and_then(JsonValue::as_bool).unwrap_or(true);
+        Self { allow: list("allow"), deny: list("deny"), allow_ip_literals }
+    }
+
     /// Whether `server` (a server name, port allowed) may take part in the room.
     pub fn allows(&self, server: &str) -> bool {
         let host = host(server);
@@ -112,5 +127,22 @@ mod tests {
         assert!(ServerAcl::from_content(&json!({ "allow": "*" })).is_err());
         assert!(ServerAcl::from_content(&json!({ "deny": [1] })).is_err());
         assert!(ServerAcl::from_content(&json!({ "allow": ["*"], "allow_ip_literals": "no" })).is_err());
+    }
+
+    #[test]
+    fn acls_from_other_servers_are_read_leniently() {
+        let acl = ServerAcl::from_content_lenient(&json!({
+            "allow": ["*", 7], "deny": [null, "evil.com"], "allow_ip_literals": "no"
+        }));
+        assert!(acl.allows("good.org"));
+        assert!(acl.allows("127.0.0.1:8448"), "a non-boolean allow_ip_literals counts as true");
+        assert!(!acl.allows("evil.com"));
+        let bad_deny = ServerAcl::from_content_lenient(&json!({ "allow": ["*"], "deny": "evil.com" }));
+        assert!(bad_deny.allows("evil.com"), "a deny that is not a list denies nobody");
+        let bad_allow = ServerAcl::from_content_lenient(&json!({ "allow": "*" }));
+        assert!(!bad_allow.allows("good.org"), "an allow that is not a list allows nobody");
+        let wildcard_ip =
+            ServerAcl::from_content(&json!({ "allow": ["127.0.0.*"], "allow_ip_literals": true })).unwrap();
+        assert!(wildcard_ip.allows("127.0.0.9:8448") && !wildcard_ip.allows("10.0.0.1"));
     }
 }

@@ -27,7 +27,7 @@ use crate::{
 /// Whether the room's `m.room.server_acl` lets `server` take part.
 pub fn acl_allows(engine: &Engine, room: &RoomId, server: &str) -> bool {
     match engine.rooms.state_event(room, "m.room.server_acl", "") {
-        Ok(Some(acl)) => crate::acl::ServerAcl::from_content(&acl.content_value()).is_ok_and(|a| a.allows(server)),
+        Ok(Some(acl)) => crate::acl::ServerAcl::from_content_lenient(&acl.content_value()).allows(server),
         _ => true,
     }
 }
