@@ -253,3 +253,44 @@ async fn presence_comes_with_sync_set_presence_and_new_members() {
     );
     s.stop().await;
 }
+
+fn chunk_bodies(page: &Value) -> Vec<String> {
+    page["chunk"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no chunk: {page}"))
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_pages_from_a_sync_next_batch_and_says_where_to_go_on() {
+    let s = TestServer::open("localhost").await;
+    let alice = s.register("alice").await;
+    let room = alice.create_room(json!({})).await;
+    for body in ["one", "two", "three"] {
+        alice.send_text(&room, body).await;
+    }
+    let since = alice.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    for body in ["four", "five"] {
+        alice.send_text(&room, body).await;
+    }
+    let messages = |dir: &str, from: &str, limit: u32| {
+        format!("/_matrix/client/v3/rooms/{}/messages?dir={dir}&from={}&limit={limit}", enc(&room), enc(from))
+    };
+    // Backwards from the sync token: what came before it, newest first.
+    let back = alice.get(&messages("b", &since, 3)).await;
+    assert_eq!(chunk_bodies(&back), ["three", "two", "one"], "{back}");
+    // More may follow (the room's creation events): `end` says where.
+    let end = back["end"].as_str().unwrap_or_else(|| panic!("no end while more may follow: {back}")).to_owned();
+    let older = alice.get(&messages("b", &end, 100)).await;
+    assert!(chunk_bodies(&older).is_empty(), "{older}");
+    assert!(
+        older["chunk"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"),
+        "the rest of the room's history: {older}"
+    );
+    // Forwards from the sync token: what came after it.
+    let forward = alice.get(&messages("f", &since, 10)).await;
+    assert_eq!(chunk_bodies(&forward), ["four", "five"], "{forward}");
+    s.stop().await;
+}
