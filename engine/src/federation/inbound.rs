@@ -238,7 +238,9 @@ async fn admit(
     match engine.rooms.append_pdu_unsettled(pdu, true).await {
         Ok((Appended::Accepted(p) | Appended::SoftFailed(p), pending)) => {
             unsettled.pending.extend(pending.map(|pend| (room.to_owned(), pend)));
-            if p.kind.to_string() == "m.room.guest_access" && !unsettled.guest_access.iter().any(|r| r == room) {
+            if p.kind == ruma::events::TimelineEventType::RoomGuestAccess
+                && !unsettled.guest_access.iter().any(|r| r == room)
+            {
                 unsettled.guest_access.push(room.to_owned());
             }
             PduResult::ok()

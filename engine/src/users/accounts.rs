@@ -198,14 +198,7 @@ impl Users {
             return Err(UserError::InUse);
         }
         let mut batch = Batch::new();
-        ACCOUNTS.put(
-            &mut batch,
-            &user_id.to_string(),
-            &Account { password_hash: hash, created_ms: now_ms(), admin, deactivated: false },
-        )?;
-        // New users start with their localpart as display name, as other servers do.
-        let profile = Profile { displayname: Some(user_id.localpart().to_owned()), avatar_url: None };
-        PROFILES.put(&mut batch, &user_id.to_string(), &profile)?;
+        put_new_account(&mut batch, user_id, hash, admin)?;
         let login =
             if inhibit_login { None } else { Some(self.new_device(&mut batch, user_id, device_id, device_name)?) };
         self.db.commit(batch).await?;
@@ -230,11 +223,8 @@ impl Users {
             }
         };
         let mut batch = Batch::new();
-        let account = Account { password_hash: String::new(), created_ms: now_ms(), admin: false, deactivated: false };
-        ACCOUNTS.put(&mut batch, &user_id.to_string(), &account)?;
+        put_new_account(&mut batch, &user_id, String::new(), false)?;
         GUESTS.put(&mut batch, &user_id.to_string(), &now_ms())?;
-        let profile = Profile { displayname: Some(user_id.localpart().to_owned()), avatar_url: None };
-        PROFILES.put(&mut batch, &user_id.to_string(), &profile)?;
         let login = self.new_device(&mut batch, &user_id, None, device_name)?;
         self.any_guests.store(true, std::sync::atomic::Ordering::SeqCst);
         self.db.commit(batch).await?;
@@ -441,4 +431,14 @@ impl Users {
     pub fn erased(&self, user_id: &UserId) -> Result<bool, UserError> {
         Ok(ERASED.contains(&*self.db, &user_id.to_string())?)
     }
+}
+
+/// The rows of a new account: the account itself and its first profile.
+fn put_new_account(batch: &mut Batch, user_id: &UserId, password_hash: String, admin: bool) -> Result<(), UserError> {
+    let account = Account { password_hash, created_ms: now_ms(), admin, deactivated: false };
+    ACCOUNTS.put(batch, &user_id.to_string(), &account)?;
+    // New users start with their localpart as display name, as other servers do.
+    let profile = Profile { displayname: Some(user_id.localpart().to_owned()), avatar_url: None };
+    PROFILES.put(batch, &user_id.to_string(), &profile)?;
+    Ok(())
 }
