@@ -6,18 +6,6 @@ use http::{Method, StatusCode};
 use myelin_suite::{Client, TestServer, enc, http};
 use serde_json::{Value, json};
 
-async fn register_guest(s: &TestServer) -> Client {
-    let r = http(s.client, Method::POST, "/_matrix/client/v3/register?kind=guest", Some(b"{}")).await;
-    assert_eq!(r.status, StatusCode::OK, "guest registration: {}", String::from_utf8_lossy(&r.body));
-    let j = r.json();
-    Client {
-        addr: s.client,
-        token: j["access_token"].as_str().unwrap().to_owned(),
-        user_id: j["user_id"].as_str().unwrap().to_owned(),
-        device_id: j["device_id"].as_str().unwrap().to_owned(),
-    }
-}
-
 fn joined_members(state: &Value) -> Vec<String> {
     state
         .as_array()
@@ -32,7 +20,7 @@ fn joined_members(state: &Value) -> Vec<String> {
 async fn a_guest_reads_and_talks_only_where_guests_can_join() {
     let s = TestServer::open("localhost").await;
     let alice = s.register("alice").await;
-    let guest = register_guest(&s).await;
+    let guest = s.register_guest().await;
     assert!(guest.user_id.starts_with('@') && guest.user_id.ends_with(":localhost"), "{}", guest.user_id);
 
     let who = guest.get("/_matrix/client/v3/account/whoami").await;
@@ -99,7 +87,7 @@ async fn a_guest_reads_and_talks_only_where_guests_can_join() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_upgrades_to_a_full_account_under_the_same_id() {
     let s = TestServer::open("localhost").await;
-    let guest = register_guest(&s).await;
+    let guest = s.register_guest().await;
     let localpart = guest.user_id.trim_start_matches('@').split(':').next().unwrap().to_owned();
 
     // Another localpart is refused; the guest's own is accepted after the dummy stage.
@@ -162,7 +150,7 @@ async fn guests_are_refused_when_registration_is_closed_or_guests_are_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_stays_a_guest_across_a_restart() {
     let s = TestServer::open("localhost").await;
-    let guest = register_guest(&s).await;
+    let guest = s.register_guest().await;
     let s = s.restart().await;
     let guest = Client { addr: s.client, ..guest };
     assert_eq!(guest.get("/_matrix/client/v3/account/whoami").await["is_guest"], true);
@@ -199,7 +187,7 @@ async fn a_remote_server_ending_guest_access_makes_our_guests_leave() {
     let (a, b) = myelin_suite::federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
-    let guest = register_guest(&a).await;
+    let guest = a.register_guest().await;
     let room = alice
         .create_room(json!({
             "preset": "public_chat",
@@ -228,7 +216,7 @@ async fn a_remote_server_ending_guest_access_makes_our_guests_leave() {
 async fn a_guest_joins_a_remote_room_only_if_it_lets_guests_join() {
     let (a, b) = myelin_suite::federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
     let bob = b.register("bob").await;
-    let guest = register_guest(&a).await;
+    let guest = a.register_guest().await;
     let welcoming =
         bob.create_room(json!({ "preset": "private_chat", "initial_state": guest_access("can_join") })).await;
     let closed = bob.create_room(json!({ "preset": "private_chat", "initial_state": guest_access("forbidden") })).await;
@@ -253,4 +241,98 @@ async fn a_guest_joins_a_remote_room_only_if_it_lets_guests_join() {
     wait_membership(&bob, &closed, &guest.user_id, "leave").await;
     a.stop().await;
     b.stop().await;
+}
+
+fn is_matrix_4xx(r: &myelin_suite::Reply) -> bool {
+    r.status.is_client_error() && serde_json::from_slice::<Value>(&r.body).is_ok_and(|j| j["errcode"].is_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_typed_guest_registration_bodies_get_400() {
+    let s = TestServer::open("localhost").await;
+    let guest = s.register_guest().await;
+    let localpart = guest.user_id.trim_start_matches('@').split(':').next().unwrap().to_owned();
+    let dummy = json!({ "type": "m.login.dummy" });
+    let cases = [
+        ("?kind=guest", json!([])),
+        ("?kind=guest", json!("guest")),
+        ("?kind=guest", json!({ "initial_device_display_name": 5 })),
+        ("", json!({ "username": localpart, "password": "pass-word-9", "guest_access_token": 5, "auth": dummy })),
+        (
+            "",
+            json!({ "username": localpart, "password": "pass-word-9", "guest_access_token": [guest.token], "auth": dummy }),
+        ),
+        ("", json!({ "username": localpart, "password": 7, "guest_access_token": guest.token, "auth": dummy })),
+    ];
+    let mut failures = Vec::new();
+    for (query, body) in &cases {
+        let path = format!("/_matrix/client/v3/register{query}");
+        let r = http(s.client, Method::POST, &path, Some(body.to_string().as_bytes())).await;
+        if !(r.status == StatusCode::BAD_REQUEST && is_matrix_4xx(&r)) {
+            failures.push(format!("{path} {body}: {} {}", r.status, String::from_utf8_lossy(&r.body)));
+        }
+    }
+    assert!(failures.is_empty(), "not a 400 with an errcode:\n{}", failures.join("\n"));
+    // None of them upgraded the guest.
+    assert_eq!(guest.get("/_matrix/client/v3/account/whoami").await["is_guest"], true);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_sending_garbage_path_parameters_gets_a_matrix_4xx() {
+    let s = TestServer::open("localhost").await;
+    let guest = s.register_guest().await;
+    let v3 = "/_matrix/client/v3";
+    let mut failures = Vec::new();
+    for g in ["not-a-room", "%00", "..", "%FF%FE", "!", "@", "#nope:localhost"] {
+        let cases = [
+            (Method::POST, format!("{v3}/join/{g}")),
+            (Method::POST, format!("{v3}/rooms/{g}/join")),
+            (Method::GET, format!("{v3}/rooms/{g}/messages?dir=b")),
+            (Method::GET, format!("{v3}/rooms/{g}/state")),
+            (Method::PUT, format!("{v3}/rooms/{g}/send/m.room.message/t1")),
+            (Method::GET, format!("{v3}/profile/{g}")),
+        ];
+        for (method, path) in cases {
+            let r = guest.request(method.clone(), &path, Some(json!({ "msgtype": "m.text", "body": "x" }))).await;
+            if !is_matrix_4xx(&r) {
+                failures.push(format!("{method} {path}: {} {}", r.status, String::from_utf8_lossy(&r.body)));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "not a Matrix 4xx:\n{}", failures.join("\n"));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_upgrade_twice_at_once_upgrades_once() {
+    let s = TestServer::open("localhost").await;
+    let guest = s.register_guest().await;
+    let localpart = guest.user_id.trim_start_matches('@').split(':').next().unwrap().to_owned();
+    let body = json!({
+        "username": localpart,
+        "password": "pass-word-9",
+        "guest_access_token": guest.token,
+        "auth": { "type": "m.login.dummy" },
+    })
+    .to_string();
+    let (a, b) = tokio::join!(
+        http(s.client, Method::POST, "/_matrix/client/v3/register", Some(body.as_bytes())),
+        http(s.client, Method::POST, "/_matrix/client/v3/register", Some(body.as_bytes())),
+    );
+    let mut statuses = [a.status, b.status];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::FORBIDDEN],
+        "one upgrade, one refusal: {} / {}",
+        String::from_utf8_lossy(&a.body),
+        String::from_utf8_lossy(&b.body)
+    );
+    let upgraded = if a.status == StatusCode::OK { a.json() } else { b.json() };
+    assert_eq!(upgraded["user_id"], guest.user_id.as_str());
+    // One device was added by the upgrade, beside the guest's own.
+    let devices = guest.get("/_matrix/client/v3/devices").await;
+    assert_eq!(devices["devices"].as_array().map(Vec::len), Some(2), "{devices}");
+    s.stop().await;
 }

@@ -316,13 +316,14 @@ impl TestServer {
             serde_json::json!({ "username": name, "password": "pass-word-1", "auth": { "type": "m.login.dummy" } });
         let r = http(self.client, Method::POST, "/_matrix/client/v3/register", Some(body.to_string().as_bytes())).await;
         assert_eq!(r.status, StatusCode::OK, "register {name}: {}", String::from_utf8_lossy(&r.body));
-        let j = r.json();
-        Client {
-            addr: self.client,
-            token: j["access_token"].as_str().unwrap().to_owned(),
-            user_id: j["user_id"].as_str().unwrap().to_owned(),
-            device_id: j["device_id"].as_str().unwrap().to_owned(),
-        }
+        Client::from_login(self.client, &r.json())
+    }
+
+    /// Registers a guest (`register?kind=guest`) and returns its client.
+    pub async fn register_guest(&self) -> Client {
+        let r = http(self.client, Method::POST, "/_matrix/client/v3/register?kind=guest", Some(b"{}")).await;
+        assert_eq!(r.status, StatusCode::OK, "guest registration: {}", String::from_utf8_lossy(&r.body));
+        Client::from_login(self.client, &r.json())
     }
 }
 
@@ -336,6 +337,12 @@ pub struct Client {
 }
 
 impl Client {
+    /// The client a register or login answer (`access_token`, `user_id`, `device_id`) logs in.
+    pub fn from_login(addr: SocketAddr, answer: &serde_json::Value) -> Client {
+        let field = |name: &str| answer[name].as_str().unwrap_or_else(|| panic!("no {name} in {answer}")).to_owned();
+        Client { addr, token: field("access_token"), user_id: field("user_id"), device_id: field("device_id") }
+    }
+
     /// Any request with this client's token.
     pub async fn request(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> Reply {
         let auth = format!("Bearer {}", self.token);
