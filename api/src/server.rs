@@ -299,6 +299,10 @@ pub async fn start(engine: Arc<Engine>) -> Result<Running, StartError> {
         myelin_engine::pushers::sender::run(engine.clone(), stop_rx.clone())
             .instrument(tracing::info_span!("push_sender")),
     );
+    tasks.spawn(
+        myelin_engine::ephemeral::run_timeouts(engine.clone(), stop_rx.clone())
+            .instrument(tracing::info_span!("presence_timeouts")),
+    );
     tasks.spawn(crate::admin::serve(engine.clone(), stop_rx).instrument(tracing::info_span!("admin_socket")));
     Ok(Running { client_addr, federation_addr, stop, tasks, engine })
 }

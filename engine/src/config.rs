@@ -153,11 +153,20 @@ pub struct AppserviceConfig {
 pub struct PresenceConfig {
     /// Whether users may set and read presence.
     pub enabled: bool,
+    /// A local user with no `/sync` in flight for this long goes `offline`
+    /// (Synapse's 30 s `SYNC_ONLINE_TIMEOUT`).
+    pub offline_after_ms: u64,
+    /// A local `online` user who did nothing for this long goes `unavailable`
+    /// (Synapse's 5 min `IDLE_TIMER`).
+    pub idle_after_ms: u64,
+    /// A remote user whose server sent no update for this long goes `offline`
+    /// (Synapse's 30 min `FEDERATION_TIMEOUT`).
+    pub remote_offline_after_ms: u64,
 }
 
 impl Default for PresenceConfig {
     fn default() -> Self {
-        Self { enabled: true }
+        Self { enabled: true, offline_after_ms: 30_000, idle_after_ms: 300_000, remote_offline_after_ms: 1_800_000 }
     }
 }
 

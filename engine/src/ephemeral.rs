@@ -38,10 +38,59 @@ pub struct Presence {
     pub state: String,
     /// Optional status message.
     pub status_msg: Option<String>,
-    /// When it was last set.
+    /// When it was last set (for remote users: last pushed by their server).
     pub since: Instant,
+    /// When the user last did something that shows a person at the keyboard
+    /// (`last_active_ago` is counted from here).
+    pub last_active: Instant,
     /// The serial of the change (shared with typing; in sync tokens).
     pub changed: u64,
+}
+
+/// How long presence lasts without the activity that keeps it (Synapse's
+/// `SYNC_ONLINE_TIMEOUT`, `IDLE_TIMER` and `FEDERATION_TIMEOUT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceTimeouts {
+    /// A local user with no sync in flight for this long goes `offline`.
+    pub offline_after: Duration,
+    /// A local `online` user not active for this long goes `unavailable`.
+    pub idle_after: Duration,
+    /// A remote user whose server pushed nothing for this long goes `offline`.
+    pub remote_offline_after: Duration,
+}
+
+/// A local user's `/sync` requests that count for presence.
+struct Syncing {
+    in_flight: u32,
+    last_end: Instant,
+}
+
+/// Held while a `/sync` that keeps its user online is in flight.
+pub struct SyncGuard {
+    ephemeral: Arc<Ephemeral>,
+    user: OwnedUserId,
+}
+
+impl Drop for SyncGuard {
+    fn drop(&mut self) {
+        let mut syncing = self.ephemeral.syncing.lock();
+        if let Some(s) = syncing.get_mut(&self.user) {
+            s.in_flight = s.in_flight.saturating_sub(1);
+            s.last_end = Instant::now();
+        }
+    }
+}
+
+/// A local user's presence change the timeouts decided (to be told to other
+/// servers and appservices).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimedOut {
+    /// Whose presence changes.
+    pub user: OwnedUserId,
+    /// `offline` or `unavailable`.
+    pub state: &'static str,
+    /// The status message, kept.
+    pub status_msg: Option<String>,
 }
 
 /// Typing and presence of one server.
@@ -50,6 +99,7 @@ pub struct Ephemeral {
     serial: AtomicU64,
     notify: watch::Sender<u64>,
     presence: Mutex<HashMap<OwnedUserId, Presence>>,
+    syncing: Mutex<HashMap<OwnedUserId, Syncing>>,
 }
 
 impl Default for Ephemeral {
@@ -67,6 +117,7 @@ impl Ephemeral {
             serial: AtomicU64::new(0),
             notify,
             presence: Mutex::new(HashMap::new()),
+            syncing: Mutex::new(HashMap::new()),
         }
     }
 
@@ -139,14 +190,104 @@ impl Ephemeral {
         }
     }
 
-    /// Sets a user's presence.
+    /// Sets a user's presence; `online` counts as activity.
     pub fn set_presence(&self, user: &UserId, state: &str, status_msg: Option<String>) {
+        self.put_presence(user, state, status_msg, None);
+    }
+
+    /// Sets a remote user's presence as their server pushed it, with how long ago
+    /// the user was last active there.
+    pub fn set_remote_presence(
+        &self,
+        user: &UserId,
+        state: &str,
+        status_msg: Option<String>,
+        last_active_ago: Option<Duration>,
+    ) {
+        let now = Instant::now();
+        let last_active = last_active_ago.map(|ago| now.checked_sub(ago).unwrap_or(now));
+        self.put_presence(user, state, status_msg, Some(last_active.unwrap_or(now)));
+    }
+
+    fn put_presence(&self, user: &UserId, state: &str, status_msg: Option<String>, last_active: Option<Instant>) {
+        let now = Instant::now();
         let mut all = self.presence.lock();
+        let previous = all.get(user).map(|p| p.last_active);
+        let last_active = match last_active {
+            Some(at) => at,
+            None if state == "online" => now,
+            None => previous.unwrap_or(now),
+        };
         let changed = self.serial.fetch_add(1, Ordering::SeqCst) + 1;
-        all.insert(user.to_owned(), Presence { state: state.to_owned(), status_msg, since: Instant::now(), changed });
+        all.insert(user.to_owned(), Presence { state: state.to_owned(), status_msg, since: now, last_active, changed });
         drop(all);
         // Wakes long-polling syncs, like a typing change.
         self.notify.send_replace(changed);
+    }
+
+    /// The user did something only a person does (sent an event, a receipt):
+    /// `last_active` moves to now. Returns the presence to set when that brings
+    /// the user back: `unavailable` becomes `online` (as Synapse's
+    /// `bump_presence_active_time`).
+    pub fn mark_active(&self, user: &UserId) -> Option<Option<String>> {
+        let mut all = self.presence.lock();
+        let p = all.get_mut(user)?;
+        p.last_active = Instant::now();
+        (p.state == "unavailable").then(|| p.status_msg.clone())
+    }
+
+    /// A `/sync` of `user` that keeps them online is in flight until the guard drops.
+    pub fn sync_started(self: &Arc<Self>, user: &UserId) -> SyncGuard {
+        let mut syncing = self.syncing.lock();
+        let entry = syncing.entry(user.to_owned()).or_insert(Syncing { in_flight: 0, last_end: Instant::now() });
+        entry.in_flight += 1;
+        SyncGuard { ephemeral: self.clone(), user: user.to_owned() }
+    }
+
+    /// Applies the timeouts at `now`: remote users their server stopped
+    /// refreshing go `offline` here (and, once offline that long, are forgotten);
+    /// local users who stopped syncing go `offline` and idle ones `unavailable` —
+    /// those are returned, for the caller to tell other servers.
+    pub fn timeouts(&self, local: &ruma::ServerName, t: PresenceTimeouts, now: Instant) -> Vec<TimedOut> {
+        let mut syncing = self.syncing.lock();
+        syncing.retain(|_, s| s.in_flight > 0 || now.saturating_duration_since(s.last_end) <= t.offline_after);
+        let mut out = Vec::new();
+        let mut remote_offline = Vec::new();
+        let mut all = self.presence.lock();
+        all.retain(|user, p| {
+            let quiet = now.saturating_duration_since(p.since);
+            if user.server_name() != local {
+                if p.state == "offline" {
+                    return quiet <= t.remote_offline_after;
+                }
+                if quiet > t.remote_offline_after {
+                    remote_offline.push(user.clone());
+                }
+                return true;
+            }
+            if p.state == "offline" {
+                return true;
+            }
+            let sync = syncing.get(user);
+            let in_sync = sync.is_some_and(|s| s.in_flight > 0);
+            let seen = sync.map_or(p.last_active, |s| s.last_end.max(p.last_active));
+            if !in_sync && now.saturating_duration_since(seen) > t.offline_after {
+                out.push(TimedOut { user: user.clone(), state: "offline", status_msg: p.status_msg.clone() });
+            } else if p.state == "online" && now.saturating_duration_since(p.last_active) > t.idle_after {
+                out.push(TimedOut { user: user.clone(), state: "unavailable", status_msg: p.status_msg.clone() });
+            }
+            true
+        });
+        for user in remote_offline {
+            let changed = self.serial.fetch_add(1, Ordering::SeqCst) + 1;
+            if let Some(p) = all.get_mut(&user) {
+                p.state = "offline".to_owned();
+                p.since = now;
+                p.changed = changed;
+            }
+            self.notify.send_replace(changed);
+        }
+        out
     }
 
     /// Presences set after serial `after` (every known one for 0).
@@ -171,10 +312,11 @@ impl crate::Engine {
     ) -> Result<(), crate::EngineError> {
         self.ephemeral.set_presence(user, state, status_msg.clone());
         self.push_presence_to_appservices(user);
+        let last_active_ago = self.ephemeral.presence(user).map_or(0, |p| p.last_active.elapsed().as_millis() as u64);
         let mut item = serde_json::json!({
             "user_id": user,
             "presence": state,
-            "last_active_ago": 0,
+            "last_active_ago": last_active_ago,
             "currently_active": state == "online",
         });
         if let Some(m) = status_msg {
@@ -193,16 +335,153 @@ impl crate::Engine {
     /// `online` or `unavailable`; `offline` changes nothing (Client-Server API
     /// §"GET /sync": "Controls whether the client is automatically marked as online
     /// by polling this API"). A state the user set themselves otherwise stays.
-    pub fn presence_from_sync(&self, user: &ruma::UserId, set_presence: &str) -> Result<(), crate::EngineError> {
+    /// The user stays online while the returned guard lives, and for
+    /// `[presence] offline_after_ms` after the last such sync ends.
+    pub fn presence_from_sync(
+        &self,
+        user: &ruma::UserId,
+        set_presence: &str,
+    ) -> Result<Option<SyncGuard>, crate::EngineError> {
         if !self.config.presence.enabled || set_presence == "offline" {
-            return Ok(());
+            return Ok(None);
         }
+        let guard = self.ephemeral.sync_started(user);
         let current = self.ephemeral.presence(user);
         let status = current.as_ref().and_then(|p| p.status_msg.clone());
         match current.as_ref().map(|p| p.state.as_str()) {
-            None | Some("offline") => self.set_user_presence(user, set_presence, status),
-            Some("online") if set_presence == "unavailable" => self.set_user_presence(user, set_presence, status),
-            _ => Ok(()),
+            None | Some("offline") => self.set_user_presence(user, set_presence, status)?,
+            Some("online") if set_presence == "unavailable" => self.set_user_presence(user, set_presence, status)?,
+            _ => {}
         }
+        Ok(Some(guard))
+    }
+
+    /// A local user acted (sent an event, a receipt, a read marker, started
+    /// typing): an idle (`unavailable`) user is `online` again.
+    /// What the user asked for has happened already, so a failure here is only logged.
+    pub fn presence_active(&self, user: &ruma::UserId) {
+        if !self.config.presence.enabled {
+            return;
+        }
+        if let Some(status) = self.ephemeral.mark_active(user)
+            && let Err(e) = self.set_user_presence(user, "online", status)
+        {
+            tracing::warn!(user_id = %user, error = %e, "could not mark an active user online");
+        }
+    }
+
+    /// The presence timeouts from `[presence]`.
+    pub fn presence_timeouts(&self) -> PresenceTimeouts {
+        let c = &self.config.presence;
+        PresenceTimeouts {
+            offline_after: Duration::from_millis(c.offline_after_ms),
+            idle_after: Duration::from_millis(c.idle_after_ms),
+            remote_offline_after: Duration::from_millis(c.remote_offline_after_ms),
+        }
+    }
+}
+
+/// Applies the presence timeouts until `stop`: local users who stopped syncing
+/// go `offline`, idle ones `unavailable` (told to the servers sharing a room
+/// with them), remote users their server stopped refreshing `offline`.
+pub async fn run_timeouts(engine: Arc<crate::Engine>, mut stop: watch::Receiver<bool>) {
+    if !engine.config.presence.enabled {
+        return;
+    }
+    let t = engine.presence_timeouts();
+    // Often enough that a timeout is applied within a quarter of itself.
+    let tick = (t.offline_after.min(t.idle_after) / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = stop.changed() => return,
+        }
+        for change in engine.ephemeral.timeouts(&engine.server_name, t, Instant::now()) {
+            tracing::debug!(user_id = %change.user, state = change.state, "presence timed out");
+            if let Err(e) = engine.set_user_presence(&change.user, change.state, change.status_msg) {
+                tracing::warn!(user_id = %change.user, error = %e, "could not apply a presence timeout");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: PresenceTimeouts = PresenceTimeouts {
+        offline_after: Duration::from_secs(30),
+        idle_after: Duration::from_secs(300),
+        remote_offline_after: Duration::from_secs(1800),
+    };
+
+    fn user(s: &str) -> OwnedUserId {
+        UserId::parse(s).unwrap()
+    }
+
+    fn states(changes: &[TimedOut]) -> Vec<(String, &'static str)> {
+        changes.iter().map(|c| (c.user.to_string(), c.state)).collect()
+    }
+
+    #[test]
+    fn a_sync_in_flight_keeps_a_user_online_and_its_end_starts_the_clock() {
+        let e = Arc::new(Ephemeral::new());
+        let local = ruma::server_name!("here.test");
+        let alice = user("@alice:here.test");
+        e.set_presence(&alice, "online", Some("hi".into()));
+        let guard = e.sync_started(&alice);
+        let later = Instant::now() + Duration::from_secs(120);
+        // Online for long past the timeout while the sync is held (idle is 300 s).
+        assert!(e.timeouts(local, T, later).is_empty());
+        drop(guard);
+        let now = Instant::now();
+        assert!(e.timeouts(local, T, now + Duration::from_secs(29)).is_empty());
+        let out = e.timeouts(local, T, now + Duration::from_secs(31));
+        assert_eq!(states(&out), [(alice.to_string(), "offline")]);
+        assert_eq!(out[0].status_msg.as_deref(), Some("hi"), "the status message is kept");
+    }
+
+    #[test]
+    fn an_online_user_idle_too_long_becomes_unavailable_and_activity_brings_them_back() {
+        let e = Arc::new(Ephemeral::new());
+        let local = ruma::server_name!("here.test");
+        let alice = user("@alice:here.test");
+        e.set_presence(&alice, "online", None);
+        let _guard = e.sync_started(&alice);
+        let late = Instant::now() + Duration::from_secs(301);
+        assert_eq!(states(&e.timeouts(local, T, late)), [(alice.to_string(), "unavailable")]);
+        e.set_presence(&alice, "unavailable", None);
+        // Only an unavailable user is brought back by activity; last_active moves either way.
+        assert_eq!(e.mark_active(&alice), Some(None));
+        e.set_presence(&alice, "online", None);
+        assert_eq!(e.mark_active(&alice), None);
+        assert!(e.presence(&alice).unwrap().last_active.elapsed() < Duration::from_secs(5));
+        // Unknown users are not created by activity.
+        assert_eq!(e.mark_active(&user("@nobody:here.test")), None);
+        assert!(e.presence(&user("@nobody:here.test")).is_none());
+    }
+
+    #[test]
+    fn remote_users_go_offline_when_their_server_goes_quiet_and_are_then_forgotten() {
+        let e = Arc::new(Ephemeral::new());
+        let local = ruma::server_name!("here.test");
+        let bob = user("@bob:there.test");
+        e.set_remote_presence(&bob, "online", None, Some(Duration::from_secs(10)));
+        let p = e.presence(&bob).unwrap();
+        assert!(p.last_active.elapsed() >= Duration::from_secs(10), "last_active_ago is taken from the EDU");
+        let before = e.serial();
+        // A remote user's change is not for us to tell anyone: nothing is returned.
+        assert!(e.timeouts(local, T, Instant::now() + Duration::from_secs(1801)).is_empty());
+        let p = e.presence(&bob).unwrap();
+        assert_eq!(p.state, "offline");
+        assert!(p.changed > before, "syncs see the change");
+        // Offline and quiet that long again: the entry goes, bounding the map.
+        e.timeouts(local, T, Instant::now() + Duration::from_secs(3700));
+        assert!(e.presence(&bob).is_none());
+        // Local users who never synced are judged by their last activity.
+        let carol = user("@carol:here.test");
+        e.set_presence(&carol, "online", None);
+        let out = e.timeouts(local, T, Instant::now() + Duration::from_secs(31));
+        assert_eq!(states(&out), [(carol.to_string(), "offline")]);
     }
 }

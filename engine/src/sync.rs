@@ -723,7 +723,7 @@ impl Engine {
             }
             let mut content = json!({
                 "presence": p.state,
-                "last_active_ago": now.saturating_duration_since(p.since).as_millis() as u64,
+                "last_active_ago": now.saturating_duration_since(p.last_active).as_millis() as u64,
                 "currently_active": p.state == "online",
             });
             if let Some(m) = p.status_msg {

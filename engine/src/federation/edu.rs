@@ -59,6 +59,9 @@ struct PresenceUpdate {
     user_id: OwnedUserId,
     presence: String,
     status_msg: Option<String>,
+    /// Read leniently: a malformed value only loses the activity time.
+    #[serde(default)]
+    last_active_ago: JsonValue,
 }
 
 /// One user's receipt in `m.receipt`.
@@ -103,7 +106,8 @@ pub async fn receive_edu(engine: &Engine, origin: &str, edu: &JsonValue) {
                     continue;
                 }
                 let status = update.status_msg.map(|s| s.chars().take(1000).collect());
-                engine.ephemeral.set_presence(&update.user_id, state, status);
+                let ago = update.last_active_ago.as_u64().map(std::time::Duration::from_millis);
+                engine.ephemeral.set_remote_presence(&update.user_id, state, status, ago);
                 engine.push_presence_to_appservices(&update.user_id);
             }
         }

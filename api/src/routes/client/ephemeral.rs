@@ -94,6 +94,9 @@ pub fn typing(cx: Ctx, req: Req) -> HandlerFuture {
         let typing = body.typing;
         let timeout = Duration::from_millis(body.timeout.unwrap_or(30_000));
         cx.engine.ephemeral.set_typing(&room, &me.user_id, typing, timeout);
+        if typing && me.appservice.is_none() {
+            cx.engine.presence_active(&me.user_id);
+        }
         cx.engine.push_typing_to_appservices(&room);
         let edu =
             json!({ "edu_type": "m.typing", "content": { "room_id": room, "user_id": me.user_id, "typing": typing } });
@@ -137,6 +140,9 @@ async fn mark(
             cx.engine.users.set_account_data(me.user_id.as_str(), Some(room.as_str()), "m.fully_read", content).await?;
         }
         other => return Err(ApiError::invalid_param(format!("unknown receipt type {other}"))),
+    }
+    if me.appservice.is_none() {
+        cx.engine.presence_active(&me.user_id);
     }
     Ok(())
 }
@@ -186,7 +192,7 @@ pub fn get_presence(cx: Ctx, req: Req) -> HandlerFuture {
             Some(p) => ok_json(&PresenceKnown {
                 presence: &p.state,
                 status_msg: p.status_msg.as_deref(),
-                last_active_ago: p.since.elapsed().as_millis() as u64,
+                last_active_ago: p.last_active.elapsed().as_millis() as u64,
                 currently_active: p.state == "online",
             }),
             None => ok_json(&PresenceUnknown { presence: "offline" }),

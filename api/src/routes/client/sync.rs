@@ -194,7 +194,8 @@ pub fn sync(cx: Ctx, req: Req) -> HandlerFuture {
             };
             apply_filter(&mut request, filter);
         }
-        cx.engine.presence_from_sync(&me.user_id, &set_presence)?;
+        // Held across the long-poll: a user with a sync in flight stays online.
+        let _syncing = cx.engine.presence_from_sync(&me.user_id, &set_presence)?;
         let body = cx.engine.sync(&me.user_id, request).await?;
         Ok(ok_json(&body))
     })

@@ -31,6 +31,9 @@ pub fn send(cx: Ctx, req: Req) -> HandlerFuture {
         super::super::relations::check_relation(&cx, &me, &room, &content)?;
         let event = NewEvent::message(TimelineEventType::from(kind), content).at(appservice_ts(&me, &req)?);
         let pdu = cx.engine.rooms.send_for_txn(&me.user_id, &room, event, Some((&me.device_id, &txn))).await?;
+        if me.appservice.is_none() {
+            cx.engine.presence_active(&me.user_id);
+        }
         Ok(ok_json(&json!({ "event_id": pdu.event_id })))
     })
 }
