@@ -262,7 +262,13 @@ impl Engine {
 
     /// Whether the invite `event` (or, for an invite from another server, the
     /// member event in its stripped state) was sent by an ignored user.
-    fn invited_by_ignored(&self, user: &UserId, event: u64, state: &[JsonValue], ignored: &HashSet<String>) -> bool {
+    pub(crate) fn invited_by_ignored(
+        &self,
+        user: &UserId,
+        event: u64,
+        state: &[JsonValue],
+        ignored: &HashSet<String>,
+    ) -> bool {
         let sender = match self.rooms.pdu_by_short(event) {
             Ok(Some(p)) => Some(p.sender.to_string()),
             _ => state
@@ -830,7 +836,7 @@ pub fn ignored(req: &SyncRequest, pdu: &ArcPdu) -> bool {
 }
 
 /// Takes ignored users out of `m.typing` and `m.receipt` events.
-fn drop_ignored_ephemeral(events: &mut [JsonValue], ignored: &HashSet<String>) {
+pub(crate) fn drop_ignored_ephemeral(events: &mut [JsonValue], ignored: &HashSet<String>) {
     if ignored.is_empty() {
         return;
     }

@@ -226,7 +226,9 @@ impl Engine {
         let since = (prev.upto > 0).then_some(prev.upto);
         let typing_serial = self.ephemeral.serial();
         let direct = self.direct_rooms(user)?;
-        let candidates = self.list_candidates(user, prev, upto_i)?;
+        // §"Ignoring Users": their messages, invites, typing and receipts are not sent.
+        let ignored = self.ignored_users(user)?;
+        let candidates = self.list_candidates(user, prev, upto_i, &ignored)?;
 
         // Lists: filter, sort by bump stamp (newest first), take the ranges.
         let mut wanted: BTreeMap<OwnedRoomId, Wanted> = BTreeMap::new();
@@ -301,6 +303,7 @@ impl Engine {
                 now,
                 is_dm: direct.contains(room_id.as_str()),
                 stamp,
+                ignored: &ignored,
             };
             if let Some((out, sent)) = self.sliding_room(room_id, m, w, prev.rooms.get(room_id), &cx).await? {
                 if out.initial {
@@ -389,7 +392,8 @@ impl Engine {
                     }
                     _ => 0,
                 };
-                if let Some(event) = self.receipt_event(room_id, user, from)? {
+                if let Some(mut event) = self.receipt_event(room_id, user, from)? {
+                    crate::sync::drop_ignored_ephemeral(std::slice::from_mut(&mut event), &ignored);
                     out.rooms.insert(room_id.to_string(), event);
                 }
             }
@@ -399,7 +403,8 @@ impl Engine {
         if let Some(scope) = ext.typing.as_ref().filter(|s| s.enabled == Some(true)) {
             let mut out = RoomEventsOut::default();
             for room_id in in_scope(scope) {
-                let (users, changed) = self.ephemeral.typing_in(room_id);
+                let (mut users, changed) = self.ephemeral.typing_in(room_id);
+                users.retain(|u| !ignored.contains(u.as_str()));
                 let fresh = since.is_none() || initial_rooms.contains(room_id);
                 if (fresh && !users.is_empty()) || (!fresh && changed > prev.typing) {
                     out.rooms
@@ -420,7 +425,13 @@ impl Engine {
     }
 
     /// The rooms the lists are made of, with their bump stamps.
-    fn list_candidates(&self, user: &UserId, prev: &conn::ConnState, upto: i64) -> Result<Vec<Candidate>, EngineError> {
+    fn list_candidates(
+        &self,
+        user: &UserId,
+        prev: &conn::ConnState,
+        upto: i64,
+        ignored: &HashSet<String>,
+    ) -> Result<Vec<Candidate>, EngineError> {
         let mut out = Vec::new();
         for (room_id, m, removed) in self.memberships_of(user)?.iter() {
             if m.count > upto {
@@ -432,7 +443,11 @@ impl Engine {
                 "leave" => (prev.upto > 0 && m.count > prev.upto as i64) || *removed,
                 _ => false,
             };
-            if !shown {
+            if !shown
+                || (m.membership == "invite"
+                    && !ignored.is_empty()
+                    && self.invited_by_ignored(user, m.event, &[], ignored))
+            {
                 continue;
             }
             let stamp = self.bump_stamp_of(room_id, m, upto)?;

@@ -26,6 +26,8 @@ pub(crate) struct Cx<'a> {
     pub(crate) now: u64,
     pub(crate) is_dm: bool,
     pub(crate) stamp: i64,
+    /// Users whose messages are not sent (`m.ignored_user_list`).
+    pub(crate) ignored: &'a HashSet<String>,
 }
 
 /// Facts of a room at one state snapshot.
@@ -184,8 +186,12 @@ impl Engine {
             return Ok((Vec::new(), !newest.is_empty()));
         }
         let (events, limited) = self.rooms.timeline_between(room_id, after, upto, limit as usize).map_err(err)?;
-        let visible =
-            events.into_iter().filter(|(c, p)| self.rooms.visible_to(cx.user, p, *c).unwrap_or(false)).collect();
+        // State from ignored users is still sent (§"Ignoring Users"), as in /sync.
+        let hidden = |p: &ArcPdu| p.state_key.is_none() && cx.ignored.contains(p.sender.as_str());
+        let visible = events
+            .into_iter()
+            .filter(|(c, p)| !hidden(p) && self.rooms.visible_to(cx.user, p, *c).unwrap_or(false))
+            .collect();
         Ok((visible, limited))
     }
 
