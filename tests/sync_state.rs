@@ -207,3 +207,49 @@ async fn a_left_room_shows_its_state_up_to_the_leave() {
     assert_eq!(bob_member["content"]["membership"], "join");
     s.stop().await;
 }
+
+/// SyTest 31sync/06state "Current state appears in timeline in private history"
+/// (and "… with many messages after"): in a `joined`-history room, a member who
+/// left and came back sees in her next sync the join that happened while she was
+/// away, though history hides it, because it is the room's current state; and
+/// the timeline reaches back past the messages she may not see to find it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn current_state_appears_in_the_timeline_of_a_private_history_room() {
+    let s = TestServer::open("localhost").await;
+    let creator = s.register("creator").await;
+    for messages_after in [0, 50] {
+        let syncer = s.register(&format!("syncer{messages_after}")).await;
+        let invitee = s.register(&format!("invitee{messages_after}")).await;
+        let room = creator.create_room(json!({ "preset": "public_chat" })).await;
+        syncer.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), json!({})).await;
+        creator
+            .put(
+                &format!("/_matrix/client/v3/rooms/{}/state/m.room.history_visibility/", enc(&room)),
+                json!({ "history_visibility": "joined" }),
+            )
+            .await;
+        creator
+            .post(&format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)), json!({ "user_id": invitee.user_id }))
+            .await;
+        let since = syncer.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+        syncer.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), json!({})).await;
+        invitee.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), json!({})).await;
+        for n in 0..messages_after {
+            creator.send_text(&room, &format!("hidden {n}")).await;
+        }
+        syncer.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), json!({})).await;
+
+        let sync = syncer.sync(Some(&since), 0).await;
+        let timeline =
+            sync["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap_or_else(|| panic!("{sync}"));
+        assert!(
+            timeline.iter().any(|e| e["type"] == "m.room.member"
+                && e["state_key"] == invitee.user_id.as_str()
+                && e["content"]["membership"] == "join"),
+            "the invitee's join ({messages_after} messages after it) is in the timeline: {timeline:?}"
+        );
+        // The messages sent while the syncer was away stay hidden.
+        assert!(!timeline.iter().any(|e| e["content"]["body"].as_str().is_some_and(|b| b.starts_with("hidden"))));
+    }
+    s.stop().await;
+}

@@ -166,6 +166,22 @@ pub(crate) fn lazy_sent(caches: &myelin_storage::Caches) -> LazySent {
 /// Most to-device messages one `/sync` delivers.
 const TO_DEVICE_PAGE: usize = 100;
 
+/// Pages of a room's timeline read to fill a `/sync` timeline past events the
+/// user may not see (Synapse's `max_repeat`).
+const FILL_PAGES: usize = 5;
+
+/// One joined room's `/sync` timeline.
+struct Timeline {
+    /// Every event read, hidden ones included, oldest first.
+    read: Vec<(i64, ArcPdu)>,
+    /// The events sent, oldest first.
+    shown: Vec<(i64, ArcPdu)>,
+    /// Whether earlier events were left out.
+    limited: bool,
+    /// The position before the oldest event sent or read, if any was.
+    prev: Option<i64>,
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -370,20 +386,11 @@ impl Engine {
                         joined_rooms.push(room_id.clone());
                         continue;
                     }
-                    let (events, limited) = self
-                        .rooms
-                        .timeline_between(&room_id, since_i, upto_i, req.timeline_limit)
-                        .map_err(rooms_err)?;
+                    let timeline = self.visible_timeline(&room_id, user, since_i, upto_i, req)?;
+                    let events = &timeline.read;
                     joined_rooms.push(room_id.clone());
                     if since.is_some() {
-                        self.note_member_changes(
-                            &room_id,
-                            user,
-                            fresh,
-                            &events,
-                            &mut member_joins,
-                            &mut member_leaves,
-                        )?;
+                        self.note_member_changes(&room_id, user, fresh, events, &mut member_joins, &mut member_leaves)?;
                     }
                     let mut room_data = data.rooms.remove(room_id.as_str()).unwrap_or_default();
                     keep_wanted(&mut room_data, &req.room_account_data, room_id.as_str());
@@ -396,7 +403,7 @@ impl Engine {
                     // The client has this room's state at the token unless the room is new
                     // to it or it asked for all of it again.
                     let state_since = since.filter(|_| !fresh && !req.full_state).map(|s| s as i64);
-                    let mut body = self.joined_room(&room_id, user, &events, limited, state_since, upto_i, req, now)?;
+                    let mut body = self.joined_room(&room_id, user, &timeline, state_since, upto_i, req, now)?;
                     body["account_data"]["events"] = JsonValue::Array(room_data);
                     body["ephemeral"]["events"] = JsonValue::Array(ephemeral);
                     let (notes, highlights) = self.unread_counts(&room_id, user, upto_i).await?;
@@ -581,28 +588,81 @@ impl Engine {
         Ok(state)
     }
 
+    /// The timeline of `(after, upto]` as `user` may see it: the newest
+    /// `timeline_limit` events that pass the filter and history visibility,
+    /// paging back past hidden events (at most [`FILL_PAGES`] pages), as
+    /// Synapse's `_load_filtered_recents` does. An event that is the room's
+    /// current state always passes visibility (a member may read the state
+    /// anyway; SyTest "Current state appears in timeline in private history").
+    fn visible_timeline(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        after: i64,
+        upto: i64,
+        req: &SyncRequest,
+    ) -> Result<Timeline, EngineError> {
+        let limit = req.timeline_limit;
+        let shows = |c: i64, p: &ArcPdu| -> bool {
+            if !req.timeline.matches(p) || ignored(req, p) {
+                return false;
+            }
+            if self.rooms.visible_to(user, p, c).unwrap_or(false) {
+                return true;
+            }
+            let Some(key) = p.state_key.as_deref() else { return false };
+            let current = self.rooms.state_event(room_id, &p.kind.to_string(), key).ok().flatten();
+            current.is_some_and(|now| now.event_id == p.event_id)
+        };
+        let mut read: Vec<(i64, ArcPdu)> = Vec::new();
+        let mut shown: Vec<(i64, ArcPdu)> = Vec::new();
+        let mut top = upto;
+        let mut limited = false;
+        for page in 0..FILL_PAGES {
+            let want = if page == 0 { limit } else { (limit * 2).max(10) };
+            let (mut events, more) = self.rooms.timeline_between(room_id, after, top, want).map_err(rooms_err)?;
+            if let Some((c, _)) = events.first() {
+                top = c - 1;
+            }
+            let mut kept: Vec<(i64, ArcPdu)> = events.iter().filter(|(c, p)| shows(*c, p)).cloned().collect();
+            kept.append(&mut shown);
+            shown = kept;
+            events.append(&mut read);
+            read = events;
+            limited = more;
+            // Enough to show, nothing older, or no limit to fill (limit 0).
+            if shown.len() >= limit || !more || limit == 0 {
+                break;
+            }
+        }
+        let excess = shown.len().saturating_sub(limit);
+        shown.drain(..excess);
+        limited |= excess > 0;
+        let prev = match (shown.first(), read.first()) {
+            (Some((c, _)), _) if excess > 0 => Some(c - 1),
+            (_, Some((c, _))) => Some(c - 1),
+            _ => None,
+        };
+        Ok(Timeline { read, shown, limited, prev })
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn joined_room(
         &self,
         room_id: &RoomId,
         user: &UserId,
-        events: &[(i64, ArcPdu)],
-        limited: bool,
+        t: &Timeline,
         state_since: Option<i64>,
         upto: i64,
         req: &SyncRequest,
         now: u64,
     ) -> Result<JsonValue, EngineError> {
-        let timeline: Vec<&(i64, ArcPdu)> = events
-            .iter()
-            .filter(|(c, p)| {
-                req.timeline.matches(p) && !ignored(req, p) && self.rooms.visible_to(user, p, *c).unwrap_or(false)
-            })
-            .collect();
+        let timeline: Vec<&(i64, ArcPdu)> = t.shown.iter().collect();
+        let limited = t.limited;
         let state = self.state_block(room_id, user, &timeline, upto, state_since, req)?;
         let state: Vec<JsonValue> = state.iter().map(|p| self.render(p, now, user, req)).collect();
         let timeline_json: Vec<JsonValue> = timeline.iter().map(|(_, p)| self.render(p, now, user, req)).collect();
-        let prev = events.first().map_or(state_since.unwrap_or(upto), |(c, _)| c - 1);
+        let prev = t.prev.unwrap_or(state_since.unwrap_or(upto));
         let current = self.rooms.current_state(room_id).map_err(rooms_err)?;
         let joined = current
             .iter()
