@@ -7,7 +7,9 @@
 //! Synapse out. Synapse is named `localhost:PORT` and Myelin `127.0.0.1:PORT`
 //! so that an ACL (which ignores ports) can tell them apart. Synapse runs on loopback with
 //! SQLite and a self-signed TLS federation listener; both servers use IP
-//! literal server names, so no DNS is involved.
+//! literal server names, so no DNS is involved. `sync_semantics_match_synapse_side_by_side`
+//! sends the same /sync and room requests to each server on its own and compares
+//! what a client observes (tests/interop/sync_side_by_side.py).
 
 use std::{
     path::PathBuf,
@@ -49,15 +51,26 @@ async fn wait_http(addr: std::net::SocketAddr, path: &str, what: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn myelin_and_synapse_federate_both_ways() {
+/// A Synapse and a Myelin (the built binary) on loopback, federating-ready,
+/// both answering; killed on drop.
+struct Pair {
+    _dir: tempfile::TempDir,
+    _synapse: Killed,
+    _myelin: Killed,
+    syn_client: u16,
+    syn_fed: u16,
+    my_client: u16,
+    my_fed: u16,
+}
+
+const SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop");
+
+async fn start_pair() -> Pair {
     let python = venv_python("venv-synapse-1.163.2");
     let dir = tempfile::tempdir().unwrap();
     let (syn_client, syn_fed, my_client, my_fed) = (free_port(), free_port(), free_port(), free_port());
-    let script_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop");
-
     let out = Command::new(&python)
-        .arg(format!("{script_dir}/synapse_config.py"))
+        .arg(format!("{SCRIPTS}/synapse_config.py"))
         .arg(dir.path())
         .arg(syn_client.to_string())
         .arg(syn_fed.to_string())
@@ -93,11 +106,16 @@ async fn myelin_and_synapse_federate_both_ways() {
             .spawn()
             .unwrap(),
     );
-    let syn_addr = format!("127.0.0.1:{syn_client}").parse().unwrap();
-    let my_addr = format!("127.0.0.1:{my_client}").parse().unwrap();
-    wait_http(my_addr, "/health", "myelin").await;
-    wait_http(syn_addr, "/_matrix/client/versions", "synapse").await;
+    wait_http(format!("127.0.0.1:{my_client}").parse().unwrap(), "/health", "myelin").await;
+    wait_http(format!("127.0.0.1:{syn_client}").parse().unwrap(), "/_matrix/client/versions", "synapse").await;
+    Pair { _dir: dir, _synapse: synapse, _myelin: myelin, syn_client, syn_fed, my_client, my_fed }
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn myelin_and_synapse_federate_both_ways() {
+    let pair = start_pair().await;
+    let (syn_client, syn_fed, my_client, my_fed) = (pair.syn_client, pair.syn_fed, pair.my_client, pair.my_fed);
+    let script_dir = SCRIPTS;
     let scenarios = format!("{script_dir}/synapse_scenarios.py");
     let out = tokio::task::spawn_blocking(move || {
         Command::new("python3")
@@ -111,12 +129,30 @@ async fn myelin_and_synapse_federate_both_ways() {
     .await
     .unwrap()
     .unwrap();
-    drop(myelin);
-    drop(synapse);
+    drop(pair);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "scenario failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("all checks passed"), "{stdout}");
     assert!(stdout.trim_end().ends_with(" passed, 0 failed"), "{stdout}");
+}
+
+/// The `/sync` and room semantics of issue #28, the same requests to each server
+/// on its own (tests/interop/sync_side_by_side.py): every scenario must reduce to
+/// the same observable answer on Myelin as on Synapse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_semantics_match_synapse_side_by_side() {
+    let pair = start_pair().await;
+    let (my, syn) = (format!("http://127.0.0.1:{}", pair.my_client), format!("http://127.0.0.1:{}", pair.syn_client));
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3").arg(format!("{SCRIPTS}/sync_side_by_side.py")).arg(my).arg(syn).output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    drop(pair);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "differences:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.trim_end().ends_with(" same, 0 different"), "{stdout}");
 }
 
 /// Synapse's own `register_new_matrix_user` (from the same release) creates an

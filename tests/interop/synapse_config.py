@@ -61,6 +61,8 @@ c.update({
     "ip_range_blacklist": [],
     "enable_registration": True,
     "enable_registration_without_verification": True,
+    # Guests, for the side-by-side /sync semantics test (Synapse's default is off).
+    "allow_guest_access": True,
     "suppress_key_server_warning": True,
     "trusted_key_servers": [],
     "report_stats": False,

@@ -131,7 +131,14 @@ pub fn register(cx: Ctx, req: Req) -> HandlerFuture {
         let guest = match query_param(&req, "kind").as_deref() {
             None | Some("user") => false,
             Some("guest") => true,
-            Some(other) => return Err(ApiError::invalid_param(format!("kind must be user or guest, not {other}"))),
+            // 400 M_UNRECOGNIZED, as Synapse answers an unknown kind.
+            Some(other) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "M_UNRECOGNIZED",
+                    format!("kind must be user or guest, not {other}"),
+                ));
+            }
         };
         let body: RegisterBody = parse_json_or_empty(&req.body)?;
         if guest {

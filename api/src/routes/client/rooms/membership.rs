@@ -67,9 +67,8 @@ pub fn join(cx: Ctx, req: Req) -> HandlerFuture {
         // §"Guest Access": "Servers MUST only allow guest users to join rooms if the
         // m.room.guest_access state event is present on the room and has the
         // guest_access value can_join."
-        let guest_refused = || {
-            ApiError::new(http::StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN", "this room does not let guests join")
-        };
+        // M_FORBIDDEN, as Synapse answers ("Guest access not allowed"); the spec names no code.
+        let guest_refused = || ApiError::forbidden("this room does not let guests join");
         if me.is_guest && known && !myelin_engine::guests::guests_can_join(&cx.engine, &room)? {
             return Err(guest_refused());
         }
