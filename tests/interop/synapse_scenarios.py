@@ -11,6 +11,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from client_http import call
+
 MY, SY, MY_NAME, SY_NAME = sys.argv[1:5]
 q = urllib.parse.quote
 
@@ -25,19 +27,6 @@ def check(cond, what):
         print(f"{PASSED} passed, 1 failed", flush=True)
         sys.exit(1)
     PASSED += 1
-
-
-def call(base, method, path, body=None, token=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(base + path, data=data, method=method)
-    req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", "Bearer " + token)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read() or b"{}")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
 
 
 def register(base, name):

@@ -13,29 +13,12 @@ Exits 0 when every scenario matched; prints each scenario's value per server.
 import json
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
+
+from client_http import call
 
 SERVERS = {"myelin": sys.argv[1], "synapse": sys.argv[2]}
 q = urllib.parse.quote
-
-
-def call(base, method, path, body=None, token=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(base + path, data=data, method=method)
-    req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", "Bearer " + token)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read() or b"{}")
-    except urllib.error.HTTPError as e:
-        body = e.read() or b"{}"
-        try:
-            return e.code, json.loads(body)
-        except ValueError:
-            return e.code, {}
 
 
 def ok(base, method, path, body=None, token=None):
