@@ -43,7 +43,7 @@ fn status_code(r: &Reply) -> (StatusCode, String) {
 /// Creates a user the way `myelin admin user create [--admin]` does, then logs in over HTTP.
 async fn create_user(s: &TestServer, name: &str, password: &str, admin: bool) -> Client {
     let req = json!({ "op": "user_create", "name": name, "password": password, "admin": admin });
-    let answer = myelin_api::admin::user_op(&s.engine, "user_create", &req).await.expect("user_create");
+    let answer = myelin_api::admin::execute_offline(&s.engine, &req).await;
     assert_eq!(answer["ok"], true);
     login(s, name, password).await.unwrap_or_else(|r| panic!("login {name}: {}", String::from_utf8_lossy(&r.body)))
 }
@@ -205,15 +205,12 @@ async fn admin_endpoints_need_a_server_admin() {
 
     // `myelin admin user set-admin` turns the flag on and off; the same token follows.
     let set = |on: bool| json!({ "op": "user_set_admin", "name": "alice", "admin": on });
-    myelin_api::admin::user_op(&s.engine, "user_set_admin", &set(true)).await.unwrap();
+    assert_eq!(myelin_api::admin::execute_offline(&s.engine, &set(true)).await["ok"], true);
     assert_eq!(alice.get(&path).await["total"], 1);
-    myelin_api::admin::user_op(&s.engine, "user_set_admin", &set(false)).await.unwrap();
+    assert_eq!(myelin_api::admin::execute_offline(&s.engine, &set(false)).await["ok"], true);
     assert_eq!(alice.request(Method::GET, &path, None).await.status, StatusCode::FORBIDDEN);
-    assert!(
-        myelin_api::admin::user_op(&s.engine, "user_set_admin", &json!({ "name": "nobody", "admin": true }))
-            .await
-            .is_err()
-    );
+    let nobody = json!({ "op": "user_set_admin", "name": "nobody", "admin": true });
+    assert_eq!(myelin_api::admin::execute_offline(&s.engine, &nobody).await["ok"], false);
     s.stop().await;
 }
 
@@ -568,5 +565,43 @@ async fn admin_routes_refuse_garbage_and_act_once_under_concurrent_duplicates() 
     assert!(a.status.is_success() || b.status.is_success());
     let joined = alice.get("/_matrix/client/v3/joined_rooms").await;
     assert!(!joined["joined_rooms"].as_array().unwrap().iter().any(|r| r == room.as_str()), "{joined}");
+    s.stop().await;
+}
+
+/// The admin socket reads each request as one typed value: a wrong or missing
+/// field is refused with a message saying what was wrong, and nothing is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_socket_requests_are_typed() {
+    let s = TestServer::start("typed-admin.test").await;
+    let ask = |req: Value| {
+        let data_dir = s.engine.config.data_dir.clone();
+        async move { myelin_api::admin::request(&data_dir, &req).await.expect("socket").expect("server listening") }
+    };
+    // The socket is bound by a task of its own just after start-up.
+    let socket = myelin_api::admin::socket_path(&s.engine.config.data_dir);
+    for _ in 0..100 {
+        if socket.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(ask(json!({ "op": "ping" })).await["ok"], true);
+    for (bad, names) in [
+        (json!({ "op": "room_shutdown", "room_id": "not-a-room" }), "room_shutdown"),
+        (json!({ "op": "user_create", "name": "zed" }), "password"),
+        (json!({ "op": "user_set_admin", "name": "zed", "admin": "yes" }), "boolean"),
+        (json!({ "op": "federation_allow", "server": "bad server!" }), "federation_allow"),
+        (json!({ "op": "media_purge_remote", "older_than_ms": -5 }), "u64"),
+        (json!({ "op": "no_such_op" }), "no_such_op"),
+        (json!({ "name": "zed" }), "no op"),
+    ] {
+        let answer = ask(bad.clone()).await;
+        assert_eq!(answer["ok"], false, "{bad} was accepted: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(error.contains(names), "{bad}: the error {error:?} does not name {names:?}");
+    }
+    // Nothing was created by the refused user_create.
+    let list = ask(json!({ "op": "user_list" })).await;
+    assert_eq!(list["users"].as_array().map(Vec::len), Some(0), "{list}");
     s.stop().await;
 }

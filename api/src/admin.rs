@@ -28,12 +28,15 @@ use std::{
 };
 
 use myelin_engine::Engine;
+use ruma::{OwnedRoomId, OwnedServerName};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
     sync::watch,
 };
+use tracing::Instrument;
 
 /// Longest accepted request line.
 const MAX_LINE: usize = 64 * 1024;
@@ -66,7 +69,10 @@ pub async fn serve(engine: Arc<Engine>, mut stop: watch::Receiver<bool>) {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let engine = engine.clone();
-                tokio::spawn(async move { session(engine, stream).await });
+                tokio::spawn(
+                    async move { session(engine, stream).await }
+                        .instrument(tracing::info_span!("admin_session")),
+                );
             }
             _ = stop.changed() => break,
         }
@@ -95,90 +101,140 @@ pub async fn execute_offline(engine: &Arc<Engine>, req: &Value) -> Value {
     execute(engine, req).await
 }
 
+/// One admin request, as the CLI sends it: `{"op": "<name>", ...fields}`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Request {
+    Ping,
+    Backup {
+        dir: PathBuf,
+    },
+    StorageStats {
+        #[serde(default)]
+        compact: bool,
+    },
+    MediaDelete {
+        mxc: String,
+    },
+    MediaPurgeRemote {
+        #[serde(default)]
+        older_than_ms: u64,
+    },
+    FederationAllow {
+        server: OwnedServerName,
+    },
+    FederationDeny {
+        server: OwnedServerName,
+    },
+    FederationRemove {
+        server: OwnedServerName,
+    },
+    FederationList,
+    FederationQueue,
+    AppserviceAdd {
+        /// The registration file's YAML.
+        registration: String,
+    },
+    AppserviceRemove {
+        id: String,
+    },
+    AppserviceList,
+    RoomShutdown {
+        room_id: OwnedRoomId,
+    },
+    UserCreate {
+        name: String,
+        password: String,
+        #[serde(default)]
+        admin: bool,
+    },
+    UserResetPassword {
+        name: String,
+        password: String,
+    },
+    UserSetAdmin {
+        name: String,
+        admin: bool,
+    },
+    UserDeactivate {
+        name: String,
+    },
+    UserList,
+}
+
 async fn execute(engine: &Arc<Engine>, req: &Value) -> Value {
-    match req.get("op").and_then(Value::as_str) {
-        Some("ping") => json!({ "ok": true, "server_name": engine.server_name.as_str() }),
-        Some("backup") => {
-            let Some(dir) = req.get("dir").and_then(Value::as_str) else {
-                return json!({ "ok": false, "error": "backup needs `dir`" });
-            };
-            tracing::info!(dir, "backup requested over the admin socket");
-            match engine.backup(PathBuf::from(dir)).await {
-                Ok(r) => json!({ "ok": true, "bytes": r.bytes, "files": r.files }),
-                Err(e) => json!({ "ok": false, "error": e.to_string() }),
-            }
+    let request = match Request::deserialize(req) {
+        Ok(r) => r,
+        Err(e) => {
+            // The tagged form loses the field path; the op at least says which request it was.
+            let op = req.get("op").and_then(Value::as_str).unwrap_or("(no op)");
+            return json!({ "ok": false, "error": format!("bad `{op}` request: {e}") });
         }
-        Some("storage_stats") => {
-            let compact = req.get("compact").and_then(Value::as_bool).unwrap_or(false);
-            let db = engine.db.clone();
-            let stats = tokio::task::spawn_blocking(move || {
-                if compact {
-                    tracing::info!("full compaction requested over the admin socket");
-                    db.compact_all();
-                }
-                let events = myelin_engine::rooms::stored_event_count(&db);
-                (db.family_sizes(), events)
-            })
-            .await;
-            match stats {
-                Ok((families, Ok(events))) => {
-                    let sst: u64 = families.iter().map(|f| f.1).sum();
-                    let families: Vec<Value> = families
-                        .iter()
-                        .filter(|f| f.1 > 0)
-                        .map(|(name, bytes, keys)| json!({ "name": name, "sst_bytes": bytes, "keys": keys }))
-                        .collect();
-                    json!({ "ok": true, "events": events, "sst_bytes": sst, "families": families })
-                }
-                Ok((_, Err(e))) => json!({ "ok": false, "error": e.to_string() }),
-                Err(e) => json!({ "ok": false, "error": format!("storage task failed: {e}") }),
-            }
+    };
+    match run(engine, request).await {
+        Ok(answer) => answer,
+        Err(e) => json!({ "ok": false, "error": e }),
+    }
+}
+
+/// What an operator is told when an action fails: the engine's words (this
+/// socket is the server's own user, so internals are not hidden from it).
+fn said(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+async fn run(engine: &Arc<Engine>, request: Request) -> Result<Value, String> {
+    use myelin_engine::federation::policy::List;
+    let users = &engine.users;
+    Ok(match request {
+        Request::Ping => json!({ "ok": true, "server_name": engine.server_name.as_str() }),
+        Request::Backup { dir } => {
+            tracing::info!(dir = %dir.display(), "backup requested over the admin socket");
+            let r = engine.backup(dir).await.map_err(said)?;
+            json!({ "ok": true, "bytes": r.bytes, "files": r.files })
         }
-        Some("media_delete") => {
-            let Some(mxc) = req.get("mxc").and_then(Value::as_str) else {
-                return json!({ "ok": false, "error": "`mxc` is required" });
-            };
-            let Some((server, id)) = mxc.strip_prefix("mxc://").and_then(|r| r.split_once('/')) else {
-                return json!({ "ok": false, "error": "expected mxc://server/id" });
-            };
-            match engine.media.delete(server, id).await {
-                Ok(true) => json!({ "ok": true }),
-                Ok(false) => json!({ "ok": false, "error": format!("{mxc} not found") }),
-                Err(e) => json!({ "ok": false, "error": e.to_string() }),
-            }
+        Request::StorageStats { compact } => {
+            let stats = engine.storage_stats(compact).await.map_err(said)?;
+            let sst: u64 = stats.families.iter().map(|f| f.1).sum();
+            let families: Vec<Value> = stats
+                .families
+                .iter()
+                .filter(|f| f.1 > 0)
+                .map(|(name, bytes, keys)| json!({ "name": name, "sst_bytes": bytes, "keys": keys }))
+                .collect();
+            json!({ "ok": true, "events": stats.events, "sst_bytes": sst, "families": families })
         }
-        Some("media_purge_remote") => {
-            let age = req.get("older_than_ms").and_then(Value::as_u64).unwrap_or(0);
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
-            match engine.media.purge_remote(engine.server_name.as_str(), now.saturating_sub(age)).await {
-                Ok(n) => json!({ "ok": true, "purged": n }),
-                Err(e) => json!({ "ok": false, "error": e.to_string() }),
+        Request::MediaDelete { mxc } => {
+            let (server, id) =
+                mxc.strip_prefix("mxc://").and_then(|r| r.split_once('/')).ok_or("expected mxc://server/id")?;
+            if !engine.media.delete(server, id).await.map_err(said)? {
+                return Err(format!("{mxc} not found"));
             }
+            json!({ "ok": true })
         }
-        Some(op @ ("federation_allow" | "federation_deny" | "federation_remove")) => {
-            let Some(server) = req.get("server").and_then(Value::as_str) else {
-                return json!({ "ok": false, "error": "`server` is required" });
-            };
-            if ruma::ServerName::parse(server).is_err() {
-                return json!({ "ok": false, "error": format!("{server:?} is not a server name") });
-            }
-            use myelin_engine::federation::policy::List;
-            let result = match op {
-                "federation_allow" => engine.policy.set(server, List::Allow).await.map(|_| true),
-                "federation_deny" => engine.policy.set(server, List::Deny).await.map(|_| true),
-                _ => engine.policy.remove(server).await,
-            };
-            tracing::info!(op, server, "federation list changed over the admin socket");
-            match result {
-                Ok(true) => json!({ "ok": true }),
-                Ok(false) => json!({ "ok": false, "error": format!("{server} has no runtime entry") }),
-                Err(e) => json!({ "ok": false, "error": e.to_string() }),
-            }
+        Request::MediaPurgeRemote { older_than_ms } => {
+            let before = myelin_engine::util::now_ms().saturating_sub(older_than_ms);
+            let n = engine.media.purge_remote(engine.server_name.as_str(), before).await.map_err(said)?;
+            json!({ "ok": true, "purged": n })
         }
-        Some("federation_list") => {
+        Request::FederationAllow { server } => {
+            engine.policy.set(server.as_str(), List::Allow).await.map_err(said)?;
+            tracing::info!(%server, "federation allow-list entry added over the admin socket");
+            json!({ "ok": true })
+        }
+        Request::FederationDeny { server } => {
+            engine.policy.set(server.as_str(), List::Deny).await.map_err(said)?;
+            tracing::info!(%server, "federation deny-list entry added over the admin socket");
+            json!({ "ok": true })
+        }
+        Request::FederationRemove { server } => {
+            if !engine.policy.remove(server.as_str()).await.map_err(said)? {
+                return Err(format!("{server} has no runtime entry"));
+            }
+            tracing::info!(%server, "federation list entry removed over the admin socket");
+            json!({ "ok": true })
+        }
+        Request::FederationList => {
             let entries: Vec<Value> = engine
                 .policy
                 .list()
@@ -187,221 +243,72 @@ async fn execute(engine: &Arc<Engine>, req: &Value) -> Value {
                 .collect();
             json!({ "ok": true, "entries": entries })
         }
-        Some("federation_queue") => match myelin_engine::federation::queue_status::queue_status(engine) {
-            Ok(destinations) => {
-                // Inbound PDUs waiting for auth events (in memory: only a running server has any).
-                let pending: serde_json::Map<String, Value> =
-                    engine.pending_pdus.per_origin().into_iter().map(|(o, n)| (o, json!(n))).collect();
-                json!({ "ok": true, "destinations": destinations, "pending_pdus": pending })
-            }
-            Err(e) => json!({ "ok": false, "error": e.to_string() }),
-        },
-        Some("appservice_add") => {
-            let Some(yaml) = req.get("registration").and_then(Value::as_str) else {
-                return json!({ "ok": false, "error": "`registration` (the file's YAML) is required" });
-            };
-            match engine.appservices.add(yaml).await {
-                Ok(a) => {
-                    if let Err(e) = engine.ensure_appservice_senders().await {
-                        return json!({ "ok": false, "error": format!("registered, but its sender user: {e}") });
-                    }
-                    tracing::info!(appservice = a.id(), "appservice registered over the admin socket");
-                    json!({ "ok": true, "id": a.id(), "sender": a.sender })
-                }
-                Err(e) => json!({ "ok": false, "error": e.to_string() }),
-            }
+        Request::FederationQueue => {
+            let destinations = myelin_engine::federation::queue_status::queue_status(engine).map_err(said)?;
+            // Inbound PDUs waiting for auth events (in memory: only a running server has any).
+            let pending: serde_json::Map<String, Value> =
+                engine.pending_pdus.per_origin().into_iter().map(|(o, n)| (o, json!(n))).collect();
+            json!({ "ok": true, "destinations": destinations, "pending_pdus": pending })
         }
-        Some("appservice_remove") => {
-            let Some(id) = req.get("id").and_then(Value::as_str) else {
-                return json!({ "ok": false, "error": "`id` is required" });
-            };
-            match engine.appservices.remove(id).await {
-                Ok(()) => {
-                    tracing::info!(appservice = id, "appservice removed over the admin socket");
-                    json!({ "ok": true })
-                }
-                Err(e) => json!({ "ok": false, "error": e.to_string() }),
-            }
+        Request::AppserviceAdd { registration } => {
+            let a = engine.appservices.add(&registration).await.map_err(said)?;
+            engine.ensure_appservice_senders().await.map_err(|e| format!("registered, but its sender user: {e}"))?;
+            tracing::info!(appservice = a.id(), "appservice registered over the admin socket");
+            json!({ "ok": true, "id": a.id(), "sender": a.sender })
         }
-        Some("appservice_list") => {
+        Request::AppserviceRemove { id } => {
+            engine.appservices.remove(&id).await.map_err(said)?;
+            tracing::info!(appservice = id, "appservice removed over the admin socket");
+            json!({ "ok": true })
+        }
+        Request::AppserviceList => {
             let mut entries = Vec::new();
             for a in engine.appservices.all().iter() {
-                let depth = myelin_engine::appservice::queue::depth(&engine.db, a.id(), 1_000_000).unwrap_or(0);
+                let depth = myelin_engine::appservice::queue::depth(&engine.db, a.id(), 1_000_000).map_err(said)?;
                 entries.push(json!({
-                    "id": a.id(),
-                    "url": a.url(),
-                    "sender": a.sender,
-                    "source": a.source,
-                    "queued": depth,
+                    "id": a.id(), "url": a.url(), "sender": a.sender, "source": a.source, "queued": depth,
                 }));
             }
             json!({ "ok": true, "entries": entries })
         }
-        Some("room_shutdown") => {
-            let Some(room) = req.get("room_id").and_then(Value::as_str).and_then(|r| ruma::RoomId::parse(r).ok())
-            else {
-                return json!({ "ok": false, "error": "`room_id` must be a room id" });
-            };
-            match shutdown_room(engine, &room).await {
-                Ok(s) => json!({ "ok": true, "users_removed": s.kicked_users.len() }),
-                Err(e) => json!({ "ok": false, "error": e }),
+        Request::RoomShutdown { room_id } => {
+            let s = engine.shutdown_room(&room_id).await.map_err(said)?;
+            json!({ "ok": true, "users_removed": s.kicked_users.len() })
+        }
+        Request::UserCreate { name, password, admin } => {
+            let user_id = users.user_id_for(&name).map_err(said)?;
+            users.register(&user_id, Some(&password), admin, None, None, true).await.map_err(said)?;
+            json!({ "ok": true, "user_id": user_id })
+        }
+        Request::UserResetPassword { name, password } => {
+            let user_id = users.user_id_for(&name).map_err(said)?;
+            let removed = users.set_password(&user_id, &password, Some("")).await.map_err(said)?;
+            engine.forget_device_keys(&user_id, &removed).await.map_err(said)?;
+            json!({ "ok": true, "user_id": user_id })
+        }
+        Request::UserDeactivate { name } => {
+            let user_id = users.user_id_for(&name).map_err(said)?;
+            if users.account(&user_id).map_err(said)?.is_none() {
+                return Err(format!("no user {user_id}"));
             }
+            let left = engine.deactivate_user(&user_id).await.map_err(said)?;
+            json!({ "ok": true, "user_id": user_id, "rooms_left": left })
         }
-        Some(op) if op.starts_with("user_") => match user_op(engine, op, req).await {
-            Ok(v) => v,
-            Err(e) => json!({ "ok": false, "error": e }),
-        },
-        other => json!({ "ok": false, "error": format!("unknown op {other:?}") }),
-    }
-}
-
-/// User administration, shared by the admin socket and the offline CLI.
-pub async fn user_op(engine: &Engine, op: &str, req: &Value) -> Result<Value, String> {
-    let name = || req.get("name").and_then(Value::as_str).ok_or_else(|| "`name` is required".to_owned());
-    let password = || req.get("password").and_then(Value::as_str).ok_or_else(|| "`password` is required".to_owned());
-    let users = &engine.users;
-    match op {
-        "user_create" => {
-            let user_id = users.user_id_for(name()?).map_err(|e| e.to_string())?;
-            let admin = req.get("admin").and_then(Value::as_bool).unwrap_or(false);
-            users.register(&user_id, Some(password()?), admin, None, None, true).await.map_err(|e| e.to_string())?;
-            Ok(json!({ "ok": true, "user_id": user_id }))
+        Request::UserSetAdmin { name, admin } => {
+            let user_id = users.user_id_for(&name).map_err(said)?;
+            users.set_admin(&user_id, admin).await.map_err(said)?;
+            json!({ "ok": true, "user_id": user_id, "admin": admin })
         }
-        "user_reset_password" => {
-            let user_id = users.user_id_for(name()?).map_err(|e| e.to_string())?;
-            let removed = users.set_password(&user_id, password()?, Some("")).await.map_err(|e| e.to_string())?;
-            let user = ruma::UserId::parse(user_id.as_str()).map_err(|e| e.to_string())?;
-            forget_device_keys(engine, &user, &removed).await?;
-            Ok(json!({ "ok": true, "user_id": user_id }))
-        }
-        "user_deactivate" => {
-            let user_id = users.user_id_for(name()?).map_err(|e| e.to_string())?;
-            let user = ruma::UserId::parse(user_id.as_str()).map_err(|e| e.to_string())?;
-            if users.account(&user).map_err(|e| e.to_string())?.is_none() {
-                return Err(format!("no user {user}"));
-            }
-            let left = deactivate_user(engine, &user).await?;
-            Ok(json!({ "ok": true, "user_id": user, "rooms_left": left }))
-        }
-        "user_set_admin" => {
-            let user_id = users.user_id_for(name()?).map_err(|e| e.to_string())?;
-            let admin = req
-                .get("admin")
-                .and_then(Value::as_bool)
-                .ok_or_else(|| "`admin` (true or false) is required".to_owned())?;
-            users.set_admin(&user_id, admin).await.map_err(|e| e.to_string())?;
-            Ok(json!({ "ok": true, "user_id": user_id, "admin": admin }))
-        }
-        "user_list" => {
+        Request::UserList => {
             let list: Vec<Value> = users
                 .list()
-                .map_err(|e| e.to_string())?
+                .map_err(said)?
                 .into_iter()
                 .map(|(id, a)| json!({ "user_id": id, "admin": a.admin, "deactivated": a.deactivated, "created_ms": a.created_ms }))
                 .collect();
-            Ok(json!({ "ok": true, "users": list }))
+            json!({ "ok": true, "users": list })
         }
-        other => Err(format!("unknown op {other}")),
-    }
-}
-
-/// Makes a local user leave (or decline) every room, then deactivates the
-/// account. The leaves are ordinary events, so they reach every other server
-/// in those rooms through the federation queue. Returns how many rooms were left.
-pub async fn deactivate_user(engine: &Engine, user: &ruma::UserId) -> Result<usize, String> {
-    let devices: Vec<String> =
-        engine.users.devices(user.as_str()).map_err(|e| e.to_string())?.into_iter().map(|(d, _)| d).collect();
-    forget_device_keys(engine, user, &devices).await?;
-    let left = leave_rooms(engine, user, None).await?;
-    engine.users.deactivate(user).await.map_err(|e| e.to_string())?;
-    tracing::info!(user_id = %user, rooms_left = left, "user deactivated");
-    Ok(left)
-}
-
-/// Deletes the encryption keys of these devices of `user` and tells the servers
-/// sharing a room with them (on deactivation before the leaves, while they
-/// still share one).
-pub async fn forget_device_keys(engine: &Engine, user: &ruma::UserId, devices: &[String]) -> Result<(), String> {
-    let mut servers = std::collections::BTreeSet::new();
-    for (room, m) in engine.rooms.rooms_of(user.as_str()).map_err(|e| e.to_string())? {
-        if m.membership == "join" {
-            servers.extend(engine.rooms.joined_servers_now(&room).unwrap_or_default());
-        }
-    }
-    servers.remove(engine.server_name.as_str());
-    let servers: Vec<String> = servers.into_iter().collect();
-    for device in devices {
-        if engine.e2ee.remove_device(user.as_str(), device).await.map_err(|e| e.to_string())? && !servers.is_empty() {
-            let stream_id = engine.stream.current();
-            let edu = serde_json::json!({ "edu_type": "m.device_list_update", "content": {
-                "user_id": user, "device_id": device, "stream_id": stream_id, "prev_id": [], "deleted": true,
-            }});
-            engine.rooms.queue_edu(&servers, &edu).await.map_err(|e| e.to_string())?;
-        }
-    }
-    Ok(())
-}
-
-/// What a room shutdown did.
-#[derive(Debug, Clone, Default)]
-pub struct Shutdown {
-    /// The local users made to leave.
-    pub kicked_users: Vec<String>,
-    /// The local aliases removed.
-    pub local_aliases: Vec<String>,
-}
-
-/// Shuts a room down here: marks it so no local user can join or be invited
-/// (and remote servers cannot join through us), takes it out of the public
-/// directory, removes its local aliases, and makes every local member leave;
-/// those leaves federate. Says which users were removed.
-pub async fn shutdown_room(engine: &Engine, room: &ruma::RoomId) -> Result<Shutdown, String> {
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    engine.rooms.mark_shutdown(room, now).await.map_err(|e| e.to_string())?;
-    engine.directory.set_public(room.as_str(), false).await.map_err(|e| e.to_string())?;
-    let mut done = Shutdown::default();
-    for alias in engine.directory.aliases_of(room.as_str()).map_err(|e| e.to_string())? {
-        engine.directory.remove(&alias).await.map_err(|e| e.to_string())?;
-        done.local_aliases.push(alias);
-    }
-    let members: Vec<ruma::OwnedUserId> = match engine.rooms.current_state(room) {
-        Ok(state) => state
-            .iter()
-            .filter(|p| p.kind == ruma::events::TimelineEventType::RoomMember)
-            .filter(|p| matches!(p.content_value()["membership"].as_str(), Some("join" | "invite" | "knock")))
-            .filter_map(|p| p.state_key.as_deref().and_then(|k| ruma::UserId::parse(k).ok()))
-            .filter(|u| u.server_name() == engine.server_name)
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    for user in members {
-        if leave_rooms(engine, &user, Some(room)).await? > 0 {
-            done.kicked_users.push(user.to_string());
-        }
-    }
-    tracing::info!(room_id = %room, users_removed = done.kicked_users.len(), "room shut down");
-    Ok(done)
-}
-
-/// Sends `user`'s leave to `only` or to every room they are in, invited to or knocking on.
-async fn leave_rooms(engine: &Engine, user: &ruma::UserId, only: Option<&ruma::RoomId>) -> Result<usize, String> {
-    let mut left = 0;
-    for (room, m) in engine.rooms.rooms_of(user.as_str()).map_err(|e| e.to_string())? {
-        if only.is_some_and(|o| o != room.as_str()) || !matches!(m.membership.as_str(), "join" | "invite" | "knock") {
-            continue;
-        }
-        let leave = myelin_engine::rooms::NewEvent::state(
-            ruma::events::TimelineEventType::RoomMember,
-            user.as_str(),
-            json!({ "membership": "leave" }),
-        );
-        match engine.rooms.send(user, &room, leave).await {
-            Ok(_) => left += 1,
-            Err(e) => tracing::warn!(room_id = %room, user_id = %user, error = %e, "could not leave a room"),
-        }
-    }
-    Ok(left)
+    })
 }
 
 /// Sends one request to a running server's admin socket.

@@ -126,8 +126,17 @@ impl ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
-        tracing::error!(error = %e, "request failed in the engine");
-        ApiError::internal(&e)
+        match e {
+            EngineError::Room(e) => e.into(),
+            EngineError::User(e) => (*e).into(),
+            EngineError::E2ee(e) => e.into(),
+            EngineError::Federation(e) => (*e).into(),
+            EngineError::Busy(what) => ApiError::busy(what),
+            e => {
+                tracing::error!(error = %e, "request failed in the engine");
+                ApiError::internal(&e)
+            }
+        }
     }
 }
 

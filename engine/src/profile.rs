@@ -11,8 +11,8 @@ impl Engine {
     /// Stores `user`'s profile, then sends a member event carrying it to each
     /// room the user is joined to. A room that refuses is logged and skipped.
     pub async fn set_profile_everywhere(&self, user: &UserId, profile: &Profile) -> Result<(), EngineError> {
-        self.users.set_profile(user.as_str(), profile).await.map_err(|e| EngineError::Rooms(e.to_string()))?;
-        let rooms = self.rooms.rooms_of(user.as_str()).map_err(|e| EngineError::Rooms(e.to_string()))?;
+        self.users.set_profile(user.as_str(), profile).await.map_err(EngineError::from)?;
+        let rooms = self.rooms.rooms_of(user.as_str()).map_err(EngineError::from)?;
         for (room, m) in rooms {
             if m.membership != "join" {
                 continue;
@@ -20,7 +20,7 @@ impl Engine {
             let current = self
                 .rooms
                 .state_event(&room, "m.room.member", user.as_str())
-                .map_err(|e| EngineError::Rooms(e.to_string()))?
+                .map_err(EngineError::from)?
                 .map(|p| p.content_value());
             let mut content = match current {
                 Some(JsonValue::Object(o)) => o,

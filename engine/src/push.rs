@@ -30,8 +30,7 @@ pub struct Verdict {
 impl Engine {
     /// The user's ruleset (server defaults until they change it).
     pub fn push_rules(&self, user: &UserId) -> Result<Ruleset, EngineError> {
-        let stored =
-            self.users.account_data(user.as_str(), None, PUSH_RULES).map_err(|e| EngineError::Rooms(e.to_string()))?;
+        let stored = self.users.account_data(user.as_str(), None, PUSH_RULES).map_err(EngineError::from)?;
         Ok(stored
             .and_then(|bytes| serde_json::from_slice::<JsonValue>(&bytes).ok())
             .and_then(|v| serde_json::from_value::<Ruleset>(v["global"].clone()).ok())
@@ -40,12 +39,9 @@ impl Engine {
 
     /// Stores the user's ruleset.
     pub async fn set_push_rules(&self, user: &UserId, rules: &Ruleset) -> Result<(), EngineError> {
-        let json = serde_json::to_vec(&serde_json::json!({ "global": rules }))
-            .map_err(|e| EngineError::Rooms(format!("push rules: {e}")))?;
-        self.users
-            .set_account_data(user.as_str(), None, PUSH_RULES, json)
-            .await
-            .map_err(|e| EngineError::Rooms(e.to_string()))
+        let json =
+            serde_json::to_vec(&serde_json::json!({ "global": rules })).map_err(EngineError::encode("push rules"))?;
+        self.users.set_account_data(user.as_str(), None, PUSH_RULES, json).await.map_err(EngineError::from)
     }
 
     /// Evaluates `pdu` for `user` with their rules.

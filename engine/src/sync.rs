@@ -187,15 +187,15 @@ fn now_ms() -> u64 {
 }
 
 fn rooms_err(e: RoomError) -> EngineError {
-    EngineError::Rooms(e.to_string())
+    e.into()
 }
 
 fn e2ee_err(e: crate::e2ee::E2eeError) -> EngineError {
-    EngineError::Rooms(e.to_string())
+    e.into()
 }
 
 fn users_err(e: crate::users::UserError) -> EngineError {
-    EngineError::Rooms(e.to_string())
+    e.into()
 }
 
 /// Account data newer than the token: global events, and per room.

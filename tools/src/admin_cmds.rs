@@ -59,10 +59,9 @@ pub(super) fn user_cmd(what: UserCommand, config_path: Option<PathBuf>) -> Resul
                 let engine = tokio::task::spawn_blocking(move || Engine::open(config))
                     .await
                     .map_err(|e| Failure::runtime(e.to_string()))??;
-                let op = request["op"].as_str().unwrap_or_default().to_owned();
-                let result = myelin_api::admin::user_op(&engine, &op, &request).await;
+                let answer = myelin_api::admin::execute_offline(&engine, &request).await;
                 engine.shutdown();
-                Ok(result.unwrap_or_else(|e| serde_json::json!({ "ok": false, "error": e })))
+                Ok(answer)
             }
         }
     })?;

@@ -152,7 +152,7 @@ fn next_transaction(
         body.insert("ephemeral".into(), serde_json::Value::Array(ephemeral.clone()));
         body.insert("de.sorunome.msc2409.ephemeral".into(), serde_json::Value::Array(ephemeral));
     }
-    let body = serde_json::to_vec(&body).map_err(|e| crate::EngineError::Rooms(e.to_string()))?;
+    let body = serde_json::to_vec(&body).map_err(crate::EngineError::encode("appservice transaction"))?;
     if state.next_txn == 0 {
         // A fresh sender (or one re-added after removal) must not repeat ids the
         // appservice saw before: start from the clock.
@@ -191,7 +191,7 @@ fn with_state_context(
     event: &mut serde_json::Value,
 ) -> Result<(), crate::EngineError> {
     let Some(state_key) = pdu.state_key.as_deref() else { return Ok(()) };
-    let rooms_err = |e: crate::rooms::RoomError| crate::EngineError::Rooms(e.to_string());
+    let rooms_err = crate::EngineError::from;
     let Some(meta) = engine.rooms.meta_of_short(short).map_err(rooms_err)? else { return Ok(()) };
     if meta.state_before == 0 {
         return Ok(());

@@ -103,7 +103,7 @@ impl SeenTxns {
             .in_flight
             .claim(key.clone())
             .await
-            .ok_or_else(|| EngineError::Rooms("too many inbound transactions in flight".into()))?;
+            .ok_or(EngineError::Busy("too many inbound transactions in flight"))?;
         let claim = Claim { txns: self, key, _held: held };
         // The copy that held it before us may have answered meanwhile.
         match self.answer(origin, txn)? {
@@ -149,7 +149,7 @@ impl SeenTxns {
             Ok((seen, answers))
         })
         .await
-        .map_err(|e| EngineError::Rooms(format!("pruning task failed: {e}")))??;
+        .map_err(|_| EngineError::Task("transaction pruning"))??;
         if seen.is_empty() && answers.is_empty() {
             return Ok(0);
         }

@@ -108,7 +108,7 @@ async fn dispatch_some(engine: &Engine, floor: &mut u64) -> Result<bool, EngineE
 }
 
 fn rooms_err(e: crate::rooms::RoomError) -> EngineError {
-    EngineError::Rooms(e.to_string())
+    e.into()
 }
 
 fn member_of(p: &ArcPdu) -> Option<&'static str> {
@@ -154,7 +154,7 @@ async fn notify_user(
         return Ok(Vec::new());
     }
     let unread = engine.unread_counts(&pdu.room_id, user, count as i64).await.map(|(n, _)| n).unwrap_or(1);
-    let pushers = engine.pushers.of(user.as_str()).map_err(|e| EngineError::Rooms(e.to_string()))?;
+    let pushers = engine.pushers.of(user.as_str()).map_err(EngineError::from)?;
     let state_content = |kind: &str, key: &str| {
         state
             .iter()
@@ -193,7 +193,7 @@ async fn notify_user(
             engine.pushers.depths.lock().insert(key.clone(), depth + 1);
         }
         let queued = serde_json::to_vec(&Queued { created_ms: now_ms(), body })
-            .map_err(|e| EngineError::Rooms(e.to_string()))?;
+            .map_err(EngineError::encode("push notification"))?;
         QUEUE.put(batch, &(key.clone(), count), &Raw(queued))?;
         keys.push(key);
     }

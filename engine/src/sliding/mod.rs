@@ -146,8 +146,8 @@ impl Wanted {
     }
 }
 
-fn err<E: std::fmt::Display>(e: E) -> EngineError {
-    EngineError::Rooms(e.to_string())
+fn err(e: impl Into<EngineError>) -> EngineError {
+    e.into()
 }
 
 fn now_ms() -> u64 {

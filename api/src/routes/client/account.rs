@@ -558,7 +558,7 @@ pub fn deactivate(cx: Ctx, req: Req) -> HandlerFuture {
         if let Some(challenge) = password_uia(&cx, &me.user_id, body.auth).await? {
             return Ok(challenge);
         }
-        crate::admin::deactivate_user(&cx.engine, &me.user_id).await.map_err(ApiError::unknown)?;
+        cx.engine.deactivate_user(&me.user_id).await?;
         Ok(ok_json(&Deactivated { id_server_unbind_result: "no-support" }))
     })
 }

@@ -56,7 +56,7 @@ fn tags_of(stored: Option<&[u8]>) -> Map<String, JsonValue> {
 fn m_tag(tags: Map<String, JsonValue>) -> Result<Option<Vec<u8>>, myelin_engine::users::UserError> {
     serde_json::to_vec(&json!({ "tags": tags }))
         .map(Some)
-        .map_err(|e| myelin_engine::users::UserError::Engine(myelin_engine::EngineError::Rooms(e.to_string())))
+        .map_err(|e| myelin_engine::users::UserError::Engine(myelin_engine::EngineError::encode("tags")(e)))
 }
 
 /// GET /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags

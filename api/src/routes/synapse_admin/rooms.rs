@@ -238,7 +238,7 @@ struct DeleteBody {
 struct Deletion {
     delete_id: String,
     room_id: OwnedRoomId,
-    result: Result<crate::admin::Shutdown, String>,
+    result: Result<myelin_engine::admin::Shutdown, String>,
 }
 
 impl Deletion {
@@ -299,7 +299,7 @@ pub fn delete(cx: Ctx, req: Req) -> HandlerFuture {
         known_room(&cx, &room)?;
         let _ = body.block; // a shut-down room always refuses joins here
         let id = delete_id()?;
-        let result = crate::admin::shutdown_room(&cx.engine, &room).await;
+        let result = cx.engine.shutdown_room(&room).await.map_err(|e| e.to_string());
         audit(&me, "delete_room", room.as_str());
         cx.deletions.record(Deletion { delete_id: id.clone(), room_id: room, result });
         Ok(ok_json(&json!({ "delete_id": id })))

@@ -254,7 +254,7 @@ async fn set_password(
         Some("")
     };
     let removed = cx.engine.users.set_password(user, password, keep).await?;
-    crate::admin::forget_device_keys(&cx.engine, user, &removed).await.map_err(ApiError::unknown)?;
+    cx.engine.forget_device_keys(user, &removed).await?;
     Ok(())
 }
 
@@ -313,7 +313,7 @@ pub fn put(cx: Ctx, req: Req) -> HandlerFuture {
                 }
                 match body.deactivated {
                     Some(true) if !account.deactivated => {
-                        crate::admin::deactivate_user(&cx.engine, &user).await.map_err(ApiError::unknown)?;
+                        cx.engine.deactivate_user(&user).await?;
                     }
                     Some(false) if account.deactivated => users.reactivate(&user).await?,
                     _ => {}
@@ -362,7 +362,7 @@ pub fn deactivate(cx: Ctx, req: Req) -> HandlerFuture {
             return Err(ApiError::not_found("User not found"));
         }
         let body: DeactivateBody = parse_json_or_empty(&req.body)?;
-        crate::admin::deactivate_user(&cx.engine, &user).await.map_err(ApiError::unknown)?;
+        cx.engine.deactivate_user(&user).await?;
         if body.erase {
             cx.engine.users.erase(&user).await?;
         }
