@@ -220,6 +220,21 @@ impl From<myelin_engine::key_backup::KeyBackupError> for ApiError {
     }
 }
 
+impl From<myelin_engine::room_creation::CreateRoomError> for ApiError {
+    fn from(e: myelin_engine::room_creation::CreateRoomError) -> Self {
+        use myelin_engine::room_creation::CreateRoomError as C;
+        match e {
+            C::InvalidAlias(m) => ApiError::invalid_param(format!("room alias: {m}")),
+            C::Exclusive(m) => ApiError::new(StatusCode::BAD_REQUEST, "M_EXCLUSIVE", m),
+            e @ (C::AliasInUse(_) | C::AliasTakenMeanwhile { .. }) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "M_ROOM_IN_USE", e.to_string())
+            }
+            C::BadInitialState(m) => ApiError::invalid_param(m),
+            C::Engine(e) => e.into(),
+        }
+    }
+}
+
 impl From<UserError> for ApiError {
     fn from(e: UserError) -> Self {
         match e {

@@ -29,6 +29,7 @@ pub mod push;
 pub mod pushers;
 pub mod receipts;
 pub mod reports;
+pub mod room_creation;
 pub mod rooms;
 pub mod sliding;
 pub mod sync;

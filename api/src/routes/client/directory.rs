@@ -110,18 +110,7 @@ pub fn create(cx: Ctx, req: Req) -> HandlerFuture {
 /// claims it exclusively and the caller is not that appservice, or the caller
 /// is an appservice and the alias is outside its namespaces.
 pub(super) fn refuse_claimed_alias(cx: &Ctx, me: &crate::auth::Authed, alias: &RoomAliasId) -> Result<(), ApiError> {
-    let exclusive = |why: String| Err(ApiError::new(StatusCode::BAD_REQUEST, "M_EXCLUSIVE", why));
-    if let Some(a) = &me.appservice
-        && !a.owns_alias(alias.as_str())
-    {
-        return exclusive(format!("{alias} is not in the namespaces of the appservice `{}`", a.id()));
-    }
-    if let Some(claimant) = cx.engine.appservices.claimant_of_alias(alias.as_str())
-        && me.appservice.as_ref().map(|a| a.id()) != Some(claimant.id())
-    {
-        return exclusive(format!("{alias} is reserved by the appservice `{}`", claimant.id()));
-    }
-    Ok(())
+    Ok(cx.engine.check_alias_claim(me.appservice.as_ref(), alias)?)
 }
 
 /// Whether `user` may change the room's canonical alias (by power level, or as a v12 creator).
