@@ -129,3 +129,65 @@ async fn media_of_a_server_without_federation_media_comes_through_its_legacy_end
     server.abort();
     a.stop().await;
 }
+
+/// A remote server's media answer made by hand: `multipart/mixed`, JSON part, then the bytes.
+fn multipart_answer(bytes: &[u8]) -> Vec<u8> {
+    let mut body =
+        b"--b0\r\nContent-Type: application/json\r\n\r\n{}\r\n--b0\r\nContent-Type: video/mp4\r\n\r\n".to_vec();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(b"\r\n--b0--\r\n");
+    body
+}
+
+/// Many users asking at once for the same remote media cost the remote server
+/// one download; media over our size limit is refused with 413 and not kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_remote_downloads_share_one_fetch_and_oversize_media_is_refused() {
+    let far_dir = tempfile::tempdir().unwrap();
+    let tls = myelin_api::tls::server_config(&myelin_suite::test_config(far_dir.path(), "far.test")).unwrap();
+    let video: Vec<u8> = (0..2_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    let huge: Vec<u8> = vec![7u8; 3_000_000];
+    let (video_answer, huge_answer) = (multipart_answer(&video), multipart_answer(&huge));
+    let (far_addr, seen, server) = tiny_tls_server("127.0.0.1:0", tls, move |path| match path {
+        "/_matrix/federation/v1/media/download/clip" => (200, "multipart/mixed; boundary=b0", video_answer.clone()),
+        "/_matrix/federation/v1/media/download/huge" => (200, "multipart/mixed; boundary=b0", huge_answer.clone()),
+        _ => (404, "application/json", br#"{"errcode":"M_NOT_FOUND","error":"no"}"#.to_vec()),
+    })
+    .await;
+    let a = TestServer::start_with("a.test", |c| {
+        c.registration.enabled = true;
+        c.federation.verify_tls = false;
+        c.federation.hosts.insert("far.test".into(), far_addr);
+        c.media.max_upload_bytes = 2_500_000;
+    })
+    .await;
+    let alice = a.register("alice").await;
+
+    let downloads: Vec<_> = (0..12)
+        .map(|_| {
+            let alice = alice.clone();
+            tokio::spawn(async move {
+                alice.request(Method::GET, "/_matrix/client/v1/media/download/far.test/clip", None).await
+            })
+        })
+        .collect();
+    for d in downloads {
+        let r = d.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.headers["content-type"], "video/mp4");
+        assert!(r.body == video, "{} bytes", r.body.len());
+    }
+    let fetches = seen.lock().unwrap().iter().filter(|p| p.ends_with("/clip")).count();
+    assert_eq!(fetches, 1, "12 concurrent downloads made {fetches} fetches from far.test");
+
+    let r = alice.request(Method::GET, "/_matrix/client/v1/media/download/far.test/huge", None).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.errcode(), "M_TOO_LARGE");
+    assert!(a.engine.media.meta("far.test", "huge").unwrap().is_none(), "refused media is not cached");
+    // Nothing is left behind in the media repository's temporary folder.
+    let tmp = a.engine.config.data_dir.join("media").join("tmp");
+    let left: Vec<_> = std::fs::read_dir(&tmp).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+    server.abort();
+    a.stop().await;
+}

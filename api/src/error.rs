@@ -235,6 +235,29 @@ impl From<myelin_engine::room_creation::CreateRoomError> for ApiError {
     }
 }
 
+impl From<myelin_engine::remote_media::RemoteMediaError> for ApiError {
+    fn from(e: myelin_engine::remote_media::RemoteMediaError) -> Self {
+        use myelin_engine::{federation::FederationError as F, remote_media::RemoteMediaError as R};
+        match e {
+            R::NotFound => ApiError::not_found("media not found"),
+            R::TooLarge(limit) => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "M_TOO_LARGE",
+                format!("the media is larger than this server's limit of {limit} bytes"),
+            ),
+            R::Busy => ApiError::busy("too many remote media fetches in flight; try again shortly"),
+            // The same answer whatever failed on the way (see `ApiError::unreachable`).
+            R::Federation(F::Transport { server, source }) => {
+                tracing::debug!(%server, error = %source, "remote media could not be fetched");
+                ApiError::unreachable()
+            }
+            R::Federation(e) => e.into(),
+            e @ R::BadAnswer { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", e.to_string()),
+            R::Engine(e) => e.into(),
+        }
+    }
+}
+
 impl From<UserError> for ApiError {
     fn from(e: UserError) -> Self {
         match e {

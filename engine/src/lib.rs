@@ -28,6 +28,7 @@ pub mod profile;
 pub mod push;
 pub mod pushers;
 pub mod receipts;
+pub mod remote_media;
 pub mod reports;
 pub mod room_creation;
 pub mod rooms;
@@ -81,6 +82,8 @@ pub struct Engine {
     pub seen_txns: federation::txns::SeenTxns,
     /// Inbound PDUs waiting for auth events that could not be fetched yet (volatile).
     pub pending_pdus: federation::auth_fetch::PendingPdus,
+    /// Remote media being fetched, one fetch per media (volatile).
+    pub remote_fetches: remote_media::RemoteFetches,
     /// Push verdicts and member counts behind unread counts.
     pub unread: receipts::UnreadCache,
     /// Per room, a position at or above its newest receipt's.
@@ -179,6 +182,7 @@ impl Engine {
             backoffs,
             seen_txns,
             pending_pdus: federation::auth_fetch::PendingPdus::default(),
+            remote_fetches: remote_media::RemoteFetches::default(),
             federation: federation::Outbound::default(),
             unread,
             receipt_positions: positions::NewestPositions::default(),

@@ -184,111 +184,6 @@ pub fn config(cx: Ctx, req: Req) -> HandlerFuture {
     })
 }
 
-/// Fetches another server's media over federation
-/// (`/_matrix/federation/v1/media/download/{mediaId}`, `multipart/mixed`) into
-/// the local cache, refusing anything over `media.max_upload_bytes`.
-async fn fetch_remote(cx: &Ctx, server: &str, id: &str) -> Result<MediaMeta, ApiError> {
-    let limit = cx.engine.config.media.max_upload_bytes;
-    let path = format!("/_matrix/federation/v1/media/download/{}", myelin_engine::federation::enc(id));
-    let resp = cx
-        .engine
-        .remote(server)
-        .raw(http::Method::GET, &path, None, true, limit as usize + 64 * 1024)
-        .await
-        .map_err(|e| fetch_failed(server, e))?;
-    let unrecognized =
-        matches!(resp.status, StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::BAD_REQUEST)
-            && serde_json::from_slice::<serde_json::Value>(&resp.body)
-                .is_ok_and(|j| j["errcode"] == "M_UNRECOGNIZED" || j["errcode"].is_null());
-    let (part_type, bytes) = if unrecognized {
-        // A server older than authenticated media (spec v1.11): its legacy endpoint.
-        legacy_fetch(cx, server, id, limit).await?
-    } else {
-        if resp.status == StatusCode::NOT_FOUND {
-            return Err(ApiError::not_found("media not found"));
-        }
-        if !resp.status.is_success() {
-            return Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "M_UNKNOWN",
-                format!("{server} answered {}", resp.status),
-            ));
-        }
-        let content_type = resp.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
-        split_multipart(content_type, &resp.body)
-            .ok_or_else(|| ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", "unreadable multipart media response"))?
-    };
-    if bytes.len() as u64 > limit {
-        return Err(too_large(limit));
-    }
-    let path = cx.engine.media.temp_path()?;
-    tokio::fs::write(&path, &bytes).await.map_err(|e| ApiError::unknown(e.to_string()))?;
-    let hash: String =
-        ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    let staged = Staged { path, hash, size: bytes.len() as u64 };
-    Ok(cx.engine.media.commit(server, id, staged, part_type, None, None).await?)
-}
-
-/// The answer when a remote media request got no answer: the same whatever
-/// failed (see [`ApiError::unreachable`]); what failed goes to the log.
-fn fetch_failed(server: &str, e: myelin_engine::federation::FederationError) -> ApiError {
-    use myelin_engine::federation::FederationError as F;
-    match e {
-        F::Transport { source, .. } => {
-            tracing::debug!(%server, error = %source, "remote media could not be fetched");
-            ApiError::unreachable()
-        }
-        other => ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", format!("fetching media from {server}: {other}")),
-    }
-}
-
-/// Fetches media from a server without the federation media endpoints, through
-/// its unauthenticated `/_matrix/media/v3/download` (not asking it to fetch
-/// from elsewhere).
-async fn legacy_fetch(cx: &Ctx, server: &str, id: &str, limit: u64) -> Result<(Option<String>, Vec<u8>), ApiError> {
-    let path = format!(
-        "/_matrix/media/v3/download/{}/{}?allow_remote=false",
-        myelin_engine::federation::enc(server),
-        myelin_engine::federation::enc(id)
-    );
-    let resp = cx
-        .engine
-        .remote(server)
-        .raw(http::Method::GET, &path, None, false, limit as usize + 1)
-        .await
-        .map_err(|e| fetch_failed(server, e))?;
-    if resp.status == StatusCode::NOT_FOUND {
-        return Err(ApiError::not_found("media not found"));
-    }
-    if !resp.status.is_success() {
-        return Err(ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", format!("{server} answered {}", resp.status)));
-    }
-    let content_type = resp.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    Ok((content_type, resp.body.to_vec()))
-}
-
-/// The second part of a `multipart/mixed` media response: its content type and bytes.
-fn split_multipart(content_type: &str, body: &[u8]) -> Option<(Option<String>, Vec<u8>)> {
-    let boundary = content_type.split(';').find_map(|p| p.trim().strip_prefix("boundary="))?.trim_matches('"');
-    let delimiter = format!("--{boundary}");
-    let find = |hay: &[u8], needle: &[u8], from: usize| {
-        hay.get(from..)?.windows(needle.len()).position(|w| w == needle).map(|i| i + from)
-    };
-    let first = find(body, delimiter.as_bytes(), 0)?;
-    let second = find(body, delimiter.as_bytes(), first + delimiter.len())?;
-    let part = &body[second + delimiter.len()..];
-    let head_end = find(part, b"\r\n\r\n", 0)?;
-    let head = String::from_utf8_lossy(&part[..head_end]);
-    let part_type = head.lines().find_map(|l| {
-        l.split_once(':')
-            .filter(|(k, _)| k.trim().eq_ignore_ascii_case("content-type"))
-            .map(|(_, v)| v.trim().to_owned())
-    });
-    let rest = &part[head_end + 4..];
-    let end = find(rest, format!("\r\n{delimiter}").as_bytes(), 0)?;
-    Some((part_type, rest[..end].to_vec()))
-}
-
 /// GET /_matrix/federation/v1/media/download/{mediaId}: our media for another server.
 pub fn federation_download(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
@@ -363,7 +258,7 @@ async fn local_media(cx: &Ctx, req: &Req) -> Result<MediaMeta, ApiError> {
         // A cached copy, or fetch it now.
         return match cx.engine.media.meta(server, id)? {
             Some(meta) if !meta.hash.is_empty() => Ok(meta),
-            _ => fetch_remote(cx, server, id).await,
+            _ => Ok(cx.engine.remote_media(server, id).await?),
         };
     }
     match cx.engine.media.meta(server, id)? {

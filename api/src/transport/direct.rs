@@ -146,13 +146,13 @@ impl Direct {
         policy: Option<&OutboundPolicy>,
     ) -> Result<RawResponse, TransportError> {
         let base = parse(base_url)?;
-        let OutboundRequest { method, path_and_query, body, authorization, limit } = request;
+        let OutboundRequest { method, path_and_query, body, authorization, limit, spool } = request;
         let uri = format!("{}{}", base.prefix, path_and_query);
         let base = &base;
         // Checked and unchecked connections are never shared.
         let key = format!("{}{base_url}", if policy.is_some() { "user:" } else { "" });
         let key = &key;
-        let (uri, method, body, authorization) = (&uri, &method, &body, &authorization);
+        let (uri, method, body, authorization, spool) = (&uri, &method, &body, &authorization, &spool);
         let attempt = |reuse: bool| async move {
             let pooled = if reuse { self.pooled(key).await } else { None };
             let was_pooled = pooled.is_some();
@@ -161,7 +161,9 @@ impl Direct {
                 None => self.connect(base, policy).await?,
             };
             let resp =
-                match super::exchange(&mut sender, method, uri, &base.authority, body, authorization, limit).await {
+                match super::exchange(&mut sender, method, uri, &base.authority, body, authorization, limit, spool)
+                    .await
+                {
                     Ok(r) => r,
                     Err(super::ExchangeError::Stale(e)) if was_pooled => return Ok(Err(e)),
                     Err(super::ExchangeError::Stale(e)) => return Err(TransportError::Http(e.to_string())),

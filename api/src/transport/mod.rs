@@ -366,8 +366,9 @@ impl HttpTransport {
     /// Sends one request and reads its answer, reconnecting once when a
     /// pooled connection turns out to be closed.
     async fn send_request(&self, server: &str, request: OutboundRequest) -> Result<RawResponse, TransportError> {
-        let OutboundRequest { method, path_and_query, body, authorization, limit } = request;
+        let OutboundRequest { method, path_and_query, body, authorization, limit, spool } = request;
         let path_and_query = path_and_query.as_str();
+        let spool = &spool;
         let connect = |what: &str, e: &dyn std::fmt::Display| TransportError::Connect(format!("{what}: {e}"));
         // Shared by both attempts without a copy.
         let body = &body;
@@ -406,7 +407,9 @@ impl HttpTransport {
                 }
             };
             let resp =
-                match exchange(&mut sender, method, path_and_query, &host_header, body, authorization, limit).await {
+                match exchange(&mut sender, method, path_and_query, &host_header, body, authorization, limit, spool)
+                    .await
+                {
                     Ok(r) => r,
                     Err(Stale(e)) if was_pooled => return Ok(Err(e)),
                     Err(Stale(e)) => return Err(TransportError::Http(e.to_string())),
@@ -466,7 +469,9 @@ pub(crate) enum ExchangeError {
 }
 use ExchangeError::{Failed, Stale};
 
-/// Sends one request on `sender` and reads the whole answer, at most `limit` body bytes.
+/// Sends one request on `sender` and reads the whole answer, at most `limit`
+/// body bytes: into `spool` when it is set and the answer is a 2xx, else into memory.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn exchange(
     sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     method: &http::Method,
@@ -475,6 +480,7 @@ pub(crate) async fn exchange(
     body: &Option<Bytes>,
     authorization: &Option<String>,
     limit: usize,
+    spool: &Option<std::path::PathBuf>,
 ) -> Result<RawResponse, ExchangeError> {
     let mut req = http::Request::builder().method(method.clone()).uri(uri).header(http::header::HOST, host);
     if body.is_some() {
@@ -489,6 +495,12 @@ pub(crate) async fn exchange(
     let resp = sender.send_request(req).await.map_err(Stale)?;
     let status = resp.status();
     let headers = resp.headers().clone();
+    if let Some(path) = spool
+        && status.is_success()
+    {
+        spool_body(resp.into_body(), path, limit).await.map_err(Failed)?;
+        return Ok(RawResponse { status, headers, body: Bytes::new() });
+    }
     let body = Limited::new(resp.into_body(), limit)
         .collect()
         .await
@@ -501,6 +513,33 @@ pub(crate) async fn exchange(
         })?
         .to_bytes();
     Ok(RawResponse { status, headers, body })
+}
+
+/// Writes a response body to a new file at `path` frame by frame, so memory
+/// holds one frame however large the body; more than `limit` bytes is refused.
+async fn spool_body(
+    mut body: hyper::body::Incoming,
+    path: &std::path::Path,
+    limit: usize,
+) -> Result<(), TransportError> {
+    use tokio::io::AsyncWriteExt;
+    let io = |e: std::io::Error| TransportError::Http(format!("writing the response to {}: {e}", path.display()));
+    let mut file = tokio::fs::File::create(path).await.map_err(io)?;
+    let mut written = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| TransportError::Http(format!("reading the response: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            written += data.len();
+            if written > limit {
+                drop(file);
+                let _ = tokio::fs::remove_file(path).await;
+                return Err(TransportError::TooLarge(limit));
+            }
+            file.write_all(&data).await.map_err(io)?;
+        }
+    }
+    file.flush().await.map_err(io)?;
+    Ok(())
 }
 
 impl Transport for HttpTransport {

@@ -62,6 +62,7 @@ async fn ask(
         body: body.map(Into::into),
         authorization: Some(format!("Bearer {}", a.registration.hs_token)),
         limit: MAX_ANSWER,
+        spool: None,
     };
     engine.federation.transport().send_url(&url, request).await
 }

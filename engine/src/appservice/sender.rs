@@ -254,6 +254,7 @@ async fn deliver_queued(engine: &Engine, id: &str, floor: &mut u64) -> Result<()
             body: Some(in_flight.body.clone().into()),
             authorization: Some(format!("Bearer {}", appservice.registration.hs_token)),
             limit: MAX_ANSWER,
+            spool: None,
         };
         let transport = engine.federation.transport();
         let outcome = transport.send_url(&url, request).await;

@@ -230,6 +230,30 @@ impl Remote<'_> {
         signed: bool,
         limit: usize,
     ) -> Result<RawResponse, FederationError> {
+        self.send(method, path, body, signed, limit, None).await
+    }
+
+    /// A `GET` whose 2xx answer body is written to `spool` (at most `limit`
+    /// bytes) instead of memory; other answers come back in memory.
+    pub async fn download(
+        &self,
+        path: &str,
+        signed: bool,
+        limit: usize,
+        spool: std::path::PathBuf,
+    ) -> Result<RawResponse, FederationError> {
+        self.send(Method::GET, path, None, signed, limit, Some(spool)).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        signed: bool,
+        limit: usize,
+        spool: Option<std::path::PathBuf>,
+    ) -> Result<RawResponse, FederationError> {
         let engine = self.engine;
         if !crate::util::valid_server_name(self.server) {
             return Err(FederationError::BadRequest(format!("not a valid server name: {:?}", self.server)));
@@ -253,6 +277,7 @@ impl Remote<'_> {
             body: body.map(Bytes::from),
             authorization,
             limit,
+            spool,
         };
         let transport = engine.federation.transport();
         transport

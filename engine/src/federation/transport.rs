@@ -16,8 +16,9 @@
 //! gateways): one mechanism, one backoff policy, one set of metrics.
 //!
 //! Guarantees a transport must give: a request either yields the whole
-//! answer (at most [`OutboundRequest::limit`] body bytes) or an error;
-//! it never blocks past its own timeout.
+//! answer (at most [`OutboundRequest::limit`] body bytes, in memory or, for a
+//! 2xx answer to a request with [`OutboundRequest::spool`], in that file) or
+//! an error; it never blocks past its own timeout.
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
@@ -41,6 +42,10 @@ pub struct OutboundRequest {
     pub authorization: Option<String>,
     /// Most body bytes of the answer to read.
     pub limit: usize,
+    /// Where a successful (2xx) answer's body goes instead of memory: the
+    /// transport writes it to this file (at most `limit` bytes) and leaves
+    /// [`RawResponse::body`] empty. Other answers are read into memory.
+    pub spool: Option<std::path::PathBuf>,
 }
 
 /// A remote server's answer, unparsed.

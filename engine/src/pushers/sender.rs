@@ -112,6 +112,7 @@ async fn deliver(engine: Arc<Engine>, key: String, wake: Arc<Notify>) {
             body: Some(body.into()),
             authorization: None,
             limit: 64 * 1024,
+            spool: None,
         };
         match engine.federation.transport().send_user_url(&base, request).await {
             Ok(resp) if resp.status.is_success() => {
