@@ -47,26 +47,18 @@ impl Authed {
     }
 }
 
-/// A decoded query parameter.
+/// The first value of the query parameter `name`, decoded (`+` is a space,
+/// invalid UTF-8 becomes U+FFFD, so a garbled value is refused by whoever
+/// parses it rather than read as absent).
 pub fn query_param(req: &Req, name: &str) -> Option<String> {
     let query = req.parts.uri.query()?;
-    for pair in query.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if decode_component(k).as_deref() == Some(name) {
-            return decode_component(v);
-        }
-    }
-    None
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
 /// Every value of the query parameter `name`, decoded (`?v=a&v=b` → `["a", "b"]`).
 pub fn query_values(req: &Req, name: &str) -> Vec<String> {
     let query = req.parts.uri.query().unwrap_or_default();
     form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == name).map(|(_, v)| v.into_owned()).collect()
-}
-
-fn decode_component(s: &str) -> Option<String> {
-    crate::http_util::percent_decode(&s.replace('+', " "))
 }
 
 fn access_token(req: &Req) -> Option<String> {

@@ -14,7 +14,7 @@
 use std::{
     io::Write,
     path::{Path, PathBuf},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use base64::{Engine as _, engine::general_purpose::STANDARD_NO_PAD};
@@ -48,9 +48,7 @@ impl std::fmt::Debug for ServerKeys {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+use crate::util::now_ms;
 
 impl ServerKeys {
     /// Loads `keys/signing.key` under `data_dir`, generating it on first start.

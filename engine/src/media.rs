@@ -44,9 +44,7 @@ impl Stored for MediaMeta {}
 const META: Table<(String, String), MediaMeta> = Table::new(&catalog::SERVERMEDIA_META);
 const REFS: Table<String, u64> = Table::new(&catalog::HASH_REFCOUNT);
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+use crate::util::now_ms;
 
 /// The media store of one server.
 pub struct Media {

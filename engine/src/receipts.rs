@@ -110,10 +110,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let mut batch = Batch::new();
         let count = self.stream.next_in(&mut batch);
-        let ts = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let ts = crate::util::now_ms();
         let key = (room.to_string(), user.to_string(), kind.to_owned(), thread.unwrap_or_default().to_owned());
         if let Some(old) = RECEIPTS.get(&*self.db, &key)? {
             BY_COUNT.delete(&mut batch, &(key.0.clone(), old.count));

@@ -182,9 +182,7 @@ struct Timeline {
     prev: Option<i64>,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+use crate::util::now_ms;
 
 fn rooms_err(e: RoomError) -> EngineError {
     e.into()

@@ -140,11 +140,7 @@ pub fn create(cx: Ctx, req: Req) -> HandlerFuture {
         }
         let server = cx.engine.server_name.to_string();
         let id = cx.engine.media.reserve(&server, me.user_id.as_str()).await?;
-        let expires = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
-            + 24 * 3600 * 1000;
+        let expires = myelin_engine::util::now_ms() + 24 * 3600 * 1000;
         Ok(ok_json(&json!({ "content_uri": format!("mxc://{server}/{id}"), "unused_expires_at": expires })))
     })
 }

@@ -21,9 +21,7 @@ use crate::keys::ServerKeys;
 
 const DAY_MS: u64 = 86_400_000;
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
+use crate::util::now_ms;
 
 fn current_key() -> ServerKeys {
     ServerKeys::from_seed("peer.test".try_into().unwrap(), "new", &[2u8; 32]).unwrap()

@@ -47,9 +47,7 @@ pub const MAX_REMOTE_VALIDITY_MS: u64 = 7 * 24 * 3600 * 1000;
 const KEYS: Table<String, ServerKeySet> = Table::new(&catalog::SERVERNAME_SERVERKEYS);
 const DOCS: Table<String, myelin_storage::Raw> = Table::new(&catalog::SERVERNAME_KEYDOC);
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+use crate::util::now_ms;
 
 /// Known keys of remote servers.
 pub struct KeyRing {

@@ -75,9 +75,7 @@ pub struct SeenTxns {
     in_flight: crate::in_flight::InFlight<Key>,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+use crate::util::now_ms;
 
 impl SeenTxns {
     /// Over `db`.

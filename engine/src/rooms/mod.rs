@@ -41,11 +41,7 @@ pub mod tables;
 pub mod version;
 mod visibility;
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::{collections::HashMap, sync::Arc};
 
 pub use create::{CreateRoom, Preset};
 pub use error::RoomError;
@@ -177,9 +173,7 @@ pub struct Rooms {
     member_versions: Arc<Mutex<HashMap<String, u64>>>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+use crate::util::now_ms;
 
 fn state_key_string(kind: &str, state_key: &str) -> String {
     // A JSON array is unambiguous whatever the strings contain.

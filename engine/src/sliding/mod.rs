@@ -150,9 +150,7 @@ fn err(e: impl Into<EngineError>) -> EngineError {
     e.into()
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+use crate::util::now_ms;
 
 /// One candidate room of the lists.
 struct Candidate {

@@ -169,9 +169,7 @@ pub struct NewLogin {
     pub access_token: String,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+use crate::util::now_ms;
 
 /// Accounts and sessions of one server.
 pub struct Users {

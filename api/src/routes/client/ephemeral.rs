@@ -122,10 +122,7 @@ async fn mark(
         "m.read" | "m.read.private" => {
             cx.engine.set_receipt(room, &me.user_id, kind, thread, id.as_str()).await?;
             if kind == "m.read" {
-                let ts = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0);
+                let ts = myelin_engine::util::now_ms();
                 let mut data = json!({ "ts": ts });
                 if let Some(t) = thread {
                     data["thread_id"] = json!(t);

@@ -198,10 +198,7 @@ pub fn notifications(cx: Ctx, req: Req) -> HandlerFuture {
             .profile(me.user_id.as_str())?
             .and_then(|p| p.displayname)
             .unwrap_or_else(|| me.user_id.localpart().to_owned());
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now = myelin_engine::util::now_ms();
         let mut found = Vec::new();
         for (room, m) in cx.engine.rooms.rooms_of(me.user_id.as_str())? {
             if m.membership != "join" {

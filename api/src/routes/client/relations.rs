@@ -43,9 +43,7 @@ struct Chunk {
     recursion_depth: Option<u32>,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+use myelin_engine::util::now_ms;
 
 fn room_and_event(req: &Req) -> Result<(ruma::OwnedRoomId, ruma::OwnedEventId), ApiError> {
     let room = RoomId::parse(req.param("room_id")?).map_err(|e| ApiError::invalid_param(format!("room id: {e}")))?;

@@ -122,10 +122,7 @@ pub fn search(cx: Ctx, req: Req) -> HandlerFuture {
             }
         }
         hits.sort_by_key(|h| std::cmp::Reverse(h.0));
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now = myelin_engine::util::now_ms();
         let mut results = Vec::new();
         let mut matched = 0usize;
         for (count, short, _room) in hits {

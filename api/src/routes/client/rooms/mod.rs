@@ -27,9 +27,7 @@ use crate::{
     router::{Ctx, HandlerFuture, Req},
 };
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+use myelin_engine::util::now_ms;
 
 /// An event as this user sees it: redacted, or with bundled relations.
 fn serve(cx: &Ctx, me: &Authed, pdu: &myelin_engine::rooms::ArcPdu, with_room_id: bool, now: u64) -> JsonValue {
