@@ -10,6 +10,7 @@ pub mod appservice;
 pub mod backup;
 pub mod cache_shares;
 pub mod config;
+pub mod delivery;
 pub mod directory;
 pub mod e2ee;
 pub mod ephemeral;

@@ -21,13 +21,10 @@
 //! `myelin_appservice_events_total`.
 
 use crate::federation::backoff::jitter;
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use http::Method;
-use tokio::{
-    sync::{Notify, watch},
-    task::JoinHandle,
-};
+use tokio::sync::{Notify, watch};
 
 use super::queue::{self, InFlight, SenderState};
 use crate::{
@@ -45,48 +42,35 @@ const MAX_EPHEMERAL: usize = 100;
 const MAX_ANSWER: usize = 64 * 1024;
 
 /// Runs the appservice senders until `stop` fires.
-pub async fn run(engine: Arc<Engine>, mut stop: watch::Receiver<bool>) {
-    let mut tasks: HashMap<String, (JoinHandle<()>, Arc<Notify>)> = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut scan = true;
-    loop {
-        let mut names: Vec<String> = if scan {
-            engine.appservices.all().iter().filter(|a| a.url().is_some()).map(|a| a.id().to_owned()).collect()
-        } else {
-            Vec::new()
-        };
-        scan = false;
-        names.extend(engine.appservices.take_ready());
-        // An appservice removed at run time: its task ends.
-        tasks.retain(|id, (task, _)| {
-            let keep = engine.appservices.get(id).is_some();
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
-        for id in names {
-            match tasks.get(&id) {
-                Some((task, wake)) if !task.is_finished() => wake.notify_one(),
-                _ => {
-                    let wake = Arc::new(Notify::new());
-                    let task = tokio::spawn(tracing::Instrument::instrument(
-                        deliver(engine.clone(), id.clone(), wake.clone()),
-                        tracing::info_span!("appservice_sender", appservice = %id),
-                    ));
-                    tasks.insert(id, (task, wake));
-                }
-            }
-        }
-        tokio::select! {
-            _ = engine.appservices.wait_ready() => {}
-            _ = tick.tick() => scan = true,
-            _ = stop.changed() => break,
-        }
+pub async fn run(engine: Arc<Engine>, stop: watch::Receiver<bool>) {
+    crate::delivery::run(Appservices(engine), stop).await
+}
+
+/// The appservice push queue, a task per appservice with a URL.
+struct Appservices(Arc<Engine>);
+
+impl crate::delivery::KeyedQueue for Appservices {
+    const SPAN: &'static str = "appservice_sender";
+
+    fn scan(&self) -> Vec<String> {
+        self.0.appservices.all().iter().filter(|a| a.url().is_some()).map(|a| a.id().to_owned()).collect()
     }
-    for (_, (t, _)) in tasks {
-        t.abort();
+
+    fn take_ready(&self) -> Vec<String> {
+        self.0.appservices.take_ready()
+    }
+
+    async fn ready(&self) {
+        self.0.appservices.wait_ready().await
+    }
+
+    /// An appservice removed at run time: its task ends.
+    fn keep(&self, id: &str) -> bool {
+        self.0.appservices.get(id).is_some()
+    }
+
+    fn deliver(&self, key: String, wake: Arc<Notify>) -> impl std::future::Future<Output = ()> + Send + 'static {
+        deliver(self.0.clone(), key, wake)
     }
 }
 

@@ -61,13 +61,10 @@
 //! by the next transaction the destination answers.
 
 use super::backoff::jitter;
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use http::Method;
-use tokio::{
-    sync::{Notify, watch},
-    task::JoinHandle,
-};
+use tokio::sync::{Notify, watch};
 
 use super::xmatrix;
 use crate::{Engine, util::now_ms};
@@ -95,50 +92,41 @@ static RUN_NONCE: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
 /// permit, so rows queued while it is busy are taken right after, never left
 /// for the next scan. A full scan of the queue runs at start-up (rows left by
 /// an earlier run) and every 5 s as a safety net.
-pub async fn run(engine: Arc<Engine>, mut stop: watch::Receiver<bool>) {
-    let mut tasks: HashMap<String, (JoinHandle<()>, Arc<Notify>)> = HashMap::new();
-    let mut scan = true;
-    // An interval, not a sleep per turn: under steady traffic a sleep would never end.
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        let mut names = if scan {
-            match engine.rooms.outbound_destinations() {
-                Ok(d) => d.into_iter().map(|(_, name)| name).collect(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the federation queue failed");
-                    Vec::new()
-                }
+pub async fn run(engine: Arc<Engine>, stop: watch::Receiver<bool>) {
+    crate::delivery::run(Destinations(engine), stop).await
+}
+
+/// The federation queue, a task per destination.
+struct Destinations(Arc<Engine>);
+
+impl crate::delivery::KeyedQueue for Destinations {
+    const SPAN: &'static str = "federation_sender";
+
+    fn scan(&self) -> Vec<String> {
+        match self.0.rooms.outbound_destinations() {
+            Ok(d) => d.into_iter().map(|(_, name)| name).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the federation queue failed");
+                Vec::new()
             }
-        } else {
-            Vec::new()
-        };
-        scan = false;
-        names.extend(engine.rooms.take_outbound_ready());
-        names.extend(engine.federation.edu_destinations());
-        for name in names {
-            match tasks.get(&name) {
-                Some((task, wake)) if !task.is_finished() => wake.notify_one(),
-                _ => {
-                    let wake = Arc::new(Notify::new());
-                    let task = tokio::spawn(tracing::Instrument::instrument(
-                        deliver(engine.clone(), name.clone(), wake.clone()),
-                        tracing::info_span!("federation_sender", destination = %name),
-                    ));
-                    tasks.insert(name, (task, wake));
-                }
-            }
-        }
-        tokio::select! {
-            _ = engine.rooms.outbound_ready() => {}
-            _ = engine.federation.edu_ready.notified() => {}
-            _ = tick.tick() => scan = true,
-            _ = stop.changed() => break,
         }
     }
-    for (_, (t, _)) in tasks {
-        t.abort();
+
+    fn take_ready(&self) -> Vec<String> {
+        let mut names = self.0.rooms.take_outbound_ready();
+        names.extend(self.0.federation.edu_destinations());
+        names
+    }
+
+    async fn ready(&self) {
+        tokio::select! {
+            _ = self.0.rooms.outbound_ready() => {}
+            _ = self.0.federation.edu_ready.notified() => {}
+        }
+    }
+
+    fn deliver(&self, key: String, wake: Arc<Notify>) -> impl std::future::Future<Output = ()> + Send + 'static {
+        deliver(self.0.clone(), key, wake)
     }
 }
 

@@ -10,14 +10,11 @@
 //! older than `push.max_age_s` is dropped unsent, counted.
 
 use crate::federation::backoff::jitter;
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use http::Method;
 use myelin_storage::{Batch, Direction, Raw, Table, catalog};
-use tokio::{
-    sync::{Notify, watch},
-    task::JoinHandle,
-};
+use tokio::sync::{Notify, watch};
 
 use super::dispatch::Queued;
 use crate::{Engine, federation::OutboundRequest, util::now_ms};
@@ -26,37 +23,30 @@ use crate::{Engine, federation::OutboundRequest, util::now_ms};
 pub(crate) const QUEUE: Table<(String, u64), Raw> = Table::new(&catalog::PUSHERCOUNT_NOTIFICATION);
 
 /// Runs the senders until `stop` fires.
-pub async fn run(engine: Arc<Engine>, mut stop: watch::Receiver<bool>) {
-    let mut tasks: HashMap<String, (JoinHandle<()>, Arc<Notify>)> = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut scan = true;
-    loop {
-        let mut keys = if scan { engine.pushers.queued_keys().unwrap_or_default() } else { Vec::new() };
-        scan = false;
-        keys.extend(engine.pushers.take_ready());
-        tasks.retain(|_, (t, _)| !t.is_finished());
-        for key in keys {
-            match tasks.get(&key) {
-                Some((_, wake)) => wake.notify_one(),
-                None => {
-                    let wake = Arc::new(Notify::new());
-                    let task = tokio::spawn(tracing::Instrument::instrument(
-                        deliver(engine.clone(), key.clone(), wake.clone()),
-                        tracing::info_span!("push_sender", pusher = %key),
-                    ));
-                    tasks.insert(key, (task, wake));
-                }
-            }
-        }
-        tokio::select! {
-            _ = engine.pushers.ready_notify.notified() => {}
-            _ = tick.tick() => scan = true,
-            _ = stop.changed() => break,
-        }
+pub async fn run(engine: Arc<Engine>, stop: watch::Receiver<bool>) {
+    crate::delivery::run(PushQueues(engine), stop).await
+}
+
+/// The push notification queues, a task per pusher.
+struct PushQueues(Arc<Engine>);
+
+impl crate::delivery::KeyedQueue for PushQueues {
+    const SPAN: &'static str = "push_sender";
+
+    fn scan(&self) -> Vec<String> {
+        self.0.pushers.queued_keys().unwrap_or_default()
     }
-    for (_, (t, _)) in tasks {
-        t.abort();
+
+    fn take_ready(&self) -> Vec<String> {
+        self.0.pushers.take_ready()
+    }
+
+    async fn ready(&self) {
+        self.0.pushers.ready_notify.notified().await
+    }
+
+    fn deliver(&self, key: String, wake: Arc<Notify>) -> impl std::future::Future<Output = ()> + Send + 'static {
+        deliver(self.0.clone(), key, wake)
     }
 }
 
