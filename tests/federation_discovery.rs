@@ -54,6 +54,29 @@ async fn a_server_is_found_through_its_well_known_delegation() {
     b.stop().await;
 }
 
+/// A DNS answer to `query` (its id, its question): one SRV record, or NXDOMAIN.
+fn srv_answer(query: &[u8], question: &[u8], record: Option<(u16, &str)>) -> Vec<u8> {
+    let mut out = query[0..2].to_vec();
+    // Response, recursion desired and available; NXDOMAIN without a record.
+    out.extend_from_slice(&[0x81, if record.is_some() { 0x80 } else { 0x83 }]);
+    out.extend_from_slice(&[0, 1, 0, u8::from(record.is_some()), 0, 0, 0, 0]);
+    out.extend_from_slice(question);
+    if let Some((port, target)) = record {
+        out.extend_from_slice(&[0xC0, 12, 0, 33, 0, 1]); // the question's name, SRV, IN
+        out.extend_from_slice(&300u32.to_be_bytes());
+        let mut data = vec![0, 10, 0, 1]; // priority 10, weight 1
+        data.extend_from_slice(&port.to_be_bytes());
+        for label in target.split('.') {
+            data.push(label.len() as u8);
+            data.extend_from_slice(label.as_bytes());
+        }
+        data.push(0);
+        out.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        out.extend_from_slice(&data);
+    }
+    out
+}
+
 /// A UDP DNS server on loopback answering SRV queries for `name` with `target:port`
 /// and NXDOMAIN for everything else; counts the queries it answered with a record.
 async fn fake_srv_resolver(
@@ -61,7 +84,6 @@ async fn fake_srv_resolver(
     target: &'static str,
     port: u16,
 ) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use myelin_api::transport::dns::{Srv, encode_answer};
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
     let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -77,13 +99,12 @@ async fn fake_srv_resolver(
                 labels.push(String::from_utf8_lossy(&query[at + 1..at + 1 + len]).into_owned());
                 at += 1 + len;
             }
+            let question = &query[12..(at + 5).min(n)];
             let reply = if labels.join(".") == name {
                 counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                encode_answer(query, &[Srv { priority: 10, weight: 1, port, target: target.into() }])
+                srv_answer(query, question, Some((port, target)))
             } else {
-                let mut r = encode_answer(query, &[]);
-                r[3] |= 3; // NXDOMAIN
-                r
+                srv_answer(query, question, None)
             };
             let _ = socket.send_to(&reply, from).await;
         }

@@ -73,8 +73,8 @@ fn has_port(server: &str) -> bool {
     }
 }
 
-/// A cached SRV answer: the best target and port (or none), and until when it holds.
-type CachedSrv = (Option<(String, u16)>, std::time::Instant);
+/// Most server names whose `.well-known` answer is remembered.
+pub const MAX_DELEGATIONS: usize = 4096;
 
 /// The network side of federation for one server.
 pub struct HttpTransport {
@@ -90,12 +90,12 @@ pub struct HttpTransport {
     hosts: std::collections::BTreeMap<String, SocketAddr>,
     /// Idle keep-alive connections per destination.
     pool: parking_lot::Mutex<std::collections::HashMap<String, Vec<Conn>>>,
-    /// `.well-known` delegations looked up: server name → (delegated name, until).
+    /// `.well-known` delegations looked up: server name → (delegated name, until);
+    /// at most [`MAX_DELEGATIONS`] names.
     delegations: parking_lot::Mutex<std::collections::HashMap<String, (Option<String>, std::time::Instant)>>,
-    /// SRV answers looked up: name → (best target and port, until).
-    srv_answers: parking_lot::Mutex<std::collections::HashMap<String, CachedSrv>>,
-    /// Resolvers for SRV lookups.
-    dns_servers: Vec<SocketAddr>,
+    /// SRV lookups (with their own bounded, TTL-honouring cache); `None` when
+    /// the system has no usable resolver configuration.
+    srv: Option<dns::SrvResolver>,
     /// Requests to configured URLs (appservices).
     direct: direct::Direct,
 }
@@ -201,11 +201,12 @@ impl HttpTransport {
             hosts: config.federation.hosts.clone(),
             pool: parking_lot::Mutex::new(std::collections::HashMap::new()),
             delegations: parking_lot::Mutex::new(std::collections::HashMap::new()),
-            srv_answers: parking_lot::Mutex::new(std::collections::HashMap::new()),
-            dns_servers: if config.federation.dns_servers.is_empty() {
-                dns::system_servers()
-            } else {
-                config.federation.dns_servers.clone()
+            srv: match dns::SrvResolver::new(&config.federation.dns_servers) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no DNS resolver: servers are found without SRV records");
+                    None
+                }
             },
         })
     }
@@ -266,32 +267,21 @@ impl HttpTransport {
     }
 
     /// The best SRV target of `_matrix-fed._tcp.<host>`, else of the deprecated
-    /// `_matrix._tcp.<host>`; answers (and their absence) cached for an hour.
+    /// `_matrix._tcp.<host>` (the resolver caches answers for their TTL).
     async fn srv_target(&self, host: &str) -> Option<(String, u16)> {
-        if let Some((answer, until)) = self.srv_answers.lock().get(host)
-            && *until > std::time::Instant::now()
-        {
-            return answer.clone();
-        }
-        let mut answer = None;
+        let resolver = self.srv.as_ref()?;
         for service in ["_matrix-fed._tcp", "_matrix._tcp"] {
-            match dns::srv(&format!("{service}.{host}"), &self.dns_servers).await {
+            match resolver.srv(&format!("{service}.{host}")).await {
                 Ok(records) => {
                     if let Some(best) = records.into_iter().next() {
-                        tracing::info!(server = host, target = %best.target, port = best.port, %service, "SRV record found");
-                        answer = Some((best.target, best.port));
-                        break;
+                        tracing::debug!(server = host, target = %best.target, port = best.port, %service, "SRV record found");
+                        return Some((best.target, best.port));
                     }
                 }
-                Err(e) => {
-                    tracing::debug!(server = host, %service, error = %e, "SRV lookup failed");
-                }
+                Err(e) => tracing::debug!(server = host, %service, error = %e, "SRV lookup failed"),
             }
         }
-        self.srv_answers
-            .lock()
-            .insert(host.to_owned(), (answer.clone(), std::time::Instant::now() + Duration::from_secs(3600)));
-        answer
+        None
     }
 
     /// An IP literal or a name, with its port or 8448, without delegation; the
@@ -323,9 +313,18 @@ impl HttpTransport {
             Some(d) => tracing::info!(server = host, delegated = %d, "server delegates federation"),
             None => tracing::debug!(server = host, "no .well-known delegation"),
         }
-        self.delegations
-            .lock()
-            .insert(host.to_owned(), (answer.clone(), std::time::Instant::now() + Duration::from_secs(3600)));
+        let now = std::time::Instant::now();
+        let mut cache = self.delegations.lock();
+        if cache.len() >= MAX_DELEGATIONS && !cache.contains_key(host) {
+            // Full: drop what has expired, else the entry that expires first.
+            cache.retain(|_, (_, until)| *until > now);
+            if cache.len() >= MAX_DELEGATIONS
+                && let Some(oldest) = cache.iter().min_by_key(|(_, (_, until))| *until).map(|(k, _)| k.clone())
+            {
+                cache.remove(&oldest);
+            }
+        }
+        cache.insert(host.to_owned(), (answer.clone(), now + Duration::from_secs(3600)));
         answer
     }
 
