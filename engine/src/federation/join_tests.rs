@@ -73,9 +73,12 @@ impl Resident {
     /// `make_join` for `@alice:us.test`, as the resident answers it now.
     async fn make_join(&self) -> JsonValue {
         let alice = user("@alice:us.test");
-        super::serve::make_membership(&self.engine, "us.test", &self.room, &alice, "join", &["12".to_owned()])
-            .await
-            .unwrap()
+        serde_json::to_value(
+            super::serve::make_membership(&self.engine, "us.test", &self.room, &alice, "join", &["12".to_owned()])
+                .await
+                .unwrap(),
+        )
+        .unwrap()
     }
 
     /// A `send_join` answer: the resident's current state without the events

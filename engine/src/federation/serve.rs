@@ -11,10 +11,10 @@
 //! does not leak).
 
 use ruma::{
-    EventId, OwnedEventId, RoomId, RoomVersionId, UserId, events::TimelineEventType,
-    room_version_rules::RoomVersionRules,
+    CanonicalJsonObject, EventId, OwnedEventId, OwnedServerName, RoomId, RoomVersionId, UserId,
+    events::TimelineEventType, room_version_rules::RoomVersionRules,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value as JsonValue, json};
 
 use super::{FederationError, pdu_check::checked_pdu};
@@ -48,6 +48,95 @@ pub fn room_access(engine: &Engine, room: &RoomId, origin: &str) -> Result<(), F
         return Err(FederationError::Forbidden("your server is not in this room".into()));
     }
     Ok(())
+}
+
+/// The answer to `make_join`, `make_leave` and `make_knock`: the event to sign.
+#[derive(Debug, Serialize)]
+pub struct MembershipTemplate {
+    /// The unsigned membership event.
+    pub event: CanonicalJsonObject,
+    /// The room's version.
+    pub room_version: RoomVersionId,
+}
+
+/// The answer to `send_join` (v2; v1 wraps it as `[200, answer]`).
+#[derive(Debug, Serialize)]
+pub struct JoinAccepted {
+    /// Us.
+    pub origin: OwnedServerName,
+    /// The room state before the join.
+    pub state: Vec<JsonValue>,
+    /// The auth chain of that state and of the join.
+    pub auth_chain: Vec<JsonValue>,
+    /// The join as stored (co-signed for restricted rooms).
+    pub event: JsonValue,
+    /// Always false: partial state is not offered.
+    pub members_omitted: bool,
+    /// The servers joined now.
+    pub servers_in_room: Vec<String>,
+}
+
+/// The answer to `send_knock`.
+#[derive(Debug, Serialize)]
+pub struct KnockAccepted {
+    /// The stripped state the knocker may see.
+    pub knock_room_state: Vec<JsonValue>,
+}
+
+/// The answer to `invite` (v2): the invite with our signature added.
+#[derive(Debug, Serialize)]
+pub struct InviteSigned {
+    /// The signed event.
+    pub event: JsonValue,
+}
+
+/// A transaction-shaped answer (`event`, `backfill`).
+#[derive(Debug, Serialize)]
+pub struct Pdus {
+    /// Us.
+    pub origin: OwnedServerName,
+    /// When the answer was made.
+    pub origin_server_ts: u64,
+    /// The events.
+    pub pdus: Vec<JsonValue>,
+}
+
+impl Pdus {
+    fn now(engine: &Engine, pdus: Vec<JsonValue>) -> Self {
+        Pdus { origin: engine.server_name.clone(), origin_server_ts: now_ms(), pdus }
+    }
+}
+
+/// The answer to `get_missing_events`.
+#[derive(Debug, Serialize)]
+pub struct MissingEvents {
+    /// The missing events, oldest first.
+    pub events: Vec<JsonValue>,
+}
+
+/// The answer to `state_ids`.
+#[derive(Debug, Serialize)]
+pub struct StateIds {
+    /// The state before the event.
+    pub pdu_ids: Vec<OwnedEventId>,
+    /// Its auth chain.
+    pub auth_chain_ids: Vec<OwnedEventId>,
+}
+
+/// The answer to `state`.
+#[derive(Debug, Serialize)]
+pub struct StateAt {
+    /// The state before the event.
+    pub pdus: Vec<JsonValue>,
+    /// Its auth chain.
+    pub auth_chain: Vec<JsonValue>,
+}
+
+/// The answer to `event_auth`.
+#[derive(Debug, Serialize)]
+pub struct AuthChain {
+    /// The event's auth chain.
+    pub auth_chain: Vec<JsonValue>,
 }
 
 /// An event as served to `origin`: whole when its history visibility lets the
@@ -96,7 +185,7 @@ pub async fn make_membership(
     user: &UserId,
     membership: &str,
     supported: &[String],
-) -> Result<JsonValue, FederationError> {
+) -> Result<MembershipTemplate, FederationError> {
     let version = membership_request(engine, origin, room, user)?;
     if membership != "leave" {
         refuse_if_shut(engine, room)?;
@@ -111,7 +200,7 @@ pub async fn make_membership(
     }
     let event = NewEvent::state(TimelineEventType::RoomMember, user.as_str(), json!({ "membership": membership }));
     let template = engine.rooms.template(user, room, event).await?;
-    Ok(json!({ "event": template, "room_version": version }))
+    Ok(MembershipTemplate { event: template, room_version: version })
 }
 
 /// What `send_join`, `send_knock` and `send_leave` check alike: the room's
@@ -166,7 +255,7 @@ pub async fn accept_join(
     room: &RoomId,
     event_id: &str,
     body: &JsonValue,
-) -> Result<JsonValue, FederationError> {
+) -> Result<JoinAccepted, FederationError> {
     let pdu = signed_membership(engine, origin, room, event_id, body, "join").await?;
     let join_id = pdu.event_id.clone();
     // The state the join is applied to: the room's current state now.
@@ -176,14 +265,14 @@ pub async fn accept_join(
     let ids: Vec<OwnedEventId> = state.iter().map(|p| p.event_id.clone()).chain([join_id.clone()]).collect();
     let chain = engine.rooms.auth_chain_events(&ids)?;
     let joined = engine.rooms.pdu(&join_id)?.ok_or_else(|| FederationError::NotFound("the join vanished".into()))?;
-    Ok(json!({
-        "origin": engine.server_name,
-        "state": state.iter().map(whole_json).collect::<Vec<_>>(),
-        "auth_chain": chain.iter().map(whole_json).collect::<Vec<_>>(),
-        "event": whole_json(&joined),
-        "members_omitted": false,
-        "servers_in_room": engine.rooms.joined_servers_now(room)?,
-    }))
+    Ok(JoinAccepted {
+        origin: engine.server_name.clone(),
+        state: state.iter().map(whole_json).collect(),
+        auth_chain: chain.iter().map(whole_json).collect(),
+        event: whole_json(&joined),
+        members_omitted: false,
+        servers_in_room: engine.rooms.joined_servers_now(room)?,
+    })
 }
 
 /// `send_knock`: accepts a signed knock; returns the stripped state the knocker sees.
@@ -193,12 +282,12 @@ pub async fn accept_knock(
     room: &RoomId,
     event_id: &str,
     body: &JsonValue,
-) -> Result<JsonValue, FederationError> {
+) -> Result<KnockAccepted, FederationError> {
     let pdu = signed_membership(engine, origin, room, event_id, body, "knock").await?;
     let knocker = pdu.sender.clone();
     accepted(engine.rooms.append_pdu(pdu).await?, "knock")?;
     let state = engine.stripped_state(room, &knocker)?;
-    Ok(json!({ "knock_room_state": state }))
+    Ok(KnockAccepted { knock_room_state: state })
 }
 
 /// `send_leave`: accepts a signed leave.
@@ -233,7 +322,7 @@ pub async fn receive_invite(
     origin: &str,
     event_id: &str,
     body: InviteRequest,
-) -> Result<JsonValue, FederationError> {
+) -> Result<InviteSigned, FederationError> {
     let room_version =
         RoomVersionId::try_from(body.room_version.as_str()).map_err(|e| FederationError::BadRequest(e.to_string()))?;
     if !version::READABLE.contains(&room_version) {
@@ -266,17 +355,17 @@ pub async fn receive_invite(
     if !engine.rooms.is_local_room(&signed.room_id) {
         engine.rooms.record_remote_invite(&target, signed, &body.invite_room_state, &engine.stream).await?;
     }
-    Ok(json!({ "event": answer }))
+    Ok(InviteSigned { event: answer })
 }
 
 /// `GET /event/{eventId}`: one event, if the origin may see it.
-pub fn event(engine: &Engine, origin: &str, id: &EventId) -> Result<JsonValue, FederationError> {
+pub fn event(engine: &Engine, origin: &str, id: &EventId) -> Result<Pdus, FederationError> {
     let pdu = engine.rooms.pdu(id)?.ok_or_else(|| FederationError::NotFound("event not found".into()))?;
     room_access(engine, &pdu.room_id, origin)?;
     if !engine.rooms.visible_to_server(origin, &pdu)? {
         return Err(FederationError::NotFound("event not found".into()));
     }
-    Ok(json!({ "origin": engine.server_name, "origin_server_ts": now_ms(), "pdus": [whole_json(&pdu)] }))
+    Ok(Pdus::now(engine, vec![whole_json(&pdu)]))
 }
 
 /// The body of `POST get_missing_events/{roomId}`.
@@ -298,14 +387,14 @@ pub fn missing_events(
     origin: &str,
     room: &RoomId,
     body: &MissingEventsRequest,
-) -> Result<JsonValue, FederationError> {
+) -> Result<MissingEvents, FederationError> {
     room_access(engine, room, origin)?;
     let limit = body.limit.unwrap_or(10).clamp(1, 100) as usize;
     let events = engine.rooms.missing_events(&body.earliest_events, &body.latest_events, limit)?;
     let rules = version::rules(&engine.rooms.room_version(room)?)?;
     let out: Vec<JsonValue> =
         events.iter().filter(|p| p.room_id == room).map(|p| served_json(engine, origin, &rules, p)).collect();
-    Ok(json!({ "events": out }))
+    Ok(MissingEvents { events: out })
 }
 
 /// `backfill`: history before `from`, walking prev events back, newest first.
@@ -315,13 +404,13 @@ pub fn backfill(
     room: &RoomId,
     from: &[OwnedEventId],
     limit: usize,
-) -> Result<JsonValue, FederationError> {
+) -> Result<Pdus, FederationError> {
     room_access(engine, room, origin)?;
     let events = engine.rooms.backfill_from(from, limit.clamp(1, 200))?;
     let rules = version::rules(&engine.rooms.room_version(room)?)?;
     let pdus: Vec<JsonValue> =
         events.iter().filter(|p| p.room_id == room).map(|p| served_json(engine, origin, &rules, p)).collect();
-    Ok(json!({ "origin": engine.server_name, "origin_server_ts": now_ms(), "pdus": pdus }))
+    Ok(Pdus::now(engine, pdus))
 }
 
 /// The state before `id` (in `room`) and its auth chain, for a server in the room.
@@ -347,25 +436,25 @@ fn state_before(
 }
 
 /// `state_ids`: the ids of the room state before the event and of its auth chain.
-pub fn state_ids(engine: &Engine, origin: &str, room: &RoomId, id: &EventId) -> Result<JsonValue, FederationError> {
+pub fn state_ids(engine: &Engine, origin: &str, room: &RoomId, id: &EventId) -> Result<StateIds, FederationError> {
     let (state, chain) = state_before(engine, origin, room, id)?;
-    let ids = |v: &[ArcPdu]| v.iter().map(|p| p.event_id.to_string()).collect::<Vec<_>>();
-    Ok(json!({ "pdu_ids": ids(&state), "auth_chain_ids": ids(&chain) }))
+    let ids = |v: &[ArcPdu]| v.iter().map(|p| p.event_id.clone()).collect::<Vec<_>>();
+    Ok(StateIds { pdu_ids: ids(&state), auth_chain_ids: ids(&chain) })
 }
 
 /// `state`: the room state before the event and its auth chain, whole.
-pub fn state(engine: &Engine, origin: &str, room: &RoomId, id: &EventId) -> Result<JsonValue, FederationError> {
+pub fn state(engine: &Engine, origin: &str, room: &RoomId, id: &EventId) -> Result<StateAt, FederationError> {
     let (state, chain) = state_before(engine, origin, room, id)?;
     let full = |v: &[ArcPdu]| v.iter().map(whole_json).collect::<Vec<_>>();
-    Ok(json!({ "pdus": full(&state), "auth_chain": full(&chain) }))
+    Ok(StateAt { pdus: full(&state), auth_chain: full(&chain) })
 }
 
 /// `event_auth`: the event's full auth chain.
-pub fn event_auth(engine: &Engine, origin: &str, room: &RoomId, id: &EventId) -> Result<JsonValue, FederationError> {
+pub fn event_auth(engine: &Engine, origin: &str, room: &RoomId, id: &EventId) -> Result<AuthChain, FederationError> {
     room_access(engine, room, origin)?;
     if engine.rooms.pdu(id)?.is_none_or(|p| p.room_id != room) {
         return Err(FederationError::NotFound(format!("{id} is not known in {room}")));
     }
     let chain = engine.rooms.auth_chain_events(&[id.to_owned()])?;
-    Ok(json!({ "auth_chain": chain.iter().map(whole_json).collect::<Vec<_>>() }))
+    Ok(AuthChain { auth_chain: chain.iter().map(whole_json).collect() })
 }
