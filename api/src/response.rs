@@ -36,6 +36,20 @@ pub fn ok_json<T: Serialize + ?Sized>(value: &T) -> Resp {
 #[derive(Serialize, Debug, Clone, Copy, Default)]
 pub struct Empty {}
 
+/// The answer of endpoints that created or joined a room: `{"room_id": …}`.
+#[derive(Serialize, Debug, Clone, Copy)]
+pub struct RoomIdAnswer<'a> {
+    /// The room.
+    pub room_id: &'a str,
+}
+
+/// The answer of endpoints that sent an event: `{"event_id": …}`.
+#[derive(Serialize, Debug, Clone, Copy)]
+pub struct EventIdAnswer<'a> {
+    /// The event.
+    pub event_id: &'a str,
+}
+
 /// A 200 response with the empty object `{}`.
 pub fn ok_empty() -> Resp {
     ok_json(&Empty {})

@@ -90,6 +90,12 @@ pub fn keys_claim(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let _origin = require_server(&cx, &req).await?;
         let body: KeysClaim = parse_json(&req.body)?;
-        Ok(ok_json(&json!({ "one_time_keys": keys_query::claim_local(&cx.engine, &body.one_time_keys).await? })))
+        Ok(ok_json(&ClaimedKeys { one_time_keys: keys_query::claim_local(&cx.engine, &body.one_time_keys).await? }))
     })
+}
+
+/// `user/keys/claim`.
+#[derive(serde::Serialize)]
+struct ClaimedKeys<A> {
+    one_time_keys: A,
 }

@@ -99,7 +99,7 @@ pub fn send_leave(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let (origin, room, event_id, body) = signed_request(&cx, &req).await?;
         serve::accept_leave(&cx.engine, &origin, &room, &event_id, &body).await?;
-        Ok(ok_json(&json!({})))
+        Ok(crate::response::ok_empty())
     })
 }
 

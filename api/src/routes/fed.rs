@@ -64,6 +64,13 @@ pub fn query_directory(cx: Ctx, req: Req) -> HandlerFuture {
             }
         }
         tracing::debug!(%origin, %alias, "alias query over federation");
-        Ok(ok_json(&json!({ "room_id": room, "servers": servers })))
+        Ok(ok_json(&DirectoryAnswer { room_id: room, servers }))
     })
+}
+
+/// `query/directory`.
+#[derive(serde::Serialize)]
+struct DirectoryAnswer<A, B> {
+    room_id: A,
+    servers: B,
 }

@@ -69,7 +69,7 @@ pub fn query_keys(cx: Ctx, req: Req) -> HandlerFuture {
                 out.push(doc);
             }
         }
-        Ok(ok_json(&serde_json::json!({ "server_keys": out })))
+        Ok(ok_json(&ServerKeysAnswer { server_keys: out }))
     })
 }
 
@@ -78,6 +78,12 @@ pub fn query_server_keys(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let name = req.param("server_name")?;
         let out: Vec<serde_json::Value> = notarised(&cx, name).await?.into_iter().collect();
-        Ok(ok_json(&serde_json::json!({ "server_keys": out })))
+        Ok(ok_json(&ServerKeysAnswer { server_keys: out }))
     })
+}
+
+/// A notary answer.
+#[derive(serde::Serialize)]
+struct ServerKeysAnswer<A> {
+    server_keys: A,
 }

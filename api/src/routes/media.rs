@@ -22,7 +22,6 @@ use http::{HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use myelin_engine::media::{MediaMeta, Staged};
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::{
@@ -127,7 +126,7 @@ pub fn upload(cx: Ctx, mut req: Req) -> HandlerFuture {
             .media
             .commit(&server, &id, staged, content_type_of(&req), filename, Some(me.user_id.to_string()))
             .await?;
-        Ok(ok_json(&json!({ "content_uri": format!("mxc://{server}/{id}") })))
+        Ok(ok_json(&Uploaded { content_uri: format!("mxc://{server}/{id}") }))
     })
 }
 
@@ -141,7 +140,7 @@ pub fn create(cx: Ctx, req: Req) -> HandlerFuture {
         let server = cx.engine.server_name.to_string();
         let id = cx.engine.media.reserve(&server, me.user_id.as_str()).await?;
         let expires = myelin_engine::util::now_ms() + 24 * 3600 * 1000;
-        Ok(ok_json(&json!({ "content_uri": format!("mxc://{server}/{id}"), "unused_expires_at": expires })))
+        Ok(ok_json(&Reserved { content_uri: format!("mxc://{server}/{id}"), unused_expires_at: expires }))
     })
 }
 
@@ -168,7 +167,7 @@ pub fn upload_reserved(cx: Ctx, mut req: Req) -> HandlerFuture {
             .media
             .commit(&server, &id, staged, content_type_of(&req), filename, Some(me.user_id.to_string()))
             .await?;
-        Ok(ok_json(&json!({})))
+        Ok(crate::response::ok_empty())
     })
 }
 
@@ -176,7 +175,7 @@ pub fn upload_reserved(cx: Ctx, mut req: Req) -> HandlerFuture {
 pub fn config(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         require_user(&cx, &req)?;
-        Ok(ok_json(&json!({ "m.upload.size": cx.engine.config.media.max_upload_bytes })))
+        Ok(ok_json(&MediaConfigAnswer { upload_size: cx.engine.config.media.max_upload_bytes }))
     })
 }
 
@@ -465,4 +464,24 @@ pub fn add(r: &mut crate::router::Router) {
 pub fn add_federation(r: &mut crate::router::Router) {
     r.add(http::Method::GET, "/_matrix/federation/v1/media/download/{media_id}", federation_download);
     r.add(http::Method::GET, "/_matrix/federation/v1/media/thumbnail/{media_id}", federation_thumbnail);
+}
+
+/// An upload's answer.
+#[derive(serde::Serialize)]
+struct Uploaded<A> {
+    content_uri: A,
+}
+
+/// `media/v1/create`: the reserved URI and until when it may be uploaded to.
+#[derive(serde::Serialize)]
+struct Reserved<A, B> {
+    content_uri: A,
+    unused_expires_at: B,
+}
+
+/// `media/v3/config`.
+#[derive(serde::Serialize)]
+struct MediaConfigAnswer {
+    #[serde(rename = "m.upload.size")]
+    upload_size: u64,
 }

@@ -103,7 +103,7 @@ pub fn upload(cx: Ctx, req: Req) -> HandlerFuture {
         if done.device_keys_changed {
             myelin_engine::federation::e2ee::announce_device(&cx.engine, &me.user_id, &me.device_id, false).await;
         }
-        Ok(ok_json(&json!({ "one_time_key_counts": done.counts })))
+        Ok(ok_json(&UploadAnswer { one_time_key_counts: done.counts }))
     })
 }
 
@@ -170,7 +170,7 @@ pub fn claim(cx: Ctx, req: Req) -> HandlerFuture {
                 }
             }
         }
-        Ok(ok_json(&json!({ "one_time_keys": keys, "failures": failures })))
+        Ok(ok_json(&ClaimAnswer { one_time_keys: keys, failures }))
     })
 }
 
@@ -188,7 +188,7 @@ pub fn changes(cx: Ctx, req: Req) -> HandlerFuture {
         let (from, to) = (token("from")?, token("to")?);
         let to = to.min(cx.engine.stream.current());
         let (changed, left) = cx.engine.device_list_changes_between(&me.user_id, from, to)?;
-        Ok(ok_json(&json!({ "changed": changed, "left": left })))
+        Ok(ok_json(&ChangesAnswer { changed, left }))
     })
 }
 
@@ -222,7 +222,7 @@ pub fn upload_cross_signing(cx: Ctx, req: Req) -> HandlerFuture {
         if cx.engine.e2ee.set_cross_signing(me.user_id.as_str(), &keys).await? {
             myelin_engine::federation::e2ee::announce_cross_signing(&cx.engine, &me.user_id).await;
         }
-        Ok(ok_json(&json!({})))
+        Ok(crate::response::ok_empty())
     })
 }
 
@@ -269,6 +269,32 @@ pub fn upload_signatures(cx: Ctx, req: Req) -> HandlerFuture {
             }
             myelin_engine::federation::e2ee::announce_cross_signing(&cx.engine, &me.user_id).await;
         }
-        Ok(ok_json(&json!({ "failures": failures })))
+        Ok(ok_json(&SignaturesAnswer { failures }))
     })
+}
+
+/// `keys/upload`: the device's one-time key counts.
+#[derive(serde::Serialize)]
+struct UploadAnswer<A> {
+    one_time_key_counts: A,
+}
+
+/// `keys/claim`: keys claimed, and the servers that failed.
+#[derive(serde::Serialize)]
+struct ClaimAnswer<A, B> {
+    one_time_keys: A,
+    failures: B,
+}
+
+/// `keys/changes`: users whose devices changed, users no longer shared with.
+#[derive(serde::Serialize)]
+struct ChangesAnswer<A, B> {
+    changed: A,
+    left: B,
+}
+
+/// `keys/signatures/upload`: the signatures refused.
+#[derive(serde::Serialize)]
+struct SignaturesAnswer<A> {
+    failures: A,
 }

@@ -161,7 +161,7 @@ pub fn create_version(cx: Ctx, req: Req) -> HandlerFuture {
         let body: CreateBody = parse_json(&req.body)?;
         let version =
             cx.engine.key_backups.create(me.user_id.as_str(), &body.algorithm, &json_text(&body.auth_data)).await?;
-        Ok(ok_json(&serde_json::json!({ "version": version })))
+        Ok(ok_json(&VersionAnswer { version }))
     })
 }
 
@@ -277,4 +277,10 @@ pub fn delete_keys(cx: Ctx, req: Req) -> HandlerFuture {
         let (etag, count) = cx.engine.key_backups.delete(me.user_id.as_str(), &version, scope_of(&req)).await?;
         Ok(ok_json(&KeysUpdated { etag: etag.to_string(), count }))
     })
+}
+
+/// A new backup version.
+#[derive(serde::Serialize)]
+struct VersionAnswer<A> {
+    version: A,
 }

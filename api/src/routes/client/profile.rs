@@ -113,7 +113,7 @@ fn set_field(field: &'static str) -> impl Fn(Ctx, Req) -> HandlerFuture {
             }
             // Stored, and a new member event carrying it in every joined room.
             cx.engine.set_profile_everywhere(&me.user_id, &profile).await?;
-            Ok(ok_json(&json!({})))
+            Ok(crate::response::ok_empty())
         })
     }
 }
@@ -187,6 +187,13 @@ pub fn search_users(cx: Ctx, req: Req) -> HandlerFuture {
             .take(limit)
             .map(|(user, (name, avatar))| json!({ "user_id": user, "display_name": name, "avatar_url": avatar }))
             .collect();
-        Ok(ok_json(&json!({ "results": results, "limited": limited })))
+        Ok(ok_json(&UserSearchAnswer { results, limited }))
     })
+}
+
+/// `user_directory/search`.
+#[derive(serde::Serialize)]
+struct UserSearchAnswer<A, B> {
+    results: A,
+    limited: B,
 }

@@ -66,7 +66,7 @@ pub fn get_tags(cx: Ctx, req: Req) -> HandlerFuture {
         require_self(&me, &req, "user_id")?;
         let room = room_of(&req)?;
         let stored = cx.engine.users.account_data(me.user_id.as_str(), Some(&room), "m.tag")?;
-        Ok(ok_json(&json!({ "tags": tags_of(stored.as_deref()) })))
+        Ok(ok_json(&TagsAnswer { tags: tags_of(stored.as_deref()) }))
     })
 }
 
@@ -119,4 +119,10 @@ pub fn delete_tag(cx: Ctx, req: Req) -> HandlerFuture {
             .await?;
         Ok(ok_empty())
     })
+}
+
+/// `/tags`.
+#[derive(serde::Serialize)]
+struct TagsAnswer<A> {
+    tags: A,
 }

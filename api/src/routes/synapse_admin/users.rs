@@ -391,7 +391,7 @@ pub fn reset_password(cx: Ctx, req: Req) -> HandlerFuture {
         }
         set_password(&cx, &me, &user, &password, body.logout_devices).await?;
         audit(&me, "reset_password", user.as_str());
-        Ok(ok_json(&json!({})))
+        Ok(crate::response::ok_empty())
     })
 }
 
@@ -468,6 +468,6 @@ pub fn set_admin(cx: Ctx, req: Req) -> HandlerFuture {
         }
         cx.engine.users.set_admin(&user, admin).await?;
         audit(&me, if admin { "make_admin" } else { "revoke_admin" }, user.as_str());
-        Ok(ok_json(&json!({})))
+        Ok(crate::response::ok_empty())
     })
 }

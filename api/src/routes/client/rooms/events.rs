@@ -22,7 +22,7 @@ pub fn send(cx: Ctx, req: Req) -> HandlerFuture {
             .await
             .ok_or_else(|| ApiError::busy("too many transactions in flight"))?;
         if let Some(event_id) = cx.engine.users.txn_event(me.user_id.as_str(), &me.device_id, &txn)? {
-            return Ok(ok_json(&json!({ "event_id": event_id })));
+            return Ok(ok_json(&crate::response::EventIdAnswer { event_id: event_id.as_str() }));
         }
         let content: JsonValue = parse_json(&req.body)?;
         if !content.is_object() {
@@ -34,7 +34,7 @@ pub fn send(cx: Ctx, req: Req) -> HandlerFuture {
         if me.appservice.is_none() {
             cx.engine.presence_active(&me.user_id);
         }
-        Ok(ok_json(&json!({ "event_id": pdu.event_id })))
+        Ok(ok_json(&crate::response::EventIdAnswer { event_id: pdu.event_id.as_str() }))
     })
 }
 
@@ -70,7 +70,7 @@ pub fn put_state(cx: Ctx, req: Req) -> HandlerFuture {
         if kind == "m.room.guest_access" {
             cx.engine.enforce_guest_access(&room).await?;
         }
-        Ok(ok_json(&json!({ "event_id": pdu.event_id })))
+        Ok(ok_json(&crate::response::EventIdAnswer { event_id: pdu.event_id.as_str() }))
     })
 }
 
@@ -175,7 +175,7 @@ pub fn members(cx: Ctx, req: Req) -> HandlerFuture {
             })
             .map(|p| serve(&cx, &me, p, true, now))
             .collect();
-        Ok(ok_json(&json!({ "chunk": chunk })))
+        Ok(ok_json(&MembersAnswer { chunk }))
     })
 }
 
@@ -204,6 +204,18 @@ pub fn joined_members(cx: Ctx, req: Req) -> HandlerFuture {
         if !interested {
             require_joined(&cx, &me, &room)?;
         }
-        Ok(ok_json(&json!({ "joined": joined })))
+        Ok(ok_json(&JoinedMembersAnswer { joined }))
     })
+}
+
+/// `/members`.
+#[derive(serde::Serialize)]
+struct MembersAnswer<A> {
+    chunk: A,
+}
+
+/// `/joined_members`.
+#[derive(serde::Serialize)]
+struct JoinedMembersAnswer<A> {
+    joined: A,
 }

@@ -80,11 +80,11 @@ pub fn join(cx: Ctx, req: Req) -> HandlerFuture {
             if me.is_guest && cx.engine.enforce_guest_access(&room).await? > 0 {
                 return Err(guest_refused());
             }
-            return Ok(ok_json(&json!({ "room_id": room })));
+            return Ok(ok_json(&crate::response::RoomIdAnswer { room_id: room.as_str() }));
         }
 
         set_membership(&cx, &me, &room, &me.user_id.clone(), "join", body.reason).await?;
-        Ok(ok_json(&json!({ "room_id": room })))
+        Ok(ok_json(&crate::response::RoomIdAnswer { room_id: room.as_str() }))
     })
 }
 
@@ -149,7 +149,7 @@ pub fn knock(cx: Ctx, req: Req) -> HandlerFuture {
             myelin_engine::federation::membership::knock_remote(&cx.engine, &me.user_id, &room, &servers, body.reason)
                 .await?;
         }
-        Ok(ok_json(&json!({ "room_id": room })))
+        Ok(ok_json(&crate::response::RoomIdAnswer { room_id: room.as_str() }))
     })
 }
 
@@ -185,7 +185,7 @@ fn target_action(membership: &'static str) -> impl Fn(Ctx, Req) -> HandlerFuture
                 }
                 set_membership(&cx, &me, &room, &body.user_id, membership, body.reason).await?;
             }
-            Ok(ok_json(&json!({})))
+            Ok(crate::response::ok_empty())
         })
     }
 }
@@ -250,10 +250,10 @@ pub fn leave(cx: Ctx, req: Req) -> HandlerFuture {
             let mut seen = std::collections::HashSet::new();
             servers.retain(|s| seen.insert(s.clone()));
             myelin_engine::federation::membership::leave_remote(&cx.engine, &me.user_id, &room, &servers).await?;
-            return Ok(ok_json(&json!({})));
+            return Ok(crate::response::ok_empty());
         }
         set_membership(&cx, &me, &room, &me.user_id.clone(), "leave", body.reason).await?;
-        Ok(ok_json(&json!({})))
+        Ok(crate::response::ok_empty())
     })
 }
 
@@ -269,7 +269,7 @@ pub fn forget(cx: Ctx, req: Req) -> HandlerFuture {
                 "leave the room before forgetting it",
             ));
         }
-        Ok(ok_json(&json!({})))
+        Ok(crate::response::ok_empty())
     })
 }
 
@@ -285,6 +285,12 @@ pub fn joined_rooms(cx: Ctx, req: Req) -> HandlerFuture {
             .filter(|(_, m)| m.membership == "join")
             .map(|(r, _)| r.to_string())
             .collect();
-        Ok(ok_json(&json!({ "joined_rooms": rooms })))
+        Ok(ok_json(&JoinedRoomsAnswer { joined_rooms: rooms }))
     })
+}
+
+/// `/joined_rooms`.
+#[derive(serde::Serialize)]
+struct JoinedRoomsAnswer<A> {
+    joined_rooms: A,
 }
