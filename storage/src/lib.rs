@@ -35,3 +35,5 @@ pub use table::{Direction, Iter, Read, Table};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod write_tests;

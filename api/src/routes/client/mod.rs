@@ -2,6 +2,7 @@
 
 mod account;
 mod appservice;
+mod devices;
 mod directory;
 pub(crate) mod e2ee;
 mod ephemeral;
@@ -51,12 +52,12 @@ pub fn add(r: &mut Router) {
     both(r, M::GET, "/account/whoami", account::whoami);
     both(r, M::POST, "/account/password", account::change_password);
     both(r, M::POST, "/account/deactivate", account::deactivate);
-    both(r, M::GET, "/devices", account::devices);
-    both(r, M::GET, "/devices/{device_id}", account::device);
-    both(r, M::PUT, "/devices/{device_id}", account::rename_device);
-    both(r, M::DELETE, "/devices/{device_id}", account::delete_device);
-    both(r, M::POST, "/delete_devices", account::delete_devices);
-    both(r, M::GET, "/capabilities", account::capabilities);
+    both(r, M::GET, "/devices", devices::devices);
+    both(r, M::GET, "/devices/{device_id}", devices::device);
+    both(r, M::PUT, "/devices/{device_id}", devices::rename_device);
+    both(r, M::DELETE, "/devices/{device_id}", devices::delete_device);
+    both(r, M::POST, "/delete_devices", devices::delete_devices);
+    both(r, M::GET, "/capabilities", devices::capabilities);
     both(r, M::GET, "/pushrules/", push::get_all);
     both(r, M::GET, "/pushrules/global/", push::get_all);
     both(r, M::GET, "/pushrules/{scope}/{kind}/{rule_id}", push::get_rule);
@@ -157,7 +158,7 @@ pub fn add(r: &mut Router) {
     both(r, M::GET, "/voip/turnServer", voip::turn_server);
     both(r, M::POST, "/rooms/{room_id}/report/{event_id}", rooms::report_event);
     both(r, M::POST, "/rooms/{room_id}/report", rooms::report_room);
-    both(r, M::GET, "/account/3pid", account::threepids);
+    both(r, M::GET, "/account/3pid", devices::threepids);
 
     // A long-poll: its deadline is the handler timeout plus the longest wait it honours.
     for prefix in ["/_matrix/client/v3", "/_matrix/client/r0"] {

@@ -1,0 +1,140 @@
+//! Client-Server API §"Device management" (`/devices`, `/delete_devices`,
+//! deleting with user-interactive auth), §"Capabilities negotiation"
+//! (`/capabilities`) and `/account/3pid` (always empty: no identity server).
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::account::{AuthData, AuthOnly, password_uia};
+use crate::{
+    auth::require_user,
+    error::ApiError,
+    http_util::{ok_empty, ok_json, parse_json, parse_json_or_empty},
+    router::{Ctx, HandlerFuture, Req},
+};
+
+/// A device as `/devices` shows it.
+#[derive(Serialize)]
+struct DeviceInfo<'a> {
+    device_id: &'a str,
+    display_name: Option<&'a str>,
+    last_seen_ts: u64,
+}
+
+impl<'a> DeviceInfo<'a> {
+    fn new(id: &'a str, d: &'a myelin_engine::users::Device) -> Self {
+        Self { device_id: id, display_name: d.display_name.as_deref(), last_seen_ts: d.last_seen_ts }
+    }
+}
+
+/// The answer to `GET /devices`.
+#[derive(Serialize)]
+struct DeviceList<'a> {
+    devices: Vec<DeviceInfo<'a>>,
+}
+
+/// GET /_matrix/client/v3/devices
+pub fn devices(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let devices = cx.engine.users.devices(me.user_id.as_str())?;
+        Ok(ok_json(&DeviceList { devices: devices.iter().map(|(id, d)| DeviceInfo::new(id, d)).collect() }))
+    })
+}
+
+/// GET /_matrix/client/v3/devices/{deviceId}
+pub fn device(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let want = req.param("device_id")?;
+        let devices = cx.engine.users.devices(me.user_id.as_str())?;
+        let (id, d) = devices.iter().find(|(id, _)| id == want).ok_or_else(|| ApiError::not_found("no such device"))?;
+        Ok(ok_json(&DeviceInfo::new(id, d)))
+    })
+}
+
+/// `PUT /devices/{deviceId}`.
+#[derive(Deserialize)]
+struct RenameBody {
+    display_name: Option<String>,
+}
+
+/// PUT /_matrix/client/v3/devices/{deviceId}
+pub fn rename_device(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let body: RenameBody = parse_json(&req.body)?;
+        cx.engine.users.rename_device(me.user_id.as_str(), req.param("device_id")?, body.display_name).await?;
+        Ok(ok_empty())
+    })
+}
+
+/// DELETE /_matrix/client/v3/devices/{deviceId} (user-interactive auth with the password)
+pub fn delete_device(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let body: AuthOnly = parse_json_or_empty(&req.body)?;
+        if let Some(challenge) = password_uia(&cx, &me.user_id, body.auth).await? {
+            return Ok(challenge);
+        }
+        let device = req.param("device_id")?;
+        if !cx.engine.users.devices(me.user_id.as_str())?.iter().any(|(id, _)| id == device) {
+            return Err(ApiError::not_found("no such device"));
+        }
+        cx.engine.users.logout(me.user_id.as_str(), device).await?;
+        myelin_engine::federation::e2ee::device_removed(&cx.engine, &me.user_id, device).await?;
+        Ok(ok_empty())
+    })
+}
+
+/// GET /_matrix/client/v3/capabilities
+pub fn capabilities(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        require_user(&cx, &req)?;
+        let mut available = serde_json::Map::new();
+        for v in myelin_engine::rooms::version::CREATABLE {
+            available.insert(v.to_string(), json!("stable"));
+        }
+        Ok(ok_json(&json!({ "capabilities": {
+            "m.change_password": { "enabled": true },
+            "m.room_versions": { "default": myelin_engine::rooms::version::DEFAULT.to_string(), "available": available },
+            "m.set_displayname": { "enabled": true },
+            "m.set_avatar_url": { "enabled": true },
+            // No third-party identifiers (`/account/3pid` is always empty) and no
+            // `/login/get_token`: both say so rather than leave clients to guess.
+            "m.3pid_changes": { "enabled": false },
+            "m.get_login_token": { "enabled": false },
+        }})))
+    })
+}
+
+/// GET /_matrix/client/v3/account/3pid: this server binds no third-party identifiers.
+pub fn threepids(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        require_user(&cx, &req)?;
+        Ok(ok_json(&json!({ "threepids": [] })))
+    })
+}
+
+/// `POST /delete_devices`.
+#[derive(Deserialize)]
+struct DeleteDevicesBody {
+    devices: Vec<String>,
+    auth: Option<AuthData>,
+}
+
+/// POST /_matrix/client/v3/delete_devices (user-interactive auth with the password)
+pub fn delete_devices(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let body: DeleteDevicesBody = parse_json(&req.body)?;
+        if let Some(challenge) = password_uia(&cx, &me.user_id, body.auth).await? {
+            return Ok(challenge);
+        }
+        for device in &body.devices {
+            cx.engine.users.logout(me.user_id.as_str(), device).await?;
+            myelin_engine::federation::e2ee::device_removed(&cx.engine, &me.user_id, device).await?;
+        }
+        Ok(ok_empty())
+    })
+}
