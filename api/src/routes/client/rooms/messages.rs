@@ -115,19 +115,19 @@ pub fn messages(cx: Ctx, req: Req) -> HandlerFuture {
             || if backwards { format!("s{}", cx.engine.stream.current()) } else { "t0".into() },
             |f| format!("t{f}"),
         );
-        let mut body = json!({ "chunk": chunk, "start": start });
+        let mut body = MessagesPage { chunk, start, end: None, state: None };
         if lazy {
             // §"GET /messages" `state`: "if `lazy_load_members` is enabled in the filter
             // then this may contain the membership events for the senders of events in
             // the `chunk`" — as of the newest event of the page.
             let newest = if backwards { events.first() } else { events.last() };
-            body["state"] = json!(senders_members(&cx, &me, &events, newest.map(|(_, p)| p), now)?);
+            body.state = Some(senders_members(&cx, &me, &events, newest.map(|(_, p)| p), now)?);
         }
         if let Some(last) = last_read
             && full_page
             && !reached_to
         {
-            body["end"] = json!(if backwards { format!("t{}", last - 1) } else { format!("t{last}") });
+            body.end = Some(if backwards { format!("t{}", last - 1) } else { format!("t{last}") });
         }
         Ok(ok_json(&body))
     })
@@ -169,14 +169,14 @@ pub fn context(cx: Ctx, req: Req) -> HandlerFuture {
         } else {
             cx.engine.rooms.state_at(meta.state_after)?.iter().map(|p| serve(&cx, &me, p, true, now)).collect()
         };
-        Ok(ok_json(&json!({
-            "event": serve(&cx, &me, &pdu, true, now),
-            "events_before": before.iter().map(|(_, p)| serve(&cx, &me, p, true, now)).collect::<Vec<_>>(),
-            "events_after": after.iter().map(|(_, p)| serve(&cx, &me, p, true, now)).collect::<Vec<_>>(),
-            "start": format!("t{start}"),
-            "end": format!("t{end}"),
-            "state": state,
-        })))
+        Ok(ok_json(&Context {
+            event: serve(&cx, &me, &pdu, true, now),
+            events_before: before.iter().map(|(_, p)| serve(&cx, &me, p, true, now)).collect(),
+            events_after: after.iter().map(|(_, p)| serve(&cx, &me, p, true, now)).collect(),
+            start: format!("t{start}"),
+            end: format!("t{end}"),
+            state,
+        }))
     })
 }
 
@@ -207,10 +207,41 @@ pub fn timestamp_to_event(cx: Ctx, req: Req) -> HandlerFuture {
                 let at = u64::from(pdu.origin_server_ts.0);
                 let hit = if forward { at >= ts } else { at <= ts };
                 if hit && *count <= upto && cx.engine.rooms.visible_to(&me.user_id, pdu, *count)? {
-                    return Ok(ok_json(&json!({ "event_id": pdu.event_id, "origin_server_ts": at })));
+                    return Ok(ok_json(&EventAt { event_id: &pdu.event_id, origin_server_ts: at }));
                 }
             }
         }
         Err(ApiError::not_found("no event found in that direction"))
     })
+}
+
+/// A `/messages` page.
+#[derive(serde::Serialize)]
+struct MessagesPage {
+    chunk: Vec<JsonValue>,
+    start: String,
+    /// Absent when there is nothing further in this direction.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end: Option<String>,
+    /// The senders' member events, with lazy loading.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<Vec<JsonValue>>,
+}
+
+/// The answer of `/context/{eventId}`.
+#[derive(serde::Serialize)]
+struct Context {
+    event: JsonValue,
+    events_before: Vec<JsonValue>,
+    events_after: Vec<JsonValue>,
+    start: String,
+    end: String,
+    state: Vec<JsonValue>,
+}
+
+/// The answer of `/timestamp_to_event`.
+#[derive(serde::Serialize)]
+struct EventAt<'a> {
+    event_id: &'a ruma::EventId,
+    origin_server_ts: u64,
 }
