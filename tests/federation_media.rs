@@ -186,7 +186,7 @@ async fn concurrent_remote_downloads_share_one_fetch_and_oversize_media_is_refus
     assert!(a.engine.media.meta("far.test", "huge").unwrap().is_none(), "refused media is not cached");
     // Nothing is left behind in the media repository's temporary folder.
     let tmp = a.engine.config.data_dir.join("media").join("tmp");
-    let left: Vec<_> = std::fs::read_dir(&tmp).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let left: Vec<_> = std::fs::read_dir(&tmp).expect("the media temp folder").flatten().map(|e| e.path()).collect();
     assert!(left.is_empty(), "temporary files left: {left:?}");
     server.abort();
     a.stop().await;

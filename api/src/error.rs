@@ -237,7 +237,7 @@ impl From<myelin_engine::room_creation::CreateRoomError> for ApiError {
 
 impl From<myelin_engine::remote_media::RemoteMediaError> for ApiError {
     fn from(e: myelin_engine::remote_media::RemoteMediaError) -> Self {
-        use myelin_engine::{federation::FederationError as F, remote_media::RemoteMediaError as R};
+        use myelin_engine::remote_media::RemoteMediaError as R;
         match e {
             R::NotFound => ApiError::not_found("media not found"),
             R::TooLarge(limit) => ApiError::new(
@@ -246,11 +246,7 @@ impl From<myelin_engine::remote_media::RemoteMediaError> for ApiError {
                 format!("the media is larger than this server's limit of {limit} bytes"),
             ),
             R::Busy => ApiError::busy("too many remote media fetches in flight; try again shortly"),
-            // The same answer whatever failed on the way (see `ApiError::unreachable`).
-            R::Federation(F::Transport { server, source }) => {
-                tracing::debug!(%server, error = %source, "remote media could not be fetched");
-                ApiError::unreachable()
-            }
+            // A transport failure becomes the same "could not be reached" as every other.
             R::Federation(e) => e.into(),
             e @ R::BadAnswer { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", e.to_string()),
             R::Engine(e) => e.into(),

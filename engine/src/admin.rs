@@ -27,7 +27,7 @@ pub struct StorageStats {
     /// Stored events (all rooms).
     pub events: u64,
     /// `(family, SST bytes, estimated keys)` for every family.
-    pub families: Vec<(String, u64, u64)>,
+    pub families: Vec<(&'static str, u64, u64)>,
 }
 
 impl Engine {
@@ -128,9 +128,7 @@ impl Engine {
                 db.compact_all();
             }
             let events = crate::rooms::stored_event_count(&db)?;
-            let families =
-                db.family_sizes().into_iter().map(|(name, bytes, keys)| (name.to_string(), bytes, keys)).collect();
-            Ok(StorageStats { events, families })
+            Ok(StorageStats { events, families: db.family_sizes() })
         })
         .await
         .map_err(|_| EngineError::Task("storage statistics"))?

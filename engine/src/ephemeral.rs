@@ -323,7 +323,7 @@ impl crate::Engine {
             item["status_msg"] = serde_json::json!(m);
         }
         let edu = serde_json::json!({ "edu_type": "m.presence", "content": { "push": [item] } });
-        let servers = crate::federation::e2ee::servers_sharing_rooms(self, user).map_err(crate::EngineError::from)?;
+        let servers = crate::federation::e2ee::servers_sharing_rooms(self, user)?;
         for server in servers {
             self.federation.queue_edu(&server, edu.clone());
         }

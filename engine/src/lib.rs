@@ -120,17 +120,15 @@ impl Engine {
         let keys = keys::ServerKeys::load_or_generate(&config.data_dir, server_name.clone())?;
         let stream = StreamCounter::load(&db, "stream")?;
         let keys = Arc::new(keys);
-        let rooms = rooms::Rooms::open(db.clone(), server_name.clone(), keys.clone(), stream.clone())
-            .map_err(EngineError::from)?;
+        let rooms = rooms::Rooms::open(db.clone(), server_name.clone(), keys.clone(), stream.clone())?;
         tracing::info!(server_name = %server_name, key_id = keys.key_id(), data_dir = %config.data_dir.display(), "engine ready");
         let users = users::Users::new(db.clone(), server_name.clone(), stream.clone(), &config.limits);
         let appservices = rooms.appservices.clone();
-        let pushers = pushers::Pushers::open(db.clone(), rooms.push_wanted.clone(), rooms.push_pending.clone())
-            .map_err(EngineError::from)?;
+        let pushers = pushers::Pushers::open(db.clone(), rooms.push_wanted.clone(), rooms.push_pending.clone())?;
         appservices.load_files(&config.appservice.registrations)?;
         for a in appservices.all().iter() {
             // A user's access token reused as an as_token would let either act as the other.
-            if users.session(&a.registration.as_token).map_err(EngineError::from)?.is_some() {
+            if users.session(&a.registration.as_token)?.is_some() {
                 return Err(EngineError::Config(format!(
                     "appservice registration {}: as_token: already an access token of a user",
                     a.source
@@ -157,7 +155,7 @@ impl Engine {
         if indexed > 0 {
             tracing::info!(receipts = indexed, "indexed existing receipts by stream position");
         }
-        let indexed = users.index_existing_account_data().map_err(EngineError::from)?;
+        let indexed = users.index_existing_account_data()?;
         if indexed > 0 {
             tracing::info!(rows = indexed, "indexed existing account data by stream position");
         }

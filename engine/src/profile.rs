@@ -11,17 +11,13 @@ impl Engine {
     /// Stores `user`'s profile, then sends a member event carrying it to each
     /// room the user is joined to. A room that refuses is logged and skipped.
     pub async fn set_profile_everywhere(&self, user: &UserId, profile: &Profile) -> Result<(), EngineError> {
-        self.users.set_profile(user.as_str(), profile).await.map_err(EngineError::from)?;
-        let rooms = self.rooms.rooms_of(user.as_str()).map_err(EngineError::from)?;
+        self.users.set_profile(user.as_str(), profile).await?;
+        let rooms = self.rooms.rooms_of(user.as_str())?;
         for (room, m) in rooms {
             if m.membership != "join" {
                 continue;
             }
-            let current = self
-                .rooms
-                .state_event(&room, "m.room.member", user.as_str())
-                .map_err(EngineError::from)?
-                .map(|p| p.content_value());
+            let current = self.rooms.state_event(&room, "m.room.member", user.as_str())?.map(|p| p.content_value());
             let mut content = match current {
                 Some(JsonValue::Object(o)) => o,
                 _ => serde_json::Map::from_iter([("membership".to_owned(), json!("join"))]),

@@ -30,7 +30,7 @@ pub struct Verdict {
 impl Engine {
     /// The user's ruleset (server defaults until they change it).
     pub fn push_rules(&self, user: &UserId) -> Result<Ruleset, EngineError> {
-        let stored = self.users.account_data(user.as_str(), None, PUSH_RULES).map_err(EngineError::from)?;
+        let stored = self.users.account_data(user.as_str(), None, PUSH_RULES)?;
         Ok(stored
             .and_then(|bytes| serde_json::from_slice::<JsonValue>(&bytes).ok())
             .and_then(|v| serde_json::from_value::<Ruleset>(v["global"].clone()).ok())

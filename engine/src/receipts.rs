@@ -224,7 +224,7 @@ impl Engine {
         after: i64,
         upto: i64,
     ) -> Result<(u64, u64), EngineError> {
-        let (events, _) = self.rooms.timeline_between(room, after, upto, 1000).map_err(EngineError::from)?;
+        let (events, _) = self.rooms.timeline_between(room, after, upto, 1000)?;
         if events.iter().all(|(_, p)| p.sender == user) {
             return Ok((0, 0));
         }
@@ -266,11 +266,11 @@ impl Engine {
 
     /// Joined members of the room's current state (counted once per snapshot).
     fn joined_member_count(&self, room: &RoomId) -> Result<usize, EngineError> {
-        let snapshot = self.rooms.current_snapshot(room).map_err(EngineError::from)?;
+        let snapshot = self.rooms.current_snapshot(room)?;
         if let Some(&n) = self.unread.members.lock().get(&snapshot) {
             return Ok(n);
         }
-        let state = self.rooms.current_state(room).map_err(EngineError::from)?;
+        let state = self.rooms.current_state(room)?;
         let n = state
             .iter()
             .filter(|p| p.kind.to_string() == "m.room.member" && p.content_value()["membership"] == "join")

@@ -76,18 +76,6 @@ impl Default for RemoteFetches {
     }
 }
 
-impl RemoteFetches {
-    /// How many media are being fetched or waited for.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether nothing is being fetched.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
 /// Deletes a spool file however the fetch ends.
 struct TempFile(PathBuf);
 

@@ -175,13 +175,12 @@ fn with_state_context(
     event: &mut serde_json::Value,
 ) -> Result<(), crate::EngineError> {
     let Some(state_key) = pdu.state_key.as_deref() else { return Ok(()) };
-    let rooms_err = crate::EngineError::from;
-    let Some(meta) = engine.rooms.meta_of_short(short).map_err(rooms_err)? else { return Ok(()) };
+    let Some(meta) = engine.rooms.meta_of_short(short)? else { return Ok(()) };
     if meta.state_before == 0 {
         return Ok(());
     }
     let kind = pdu.kind.to_string();
-    if let Some(prev) = engine.rooms.state_pdu_at(meta.state_before, &kind, state_key).map_err(rooms_err)? {
+    if let Some(prev) = engine.rooms.state_pdu_at(meta.state_before, &kind, state_key)? {
         event["unsigned"]["prev_content"] = prev.content_value();
         event["unsigned"]["prev_sender"] = serde_json::json!(prev.sender);
         event["unsigned"]["replaces_state"] = serde_json::json!(prev.event_id);
@@ -189,13 +188,11 @@ fn with_state_context(
     if kind == "m.room.member" && pdu.content_value()["membership"] == "invite" {
         let mut stripped = Vec::new();
         for t in INVITE_STATE_TYPES {
-            if let Some(p) = engine.rooms.state_pdu_at(meta.state_before, t, "").map_err(rooms_err)? {
+            if let Some(p) = engine.rooms.state_pdu_at(meta.state_before, t, "")? {
                 stripped.push(crate::rooms::events::stripped_event(&p));
             }
         }
-        if let Some(p) =
-            engine.rooms.state_pdu_at(meta.state_before, "m.room.member", pdu.sender.as_str()).map_err(rooms_err)?
-        {
+        if let Some(p) = engine.rooms.state_pdu_at(meta.state_before, "m.room.member", pdu.sender.as_str())? {
             stripped.push(crate::rooms::events::stripped_event(&p));
         }
         event["unsigned"]["invite_room_state"] = serde_json::Value::Array(stripped);

@@ -72,7 +72,7 @@ async fn dispatch_some(engine: &Engine, floor: &mut u64) -> Result<bool, EngineE
                 continue;
             }
         };
-        let state = engine.rooms.meta(&pdu.event_id).map_err(rooms_err)?.map_or(0, |m| m.state_after);
+        let state = engine.rooms.meta(&pdu.event_id)?.map_or(0, |m| m.state_after);
         let members = match members_at.get(&state) {
             Some(m) => m.clone(),
             None => {
@@ -90,7 +90,7 @@ async fn dispatch_some(engine: &Engine, floor: &mut u64) -> Result<bool, EngineE
         {
             targets.push(invitee);
         }
-        let joined = engine.rooms.state_at(state).map_err(rooms_err)?;
+        let joined = engine.rooms.state_at(state)?;
         let joined_count =
             joined.iter().filter(|p| p.kind == TimelineEventType::RoomMember && member_of(p) == Some("join")).count();
         for user in targets.iter().filter(|u| **u != pdu.sender && engine.pushers.has_pushers(u.as_str())) {
@@ -107,10 +107,6 @@ async fn dispatch_some(engine: &Engine, floor: &mut u64) -> Result<bool, EngineE
     Ok(rows.len() == BATCH)
 }
 
-fn rooms_err(e: crate::rooms::RoomError) -> EngineError {
-    e.into()
-}
-
 fn member_of(p: &ArcPdu) -> Option<&'static str> {
     match p.content_value().get("membership").and_then(Value::as_str) {
         Some("join") => Some("join"),
@@ -121,7 +117,7 @@ fn member_of(p: &ArcPdu) -> Option<&'static str> {
 
 /// Local users joined at state `snapshot`.
 fn local_joined(engine: &Engine, snapshot: u64) -> Result<Vec<OwnedUserId>, EngineError> {
-    let state = engine.rooms.state_at(snapshot).map_err(rooms_err)?;
+    let state = engine.rooms.state_at(snapshot)?;
     Ok(state
         .iter()
         .filter(|p| p.kind == TimelineEventType::RoomMember && member_of(p) == Some("join"))
@@ -154,7 +150,7 @@ async fn notify_user(
         return Ok(Vec::new());
     }
     let unread = engine.unread_counts(&pdu.room_id, user, count as i64).await.map(|(n, _)| n).unwrap_or(1);
-    let pushers = engine.pushers.of(user.as_str()).map_err(EngineError::from)?;
+    let pushers = engine.pushers.of(user.as_str())?;
     let state_content = |kind: &str, key: &str| {
         state
             .iter()

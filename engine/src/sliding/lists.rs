@@ -49,7 +49,7 @@ impl Engine {
             return Ok(rows.clone());
         }
         let mut rows = Vec::new();
-        for (room_id, m) in self.rooms.rooms_of(user.as_str()).map_err(err)? {
+        for (room_id, m) in self.rooms.rooms_of(user.as_str())? {
             let removed = m.membership == "leave" && self.removed_by_other(user, m.event);
             rows.push((room_id, m, removed));
         }
@@ -66,16 +66,18 @@ impl Engine {
         }
         let cached = self.sliding.bumps.lock().get(room_id).copied();
         if let Some((checked, stamp)) = cached
-            && (checked >= upto || self.rooms.quiet_since(room_id, checked).map_err(err)?)
+            && (checked >= upto || self.rooms.quiet_since(room_id, checked)?)
         {
             return Ok(stamp.max(m.count));
         }
         let floor = cached.map_or(i64::MIN, |(checked, _)| checked);
         let mut stamp = cached.map(|(_, s)| s);
-        let events = self
-            .rooms
-            .timeline(room_id, Some(upto.saturating_add(1)), myelin_storage::Direction::Reverse, BUMP_SCAN)
-            .map_err(err)?;
+        let events = self.rooms.timeline(
+            room_id,
+            Some(upto.saturating_add(1)),
+            myelin_storage::Direction::Reverse,
+            BUMP_SCAN,
+        )?;
         let mut found = false;
         for (pos, pdu) in &events {
             if *pos <= floor {
@@ -99,7 +101,7 @@ impl Engine {
 
     /// The rooms of the user's `m.direct` account data.
     pub(super) fn direct_rooms(&self, user: &UserId) -> Result<HashSet<String>, EngineError> {
-        let Some(raw) = self.users.account_data(user.as_str(), None, "m.direct").map_err(err)? else {
+        let Some(raw) = self.users.account_data(user.as_str(), None, "m.direct")? else {
             return Ok(HashSet::new());
         };
         let Ok(JsonValue::Object(map)) = serde_json::from_slice::<JsonValue>(&raw) else { return Ok(HashSet::new()) };
@@ -159,8 +161,7 @@ impl Engine {
         if !f.tags.is_empty() || !f.not_tags.is_empty() {
             let tags: BTreeSet<String> = self
                 .users
-                .account_data(user.as_str(), Some(c.room_id.as_str()), "m.tag")
-                .map_err(err)?
+                .account_data(user.as_str(), Some(c.room_id.as_str()), "m.tag")?
                 .and_then(|raw| serde_json::from_slice::<JsonValue>(&raw).ok())
                 .and_then(|v| v.get("tags").and_then(JsonValue::as_object).map(|t| t.keys().cloned().collect()))
                 .unwrap_or_default();
@@ -184,16 +185,13 @@ impl Engine {
     ) -> Result<(bool, Option<String>), EngineError> {
         let type_of = |content: &JsonValue| content.get("type").and_then(JsonValue::as_str).map(str::to_owned);
         if self.rooms.is_local_room(room_id) {
-            let encrypted = self.rooms.state_event(room_id, "m.room.encryption", "").map_err(err)?.is_some();
-            let room_type = self
-                .rooms
-                .state_event(room_id, "m.room.create", "")
-                .map_err(err)?
-                .and_then(|p| type_of(&p.content_value()));
+            let encrypted = self.rooms.state_event(room_id, "m.room.encryption", "")?.is_some();
+            let room_type =
+                self.rooms.state_event(room_id, "m.room.create", "")?.and_then(|p| type_of(&p.content_value()));
             return Ok((encrypted, room_type));
         }
         if matches!(m.membership.as_str(), "invite" | "knock")
-            && let Some(state) = self.rooms.invite_state(user, room_id).map_err(err)?
+            && let Some(state) = self.rooms.invite_state(user, room_id)?
         {
             let find = |kind: &str| state.iter().find(|e| e.get("type").and_then(JsonValue::as_str) == Some(kind));
             let encrypted = find("m.room.encryption").is_some();
@@ -217,11 +215,11 @@ impl Engine {
         let mut joined = Vec::new();
         for c in candidates.iter().filter(|c| c.membership.membership == "join") {
             joined.push(c.room_id.clone());
-            if self.rooms.quiet_since(&c.room_id, since as i64).map_err(err)? {
+            if self.rooms.quiet_since(&c.room_id, since as i64)? {
                 continue;
             }
             let fresh = c.membership.count > since as i64;
-            let (events, _) = self.rooms.timeline_between(&c.room_id, since as i64, upto as i64, 1000).map_err(err)?;
+            let (events, _) = self.rooms.timeline_between(&c.room_id, since as i64, upto as i64, 1000)?;
             self.note_member_changes(&c.room_id, user, fresh, &events, &mut joins, &mut leaves)?;
         }
         self.device_list_changes(user, since, upto, &joined, joins, leaves)

@@ -5,7 +5,7 @@ use std::{collections::HashSet, sync::Arc};
 use ruma::{RoomId, UserId};
 use serde_json::Value as JsonValue;
 
-use super::{RoomOut, Wanted, conn::SentRoom, err, types::Hero};
+use super::{RoomOut, Wanted, conn::SentRoom, types::Hero};
 use crate::{
     Engine, EngineError,
     rooms::{ArcPdu, tables::Membership},
@@ -95,7 +95,7 @@ impl Engine {
             return Ok(s.clone());
         }
         let mut summary = Summary::default();
-        for p in self.rooms.state_at(snapshot).map_err(err)? {
+        for p in self.rooms.state_at(snapshot)? {
             let content = p.content_value();
             match (p.kind.to_string().as_str(), p.state_key.as_deref()) {
                 ("m.room.name", Some("")) => {
@@ -145,14 +145,14 @@ impl Engine {
                 if k == "$LAZY" {
                     continue;
                 }
-                if let Some(p) = self.rooms.state_event(room_id, t, key).map_err(err)?
+                if let Some(p) = self.rooms.state_event(room_id, t, key)?
                     && seen.insert(p.event_id.clone())
                 {
                     out.push(self.serve_to(&p, cx.now, cx.user, Some(cx.device)));
                 }
             }
         } else {
-            for p in self.rooms.current_state(room_id).map_err(err)? {
+            for p in self.rooms.current_state(room_id)? {
                 let key = p.state_key.as_deref().unwrap_or_default();
                 if matches_rules(rules, &p.kind.to_string(), key, cx.user) && seen.insert(p.event_id.clone()) {
                     out.push(self.serve_to(&p, cx.now, cx.user, Some(cx.device)));
@@ -161,7 +161,7 @@ impl Engine {
         }
         if wants_lazy(rules) {
             for who in senders {
-                if let Some(p) = self.rooms.state_event(room_id, "m.room.member", who).map_err(err)?
+                if let Some(p) = self.rooms.state_event(room_id, "m.room.member", who)?
                     && seen.insert(p.event_id.clone())
                 {
                     out.push(self.serve_to(&p, cx.now, cx.user, Some(cx.device)));
@@ -182,10 +182,10 @@ impl Engine {
         cx: &Cx<'_>,
     ) -> Result<(Vec<(i64, ArcPdu)>, bool), EngineError> {
         if limit == 0 {
-            let (newest, _) = self.rooms.timeline_between(room_id, after, upto, 1).map_err(err)?;
+            let (newest, _) = self.rooms.timeline_between(room_id, after, upto, 1)?;
             return Ok((Vec::new(), !newest.is_empty()));
         }
-        let (events, limited) = self.rooms.timeline_between(room_id, after, upto, limit as usize).map_err(err)?;
+        let (events, limited) = self.rooms.timeline_between(room_id, after, upto, limit as usize)?;
         // State from ignored users is still sent (§"Ignoring Users"), as in /sync.
         let hidden = |p: &ArcPdu| p.state_key.is_none() && cx.ignored.contains(p.sender.as_str());
         let visible = events
@@ -226,7 +226,7 @@ impl Engine {
                 if same_membership {
                     return Ok(None);
                 }
-                let state = match self.rooms.invite_state(cx.user, room_id).map_err(err)? {
+                let state = match self.rooms.invite_state(cx.user, room_id)? {
                     Some(state) if !self.rooms.is_local_room(room_id) => state,
                     _ => self.stripped_state(room_id, cx.user)?,
                 };
@@ -248,7 +248,7 @@ impl Engine {
                     return Ok(None);
                 }
                 sent.upto = m.count;
-                if self.rooms.short_room(room_id).map_err(err)?.is_none() || !self.rooms.is_local_room(room_id) {
+                if self.rooms.short_room(room_id)?.is_none() || !self.rooms.is_local_room(room_id) {
                     // An invite to a room this server does not hold, rejected or withdrawn.
                     return Ok(Some((out, sent)));
                 }
@@ -259,7 +259,7 @@ impl Engine {
                 let senders = lazy_members(events.iter().map(|(_, p)| p));
                 out.required_state = self.required_state(room_id, &rules, &senders, cx)?;
                 // Clients learn the room is left from the user's own member event: always sent.
-                if let Some(own) = self.rooms.pdu_by_short(m.event).map_err(err)?
+                if let Some(own) = self.rooms.pdu_by_short(m.event)?
                     && !events.iter().any(|(_, p)| p.event_id == own.event_id)
                     && !out.required_state.iter().any(|e| e["event_id"] == own.event_id.as_str())
                 {
@@ -272,12 +272,12 @@ impl Engine {
         }
 
         // Joined.
-        let snapshot = self.rooms.current_snapshot(room_id).map_err(err)?;
+        let snapshot = self.rooms.current_snapshot(room_id)?;
         sent.snapshot = snapshot;
         let prev = prev.filter(|_| same_membership);
         // A quiet room (no event, no receipt since it was sent, same state) costs no more reads.
         let news = match prev {
-            Some(prev) => !self.rooms.quiet_since(room_id, prev.upto).map_err(err)?,
+            Some(prev) => !self.rooms.quiet_since(room_id, prev.upto)?,
             None => true,
         };
         if let Some(prev) = prev
@@ -328,7 +328,7 @@ impl Engine {
         if rules_changed {
             out.required_state = self.required_state(room_id, &rules, &senders, cx)?;
         } else {
-            let (_, changed) = self.rooms.state_changed_since(room_id, prev.snapshot).map_err(err)?;
+            let (_, changed) = self.rooms.state_changed_since(room_id, prev.snapshot)?;
             let mut seen = HashSet::new();
             // `$LAZY` on a gapless update: every membership change, so the client's member
             // list stays whole (as Synapse); after a gap, only the timeline's senders.
@@ -343,7 +343,7 @@ impl Engine {
             }
             if wants_lazy(&rules) {
                 for who in &senders {
-                    if let Some(p) = self.rooms.state_event(room_id, "m.room.member", who).map_err(err)?
+                    if let Some(p) = self.rooms.state_event(room_id, "m.room.member", who)?
                         && seen.insert(p.event_id.clone())
                     {
                         out.required_state.push(self.serve_to(&p, cx.now, cx.user, Some(cx.device)));

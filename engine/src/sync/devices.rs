@@ -46,7 +46,7 @@ impl Engine {
     /// Whether `who` is joined to one of `rooms`.
     pub(super) fn shares_room(&self, who: &str, rooms: &[ruma::OwnedRoomId]) -> Result<bool, EngineError> {
         for room in rooms {
-            if let Some(p) = self.rooms.state_event(room, "m.room.member", who).map_err(rooms_err)?
+            if let Some(p) = self.rooms.state_event(room, "m.room.member", who)?
                 && p.content_value()["membership"] == "join"
             {
                 return Ok(true);
@@ -64,8 +64,7 @@ impl Engine {
     ) -> Result<(Vec<String>, Vec<String>), EngineError> {
         let joined: Vec<ruma::OwnedRoomId> = self
             .rooms
-            .rooms_of(user.as_str())
-            .map_err(rooms_err)?
+            .rooms_of(user.as_str())?
             .into_iter()
             .filter(|(_, m)| m.membership == "join")
             .map(|(r, _)| r)
@@ -86,7 +85,7 @@ impl Engine {
         leaves: BTreeSet<String>,
     ) -> Result<(Vec<String>, Vec<String>), EngineError> {
         let mut changed = joins;
-        for who in self.e2ee.changed_between(since, upto).map_err(e2ee_err)? {
+        for who in self.e2ee.changed_between(since, upto)? {
             if who == user.as_str() || self.shares_room(&who, joined_rooms)? {
                 changed.insert(who);
             }
@@ -113,7 +112,7 @@ impl Engine {
             ("m.room.topic", ""),
             ("m.room.member", user.as_str()),
         ] {
-            if let Some(p) = self.rooms.state_event(room_id, kind, key).map_err(rooms_err)? {
+            if let Some(p) = self.rooms.state_event(room_id, kind, key)? {
                 out.push(stripped_event(&p));
             }
         }

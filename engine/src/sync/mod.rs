@@ -45,7 +45,7 @@ use crate::{
     Engine, EngineError,
     events::{client_event, stripped_event},
     filter::EventFilter,
-    rooms::{ArcPdu, RoomError, tables::Membership},
+    rooms::{ArcPdu, tables::Membership},
 };
 
 /// What the client asked for.
@@ -187,18 +187,6 @@ use crate::util::now_ms;
 mod devices;
 mod rooms;
 
-fn rooms_err(e: RoomError) -> EngineError {
-    e.into()
-}
-
-fn e2ee_err(e: crate::e2ee::E2eeError) -> EngineError {
-    e.into()
-}
-
-fn users_err(e: crate::users::UserError) -> EngineError {
-    e.into()
-}
-
 /// Account data newer than the token: global events, and per room.
 pub(crate) struct ChangedData {
     pub(crate) global: Vec<JsonValue>,
@@ -215,7 +203,7 @@ impl Engine {
         // A sync with `since` acknowledges the to-device messages delivered before it.
         if let Some(since) = req.since {
             let acked = req.since_to_device.unwrap_or(since);
-            self.users.ack_to_device(user.as_str(), &req.device_id, acked).await.map_err(users_err)?;
+            self.users.ack_to_device(user.as_str(), &req.device_id, acked).await?;
         }
         loop {
             // Read the position first: everything at or below it is durable and visible.
@@ -269,8 +257,7 @@ impl Engine {
     /// The users `user` ignores (§"Ignoring Users": the `ignored_users` keys of the
     /// global `m.ignored_user_list` account data).
     pub fn ignored_users(&self, user: &UserId) -> Result<HashSet<String>, EngineError> {
-        let Some(bytes) = self.users.account_data(user.as_str(), None, "m.ignored_user_list").map_err(users_err)?
-        else {
+        let Some(bytes) = self.users.account_data(user.as_str(), None, "m.ignored_user_list")? else {
             return Ok(HashSet::new());
         };
         let json: JsonValue = serde_json::from_slice(&bytes).unwrap_or_default();
@@ -317,7 +304,7 @@ impl Engine {
         upto: u64,
     ) -> Result<ChangedData, EngineError> {
         let mut changed = ChangedData { global: Vec::new(), rooms: HashMap::new() };
-        for (room, kind, data) in self.users.account_data_since(user.as_str(), since).map_err(users_err)? {
+        for (room, kind, data) in self.users.account_data_since(user.as_str(), since)? {
             if data.count > upto || since.is_some_and(|s| data.count <= s) {
                 continue;
             }
@@ -350,9 +337,7 @@ impl Engine {
         // left a room shared with the user since the token.
         let mut joined_rooms = Vec::new();
         let (mut member_joins, mut member_leaves) = (BTreeSet::new(), BTreeSet::new());
-        for (room_id, Membership { membership, count, event }) in
-            self.rooms.rooms_of(user.as_str()).map_err(rooms_err)?
-        {
+        for (room_id, Membership { membership, count, event }) in self.rooms.rooms_of(user.as_str())? {
             if count > upto_i {
                 continue; // happened after this response's position: next time
             }
@@ -381,7 +366,7 @@ impl Engine {
                         && !req.full_state
                         && !data.rooms.contains_key(room_id.as_str())
                         && self.ephemeral.typing_changed_in(&room_id) <= since_typing
-                        && self.rooms.quiet_since(&room_id, since_i).map_err(rooms_err)?
+                        && self.rooms.quiet_since(&room_id, since_i)?
                         && self.receipts_quiet_since(&room_id, s)?
                     {
                         joined_rooms.push(room_id.clone());
@@ -413,7 +398,7 @@ impl Engine {
                     join.insert(room_id.to_string(), body);
                 }
                 "invite" if fresh => {
-                    let state = match self.rooms.invite_state(user, &room_id).map_err(rooms_err)? {
+                    let state = match self.rooms.invite_state(user, &room_id)? {
                         Some(state) if !self.rooms.is_local_room(&room_id) => state,
                         _ => self.stripped_state(&room_id, user)?,
                     };
@@ -425,7 +410,7 @@ impl Engine {
                     invite.insert(room_id.to_string(), json!({ "invite_state": { "events": state } }));
                 }
                 "knock" if fresh => {
-                    let state = match self.rooms.invite_state(user, &room_id).map_err(rooms_err)? {
+                    let state = match self.rooms.invite_state(user, &room_id)? {
                         Some(state) if !self.rooms.is_local_room(&room_id) => state,
                         _ => self.stripped_state(&room_id, user)?,
                     };
@@ -433,7 +418,7 @@ impl Engine {
                 }
                 "leave" | "ban" if fresh && show_leave => {
                     let (events, limited) =
-                        self.rooms.timeline_between(&room_id, since_i, count, req.timeline_limit).map_err(rooms_err)?;
+                        self.rooms.timeline_between(&room_id, since_i, count, req.timeline_limit)?;
                     let visible: Vec<&(i64, ArcPdu)> = events
                         .iter()
                         .filter(|(c, p)| {
@@ -463,8 +448,7 @@ impl Engine {
                 _ => {}
             }
         }
-        let pending =
-            self.users.pending_to_device(user.as_str(), &req.device_id, upto, TO_DEVICE_PAGE).map_err(users_err)?;
+        let pending = self.users.pending_to_device(user.as_str(), &req.device_id, upto, TO_DEVICE_PAGE)?;
         // A full page: the token acknowledges only what it carried, or the rest
         // (queued at or below `upto`) would be deleted unseen by the next sync.
         let to_device_ack = match pending.last() {
@@ -488,8 +472,8 @@ impl Engine {
         presence.retain(|p| req.presence.passes("m.presence", p["sender"].as_str().unwrap_or_default()));
         presence.truncate(req.presence.limit.unwrap_or(usize::MAX));
         keep_wanted(&mut data.global, &req.account_data, "");
-        let otk_counts = self.e2ee.one_time_key_counts(user.as_str(), &req.device_id).map_err(e2ee_err)?;
-        let fallback_types = self.e2ee.unused_fallback_types(user.as_str(), &req.device_id).map_err(e2ee_err)?;
+        let otk_counts = self.e2ee.one_time_key_counts(user.as_str(), &req.device_id)?;
+        let fallback_types = self.e2ee.unused_fallback_types(user.as_str(), &req.device_id)?;
         let has_news = !changed.is_empty()
             || !presence.is_empty()
             || !left.is_empty()

@@ -24,16 +24,16 @@ impl Engine {
         req: &SyncRequest,
     ) -> Result<Vec<ArcPdu>, EngineError> {
         let start = match timeline.first() {
-            Some((_, p)) => self.rooms.snapshot_before(&p.event_id).map_err(rooms_err)?,
-            None => self.rooms.snapshot_at_position(room_id, upto).map_err(rooms_err)?,
+            Some((_, p)) => self.rooms.snapshot_before(&p.event_id)?,
+            None => self.rooms.snapshot_at_position(room_id, upto)?,
         };
         let in_timeline: HashSet<&ruma::EventId> = timeline.iter().map(|(_, p)| &*p.event_id).collect();
         let mut state = match since {
             Some(s) => {
-                let before = self.rooms.snapshot_at_position(room_id, s).map_err(rooms_err)?;
-                self.rooms.state_added(before, start).map_err(rooms_err)?
+                let before = self.rooms.snapshot_at_position(room_id, s)?;
+                self.rooms.state_added(before, start)?
             }
-            None => self.rooms.state_at(start).map_err(rooms_err)?,
+            None => self.rooms.state_at(start)?,
         };
         state.retain(|p| !in_timeline.contains(&*p.event_id) && req.state.matches(p));
         if req.lazy_load_members {
@@ -58,7 +58,7 @@ impl Engine {
                     if have.contains(who) {
                         continue;
                     }
-                    if let Some(p) = self.rooms.state_pdu_at(start, "m.room.member", who).map_err(rooms_err)?
+                    if let Some(p) = self.rooms.state_pdu_at(start, "m.room.member", who)?
                         && req.state.matches(&p)
                         && !in_timeline.contains(&*p.event_id)
                         && (req.include_redundant_members || sent_before.get(who) != Some(&p.event_id))
@@ -111,7 +111,7 @@ impl Engine {
         let mut limited = false;
         for page in 0..FILL_PAGES {
             let want = if page == 0 { limit } else { (limit * 2).max(10) };
-            let (mut events, more) = self.rooms.timeline_between(room_id, after, top, want).map_err(rooms_err)?;
+            let (mut events, more) = self.rooms.timeline_between(room_id, after, top, want)?;
             if let Some((c, _)) = events.first() {
                 top = c - 1;
             }
@@ -154,7 +154,7 @@ impl Engine {
         let state: Vec<JsonValue> = state.iter().map(|p| self.render(p, now, user, req)).collect();
         let timeline_json: Vec<JsonValue> = timeline.iter().map(|(_, p)| self.render(p, now, user, req)).collect();
         let prev = t.prev.unwrap_or(state_since.unwrap_or(upto));
-        let current = self.rooms.current_state(room_id).map_err(rooms_err)?;
+        let current = self.rooms.current_state(room_id)?;
         let joined = current
             .iter()
             .filter(|p| p.kind.to_string() == "m.room.member" && p.content_value()["membership"] == "join")
@@ -225,7 +225,7 @@ impl Engine {
         leaves: &mut BTreeSet<String>,
     ) -> Result<(), EngineError> {
         if fresh {
-            for p in self.rooms.current_state(room).map_err(rooms_err)? {
+            for p in self.rooms.current_state(room)? {
                 if p.kind.to_string() == "m.room.member"
                     && p.content_value()["membership"] == "join"
                     && let Some(who) = p.state_key.as_deref().filter(|k| *k != user.as_str())
