@@ -71,7 +71,8 @@ async fn thumbnails_of_media_on_a_are_served_over_federation_and_to_users_on_b()
     let marker = format!("--{boundary}\r\nContent-Type: image/png\r\n\r\n");
     let start = body.windows(marker.len()).position(|w| w == marker.as_bytes()).expect("the image part") + marker.len();
     let thumb = image::load_from_memory(&body[start..]).unwrap();
-    assert_eq!((thumb.width(), thumb.height()), (100, 50));
+    // Served from the standard 320x240 scaled size: the 400x200 image at 320x160.
+    assert_eq!((thumb.width(), thumb.height()), (320, 160));
 
     // Bob asks his own server, which fetches the original from A and thumbnails it.
     let server_path = mxc.strip_prefix("mxc://").unwrap();
@@ -84,7 +85,8 @@ async fn thumbnails_of_media_on_a_are_served_over_federation_and_to_users_on_b()
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
     let thumb = image::load_from_memory(&r.body).unwrap();
-    assert_eq!((thumb.width(), thumb.height()), (40, 40));
+    // Served from the standard 96x96 crop.
+    assert_eq!((thumb.width(), thumb.height()), (96, 96));
     a.stop().await;
     b.stop().await;
 }
@@ -190,4 +192,68 @@ async fn concurrent_remote_downloads_share_one_fetch_and_oversize_media_is_refus
     assert!(left.is_empty(), "temporary files left: {left:?}");
     server.abort();
     a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_remote_media_cache_stays_within_its_bound_by_evicting_the_oldest_fetched() {
+    let (a, b) = federation_pair(
+        "ea.test",
+        "eb.test",
+        |_| {},
+        |c| {
+            c.media.max_upload_bytes = 100_000;
+            c.media.remote_cache_max_bytes = 250_000;
+        },
+    )
+    .await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let auth = format!("Bearer {}", alice.token);
+    let mut paths = Vec::new();
+    for n in 0..3u8 {
+        let bytes = vec![n; 90_000];
+        let up = myelin_suite::http_with(
+            alice.addr,
+            Method::POST,
+            "/_matrix/media/v3/upload",
+            Some(&bytes),
+            &[("authorization", &auth), ("content-type", "application/octet-stream")],
+        )
+        .await;
+        assert_eq!(up.status, StatusCode::OK, "{}", String::from_utf8_lossy(&up.body));
+        let mxc = up.json()["content_uri"].as_str().unwrap().to_owned();
+        let path = mxc.strip_prefix("mxc://").unwrap().to_owned();
+        let got = bob.request(Method::GET, &format!("/_matrix/client/v1/media/download/{path}"), None).await;
+        assert_eq!(got.status, StatusCode::OK, "{}", String::from_utf8_lossy(&got.body));
+        assert!(got.body == bytes);
+        paths.push(path);
+        // Fetch times are milliseconds: keep them apart so "oldest" is well defined.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let cached = |p: &str| {
+        let (server, id) = p.split_once('/').unwrap();
+        b.engine.media.meta(server, id).unwrap().is_some()
+    };
+    // 270,000 bytes passed the 250,000 bound: the first fetched went, the others stay.
+    assert!(!cached(&paths[0]), "the oldest remote media is evicted");
+    assert!(cached(&paths[1]) && cached(&paths[2]), "the newer ones are kept");
+    // Bob's own upload is never evicted, and the evicted file is fetched again on demand.
+    let bob_auth = format!("Bearer {}", bob.token);
+    let own = myelin_suite::http_with(
+        bob.addr,
+        Method::POST,
+        "/_matrix/media/v3/upload",
+        Some(&[9u8; 90_000]),
+        &[("authorization", &bob_auth), ("content-type", "application/octet-stream")],
+    )
+    .await;
+    assert_eq!(own.status, StatusCode::OK, "{}", String::from_utf8_lossy(&own.body));
+    let again = bob.request(Method::GET, &format!("/_matrix/client/v1/media/download/{}", paths[0]), None).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", String::from_utf8_lossy(&again.body));
+    assert!(again.body == vec![0u8; 90_000]);
+    let own_path = own.json()["content_uri"].as_str().unwrap().strip_prefix("mxc://").unwrap().to_owned();
+    assert!(cached(&own_path), "local media is not part of the cache");
+    assert!(!cached(&paths[1]), "the refetch pushed out the next oldest");
+    a.stop().await;
+    b.stop().await;
 }

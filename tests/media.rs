@@ -110,7 +110,8 @@ async fn thumbnails_have_the_asked_size() {
     image::DynamicImage::ImageRgb8(img).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
     let mxc = upload(&alice, &png, "image/png", "photo.png").await;
     let path = mxc.strip_prefix("mxc://").unwrap();
-    for (method, want) in [("crop", (96, 96)), ("scale", (96, 72))] {
+    // Scaled requests are served the smallest standard size that fits: 320x240.
+    for (method, want) in [("crop", (96, 96)), ("scale", (320, 240))] {
         let r = alice
             .request(
                 Method::GET,
@@ -364,5 +365,64 @@ async fn garbage_server_names_and_media_ids_are_400_and_never_fetched() {
     .await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(recorder.0.lock().unwrap().len(), 1);
+    s.stop().await;
+}
+
+/// A PNG whose header says `width`×`height` and whose data is a few bytes.
+fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for b in bytes {
+            crc ^= u32::from(*b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut typed = kind.to_vec();
+        typed.extend_from_slice(data);
+        out.extend_from_slice(&typed);
+        out.extend_from_slice(&crc32(&typed).to_be_bytes());
+    }
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = width.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 0, 0, 0, 0]); // 8-bit greyscale
+    chunk(&mut png, b"IHDR", &ihdr);
+    chunk(&mut png, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(&mut png, b"IEND", &[]);
+    png
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thumbnails_are_bounded_in_sizes_per_file_and_in_source_pixels() {
+    let s = TestServer::open("localhost").await;
+    let alice = s.register("alice").await;
+    let img = image::RgbImage::from_fn(900, 700, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 7]));
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgb8(img).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    let mxc = upload(&alice, &png, "image/png", "big.png").await;
+    let path = mxc.strip_prefix("mxc://").unwrap().to_owned();
+    // Forty different sizes and both methods: at most the five standard thumbnails are made.
+    for i in 1..=40u32 {
+        let method = if i % 2 == 0 { "crop" } else { "scale" };
+        let q = format!("/_matrix/client/v1/media/thumbnail/{path}?width={}&height={}&method={method}", i * 23, i * 17);
+        let r = alice.request(Method::GET, &q, None).await;
+        assert_eq!(r.status, StatusCode::OK, "{q}: {}", String::from_utf8_lossy(&r.body));
+        let thumb = image::load_from_memory(&r.body).unwrap();
+        assert!(thumb.width() <= 800 && thumb.height() <= 600, "{q}: {}x{}", thumb.width(), thumb.height());
+    }
+    let made = std::fs::read_dir(s.engine.config.data_dir.join("media/thumbnails")).unwrap().count();
+    assert!((1..=5).contains(&made), "{made} thumbnails cached for one file");
+    // A 15,000 x 15,000 image (225 MB of pixels) in a few dozen bytes is refused from its header, not decoded.
+    let bomb = upload(&alice, &png_claiming(15_000, 15_000), "image/png", "bomb.png").await;
+    let q = format!("/_matrix/client/v1/media/thumbnail/{}?width=32&height=32", bomb.strip_prefix("mxc://").unwrap());
+    let r = alice.request(Method::GET, &q, None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(&r.body));
+    let said = r.json()["error"].as_str().unwrap_or_default().to_lowercase();
+    assert!(said.contains("limit"), "refused for its size, not for its missing pixels: {said}");
     s.stop().await;
 }

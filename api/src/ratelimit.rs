@@ -8,6 +8,12 @@
 //!   password checks for that account are refused before the password is
 //!   looked at, so guessing costs a stranger `1 / login_failures_per_second`
 //!   seconds per try and its owner keeps logging in once the bucket refills.
+//! - Registration (accounts and guests): a bucket per client IP address
+//!   (`registrations_per_second`, `registrations_burst`). Appservices and the
+//!   shared-secret admin registration are not limited.
+//! - Federation: a bucket per origin server (`federation_per_second`,
+//!   `federation_burst`), taken only after the request's `X-Matrix` signature
+//!   checked out, so a stranger cannot drain another server's bucket.
 
 use std::{collections::HashMap, time::Instant};
 
@@ -78,25 +84,25 @@ fn limited(wait_ms: u64, what: &str) -> ApiError {
 pub struct RateLimiter {
     events: Buckets<OwnedUserId>,
     login_failures: Buckets<String>,
+    registrations: Buckets<std::net::IpAddr>,
+    federation: Buckets<String>,
 }
 
 impl RateLimiter {
     /// A limiter for event-creating requests; `per_second == 0` disables it.
-    /// Wrong passwords get the defaults of `[rate_limit]`.
+    /// The other limits get the defaults of `[rate_limit]`.
     pub fn new(per_second: f64, burst: u32) -> Self {
-        let d = myelin_engine::config::RateLimitConfig::default();
-        Self::with_login(per_second, burst, d.login_failures_per_second, d.login_failures_burst)
+        let c = myelin_engine::config::RateLimitConfig { per_second, burst, ..Default::default() };
+        Self::from_config(&c)
     }
 
     /// A limiter from the whole `[rate_limit]` section.
     pub fn from_config(c: &myelin_engine::config::RateLimitConfig) -> Self {
-        Self::with_login(c.per_second, c.burst, c.login_failures_per_second, c.login_failures_burst)
-    }
-
-    fn with_login(per_second: f64, burst: u32, failures_per_second: f64, failures_burst: u32) -> Self {
         Self {
-            events: Buckets::new(per_second, burst),
-            login_failures: Buckets::new(failures_per_second, failures_burst),
+            events: Buckets::new(c.per_second, c.burst),
+            login_failures: Buckets::new(c.login_failures_per_second, c.login_failures_burst),
+            registrations: Buckets::new(c.registrations_per_second, c.registrations_burst),
+            federation: Buckets::new(c.federation_per_second, c.federation_burst),
         }
     }
 
@@ -115,5 +121,21 @@ impl RateLimiter {
     /// Counts a wrong password for `account`.
     pub fn wrong_password(&self, account: &str) {
         let _ = self.login_failures.refill(&account.to_owned(), true);
+    }
+
+    /// Takes one registration for the client at `ip`, or says how long to wait.
+    pub fn register(&self, ip: std::net::IpAddr) -> Result<(), ApiError> {
+        self.registrations.refill(&ip, true).map_err(|ms| {
+            metrics::counter!("myelin_rate_limited_total", "what" => "registration").increment(1);
+            limited(ms, "too many registrations from this address; try again later")
+        })
+    }
+
+    /// Takes one request for the remote server `origin`, or says how long to wait.
+    pub fn federation(&self, origin: &str) -> Result<(), ApiError> {
+        self.federation.refill(&origin.to_owned(), true).map_err(|ms| {
+            metrics::counter!("myelin_rate_limited_total", "what" => "federation").increment(1);
+            limited(ms, "too many requests from this server; try again later")
+        })
     }
 }

@@ -36,6 +36,10 @@ impl Listener {
 
 pub use crate::routes::synapse_admin::rooms::Deletions as RoomDeletions;
 
+/// The address a request's connection came from (a request extension).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// What a handler gets besides the request.
 #[derive(Clone)]
 pub struct Ctx {
@@ -71,6 +75,14 @@ impl Req {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
             .ok_or_else(|| ApiError::unknown(format!("route has no parameter {name}")))
+    }
+
+    /// The IP address the request's connection came from (unspecified when unknown).
+    pub fn peer_ip(&self) -> std::net::IpAddr {
+        self.parts
+            .extensions
+            .get::<PeerAddr>()
+            .map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |p| p.0.ip())
     }
 }
 

@@ -88,7 +88,12 @@ impl ListenerState {
 }
 
 /// Handles one request end to end; never fails at the HTTP level.
-async fn handle(state: Arc<ListenerState>, req: http::Request<Incoming>) -> Result<Resp, Infallible> {
+async fn handle(
+    state: Arc<ListenerState>,
+    remote: std::net::SocketAddr,
+    mut req: http::Request<Incoming>,
+) -> Result<Resp, Infallible> {
+    req.extensions_mut().insert(crate::router::PeerAddr(remote));
     let started = Instant::now();
     let method = req.method().clone();
     let mut resp = if method == Method::OPTIONS {
@@ -373,7 +378,7 @@ async fn accept_plain(listener: TcpListener, state: Arc<ListenerState>, mut stop
         let Ok(admitted) = state.conns.admit(remote.ip()) else { continue };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+        let service = hyper::service::service_fn(move |req| handle(state.clone(), remote, req));
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(Linger::new(stream)), service).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(
@@ -430,7 +435,7 @@ async fn accept_tls(
                         return;
                     }
                 };
-                let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+                let service = hyper::service::service_fn(move |req| handle(state.clone(), remote, req));
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).into_owned();
                 if let Err(e) = watcher.watch(conn).await {
                     tracing::debug!(%remote, error = %e, "federation connection ended with an error");

@@ -85,6 +85,8 @@ pub struct Engine {
     pub pending_pdus: federation::auth_fetch::PendingPdus,
     /// Remote media being fetched, one fetch per media (volatile).
     pub remote_fetches: remote_media::RemoteFetches,
+    /// Recent key lookups per server, so forged key ids cannot make us fetch on every request.
+    pub key_lookups: federation::key_fetch::KeyLookups,
     /// Push verdicts and member counts behind unread counts.
     pub unread: receipts::UnreadCache,
     /// Per room, a position at or above its newest receipt's.
@@ -141,7 +143,7 @@ impl Engine {
         let e2ee = e2ee::E2ee::new(db.clone(), stream.clone());
         let directory = directory::Directory::new(db.clone());
         let ephemeral = Arc::new(ephemeral::Ephemeral::new());
-        let media = media::Media::open(db.clone(), &config.data_dir)?;
+        let media = media::Media::open(db.clone(), &config.data_dir, server_name.as_str())?;
         let keyring = federation::keyring::KeyRing::with_pinned(
             db.clone(),
             keys.clone(),
@@ -182,6 +184,7 @@ impl Engine {
             seen_txns,
             pending_pdus: federation::auth_fetch::PendingPdus::default(),
             remote_fetches: remote_media::RemoteFetches::default(),
+            key_lookups: federation::key_fetch::KeyLookups::default(),
             federation: federation::Outbound::default(),
             unread,
             receipt_positions: positions::NewestPositions::default(),

@@ -11,6 +11,13 @@
 //! fails or is cut off leaves at most a temporary file, removed on the spot
 //! (or by the next start). Thumbnails are derived data, cached next to the
 //! originals and regenerated if missing.
+//!
+//! Other servers' media is a cache: its total size (per media id, as
+//! fetched) is kept in memory, counted once from the metadata at the first
+//! remote fetch after a start; when a fetch takes it past
+//! `media.remote_cache_max_bytes`, the oldest fetched remote media are
+//! deleted until it is at most nine tenths of the bound. Local media is
+//! never evicted.
 
 use std::{
     path::{Path, PathBuf},
@@ -50,8 +57,10 @@ use crate::util::now_ms;
 pub struct Media {
     db: Arc<Db>,
     dir: PathBuf,
-    /// Serialises reference-count changes.
-    lock: tokio::sync::Mutex<()>,
+    /// Our server name: media of every other server is the remote cache.
+    own: String,
+    /// Serialises reference-count changes; holds the remote cache's size once counted.
+    lock: tokio::sync::Mutex<Option<u64>>,
 }
 
 /// A finished temporary upload, ready to be committed.
@@ -67,7 +76,7 @@ pub struct Staged {
 
 impl Media {
     /// The store under `<data_dir>/media`; removes temporary files left by a crash.
-    pub fn open(db: Arc<Db>, data_dir: &Path) -> Result<Self, EngineError> {
+    pub fn open(db: Arc<Db>, data_dir: &Path, own: &str) -> Result<Self, EngineError> {
         let dir = data_dir.join("media");
         let tmp = dir.join("tmp");
         std::fs::create_dir_all(&tmp).map_err(|e| EngineError::io(format!("creating {}", tmp.display()), e))?;
@@ -76,7 +85,7 @@ impl Media {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        Ok(Self { db, dir, lock: tokio::sync::Mutex::new(()) })
+        Ok(Self { db, dir, own: own.to_owned(), lock: tokio::sync::Mutex::new(None) })
     }
 
     /// A new random media id.
@@ -135,7 +144,7 @@ impl Media {
         filename: Option<String>,
         uploader: Option<String>,
     ) -> Result<MediaMeta, EngineError> {
-        let _guard = self.lock.lock().await;
+        let mut guard = self.lock.lock().await;
         let target = self.blob_path(&staged.hash);
         if target.exists() {
             let _ = tokio::fs::remove_file(&staged.path).await;
@@ -158,14 +167,80 @@ impl Media {
         REFS.put(&mut batch, &staged.hash, &(refs + 1))?;
         META.put(&mut batch, &(server.to_owned(), media_id.to_owned()), &meta)?;
         self.db.commit(batch).await?;
+        if server != self.own
+            && let Some(total) = guard.as_mut()
+        {
+            *total += meta.size;
+        }
         Ok(meta)
+    }
+
+    /// Bytes of other servers' media held, counting them from the metadata if not yet counted.
+    fn remote_bytes(&self, counted: &mut Option<u64>) -> Result<u64, EngineError> {
+        if let Some(total) = *counted {
+            return Ok(total);
+        }
+        let mut total = 0;
+        for row in META.iter(&*self.db, myelin_storage::Direction::Forward)? {
+            let ((server, _), meta) = row?;
+            if server != self.own {
+                total += meta.size;
+            }
+        }
+        *counted = Some(total);
+        Ok(total)
+    }
+
+    /// Brings the remote cache within `max_bytes` (0: no bound) by deleting
+    /// the oldest fetched remote media, never `keep`; returns how many went.
+    pub async fn evict_remote(&self, max_bytes: u64, keep: (&str, &str)) -> Result<usize, EngineError> {
+        if max_bytes == 0 {
+            return Ok(0);
+        }
+        let mut guard = self.lock.lock().await;
+        let mut total = self.remote_bytes(&mut guard)?;
+        if total <= max_bytes {
+            return Ok(0);
+        }
+        let target = max_bytes / 10 * 9;
+        let mut remote = Vec::new();
+        for row in META.iter(&*self.db, myelin_storage::Direction::Forward)? {
+            let ((server, id), meta) = row?;
+            if server != self.own && (server.as_str(), id.as_str()) != keep {
+                remote.push((meta.created_ms, server, id));
+            }
+        }
+        remote.sort_unstable();
+        let mut evicted = 0;
+        for (_, server, id) in remote {
+            if total <= target {
+                break;
+            }
+            if let Some(meta) = self.delete_locked(&mut guard, &server, &id).await? {
+                total = total.saturating_sub(meta.size);
+                evicted += 1;
+            }
+        }
+        metrics::counter!("myelin_remote_media_evicted_total").increment(evicted as u64);
+        tracing::info!(evicted, bytes = total, max_bytes, "remote media cache trimmed");
+        Ok(evicted)
     }
 
     /// Deletes a media id; the file goes when no other id uses it.
     pub async fn delete(&self, server: &str, media_id: &str) -> Result<bool, EngineError> {
-        let _guard = self.lock.lock().await;
+        let mut guard = self.lock.lock().await;
+        Ok(self.delete_locked(&mut guard, server, media_id).await?.is_some())
+    }
+
+    /// [`Media::delete`] under the held lock; returns the deleted metadata.
+    async fn delete_locked(
+        &self,
+        counted: &mut Option<u64>,
+        server: &str,
+        media_id: &str,
+    ) -> Result<Option<MediaMeta>, EngineError> {
         let key = (server.to_owned(), media_id.to_owned());
-        let Some(meta) = META.get(&*self.db, &key)? else { return Ok(false) };
+        let Some(meta) = META.get(&*self.db, &key)? else { return Ok(None) };
         let mut batch = Batch::new();
         META.delete(&mut batch, &key);
         let mut remove_file = false;
@@ -189,7 +264,12 @@ impl Media {
                 }
             }
         }
-        Ok(true)
+        if server != self.own
+            && let Some(total) = counted.as_mut()
+        {
+            *total = total.saturating_sub(meta.size);
+        }
+        Ok(Some(meta))
     }
 
     /// How many media ids use the file with `hash`.

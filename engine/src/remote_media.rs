@@ -135,7 +135,9 @@ impl Engine {
             let _ = std::fs::remove_file(&staged.path);
             return Err(RemoteMediaError::TooLarge(limit));
         }
-        Ok(self.media.commit(server, id, staged, content_type, None, None).await?)
+        let meta = self.media.commit(server, id, staged, content_type, None, None).await?;
+        self.media.evict_remote(self.config.media.remote_cache_max_bytes, (server, id)).await?;
+        Ok(meta)
     }
 }
 

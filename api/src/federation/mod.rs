@@ -20,8 +20,8 @@ fn unauthorized(message: impl Into<String>) -> ApiError {
 }
 
 /// Authenticates a federation request: a valid `X-Matrix` signature by a key
-/// of the origin, addressed to us, from a server our allow/deny lists admit.
-/// Returns the origin server name.
+/// of the origin, addressed to us, from a server our allow/deny lists admit,
+/// within its `rate_limit.federation_*` budget. Returns the origin server name.
 pub async fn require_server(cx: &Ctx, req: &Req) -> Result<String, ApiError> {
     let header = req
         .parts
@@ -46,6 +46,8 @@ pub async fn require_server(cx: &Ctx, req: &Req) -> Result<String, ApiError> {
     let uri = req.parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     xmatrix::verify_body(&x, &key, ours, req.parts.method.as_str(), uri, &req.body)
         .map_err(|e| unauthorized(e.to_string()))?;
+    // Only after the signature checked out: a forged origin cannot spend a real server's budget.
+    cx.limiter.federation(&x.origin)?;
     cx.engine.federation.mark_alive(&x.origin);
     Ok(x.origin)
 }

@@ -381,7 +381,33 @@ async fn thumbnail_inner(cx: &Ctx, req: &Req) -> Result<Resp, ApiError> {
     file_response(cached, "image/png", None, None).await
 }
 
-/// The PNG thumbnail of `meta` at the request's `width`/`height`/`method`, made once and cached.
+/// The sizes thumbnails are made in (Client-Server API §"Thumbnails": "the
+/// server SHOULD produce thumbnails with the following dimensions and
+/// methods: 32x32 crop, 96x96 crop, 320x240 scale, 640x480 scale, 800x600
+/// scale"). A request is served the smallest of them at least as large as
+/// asked, of its method if one fits, else the smallest scaled one that fits,
+/// else the largest: at most five thumbnails per file, whatever strangers ask.
+pub const THUMBNAIL_SIZES: [(u32, u32, bool); 5] =
+    [(32, 32, true), (96, 96, true), (320, 240, false), (640, 480, false), (800, 600, false)];
+
+/// Largest source image, per side, that is decoded for a thumbnail.
+pub const MAX_SOURCE_SIDE: u32 = 12_000;
+/// Most memory the decoder may allocate for one source image.
+pub const MAX_SOURCE_ALLOC: u64 = 192 << 20;
+
+/// The size a `width`×`height` request (cropped or not) is served from [`THUMBNAIL_SIZES`].
+pub fn thumbnail_size(width: u32, height: u32, crop: bool) -> (u32, u32, bool) {
+    let fits = |&&(w, h, _): &&(u32, u32, bool)| w >= width && h >= height;
+    THUMBNAIL_SIZES
+        .iter()
+        .filter(|s| s.2 == crop)
+        .find(fits)
+        .or_else(|| THUMBNAIL_SIZES.iter().filter(|s| !s.2).find(fits))
+        .copied()
+        .unwrap_or(THUMBNAIL_SIZES[THUMBNAIL_SIZES.len() - 1])
+}
+
+/// The PNG thumbnail of `meta` for the request's `width`/`height`/`method`, made once and cached.
 async fn make_thumbnail(cx: &Ctx, meta: &MediaMeta, req: &Req) -> Result<std::path::PathBuf, ApiError> {
     let dim = |name: &str| -> Result<u32, ApiError> {
         query_param(req, name)
@@ -389,21 +415,30 @@ async fn make_thumbnail(cx: &Ctx, meta: &MediaMeta, req: &Req) -> Result<std::pa
             .filter(|v| (1..=4096).contains(v))
             .ok_or_else(|| ApiError::invalid_param(format!("{name} must be 1..4096")))
     };
-    let (width, height) = (dim("width")?, dim("height")?);
-    let crop = query_param(req, "method").as_deref() == Some("crop");
+    let (asked_width, asked_height) = (dim("width")?, dim("height")?);
+    let asked_crop = query_param(req, "method").as_deref() == Some("crop");
+    let (width, height, crop) = thumbnail_size(asked_width, asked_height, asked_crop);
     let method = if crop { "crop" } else { "scale" };
     let cached = cx.engine.media.thumbnail_path(&meta.hash, width, height, method);
     if !cached.exists() {
         let source = cx.engine.media.blob_path(&meta.hash);
         let target = cached.clone();
         tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let img = image::ImageReader::open(&source)
+            let mut reader = image::ImageReader::open(&source)
                 .map_err(|e| e.to_string())?
                 .with_guessed_format()
-                .map_err(|e| e.to_string())?
-                .decode()
                 .map_err(|e| e.to_string())?;
-            let thumb = if crop {
+            // A small file may declare a huge image: the header is checked before pixels are allocated.
+            let mut limits = image::Limits::default();
+            limits.max_image_width = Some(MAX_SOURCE_SIDE);
+            limits.max_image_height = Some(MAX_SOURCE_SIDE);
+            limits.max_alloc = Some(MAX_SOURCE_ALLOC);
+            reader.limits(limits);
+            let img = reader.decode().map_err(|e| e.to_string())?;
+            let thumb = if !crop && img.width() <= width && img.height() <= height {
+                // Never scaled up: the image already fits.
+                img
+            } else if crop {
                 img.resize_to_fill(width, height, image::imageops::FilterType::Triangle)
             } else {
                 img.thumbnail(width, height)

@@ -182,11 +182,28 @@ pub struct RateLimitConfig {
     pub login_failures_per_second: f64,
     /// Wrong passwords an account takes in a row before the limit applies.
     pub login_failures_burst: u32,
+    /// Accounts (and guests) one IP address may register per second, sustained; 0 turns the limit off.
+    pub registrations_per_second: f64,
+    /// Accounts one IP address may register in a burst.
+    pub registrations_burst: u32,
+    /// Authenticated requests one remote server may make per second, sustained; 0 turns the limit off.
+    pub federation_per_second: f64,
+    /// Requests one remote server may make in a burst.
+    pub federation_burst: u32,
 }
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
-        Self { per_second: 50.0, burst: 200, login_failures_per_second: 0.2, login_failures_burst: 10 }
+        Self {
+            per_second: 50.0,
+            burst: 200,
+            login_failures_per_second: 0.2,
+            login_failures_burst: 10,
+            registrations_per_second: 5.0,
+            registrations_burst: 500,
+            federation_per_second: 200.0,
+            federation_burst: 2000,
+        }
     }
 }
 
@@ -282,6 +299,8 @@ pub struct MediaConfig {
     pub max_upload_bytes: u64,
     /// Serve the deprecated unauthenticated `/_matrix/media/v3/download|thumbnail` endpoints.
     pub legacy_unauthenticated: bool,
+    /// Most bytes of other servers' media kept; past it the oldest fetched go. 0: no bound.
+    pub remote_cache_max_bytes: u64,
 }
 
 /// `[storage]`: `memory_mb` is in the operator contract (`DESIGN.md`); the rest are Myelin extensions.
@@ -351,7 +370,7 @@ impl Default for FederationConfig {
 
 impl Default for MediaConfig {
     fn default() -> Self {
-        Self { max_upload_bytes: 50 * 1024 * 1024, legacy_unauthenticated: true }
+        Self { max_upload_bytes: 50 * 1024 * 1024, legacy_unauthenticated: true, remote_cache_max_bytes: 4 << 30 }
     }
 }
 
@@ -472,8 +491,22 @@ impl Config {
         if self.federation.tls_cert.is_empty() != self.federation.tls_key.is_empty() {
             return Err(ConfigError("federation.tls_cert and federation.tls_key: set both or neither".into()));
         }
-        if !(self.rate_limit.per_second >= 0.0 && self.rate_limit.per_second.is_finite()) {
-            return Err(ConfigError("rate_limit.per_second: must be a number >= 0 (0 turns the limit off)".into()));
+        let m = &self.media;
+        if m.remote_cache_max_bytes != 0 && m.remote_cache_max_bytes < m.max_upload_bytes {
+            return Err(ConfigError(
+                "media.remote_cache_max_bytes: must be 0 (no bound) or at least media.max_upload_bytes".into(),
+            ));
+        }
+        let r = &self.rate_limit;
+        for (name, rate) in [
+            ("per_second", r.per_second),
+            ("login_failures_per_second", r.login_failures_per_second),
+            ("registrations_per_second", r.registrations_per_second),
+            ("federation_per_second", r.federation_per_second),
+        ] {
+            if !(rate >= 0.0 && rate.is_finite()) {
+                return Err(ConfigError(format!("rate_limit.{name}: must be a number >= 0 (0 turns the limit off)")));
+            }
         }
         let failures = self.rate_limit.login_failures_per_second;
         if !(failures >= 0.0 && failures.is_finite()) {

@@ -5,12 +5,60 @@
 //! carries both the server's own signature and one of the notary's that we
 //! can check. Keys are stored by the [`super::keyring::KeyRing`]; pinned
 //! servers (`federation.trusted_keys`) are never looked up.
+//!
+//! A request naming a key we do not have costs at most one lookup per server
+//! per [`RECHECK_AFTER_MISS`] (or [`RECHECK_AFTER_FAILURE`] when the lookup
+//! failed): concurrent requests wait for the one lookup in flight, and later
+//! ones within that time get its outcome, so a stranger forging `X-Matrix`
+//! headers with made-up key ids cannot turn us into a key-fetching loop
+//! against that server.
+
+use std::{num::NonZeroUsize, time::Duration, time::Instant};
 
 use http::{Method, StatusCode};
+use parking_lot::Mutex;
 use serde_json::Value as JsonValue;
 
 use super::FederationError;
-use crate::Engine;
+use crate::{Engine, in_flight::InFlight};
+
+/// After a lookup that found the server's keys, how long a request naming
+/// another unknown key id is refused without asking again.
+pub const RECHECK_AFTER_MISS: Duration = Duration::from_secs(30);
+/// After a lookup that failed, how long before the server is asked again.
+pub const RECHECK_AFTER_FAILURE: Duration = Duration::from_secs(5);
+/// Servers whose last lookup is remembered.
+const REMEMBERED: usize = 4096;
+/// Servers whose keys are being looked up at once.
+const MAX_LOOKUPS: usize = 256;
+
+/// Recent key lookups per server, and the ones in flight.
+pub struct KeyLookups {
+    /// Server → when it was last asked and whether that worked.
+    recent: Mutex<lru::LruCache<String, (Instant, bool)>>,
+    in_flight: InFlight<String>,
+}
+
+impl Default for KeyLookups {
+    fn default() -> Self {
+        let cap = NonZeroUsize::new(REMEMBERED).unwrap_or(NonZeroUsize::MIN);
+        Self { recent: Mutex::new(lru::LruCache::new(cap)), in_flight: InFlight::new(MAX_LOOKUPS) }
+    }
+}
+
+impl KeyLookups {
+    /// The outcome of `server`'s last lookup if it is recent enough to reuse.
+    fn recent(&self, server: &str) -> Option<bool> {
+        let mut recent = self.recent.lock();
+        let (at, ok) = *recent.get(server)?;
+        let fresh = if ok { RECHECK_AFTER_MISS } else { RECHECK_AFTER_FAILURE };
+        (at.elapsed() < fresh).then_some(ok)
+    }
+
+    fn record(&self, server: &str, ok: bool) {
+        self.recent.lock().put(server.to_owned(), (Instant::now(), ok));
+    }
+}
 
 impl Engine {
     /// The verified public key `key_id` of `server`, fetching its key document if needed.
@@ -22,8 +70,39 @@ impl Engine {
             // Pinned by configuration: an unknown key id is not looked up anywhere.
             return Ok(None);
         }
-        self.refresh_keys(server).await?;
+        self.look_up(server, || Ok(self.keyring.key(server, key_id, false)?.is_some())).await?;
         self.keyring.key(server, key_id, false)
+    }
+
+    /// Looks `server`'s keys up, unless a lookup just happened (then its
+    /// failure is repeated) or `found` says, once any lookup in flight is
+    /// done, that what the caller needs is there.
+    async fn look_up(
+        &self,
+        server: &str,
+        found: impl Fn() -> Result<bool, FederationError>,
+    ) -> Result<(), FederationError> {
+        let lookups = &self.key_lookups;
+        let _claim = lookups.in_flight.claim(server.to_owned()).await.ok_or_else(|| {
+            FederationError::Unreachable(format!("too many key lookups in flight; {server}'s keys not fetched"))
+        })?;
+        if found()? {
+            return Ok(());
+        }
+        match lookups.recent(server) {
+            Some(true) => {
+                metrics::counter!("myelin_key_lookups_skipped_total").increment(1);
+                return Ok(());
+            }
+            Some(false) => {
+                metrics::counter!("myelin_key_lookups_skipped_total").increment(1);
+                return Err(FederationError::Unreachable(format!("{server}'s keys could not be fetched just now")));
+            }
+            None => {}
+        }
+        let outcome = self.refresh_keys(server).await;
+        lookups.record(server, outcome.is_ok());
+        outcome
     }
 
     /// `server`'s key document: the stored one while valid, else fetched
@@ -32,7 +111,7 @@ impl Engine {
         if let Some(doc) = self.keyring.document(server)? {
             return Ok(doc);
         }
-        self.refresh_keys(server).await?;
+        self.look_up(server, || Ok(self.keyring.document(server)?.is_some())).await?;
         self.keyring.document(server)?.ok_or_else(|| FederationError::BadResponse {
             server: server.to_owned(),
             reason: "no valid key document".into(),

@@ -149,6 +149,7 @@ pub fn register(cx: Ctx, req: Req) -> HandlerFuture {
                     "guest access is disabled",
                 ));
             }
+            cx.limiter.register(req.peer_ip())?;
             let login = cx.engine.users.register_guest(body.initial_device_display_name).await?;
             return Ok(ok_json(&LoginResponse::new(&cx, &login)));
         }
@@ -178,6 +179,7 @@ pub fn register(cx: Ctx, req: Req) -> HandlerFuture {
             None => cx.engine.users.user_id_for(&format!("u{}", random_session()))?,
         };
         refuse_claimed_user(&cx, &user_id)?;
+        cx.limiter.register(req.peer_ip())?;
         let login = cx
             .engine
             .users

@@ -1,0 +1,138 @@
+//! Registration per client address and federation per origin server are rate
+//! limited (issue #25 §2): over the budget, 429 `M_LIMIT_EXCEEDED` with
+//! `retry_after_ms`, nothing created; a request whose `X-Matrix` signature
+//! does not check out spends nobody's budget, and forged key ids cost at most
+//! one key lookup per server per window.
+
+use http::{Method, StatusCode};
+use myelin_engine::federation::xmatrix;
+use myelin_suite::{TestServer, federation_pair, http, https_with, signed_get, tiny_tls_server};
+use serde_json::json;
+
+async fn register(s: &TestServer, name: &str) -> myelin_suite::Reply {
+    let body = json!({ "username": name, "password": "pass-word-1", "auth": { "type": "m.login.dummy" } });
+    http(s.client, Method::POST, "/_matrix/client/v3/register", Some(body.to_string().as_bytes())).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_from_one_address_are_limited_and_nothing_is_created_over_the_limit() {
+    let s = TestServer::start_with("reglimit.test", |c| {
+        c.registration.enabled = true;
+        c.registration.guests = true;
+        c.rate_limit.registrations_burst = 3;
+        c.rate_limit.registrations_per_second = 2.0;
+    })
+    .await;
+    // The UIA round trip (no `auth`) is not a registration and costs nothing.
+    for _ in 0..5 {
+        let r = http(s.client, Method::POST, "/_matrix/client/v3/register", Some(b"{\"username\":\"x\"}")).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", String::from_utf8_lossy(&r.body));
+    }
+    for name in ["r1", "r2"] {
+        let r = register(&s, name).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    }
+    // A guest counts as a registration from that address.
+    let guest = http(s.client, Method::POST, "/_matrix/client/v3/register?kind=guest", Some(b"{}")).await;
+    assert_eq!(guest.status, StatusCode::OK, "{}", String::from_utf8_lossy(&guest.body));
+    let over = register(&s, "r4").await;
+    assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS, "{}", String::from_utf8_lossy(&over.body));
+    assert_eq!(over.errcode(), "M_LIMIT_EXCEEDED");
+    let retry = over.json()["retry_after_ms"].as_u64();
+    assert!(retry.is_some_and(|ms| ms > 0 && ms <= 500), "retry_after_ms {retry:?}");
+    let guest = http(s.client, Method::POST, "/_matrix/client/v3/register?kind=guest", Some(b"{}")).await;
+    assert_eq!(guest.status, StatusCode::TOO_MANY_REQUESTS, "{}", String::from_utf8_lossy(&guest.body));
+    // The refused account does not exist.
+    let available = http(s.client, Method::GET, "/_matrix/client/v3/register/available?username=r4", None).await;
+    assert_eq!(available.status, StatusCode::OK, "{}", String::from_utf8_lossy(&available.body));
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let later = register(&s, "r4").await;
+    assert_eq!(later.status, StatusCode::OK, "the bucket refills: {}", String::from_utf8_lossy(&later.body));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_server_over_its_budget_is_told_to_wait_and_forged_requests_spend_nothing() {
+    let (a, b) = federation_pair(
+        "fa.test",
+        "fb.test",
+        |_| {},
+        |c| {
+            c.rate_limit.federation_burst = 4;
+            c.rate_limit.federation_per_second = 2.0;
+        },
+    )
+    .await;
+    let path = "/_matrix/federation/v1/publicRooms";
+    // Signed with b's own key but claiming to be fa.test: refused, and fa.test's budget untouched.
+    for _ in 0..10 {
+        let header = xmatrix::sign(&b.engine.keys, "fa.test", "fb.test", "GET", path, None).unwrap();
+        let forged = https_with(b.federation.unwrap(), Method::GET, path, None, &[("authorization", &header)]).await;
+        assert_eq!(forged.status, StatusCode::UNAUTHORIZED, "{}", String::from_utf8_lossy(&forged.body));
+    }
+    for i in 0..4 {
+        let r = signed_get(&a, &b, path).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}: {}", String::from_utf8_lossy(&r.body));
+    }
+    let over = signed_get(&a, &b, path).await;
+    assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS, "{}", String::from_utf8_lossy(&over.body));
+    assert_eq!(over.errcode(), "M_LIMIT_EXCEEDED");
+    assert!(over.json()["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "{}", String::from_utf8_lossy(&over.body));
+    // Unauthenticated endpoints are not counted against anyone.
+    let version = https_with(b.federation.unwrap(), Method::GET, "/_matrix/federation/v1/version", None, &[]).await;
+    assert_eq!(version.status, StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(signed_get(&a, &b, path).await.status, StatusCode::OK, "the bucket refills");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_key_ids_cost_one_key_lookup_not_one_per_request() {
+    // "keyless.test" answers every path 404: its keys cannot be had.
+    let dir = tempfile::tempdir().unwrap();
+    let tls = myelin_api::tls::server_config(&myelin_suite::test_config(dir.path(), "keyless.test")).unwrap();
+    let (addr, seen, server) =
+        tiny_tls_server("127.0.0.1:0", tls, |_| (404, "application/json", br#"{"errcode":"M_NOT_FOUND"}"#.to_vec()))
+            .await;
+    let b = TestServer::start_with("victim.test", |c| {
+        c.federation.verify_tls = false;
+        c.federation.hosts.insert("keyless.test".into(), addr);
+    })
+    .await;
+    let path = "/_matrix/federation/v1/publicRooms";
+    // A well-formed signature (64 bytes, unpadded base64) that no key will verify.
+    let sig = "A".repeat(86);
+    let mut requests = Vec::new();
+    for i in 0..20 {
+        let header = format!(
+            "X-Matrix origin=\"keyless.test\",destination=\"victim.test\",key=\"ed25519:forged{i}\",sig=\"{sig}\""
+        );
+        let fed = b.federation.unwrap();
+        requests.push(tokio::spawn(async move {
+            https_with(fed, Method::GET, path, None, &[("authorization", &header)]).await.status
+        }));
+    }
+    for r in requests {
+        assert_eq!(r.await.unwrap(), StatusCode::UNAUTHORIZED);
+    }
+    // The unauthenticated notary endpoint shares the same throttle.
+    let q = https_with(b.federation.unwrap(), Method::GET, "/_matrix/key/v2/query/keyless.test", None, &[]).await;
+    assert!(
+        q.status.is_client_error() || q.json()["server_keys"].as_array().is_some_and(|k| k.is_empty()),
+        "{}",
+        String::from_utf8_lossy(&q.body)
+    );
+    let asked = seen.lock().unwrap().iter().filter(|p| p.starts_with("/_matrix/key/")).count();
+    assert_eq!(asked, 1, "twenty forged requests and a notary query made {asked} key fetches");
+    // After the failure window the server is asked again.
+    tokio::time::sleep(myelin_engine::federation::key_fetch::RECHECK_AFTER_FAILURE).await;
+    let header =
+        format!("X-Matrix origin=\"keyless.test\",destination=\"victim.test\",key=\"ed25519:x\",sig=\"{sig}\"");
+    let r = https_with(b.federation.unwrap(), Method::GET, path, None, &[("authorization", &header)]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let asked = seen.lock().unwrap().iter().filter(|p| p.starts_with("/_matrix/key/")).count();
+    assert_eq!(asked, 2);
+    server.abort();
+    b.stop().await;
+}
