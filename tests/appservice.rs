@@ -555,3 +555,62 @@ async fn an_appservice_lists_the_members_of_rooms_its_users_are_joined_to() {
     let r = carol.request(Method::GET, &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room)), None).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reverse_third_party_lookups_ask_the_appservice_whose_namespace_holds_the_id() {
+    let fake = FakeAppservice::start(|seen| {
+        Box::pin(async move {
+            match (seen.path.as_str(), seen.query.as_str()) {
+                ("/_matrix/app/v1/thirdparty/location", q) if q.contains("alias=") => (
+                    200,
+                    json!([{ "alias": "#bridge_lobby:as.test", "protocol": "fakeproto", "fields": { "channel": "lobby" } }]),
+                ),
+                ("/_matrix/app/v1/thirdparty/user", q) if q.contains("userid=") => (
+                    200,
+                    json!([{ "userid": "@bridge_zed:as.test", "protocol": "fakeproto", "fields": { "nick": "zed" } }, 5]),
+                ),
+                _ => (404, json!({ "errcode": "M_NOT_FOUND" })),
+            }
+        })
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with(&registration(Some(&fake.url()), false), &dir).await;
+    let alice = server.register("alice").await;
+
+    let r = alice
+        .request(Method::GET, "/_matrix/client/v3/thirdparty/location?alias=%23bridge_lobby%3Aas.test", None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json(),
+        json!([{ "alias": "#bridge_lobby:as.test", "protocol": "fakeproto", "fields": { "channel": "lobby" } }])
+    );
+    let asked = fake.requests().into_iter().find(|s| s.path == "/_matrix/app/v1/thirdparty/location").expect("asked");
+    assert_eq!(asked.query, "alias=%23bridge_lobby%3Aas.test", "{asked:?}");
+    assert_eq!(asked.authorization.as_deref(), Some(format!("Bearer {HS_TOKEN}").as_str()));
+
+    // Entries that are not objects are dropped.
+    let r = alice.request(Method::GET, "/_matrix/client/v3/thirdparty/user?userid=%40bridge_zed%3Aas.test", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json(),
+        json!([{ "userid": "@bridge_zed:as.test", "protocol": "fakeproto", "fields": { "nick": "zed" } }])
+    );
+
+    // Outside every namespace nobody is asked and the answer is empty.
+    let before = fake.requests().len();
+    let r = alice.request(Method::GET, "/_matrix/client/v3/thirdparty/user?userid=%40alice%3Aas.test", None).await;
+    assert_eq!((r.status, r.json()), (StatusCode::OK, json!([])));
+    assert_eq!(fake.requests().iter().skip(before).filter(|s| s.path.contains("thirdparty")).count(), 0);
+    // A missing or malformed id is the client's mistake.
+    let r = alice.request(Method::GET, "/_matrix/client/v3/thirdparty/location", None).await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::BAD_REQUEST, "M_MISSING_PARAM"));
+    let r = alice.request(Method::GET, "/_matrix/client/v3/thirdparty/user?userid=nobody", None).await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::BAD_REQUEST, "M_INVALID_PARAM"));
+    let anonymous =
+        myelin_suite::http(server.client, Method::GET, "/_matrix/client/v3/thirdparty/location?alias=%23a%3Ab", None)
+            .await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    server.stop().await;
+}

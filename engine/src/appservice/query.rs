@@ -9,6 +9,11 @@
 //! > given room alias. The application service should create the room and
 //! > associate it with the alias.
 //!
+//! > `GET /_matrix/app/v1/thirdparty/location?alias=` / `GET
+//! > /_matrix/app/v1/thirdparty/user?userid=`: Retrieve an array of
+//! > third-party network locations from a Matrix room alias (users from a
+//! > Matrix User ID).
+//!
 //! Only appservices whose namespaces contain the id are asked, and only those
 //! with a URL. A failed or refused query is "does not exist", never an error
 //! for the client that looked the id up.
@@ -176,4 +181,54 @@ impl Engine {
         }
         None
     }
+
+    /// The reverse third-party lookups: `alias` (kind `location`) or `userid`
+    /// (kind `user`) asked of every appservice whose namespaces hold it; the
+    /// entries of all their answers, at most [`MAX_REVERSE_ENTRIES`].
+    pub async fn query_appservice_reverse(&self, kind: ReverseLookup, id: &str) -> Vec<serde_json::Value> {
+        let (path, param) = match kind {
+            ReverseLookup::Location => ("location", "alias"),
+            ReverseLookup::User => ("user", "userid"),
+        };
+        let query = format!("{param}={}", enc(id));
+        let mut out = Vec::new();
+        let list = self.appservices.all();
+        let interested = list.iter().filter(|a| {
+            a.url().is_some()
+                && match kind {
+                    ReverseLookup::Location => a.owns_alias(id),
+                    ReverseLookup::User => a.owns_user(id),
+                }
+        });
+        for a in interested {
+            let uri = format!("/_matrix/app/v1/thirdparty/{path}?{query}");
+            match ask(self, a, Method::GET, uri, None).await {
+                Ok(r) if r.status.is_success() => match serde_json::from_slice::<Vec<serde_json::Value>>(&r.body) {
+                    Ok(entries) => out.extend(entries.into_iter().filter(serde_json::Value::is_object)),
+                    Err(e) => tracing::info!(appservice = a.id(), error = %e, "third-party answer is not a JSON array"),
+                },
+                Ok(r) => {
+                    tracing::debug!(appservice = a.id(), status = %r.status, kind = path, "reverse lookup refused")
+                }
+                Err(e) => tracing::info!(appservice = a.id(), error = %e, "reverse lookup failed"),
+            }
+            if out.len() >= MAX_REVERSE_ENTRIES {
+                out.truncate(MAX_REVERSE_ENTRIES);
+                break;
+            }
+        }
+        out
+    }
+}
+
+/// Most entries a reverse third-party lookup answers.
+pub const MAX_REVERSE_ENTRIES: usize = 1000;
+
+/// Which reverse third-party lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReverseLookup {
+    /// Locations (bridged rooms) of a room alias.
+    Location,
+    /// Third-party users of a Matrix user id.
+    User,
 }

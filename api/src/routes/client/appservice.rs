@@ -15,17 +15,21 @@
 //!   `/thirdparty/location/{protocol}`, `/thirdparty/user/{protocol}`
 //!   (Client-Server API §"Third-party Networks"): asked of the appservices
 //!   that declare the protocol in their registration.
+//! - `GET /thirdparty/location?alias=`, `/thirdparty/user?userid=`: "Retrieve
+//!   an array of third-party network locations from a Matrix room alias" (users
+//!   from a user id), asked of the appservices whose namespaces hold the id;
+//!   their entries are concatenated.
 
 use std::collections::BTreeMap;
 
 use http::StatusCode;
-use myelin_engine::appservice::query::PingError;
-use ruma::RoomId;
+use myelin_engine::appservice::query::{PingError, ReverseLookup};
+use ruma::{RoomAliasId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as JsonValue;
 
 use crate::{
-    auth::{appservice_of, require_user},
+    auth::{appservice_of, query_param, require_user},
     error::ApiError,
     http_util::{ok_empty, ok_json, parse_json, parse_json_or_empty},
     router::{Ctx, HandlerFuture, Req},
@@ -166,4 +170,33 @@ pub fn locations(cx: Ctx, req: Req) -> HandlerFuture {
 /// GET /thirdparty/user/{protocol}
 pub fn users(cx: Ctx, req: Req) -> HandlerFuture {
     lookup("user")(cx, req)
+}
+
+/// GET /thirdparty/location?alias= and /thirdparty/user?userid=: the
+/// reverse lookups, asked of the appservices whose namespaces hold the id.
+fn reverse(kind: ReverseLookup, param: &'static str) -> impl Fn(Ctx, Req) -> HandlerFuture {
+    move |cx, req| {
+        Box::pin(async move {
+            require_user(&cx, &req)?;
+            let id = query_param(&req, param).ok_or_else(|| ApiError::missing_param(format!("{param} is required")))?;
+            let valid = match kind {
+                ReverseLookup::Location => RoomAliasId::parse(&id).is_ok(),
+                ReverseLookup::User => UserId::parse(&id).is_ok(),
+            };
+            if !valid {
+                return Err(ApiError::invalid_param(format!("{param} is not a valid Matrix id")));
+            }
+            Ok(ok_json(&cx.engine.query_appservice_reverse(kind, &id).await))
+        })
+    }
+}
+
+/// GET /thirdparty/location?alias=
+pub fn locations_of_alias(cx: Ctx, req: Req) -> HandlerFuture {
+    reverse(ReverseLookup::Location, "alias")(cx, req)
+}
+
+/// GET /thirdparty/user?userid=
+pub fn users_of_user_id(cx: Ctx, req: Req) -> HandlerFuture {
+    reverse(ReverseLookup::User, "userid")(cx, req)
 }

@@ -116,6 +116,8 @@ pub fn add(r: &mut Router) {
     both(r, M::GET, "/thirdparty/protocol/{protocol}", appservice::protocol);
     both(r, M::GET, "/thirdparty/location/{protocol}", appservice::locations);
     both(r, M::GET, "/thirdparty/user/{protocol}", appservice::users);
+    both(r, M::GET, "/thirdparty/location", appservice::locations_of_alias);
+    both(r, M::GET, "/thirdparty/user", appservice::users_of_user_id);
     both(r, M::PUT, "/directory/list/appservice/{network_id}/{room_id}", appservice::publish);
     r.add(M::POST, "/_matrix/client/v1/appservice/{appservice_id}/ping", appservice::ping);
 
