@@ -14,6 +14,8 @@
 //! own auth events (`Rooms::store_auth_events`), and is stored as an outlier
 //! (flagged rejected when it fails: the PDU citing it is then rejected, for
 //! the reason the spec gives).
+//! The same holds for each event fetched to fill a gap
+//! (`inbound::fill_gap`), with the gap's own budget of [`MAX_FETCH_PER_TXN`].
 //!
 //! A PDU whose auth events could not all be fetched is *not* rejected: it
 //! is kept pending ([`PendingPdus`]) and tried again when its origin sends

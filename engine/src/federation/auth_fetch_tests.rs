@@ -116,3 +116,49 @@ async fn a_pdu_whose_auth_event_cannot_be_fetched_is_kept_pending_not_rejected_a
     assert!(meta.count > 0, "in the timeline");
     assert_eq!(engine.pending_pdus.len(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_fetched_to_fill_a_gap_gets_its_missing_auth_events_fetched_too() {
+    // The message citing the unseen membership arrives only through
+    // get_missing_events, behind a later message that names it as prev event.
+    let served: Arc<Mutex<Vec<(String, JsonValue)>>> = Arc::default();
+    let gap: Arc<Mutex<Vec<JsonValue>>> = Arc::default();
+    let (served_by_peer, gap_by_peer) = (served.clone(), gap.clone());
+    let peer = FakePeer::new(move |_, req| {
+        if req.path_and_query.contains("get_missing_events") {
+            return Ok((200, json!({ "events": gap_by_peer.lock().clone() })));
+        }
+        for (id, json) in served_by_peer.lock().iter() {
+            if req.path_and_query.ends_with(&format!("/event/{}", enc(id))) {
+                return Ok((200, json!({ "origin": "peer.test", "pdus": [json] })));
+            }
+        }
+        Ok((404, json!({ "errcode": "M_NOT_FOUND" })))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, remote, room) = room_with_a_remote_member(dir.path(), peer.clone()).await;
+    let (change, change_pdu, message_json, message) =
+        message_citing_an_unseen_membership(&engine, &remote, &room).await;
+    served.lock().push((change_pdu.event_id.to_string(), serde_json::to_value(&change).unwrap()));
+    gap.lock().push(message_json);
+    let rules = ruma::RoomVersionId::V12.rules().unwrap();
+    let bob = UserId::parse("@bob:peer.test").unwrap();
+    let mut later = engine.rooms.template(&bob, &room, text("after the gap")).await.unwrap();
+    later.insert(
+        "prev_events".into(),
+        CanonicalJsonValue::Array(vec![CanonicalJsonValue::String(message.event_id.to_string())]),
+    );
+    later.insert("depth".into(), CanonicalJsonValue::Integer(ruma::Int::try_from(message.depth + 1).unwrap()));
+    remote.hash_and_sign_event(&mut later, &rules).unwrap();
+    let later_pdu = Pdu::from_object(later.clone(), &rules).unwrap();
+
+    let answer = send(&engine, "t1", vec![serde_json::to_value(&later).unwrap()]).await;
+    assert_eq!(answer["pdus"][later_pdu.event_id.as_str()], json!({}), "{answer}");
+    let paths = peer.paths();
+    assert!(paths.iter().any(|p| p.ends_with(&format!("/event/{}", enc(change_pdu.event_id.as_str())))), "{paths:?}");
+    let meta = engine.rooms.meta(&message.event_id).unwrap().expect("the gap event is stored");
+    assert_eq!(meta.flags, 0, "accepted into the timeline, not rejected: {meta:?}");
+    let meta = engine.rooms.meta(&later_pdu.event_id).unwrap().expect("the new event is stored");
+    assert_eq!(meta.flags, 0, "{meta:?}");
+    assert_eq!(engine.pending_pdus.len(), 0);
+}

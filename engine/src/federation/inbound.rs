@@ -267,8 +267,10 @@ struct StateIds {
 /// Fetches unknown prev events of `pdu` from `origin` with `get_missing_events`,
 /// round after round (100 per round, walking back from the unknown edge) until
 /// every fetched event's prev events are known here, then appends them oldest
-/// first. A peer catching up after an outage may send only its newest event
-/// (Synapse does): everything before it is recovered here, none lost.
+/// first, each after its missing auth events were fetched
+/// ([`super::auth_fetch`]). A peer catching up after an outage may send only
+/// its newest event (Synapse does): everything before it is recovered here,
+/// none lost.
 pub async fn fill_gap(
     engine: &Engine,
     origin: &str,
@@ -351,9 +353,25 @@ pub async fn fill_gap(
             tracing::warn!(%origin, room_id = %room, event_id = %prev, error = %e, "could not take an event on the remote state");
         }
     }
+    // Gap events cite auth events too: those not held are fetched first, with
+    // the gap's own budget, and an event whose auth events cannot be had yet
+    // waits pending like a PDU of the transaction, rather than being rejected.
+    let mut budget = super::auth_fetch::MAX_FETCH_PER_TXN;
     for p in events {
         if engine.rooms.meta(&p.event_id)?.is_none() {
             let id = p.event_id.clone();
+            let missing = super::auth_fetch::fetch_missing_auth(engine, origin, room, version, &p, &mut budget)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::info!(%origin, event_id = %id, error = %e, "could not store fetched auth events");
+                    p.auth_events.clone()
+                });
+            if !missing.is_empty() {
+                tracing::info!(%origin, room_id = %room, event_id = %id, missing = missing.len(),
+                    "auth events of a fetched missing event could not be fetched; keeping it pending");
+                engine.pending_pdus.keep(origin, p, version.clone(), 1);
+                continue;
+            }
             if let Err(e) = engine.rooms.append_pdu(p).await {
                 tracing::info!(%origin, room_id = %room, event_id = %id, error = %e, "a fetched missing event was not stored");
             }
