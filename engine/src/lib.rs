@@ -153,6 +153,7 @@ impl Engine {
         let policy = federation::policy::Policy::load(db.clone(), &config.federation)?;
         let backoffs = federation::backoff::Backoffs::new(db.clone());
         let seen_txns = federation::txns::SeenTxns::new(db.clone());
+        let pending_pdus = federation::auth_fetch::PendingPdus::open(db.clone())?;
         let indexed = receipts::index_existing_receipts(&db)?;
         if indexed > 0 {
             tracing::info!(receipts = indexed, "indexed existing receipts by stream position");
@@ -182,7 +183,7 @@ impl Engine {
             policy,
             backoffs,
             seen_txns,
-            pending_pdus: federation::auth_fetch::PendingPdus::default(),
+            pending_pdus,
             remote_fetches: remote_media::RemoteFetches::default(),
             key_lookups: federation::key_fetch::KeyLookups::default(),
             federation: federation::Outbound::default(),

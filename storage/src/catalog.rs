@@ -196,6 +196,10 @@ pub static ORIGINTXN_SEEN: Cf = point("origintxn_seen", 0);
 /// JSON bytes: a replayed `/send/{txnId}` gets the first answer.
 pub static ORIGINTXN_ANSWER: Cf = point("origintxn_answer", 0);
 
+/// `(origin server, event id)` → an inbound PDU waiting for its auth events
+/// (its JSON, room version, tries, next try): kept across restarts.
+pub static ORIGINEVENT_PENDING: Cf = point("originevent_pending", 0);
+
 /// `(other server's user id, key id, local signer)` → the signer's signatures on that key.
 pub static USERKEYSIGNER_SIGNATURES: Cf = scan("userkeysigner_signatures", 0);
 
@@ -281,6 +285,7 @@ pub static ALL: &[&Cf] = &[
     &COUNTUSER_KEYCHANGE,
     &ORIGINTXN_SEEN,
     &ORIGINTXN_ANSWER,
+    &ORIGINEVENT_PENDING,
     &USERKEYSIGNER_SIGNATURES,
     &APPSERVICE_REGISTRATION,
     &APPSERVICESEQ_EVENT,

@@ -28,19 +28,37 @@
 //! [`MAX_PENDING_PER_ORIGIN`] PDUs wait per origin and [`MAX_PENDING`] in all
 //! (a PDU over the bound is not kept, and counted in
 //! `myelin_federation_pending_pdus_dropped_total`); the gauge
-//! `myelin_federation_pending_pdus` shows how many wait. Not guaranteed: the
-//! set is in memory, so a restart forgets it (the PDUs are not acknowledged
-//! as stored, and the origin or a later gap fill brings them again); a
-//! quiet origin's pending PDUs wait for its next transaction (no timer).
+//! `myelin_federation_pending_pdus` shows how many wait. The set is written
+//! to RocksDB (`originevent_pending`) as it changes and read back at start,
+//! so a restart forgets no waiting PDU. Not guaranteed: a quiet origin's
+//! pending PDUs wait for its next transaction (no timer).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::Arc,
+};
 
+use myelin_storage::{Batch, Db, Direction, Stored, Table, catalog};
 use parking_lot::Mutex;
 use ruma::{EventId, OwnedEventId, RoomId, RoomVersionId};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{FederationError, enc, pdu_check::checked_pdu};
-use crate::{Engine, rooms::Pdu, util::now_ms};
+use crate::{Engine, EngineError, rooms::Pdu, util::now_ms};
+
+/// A pending PDU as stored.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredPending {
+    /// The PDU's canonical JSON.
+    json: String,
+    /// Its room's version.
+    version: String,
+    attempts: u32,
+    next_try_ms: u64,
+}
+impl Stored for StoredPending {}
+
+const PENDING: Table<(String, String), StoredPending> = Table::new(&catalog::ORIGINEVENT_PENDING);
 
 /// Most auth events fetched for one PDU.
 pub const MAX_FETCH_PER_PDU: usize = 20;
@@ -57,6 +75,15 @@ pub const MAX_ATTEMPTS: u32 = 8;
 #[derive(Debug, Deserialize)]
 struct OneEvent {
     pdus: Vec<serde_json::Value>,
+}
+
+/// A stored pending PDU, parsed again.
+fn restore(stored: &StoredPending) -> Option<PendingPdu> {
+    let version = RoomVersionId::try_from(stored.version.as_str()).ok()?;
+    let rules = version.rules()?;
+    let object: ruma::CanonicalJsonObject = serde_json::from_str(&stored.json).ok()?;
+    let pdu = Pdu::from_object(object, &rules).ok()?;
+    Some(PendingPdu { pdu, version, attempts: stored.attempts, next_try_ms: stored.next_try_ms })
 }
 
 /// Fetches `id` from `origin` with `/event`, checked (format, signatures,
@@ -146,13 +173,63 @@ pub struct PendingPdu {
     pub next_try_ms: u64,
 }
 
-/// Inbound PDUs kept until their auth events can be fetched, per origin (in memory, bounded).
-#[derive(Debug, Default)]
+/// Inbound PDUs kept until their auth events can be fetched, per origin
+/// (bounded; in memory, and in RocksDB when opened on a database).
+#[derive(Default)]
 pub struct PendingPdus {
     by_origin: Mutex<HashMap<String, VecDeque<PendingPdu>>>,
+    db: Option<Arc<Db>>,
 }
 
 impl PendingPdus {
+    /// The set stored in `db`, as the last run left it.
+    pub fn open(db: Arc<Db>) -> Result<Self, EngineError> {
+        let mut by_origin: HashMap<String, VecDeque<PendingPdu>> = HashMap::new();
+        let mut loaded = 0usize;
+        for row in PENDING.iter(&*db, Direction::Forward)? {
+            let ((origin, id), stored) = row?;
+            match restore(&stored) {
+                Some(pending) if loaded < MAX_PENDING => {
+                    by_origin.entry(origin).or_default().push_back(pending);
+                    loaded += 1;
+                }
+                _ => tracing::warn!(%origin, event_id = %id, "a stored pending event could not be read back; skipped"),
+            }
+        }
+        if loaded > 0 {
+            tracing::info!(pending = loaded, "events waiting for their auth events read back");
+        }
+        metrics::gauge!("myelin_federation_pending_pdus").set(loaded as f64);
+        Ok(Self { by_origin: Mutex::new(by_origin), db: Some(db) })
+    }
+
+    async fn write(&self, origin: &str, id: &EventId, row: Option<StoredPending>) {
+        let Some(db) = &self.db else { return };
+        let key = (origin.to_owned(), id.to_string());
+        let mut batch = Batch::new();
+        let put = match &row {
+            Some(row) => PENDING.put(&mut batch, &key, row).map_err(EngineError::from),
+            None => {
+                PENDING.delete(&mut batch, &key);
+                Ok(())
+            }
+        };
+        if let Err(e) = match put {
+            Ok(()) => db.commit(batch).await.map_err(EngineError::from),
+            Err(e) => Err(e),
+        } {
+            tracing::warn!(%origin, event_id = %id, error = %e, "could not store the pending set; kept in memory");
+        }
+    }
+
+    /// Forgets `id` of `origin` in the store unless it was kept again (after a retry).
+    pub(super) async fn settle(&self, origin: &str, id: &EventId) {
+        let kept = self.by_origin.lock().get(origin).is_some_and(|q| q.iter().any(|p| p.pdu.event_id == id));
+        if !kept {
+            self.write(origin, id, None).await;
+        }
+    }
+
     /// How many PDUs wait, in all.
     pub fn len(&self) -> usize {
         self.by_origin.lock().values().map(VecDeque::len).sum()
@@ -172,31 +249,47 @@ impl PendingPdus {
 
     /// Keeps `pdu` (tried `attempts` times already) for `origin`'s next
     /// transaction, unless it was tried [`MAX_ATTEMPTS`] times or the set is full.
-    pub(super) fn keep(&self, origin: &str, pdu: Pdu, version: RoomVersionId, attempts: u32) {
+    pub(super) async fn keep(&self, origin: &str, pdu: Pdu, version: RoomVersionId, attempts: u32) {
+        let id = pdu.event_id.clone();
         if attempts >= MAX_ATTEMPTS {
             tracing::warn!(%origin, event_id = %pdu.event_id, attempts,
                 "giving up on an event whose auth events could not be fetched; it is not stored");
             metrics::counter!("myelin_federation_pending_pdus_dropped_total").increment(1);
+            self.write(origin, &id, None).await;
             return;
         }
         // The first retry at the next transaction, then 2 s doubling to 10 min.
         let wait_s = if attempts <= 1 { 0 } else { (1u64 << (attempts - 1).min(10)).min(600) };
-        let mut all = self.by_origin.lock();
-        let total: usize = all.values().map(VecDeque::len).sum();
-        let queue = all.entry(origin.to_owned()).or_default();
-        let present = queue.iter().any(|p| p.pdu.event_id == pdu.event_id);
-        if !present && (queue.len() >= MAX_PENDING_PER_ORIGIN || total >= MAX_PENDING) {
-            tracing::info!(%origin, event_id = %pdu.event_id, "too many events wait for auth events; not keeping this one");
-            metrics::counter!("myelin_federation_pending_pdus_dropped_total").increment(1);
-        } else if !present {
-            queue.push_back(PendingPdu { pdu, version, attempts, next_try_ms: now_ms() + wait_s * 1000 });
-        }
-        if queue.is_empty() {
-            all.remove(origin);
-        }
-        let total: usize = all.values().map(VecDeque::len).sum();
-        drop(all);
-        metrics::gauge!("myelin_federation_pending_pdus").set(total as f64);
+        let next_try_ms = now_ms() + wait_s * 1000;
+        let row = StoredPending {
+            json: serde_json::to_string(&*pdu.json).unwrap_or_default(),
+            version: version.to_string(),
+            attempts,
+            next_try_ms,
+        };
+        let kept = {
+            let mut all = self.by_origin.lock();
+            let total: usize = all.values().map(VecDeque::len).sum();
+            let queue = all.entry(origin.to_owned()).or_default();
+            let present = queue.iter().any(|p| p.pdu.event_id == pdu.event_id);
+            let kept = if !present && (queue.len() >= MAX_PENDING_PER_ORIGIN || total >= MAX_PENDING) {
+                tracing::info!(%origin, event_id = %pdu.event_id, "too many events wait for auth events; not keeping this one");
+                metrics::counter!("myelin_federation_pending_pdus_dropped_total").increment(1);
+                false
+            } else {
+                if !present {
+                    queue.push_back(PendingPdu { pdu, version, attempts, next_try_ms });
+                }
+                true
+            };
+            if queue.is_empty() {
+                all.remove(origin);
+            }
+            let total: usize = all.values().map(VecDeque::len).sum();
+            metrics::gauge!("myelin_federation_pending_pdus").set(total as f64);
+            kept
+        };
+        self.write(origin, &id, kept.then_some(row)).await;
     }
 
     /// Takes `origin`'s pending PDUs whose retry time has come, oldest first.
@@ -232,22 +325,22 @@ mod tests {
         Pdu::from_object(object, &rules).unwrap()
     }
 
-    #[test]
-    fn the_pending_set_is_bounded_and_gives_up_after_max_attempts() {
+    #[tokio::test]
+    async fn the_pending_set_is_bounded_and_gives_up_after_max_attempts() {
         let pending = PendingPdus::default();
         for n in 0..(MAX_PENDING_PER_ORIGIN as u32 + 5) {
-            pending.keep("a.test", pdu(n), RoomVersionId::V12, 1);
+            pending.keep("a.test", pdu(n), RoomVersionId::V12, 1).await;
         }
         assert_eq!(pending.len(), MAX_PENDING_PER_ORIGIN, "bounded per origin");
-        pending.keep("a.test", pdu(0), RoomVersionId::V12, 1);
+        pending.keep("a.test", pdu(0), RoomVersionId::V12, 1).await;
         assert_eq!(pending.len(), MAX_PENDING_PER_ORIGIN, "kept once");
         let due = pending.take_due("a.test");
         assert_eq!(due.len(), MAX_PENDING_PER_ORIGIN, "the first retry is due at once");
         assert!(pending.is_empty());
-        pending.keep("b.test", pdu(1), RoomVersionId::V12, 3);
+        pending.keep("b.test", pdu(1), RoomVersionId::V12, 3).await;
         assert!(pending.take_due("b.test").is_empty(), "later retries wait");
         assert_eq!(pending.per_origin(), vec![("b.test".to_owned(), 1)]);
-        pending.keep("c.test", pdu(2), RoomVersionId::V12, MAX_ATTEMPTS);
+        pending.keep("c.test", pdu(2), RoomVersionId::V12, MAX_ATTEMPTS).await;
         assert_eq!(pending.len(), 1, "given up after MAX_ATTEMPTS");
     }
 }

@@ -162,3 +162,41 @@ async fn an_event_fetched_to_fill_a_gap_gets_its_missing_auth_events_fetched_too
     assert_eq!(meta.flags, 0, "{meta:?}");
     assert_eq!(engine.pending_pdus.len(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_pdu_survives_a_restart_and_is_accepted_after_it() {
+    let served: Arc<Mutex<Vec<(String, JsonValue)>>> = Arc::default();
+    let serving = Arc::new(AtomicBool::new(false));
+    let peer = serving_peer(served.clone(), serving.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, remote, room) = room_with_a_remote_member(dir.path(), peer.clone()).await;
+    let (change, change_pdu, json, message) = message_citing_an_unseen_membership(&engine, &remote, &room).await;
+    served.lock().push((change_pdu.event_id.to_string(), serde_json::to_value(&change).unwrap()));
+    let answer = send(&engine, "t1", vec![json]).await;
+    assert!(answer["pdus"][message.event_id.as_str()]["error"].is_string(), "{answer}");
+    assert_eq!(engine.pending_pdus.len(), 1, "kept pending");
+
+    // Restarted: the waiting PDU is read back, not forgotten.
+    let config = (*engine.config).clone();
+    engine.shutdown();
+    drop(engine);
+    let engine = Engine::open(config).unwrap();
+    engine.federation.set_transport(peer.clone());
+    assert_eq!(engine.pending_pdus.per_origin(), vec![("peer.test".to_owned(), 1)], "read back after the restart");
+
+    serving.store(true, Ordering::SeqCst);
+    let bob = UserId::parse("@bob:peer.test").unwrap();
+    let later = remote_signed(&engine, &remote, &room, &bob, text("later"), None).await;
+    let answer = send(&engine, "t2", vec![serde_json::to_value(&later).unwrap()]).await;
+    assert_eq!(answer["pdus"].as_object().map(|m| m.len()), Some(1), "{answer}");
+    let meta = engine.rooms.meta(&message.event_id).unwrap().expect("accepted after the restart");
+    assert_eq!(meta.flags, 0, "{meta:?}");
+    assert_eq!(engine.pending_pdus.len(), 0);
+
+    // Settled: a second restart finds nothing waiting.
+    let config = (*engine.config).clone();
+    engine.shutdown();
+    drop(engine);
+    let engine = Engine::open(config).unwrap();
+    assert!(engine.pending_pdus.is_empty(), "the settled PDU was removed from the store");
+}

@@ -148,6 +148,7 @@ async fn process_transaction(
             admit(engine, origin, &room, &waiting.version, waiting.pdu, waiting.attempts, &mut unsettled, &mut budget)
                 .await;
         tracing::debug!(%origin, event_id = %id, ?outcome, "retried an event that waited for its auth events");
+        engine.pending_pdus.settle(origin, &id).await;
     }
     for json in &txn.pdus {
         let (id, outcome) = receive_pdu(engine, origin, json, &mut unsettled, &mut budget).await;
@@ -232,7 +233,7 @@ async fn admit(
         tracing::info!(%origin, room_id = %room, event_id = %pdu.event_id, missing = missing.len(), attempts,
             "auth events of an event could not be fetched; keeping it pending");
         let reason = format!("{} auth event(s) could not be fetched yet; kept pending", missing.len());
-        engine.pending_pdus.keep(origin, pdu, room_version.clone(), attempts + 1);
+        engine.pending_pdus.keep(origin, pdu, room_version.clone(), attempts + 1).await;
         return PduResult::error(reason);
     }
     match engine.rooms.append_pdu_unsettled(pdu, true).await {
@@ -369,7 +370,7 @@ pub async fn fill_gap(
             if !missing.is_empty() {
                 tracing::info!(%origin, room_id = %room, event_id = %id, missing = missing.len(),
                     "auth events of a fetched missing event could not be fetched; keeping it pending");
-                engine.pending_pdus.keep(origin, p, version.clone(), 1);
+                engine.pending_pdus.keep(origin, p, version.clone(), 1).await;
                 continue;
             }
             if let Err(e) = engine.rooms.append_pdu(p).await {
