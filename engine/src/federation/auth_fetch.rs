@@ -5,11 +5,14 @@
 //!
 //! An inbound PDU may cite auth events this server never received (the
 //! sender's transaction that carried them was lost, or they lie on a branch
-//! we have not seen). Before the PDU is authorized, each auth event not
-//! stored here is fetched from the PDU's origin with
+//! we have not seen). Before the PDU is authorized, the auth events not
+//! stored here are fetched from the PDU's origin: when more than one is
+//! missing, first its whole auth chain with one
+//! `GET /_matrix/federation/v1/event_auth/{roomId}/{eventId}` (at most
+//! [`MAX_AUTH_CHAIN`] events looked at); then each one still missing with
 //! `GET /_matrix/federation/v1/event/{eventId}`, and so are the auth events of
 //! those, at most [`MAX_FETCH_PER_PDU`] per PDU and [`MAX_FETCH_PER_TXN`] per
-//! transaction. Each fetched event goes through the checks on receipt
+//! transaction (the `/event_auth` request counts as one). Each fetched event goes through the checks on receipt
 //! (format, signatures, hashes: `pdu_check`) and the auth rules against its
 //! own auth events (`Rooms::store_auth_events`), and is stored as an outlier
 //! (flagged rejected when it fails: the PDU citing it is then rejected, for
@@ -113,6 +116,61 @@ pub(super) async fn fetch_event(
     (p.event_id == id && p.room_id == *room).then_some(p)
 }
 
+/// Most events of an `/event_auth` answer looked at.
+pub const MAX_AUTH_CHAIN: usize = 2000;
+
+/// An `/event_auth` answer.
+#[derive(Debug, Deserialize)]
+struct AuthChain {
+    auth_chain: Vec<serde_json::Value>,
+}
+
+/// The events of `id`'s auth chain (Server-Server API `GET
+/// /_matrix/federation/v1/event_auth/{roomId}/{eventId}`) not held here,
+/// each checked (format, signatures, hashes) and of `room`; empty when the
+/// origin cannot serve it. At most [`MAX_AUTH_CHAIN`] events are looked at.
+async fn auth_chain(
+    engine: &Engine,
+    origin: &str,
+    room: &RoomId,
+    version: &RoomVersionId,
+    id: &EventId,
+    known: &impl Fn(&EventId) -> bool,
+) -> Vec<Pdu> {
+    let path = format!("/_matrix/federation/v1/event_auth/{}/{}", enc(room.as_str()), enc(id.as_str()));
+    let answer = match engine.remote(origin).get(&path).await {
+        Ok(a) if a.status.is_success() => a,
+        Ok(a) => {
+            tracing::debug!(%origin, event_id = %id, status = %a.status, "auth chain not served");
+            return Vec::new();
+        }
+        Err(e) => {
+            tracing::debug!(%origin, event_id = %id, error = %e, "auth chain could not be fetched");
+            return Vec::new();
+        }
+    };
+    let Ok(answer) = answer.parse::<AuthChain>(origin) else { return Vec::new() };
+    let Some(rules) = version.rules() else { return Vec::new() };
+    let mut out = Vec::new();
+    for json in answer.auth_chain.iter().take(MAX_AUTH_CHAIN) {
+        // The id is a hash of the event: cheap next to the signature checks, which
+        // only the events not held here need.
+        let held = serde_json::from_value::<ruma::CanonicalJsonObject>(json.clone())
+            .ok()
+            .and_then(|o| crate::rooms::pdu::event_id_of(&o, &rules).ok())
+            .is_some_and(|id| known(&id));
+        if held {
+            continue;
+        }
+        if let Ok(p) = checked_pdu(engine, json, version).await
+            && p.room_id == *room
+        {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// Whether `pdu`'s auth events are all stored here now.
 fn missing_auth(engine: &Engine, pdu: &Pdu) -> Vec<OwnedEventId> {
     pdu.auth_events.iter().filter(|a| !matches!(engine.rooms.meta(a), Ok(Some(_)))).cloned().collect()
@@ -134,8 +192,19 @@ pub(super) async fn fetch_missing_auth(
         return Ok(wanted);
     }
     let known = |id: &EventId| matches!(engine.rooms.meta(id), Ok(Some(_)));
-    let mut fetched: Vec<Pdu> = Vec::new();
-    let mut tried: HashSet<OwnedEventId> = HashSet::new();
+    // One `/event_auth` request brings the PDU's whole auth chain; what it
+    // leaves missing is then asked for one event at a time.
+    let mut fetched: Vec<Pdu> = if *budget > 0 && wanted.len() > 1 {
+        *budget -= 1;
+        auth_chain(engine, origin, room, version, &pdu.event_id, &known).await
+    } else {
+        Vec::new()
+    };
+    let mut tried: HashSet<OwnedEventId> = fetched.iter().map(|p| p.event_id.clone()).collect();
+    wanted.retain(|id| !tried.contains(id));
+    for p in &fetched {
+        wanted.extend(p.auth_events.iter().filter(|a| !tried.contains(*a) && !known(a)).cloned());
+    }
     let mut spent = 0;
     while let Some(id) = wanted.pop() {
         if !tried.insert(id.clone()) || known(&id) {

@@ -200,3 +200,67 @@ async fn a_pending_pdu_survives_a_restart_and_is_accepted_after_it() {
     let engine = Engine::open(config).unwrap();
     assert!(engine.pending_pdus.is_empty(), "the settled PDU was removed from the store");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_missing_auth_events_come_in_one_event_auth_request() {
+    let chain: Arc<Mutex<Vec<JsonValue>>> = Arc::default();
+    let served = chain.clone();
+    let peer = FakePeer::new(move |_, req| {
+        if req.path_and_query.contains("/event_auth/") {
+            return Ok((200, json!({ "auth_chain": served.lock().clone() })));
+        }
+        Ok((404, json!({ "errcode": "M_NOT_FOUND" })))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, remote, room) = room_with_a_remote_member(dir.path(), peer.clone()).await;
+    let rules = ruma::RoomVersionId::V12.rules().unwrap();
+    // Two auth events we never received: a power-level change of alice's and a
+    // membership change of bob's; /event serves neither.
+    let alice = UserId::parse("@alice:us.test").unwrap();
+    let mut levels: JsonValue = serde_json::from_str(
+        engine.rooms.state_event(&room, "m.room.power_levels", "").unwrap().unwrap().content.get(),
+    )
+    .unwrap();
+    levels["events_default"] = json!(0);
+    levels["state_default"] = json!(51);
+    let levels = NewEvent::state(ruma::events::TimelineEventType::RoomPowerLevels, "", levels);
+    let levels = remote_signed(&engine, &engine.keys, &room, &alice, levels, None).await;
+    let levels_pdu = Pdu::from_object(levels.clone(), &rules).unwrap();
+    let (change, change_pdu, _, _) = message_citing_an_unseen_membership(&engine, &remote, &room).await;
+    let held_levels = engine.rooms.state_event(&room, "m.room.power_levels", "").unwrap().unwrap();
+    let bob = UserId::parse("@bob:peer.test").unwrap();
+    let held_member = engine.rooms.state_event(&room, "m.room.member", bob.as_str()).unwrap().unwrap();
+    let mut message = engine.rooms.template(&bob, &room, text("cites two")).await.unwrap();
+    let Some(CanonicalJsonValue::Array(auth)) = message.get_mut("auth_events") else { panic!("no auth events") };
+    for a in auth.iter_mut() {
+        if *a == CanonicalJsonValue::String(held_levels.event_id.to_string()) {
+            *a = CanonicalJsonValue::String(levels_pdu.event_id.to_string());
+        } else if *a == CanonicalJsonValue::String(held_member.event_id.to_string()) {
+            *a = CanonicalJsonValue::String(change_pdu.event_id.to_string());
+        }
+    }
+    remote.hash_and_sign_event(&mut message, &rules).unwrap();
+    let message_pdu = Pdu::from_object(message.clone(), &rules).unwrap();
+    assert!(
+        message_pdu.auth_events.contains(&levels_pdu.event_id)
+            && message_pdu.auth_events.contains(&change_pdu.event_id)
+    );
+    // The chain as a resident serves it: what we hold too, and the two we lack.
+    let create = engine.rooms.state_event(&room, "m.room.create", "").unwrap().unwrap();
+    *chain.lock() = vec![
+        serde_json::to_value(&*create.json).unwrap(),
+        serde_json::to_value(&levels).unwrap(),
+        serde_json::to_value(&change).unwrap(),
+    ];
+
+    let answer = send(&engine, "t1", vec![serde_json::to_value(&message).unwrap()]).await;
+    assert_eq!(answer["pdus"][message_pdu.event_id.as_str()], json!({}), "{answer}");
+    let paths = peer.paths();
+    assert_eq!(paths.iter().filter(|p| p.contains("/event_auth/")).count(), 1, "{paths:?}");
+    assert!(!paths.iter().any(|p| p.contains("/event/")), "nothing asked one by one: {paths:?}");
+    for id in [&levels_pdu.event_id, &change_pdu.event_id] {
+        let meta = engine.rooms.meta(id).unwrap().expect("the auth event is stored");
+        assert_eq!(meta.flags, tables::OUTLIER, "as an outlier that passed the auth rules");
+    }
+    assert_eq!(engine.rooms.meta(&message_pdu.event_id).unwrap().expect("stored").flags, 0);
+}
