@@ -38,6 +38,9 @@ pub mod sync;
 pub mod users;
 pub mod util;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use std::{path::PathBuf, sync::Arc};
 
 pub use config::Config;
