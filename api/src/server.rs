@@ -290,6 +290,14 @@ pub async fn start(engine: Arc<Engine>) -> Result<Running, StartError> {
         tasks.spawn(
             prune_seen_txns(engine.clone(), stop_rx.clone()).instrument(tracing::info_span!("federation_txn_prune")),
         );
+        tasks.spawn(
+            myelin_engine::federation::inbound::run_pending_retries(
+                engine.clone(),
+                myelin_engine::federation::inbound::PENDING_RETRY_EVERY,
+                stop_rx.clone(),
+            )
+            .instrument(tracing::info_span!("federation_pending_retries")),
+        );
     }
     engine.ensure_appservice_senders().await?;
     tasks.spawn(

@@ -33,8 +33,9 @@
 //! `myelin_federation_pending_pdus_dropped_total`); the gauge
 //! `myelin_federation_pending_pdus` shows how many wait. The set is written
 //! to RocksDB (`originevent_pending`) as it changes and read back at start,
-//! so a restart forgets no waiting PDU. Not guaranteed: a quiet origin's
-//! pending PDUs wait for its next transaction (no timer).
+//! so a restart forgets no waiting PDU. They are retried when their origin
+//! sends its next transaction, and, for a quiet origin, every
+//! `inbound::PENDING_RETRY_EVERY` (30 s) by a background task.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},

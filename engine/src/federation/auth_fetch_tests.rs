@@ -264,3 +264,31 @@ async fn several_missing_auth_events_come_in_one_event_auth_request() {
     }
     assert_eq!(engine.rooms.meta(&message_pdu.event_id).unwrap().expect("stored").flags, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_origins_pending_pdu_is_retried_without_a_new_transaction() {
+    let served: Arc<Mutex<Vec<(String, JsonValue)>>> = Arc::default();
+    let serving = Arc::new(AtomicBool::new(false));
+    let peer = serving_peer(served.clone(), serving.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, remote, room) = room_with_a_remote_member(dir.path(), peer.clone()).await;
+    let (change, change_pdu, json, message) = message_citing_an_unseen_membership(&engine, &remote, &room).await;
+    served.lock().push((change_pdu.event_id.to_string(), serde_json::to_value(&change).unwrap()));
+    let answer = send(&engine, "t1", vec![json]).await;
+    assert!(answer["pdus"][message.event_id.as_str()]["error"].is_string(), "{answer}");
+    assert_eq!(engine.pending_pdus.len(), 1);
+    // The peer can serve now but sends nothing more: the retry task alone brings the event in.
+    serving.store(true, Ordering::SeqCst);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let every = std::time::Duration::from_millis(50);
+    let task = tokio::spawn(super::inbound::run_pending_retries(engine.clone(), every, stop_rx));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while engine.rooms.meta(&message.event_id).unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "the pending event was never retried");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(engine.rooms.meta(&message.event_id).unwrap().unwrap().flags, 0);
+    assert_eq!(engine.pending_pdus.len(), 0);
+    stop_tx.send(true).unwrap();
+    task.await.unwrap();
+}

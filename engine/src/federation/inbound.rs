@@ -119,6 +119,33 @@ pub async fn receive_transaction(
     Ok(body)
 }
 
+/// How often PDUs waiting for their auth events are retried when their
+/// origin sends nothing (a quiet origin's would otherwise wait for its next
+/// transaction).
+pub const PENDING_RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Retries, every `every` until `stop`, the due pending PDUs of each origin
+/// that has some, as if the origin had sent an empty transaction.
+pub async fn run_pending_retries(
+    engine: std::sync::Arc<Engine>,
+    every: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        for (origin, waiting) in engine.pending_pdus.per_origin() {
+            tracing::debug!(%origin, waiting, "retrying events that wait for their auth events");
+            let quiet = Transaction { pdus: Vec::new(), edus: Vec::new() };
+            if let Err(e) = process_transaction(&engine, &origin, quiet).await {
+                tracing::warn!(%origin, error = %e, "retrying pending events failed");
+            }
+        }
+    }
+}
+
 /// What a transaction's accepted events leave to do once all are appended.
 #[derive(Default)]
 struct Unsettled {
