@@ -508,12 +508,6 @@ impl Config {
                 return Err(ConfigError(format!("rate_limit.{name}: must be a number >= 0 (0 turns the limit off)")));
             }
         }
-        let failures = self.rate_limit.login_failures_per_second;
-        if !(failures >= 0.0 && failures.is_finite()) {
-            return Err(ConfigError(
-                "rate_limit.login_failures_per_second: must be a number >= 0 (0 turns the limit off)".into(),
-            ));
-        }
         let limits = &self.limits;
         for (key, value) in [
             ("limits.header_timeout_s", limits.header_timeout_s),

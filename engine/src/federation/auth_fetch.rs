@@ -47,7 +47,7 @@ use parking_lot::Mutex;
 use ruma::{EventId, OwnedEventId, RoomId, RoomVersionId};
 use serde::{Deserialize, Serialize};
 
-use super::{FederationError, enc, pdu_check::checked_pdu};
+use super::{enc, pdu_check::checked_pdu};
 use crate::{Engine, EngineError, rooms::Pdu, util::now_ms};
 
 /// A pending PDU as stored.
@@ -81,6 +81,21 @@ struct OneEvent {
     pdus: Vec<serde_json::Value>,
 }
 
+/// `origin`'s successful answer to `GET path` (about event `id`), parsed; `None` otherwise.
+async fn served<T: serde::de::DeserializeOwned>(engine: &Engine, origin: &str, path: &str, id: &EventId) -> Option<T> {
+    match engine.remote(origin).get(path).await {
+        Ok(a) if a.status.is_success() => a.parse(origin).ok(),
+        Ok(a) => {
+            tracing::debug!(%origin, event_id = %id, %path, status = %a.status, "not served");
+            None
+        }
+        Err(e) => {
+            tracing::debug!(%origin, event_id = %id, %path, error = %e, "could not be fetched");
+            None
+        }
+    }
+}
+
 /// A stored pending PDU, parsed again.
 fn restore(stored: &StoredPending) -> Option<PendingPdu> {
     let version = RoomVersionId::try_from(stored.version.as_str()).ok()?;
@@ -100,18 +115,7 @@ pub(super) async fn fetch_event(
     id: &EventId,
 ) -> Option<Pdu> {
     let path = format!("/_matrix/federation/v1/event/{}", enc(id.as_str()));
-    let answer = match engine.remote(origin).get(&path).await {
-        Ok(a) if a.status.is_success() => a,
-        Ok(a) => {
-            tracing::debug!(%origin, event_id = %id, status = %a.status, "event not served");
-            return None;
-        }
-        Err(e) => {
-            tracing::debug!(%origin, event_id = %id, error = %e, "event could not be fetched");
-            return None;
-        }
-    };
-    let answer: OneEvent = answer.parse(origin).ok()?;
+    let answer: OneEvent = served(engine, origin, &path, id).await?;
     let json = answer.pdus.into_iter().next()?;
     let p = checked_pdu(engine, &json, version).await.ok()?;
     (p.event_id == id && p.room_id == *room).then_some(p)
@@ -139,18 +143,7 @@ async fn auth_chain(
     known: &impl Fn(&EventId) -> bool,
 ) -> Vec<Pdu> {
     let path = format!("/_matrix/federation/v1/event_auth/{}/{}", enc(room.as_str()), enc(id.as_str()));
-    let answer = match engine.remote(origin).get(&path).await {
-        Ok(a) if a.status.is_success() => a,
-        Ok(a) => {
-            tracing::debug!(%origin, event_id = %id, status = %a.status, "auth chain not served");
-            return Vec::new();
-        }
-        Err(e) => {
-            tracing::debug!(%origin, event_id = %id, error = %e, "auth chain could not be fetched");
-            return Vec::new();
-        }
-    };
-    let Ok(answer) = answer.parse::<AuthChain>(origin) else { return Vec::new() };
+    let Some(answer) = served::<AuthChain>(engine, origin, &path, id).await else { return Vec::new() };
     let Some(rules) = version.rules() else { return Vec::new() };
     let mut out = Vec::new();
     for json in answer.auth_chain.iter().take(MAX_AUTH_CHAIN) {
@@ -179,7 +172,8 @@ fn missing_auth(engine: &Engine, pdu: &Pdu) -> Vec<OwnedEventId> {
 
 /// Fetches and stores the auth events of `pdu` not held here, and theirs,
 /// spending at most [`MAX_FETCH_PER_PDU`] fetches and what is left of
-/// `budget` (the transaction's). Returns the auth events still missing.
+/// `budget` (the transaction's). Returns the auth events still missing (all
+/// of them when the fetched ones could not be stored).
 pub(super) async fn fetch_missing_auth(
     engine: &Engine,
     origin: &str,
@@ -187,10 +181,10 @@ pub(super) async fn fetch_missing_auth(
     version: &RoomVersionId,
     pdu: &Pdu,
     budget: &mut usize,
-) -> Result<Vec<OwnedEventId>, FederationError> {
+) -> Vec<OwnedEventId> {
     let mut wanted = missing_auth(engine, pdu);
     if wanted.is_empty() {
-        return Ok(wanted);
+        return wanted;
     }
     let known = |id: &EventId| matches!(engine.rooms.meta(id), Ok(Some(_)));
     // One `/event_auth` request brings the PDU's whole auth chain; what it
@@ -223,11 +217,16 @@ pub(super) async fn fetch_missing_auth(
         }
     }
     if !fetched.is_empty() {
-        let stored = engine.rooms.store_auth_events(room, &fetched).await?;
-        tracing::debug!(%origin, room_id = %room, event_id = %pdu.event_id, fetched = fetched.len(), stored,
-            "fetched missing auth events");
+        match engine.rooms.store_auth_events(room, &fetched).await {
+            Ok(stored) => tracing::debug!(%origin, room_id = %room, event_id = %pdu.event_id,
+                fetched = fetched.len(), stored, "fetched missing auth events"),
+            Err(e) => {
+                tracing::info!(%origin, event_id = %pdu.event_id, error = %e, "could not store fetched auth events");
+                return pdu.auth_events.clone();
+            }
+        }
     }
-    Ok(missing_auth(engine, pdu))
+    missing_auth(engine, pdu)
 }
 
 /// One PDU waiting for its auth events.
@@ -273,21 +272,23 @@ impl PendingPdus {
         Ok(Self { by_origin: Mutex::new(by_origin), db: Some(db) })
     }
 
+    /// Stores `row` as `origin`'s pending `id`, or removes it (`None`); a failure is logged.
     async fn write(&self, origin: &str, id: &EventId, row: Option<StoredPending>) {
         let Some(db) = &self.db else { return };
         let key = (origin.to_owned(), id.to_string());
         let mut batch = Batch::new();
-        let put = match &row {
-            Some(row) => PENDING.put(&mut batch, &key, row).map_err(EngineError::from),
+        let staged = match &row {
+            Some(row) => PENDING.put(&mut batch, &key, row),
             None => {
                 PENDING.delete(&mut batch, &key);
                 Ok(())
             }
         };
-        if let Err(e) = match put {
-            Ok(()) => db.commit(batch).await.map_err(EngineError::from),
+        let written = match staged {
+            Ok(()) => db.commit(batch).await,
             Err(e) => Err(e),
-        } {
+        };
+        if let Err(e) = written {
             tracing::warn!(%origin, event_id = %id, error = %e, "could not store the pending set; kept in memory");
         }
     }

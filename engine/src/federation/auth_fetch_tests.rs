@@ -71,6 +71,31 @@ async fn send(engine: &Engine, txn_id: &str, pdus: Vec<JsonValue>) -> JsonValue 
     serde_json::from_slice(&answer).unwrap()
 }
 
+/// A room where the peer sent a message citing an auth event it cannot serve
+/// yet (until `serving` is set): the message answered with an error and kept pending.
+struct Kept {
+    engine: Arc<Engine>,
+    remote: crate::keys::ServerKeys,
+    room: ruma::OwnedRoomId,
+    peer: Arc<FakePeer>,
+    serving: Arc<AtomicBool>,
+    change_pdu: Pdu,
+    message: Pdu,
+}
+
+async fn kept_pending(dir: &std::path::Path) -> Kept {
+    let served: Arc<Mutex<Vec<(String, JsonValue)>>> = Arc::default();
+    let serving = Arc::new(AtomicBool::new(false));
+    let peer = serving_peer(served.clone(), serving.clone());
+    let (engine, remote, room) = room_with_a_remote_member(dir, peer.clone()).await;
+    let (change, change_pdu, json, message) = message_citing_an_unseen_membership(&engine, &remote, &room).await;
+    served.lock().push((change_pdu.event_id.to_string(), serde_json::to_value(&change).unwrap()));
+    // The peer cannot serve the auth event: the message is neither stored nor rejected.
+    let answer = send(&engine, "t1", vec![json]).await;
+    assert!(answer["pdus"][message.event_id.as_str()]["error"].is_string(), "{answer}");
+    Kept { engine, remote, room, peer, serving, change_pdu, message }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pdu_whose_auth_event_we_lack_is_accepted_after_the_auth_event_is_fetched() {
     let served: Arc<Mutex<Vec<(String, JsonValue)>>> = Arc::default();
@@ -92,16 +117,8 @@ async fn a_pdu_whose_auth_event_we_lack_is_accepted_after_the_auth_event_is_fetc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pdu_whose_auth_event_cannot_be_fetched_is_kept_pending_not_rejected_and_accepted_later() {
-    let served: Arc<Mutex<Vec<(String, JsonValue)>>> = Arc::default();
-    let serving = Arc::new(AtomicBool::new(false));
-    let peer = serving_peer(served.clone(), serving.clone());
     let dir = tempfile::tempdir().unwrap();
-    let (engine, remote, room) = room_with_a_remote_member(dir.path(), peer.clone()).await;
-    let (change, change_pdu, json, message) = message_citing_an_unseen_membership(&engine, &remote, &room).await;
-    served.lock().push((change_pdu.event_id.to_string(), serde_json::to_value(&change).unwrap()));
-    // The peer cannot serve the auth event: the message is neither stored nor rejected.
-    let answer = send(&engine, "t1", vec![json]).await;
-    assert!(answer["pdus"][message.event_id.as_str()]["error"].is_string(), "{answer}");
+    let Kept { engine, remote, room, serving, change_pdu, message, .. } = kept_pending(dir.path()).await;
     assert!(engine.rooms.meta(&message.event_id).unwrap().is_none(), "not stored, so not rejected for good");
     assert!(engine.rooms.meta(&change_pdu.event_id).unwrap().is_none());
     assert_eq!(engine.pending_pdus.len(), 1, "kept pending");
@@ -165,15 +182,8 @@ async fn an_event_fetched_to_fill_a_gap_gets_its_missing_auth_events_fetched_too
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_pdu_survives_a_restart_and_is_accepted_after_it() {
-    let served: Arc<Mutex<Vec<(String, JsonValue)>>> = Arc::default();
-    let serving = Arc::new(AtomicBool::new(false));
-    let peer = serving_peer(served.clone(), serving.clone());
     let dir = tempfile::tempdir().unwrap();
-    let (engine, remote, room) = room_with_a_remote_member(dir.path(), peer.clone()).await;
-    let (change, change_pdu, json, message) = message_citing_an_unseen_membership(&engine, &remote, &room).await;
-    served.lock().push((change_pdu.event_id.to_string(), serde_json::to_value(&change).unwrap()));
-    let answer = send(&engine, "t1", vec![json]).await;
-    assert!(answer["pdus"][message.event_id.as_str()]["error"].is_string(), "{answer}");
+    let Kept { engine, remote, room, peer, serving, message, .. } = kept_pending(dir.path()).await;
     assert_eq!(engine.pending_pdus.len(), 1, "kept pending");
 
     // Restarted: the waiting PDU is read back, not forgotten.
@@ -267,15 +277,8 @@ async fn several_missing_auth_events_come_in_one_event_auth_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_origins_pending_pdu_is_retried_without_a_new_transaction() {
-    let served: Arc<Mutex<Vec<(String, JsonValue)>>> = Arc::default();
-    let serving = Arc::new(AtomicBool::new(false));
-    let peer = serving_peer(served.clone(), serving.clone());
     let dir = tempfile::tempdir().unwrap();
-    let (engine, remote, room) = room_with_a_remote_member(dir.path(), peer.clone()).await;
-    let (change, change_pdu, json, message) = message_citing_an_unseen_membership(&engine, &remote, &room).await;
-    served.lock().push((change_pdu.event_id.to_string(), serde_json::to_value(&change).unwrap()));
-    let answer = send(&engine, "t1", vec![json]).await;
-    assert!(answer["pdus"][message.event_id.as_str()]["error"].is_string(), "{answer}");
+    let Kept { engine, serving, message, .. } = kept_pending(dir.path()).await;
     assert_eq!(engine.pending_pdus.len(), 1);
     // The peer can serve now but sends nothing more: the retry task alone brings the event in.
     serving.store(true, Ordering::SeqCst);

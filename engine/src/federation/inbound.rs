@@ -249,13 +249,7 @@ async fn admit(
     if let Err(e) = fill_gap(engine, origin, room, room_version, &pdu).await {
         return PduResult::error(e.to_string());
     }
-    let missing = match super::auth_fetch::fetch_missing_auth(engine, origin, room, room_version, &pdu, budget).await {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::info!(%origin, event_id = %pdu.event_id, error = %e, "could not store fetched auth events");
-            pdu.auth_events.clone()
-        }
-    };
+    let missing = super::auth_fetch::fetch_missing_auth(engine, origin, room, room_version, &pdu, budget).await;
     if !missing.is_empty() {
         tracing::info!(%origin, room_id = %room, event_id = %pdu.event_id, missing = missing.len(), attempts,
             "auth events of an event could not be fetched; keeping it pending");
@@ -388,12 +382,7 @@ pub async fn fill_gap(
     for p in events {
         if engine.rooms.meta(&p.event_id)?.is_none() {
             let id = p.event_id.clone();
-            let missing = super::auth_fetch::fetch_missing_auth(engine, origin, room, version, &p, &mut budget)
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::info!(%origin, event_id = %id, error = %e, "could not store fetched auth events");
-                    p.auth_events.clone()
-                });
+            let missing = super::auth_fetch::fetch_missing_auth(engine, origin, room, version, &p, &mut budget).await;
             if !missing.is_empty() {
                 tracing::info!(%origin, room_id = %room, event_id = %id, missing = missing.len(),
                     "auth events of a fetched missing event could not be fetched; keeping it pending");
