@@ -2,8 +2,11 @@
 # software, builds the release binary, and defines the work directory, the process
 # list killed on exit, free_port and wait_up.
 bash tests/interop/setup.sh >/dev/null
-cargo build --release --bin myelin >/dev/null 2>&1 || cargo build --release --bin myelin
-myelin="$root/target/release/myelin"
+# MYELIN_BIN: an already built binary to measure instead (then nothing is built).
+if [ -z "${MYELIN_BIN:-}" ]; then
+    cargo build --release --bin myelin >/dev/null 2>&1 || cargo build --release --bin myelin
+fi
+myelin="${MYELIN_BIN:-$root/target/release/myelin}"
 python="${XDG_CACHE_HOME:-$HOME/.cache}/myelin/venv-synapse-1.163.2/bin/python"
 
 work="$(mktemp -d)"
