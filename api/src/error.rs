@@ -226,9 +226,7 @@ impl From<myelin_engine::room_creation::CreateRoomError> for ApiError {
         match e {
             C::InvalidAlias(m) => ApiError::invalid_param(format!("room alias: {m}")),
             C::Exclusive(m) => ApiError::new(StatusCode::BAD_REQUEST, "M_EXCLUSIVE", m),
-            e @ (C::AliasInUse(_) | C::AliasTakenMeanwhile { .. }) => {
-                ApiError::new(StatusCode::BAD_REQUEST, "M_ROOM_IN_USE", e.to_string())
-            }
+            e @ C::AliasInUse(_) => ApiError::new(StatusCode::BAD_REQUEST, "M_ROOM_IN_USE", e.to_string()),
             C::BadInitialState(m) => ApiError::invalid_param(m),
             C::Engine(e) => e.into(),
         }

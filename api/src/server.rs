@@ -316,6 +316,16 @@ pub async fn start(engine: Arc<Engine>) -> Result<Running, StartError> {
         myelin_engine::ephemeral::run_timeouts(engine.clone(), stop_rx.clone())
             .instrument(tracing::info_span!("presence_timeouts")),
     );
+    // Deactivations a crash or stop cut off: their rooms are left and keys forgotten now.
+    let finishing = engine.clone();
+    tasks.spawn(
+        async move {
+            if let Err(e) = finishing.finish_deactivations().await {
+                tracing::error!(error = %e, "unfinished deactivations could not be finished; retried at the next start");
+            }
+        }
+        .instrument(tracing::info_span!("finish_deactivations")),
+    );
     tasks.spawn(crate::admin::serve(engine.clone(), stop_rx).instrument(tracing::info_span!("admin_socket")));
     Ok(Running { client_addr, federation_addr, stop, tasks, engine })
 }

@@ -31,15 +31,37 @@ pub struct StorageStats {
 }
 
 impl Engine {
-    /// Makes a local user leave (or decline) every room, then deactivates the
-    /// account. The leaves are ordinary events, so they reach every other server
-    /// in those rooms through the federation queue. Returns how many rooms were left.
+    /// Deactivates a local account, then forgets its device keys and makes
+    /// it leave (or decline) every room. The leaves are ordinary events, so
+    /// they reach every other server in those rooms through the federation
+    /// queue. Returns how many rooms were left.
+    ///
+    /// The account is closed first, in one write that also records the work
+    /// still to do; a crash after it leaves the rest to
+    /// [`Engine::finish_deactivations`] at the next start, so a deactivation
+    /// never stops half way with the account still usable.
     pub async fn deactivate_user(&self, user: &UserId) -> Result<usize, EngineError> {
-        let devices: Vec<String> = self.users.devices(user.as_str())?.into_iter().map(|(d, _)| d).collect();
-        self.forget_device_keys(user, &devices).await?;
-        let left = self.leave_rooms(user, None).await?;
-        self.users.deactivate(user).await?;
+        let devices = self.users.deactivate(user).await?;
+        let left = self.finish_deactivation(user, &devices).await?;
         tracing::info!(user_id = %user, rooms_left = left, "user deactivated");
+        Ok(left)
+    }
+
+    /// Finishes the deactivations a stop or crash cut off (run at start).
+    /// Returns how many were finished.
+    pub async fn finish_deactivations(&self) -> Result<usize, EngineError> {
+        let unfinished = self.users.unfinished_deactivations()?;
+        for (user, devices) in &unfinished {
+            let left = self.finish_deactivation(user, devices).await?;
+            tracing::info!(user_id = %user, rooms_left = left, "unfinished deactivation finished");
+        }
+        Ok(unfinished.len())
+    }
+
+    async fn finish_deactivation(&self, user: &UserId, devices: &[String]) -> Result<usize, EngineError> {
+        self.forget_device_keys(user, devices).await?;
+        let left = self.leave_rooms(user, None).await?;
+        self.users.deactivation_finished(user).await?;
         Ok(left)
     }
 

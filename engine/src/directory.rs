@@ -51,14 +51,38 @@ impl Directory {
             return Ok(false);
         }
         let mut batch = Batch::new();
+        self.stage_alias(&mut batch, alias, room_id, creator)?;
+        self.db.commit(batch).await?;
+        Ok(true)
+    }
+
+    /// Holds the alias lock, so an alias found free stays free until the
+    /// holder's batch (see [`Directory::stage_alias`]) is handed over.
+    pub async fn claim_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.lock.lock().await
+    }
+
+    /// Writes `alias` → `room_id` into `batch`; the caller holds [`Directory::claim_lock`]
+    /// and has checked that the alias is free.
+    pub fn stage_alias(
+        &self,
+        batch: &mut Batch,
+        alias: &str,
+        room_id: &str,
+        creator: &str,
+    ) -> Result<(), myelin_storage::StorageError> {
         ALIASES.put(
-            &mut batch,
+            batch,
             &alias.to_owned(),
             &AliasEntry { room_id: room_id.to_owned(), creator: creator.to_owned() },
         )?;
-        ROOM_ALIASES.put(&mut batch, &(room_id.to_owned(), alias.to_owned()), &())?;
-        self.db.commit(batch).await?;
-        Ok(true)
+        ROOM_ALIASES.put(batch, &(room_id.to_owned(), alias.to_owned()), &())?;
+        Ok(())
+    }
+
+    /// Writes the publication of `room_id` into `batch`.
+    pub fn stage_public(&self, batch: &mut Batch, room_id: &str) -> Result<(), myelin_storage::StorageError> {
+        PUBLIC.put(batch, &room_id.to_owned(), &())
     }
 
     /// Removes `alias`; `Ok(false)` if it did not exist.

@@ -28,14 +28,6 @@ pub enum CreateRoomError {
     /// The alias points at another room (`M_ROOM_IN_USE`).
     #[error("{0} is taken")]
     AliasInUse(OwnedRoomAliasId),
-    /// The alias was claimed by someone else while the room was being made (`M_ROOM_IN_USE`).
-    #[error("{alias} was taken meanwhile; {room} has no alias")]
-    AliasTakenMeanwhile {
-        /// The alias asked for.
-        alias: OwnedRoomAliasId,
-        /// The room, which exists without it.
-        room: OwnedRoomId,
-    },
     /// `initial_state` holds an event it may not (`M_INVALID_PARAM`).
     #[error("{0}")]
     BadInitialState(&'static str),
@@ -142,15 +134,31 @@ impl Engine {
             serde_json::Value::Object(extra)
         });
         let (publish, is_direct) = (room.public, room.is_direct);
-        let room_id = self.rooms.create_room(creator, room).await?;
-        if publish {
-            self.directory.set_public(room_id.as_str(), true).await?;
-        }
-        if let Some(alias) = alias
-            && !self.directory.create(alias.as_str(), room_id.as_str(), creator.as_str()).await?
-        {
-            return Err(CreateRoomError::AliasTakenMeanwhile { alias, room: room_id });
-        }
+        // The alias stays free from this check until the room (with it) is written.
+        let claim = match &alias {
+            Some(alias) => {
+                let guard = self.directory.claim_lock().await;
+                if self.directory.resolve(alias.as_str())?.is_some() {
+                    return Err(CreateRoomError::AliasInUse(alias.clone()));
+                }
+                Some(guard)
+            }
+            None => None,
+        };
+        let directory = &self.directory;
+        let room_id = self
+            .rooms
+            .create_room_with(creator, room, |room_id, batch| {
+                if publish {
+                    directory.stage_public(batch, room_id.as_str())?;
+                }
+                if let Some(alias) = &alias {
+                    directory.stage_alias(batch, alias.as_str(), room_id.as_str(), creator.as_str())?;
+                }
+                Ok(())
+            })
+            .await?;
+        drop(claim);
         for invitee in &remote {
             let mut content = json!({ "membership": "invite" });
             if is_direct {

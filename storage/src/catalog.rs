@@ -101,6 +101,10 @@ pub static USERID_ACCOUNT: Cf = point("userid_account", 1);
 /// User id → ms since the epoch when an admin erased the account (Synapse's
 /// `erase` on deactivation): its profile is gone and it reads as erased.
 pub static USERID_ERASED: Cf = point("userid_erased", 0);
+/// User id → the devices of an account whose deactivation has not finished
+/// (written with the deactivation itself; the rooms are left after it, and a
+/// restart finishes what a crash cut off).
+pub static USERID_DEACTIVATING: Cf = point("userid_deactivating", 0);
 /// User id → ms since the epoch when the guest account was made (Client-Server API
 /// §"Guest Access"); the row goes when the guest upgrades to a full account.
 pub static USERID_GUEST: Cf = point("userid_guest", 0);
@@ -250,6 +254,7 @@ pub static ALL: &[&Cf] = &[
     &STATEHASH_SHORTSTATEHASH,
     &USERID_ACCOUNT,
     &USERID_ERASED,
+    &USERID_DEACTIVATING,
     &USERID_GUEST,
     &TOKEN_SESSION,
     &USERDEVICE_DEVICE,

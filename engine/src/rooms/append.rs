@@ -182,6 +182,34 @@ impl Rooms {
         client_txn: Option<(String, String, String)>,
         more_follow: bool,
     ) -> Result<(ArcPdu, myelin_storage::Pending), RoomError> {
+        let staged = self.stage(&mut batch, head, pdu, before, client_txn)?;
+        if more_follow {
+            batch.more_follow();
+        }
+        let pending = match self.db.submit_pending(batch) {
+            Ok(p) => p,
+            Err(e) => {
+                self.unstage(&[staged.short]);
+                return Err(e.into());
+            }
+        };
+        Ok((self.apply(head, staged), pending))
+    }
+
+    /// Writes an event into `batch` (steps 1–5 of the append) without handing
+    /// the batch over or moving the head; [`Rooms::apply`] moves the head once
+    /// the caller knows the batch is handed over (or, for a room being created
+    /// in one batch, at once, on a head that is dropped if the batch never is).
+    /// From here until the batch is durable the event is served from `unsettled`.
+    /// Of the head it sets only the room's short id, when `pdu` is the create event.
+    pub(super) fn stage(
+        &self,
+        batch: &mut Batch,
+        head: &mut Head,
+        pdu: Pdu,
+        before: Before,
+        client_txn: Option<(String, String, String)>,
+    ) -> Result<Staged, RoomError> {
         let is_create = pdu.kind == TimelineEventType::RoomCreate;
         let tolerate_gaps = matches!(before, Before::Given(_));
         if is_create && head.state != 0 {
@@ -204,26 +232,26 @@ impl Rooms {
             Before::Authorized(state) => state,
         };
         // 3. Ids and the state after.
-        let short = self.event_ids.get_or_create(&self.db, &mut batch, pdu.event_id.as_str())?;
+        let short = self.event_ids.get_or_create(&self.db, batch, pdu.event_id.as_str())?;
         if self.meta_of_short(short)?.is_some() {
             return Err(RoomError::InUse(format!("event {} is already stored", pdu.event_id)));
         }
         if is_create {
-            head.short = self.room_ids.get_or_create(&self.db, &mut batch, pdu.room_id.as_str())?;
+            head.short = self.room_ids.get_or_create(&self.db, batch, pdu.room_id.as_str())?;
         }
         let mut hint = None;
         if let Some(first) = pdu.prev_events.first() {
             hint = self.meta(first)?.map(|m| m.state_after);
         }
-        let state_before = self.materialize(&mut batch, &state_before, hint)?;
+        let state_before = self.materialize(batch, &state_before, hint)?;
         let state_before = (state_before != 0).then_some(state_before);
         let mut overlay_key = None;
         let state_after = match &pdu.state_key {
             Some(key) => {
                 let kind = pdu.kind.to_string();
-                let ssk = self.state_keys.get_or_create(&self.db, &mut batch, &state_key_string(&kind, key))?;
+                let ssk = self.state_keys.get_or_create(&self.db, batch, &state_key_string(&kind, key))?;
                 overlay_key = Some((ssk, (kind, key.clone())));
-                self.states.store_changed(&mut batch, state_before, &[(ssk, short)])?
+                self.states.store_changed(batch, state_before, &[(ssk, short)])?
             }
             None => state_before.unwrap_or(0),
         };
@@ -251,28 +279,28 @@ impl Rooms {
             }
             let overlay = resolve::Overlay { event: Some((short, pdu.clone())), state_key: overlay_key };
             let resolved = self.resolve_states(&head.rules, &afters, &overlay)?;
-            self.materialize(&mut batch, &resolved, Some(state_after))?
+            self.materialize(batch, &resolved, Some(state_after))?
         };
         // 5. The batch.
-        let count = self.stream.next_in(&mut batch) as i64;
+        let count = self.stream.next_in(batch) as i64;
         let room = head.short;
-        PDUS.put(&mut batch, &short, &Raw(pdu.to_bytes()))?;
+        PDUS.put(batch, &short, &Raw(pdu.to_bytes()))?;
         let meta =
             EventMeta { room, depth: pdu.depth, count, flags: 0, state_before: state_before.unwrap_or(0), state_after };
-        META.put(&mut batch, &short, &meta)?;
-        TIMELINE.put(&mut batch, &(room, count), &short)?;
+        META.put(batch, &short, &meta)?;
+        TIMELINE.put(batch, &(room, count), &short)?;
         self.newest.raise(pdu.room_id.clone(), count);
         if let Some(key) = &client_txn {
-            crate::users::TXNS.put(&mut batch, key, &pdu.event_id.to_string())?;
-            EVENT_TXNS.put(&mut batch, &short, &SentWith { device: key.1.clone(), txn: key.2.clone() })?;
+            crate::users::TXNS.put(batch, key, &pdu.event_id.to_string())?;
+            EVENT_TXNS.put(batch, &short, &SentWith { device: key.1.clone(), txn: key.2.clone() })?;
         }
         for prev in &prev_shorts {
-            EDGES.put(&mut batch, &(*prev, short), &())?;
-            EXTREMITIES.delete(&mut batch, &(room, *prev));
+            EDGES.put(batch, &(*prev, short), &())?;
+            EXTREMITIES.delete(batch, &(room, *prev));
         }
-        EXTREMITIES.put(&mut batch, &(room, short), &())?;
+        EXTREMITIES.put(batch, &(room, short), &())?;
         let depth = head.depth.max(pdu.depth);
-        ROOMS.put(&mut batch, &room, &RoomInfo { version: head.version.to_string(), state: current, depth })?;
+        ROOMS.put(batch, &room, &RoomInfo { version: head.version.to_string(), state: current, depth })?;
         let servers = if current == head.state {
             head.servers.clone()
         } else if current == state_after && extremities.len() == 1 {
@@ -281,7 +309,7 @@ impl Rooms {
         } else {
             self.joined_servers(current, Some((short, &pdu)))?
         };
-        self.queue_for_push(&mut batch, &pdu, short, count as u64, &servers);
+        self.queue_for_push(batch, &pdu, short, count as u64, &servers);
         let mut destinations: Vec<OwnedServerName> = servers.keys().cloned().collect();
         if pdu.kind == TimelineEventType::RoomMember
             && let Some(user) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
@@ -292,31 +320,27 @@ impl Rooms {
         destinations.extend(head.servers.keys().cloned());
         destinations.sort();
         destinations.dedup();
-        self.index_relations(&mut batch, &pdu, short, count, room)?;
-        self.index_search(&mut batch, &pdu, short, count, room)?;
-        self.queue_for_appservices(&mut batch, &pdu, short, count as u64, state_after)?;
+        self.index_relations(batch, &pdu, short, count, room)?;
+        self.index_search(batch, &pdu, short, count, room)?;
+        self.queue_for_appservices(batch, &pdu, short, count as u64, state_after)?;
         // The local user index /sync reads.
         if pdu.kind == TimelineEventType::RoomMember
             && let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
             && target.server_name() == self.server_name
             && let Some(membership) = membership_of(&pdu)
         {
-            MEMBERSHIPS.put(
-                &mut batch,
-                &(target.to_string(), room),
-                &Membership { membership, count, event: short },
-            )?;
-            self.bump_memberships_when_durable(&mut batch, target.to_string());
+            MEMBERSHIPS.put(batch, &(target.to_string(), room), &Membership { membership, count, event: short })?;
+            self.bump_memberships_when_durable(batch, target.to_string());
         }
         // Each server sends its own events; we never forward another server's.
         let ours = pdu.sender.server_name() == self.server_name;
         let mut queued_to = Vec::new();
         for dest in destinations.iter().filter(|d| ours && **d != self.server_name) {
-            let short_dest = self.servers.get_or_create(&self.db, &mut batch, dest.as_str())?;
-            OUTBOUND.put(&mut batch, &(short_dest, count as u64), &OutboundItem::Pdu(short))?;
+            let short_dest = self.servers.get_or_create(&self.db, batch, dest.as_str())?;
+            OUTBOUND.put(batch, &(short_dest, count as u64), &OutboundItem::Pdu(short))?;
             queued_to.push(dest.to_string());
         }
-        self.announce_queued(&mut batch, queued_to);
+        self.announce_queued(batch, queued_to);
         // 6. Hand the batch over and move the head (durability is awaited by the caller).
         // The event is readable from memory until the write is visible; the hook runs
         // after that, so there is no moment when it is in neither place.
@@ -325,25 +349,42 @@ impl Rooms {
         batch.on_durable(move || {
             unsettled.lock().remove(&short);
         });
-        if more_follow {
-            batch.more_follow();
-        }
-        let pending = match self.db.submit_pending(batch) {
-            Ok(p) => p,
-            Err(e) => {
-                self.unsettled.lock().remove(&short);
-                return Err(e.into());
-            }
-        };
+        Ok(Staged { pdu, short, is_create, extremities, current, depth, servers })
+    }
+
+    /// Moves the room's head past a staged event.
+    pub(super) fn apply(&self, head: &mut Head, staged: Staged) -> ArcPdu {
+        let Staged { pdu, short, is_create, extremities, current, depth, servers } = staged;
         if is_create {
-            self.versions.lock().insert(room, head.rules.clone());
+            self.versions.lock().insert(head.short, head.rules.clone());
         }
         head.extremities = extremities;
         head.state = current;
         head.depth = depth;
         head.servers = servers;
         self.pdus.lock().put(short, pdu.clone());
-        tracing::debug!(room_id = %head.room_id, event_id = %pdu.event_id, count, "appended");
-        Ok((pdu, pending))
+        tracing::debug!(room_id = %head.room_id, event_id = %pdu.event_id, "appended");
+        pdu
     }
+
+    /// Forgets staged events whose batch will never be written.
+    pub(super) fn unstage(&self, shorts: &[u64]) {
+        let mut unsettled = self.unsettled.lock();
+        let mut pdus = self.pdus.lock();
+        for short in shorts {
+            unsettled.remove(short);
+            pdus.pop(short);
+        }
+    }
+}
+
+/// An event written into a batch whose head move is still to be applied.
+pub(super) struct Staged {
+    pub(super) pdu: ArcPdu,
+    pub(super) short: u64,
+    is_create: bool,
+    extremities: Vec<(u64, OwnedEventId)>,
+    current: u64,
+    depth: u64,
+    servers: std::collections::BTreeMap<OwnedServerName, usize>,
 }

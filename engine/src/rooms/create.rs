@@ -13,6 +13,10 @@
 //! Room version 12: the room id is derived from the create event, and
 //! creators have unlimited power, so they are not listed in `users` of the
 //! power levels (the version's auth rules reject that).
+//!
+//! All of a creation's events, and the caller's alias and directory rows, are
+//! one write batch (issue #22 §3): a room exists with all its initial state or
+//! not at all.
 
 use ruma::{
     OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId, events::TimelineEventType,
@@ -20,7 +24,9 @@ use ruma::{
 };
 use serde_json::{Value as JsonValue, json};
 
-use super::{Head, NewEvent, RoomError, Rooms, StateRef, version};
+use myelin_storage::Batch;
+
+use super::{Before, Head, NewEvent, Pdu, RoomError, Rooms, StateRef, version};
 
 /// `preset` of `/createRoom`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +79,20 @@ fn random_localpart() -> Result<String, RoomError> {
 impl Rooms {
     /// Creates a room for local user `creator`; returns its id.
     pub async fn create_room(&self, creator: &UserId, req: CreateRoom) -> Result<OwnedRoomId, RoomError> {
+        self.create_room_with(creator, req, |_, _| Ok(())).await
+    }
+
+    /// [`Rooms::create_room`], with `with` adding rows that are written with
+    /// the room or not at all (its alias, its directory entry). Every initial
+    /// event goes into one batch: a creation that fails part way (an
+    /// `initial_state` event the rules refuse, a full disk, a crash) leaves no
+    /// room behind, never a room with half its state.
+    pub async fn create_room_with(
+        &self,
+        creator: &UserId,
+        req: CreateRoom,
+        with: impl FnOnce(&RoomId, &mut Batch) -> Result<(), RoomError>,
+    ) -> Result<OwnedRoomId, RoomError> {
         let version = req.version.clone().unwrap_or(version::DEFAULT);
         let rules = version::check_creatable(&version)?;
         if creator.server_name() != self.server_name {
@@ -128,7 +148,43 @@ impl Rooms {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         };
         head.room_id = room_id.clone();
-        let mut pendings = vec![self.append_locked(&mut head, pdu)?.1];
+        let mut batch = Batch::new();
+        let mut staged = Vec::new();
+        let built = self.stage_creation(&mut batch, &mut head, creator, &req, pdu, &mut staged);
+        let submitted = built.and_then(|()| with(&room_id, &mut batch)).and_then(|()| {
+            // The rooms of many creations can share one disk sync.
+            self.db.submit_pending(batch).map_err(RoomError::from)
+        });
+        let pending = match submitted {
+            Ok(pending) => pending,
+            Err(e) => {
+                // Nothing was handed over: no trace of the room stays in memory either.
+                self.unstage(&staged);
+                self.versions.lock().remove(&head.short);
+                return Err(e);
+            }
+        };
+        *guard = Some(head);
+        drop(guard);
+        // Every initial event durable before the room is announced.
+        self.settle(&room_id, pending).await?;
+        tracing::info!(room_id = %room_id, version = %version, creator = %creator, "room created");
+        Ok(room_id)
+    }
+
+    /// Stages the create event and the creation's other initial events on `head`.
+    fn stage_creation(
+        &self,
+        batch: &mut Batch,
+        head: &mut Head,
+        creator: &UserId,
+        req: &CreateRoom,
+        create: Pdu,
+        staged: &mut Vec<u64>,
+    ) -> Result<(), RoomError> {
+        let first = self.stage(batch, head, create, Before::FromPrevs, None)?;
+        staged.push(first.short);
+        self.apply(head, first);
 
         let preset = req.preset.unwrap_or(if req.public { Preset::PublicChat } else { Preset::PrivateChat });
         let mut events = Vec::new();
@@ -146,7 +202,12 @@ impl Rooms {
         events.push(NewEvent::state(
             TimelineEventType::RoomPowerLevels,
             "",
-            self.default_power_levels(creator, &req, preset, rules.authorization.explicitly_privilege_room_creators),
+            self.default_power_levels(
+                creator,
+                req,
+                preset,
+                head.rules.authorization.explicitly_privilege_room_creators,
+            ),
         ));
         // 4. Canonical alias.
         if let Some(alias) = &req.alias {
@@ -187,17 +248,12 @@ impl Rooms {
             }
             let prev = head.extremities.iter().map(|(_, id)| id.clone()).collect();
             let state = StateRef::Stored(head.state);
-            let pdu = self.build(&head, creator, &event, prev, &state)?;
-            pendings.push(self.append_locked(&mut head, pdu)?.1);
+            let pdu = self.build(head, creator, &event, prev, &state)?;
+            let next = self.stage(batch, head, pdu, Before::FromPrevs, None)?;
+            staged.push(next.short);
+            self.apply(head, next);
         }
-        *guard = Some(head);
-        drop(guard);
-        // Every initial event durable before the room is announced.
-        for pending in pendings {
-            self.settle(&room_id, pending).await?;
-        }
-        tracing::info!(room_id = %room_id, version = %version, creator = %creator, "room created");
-        Ok(room_id)
+        Ok(())
     }
 
     fn default_power_levels(

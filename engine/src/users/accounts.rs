@@ -12,7 +12,8 @@ use ring::rand::SecureRandom;
 use ruma::{OwnedUserId, UserId};
 
 use super::{
-    ACCOUNTS, Account, DEVICES, ERASED, GUESTS, NewLogin, PROFILES, Profile, TOKENS, UserError, Users, now_ms,
+    ACCOUNTS, Account, DEACTIVATING, DEVICES, Deactivating, ERASED, GUESTS, NewLogin, PROFILES, Profile, TOKENS,
+    UserError, Users, now_ms,
 };
 use crate::EngineError;
 
@@ -367,19 +368,53 @@ impl Users {
     }
 
     /// Deactivates the account: no password, no devices, no tokens; the id stays taken.
-    pub async fn deactivate(&self, user_id: &UserId) -> Result<(), UserError> {
+    ///
+    /// The account is marked as deactivating in the same write, with the
+    /// devices it had: the caller finishes the deactivation (keys forgotten,
+    /// rooms left) and then calls [`Users::deactivation_finished`]; after a
+    /// crash in between, [`Users::unfinished_deactivations`] says what is left.
+    pub async fn deactivate(&self, user_id: &UserId) -> Result<Vec<String>, UserError> {
         let mut account = self.account(user_id)?.ok_or_else(|| UserError::NotFound("no such user".into()))?;
         account.deactivated = true;
         account.password_hash.clear();
         let mut batch = Batch::new();
         ACCOUNTS.put(&mut batch, &user_id.to_string(), &account)?;
+        let mut devices = match DEACTIVATING.get(&*self.db, &user_id.to_string())? {
+            Some(unfinished) => unfinished.devices,
+            None => Vec::new(),
+        };
         for row in DEVICES.prefix(&*self.db, &(user_id.to_string(),), Direction::Forward)? {
             let (key, device) = row?;
             TOKENS.delete(&mut batch, &device.token);
             DEVICES.delete(&mut batch, &key);
+            devices.push(key.1);
         }
+        devices.sort();
+        devices.dedup();
+        DEACTIVATING.put(&mut batch, &user_id.to_string(), &Deactivating { devices: devices.clone() })?;
         self.commit_token_deletions(batch).await?;
         tracing::info!(user_id = %user_id, "deactivated");
+        Ok(devices)
+    }
+
+    /// Deactivations whose rooms and keys are not all done yet: user and devices.
+    pub fn unfinished_deactivations(&self) -> Result<Vec<(OwnedUserId, Vec<String>)>, UserError> {
+        let mut out = Vec::new();
+        for row in DEACTIVATING.iter(&*self.db, Direction::Forward)? {
+            let (user, unfinished) = row?;
+            match UserId::parse(&user) {
+                Ok(user) => out.push((user, unfinished.devices)),
+                Err(e) => tracing::warn!(user_id = %user, error = %e, "unparsable unfinished deactivation skipped"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks a deactivation as done (its keys forgotten, its rooms left).
+    pub async fn deactivation_finished(&self, user_id: &UserId) -> Result<(), UserError> {
+        let mut batch = Batch::new();
+        DEACTIVATING.delete(&mut batch, &user_id.to_string());
+        self.db.commit(batch).await?;
         Ok(())
     }
 

@@ -73,6 +73,16 @@ const ACCOUNTS: Table<String, Account> = Table::new(&catalog::USERID_ACCOUNT);
 const TOKENS: Table<String, Session> = Table::new(&catalog::TOKEN_SESSION);
 /// User id → when it was erased (ms).
 const ERASED: Table<String, u64> = Table::new(&catalog::USERID_ERASED);
+/// Deactivations not yet finished: user id → the devices it had.
+const DEACTIVATING: Table<String, Deactivating> = Table::new(&catalog::USERID_DEACTIVATING);
+
+/// An unfinished deactivation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct Deactivating {
+    devices: Vec<String>,
+}
+impl Stored for Deactivating {}
+
 /// Guest accounts: user id → creation time.
 const GUESTS: Table<String, u64> = Table::new(&catalog::USERID_GUEST);
 const DEVICES: Table<(String, String), Device> = Table::new(&catalog::USERDEVICE_DEVICE);
