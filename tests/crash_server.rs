@@ -30,11 +30,25 @@ struct Serve {
     client: SocketAddr,
 }
 
-fn spawn(dir: &Path) -> Serve {
-    let (client, federation) = (free_port(), free_port());
-    let child = Command::new(myelin_bin())
-        .arg("serve")
-        .current_dir(dir)
+/// How a test starts `myelin serve`: its folder, and for a federating server
+/// its fixed federation port and configuration file.
+#[derive(Clone, Copy)]
+struct Setup<'a> {
+    dir: &'a Path,
+    federation: Option<u16>,
+    config: Option<&'a Path>,
+}
+
+fn spawn(setup: Setup<'_>) -> Serve {
+    let client = free_port();
+    let federation = setup.federation.unwrap_or_else(free_port);
+    let mut cmd = Command::new(myelin_bin());
+    cmd.arg("serve");
+    if let Some(config) = setup.config {
+        cmd.arg("--config").arg(config);
+    }
+    let child = cmd
+        .current_dir(setup.dir)
         .env("MYELIN_CLIENT__LISTEN", format!("127.0.0.1:{client}"))
         .env("MYELIN_FEDERATION__LISTEN", format!("127.0.0.1:{federation}"))
         .env("MYELIN_REGISTRATION__ENABLED", "true")
@@ -49,9 +63,13 @@ fn spawn(dir: &Path) -> Serve {
 
 /// Starts the server and waits until `/health` answers; how long that took.
 async fn start(dir: &Path) -> (Serve, Duration) {
+    start_with(Setup { dir, federation: None, config: None }).await
+}
+
+async fn start_with(setup: Setup<'_>) -> (Serve, Duration) {
     let started = Instant::now();
     for _ in 0..3 {
-        let mut s = spawn(dir);
+        let mut s = spawn(setup);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(_)) = s.child.try_wait() {
@@ -98,6 +116,35 @@ async fn call(
         Some((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
     };
     tokio::time::timeout(Duration::from_secs(10), fut).await.ok().flatten()
+}
+
+/// Every message of `room` from the start, in order: `(event id, body)`.
+async fn messages(addr: SocketAddr, token: &str, room: &str) -> Vec<(String, String)> {
+    let mut bodies = Vec::new();
+    let mut from: Option<String> = None;
+    loop {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=f&limit=500{}",
+            enc(room),
+            from.as_deref().map(|f| format!("&from={}", enc(f))).unwrap_or_default()
+        );
+        let (s, j) = call(addr, token, Method::GET, &path, None).await.unwrap();
+        assert_eq!(s, StatusCode::OK, "{j}");
+        let chunk = j["chunk"].as_array().cloned().unwrap_or_default();
+        for e in &chunk {
+            if e["type"] == "m.room.message" {
+                bodies.push((
+                    e["event_id"].as_str().unwrap().to_owned(),
+                    e["content"]["body"].as_str().unwrap().to_owned(),
+                ));
+            }
+        }
+        match j["end"].as_str() {
+            Some(end) if !chunk.is_empty() => from = Some(end.to_owned()),
+            _ => break,
+        }
+    }
+    bodies
 }
 
 /// One writer's record: acknowledged `(txn id, event id)` in send order, and
@@ -184,6 +231,19 @@ async fn acknowledged_events_survive_kill_9_exactly_once_and_in_order() {
                 }
             }));
         }
+        // Rooms being created at the kill: each exists whole or not at all.
+        {
+            let (token, addr) = (tokens[0].clone(), serve.client);
+            writers.push(tokio::spawn(async move {
+                for n in 0.. {
+                    let body = json!({ "name": format!("made in cycle {cycle} #{n}"), "topic": "whole or nothing" });
+                    match call(addr, &token, Method::POST, "/_matrix/client/v3/createRoom", Some(body)).await {
+                        Some((StatusCode::OK, _)) => {}
+                        _ => return,
+                    }
+                }
+            }));
+        }
         // A random moment: 150–650 ms into the burst.
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
         tokio::time::sleep(Duration::from_millis(150 + u64::from(nanos % 500))).await;
@@ -222,30 +282,7 @@ async fn acknowledged_events_survive_kill_9_exactly_once_and_in_order() {
 
     // Every acknowledged event is there exactly once, each writer's in order.
     for (r, room) in rooms.iter().enumerate() {
-        let mut bodies: Vec<(String, String)> = Vec::new();
-        let mut from: Option<String> = None;
-        loop {
-            let path = format!(
-                "/_matrix/client/v3/rooms/{}/messages?dir=f&limit=500{}",
-                enc(room),
-                from.as_deref().map(|f| format!("&from={}", enc(f))).unwrap_or_default()
-            );
-            let (s, j) = call(serve.client, &tokens[r * 2], Method::GET, &path, None).await.unwrap();
-            assert_eq!(s, StatusCode::OK, "{j}");
-            let chunk = j["chunk"].as_array().cloned().unwrap_or_default();
-            for e in &chunk {
-                if e["type"] == "m.room.message" {
-                    bodies.push((
-                        e["event_id"].as_str().unwrap().to_owned(),
-                        e["content"]["body"].as_str().unwrap().to_owned(),
-                    ));
-                }
-            }
-            match j["end"].as_str() {
-                Some(end) if !chunk.is_empty() => from = Some(end.to_owned()),
-                _ => break,
-            }
-        }
+        let bodies = messages(serve.client, &tokens[r * 2], room).await;
         let ids: Vec<&String> = bodies.iter().map(|(id, _)| id).collect();
         let unique: HashSet<&String> = ids.iter().copied().collect();
         assert_eq!(unique.len(), ids.len(), "an event appears twice in room {r}");
@@ -267,6 +304,22 @@ async fn acknowledged_events_survive_kill_9_exactly_once_and_in_order() {
             assert_eq!(order.len(), record.acked.len(), "writer {w}: stored vs acknowledged");
         }
     }
+    // Every room created around a kill has its whole initial state (the topic is its last event).
+    let (_, joined) =
+        call(serve.client, &tokens[0], Method::GET, "/_matrix/client/v3/joined_rooms", None).await.unwrap();
+    let made: Vec<&str> = joined["joined_rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.as_str())
+        .filter(|r| !rooms.iter().any(|w| w == r))
+        .collect();
+    assert!(!made.is_empty(), "no room was created during the bursts");
+    for room in &made {
+        let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(room));
+        let (s, j) = call(serve.client, &tokens[0], Method::GET, &path, None).await.unwrap();
+        assert_eq!(s, StatusCode::OK, "room {room} was left half made by a kill: {j}");
+    }
     // Sync tokens from before each kill still work.
     for t in &old_tokens {
         let (s, j) =
@@ -279,10 +332,203 @@ async fn acknowledged_events_survive_kill_9_exactly_once_and_in_order() {
     let mut sorted = restarts.clone();
     sorted.sort();
     eprintln!(
-        "crash test: {cycles} kills, {acked} acknowledged events all present once; restart to healthy p50 {:?}, max {:?}",
+        "crash test: {cycles} kills, {acked} acknowledged events all present once, {} rooms made whole; \
+         restart to healthy p50 {:?}, max {:?}",
+        made.len(),
         sorted[sorted.len() / 2],
         sorted[sorted.len() - 1]
     );
+    let _ = serve.child.kill();
+    let _ = serve.child.wait();
+}
+
+/// Sends `signal` (`TERM`, `KILL`) to the server.
+fn signal(serve: &Serve, signal: &str) {
+    let status = Command::new("kill").arg(format!("-{signal}")).arg(serve.child.id().to_string()).status().unwrap();
+    assert!(status.success());
+}
+
+/// Polls `room` on `addr` until every id of `wanted` is there; the messages then.
+async fn until_present(addr: SocketAddr, token: &str, room: &str, wanted: &[String], what: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        let have: HashSet<String> = messages(addr, token, room).await.into_iter().map(|(id, _)| id).collect();
+        let missing: Vec<&String> = wanted.iter().filter(|id| !have.contains(*id)).collect();
+        if missing.is_empty() {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{what}: {} never arrived: {missing:?}", missing.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A graceful stop during a burst (issue #22 §3): `myelin serve` federating
+/// with a second server, four local writers and one remote writer in one room,
+/// gets SIGTERM mid-burst. It exits 0 within its grace period; after a restart
+/// every send it acknowledged is in the room once and in order, every one of
+/// them reaches the other server (its outbound queue resumes), and every event
+/// the other server acknowledged while this one was stopping or down arrives
+/// here (the other side's queue resumes too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_federating_burst_loses_nothing_and_both_queues_resume() {
+    const LOCAL: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let (a_fed, b_fed) = (free_port(), free_port());
+    let b = myelin_suite::TestServer::start_with("b.test", |c| {
+        c.registration.enabled = true;
+        c.rate_limit.per_second = 0.0;
+        c.federation.listen = format!("127.0.0.1:{b_fed}").parse().unwrap();
+        c.federation.verify_tls = false;
+        c.federation.hosts.insert("a.test".into(), format!("127.0.0.1:{a_fed}").parse().unwrap());
+    })
+    .await;
+    let config = dir.path().join("myelin.toml");
+    let toml = format!(
+        "server_name = \"a.test\"\n[federation]\nverify_tls = false\n[federation.hosts]\n\"b.test\" = \"127.0.0.1:{b_fed}\"\n"
+    );
+    std::fs::write(&config, toml).unwrap();
+    let setup = Setup { dir: dir.path(), federation: Some(a_fed), config: Some(&config) };
+    let (mut serve, _) = start_with(setup).await;
+
+    let mut tokens = Vec::new();
+    for i in 0..LOCAL {
+        let body =
+            json!({ "username": format!("w{i}"), "password": "pass-word-1", "auth": { "type": "m.login.dummy" } });
+        let r =
+            http(serve.client, Method::POST, "/_matrix/client/v3/register", Some(body.to_string().as_bytes())).await;
+        assert_eq!(r.status, StatusCode::OK);
+        tokens.push(r.json()["access_token"].as_str().unwrap().to_owned());
+    }
+    let (_, created) = call(
+        serve.client,
+        &tokens[0],
+        Method::POST,
+        "/_matrix/client/v3/createRoom",
+        Some(json!({ "preset": "public_chat" })),
+    )
+    .await
+    .unwrap();
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let join = format!("/_matrix/client/v3/join/{}", enc(&room));
+    for token in &tokens[1..] {
+        let (s, _) = call(serve.client, token, Method::POST, &join, Some(json!({}))).await.unwrap();
+        assert_eq!(s, StatusCode::OK);
+    }
+    let bob = b.register("bob").await;
+    bob.post(&format!("{join}?server_name=a.test"), json!({})).await;
+
+    // The remote writer keeps going through the stop, the downtime and the restart.
+    let stop_bob = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bob_writer = {
+        let (bob, room, stop) = (bob.clone(), room.clone(), stop_bob.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/b{n}", enc(&room));
+                let body = json!({ "msgtype": "m.text", "body": format!("bob #{n}") });
+                if let Some((StatusCode::OK, j)) = call(bob.addr, &bob.token, Method::PUT, &path, Some(body)).await {
+                    acked.push(j["event_id"].as_str().unwrap().to_owned());
+                    n += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            acked
+        })
+    };
+    let records: Arc<Vec<Mutex<Record>>> = Arc::new((0..LOCAL).map(|_| Mutex::new(Record::default())).collect());
+    let mut writers = Vec::new();
+    for (w, token) in tokens.iter().enumerate() {
+        let (token, room, records, addr) = (token.clone(), room.clone(), records.clone(), serve.client);
+        writers.push(tokio::spawn(async move {
+            loop {
+                let n = records[w].lock().unwrap().next;
+                let txn = format!("w{w}-{n}");
+                let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(&room));
+                let body = json!({ "msgtype": "m.text", "body": format!("w{w} #{n}") });
+                match call(addr, &token, Method::PUT, &path, Some(body)).await {
+                    Some((StatusCode::OK, j)) => {
+                        let mut r = records[w].lock().unwrap();
+                        r.acked.push((txn, j["event_id"].as_str().unwrap_or_default().to_owned()));
+                        r.next += 1;
+                    }
+                    _ => {
+                        records[w].lock().unwrap().cut_off.push(txn);
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    tokio::time::sleep(Duration::from_millis(300 + u64::from(nanos % 500))).await;
+    signal(&serve, "TERM");
+    let stopping = Instant::now();
+    let status = loop {
+        if let Some(status) = serve.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(stopping.elapsed() < Duration::from_secs(30), "SIGTERM: still running after 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0), "SIGTERM must stop the server cleanly");
+    let stopped_in = stopping.elapsed();
+    for w in writers {
+        w.await.unwrap();
+    }
+    // Down for a moment while the other server keeps sending.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (next, _) = start_with(setup).await;
+    serve = next;
+    // What was acknowledged before the stop reaches the other server with no new
+    // local event to wake the queue: the restart itself resumes it.
+    let before_stop: Vec<String> = records
+        .iter()
+        .flat_map(|r| r.lock().unwrap().acked.iter().map(|(_, id)| id.clone()).collect::<Vec<_>>())
+        .collect();
+    let resumed = until_present(b.client, &bob.token, &room, &before_stop, "our events on the other server").await;
+    for (w, token) in tokens.iter().enumerate() {
+        let cut: Vec<String> = std::mem::take(&mut records[w].lock().unwrap().cut_off);
+        for txn in cut {
+            let n: usize = txn.rsplit('-').next().unwrap().parse().unwrap();
+            let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(&room));
+            let body = json!({ "msgtype": "m.text", "body": format!("w{w} #{n}") });
+            let (s, j) = call(serve.client, token, Method::PUT, &path, Some(body)).await.unwrap();
+            assert_eq!(s, StatusCode::OK, "retry of {txn} after the restart: {j}");
+            records[w].lock().unwrap().acked.push((txn, j["event_id"].as_str().unwrap().to_owned()));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_bob.store(true, std::sync::atomic::Ordering::Relaxed);
+    let bobs = bob_writer.await.unwrap();
+
+    // Here: every local acknowledged send once and in order; every remote one arrived.
+    let ours: Vec<String> = records
+        .iter()
+        .flat_map(|r| r.lock().unwrap().acked.iter().map(|(_, id)| id.clone()).collect::<Vec<_>>())
+        .collect();
+    let here = messages(serve.client, &tokens[0], &room).await;
+    let ids: HashSet<&String> = here.iter().map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), here.len(), "an event appears twice");
+    for (w, record) in records.iter().enumerate() {
+        let record = record.lock().unwrap();
+        let order: Vec<usize> =
+            here.iter().filter_map(|(_, b)| b.strip_prefix(&format!("w{w} #")).and_then(|n| n.parse().ok())).collect();
+        assert!(order.windows(2).all(|p| p[0] < p[1]), "writer {w}'s events out of order: {order:?}");
+        assert_eq!(order.len(), record.acked.len(), "writer {w}: stored vs acknowledged");
+        for (txn, id) in &record.acked {
+            assert!(ids.contains(id), "acknowledged {txn} ({id}) is missing");
+        }
+    }
+    let inbound = until_present(serve.client, &tokens[0], &room, &bobs, "the other server's events here").await;
+    until_present(b.client, &bob.token, &room, &ours, "our retried events on the other server").await;
+    eprintln!(
+        "sigterm test: {} local and {} remote events acknowledged, none lost; stopped in {stopped_in:?}; \
+         after the restart the other server had ours within {resumed:?}, we had its within {inbound:?}",
+        ours.len(),
+        bobs.len()
+    );
+    assert!(!ours.is_empty() && !bobs.is_empty(), "the burst made no events");
     let _ = serve.child.kill();
     let _ = serve.child.wait();
 }
