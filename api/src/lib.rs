@@ -8,6 +8,8 @@ pub mod auth;
 pub mod conn_limit;
 pub mod error;
 pub mod federation;
+#[cfg(test)]
+mod fuzz_tests;
 mod guests;
 pub mod http_util;
 pub mod linger;

@@ -17,6 +17,8 @@ pub mod ephemeral;
 mod error;
 pub mod federation;
 pub mod filter;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod guests;
 pub mod in_flight;
 pub mod key_backup;

@@ -277,7 +277,7 @@ fn encode_filename(name: &str) -> String {
         .collect()
 }
 
-fn parse_range(value: &str, len: u64) -> Option<(u64, u64)> {
+pub(crate) fn parse_range(value: &str, len: u64) -> Option<(u64, u64)> {
     let spec = value.strip_prefix("bytes=")?;
     if spec.contains(',') {
         return None; // one range only

@@ -4,7 +4,7 @@ pub(crate) mod client;
 mod discovery;
 mod fed;
 mod keys;
-mod media;
+pub(crate) mod media;
 mod ops;
 pub(crate) mod synapse_admin;
 

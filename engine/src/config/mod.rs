@@ -434,13 +434,29 @@ impl Config {
         file: Option<&std::path::Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Loaded, ConfigError> {
-        let defaults = Figment::from(Serialized::defaults(Config::default()));
-        let mut figment = defaults.clone();
-        if let Some(path) = file {
-            if !path.is_file() {
+        let toml = match file {
+            Some(path) if !path.is_file() => {
                 return Err(ConfigError(format!("config file {}: not found or not a file", path.display())));
             }
-            figment = figment.merge(Toml::file_exact(path));
+            Some(path) => Some(Toml::file_exact(path)),
+            None => None,
+        };
+        Self::load_toml(toml, env)
+    }
+
+    /// Like [`Config::load_from`], with the file's text given (for tests and fuzzing).
+    pub fn load_toml_str(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Loaded, ConfigError> {
+        Self::load_toml(Some(Toml::string(text)), env)
+    }
+
+    fn load_toml(
+        toml: Option<figment::providers::Data<Toml>>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Loaded, ConfigError> {
+        let defaults = Figment::from(Serialized::defaults(Config::default()));
+        let mut figment = defaults.clone();
+        if let Some(toml) = toml {
+            figment = figment.merge(toml);
         }
         let mut warnings = Vec::new();
         let mut known = Vec::new();

@@ -136,9 +136,14 @@ impl Pdu {
             UserId::parse(field_str(&object, "sender")?).map_err(|e| RoomError::BadEvent(format!("sender: {e}")))?;
         let ts = field_uint(&object, "origin_server_ts")?;
         let origin_server_ts = MilliSecondsSinceUnixEpoch(UInt::try_from(ts).unwrap_or(UInt::MAX));
-        let content_value = object.get("content").cloned().unwrap_or(CanonicalJsonValue::Object(Default::default()));
-        let content = serde_json::value::to_raw_value(&content_value)
-            .map_err(|e| RoomError::BadEvent(format!("content: {e}")))?;
+        // Server-Server API §"PDUs": `content` is required and an object (found
+        // by the PDU fuzz target: a PDU without one used to parse as `{}`).
+        let content_value = match object.get("content") {
+            Some(value @ CanonicalJsonValue::Object(_)) => value,
+            _ => return Err(RoomError::BadEvent("missing or non-object `content`".into())),
+        };
+        let content =
+            serde_json::value::to_raw_value(content_value).map_err(|e| RoomError::BadEvent(format!("content: {e}")))?;
         let state_key = match object.get("state_key") {
             Some(CanonicalJsonValue::String(s)) => Some(s.clone()),
             None => None,
@@ -337,5 +342,23 @@ mod tests {
         let canonical = CanonicalJsonValue::Object(object.clone()).to_string().into_bytes();
         let pdu = Pdu::from_object(object, &RoomVersionId::V12.rules().unwrap()).unwrap();
         assert_eq!(pdu.to_bytes(), canonical);
+    }
+
+    /// A PDU whose `content` is missing or not an object is refused (found by
+    /// the PDU fuzz target in `fuzz_tests.rs`).
+    #[test]
+    fn a_pdu_without_object_content_is_refused() {
+        let rules = RoomVersionId::V12.rules().unwrap();
+        for content in [None, Some(serde_json::json!(5)), Some(serde_json::json!("x")), Some(serde_json::json!([]))] {
+            let mut json = serde_json::json!({
+                "type": "m.room.message", "room_id": "!r:x", "sender": "@a:x", "origin_server_ts": 1,
+                "depth": 3, "prev_events": [], "auth_events": [], "hashes": { "sha256": "x" }, "signatures": {}
+            });
+            if let Some(content) = content.clone() {
+                json["content"] = content;
+            }
+            let object: CanonicalJsonObject = serde_json::from_value(json).unwrap();
+            assert!(Pdu::from_object(object, &rules).is_err(), "content {content:?} was accepted");
+        }
     }
 }

@@ -14,10 +14,10 @@ pub(crate) mod public_rooms;
 mod push;
 mod pushers;
 mod relations;
-mod rooms;
+pub(crate) mod rooms;
 mod search;
 mod sliding;
-mod sync;
+pub(crate) mod sync;
 mod tags;
 mod voip;
 

@@ -71,7 +71,7 @@ struct StateEventBody {
 }
 
 #[derive(Deserialize, Default)]
-struct CreateRoomBody {
+pub(crate) struct CreateRoomBody {
     visibility: Option<String>,
     room_alias_name: Option<String>,
     name: Option<String>,
