@@ -7,7 +7,8 @@
 //! gives the same inputs, and a panic fails with the iteration and the input.
 //! Targets may also check properties (a parse that round-trips), which
 //! panic the same way. `MYELIN_FUZZ_ITERS` sets the inputs per target (the CI
-//! default is small); `scripts/fuzz-long.sh` runs the long mode.
+//! default is small), `MYELIN_FUZZ_SEED` the generator's seed (a failure
+//! prints it, to repeat the run); `scripts/fuzz-long.sh` runs the long mode.
 
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
@@ -120,21 +121,33 @@ pub fn mutate(rng: &mut XorShift, seed: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The generator's seed: `MYELIN_FUZZ_SEED`, else a fixed one so CI runs repeat.
+pub fn seed() -> u64 {
+    std::env::var("MYELIN_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).filter(|&s| s != 0).unwrap_or(0x9E37_79B9_7F4A_7C15)
+}
+
 /// Runs `target` on `iterations(default)` mutations of the seeds (a seed
 /// itself every so often); fails on the first panic. Prints the count and rate.
 pub fn fuzz(name: &str, default: usize, seeds: &[Vec<u8>], target: impl Fn(&[u8])) {
-    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+    let seed_value = seed();
+    let mut rng = XorShift(seed_value);
     let total = iterations(default);
     let started = Instant::now();
     for n in 0..total {
         let seed = &seeds[n % seeds.len()];
         let input = if n % 1024 < seeds.len() { seed.clone() } else { mutate(&mut rng, seed) };
         if catch_unwind(AssertUnwindSafe(|| target(&input))).is_err() {
-            panic!("fuzz {name}: input {n} failed: {:?}", String::from_utf8_lossy(&input));
+            panic!(
+                "fuzz {name}: input {n} (MYELIN_FUZZ_SEED={seed_value}) failed: {:?}",
+                String::from_utf8_lossy(&input)
+            );
         }
     }
     let secs = started.elapsed().as_secs_f64();
-    eprintln!("fuzz {name}: {total} inputs, 0 failures, {secs:.1} s ({:.0}/s)", total as f64 / secs.max(1e-9));
+    eprintln!(
+        "fuzz {name}: {total} inputs (seed {seed_value}), 0 failures, {secs:.1} s ({:.0}/s)",
+        total as f64 / secs.max(1e-9)
+    );
 }
 
 #[cfg(test)]
