@@ -123,7 +123,11 @@ pub fn mutate(rng: &mut XorShift, seed: &[u8]) -> Vec<u8> {
 
 /// The generator's seed: `MYELIN_FUZZ_SEED`, else a fixed one so CI runs repeat.
 pub fn seed() -> u64 {
-    std::env::var("MYELIN_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).filter(|&s| s != 0).unwrap_or(0x9E37_79B9_7F4A_7C15)
+    std::env::var("MYELIN_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&s| s != 0)
+        .unwrap_or(0x9E37_79B9_7F4A_7C15)
 }
 
 /// Runs `target` on `iterations(default)` mutations of the seeds (a seed

@@ -110,6 +110,10 @@ pub struct Engine {
     pub sliding: sliding::Sliding,
     /// Per (user, device, room), the member events lazy-loading `/sync` already sent.
     pub(crate) lazy_members: sync::LazySent,
+    /// Gaps in rooms' histories being filled in the background, per (origin, room).
+    pub gap_fills: federation::inbound::GapFills,
+    /// This engine, for the background tasks it starts itself.
+    me: std::sync::Weak<Engine>,
 }
 
 impl Engine {
@@ -172,7 +176,7 @@ impl Engine {
         let reports = reports::Reports::new(db.clone());
         let (unread, sliding) = (receipts::UnreadCache::new(db.caches()), sliding::Sliding::new(db.caches()));
         let lazy_members = sync::lazy_sent(db.caches());
-        Ok(Arc::new(Self {
+        Ok(Arc::new_cyclic(|me| Self {
             config: Arc::new(config),
             server_name,
             db,
@@ -201,7 +205,14 @@ impl Engine {
             reports,
             sliding,
             lazy_members,
+            gap_fills: federation::inbound::GapFills::default(),
+            me: me.clone(),
         }))
+    }
+
+    /// This engine as an `Arc`, for a task that outlives the request starting it.
+    pub(crate) fn arc(&self) -> Option<Arc<Engine>> {
+        self.me.upgrade()
     }
 
     /// Where the RocksDB database of `config` lives.

@@ -249,6 +249,10 @@ pub struct FederationConfig {
     /// Most events fetched with `get_missing_events` to close one gap before the
     /// event is taken on the sender's reported state instead (Myelin extension).
     pub max_gap_events: usize,
+    /// Milliseconds an inbound transaction waits for the gaps its events open
+    /// before it answers; a fill that takes longer goes on in the background
+    /// and the events wait for it (Myelin extension).
+    pub gap_fill_wait_ms: u64,
     /// Seconds a destination may stay unreachable before it is parked: its
     /// queue is kept, nothing is dropped, but it is no longer retried until it
     /// reaches us (an authenticated request) or the server restarts, when it
@@ -360,6 +364,7 @@ impl Default for FederationConfig {
             notaries: Vec::new(),
             dns_servers: Vec::new(),
             max_gap_events: 5000,
+            gap_fill_wait_ms: 5000,
             park_after_s: 86_400,
             ip_range_allow: Vec::new(),
             ip_range_deny: Vec::new(),

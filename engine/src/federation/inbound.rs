@@ -20,6 +20,16 @@
 //! restart) is answered with the first answer's bytes without applying
 //! anything again, and concurrent copies are processed once. Limits: at most [`MAX_PDUS`] PDUs and
 //! [`MAX_EDUS`] EDUs per transaction (more is refused, as Synapse does).
+//!
+//! A transaction answers within `federation.gap_fill_wait_ms` of gap
+//! filling, however large its gaps or slow its origin: each gap is filled
+//! by a background task ([`GapFills`], one per origin and room, at most
+//! [`MAX_GAP_FILLS_PER_ORIGIN`] per origin and [`MAX_GAP_FILLS`] in all),
+//! and the transaction waits for it until that deadline. An event whose gap
+//! is still being filled then is kept pending (stored, see
+//! [`super::auth_fetch`]) and answered with an error saying so; it is admitted
+//! as soon as the fill ends (the fill wakes [`run_pending_retries`]). A copy of
+//! the event arriving meanwhile joins the running fill: no work is done twice.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -41,6 +51,101 @@ pub const MAX_PDUS: usize = 50;
 pub const MAX_EDUS: usize = 100;
 /// Most prev events taken on a remote's state for one incoming event.
 const MAX_STATE_FALLBACKS: usize = 4;
+/// Most gap fills running at once for one origin.
+pub const MAX_GAP_FILLS_PER_ORIGIN: usize = 8;
+/// Most gap fills running at once in all.
+pub const MAX_GAP_FILLS: usize = 64;
+
+/// Gap fills running in the background, one per (origin, room).
+#[derive(Default)]
+pub struct GapFills {
+    /// Each running fill's "done" signal.
+    running: parking_lot::Mutex<HashMap<(String, OwnedRoomId), tokio::sync::watch::Receiver<bool>>>,
+    /// Woken when a fill ends, so the events waiting for it are retried at once.
+    ended: tokio::sync::Notify,
+}
+
+impl GapFills {
+    /// How many fills are running.
+    pub fn len(&self) -> usize {
+        self.running.lock().len()
+    }
+
+    /// Whether none is running.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Whether `pdu` opens a gap: a prev event not held here, or held without the
+/// state after it (an outlier).
+fn opens_gap(engine: &Engine, pdu: &Pdu) -> bool {
+    pdu.prev_events.iter().any(|p| engine.rooms.meta(p).ok().flatten().is_none_or(|m| m.state_after == 0))
+}
+
+/// Fills the gap `pdu` opens in a background task (or joins the one running
+/// for its origin and room), waiting for it until `deadline`; an event
+/// `retried` from the pending set does not wait for a fill it did not start
+/// (it waited once already; its origin's next transaction should not).
+/// `Err` says why the event must wait instead.
+async fn fill_gap_until(
+    engine: &Engine,
+    origin: &str,
+    room: &RoomId,
+    version: &RoomVersionId,
+    pdu: &Pdu,
+    deadline: tokio::time::Instant,
+    retried: bool,
+) -> Result<(), String> {
+    let key = (origin.to_owned(), room.to_owned());
+    let mut done = {
+        let mut running = engine.gap_fills.running.lock();
+        if let Some(done) = running.get(&key) {
+            if retried {
+                return Err("its missing prev events are still being fetched; kept pending".into());
+            }
+            done.clone()
+        } else {
+            let of_origin = running.keys().filter(|(o, _)| o == origin).count();
+            if of_origin >= MAX_GAP_FILLS_PER_ORIGIN || running.len() >= MAX_GAP_FILLS {
+                metrics::counter!("myelin_federation_gap_fills_deferred_total").increment(1);
+                return Err("too many gaps are being filled; kept pending".into());
+            }
+            let Some(arc) = engine.arc() else {
+                return Err("the server is stopping; kept pending".into());
+            };
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            running.insert(key.clone(), rx.clone());
+            metrics::gauge!("myelin_federation_gap_fills").set(running.len() as f64);
+            let (origin, room, version, pdu) = (key.0.clone(), key.1.clone(), version.clone(), pdu.clone());
+            let span = tracing::info_span!("gap_fill", %origin, room_id = %room);
+            tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    let started = std::time::Instant::now();
+                    if let Err(e) = fill_gap(&arc, &origin, &room, &version, &pdu).await {
+                        tracing::info!(error = %e, "filling a gap failed");
+                    }
+                    tracing::debug!(took_ms = started.elapsed().as_millis() as u64, "gap fill ended");
+                    let mut running = arc.gap_fills.running.lock();
+                    running.remove(&(origin, room));
+                    metrics::gauge!("myelin_federation_gap_fills").set(running.len() as f64);
+                    drop(running);
+                    let _ = tx.send(true);
+                    arc.gap_fills.ended.notify_one();
+                },
+                span,
+            ));
+            rx
+        }
+    };
+    match tokio::time::timeout_at(deadline, done.wait_for(|ended| *ended)).await {
+        Ok(_) => Ok(()),
+        Err(_) => {
+            metrics::counter!("myelin_federation_gap_fills_deferred_total").increment(1);
+            Err("its missing prev events are still being fetched; kept pending".into())
+        }
+    }
+}
 
 /// The body of `PUT /send/{txnId}` (read with [`Transaction::from_body`]).
 #[derive(Debug, Default)]
@@ -124,8 +229,9 @@ pub async fn receive_transaction(
 /// transaction).
 pub const PENDING_RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Retries, every `every` until `stop`, the due pending PDUs of each origin
-/// that has some, as if the origin had sent an empty transaction.
+/// Retries, every `every` and whenever a gap fill ends, until `stop`, the due
+/// pending PDUs of each origin that has some, as if the origin had sent an
+/// empty transaction.
 pub async fn run_pending_retries(
     engine: std::sync::Arc<Engine>,
     every: std::time::Duration,
@@ -134,6 +240,7 @@ pub async fn run_pending_retries(
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
+            _ = engine.gap_fills.ended.notified() => {}
             _ = stop.changed() => return,
         }
         for (origin, waiting) in engine.pending_pdus.per_origin() {
@@ -153,6 +260,8 @@ struct Unsettled {
     pending: Vec<(OwnedRoomId, myelin_storage::Pending)>,
     /// Rooms whose `m.room.guest_access` changed: this server's guests may have to leave.
     guest_access: Vec<OwnedRoomId>,
+    /// Until when this transaction waits for the gaps its events open.
+    gap_deadline: Option<tokio::time::Instant>,
 }
 
 /// Applies a transaction's PDUs, then its EDUs.
@@ -164,16 +273,30 @@ async fn process_transaction(
     let mut results = TransactionResult::default();
     // Accepted events are appended one after another without waiting for each
     // one's commit; all of them are made durable together before the answer.
-    let mut unsettled = Unsettled::default();
+    let mut unsettled = Unsettled {
+        gap_deadline: Some(
+            tokio::time::Instant::now() + std::time::Duration::from_millis(engine.config.federation.gap_fill_wait_ms),
+        ),
+        ..Unsettled::default()
+    };
     let mut budget = super::auth_fetch::MAX_FETCH_PER_TXN;
     // PDUs of earlier transactions that waited for their auth events: tried again
     // first (their answers went with their own transactions).
     for waiting in engine.pending_pdus.take_due(origin) {
         let room = waiting.pdu.room_id.clone();
         let id = waiting.pdu.event_id.clone();
-        let outcome =
-            admit(engine, origin, &room, &waiting.version, waiting.pdu, waiting.attempts, &mut unsettled, &mut budget)
-                .await;
+        let outcome = admit(
+            engine,
+            origin,
+            &room,
+            &waiting.version,
+            waiting.pdu,
+            waiting.attempts,
+            true,
+            &mut unsettled,
+            &mut budget,
+        )
+        .await;
         tracing::debug!(%origin, event_id = %id, ?outcome, "retried an event that waited for its auth events");
         engine.pending_pdus.settle(origin, &id).await;
     }
@@ -223,13 +346,15 @@ async fn receive_pdu(
         Err(e) => return (None, PduResult::error(e.to_string())),
     };
     let id = pdu.event_id.to_string();
-    (Some(id), admit(engine, origin, &room, &room_version, pdu, 0, unsettled, budget).await)
+    (Some(id), admit(engine, origin, &room, &room_version, pdu, 0, false, unsettled, budget).await)
 }
 
 /// Receipt checks 4–6 for a PDU that passed 1–3: its gap filled, its missing
 /// auth events fetched ([`super::auth_fetch`]), then the rooms engine's
 /// authorization. A PDU whose auth events cannot be had yet is kept pending
-/// (tried `attempts` times before), not rejected.
+/// (tried `attempts` times before), not rejected; so is one whose gap is
+/// still being filled at the transaction's deadline. `retried`: taken from
+/// the pending set.
 #[allow(clippy::too_many_arguments)]
 async fn admit(
     engine: &Engine,
@@ -238,6 +363,7 @@ async fn admit(
     room_version: &RoomVersionId,
     pdu: Pdu,
     attempts: u32,
+    retried: bool,
     unsettled: &mut Unsettled,
     budget: &mut usize,
 ) -> PduResult {
@@ -246,8 +372,13 @@ async fn admit(
         Ok(None) => {}
         Err(e) => return PduResult::error(e.to_string()),
     }
-    if let Err(e) = fill_gap(engine, origin, room, room_version, &pdu).await {
-        return PduResult::error(e.to_string());
+    if opens_gap(engine, &pdu) {
+        let deadline = unsettled.gap_deadline.unwrap_or_else(tokio::time::Instant::now);
+        if let Err(reason) = fill_gap_until(engine, origin, room, room_version, &pdu, deadline, retried).await {
+            tracing::info!(%origin, room_id = %room, event_id = %pdu.event_id, %reason, "an event waits for its gap");
+            engine.pending_pdus.keep(origin, pdu, room_version.clone(), attempts).await;
+            return PduResult::error(reason);
+        }
     }
     let missing = super::auth_fetch::fetch_missing_auth(engine, origin, room, room_version, &pdu, budget).await;
     if !missing.is_empty() {

@@ -34,13 +34,20 @@ pub(super) struct FakePeer {
     script: Box<Script>,
     /// Every request, as (destination, method, path, body).
     pub(super) seen: Mutex<Vec<Seen>>,
+    /// Requests whose path contains the text are answered only after the wait.
+    slow: Mutex<Option<(String, Duration)>>,
 }
 
 impl FakePeer {
     pub(super) fn new(
         script: impl Fn(&str, &OutboundRequest) -> Result<(u16, JsonValue), TransportError> + Send + Sync + 'static,
     ) -> Arc<Self> {
-        Arc::new(Self { script: Box::new(script), seen: Mutex::new(Vec::new()) })
+        Arc::new(Self { script: Box::new(script), seen: Mutex::new(Vec::new()), slow: Mutex::new(None) })
+    }
+
+    /// Answers requests whose path contains `path` only after `wait`.
+    pub(super) fn slow_down(&self, path: &str, wait: Duration) {
+        *self.slow.lock() = Some((path.to_owned(), wait));
     }
 
     pub(super) fn paths(&self) -> Vec<String> {
@@ -58,7 +65,11 @@ impl Transport for FakePeer {
             body,
         ));
         let answer = (self.script)(destination, &request);
+        let wait = self.slow.lock().as_ref().filter(|(p, _)| request.path_and_query.contains(p.as_str())).map(|s| s.1);
         Box::pin(async move {
+            if let Some(wait) = wait {
+                tokio::time::sleep(wait).await;
+            }
             let (status, json) = answer?;
             let status = StatusCode::from_u16(status).map_err(|e| TransportError::Http(e.to_string()))?;
             Ok(RawResponse { status, headers: HeaderMap::new(), body: Bytes::from(json.to_string()) })
@@ -217,8 +228,18 @@ pub(super) async fn room_with_a_remote_member(
     dir: &std::path::Path,
     peer: Arc<FakePeer>,
 ) -> (Arc<Engine>, crate::keys::ServerKeys, ruma::OwnedRoomId) {
+    room_with_a_remote_member_and(dir, peer, |_| {}).await
+}
+
+/// [`room_with_a_remote_member`] with `tweak` applied to the configuration.
+pub(super) async fn room_with_a_remote_member_and(
+    dir: &std::path::Path,
+    peer: Arc<FakePeer>,
+    tweak: impl FnOnce(&mut Config),
+) -> (Arc<Engine>, crate::keys::ServerKeys, ruma::OwnedRoomId) {
     let remote = crate::keys::ServerKeys::from_seed("peer.test".try_into().unwrap(), "r1", &[9u8; 32]).unwrap();
     let mut config = Config { server_name: "us.test".into(), data_dir: dir.join("data"), ..Config::default() };
+    tweak(&mut config);
     config.storage.cache_mb = 8;
     config.storage.wal_mb = 1;
     config.federation.trusted_keys.insert(
@@ -303,6 +324,65 @@ async fn a_missing_prev_event_is_fetched_from_the_origin_and_both_are_stored() {
     let asked: Vec<_> = seen.iter().filter(|(_, _, p, _)| p.contains("get_missing_events")).collect();
     assert_eq!(asked.len(), 1, "{seen:?}");
     assert_eq!(asked[0].3.as_ref().unwrap()["latest_events"], json!([second_pdu.event_id]));
+}
+
+/// A peer slow to serve a gap does not hold up its transaction: the answer
+/// comes at `gap_fill_wait_ms` with the event kept pending, a retransmission
+/// joins the running fill (the peer is asked once), and the event is taken
+/// as soon as the fill ends, with no further transaction to carry it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_gap_fill_goes_on_in_the_background_and_the_event_is_taken_when_it_ends() {
+    let rules = ruma::RoomVersionId::V12.rules().unwrap();
+    let missing: Arc<Mutex<Option<JsonValue>>> = Arc::default();
+    let served = missing.clone();
+    let peer = FakePeer::new(move |_, req| {
+        if req.path_and_query.contains("get_missing_events") {
+            Ok((200, json!({ "events": [served.lock().clone()] })))
+        } else {
+            Ok((404, json!({ "errcode": "M_NOT_FOUND" })))
+        }
+    });
+    peer.slow_down("get_missing_events", Duration::from_secs(3));
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, remote, room) =
+        room_with_a_remote_member_and(dir.path(), peer.clone(), |c| c.federation.gap_fill_wait_ms = 200).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Retries only when a fill ends (the period is far beyond the test).
+    let retries = tokio::spawn(super::inbound::run_pending_retries(engine.clone(), Duration::from_secs(3600), stop_rx));
+    let bob = UserId::parse("@bob:peer.test").unwrap();
+    let first = remote_signed(&engine, &remote, &room, &bob, text("one"), None).await;
+    let first_pdu = crate::rooms::Pdu::from_object(first.clone(), &rules).unwrap();
+    let second = remote_signed(&engine, &remote, &room, &bob, text("two"), Some(&first_pdu)).await;
+    let second_pdu = crate::rooms::Pdu::from_object(second.clone(), &rules).unwrap();
+    *missing.lock() = Some(serde_json::to_value(&first).unwrap());
+    let send = |txn_id: &'static str| {
+        let (engine, second) = (engine.clone(), second.clone());
+        async move {
+            let txn = super::inbound::Transaction { pdus: vec![serde_json::to_value(&second).unwrap()], edus: vec![] };
+            let answer = super::inbound::receive_transaction(&engine, "peer.test", txn_id, txn).await.unwrap();
+            serde_json::from_slice::<serde_json::Value>(&answer).unwrap()
+        }
+    };
+    let answer = send("t1").await;
+    let result = &answer["pdus"][second_pdu.event_id.as_str()];
+    assert!(result["error"].as_str().is_some_and(|e| e.contains("kept pending")), "{answer}");
+    assert_eq!(engine.gap_fills.len(), 1, "the fill goes on after the answer");
+    assert!(engine.rooms.meta(&second_pdu.event_id).unwrap().is_none());
+    // The peer retransmits in a new transaction: it joins the running fill.
+    let answer = send("t2").await;
+    assert!(answer["pdus"][second_pdu.event_id.as_str()]["error"].is_string(), "{answer}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while engine.rooms.meta(&second_pdu.event_id).unwrap().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "the event was not taken after the fill ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(engine.rooms.meta(&first_pdu.event_id).unwrap().is_some(), "the fetched prev event is stored");
+    assert!(engine.gap_fills.is_empty());
+    assert!(engine.pending_pdus.is_empty(), "nothing is left waiting");
+    let asked = peer.paths().iter().filter(|p| p.contains("get_missing_events")).count();
+    assert_eq!(asked, 1, "{:?}", peer.paths());
+    let _ = stop_tx.send(true);
+    retries.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
