@@ -257,3 +257,70 @@ async fn the_remote_media_cache_stays_within_its_bound_by_evicting_the_oldest_fe
     a.stop().await;
     b.stop().await;
 }
+
+/// Thumbnails made of remote media are part of the remote cache: making
+/// them can push older remote media out, as fetching more would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thumbnails_of_remote_media_count_towards_the_remote_cache_bound() {
+    let (a, b) = federation_pair(
+        "ta.test",
+        "tb.test",
+        |_| {},
+        |c| {
+            c.media.max_upload_bytes = 100_000;
+            c.media.remote_cache_max_bytes = 250_000;
+        },
+    )
+    .await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let auth = format!("Bearer {}", alice.token);
+    // Noise does not compress: each full-size PNG of it is ~67 kB.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let img = image::RgbImage::from_fn(150, 150, |_, _| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        image::Rgb([seed as u8, (seed >> 8) as u8, (seed >> 16) as u8])
+    });
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgb8(img).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    let mut paths = Vec::new();
+    for (bytes, kind) in [(png.clone(), "image/png"), (vec![7u8; 90_000], "application/octet-stream")] {
+        let up = myelin_suite::http_with(
+            alice.addr,
+            Method::POST,
+            "/_matrix/media/v3/upload",
+            Some(&bytes),
+            &[("authorization", &auth), ("content-type", kind)],
+        )
+        .await;
+        assert_eq!(up.status, StatusCode::OK, "{}", String::from_utf8_lossy(&up.body));
+        paths.push(up.json()["content_uri"].as_str().unwrap().strip_prefix("mxc://").unwrap().to_owned());
+    }
+    let (image_path, file_path) = (&paths[0], &paths[1]);
+    // Bob's server fetches the file first (the older entry), then the image.
+    for p in [file_path, image_path] {
+        let got = bob.request(Method::GET, &format!("/_matrix/client/v1/media/download/{p}"), None).await;
+        assert_eq!(got.status, StatusCode::OK, "{}", String::from_utf8_lossy(&got.body));
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let cached = |p: &str| {
+        let (server, id) = p.split_once('/').unwrap();
+        b.engine.media.meta(server, id).unwrap().is_some()
+    };
+    assert!(cached(file_path) && cached(image_path), "{} bytes fit the bound", png.len() + 90_000);
+    // Three scaled sizes of a 150x150 image are three full-size PNGs, each ~67 kB.
+    let mut thumbs = 0;
+    for (w, h) in [(320, 240), (640, 480), (800, 600)] {
+        let path = format!("/_matrix/client/v1/media/thumbnail/{image_path}?width={w}&height={h}&method=scale");
+        let got = bob.request(Method::GET, &path, None).await;
+        assert_eq!(got.status, StatusCode::OK, "{}", String::from_utf8_lossy(&got.body));
+        thumbs += got.body.len();
+    }
+    assert!(png.len() + 90_000 + thumbs > 250_000, "the thumbnails pass the bound: {thumbs} bytes");
+    assert!(!cached(file_path), "the older remote file made room for the image's thumbnails");
+    assert!(cached(image_path), "the media being thumbnailed is kept");
+    a.stop().await;
+    b.stop().await;
+}

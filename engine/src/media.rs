@@ -16,8 +16,9 @@
 //! fetched) is kept in memory, counted once from the metadata at the first
 //! remote fetch after a start; when a fetch takes it past
 //! `media.remote_cache_max_bytes`, the oldest fetched remote media are
-//! deleted until it is at most nine tenths of the bound. Local media is
-//! never evicted.
+//! deleted until it is at most nine tenths of the bound. Thumbnails made of
+//! remote media count towards the same bound (and go with their media).
+//! Local media is never evicted.
 
 use std::{
     path::{Path, PathBuf},
@@ -180,15 +181,38 @@ impl Media {
         if let Some(total) = *counted {
             return Ok(total);
         }
+        // Thumbnail bytes per source hash, from one pass over their folder.
+        let mut thumbnails: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        if let Ok(entries) = std::fs::read_dir(self.dir.join("thumbnails")) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let (Some((hash, _)), Ok(m)) = (name.split_once('-'), entry.metadata()) {
+                    *thumbnails.entry(hash.to_owned()).or_default() += m.len();
+                }
+            }
+        }
         let mut total = 0;
         for row in META.iter(&*self.db, myelin_storage::Direction::Forward)? {
             let ((server, _), meta) = row?;
             if server != self.own {
-                total += meta.size;
+                total += meta.size + thumbnails.remove(&meta.hash).unwrap_or(0);
             }
         }
         *counted = Some(total);
         Ok(total)
+    }
+
+    /// Counts a new thumbnail of `server`'s media in the remote cache (local
+    /// media's are not counted), then brings the cache within `max_bytes`
+    /// without evicting `keep`.
+    pub async fn thumbnail_added(&self, max_bytes: u64, bytes: u64, keep: (&str, &str)) -> Result<usize, EngineError> {
+        if keep.0 == self.own {
+            return Ok(0);
+        }
+        if let Some(total) = self.lock.lock().await.as_mut() {
+            *total += bytes;
+        }
+        self.evict_remote(max_bytes, keep).await
     }
 
     /// Brings the remote cache within `max_bytes` (0: no bound) by deleting
@@ -254,12 +278,16 @@ impl Media {
             }
         }
         self.db.commit(batch).await?;
+        let mut thumbnail_bytes = 0;
         if remove_file {
             let _ = tokio::fs::remove_file(self.blob_path(&meta.hash)).await;
             if let Ok(mut entries) = tokio::fs::read_dir(self.dir.join("thumbnails")).await {
                 while let Ok(Some(entry)) = entries.next_entry().await {
                     if entry.file_name().to_string_lossy().starts_with(&meta.hash) {
-                        let _ = tokio::fs::remove_file(entry.path()).await;
+                        let len = entry.metadata().await.map(|m| m.len()).unwrap_or(0);
+                        if tokio::fs::remove_file(entry.path()).await.is_ok() {
+                            thumbnail_bytes += len;
+                        }
                     }
                 }
             }
@@ -267,7 +295,7 @@ impl Media {
         if server != self.own
             && let Some(total) = counted.as_mut()
         {
-            *total = total.saturating_sub(meta.size);
+            *total = total.saturating_sub(meta.size + thumbnail_bytes);
         }
         Ok(Some(meta))
     }

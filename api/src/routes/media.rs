@@ -205,7 +205,7 @@ pub fn federation_thumbnail(cx: Ctx, req: Req) -> HandlerFuture {
             Some(m) if !m.hash.is_empty() => m,
             _ => return Err(ApiError::not_found("media not found")),
         };
-        let path = make_thumbnail(&cx, &meta, &req).await?;
+        let (path, _) = make_thumbnail(&cx, &meta, &req).await?;
         let bytes = tokio::fs::read(&path).await.map_err(|_| ApiError::not_found("thumbnail missing"))?;
         Ok(multipart(&meta.hash, "image/png", &bytes))
     })
@@ -377,7 +377,12 @@ pub fn legacy_download(cx: Ctx, req: Req) -> HandlerFuture {
 
 async fn thumbnail_inner(cx: &Ctx, req: &Req) -> Result<Resp, ApiError> {
     let meta = local_media(cx, req).await?;
-    let cached = make_thumbnail(cx, &meta, req).await?;
+    let (cached, made) = make_thumbnail(cx, &meta, req).await?;
+    if made > 0 {
+        // A remote file's thumbnails are part of the remote cache's bound.
+        let (server, id) = media_ref(req)?;
+        cx.engine.media.thumbnail_added(cx.engine.config.media.remote_cache_max_bytes, made, (server, id)).await?;
+    }
     file_response(cached, "image/png", None, None).await
 }
 
@@ -407,8 +412,9 @@ pub fn thumbnail_size(width: u32, height: u32, crop: bool) -> (u32, u32, bool) {
         .unwrap_or(THUMBNAIL_SIZES[THUMBNAIL_SIZES.len() - 1])
 }
 
-/// The PNG thumbnail of `meta` for the request's `width`/`height`/`method`, made once and cached.
-async fn make_thumbnail(cx: &Ctx, meta: &MediaMeta, req: &Req) -> Result<std::path::PathBuf, ApiError> {
+/// The PNG thumbnail of `meta` for the request's `width`/`height`/`method`,
+/// made once and cached, and its size in bytes if this call made it (else 0).
+async fn make_thumbnail(cx: &Ctx, meta: &MediaMeta, req: &Req) -> Result<(std::path::PathBuf, u64), ApiError> {
     let dim = |name: &str| -> Result<u32, ApiError> {
         query_param(req, name)
             .and_then(|v| v.parse::<u32>().ok())
@@ -420,6 +426,7 @@ async fn make_thumbnail(cx: &Ctx, meta: &MediaMeta, req: &Req) -> Result<std::pa
     let (width, height, crop) = thumbnail_size(asked_width, asked_height, asked_crop);
     let method = if crop { "crop" } else { "scale" };
     let cached = cx.engine.media.thumbnail_path(&meta.hash, width, height, method);
+    let mut made = 0;
     if !cached.exists() {
         let source = cx.engine.media.blob_path(&meta.hash);
         let target = cached.clone();
@@ -455,8 +462,9 @@ async fn make_thumbnail(cx: &Ctx, meta: &MediaMeta, req: &Req) -> Result<std::pa
         .map_err(|e| {
             ApiError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", format!("cannot thumbnail this media: {e}"))
         })?;
+        made = tokio::fs::metadata(&cached).await.map(|m| m.len()).unwrap_or(0);
     }
-    Ok(cached)
+    Ok((cached, made))
 }
 
 /// GET /_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}
