@@ -293,9 +293,8 @@ pub(super) fn text(body: &str) -> crate::rooms::NewEvent {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_prev_event_is_fetched_from_the_origin_and_both_are_stored() {
-    let rules = ruma::RoomVersionId::V12.rules().unwrap();
+/// A peer answering `get_missing_events` with the event put in the returned slot, 404 to the rest.
+fn missing_events_peer() -> (Arc<FakePeer>, Arc<Mutex<Option<JsonValue>>>) {
     let missing: Arc<Mutex<Option<JsonValue>>> = Arc::default();
     let served = missing.clone();
     let peer = FakePeer::new(move |_, req| {
@@ -305,6 +304,13 @@ async fn a_missing_prev_event_is_fetched_from_the_origin_and_both_are_stored() {
             Ok((404, json!({ "errcode": "M_NOT_FOUND" })))
         }
     });
+    (peer, missing)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_prev_event_is_fetched_from_the_origin_and_both_are_stored() {
+    let rules = ruma::RoomVersionId::V12.rules().unwrap();
+    let (peer, missing) = missing_events_peer();
     let dir = tempfile::tempdir().unwrap();
     let (engine, remote, room) = room_with_a_remote_member(dir.path(), peer.clone()).await;
     let bob = UserId::parse("@bob:peer.test").unwrap();
@@ -333,15 +339,7 @@ async fn a_missing_prev_event_is_fetched_from_the_origin_and_both_are_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_gap_fill_goes_on_in_the_background_and_the_event_is_taken_when_it_ends() {
     let rules = ruma::RoomVersionId::V12.rules().unwrap();
-    let missing: Arc<Mutex<Option<JsonValue>>> = Arc::default();
-    let served = missing.clone();
-    let peer = FakePeer::new(move |_, req| {
-        if req.path_and_query.contains("get_missing_events") {
-            Ok((200, json!({ "events": [served.lock().clone()] })))
-        } else {
-            Ok((404, json!({ "errcode": "M_NOT_FOUND" })))
-        }
-    });
+    let (peer, missing) = missing_events_peer();
     peer.slow_down("get_missing_events", Duration::from_secs(3));
     let dir = tempfile::tempdir().unwrap();
     let (engine, remote, room) =
