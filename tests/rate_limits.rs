@@ -2,11 +2,12 @@
 //! limited (issue #25 §2): over the budget, 429 `M_LIMIT_EXCEEDED` with
 //! `retry_after_ms`, nothing created; a request whose `X-Matrix` signature
 //! does not check out spends nobody's budget, and forged key ids cost at most
-//! one key lookup per server per window.
+//! one key lookup per server per window. Behind a trusted reverse proxy the
+//! client's address is the one the proxy names in `X-Forwarded-For`.
 
 use http::{Method, StatusCode};
 use myelin_engine::federation::xmatrix;
-use myelin_suite::{TestServer, federation_pair, http, https_with, signed_get, tiny_tls_server};
+use myelin_suite::{TestServer, federation_pair, http, http_with, https_with, signed_get, tiny_tls_server};
 use serde_json::json;
 
 async fn register(s: &TestServer, name: &str) -> myelin_suite::Reply {
@@ -49,6 +50,50 @@ async fn registrations_from_one_address_are_limited_and_nothing_is_created_over_
     let later = register(&s, "r4").await;
     assert_eq!(later.status, StatusCode::OK, "the bucket refills: {}", String::from_utf8_lossy(&later.body));
     s.stop().await;
+}
+
+/// Registers `name` as the client `forwarded_for` behind a proxy on loopback.
+async fn register_via(s: &TestServer, name: &str, forwarded_for: &str) -> myelin_suite::Reply {
+    let body = json!({ "username": name, "password": "pass-word-1", "auth": { "type": "m.login.dummy" } });
+    let headers = [("x-forwarded-for", forwarded_for)];
+    http_with(s.client, Method::POST, "/_matrix/client/v3/register", Some(body.to_string().as_bytes()), &headers).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_each_client_has_its_own_budget_and_elsewhere_the_header_is_ignored() {
+    let limits = |c: &mut myelin_engine::Config| {
+        c.registration.enabled = true;
+        c.rate_limit.registrations_burst = 2;
+        c.rate_limit.registrations_per_second = 0.01;
+    };
+    let proxied = TestServer::start_with("proxied.test", |c| {
+        limits(c);
+        c.client.trusted_proxies = vec![serde_json::from_value(json!("127.0.0.1")).unwrap()];
+    })
+    .await;
+    // Two clients behind the proxy: each gets the whole budget, and no more.
+    for (name, client) in [("p1", "198.51.100.1"), ("p2", "198.51.100.1"), ("q1", "198.51.100.2")] {
+        let r = register_via(&proxied, name, client).await;
+        assert_eq!(r.status, StatusCode::OK, "{name}: {}", String::from_utf8_lossy(&r.body));
+    }
+    let over = register_via(&proxied, "p3", "198.51.100.1").await;
+    assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS, "{}", String::from_utf8_lossy(&over.body));
+    // What the client wrote itself, left of what the proxy appended, changes nothing.
+    let spoofed = register_via(&proxied, "p4", "203.0.113.50, 198.51.100.1").await;
+    assert_eq!(spoofed.status, StatusCode::TOO_MANY_REQUESTS, "{}", String::from_utf8_lossy(&spoofed.body));
+    let q2 = register_via(&proxied, "q2", "198.51.100.2").await;
+    assert_eq!(q2.status, StatusCode::OK, "{}", String::from_utf8_lossy(&q2.body));
+    proxied.stop().await;
+
+    // No trusted proxy configured: a header naming a new address each time is ignored.
+    let direct = TestServer::start_with("direct.test", limits).await;
+    for (i, name) in ["d1", "d2"].into_iter().enumerate() {
+        let r = register_via(&direct, name, &format!("198.51.100.{}", 10 + i)).await;
+        assert_eq!(r.status, StatusCode::OK, "{name}: {}", String::from_utf8_lossy(&r.body));
+    }
+    let over = register_via(&direct, "d3", "198.51.100.99").await;
+    assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS, "{}", String::from_utf8_lossy(&over.body));
+    direct.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod client_ip;
 pub mod conn_limit;
 pub mod error;
 pub mod federation;

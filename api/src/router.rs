@@ -36,7 +36,8 @@ impl Listener {
 
 pub use crate::routes::synapse_admin::rooms::Deletions as RoomDeletions;
 
-/// The address a request's connection came from (a request extension).
+/// The address a request came from (a request extension): the connection's
+/// peer, or the client a trusted reverse proxy names ([`crate::client_ip`]).
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub std::net::SocketAddr);
 
@@ -77,7 +78,7 @@ impl Req {
             .ok_or_else(|| ApiError::unknown(format!("route has no parameter {name}")))
     }
 
-    /// The IP address the request's connection came from (unspecified when unknown).
+    /// The IP address the request came from, as [`PeerAddr`] (unspecified when unknown).
     pub fn peer_ip(&self) -> std::net::IpAddr {
         self.parts
             .extensions

@@ -93,7 +93,15 @@ async fn handle(
     remote: std::net::SocketAddr,
     mut req: http::Request<Incoming>,
 ) -> Result<Resp, Infallible> {
-    req.extensions_mut().insert(crate::router::PeerAddr(remote));
+    // Behind a trusted reverse proxy, the client it names (federation requests
+    // are counted by their signed origin, never by address).
+    let client = match state.ctx.listener {
+        crate::router::Listener::Client => {
+            crate::client_ip::client_addr(&state.ctx.engine.config.client.trusted_proxies, remote, req.headers())
+        }
+        crate::router::Listener::Federation => remote,
+    };
+    req.extensions_mut().insert(crate::router::PeerAddr(client));
     let started = Instant::now();
     let method = req.method().clone();
     let mut resp = if method == Method::OPTIONS {

@@ -52,8 +52,22 @@ fn myelin_bin() -> PathBuf {
     here.join("..").join("target").join("debug").join("myelin")
 }
 
+/// A loopback port that was free a moment ago, chosen at random below Linux's
+/// ephemeral range (32768–60999): a port from that range can be taken by another
+/// test's outgoing connection before the server binds it, and then the readiness
+/// probe talks to the wrong socket (a CI run failed with "connection reset" that way).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    use std::hash::{BuildHasher, Hasher};
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        h.write_u32(std::process::id());
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl Server {
@@ -561,10 +575,18 @@ impl Synapse {
             .stderr(Stdio::null())
             .spawn()
             .expect("synapse starts");
-        let synapse = Synapse { child, port, _dir: dir };
+        let mut synapse = Synapse { child, port, _dir: dir };
+        // Ready means its client API answers, not only that the port accepts: the
+        // listener is up a moment before the resource tree is.
         let deadline = Instant::now() + Duration::from_secs(120);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "Synapse did not listen on {port}");
+        loop {
+            if let Ok(Some(exit)) = synapse.child.try_wait() {
+                panic!("Synapse exited before it was ready: {exit}");
+            }
+            if answers_versions(port) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "Synapse did not answer on {port}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         synapse
@@ -573,6 +595,19 @@ impl Synapse {
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+}
+
+/// Whether `GET /_matrix/client/versions` on loopback `port` answers 200.
+fn answers_versions(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = format!("GET /_matrix/client/versions HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.ends_with(b" 200")
 }
 
 impl Drop for Synapse {

@@ -213,6 +213,10 @@ impl Default for RateLimitConfig {
 pub struct ClientConfig {
     /// Client-Server + media API, plain HTTP.
     pub listen: SocketAddr,
+    /// Reverse proxies (CIDR ranges) whose `X-Forwarded-For` names the client:
+    /// per-address limits then count the client's address, not the proxy's
+    /// (Myelin extension). Empty: the header is ignored.
+    pub trusted_proxies: Vec<IpRange>,
 }
 
 /// `[federation]`
@@ -258,6 +262,10 @@ pub struct FederationConfig {
     /// reaches us (an authenticated request) or the server restarts, when it
     /// is tried once (Myelin extension). 0: never park.
     pub park_after_s: u64,
+    /// Rows a destination's queue may hold before it is compacted to the newest
+    /// event per room (the destination fetches the rest as a gap; Myelin
+    /// extension). 0: never compacted.
+    pub max_queue_per_destination: usize,
     /// CIDR ranges outbound connections may reach although they are internal
     /// (loopback, private, link-local…; see `net_policy`), e.g. `["10.0.0.0/8"]`
     /// for an air-gapped federation (Myelin extension). Checked after DNS.
@@ -344,7 +352,7 @@ impl Default for Config {
 
 impl Default for ClientConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8008)) }
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8008)), trusted_proxies: Vec::new() }
     }
 }
 
@@ -366,6 +374,7 @@ impl Default for FederationConfig {
             max_gap_events: 5000,
             gap_fill_wait_ms: 5000,
             park_after_s: 86_400,
+            max_queue_per_destination: 50_000,
             ip_range_allow: Vec::new(),
             ip_range_deny: Vec::new(),
             insecure: BTreeMap::new(),

@@ -35,9 +35,12 @@
 //! Guarantees: a row is removed only after the destination answered 200, or
 //! refused its transaction as a whole [`MAX_REFUSALS`] times; the queue
 //! survives restarts (it is in RocksDB), so a destination that was down for
-//! hours, or parked, gets every PDU it missed when it returns. Not
-//! guaranteed: a parked destination's queue still grows with the rooms it
-//! shares with us (bounded by their traffic, not by retries).
+//! hours, or parked, gets every PDU it missed when it returns, as a row of its
+//! own while the queue holds at most `federation.max_queue_per_destination`
+//! rows; past that (checked on each failed try, and every
+//! [`Timings::parked_check`] while parked) the queue is compacted to the
+//! newest event per room, and the destination fetches the rest from us as a
+//! gap when it returns (see `rooms::catch_up`).
 //!
 //! A transaction that follows one just delivered (the queue was emptied by it)
 //! waits [`LINGER`] (1 ms) first, so a burst travels in fewer, fuller
@@ -140,7 +143,22 @@ async fn deliver(engine: Arc<Engine>, name: String, wake: Arc<Notify>) {
         match deliver_queued(&engine, &name).await {
             Stopped::Drained | Stopped::Failed => wake.notified().await,
             Stopped::Parked => {
-                engine.federation.alive_signal(&name).notified().await;
+                let alive = engine.federation.alive_signal(&name);
+                let every = engine.federation.sender_timings().parked_check;
+                // Parked, its queue still grows with the rooms it shares with us.
+                loop {
+                    tokio::select! {
+                        _ = alive.notified() => break,
+                        _ = tokio::time::sleep(every) => {
+                            let cap = engine.config.federation.max_queue_per_destination;
+                            if let Ok(Some(dest)) = engine.rooms.server_short(&name)
+                                && let Ok(n) = engine.rooms.outbound_depth(dest, cap.saturating_add(1))
+                            {
+                                bound_queue(&engine, &name, dest, n).await;
+                            }
+                        }
+                    }
+                }
                 tracing::info!("parked destination reached us; resuming");
                 let now = now_ms();
                 let fresh =
@@ -202,11 +220,18 @@ pub struct Timings {
     pub first_backoff: Duration,
     /// The longest wait.
     pub max_backoff: Duration,
+    /// How often a parked destination's queue is measured against
+    /// `federation.max_queue_per_destination` (nothing else wakes it).
+    pub parked_check: Duration,
 }
 
 impl Default for Timings {
     fn default() -> Self {
-        Self { first_backoff: Duration::from_secs(1), max_backoff: Duration::from_secs(120) }
+        Self {
+            first_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(120),
+            parked_check: Duration::from_secs(60),
+        }
     }
 }
 
@@ -438,6 +463,7 @@ async fn deliver_queued(engine: &Engine, name: &str) -> Stopped {
                 if let Some(d) = dest
                     && let Ok(n) = engine.rooms.outbound_depth(d, 1_000_000)
                 {
+                    let n = bound_queue(engine, name, d, n).await;
                     depth = Some(n);
                     metrics::gauge!("myelin_federation_queue_depth", "destination" => name.to_owned()).set(n as f64);
                 }
@@ -483,6 +509,34 @@ async fn deliver_queued(engine: &Engine, name: &str) -> Stopped {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Compacts the queue of a destination that is away once it holds more than
+/// `federation.max_queue_per_destination` rows (`depth`), keeping the newest
+/// event per room ([`crate::rooms::Rooms::outbound_compact`]); the depth after.
+async fn bound_queue(engine: &Engine, name: &str, dest: u64, depth: usize) -> usize {
+    let cap = engine.config.federation.max_queue_per_destination;
+    if cap == 0 || depth <= cap {
+        return depth;
+    }
+    match engine.rooms.outbound_compact(dest).await {
+        Ok(done) => {
+            tracing::warn!(
+                queued = depth,
+                kept = done.kept,
+                pdus_dropped = done.pdus,
+                edus_dropped = done.edus,
+                "destination's queue passed federation.max_queue_per_destination; kept the newest event \
+                 per room, which it will fill the gaps behind from us when it returns"
+            );
+            metrics::gauge!("myelin_federation_queue_depth", "destination" => name.to_owned()).set(done.kept as f64);
+            done.kept
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not compact the destination's queue");
+            depth
         }
     }
 }

@@ -18,7 +18,7 @@ use super::{
     TransportError,
     queue_status::{DestinationState, queue_status},
     sender::{self, Timings},
-    tests::{FakePeer, room_with_a_remote_member, text, wait_for},
+    tests::{FakePeer, remote_signed, room_with_a_remote_member, room_with_a_remote_member_and, text, wait_for},
 };
 use crate::{Config, Engine};
 
@@ -38,6 +38,7 @@ fn fast(engine: &Engine) {
     engine.federation.set_sender_timings(Timings {
         first_backoff: Duration::from_millis(5),
         max_backoff: Duration::from_millis(40),
+        parked_check: Duration::from_millis(50),
     });
 }
 
@@ -183,6 +184,116 @@ async fn a_destination_unreachable_past_park_after_is_parked_and_resumes_when_it
     assert!(delivered.ends_with(&["m1".to_owned(), "m2".to_owned()]), "{delivered:?}");
     assert!(wait_for(|| engine.backoffs.get("peer.test").ok().flatten().is_none()).await, "backoff cleared");
     assert_eq!(state_of(&engine, "peer.test"), None);
+    let _ = stop.send(true);
+    let _ = task.await;
+}
+
+/// A device-list update EDU for `@alice:us.test`'s device `device`, numbered `n`.
+fn device_list_update(device: &str, n: u64) -> JsonValue {
+    json!({ "edu_type": "m.device_list_update", "content": { "user_id": "@alice:us.test",
+        "device_id": device, "stream_id": n, "prev_id": [], "deleted": false } })
+}
+
+/// The message bodies of the PDUs in transaction bodies.
+fn pdu_bodies<'a>(bodies: impl Iterator<Item = &'a Option<JsonValue>>) -> Vec<String> {
+    bodies
+        .flat_map(|b| b.as_ref().and_then(|b| b.get("pdus")).and_then(JsonValue::as_array).cloned().unwrap_or_default())
+        .filter_map(|p| p.get("content")?.get("body")?.as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_away_past_its_queue_bound_gets_the_newest_event_per_room_and_can_fetch_the_rest() {
+    let up = Arc::new(AtomicBool::new(false));
+    let answering = up.clone();
+    let peer = FakePeer::new(move |_, _| {
+        if answering.load(Ordering::SeqCst) {
+            Ok((200, json!({ "pdus": {} })))
+        } else {
+            Err(TransportError::Connect("refused".into()))
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, remote, room_a) = room_with_a_remote_member_and(dir.path(), peer.clone(), |c| {
+        c.federation.park_after_s = 1;
+        c.federation.max_queue_per_destination = 10;
+    })
+    .await;
+    fast(&engine);
+    // A second room that bob of peer.test joined.
+    let alice = UserId::parse("@alice:us.test").unwrap();
+    let bob = UserId::parse("@bob:peer.test").unwrap();
+    let create = crate::rooms::CreateRoom {
+        version: Some(ruma::RoomVersionId::V12),
+        preset: Some(crate::rooms::Preset::PublicChat),
+        ..Default::default()
+    };
+    let room_b = engine.rooms.create_room(&alice, create).await.unwrap();
+    let join = crate::rooms::NewEvent::state(
+        ruma::events::TimelineEventType::RoomMember,
+        bob.as_str(),
+        json!({ "membership": "join" }),
+    );
+    let join = remote_signed(&engine, &remote, &room_b, &bob, join, None).await;
+    let pdu = crate::rooms::Pdu::from_object(join, &ruma::RoomVersionId::V12.rules().unwrap()).unwrap();
+    assert!(matches!(engine.rooms.append_pdu(pdu).await.unwrap(), crate::rooms::Appended::Accepted(_)));
+
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(sender::run(engine.clone(), stop_rx));
+    // While peer.test is away: 15 messages in each room, a device updated three
+    // times, another once, and 3 to-device messages; 26 rows over a bound of 10.
+    let dests = || ["peer.test".to_owned()];
+    let mut newest_a = None;
+    for i in 0..15 {
+        newest_a = Some(engine.rooms.send(&alice, &room_a, text(&format!("a{i}"))).await.unwrap());
+        engine.rooms.send(&alice, &room_b, text(&format!("b{i}"))).await.unwrap();
+        if i < 3 {
+            super::e2ee::queue_durable_edu(&engine, dests(), &device_list_update("D1", i)).await.unwrap();
+            super::e2ee::queue_durable_edu(&engine, dests(), &to_device(&format!("m{i}"))).await.unwrap();
+        }
+    }
+    super::e2ee::queue_durable_edu(&engine, dests(), &device_list_update("D2", 9)).await.unwrap();
+    let newest_a = newest_a.unwrap();
+    // Compacted, parked or not: the newest message per room, the newest update
+    // per device, every to-device message (3 of the 1,000 kept).
+    let depth = || {
+        queue_status(&engine).ok().and_then(|s| s.into_iter().find(|d| d.destination == "peer.test")).map(|d| d.depth)
+    };
+    assert!(wait_for(|| state_of(&engine, "peer.test") == Some(DestinationState::Parked)).await, "parked");
+    assert!(wait_for(|| depth() == Some(2 + 2 + 3)).await, "compacted: {:?}", depth());
+
+    // It returns: what it is sent is what was kept, in queue order.
+    let tries = sends(&peer).len();
+    up.store(true, Ordering::SeqCst);
+    engine.federation.mark_alive("peer.test");
+    assert!(wait_for(|| engine.rooms.outbound_destinations().unwrap().is_empty()).await, "delivered");
+    let after: Vec<(String, Option<JsonValue>)> = sends(&peer).into_iter().skip(tries).collect();
+    assert_eq!(pdu_bodies(after.iter().map(|(_, b)| b)), ["a14", "b14"]);
+    let edus: Vec<JsonValue> = after
+        .iter()
+        .flat_map(|(_, b)| {
+            b.as_ref().and_then(|b| b.get("edus")).and_then(JsonValue::as_array).cloned().unwrap_or_default()
+        })
+        .collect();
+    let updates: Vec<(String, u64)> = edus
+        .iter()
+        .filter(|e| e["edu_type"] == "m.device_list_update")
+        .map(|e| (e["content"]["device_id"].as_str().unwrap().to_owned(), e["content"]["stream_id"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(updates, [("D1".to_owned(), 2), ("D2".to_owned(), 9)]);
+    let delivered: Vec<String> = after.iter().flat_map(|(_, b)| message_ids(b)).collect();
+    assert_eq!(delivered, ["m0", "m1", "m2"]);
+
+    // And the events left out are there for it to fetch, as for any gap.
+    let ask: super::serve::MissingEventsRequest = serde_json::from_value(json!({
+        "limit": 100, "earliest_events": [], "latest_events": [newest_a.event_id],
+    }))
+    .unwrap();
+    let fetched = super::serve::missing_events(&engine, "peer.test", &room_a, &ask).unwrap();
+    let mut bodies: Vec<String> =
+        fetched.events.iter().filter_map(|p| p["content"]["body"].as_str().map(str::to_owned)).collect();
+    bodies.sort_by_key(|b| b[1..].parse::<u32>().unwrap_or(u32::MAX));
+    assert_eq!(bodies, (0..14).map(|i| format!("a{i}")).collect::<Vec<_>>());
     let _ = stop.send(true);
     let _ = task.await;
 }

@@ -25,6 +25,7 @@
 mod append;
 mod appservices;
 mod build;
+mod catch_up;
 mod create;
 mod error;
 pub mod events;

@@ -391,7 +391,7 @@ impl Rooms {
     }
 
     /// Where a destination's live rows start, as far as this process knows.
-    fn outbound_floor(&self, dest: u64) -> u64 {
+    pub(super) fn outbound_floor(&self, dest: u64) -> u64 {
         self.outbound_floors.lock().get(&dest).copied().unwrap_or(0)
     }
 
