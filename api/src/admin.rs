@@ -58,16 +58,36 @@ pub async fn serve(engine: Arc<Engine>, mut stop: watch::Receiver<bool>) {
             return;
         }
     };
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-    }
+    // Only the server's own user may use the socket: the file is made 0600 (a
+    // connect needs write permission on it), and since another user could
+    // connect between bind and chmod, every peer's uid is checked as well.
+    let owner = {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        match std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .and_then(|()| std::fs::metadata(&path))
+        {
+            Ok(meta) => meta.uid(),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e,
+                    "could not make the admin socket private; not serving it");
+                let _ = std::fs::remove_file(&path);
+                return;
+            }
+        }
+    };
     tracing::info!(path = %path.display(), "admin socket listening");
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
+                match stream.peer_cred().map(|c| c.uid()) {
+                    Ok(uid) if uid == owner || uid == 0 => {}
+                    other => {
+                        tracing::warn!(peer_uid = ?other.ok(), "admin socket: refused a connection from another user");
+                        metrics::counter!("myelin_admin_socket_refused_total").increment(1);
+                        continue;
+                    }
+                }
                 let engine = engine.clone();
                 tokio::spawn(
                     async move { session(engine, stream).await }
