@@ -181,3 +181,42 @@ async fn forged_key_ids_cost_one_key_lookup_not_one_per_request() {
     server.abort();
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_naming_ever_new_servers_cost_at_most_the_key_lookup_budget() {
+    // Twenty made-up servers, all pointing at one host that has no keys to give.
+    let dir = tempfile::tempdir().unwrap();
+    let tls = myelin_api::tls::server_config(&myelin_suite::test_config(dir.path(), "keyless.test")).unwrap();
+    let (addr, seen, server) =
+        tiny_tls_server("127.0.0.1:0", tls, |_| (404, "application/json", br#"{"errcode":"M_NOT_FOUND"}"#.to_vec()))
+            .await;
+    let b = TestServer::start_with("victim.test", |c| {
+        c.federation.verify_tls = false;
+        for i in 0..21 {
+            c.federation.hosts.insert(format!("s{i}.test"), addr);
+        }
+        c.rate_limit.key_lookups_burst = 5;
+        c.rate_limit.key_lookups_per_second = 0.001;
+    })
+    .await;
+    let path = "/_matrix/federation/v1/publicRooms";
+    let sig = "A".repeat(86);
+    for i in 0..20 {
+        let header =
+            format!("X-Matrix origin=\"s{i}.test\",destination=\"victim.test\",key=\"ed25519:k\",sig=\"{sig}\"");
+        let r = https_with(b.federation.unwrap(), Method::GET, path, None, &[("authorization", &header)]).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let asked = || seen.lock().unwrap().iter().filter(|p| p.starts_with("/_matrix/key/")).count();
+    assert_eq!(asked(), 5, "twenty new server names made {} key fetches", asked());
+    // The unauthenticated notary endpoint draws on the same budget.
+    let q = https_with(b.federation.unwrap(), Method::GET, "/_matrix/key/v2/query/s20.test", None, &[]).await;
+    assert!(
+        q.status.is_client_error() || q.json()["server_keys"].as_array().is_some_and(|k| k.is_empty()),
+        "{}",
+        String::from_utf8_lossy(&q.body)
+    );
+    assert_eq!(asked(), 5, "the notary query was not charged");
+    server.abort();
+    b.stop().await;
+}

@@ -39,7 +39,7 @@ pub async fn require_server(cx: &Ctx, req: &Req) -> Result<String, ApiError> {
     }
     let key = cx
         .engine
-        .server_key(&x.origin, &x.key)
+        .request_key(&x.origin, &x.key)
         .await
         .map_err(|e| unauthorized(format!("cannot get {}'s key {}: {e}", x.origin, x.key)))?
         .ok_or_else(|| unauthorized(format!("{} has no key {}", x.origin, x.key)))?;

@@ -190,6 +190,12 @@ pub struct RateLimitConfig {
     pub federation_per_second: f64,
     /// Requests one remote server may make in a burst.
     pub federation_burst: u32,
+    /// Key lookups per second, sustained, that requests from servers not yet
+    /// verified (X-Matrix checks, notary queries) may cause, all servers
+    /// together; 0 turns the limit off (Myelin extension).
+    pub key_lookups_per_second: f64,
+    /// Such key lookups in a burst.
+    pub key_lookups_burst: u32,
 }
 
 impl Default for RateLimitConfig {
@@ -203,6 +209,8 @@ impl Default for RateLimitConfig {
             registrations_burst: 500,
             federation_per_second: 200.0,
             federation_burst: 2000,
+            key_lookups_per_second: 10.0,
+            key_lookups_burst: 100,
         }
     }
 }
@@ -533,6 +541,7 @@ impl Config {
             ("login_failures_per_second", r.login_failures_per_second),
             ("registrations_per_second", r.registrations_per_second),
             ("federation_per_second", r.federation_per_second),
+            ("key_lookups_per_second", r.key_lookups_per_second),
         ] {
             if !(rate >= 0.0 && rate.is_finite()) {
                 return Err(ConfigError(format!("rate_limit.{name}: must be a number >= 0 (0 turns the limit off)")));

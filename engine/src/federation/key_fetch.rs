@@ -11,7 +11,14 @@
 //! failed): concurrent requests wait for the one lookup in flight, and later
 //! ones within that time get its outcome, so a stranger forging `X-Matrix`
 //! headers with made-up key ids cannot turn us into a key-fetching loop
-//! against that server.
+//! against that server. Lookups that requests from servers not yet verified
+//! cause (an X-Matrix check, a notary query) also draw on one budget for all
+//! servers together (`rate_limit.key_lookups_*`), so naming a new server in
+//! every request does not buy one outbound lookup per request either; past
+//! it the request is refused as if the keys could not be had
+//! (`myelin_key_lookups_throttled_total`). Lookups for events (a join's auth
+//! chain, a transaction's PDUs) come from servers already verified and are
+//! not charged.
 
 use std::{num::NonZeroUsize, time::Duration, time::Instant};
 
@@ -37,16 +44,50 @@ pub struct KeyLookups {
     /// Server → when it was last asked and whether that worked.
     recent: Mutex<lru::LruCache<String, (Instant, bool)>>,
     in_flight: InFlight<String>,
+    /// Lookups unverified requests may still cause: tokens and when they were counted.
+    budget: Mutex<(f64, Instant)>,
 }
 
 impl Default for KeyLookups {
     fn default() -> Self {
         let cap = NonZeroUsize::new(REMEMBERED).unwrap_or(NonZeroUsize::MIN);
-        Self { recent: Mutex::new(lru::LruCache::new(cap)), in_flight: InFlight::new(MAX_LOOKUPS) }
+        Self {
+            recent: Mutex::new(lru::LruCache::new(cap)),
+            in_flight: InFlight::new(MAX_LOOKUPS),
+            budget: Mutex::new((f64::INFINITY, Instant::now())),
+        }
     }
 }
 
+/// Who a key lookup is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Asker {
+    /// A request whose origin is not verified yet: charged to the shared budget.
+    Unverified,
+    /// Events from a server already verified.
+    Verified,
+}
+
 impl KeyLookups {
+    /// Takes one lookup from the shared budget (`per_second` sustained,
+    /// `burst` at most; `per_second` 0: unlimited); false when it is spent.
+    fn take(&self, per_second: f64, burst: u32) -> bool {
+        if per_second <= 0.0 {
+            return true;
+        }
+        let mut budget = self.budget.lock();
+        let (tokens, at) = &mut *budget;
+        let now = Instant::now();
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_second).min(f64::from(burst));
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
     /// The outcome of `server`'s last lookup if it is recent enough to reuse.
     fn recent(&self, server: &str) -> Option<bool> {
         let mut recent = self.recent.lock();
@@ -63,6 +104,22 @@ impl KeyLookups {
 impl Engine {
     /// The verified public key `key_id` of `server`, fetching its key document if needed.
     pub async fn server_key(&self, server: &str, key_id: &str) -> Result<Option<String>, FederationError> {
+        self.server_key_for(server, key_id, Asker::Verified).await
+    }
+
+    /// [`Engine::server_key`] for checking the X-Matrix signature of a request
+    /// that claims to come from `server`: a lookup it causes is charged to
+    /// the budget of unverified requests.
+    pub async fn request_key(&self, server: &str, key_id: &str) -> Result<Option<String>, FederationError> {
+        self.server_key_for(server, key_id, Asker::Unverified).await
+    }
+
+    async fn server_key_for(
+        &self,
+        server: &str,
+        key_id: &str,
+        asker: Asker,
+    ) -> Result<Option<String>, FederationError> {
         if let Some(key) = self.keyring.key(server, key_id, false)? {
             return Ok(Some(key));
         }
@@ -70,7 +127,7 @@ impl Engine {
             // Pinned by configuration: an unknown key id is not looked up anywhere.
             return Ok(None);
         }
-        self.look_up(server, || Ok(self.keyring.key(server, key_id, false)?.is_some())).await?;
+        self.look_up(server, asker, || Ok(self.keyring.key(server, key_id, false)?.is_some())).await?;
         self.keyring.key(server, key_id, false)
     }
 
@@ -80,6 +137,7 @@ impl Engine {
     async fn look_up(
         &self,
         server: &str,
+        asker: Asker,
         found: impl Fn() -> Result<bool, FederationError>,
     ) -> Result<(), FederationError> {
         let lookups = &self.key_lookups;
@@ -100,6 +158,13 @@ impl Engine {
             }
             None => {}
         }
+        let rate = &self.config.rate_limit;
+        if asker == Asker::Unverified && !lookups.take(rate.key_lookups_per_second, rate.key_lookups_burst) {
+            metrics::counter!("myelin_key_lookups_throttled_total").increment(1);
+            return Err(FederationError::Unreachable(format!(
+                "too many key lookups for unverified requests; {server}'s keys not fetched now"
+            )));
+        }
         let outcome = self.refresh_keys(server).await;
         lookups.record(server, outcome.is_ok());
         outcome
@@ -111,7 +176,8 @@ impl Engine {
         if let Some(doc) = self.keyring.document(server)? {
             return Ok(doc);
         }
-        self.look_up(server, || Ok(self.keyring.document(server)?.is_some())).await?;
+        // Asked by anyone (the notary endpoint needs no authentication).
+        self.look_up(server, Asker::Unverified, || Ok(self.keyring.document(server)?.is_some())).await?;
         self.keyring.document(server)?.ok_or_else(|| FederationError::BadResponse {
             server: server.to_owned(),
             reason: "no valid key document".into(),
