@@ -93,12 +93,19 @@ pub struct TimedOut {
     pub status_msg: Option<String>,
 }
 
+/// Remote users whose presence one server may have kept here at once.
+pub const MAX_REMOTE_PRESENCE_PER_SERVER: usize = 10_000;
+/// Remote users whose presence is kept here at once, all servers together.
+pub const MAX_REMOTE_PRESENCE: usize = 50_000;
+
 /// Typing and presence of one server.
 pub struct Ephemeral {
     typing: Mutex<HashMap<OwnedRoomId, RoomTyping>>,
     serial: AtomicU64,
     notify: watch::Sender<u64>,
     presence: Mutex<HashMap<OwnedUserId, Presence>>,
+    /// Per remote server, how many of its users `presence` holds (locked after `presence`).
+    remote_presence: Mutex<HashMap<ruma::OwnedServerName, usize>>,
     syncing: Mutex<HashMap<OwnedUserId, Syncing>>,
 }
 
@@ -117,6 +124,7 @@ impl Ephemeral {
             serial: AtomicU64::new(0),
             notify,
             presence: Mutex::new(HashMap::new()),
+            remote_presence: Mutex::new(HashMap::new()),
             syncing: Mutex::new(HashMap::new()),
         }
     }
@@ -196,17 +204,34 @@ impl Ephemeral {
     }
 
     /// Sets a remote user's presence as their server pushed it, with how long ago
-    /// the user was last active there.
+    /// the user was last active there. A user not yet known is dropped (and
+    /// counted) while their server has [`MAX_REMOTE_PRESENCE_PER_SERVER`] users
+    /// here, or all servers [`MAX_REMOTE_PRESENCE`]: a server cannot grow this
+    /// map by naming ever new users. Returns whether it was kept.
     pub fn set_remote_presence(
         &self,
         user: &UserId,
         state: &str,
         status_msg: Option<String>,
         last_active_ago: Option<Duration>,
-    ) {
+    ) -> bool {
+        {
+            let all = self.presence.lock();
+            if !all.contains_key(user) {
+                let mut counts = self.remote_presence.lock();
+                let total: usize = counts.values().sum();
+                let of_server = counts.get(user.server_name()).copied().unwrap_or(0);
+                if of_server >= MAX_REMOTE_PRESENCE_PER_SERVER || total >= MAX_REMOTE_PRESENCE {
+                    metrics::counter!("myelin_presence_remote_dropped_total").increment(1);
+                    return false;
+                }
+                *counts.entry(user.server_name().to_owned()).or_insert(0) += 1;
+            }
+        }
         let now = Instant::now();
         let last_active = last_active_ago.map(|ago| now.checked_sub(ago).unwrap_or(now));
         self.put_presence(user, state, status_msg, Some(last_active.unwrap_or(now)));
+        true
     }
 
     fn put_presence(&self, user: &UserId, state: &str, status_msg: Option<String>, last_active: Option<Instant>) {
@@ -254,11 +279,16 @@ impl Ephemeral {
         let mut out = Vec::new();
         let mut remote_offline = Vec::new();
         let mut all = self.presence.lock();
+        let mut counts = self.remote_presence.lock();
         all.retain(|user, p| {
             let quiet = now.saturating_duration_since(p.since);
             if user.server_name() != local {
                 if p.state == "offline" {
-                    return quiet <= t.remote_offline_after;
+                    let keep = quiet <= t.remote_offline_after;
+                    if !keep && let Some(n) = counts.get_mut(user.server_name()) {
+                        *n = n.saturating_sub(1);
+                    }
+                    return keep;
                 }
                 if quiet > t.remote_offline_after {
                     remote_offline.push(user.clone());
@@ -278,6 +308,8 @@ impl Ephemeral {
             }
             true
         });
+        counts.retain(|_, n| *n > 0);
+        drop(counts);
         for user in remote_offline {
             let changed = self.serial.fetch_add(1, Ordering::SeqCst) + 1;
             if let Some(p) = all.get_mut(&user) {
@@ -482,5 +514,25 @@ mod tests {
         e.set_presence(&carol, "online", None);
         let out = e.timeouts(local, T, Instant::now() + Duration::from_secs(31));
         assert_eq!(states(&out), [(carol.to_string(), "offline")]);
+    }
+
+    #[test]
+    fn one_server_cannot_fill_the_presence_map_with_ever_new_users() {
+        let e = Arc::new(Ephemeral::new());
+        let local = ruma::server_name!("here.test");
+        for i in 0..MAX_REMOTE_PRESENCE_PER_SERVER {
+            assert!(e.set_remote_presence(&user(&format!("@u{i}:flood.test")), "online", None, None));
+        }
+        // A new user of that server is dropped; one already known is still updated.
+        assert!(!e.set_remote_presence(&user("@new:flood.test"), "online", None, None));
+        assert!(e.presence(&user("@new:flood.test")).is_none());
+        assert!(e.set_remote_presence(&user("@u0:flood.test"), "unavailable", None, None));
+        assert_eq!(e.presence(&user("@u0:flood.test")).unwrap().state, "unavailable");
+        // Other servers' users are not affected.
+        assert!(e.set_remote_presence(&user("@bob:there.test"), "online", None, None));
+        // Once its users are forgotten (offline, then quiet as long again), there is room again.
+        e.timeouts(local, T, Instant::now() + Duration::from_secs(1801));
+        e.timeouts(local, T, Instant::now() + Duration::from_secs(3700));
+        assert!(e.set_remote_presence(&user("@new:flood.test"), "online", None, None));
     }
 }
