@@ -614,3 +614,64 @@ async fn reverse_third_party_lookups_ask_the_appservice_whose_namespace_holds_th
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
     server.stop().await;
 }
+
+/// The to-device messages of delivered transactions (stable key), each transaction once.
+fn to_device_of(fake: &FakeAppservice) -> Vec<Value> {
+    let mut ids = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (id, body) in fake.delivered() {
+        if ids.insert(id) {
+            assert_eq!(body["to_device"], body["de.sorunome.msc2409.to_device"], "both spellings: {body}");
+            out.extend(body["to_device"].as_array().cloned().unwrap_or_default());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn to_device_messages_for_the_appservices_users_are_pushed_to_it_and_survive_it_being_down() {
+    let fake = FakeAppservice::start(not_found).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with(&registration(Some(&fake.url()), true), &dir).await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    assert_eq!(as_register(&server, "bridge_carol").await.status, StatusCode::OK);
+    let send = |n: u32| {
+        let (alice, bob) = (&alice, &bob);
+        async move {
+            let messages = json!({
+                "@bridge_carol:as.test": { "CAROLDEV": { "n": n, "secret": "room key" } },
+                bob.user_id.as_str(): { bob.device_id.as_str(): { "n": n } },
+            });
+            alice.put(&format!("/_matrix/client/v3/sendToDevice/m.test/t{n}"), json!({ "messages": messages })).await;
+        }
+    };
+    send(1).await;
+    fake.wait_until(Duration::from_secs(10), "a to-device message", |f| !to_device_of(f).is_empty()).await;
+    let pushed = to_device_of(&fake);
+    assert_eq!(
+        pushed,
+        [json!({ "type": "m.test", "sender": alice.user_id, "content": { "n": 1, "secret": "room key" },
+            "to_user_id": "@bridge_carol:as.test", "to_device_id": "CAROLDEV" })],
+        "only the message for the appservice's user, with whom it is for"
+    );
+    // The exclusive user has no inbox to fill; bob's message is in his.
+    let inbox = server.engine.users.pending_to_device("@bridge_carol:as.test", "CAROLDEV", u64::MAX, 10).unwrap();
+    assert!(inbox.is_empty(), "{inbox:?}");
+    let bob_sync = bob.get("/_matrix/client/v3/sync").await;
+    assert_eq!(bob_sync["to_device"]["events"][0]["content"]["n"], 1, "{bob_sync}");
+
+    // Down for a while: kept, then delivered once, in order.
+    fake.set_down(true);
+    for n in 2..=4 {
+        send(n).await;
+    }
+    fake.wait_until(Duration::from_secs(10), "a refused transaction", |f| f.requests().iter().any(|s| s.status == 503))
+        .await;
+    fake.set_down(false);
+    as_request(&server, Method::GET, "/_matrix/client/v3/account/whoami", None, None).await;
+    fake.wait_until(Duration::from_secs(20), "all four", |f| to_device_of(f).len() >= 4).await;
+    let ns: Vec<u64> = to_device_of(&fake).iter().filter_map(|m| m["content"]["n"].as_u64()).collect();
+    assert_eq!(ns, [1, 2, 3, 4]);
+    server.stop().await;
+}

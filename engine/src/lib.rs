@@ -133,8 +133,9 @@ impl Engine {
         let keys = Arc::new(keys);
         let rooms = rooms::Rooms::open(db.clone(), server_name.clone(), keys.clone(), stream.clone())?;
         tracing::info!(server_name = %server_name, key_id = keys.key_id(), data_dir = %config.data_dir.display(), "engine ready");
-        let users = users::Users::new(db.clone(), server_name.clone(), stream.clone(), &config.limits);
         let appservices = rooms.appservices.clone();
+        let users = users::Users::new(db.clone(), server_name.clone(), stream.clone(), &config.limits)
+            .with_appservices(appservices.clone());
         let pushers = pushers::Pushers::open(db.clone(), rooms.push_wanted.clone(), rooms.push_pending.clone())?;
         appservices.load_files(&config.appservice.registrations)?;
         for a in appservices.all().iter() {

@@ -214,6 +214,9 @@ pub static APPSERVICE_REGISTRATION: Cf = point("appservice_registration", 0);
 pub static APPSERVICESEQ_EVENT: Cf = scan("appserviceseq_event", 0);
 /// Appservice id → its sender's state (next transaction id, the transaction in flight).
 pub static APPSERVICE_SENDER: Cf = point("appservice_sender", 0);
+/// `(appservice id, stream position)` → a to-device message for one of its users
+/// (MSC4203), written in the message's own batch.
+pub static APPSERVICESEQ_TODEVICE: Cf = scan("appserviceseq_todevice", 0);
 
 /// `(user id, app id, pushkey)` → the pusher's JSON.
 pub static USERAPPKEY_PUSHER: Cf = point("userappkey_pusher", 0);
@@ -295,6 +298,7 @@ pub static ALL: &[&Cf] = &[
     &APPSERVICE_REGISTRATION,
     &APPSERVICESEQ_EVENT,
     &APPSERVICE_SENDER,
+    &APPSERVICESEQ_TODEVICE,
     &USERAPPKEY_PUSHER,
     &PUSH_PENDING,
     &PUSHERCOUNT_NOTIFICATION,

@@ -19,6 +19,38 @@ use crate::EngineError;
 pub(crate) const QUEUE: Table<(String, u64), u64> = Table::new(&catalog::APPSERVICESEQ_EVENT);
 /// Appservice id → its sender's state.
 const SENDER: Table<String, SenderState> = Table::new(&catalog::APPSERVICE_SENDER);
+/// `(appservice id, stream position)` → a to-device message for one of its users.
+///
+/// Positions come from the same stream as [`QUEUE`]'s, so a transaction's
+/// `seqs` name rows of either table without ambiguity.
+pub(crate) const TO_DEVICE: Table<(String, u64), ToDeviceRow> = Table::new(&catalog::APPSERVICESEQ_TODEVICE);
+
+/// A to-device message queued for an appservice (MSC4203).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ToDeviceRow {
+    /// The appservice's user it is for.
+    pub to_user: String,
+    /// That user's device.
+    pub to_device: String,
+    /// Who sent it.
+    pub sender: String,
+    /// Event type.
+    pub kind: String,
+    /// Content JSON.
+    pub content: Vec<u8>,
+}
+impl Stored for ToDeviceRow {}
+
+/// Up to `max` queued to-device messages of appservice `id`, oldest first.
+pub fn to_device_rows(db: &Db, id: &str, max: usize) -> Result<Vec<(u64, ToDeviceRow)>, EngineError> {
+    let id = id.to_owned();
+    let mut out = Vec::new();
+    for row in TO_DEVICE.range(db, (id.clone(), 0)..=(id, u64::MAX), Direction::Forward)?.take(max) {
+        let ((_, seq), message) = row?;
+        out.push((seq, message));
+    }
+    Ok(out)
+}
 
 /// A transaction that was built and may have been sent, not yet acknowledged.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -71,7 +103,7 @@ pub fn rows(db: &Db, id: &str, from: u64, max: usize) -> Result<Vec<(u64, u64)>,
     Ok(out)
 }
 
-/// How many rows wait for appservice `id`, counting at most `cap`.
+/// How many events wait for appservice `id`, counting at most `cap`.
 pub fn depth(db: &Db, id: &str, cap: usize) -> Result<usize, EngineError> {
     let id = id.to_owned();
     let mut n = 0;
@@ -89,7 +121,9 @@ pub async fn delivered(db: &Db, id: &str, state: &SenderState) -> Result<(), Eng
     let mut batch = Batch::new();
     if let Some(f) = &state.in_flight {
         for seq in &f.seqs {
+            // An event row or a to-device row: positions are unique across both.
             QUEUE.delete(&mut batch, &(id.to_owned(), *seq));
+            TO_DEVICE.delete(&mut batch, &(id.to_owned(), *seq));
         }
     }
     let next = SenderState { next_txn: state.next_txn, in_flight: None, retry_at_ms: 0, step_ms: 0 };
@@ -104,6 +138,10 @@ pub(crate) fn forget(db: &Db, batch: &mut Batch, id: &str) -> Result<(), myelin_
     for row in QUEUE.range(db, (key.clone(), 0)..=(key.clone(), u64::MAX), Direction::Forward)? {
         let (k, _) = row?;
         QUEUE.delete(batch, &k);
+    }
+    for row in TO_DEVICE.range(db, (key.clone(), 0)..=(key.clone(), u64::MAX), Direction::Forward)? {
+        let (k, _) = row?;
+        TO_DEVICE.delete(batch, &k);
     }
     SENDER.delete(batch, &key);
     Ok(())

@@ -227,6 +227,13 @@ impl Appservice {
         self.registration.receive_ephemeral.or(self.registration.push_ephemeral_msc2409).unwrap_or(false)
     }
 
+    /// Whether to-device messages for its users are pushed to it (MSC4203,
+    /// which Synapse ties to ephemeral events as well) rather than left in an
+    /// inbox that no client of its users reads.
+    pub fn receives_to_device(&self) -> bool {
+        self.receives_ephemeral() && self.url().is_some()
+    }
+
     /// Whether requests of its users are rate-limited.
     pub fn rate_limited(&self) -> bool {
         self.registration.rate_limited.unwrap_or(false)

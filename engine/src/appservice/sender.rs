@@ -7,8 +7,10 @@
 //!
 //! One task per appservice with a URL, woken when rows are queued for it (after
 //! their batch is durable) or ephemeral events wait, and by a scan every 5 s.
-//! A transaction carries up to 100 events, oldest first, and up to 100
-//! ephemeral events. Before it is first sent it is stored (id, rows, body);
+//! A transaction carries up to 100 events, oldest first, up to 100
+//! ephemeral events and up to 100 to-device messages for the appservice's
+//! users (MSC4203: `to_device` and `de.sorunome.msc2409.to_device`, each
+//! message with `to_user_id` and `to_device_id`; durable like the events). Before it is first sent it is stored (id, rows, body);
 //! every retry sends exactly that, also after a restart, and its rows are
 //! deleted only after a 2xx. On failure the sender waits with exponential
 //! backoff (1 s doubling to 2 min, the federation sender's policy, stored so a
@@ -38,6 +40,8 @@ use crate::{
 const MAX_EVENTS: usize = 100;
 /// Most ephemeral events per transaction.
 const MAX_EPHEMERAL: usize = 100;
+/// Most to-device messages per transaction.
+const MAX_TO_DEVICE: usize = 100;
 /// Largest answer read from an appservice.
 const MAX_ANSWER: usize = 64 * 1024;
 
@@ -96,8 +100,9 @@ fn next_transaction(
     // Read before the rows: every row at or below a visible position is in the read.
     let visible = engine.stream.current();
     let rows = queue::rows(&engine.db, id, *floor, MAX_EVENTS)?;
+    let to_device = queue::to_device_rows(&engine.db, id, MAX_TO_DEVICE)?;
     let ephemeral = engine.appservices.take_ephemeral(id, MAX_EPHEMERAL);
-    if rows.is_empty() && ephemeral.is_empty() {
+    if rows.is_empty() && ephemeral.is_empty() && to_device.is_empty() {
         // Nothing below `visible` is left: later reads may start above it.
         *floor = (*floor).max(visible.saturating_add(1));
         return Ok(None);
@@ -136,6 +141,13 @@ fn next_transaction(
         body.insert("ephemeral".into(), serde_json::Value::Array(ephemeral.clone()));
         body.insert("de.sorunome.msc2409.ephemeral".into(), serde_json::Value::Array(ephemeral));
     }
+    if !to_device.is_empty() {
+        let messages: Vec<serde_json::Value> = to_device.iter().map(|(_, m)| to_device_event(m)).collect();
+        // Both names, as for ephemeral events: MSC4203's stable one and the
+        // unstable one Synapse sends and today's bridges read.
+        body.insert("to_device".into(), serde_json::Value::Array(messages.clone()));
+        body.insert("de.sorunome.msc2409.to_device".into(), serde_json::Value::Array(messages));
+    }
     let body = serde_json::to_vec(&body).map_err(crate::EngineError::encode("appservice transaction"))?;
     if state.next_txn == 0 {
         // A fresh sender (or one re-added after removal) must not repeat ids the
@@ -144,12 +156,29 @@ fn next_transaction(
     }
     let txn_id = state.next_txn;
     state.next_txn += 1;
-    let seqs: Vec<u64> = rows.iter().map(|(s, _)| *s).collect();
+    let mut seqs: Vec<u64> = rows.iter().map(|(s, _)| *s).collect();
     if let Some(last) = seqs.last() {
         // A row above `visible` may still land below one read here.
         *floor = (*floor).max(last.saturating_add(1).min(visible.saturating_add(1)));
     }
+    // Removed with the event rows once delivered (positions never collide).
+    seqs.extend(to_device.iter().map(|(s, _)| *s));
     Ok(Some(InFlight { txn_id, seqs, body, events: count }))
+}
+
+/// A queued to-device message as MSC4203 pushes it: the to-device event
+/// (`type`, `sender`, `content`) with the user and device it is for.
+fn to_device_event(m: &queue::ToDeviceRow) -> serde_json::Value {
+    // Stored from a parsed JSON body; an unreadable one goes as empty content.
+    let content: serde_json::Value =
+        serde_json::from_slice(&m.content).unwrap_or_else(|_| serde_json::Value::Object(Default::default()));
+    serde_json::json!({
+        "type": m.kind,
+        "sender": m.sender,
+        "content": content,
+        "to_user_id": m.to_user,
+        "to_device_id": m.to_device,
+    })
 }
 
 /// State types given to an invitee as the room's stripped state (Synapse's

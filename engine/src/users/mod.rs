@@ -210,6 +210,8 @@ pub struct Users {
     /// Whether any guest account may exist: while none ever did, requests skip the
     /// guest lookup.
     any_guests: std::sync::atomic::AtomicBool,
+    /// Registered appservices: to-device messages for their users go to them.
+    appservices: Option<Arc<crate::appservice::Registry>>,
 }
 
 /// `(user, device, transaction id)`.
@@ -248,7 +250,14 @@ impl Users {
             txn_claims: crate::in_flight::InFlight::new(MAX_TXNS_IN_FLIGHT),
             nonces: shared_secret::Nonces::default(),
             any_guests: std::sync::atomic::AtomicBool::new(any_guests),
+            appservices: None,
         }
+    }
+
+    /// Pushes to-device messages for appservice users to their appservices.
+    pub(crate) fn with_appservices(mut self, appservices: Arc<crate::appservice::Registry>) -> Self {
+        self.appservices = Some(appservices);
+        self
     }
 }
 

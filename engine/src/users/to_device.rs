@@ -1,4 +1,11 @@
 //! To-device messages: queued per device until its `/sync` acknowledges them.
+//!
+//! A message for a user of an appservice that receives ephemeral events is
+//! also queued for that appservice, in the same batch, and pushed in its
+//! transactions (MSC4203, `de.sorunome.msc2409.to_device`): that is how an
+//! encrypting bridge gets the room keys sent to its users' devices. A user
+//! in an appservice's exclusive namespace has no client of its own, so its
+//! messages go only to the appservice, not into an inbox no one reads.
 
 use myelin_storage::{Batch, Direction};
 
@@ -30,18 +37,56 @@ impl Users {
             super::TXNS.put(&mut batch, &(sender.to_owned(), device.to_owned(), txn.to_owned()), &String::new())?;
         }
         let count = self.stream.next_in(&mut batch);
+        let mut to_appservices = Vec::new();
         for (user, device, content) in messages {
             let targets: Vec<String> =
                 if device == "*" { self.devices(&user)?.into_iter().map(|(d, _)| d).collect() } else { vec![device] };
+            let (appservices, claimed) = self.to_device_appservices(&user);
             for device in targets {
+                for id in &appservices {
+                    let row = crate::appservice::queue::ToDeviceRow {
+                        to_user: user.clone(),
+                        to_device: device.clone(),
+                        sender: sender.to_owned(),
+                        kind: kind.to_owned(),
+                        content: content.clone(),
+                    };
+                    let seq = self.stream.next_in(&mut batch);
+                    crate::appservice::queue::TO_DEVICE.put(&mut batch, &(id.clone(), seq), &row)?;
+                    to_appservices.push(id.clone());
+                }
+                if claimed {
+                    continue;
+                }
                 let message = ToDevice { sender: sender.to_owned(), kind: kind.to_owned(), content: content.clone() };
                 // Raised before the write is handed over: never below what a reader can see.
                 self.to_device_newest.raise((user.clone(), device.clone()), count as i64);
                 TO_DEVICE.put(&mut batch, &(user.clone(), device, count), &message)?;
             }
         }
+        if let Some(registry) = &self.appservices {
+            to_appservices.sort();
+            to_appservices.dedup();
+            registry.announce(&mut batch, to_appservices);
+        }
         self.db.commit(batch).await?;
         Ok(())
+    }
+
+    /// The appservices a to-device message for `user` is pushed to, and whether
+    /// one of them claims the user exclusively (then there is no inbox for it).
+    fn to_device_appservices(&self, user: &str) -> (Vec<String>, bool) {
+        let Some(registry) = &self.appservices else { return (Vec::new(), false) };
+        if registry.is_empty() {
+            return (Vec::new(), false);
+        }
+        let mut ids = Vec::new();
+        let mut claimed = false;
+        for a in registry.all().iter().filter(|a| a.receives_to_device() && a.owns_user(user)) {
+            ids.push(a.id().to_owned());
+            claimed |= a.claims_user(user);
+        }
+        (ids, claimed)
     }
 
     /// Whether the device certainly has no stored to-device message: none was
