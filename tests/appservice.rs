@@ -615,14 +615,15 @@ async fn reverse_third_party_lookups_ask_the_appservice_whose_namespace_holds_th
     server.stop().await;
 }
 
-/// The to-device messages of delivered transactions (stable key), each transaction once.
+/// The to-device messages of delivered transactions, each transaction once.
 fn to_device_of(fake: &FakeAppservice) -> Vec<Value> {
     let mut ids = std::collections::HashSet::new();
     let mut out = Vec::new();
     for (id, body) in fake.delivered() {
         if ids.insert(id) {
-            assert_eq!(body["to_device"], body["de.sorunome.msc2409.to_device"], "both spellings: {body}");
-            out.extend(body["to_device"].as_array().cloned().unwrap_or_default());
+            // Synapse's unstable name only: MSC4203 is not merged.
+            assert!(body.get("to_device").is_none(), "{body}");
+            out.extend(body["de.sorunome.msc2409.to_device"].as_array().cloned().unwrap_or_default());
         }
     }
     out
@@ -673,5 +674,54 @@ async fn to_device_messages_for_the_appservices_users_are_pushed_to_it_and_survi
     fake.wait_until(Duration::from_secs(20), "all four", |f| to_device_of(f).len() >= 4).await;
     let ns: Vec<u64> = to_device_of(&fake).iter().filter_map(|m| m["content"]["n"].as_u64()).collect();
     assert_eq!(ns, [1, 2, 3, 4]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn with_msc3202_transactions_carry_the_key_counts_of_the_users_they_mention() {
+    let fake = FakeAppservice::start(not_found).await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!("{}org.matrix.msc3202: true\n", registration(Some(&fake.url()), true));
+    let server = server_with(&yaml, &dir).await;
+    let alice = server.register("alice").await;
+    // The bridge's user gets a device and uploads two one-time keys and a fallback key.
+    let body = json!({ "type": "m.login.application_service", "username": "bridge_carol", "device_id": "CAROLDEV" });
+    let r = as_request(&server, Method::POST, "/_matrix/client/v3/register", None, Some(body)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    let key = |k: &str| json!({ "key": k, "signatures": {} });
+    let upload = json!({
+        "one_time_keys": { "signed_curve25519:A1": key("a1"), "signed_curve25519:A2": key("a2") },
+        "fallback_keys": { "signed_curve25519:F1": key("f1") },
+    });
+    let r = as_request(
+        &server,
+        Method::POST,
+        "/_matrix/client/v3/keys/upload?device_id=CAROLDEV",
+        Some("@bridge_carol:as.test"),
+        Some(upload),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    // Alice claims one of them, then messages the device.
+    let claim = json!({ "one_time_keys": { "@bridge_carol:as.test": { "CAROLDEV": "signed_curve25519" } } });
+    alice.post("/_matrix/client/v3/keys/claim", claim).await;
+    let messages = json!({ "@bridge_carol:as.test": { "CAROLDEV": { "olm": "pre-key message" } } });
+    alice.put("/_matrix/client/v3/sendToDevice/m.room.encrypted/t1", json!({ "messages": messages })).await;
+    fake.wait_until(Duration::from_secs(10), "a to-device message", |f| !to_device_of(f).is_empty()).await;
+    let (_, body) = fake
+        .delivered()
+        .into_iter()
+        .find(|(_, b)| b.get("de.sorunome.msc2409.to_device").is_some())
+        .expect("the transaction with the message");
+    let counts = &body["org.matrix.msc3202.device_one_time_keys_count"];
+    assert_eq!(counts["@bridge_carol:as.test"]["CAROLDEV"]["signed_curve25519"], 1, "{body}");
+    assert_eq!(body["org.matrix.msc3202.device_one_time_key_counts"], *counts, "the pre-1.73 spelling too");
+    assert_eq!(
+        body["org.matrix.msc3202.device_unused_fallback_key_types"]["@bridge_carol:as.test"]["CAROLDEV"],
+        json!(["signed_curve25519"])
+    );
+    // Only users of the bridge, and nothing under the stable names (Synapse sends none).
+    assert!(counts.get(alice.user_id.as_str()).is_none(), "{body}");
+    assert!(body.get("device_one_time_keys_count").is_none(), "{body}");
     server.stop().await;
 }

@@ -234,6 +234,12 @@ impl Appservice {
         self.receives_ephemeral() && self.url().is_some()
     }
 
+    /// Whether it asked for MSC3202's transaction extensions (one-time key
+    /// counts and unused fallback key types of its users' devices).
+    pub fn receives_key_counts(&self) -> bool {
+        self.registration.msc3202.unwrap_or(false)
+    }
+
     /// Whether requests of its users are rate-limited.
     pub fn rate_limited(&self) -> bool {
         self.registration.rate_limited.unwrap_or(false)

@@ -9,8 +9,10 @@
 //! their batch is durable) or ephemeral events wait, and by a scan every 5 s.
 //! A transaction carries up to 100 events, oldest first, up to 100
 //! ephemeral events and up to 100 to-device messages for the appservice's
-//! users (MSC4203: `to_device` and `de.sorunome.msc2409.to_device`, each
-//! message with `to_user_id` and `to_device_id`; durable like the events). Before it is first sent it is stored (id, rows, body);
+//! users (MSC4203, as `de.sorunome.msc2409.to_device`, each message with
+//! `to_user_id` and `to_device_id`; durable like the events). With
+//! `org.matrix.msc3202: true` a transaction also carries the one-time key
+//! counts and unused fallback key types of the users it mentions (MSC3202). Before it is first sent it is stored (id, rows, body);
 //! every retry sends exactly that, also after a restart, and its rows are
 //! deleted only after a 2xx. On failure the sender waits with exponential
 //! backoff (1 s doubling to 2 min, the federation sender's policy, stored so a
@@ -143,10 +145,22 @@ fn next_transaction(
     }
     if !to_device.is_empty() {
         let messages: Vec<serde_json::Value> = to_device.iter().map(|(_, m)| to_device_event(m)).collect();
-        // Both names, as for ephemeral events: MSC4203's stable one and the
-        // unstable one Synapse sends and today's bridges read.
-        body.insert("to_device".into(), serde_json::Value::Array(messages.clone()));
+        // The unstable name only, as Synapse sends it: MSC4203 is not merged,
+        // and bridges read this one.
         body.insert("de.sorunome.msc2409.to_device".into(), serde_json::Value::Array(messages));
+    }
+    if let Some(a) = engine.appservices.get(id).filter(|a| a.receives_key_counts()) {
+        // The users this transaction mentions (its sender, namespaced senders,
+        // to-device recipients), as Synapse picks them.
+        let mut users: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        users.insert(a.sender.to_string());
+        users.extend(to_device.iter().map(|(_, m)| m.to_user.clone()));
+        for e in body.get("events").and_then(serde_json::Value::as_array).into_iter().flatten() {
+            if let Some(sender) = e.get("sender").and_then(serde_json::Value::as_str).filter(|s| a.owns_user(s)) {
+                users.insert(sender.to_owned());
+            }
+        }
+        key_counts(engine, &users, &mut body)?;
     }
     let body = serde_json::to_vec(&body).map_err(crate::EngineError::encode("appservice transaction"))?;
     if state.next_txn == 0 {
@@ -164,6 +178,38 @@ fn next_transaction(
     // Removed with the event rows once delivered (positions never collide).
     seqs.extend(to_device.iter().map(|(s, _)| *s));
     Ok(Some(InFlight { txn_id, seqs, body, events: count }))
+}
+
+/// MSC3202's one-time key counts and unused fallback key types of every
+/// device of `users`, under the names Synapse sends (the
+/// MSC's prefix; also the `key_counts` spelling of Synapse before 1.73, which
+/// older bridges read). Left out when none of them has a device.
+fn key_counts(
+    engine: &Engine,
+    users: &std::collections::BTreeSet<String>,
+    body: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<(), crate::EngineError> {
+    let mut counts = serde_json::Map::new();
+    let mut fallback = serde_json::Map::new();
+    for user in users {
+        let mut user_counts = serde_json::Map::new();
+        let mut user_fallback = serde_json::Map::new();
+        for (device, _) in engine.users.devices(user)? {
+            user_counts.insert(device.clone(), serde_json::json!(engine.e2ee.one_time_key_counts(user, &device)?));
+            user_fallback.insert(device.clone(), serde_json::json!(engine.e2ee.unused_fallback_types(user, &device)?));
+        }
+        if !user_counts.is_empty() {
+            counts.insert(user.clone(), serde_json::Value::Object(user_counts));
+            fallback.insert(user.clone(), serde_json::Value::Object(user_fallback));
+        }
+    }
+    if !counts.is_empty() {
+        let counts = serde_json::Value::Object(counts);
+        body.insert("org.matrix.msc3202.device_one_time_keys_count".into(), counts.clone());
+        body.insert("org.matrix.msc3202.device_one_time_key_counts".into(), counts);
+        body.insert("org.matrix.msc3202.device_unused_fallback_key_types".into(), serde_json::Value::Object(fallback));
+    }
+    Ok(())
 }
 
 /// A queued to-device message as MSC4203 pushes it: the to-device event
