@@ -723,5 +723,33 @@ async fn with_msc3202_transactions_carry_the_key_counts_of_the_users_they_mentio
     // Only users of the bridge, and nothing under the stable names (Synapse sends none).
     assert!(counts.get(alice.user_id.as_str()).is_none(), "{body}");
     assert!(body.get("device_one_time_keys_count").is_none(), "{body}");
+
+    // device_lists: alice shares a room with the bridge's user, dave does not.
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let join = format!("/_matrix/client/v3/join/{}", enc(&room));
+    let r = as_request(&server, Method::POST, &join, Some("@bridge_carol:as.test"), Some(json!({}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    let dave = server.register("dave").await;
+    let device_keys = |c: &Client| {
+        json!({ "device_keys": { "user_id": c.user_id, "device_id": c.device_id,
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
+            "keys": { format!("curve25519:{}", c.device_id): "k", format!("ed25519:{}", c.device_id): "k" },
+            "signatures": {} } })
+    };
+    dave.post("/_matrix/client/v3/keys/upload", device_keys(&dave)).await;
+    alice.post("/_matrix/client/v3/keys/upload", device_keys(&alice)).await;
+    let changed = |f: &FakeAppservice| -> Vec<String> {
+        f.delivered()
+            .iter()
+            .flat_map(|(_, b)| b["org.matrix.msc3202.device_lists"]["changed"].as_array().cloned().unwrap_or_default())
+            .filter_map(|u| u.as_str().map(str::to_owned))
+            .collect()
+    };
+    fake.wait_until(Duration::from_secs(15), "alice's device change", |f| changed(f).contains(&alice.user_id)).await;
+    assert!(!changed(&fake).contains(&dave.user_id), "dave shares no room with the bridge: {:?}", changed(&fake));
+    // Told once: later transactions do not repeat it.
+    alice.send_text(&room, "after").await;
+    wait_events(&fake, Duration::from_secs(10), "the message", |ev| bodies_of(ev, &room) == ["after"]).await;
+    assert_eq!(changed(&fake).iter().filter(|u| **u == alice.user_id).count(), 1, "{:?}", changed(&fake));
     server.stop().await;
 }

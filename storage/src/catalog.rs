@@ -217,6 +217,9 @@ pub static APPSERVICE_SENDER: Cf = point("appservice_sender", 0);
 /// `(appservice id, stream position)` → a to-device message for one of its users
 /// (MSC4203), written in the message's own batch.
 pub static APPSERVICESEQ_TODEVICE: Cf = scan("appserviceseq_todevice", 0);
+/// Appservice id → the key-change stream position its delivered transactions
+/// covered (MSC3202 `device_lists`).
+pub static APPSERVICE_KEYCURSOR: Cf = point("appservice_keycursor", 0);
 
 /// `(user id, app id, pushkey)` → the pusher's JSON.
 pub static USERAPPKEY_PUSHER: Cf = point("userappkey_pusher", 0);
@@ -299,6 +302,7 @@ pub static ALL: &[&Cf] = &[
     &APPSERVICESEQ_EVENT,
     &APPSERVICE_SENDER,
     &APPSERVICESEQ_TODEVICE,
+    &APPSERVICE_KEYCURSOR,
     &USERAPPKEY_PUSHER,
     &PUSH_PENDING,
     &PUSHERCOUNT_NOTIFICATION,

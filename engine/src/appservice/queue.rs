@@ -25,6 +25,23 @@ const SENDER: Table<String, SenderState> = Table::new(&catalog::APPSERVICE_SENDE
 /// `seqs` name rows of either table without ambiguity.
 pub(crate) const TO_DEVICE: Table<(String, u64), ToDeviceRow> = Table::new(&catalog::APPSERVICESEQ_TODEVICE);
 
+/// Appservice id → the key-change position its delivered transactions covered.
+const KEY_CURSOR: Table<String, u64> = Table::new(&catalog::APPSERVICE_KEYCURSOR);
+
+/// Where appservice `id`'s next `device_lists` starts (0: from the beginning).
+pub fn key_cursor(db: &Db, id: &str) -> Result<u64, EngineError> {
+    Ok(KEY_CURSOR.get(db, &id.to_owned())?.unwrap_or(0))
+}
+
+/// Moves appservice `id`'s key cursor to `upto` (unsynced: a lost move only
+/// repeats some `device_lists` entries).
+pub async fn set_key_cursor(db: &Db, id: &str, upto: u64) -> Result<(), EngineError> {
+    let mut batch = Batch::new();
+    KEY_CURSOR.put(&mut batch, &id.to_owned(), &upto)?;
+    db.commit_unsynced(batch).await?;
+    Ok(())
+}
+
 /// A to-device message queued for an appservice (MSC4203).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ToDeviceRow {
@@ -114,11 +131,16 @@ pub fn depth(db: &Db, id: &str, cap: usize) -> Result<usize, EngineError> {
     Ok(n)
 }
 
-/// Removes a delivered transaction's rows and moves on to the next transaction id.
+/// Removes a delivered transaction's rows and moves on to the next transaction
+/// id, and the key cursor to `keys_upto` when the transaction carried
+/// `device_lists` up to there.
 ///
 /// Not synced: a crash that loses it sends the same transaction (same id) again.
-pub async fn delivered(db: &Db, id: &str, state: &SenderState) -> Result<(), EngineError> {
+pub async fn delivered(db: &Db, id: &str, state: &SenderState, keys_upto: Option<u64>) -> Result<(), EngineError> {
     let mut batch = Batch::new();
+    if let Some(upto) = keys_upto {
+        KEY_CURSOR.put(&mut batch, &id.to_owned(), &upto)?;
+    }
     if let Some(f) = &state.in_flight {
         for seq in &f.seqs {
             // An event row or a to-device row: positions are unique across both.
@@ -144,5 +166,6 @@ pub(crate) fn forget(db: &Db, batch: &mut Batch, id: &str) -> Result<(), myelin_
         TO_DEVICE.delete(batch, &k);
     }
     SENDER.delete(batch, &key);
+    KEY_CURSOR.delete(batch, &key);
     Ok(())
 }

@@ -98,13 +98,22 @@ fn next_transaction(
     id: &str,
     floor: &mut u64,
     state: &mut SenderState,
+    keys_upto: &mut Option<u64>,
 ) -> Result<Option<InFlight>, crate::EngineError> {
     // Read before the rows: every row at or below a visible position is in the read.
     let visible = engine.stream.current();
     let rows = queue::rows(&engine.db, id, *floor, MAX_EVENTS)?;
     let to_device = queue::to_device_rows(&engine.db, id, MAX_TO_DEVICE)?;
     let ephemeral = engine.appservices.take_ephemeral(id, MAX_EPHEMERAL);
-    if rows.is_empty() && ephemeral.is_empty() && to_device.is_empty() {
+    let key_counts_for = engine.appservices.get(id).filter(|a| a.receives_key_counts());
+    let cursor = queue::key_cursor(&engine.db, id)?;
+    let device_lists = match &key_counts_for {
+        Some(a) => device_lists_changed(engine, a, cursor, visible)?,
+        None => Vec::new(),
+    };
+    // Moved once the transaction is delivered, or at once when there is none.
+    *keys_upto = key_counts_for.as_ref().map(|_| visible).filter(|&v| v > cursor);
+    if rows.is_empty() && ephemeral.is_empty() && to_device.is_empty() && device_lists.is_empty() {
         // Nothing below `visible` is left: later reads may start above it.
         *floor = (*floor).max(visible.saturating_add(1));
         return Ok(None);
@@ -149,7 +158,13 @@ fn next_transaction(
         // and bridges read this one.
         body.insert("de.sorunome.msc2409.to_device".into(), serde_json::Value::Array(messages));
     }
-    if let Some(a) = engine.appservices.get(id).filter(|a| a.receives_key_counts()) {
+    if !device_lists.is_empty() {
+        body.insert(
+            "org.matrix.msc3202.device_lists".into(),
+            serde_json::json!({ "changed": device_lists, "left": [] }),
+        );
+    }
+    if let Some(a) = key_counts_for {
         // The users this transaction mentions (its sender, namespaced senders,
         // to-device recipients), as Synapse picks them.
         let mut users: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
@@ -178,6 +193,47 @@ fn next_transaction(
     // Removed with the event rows once delivered (positions never collide).
     seqs.extend(to_device.iter().map(|(s, _)| *s));
     Ok(Some(InFlight { txn_id, seqs, body, events: count }))
+}
+
+/// Most users in one transaction's `device_lists.changed`.
+const MAX_DEVICE_LISTS: usize = 1000;
+
+/// MSC3202 `device_lists.changed`: users whose devices changed in
+/// `(since, upto]` and who are joined to a room that concerns the appservice
+/// (as for the rooms its events come from), the way `/sync` tells a user of
+/// the devices of those sharing a room. At most [`MAX_DEVICE_LISTS`]; the
+/// cursor then still moves to `upto` (a bridge that misses a change of a
+/// user it shares a room with re-reads their keys at its next encryption).
+fn device_lists_changed(
+    engine: &Engine,
+    a: &super::Appservice,
+    since: u64,
+    upto: u64,
+) -> Result<Vec<String>, crate::EngineError> {
+    if since >= upto {
+        return Ok(Vec::new());
+    }
+    let changed = engine.e2ee.changed_between(since, upto)?;
+    if changed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut rooms = Vec::new();
+    for room in engine.rooms.all_rooms()? {
+        if engine.rooms.concerns_appservice(a, &room)? {
+            rooms.push(room);
+        }
+    }
+    let mut out = Vec::new();
+    for who in changed {
+        if out.len() >= MAX_DEVICE_LISTS {
+            break;
+        }
+        if engine.shares_room(&who, &rooms)? {
+            out.push(who);
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// MSC3202's one-time key counts and unused fallback key types of every
@@ -277,6 +333,9 @@ fn with_state_context(
 
 /// Delivers everything queued for one appservice, then returns.
 async fn deliver_queued(engine: &Engine, id: &str, floor: &mut u64) -> Result<(), crate::EngineError> {
+    // The key-change position the transaction being built covers (MSC3202); a
+    // transaction stored by an earlier run does not move the cursor.
+    let mut keys_upto: Option<u64> = None;
     let Some(appservice) = engine.appservices.get(id) else { return Ok(()) };
     let Some(url) = appservice.url().map(ToOwned::to_owned) else { return Ok(()) };
     let alive = engine.appservices.alive_signal(id);
@@ -292,13 +351,17 @@ async fn deliver_queued(engine: &Engine, id: &str, floor: &mut u64) -> Result<()
     loop {
         let in_flight = match state.in_flight.clone() {
             Some(f) => f,
-            None => match next_transaction(engine, id, floor, &mut state)? {
+            None => match next_transaction(engine, id, floor, &mut state, &mut keys_upto)? {
                 Some(f) => {
                     state.in_flight = Some(f.clone());
                     queue::save_state(&engine.db, id, &state).await?;
                     f
                 }
                 None => {
+                    if let Some(upto) = keys_upto.take() {
+                        // No change concerned it: the next look starts after these.
+                        queue::set_key_cursor(&engine.db, id, upto).await?;
+                    }
                     metrics::gauge!("myelin_appservice_queue_depth", "appservice" => id.to_owned()).set(0.0);
                     return Ok(());
                 }
@@ -316,7 +379,7 @@ async fn deliver_queued(engine: &Engine, id: &str, floor: &mut u64) -> Result<()
         let outcome = transport.send_url(&url, request).await;
         match outcome {
             Ok(resp) if resp.status.is_success() => {
-                queue::delivered(&engine.db, id, &state).await?;
+                queue::delivered(&engine.db, id, &state, keys_upto.take()).await?;
                 state.in_flight = None;
                 state.retry_at_ms = 0;
                 state.step_ms = 0;

@@ -44,7 +44,7 @@ impl Engine {
     }
 
     /// Whether `who` is joined to one of `rooms`.
-    pub(super) fn shares_room(&self, who: &str, rooms: &[ruma::OwnedRoomId]) -> Result<bool, EngineError> {
+    pub(crate) fn shares_room(&self, who: &str, rooms: &[ruma::OwnedRoomId]) -> Result<bool, EngineError> {
         for room in rooms {
             if let Some(p) = self.rooms.state_event(room, "m.room.member", who)?
                 && p.content_value()["membership"] == "join"
