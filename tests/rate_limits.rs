@@ -132,14 +132,23 @@ async fn a_remote_server_over_its_budget_is_told_to_wait_and_forged_requests_spe
     b.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forged_key_ids_cost_one_key_lookup_not_one_per_request() {
-    // "keyless.test" answers every path 404: its keys cannot be had.
+/// A TLS host on loopback that answers every request 404 (no keys to give),
+/// with the paths it was asked; its temp dir lives as long as the first item.
+async fn keyless_host()
+-> (tempfile::TempDir, std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>, tokio::task::JoinHandle<()>)
+{
     let dir = tempfile::tempdir().unwrap();
     let tls = myelin_api::tls::server_config(&myelin_suite::test_config(dir.path(), "keyless.test")).unwrap();
     let (addr, seen, server) =
         tiny_tls_server("127.0.0.1:0", tls, |_| (404, "application/json", br#"{"errcode":"M_NOT_FOUND"}"#.to_vec()))
             .await;
+    (dir, addr, seen, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_key_ids_cost_one_key_lookup_not_one_per_request() {
+    // "keyless.test" answers every path 404: its keys cannot be had.
+    let (_dir, addr, seen, server) = keyless_host().await;
     let b = TestServer::start_with("victim.test", |c| {
         c.federation.verify_tls = false;
         c.federation.hosts.insert("keyless.test".into(), addr);
@@ -185,11 +194,7 @@ async fn forged_key_ids_cost_one_key_lookup_not_one_per_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_naming_ever_new_servers_cost_at_most_the_key_lookup_budget() {
     // Twenty made-up servers, all pointing at one host that has no keys to give.
-    let dir = tempfile::tempdir().unwrap();
-    let tls = myelin_api::tls::server_config(&myelin_suite::test_config(dir.path(), "keyless.test")).unwrap();
-    let (addr, seen, server) =
-        tiny_tls_server("127.0.0.1:0", tls, |_| (404, "application/json", br#"{"errcode":"M_NOT_FOUND"}"#.to_vec()))
-            .await;
+    let (_dir, addr, seen, server) = keyless_host().await;
     let b = TestServer::start_with("victim.test", |c| {
         c.federation.verify_tls = false;
         for i in 0..21 {

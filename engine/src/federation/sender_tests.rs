@@ -18,7 +18,9 @@ use super::{
     TransportError,
     queue_status::{DestinationState, queue_status},
     sender::{self, Timings},
-    tests::{FakePeer, remote_signed, room_with_a_remote_member, room_with_a_remote_member_and, text, wait_for},
+    tests::{
+        FakePeer, public_room_bob_joined, room_with_a_remote_member, room_with_a_remote_member_and, text, wait_for,
+    },
 };
 use crate::{Config, Engine};
 
@@ -61,6 +63,20 @@ fn sends(peer: &FakePeer) -> Vec<(String, Option<JsonValue>)> {
         .filter(|(_, _, p, _)| p.starts_with("/_matrix/federation/v1/send/"))
         .map(|(_, _, p, b)| (p.clone(), b.clone()))
         .collect()
+}
+
+/// A peer that cannot be reached until the flag is set, then answers every transaction 200.
+fn down_peer() -> (Arc<FakePeer>, Arc<AtomicBool>) {
+    let up = Arc::new(AtomicBool::new(false));
+    let answering = up.clone();
+    let peer = FakePeer::new(move |_, _| {
+        if answering.load(Ordering::SeqCst) {
+            Ok((200, json!({ "pdus": {} })))
+        } else {
+            Err(TransportError::Connect("refused".into()))
+        }
+    });
+    (peer, up)
 }
 
 fn state_of(engine: &Engine, destination: &str) -> Option<DestinationState> {
@@ -141,15 +157,7 @@ async fn a_destination_that_answers_200_with_a_pdu_error_gets_the_next_transacti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destination_unreachable_past_park_after_is_parked_and_resumes_when_it_shows_life() {
-    let up = Arc::new(AtomicBool::new(false));
-    let answering = up.clone();
-    let peer = FakePeer::new(move |_, _| {
-        if answering.load(Ordering::SeqCst) {
-            Ok((200, json!({ "pdus": {} })))
-        } else {
-            Err(TransportError::Connect("refused".into()))
-        }
-    });
+    let (peer, up) = down_peer();
     let dir = tempfile::tempdir().unwrap();
     let engine = engine(dir.path(), peer.clone(), 1);
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -204,15 +212,7 @@ fn pdu_bodies<'a>(bodies: impl Iterator<Item = &'a Option<JsonValue>>) -> Vec<St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destination_away_past_its_queue_bound_gets_the_newest_event_per_room_and_can_fetch_the_rest() {
-    let up = Arc::new(AtomicBool::new(false));
-    let answering = up.clone();
-    let peer = FakePeer::new(move |_, _| {
-        if answering.load(Ordering::SeqCst) {
-            Ok((200, json!({ "pdus": {} })))
-        } else {
-            Err(TransportError::Connect("refused".into()))
-        }
-    });
+    let (peer, up) = down_peer();
     let dir = tempfile::tempdir().unwrap();
     let (engine, remote, room_a) = room_with_a_remote_member_and(dir.path(), peer.clone(), |c| {
         c.federation.park_after_s = 1;
@@ -220,28 +220,14 @@ async fn a_destination_away_past_its_queue_bound_gets_the_newest_event_per_room_
     })
     .await;
     fast(&engine);
-    // A second room that bob of peer.test joined.
+    let room_b = public_room_bob_joined(&engine, &remote).await;
     let alice = UserId::parse("@alice:us.test").unwrap();
-    let bob = UserId::parse("@bob:peer.test").unwrap();
-    let create = crate::rooms::CreateRoom {
-        version: Some(ruma::RoomVersionId::V12),
-        preset: Some(crate::rooms::Preset::PublicChat),
-        ..Default::default()
-    };
-    let room_b = engine.rooms.create_room(&alice, create).await.unwrap();
-    let join = crate::rooms::NewEvent::state(
-        ruma::events::TimelineEventType::RoomMember,
-        bob.as_str(),
-        json!({ "membership": "join" }),
-    );
-    let join = remote_signed(&engine, &remote, &room_b, &bob, join, None).await;
-    let pdu = crate::rooms::Pdu::from_object(join, &ruma::RoomVersionId::V12.rules().unwrap()).unwrap();
-    assert!(matches!(engine.rooms.append_pdu(pdu).await.unwrap(), crate::rooms::Appended::Accepted(_)));
 
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(sender::run(engine.clone(), stop_rx));
     // While peer.test is away: 15 messages in each room, a device updated three
     // times, another once, and 3 to-device messages; 26 rows over a bound of 10.
+    // All are queued before the sender starts, so its first failed try sees all
+    // 26 (a try in the middle would compact a prefix and leave the rest under
+    // the bound).
     let dests = || ["peer.test".to_owned()];
     let mut newest_a = None;
     for i in 0..15 {
@@ -254,6 +240,8 @@ async fn a_destination_away_past_its_queue_bound_gets_the_newest_event_per_room_
     }
     super::e2ee::queue_durable_edu(&engine, dests(), &device_list_update("D2", 9)).await.unwrap();
     let newest_a = newest_a.unwrap();
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(sender::run(engine.clone(), stop_rx));
     // Compacted, parked or not: the newest message per room, the newest update
     // per device, every to-device message (3 of the 1,000 kept).
     let depth = || {

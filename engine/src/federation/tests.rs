@@ -248,6 +248,12 @@ pub(super) async fn room_with_a_remote_member_and(
     );
     let engine = Engine::open(config).unwrap();
     engine.federation.set_transport(peer);
+    let room = public_room_bob_joined(&engine, &remote).await;
+    (engine, remote, room)
+}
+
+/// A new public room of alice's that `@bob:peer.test` (signing with `remote`) joined.
+pub(super) async fn public_room_bob_joined(engine: &Engine, remote: &crate::keys::ServerKeys) -> ruma::OwnedRoomId {
     let alice = UserId::parse("@alice:us.test").unwrap();
     let create = crate::rooms::CreateRoom {
         version: Some(ruma::RoomVersionId::V12),
@@ -261,10 +267,10 @@ pub(super) async fn room_with_a_remote_member_and(
         bob.as_str(),
         json!({ "membership": "join" }),
     );
-    let join = remote_signed(&engine, &remote, &room, &bob, join, None).await;
+    let join = remote_signed(engine, remote, &room, &bob, join, None).await;
     let pdu = crate::rooms::Pdu::from_object(join, &ruma::RoomVersionId::V12.rules().unwrap()).unwrap();
     assert!(matches!(engine.rooms.append_pdu(pdu).await.unwrap(), crate::rooms::Appended::Accepted(_)));
-    (engine, remote, room)
+    room
 }
 
 /// An event of `sender` built on our room's head (or on `after`), signed by `remote`.
