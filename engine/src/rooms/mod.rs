@@ -36,6 +36,9 @@ mod read;
 pub mod relations;
 mod remote_state;
 mod resolve;
+mod resolve_v1;
+#[cfg(test)]
+mod resolve_v1_tests;
 pub mod search;
 pub mod state;
 pub mod tables;

@@ -6,9 +6,10 @@
 //! considers the *conflicted state subgraph*: the events that lie on an
 //! auth-event path from one conflicted state event to another.
 //!
-//! The algorithm is ruma's (`ruma::state_res::resolve`), fed from our
+//! The v2 algorithm is ruma's (`ruma::state_res::resolve`), fed from our
 //! snapshot store; this module is the only place that calls it, so it can be
-//! replaced by our own implementation later.
+//! replaced by our own implementation later. Room version 1 resolves with
+//! our own v1 (`resolve_v1`).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -76,10 +77,6 @@ impl Rooms {
             1 => return Ok(StateRef::Stored(unique[0])),
             _ => {}
         }
-        let v2 = match &rules.state_res {
-            StateResolutionVersion::V2(v2) => *v2,
-            _ => return Err(RoomError::Resolution("state resolution v1 (room version 1) is not implemented".into())),
-        };
         let started = std::time::Instant::now();
         let mut key_of: HashMap<(StateEventType, String), u64> = HashMap::new();
         let mut short_of: HashMap<OwnedEventId, u64> = HashMap::new();
@@ -97,19 +94,26 @@ impl Rooms {
             }
             maps.push(map);
         }
-        let mut chains = Vec::with_capacity(maps.len());
-        for map in &maps {
-            chains.push(self.auth_chain(map.values(), overlay)?);
-        }
-        let resolved = state_res::resolve(
-            &rules.authorization,
-            &v2,
-            maps.iter(),
-            chains,
-            |id: &EventId| self.pdu_with(id, overlay).ok().flatten(),
-            |conflicted: &StateMap<Vec<OwnedEventId>>| self.conflicted_subgraph(conflicted, overlay).ok(),
-        )
-        .map_err(|e| RoomError::Resolution(e.to_string()))?;
+        let fetch = |id: &EventId| self.pdu_with(id, overlay).ok().flatten();
+        let resolved = match &rules.state_res {
+            StateResolutionVersion::V2(v2) => {
+                let mut chains = Vec::with_capacity(maps.len());
+                for map in &maps {
+                    chains.push(self.auth_chain(map.values(), overlay)?);
+                }
+                state_res::resolve(
+                    &rules.authorization,
+                    v2,
+                    maps.iter(),
+                    chains,
+                    fetch,
+                    |conflicted: &StateMap<Vec<OwnedEventId>>| self.conflicted_subgraph(conflicted, overlay).ok(),
+                )
+                .map_err(|e| RoomError::Resolution(e.to_string()))?
+            }
+            _ => super::resolve_v1::resolve(&rules.authorization, &maps, fetch)
+                .map_err(|e| RoomError::Resolution(e.to_string()))?,
+        };
         let mut full = Vec::with_capacity(resolved.len());
         for (skey, event_id) in resolved {
             let (Some(ssk), Some(ev)) = (key_of.get(&skey), short_of.get(&event_id)) else {
