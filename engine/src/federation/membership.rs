@@ -119,6 +119,15 @@ fn sign_template(
     );
     template.remove("signatures");
     template.remove("hashes");
+    if rules.event_id_format == ruma::room_version_rules::EventIdFormatVersion::V1 {
+        // Room versions 1 and 2: the origin (we, the joining server) names the
+        // event; the resident server's template carries its own name.
+        let id = format!("${}:{}", crate::rooms::random_localpart()?, engine.config.server_name);
+        template.insert("event_id".into(), ruma::CanonicalJsonValue::String(id));
+    }
+    if rules.event_id_format == ruma::room_version_rules::EventIdFormatVersion::V1 || template.contains_key("origin") {
+        template.insert("origin".into(), ruma::CanonicalJsonValue::String(engine.config.server_name.clone()));
+    }
     engine.keys.hash_and_sign_event(&mut template, &rules)?;
     let event_id = crate::rooms::pdu::event_id_of(&template, &rules)?;
     Ok((room_version, template, event_id))

@@ -68,7 +68,8 @@ pub struct CreateRoom {
     pub creator_profile: Option<JsonValue>,
 }
 
-fn random_localpart() -> Result<String, RoomError> {
+/// 18 random letters: the localpart of a v1 room id or event id.
+pub fn random_localpart() -> Result<String, RoomError> {
     use ring::rand::SecureRandom;
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut raw = [0u8; 18];

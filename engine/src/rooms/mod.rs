@@ -47,7 +47,7 @@ mod visibility;
 
 use std::{collections::HashMap, sync::Arc};
 
-pub use create::{CreateRoom, Preset};
+pub use create::{CreateRoom, Preset, random_localpart};
 pub use error::RoomError;
 pub(crate) use head::Head;
 use head::RoomLock;

@@ -5,12 +5,10 @@
 //! authorization and state resolution. The rules themselves come from ruma
 //! (`RoomVersionId::rules()`); this module only decides support.
 //!
-//! We read and verify every stable version 1–12. We create rooms in 3 to 12;
-//! 12 is the default, as in Synapse 1.163. Versions 1 and 2 are not created:
-//! their event ids are chosen by the origin and carried in the event, and
-//! version 1 needs state resolution v1, which ruma does not implement (issue
-//! #27); a version-1 room is readable, but resolving a fork in it fails with
-//! an error rather than guessing.
+//! We read, verify and create every stable version 1–12; 12 is the default,
+//! as in Synapse 1.163. Versions 1 and 2 carry origin-chosen event ids and
+//! `[id, hash]` references (`build.rs`); version 1 resolves state with v1
+//! (`resolve_v1.rs`), the rest with ruma's v2.
 
 use ruma::{RoomVersionId, room_version_rules::RoomVersionRules};
 
@@ -35,8 +33,8 @@ pub const READABLE: &[RoomVersionId] = &[
     RoomVersionId::V12,
 ];
 
-/// Versions a room may be created in: every readable one but 1 and 2.
-pub const CREATABLE: &[RoomVersionId] = READABLE.split_at(2).1;
+/// Versions a room may be created in: every readable one.
+pub const CREATABLE: &[RoomVersionId] = READABLE;
 
 /// The rules of a readable version.
 pub fn rules(version: &RoomVersionId) -> Result<RoomVersionRules, RoomError> {
