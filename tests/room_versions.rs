@@ -1,7 +1,8 @@
 //! Rooms of every version Myelin creates (1–12, issue #27): created, joined
 //! by a user of another Myelin over federation, chatted in both ways, an
-//! event redacted (each version's redaction algorithm), a member kicked, and
-//! the version reported in the create event and `/capabilities`.
+//! event redacted (each version's redaction algorithm), a member kicked,
+//! the version reported in the create event and `/capabilities`, and the room
+//! upgraded to the next version (12 to 1).
 
 use http::StatusCode;
 use myelin_suite::{enc, federation_pair, wait_for_text};
@@ -61,5 +62,45 @@ async fn rooms_of_versions_1_to_12_work_locally_and_across_servers() {
             )
             .await;
         assert_eq!(r.status, StatusCode::OK, "kick in v{v}");
+
+        // Upgraded to the next version (12 to 1): bob (power 0) may not, alice may.
+        let next = v % 12 + 1;
+        let upgrade = format!("/_matrix/client/v3/rooms/{}/upgrade", enc(&room));
+        let r = bob.request(http::Method::POST, &upgrade, Some(json!({ "new_version": next.to_string() }))).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "v{v}: a member without power upgrades");
+        let r = alice.request(http::Method::POST, &upgrade, Some(json!({ "new_version": "99" }))).await;
+        assert_eq!(r.json()["errcode"], "M_UNSUPPORTED_ROOM_VERSION", "v{v}");
+        let r = alice.request(http::Method::POST, &upgrade, Some(json!({ "new_version": next.to_string() }))).await;
+        assert_eq!(r.status, StatusCode::OK, "upgrade v{v} to v{next}: {:?}", String::from_utf8_lossy(&r.body));
+        let new_room = r.json()["replacement_room"].as_str().unwrap().to_owned();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.tombstone", enc(&room));
+            let t = bob.request(http::Method::GET, &path, None).await;
+            if t.status == StatusCode::OK && t.json()["replacement_room"] == new_room.as_str() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "v{v}: B never saw the tombstone: {:?}", t.status);
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        bob.post(&format!("/_matrix/client/v3/join/{}?server_name=a.test", enc(&new_room)), json!({})).await;
+        let create = bob.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.create", enc(&new_room))).await;
+        assert_eq!(create["room_version"], next.to_string(), "v{v}");
+        assert_eq!(create["predecessor"]["room_id"], room.as_str(), "v{v}");
+        let name = bob.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.name", enc(&new_room))).await;
+        assert_eq!(name["name"], format!("v{v}"), "v{v}: the name is carried over");
+        let rules = bob.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.join_rules", enc(&new_room))).await;
+        assert_eq!(rules["join_rule"], "public", "v{v}: the join rule is carried over");
+        alice.send_text(&new_room, &format!("upgraded v{v}")).await;
+        wait_for_text(&bob, &new_room, &format!("upgraded v{v}")).await;
+        // The old room is closed to bob's messages now.
+        let r = bob
+            .request(
+                http::Method::PUT,
+                &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/late{v}", enc(&room)),
+                Some(json!({ "msgtype": "m.text", "body": "too late" })),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "v{v}: the old room still takes messages");
     }
 }

@@ -111,15 +111,14 @@ async fn start_pair() -> Pair {
     Pair { _dir: dir, _synapse: synapse, _myelin: myelin, syn_client, syn_fed, my_client, my_fed }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn myelin_and_synapse_federate_both_ways() {
-    let pair = start_pair().await;
+/// Runs a scenario script against the pair (`MY_URL SY_URL MY_NAME SY_NAME`)
+/// and asserts it reported every check passed.
+async fn run_scenario(pair: Pair, script: &str) {
     let (syn_client, syn_fed, my_client, my_fed) = (pair.syn_client, pair.syn_fed, pair.my_client, pair.my_fed);
-    let script_dir = SCRIPTS;
-    let scenarios = format!("{script_dir}/synapse_scenarios.py");
+    let script = format!("{SCRIPTS}/{script}");
     let out = tokio::task::spawn_blocking(move || {
         Command::new("python3")
-            .arg(scenarios)
+            .arg(script)
             .arg(format!("http://127.0.0.1:{my_client}"))
             .arg(format!("http://127.0.0.1:{syn_client}"))
             .arg(format!("127.0.0.1:{my_fed}"))
@@ -134,6 +133,19 @@ async fn myelin_and_synapse_federate_both_ways() {
     assert!(out.status.success(), "scenario failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("all checks passed"), "{stdout}");
     assert!(stdout.trim_end().ends_with(" passed, 0 failed"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn myelin_and_synapse_federate_both_ways() {
+    run_scenario(start_pair().await, "synapse_scenarios.py").await;
+}
+
+/// Rooms of versions 1 to 12 (issue #27), created on each server and joined
+/// from the other: messages and state both ways, 50 messages backfilled
+/// (tests/interop/synapse_room_versions.py).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_of_every_version_work_between_myelin_and_synapse() {
+    run_scenario(start_pair().await, "synapse_room_versions.py").await;
 }
 
 /// The `/sync` and room semantics of issue #28, the same requests to each server

@@ -34,6 +34,7 @@ pub mod receipts;
 pub mod remote_media;
 pub mod reports;
 pub mod room_creation;
+pub mod room_upgrade;
 pub mod rooms;
 pub mod sliding;
 pub mod sync;

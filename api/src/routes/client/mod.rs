@@ -79,6 +79,7 @@ pub fn add(r: &mut Router) {
     both(r, M::POST, "/rooms/{room_id}/ban", rooms::ban);
     both(r, M::POST, "/rooms/{room_id}/unban", rooms::unban);
     both(r, M::POST, "/rooms/{room_id}/forget", rooms::forget);
+    both(r, M::POST, "/rooms/{room_id}/upgrade", rooms::upgrade);
     both(r, M::GET, "/joined_rooms", rooms::joined_rooms);
     both(r, M::PUT, "/rooms/{room_id}/send/{event_type}/{txn_id}", rooms::send);
     both(r, M::PUT, "/rooms/{room_id}/state/{event_type}", rooms::put_state);

@@ -93,9 +93,11 @@ mod events;
 mod membership;
 mod messages;
 mod reports;
+mod upgrade;
 
 pub use create::*;
 pub use events::*;
 pub use membership::*;
 pub use messages::*;
 pub use reports::*;
+pub use upgrade::*;
