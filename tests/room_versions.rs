@@ -1,6 +1,7 @@
 //! Rooms of every version Myelin creates (1–12, issue #27): created, joined
 //! by a user of another Myelin over federation, chatted in both ways, an
-//! event redacted (each version's redaction algorithm), a member kicked,
+//! event redacted (each version's redaction algorithm), a member kicked, a
+//! user of the other server invited, joining and leaving,
 //! the version reported in the create event and `/capabilities`, and the room
 //! upgraded to the next version (12 to 1).
 
@@ -14,6 +15,7 @@ async fn rooms_of_versions_1_to_12_work_locally_and_across_servers() {
     let alice = a.register("alice").await;
     let carol = a.register("carol").await;
     let bob = b.register("bob").await;
+    let dave = b.register("dave").await;
     let caps = alice.get("/_matrix/client/v3/capabilities").await;
     for v in 1..=12 {
         let version = v.to_string();
@@ -62,6 +64,32 @@ async fn rooms_of_versions_1_to_12_work_locally_and_across_servers() {
             )
             .await;
         assert_eq!(r.status, StatusCode::OK, "kick in v{v}");
+
+        // A user of B invited across, joining through the invite, then leaving.
+        alice
+            .post(&format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)), json!({ "user_id": dave.user_id }))
+            .await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let r = dave
+                .request(http::Method::POST, &format!("/_matrix/client/v3/join/{}", enc(&room)), Some(json!({})))
+                .await;
+            if r.status == StatusCode::OK {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "v{v}: dave never could join through the invite");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        dave.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), json!({})).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&room), enc(&dave.user_id));
+            if alice.get(&path).await["membership"] == "leave" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "v{v}: dave's leave never reached A");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
 
         // Upgraded to the next version (12 to 1): bob (power 0) may not, alice may.
         let next = v % 12 + 1;
