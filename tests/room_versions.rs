@@ -1,7 +1,8 @@
 //! Rooms of every version Myelin creates (1–12, issue #27): created, joined
 //! by a user of another Myelin over federation, chatted in both ways, an
 //! event redacted (each version's redaction algorithm), a member kicked, a
-//! user of the other server invited, joining and leaving,
+//! user of the other server invited, joining and leaving, another knocking
+//! (from v7),
 //! the version reported in the create event and `/capabilities`, and the room
 //! upgraded to the next version (12 to 1).
 
@@ -16,6 +17,7 @@ async fn rooms_of_versions_1_to_12_work_locally_and_across_servers() {
     let carol = a.register("carol").await;
     let bob = b.register("bob").await;
     let dave = b.register("dave").await;
+    let erin = b.register("erin").await;
     let caps = alice.get("/_matrix/client/v3/capabilities").await;
     for v in 1..=12 {
         let version = v.to_string();
@@ -89,6 +91,39 @@ async fn rooms_of_versions_1_to_12_work_locally_and_across_servers() {
             }
             assert!(std::time::Instant::now() < deadline, "v{v}: dave's leave never reached A");
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+
+        // From v7 a user of B knocks on the room once it takes knocks.
+        if v >= 7 {
+            let rules = format!("/_matrix/client/v3/rooms/{}/state/m.room.join_rules/", enc(&room));
+            alice.put(&rules, json!({ "join_rule": "knock" })).await;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let r = erin
+                    .request(
+                        http::Method::POST,
+                        &format!("/_matrix/client/v3/knock/{}?server_name=a.test", enc(&room)),
+                        Some(json!({ "reason": "let me in" })),
+                    )
+                    .await;
+                if r.status == StatusCode::OK {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "v{v}: erin's knock was refused: {:?}", r.json());
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&room), enc(&erin.user_id));
+            // B is in the room (bob), so the knock is B's own event and reaches A by /send.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let r = alice.request(http::Method::GET, &path, None).await;
+                if r.status == StatusCode::OK && r.json()["membership"] == "knock" {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "v{v}: A holds no knock of erin: {:?}", r.json());
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            alice.put(&rules, json!({ "join_rule": "public" })).await;
         }
 
         // Upgraded to the next version (12 to 1): bob (power 0) may not, alice may.
