@@ -167,3 +167,34 @@ async fn rooms_of_versions_1_to_12_work_locally_and_across_servers() {
         assert_eq!(r.status, StatusCode::FORBIDDEN, "v{v}: the old room still takes messages");
     }
 }
+
+/// Before version 10 power levels may be strings; the checks the
+/// Client-Server API makes itself (redacting others' events) read them as
+/// their integers, as the auth rules do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn string_power_levels_of_old_versions_count_as_their_numbers() {
+    let s = myelin_suite::TestServer::start_with("a.test", |c| c.registration.enabled = true).await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let pl = json!({ "users": { alice.user_id.as_str(): "100", bob.user_id.as_str(): "60" }, "redact": "50" });
+    let room = alice
+        .post(
+            "/_matrix/client/v3/createRoom",
+            json!({ "preset": "public_chat", "room_version": "1", "power_level_content_override": pl }),
+        )
+        .await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    bob.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), json!({})).await;
+    let said = alice.send_text(&room, "bob may redact this").await;
+    let r = bob
+        .request(
+            http::Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{}/redact/{}/r1", enc(&room), enc(&said)),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "bob's \"60\" reaches the \"50\" to redact: {:?}", r.json());
+    s.stop().await;
+}

@@ -25,6 +25,7 @@ use serde_json::{Value as JsonValue, json};
 use crate::{
     Engine, EngineError,
     rooms::{CreateRoom, NewEvent, Preset, RoomError, version},
+    util::power_level as level,
 };
 
 /// State copied from the old room as it is (the spec's list, power levels apart).
@@ -38,15 +39,6 @@ const TRANSFERRED: &[&str] = &[
     "m.room.history_visibility",
     "m.room.join_rules",
 ];
-
-/// A power level as versions 1–9 allow it: an integer or a string of one.
-fn level(value: &JsonValue) -> Option<i64> {
-    match value {
-        JsonValue::Number(n) => n.as_i64(),
-        JsonValue::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
 
 /// Power-levels content with every level an integer (what version 10+ requires).
 fn integer_levels(mut pl: JsonValue) -> JsonValue {

@@ -83,3 +83,12 @@ mod tests {
         }
     }
 }
+
+/// A power level as room versions 1–9 allow it: an integer or a string of one.
+pub fn power_level(value: &serde_json::Value) -> Option<i64> {
+    match value {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}

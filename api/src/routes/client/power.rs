@@ -1,6 +1,8 @@
 //! Power-level lookups for checks the authorization rules leave to the
-//! Client-Server API (redacting others' events, deleting aliases).
+//! Client-Server API (redacting others' events, deleting aliases). Levels
+//! may be strings in room versions 1–9 and are read as their integers.
 
+use myelin_engine::util::power_level as level;
 use ruma::RoomId;
 use serde_json::Value as JsonValue;
 
@@ -20,7 +22,7 @@ pub fn user_power(cx: &Ctx, room: &RoomId, user: &str) -> Result<i64, ApiError> 
     }
     let pl = power_levels(cx, room)?;
     match pl {
-        Some(pl) => Ok(pl["users"][user].as_i64().or_else(|| pl["users_default"].as_i64()).unwrap_or(0)),
+        Some(pl) => Ok(level(&pl["users"][user]).or_else(|| level(&pl["users_default"])).unwrap_or(0)),
         // Without power levels the creator has 100, everyone else 0.
         None => Ok(match rooms.state_event(room, "m.room.create", "")? {
             Some(c) if c.sender.as_str() == user => 100,
@@ -36,11 +38,11 @@ pub fn power_levels(cx: &Ctx, room: &RoomId) -> Result<Option<JsonValue>, ApiErr
 
 /// A top-level power-levels threshold (`redact`, `kick`, …) with the spec's default.
 pub fn threshold(cx: &Ctx, room: &RoomId, name: &str, default: i64) -> Result<i64, ApiError> {
-    Ok(power_levels(cx, room)?.and_then(|pl| pl[name].as_i64()).unwrap_or(default))
+    Ok(power_levels(cx, room)?.and_then(|pl| level(&pl[name])).unwrap_or(default))
 }
 
 /// The level needed to send state event `kind`.
 pub fn state_level(cx: &Ctx, room: &RoomId, kind: &str) -> Result<i64, ApiError> {
     let pl = power_levels(cx, room)?;
-    Ok(pl.as_ref().and_then(|pl| pl["events"][kind].as_i64().or_else(|| pl["state_default"].as_i64())).unwrap_or(50))
+    Ok(pl.as_ref().and_then(|pl| level(&pl["events"][kind]).or_else(|| level(&pl["state_default"]))).unwrap_or(50))
 }
