@@ -39,6 +39,15 @@ pub fn valid_media_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 255 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// A power level as room versions 1–9 allow it: an integer or a string of one.
+pub fn power_level(value: &serde_json::Value) -> Option<i64> {
+    match value {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,14 +90,5 @@ mod tests {
         for bad in ["", "..", "a.b", "a/b", "a b", "a%2F", "\0"] {
             assert!(!valid_media_id(bad), "{bad:?}");
         }
-    }
-}
-
-/// A power level as room versions 1–9 allow it: an integer or a string of one.
-pub fn power_level(value: &serde_json::Value) -> Option<i64> {
-    match value {
-        serde_json::Value::Number(n) => n.as_i64(),
-        serde_json::Value::String(s) => s.trim().parse().ok(),
-        _ => None,
     }
 }
