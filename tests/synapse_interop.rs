@@ -148,6 +148,22 @@ async fn rooms_of_every_version_work_between_myelin_and_synapse() {
     run_scenario(start_pair().await, "synapse_room_versions.py").await;
 }
 
+/// Restricted rooms of versions 8, 10 and 12 (issue #27), made on each server
+/// and joined from the other by members of an allowed room, through the
+/// resident's co-signature (tests/interop/synapse_restricted.py).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restricted_rooms_are_joined_through_the_allowed_room_between_myelin_and_synapse() {
+    run_scenario(start_pair().await, "synapse_restricted.py").await;
+}
+
+/// A Myelin user joins a busy Synapse room of 2,000 members (issue #26): both
+/// servers end with the same members and the same messages, each once
+/// (tests/interop/synapse_big_room.py).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_a_busy_2000_member_synapse_room_loses_nothing() {
+    run_scenario(start_pair().await, "synapse_big_room.py").await;
+}
+
 /// The `/sync` and room semantics of issue #28, the same requests to each server
 /// on its own (tests/interop/sync_side_by_side.py): every scenario must reduce to
 /// the same observable answer on Myelin as on Synapse.

@@ -182,6 +182,8 @@ impl From<myelin_engine::federation::FederationError> for ApiError {
                 tracing::debug!(%server, error = %source, "answering that a server could not be reached");
                 ApiError::unreachable()
             }
+            F::UnableToAuthoriseJoin(m) => ApiError::new(StatusCode::BAD_REQUEST, "M_UNABLE_TO_AUTHORISE_JOIN", m),
+            F::UnableToGrantJoin(m) => ApiError::new(StatusCode::BAD_REQUEST, "M_UNABLE_TO_GRANT_JOIN", m),
             e @ (F::Unreachable(_) | F::BadResponse { .. }) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", e.to_string())
             }

@@ -76,18 +76,31 @@ async fn signed_template(
     user: &UserId,
     membership: &str,
     reason: Option<&str>,
-) -> Result<(RoomVersionId, CanonicalJsonObject, OwnedEventId), String> {
-    let answer = engine.remote(server).get(path).await.map_err(|e| e.to_string())?;
+) -> Result<(RoomVersionId, CanonicalJsonObject, OwnedEventId), FederationError> {
+    let answer = engine.remote(server).get(path).await?;
     if !answer.status.is_success() {
-        return Err(format!("{server} refused make_{membership}: {}", answer.error_text()));
+        return Err(refusal(server, &format!("make_{membership}"), &answer));
     }
-    let mut made: MadeTemplate = answer.parse(server).map_err(|e| e.to_string())?;
+    let mut made: MadeTemplate = answer.parse(server)?;
     if let Some(r) = reason
         && let Some(content) = made.event.get_mut("content").and_then(JsonValue::as_object_mut)
     {
         content.insert("reason".into(), json!(r));
     }
-    sign_template(engine, made, user, membership).map_err(|e| format!("{server}: {e}"))
+    sign_template(engine, made, user, membership)
+        .map_err(|e| FederationError::BadResponse { server: server.to_owned(), reason: e.to_string() })
+}
+
+/// A resident's refusal as the error our client should see: a 403 and the
+/// restricted-join codes are kept as they are, the rest is named.
+fn refusal(server: &str, what: &str, answer: &super::client::Response) -> FederationError {
+    let text = format!("{server} refused {what}: {}", answer.error_text());
+    match answer.json.get("errcode").and_then(JsonValue::as_str) {
+        Some("M_UNABLE_TO_AUTHORISE_JOIN") => FederationError::UnableToAuthoriseJoin(text),
+        Some("M_UNABLE_TO_GRANT_JOIN") => FederationError::UnableToGrantJoin(text),
+        _ if answer.status == http::StatusCode::FORBIDDEN => FederationError::Forbidden(text),
+        _ => FederationError::Unreachable(text),
+    }
 }
 
 /// Checks a `make_*` answer is a `membership` event for `user`, stamps,
@@ -140,7 +153,8 @@ pub async fn join_remote(
     room: &RoomId,
     servers: &[String],
 ) -> Result<(), FederationError> {
-    let mut last_error = String::from("no server to join through");
+    let mut last_error = FederationError::Unreachable("no server to join through".into());
+    let known = engine.rooms.room_version(room).is_ok();
     for server in servers {
         let path = format!(
             "/_matrix/federation/v1/make_join/{}/{}?{}",
@@ -161,18 +175,18 @@ pub async fn join_remote(
         let answer = match engine.remote(server).json(Method::PUT, &path, Some(&body)).await {
             Ok(r) if r.status.is_success() => r,
             Ok(r) => {
-                last_error = format!("{server} refused send_join: {}", r.error_text());
+                last_error = refusal(server, "send_join", &r);
                 continue;
             }
             Err(e) => {
-                last_error = e.to_string();
+                last_error = e;
                 continue;
             }
         };
         let answer: SendJoinAnswer = match answer.parse(server) {
             Ok(a) => a,
             Err(e) => {
-                last_error = e.to_string();
+                last_error = e;
                 continue;
             }
         };
@@ -192,10 +206,26 @@ pub async fn join_remote(
             Some(p) => p,
             None => checked_pdu(engine, &body, &room_version).await?,
         };
+        if known {
+            // A room we hold already, joined through another server because
+            // none of our users could authorise it (a restricted room): the
+            // join is one more event of it.
+            return match engine.rooms.append_pdu(join).await? {
+                Appended::Accepted(_) => Ok(()),
+                Appended::SoftFailed(_) | Appended::Rejected(_) => {
+                    Err(FederationError::Forbidden(format!("the join to {room} {server} accepted is refused here")))
+                }
+            };
+        }
         engine.rooms.join_remote(&room_version, state, chain, join).await?;
         return Ok(());
     }
-    Err(FederationError::Unreachable(format!("could not join {room}: {last_error}")))
+    Err(match last_error {
+        e @ (FederationError::Forbidden(_)
+        | FederationError::UnableToAuthoriseJoin(_)
+        | FederationError::UnableToGrantJoin(_)) => e,
+        e => FederationError::Unreachable(format!("could not join {room}: {e}")),
+    })
 }
 
 /// Knocks for a local user on a room that lives on `servers` (make_knock, sign, send_knock).
@@ -218,7 +248,7 @@ pub async fn knock_remote(
             match signed_template(engine, server, &path, user, "knock", reason.as_deref()).await {
                 Ok(t) => t,
                 Err(e) => {
-                    last_error = e;
+                    last_error = e.to_string();
                     continue;
                 }
             };

@@ -78,6 +78,12 @@ pub enum FederationError {
     /// No server we tried could do what was asked.
     #[error("{0}")]
     Unreachable(String),
+    /// A restricted room's join conditions cannot be checked here (`M_UNABLE_TO_AUTHORISE_JOIN`).
+    #[error("{0}")]
+    UnableToAuthoriseJoin(String),
+    /// No user here may authorise a restricted join (`M_UNABLE_TO_GRANT_JOIN`).
+    #[error("{0}")]
+    UnableToGrantJoin(String),
     /// The rooms engine refused or failed.
     #[error(transparent)]
     Rooms(#[from] crate::rooms::RoomError),
@@ -90,6 +96,18 @@ pub enum FederationError {
     /// Storage failed.
     #[error(transparent)]
     Engine(#[from] crate::EngineError),
+}
+
+impl From<crate::restricted_join::RestrictedJoinError> for FederationError {
+    fn from(e: crate::restricted_join::RestrictedJoinError) -> Self {
+        use crate::restricted_join::RestrictedJoinError as R;
+        match e {
+            e @ R::CannotVerify(_) => FederationError::UnableToAuthoriseJoin(e.to_string()),
+            e @ R::NotAllowed { .. } => FederationError::Forbidden(e.to_string()),
+            e @ R::CannotGrant(_) => FederationError::UnableToGrantJoin(e.to_string()),
+            R::Rooms(e) => FederationError::Rooms(e),
+        }
+    }
 }
 
 impl From<myelin_storage::StorageError> for FederationError {

@@ -9,6 +9,11 @@
 //! member; events are served whole only when their history visibility lets
 //! the origin see them, else redacted (the DAG stays walkable, the content
 //! does not leak).
+//!
+//! Restricted rooms (versions 8+): `make_join` names one of our users who may
+//! invite in `join_authorised_via_users_server`, or refuses as
+//! [`crate::restricted_join`] says; `send_join` checks the allow conditions
+//! again and co-signs a join naming one of our users.
 
 use ruma::{
     CanonicalJsonObject, EventId, OwnedEventId, OwnedServerName, RoomId, RoomVersionId, UserId,
@@ -198,7 +203,15 @@ pub async fn make_membership(
             return Err(FederationError::IncompatibleVersion(version.to_string()));
         }
     }
-    let event = NewEvent::state(TimelineEventType::RoomMember, user.as_str(), json!({ "membership": membership }));
+    let mut content = json!({ "membership": membership });
+    // A restricted room: name the user of ours the join is authorised through
+    // (refused here when the user may not join, or we cannot tell).
+    if membership == "join"
+        && let Some(via) = crate::restricted_join::authorising_user(engine, room, user)?
+    {
+        content["join_authorised_via_users_server"] = json!(via);
+    }
+    let event = NewEvent::state(TimelineEventType::RoomMember, user.as_str(), content);
     let template = engine.rooms.template(user, room, event).await?;
     Ok(MembershipTemplate { event: template, room_version: version })
 }
@@ -224,6 +237,17 @@ async fn signed_membership(
     if !body.is_object() {
         return Err(FederationError::BadRequest("the body must be the signed event".into()));
     }
+    let cosigned;
+    let body = match membership {
+        "join" => match co_signed_join(engine, room, body, &version)? {
+            Some(signed) => {
+                cosigned = signed;
+                &cosigned
+            }
+            None => body,
+        },
+        _ => body,
+    };
     let pdu = checked_pdu(engine, body, &version).await?;
     if pdu.event_id.as_str() != event_id || pdu.room_id != room {
         return Err(FederationError::BadRequest("event id or room does not match the path".into()));
@@ -236,6 +260,38 @@ async fn signed_membership(
         return Err(FederationError::BadRequest(format!("not a {membership} of one of the origin's users")));
     }
     Ok(pdu)
+}
+
+/// A join naming one of our users in `join_authorised_via_users_server`,
+/// with our signature added (the auth rules of versions 8+ require it), once
+/// the joining user is checked to meet the room's allow conditions here: the
+/// joining server may have skipped `make_join`, so its word is not taken.
+/// `None` when the join names no user of ours.
+fn co_signed_join(
+    engine: &Engine,
+    room: &RoomId,
+    body: &JsonValue,
+    version: &RoomVersionId,
+) -> Result<Option<JsonValue>, FederationError> {
+    let via = body.get("content").and_then(|c| c.get("join_authorised_via_users_server")).and_then(JsonValue::as_str);
+    let Some(via) = via.and_then(|v| UserId::parse(v).ok()) else { return Ok(None) };
+    if via.server_name() != engine.server_name {
+        return Ok(None);
+    }
+    let joining = body
+        .get("sender")
+        .and_then(JsonValue::as_str)
+        .and_then(|s| UserId::parse(s).ok())
+        .ok_or_else(|| FederationError::BadRequest("the join has no valid sender".into()))?;
+    // Refused (403, 400) when the user may not join through us; a user who
+    // needs no authoriser (invited) is signed for all the same: the auth rules
+    // then judge the event as it is.
+    crate::restricted_join::authorising_user(engine, room, &joining)?;
+    let rules = crate::rooms::version::rules(version)?;
+    let mut object: CanonicalJsonObject =
+        serde_json::from_value(body.clone()).map_err(|e| FederationError::BadRequest(format!("not a PDU: {e}")))?;
+    engine.keys.sign_event(&mut object, &rules)?;
+    Ok(Some(serde_json::to_value(object).map_err(|e| FederationError::BadRequest(e.to_string()))?))
 }
 
 fn accepted(outcome: Appended, what: &str) -> Result<(), FederationError> {

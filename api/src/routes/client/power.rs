@@ -1,48 +1,23 @@
 //! Power-level lookups for checks the authorization rules leave to the
-//! Client-Server API (redacting others' events, deleting aliases). Levels
-//! may be strings in room versions 1–9 and are read as their integers.
+//! Client-Server API (redacting others' events, deleting aliases), through
+//! [`myelin_engine::power`].
 
-use myelin_engine::util::power_level as level;
+use myelin_engine::power;
 use ruma::RoomId;
-use serde_json::Value as JsonValue;
 
 use crate::{error::ApiError, router::Ctx};
 
 /// The user's power in the room; room creators of versions that privilege them have no limit.
 pub fn user_power(cx: &Ctx, room: &RoomId, user: &str) -> Result<i64, ApiError> {
-    let rooms = &cx.engine.rooms;
-    let privileged =
-        rooms.room_version(room)?.rules().is_some_and(|r| r.authorization.explicitly_privilege_room_creators);
-    if privileged && let Some(create) = rooms.state_event(room, "m.room.create", "")? {
-        let extra = create.content_value()["additional_creators"].clone();
-        let listed = extra.as_array().is_some_and(|a| a.iter().any(|u| u.as_str() == Some(user)));
-        if create.sender.as_str() == user || listed {
-            return Ok(i64::MAX);
-        }
-    }
-    let pl = power_levels(cx, room)?;
-    match pl {
-        Some(pl) => Ok(level(&pl["users"][user]).or_else(|| level(&pl["users_default"])).unwrap_or(0)),
-        // Without power levels the creator has 100, everyone else 0.
-        None => Ok(match rooms.state_event(room, "m.room.create", "")? {
-            Some(c) if c.sender.as_str() == user => 100,
-            _ => 0,
-        }),
-    }
-}
-
-/// The room's power-levels content.
-pub fn power_levels(cx: &Ctx, room: &RoomId) -> Result<Option<JsonValue>, ApiError> {
-    Ok(cx.engine.rooms.state_event(room, "m.room.power_levels", "")?.map(|p| p.content_value()))
+    Ok(power::user_power(&cx.engine.rooms, room, user)?)
 }
 
 /// A top-level power-levels threshold (`redact`, `kick`, …) with the spec's default.
 pub fn threshold(cx: &Ctx, room: &RoomId, name: &str, default: i64) -> Result<i64, ApiError> {
-    Ok(power_levels(cx, room)?.and_then(|pl| level(&pl[name])).unwrap_or(default))
+    Ok(power::threshold(&cx.engine.rooms, room, name, default)?)
 }
 
 /// The level needed to send state event `kind`.
 pub fn state_level(cx: &Ctx, room: &RoomId, kind: &str) -> Result<i64, ApiError> {
-    let pl = power_levels(cx, room)?;
-    Ok(pl.as_ref().and_then(|pl| level(&pl["events"][kind]).or_else(|| level(&pl["state_default"]))).unwrap_or(50))
+    Ok(power::state_level(&cx.engine.rooms, room, kind)?)
 }

@@ -11,6 +11,7 @@ async fn set_membership(
     target: &UserId,
     membership: &str,
     reason: Option<String>,
+    via: Option<ruma::OwnedUserId>,
 ) -> Result<String, ApiError> {
     if matches!(membership, "join" | "invite" | "knock") && cx.engine.rooms.is_shutdown(room)? {
         return Err(ApiError::forbidden(format!("{room} has been shut down on this server")));
@@ -18,6 +19,9 @@ async fn set_membership(
     let mut content = json!({ "membership": membership });
     if let Some(r) = reason {
         content["reason"] = json!(r);
+    }
+    if let Some(via) = via {
+        content["join_authorised_via_users_server"] = json!(via);
     }
     // Joins and invites carry the target's profile, so members see names and avatars.
     if matches!(membership, "join" | "invite")
@@ -83,7 +87,26 @@ pub fn join(cx: Ctx, req: Req) -> HandlerFuture {
             return Ok(ok_json(&crate::response::RoomIdAnswer { room_id: room.as_str() }));
         }
 
-        set_membership(&cx, &me, &room, &me.user_id.clone(), "join", body.reason).await?;
+        // A restricted room: the join names a user of ours who may invite.
+        // When none of ours can vouch for it (we take part in none of the
+        // allowed rooms, or none of ours may invite) it goes through the
+        // other servers in the room, as a join from outside would.
+        use myelin_engine::{federation::FederationError, restricted_join::RestrictedJoinError as R};
+        match myelin_engine::restricted_join::authorising_user(&cx.engine, &room, &me.user_id) {
+            Ok(via) => {
+                set_membership(&cx, &me, &room, &me.user_id.clone(), "join", body.reason, via).await?;
+            }
+            Err(e @ (R::CannotVerify(_) | R::CannotGrant(_))) => {
+                let ours = cx.engine.server_name.as_str();
+                let others: Vec<String> =
+                    cx.engine.rooms.joined_servers_now(&room)?.into_iter().filter(|s| s != ours).collect();
+                if others.is_empty() {
+                    return Err(FederationError::from(e).into());
+                }
+                myelin_engine::federation::membership::join_remote(&cx.engine, &me.user_id, &room, &others).await?;
+            }
+            Err(e) => return Err(FederationError::from(e).into()),
+        }
         Ok(ok_json(&crate::response::RoomIdAnswer { room_id: room.as_str() }))
     })
 }
@@ -143,7 +166,7 @@ pub fn knock(cx: Ctx, req: Req) -> HandlerFuture {
         let (room, alias_servers) = room_or_alias(&cx, req.param("room_id")?).await?;
         let body: ReasonBody = crate::http_util::parse_json_or_empty(&req.body)?;
         if cx.engine.rooms.is_local_room(&room) {
-            set_membership(&cx, &me, &room, &me.user_id.clone(), "knock", body.reason).await?;
+            set_membership(&cx, &me, &room, &me.user_id.clone(), "knock", body.reason, None).await?;
         } else {
             let servers = servers_to_ask(&cx, &req, &me.user_id, &room, alias_servers)?;
             myelin_engine::federation::membership::knock_remote(&cx.engine, &me.user_id, &room, &servers, body.reason)
@@ -174,7 +197,7 @@ fn target_action(membership: &'static str) -> impl Fn(Ctx, Req) -> HandlerFuture
                 {
                     return Err(ApiError::forbidden(format!("{} is not banned", body.user_id)));
                 }
-                set_membership(&cx, &me, &room, &body.user_id, "leave", body.reason).await?;
+                set_membership(&cx, &me, &room, &body.user_id, "leave", body.reason, None).await?;
             } else {
                 if membership == "invite"
                     && body.user_id.server_name() == cx.engine.server_name
@@ -183,7 +206,7 @@ fn target_action(membership: &'static str) -> impl Fn(Ctx, Req) -> HandlerFuture
                     // An appservice may bring an unknown user of its namespace into being.
                     cx.engine.query_appservice_user(body.user_id.as_str()).await;
                 }
-                set_membership(&cx, &me, &room, &body.user_id, membership, body.reason).await?;
+                set_membership(&cx, &me, &room, &body.user_id, membership, body.reason, None).await?;
             }
             Ok(crate::response::ok_empty())
         })
@@ -252,7 +275,7 @@ pub fn leave(cx: Ctx, req: Req) -> HandlerFuture {
             myelin_engine::federation::membership::leave_remote(&cx.engine, &me.user_id, &room, &servers).await?;
             return Ok(crate::response::ok_empty());
         }
-        set_membership(&cx, &me, &room, &me.user_id.clone(), "leave", body.reason).await?;
+        set_membership(&cx, &me, &room, &me.user_id.clone(), "leave", body.reason, None).await?;
         Ok(crate::response::ok_empty())
     })
 }
