@@ -289,6 +289,28 @@ async fn a_gap_too_large_to_fetch_is_bridged_on_the_senders_state() {
     // And the room goes on: bob's reply reaches A.
     bob.send_text(&room, "bob after the gap").await;
     wait_for_text(&alice, &room, "bob after the gap").await;
+    // The 20 messages inside the gap are not lost: walking /messages back to
+    // the start backfills them from the gap's edge, each once.
+    let mut seen: Vec<String> = Vec::new();
+    let mut from: Option<String> = None;
+    for _ in 0..50 {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=7{}",
+            enc(&room),
+            from.as_deref().map(|f| format!("&from={}", enc(f))).unwrap_or_default()
+        );
+        let page = bob.get(&path).await;
+        let chunk = page["chunk"].as_array().cloned().unwrap_or_default();
+        seen.extend(chunk.iter().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)));
+        from = page["end"].as_str().map(str::to_owned);
+        if from.is_none() || chunk.is_empty() {
+            break;
+        }
+    }
+    for i in 0..20 {
+        let text = format!("missed {i}");
+        assert_eq!(seen.iter().filter(|b| **b == text).count(), 1, "{text} once in bob's history: {seen:?}");
+    }
     a.stop().await;
     b.stop().await;
 }

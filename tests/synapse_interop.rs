@@ -63,6 +63,15 @@ struct Pair {
     my_fed: u16,
 }
 
+/// Where the Myelin server's log goes: the file `MYELIN_INTEROP_LOG` names
+/// (for debugging a scenario, with `MYELIN_INTEROP_LOG_LEVEL`), else nowhere.
+fn myelin_log() -> Stdio {
+    match std::env::var("MYELIN_INTEROP_LOG").ok().and_then(|p| std::fs::File::create(p).ok()) {
+        Some(f) => f.into(),
+        None => Stdio::null(),
+    }
+}
+
 const SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop");
 
 async fn start_pair() -> Pair {
@@ -100,9 +109,9 @@ async fn start_pair() -> Pair {
             // Synapse is `localhost:PORT`, on loopback: the outbound policy refuses that by default.
             .env("MYELIN_FEDERATION__IP_RANGE_ALLOW", r#"["127.0.0.0/8", "::1/128"]"#)
             .env("MYELIN_REGISTRATION__ENABLED", "true")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("MYELIN_INTEROP_LOG_LEVEL").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(myelin_log())
             .spawn()
             .unwrap(),
     );
@@ -128,6 +137,10 @@ async fn run_scenario(pair: Pair, script: &str) {
     .await
     .unwrap()
     .unwrap();
+    // For debugging a scenario: Synapse's own log, kept where the variable says.
+    if let Ok(keep) = std::env::var("MYELIN_INTEROP_SYNAPSE_LOG") {
+        let _ = std::fs::copy(pair._dir.path().join("homeserver.log"), keep);
+    }
     drop(pair);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "scenario failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));

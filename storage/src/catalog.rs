@@ -89,6 +89,9 @@ pub static SHORTEVENTID_EVENTMETA: Cf = point("shorteventid_eventmeta", 6);
 pub static SHORTROOMID_ROOMINFO: Cf = point("shortroomid_roominfo", 2);
 /// `(short room id, short event id)` → (): the room's forward extremities.
 pub static ROOMEVENT_EXTREMITY: Cf = scan("roomevent_extremity", 1);
+/// `(short room id, short event id)` → (): events taken on a remote's state
+/// to bridge a gap, outside the timeline, whose history backfill still owes.
+pub static ROOMEVENT_HOLE: Cf = scan("roomevent_hole", 1);
 /// `(prev short event id, child short event id)` → (): prev-event edges, by parent.
 pub static PREVEVENT_CHILDEVENT: Cf = scan("prevevent_childevent", 2);
 /// Snapshot id → state layer (parent + added/removed entries, or a full state).
@@ -255,6 +258,7 @@ pub static ALL: &[&Cf] = &[
     &SHORTEVENTID_EVENTMETA,
     &SHORTROOMID_ROOMINFO,
     &ROOMEVENT_EXTREMITY,
+    &ROOMEVENT_HOLE,
     &PREVEVENT_CHILDEVENT,
     &SHORTSTATEHASH_STATELAYER,
     &STATEHASH_SHORTSTATEHASH,

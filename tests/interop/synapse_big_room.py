@@ -23,7 +23,9 @@ from client_http import call
 MY, SY, MY_NAME, SY_NAME = sys.argv[1:5]
 q = urllib.parse.quote
 PASSED = 0
-MEMBERS = 2000
+import os
+
+MEMBERS = int(os.environ.get("BIG_ROOM_MEMBERS", "2000"))  # fewer only to debug the scenario
 HISTORY = 100
 SENDERS = 20
 LIVE = 400

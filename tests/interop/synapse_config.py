@@ -82,4 +82,7 @@ if len(sys.argv) > 4:
     c["app_service_config_files"] = [sys.argv[4]]
 with open(f"{directory}/hs.yaml", "w") as f:
     yaml.safe_dump(c, f)
+import os
+if os.environ.get("SYNAPSE_DEBUG_PATCH"):
+    subprocess.run([sys.executable, os.environ["SYNAPSE_DEBUG_PATCH"], c["log_config"]], check=True)
 print(server_name)

@@ -50,7 +50,7 @@ pub const MAX_PDUS: usize = 50;
 /// Most EDUs a transaction may carry ("up to 100").
 pub const MAX_EDUS: usize = 100;
 /// Most prev events taken on a remote's state for one incoming event.
-const MAX_STATE_FALLBACKS: usize = 4;
+const MAX_STATE_FALLBACKS: usize = 10;
 /// Most gap fills running at once for one origin.
 pub const MAX_GAP_FILLS_PER_ORIGIN: usize = 8;
 /// Most gap fills running at once in all.
@@ -446,10 +446,16 @@ pub async fn fill_gap(
     }
     let path = format!("/_matrix/federation/v1/get_missing_events/{}", enc(room.as_str()));
     let earliest = engine.rooms.extremities(room)?;
+    // Not further back than our oldest timeline event: an event made beside
+    // our join (in a room we just joined) reaches the room's whole history
+    // through its prev events, and that history is backfill's to fetch; the
+    // gap's lower edge is bridged on the remote's state below.
+    let min_depth = engine.rooms.min_timeline_depth(room)?;
     let mut fetched: HashMap<OwnedEventId, Pdu> = HashMap::new();
     let mut latest: Vec<OwnedEventId> = vec![pdu.event_id.clone()];
     while fetched.len() < engine.config.federation.max_gap_events {
-        let body = json!({ "earliest_events": earliest, "latest_events": latest, "limit": 100, "min_depth": 0 });
+        let body =
+            json!({ "earliest_events": earliest, "latest_events": latest, "limit": 100, "min_depth": min_depth });
         let answer = match engine.remote(origin).json(Method::POST, &path, Some(&body)).await {
             Ok(a) if a.status.is_success() => a,
             Ok(a) => {
@@ -467,8 +473,10 @@ pub async fn fill_gap(
         };
         let before = fetched.len();
         for json in &answer.events {
+            // Below `min_depth` is history (Synapse may send it anyway).
             if let Ok(p) = checked_pdu(engine, json, version).await
                 && p.room_id == *room
+                && p.depth >= min_depth
             {
                 fetched.entry(p.event_id.clone()).or_insert(p);
             }
@@ -517,6 +525,19 @@ pub async fn fill_gap(
             if !missing.is_empty() {
                 tracing::info!(%origin, room_id = %room, event_id = %id, missing = missing.len(),
                     "auth events of a fetched missing event could not be fetched; keeping it pending");
+                engine.pending_pdus.keep(origin, p, version.clone(), 1).await;
+                continue;
+            }
+            // No prev event with a state here (the bridge below it could not
+            // be fetched): it would be judged on no state and rejected for
+            // good. It waits instead, like a PDU whose auth events are missing.
+            let stateless_prevs = p
+                .prev_events
+                .iter()
+                .all(|prev| engine.rooms.meta(prev).ok().flatten().is_none_or(|m| m.state_after == 0));
+            if stateless_prevs {
+                tracing::info!(%origin, room_id = %room, event_id = %id,
+                    "no prev event of a fetched missing event has a state here; keeping it pending");
                 engine.pending_pdus.keep(origin, p, version.clone(), 1).await;
                 continue;
             }

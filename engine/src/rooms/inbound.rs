@@ -250,6 +250,12 @@ impl Rooms {
             &short,
             &EventMeta { room, depth: pdu.depth, count: 0, flags, state_before, state_after },
         )?;
+        // An outlier with a state bridges a gap (`store_with_remote_state`):
+        // the events before it are not here, and `/messages` must still find
+        // them, so backfill starts from it too (`backfill_point`).
+        if flags & OUTLIER != 0 && state_after != 0 {
+            HOLES.put(&mut batch, &(room, short), &())?;
+        }
         self.db.commit(batch).await?;
         let mut pdu = pdu;
         pdu.rejected = flags & REJECTED != 0;
@@ -498,22 +504,44 @@ impl Rooms {
         matches!(self.short_room(room_id), Ok(Some(short)) if ROOMS.get(&*self.db, &short).ok().flatten().is_some())
     }
 
-    /// The prev events of the room's oldest timeline event that we do not have:
-    /// where backfilling would continue. Empty when history is complete.
-    pub fn backfill_point(&self, room_id: &RoomId) -> Result<Vec<ruma::OwnedEventId>, RoomError> {
-        let Some(short_room) = self.short_room(room_id)? else { return Ok(Vec::new()) };
+    /// The depth of the room's oldest timeline event: how far back a gap fill
+    /// asks for missing events (`get_missing_events`' `min_depth`, as Synapse
+    /// sends it). Older history is backfill's, not the gap's. 0 when unknown.
+    pub fn min_timeline_depth(&self, room_id: &RoomId) -> Result<u64, RoomError> {
+        let Some(short_room) = self.short_room(room_id)? else { return Ok(0) };
         let Some(row) = TIMELINE.prefix(&*self.db, &(short_room,), myelin_storage::Direction::Forward)?.next() else {
-            return Ok(Vec::new());
+            return Ok(0);
         };
         let (_, oldest) = row?;
-        let Some(pdu) = self.pdu_by_short(oldest)? else { return Ok(Vec::new()) };
+        Ok(self.pdu_by_short(oldest)?.map_or(0, |p| p.depth))
+    }
+
+    /// Where backfilling continues: the prev events of the room's oldest
+    /// timeline event that are not in the timeline, and the events that
+    /// bridged a gap on a remote's state (the history behind them was never
+    /// fetched: Synapse's "backward extremities" in the middle of the room).
+    /// Empty when history is complete.
+    pub fn backfill_point(&self, room_id: &RoomId) -> Result<Vec<ruma::OwnedEventId>, RoomError> {
+        let Some(short_room) = self.short_room(room_id)? else { return Ok(Vec::new()) };
         let mut missing = Vec::new();
+        for row in HOLES.prefix(&*self.db, &(short_room,), myelin_storage::Direction::Forward)?.take(20) {
+            let ((_, hole), ()) = row?;
+            if let Some(id) = self.event_ids.lookup(&*self.db, hole)? {
+                missing
+                    .push(ruma::OwnedEventId::try_from(id.as_str()).map_err(|e| RoomError::BadEvent(e.to_string()))?);
+            }
+        }
+        let Some(row) = TIMELINE.prefix(&*self.db, &(short_room,), myelin_storage::Direction::Forward)?.next() else {
+            return Ok(missing);
+        };
+        let (_, oldest) = row?;
+        let Some(pdu) = self.pdu_by_short(oldest)? else { return Ok(missing) };
         for prev in &pdu.prev_events {
             let stored = match self.event_ids.get(&*self.db, prev.as_str())? {
                 Some(s) => META.get(&*self.db, &s)?.is_some_and(|m| m.count != 0),
                 None => false,
             };
-            if !stored {
+            if !stored && !missing.contains(prev) {
                 missing.push(prev.clone());
             }
         }
@@ -540,15 +568,21 @@ impl Rooms {
                 continue;
             }
             let short = self.event_ids.get_or_create(&self.db, &mut batch, pdu.event_id.as_str())?;
-            if META.get(&*self.db, &short)?.is_some_and(|m| m.count != 0) {
+            let held = META.get(&*self.db, &short)?;
+            if held.as_ref().is_some_and(|m| m.count != 0) {
                 continue;
             }
+            // Held outside the timeline (a gap's edge, a join's state): it
+            // enters the timeline keeping the states and verdict it has.
+            let (flags, state_before, state_after) =
+                held.map_or((0, 0, 0), |m| (m.flags & !OUTLIER, m.state_before, m.state_after));
             PDUS.put(&mut batch, &short, &Raw(pdu.to_bytes()))?;
             META.put(
                 &mut batch,
                 &short,
-                &EventMeta { room, depth: pdu.depth, count: next, flags: 0, state_before: 0, state_after: 0 },
+                &EventMeta { room, depth: pdu.depth, count: next, flags, state_before, state_after },
             )?;
+            HOLES.delete(&mut batch, &(room, short));
             TIMELINE.put(&mut batch, &(room, next), &short)?;
             for prev in &pdu.prev_events {
                 if let Some(p) = self.event_ids.get(&*self.db, prev.as_str())? {

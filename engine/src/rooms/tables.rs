@@ -99,6 +99,9 @@ pub struct SentWith {
 impl Stored for SentWith {}
 /// `(short room id, short event id)` → (): forward extremities.
 pub const EXTREMITIES: Table<(u64, u64), ()> = Table::new(&catalog::ROOMEVENT_EXTREMITY);
+/// `(short room id, short event id)` → (): gap edges taken on a remote's
+/// state, whose history `/messages` backfill still fetches.
+pub const HOLES: Table<(u64, u64), ()> = Table::new(&catalog::ROOMEVENT_HOLE);
 /// `(prev short event id, child short event id)` → ().
 pub const EDGES: Table<(u64, u64), ()> = Table::new(&catalog::PREVEVENT_CHILDEVENT);
 /// Short room id → room head.
