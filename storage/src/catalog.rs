@@ -91,7 +91,7 @@ pub static SHORTROOMID_ROOMINFO: Cf = point("shortroomid_roominfo", 2);
 pub static ROOMEVENT_EXTREMITY: Cf = scan("roomevent_extremity", 1);
 /// `(short room id, short event id)` → (): events taken on a remote's state
 /// to bridge a gap, outside the timeline, whose history backfill still owes.
-pub static ROOMEVENT_HOLE: Cf = scan("roomevent_hole", 1);
+pub static ROOMEVENT_HOLE: Cf = scan("roomevent_hole", 0);
 /// `(prev short event id, child short event id)` → (): prev-event edges, by parent.
 pub static PREVEVENT_CHILDEVENT: Cf = scan("prevevent_childevent", 2);
 /// Snapshot id → state layer (parent + added/removed entries, or a full state).
