@@ -148,6 +148,21 @@ expected = {f"history {i}" for i in range(HISTORY)} | {f"myelin {i}" for i in ra
 check(set(on_synapse) == expected and len(on_synapse) == len(expected),
       f"Synapse has every message once ({len(on_synapse)} of {len(expected)})")
 missing = sorted(expected - set(on_myelin))
+if missing:
+    # What Myelin holds of each lost event, to tell "never fetched" from "held outside the timeline".
+    ids, frm = {}, None
+    for _ in range(400):
+        path = f"/_matrix/client/v3/rooms/{q(room)}/messages?dir=b&limit=100" + (f"&from={q(frm)}" if frm else "")
+        s, j = call(SY, "GET", path, None, owner)
+        for e in j.get("chunk", []):
+            if e.get("content", {}).get("body") in missing:
+                ids[e["content"]["body"]] = (e["event_id"], e.get("depth"))
+        frm = j.get("end")
+        if not frm or not j.get("chunk"):
+            break
+    for body, (eid, _) in sorted(ids.items()):
+        s, j = call(MY, "GET", f"/_matrix/client/v3/rooms/{q(room)}/event/{q(eid)}", None, me)
+        print(f"lost {body!r} {eid}: Myelin answers {s} {j.get('errcode', j.get('type'))}", flush=True)
 check(not missing, f"Myelin has every message ({len(missing)} missing: {missing[:10]})")
 check(len(on_myelin) == len(expected), f"each once on Myelin ({len(on_myelin)} for {len(expected)})")
 # Synapse's order is its topological order; the events Myelin received live
