@@ -24,11 +24,11 @@ import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
+from checks import all_passed, check
 from client_http import call
 
 MY, SY, MY_NAME, SY_NAME = sys.argv[1:5]
 q = urllib.parse.quote
-PASSED = 0
 import os
 
 MEMBERS = int(os.environ.get("BIG_ROOM_MEMBERS", "2000"))  # fewer only to debug the scenario
@@ -36,15 +36,6 @@ HISTORY = 100
 SENDERS = int(os.environ.get("BIG_ROOM_SENDERS", "8"))
 LIVE = 400  # in all, split over SENDERS
 OURS = 50
-
-
-def check(cond, what):
-    global PASSED
-    print(("ok: " if cond else "FAILED: ") + what, flush=True)
-    if not cond:
-        print(f"{PASSED} passed, 1 failed", flush=True)
-        sys.exit(1)
-    PASSED += 1
 
 
 def register(base, name):
@@ -177,4 +168,4 @@ check(len(on_myelin) == len(expected), f"each once on Myelin ({len(on_myelin)} f
 for k in range(SENDERS):
     mine = [b for b in reversed(on_myelin) if b and b.startswith(f"live {k}-")]
     check(mine == [f"live {k}-{n}" for n in range(LIVE // SENDERS)], f"sender {k}'s messages in order on Myelin")
-print(f"all checks passed: {PASSED} passed, 0 failed", flush=True)
+all_passed()

@@ -16,28 +16,12 @@ import sys
 import time
 import urllib.parse
 
+from checks import all_passed, check, register
 from client_http import call
 
 MY, SY, MY_NAME, SY_NAME = sys.argv[1:5]
 q = urllib.parse.quote
-PASSED = 0
 HISTORY = 50
-
-
-def check(cond, what):
-    global PASSED
-    print(("ok: " if cond else "FAILED: ") + what, flush=True)
-    if not cond:
-        print(f"{PASSED} passed, 1 failed", flush=True)
-        sys.exit(1)
-    PASSED += 1
-
-
-def register(base, name):
-    s, j = call(base, "POST", "/_matrix/client/v3/register",
-                {"username": name, "password": "pw-pw-pw-1", "auth": {"type": "m.login.dummy"}})
-    check(s == 200, f"{name} registers on {base} ({s} {j})")
-    return j["access_token"], j["user_id"]
 
 
 def send(base, token, room, body, txn):
@@ -142,4 +126,4 @@ synapse = ("synapse", SY, st, su, SY_NAME)
 for v in range(1, 13):
     one_way(v, synapse, myelin)
     one_way(v, myelin, synapse)
-print(f"all checks passed: {PASSED} passed, 0 failed", flush=True)
+all_passed()

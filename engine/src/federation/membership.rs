@@ -190,12 +190,6 @@ pub async fn join_remote(
                 continue;
             }
         };
-        // State and auth chain checked together, so the work splits evenly over the cores.
-        let state_len = answer.state.len();
-        let mut both = answer.state;
-        both.extend(answer.auth_chain);
-        let mut state = checked_pdus(engine, both, &room_version).await?;
-        let chain = state.split_off(state_len);
         // The resident may have co-signed the join (restricted rooms); prefer its copy.
         // A copy that is another event altogether is ignored: ours is the join.
         let theirs = match answer.event.filter(JsonValue::is_object) {
@@ -217,6 +211,13 @@ pub async fn join_remote(
                 }
             };
         }
+        // A room new to us: its state and auth chain, checked together so the
+        // work splits evenly over the cores (a room we hold has its own).
+        let state_len = answer.state.len();
+        let mut both = answer.state;
+        both.extend(answer.auth_chain);
+        let mut state = checked_pdus(engine, both, &room_version).await?;
+        let chain = state.split_off(state_len);
         engine.rooms.join_remote(&room_version, state, chain, join).await?;
         return Ok(());
     }

@@ -237,17 +237,8 @@ async fn signed_membership(
     if !body.is_object() {
         return Err(FederationError::BadRequest("the body must be the signed event".into()));
     }
-    let cosigned;
-    let body = match membership {
-        "join" => match co_signed_join(engine, room, body, &version)? {
-            Some(signed) => {
-                cosigned = signed;
-                &cosigned
-            }
-            None => body,
-        },
-        _ => body,
-    };
+    let cosigned = if membership == "join" { co_signed_join(engine, room, body, &version)? } else { None };
+    let body = cosigned.as_ref().unwrap_or(body);
     let pdu = checked_pdu(engine, body, &version).await?;
     if pdu.event_id.as_str() != event_id || pdu.room_id != room {
         return Err(FederationError::BadRequest("event id or room does not match the path".into()));

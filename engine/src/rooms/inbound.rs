@@ -575,14 +575,17 @@ impl Rooms {
             // Held outside the timeline (a gap's edge, a join's state): it
             // enters the timeline keeping the states and verdict it has.
             let (flags, state_before, state_after) =
-                held.map_or((0, 0, 0), |m| (m.flags & !OUTLIER, m.state_before, m.state_after));
+                held.as_ref().map_or((0, 0, 0), |m| (m.flags & !OUTLIER, m.state_before, m.state_after));
             PDUS.put(&mut batch, &short, &Raw(pdu.to_bytes()))?;
             META.put(
                 &mut batch,
                 &short,
                 &EventMeta { room, depth: pdu.depth, count: next, flags, state_before, state_after },
             )?;
-            HOLES.delete(&mut batch, &(room, short));
+            if held.is_some() {
+                // Only a held outlier can be a hole: no tombstone for the rest.
+                HOLES.delete(&mut batch, &(room, short));
+            }
             TIMELINE.put(&mut batch, &(room, next), &short)?;
             for prev in &pdu.prev_events {
                 if let Some(p) = self.event_ids.get(&*self.db, prev.as_str())? {
