@@ -1,10 +1,11 @@
 //! What Element asks for at start (issue #20 §4), over real HTTP: OpenID
 //! tokens and their federation check, TURN credentials from `[voip]`,
-//! content reports, `/account/3pid` and what `/capabilities` says.
+//! content reports, `/account/3pid`, what `/capabilities` says, and logging a
+//! new device in with a token from a logged-in one (`/login/get_token`).
 
 use base64::Engine as _;
 use http::{Method, StatusCode};
-use myelin_suite::{TestServer, enc, https};
+use myelin_suite::{Client, TestServer, enc, http, https};
 use serde_json::json;
 
 const V3: &str = "/_matrix/client/v3";
@@ -178,7 +179,7 @@ async fn threepids_are_empty_and_capabilities_say_so() {
     assert_eq!(alice.get(&format!("{V3}/account/3pid")).await, json!({ "threepids": [] }));
     let caps = alice.get(&format!("{V3}/capabilities")).await["capabilities"].clone();
     assert_eq!(caps["m.3pid_changes"]["enabled"], false);
-    assert_eq!(caps["m.get_login_token"]["enabled"], false);
+    assert_eq!(caps["m.get_login_token"]["enabled"], true);
     assert_eq!(caps["m.change_password"]["enabled"], true);
     // Every version offered as available can be created.
     for (version, _) in caps["m.room_versions"]["available"].as_object().unwrap() {
@@ -186,5 +187,77 @@ async fn threepids_are_empty_and_capabilities_say_so() {
     }
     let default = caps["m.room_versions"]["default"].as_str().unwrap();
     assert!(caps["m.room_versions"]["available"].get(default).is_some());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_token_from_a_logged_in_device_logs_a_new_device_in_once() {
+    const GET_TOKEN: &str = "/_matrix/client/v1/login/get_token";
+    let s = TestServer::open("localhost").await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+
+    // The flows say where tokens come from, before any login.
+    let flows = http(s.client, Method::GET, &format!("{V3}/login"), None).await.json()["flows"].clone();
+    let token_flow = flows.as_array().unwrap().iter().find(|f| f["type"] == "m.login.token").cloned();
+    assert_eq!(token_flow, Some(json!({ "type": "m.login.token", "get_login_token": true })), "{flows}");
+
+    // The token costs the password (user-interactive auth), not just the access token.
+    let r = alice.request(Method::POST, GET_TOKEN, Some(json!({}))).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json()["flows"][0]["stages"][0], "m.login.password");
+    let session = r.json()["session"].as_str().unwrap().to_owned();
+    let password = |pass: &str| {
+        json!({ "auth": { "type": "m.login.password", "session": session, "password": pass,
+                "identifier": { "type": "m.id.user", "user": alice.user_id } } })
+    };
+    let r = alice.request(Method::POST, GET_TOKEN, Some(password("wrong"))).await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::UNAUTHORIZED, "M_FORBIDDEN"));
+    assert!(r.json().get("login_token").is_none());
+    let issued = alice.post(GET_TOKEN, password("pass-word-1")).await;
+    assert_eq!(issued["expires_in_ms"], 120_000);
+    let token = issued["login_token"].as_str().unwrap().to_owned();
+    let r = http(s.client, Method::POST, GET_TOKEN, Some(b"{}")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "no access token, no login token");
+
+    // Two devices race to use it: exactly one gets a session, and it is alice's.
+    let login = |device: &'static str| {
+        let body = json!({ "type": "m.login.token", "token": token, "device_id": device }).to_string();
+        let addr = s.client;
+        async move { http(addr, Method::POST, &format!("{V3}/login"), Some(body.as_bytes())).await }
+    };
+    let (a, b) = tokio::join!(login("PHONE"), login("TABLET"));
+    let (won, lost) = if a.status == StatusCode::OK { (a, b) } else { (b, a) };
+    assert_eq!(won.status, StatusCode::OK, "{}", String::from_utf8_lossy(&won.body));
+    assert_eq!((lost.status, lost.errcode().as_str()), (StatusCode::FORBIDDEN, "M_FORBIDDEN"));
+    let phone = Client::from_login(s.client, &won.json());
+    assert_eq!(phone.user_id, alice.user_id);
+    let whoami = phone.get(&format!("{V3}/account/whoami")).await;
+    assert_eq!(whoami["user_id"], alice.user_id.as_str());
+    assert!(["PHONE", "TABLET"].contains(&whoami["device_id"].as_str().unwrap()));
+    let devices = alice.get(&format!("{V3}/devices")).await["devices"].as_array().unwrap().len();
+    assert_eq!(devices, 2, "alice's first device and the one the token logged in");
+
+    // Used once, it is gone; bob's access token is no login token; garbage is refused.
+    for bad in [token.as_str(), bob.token.as_str(), "", &"x".repeat(500)] {
+        let body = json!({ "type": "m.login.token", "token": bad }).to_string();
+        let r = http(s.client, Method::POST, &format!("{V3}/login"), Some(body.as_bytes())).await;
+        assert_eq!((r.status, r.errcode().as_str()), (StatusCode::FORBIDDEN, "M_FORBIDDEN"), "token {bad:.20}");
+    }
+    let r = http(s.client, Method::POST, &format!("{V3}/login"), Some(br#"{"type":"m.login.token"}"#)).await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::BAD_REQUEST, "M_MISSING_PARAM"));
+    let r = http(s.client, Method::POST, &format!("{V3}/login"), Some(br#"{"type":"m.login.token","token":7}"#)).await;
+    assert_eq!((r.status, r.errcode().as_str()), (StatusCode::BAD_REQUEST, "M_BAD_JSON"));
+
+    // A token survives a restart within its two minutes, and still only once.
+    let issued = alice.post(GET_TOKEN, password("pass-word-1")).await;
+    let token = issued["login_token"].as_str().unwrap().to_owned();
+    let s = s.restart().await;
+    let body = json!({ "type": "m.login.token", "token": token }).to_string();
+    let r = http(s.client, Method::POST, &format!("{V3}/login"), Some(body.as_bytes())).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["user_id"], alice.user_id.as_str());
+    let r = http(s.client, Method::POST, &format!("{V3}/login"), Some(body.as_bytes())).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
     s.stop().await;
 }

@@ -23,6 +23,7 @@ pub mod guests;
 pub mod in_flight;
 pub mod key_backup;
 pub mod keys;
+pub mod login_token;
 pub mod media;
 pub mod net_policy;
 pub mod openid;
@@ -38,6 +39,7 @@ pub mod restricted_join;
 pub mod room_creation;
 pub mod room_upgrade;
 pub mod rooms;
+pub mod short_tokens;
 pub mod sliding;
 pub mod sync;
 pub mod users;
@@ -107,6 +109,8 @@ pub struct Engine {
     pub key_backups: key_backup::KeyBackups,
     /// OpenID tokens handed to third parties.
     pub openid: openid::OpenId,
+    /// Single-use `m.login.token` tokens.
+    pub login_tokens: login_token::LoginTokens,
     /// Content reports.
     pub reports: reports::Reports,
     /// Sliding-sync connections and their caches.
@@ -176,7 +180,8 @@ impl Engine {
             tracing::info!(rows = indexed, "indexed existing account data by stream position");
         }
         let key_backups = key_backup::KeyBackups::new(db.clone());
-        let openid = openid::OpenId::new(db.clone());
+        let openid = openid::tokens(db.clone());
+        let login_tokens = login_token::tokens(db.clone());
         let reports = reports::Reports::new(db.clone());
         let (unread, sliding) = (receipts::UnreadCache::new(db.caches()), sliding::Sliding::new(db.caches()));
         let lazy_members = sync::lazy_sent(db.caches());
@@ -206,6 +211,7 @@ impl Engine {
             pushers,
             key_backups,
             openid,
+            login_tokens,
             reports,
             sliding,
             lazy_members,

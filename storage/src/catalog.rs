@@ -236,6 +236,8 @@ pub static USERVERSION_KEYBACKUP: Cf = scan("userversion_keybackup", 0);
 pub static USERVERSIONROOMSESSION_ROOMKEY: Cf = scan("userversionroomsession_roomkey", 0);
 /// OpenID access token (it starts with its expiry, so key order is expiry order) → its user.
 pub static OPENIDTOKEN_USER: Cf = scan("openidtoken_user", 0);
+/// Login token for `m.login.token` (it starts with its expiry, so key order is expiry order) → its user.
+pub static LOGINTOKEN_USER: Cf = scan("logintoken_user", 0);
 /// `(milliseconds since the epoch, report id)` → a content report from a local user.
 pub static TIMEREPORT_REPORT: Cf = scan("timereport_report", 0);
 
@@ -314,6 +316,7 @@ pub static ALL: &[&Cf] = &[
     &USERVERSIONROOMSESSION_ROOMKEY,
     &OPENIDTOKEN_USER,
     &TIMEREPORT_REPORT,
+    &LOGINTOKEN_USER,
 ];
 
 #[cfg(test)]

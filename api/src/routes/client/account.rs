@@ -3,7 +3,8 @@
 //! Client-Server API §"Account registration" (`POST /register`, user-interactive
 //! auth with `m.login.dummy` or `m.login.registration_token`,
 //! `GET /register/available`), §"Login" (`GET`/`POST /login`,
-//! `m.login.password` with `m.id.user`), `/logout`, `/logout/all`,
+//! `m.login.password` with `m.id.user`, `m.login.token`), §"POST
+//! /_matrix/client/v1/login/get_token", `/logout`, `/logout/all`,
 //! `/account/whoami`, `/account/password`, `/account/deactivate`. Devices,
 //! capabilities and 3PIDs are in `devices.rs`.
 
@@ -326,14 +327,20 @@ pub fn login_flows(_cx: Ctx, _req: Req) -> HandlerFuture {
     struct LoginType {
         #[serde(rename = "type")]
         kind: &'static str,
+        /// "If `type` is `m.login.token`, an optional field to indicate to the
+        /// unauthenticated client that the homeserver supports the
+        /// `POST /login/get_token` endpoint."
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        get_login_token: bool,
     }
     #[derive(Serialize)]
     struct LoginFlows {
-        flows: [LoginType; 2],
+        flows: [LoginType; 3],
     }
+    let flow = |kind| LoginType { kind, get_login_token: kind == "m.login.token" };
     Box::pin(async move {
         Ok(ok_json(&LoginFlows {
-            flows: [LoginType { kind: "m.login.password" }, LoginType { kind: "m.login.application_service" }],
+            flows: [flow("m.login.password"), flow("m.login.token"), flow("m.login.application_service")],
         }))
     })
 }
@@ -349,9 +356,8 @@ struct LoginBody {
     password: Option<String>,
     device_id: Option<String>,
     initial_device_display_name: Option<String>,
-    /// `m.login.token` is not offered; read so that its type is checked.
-    #[serde(default, rename = "token")]
-    _token: Option<String>,
+    /// `m.login.token`: a token from `/login/get_token`.
+    token: Option<String>,
     /// Refresh tokens are not issued; read so that its type is checked.
     #[serde(default, rename = "refresh_token")]
     _refresh_token: Option<bool>,
@@ -405,6 +411,21 @@ pub fn login(cx: Ctx, req: Req) -> HandlerFuture {
                 cx.engine.users.login_trusted(&user_id, body.device_id, body.initial_device_display_name).await?;
             return Ok(ok_json(&LoginResponse::new(&cx, &login)));
         }
+        if body.kind == "m.login.token" {
+            let token = body.token.ok_or_else(|| ApiError::missing_param("token is required"))?;
+            // Tokens are 24 random bytes; the bucket still stops one address from
+            // hammering the table (keyed apart from any account's bucket).
+            let guesser = format!("login-token {}", req.peer_ip());
+            cx.limiter.may_try_password(&guesser)?;
+            let Some(user) = cx.engine.login_tokens.take(&token).await? else {
+                cx.limiter.wrong_password(&guesser);
+                return Err(ApiError::forbidden("invalid or expired login token"));
+            };
+            let user_id = UserId::parse(user).map_err(|e| ApiError::internal(&e))?;
+            let login =
+                cx.engine.users.login_trusted(&user_id, body.device_id, body.initial_device_display_name).await?;
+            return Ok(ok_json(&LoginResponse::new(&cx, &login)));
+        }
         if body.kind != "m.login.password" {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -425,6 +446,37 @@ pub fn login(cx: Ctx, req: Req) -> HandlerFuture {
                 Err(e) => return Err(e.into()),
             };
         Ok(ok_json(&LoginResponse::new(&cx, &login)))
+    })
+}
+
+/// `POST /login/get_token`: only the user-interactive auth.
+#[derive(Deserialize)]
+struct GetTokenBody {
+    auth: Option<AuthData>,
+}
+
+/// The answer to `POST /login/get_token`.
+#[derive(Serialize)]
+struct LoginToken {
+    login_token: String,
+    expires_in_ms: u64,
+}
+
+/// POST /_matrix/client/v1/login/get_token
+///
+/// The spec lets the server ask for user-interactive auth here, and this one
+/// does (the password, as Synapse): a stolen access token alone must not mint
+/// logins for new devices.
+pub fn get_login_token(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        let me = require_user(&cx, &req)?;
+        let body: GetTokenBody = parse_json_or_empty(&req.body)?;
+        if let Some(challenge) = password_uia(&cx, &me.user_id, body.auth).await? {
+            return Ok(challenge);
+        }
+        cx.limiter.check(&me.user_id)?;
+        let issued = cx.engine.login_tokens.issue(me.user_id.as_str()).await?;
+        Ok(ok_json(&LoginToken { login_token: issued.token, expires_in_ms: issued.expires_in_ms }))
     })
 }
 

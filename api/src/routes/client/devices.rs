@@ -100,10 +100,10 @@ pub fn capabilities(cx: Ctx, req: Req) -> HandlerFuture {
             "m.room_versions": { "default": myelin_engine::rooms::version::DEFAULT.to_string(), "available": available },
             "m.set_displayname": { "enabled": true },
             "m.set_avatar_url": { "enabled": true },
-            // No third-party identifiers (`/account/3pid` is always empty) and no
-            // `/login/get_token`: both say so rather than leave clients to guess.
+            // No third-party identifiers (`/account/3pid` is always empty): say so
+            // rather than leave clients to guess.
             "m.3pid_changes": { "enabled": false },
-            "m.get_login_token": { "enabled": false },
+            "m.get_login_token": { "enabled": true },
         }})))
     })
 }

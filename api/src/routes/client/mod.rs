@@ -47,6 +47,8 @@ pub fn add(r: &mut Router) {
     both(r, M::GET, "/register/available", account::register_available);
     both(r, M::GET, "/login", account::login_flows);
     both(r, M::POST, "/login", account::login);
+    r.add(M::POST, "/_matrix/client/v1/login/get_token", account::get_login_token);
+    r.add(M::POST, "/_matrix/client/unstable/org.matrix.msc3882/login/get_token", account::get_login_token);
     both(r, M::POST, "/logout", account::logout);
     both(r, M::POST, "/logout/all", account::logout_all);
     both(r, M::GET, "/account/whoami", account::whoami);

@@ -49,10 +49,10 @@ pub fn request_token(cx: Ctx, req: Req) -> HandlerFuture {
         }
         let issued = cx.engine.openid.issue(me.user_id.as_str()).await?;
         Ok(ok_json(&TokenResponse {
-            access_token: issued.access_token,
+            access_token: issued.token,
             token_type: "Bearer",
             matrix_server_name: cx.engine.server_name.to_string(),
-            expires_in: issued.expires_in,
+            expires_in: issued.expires_in_ms / 1000,
         }))
     })
 }
