@@ -110,6 +110,10 @@ async fn a_message_reaches_the_recipients_push_gateway_with_counts_and_tweaks() 
     assert_eq!(n["devices"][0]["pushkey"], "key-1");
     assert_eq!(n["devices"][0]["app_id"], "org.example.app");
     assert_eq!(n["devices"][0]["tweaks"]["sound"], "default", "a 1:1 room rings: {n}");
+    // The invite rings too, so it is not left to a gateway's low-priority path.
+    let invite = delivered(&g).into_iter().find(|n| n["membership"] == "invite").expect("the invite's push");
+    assert_eq!(invite["devices"][0]["tweaks"]["sound"], "default", "{invite}");
+    assert_eq!(invite["prio"], "high", "{invite}");
     // Her own messages never notify her.
     alice.send_text(&room, "my own").await;
     bob.send_text(&room, "second").await;

@@ -243,12 +243,19 @@ fn notification(
         "data": data,
         "tweaks": tweaks,
     });
+    // High for what rings (an invite, a call: Synapse's rule too) or
+    // highlights, and for messages; a gateway may defer a low one to save
+    // battery (Sygnal's webpush sends `Urgency: low`).
+    let high = verdict.highlight
+        || verdict.sound.is_some()
+        || pdu.kind == TimelineEventType::RoomMessage
+        || pdu.kind == TimelineEventType::RoomEncrypted;
     let mut n = json!({
         "event_id": pdu.event_id,
         "room_id": pdu.room_id,
         "counts": { "unread": unread },
         "devices": [device],
-        "prio": if verdict.highlight || pdu.kind == TimelineEventType::RoomMessage || pdu.kind == TimelineEventType::RoomEncrypted { "high" } else { "low" },
+        "prio": if high { "high" } else { "low" },
     });
     if pusher.data.format.as_deref() != Some("event_id_only") {
         n["type"] = json!(pdu.kind.to_string());
