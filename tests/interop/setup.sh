@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Installs the third-party software the interop tests drive, into venvs in the
 # user's cache folder (reused when present):
-#   matrix-nio (PyPI), a real Matrix client library.
+#   matrix-nio[e2e] (PyPI), a real Matrix client library, with its end-to-end
+#   encryption (python-olm, libolm's CFFI bindings: a second crypto stack
+#   beside vodozemac in sdk-tests/). python-olm 3.2.16 ships manylinux wheels
+#   with libolm built in (CPython 3.8-3.12 on x86_64 and aarch64); on a Python
+#   without one pip builds the sdist (libolm's source is inside), which needs
+#   g++, make and Python's headers.
 #   matrix-synapse (PyPI), the reference homeserver, as a federation peer.
 #   mautrix (PyPI), the Python appservice framework of the mautrix bridges.
 #   matrix-appservice-bridge (npm), the Node appservice framework; 10.3.3 is
@@ -10,6 +15,7 @@
 set -euo pipefail
 
 NIO_VERSION="0.25.2"
+OLM_VERSION="3.2.16"
 SYNAPSE_VERSION="1.163.2"
 MAUTRIX_VERSION="0.21.1"
 AIOHTTP_VERSION="3.14.5"
@@ -103,14 +109,36 @@ else
     "${sygnal}/bin/python" -c "${sygnal_ready}"
 fi
 
-if [[ -x "${venv}/bin/python" ]] && "${venv}/bin/python" -c "import nio" 2>/dev/null; then
-    echo "interop: matrix-nio ${NIO_VERSION} ready in ${venv}"
+# The import of olm upgrades a venv made before the e2e extra was installed.
+nio_ready='import nio, olm; from nio.crypto import ENCRYPTION_ENABLED; assert ENCRYPTION_ENABLED'
+if [[ -x "${venv}/bin/python" ]] && "${venv}/bin/python" -c "${nio_ready}" 2>/dev/null; then
+    echo "interop: matrix-nio[e2e] ${NIO_VERSION} ready in ${venv}"
     exit 0
 fi
-echo "interop: installing matrix-nio ${NIO_VERSION} into ${venv}"
+echo "interop: installing matrix-nio[e2e] ${NIO_VERSION} (python-olm ${OLM_VERSION}) into ${venv}"
+py_tag="$(python3 -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')"
+if ((py_tag < 38 || py_tag > 312)) || [[ "$(uname -m)" != x86_64 && "$(uname -m)" != aarch64 ]]; then
+    # No python-olm wheel for this Python: pip builds the sdist, which carries
+    # libolm's source and builds it with cmake or, without cmake, its Makefile
+    # (so libolm-dev and cmake are not needed; g++, make and Python's headers are).
+    need_apt=()
+    for pkg in g++ make; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+    done
+    python3 -c 'import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' \
+        2>/dev/null || need_apt+=(python3-dev)
+    if ((${#need_apt[@]})); then
+        echo "interop: installing ${need_apt[*]} (python-olm builds libolm from source here)"
+        SUDO=""
+        [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    fi
+fi
 mkdir -p "${cache}"
 rm -rf "${venv}"
 python3 -m venv "${venv}"
-"${venv}/bin/pip" install --quiet --disable-pip-version-check "matrix-nio==${NIO_VERSION}"
-"${venv}/bin/python" -c "import nio"
-echo "interop: matrix-nio ${NIO_VERSION} installed"
+"${venv}/bin/pip" install --quiet --disable-pip-version-check \
+    "matrix-nio[e2e]==${NIO_VERSION}" "python-olm==${OLM_VERSION}"
+"${venv}/bin/python" -c "${nio_ready}"
+echo "interop: matrix-nio[e2e] ${NIO_VERSION} installed"
