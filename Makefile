@@ -25,7 +25,7 @@ lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## Install the third-party software interop tests drive (matrix-nio, Synapse, mautrix, Sygnal venvs; matrix-appservice-bridge from npm).
+## Install the third-party software interop tests drive (matrix-nio, Synapse, mautrix venvs; matrix-appservice-bridge from npm).
 interop-setup:
 	@tests/interop/setup.sh
 

@@ -11,7 +11,6 @@
 #   mautrix (PyPI), the Python appservice framework of the mautrix bridges.
 #   matrix-appservice-bridge (npm), the Node appservice framework; 10.3.3 is
 #   the newest that runs on Node 20 (11.x asks for Node 22).
-#   Sygnal 0.15.1, the reference push gateway (vendored source, PyPI deps).
 set -euo pipefail
 
 NIO_VERSION="0.25.2"
@@ -20,13 +19,11 @@ SYNAPSE_VERSION="1.163.2"
 MAUTRIX_VERSION="0.21.1"
 AIOHTTP_VERSION="3.14.5"
 MAB_VERSION="10.3.3"
-SYGNAL_VERSION="0.15.1"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/myelin"
 venv="${cache}/venv-nio-${NIO_VERSION}"
 synapse="${cache}/venv-synapse-${SYNAPSE_VERSION}"
 mautrix="${cache}/venv-mautrix-${MAUTRIX_VERSION}"
 mab="${cache}/node-mab-${MAB_VERSION}"
-sygnal="${cache}/venv-sygnal-${SYGNAL_VERSION}"
 
 if [[ -x "${mautrix}/bin/python" ]] && "${mautrix}/bin/python" -c "import mautrix.appservice, aiohttp" 2>/dev/null; then
     echo "interop: mautrix ${MAUTRIX_VERSION} ready in ${mautrix}"
@@ -87,26 +84,6 @@ else
     python3 -m venv "${synapse}"
     "${synapse}/bin/pip" install --quiet --disable-pip-version-check "matrix-synapse==${SYNAPSE_VERSION}"
     "${synapse}/bin/python" -c "import synapse"
-fi
-
-# Sygnal, the reference push gateway: matrix-sygnal is not on the package
-# index here, so its release source is vendored (vendor/sygnal-*/VENDORED.md)
-# and installed with its dependencies from PyPI at the release's locked
-# versions. Its webpush pushkin brings http_ece and py_vapid, which the
-# scenario's push endpoint uses to decrypt what Sygnal delivers.
-interop_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-sygnal_src="${interop_dir}/vendor/sygnal-${SYGNAL_VERSION}"
-sygnal_ready="import sygnal, sygnal.sygnal, sygnal.webpushpushkin, http_ece, py_vapid; assert sygnal.__version__ == '${SYGNAL_VERSION}'"
-if [[ -x "${sygnal}/bin/python" ]] && "${sygnal}/bin/python" -c "${sygnal_ready}" 2>/dev/null; then
-    echo "interop: sygnal ${SYGNAL_VERSION} ready in ${sygnal}"
-else
-    echo "interop: installing sygnal ${SYGNAL_VERSION} into ${sygnal}"
-    mkdir -p "${cache}"
-    rm -rf "${sygnal}"
-    python3 -m venv "${sygnal}"
-    "${sygnal}/bin/pip" install --quiet --disable-pip-version-check \
-        -c "${sygnal_src}/constraints.txt" "${sygnal_src}"
-    "${sygnal}/bin/python" -c "${sygnal_ready}"
 fi
 
 # The import of olm upgrades a venv made before the e2e extra was installed.
