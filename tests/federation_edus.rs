@@ -1,5 +1,6 @@
 //! EDUs and keys across servers: typing and receipts (then a server ACL shutting
-//! the other server out), presence, to-device messages, device and cross-signing keys.
+//! the other server out), presence, to-device messages, device and cross-signing keys,
+//! and remote device changes reaching a sliding-sync encryption connection.
 
 use http::StatusCode;
 use myelin_suite::{device_keys, enc, federation_pair, signed_get, sync_until, wait_for_text};
@@ -311,4 +312,61 @@ async fn typing_and_receipts_for_rooms_the_origin_is_not_in_are_dropped() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(a.engine.ephemeral.typing_in(&room_id).0.len(), 1, "a member's typing is kept");
     assert!(a.engine.receipts_since(&room_id, 0).unwrap().iter().all(|r| r.3.event_id != "$notanevent:a.test"));
+}
+
+/// Element X's encryption connection (sliding sync, e2ee extension only) hears of a
+/// remote user's new device and of its deletion through the long-poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_device_added_then_deleted_reaches_a_sliding_sync_encryption_connection() {
+    const SS: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.post(&format!("/_matrix/client/v3/join/{}?server_name=a.test", enc(&room)), json!({})).await;
+    alice.send_text(&room, "devices next").await;
+    wait_for_text(&bob, &room, "devices next").await;
+    let body = json!({ "conn_id": "encryption", "extensions": { "e2ee": { "enabled": true } } });
+    let mut pos = bob.post(SS, body.clone()).await["pos"].as_str().unwrap().to_owned();
+    // Long-polls until alice is listed as changed; at most 4 polls of 10 s.
+    let heard = async |what: &str, pos: &mut String| {
+        for _ in 0..4 {
+            let r = bob.post(&format!("{SS}?pos={pos}&timeout=10000"), body.clone()).await;
+            *pos = r["pos"].as_str().unwrap().to_owned();
+            let changed = &r["extensions"]["e2ee"]["device_lists"]["changed"];
+            if changed.as_array().is_some_and(|c| c.iter().any(|u| *u == *alice.user_id)) {
+                return;
+            }
+        }
+        panic!("bob's encryption connection never heard of {what}");
+    };
+
+    let login = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" },
+                        "password": "pass-word-1", "device_id": "PHONE" });
+    let login = myelin_suite::http(
+        a.client,
+        http::Method::POST,
+        "/_matrix/client/v3/login",
+        Some(login.to_string().as_bytes()),
+    )
+    .await
+    .json();
+    let phone = myelin_suite::Client {
+        token: login["access_token"].as_str().unwrap().to_owned(),
+        device_id: "PHONE".into(),
+        ..alice.clone()
+    };
+    phone
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            json!({ "device_keys": device_keys(&alice.user_id, "PHONE", "phone-curve") }),
+        )
+        .await;
+    heard("alice's new device", &mut pos).await;
+
+    let auth = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "pass-word-1" });
+    alice.post("/_matrix/client/v3/delete_devices", json!({ "devices": ["PHONE"], "auth": auth })).await;
+    heard("the deletion of alice's device", &mut pos).await;
+    let q = bob.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { alice.user_id.clone(): [] } })).await;
+    assert!(!q["device_keys"][&alice.user_id].as_object().is_some_and(|d| d.contains_key("PHONE")), "{q}");
 }
