@@ -15,7 +15,7 @@ use matrix_sdk::{
 
 // wake_note: without the forced `/keys/query` in the last wait of each scenario,
 // Bob's client learnt of the signature or the deletion only through the
-// device-list update, and that failed in about half of the runs (60 s timeouts,
+// device-list update, and that failed in 5 of 12 test runs (60 s timeouts,
 // between two Myelins and with Synapse), while the forced query passes at once:
 // what the servers serve is right, the change does not reliably reach the SDK's
 // encryption sync. Open in issue #20's note.
