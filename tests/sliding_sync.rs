@@ -559,3 +559,30 @@ async fn sync_routes_refuse_garbage_and_serve_concurrent_duplicates_once() {
         assert!(next["rooms"].get(&room).is_none(), "already sent on this line: {next}");
     }
 }
+
+/// A connection whose first answer was built at stream position 0 (a fresh server)
+/// still gets what happened before its second answer: here, the device lists of a
+/// user who joined a shared room and uploaded keys in between. It used to be
+/// taken for a new connection again and the changes were never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_first_answered_at_position_zero_still_hears_the_changes_after_it() {
+    let s = TestServer::open("localhost").await;
+    let alice = s.register("alice").await;
+    let bob = s.register("bob").await;
+    let body = json!({ "conn_id": "encryption", "extensions": { "e2ee": { "enabled": true } } });
+    let first = ss(&bob, None, 0, &body).await;
+    let pos = pos_of(&first);
+
+    let room = alice.create_room(json!({ "invite": [bob.user_id] })).await;
+    bob.post(&format!("{V3}/join/{}", enc(&room)), json!({})).await;
+    alice
+        .post(
+            &format!("{V3}/keys/upload"),
+            json!({ "device_keys": myelin_suite::device_keys(&alice.user_id, &alice.device_id, "alice-curve") }),
+        )
+        .await;
+    let next = ss(&bob, Some(&pos), 5_000, &body).await;
+    let changed = &next["extensions"]["e2ee"]["device_lists"]["changed"];
+    assert!(changed.as_array().is_some_and(|c| c.iter().any(|u| *u == *alice.user_id)), "{next}");
+    s.stop().await;
+}

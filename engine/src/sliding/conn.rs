@@ -52,8 +52,11 @@ pub struct SentRoom {
 /// What one generation of a connection knows.
 #[derive(Debug, Clone, Default)]
 pub struct ConnState {
-    /// The stream position the answer was built at (0: never answered).
+    /// The stream position the answer was built at.
     pub upto: u64,
+    /// Whether this state is an answer's (false: a new connection). A fresh
+    /// server answers at position 0, so `upto` alone cannot tell.
+    pub answered: bool,
     /// The typing serial the answer was built at.
     pub typing: u64,
     /// The rooms sent so far.

@@ -21,7 +21,7 @@ impl Engine {
             let shown = match m.membership.as_str() {
                 "join" | "invite" | "knock" | "ban" => true,
                 // Left since the last answer (the client must learn of it), or removed by someone else.
-                "leave" => (prev.upto > 0 && m.count > prev.upto as i64) || *removed,
+                "leave" => (prev.answered && m.count > prev.upto as i64) || *removed,
                 _ => false,
             };
             if !shown

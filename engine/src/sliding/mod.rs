@@ -198,6 +198,16 @@ impl Engine {
             let (mut response, state, news) = self.sliding_once(user, &params, &prev, upto).await?;
             if news || params.pos.is_none() || last || Instant::now() >= deadline {
                 response.pos = store.commit(user.as_str(), &params.device_id, &conn_id, state);
+                tracing::debug!(
+                    %user,
+                    device = %params.device_id,
+                    conn_id,
+                    pos = ?params.pos,
+                    next = %response.pos,
+                    upto,
+                    device_lists = ?response.extensions.e2ee.as_ref().map(|e| (&e.device_lists.changed, &e.device_lists.left)),
+                    "sliding sync answer"
+                );
                 return Ok(response);
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -222,7 +232,7 @@ impl Engine {
     ) -> Result<(Response, conn::ConnState, bool), SlidingError> {
         let body = &params.body;
         let upto_i = upto as i64;
-        let since = (prev.upto > 0).then_some(prev.upto);
+        let since = prev.answered.then_some(prev.upto);
         let typing_serial = self.ephemeral.serial();
         let direct = self.direct_rooms(user)?;
         // §"Ignoring Users": their messages, invites, typing and receipts are not sent.
@@ -285,6 +295,7 @@ impl Engine {
         let now = now_ms();
         let mut next = conn::ConnState {
             upto,
+            answered: true,
             typing: typing_serial,
             rooms: prev.rooms.clone(),
             lists: lists_out.iter().map(|(k, v)| (k.clone(), v.count)).collect(),

@@ -117,7 +117,11 @@ impl Server {
             .env("MYELIN_DATA_DIR", dir.path().join("data"))
             .env("MYELIN_CLIENT__LISTEN", format!("127.0.0.1:{port}"))
             .env("MYELIN_REGISTRATION__ENABLED", "true")
-            .env("RUST_LOG", "warn,myelin_api::server=info")
+            // `MYELIN_SDK_RUST_LOG` adds filters, e.g. `myelin_engine::sliding=debug`.
+            .env(
+                "RUST_LOG",
+                format!("warn,myelin_api::server=info,{}", std::env::var("MYELIN_SDK_RUST_LOG").unwrap_or_default()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         match federation {
