@@ -261,3 +261,32 @@ async fn a_login_token_from_a_logged_in_device_logs_a_new_device_in_once() {
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_token_refuses_wrong_types_and_twice_at_once_gives_two_single_use_tokens() {
+    const GET_TOKEN: &str = "/_matrix/client/v1/login/get_token";
+    let s = TestServer::open("localhost").await;
+    let alice = s.register("alice").await;
+    for bad in [json!([]), json!({ "auth": 5 }), json!({ "auth": { "type": 7 } })] {
+        let r = alice.request(Method::POST, GET_TOKEN, Some(bad.clone())).await;
+        assert_eq!((r.status, r.errcode().as_str()), (StatusCode::BAD_REQUEST, "M_BAD_JSON"), "{bad}");
+    }
+    // The route has no path parameter; a garbage tail is no route at all.
+    let r = alice.request(Method::POST, &format!("{GET_TOKEN}/%00..%2F"), Some(json!({}))).await;
+    assert!(r.status.is_client_error(), "{}", r.status);
+
+    // The same request twice at once: each is a separate grant, each token good once.
+    let auth = json!({ "auth": { "type": "m.login.password", "password": "pass-word-1",
+                                 "identifier": { "type": "m.id.user", "user": alice.user_id } } });
+    let (a, b) = tokio::join!(alice.post(GET_TOKEN, auth.clone()), alice.post(GET_TOKEN, auth.clone()));
+    let tokens = [a["login_token"].as_str().unwrap().to_owned(), b["login_token"].as_str().unwrap().to_owned()];
+    assert_ne!(tokens[0], tokens[1]);
+    for token in &tokens {
+        let body = json!({ "type": "m.login.token", "token": token }).to_string();
+        for expected in [StatusCode::OK, StatusCode::FORBIDDEN] {
+            let r = http(s.client, Method::POST, &format!("{V3}/login"), Some(body.as_bytes())).await;
+            assert_eq!(r.status, expected, "{}", String::from_utf8_lossy(&r.body));
+        }
+    }
+    s.stop().await;
+}
