@@ -449,12 +449,6 @@ pub fn login(cx: Ctx, req: Req) -> HandlerFuture {
     })
 }
 
-/// `POST /login/get_token`: only the user-interactive auth.
-#[derive(Deserialize)]
-struct GetTokenBody {
-    auth: Option<AuthData>,
-}
-
 /// The answer to `POST /login/get_token`.
 #[derive(Serialize)]
 struct LoginToken {
@@ -470,7 +464,7 @@ struct LoginToken {
 pub fn get_login_token(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
-        let body: GetTokenBody = parse_json_or_empty(&req.body)?;
+        let body: AuthOnly = parse_json_or_empty(&req.body)?;
         if let Some(challenge) = password_uia(&cx, &me.user_id, body.auth).await? {
             return Ok(challenge);
         }
@@ -579,7 +573,7 @@ pub fn change_password(cx: Ctx, req: Req) -> HandlerFuture {
     })
 }
 
-/// `DELETE /devices/{deviceId}`: only the user-interactive auth.
+/// `DELETE /devices/{deviceId}` and `POST /login/get_token`: only the user-interactive auth.
 #[derive(Deserialize)]
 pub(super) struct AuthOnly {
     pub(super) auth: Option<AuthData>,
