@@ -213,6 +213,85 @@ pub(super) fn bench_cmd(what: BenchCommand) -> Result<(), Failure> {
                 )));
             }
         }
+        BenchCommand::Keys { url_a, url_b, server_b, users, claim, to_device, receivers, samples, json } => {
+            let sizes = crate::bench_keys::KeysSizes { users, claim, to_device, receivers, samples };
+            let r =
+                rt.block_on(crate::bench_keys::keys(&url_a, &url_b, &server_b, &sizes)).map_err(Failure::runtime)?;
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+            let expected = to_device.div_ceil(receivers.clamp(1, users.max(1))) * receivers.clamp(1, users.max(1));
+            let rate = r.delivered as f64 / r.to_device_elapsed.as_secs_f64().max(1e-9);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "scenario": "keys", "users": users, "claim": claim, "receivers": receivers,
+                        "query_first_ms": ms(r.query_first), "query_p50_ms": ms(r.query.0), "query_p99_ms": ms(r.query.1),
+                        "claim_p50_ms": ms(r.claim.0), "claim_p99_ms": ms(r.claim.1),
+                        "to_device_expected": expected, "to_device_delivered": r.delivered,
+                        "to_device_duplicates": r.duplicates, "to_device_seconds": r.to_device_elapsed.as_secs_f64(),
+                        "to_device_send_seconds": r.to_device_send.as_secs_f64(), "to_device_per_second": rate,
+                        "to_device_p50_ms": ms(r.to_device_latency.0), "to_device_p99_ms": ms(r.to_device_latency.1),
+                    })
+                );
+            } else {
+                println!("| scenario | first ms | p50 ms | p99 ms | other |");
+                println!("|---|---|---|---|---|");
+                println!(
+                    "| /keys/query, {users} users | {:.1} | {:.1} | {:.1} | |",
+                    ms(r.query_first),
+                    ms(r.query.0),
+                    ms(r.query.1)
+                );
+                println!("| /keys/claim, {claim} devices | | {:.1} | {:.1} | |", ms(r.claim.0), ms(r.claim.1));
+                println!(
+                    "| to-device, {expected} to {receivers} devices | | {:.1} | {:.1} | {}/{expected} in {:.2} s, {rate:.0}/s |",
+                    ms(r.to_device_latency.0),
+                    ms(r.to_device_latency.1),
+                    r.delivered,
+                    r.to_device_elapsed.as_secs_f64()
+                );
+            }
+            if r.delivered != expected || r.duplicates > 0 {
+                return Err(Failure::runtime(format!(
+                    "{} of {expected} to-device messages arrived, {} more than once",
+                    r.delivered, r.duplicates
+                )));
+            }
+        }
+        BenchCommand::Push { url, listen, receivers, senders, messages, json } => {
+            let r = rt
+                .block_on(crate::bench_push::push(&url, listen, receivers, senders, messages))
+                .map_err(Failure::runtime)?;
+            let rate = r.delivered as f64 / r.elapsed.as_secs_f64().max(1e-9);
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "scenario": "push", "url": url, "receivers": receivers, "senders": senders,
+                        "expected": r.expected, "delivered": r.delivered, "duplicates": r.duplicates,
+                        "seconds": r.elapsed.as_secs_f64(), "pushes_per_second": rate,
+                        "p50_ms": ms(r.p50), "p99_ms": ms(r.p99),
+                    })
+                );
+            } else {
+                println!("| scenario | delivered | pushes/s | p50 ms | p99 ms |");
+                println!("|---|---|---|---|---|");
+                println!(
+                    "| push, {receivers} pushers, {senders} senders | {}/{} | {rate:.0} | {:.1} | {:.1} |",
+                    r.delivered,
+                    r.expected,
+                    ms(r.p50),
+                    ms(r.p99)
+                );
+            }
+            if r.delivered != r.expected {
+                return Err(Failure::runtime(format!(
+                    "{} of {} notifications reached the gateway",
+                    r.delivered, r.expected
+                )));
+            }
+        }
     }
     Ok(())
 }

@@ -172,6 +172,57 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Key traffic between two servers: /keys/query of N users, /keys/claim of D devices, to-device fan-out.
+    Keys {
+        /// Client-Server API of server A (the asking user's).
+        #[arg(long)]
+        url_a: String,
+        /// Client-Server API of server B (the users with keys, and their room).
+        #[arg(long)]
+        url_b: String,
+        /// Server B's name, to join through.
+        #[arg(long)]
+        server_b: String,
+        /// Users on B, one device each, all queried at once.
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        /// Devices claimed in each /keys/claim.
+        #[arg(long, default_value_t = 500)]
+        claim: usize,
+        /// To-device messages sent in all.
+        #[arg(long, default_value_t = 10000)]
+        to_device: usize,
+        /// Devices they go to (to_device / receivers each).
+        #[arg(long, default_value_t = 100)]
+        receivers: usize,
+        /// Repetitions of the query and the claim.
+        #[arg(long, default_value_t = 10)]
+        samples: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Notifications delivered to a push gateway played by the bench.
+    Push {
+        /// Client-Server API base URL (http://host:port).
+        #[arg(long, default_value = "http://127.0.0.1:8008")]
+        url: String,
+        /// Where the bench listens as the push gateway (the pushers' `url`).
+        #[arg(long, default_value = "127.0.0.1:29398")]
+        listen: std::net::SocketAddr,
+        /// Receivers, each with one http pusher.
+        #[arg(long, default_value_t = 20)]
+        receivers: usize,
+        /// Concurrent senders.
+        #[arg(long, default_value_t = 5)]
+        senders: usize,
+        /// Messages per sender.
+        #[arg(long, default_value_t = 40)]
+        messages: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]

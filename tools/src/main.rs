@@ -13,6 +13,8 @@ mod backup;
 mod bench;
 mod bench_appservice;
 mod bench_cmd;
+mod bench_keys;
+mod bench_push;
 mod bench_sliding;
 mod bench_soak;
 mod cli;
