@@ -255,7 +255,8 @@ pub async fn keys(url_a: &str, url_b: &str, server_b: &str, sizes: &KeysSizes) -
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(receivers);
     let no_rooms = enc(r#"{"room":{"rooms":[]},"presence":{"types":[]},"account_data":{"types":[]}}"#);
     let mut listeners = Vec::new();
-    for (token, _, _) in accounts[..receivers].iter().cloned() {
+    for (token, _, _) in &accounts[..receivers] {
+        let token = token.clone();
         let (url, ready, no_rooms, run, sender) =
             (url_b.to_owned(), ready_tx.clone(), no_rooms.clone(), id.clone(), asker.1.clone());
         listeners.push(tokio::spawn(async move {

@@ -67,10 +67,11 @@ async fn gateway(addr: SocketAddr, arrivals: Arrivals) -> Result<tokio::task::Jo
                                 for d in n["devices"].as_array().into_iter().flatten() {
                                     if let Some(key) = d["pushkey"].as_str() {
                                         let k = (text.to_owned(), key.to_owned());
-                                        if seen.0.contains_key(&k) {
-                                            seen.1 += 1;
-                                        } else {
-                                            seen.0.insert(k, now);
+                                        match seen.0.entry(k) {
+                                            std::collections::hash_map::Entry::Occupied(_) => seen.1 += 1,
+                                            std::collections::hash_map::Entry::Vacant(v) => {
+                                                v.insert(now);
+                                            }
                                         }
                                     }
                                 }
