@@ -154,7 +154,12 @@ pub async fn join_remote(
     servers: &[String],
 ) -> Result<(), FederationError> {
     let mut last_error = FederationError::Unreachable("no server to join through".into());
-    let known = engine.rooms.room_version(room).is_ok();
+    // A room we hold and take part in (a restricted join none of ours could
+    // authorise): the join is one more event. One we hold but left (no user
+    // of ours joined): our copy is stale, so it is joined like a new room.
+    let ours = engine.server_name.as_str();
+    let known = engine.rooms.room_version(room).is_ok()
+        && engine.rooms.joined_servers_now(room).is_ok_and(|s| s.iter().any(|s| s == ours));
     for server in servers {
         let path = format!(
             "/_matrix/federation/v1/make_join/{}/{}?{}",
@@ -211,7 +216,7 @@ pub async fn join_remote(
                 }
             };
         }
-        // A room new to us: its state and auth chain, checked together so the
+        // A room new to us (or left by all of ours): its state and auth chain, checked together so the
         // work splits evenly over the cores (a room we hold has its own).
         let state_len = answer.state.len();
         let mut both = answer.state;

@@ -287,17 +287,33 @@ impl Rooms {
         let room_id = join.room_id.clone();
         let lock = self.lock_of(&room_id);
         let mut guard = lock.lock().await;
+        // A room held here already that none of our users is joined to any
+        // more (a rejoin): our copy stopped when the last one left, so the
+        // resident's state replaces it and the join becomes its only forward
+        // extremity; the events missed meanwhile are a gap backfill can fill.
+        let mut stale_extremities = Vec::new();
+        let mut held = false;
         if let Some(short) = self.short_room(&room_id)?
             && ROOMS.get(&*self.db, &short)?.is_some()
         {
-            return Err(RoomError::InUse(format!("{room_id} is already known here")));
+            if guard.is_none() {
+                *guard = Some(self.load_head(&room_id).await?);
+            }
+            let head = guard.as_ref().ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
+            if head.servers.contains_key(&self.server_name) {
+                return Err(RoomError::InUse(format!("{room_id} is already joined here")));
+            }
+            stale_extremities = head.extremities.iter().map(|(s, _)| *s).collect();
+            held = true;
         }
         let mut batch = Batch::new();
         let room = self.room_ids.get_or_create(&self.db, &mut batch, room_id.as_str())?;
         // Events held here already (an invite, say) are read with the room's rules.
         self.versions.lock().insert(room, rules.clone());
         let forget_room = || {
-            self.versions.lock().remove(&room);
+            if !held {
+                self.versions.lock().remove(&room);
+            }
         };
         // 1. The state and its auth chain through the auth rules.
         let checked = match self.check_remote_state(&rules, &room_id, &state, &auth_chain) {
@@ -338,6 +354,9 @@ impl Rooms {
             state: snapshot,
             servers,
         };
+        for stale in &stale_extremities {
+            super::tables::EXTREMITIES.delete(&mut batch, &(room, *stale));
+        }
         let appended = self.append_in(batch, &mut head, join, Before::Given(StateRef::Stored(snapshot)), None, false);
         let (appended, pending) = match appended {
             Ok(a) => a,

@@ -76,8 +76,23 @@ pub fn join(cx: Ctx, req: Req) -> HandlerFuture {
         if me.is_guest && known && !myelin_engine::guests::guests_can_join(&cx.engine, &room)? {
             return Err(guest_refused());
         }
-        if !known {
-            let servers = servers_to_ask(&cx, &req, &me.user_id, &room, alias_servers)?;
+        // A room we hold but no user of ours is joined to any more: our copy
+        // stopped growing when the last one left (nobody sends us its events),
+        // so a join appended here would build on stale state and reach the
+        // others only after they moved on. It goes through a resident server,
+        // as a first join does (Server-Server API §"Joining Rooms"; Synapse
+        // asks `is_host_in_room` the same way).
+        let ours = cx.engine.server_name.as_str();
+        let resident = known && cx.engine.rooms.joined_servers_now(&room)?.iter().any(|s| s == ours);
+        if !resident {
+            let mut servers = servers_to_ask(&cx, &req, &me.user_id, &room, alias_servers)?;
+            if known {
+                for s in cx.engine.rooms.joined_servers_now(&room)? {
+                    if s != ours && !servers.contains(&s) {
+                        servers.push(s);
+                    }
+                }
+            }
             myelin_engine::federation::membership::join_remote(&cx.engine, &me.user_id, &room, &servers).await?;
             // A room held elsewhere shows its guest access only once joined: a
             // guest who may not be there leaves again at once.
