@@ -242,7 +242,14 @@ async fn device_keys_are_queried_and_one_time_keys_claimed_across_servers() {
 
     // Cross-signing keys reach B too.
     let master = json!({ "user_id": alice.user_id, "usage": ["master"], "keys": { "ed25519:MASTERPUB": "MASTERPUB" } });
+    let before_master = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
     alice.post("/_matrix/client/v3/keys/device_signing/upload", json!({ "master_key": master })).await;
+    // B serves alice's list from its cache (they share a room) until her
+    // server's m.signing_key_update says it changed, as a client learns from /sync.
+    sync_until(&bob, &before_master, "alice's new master key", |s| {
+        s["device_lists"]["changed"].as_array().is_some_and(|c| c.iter().any(|u| *u == *alice_id))
+    })
+    .await;
     let q = bob.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { alice.user_id.clone(): [] } })).await;
     assert_eq!(q["master_keys"][&alice.user_id]["keys"], master["keys"], "{q}");
     assert!(q.get("user_signing_keys").is_none_or(|u| u.get(&alice.user_id).is_none()));
@@ -259,10 +266,17 @@ async fn device_keys_are_queried_and_one_time_keys_claimed_across_servers() {
     let q = bob.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { alice.user_id.clone(): [] } })).await;
     assert_eq!(q["master_keys"][&alice.user_id]["signatures"][&bob.user_id]["ed25519:BOBUSK"], "bob-vouches", "{q}");
 
-    // A server that is down: B answers from what it fetched last and names A in failures.
+    // A server that is down: alice shares a room with bob, so B serves her
+    // list from its cache without asking (tests/remote_device_lists.rs has
+    // when it asks again); for carol, who shares no room with bob, B must ask
+    // and names A in failures.
+    let carol = a.register("carol").await;
     a.stop().await;
     let q = bob
-        .post("/_matrix/client/v3/keys/query", json!({ "device_keys": { alice.user_id.clone(): [] }, "timeout": 3000 }))
+        .post(
+            "/_matrix/client/v3/keys/query",
+            json!({ "device_keys": { alice.user_id.clone(): [], carol.user_id.clone(): [] }, "timeout": 3000 }),
+        )
         .await;
     assert!(q["failures"].get("a.test").is_some(), "{q}");
     assert!(q["device_keys"][&alice.user_id].get("PHONE").is_some(), "cached keys served: {q}");

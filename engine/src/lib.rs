@@ -33,6 +33,7 @@ pub mod profile;
 pub mod push;
 pub mod pushers;
 pub mod receipts;
+pub mod remote_lists;
 pub mod remote_media;
 pub mod reports;
 pub mod restricted_join;
@@ -75,6 +76,8 @@ pub struct Engine {
     pub users: users::Users,
     /// End-to-end encryption keys and device-list changes.
     pub e2ee: e2ee::E2ee,
+    /// Remote users whose cached device list may be served without asking their server.
+    pub remote_lists: remote_lists::RemoteLists,
     /// Local room aliases.
     pub directory: directory::Directory,
     /// Typing and presence (volatile).
@@ -194,6 +197,7 @@ impl Engine {
             rooms,
             users,
             e2ee,
+            remote_lists: remote_lists::RemoteLists::default(),
             directory,
             ephemeral,
             media,

@@ -133,6 +133,7 @@ pub async fn receive_device_list_update(engine: &Engine, origin: &str, content: 
     if let Err(e) = engine.e2ee.remote_device_changed(user.as_str(), device, keys).await {
         tracing::warn!(%origin, error = %e, "could not record a device list update");
     }
+    engine.remote_lists.updates.bump(user.as_str());
 }
 
 /// An inbound `m.signing_key_update`.
@@ -149,4 +150,5 @@ pub async fn receive_signing_key_update(engine: &Engine, origin: &str, content: 
     if let Err(e) = engine.e2ee.remote_cross_signing_changed(user.as_str(), &keys).await {
         tracing::warn!(%origin, error = %e, "could not record a signing key update");
     }
+    engine.remote_lists.updates.bump(user.as_str());
 }

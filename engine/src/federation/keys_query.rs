@@ -166,6 +166,95 @@ pub async fn query_remote(
     Ok(json!({ "device_keys": device_keys, "master_keys": master, "self_signing_keys": self_signing }))
 }
 
+/// Most membership lookups one query spends finding which answered users share a room with the requester.
+const SHARING_LOOKUPS: usize = 20_000;
+
+/// Asks `server` for the keys of those of its users whose cached list is not
+/// trusted (see [`crate::remote_lists`]) and serves the rest from the cache;
+/// users answered whole who share a room with `requester` become trusted.
+pub async fn query_remote_tracked(
+    engine: &Engine,
+    requester: &UserId,
+    server: &str,
+    users: Map<String, JsonValue>,
+) -> Result<JsonValue, FederationError> {
+    let gens = &engine.rooms.member_gens;
+    let (mut cached, mut ask) = (Map::new(), Map::new());
+    for (user, devices) in users {
+        let whole = devices.as_array().is_none_or(|d| d.is_empty());
+        if whole && engine.remote_lists.trusted(gens, &user) {
+            cached.insert(user, devices);
+        } else {
+            ask.insert(user, devices);
+        }
+    }
+    metrics::counter!("myelin_remote_key_queries_total", "answered" => "cache").increment(cached.len() as u64);
+    metrics::counter!("myelin_remote_key_queries_total", "answered" => "server").increment(ask.len() as u64);
+    let mut out = cached_keys(engine, &cached)?;
+    if let Some(listed) = out.get_mut("device_keys").and_then(JsonValue::as_object_mut) {
+        // A tracked user with no devices is still an answer: an empty list.
+        for user in cached.keys() {
+            listed.entry(user.clone()).or_insert_with(|| json!({}));
+        }
+    }
+    if ask.is_empty() {
+        return Ok(out);
+    }
+    let marks: Vec<(String, crate::remote_lists::FetchMark)> = ask
+        .iter()
+        .filter(|(_, d)| d.as_array().is_none_or(|d| d.is_empty()))
+        .map(|(u, _)| (u.clone(), engine.remote_lists.mark(gens, u)))
+        .collect();
+    let part = query_remote(engine, server, ask).await?;
+    let answered: Vec<&(String, crate::remote_lists::FetchMark)> =
+        marks.iter().filter(|(u, _)| part["device_keys"].get(u.as_str()).is_some_and(JsonValue::is_object)).collect();
+    let candidates: Vec<&str> = answered.iter().map(|(u, _)| u.as_str()).collect();
+    let sharing = sharing_a_room(engine, requester, server, &candidates)?;
+    for (user, mark) in answered {
+        if sharing.contains(user.as_str()) {
+            engine.remote_lists.trust(user, *mark);
+        }
+    }
+    merge_into(&mut out, &part);
+    Ok(out)
+}
+
+/// Those of `users` (all of `server`) joined to a room `requester` is joined to.
+fn sharing_a_room<'a>(
+    engine: &Engine,
+    requester: &UserId,
+    server: &str,
+    users: &[&'a str],
+) -> Result<std::collections::HashSet<&'a str>, FederationError> {
+    let mut found = std::collections::HashSet::new();
+    let mut lookups = 0;
+    for (room, m) in engine.rooms.rooms_of(requester.as_str())? {
+        if m.membership != "join" || !engine.rooms.joined_servers_now(&room)?.iter().any(|s| s == server) {
+            continue;
+        }
+        for user in users {
+            if found.contains(user) {
+                continue;
+            }
+            if lookups >= SHARING_LOOKUPS {
+                return Ok(found);
+            }
+            lookups += 1;
+            let joined = engine
+                .rooms
+                .state_event(&room, "m.room.member", user)?
+                .is_some_and(|p| p.content_value().get("membership").and_then(JsonValue::as_str) == Some("join"));
+            if joined {
+                found.insert(*user);
+            }
+        }
+        if found.len() == users.len() {
+            break;
+        }
+    }
+    Ok(found)
+}
+
 /// Remote users' keys as last fetched (when their server does not answer).
 pub fn cached_keys(engine: &Engine, users: &Map<String, JsonValue>) -> Result<JsonValue, FederationError> {
     let (mut device_keys, mut master, mut self_signing) = (Map::new(), Map::new(), Map::new());

@@ -309,6 +309,7 @@ impl Rooms {
         } else {
             self.joined_servers(current, Some((short, &pdu)))?
         };
+        self.note_member_changes(batch, head, &pdu, &servers, current != state_after);
         self.queue_for_push(batch, &pdu, short, count as u64, &servers);
         let mut destinations: Vec<OwnedServerName> = servers.keys().cloned().collect();
         if pdu.kind == TimelineEventType::RoomMember
@@ -350,6 +351,31 @@ impl Rooms {
             unsettled.lock().remove(&short);
         });
         Ok(Staged { pdu, short, is_create, extremities, current, depth, servers })
+    }
+
+    /// Moves the generations the remote device-list cache trusts, once the
+    /// event is durable (a fetch that begins after that sees the new state).
+    fn note_member_changes(
+        &self,
+        batch: &mut Batch,
+        head: &Head,
+        pdu: &ArcPdu,
+        servers: &std::collections::BTreeMap<OwnedServerName, usize>,
+        resolved: bool,
+    ) {
+        let ours_before = head.servers.contains_key(&self.server_name);
+        let ours_after = servers.contains_key(&self.server_name);
+        let gens = self.member_gens.clone();
+        if resolved || ours_before != ours_after {
+            // A resolution may change anyone's membership; our server joining
+            // or leaving starts or ends sharing the room with all its members.
+            batch.on_durable(move || gens.bump_all());
+        } else if pdu.kind == TimelineEventType::RoomMember
+            && let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
+            && target.server_name() != self.server_name
+        {
+            batch.on_durable(move || gens.bump(target.as_str()));
+        }
     }
 
     /// Moves the room's head past a staged event.

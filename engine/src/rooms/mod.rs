@@ -159,6 +159,8 @@ pub struct Rooms {
     /// Per room, the servers with joined members at one state snapshot (snapshots
     /// never change, so an entry is right while the room's state is that snapshot).
     servers_at: myelin_storage::SharedLru<OwnedRoomId, (u64, Vec<String>)>,
+    /// Moved when a remote user's membership changes, or when this server's rooms may have (see `remote_lists`).
+    pub(crate) member_gens: Arc<crate::remote_lists::Generations>,
     /// `(state snapshot, sender, type)` of message-like events that passed the
     /// state-dependent authorization rules: for them the outcome depends on nothing
     /// else, and a snapshot never changes (see [`Rooms::authorize`]).
@@ -216,6 +218,7 @@ impl Rooms {
                 .with_cache(&caches, shares::SERVERS, shares::SERVERS_REV),
             states: state::StateStore::open(db.clone())?,
             pdus: caches.lru(shares::EVENTS, |_, pdu: &ArcPdu| pdu.heap_bytes()),
+            member_gens: Arc::default(),
             servers_at: caches.lru(shares::SERVERS_AT, |room: &OwnedRoomId, (_, servers)| {
                 room.as_str().len() + servers.iter().map(|s| 24 + s.capacity()).sum::<usize>()
             }),

@@ -117,9 +117,9 @@ pub fn query(cx: Ctx, req: Req) -> HandlerFuture {
         let timeout = remote_timeout(body.timeout);
         let mut failures = Map::new();
         let asks = keys_query::by_remote_server(&cx.engine, &users).into_iter().map(|(server, wanted)| {
-            let engine = cx.engine.clone();
+            let (engine, me) = (cx.engine.clone(), me.user_id.clone());
             async move {
-                let ask = keys_query::query_remote(&engine, &server, wanted.clone());
+                let ask = keys_query::query_remote_tracked(&engine, &me, &server, wanted.clone());
                 let answer = tokio::time::timeout(timeout, ask).await;
                 (server, wanted, answer)
             }
