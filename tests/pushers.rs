@@ -133,6 +133,9 @@ async fn a_message_reaches_the_recipients_push_gateway_with_counts_and_tweaks() 
     .await;
     let n = delivered(&g).into_iter().find(|n| n["event_id"] == quiet.as_str()).unwrap();
     assert!(n.get("content").is_none() && n.get("sender").is_none(), "{n}");
+    // Nor tweaks: Synapse sends an id-only device without them, and a gateway
+    // such as Sygnal then fetches nothing it would have to trust.
+    assert!(n["devices"][0].get("tweaks").is_none(), "{n}");
 
     // A rejected pushkey loses its pusher.
     let r = set_pusher(&alice, &url, "bad-key", None).await;

@@ -236,13 +236,18 @@ fn notification(
     for (k, v) in &pusher.data.other {
         data.insert(k.clone(), v.clone());
     }
-    let device = json!({
+    let id_only = pusher.data.format.as_deref() == Some("event_id_only");
+    let mut device = json!({
         "app_id": pusher.app_id,
         "pushkey": pusher.pushkey,
         "pushkey_ts": pusher.pushkey_ts / 1000,
         "data": data,
-        "tweaks": tweaks,
     });
+    // An id-only notification carries no tweaks either (as Synapse sends it):
+    // the app fetches the event and evaluates it itself.
+    if !id_only {
+        device["tweaks"] = Value::Object(tweaks);
+    }
     // High for what rings (an invite, a call: Synapse's rule too) or
     // highlights, and for messages; a gateway may defer a low one to save
     // battery (Sygnal's webpush sends `Urgency: low`).
@@ -257,7 +262,7 @@ fn notification(
         "devices": [device],
         "prio": if high { "high" } else { "low" },
     });
-    if pusher.data.format.as_deref() != Some("event_id_only") {
+    if !id_only {
         n["type"] = json!(pdu.kind.to_string());
         n["sender"] = json!(pdu.sender);
         n["content"] = pdu.content_value();
