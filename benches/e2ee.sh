@@ -55,19 +55,23 @@ keys() { # url_a url_b server_b
     "$myelin" bench keys --url-a "$1" --url-b "$2" --server-b "$3" --users "$users" --claim "$claim" \
         --to-device "$to_device" --receivers "$receivers" --samples "$samples" --json || true
 }
-push() { # url
+push() { # url senders messages
     settle
-    "$myelin" bench push --url "$1" --listen "127.0.0.1:$gw" --receivers "$pushers" --senders "$senders" \
-        --messages "$messages" --json || true
+    "$myelin" bench push --url "$1" --listen "127.0.0.1:$gw" --receivers "$pushers" --senders "$2" \
+        --messages "$3" --json || true
 }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%Y-%m-%d)"
 mk=$(keys "http://127.0.0.1:$mc" "http://127.0.0.1:$mc2" "127.0.0.1:$mf2")
 sk=$(keys "http://127.0.0.1:$sc" "http://127.0.0.1:$sc2" "localhost:$sf2")
-mp=$(push "http://127.0.0.1:$mc")
-sp=$(push "http://127.0.0.1:$sc")
+# Throughput: S senders at once. Latency: one sender, one message after another
+# (the load a phone's notifications see; the throughput run measures queueing).
+mp=$(push "http://127.0.0.1:$mc" "$senders" "$messages")
+sp=$(push "http://127.0.0.1:$sc" "$senders" "$messages")
+ml=$(push "http://127.0.0.1:$mc" 1 "$messages")
+sl=$(push "http://127.0.0.1:$sc" 1 "$messages")
 
-python3 - "$users" "$claim" "$mk" "$sk" "$mp" "$sp" <<'PY'
+python3 - "$users" "$claim" "$mk" "$sk" "$mp" "$sp" "$ml" "$sl" <<'PY'
 import json, sys
 users, claim = sys.argv[1], sys.argv[2]
 def parse(text):
@@ -75,7 +79,7 @@ def parse(text):
         return json.loads(text.strip().splitlines()[-1])
     except (ValueError, IndexError):
         return None
-mk, sk, mp, sp = (parse(t) for t in sys.argv[3:7])
+mk, sk, mp, sp, ml, sl = (parse(t) for t in sys.argv[3:9])
 def cell(r, key, unit, fmt="{:.1f}"):
     return "failed" if r is None else fmt.format(r[key]) + " " + unit
 def ratio(m, s, key, higher_is_better=False):
@@ -88,9 +92,10 @@ rows = [
     (f"/keys/claim of {claim} devices on the other server, p50", mk, sk, "claim_p50_ms", "ms", False),
     ("to-device across servers: all delivered, messages/s", mk, sk, "to_device_per_second", "msg/s", True),
     ("to-device send-to-/sync latency p50", mk, sk, "to_device_p50_ms", "ms", False),
-    ("push notifications delivered, per second", mp, sp, "pushes_per_second", "/s", True),
-    ("send-to-gateway latency p50", mp, sp, "p50_ms", "ms", False),
-    ("send-to-gateway latency p99", mp, sp, "p99_ms", "ms", False),
+    ("push notifications delivered, per second (senders at once)", mp, sp, "pushes_per_second", "/s", True),
+    ("send-to-gateway latency p50, senders at once", mp, sp, "p50_ms", "ms", False),
+    ("send-to-gateway latency p50, one sender", ml, sl, "p50_ms", "ms", False),
+    ("send-to-gateway latency p99, one sender", ml, sl, "p99_ms", "ms", False),
 ]
 print("| scenario | Myelin | Synapse 1.163.2 | Myelin better by |")
 print("|---|---|---|---|")
@@ -99,7 +104,7 @@ for name, m, s, key, unit, up in rows:
 for name, r in (("Myelin keys", mk), ("Synapse keys", sk)):
     if r:
         print(f"{name}: {r['to_device_delivered']} of {r['to_device_expected']} to-device messages, {r['to_device_duplicates']} duplicates; requests took {r['to_device_send_seconds']:.2f} s of {r['to_device_seconds']:.2f} s")
-for name, r in (("Myelin push", mp), ("Synapse push", sp)):
+for name, r in (("Myelin push", mp), ("Synapse push", sp), ("Myelin push, one sender", ml), ("Synapse push, one sender", sl)):
     if r:
         print(f"{name}: {r['delivered']} of {r['expected']} notifications, {r['duplicates']} duplicates")
 PY
