@@ -319,20 +319,27 @@ pub async fn claim_local(
     engine: &Engine,
     wanted: &Map<String, JsonValue>,
 ) -> Result<Map<String, JsonValue>, FederationError> {
+    let mut asks: Vec<(&str, &str, &str)> = Vec::new();
     let mut out = Map::new();
     for (user, devices) in wanted {
         let Ok(user_id) = UserId::parse(user.as_str()) else { continue };
         if user_id.server_name() != engine.server_name {
             continue;
         }
-        let mut per_device = Map::new();
+        out.insert(user.clone(), json!({}));
         for (device, algorithm) in devices.as_object().into_iter().flatten() {
-            let Some(algorithm) = algorithm.as_str() else { continue };
-            if let Some((key_id, key)) = engine.e2ee.claim(user, device, algorithm).await? {
-                per_device.insert(device.clone(), json!({ key_id: key }));
+            if let Some(algorithm) = algorithm.as_str() {
+                asks.push((user.as_str(), device.as_str(), algorithm));
             }
         }
-        out.insert(user.clone(), JsonValue::Object(per_device));
+    }
+    let claimed = engine.e2ee.claim_many(&asks).await?;
+    for ((user, device, _), got) in asks.iter().zip(claimed) {
+        if let Some((key_id, key)) = got
+            && let Some(per_device) = out.get_mut(*user).and_then(JsonValue::as_object_mut)
+        {
+            per_device.insert((*device).to_owned(), json!({ key_id: key }));
+        }
     }
     Ok(out)
 }
