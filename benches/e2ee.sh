@@ -71,6 +71,9 @@ sp=$(push "http://127.0.0.1:$sc" "$senders" "$messages")
 ml=$(push "http://127.0.0.1:$mc" 1 "$messages")
 sl=$(push "http://127.0.0.1:$sc" 1 "$messages")
 
+hwm_of() { grep -m1 VmHWM "/proc/$1/status" 2>/dev/null | awk '{print $2}'; }
+# Peak RSS over the whole run (keys and push): A and B of each kind.
+echo "peak RSS KiB: Myelin A $(hwm_of "${pids[0]}"), B $(hwm_of "${pids[1]}"); Synapse A $(hwm_of "${pids[2]}"), B $(hwm_of "${pids[3]}")"
 python3 - "$users" "$claim" "$mk" "$sk" "$mp" "$sp" "$ml" "$sl" <<'PY'
 import json, sys
 users, claim = sys.argv[1], sys.argv[2]

@@ -113,6 +113,11 @@ pub(crate) fn run_id() -> String {
 
 /// Registers a user; returns (access token, user id).
 pub(crate) async fn register(conn: &mut Conn, name: &str) -> Result<(String, String), String> {
+    register_device(conn, name).await.map(|(t, u, _)| (t, u))
+}
+
+/// Registers a user; returns (access token, user id, device id).
+pub(crate) async fn register_device(conn: &mut Conn, name: &str) -> Result<(String, String, String), String> {
     let j = conn
         .ok(
             Method::POST,
@@ -121,8 +126,8 @@ pub(crate) async fn register(conn: &mut Conn, name: &str) -> Result<(String, Str
             Some(json!({ "username": name, "password": "bench-pass-1", "auth": { "type": "m.login.dummy" } })),
         )
         .await?;
-    match (j["access_token"].as_str(), j["user_id"].as_str()) {
-        (Some(t), Some(u)) => Ok((t.to_owned(), u.to_owned())),
+    match (j["access_token"].as_str(), j["user_id"].as_str(), j["device_id"].as_str()) {
+        (Some(t), Some(u), Some(d)) => Ok((t.to_owned(), u.to_owned(), d.to_owned())),
         _ => Err(format!("register {name}: {j}")),
     }
 }

@@ -29,7 +29,7 @@ use std::{
 use http::Method;
 use serde_json::{Map, json};
 
-use crate::bench::{Conn, SETTLE_AFTER_SETUP, enc, percentile, public_room, run_id};
+use crate::bench::{Conn, SETTLE_AFTER_SETUP, enc, percentile, public_room, register_device, run_id};
 
 /// Sizes of the `keys` scenario.
 pub struct KeysSizes {
@@ -80,21 +80,6 @@ fn fake_key(seed: &str) -> String {
             ALPHABET[(h >> 58) as usize] as char
         })
         .collect()
-}
-
-async fn register_device(conn: &mut Conn, name: &str) -> Result<Account, String> {
-    let j = conn
-        .ok(
-            Method::POST,
-            "/_matrix/client/v3/register",
-            None,
-            Some(json!({ "username": name, "password": "bench-pass-1", "auth": { "type": "m.login.dummy" } })),
-        )
-        .await?;
-    match (j["access_token"].as_str(), j["user_id"].as_str(), j["device_id"].as_str()) {
-        (Some(t), Some(u), Some(d)) => Ok((t.to_owned(), u.to_owned(), d.to_owned())),
-        _ => Err(format!("register {name}: {j}")),
-    }
 }
 
 /// Uploads device keys and `otks` signed one-time keys for the account.
