@@ -753,3 +753,53 @@ async fn with_msc3202_transactions_carry_the_key_counts_of_the_users_they_mentio
     assert_eq!(changed(&fake).iter().filter(|u| **u == alice.user_id).count(), 1, "{:?}", changed(&fake));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn with_msc3202_users_who_no_longer_share_a_room_with_the_bridge_are_in_device_lists_left() {
+    let fake = FakeAppservice::start(not_found).await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!("{}org.matrix.msc3202: true\n", registration(Some(&fake.url()), true));
+    let server = server_with(&yaml, &dir).await;
+    let alice = server.register("alice").await;
+    let (bob, dave, erin) =
+        (server.register("bob").await, server.register("dave").await, server.register("erin").await);
+    assert_eq!(as_register(&server, "bridge_carol").await.status, StatusCode::OK);
+    let carol = Some("@bridge_carol:as.test");
+    let (one, two, three) = (
+        alice.create_room(json!({ "preset": "public_chat" })).await,
+        alice.create_room(json!({ "preset": "public_chat" })).await,
+        alice.create_room(json!({ "preset": "public_chat" })).await,
+    );
+    let path = |what: &str, room: &str| format!("/_matrix/client/v3/rooms/{}/{what}", enc(room));
+    for room in [&one, &two, &three] {
+        let r = as_request(&server, Method::POST, &path("join", room), carol, Some(json!({}))).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    }
+    for (who, rooms) in [(&dave, vec![&one]), (&bob, vec![&one, &three]), (&erin, vec![&two])] {
+        for room in rooms {
+            who.post(&path("join", room), json!({})).await;
+        }
+    }
+    // dave leaves his only shared room; bob leaves one of two (he keeps three); the
+    // bridge's user leaves room two, where erin (only there) and alice (also in one) stay.
+    dave.post(&path("leave", &one), json!({})).await;
+    bob.post(&path("leave", &one), json!({})).await;
+    let r = as_request(&server, Method::POST, &path("leave", &two), carol, Some(json!({}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    alice.send_text(&one, "done").await;
+    wait_events(&fake, Duration::from_secs(10), "the last message", |ev| bodies_of(ev, &one) == ["done"]).await;
+
+    let mut txns = std::collections::HashSet::new();
+    let mut left: Vec<String> = Vec::new();
+    for (id, body) in fake.delivered() {
+        if txns.insert(id) {
+            let lists = &body["org.matrix.msc3202.device_lists"];
+            left.extend(lists["left"].as_array().into_iter().flatten().filter_map(|u| u.as_str().map(str::to_owned)));
+        }
+    }
+    left.sort();
+    let mut expected = vec![dave.user_id.clone(), erin.user_id.clone()];
+    expected.sort();
+    assert_eq!(left, expected, "each once; bob shares room three and alice room one with the bridge still");
+    server.stop().await;
+}

@@ -93,7 +93,12 @@ pub struct E2ee {
     stream: StreamCounter,
     /// One claim at a time, so no one-time key is handed out twice.
     claim_lock: tokio::sync::Mutex<()>,
+    /// Called once a batch logging a device-list change is durable.
+    on_change: Option<ChangeHook>,
 }
+
+/// What [`E2ee::with_change_hook`] calls after a device-list change.
+pub type ChangeHook = Arc<dyn Fn() + Send + Sync>;
 
 /// A JSON object without its `signatures` and `unsigned` members: what a signature covers.
 fn signed_part(v: &JsonValue) -> JsonValue {
@@ -116,7 +121,14 @@ fn to_bytes(v: &JsonValue) -> Result<Vec<u8>, E2eeError> {
 impl E2ee {
     /// The key store over `db`; changes take positions from `stream`.
     pub fn new(db: Arc<Db>, stream: StreamCounter) -> Self {
-        Self { db, stream, claim_lock: tokio::sync::Mutex::new(()) }
+        Self { db, stream, claim_lock: tokio::sync::Mutex::new(()), on_change: None }
+    }
+
+    /// This store, calling `hook` each time a logged device-list change is durable
+    /// (the appservice senders wake on it rather than at their next scan).
+    pub fn with_change_hook(mut self, hook: ChangeHook) -> Self {
+        self.on_change = Some(hook);
+        self
     }
 
     /// Stores a device's uploaded keys; returns its one-time key counts afterwards.
@@ -499,6 +511,10 @@ impl E2ee {
     fn log_change(&self, batch: &mut Batch, user: &str) -> Result<(), E2eeError> {
         let pos = self.stream.next_in(batch);
         CHANGES.put(batch, &(pos, user.to_owned()), &())?;
+        if let Some(hook) = &self.on_change {
+            let hook = hook.clone();
+            batch.on_durable(move || hook());
+        }
         Ok(())
     }
 

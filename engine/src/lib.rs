@@ -160,7 +160,9 @@ impl Engine {
         if !appservices.is_empty() {
             tracing::info!(appservices = appservices.all().len(), "appservices registered");
         }
-        let e2ee = e2ee::E2ee::new(db.clone(), stream.clone());
+        let key_watchers = appservices.clone();
+        let e2ee = e2ee::E2ee::new(db.clone(), stream.clone())
+            .with_change_hook(Arc::new(move || key_watchers.wake_key_watchers()));
         let directory = directory::Directory::new(db.clone());
         let ephemeral = Arc::new(ephemeral::Ephemeral::new());
         let media = media::Media::open(db.clone(), &config.data_dir, server_name.as_str())?;

@@ -262,6 +262,21 @@ impl Registry {
         }
     }
 
+    /// Wakes the sender of every appservice told of device-list changes
+    /// (MSC3202), so a change reaches it now rather than at the next scan.
+    pub(crate) fn wake_key_watchers(&self) {
+        let ids: Vec<String> = self
+            .all()
+            .iter()
+            .filter(|a| a.receives_key_counts() && a.url().is_some())
+            .map(|a| a.id().to_owned())
+            .collect();
+        if !ids.is_empty() {
+            self.ready.0.lock().extend(ids);
+            self.ready.1.notify_one();
+        }
+    }
+
     /// Takes up to `max` waiting ephemeral events of appservice `id`.
     pub(crate) fn take_ephemeral(&self, id: &str, max: usize) -> Vec<serde_json::Value> {
         let mut queues = self.ephemeral.lock();
@@ -300,4 +315,44 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Engine, config::Config};
+
+    fn registration(id: &str, msc3202: bool) -> String {
+        format!(
+            "id: {id}\nurl: http://127.0.0.1:9\nas_token: as_{id}\nhs_token: hs_{id}\nsender_localpart: {id}bot\n\
+             namespaces:\n  users:\n  - regex: \"@{id}_.*:us.test\"\n    exclusive: true\n\
+             org.matrix.msc3202: {msc3202}\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn a_device_list_change_wakes_the_senders_of_appservices_told_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config =
+            Config { server_name: "us.test".into(), data_dir: dir.path().join("data"), ..Config::default() };
+        config.storage.cache_mb = 8;
+        let engine = Engine::open(config).unwrap();
+        engine.appservices.add(&registration("keys", true)).await.unwrap();
+        engine.appservices.add(&registration("plain", false)).await.unwrap();
+        let _ = engine.appservices.take_ready();
+
+        let keys = serde_json::json!({ "user_id": "@alice:us.test", "device_id": "DEV",
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2"], "keys": { "ed25519:DEV": "k" } });
+        let upload = crate::e2ee::Upload { device_keys: Some(keys), ..Default::default() };
+        let uploaded = engine.e2ee.upload("@alice:us.test", "DEV", upload).await.unwrap();
+        assert!(uploaded.device_keys_changed);
+        assert_eq!(engine.appservices.take_ready(), ["keys"], "only the MSC3202 appservice is woken");
+
+        // A one-time key alone changes no device list: nobody is woken.
+        let mut otk = serde_json::Map::new();
+        otk.insert("signed_curve25519:A".into(), serde_json::json!({ "key": "a" }));
+        let upload = crate::e2ee::Upload { one_time_keys: otk, ..Default::default() };
+        engine.e2ee.upload("@alice:us.test", "DEV", upload).await.unwrap();
+        assert!(engine.appservices.take_ready().is_empty());
+        engine.shutdown();
+    }
 }

@@ -6,13 +6,16 @@
 //! > transaction with the same transaction ID.
 //!
 //! One task per appservice with a URL, woken when rows are queued for it (after
-//! their batch is durable) or ephemeral events wait, and by a scan every 5 s.
+//! their batch is durable), when ephemeral events wait, when a device list
+//! changes (MSC3202 appservices only), and by a scan every 5 s.
 //! A transaction carries up to 100 events, oldest first, up to 100
 //! ephemeral events and up to 100 to-device messages for the appservice's
 //! users (MSC4203, as `de.sorunome.msc2409.to_device`, each message with
 //! `to_user_id` and `to_device_id`; durable like the events). With
 //! `org.matrix.msc3202: true` a transaction also carries the one-time key
-//! counts and unused fallback key types of the users it mentions (MSC3202). Before it is first sent it is stored (id, rows, body);
+//! counts and unused fallback key types of the users it mentions, and
+//! `device_lists.changed` / `.left` for the users it shares rooms with
+//! (MSC3202). Before it is first sent it is stored (id, rows, body);
 //! every retry sends exactly that, also after a restart, and its rows are
 //! deleted only after a 2xx. On failure the sender waits with exponential
 //! backoff (1 s doubling to 2 min, the federation sender's policy, stored so a
@@ -107,8 +110,9 @@ fn next_transaction(
     let ephemeral = engine.appservices.take_ephemeral(id, MAX_EPHEMERAL);
     let key_counts_for = engine.appservices.get(id).filter(|a| a.receives_key_counts());
     let cursor = queue::key_cursor(&engine.db, id)?;
+    let mut concerned = Concerned { engine, rooms: None };
     let device_lists = match &key_counts_for {
-        Some(a) => device_lists_changed(engine, a, cursor, visible)?,
+        Some(a) => device_lists_changed(engine, a, &mut concerned, cursor, visible)?,
         None => Vec::new(),
     };
     // Moved once the transaction is delivered, or at once when there is none.
@@ -144,7 +148,17 @@ fn next_transaction(
     }
     metrics::gauge!("myelin_appservice_queue_oldest_age_seconds", "appservice" => id.to_owned())
         .set(now.saturating_sub(oldest) as f64 / 1000.0);
+    let left = match &key_counts_for {
+        Some(a) => device_lists_left(engine, a, &mut concerned, &events, &device_lists)?,
+        None => Vec::new(),
+    };
     let mut body = serde_json::Map::new();
+    if !device_lists.is_empty() || !left.is_empty() {
+        body.insert(
+            "org.matrix.msc3202.device_lists".into(),
+            serde_json::json!({ "changed": device_lists, "left": left }),
+        );
+    }
     let count = events.len();
     body.insert("events".into(), serde_json::Value::Array(events));
     if !ephemeral.is_empty() {
@@ -157,12 +171,6 @@ fn next_transaction(
         // The unstable name only, as Synapse sends it: MSC4203 is not merged,
         // and bridges read this one.
         body.insert("de.sorunome.msc2409.to_device".into(), serde_json::Value::Array(messages));
-    }
-    if !device_lists.is_empty() {
-        body.insert(
-            "org.matrix.msc3202.device_lists".into(),
-            serde_json::json!({ "changed": device_lists, "left": [] }),
-        );
     }
     if let Some(a) = key_counts_for {
         // The users this transaction mentions (its sender, namespaced senders,
@@ -207,6 +215,7 @@ const MAX_DEVICE_LISTS: usize = 1000;
 fn device_lists_changed(
     engine: &Engine,
     a: &super::Appservice,
+    concerned: &mut Concerned<'_>,
     since: u64,
     upto: u64,
 ) -> Result<Vec<String>, crate::EngineError> {
@@ -217,23 +226,98 @@ fn device_lists_changed(
     if changed.is_empty() {
         return Ok(Vec::new());
     }
-    let mut rooms = Vec::new();
-    for room in engine.rooms.all_rooms()? {
-        if engine.rooms.concerns_appservice(a, &room)? {
-            rooms.push(room);
-        }
-    }
+    let rooms = concerned.rooms(a)?;
     let mut out = Vec::new();
     for who in changed {
         if out.len() >= MAX_DEVICE_LISTS {
             break;
         }
-        if engine.shares_room(&who, &rooms)? {
+        if engine.shares_room(&who, rooms)? {
             out.push(who);
         }
     }
     out.sort();
     Ok(out)
+}
+
+/// MSC3202 `device_lists.left`: users who, through a leave or ban among
+/// `events`, no longer share any room that concerns the appservice (a user
+/// who left; when one of the appservice's own users left, the members of
+/// that room), as `/sync` tells a user of those it stopped sharing a room
+/// with. Users in `changed` are not also left. At most [`MAX_DEVICE_LISTS`].
+fn device_lists_left(
+    engine: &Engine,
+    a: &super::Appservice,
+    concerned: &mut Concerned<'_>,
+    events: &[serde_json::Value],
+    changed: &[String],
+) -> Result<Vec<String>, crate::EngineError> {
+    let mut candidates = std::collections::BTreeSet::new();
+    for e in events {
+        let (Some("m.room.member"), Some(who), Some(membership), Some(room)) = (
+            e.get("type").and_then(serde_json::Value::as_str),
+            e.get("state_key").and_then(serde_json::Value::as_str),
+            e.pointer("/content/membership").and_then(serde_json::Value::as_str),
+            e.get("room_id").and_then(serde_json::Value::as_str),
+        ) else {
+            continue;
+        };
+        if membership != "leave" && membership != "ban" {
+            continue;
+        }
+        if !a.owns_user(who) {
+            candidates.insert(who.to_owned());
+            continue;
+        }
+        // One of the appservice's users left: its room's members may be gone from its view.
+        let Ok(room) = ruma::RoomId::parse(room) else { continue };
+        for pdu in engine.rooms.current_state(&room)? {
+            if candidates.len() >= MAX_DEVICE_LISTS {
+                break;
+            }
+            if pdu.kind.to_string() == "m.room.member"
+                && pdu.content_value()["membership"] == "join"
+                && let Some(member) = pdu.state_key.as_deref().filter(|m| !a.owns_user(m))
+            {
+                candidates.insert(member.to_owned());
+            }
+        }
+    }
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rooms = concerned.rooms(a)?;
+    let mut out = Vec::new();
+    for who in candidates {
+        if out.len() >= MAX_DEVICE_LISTS {
+            break;
+        }
+        if !changed.contains(&who) && !engine.shares_room(&who, rooms)? {
+            out.push(who);
+        }
+    }
+    Ok(out)
+}
+
+/// The rooms that concern one appservice, read once per transaction and only when needed.
+struct Concerned<'a> {
+    engine: &'a Engine,
+    rooms: Option<Vec<ruma::OwnedRoomId>>,
+}
+
+impl Concerned<'_> {
+    fn rooms(&mut self, a: &super::Appservice) -> Result<&[ruma::OwnedRoomId], crate::EngineError> {
+        if self.rooms.is_none() {
+            let mut rooms = Vec::new();
+            for room in self.engine.rooms.all_rooms()? {
+                if self.engine.rooms.concerns_appservice(a, &room)? {
+                    rooms.push(room);
+                }
+            }
+            self.rooms = Some(rooms);
+        }
+        Ok(self.rooms.as_deref().unwrap_or_default())
+    }
 }
 
 /// MSC3202's one-time key counts and unused fallback key types of every
