@@ -3,6 +3,7 @@
 
 use http::{Method, StatusCode};
 use myelin_suite::{TestServer, federation_pair, signed_get, tiny_tls_server};
+use std::{sync::Arc, time::Duration};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_uploaded_on_a_is_downloaded_byte_for_byte_by_a_user_on_b() {
@@ -323,4 +324,70 @@ async fn thumbnails_of_remote_media_count_towards_the_remote_cache_bound() {
     assert!(cached(image_path), "the media being thumbnailed is kept");
     a.stop().await;
     b.stop().await;
+}
+
+/// A peer cannot make us hold a large error answer in memory: a media fetch
+/// answered with a 500 whose body is 40 MB (under the 50 MiB media limit) is
+/// cut off after the first 64 KiB, and the user gets an error, not a wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_error_answer_to_a_media_fetch_is_cut_off_not_read_into_memory() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const CHUNK: usize = 64 * 1024;
+    const CHUNKS: usize = 40 * 1024 * 1024 / CHUNK;
+    let far_dir = tempfile::tempdir().unwrap();
+    let tls = myelin_api::tls::server_config(&myelin_suite::test_config(far_dir.path(), "far.test")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let far_addr = listener.local_addr().unwrap();
+    let (sent, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (counted, asked) = (sent.clone(), requests.clone());
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, counted, asked) = (acceptor.clone(), counted.clone(), asked.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let service = hyper::service::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+                    asked.fetch_add(1, Ordering::SeqCst);
+                    let counted = counted.clone();
+                    // Produced as the connection takes it: what is counted went out or sits in socket buffers.
+                    let chunks = futures_util::stream::unfold(0usize, move |n| {
+                        let counted = counted.clone();
+                        async move {
+                            (n < CHUNKS).then(|| {
+                                counted.fetch_add(CHUNK, Ordering::SeqCst);
+                                let frame = hyper::body::Frame::data(bytes::Bytes::from(vec![b' '; CHUNK]));
+                                (Ok::<_, std::convert::Infallible>(frame), n + 1)
+                            })
+                        }
+                    });
+                    let resp = http::Response::builder()
+                        .status(500)
+                        .header("content-type", "application/json")
+                        .body(http_body_util::StreamBody::new(chunks))
+                        .unwrap();
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    let a = TestServer::start_with("a.test", |c| {
+        c.registration.enabled = true;
+        c.federation.verify_tls = false;
+        c.federation.hosts.insert("far.test".into(), far_addr);
+    })
+    .await;
+    let alice = a.register("alice").await;
+    let r = alice.request(Method::GET, "/_matrix/client/v1/media/download/far.test/blob", None).await;
+    assert!(r.status.is_client_error() || r.status.is_server_error(), "{}", r.status);
+    let asked = requests.load(Ordering::SeqCst);
+    assert!(asked >= 1, "far.test was never asked");
+    // Give a reader that kept going the time to show it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = sent.load(Ordering::SeqCst);
+    assert!(sent < asked * 8 * 1024 * 1024, "{sent} bytes taken by us for {asked} error answers");
+    server.abort();
+    a.stop().await;
 }

@@ -9,7 +9,7 @@
 //! same host receives a steady stream of transactions). Every request has a
 //! timeout and a response size limit.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::Uri;
@@ -25,6 +25,8 @@ use tokio::net::TcpStream;
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle connections kept per base URL.
 const POOL_PER_URL: usize = 4;
+/// Most base URLs with idle connections kept (appservices and every user's push gateways).
+const POOL_URLS: usize = 256;
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
@@ -62,13 +64,13 @@ fn parse(base_url: &str) -> Result<Base, TransportError> {
 /// The client for configured URLs.
 pub struct Direct {
     tls: Arc<rustls::ClientConfig>,
-    pool: parking_lot::Mutex<HashMap<String, Vec<Sender>>>,
+    pool: super::pool::IdlePool<Sender>,
 }
 
 impl Direct {
     /// With the TLS configuration used for `https://` URLs.
     pub fn new(tls: Arc<rustls::ClientConfig>) -> Self {
-        Self { tls, pool: parking_lot::Mutex::new(HashMap::new()) }
+        Self { tls, pool: super::pool::IdlePool::new("direct", POOL_URLS, POOL_PER_URL, POOL_URLS * POOL_PER_URL) }
     }
 
     async fn connect(&self, base: &Base, policy: Option<&OutboundPolicy>) -> Result<Sender, TransportError> {
@@ -118,7 +120,7 @@ impl Direct {
 
     async fn pooled(&self, key: &str) -> Option<Sender> {
         loop {
-            let mut conn = self.pool.lock().get_mut(key).and_then(Vec::pop)?;
+            let mut conn = self.pool.take(key)?;
             if !conn.is_closed() && conn.ready().await.is_ok() {
                 return Some(conn);
             }
@@ -129,11 +131,7 @@ impl Direct {
         if conn.is_closed() {
             return;
         }
-        let mut pool = self.pool.lock();
-        let idle = pool.entry(key.to_owned()).or_default();
-        if idle.len() < POOL_PER_URL {
-            idle.push(conn);
-        }
+        self.pool.give_back(key, conn);
     }
 
     /// Sends `request` below `base_url` and reads the answer; a pooled
@@ -177,7 +175,7 @@ impl Direct {
                 Ok(r) => Ok(r),
                 Err(stale) => {
                     tracing::debug!(url = base_url, error = %stale, "pooled connection was stale; reconnecting");
-                    self.pool.lock().remove(key.as_str());
+                    self.pool.forget(key.as_str());
                     attempt(false).await?.map_err(|e| TransportError::Http(e.to_string()))
                 }
             }

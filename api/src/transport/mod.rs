@@ -33,11 +33,14 @@
 //! response size limit.
 //!
 //! Connections are pooled per destination (HTTP/1.1 keep-alive, up to
-//! [`POOL_PER_DESTINATION`] idle each): a transaction stream to a busy peer
-//! pays the TCP and TLS handshakes once, not per request.
+//! [`POOL_PER_DESTINATION`] idle each, [`POOL_DESTINATIONS`] destinations and
+//! [`POOL_TOTAL`] connections in all, the least recently used going first):
+//! a transaction stream to a busy peer pays the TCP and TLS handshakes once,
+//! not per request, and strangers naming ever-new servers cannot grow it.
 
 pub mod direct;
 pub mod dns;
+mod pool;
 
 use std::{
     collections::BTreeSet,
@@ -57,10 +60,16 @@ use myelin_engine::{
 use serde_json::Value as JsonValue;
 use tokio::net::TcpStream;
 
+/// Most bytes read of an answer that is not a 2xx.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
 /// How long one request may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle connections kept per destination.
 const POOL_PER_DESTINATION: usize = 4;
+/// Most destinations with idle connections kept.
+const POOL_DESTINATIONS: usize = 1024;
+/// Most idle connections kept in all.
+const POOL_TOTAL: usize = 2048;
 
 /// One idle HTTP/1.1 connection to a destination, with the `Host` its requests carry.
 type Conn = (hyper::client::conn::http1::SendRequest<Full<Bytes>>, String);
@@ -88,8 +97,8 @@ pub struct HttpTransport {
     policy: OutboundPolicy,
     /// `[federation.hosts]`: static server name → address overrides.
     hosts: std::collections::BTreeMap<String, SocketAddr>,
-    /// Idle keep-alive connections per destination.
-    pool: parking_lot::Mutex<std::collections::HashMap<String, Vec<Conn>>>,
+    /// Idle keep-alive connections per destination (bounded, see [`pool`]).
+    pool: pool::IdlePool<Conn>,
     /// `.well-known` delegations looked up: server name → (delegated name, until);
     /// at most [`MAX_DELEGATIONS`] names.
     delegations: parking_lot::Mutex<std::collections::HashMap<String, (Option<String>, std::time::Instant)>>,
@@ -199,7 +208,7 @@ impl HttpTransport {
             insecure,
             policy: OutboundPolicy::from_config(config),
             hosts: config.federation.hosts.clone(),
-            pool: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            pool: pool::IdlePool::new("federation", POOL_DESTINATIONS, POOL_PER_DESTINATION, POOL_TOTAL),
             delegations: parking_lot::Mutex::new(std::collections::HashMap::new()),
             srv: match dns::SrvResolver::new(&config.federation.dns_servers) {
                 Ok(r) => Some(r),
@@ -434,7 +443,7 @@ impl HttpTransport {
     /// An idle pooled connection to `server` that is still open and ready.
     async fn pooled(&self, server: &str) -> Option<Conn> {
         loop {
-            let (mut conn, host) = self.pool.lock().get_mut(server).and_then(Vec::pop)?;
+            let (mut conn, host) = self.pool.take(server)?;
             if !conn.is_closed() && conn.ready().await.is_ok() {
                 return Some((conn, host));
             }
@@ -445,16 +454,12 @@ impl HttpTransport {
         if conn.0.is_closed() {
             return;
         }
-        let mut pool = self.pool.lock();
-        let idle = pool.entry(server.to_owned()).or_default();
-        if idle.len() < POOL_PER_DESTINATION {
-            idle.push(conn);
-        }
+        self.pool.give_back(server, conn);
     }
 
     /// Drops every pooled connection to `server` (after a failure, the next request reconnects).
     pub fn forget_connections(&self, server: &str) {
-        self.pool.lock().remove(server);
+        self.pool.forget(server);
     }
 }
 
@@ -469,7 +474,8 @@ pub(crate) enum ExchangeError {
 use ExchangeError::{Failed, Stale};
 
 /// Sends one request on `sender` and reads the whole answer, at most `limit`
-/// body bytes: into `spool` when it is set and the answer is a 2xx, else into memory.
+/// body bytes (an error answer at most [`ERROR_BODY_LIMIT`]): into `spool`
+/// when it is set and the answer is a 2xx, else into memory.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn exchange(
     sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
@@ -500,6 +506,9 @@ pub(crate) async fn exchange(
         spool_body(resp.into_body(), path, limit).await.map_err(Failed)?;
         return Ok(RawResponse { status, headers, body: Bytes::new() });
     }
+    // An error answer is a small JSON object: a peer cannot make us hold
+    // `limit` bytes (50 MiB for media) of one in memory.
+    let limit = if status.is_success() { limit } else { limit.min(ERROR_BODY_LIMIT) };
     let body = Limited::new(resp.into_body(), limit)
         .collect()
         .await

@@ -132,3 +132,40 @@ async fn events_are_checked_against_key_validity_at_their_own_time_in_v5_and_lat
 fn engine_with(dir: &std::path::Path, peer: Arc<FakePeer>) -> Arc<crate::Engine> {
     engine(dir, peer)
 }
+
+/// peer.test's document signed by `new`, listing `extra` more current keys
+/// and `old` expired ones (expired at 1, 2, … ms).
+fn crowded_document(extra: usize, old: usize) -> JsonValue {
+    let new = current_key();
+    let mut verify = serde_json::Map::new();
+    verify.insert(new.key_id().to_owned(), json!({ "key": new.public_key_b64() }));
+    for i in 0..extra {
+        verify.insert(format!("ed25519:extra{i}"), json!({ "key": new.public_key_b64() }));
+    }
+    let mut expired = serde_json::Map::new();
+    for i in 0..old {
+        expired.insert(format!("ed25519:old{i}"), json!({ "key": new.public_key_b64(), "expired_ts": i as u64 + 1 }));
+    }
+    let doc = json!({ "server_name": "peer.test", "valid_until_ts": now_ms() + DAY_MS,
+        "verify_keys": verify, "old_verify_keys": expired });
+    let mut object: CanonicalJsonObject = serde_json::from_value(doc).unwrap();
+    new.sign_json(&mut object).unwrap();
+    serde_json::to_value(object).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_document_cannot_make_the_key_ring_hold_unbounded_keys() {
+    use super::keyring::{MAX_OLD_KEYS, MAX_VERIFY_KEYS};
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path(), peer(key_document(0), Arc::new(AtomicBool::new(true))));
+    // More current keys than any server needs: refused (each would need a signature check).
+    let too_many = crowded_document(MAX_VERIFY_KEYS, 0);
+    assert!(engine.keyring.accept_document("peer.test", &too_many).await.is_err());
+    assert!(engine.keyring.stored("peer.test").unwrap().is_none());
+    // Thousands of expired keys: only the latest to expire are kept.
+    let set = engine.keyring.accept_document("peer.test", &crowded_document(0, 5_000)).await.unwrap();
+    assert_eq!(set.old_verify_keys.len(), MAX_OLD_KEYS);
+    assert!(set.old_verify_keys.contains_key("ed25519:old4999"));
+    assert!(!set.old_verify_keys.contains_key("ed25519:old0"));
+    assert_eq!(engine.keyring.stored("peer.test").unwrap().unwrap(), set);
+}

@@ -18,10 +18,9 @@
 //!
 //! Our own key is always known.
 
-use std::{collections::BTreeMap, collections::HashMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc};
 
 use myelin_storage::{Batch, Db, Stored, Table, catalog};
-use parking_lot::RwLock;
 use ruma::CanonicalJsonObject;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as JsonValue;
@@ -41,6 +40,13 @@ pub struct ServerKeySet {
 }
 impl Stored for ServerKeySet {}
 
+/// Most servers whose key sets are held in memory (the rest are read from storage).
+pub const CACHED_SERVERS: usize = 4096;
+/// Most current keys a key document may list.
+pub const MAX_VERIFY_KEYS: usize = 16;
+/// Most expired keys kept of one server (the latest to expire).
+pub const MAX_OLD_KEYS: usize = 256;
+
 /// The longest a remote key is trusted after it was fetched: 7 days.
 pub const MAX_REMOTE_VALIDITY_MS: u64 = 7 * 24 * 3600 * 1000;
 
@@ -54,7 +60,8 @@ pub struct KeyRing {
     db: Arc<Db>,
     own: Arc<ServerKeys>,
     own_name: String,
-    cache: RwLock<HashMap<String, ServerKeySet>>,
+    /// The key sets read or fetched lately, at most [`CACHED_SERVERS`].
+    cache: parking_lot::Mutex<lru::LruCache<String, ServerKeySet>>,
     /// `[federation.trusted_keys]`: pinned keys per server, never fetched.
     pinned: BTreeMap<String, BTreeMap<String, String>>,
 }
@@ -72,7 +79,8 @@ impl KeyRing {
         own_name: String,
         pinned: BTreeMap<String, BTreeMap<String, String>>,
     ) -> Self {
-        Self { db, own, own_name, cache: RwLock::new(HashMap::new()), pinned }
+        let cap = std::num::NonZeroUsize::new(CACHED_SERVERS).unwrap_or(std::num::NonZeroUsize::MIN);
+        Self { db, own, own_name, cache: parking_lot::Mutex::new(lru::LruCache::new(cap)), pinned }
     }
 
     /// Whether `server`'s keys are pinned by configuration (and must not be fetched).
@@ -119,12 +127,12 @@ impl KeyRing {
 
     /// Runs `f` on `server`'s stored keys (from memory, else storage); None when there are none.
     fn with_set<T>(&self, server: &str, f: impl FnOnce(&ServerKeySet) -> T) -> Result<Option<T>, FederationError> {
-        if let Some(set) = self.cache.read().get(server) {
+        if let Some(set) = self.cache.lock().get(server) {
             return Ok(Some(f(set)));
         }
         let Some(set) = KEYS.get(&*self.db, &server.to_owned())? else { return Ok(None) };
         let out = f(&set);
-        self.cache.write().insert(server.to_owned(), set);
+        self.cache.lock().put(server.to_owned(), set);
         Ok(Some(out))
     }
 
@@ -168,6 +176,9 @@ impl KeyRing {
         if verify.is_empty() {
             return Err(bad("no usable verify_keys"));
         }
+        if verify.len() > MAX_VERIFY_KEYS {
+            return Err(bad("more verify_keys than any server needs"));
+        }
         let object: CanonicalJsonObject =
             serde_json::from_value(doc.clone()).map_err(|e| bad(&format!("not canonical JSON: {e}")))?;
         // Signed by every key it lists: one map with all of them; verify_json checks each signature present.
@@ -184,7 +195,7 @@ impl KeyRing {
                 return Err(FederationError::Unauthorized(format!("{server}'s key document is not signed by {id}")));
             }
         }
-        let old = doc["old_verify_keys"]
+        let mut old: Vec<(String, (String, u64))> = doc["old_verify_keys"]
             .as_object()
             .map(|o| {
                 o.iter()
@@ -194,6 +205,10 @@ impl KeyRing {
                     .collect()
             })
             .unwrap_or_default();
+        // A document listing thousands of old keys keeps only the latest to expire.
+        old.sort_by_key(|(_, (_, expired))| std::cmp::Reverse(*expired));
+        old.truncate(MAX_OLD_KEYS);
+        let old = old.into_iter().collect();
         let keys = ServerKeySet {
             verify_keys: verify,
             old_verify_keys: old,
@@ -204,7 +219,35 @@ impl KeyRing {
         let raw = serde_json::to_vec(doc).map_err(|e| bad(&e.to_string()))?;
         DOCS.put(&mut batch, &server.to_owned(), &myelin_storage::Raw(raw))?;
         self.db.commit(batch).await?;
-        self.cache.write().insert(server.to_owned(), keys.clone());
+        self.cache.lock().put(server.to_owned(), keys.clone());
         Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_of_key_sets_stays_bounded_however_many_servers_are_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db"), &Default::default()).unwrap();
+        let own = Arc::new(ServerKeys::from_seed("us.test".try_into().unwrap(), "k", &[3u8; 32]).unwrap());
+        let ring = KeyRing::new(db.clone(), own, "us.test".into());
+        let mut batch = Batch::new();
+        let n = CACHED_SERVERS + 500;
+        for i in 0..n {
+            let mut set = ServerKeySet { valid_until_ts: u64::MAX, ..Default::default() };
+            set.verify_keys.insert("ed25519:a".into(), format!("key{i}"));
+            KEYS.put(&mut batch, &format!("s{i}.test"), &set).unwrap();
+        }
+        db.commit_blocking(batch).unwrap();
+        for i in 0..n {
+            let key = ring.key(&format!("s{i}.test"), "ed25519:a", false).unwrap();
+            assert_eq!(key, Some(format!("key{i}")));
+        }
+        assert_eq!(ring.cache.lock().len(), CACHED_SERVERS);
+        // Evicted ones are still known, from storage.
+        assert_eq!(ring.key("s0.test", "ed25519:a", false).unwrap(), Some("key0".into()));
     }
 }
