@@ -64,23 +64,133 @@ fn answer(what: &'static str, reply: &myelin_suite::Reply) -> Answer {
     (what, reply.status.as_u16(), format!("{errcode}{keys}"))
 }
 
-/// Every way a stranger (or a local user) can name `server` as a server to contact.
-async fn probe(server: &TestServer, user: &Client, target: &str) -> Vec<Answer> {
-    let federation = server.federation.unwrap();
-    let mut out = Vec::new();
-    let r = https(federation, Method::GET, &format!("/_matrix/key/v2/query/{}", enc(target)), None).await;
-    out.push(answer("GET key query", &r));
-    let body = serde_json::json!({ "server_keys": { target: {} } }).to_string();
-    let r = https(federation, Method::POST, "/_matrix/key/v2/query", Some(body.as_bytes())).await;
-    out.push(answer("POST key query", &r));
-    let r = http(server.client, Method::GET, &format!("/_matrix/media/v3/download/{target}/abc"), None).await;
-    out.push(answer("legacy media download", &r));
-    let r = user.request(Method::GET, &format!("/_matrix/client/v1/media/download/{target}/abc"), None).await;
-    out.push(answer("authenticated media download", &r));
+/// Who sends a probe.
+enum By {
+    /// Nobody logged in, on the client listener.
+    Anonymous,
+    /// The local user.
+    User,
+    /// Nobody, on the federation listener (the notary endpoints).
+    Federation,
+    /// A federation request with this `Authorization` header.
+    XMatrix(String),
+}
+
+/// One way of naming a server to contact.
+struct Probe {
+    what: &'static str,
+    by: By,
+    method: Method,
+    path: String,
+    body: Option<serde_json::Value>,
+}
+
+/// Every way a stranger (or a local user) can name `target` as a server to contact.
+fn probes(target: &str) -> Vec<Probe> {
+    let p = |what, by, method, path: String, body| Probe { what, by, method, path, body };
     let room = format!("!x:{target}");
-    let path = format!("/_matrix/client/v3/join/{}?server_name={}", enc(&room), enc(target));
-    let r = user.request(Method::POST, &path, Some(serde_json::json!({}))).await;
-    out.push(answer("join", &r));
+    let someone = format!("@x:{target}");
+    let alias = format!("#x:{target}");
+    let auth = format!("X-Matrix origin=\"{target}\",destination=\"us.test\",key=\"ed25519:x\",sig=\"aGVsbG8\"");
+    vec![
+        p("GET key query", By::Federation, Method::GET, format!("/_matrix/key/v2/query/{}", enc(target)), None),
+        p(
+            "POST key query",
+            By::Federation,
+            Method::POST,
+            "/_matrix/key/v2/query".into(),
+            Some(serde_json::json!({ "server_keys": { target: {} } })),
+        ),
+        p(
+            "legacy media download",
+            By::Anonymous,
+            Method::GET,
+            format!("/_matrix/media/v3/download/{target}/abc"),
+            None,
+        ),
+        p("media download", By::User, Method::GET, format!("/_matrix/client/v1/media/download/{target}/abc"), None),
+        p(
+            "join",
+            By::User,
+            Method::POST,
+            format!("/_matrix/client/v3/join/{}?server_name={}", enc(&room), enc(target)),
+            Some(serde_json::json!({})),
+        ),
+        p(
+            "knock",
+            By::User,
+            Method::POST,
+            format!("/_matrix/client/v3/knock/{}?server_name={}", enc(&room), enc(target)),
+            Some(serde_json::json!({})),
+        ),
+        p(
+            "profile, unauthenticated",
+            By::Anonymous,
+            Method::GET,
+            format!("/_matrix/client/v3/profile/{}", enc(&someone)),
+            None,
+        ),
+        p("profile", By::User, Method::GET, format!("/_matrix/client/v3/profile/{}", enc(&someone)), None),
+        p(
+            "alias, unauthenticated",
+            By::Anonymous,
+            Method::GET,
+            format!("/_matrix/client/v3/directory/room/{}", enc(&alias)),
+            None,
+        ),
+        p(
+            "public rooms of a server",
+            By::User,
+            Method::GET,
+            format!("/_matrix/client/v3/publicRooms?server={}", enc(target)),
+            None,
+        ),
+        p(
+            "keys/query",
+            By::User,
+            Method::POST,
+            "/_matrix/client/v3/keys/query".into(),
+            Some(serde_json::json!({ "device_keys": { someone.as_str(): [] } })),
+        ),
+        p(
+            "keys/claim",
+            By::User,
+            Method::POST,
+            "/_matrix/client/v3/keys/claim".into(),
+            Some(serde_json::json!({ "one_time_keys": { someone.as_str(): { "DEV": "signed_curve25519" } } })),
+        ),
+        // Claiming to come from `target`: its key would be looked up there.
+        p(
+            "X-Matrix origin",
+            By::XMatrix(auth),
+            Method::GET,
+            "/_matrix/federation/v1/query/profile?user_id=%40alice%3Aus.test".into(),
+            None,
+        ),
+    ]
+}
+
+async fn run(server: &TestServer, user: &Client, probe: &Probe) -> Answer {
+    let body = probe.body.as_ref().map(|b| b.to_string());
+    let bytes = body.as_deref().map(str::as_bytes);
+    let (method, path) = (probe.method.clone(), probe.path.as_str());
+    let federation = server.federation.unwrap();
+    let reply = match &probe.by {
+        By::Anonymous => http(server.client, method, path, bytes).await,
+        By::User => user.request(method, path, probe.body.clone()).await,
+        By::Federation => https(federation, method, path, bytes).await,
+        By::XMatrix(auth) => {
+            myelin_suite::https_with(federation, method, path, bytes, &[("authorization", auth)]).await
+        }
+    };
+    answer(probe.what, &reply)
+}
+
+async fn probe(server: &TestServer, user: &Client, target: &str) -> Vec<Answer> {
+    let mut out = Vec::new();
+    for p in probes(target) {
+        out.push(run(server, user, &p).await);
+    }
     out
 }
 
@@ -217,4 +327,63 @@ async fn federation_insecure_turns_off_verification_for_that_server_only() {
     for s in [a, b, c] {
         s.stop().await;
     }
+}
+
+/// The probes above are live: with loopback allowed, each one makes the server
+/// connect to the server it names (a fresh one per probe, so no cache hides it).
+/// Without this, "zero connections" could hold because a probe never reached
+/// the outbound path at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_loopback_allowed_every_probe_does_reach_the_server_it_names() {
+    let (server, user) = server_with(|c| c.federation.ip_range_allow = ranges(&["127.0.0.0/8"])).await;
+    let mut silent = Vec::new();
+    for i in 0..probes("x").len() {
+        let internal = Internal::start().await;
+        let target = format!("127.0.0.1:{}", internal.port);
+        let probe = probes(&target).swap_remove(i);
+        run(&server, &user, &probe).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if internal.accepted() == 0 {
+            silent.push(probe.what);
+        }
+    }
+    assert!(silent.is_empty(), "these probes contacted nobody: {silent:?}");
+    server.stop().await;
+}
+
+/// Where the connection is allowed but fails, the requester cannot tell how:
+/// a closed port, a listener that drops the connection and one whose TLS
+/// certificate does not verify all give the same answer to every probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_dropped_and_bad_tls_connections_look_the_same_to_the_requester() {
+    let (server, user) = server_with(|c| {
+        c.federation.ip_range_allow = ranges(&["127.0.0.0/8"]);
+        c.federation.verify_tls = true;
+    })
+    .await;
+    let bad_dir = tempfile::tempdir().unwrap();
+    let self_signed = myelin_api::tls::server_config(&myelin_suite::test_config(bad_dir.path(), "bad.test")).unwrap();
+    let mut differ = Vec::new();
+    for i in 0..probes("x").len() {
+        let closed = format!("127.0.0.1:{}", free_port());
+        let dropping = Internal::start().await;
+        let dropped = format!("127.0.0.1:{}", dropping.port);
+        let (tls_addr, _, tls_task) = myelin_suite::tiny_tls_server("127.0.0.1:0", self_signed.clone(), |_| {
+            (200, "application/json", b"{}".to_vec())
+        })
+        .await;
+        let bad_tls = tls_addr.to_string();
+        let mut answers = Vec::new();
+        for target in [&closed, &dropped, &bad_tls] {
+            let probe = probes(target).swap_remove(i);
+            let (what, status, errcode) = run(&server, &user, &probe).await;
+            answers.push((what, status, errcode));
+        }
+        tls_task.abort();
+        if answers[0] != answers[1] || answers[0] != answers[2] {
+            differ.push(answers);
+        }
+    }
+    assert!(differ.is_empty(), "closed / dropped / bad TLS answered differently: {differ:#?}");
+    server.stop().await;
 }

@@ -8,6 +8,8 @@
 //!   password checks for that account are refused before the password is
 //!   looked at, so guessing costs a stranger `1 / login_failures_per_second`
 //!   seconds per try and its owner keeps logging in once the bucket refills.
+//!   A second bucket per client IP address (`login_failures_per_ip_*`) holds
+//!   one address guessing across many accounts.
 //! - Registration (accounts and guests): a bucket per client IP address
 //!   (`registrations_per_second`, `registrations_burst`). Appservices and the
 //!   shared-secret admin registration are not limited.
@@ -84,6 +86,7 @@ fn limited(wait_ms: u64, what: &str) -> ApiError {
 pub struct RateLimiter {
     events: Buckets<OwnedUserId>,
     login_failures: Buckets<String>,
+    login_failures_ip: Buckets<std::net::IpAddr>,
     registrations: Buckets<std::net::IpAddr>,
     federation: Buckets<String>,
 }
@@ -101,6 +104,7 @@ impl RateLimiter {
         Self {
             events: Buckets::new(c.per_second, c.burst),
             login_failures: Buckets::new(c.login_failures_per_second, c.login_failures_burst),
+            login_failures_ip: Buckets::new(c.login_failures_per_ip_per_second, c.login_failures_per_ip_burst),
             registrations: Buckets::new(c.registrations_per_second, c.registrations_burst),
             federation: Buckets::new(c.federation_per_second, c.federation_burst),
         }
@@ -121,6 +125,19 @@ impl RateLimiter {
     /// Counts a wrong password for `account`.
     pub fn wrong_password(&self, account: &str) {
         let _ = self.login_failures.refill(&account.to_owned(), true);
+    }
+
+    /// Whether the client at `ip` may try a password now (no token taken).
+    pub fn may_try_password_from(&self, ip: std::net::IpAddr) -> Result<(), ApiError> {
+        self.login_failures_ip.refill(&ip, false).map_err(|ms| {
+            metrics::counter!("myelin_rate_limited_total", "what" => "login_address").increment(1);
+            limited(ms, "too many wrong passwords from this address; try again later")
+        })
+    }
+
+    /// Counts a wrong password sent by the client at `ip`.
+    pub fn wrong_password_from(&self, ip: std::net::IpAddr) {
+        let _ = self.login_failures_ip.refill(&ip, true);
     }
 
     /// Takes one registration for the client at `ip`, or says how long to wait.

@@ -182,6 +182,12 @@ pub struct RateLimitConfig {
     pub login_failures_per_second: f64,
     /// Wrong passwords an account takes in a row before the limit applies.
     pub login_failures_burst: u32,
+    /// Wrong passwords per client IP address per second, sustained, whichever
+    /// accounts they name (guessing one password across many accounts); 0
+    /// turns the limit off.
+    pub login_failures_per_ip_per_second: f64,
+    /// Wrong passwords one address may send in a row before that limit applies.
+    pub login_failures_per_ip_burst: u32,
     /// Accounts (and guests) one IP address may register per second, sustained; 0 turns the limit off.
     pub registrations_per_second: f64,
     /// Accounts one IP address may register in a burst.
@@ -205,6 +211,8 @@ impl Default for RateLimitConfig {
             burst: 200,
             login_failures_per_second: 0.2,
             login_failures_burst: 10,
+            login_failures_per_ip_per_second: 1.0,
+            login_failures_per_ip_burst: 50,
             registrations_per_second: 5.0,
             registrations_burst: 500,
             federation_per_second: 200.0,
@@ -539,6 +547,7 @@ impl Config {
         for (name, rate) in [
             ("per_second", r.per_second),
             ("login_failures_per_second", r.login_failures_per_second),
+            ("login_failures_per_ip_per_second", r.login_failures_per_ip_per_second),
             ("registrations_per_second", r.registrations_per_second),
             ("federation_per_second", r.federation_per_second),
             ("key_lookups_per_second", r.key_lookups_per_second),

@@ -435,11 +435,13 @@ pub fn login(cx: Ctx, req: Req) -> HandlerFuture {
         }
         let user_id = user_from_identifier(&cx, body.identifier.as_ref(), body.user.as_deref())?;
         let password = body.password.ok_or_else(|| ApiError::missing_param("password is required"))?;
+        cx.limiter.may_try_password_from(req.peer_ip())?;
         cx.limiter.may_try_password(user_id.as_str())?;
         let login =
             match cx.engine.users.login(&user_id, &password, body.device_id, body.initial_device_display_name).await {
                 Ok(l) => l,
                 Err(myelin_engine::users::UserError::Forbidden(why)) => {
+                    cx.limiter.wrong_password_from(req.peer_ip());
                     cx.limiter.wrong_password(user_id.as_str());
                     return Err(ApiError::forbidden(why));
                 }
