@@ -2,7 +2,7 @@
 //! the other server out), presence, to-device messages, device and cross-signing keys,
 //! and remote device changes reaching a sliding-sync encryption connection.
 
-use http::StatusCode;
+use http::{Method, StatusCode};
 use myelin_suite::{device_keys, enc, federation_pair, signed_get, sync_until, wait_for_text};
 use serde_json::json;
 
@@ -326,6 +326,37 @@ async fn typing_and_receipts_for_rooms_the_origin_is_not_in_are_dropped() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(a.engine.ephemeral.typing_in(&room_id).0.len(), 1, "a member's typing is kept");
     assert!(a.engine.receipts_since(&room_id, 0).unwrap().iter().all(|r| r.3.event_id != "$notanevent:a.test"));
+
+    // b.test is in the room, but mallory of b.test is not: her typing and receipts are dropped.
+    let edus = json!([
+        { "edu_type": "m.typing", "content": { "room_id": room, "user_id": "@mallory:b.test", "typing": true } },
+        { "edu_type": "m.receipt", "content": { room.clone(): { "m.read": { "@mallory:b.test": { "data": { "ts": 1 }, "event_ids": [event] } } } } },
+    ]);
+    let body = json!({ "origin": "b.test", "origin_server_ts": 3, "pdus": [], "edus": edus });
+    let r = myelin_suite::signed_put(&b, &a, "/_matrix/federation/v1/send/t-nonmember", &body).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let typing: Vec<String> = a.engine.ephemeral.typing_in(&room_id).0.iter().map(|u| u.to_string()).collect();
+    assert_eq!(typing, ["@bob:b.test"], "only the member types");
+    assert!(a.engine.receipts_since(&room_id, 0).unwrap().iter().all(|r| r.0 != "@mallory:b.test"));
+    // Each drop is counted, with why.
+    let metrics = myelin_suite::http(a.client, Method::GET, "/metrics", None).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    let counted = |edu: &str, reason: &str| {
+        text.lines().any(|l| {
+            l.starts_with("myelin_federation_inbound_edus_dropped_total")
+                && l.contains(&format!("edu_type=\"{edu}\""))
+                && l.contains(&format!("reason=\"{reason}\""))
+        })
+    };
+    for (edu, reason) in [
+        ("m.typing", "not_in_room"),
+        ("m.receipt", "not_in_room"),
+        ("m.receipt", "unknown_event"),
+        ("m.typing", "user_not_in_room"),
+        ("m.receipt", "user_not_in_room"),
+    ] {
+        assert!(counted(edu, reason), "{edu} {reason} not counted: {text}");
+    }
 }
 
 /// Element X's encryption connection (sliding sync, e2ee extension only) hears of a
@@ -383,4 +414,50 @@ async fn a_remote_device_added_then_deleted_reaches_a_sliding_sync_encryption_co
     heard("the deletion of alice's device", &mut pos).await;
     let q = bob.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { alice.user_id.clone(): [] } })).await;
     assert!(!q["device_keys"][&alice.user_id].as_object().is_some_and(|d| d.contains_key("PHONE")), "{q}");
+}
+
+/// A server cannot fill a user's storage with to-device messages: those for a
+/// device the user does not have are dropped, and a device's inbox takes at
+/// most `limits.max_to_device_per_device` until its client syncs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn to_device_messages_for_unknown_devices_or_past_a_full_inbox_are_dropped() {
+    let (a, b) = federation_pair("a.test", "b.test", |c| c.limits.max_to_device_per_device = 10, |_| {}).await;
+    let alice = a.register("alice").await;
+    let send = |id: &str, device: &str, n: usize| {
+        let messages: serde_json::Map<String, serde_json::Value> =
+            [(device.to_owned(), json!({ "n": n }))].into_iter().collect();
+        json!({ "edu_type": "m.direct_to_device", "content": {
+            "sender": "@mallory:b.test", "type": "m.test", "message_id": id,
+            "messages": { alice.user_id.as_str(): messages } } })
+    };
+    let mut edus: Vec<serde_json::Value> = (0..3).map(|n| send(&format!("u{n}"), "NOSUCHDEVICE", n)).collect();
+    edus.extend((0..25).map(|n| send(&format!("m{n}"), &alice.device_id, n)));
+    let body = json!({ "origin": "b.test", "origin_server_ts": 1, "pdus": [], "edus": edus });
+    let r = myelin_suite::signed_put(&b, &a, "/_matrix/federation/v1/send/t-flood", &body).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", String::from_utf8_lossy(&r.body));
+    let unknown = a.engine.users.pending_to_device(&alice.user_id, "NOSUCHDEVICE", u64::MAX, 100).unwrap();
+    assert!(unknown.is_empty(), "{} messages kept for a device alice does not have", unknown.len());
+    let sync = alice.get("/_matrix/client/v3/sync").await;
+    let ns: Vec<u64> =
+        sync["to_device"]["events"].as_array().unwrap().iter().filter_map(|e| e["content"]["n"].as_u64()).collect();
+    assert_eq!(ns, (0..10).collect::<Vec<u64>>(), "the first ten, then the inbox was full");
+
+    // Synced (acknowledged with the next sync): there is room again.
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    alice.get(&format!("/_matrix/client/v3/sync?since={since}&timeout=0")).await;
+    let body =
+        json!({ "origin": "b.test", "origin_server_ts": 2, "pdus": [], "edus": [send("later", &alice.device_id, 99)] });
+    let r = myelin_suite::signed_put(&b, &a, "/_matrix/federation/v1/send/t-later", &body).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let pending = a.engine.users.pending_to_device(&alice.user_id, &alice.device_id, u64::MAX, 100).unwrap();
+    let ns: Vec<String> = pending.iter().map(|(_, m)| String::from_utf8_lossy(&m.content).into_owned()).collect();
+    assert_eq!(ns, [r#"{"n":99}"#], "{ns:?}");
+    let metrics = myelin_suite::http(a.client, Method::GET, "/metrics", None).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    for reason in ["unknown_device", "inbox_full"] {
+        assert!(
+            text.lines().any(|l| l.starts_with("myelin_to_device_dropped_total") && l.contains(reason)),
+            "{reason} not counted"
+        );
+    }
 }

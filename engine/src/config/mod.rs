@@ -76,6 +76,9 @@ pub struct LimitsConfig {
     /// Passwords waiting for a hashing thread; a login, registration or
     /// password change beyond is answered 429 `M_LIMIT_EXCEEDED`.
     pub hash_queue: usize,
+    /// To-device messages waiting for one device; new ones beyond are dropped
+    /// and counted (`myelin_to_device_dropped_total`). 0: no cap.
+    pub max_to_device_per_device: usize,
 }
 
 impl Default for LimitsConfig {
@@ -88,6 +91,7 @@ impl Default for LimitsConfig {
             max_connections_per_ip: 128,
             hash_threads: 2,
             hash_queue: 32,
+            max_to_device_per_device: 10_000,
         }
     }
 }

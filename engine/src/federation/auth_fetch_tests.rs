@@ -295,3 +295,32 @@ async fn a_quiet_origins_pending_pdu_is_retried_without_a_new_transaction() {
     stop_tx.send(true).unwrap();
     task.await.unwrap();
 }
+
+/// A peer slow to serve an event's auth events does not hold up its
+/// transaction past `federation.gap_fill_wait_ms`: the event is answered as
+/// kept pending, and taken once the peer can serve it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_auth_event_fetch_is_cut_at_the_transactions_deadline_and_the_event_kept_pending() {
+    let served: Arc<Mutex<Vec<(String, JsonValue)>>> = Arc::default();
+    let peer = serving_peer(served.clone(), Arc::new(AtomicBool::new(true)));
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, remote, room) =
+        super::tests::room_with_a_remote_member_and(dir.path(), peer.clone(), |c| c.federation.gap_fill_wait_ms = 200)
+            .await;
+    let (change, change_pdu, json, message) = message_citing_an_unseen_membership(&engine, &remote, &room).await;
+    served.lock().push((change_pdu.event_id.to_string(), serde_json::to_value(&change).unwrap()));
+    peer.slow_down("/event/", std::time::Duration::from_secs(3));
+    let answer = send(&engine, "t1", vec![json]).await;
+    let error = answer["pdus"][message.event_id.as_str()]["error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.contains("kept pending"), "{answer}");
+    assert!(engine.rooms.meta(&message.event_id).unwrap().is_none());
+    assert_eq!(engine.pending_pdus.len(), 1, "kept pending");
+    // The peer is quick again: its next transaction brings the event in.
+    peer.slow_down("/nothing/", std::time::Duration::ZERO);
+    let bob = UserId::parse("@bob:peer.test").unwrap();
+    let later = remote_signed(&engine, &remote, &room, &bob, text("later"), None).await;
+    send(&engine, "t2", vec![serde_json::to_value(&later).unwrap()]).await;
+    let meta = engine.rooms.meta(&message.event_id).unwrap().expect("accepted once the peer answered in time");
+    assert_eq!(meta.flags, 0, "{meta:?}");
+    assert_eq!(engine.pending_pdus.len(), 0);
+}

@@ -117,7 +117,11 @@ pub async fn receive_edu(engine: &Engine, origin: &str, edu: &JsonValue) {
                 return;
             }
             if !origin_in_room(engine, &typing.room_id, origin) {
-                dropped("m.typing");
+                dropped("m.typing", "not_in_room");
+                return;
+            }
+            if !user_joined(engine, &typing.room_id, &typing.user_id) {
+                dropped("m.typing", "user_not_in_room");
                 return;
             }
             engine.ephemeral.set_typing(&typing.room_id, &typing.user_id, typing.typing, TYPING_TIMEOUT);
@@ -135,8 +139,20 @@ fn origin_in_room(engine: &Engine, room: &RoomId, origin: &str) -> bool {
     engine.rooms.joined_servers_now(room).is_ok_and(|servers| servers.iter().any(|s| s == origin))
 }
 
-fn dropped(edu_type: &'static str) {
-    metrics::counter!("myelin_federation_inbound_edus_dropped_total", "edu_type" => edu_type, "reason" => "not_in_room")
+/// Whether `user` is joined to `room` now. A server in a room may still not
+/// speak for users of its own who are not: their typing and receipts would
+/// grow per-room state with every user id it makes up.
+fn user_joined(engine: &Engine, room: &RoomId, user: &UserId) -> bool {
+    engine
+        .rooms
+        .state_event(room, "m.room.member", user.as_str())
+        .ok()
+        .flatten()
+        .is_some_and(|p| p.content_value()["membership"] == "join")
+}
+
+fn dropped(edu_type: &'static str, reason: &'static str) {
+    metrics::counter!("myelin_federation_inbound_edus_dropped_total", "edu_type" => edu_type, "reason" => reason)
         .increment(1);
 }
 
@@ -184,13 +200,17 @@ async fn receipts(engine: &Engine, origin: &str, content: &JsonValue) {
             continue;
         }
         if !origin_in_room(engine, &room, origin) {
-            dropped("m.receipt");
+            dropped("m.receipt", "not_in_room");
             continue;
         }
         let Some(users) = kinds.get("m.read").and_then(JsonValue::as_object) else { continue };
         for (user, data) in users {
             let Ok(user) = UserId::parse(user.as_str()) else { continue };
             if user.server_name().as_str() != origin {
+                continue;
+            }
+            if !user_joined(engine, &room, &user) {
+                dropped("m.receipt", "user_not_in_room");
                 continue;
             }
             let Ok(receipt) = UserReceipt::deserialize(data) else { continue };
@@ -202,7 +222,7 @@ async fn receipts(engine: &Engine, origin: &str, content: &JsonValue) {
                     .and_then(|id| engine.rooms.pdu(&id).ok().flatten())
                     .is_some_and(|p| p.room_id == room);
                 if !known {
-                    dropped("m.receipt");
+                    dropped("m.receipt", "unknown_event");
                     continue;
                 }
                 if let Err(e) =

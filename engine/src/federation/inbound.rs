@@ -30,6 +30,9 @@
 //! [`super::auth_fetch`]) and answered with an error saying so; it is admitted
 //! as soon as the fill ends (the fill wakes [`run_pending_retries`]). A copy of
 //! the event arriving meanwhile joins the running fill: no work is done twice.
+//! Missing auth events are fetched within the same deadline; an event whose
+//! fetch is still running then is kept pending too, and the auth events
+//! already fetched stay stored for its retry.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -380,7 +383,18 @@ async fn admit(
             return PduResult::error(reason);
         }
     }
-    let missing = super::auth_fetch::fetch_missing_auth(engine, origin, room, room_version, &pdu, budget).await;
+    // Fetched within the transaction's deadline, like its gaps: a peer slow to
+    // serve its auth events cannot hold the answer (what was fetched stays stored,
+    // so the retry does not fetch it again).
+    let deadline = unsettled.gap_deadline.unwrap_or_else(tokio::time::Instant::now);
+    let fetch = super::auth_fetch::fetch_missing_auth(engine, origin, room, room_version, &pdu, budget);
+    let Ok(missing) = tokio::time::timeout_at(deadline, fetch).await else {
+        tracing::info!(%origin, room_id = %room, event_id = %pdu.event_id, attempts,
+            "fetching the auth events of an event took too long; keeping it pending");
+        metrics::counter!("myelin_federation_auth_fetches_deferred_total").increment(1);
+        engine.pending_pdus.keep(origin, pdu, room_version.clone(), attempts + 1).await;
+        return PduResult::error("its auth events are still being fetched; kept pending");
+    };
     if !missing.is_empty() {
         tracing::info!(%origin, room_id = %room, event_id = %pdu.event_id, missing = missing.len(), attempts,
             "auth events of an event could not be fetched; keeping it pending");

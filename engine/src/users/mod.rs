@@ -212,6 +212,8 @@ pub struct Users {
     any_guests: std::sync::atomic::AtomicBool,
     /// Registered appservices: to-device messages for their users go to them.
     appservices: Option<Arc<crate::appservice::Registry>>,
+    /// Inbox sizes per device, see [`Users::inbox_has_room`].
+    inboxes: to_device::InboxSizes,
 }
 
 /// `(user, device, transaction id)`.
@@ -251,6 +253,7 @@ impl Users {
             nonces: shared_secret::Nonces::default(),
             any_guests: std::sync::atomic::AtomicBool::new(any_guests),
             appservices: None,
+            inboxes: to_device::InboxSizes::new(limits.max_to_device_per_device),
         }
     }
 

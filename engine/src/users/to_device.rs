@@ -6,6 +6,12 @@
 //! encrypting bridge gets the room keys sent to its users' devices. A user
 //! in an appservice's exclusive namespace has no client of its own, so its
 //! messages go only to the appservice, not into an inbox no one reads.
+//!
+//! Anyone in a room with a user, and any server, can send to their devices,
+//! so an inbox is bounded: messages for a device the user does not have are
+//! dropped, and one holding `limits.max_to_device_per_device` messages takes
+//! no more until its client syncs (both counted in
+//! `myelin_to_device_dropped_total{reason}`).
 
 use myelin_storage::{Batch, Direction};
 
@@ -56,6 +62,14 @@ impl Users {
                     to_appservices.push(id.clone());
                 }
                 if claimed {
+                    continue;
+                }
+                if self.device(&user, &device)?.is_none() {
+                    metrics::counter!("myelin_to_device_dropped_total", "reason" => "unknown_device").increment(1);
+                    continue;
+                }
+                if !self.inbox_has_room(&user, &device)? {
+                    metrics::counter!("myelin_to_device_dropped_total", "reason" => "inbox_full").increment(1);
                     continue;
                 }
                 let message = ToDevice { sender: sender.to_owned(), kind: kind.to_owned(), content: content.clone() };
@@ -116,6 +130,8 @@ impl Users {
             }
             if !batch.is_empty() {
                 self.db.commit(batch).await?;
+                // Counted again at the next message.
+                self.inboxes.sizes.lock().pop(&key);
             }
         }
         // Every message at or below `upto` is gone now.
@@ -146,6 +162,62 @@ impl Users {
     }
 }
 
+/// Per device, how many messages its inbox holds at most (counted at the last
+/// scan plus those queued since: acknowledged ones only make the real number
+/// smaller), and when it was last found full.
+pub(crate) struct InboxSizes {
+    max: usize,
+    sizes: parking_lot::Mutex<lru::LruCache<(String, String), InboxSize>>,
+}
+
+/// A remembered inbox size, and when it was last found full.
+type InboxSize = (usize, Option<std::time::Instant>);
+
+/// Devices whose inbox size is remembered.
+const REMEMBERED_INBOXES: usize = 50_000;
+
+impl InboxSizes {
+    pub(crate) fn new(max: usize) -> Self {
+        let cap = std::num::NonZeroUsize::new(REMEMBERED_INBOXES).unwrap_or(std::num::NonZeroUsize::MIN);
+        Self { max, sizes: parking_lot::Mutex::new(lru::LruCache::new(cap)) }
+    }
+}
+
+impl Users {
+    /// Whether one more message fits in `device`'s inbox, counting it in if so.
+    /// The inbox is counted again (at most `max` rows read) only when the
+    /// remembered size reaches the cap, and a full one at most once a second.
+    fn inbox_has_room(&self, user: &str, device: &str) -> Result<bool, UserError> {
+        let max = self.inboxes.max;
+        if max == 0 {
+            return Ok(true);
+        }
+        let key = (user.to_owned(), device.to_owned());
+        let remembered = self.inboxes.sizes.lock().get(&key).copied();
+        let size = match remembered {
+            Some((n, _)) if n < max => n,
+            Some((_, Some(full_at))) if full_at.elapsed() < std::time::Duration::from_secs(1) => return Ok(false),
+            _ => {
+                let mut n = 0;
+                for row in TO_DEVICE.prefix(&*self.db, &(key.0.clone(), key.1.clone()), Direction::Forward)? {
+                    row?;
+                    n += 1;
+                    if n >= max {
+                        break;
+                    }
+                }
+                n
+            }
+        };
+        if size >= max {
+            self.inboxes.sizes.lock().put(key, (size, Some(std::time::Instant::now())));
+            return Ok(false);
+        }
+        self.inboxes.sizes.lock().put(key, (size + 1, None));
+        Ok(true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +231,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = open(&dir);
         let users = service(&db);
+        // Messages are kept only for devices the user has.
+        let a = ruma::UserId::parse("@a:x").unwrap();
+        users.register(&a, None, false, Some("D".into()), None, false).await.unwrap();
         let pending = |users: &Users| -> Vec<Vec<u8>> {
             users.pending_to_device("@a:x", "D", u64::MAX, 100).unwrap().into_iter().map(|(_, m)| m.content).collect()
         };
