@@ -232,3 +232,31 @@ async fn a_pusher_url_inside_the_network_is_never_connected_to_and_bad_pushers_a
     assert!(alice.get("/_matrix/client/v3/pushers").await["pushers"].as_array().unwrap().is_empty());
     s.stop().await;
 }
+
+/// A push gateway the operator names in `push.trusted_gateways` (a Sygnal on
+/// the site's own network) is reached although its address is internal, and
+/// only that one: another loopback gateway stays refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_the_operator_trusts_is_reached_on_an_internal_address_and_no_other() {
+    let (trusted, other) =
+        (gateway(Arc::new(AtomicBool::new(false))).await, gateway(Arc::new(AtomicBool::new(false))).await);
+    let url = trusted.url();
+    let s = TestServer::start_with("push.test", move |c| {
+        c.registration.enabled = true;
+        c.push.trusted_gateways = vec![format!("{url}/")];
+    })
+    .await;
+    let (alice, bob) = (s.register("alice").await, s.register("bob").await);
+    assert_eq!(set_pusher(&alice, &format!("{}{NOTIFY}", trusted.url()), "key-t", None).await.status, StatusCode::OK);
+    assert_eq!(set_pusher(&alice, &format!("{}{NOTIFY}", other.url()), "key-o", None).await.status, StatusCode::OK);
+    let room = dm(&alice, &bob).await;
+    bob.send_text(&room, "to the site's own gateway").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while trusted.requests().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the trusted gateway was never reached");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(other.requests().is_empty(), "an untrusted loopback gateway was reached: {:?}", other.requests());
+    s.stop().await;
+}

@@ -104,11 +104,31 @@ pub struct PushConfig {
     pub max_pending: usize,
     /// A notification not delivered within this many seconds is dropped (and counted).
     pub max_age_s: u64,
+    /// Push gateways of the operator's own (`scheme://host:port`, e.g. a Sygnal
+    /// on the site's network): pushers whose URL is on one of them are sent to
+    /// without the outbound policy, as appservices are. Others stay checked.
+    pub trusted_gateways: Vec<String>,
 }
 
 impl Default for PushConfig {
     fn default() -> Self {
-        Self { max_pending: 1000, max_age_s: 86_400 }
+        Self { max_pending: 1000, max_age_s: 86_400, trusted_gateways: Vec::new() }
+    }
+}
+
+impl PushConfig {
+    /// Whether the push gateway at `base_url` is one of `trusted_gateways`
+    /// (same scheme, host and port; a trailing slash does not matter).
+    pub fn trusts_gateway(&self, base_url: &str) -> bool {
+        let origin = |u: &str| -> Option<String> {
+            let uri: http::Uri = u.parse().ok()?;
+            let scheme = uri.scheme_str()?;
+            let authority = uri.authority()?;
+            let port = authority.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
+            Some(format!("{scheme}://{}:{port}", authority.host().to_ascii_lowercase()))
+        };
+        let Some(target) = origin(base_url) else { return false };
+        self.trusted_gateways.iter().any(|g| origin(g).is_some_and(|g| g == target))
     }
 }
 

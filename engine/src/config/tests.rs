@@ -169,3 +169,21 @@ fn unknown_environment_variable_is_a_warning() {
     assert_eq!(loaded.warnings.len(), 1);
     assert!(loaded.warnings[0].contains("MYELIN_NOPE"));
 }
+
+#[test]
+fn a_trusted_push_gateway_matches_by_scheme_host_and_port_only() {
+    let loaded = Config::load_from(
+        None,
+        env(&[("MYELIN_SERVER_NAME", "x.example"), ("MYELIN_PUSH__TRUSTED_GATEWAYS", r#"["http://10.0.0.5:5000/"]"#)]),
+    )
+    .unwrap();
+    let push = &loaded.config.push;
+    assert!(push.trusts_gateway("http://10.0.0.5:5000"));
+    assert!(push.trusts_gateway("http://10.0.0.5:5000/"));
+    assert!(!push.trusts_gateway("http://10.0.0.5:5001"), "another port");
+    assert!(!push.trusts_gateway("https://10.0.0.5:5000"), "another scheme");
+    assert!(!push.trusts_gateway("http://10.0.0.6:5000"), "another host");
+    assert!(!push.trusts_gateway("http://10.0.0.5:5000@10.0.0.6:5000"), "userinfo is not the host");
+    assert!(!push.trusts_gateway("not a url"));
+    assert!(!PushConfig::default().trusts_gateway("http://10.0.0.5:5000"));
+}

@@ -104,7 +104,15 @@ async fn deliver(engine: Arc<Engine>, key: String, wake: Arc<Notify>) {
             limit: 64 * 1024,
             spool: None,
         };
-        match engine.federation.transport().send_user_url(&base, request).await {
+        // A user chose the URL: checked by the outbound policy, unless the
+        // operator named the gateway as their own.
+        let transport = engine.federation.transport();
+        let sent = if engine.config.push.trusts_gateway(&base) {
+            transport.send_url(&base, request).await
+        } else {
+            transport.send_user_url(&base, request).await
+        };
+        match sent {
             Ok(resp) if resp.status.is_success() => {
                 backoff = Duration::from_secs(1);
                 metrics::counter!("myelin_push_notifications_total", "result" => "ok").increment(1);
