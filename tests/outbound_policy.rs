@@ -387,3 +387,56 @@ async fn refused_dropped_and_bad_tls_connections_look_the_same_to_the_requester(
     assert!(differ.is_empty(), "closed / dropped / bad TLS answered differently: {differ:#?}");
     server.stop().await;
 }
+
+/// A peer the server may reach cannot bounce it inward: a media answer that
+/// redirects to an internal address is not followed there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_to_an_internal_address_is_not_followed() {
+    let internal = Internal::start().await;
+    let peer_dir = tempfile::tempdir().unwrap();
+    let tls = myelin_api::tls::server_config(&myelin_suite::test_config(peer_dir.path(), "peer.test")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = listener.local_addr().unwrap();
+    let inward = format!("https://127.0.0.1:{}/secret", internal.port);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counted = asked.clone();
+    let peer = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, inward, counted) = (acceptor.clone(), inward.clone(), counted.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let service = hyper::service::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let resp = http::Response::builder()
+                        .status(302)
+                        .header("location", inward.as_str())
+                        .body(http_body_util::Full::new(bytes::Bytes::new()))
+                        .unwrap();
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    let (server, user) = server_with(|c| {
+        c.federation.hosts.insert("peer.test".into(), peer_addr);
+    })
+    .await;
+    for path in [
+        "/_matrix/client/v1/media/download/peer.test/abc",
+        "/_matrix/client/v1/media/thumbnail/peer.test/abc?width=32&height=32",
+    ] {
+        let r = user.request(Method::GET, path, None).await;
+        assert!(!r.status.is_success(), "{path}: {}", r.status);
+    }
+    let r = http(server.client, Method::GET, "/_matrix/media/v3/download/peer.test/abc", None).await;
+    assert!(!r.status.is_success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(asked.load(Ordering::SeqCst) > 0, "the peer was never asked");
+    assert_eq!(internal.accepted(), 0, "a redirect was followed to an internal address");
+    peer.abort();
+    server.stop().await;
+}

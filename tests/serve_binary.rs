@@ -423,3 +423,18 @@ async fn acknowledged_messages_survive_kill_minus_9() {
     sigterm(&p);
     assert_eq!(wait_exit(&mut p, Duration::from_secs(20)).code(), Some(0));
 }
+
+/// Certificate checks turned off (a lab switch) are said at start, as a
+/// warning an operator sees in the log; with them on nothing is said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_tls_off_is_warned_about_at_start() {
+    for (verify, warned) in [("false", true), ("true", false)] {
+        let cwd = tempfile::tempdir().unwrap();
+        let mut p = start_serve(cwd.path(), &[("MYELIN_FEDERATION__VERIFY_TLS", verify.to_owned())]).await;
+        sigterm(&p);
+        assert_eq!(wait_exit(&mut p, Duration::from_secs(20)).code(), Some(0));
+        let log = std::fs::read_to_string(p.stderr.path()).unwrap();
+        let said = log.lines().any(|l| l.contains("WARN") && l.contains("verify_tls is false"));
+        assert_eq!(said, warned, "verify_tls = {verify}: {log}");
+    }
+}
