@@ -29,8 +29,13 @@ struct Internal {
 
 impl Internal {
     async fn start() -> Self {
+        Self::start_on("127.0.0.1").await
+    }
+
+    /// Listening on `ip` (`"::1"` for IPv6 loopback).
+    async fn start_on(ip: &str) -> Self {
         let port = free_port();
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let listener = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
         let task = tokio::spawn(async move {
@@ -229,6 +234,27 @@ async fn v4_mapped_and_other_private_literals_are_refused_too() {
     let answers = probe(&server, &user, &mapped).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(internal.accepted(), 0, "a v4-mapped loopback address was connected to: {answers:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_loopback_is_refused_and_reached_only_when_allowed() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback on this machine: nothing to check");
+        return;
+    }
+    let internal = Internal::start_on("::1").await;
+    let target = format!("[::1]:{}", internal.port);
+    let (server, user) = server_with(|_| {}).await;
+    let answers = probe(&server, &user, &target).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(internal.accepted(), 0, "IPv6 loopback was connected to: {answers:?}");
+    server.stop().await;
+    // Allowed by range, the same address is reached: the refusal above was the policy's.
+    let (server, user) = server_with(|c| c.federation.ip_range_allow = ranges(&["::1/128"])).await;
+    let path = format!("/_matrix/client/v1/media/download/{target}/abc");
+    user.request(Method::GET, &path, None).await;
+    assert!(internal.accepted() > 0, "::1/128 in ip_range_allow was not connected to");
     server.stop().await;
 }
 
