@@ -174,6 +174,34 @@ async fn a_stalled_or_trickled_body_gets_408_and_the_connection_closed_on_both_l
     s.stop().await;
 }
 
+/// A client that connects (on the federation listener: completes its TLS
+/// handshake) and then sends nothing is closed after the header timeout too,
+/// not held open for good; a prompt request on the next connection is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_sends_a_byte_is_closed_on_both_listeners() {
+    let s = TestServer::start_with("limits.test", |c| c.limits.header_timeout_s = 1).await;
+    for tls in [false, true] {
+        let addr = if tls { s.federation.unwrap() } else { s.client };
+        let mut io = open(addr, tls).await.unwrap();
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(6), async {
+            loop {
+                match io.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "tls {tls}: a silent connection is still open after 6 s");
+        let mut io = open(addr, tls).await.unwrap();
+        io.write_all(format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", probe(tls)).as_bytes()).await.unwrap();
+        let answer = read_response(&mut io).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "tls {tls}: {answer}");
+    }
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_headers_get_the_connection_closed_on_both_listeners() {
     let s = TestServer::start_with("limits.test", |c| c.limits.header_timeout_s = 1).await;

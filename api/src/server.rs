@@ -2,9 +2,9 @@
 //!
 //! Per connection: the listener's caps ([`ConnLimits`]: over
 //! `limits.max_connections` or `limits.max_connections_per_ip` it is closed
-//! at accept), TLS (federation, 10 s), then the request headers within
-//! `limits.header_timeout_s` (hyper's `header_read_timeout`; the connection
-//! is closed after it).
+//! at accept), TLS (federation, 10 s), then the first byte and the request
+//! headers each within `limits.header_timeout_s` ([`crate::linger::FirstByte`],
+//! then hyper's `header_read_timeout`; the connection is closed after it).
 //!
 //! Per request: CORS preflight → route lookup (404/405 `M_UNRECOGNIZED`) →
 //! body limit (413 `M_TOO_LARGE` from `Content-Length` before reading, or as
@@ -403,9 +403,10 @@ async fn accept_plain(listener: TcpListener, state: Arc<ListenerState>, mut stop
         // Over a cap the stream is dropped here: closed before a byte is read.
         let Ok(admitted) = state.conns.admit(remote.ip()) else { continue };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
+        let (state, header) = (state.clone(), state.timeouts.header);
         let service = hyper::service::service_fn(move |req| handle(state.clone(), remote, req));
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(Linger::new(stream)), service).into_owned();
+        let io = crate::linger::FirstByte::new(Linger::new(stream), header);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(
             async move {
@@ -461,8 +462,10 @@ async fn accept_tls(
                         return;
                     }
                 };
+                let header = state.timeouts.header;
                 let service = hyper::service::service_fn(move |req| handle(state.clone(), remote, req));
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).into_owned();
+                let io = crate::linger::FirstByte::new(tls, header);
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
                 if let Err(e) = watcher.watch(conn).await {
                     tracing::debug!(%remote, error = %e, "federation connection ended with an error");
                 }
