@@ -56,7 +56,9 @@
 //! `myelin_federation_queue_oldest_age_seconds` and
 //! `myelin_federation_destination_parked` (gauges),
 //! `myelin_federation_transactions_total{destination,result}` (`ok`,
-//! `refused`, `unreachable`, `dropped`) and `myelin_federation_pdu_errors_total`.
+//! `refused`, `unreachable`, `dropped`) and `myelin_federation_pdu_errors_total`,
+//! for at most [`LABELLED_DESTINATIONS`] destinations (the rest: counters under
+//! `destination="other"`, no gauges).
 //!
 //! The backoff (next try, current step, failing since, parked) is stored per
 //! destination, so a restart waits out a failing destination's backoff
@@ -306,23 +308,48 @@ fn note_pdu_errors(name: &str, answer: &serde_json::Value) {
         }
     }
     if errors > 0 {
-        metrics::counter!("myelin_federation_pdu_errors_total", "destination" => name.to_owned()).increment(errors);
+        metrics::counter!("myelin_federation_pdu_errors_total", "destination" => counter_label(name)).increment(errors);
     }
 }
 
 fn set_parked_gauge(name: &str, parked: bool) {
-    metrics::gauge!("myelin_federation_destination_parked", "destination" => name.to_owned()).set(if parked {
-        1.0
-    } else {
-        0.0
-    });
+    let Some(label) = gauge_label(name) else { return };
+    metrics::gauge!("myelin_federation_destination_parked", "destination" => label).set(f64::from(u8::from(parked)));
+}
+
+/// Most destinations named in metric labels: every server in a room this
+/// server holds is a destination, and strangers can add servers to public
+/// rooms, so the label set must not grow with them. Past it, counters go
+/// under `destination="other"` and gauges are not published (the admin CLI,
+/// `myelin admin federation`, still lists every destination).
+pub const LABELLED_DESTINATIONS: usize = 256;
+
+/// `name` if it is, or now becomes, one of the [`LABELLED_DESTINATIONS`].
+fn gauge_label(name: &str) -> Option<String> {
+    static NAMED: std::sync::OnceLock<parking_lot::Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    let mut named = NAMED.get_or_init(Default::default).lock();
+    if named.contains(name) {
+        return Some(name.to_owned());
+    }
+    if named.len() >= LABELLED_DESTINATIONS {
+        return None;
+    }
+    named.insert(name.to_owned());
+    Some(name.to_owned())
+}
+
+/// `name`, or `"other"` past the [`LABELLED_DESTINATIONS`].
+fn counter_label(name: &str) -> String {
+    gauge_label(name).unwrap_or_else(|| "other".to_owned())
 }
 
 /// The age of the oldest queued PDU, as far as `queued` (the head of the queue) shows it.
 fn set_oldest_gauge(name: &str, queued: &crate::rooms::tables::OutboundBatch) {
     let now = now_ms();
     let oldest_ms = queued.pdus.first().and_then(|(_, p)| origin_server_ts(p)).unwrap_or(now);
-    metrics::gauge!("myelin_federation_queue_oldest_age_seconds", "destination" => name.to_owned())
+    let Some(label) = gauge_label(name) else { return };
+    metrics::gauge!("myelin_federation_queue_oldest_age_seconds", "destination" => label)
         .set(now.saturating_sub(oldest_ms) as f64 / 1000.0);
 }
 
@@ -388,7 +415,7 @@ async fn deliver_queued(engine: &Engine, name: &str) -> Stopped {
             Err(_) => Verdict::Transient,
         };
         let count = |result: &'static str| {
-            metrics::counter!("myelin_federation_transactions_total", "destination" => name.to_owned(), "result" => result)
+            metrics::counter!("myelin_federation_transactions_total", "destination" => counter_label(name), "result" => result)
                 .increment(1);
         };
         match verdict {
@@ -465,7 +492,9 @@ async fn deliver_queued(engine: &Engine, name: &str) -> Stopped {
                 {
                     let n = bound_queue(engine, name, d, n).await;
                     depth = Some(n);
-                    metrics::gauge!("myelin_federation_queue_depth", "destination" => name.to_owned()).set(n as f64);
+                    if let Some(label) = gauge_label(name) {
+                        metrics::gauge!("myelin_federation_queue_depth", "destination" => label).set(n as f64);
+                    }
                 }
                 let mut wait = jitter(backoff);
                 if let Ok(resp) = &answer
@@ -531,7 +560,9 @@ async fn bound_queue(engine: &Engine, name: &str, dest: u64, depth: usize) -> us
                 "destination's queue passed federation.max_queue_per_destination; kept the newest event \
                  per room, which it will fill the gaps behind from us when it returns"
             );
-            metrics::gauge!("myelin_federation_queue_depth", "destination" => name.to_owned()).set(done.kept as f64);
+            if let Some(label) = gauge_label(name) {
+                metrics::gauge!("myelin_federation_queue_depth", "destination" => label).set(done.kept as f64);
+            }
             done.kept
         }
         Err(e) => {
@@ -561,7 +592,9 @@ fn build(
     }
     set_oldest_gauge(name, &queued);
     if let Some(d) = depth {
-        metrics::gauge!("myelin_federation_queue_depth", "destination" => name.to_owned()).set(*d as f64);
+        if let Some(label) = gauge_label(name) {
+            metrics::gauge!("myelin_federation_queue_depth", "destination" => label).set(*d as f64);
+        }
     }
     let seqs = queued.seqs();
     if seqs.is_empty() && edus.is_empty() {
@@ -608,5 +641,23 @@ mod tests {
         assert_eq!(origin_server_ts(&pdus[0].1), Some(5));
         let empty = transaction_body("a.test", 1, &[], &[]);
         assert_eq!(empty, br#"{"edus":[],"origin":"a.test","origin_server_ts":1,"pdus":[]}"#);
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::{LABELLED_DESTINATIONS, counter_label, gauge_label};
+
+    #[test]
+    fn destination_labels_stop_growing_at_their_bound() {
+        // Other tests of this process may have named destinations already.
+        let names: Vec<String> = (0..LABELLED_DESTINATIONS * 2).map(|i| format!("label{i}.test")).collect();
+        let labelled = names.iter().filter(|n| gauge_label(n).is_some()).count();
+        assert!(labelled <= LABELLED_DESTINATIONS, "{labelled}");
+        assert!(labelled > 0);
+        assert_eq!(counter_label(&names[names.len() - 1]), "other");
+        // One named before keeps its label.
+        let first = names.iter().find(|n| gauge_label(n).is_some()).unwrap();
+        assert_eq!(counter_label(first), *first);
     }
 }
