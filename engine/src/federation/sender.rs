@@ -591,10 +591,10 @@ fn build(
         *depth = Some(batch.len());
     }
     set_oldest_gauge(name, &queued);
-    if let Some(d) = depth {
-        if let Some(label) = gauge_label(name) {
-            metrics::gauge!("myelin_federation_queue_depth", "destination" => label).set(*d as f64);
-        }
+    if let Some(d) = depth
+        && let Some(label) = gauge_label(name)
+    {
+        metrics::gauge!("myelin_federation_queue_depth", "destination" => label).set(*d as f64);
     }
     let seqs = queued.seqs();
     if seqs.is_empty() && edus.is_empty() {
