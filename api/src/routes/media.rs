@@ -17,7 +17,7 @@
 
 use std::io::SeekFrom;
 
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use http::{HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
@@ -188,11 +188,8 @@ pub fn federation_download(cx: Ctx, req: Req) -> HandlerFuture {
             Some(m) if !m.hash.is_empty() => m,
             _ => return Err(ApiError::not_found("media not found")),
         };
-        let bytes = tokio::fs::read(cx.engine.media.blob_path(&meta.hash))
-            .await
-            .map_err(|_| ApiError::not_found("media file missing"))?;
         let content_type = meta.content_type.clone().unwrap_or_else(|| "application/octet-stream".into());
-        Ok(multipart(&meta.hash, &content_type, &bytes))
+        multipart(&meta.hash, &content_type, cx.engine.media.blob_path(&meta.hash), "media file missing").await
     })
 }
 
@@ -206,25 +203,30 @@ pub fn federation_thumbnail(cx: Ctx, req: Req) -> HandlerFuture {
             _ => return Err(ApiError::not_found("media not found")),
         };
         let (path, _) = make_thumbnail(&cx, &meta, &req).await?;
-        let bytes = tokio::fs::read(&path).await.map_err(|_| ApiError::not_found("thumbnail missing"))?;
-        Ok(multipart(&meta.hash, "image/png", &bytes))
+        multipart(&meta.hash, "image/png", path, "thumbnail missing").await
     })
 }
 
-/// The federation media answer: `multipart/mixed` with an empty JSON part, then the bytes.
-fn multipart(hash: &str, content_type: &str, bytes: &[u8]) -> Resp {
+/// The federation media answer: `multipart/mixed` with an empty JSON part,
+/// then the file at `path`, streamed from disk (never read whole into memory).
+async fn multipart(hash: &str, content_type: &str, path: std::path::PathBuf, missing: &str) -> Result<Resp, ApiError> {
+    let file = tokio::fs::File::open(&path).await.map_err(|_| ApiError::not_found(missing))?;
+    let len = file.metadata().await.map_err(|e| ApiError::unknown(e.to_string()))?.len();
     let boundary = format!("myelin{}", &hash[..16.min(hash.len())]);
-    let mut body = format!(
+    let head = format!(
         "--{boundary}\r\nContent-Type: application/json\r\n\r\n{{}}\r\n--{boundary}\r\nContent-Type: {content_type}\r\n\r\n"
-    )
-    .into_bytes();
-    body.extend_from_slice(bytes);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    let mut resp = http::Response::new(crate::http_util::full(body));
+    );
+    let tail = format!("\r\n--{boundary}--\r\n");
+    let length = head.len() as u64 + len + tail.len() as u64;
+    let once = |s: String| futures_util::stream::once(async move { Ok::<_, std::io::Error>(bytes::Bytes::from(s)) });
+    let bytes = tokio_util::io::ReaderStream::with_capacity(file.take(len), 256 * 1024);
+    let stream = once(head).chain(bytes).chain(once(tail)).map_ok(Frame::data);
+    let mut resp = http::Response::new(StreamBody::new(stream).boxed_unsync());
+    resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     if let Ok(v) = HeaderValue::from_str(&format!("multipart/mixed; boundary={boundary}")) {
         resp.headers_mut().insert(header::CONTENT_TYPE, v);
     }
-    resp
+    Ok(resp)
 }
 
 /// The request's media id, refused (400 `M_INVALID_PARAM`) unless it is `[A-Za-z0-9_-]+`.
