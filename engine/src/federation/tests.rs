@@ -539,3 +539,38 @@ async fn an_event_built_on_a_rejected_event_is_judged_on_the_state_before_it_not
     let levels = engine.rooms.state_event(&room, "m.room.power_levels", "").unwrap().unwrap();
     assert_ne!(levels.event_id, forged_pdu.event_id, "the rejected change is not the state");
 }
+
+/// One origin cannot start unbounded background work: with gaps open in more
+/// rooms than [`super::inbound::MAX_GAP_FILLS_PER_ORIGIN`], only that many
+/// fills run; the other events are kept pending without a fill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_origin_runs_at_most_its_share_of_gap_fills_at_once() {
+    use super::inbound::MAX_GAP_FILLS_PER_ORIGIN;
+    let rules = ruma::RoomVersionId::V12.rules().unwrap();
+    let (peer, _missing) = missing_events_peer();
+    peer.slow_down("get_missing_events", Duration::from_secs(5));
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, remote, first_room) =
+        room_with_a_remote_member_and(dir.path(), peer.clone(), |c| c.federation.gap_fill_wait_ms = 100).await;
+    let bob = UserId::parse("@bob:peer.test").unwrap();
+    let mut rooms = vec![first_room];
+    while rooms.len() < MAX_GAP_FILLS_PER_ORIGIN + 2 {
+        rooms.push(public_room_bob_joined(&engine, &remote).await);
+    }
+    // In each room an event whose prev event we never got.
+    let mut pdus = Vec::new();
+    for room in &rooms {
+        let unseen = remote_signed(&engine, &remote, room, &bob, text("unseen"), None).await;
+        let unseen = crate::rooms::Pdu::from_object(unseen, &rules).unwrap();
+        let next = remote_signed(&engine, &remote, room, &bob, text("next"), Some(&unseen)).await;
+        pdus.push(serde_json::to_value(&next).unwrap());
+    }
+    let txn = super::inbound::Transaction { pdus, edus: Vec::new() };
+    let answer = super::inbound::receive_transaction(&engine, "peer.test", "t1", txn).await.unwrap();
+    let answer: JsonValue = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(engine.gap_fills.len(), MAX_GAP_FILLS_PER_ORIGIN, "{answer}");
+    let errors: Vec<&str> = answer["pdus"].as_object().unwrap().values().filter_map(|r| r["error"].as_str()).collect();
+    assert_eq!(errors.len(), rooms.len(), "{answer}");
+    assert_eq!(errors.iter().filter(|e| e.contains("too many gaps")).count(), rooms.len() - MAX_GAP_FILLS_PER_ORIGIN);
+    assert_eq!(engine.pending_pdus.len(), rooms.len(), "every event kept pending");
+}
