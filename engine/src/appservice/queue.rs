@@ -143,9 +143,17 @@ pub async fn delivered(db: &Db, id: &str, state: &SenderState, keys_upto: Option
     }
     if let Some(f) = &state.in_flight {
         for seq in &f.seqs {
-            // An event row or a to-device row: positions are unique across both.
-            QUEUE.delete(&mut batch, &(id.to_owned(), *seq));
-            TO_DEVICE.delete(&mut batch, &(id.to_owned(), *seq));
+            // An event row or a to-device row (positions are unique across both):
+            // deleted where it is, so the other table gets no tombstone. A
+            // tombstone per delivered event in the to-device table made every
+            // `to_device_rows` scan walk all of them (a quarter of the server's
+            // CPU at 10,000 events/s to one appservice).
+            let key = (id.to_owned(), *seq);
+            if QUEUE.get(db, &key)?.is_some() {
+                QUEUE.delete(&mut batch, &key);
+            } else if TO_DEVICE.get(db, &key)?.is_some() {
+                TO_DEVICE.delete(&mut batch, &key);
+            }
         }
     }
     let next = SenderState { next_txn: state.next_txn, in_flight: None, retry_at_ms: 0, step_ms: 0 };
