@@ -260,3 +260,31 @@ async fn a_gateway_the_operator_trusts_is_reached_on_an_internal_address_and_no_
     assert!(other.requests().is_empty(), "an untrusted loopback gateway was reached: {:?}", other.requests());
     s.stop().await;
 }
+
+/// `counts.unread` is the user's unread messages across all their rooms (the
+/// Push Gateway API's badge), not the notifying room's alone, and a read
+/// receipt in one room lowers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unread_count_of_a_push_covers_every_room_of_the_user() {
+    let g = gateway(Arc::new(AtomicBool::new(false))).await;
+    let s = server(true).await;
+    let (alice, bob, carol) = (s.register("alice").await, s.register("bob").await, s.register("carol").await);
+    assert_eq!(set_pusher(&alice, &format!("{}{NOTIFY}", g.url()), "key-1", None).await.status, StatusCode::OK);
+    let (with_bob, with_carol) = (dm(&alice, &bob).await, dm(&alice, &carol).await);
+    let unread_of = async |body: &str| -> u64 {
+        g.wait_until(Duration::from_secs(10), body, |g| delivered(g).iter().any(|n| n["content"]["body"] == body))
+            .await;
+        let n = delivered(&g).into_iter().find(|n| n["content"]["body"] == body).unwrap();
+        n["counts"]["unread"].as_u64().unwrap()
+    };
+    bob.send_text(&with_bob, "b1").await;
+    let b2 = bob.send_text(&with_bob, "b2").await;
+    assert_eq!(unread_of("b2").await, 2);
+    carol.send_text(&with_carol, "c1").await;
+    assert_eq!(unread_of("c1").await, 3, "two in bob's room and this one");
+    // Alice reads bob's room: only carol's messages are left.
+    alice.post(&format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&with_bob), enc(&b2)), json!({})).await;
+    carol.send_text(&with_carol, "c2").await;
+    assert_eq!(unread_of("c2").await, 2);
+    s.stop().await;
+}

@@ -149,7 +149,7 @@ async fn notify_user(
     if !verdict.notify {
         return Ok(Vec::new());
     }
-    let unread = engine.unread_counts(&pdu.room_id, user, count as i64).await.map(|(n, _)| n).unwrap_or(1);
+    let unread = unread_in_all_rooms(engine, user, &pdu.room_id, count as i64).await;
     let pushers = engine.pushers.of(user.as_str())?;
     let state_content = |kind: &str, key: &str| {
         state
@@ -281,4 +281,22 @@ fn notification(
         }
     }
     json!({ "notification": n })
+}
+
+/// Most joined rooms whose unread counts make up one notification's `counts.unread`.
+const MAX_BADGE_ROOMS: usize = 2000;
+
+/// Push Gateway API `counts.unread`: "the number of unread messages a user
+/// has across all of the rooms they are a member of" (the app's badge), with
+/// the notifying event's room counted up to that event. Each room's count is
+/// the one `/sync` gives (its cached tally, brought up to date); at most
+/// [`MAX_BADGE_ROOMS`] rooms are counted. At least 1: this event is unread.
+async fn unread_in_all_rooms(engine: &Engine, user: &UserId, room: &ruma::RoomId, upto: i64) -> u64 {
+    let mut total = engine.unread_counts(room, user, upto).await.map(|(n, _)| n).unwrap_or(1);
+    let joined = engine.rooms.rooms_of(user.as_str()).unwrap_or_default();
+    for (other, _) in joined.iter().filter(|(r, m)| m.membership == "join" && r != room).take(MAX_BADGE_ROOMS) {
+        let Ok(newest) = engine.rooms.newest_position(other) else { continue };
+        total += engine.unread_counts(other, user, newest).await.map(|(n, _)| n).unwrap_or(0);
+    }
+    total.max(1)
 }

@@ -270,6 +270,15 @@ impl Rooms {
         })
     }
 
+    /// The position of the room's newest timeline event (0: none; an unknown room: 0).
+    pub fn newest_position(&self, room_id: &RoomId) -> Result<i64, RoomError> {
+        let Some(short) = self.short_room(room_id)? else { return Ok(0) };
+        Ok(match TIMELINE.prefix(&*self.db, &(short,), Direction::Reverse)?.next() {
+            Some(row) => row?.0.1,
+            None => 0,
+        })
+    }
+
     /// Timeline events with positions in `(after, upto]`, oldest first, at most the newest `limit`;
     /// the flag says whether older ones in the range were left out.
     pub fn timeline_between(
