@@ -20,6 +20,7 @@ pub mod inbound;
 pub mod key_fetch;
 pub mod keyring;
 pub mod keys_query;
+pub mod labels;
 pub mod membership;
 pub mod pdu_check;
 pub mod policy;

@@ -57,7 +57,7 @@
 //! `myelin_federation_destination_parked` (gauges),
 //! `myelin_federation_transactions_total{destination,result}` (`ok`,
 //! `refused`, `unreachable`, `dropped`) and `myelin_federation_pdu_errors_total`,
-//! for at most [`LABELLED_DESTINATIONS`] destinations (the rest: counters under
+//! for at most [`LABELLED_DESTINATIONS`](super::labels::LABELLED_DESTINATIONS) destinations (the rest: counters under
 //! `destination="other"`, no gauges).
 //!
 //! The backoff (next try, current step, failing since, parked) is stored per
@@ -71,7 +71,10 @@ use std::{sync::Arc, time::Duration};
 use http::Method;
 use tokio::sync::{Notify, watch};
 
-use super::xmatrix;
+use super::{
+    labels::{counter_label, gauge_label},
+    xmatrix,
+};
 use crate::{Engine, util::now_ms};
 
 /// How long a transaction that follows a just-delivered one waits for more
@@ -315,33 +318,6 @@ fn note_pdu_errors(name: &str, answer: &serde_json::Value) {
 fn set_parked_gauge(name: &str, parked: bool) {
     let Some(label) = gauge_label(name) else { return };
     metrics::gauge!("myelin_federation_destination_parked", "destination" => label).set(f64::from(u8::from(parked)));
-}
-
-/// Most destinations named in metric labels: every server in a room this
-/// server holds is a destination, and strangers can add servers to public
-/// rooms, so the label set must not grow with them. Past it, counters go
-/// under `destination="other"` and gauges are not published (the admin CLI,
-/// `myelin admin federation`, still lists every destination).
-pub const LABELLED_DESTINATIONS: usize = 256;
-
-/// `name` if it is, or now becomes, one of the [`LABELLED_DESTINATIONS`].
-fn gauge_label(name: &str) -> Option<String> {
-    static NAMED: std::sync::OnceLock<parking_lot::Mutex<std::collections::HashSet<String>>> =
-        std::sync::OnceLock::new();
-    let mut named = NAMED.get_or_init(Default::default).lock();
-    if named.contains(name) {
-        return Some(name.to_owned());
-    }
-    if named.len() >= LABELLED_DESTINATIONS {
-        return None;
-    }
-    named.insert(name.to_owned());
-    Some(name.to_owned())
-}
-
-/// `name`, or `"other"` past the [`LABELLED_DESTINATIONS`].
-fn counter_label(name: &str) -> String {
-    gauge_label(name).unwrap_or_else(|| "other".to_owned())
 }
 
 /// The age of the oldest queued PDU, as far as `queued` (the head of the queue) shows it.
@@ -641,23 +617,5 @@ mod tests {
         assert_eq!(origin_server_ts(&pdus[0].1), Some(5));
         let empty = transaction_body("a.test", 1, &[], &[]);
         assert_eq!(empty, br#"{"edus":[],"origin":"a.test","origin_server_ts":1,"pdus":[]}"#);
-    }
-}
-
-#[cfg(test)]
-mod label_tests {
-    use super::{LABELLED_DESTINATIONS, counter_label, gauge_label};
-
-    #[test]
-    fn destination_labels_stop_growing_at_their_bound() {
-        // Other tests of this process may have named destinations already.
-        let names: Vec<String> = (0..LABELLED_DESTINATIONS * 2).map(|i| format!("label{i}.test")).collect();
-        let labelled = names.iter().filter(|n| gauge_label(n).is_some()).count();
-        assert!(labelled <= LABELLED_DESTINATIONS, "{labelled}");
-        assert!(labelled > 0);
-        assert_eq!(counter_label(&names[names.len() - 1]), "other");
-        // One named before keeps its label.
-        let first = names.iter().find(|n| gauge_label(n).is_some()).unwrap();
-        assert_eq!(counter_label(first), *first);
     }
 }
