@@ -32,7 +32,11 @@ pub async fn ensure_signing_keys<'a>(
     for object in objects {
         let ts = object.get("origin_server_ts").and_then(JsonValue::as_u64).unwrap_or(0);
         let signatures = object.get("signatures").and_then(JsonValue::as_object);
-        for (server, ids) in signatures.into_iter().flatten() {
+        let required = required_signers(object);
+        // Only the signatures the spec requires are checked; fetching keys for
+        // any other server an event names would let one peer make us look up
+        // as many servers as it lists.
+        for (server, ids) in signatures.into_iter().flatten().filter(|(s, _)| required.contains(s.as_str())) {
             for id in ids.as_object().into_iter().flat_map(|ids| ids.keys()) {
                 let latest = keys.entry((server.as_str(), id.as_str())).or_insert(ts);
                 *latest = (*latest).max(ts);
@@ -50,6 +54,26 @@ pub async fn ensure_signing_keys<'a>(
         }
     }
     Ok(())
+}
+
+/// The servers whose signatures a PDU must carry (Server-Server API
+/// §"Validating hashes and signatures on received events"): the sender's,
+/// the one in an event id that has one (room versions 1 and 2), and for a
+/// restricted join the server of `join_authorised_via_users_server`.
+fn required_signers(object: &JsonValue) -> std::collections::BTreeSet<&str> {
+    let mut out = std::collections::BTreeSet::new();
+    let named = [
+        object.get("sender").and_then(JsonValue::as_str),
+        object.get("event_id").and_then(JsonValue::as_str),
+        object.pointer("/content/join_authorised_via_users_server").and_then(JsonValue::as_str),
+    ];
+    out.extend(named.into_iter().flatten().filter_map(server_of));
+    out
+}
+
+/// The server part of a user or (room version 1/2) event id.
+fn server_of(id: &str) -> Option<&str> {
+    id.split_once(':').map(|(_, server)| server).filter(|s| !s.is_empty())
 }
 
 /// The keys `object`'s signatures may be checked with: those of its signers

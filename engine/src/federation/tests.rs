@@ -574,3 +574,28 @@ async fn one_origin_runs_at_most_its_share_of_gap_fills_at_once() {
     assert_eq!(errors.iter().filter(|e| e.contains("too many gaps")).count(), rooms.len() - MAX_GAP_FILLS_PER_ORIGIN);
     assert_eq!(engine.pending_pdus.len(), rooms.len(), "every event kept pending");
 }
+
+/// A PDU may list signatures of any number of servers; only those the spec
+/// requires (the sender's) are checked, so the others' keys are never looked
+/// up: a peer cannot make us contact every server it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_of_servers_the_spec_does_not_require_cost_no_key_lookup() {
+    let peer = FakePeer::new(|_, _| Ok((404, json!({ "errcode": "M_NOT_FOUND" }))));
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, remote, room) = room_with_a_remote_member(dir.path(), peer.clone()).await;
+    let bob = UserId::parse("@bob:peer.test").unwrap();
+    let mut pdu = remote_signed(&engine, &remote, &room, &bob, text("many signers"), None).await;
+    let Some(ruma::CanonicalJsonValue::Object(signatures)) = pdu.get_mut("signatures") else { panic!("unsigned") };
+    for i in 0..50 {
+        let mut by = ruma::CanonicalJsonObject::new();
+        by.insert("ed25519:x".into(), ruma::CanonicalJsonValue::String("aGVsbG8".into()));
+        signatures.insert(format!("signer{i}.test"), ruma::CanonicalJsonValue::Object(by));
+    }
+    let id = crate::rooms::Pdu::from_object(pdu.clone(), &ruma::RoomVersionId::V12.rules().unwrap()).unwrap().event_id;
+    let txn = super::inbound::Transaction { pdus: vec![serde_json::to_value(&pdu).unwrap()], edus: Vec::new() };
+    let answer = super::inbound::receive_transaction(&engine, "peer.test", "t1", txn).await.unwrap();
+    let answer: JsonValue = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["pdus"][id.as_str()], json!({}), "accepted on the sender's signature: {answer}");
+    let asked: Vec<String> = peer.seen.lock().iter().map(|s| s.0.clone()).filter(|d| d.starts_with("signer")).collect();
+    assert!(asked.is_empty(), "keys looked up for servers no rule requires: {asked:?}");
+}
