@@ -461,3 +461,46 @@ async fn to_device_messages_for_unknown_devices_or_past_a_full_inbox_are_dropped
         );
     }
 }
+
+/// Device-list and signing-key updates are kept only for users who are in a
+/// room this server holds: those for a user id a peer made up leave no keys
+/// and no change-log row (and are counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_and_signing_key_updates_for_users_sharing_no_room_are_dropped() {
+    let (a, b) = federation_pair("a.test", "b.test", |_| {}, |_| {}).await;
+    let alice = a.register("alice").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let bob = b.register("bob").await;
+    bob.post(&format!("/_matrix/client/v3/join/{}?server_name=a.test", enc(&room)), json!({})).await;
+    let room_id = ruma::RoomId::parse(room.as_str()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !a.engine.rooms.joined_servers_now(&room_id).unwrap().iter().any(|s| s == "b.test") {
+        assert!(std::time::Instant::now() < deadline, "A never saw bob join");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let update = |user: &str, device: &str, n: u64| {
+        json!({ "edu_type": "m.device_list_update", "content": { "user_id": user, "device_id": device,
+            "stream_id": n, "prev_id": [], "deleted": false,
+            "keys": { "user_id": user, "device_id": device, "algorithms": [], "keys": {}, "signatures": {} } } })
+    };
+    let mut edus: Vec<serde_json::Value> = (0..20).map(|i| update(&format!("@ghost{i}:b.test"), "G", i)).collect();
+    edus.push(json!({ "edu_type": "m.signing_key_update", "content": { "user_id": "@ghost0:b.test",
+        "master_key": { "user_id": "@ghost0:b.test", "usage": ["master"], "keys": { "ed25519:m": "m" } } } }));
+    edus.push(update("@bob:b.test", "BOBDEV2", 100));
+    let body = json!({ "origin": "b.test", "origin_server_ts": 1, "pdus": [], "edus": edus });
+    let r = myelin_suite::signed_put(&b, &a, "/_matrix/federation/v1/send/t-ghosts", &body).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", String::from_utf8_lossy(&r.body));
+    let changed = a.engine.e2ee.changed_between(0, u64::MAX - 1).unwrap();
+    assert!(changed.contains("@bob:b.test"), "a member's update is kept: {changed:?}");
+    assert!(!changed.iter().any(|u| u.starts_with("@ghost")), "{changed:?}");
+    let metrics = myelin_suite::http(a.client, Method::GET, "/metrics", None).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    for edu in ["m.device_list_update", "m.signing_key_update"] {
+        assert!(
+            text.lines().any(|l| l.starts_with("myelin_federation_inbound_edus_dropped_total")
+                && l.contains(edu)
+                && l.contains("no_shared_room")),
+            "{edu} not counted"
+        );
+    }
+}

@@ -115,10 +115,42 @@ fn origin_user(origin: &str, content: &JsonValue) -> Option<ruma::OwnedUserId> {
     (user.server_name().as_str() == origin).then_some(user)
 }
 
+/// Most bytes of one remote device's keys or one cross-signing key kept.
+const MAX_KEYS_BYTES: usize = 16 * 1024;
+
+/// Whether `user` (of another server) is joined to a room this server holds:
+/// only then do its device-list and signing-key updates concern anyone here
+/// (as Synapse decides). Without it a peer could store keys and change-log
+/// rows for every user id it makes up.
+fn shares_a_room_here(engine: &Engine, user: &UserId) -> bool {
+    let Ok(rooms) = engine.rooms.all_rooms() else { return false };
+    rooms.iter().any(|room| {
+        engine
+            .rooms
+            .state_event(room, "m.room.member", user.as_str())
+            .ok()
+            .flatten()
+            .is_some_and(|p| p.content_value()["membership"] == "join")
+    })
+}
+
+fn dropped(edu_type: &'static str, reason: &'static str) {
+    metrics::counter!("myelin_federation_inbound_edus_dropped_total", "edu_type" => edu_type, "reason" => reason)
+        .increment(1);
+}
+
 /// An inbound `m.device_list_update`.
 pub async fn receive_device_list_update(engine: &Engine, origin: &str, content: &JsonValue) {
     let device = content.get("device_id").and_then(JsonValue::as_str);
     let (Some(user), Some(device)) = (origin_user(origin, content), device) else { return };
+    if !shares_a_room_here(engine, &user) {
+        dropped("m.device_list_update", "no_shared_room");
+        return;
+    }
+    if content.get("keys").is_some_and(|k| k.to_string().len() > MAX_KEYS_BYTES) {
+        dropped("m.device_list_update", "too_large");
+        return;
+    }
     let keys = if content.get("deleted").and_then(JsonValue::as_bool) == Some(true) {
         Some(None)
     } else {
@@ -139,6 +171,14 @@ pub async fn receive_device_list_update(engine: &Engine, origin: &str, content: 
 /// An inbound `m.signing_key_update`.
 pub async fn receive_signing_key_update(engine: &Engine, origin: &str, content: &JsonValue) {
     let Some(user) = origin_user(origin, content) else { return };
+    if !shares_a_room_here(engine, &user) {
+        dropped("m.signing_key_update", "no_shared_room");
+        return;
+    }
+    if content.to_string().len() > 2 * MAX_KEYS_BYTES {
+        dropped("m.signing_key_update", "too_large");
+        return;
+    }
     let mut keys = Vec::new();
     for (usage, field) in [("master", "master_key"), ("self_signing", "self_signing_key")] {
         if let Some(k) =
