@@ -338,6 +338,22 @@ async fn typing_and_receipts_for_rooms_the_origin_is_not_in_are_dropped() {
     let typing: Vec<String> = a.engine.ephemeral.typing_in(&room_id).0.iter().map(|u| u.to_string()).collect();
     assert_eq!(typing, ["@bob:b.test"], "only the member types");
     assert!(a.engine.receipts_since(&room_id, 0).unwrap().iter().all(|r| r.0 != "@mallory:b.test"));
+    // A member's receipts in made-up threads are dropped; in the main thread kept.
+    let edus: Vec<serde_json::Value> = (0..10)
+        .map(|i| {
+            json!({ "edu_type": "m.receipt", "content": { room.clone(): { "m.read": { "@bob:b.test": {
+            "data": { "ts": 1, "thread_id": format!("$madeup{i}:b.test") }, "event_ids": [event] } } } } })
+        })
+        .chain([json!({ "edu_type": "m.receipt", "content": { room.clone(): { "m.read": { "@bob:b.test": {
+            "data": { "ts": 1, "thread_id": "main" }, "event_ids": [event] } } } } })])
+        .collect();
+    let body = json!({ "origin": "b.test", "origin_server_ts": 4, "pdus": [], "edus": edus });
+    let r = myelin_suite::signed_put(&b, &a, "/_matrix/federation/v1/send/t-threads", &body).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let bobs: Vec<_> =
+        a.engine.receipts_since(&room_id, 0).unwrap().into_iter().filter(|r| r.0 == "@bob:b.test").collect();
+    assert!(bobs.iter().all(|r| !r.2.starts_with("$madeup")), "{bobs:?}");
+    assert!(bobs.iter().any(|r| r.2 == "main"), "{bobs:?}");
     // Each drop is counted, with why.
     let metrics = myelin_suite::http(a.client, Method::GET, "/metrics", None).await;
     let text = String::from_utf8_lossy(&metrics.body);
@@ -354,6 +370,7 @@ async fn typing_and_receipts_for_rooms_the_origin_is_not_in_are_dropped() {
         ("m.receipt", "unknown_event"),
         ("m.typing", "user_not_in_room"),
         ("m.receipt", "user_not_in_room"),
+        ("m.receipt", "unknown_thread"),
     ] {
         assert!(counted(edu, reason), "{edu} {reason} not counted: {text}");
     }

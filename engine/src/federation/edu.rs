@@ -214,6 +214,18 @@ async fn receipts(engine: &Engine, origin: &str, content: &JsonValue) {
                 continue;
             }
             let Ok(receipt) = UserReceipt::deserialize(data) else { continue };
+            // A thread is `main` or a thread root this room holds: receipt rows are
+            // keyed by thread, so a made-up thread id per receipt would grow them.
+            if let Some(thread) = receipt.data.thread_id.as_deref()
+                && thread != "main"
+                && !ruma::EventId::parse(thread)
+                    .ok()
+                    .and_then(|id| engine.rooms.pdu(&id).ok().flatten())
+                    .is_some_and(|p| p.room_id == room)
+            {
+                dropped("m.receipt", "unknown_thread");
+                continue;
+            }
             for event in &receipt.event_ids {
                 // A receipt names an event of this room that we hold; anything else
                 // would be a durable row written for whatever a peer makes up.
