@@ -218,10 +218,10 @@ async fn receipts(engine: &Engine, origin: &str, content: &JsonValue) {
             // keyed by thread, so a made-up thread id per receipt would grow them.
             if let Some(thread) = receipt.data.thread_id.as_deref()
                 && thread != "main"
-                && !ruma::EventId::parse(thread)
+                && ruma::EventId::parse(thread)
                     .ok()
                     .and_then(|id| engine.rooms.pdu(&id).ok().flatten())
-                    .is_some_and(|p| p.room_id == room)
+                    .is_none_or(|p| p.room_id != room)
             {
                 dropped("m.receipt", "unknown_thread");
                 continue;
