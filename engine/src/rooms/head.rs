@@ -29,9 +29,27 @@ pub(crate) struct Head {
 
 pub(super) type RoomLock = Arc<tokio::sync::Mutex<Option<Head>>>;
 
+/// Room locks (with their cached heads) kept before the idle ones are dropped.
+pub(super) const MAX_ROOM_LOCKS: usize = 20_000;
+
 impl Rooms {
+    /// The lock (and cached head) of `room_id`. A request naming a room this
+    /// server does not hold still gets one, so the map is bounded: past
+    /// [`MAX_ROOM_LOCKS`] every lock nobody holds and with no head loaded (a
+    /// room that could not be loaded: one this server does not hold) is dropped.
     pub(super) fn lock_of(&self, room_id: &RoomId) -> RoomLock {
-        self.locks.lock().entry(room_id.to_owned()).or_default().clone()
+        let mut locks = self.locks.lock();
+        if let Some(lock) = locks.get(room_id) {
+            return lock.clone();
+        }
+        if locks.len() >= MAX_ROOM_LOCKS {
+            // Only the map holds an idle lock, and under the map's mutex nobody can
+            // take it meanwhile. A loaded head stays: it may carry appends whose
+            // batch is not durable yet, which a head read again would miss.
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1 || lock.try_lock().map_or(true, |head| head.is_some()));
+            metrics::counter!("myelin_room_locks_pruned_total").increment(1);
+        }
+        locks.entry(room_id.to_owned()).or_default().clone()
     }
 
     pub(super) async fn load_head(&self, room_id: &RoomId) -> Result<Head, RoomError> {
@@ -120,5 +138,29 @@ impl Rooms {
             }
         }
         Ok(servers)
+    }
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::MAX_ROOM_LOCKS;
+
+    #[test]
+    fn locks_for_rooms_nobody_holds_do_not_pile_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = myelin_storage::Db::open(&dir.path().join("db"), &Default::default()).unwrap();
+        let name: ruma::OwnedServerName = "us.test".try_into().unwrap();
+        let keys = std::sync::Arc::new(crate::keys::ServerKeys::load_or_generate(dir.path(), name.clone()).unwrap());
+        let stream = myelin_storage::StreamCounter::load(&db, "stream").unwrap();
+        let rooms = super::Rooms::open(db, name, keys, stream).unwrap();
+        let held = ruma::RoomId::parse("!held:us.test").unwrap();
+        let kept = rooms.lock_of(&held);
+        for i in 0..MAX_ROOM_LOCKS + 5_000 {
+            let id = ruma::RoomId::parse(format!("!r{i}:elsewhere.test")).unwrap();
+            let _ = rooms.lock_of(&id);
+        }
+        assert!(rooms.locks.lock().len() <= MAX_ROOM_LOCKS, "{}", rooms.locks.lock().len());
+        // A lock in use survives the pruning: the same one is handed out again.
+        assert!(std::sync::Arc::ptr_eq(&kept, &rooms.lock_of(&held)));
     }
 }
