@@ -68,8 +68,9 @@ impl Refused {
     }
 }
 
-/// The address connections are counted under.
-fn key_of(ip: IpAddr) -> IpAddr {
+/// The address connections (and per-address rate limits) are counted under:
+/// an IPv4 address, or an IPv6 /64.
+pub fn key_of(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => {

@@ -11,7 +11,9 @@
 //!   A second bucket per client IP address (`login_failures_per_ip_*`) holds
 //!   one address guessing across many accounts.
 //! - Registration (accounts and guests): a bucket per client IP address
-//!   (`registrations_per_second`, `registrations_burst`). Appservices and the
+//!   (`registrations_per_second`, `registrations_burst`). "An address" is an
+//!   IPv4 address or an IPv6 /64, as for the connection caps: one host is
+//!   usually handed a whole /64. Appservices and the
 //!   shared-secret admin registration are not limited.
 //! - Federation: a bucket per origin server (`federation_per_second`,
 //!   `federation_burst`), taken only after the request's `X-Matrix` signature
@@ -129,7 +131,7 @@ impl RateLimiter {
 
     /// Whether the client at `ip` may try a password now (no token taken).
     pub fn may_try_password_from(&self, ip: std::net::IpAddr) -> Result<(), ApiError> {
-        self.login_failures_ip.refill(&ip, false).map_err(|ms| {
+        self.login_failures_ip.refill(&crate::conn_limit::key_of(ip), false).map_err(|ms| {
             metrics::counter!("myelin_rate_limited_total", "what" => "login_address").increment(1);
             limited(ms, "too many wrong passwords from this address; try again later")
         })
@@ -137,12 +139,12 @@ impl RateLimiter {
 
     /// Counts a wrong password sent by the client at `ip`.
     pub fn wrong_password_from(&self, ip: std::net::IpAddr) {
-        let _ = self.login_failures_ip.refill(&ip, true);
+        let _ = self.login_failures_ip.refill(&crate::conn_limit::key_of(ip), true);
     }
 
     /// Takes one registration for the client at `ip`, or says how long to wait.
     pub fn register(&self, ip: std::net::IpAddr) -> Result<(), ApiError> {
-        self.registrations.refill(&ip, true).map_err(|ms| {
+        self.registrations.refill(&crate::conn_limit::key_of(ip), true).map_err(|ms| {
             metrics::counter!("myelin_rate_limited_total", "what" => "registration").increment(1);
             limited(ms, "too many registrations from this address; try again later")
         })
@@ -154,5 +156,28 @@ impl RateLimiter {
             metrics::counter!("myelin_rate_limited_total", "what" => "federation").increment(1);
             limited(ms, "too many requests from this server; try again later")
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RateLimiter;
+
+    #[test]
+    fn addresses_of_one_ipv6_64_share_a_bucket_and_mapped_ipv4_is_its_ipv4() {
+        let c = myelin_engine::config::RateLimitConfig {
+            registrations_per_second: 0.001,
+            registrations_burst: 3,
+            ..Default::default()
+        };
+        let limiter = RateLimiter::from_config(&c);
+        let results: Vec<bool> =
+            (1..=5).map(|i| limiter.register(format!("2001:db8::{i:x}").parse().unwrap()).is_ok()).collect();
+        assert_eq!(results, [true, true, true, false, false], "one /64, one bucket");
+        assert!(limiter.register("2001:db8:0:1::1".parse().unwrap()).is_ok(), "another /64");
+        for _ in 0..3 {
+            assert!(limiter.register("192.0.2.7".parse().unwrap()).is_ok());
+        }
+        assert!(limiter.register("::ffff:192.0.2.7".parse().unwrap()).is_err(), "the mapped form is the same address");
     }
 }
