@@ -447,7 +447,11 @@ async fn to_device_messages_for_unknown_devices_or_past_a_full_inbox_are_dropped
             "sender": "@mallory:b.test", "type": "m.test", "message_id": id,
             "messages": { alice.user_id.as_str(): messages } } })
     };
-    let mut edus: Vec<serde_json::Value> = (0..3).map(|n| send(&format!("u{n}"), "NOSUCHDEVICE", n)).collect();
+    // One message far larger than any olm message: dropped.
+    let mut big = send("big", &alice.device_id, 1000);
+    big["content"]["messages"][alice.user_id.as_str()][alice.device_id.as_str()]["pad"] = json!("x".repeat(100_000));
+    let mut edus: Vec<serde_json::Value> = vec![big];
+    edus.extend((0..3).map(|n| send(&format!("u{n}"), "NOSUCHDEVICE", n)));
     edus.extend((0..25).map(|n| send(&format!("m{n}"), &alice.device_id, n)));
     let body = json!({ "origin": "b.test", "origin_server_ts": 1, "pdus": [], "edus": edus });
     let r = myelin_suite::signed_put(&b, &a, "/_matrix/federation/v1/send/t-flood", &body).await;
@@ -477,6 +481,12 @@ async fn to_device_messages_for_unknown_devices_or_past_a_full_inbox_are_dropped
             "{reason} not counted"
         );
     }
+    assert!(
+        text.lines().any(|l| l.starts_with("myelin_federation_inbound_edus_dropped_total")
+            && l.contains("m.direct_to_device")
+            && l.contains("too_large")),
+        "the large message not counted"
+    );
 }
 
 /// Device-list and signing-key updates are kept only for users who are in a

@@ -132,6 +132,9 @@ pub async fn receive_edu(engine: &Engine, origin: &str, edu: &JsonValue) {
     }
 }
 
+/// Largest to-device message content taken from another server, in bytes.
+const MAX_TO_DEVICE_BYTES: usize = 64 * 1024;
+
 /// Whether `origin` has a joined member in a room this server holds. Typing
 /// and receipts for any other room are dropped: they would grow state keyed
 /// by whatever room ids a peer makes up.
@@ -175,8 +178,12 @@ async fn direct_to_device(engine: &Engine, origin: &str, message: DirectToDevice
             continue;
         }
         for (device, body) in devices.as_object().into_iter().flatten() {
-            if let Ok(bytes) = serde_json::to_vec(body) {
-                queue.push((user.clone(), device.clone(), bytes));
+            match serde_json::to_vec(body) {
+                // An olm message or a room key is a few KiB; an inbox holds up to
+                // limits.max_to_device_per_device of them.
+                Ok(bytes) if bytes.len() > MAX_TO_DEVICE_BYTES => dropped("m.direct_to_device", "too_large"),
+                Ok(bytes) => queue.push((user.clone(), device.clone(), bytes)),
+                Err(_) => {}
             }
         }
     }

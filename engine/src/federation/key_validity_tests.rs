@@ -162,10 +162,13 @@ async fn a_key_document_cannot_make_the_key_ring_hold_unbounded_keys() {
     let too_many = crowded_document(MAX_VERIFY_KEYS, 0);
     assert!(engine.keyring.accept_document("peer.test", &too_many).await.is_err());
     assert!(engine.keyring.stored("peer.test").unwrap().is_none());
-    // Thousands of expired keys: only the latest to expire are kept.
-    let set = engine.keyring.accept_document("peer.test", &crowded_document(0, 5_000)).await.unwrap();
+    // A document too large to store is refused whole.
+    assert!(engine.keyring.accept_document("peer.test", &crowded_document(0, 5_000)).await.is_err());
+    assert!(engine.keyring.stored("peer.test").unwrap().is_none());
+    // Many expired keys: only the latest to expire are kept.
+    let set = engine.keyring.accept_document("peer.test", &crowded_document(0, 1_000)).await.unwrap();
     assert_eq!(set.old_verify_keys.len(), MAX_OLD_KEYS);
-    assert!(set.old_verify_keys.contains_key("ed25519:old4999"));
+    assert!(set.old_verify_keys.contains_key("ed25519:old999"));
     assert!(!set.old_verify_keys.contains_key("ed25519:old0"));
     assert_eq!(engine.keyring.stored("peer.test").unwrap().unwrap(), set);
 }

@@ -46,6 +46,8 @@ pub const CACHED_SERVERS: usize = 4096;
 pub const MAX_VERIFY_KEYS: usize = 16;
 /// Most expired keys kept of one server (the latest to expire).
 pub const MAX_OLD_KEYS: usize = 256;
+/// Largest key document accepted (and stored), in bytes of JSON.
+pub const MAX_DOCUMENT_BYTES: usize = 128 * 1024;
 
 /// The longest a remote key is trusted after it was fetched: 7 days.
 pub const MAX_REMOTE_VALIDITY_MS: u64 = 7 * 24 * 3600 * 1000;
@@ -166,6 +168,10 @@ impl KeyRing {
         }
         if doc["server_name"].as_str() != Some(server) {
             return Err(bad("key document names another server"));
+        }
+        // Stored whole (the notary serves it again): a real one is a few KiB.
+        if serde_json::to_vec(doc).map_or(true, |raw| raw.len() > MAX_DOCUMENT_BYTES) {
+            return Err(bad("key document larger than any server needs"));
         }
         let verify: BTreeMap<String, String> = doc["verify_keys"]
             .as_object()
