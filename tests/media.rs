@@ -426,3 +426,39 @@ async fn thumbnails_are_bounded_in_sizes_per_file_and_in_source_pixels() {
     assert!(said.contains("limit"), "refused for its size, not for its missing pixels: {said}");
     s.stop().await;
 }
+
+/// Many requests at once for one thumbnail not made yet decode the image at
+/// most as many times as thumbnails are made at once (two), not once each,
+/// and all get the same thumbnail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_for_one_thumbnail_decode_the_image_at_most_twice() {
+    let s = TestServer::open("localhost").await;
+    let alice = s.register("alice").await;
+    let img = image::RgbImage::from_fn(2000, 1500, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 9]));
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgb8(img).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    let mxc = upload(&alice, &png, "image/png", "large.png").await;
+    let q = format!("/_matrix/client/v1/media/thumbnail/{}?width=320&height=240", mxc.strip_prefix("mxc://").unwrap());
+    let asks: Vec<_> = (0..12)
+        .map(|_| {
+            let (alice, q) = (alice.clone(), q.clone());
+            tokio::spawn(async move { alice.request(Method::GET, &q, None).await })
+        })
+        .collect();
+    let mut bodies = Vec::new();
+    for ask in asks {
+        let r = ask.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+        bodies.push(r.body);
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "every request got the same thumbnail");
+    let metrics = myelin_suite::http(s.client, Method::GET, "/metrics", None).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    let decodes: f64 = text
+        .lines()
+        .find(|l| l.starts_with("myelin_thumbnail_decodes_total"))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .expect("the decode counter");
+    assert!((1.0..=2.0).contains(&decodes), "{decodes} decodes for 12 requests of one thumbnail");
+    s.stop().await;
+}

@@ -416,6 +416,10 @@ pub fn thumbnail_size(width: u32, height: u32, crop: bool) -> (u32, u32, bool) {
 
 /// The PNG thumbnail of `meta` for the request's `width`/`height`/`method`,
 /// made once and cached, and its size in bytes if this call made it (else 0).
+/// Thumbnails decoded at once, server-wide.
+const THUMBNAILERS: usize = 2;
+static THUMBNAILING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(THUMBNAILERS);
+
 async fn make_thumbnail(cx: &Ctx, meta: &MediaMeta, req: &Req) -> Result<(std::path::PathBuf, u64), ApiError> {
     let dim = |name: &str| -> Result<u32, ApiError> {
         query_param(req, name)
@@ -429,7 +433,16 @@ async fn make_thumbnail(cx: &Ctx, meta: &MediaMeta, req: &Req) -> Result<(std::p
     let method = if crop { "crop" } else { "scale" };
     let cached = cx.engine.media.thumbnail_path(&meta.hash, width, height, method);
     let mut made = 0;
+    // Decoding takes up to 192 MiB and a core, and the legacy endpoints let
+    // anyone ask: at most THUMBNAILERS at once, and a thumbnail another
+    // request made while this one waited is not made again.
+    let _permit = if cached.exists() {
+        None
+    } else {
+        Some(THUMBNAILING.acquire().await.map_err(|e| ApiError::unknown(e.to_string()))?)
+    };
     if !cached.exists() {
+        metrics::counter!("myelin_thumbnail_decodes_total").increment(1);
         let source = cx.engine.media.blob_path(&meta.hash);
         let target = cached.clone();
         tokio::task::spawn_blocking(move || -> Result<(), String> {
@@ -455,7 +468,10 @@ async fn make_thumbnail(cx: &Ctx, meta: &MediaMeta, req: &Req) -> Result<(std::p
             if let Some(dir) = target.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
             }
-            let tmp = target.with_extension("tmp");
+            // Its own temporary name: two makers of one thumbnail never write one file.
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = target.with_extension(format!("{}-{n}.tmp", std::process::id()));
             thumb.save_with_format(&tmp, image::ImageFormat::Png).map_err(|e| e.to_string())?;
             std::fs::rename(&tmp, &target).map_err(|e| e.to_string())
         })
