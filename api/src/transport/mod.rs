@@ -513,7 +513,10 @@ pub(crate) async fn exchange(
         .collect()
         .await
         .map_err(|e| {
-            Failed(if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            Failed(if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() && !status.is_success() {
+                // Not the request's size limit: the peer's error answer is what is too large.
+                TransportError::Http(format!("an error answer ({status}) larger than {limit} bytes"))
+            } else if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
                 TransportError::TooLarge(limit)
             } else {
                 TransportError::Http(format!("reading the response: {e}"))
