@@ -71,6 +71,11 @@ async fn one_address_guessing_across_many_accounts_is_cut_off_too() {
     let forbidden = statuses.iter().filter(|s| **s == 403).count();
     assert!((8..=12).contains(&forbidden), "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 30 - forbidden, "{statuses:?}");
+    // Visible to the operator: how many were refused, and how many buckets are held.
+    let metrics = http(s.client, Method::GET, "/metrics", None).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(text.lines().any(|l| l.starts_with("myelin_rate_limited_total") && l.contains("login_address")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("myelin_rate_limit_buckets") && l.contains("login_failures_ip")));
     s.stop().await;
 }
 

@@ -29,6 +29,8 @@ use crate::error::ApiError;
 
 /// Token buckets keyed by `K`, bounded in entries.
 struct Buckets<K> {
+    /// `what` label of `myelin_rate_limit_buckets`.
+    what: &'static str,
     per_second: f64,
     burst: f64,
     map: Mutex<HashMap<K, (f64, Instant)>>,
@@ -38,8 +40,8 @@ struct Buckets<K> {
 const MAX_BUCKETS: usize = 100_000;
 
 impl<K: std::hash::Hash + Eq + Clone> Buckets<K> {
-    fn new(per_second: f64, burst: u32) -> Self {
-        Self { per_second, burst: f64::from(burst.max(1)), map: Mutex::new(HashMap::new()) }
+    fn new(what: &'static str, per_second: f64, burst: u32) -> Self {
+        Self { what, per_second, burst: f64::from(burst.max(1)), map: Mutex::new(HashMap::new()) }
     }
 
     /// Refills `key`'s bucket; `take` removes one token if there is one.
@@ -64,6 +66,9 @@ impl<K: std::hash::Hash + Eq + Clone> Buckets<K> {
                     map.remove(&k);
                 }
             }
+        }
+        if !map.contains_key(key) {
+            metrics::gauge!("myelin_rate_limit_buckets", "what" => self.what).set((map.len() + 1) as f64);
         }
         let (tokens, at) = map.entry(key.clone()).or_insert((self.burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
@@ -104,11 +109,15 @@ impl RateLimiter {
     /// A limiter from the whole `[rate_limit]` section.
     pub fn from_config(c: &myelin_engine::config::RateLimitConfig) -> Self {
         Self {
-            events: Buckets::new(c.per_second, c.burst),
-            login_failures: Buckets::new(c.login_failures_per_second, c.login_failures_burst),
-            login_failures_ip: Buckets::new(c.login_failures_per_ip_per_second, c.login_failures_per_ip_burst),
-            registrations: Buckets::new(c.registrations_per_second, c.registrations_burst),
-            federation: Buckets::new(c.federation_per_second, c.federation_burst),
+            events: Buckets::new("events", c.per_second, c.burst),
+            login_failures: Buckets::new("login_failures", c.login_failures_per_second, c.login_failures_burst),
+            login_failures_ip: Buckets::new(
+                "login_failures_ip",
+                c.login_failures_per_ip_per_second,
+                c.login_failures_per_ip_burst,
+            ),
+            registrations: Buckets::new("registrations", c.registrations_per_second, c.registrations_burst),
+            federation: Buckets::new("federation", c.federation_per_second, c.federation_burst),
         }
     }
 
@@ -119,9 +128,10 @@ impl RateLimiter {
 
     /// Whether a password may be tried for `account` now (no token taken).
     pub fn may_try_password(&self, account: &str) -> Result<(), ApiError> {
-        self.login_failures
-            .refill(&account.to_owned(), false)
-            .map_err(|ms| limited(ms, "too many wrong passwords for this account; try again later"))
+        self.login_failures.refill(&account.to_owned(), false).map_err(|ms| {
+            metrics::counter!("myelin_rate_limited_total", "what" => "login_account").increment(1);
+            limited(ms, "too many wrong passwords for this account; try again later")
+        })
     }
 
     /// Counts a wrong password for `account`.

@@ -334,6 +334,7 @@ impl HttpTransport {
             }
         }
         cache.insert(host.to_owned(), (answer.clone(), now + Duration::from_secs(3600)));
+        metrics::gauge!("myelin_federation_delegations_cached").set(cache.len() as f64);
         answer
     }
 

@@ -134,7 +134,9 @@ impl KeyRing {
         }
         let Some(set) = KEYS.get(&*self.db, &server.to_owned())? else { return Ok(None) };
         let out = f(&set);
-        self.cache.lock().put(server.to_owned(), set);
+        let mut cache = self.cache.lock();
+        cache.put(server.to_owned(), set);
+        metrics::gauge!("myelin_keyring_cached_servers").set(cache.len() as f64);
         Ok(Some(out))
     }
 
@@ -225,7 +227,9 @@ impl KeyRing {
         let raw = serde_json::to_vec(doc).map_err(|e| bad(&e.to_string()))?;
         DOCS.put(&mut batch, &server.to_owned(), &myelin_storage::Raw(raw))?;
         self.db.commit(batch).await?;
-        self.cache.lock().put(server.to_owned(), keys.clone());
+        let mut cache = self.cache.lock();
+        cache.put(server.to_owned(), keys.clone());
+        metrics::gauge!("myelin_keyring_cached_servers").set(cache.len() as f64);
         Ok(keys)
     }
 }

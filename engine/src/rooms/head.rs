@@ -49,7 +49,9 @@ impl Rooms {
             locks.retain(|_, lock| Arc::strong_count(lock) > 1 || lock.try_lock().map_or(true, |head| head.is_some()));
             metrics::counter!("myelin_room_locks_pruned_total").increment(1);
         }
-        locks.entry(room_id.to_owned()).or_default().clone()
+        let lock = locks.entry(room_id.to_owned()).or_default().clone();
+        metrics::gauge!("myelin_room_locks").set(locks.len() as f64);
+        lock
     }
 
     pub(super) async fn load_head(&self, room_id: &RoomId) -> Result<Head, RoomError> {
