@@ -392,3 +392,135 @@ async fn a_huge_error_answer_to_a_media_fetch_is_cut_off_not_read_into_memory() 
     server.abort();
     a.stop().await;
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Remote media is written to disk as it arrives, never held whole: the real
+/// binary fetching 200 MiB from another server (and serving it to its user)
+/// grows by far less than the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_remote_download_streams_with_flat_server_memory() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncReadExt;
+    const CHUNK: usize = 1 << 20;
+    const CHUNKS: usize = 200;
+    let far_dir = tempfile::tempdir().unwrap();
+    let tls = myelin_api::tls::server_config(&myelin_suite::test_config(far_dir.path(), "far.test")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let far_addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let served = Arc::new(AtomicUsize::new(0));
+    let counted = served.clone();
+    let far = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, counted) = (acceptor.clone(), counted.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let service = hyper::service::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+                    let counted = counted.clone();
+                    let head =
+                        b"--b0\r\nContent-Type: application/json\r\n\r\n{}\r\n--b0\r\nContent-Type: video/mp4\r\n\r\n";
+                    let parts = (0..CHUNKS + 2).map(move |i| {
+                        let bytes = match i {
+                            0 => bytes::Bytes::from_static(head),
+                            i if i <= CHUNKS => {
+                                counted.fetch_add(CHUNK, Ordering::SeqCst);
+                                bytes::Bytes::from(vec![(i % 251) as u8; CHUNK])
+                            }
+                            _ => bytes::Bytes::from_static(b"\r\n--b0--\r\n"),
+                        };
+                        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes))
+                    });
+                    let resp = http::Response::builder()
+                        .status(200)
+                        .header("content-type", "multipart/mixed; boundary=b0")
+                        .body(http_body_util::StreamBody::new(futures_util::stream::iter(parts)))
+                        .unwrap();
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    let cwd = tempfile::tempdir().unwrap();
+    let (port, fed) = (myelin_suite::free_port(), myelin_suite::free_port());
+    let config = cwd.path().join("myelin.toml");
+    std::fs::write(
+        &config,
+        format!("[federation]\nverify_tls = false\n\n[federation.hosts]\n\"far.test\" = \"{far_addr}\"\n"),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(myelin_suite::myelin_bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .current_dir(cwd.path())
+        .env("MYELIN_CLIENT__LISTEN", format!("127.0.0.1:{port}"))
+        .env("MYELIN_FEDERATION__LISTEN", format!("127.0.0.1:{fed}"))
+        .env("MYELIN_REGISTRATION__ENABLED", "true")
+        .env("MYELIN_MEDIA__MAX_UPLOAD_BYTES", (300u64 << 20).to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "server not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = serde_json::json!({ "username": "big", "password": "pw-pw-pw-1", "auth": { "type": "m.login.dummy" } });
+    let r =
+        myelin_suite::http(addr, Method::POST, "/_matrix/client/v3/register", Some(body.to_string().as_bytes())).await;
+    let token = r.json()["access_token"].as_str().unwrap().to_owned();
+    let before = rss_kib(child.id());
+    // The server's memory, sampled while it fetches and while it serves.
+    let (pid, sampling) = (child.id(), Arc::new(std::sync::atomic::AtomicBool::new(true)));
+    let sampler = {
+        let sampling = sampling.clone();
+        tokio::spawn(async move {
+            let mut peak = 0;
+            while sampling.load(Ordering::SeqCst) {
+                peak = peak.max(rss_kib(pid));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            peak
+        })
+    };
+    // Read the answer as it comes, counting bytes.
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "GET /_matrix/client/v1/media/download/far.test/clip HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut conn, head.as_bytes()).await.unwrap();
+    let (mut got, mut buf, mut first) = (0usize, vec![0u8; 1 << 16], Vec::new());
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(60), conn.read(&mut buf)).await.unwrap().unwrap();
+        if n == 0 {
+            break;
+        }
+        if first.len() < 64 {
+            first.extend_from_slice(&buf[..n.min(64)]);
+        }
+        got += n;
+    }
+    sampling.store(false, Ordering::SeqCst);
+    let peak = sampler.await.unwrap().max(rss_kib(child.id()));
+    let _ = child.kill();
+    let _ = child.wait();
+    far.abort();
+    assert!(String::from_utf8_lossy(&first).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first));
+    assert!(got >= CHUNK * CHUNKS, "only {got} bytes came");
+    assert_eq!(served.load(Ordering::SeqCst), CHUNK * CHUNKS, "fetched once, whole");
+    let growth_mib = peak.saturating_sub(before) / 1024;
+    assert!(growth_mib < 64, "server memory grew by {growth_mib} MiB fetching and serving 200 MiB");
+}
