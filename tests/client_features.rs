@@ -555,3 +555,27 @@ async fn a_state_change_carries_the_content_it_replaced() {
     let first_ev = timeline.iter().find(|e| e["type"] == "m.room.topic" && e["content"]["topic"] == "first").unwrap();
     assert!(first_ev["unsigned"].get("prev_content").is_none());
 }
+
+/// A threaded receipt names `main` or a thread root of the room; any other
+/// thread id is refused (receipts are kept per thread, so made-up ids would
+/// grow them without bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threaded_receipts_name_main_or_a_thread_root_of_the_room() {
+    let s = TestServer::open("localhost").await;
+    let (alice, bob, room) = room_with_bob(&s).await;
+    let root = alice.send_text(&room, "root").await;
+    let path = format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&root));
+    for (thread, ok) in [("main", true), (root.as_str(), true), ("$madeup:localhost", false), ("not an id", false)] {
+        let r = bob.request(Method::POST, &path, Some(json!({ "thread_id": thread }))).await;
+        let want = if ok { StatusCode::OK } else { StatusCode::BAD_REQUEST };
+        assert_eq!(r.status, want, "{thread}: {}", String::from_utf8_lossy(&r.body));
+        if !ok {
+            assert_eq!(r.errcode(), "M_INVALID_PARAM");
+        }
+    }
+    let room_id = ruma::RoomId::parse(room.as_str()).unwrap();
+    let threads: Vec<String> =
+        s.engine.receipts_since(&room_id, 0).unwrap().into_iter().filter(|r| r.0 == bob.user_id).map(|r| r.2).collect();
+    assert!(!threads.iter().any(|t| t.contains("madeup")), "{threads:?}");
+    s.stop().await;
+}

@@ -151,6 +151,19 @@ pub fn receipt(cx: Ctx, req: Req) -> HandlerFuture {
         let room = joined_room(&cx, &me, &req)?;
         let body: ReceiptBody = parse_json_or_empty(&req.body)?;
         let thread = body.thread_id.as_deref();
+        // Receipts are stored per thread: a thread is `main` or the root event of
+        // one in this room, so made-up thread ids cannot grow them.
+        if let Some(t) = thread
+            && t != "main"
+            && ruma::EventId::parse(t)
+                .ok()
+                .and_then(|id| cx.engine.rooms.pdu(&id).ok().flatten())
+                .is_none_or(|p| p.room_id != room)
+        {
+            return Err(ApiError::invalid_param(
+                "thread_id must be \"main\" or the root event of a thread in this room",
+            ));
+        }
         mark(&cx, &me, &room, req.param("receipt_type")?, req.param("event_id")?, thread).await?;
         Ok(ok_empty())
     })
