@@ -70,7 +70,9 @@ pub async fn announce_device(engine: &Engine, user: &UserId, device: &str, delet
         content.insert("keys".into(), k);
     }
     let edu = json!({ "edu_type": "m.device_list_update", "content": content });
-    let queued = match servers_sharing_rooms(engine, user) {
+    let servers = servers_sharing_rooms(engine, user);
+    tracing::debug!(user_id = %user, device, ?servers, "announcing a device list update");
+    let queued = match servers {
         Ok(servers) => queue_durable_edu(engine, servers, &edu).await,
         Err(e) => Err(e),
     };
@@ -135,6 +137,7 @@ fn shares_a_room_here(engine: &Engine, user: &UserId) -> bool {
 }
 
 fn dropped(edu_type: &'static str, reason: &'static str) {
+    tracing::debug!(edu_type, reason, "inbound EDU dropped");
     metrics::counter!("myelin_federation_inbound_edus_dropped_total", "edu_type" => edu_type, "reason" => reason)
         .increment(1);
 }

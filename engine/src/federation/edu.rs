@@ -155,6 +155,7 @@ fn user_joined(engine: &Engine, room: &RoomId, user: &UserId) -> bool {
 }
 
 fn dropped(edu_type: &'static str, reason: &'static str) {
+    tracing::debug!(edu_type, reason, "inbound EDU dropped");
     metrics::counter!("myelin_federation_inbound_edus_dropped_total", "edu_type" => edu_type, "reason" => reason)
         .increment(1);
 }
