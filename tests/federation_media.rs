@@ -393,15 +393,6 @@ async fn a_huge_error_answer_to_a_media_fetch_is_cut_off_not_read_into_memory() 
     a.stop().await;
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Remote media is written to disk as it arrives, never held whole: the real
 /// binary fetching 200 MiB from another server (and serving it to its user)
 /// grows by far less than the file.
@@ -482,7 +473,7 @@ async fn a_large_remote_download_streams_with_flat_server_memory() {
     let r =
         myelin_suite::http(addr, Method::POST, "/_matrix/client/v3/register", Some(body.to_string().as_bytes())).await;
     let token = r.json()["access_token"].as_str().unwrap().to_owned();
-    let before = rss_kib(child.id());
+    let before = myelin_suite::rss_kib(child.id());
     // The server's memory, sampled while it fetches and while it serves.
     let (pid, sampling) = (child.id(), Arc::new(std::sync::atomic::AtomicBool::new(true)));
     let sampler = {
@@ -490,7 +481,7 @@ async fn a_large_remote_download_streams_with_flat_server_memory() {
         tokio::spawn(async move {
             let mut peak = 0;
             while sampling.load(Ordering::SeqCst) {
-                peak = peak.max(rss_kib(pid));
+                peak = peak.max(myelin_suite::rss_kib(pid));
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             peak
@@ -514,7 +505,7 @@ async fn a_large_remote_download_streams_with_flat_server_memory() {
         got += n;
     }
     sampling.store(false, Ordering::SeqCst);
-    let peak = sampler.await.unwrap().max(rss_kib(child.id()));
+    let peak = sampler.await.unwrap().max(myelin_suite::rss_kib(child.id()));
     let _ = child.kill();
     let _ = child.wait();
     far.abort();

@@ -216,12 +216,6 @@ async fn async_uploads_and_the_one_size_limit() {
     s.stop().await;
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_upload_streams_with_flat_server_memory() {
     use std::process::{Command, Stdio};
@@ -248,7 +242,7 @@ async fn a_large_upload_streams_with_flat_server_memory() {
     let body = json!({ "username": "big", "password": "pw-pw-pw-1", "auth": { "type": "m.login.dummy" } }).to_string();
     let r = myelin_suite::http(addr, Method::POST, "/_matrix/client/v3/register", Some(body.as_bytes())).await;
     let token = r.json()["access_token"].as_str().unwrap().to_owned();
-    let before = rss_kib(child.id());
+    let before = myelin_suite::rss_kib(child.id());
 
     // 256 MiB in 1 MiB chunks; the test never holds more than one chunk either.
     let total: u64 = 256 << 20;
@@ -262,7 +256,7 @@ async fn a_large_upload_streams_with_flat_server_memory() {
     for i in 0..(total >> 20) {
         conn.write_all(&chunk).await.unwrap();
         if i % 32 == 0 {
-            peak = peak.max(rss_kib(child.id()));
+            peak = peak.max(myelin_suite::rss_kib(child.id()));
         }
     }
     let mut answer = Vec::new();
@@ -274,7 +268,7 @@ async fn a_large_upload_streams_with_flat_server_memory() {
             break;
         }
     }
-    peak = peak.max(rss_kib(child.id()));
+    peak = peak.max(myelin_suite::rss_kib(child.id()));
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     let _ = child.kill();

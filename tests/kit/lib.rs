@@ -42,6 +42,13 @@ pub fn myelin_bin() -> PathBuf {
     bin
 }
 
+/// The resident set size of process `pid`, KiB (`VmRSS` in `/proc/<pid>/status`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
 /// A loopback port that was free a moment ago.
 ///
 /// Chosen at random below Linux's ephemeral range (32768–60999), not by

@@ -117,6 +117,8 @@ fn origin_user(origin: &str, content: &JsonValue) -> Option<ruma::OwnedUserId> {
     (user.server_name().as_str() == origin).then_some(user)
 }
 
+use super::edu::dropped;
+
 /// Most bytes of one remote device's keys or one cross-signing key kept.
 const MAX_KEYS_BYTES: usize = 16 * 1024;
 
@@ -125,21 +127,7 @@ const MAX_KEYS_BYTES: usize = 16 * 1024;
 /// (as Synapse decides). Without it a peer could store keys and change-log
 /// rows for every user id it makes up.
 fn shares_a_room_here(engine: &Engine, user: &UserId) -> bool {
-    let Ok(rooms) = engine.rooms.all_rooms() else { return false };
-    rooms.iter().any(|room| {
-        engine
-            .rooms
-            .state_event(room, "m.room.member", user.as_str())
-            .ok()
-            .flatten()
-            .is_some_and(|p| p.content_value()["membership"] == "join")
-    })
-}
-
-fn dropped(edu_type: &'static str, reason: &'static str) {
-    tracing::debug!(edu_type, reason, "inbound EDU dropped");
-    metrics::counter!("myelin_federation_inbound_edus_dropped_total", "edu_type" => edu_type, "reason" => reason)
-        .increment(1);
+    engine.rooms.all_rooms().is_ok_and(|rooms| engine.shares_room(user.as_str(), &rooms).unwrap_or(false))
 }
 
 /// An inbound `m.device_list_update`.

@@ -146,15 +146,11 @@ fn origin_in_room(engine: &Engine, room: &RoomId, origin: &str) -> bool {
 /// speak for users of its own who are not: their typing and receipts would
 /// grow per-room state with every user id it makes up.
 fn user_joined(engine: &Engine, room: &RoomId, user: &UserId) -> bool {
-    engine
-        .rooms
-        .state_event(room, "m.room.member", user.as_str())
-        .ok()
-        .flatten()
-        .is_some_and(|p| p.content_value()["membership"] == "join")
+    engine.shares_room(user.as_str(), &[room.to_owned()]).unwrap_or(false)
 }
 
-fn dropped(edu_type: &'static str, reason: &'static str) {
+/// Counts (and logs at debug) an inbound EDU not taken, with why.
+pub(super) fn dropped(edu_type: &'static str, reason: &'static str) {
     tracing::debug!(edu_type, reason, "inbound EDU dropped");
     metrics::counter!("myelin_federation_inbound_edus_dropped_total", "edu_type" => edu_type, "reason" => reason)
         .increment(1);
@@ -226,10 +222,7 @@ async fn receipts(engine: &Engine, origin: &str, content: &JsonValue) {
             // keyed by thread, so a made-up thread id per receipt would grow them.
             if let Some(thread) = receipt.data.thread_id.as_deref()
                 && thread != "main"
-                && ruma::EventId::parse(thread)
-                    .ok()
-                    .and_then(|id| engine.rooms.pdu(&id).ok().flatten())
-                    .is_none_or(|p| p.room_id != room)
+                && !engine.rooms.holds_event_in(&room, thread)
             {
                 dropped("m.receipt", "unknown_thread");
                 continue;
@@ -237,11 +230,7 @@ async fn receipts(engine: &Engine, origin: &str, content: &JsonValue) {
             for event in &receipt.event_ids {
                 // A receipt names an event of this room that we hold; anything else
                 // would be a durable row written for whatever a peer makes up.
-                let known = ruma::EventId::parse(event.as_str())
-                    .ok()
-                    .and_then(|id| engine.rooms.pdu(&id).ok().flatten())
-                    .is_some_and(|p| p.room_id == room);
-                if !known {
+                if !engine.rooms.holds_event_in(&room, event) {
                     dropped("m.receipt", "unknown_event");
                     continue;
                 }

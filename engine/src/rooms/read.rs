@@ -270,6 +270,12 @@ impl Rooms {
         })
     }
 
+    /// Whether `event_id` (as a peer or client wrote it) names an event of
+    /// `room_id` held here; anything unparsable or of another room is not.
+    pub fn holds_event_in(&self, room_id: &RoomId, event_id: &str) -> bool {
+        EventId::parse(event_id).ok().and_then(|id| self.pdu(&id).ok().flatten()).is_some_and(|p| p.room_id == room_id)
+    }
+
     /// The position of the room's newest timeline event (0: none; an unknown room: 0).
     pub fn newest_position(&self, room_id: &RoomId) -> Result<i64, RoomError> {
         let Some(short) = self.short_room(room_id)? else { return Ok(0) };

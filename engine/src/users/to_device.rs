@@ -45,8 +45,9 @@ impl Users {
         let count = self.stream.next_in(&mut batch);
         let mut to_appservices = Vec::new();
         for (user, device, content) in messages {
+            let every = device == "*";
             let targets: Vec<String> =
-                if device == "*" { self.devices(&user)?.into_iter().map(|(d, _)| d).collect() } else { vec![device] };
+                if every { self.devices(&user)?.into_iter().map(|(d, _)| d).collect() } else { vec![device] };
             let (appservices, claimed) = self.to_device_appservices(&user);
             for device in targets {
                 for id in &appservices {
@@ -64,7 +65,8 @@ impl Users {
                 if claimed {
                     continue;
                 }
-                if self.device(&user, &device)?.is_none() {
+                // "*" was expanded from the user's devices: only a named one can be unknown.
+                if !every && self.device(&user, &device)?.is_none() {
                     metrics::counter!("myelin_to_device_dropped_total", "reason" => "unknown_device").increment(1);
                     continue;
                 }

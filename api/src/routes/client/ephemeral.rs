@@ -155,10 +155,7 @@ pub fn receipt(cx: Ctx, req: Req) -> HandlerFuture {
         // one in this room, so made-up thread ids cannot grow them.
         if let Some(t) = thread
             && t != "main"
-            && ruma::EventId::parse(t)
-                .ok()
-                .and_then(|id| cx.engine.rooms.pdu(&id).ok().flatten())
-                .is_none_or(|p| p.room_id != room)
+            && !cx.engine.rooms.holds_event_in(&room, t)
         {
             return Err(ApiError::invalid_param(
                 "thread_id must be \"main\" or the root event of a thread in this room",
