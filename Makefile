@@ -3,7 +3,7 @@ CARGO ?= cargo
 RUST_LOG ?= info
 export RUST_LOG
 
-.PHONY: setup build run test fmt lint check bench-storage clean-cache interop-setup sdk-test
+.PHONY: setup build run test fmt lint check bench-storage clean-cache interop-setup sdk-test fuzz-short
 
 ## Install build prerequisites and the cached RocksDB archive.
 setup:
@@ -39,6 +39,12 @@ test: lint interop-setup
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
 	$(MAKE) sdk-test
+	$(MAKE) fuzz-short
+
+## `cargo fuzz` (nightly toolchain, its own target dir under fuzz/): a few seconds of each
+## target; `RUNS=10000000 scripts/fuzz-cargo.sh` is the long mode (FUZZING.md).
+fuzz-short: setup
+	scripts/fuzz-cargo.sh
 
 ## Element X's engine (matrix-sdk, matrix-sdk-ui) against the built `myelin` binary: a
 ## crate of its own (sdk-tests/), so the default build does not compile the SDK.

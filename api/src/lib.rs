@@ -9,6 +9,8 @@ pub mod client_ip;
 pub mod conn_limit;
 pub mod error;
 pub mod federation;
+#[doc(hidden)]
+pub mod fuzz_targets;
 #[cfg(test)]
 mod fuzz_tests;
 mod guests;

@@ -1,14 +1,15 @@
 //! A seeded mutation fuzzer for the parsers that strangers reach (issue #22 §1).
 //!
-//! A stand-in for `cargo fuzz`, which needs a nightly toolchain (its
-//! `-Zsanitizer` flags) that this project's stable-only build cannot install:
-//! each input is a random mutation of a valid seed (bytes flipped, parser
-//! tokens spliced in, slices dropped, repeated or cut), the same seed always
-//! gives the same inputs, and a panic fails with the iteration and the input.
-//! Targets may also check properties (a parse that round-trips), which
-//! panic the same way. `MYELIN_FUZZ_ITERS` sets the inputs per target (the CI
-//! default is small), `MYELIN_FUZZ_SEED` the generator's seed (a failure
-//! prints it, to repeat the run); `scripts/fuzz-long.sh` runs the long mode.
+//! The stable half of the project's fuzzing, run on every `make test` (the
+//! other half is `cargo fuzz` on the nightly toolchain, `fuzz/`, over the same
+//! [`crate::fuzz_targets`]): each input is a random mutation of a valid seed
+//! (bytes flipped, parser tokens spliced in, slices dropped, repeated or cut),
+//! the same seed always gives the same inputs, and a panic fails with the
+//! iteration and the input. Targets also check properties (a parse that
+//! round-trips), which panic the same way. `MYELIN_FUZZ_ITERS` sets the inputs
+//! per target (the CI default is small), `MYELIN_FUZZ_SEED` the generator's
+//! seed (a failure prints it, to repeat the run); `scripts/fuzz-long.sh` runs
+//! the long mode.
 
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
@@ -152,6 +153,40 @@ pub fn fuzz(name: &str, default: usize, seeds: &[Vec<u8>], target: impl Fn(&[u8]
         "fuzz {name}: {total} inputs (seed {seed_value}), 0 failures, {secs:.1} s ({:.0}/s)",
         total as f64 / secs.max(1e-9)
     );
+}
+
+/// The folder of `cargo fuzz`'s seed corpora, one folder per target.
+pub fn seed_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds")
+}
+
+/// Checks that `fuzz/seeds/<target>/<n>` holds exactly each target's seeds,
+/// so both fuzzers start from the same inputs; with
+/// `MYELIN_WRITE_FUZZ_SEEDS=1` writes them instead. Panics on a difference.
+pub fn check_seed_files<'a>(targets: impl Iterator<Item = (&'a str, Vec<Vec<u8>>)>) {
+    let write = std::env::var_os("MYELIN_WRITE_FUZZ_SEEDS").is_some();
+    for (name, seeds) in targets {
+        let dir = seed_dir().join(name);
+        if write {
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+            for (n, seed) in seeds.iter().enumerate() {
+                std::fs::write(dir.join(n.to_string()), seed).unwrap_or_else(|e| panic!("writing seed {n}: {e}"));
+            }
+            continue;
+        }
+        let on_disk = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(
+            on_disk,
+            seeds.len(),
+            "{}: seed files differ (MYELIN_WRITE_FUZZ_SEEDS=1 rewrites them)",
+            dir.display()
+        );
+        for (n, seed) in seeds.iter().enumerate() {
+            let file = std::fs::read(dir.join(n.to_string())).unwrap_or_default();
+            assert!(&file == seed, "{}/{n} differs from the target's seed (MYELIN_WRITE_FUZZ_SEEDS=1)", dir.display());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ pub mod federation;
 pub mod filter;
 #[doc(hidden)]
 pub mod fuzz;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod guests;
 pub mod in_flight;
 pub mod key_backup;

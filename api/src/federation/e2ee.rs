@@ -66,7 +66,7 @@ pub fn user_devices(cx: Ctx, req: Req) -> HandlerFuture {
 
 /// The body of `POST /user/keys/query`.
 #[derive(Debug, Deserialize)]
-struct KeysQuery {
+pub(crate) struct KeysQuery {
     device_keys: Map<String, JsonValue>,
 }
 
@@ -81,7 +81,7 @@ pub fn keys_query(cx: Ctx, req: Req) -> HandlerFuture {
 
 /// The body of `POST /user/keys/claim`.
 #[derive(Debug, Deserialize)]
-struct KeysClaim {
+pub(crate) struct KeysClaim {
     one_time_keys: Map<String, JsonValue>,
 }
 

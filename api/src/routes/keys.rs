@@ -55,7 +55,7 @@ pub fn server_keys(cx: Ctx, _req: Req) -> HandlerFuture {
 }
 
 #[derive(Deserialize)]
-struct QueryBody {
+pub(crate) struct QueryBody {
     server_keys: BTreeMap<String, serde_json::Value>,
 }
 

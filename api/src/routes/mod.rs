@@ -3,7 +3,7 @@
 pub(crate) mod client;
 mod discovery;
 mod fed;
-mod keys;
+pub(crate) mod keys;
 pub(crate) mod media;
 mod ops;
 pub(crate) mod synapse_admin;

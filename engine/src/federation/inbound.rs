@@ -402,6 +402,7 @@ async fn admit(
         engine.pending_pdus.keep(origin, pdu, room_version.clone(), attempts + 1).await;
         return PduResult::error(reason);
     }
+    let id = pdu.event_id.clone();
     match engine.rooms.append_pdu_unsettled(pdu, true).await {
         Ok((Appended::Accepted(p) | Appended::SoftFailed(p), pending)) => {
             unsettled.pending.extend(pending.map(|pend| (room.to_owned(), pend)));
@@ -412,8 +413,16 @@ async fn admit(
             }
             PduResult::ok()
         }
-        Ok((Appended::Rejected(reason), _)) => PduResult::error(reason),
-        Err(e) => PduResult::error(e.to_string()),
+        Ok((Appended::Rejected(reason), _)) => {
+            tracing::info!(%origin, room_id = %room, event_id = %id, %reason, "an event was rejected");
+            PduResult::error(reason)
+        }
+        Err(e) => {
+            // Its prev events are still unknown (a gap nobody could fill) or
+            // storage failed: not taken, and the answer says why.
+            tracing::info!(%origin, room_id = %room, event_id = %id, error = %e, "an event was not taken");
+            PduResult::error(e.to_string())
+        }
     }
 }
 

@@ -126,4 +126,6 @@ mod key_validity_tests;
 #[cfg(test)]
 mod sender_tests;
 #[cfg(test)]
+mod stuck_tests;
+#[cfg(test)]
 mod tests;

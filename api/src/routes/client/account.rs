@@ -101,7 +101,7 @@ fn uia_required(stage: &str, session: Option<String>, error: Option<(&str, &str)
 
 /// `POST /register`.
 #[derive(Deserialize)]
-struct RegisterBody {
+pub(crate) struct RegisterBody {
     /// `m.login.application_service` for an appservice's users.
     #[serde(rename = "type")]
     kind: Option<String>,
@@ -347,7 +347,7 @@ pub fn login_flows(_cx: Ctx, _req: Req) -> HandlerFuture {
 
 /// `POST /login`.
 #[derive(Deserialize)]
-struct LoginBody {
+pub(crate) struct LoginBody {
     #[serde(rename = "type")]
     kind: String,
     identifier: Option<Identifier>,
@@ -546,7 +546,7 @@ pub(crate) async fn password_uia(
 
 /// `POST /account/password`.
 #[derive(Deserialize)]
-struct PasswordBody {
+pub(crate) struct PasswordBody {
     new_password: String,
     #[serde(default = "yes")]
     logout_devices: bool,
@@ -583,7 +583,7 @@ pub(super) struct AuthOnly {
 
 /// `POST /account/deactivate`.
 #[derive(Deserialize)]
-struct DeactivateBody {
+pub(crate) struct DeactivateBody {
     auth: Option<AuthData>,
     /// Nothing is erased beyond what deactivation removes; read so that its type is checked.
     #[serde(default, rename = "erase")]

@@ -55,7 +55,7 @@ pub fn device(cx: Ctx, req: Req) -> HandlerFuture {
 
 /// `PUT /devices/{deviceId}`.
 #[derive(Deserialize)]
-struct RenameBody {
+pub(crate) struct RenameBody {
     display_name: Option<String>,
 }
 

@@ -84,7 +84,7 @@ pub fn resolve(cx: Ctx, req: Req) -> HandlerFuture {
 
 /// `PUT /directory/room/{roomAlias}`.
 #[derive(Deserialize)]
-struct CreateBody {
+pub(crate) struct CreateBody {
     room_id: String,
 }
 

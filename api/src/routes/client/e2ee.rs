@@ -46,7 +46,7 @@ fn remote_timeout(timeout: Option<u64>) -> Duration {
 
 /// The body of `POST /keys/upload`.
 #[derive(Deserialize)]
-struct UploadBody {
+pub(crate) struct UploadBody {
     device_keys: Option<Map<String, JsonValue>>,
     one_time_keys: Option<Map<String, JsonValue>>,
     fallback_keys: Option<Map<String, JsonValue>>,
@@ -54,7 +54,7 @@ struct UploadBody {
 
 /// The body of `POST /keys/query`: the devices wanted per user (none listed: all).
 #[derive(Deserialize)]
-struct QueryBody {
+pub(crate) struct QueryBody {
     #[serde(default)]
     device_keys: BTreeMap<String, Vec<String>>,
     timeout: Option<u64>,
@@ -62,7 +62,7 @@ struct QueryBody {
 
 /// The body of `POST /keys/claim`: the algorithm wanted per user and device.
 #[derive(Deserialize)]
-struct ClaimBody {
+pub(crate) struct ClaimBody {
     #[serde(default)]
     one_time_keys: BTreeMap<String, BTreeMap<String, String>>,
     timeout: Option<u64>,
@@ -70,7 +70,7 @@ struct ClaimBody {
 
 /// The body of `POST /keys/device_signing/upload`.
 #[derive(Deserialize)]
-struct CrossSigningBody {
+pub(crate) struct CrossSigningBody {
     master_key: Option<Map<String, JsonValue>>,
     self_signing_key: Option<Map<String, JsonValue>>,
     user_signing_key: Option<Map<String, JsonValue>>,

@@ -28,14 +28,14 @@ use crate::{
 
 /// `POST /room_keys/version`.
 #[derive(Deserialize)]
-struct CreateBody {
+pub(crate) struct CreateBody {
     algorithm: String,
     auth_data: Map<String, JsonValue>,
 }
 
 /// `PUT /room_keys/version/{version}`.
 #[derive(Deserialize)]
-struct UpdateBody {
+pub(crate) struct UpdateBody {
     algorithm: String,
     auth_data: Map<String, JsonValue>,
     version: Option<String>,
@@ -43,7 +43,7 @@ struct UpdateBody {
 
 /// `KeyBackupData`, as uploaded.
 #[derive(Deserialize)]
-struct KeyBackupData {
+pub(crate) struct KeyBackupData {
     first_message_index: u64,
     forwarded_count: u64,
     is_verified: bool,
@@ -52,13 +52,13 @@ struct KeyBackupData {
 
 /// `PUT /room_keys/keys/{roomId}`: "A map of session IDs to key data."
 #[derive(Deserialize)]
-struct RoomKeysBody {
+pub(crate) struct RoomKeysBody {
     sessions: BTreeMap<String, KeyBackupData>,
 }
 
 /// `PUT /room_keys/keys`: "A map of room IDs to room key backup data."
 #[derive(Deserialize)]
-struct AllKeysBody {
+pub(crate) struct AllKeysBody {
     rooms: BTreeMap<String, RoomKeysBody>,
 }
 

@@ -1,21 +1,21 @@
 //! The Client-Server API routes (`/_matrix/client/{r0,v3}/…`).
 
-mod account;
+pub(crate) mod account;
 mod appservice;
-mod devices;
-mod directory;
+pub(crate) mod devices;
+pub(crate) mod directory;
 pub(crate) mod e2ee;
 mod ephemeral;
-mod key_backup;
+pub(crate) mod key_backup;
 pub(crate) mod openid;
 mod power;
-mod profile;
+pub(crate) mod profile;
 pub(crate) mod public_rooms;
 mod push;
-mod pushers;
-mod relations;
+pub(crate) mod pushers;
+pub(crate) mod relations;
 pub(crate) mod rooms;
-mod search;
+pub(crate) mod search;
 mod sliding;
 pub(crate) mod sync;
 mod tags;

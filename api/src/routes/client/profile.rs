@@ -129,7 +129,7 @@ pub fn put_avatar_url(cx: Ctx, req: Req) -> HandlerFuture {
 }
 
 #[derive(Deserialize)]
-struct SearchBody {
+pub(crate) struct SearchBody {
     search_term: String,
     #[serde(default = "ten")]
     limit: usize,

@@ -41,7 +41,7 @@ pub fn list(cx: Ctx, req: Req) -> HandlerFuture {
 
 /// `POST /pushers/set`.
 #[derive(Deserialize)]
-struct SetBody {
+pub(crate) struct SetBody {
     pushkey: String,
     /// `None` (JSON `null`) deletes.
     kind: Option<String>,

@@ -23,7 +23,7 @@ use crate::{
 
 /// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}`; the body may be left out.
 #[derive(Deserialize)]
-struct RedactBody {
+pub(crate) struct RedactBody {
     reason: Option<String>,
 }
 

@@ -18,7 +18,7 @@ use crate::{
 
 /// `POST /search`.
 #[derive(Deserialize)]
-struct SearchBody {
+pub(crate) struct SearchBody {
     search_categories: Categories,
 }
 

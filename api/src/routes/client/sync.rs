@@ -151,7 +151,7 @@ struct FilterCreated {
 
 /// `PUT /sendToDevice/{eventType}/{txnId}`: content by user, then by device (`*`: all of them).
 #[derive(Deserialize)]
-struct ToDeviceBody {
+pub(crate) struct ToDeviceBody {
     messages: BTreeMap<String, BTreeMap<String, Map<String, JsonValue>>>,
 }
 

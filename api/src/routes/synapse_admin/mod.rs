@@ -11,9 +11,9 @@
 //! the admin who did it. The work is the engine's, shared with `myelin admin …`
 //! (`crate::admin`).
 
-mod register;
+pub(crate) mod register;
 pub(crate) mod rooms;
-mod users;
+pub(crate) mod users;
 
 use http::{Method, StatusCode};
 use ruma::{OwnedUserId, UserId};

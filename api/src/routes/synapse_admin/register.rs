@@ -29,7 +29,7 @@ pub fn nonce(cx: Ctx, _req: Req) -> HandlerFuture {
 
 /// POST /_synapse/admin/v1/register
 #[derive(Deserialize)]
-struct RegisterBody {
+pub(crate) struct RegisterBody {
     nonce: Option<String>,
     username: Option<String>,
     password: Option<String>,

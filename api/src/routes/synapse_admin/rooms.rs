@@ -218,7 +218,7 @@ pub fn members(cx: Ctx, req: Req) -> HandlerFuture {
 
 /// DELETE /_synapse/admin/v2/rooms/{roomId}
 #[derive(Deserialize, Default)]
-struct DeleteBody {
+pub(crate) struct DeleteBody {
     new_room_user_id: Option<String>,
     #[serde(default)]
     block: bool,

@@ -214,7 +214,7 @@ fn yes() -> bool {
 
 /// PUT /_synapse/admin/v2/users/{userId}
 #[derive(Deserialize)]
-struct PutUser {
+pub(crate) struct PutUser {
     password: Option<String>,
     #[serde(default = "yes")]
     logout_devices: bool,
@@ -348,7 +348,7 @@ pub fn put(cx: Ctx, req: Req) -> HandlerFuture {
 
 /// POST /_synapse/admin/v1/deactivate/{userId}
 #[derive(Deserialize, Default)]
-struct DeactivateBody {
+pub(crate) struct DeactivateBody {
     #[serde(default)]
     erase: bool,
 }
@@ -374,7 +374,7 @@ pub fn deactivate(cx: Ctx, req: Req) -> HandlerFuture {
 
 /// POST /_synapse/admin/v1/reset_password/{userId}
 #[derive(Deserialize)]
-struct ResetPasswordBody {
+pub(crate) struct ResetPasswordBody {
     new_password: Option<String>,
     #[serde(default = "yes")]
     logout_devices: bool,
@@ -452,7 +452,7 @@ pub fn is_admin(cx: Ctx, req: Req) -> HandlerFuture {
 
 /// PUT /_synapse/admin/v1/users/{userId}/admin
 #[derive(Deserialize)]
-struct SetAdminBody {
+pub(crate) struct SetAdminBody {
     admin: Option<bool>,
 }
 

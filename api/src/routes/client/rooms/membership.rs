@@ -192,7 +192,7 @@ pub fn knock(cx: Ctx, req: Req) -> HandlerFuture {
 }
 
 #[derive(Deserialize)]
-struct TargetBody {
+pub(crate) struct TargetBody {
     user_id: OwnedUserId,
     reason: Option<String>,
 }
@@ -246,7 +246,7 @@ pub fn unban(cx: Ctx, req: Req) -> HandlerFuture {
 }
 
 #[derive(Deserialize, Default)]
-struct ReasonBody {
+pub(crate) struct ReasonBody {
     reason: Option<String>,
 }
 

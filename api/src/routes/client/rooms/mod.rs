@@ -90,10 +90,10 @@ pub(crate) struct CreateRoomBody {
 
 mod create;
 mod events;
-mod membership;
+pub(crate) mod membership;
 mod messages;
-mod reports;
-mod upgrade;
+pub(crate) mod reports;
+pub(crate) mod upgrade;
 
 pub use create::*;
 pub use events::*;

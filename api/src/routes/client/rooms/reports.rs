@@ -15,7 +15,7 @@ use myelin_engine::reports::{MAX_REASON_BYTES, Report};
 
 /// The body of a report.
 #[derive(Deserialize, Default)]
-struct ReportBody {
+pub(crate) struct ReportBody {
     reason: Option<String>,
     score: Option<i64>,
 }

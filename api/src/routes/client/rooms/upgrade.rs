@@ -8,7 +8,7 @@ use super::*;
 
 /// The request body.
 #[derive(Deserialize)]
-struct UpgradeBody {
+pub(crate) struct UpgradeBody {
     new_version: String,
     #[serde(default)]
     additional_creators: Vec<OwnedUserId>,
