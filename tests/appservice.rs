@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use myelin_suite::{
     Client, TestServer,
-    appservice::{FakeAppservice, RegistrationYaml, Seen, not_found, wait_events},
+    appservice::{self, FakeAppservice, RegistrationYaml, Seen, not_found, wait_events},
     enc, http_with,
 };
 use serde_json::{Value, json};
@@ -33,13 +33,7 @@ fn registration(url: Option<&str>, exclusive: bool) -> String {
 
 /// A server named `as.test` with open registration and the registration file in `dir`.
 async fn server_with(yaml: &str, dir: &tempfile::TempDir) -> TestServer {
-    let path = dir.path().join("registration.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    TestServer::start_with("as.test", move |c| {
-        c.registration.enabled = true;
-        c.appservice.registrations = vec![path];
-    })
-    .await
+    appservice::server_with_registration(yaml, dir).await
 }
 
 /// A request with the appservice's token, as `user` when given.
@@ -50,13 +44,7 @@ async fn as_request(
     user: Option<&str>,
     body: Option<Value>,
 ) -> myelin_suite::Reply {
-    let path = match user {
-        Some(u) => format!("{path}{}user_id={}", if path.contains('?') { '&' } else { '?' }, enc(u)),
-        None => path.to_owned(),
-    };
-    let auth = format!("Bearer {AS_TOKEN}");
-    let body = body.map(|b| b.to_string());
-    http_with(server.client, method, &path, body.as_deref().map(str::as_bytes), &[("authorization", &auth)]).await
+    appservice::as_request(server, AS_TOKEN, method, path, user, body).await
 }
 
 async fn as_register(server: &TestServer, localpart: &str) -> myelin_suite::Reply {

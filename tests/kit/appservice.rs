@@ -218,3 +218,34 @@ pub async fn wait_events(
 ) {
     fake.wait_until(limit, what, |f| done(&f.events())).await;
 }
+
+/// A server named `as.test` with open registration and `yaml` as its one
+/// registration file (written into `dir`).
+pub async fn server_with_registration(yaml: &str, dir: &tempfile::TempDir) -> crate::TestServer {
+    let path = dir.path().join("registration.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    crate::TestServer::start_with("as.test", move |c| {
+        c.registration.enabled = true;
+        c.appservice.registrations = vec![path];
+    })
+    .await
+}
+
+/// A request with an appservice's `token`, as `user` (`?user_id=`) when given.
+pub async fn as_request(
+    server: &crate::TestServer,
+    token: &str,
+    method: http::Method,
+    path: &str,
+    user: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> crate::Reply {
+    let path = match user {
+        Some(u) => format!("{path}{}user_id={}", if path.contains('?') { '&' } else { '?' }, crate::enc(u)),
+        None => path.to_owned(),
+    };
+    let auth = format!("Bearer {token}");
+    let body = body.map(|b| b.to_string());
+    crate::http_with(server.client, method, &path, body.as_deref().map(str::as_bytes), &[("authorization", &auth)])
+        .await
+}

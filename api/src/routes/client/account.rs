@@ -407,6 +407,19 @@ pub fn login(cx: Ctx, req: Req) -> HandlerFuture {
             if !appservice.owns_user(user_id.as_str()) {
                 return Err(ApiError::forbidden(format!("{user_id} is not in the appservice's namespaces")));
             }
+            // As Synapse answers: a user never registered is not found (the
+            // appservice registers it first), a deactivated one is refused as such.
+            match cx.engine.users.account(&user_id)? {
+                None => return Err(ApiError::not_found(format!("{user_id} is not registered"))),
+                Some(a) if a.deactivated => {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "M_USER_DEACTIVATED",
+                        format!("{user_id} has been deactivated"),
+                    ));
+                }
+                Some(_) => {}
+            }
             let login =
                 cx.engine.users.login_trusted(&user_id, body.device_id, body.initial_device_display_name).await?;
             return Ok(ok_json(&LoginResponse::new(&cx, &login)));
@@ -604,7 +617,11 @@ pub fn deactivate(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_user(&cx, &req)?;
         let body: DeactivateBody = parse_json_or_empty(&req.body)?;
-        if let Some(challenge) = password_uia(&cx, &me.user_id, body.auth).await? {
+        // An appservice deactivates its users without user-interactive auth
+        // (they have no password to give), as Synapse lets it.
+        if me.appservice.is_none()
+            && let Some(challenge) = password_uia(&cx, &me.user_id, body.auth).await?
+        {
             return Ok(challenge);
         }
         cx.engine.deactivate_user(&me.user_id).await?;
