@@ -205,7 +205,11 @@ async fn events_typing_and_receipts_reach_the_appservice_with_its_hs_token() {
     let events = fake.events();
     let msg = events.iter().find(|e| e["event_id"] == event_id.as_str()).expect("the message event");
     assert_eq!(msg["sender"], alice.user_id.as_str());
-    assert!(msg.get("origin_server_ts").is_some() && msg.get("content").is_some());
+    // The client format (Client-Server API `ClientEvent`), nothing of the PDU's own.
+    assert_eq!(msg["content"], json!({ "msgtype": "m.text", "body": "hello bridge" }));
+    assert_eq!((msg["type"].as_str(), msg["room_id"].as_str()), (Some("m.room.message"), Some(room.as_str())));
+    assert!(msg["origin_server_ts"].is_u64() && msg["unsigned"]["age"].is_u64(), "{msg}");
+    assert!(msg.get("auth_events").is_none() && msg.get("hashes").is_none() && msg.get("depth").is_none(), "{msg}");
     // The namespaced user's own join was pushed too (its state_key is in the namespace).
     assert!(events.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == "@bridge_alice:as.test"));
 

@@ -31,6 +31,7 @@ use crate::federation::backoff::jitter;
 use std::{sync::Arc, time::Duration};
 
 use http::Method;
+use serde_json::value::RawValue;
 use tokio::sync::{Notify, watch};
 
 use super::queue::{self, InFlight, SenderState};
@@ -123,22 +124,45 @@ fn next_transaction(
         return Ok(None);
     }
     let now = now_ms();
-    let mut events = Vec::with_capacity(rows.len());
+    let mut events: Vec<Box<RawValue>> = Vec::with_capacity(rows.len());
+    // State events as JSON too (MSC3202's `left` reads their memberships),
+    // and the senders (its key counts name the appservice's own).
+    let mut state_events = Vec::new();
+    let mut senders = std::collections::BTreeSet::new();
     let mut oldest = now;
+    let raw = |v: &serde_json::Value| {
+        serde_json::value::to_raw_value(v).map_err(crate::EngineError::encode("appservice event"))
+    };
     for (seq, short) in &rows {
         match engine.rooms.pdu_by_short(*short) {
             Ok(Some(pdu)) => {
                 oldest = oldest.min(u64::from(pdu.origin_server_ts.0));
+                if key_counts_for.is_some() {
+                    senders.insert(pdu.sender.to_string());
+                }
+                if pdu.state_key.is_none() {
+                    // Most events: written straight from the stored content,
+                    // without building a JSON tree of it.
+                    events.push(message_event(&pdu, now)?);
+                    continue;
+                }
                 let mut event = client_event(&pdu, true, now);
                 with_state_context(engine, *short, &pdu, &mut event)?;
-                events.push(event);
+                events.push(raw(&event)?);
+                state_events.push(event);
             }
             // Purged since it was queued: nothing to send for it.
             Ok(None) => {}
             // An invite to a room this server is not in (an outlier, no room version
             // known): sent as it was received.
             Err(crate::rooms::RoomError::UnknownRoom(_)) => match engine.rooms.outlier_client_event(*short, now) {
-                Ok(Some(event)) => events.push(event),
+                Ok(Some(event)) => {
+                    if let Some(sender) = event.get("sender").and_then(serde_json::Value::as_str) {
+                        senders.insert(sender.to_owned());
+                    }
+                    events.push(raw(&event)?);
+                    state_events.push(event);
+                }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(seq, error = %e, "skipping a queued event that cannot be read"),
             },
@@ -149,7 +173,7 @@ fn next_transaction(
     metrics::gauge!("myelin_appservice_queue_oldest_age_seconds", "appservice" => id.to_owned())
         .set(now.saturating_sub(oldest) as f64 / 1000.0);
     let left = match &key_counts_for {
-        Some(a) => device_lists_left(engine, a, &mut concerned, &events, &device_lists)?,
+        Some(a) => device_lists_left(engine, a, &mut concerned, &state_events, &device_lists)?,
         None => Vec::new(),
     };
     let mut body = serde_json::Map::new();
@@ -160,7 +184,6 @@ fn next_transaction(
         );
     }
     let count = events.len();
-    body.insert("events".into(), serde_json::Value::Array(events));
     if !ephemeral.is_empty() {
         // Both names: the stable one, and MSC2409's that older bridges read.
         body.insert("ephemeral".into(), serde_json::Value::Array(ephemeral.clone()));
@@ -178,14 +201,10 @@ fn next_transaction(
         let mut users: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
         users.insert(a.sender.to_string());
         users.extend(to_device.iter().map(|(_, m)| m.to_user.clone()));
-        for e in body.get("events").and_then(serde_json::Value::as_array).into_iter().flatten() {
-            if let Some(sender) = e.get("sender").and_then(serde_json::Value::as_str).filter(|s| a.owns_user(s)) {
-                users.insert(sender.to_owned());
-            }
-        }
+        users.extend(senders.into_iter().filter(|s| a.owns_user(s)));
         key_counts(engine, &users, &mut body)?;
     }
-    let body = serde_json::to_vec(&body).map_err(crate::EngineError::encode("appservice transaction"))?;
+    let body = transaction_body(body, &events)?;
     if state.next_txn == 0 {
         // A fresh sender (or one re-added after removal) must not repeat ids the
         // appservice saw before: start from the clock.
@@ -201,6 +220,53 @@ fn next_transaction(
     // Removed with the event rows once delivered (positions never collide).
     seqs.extend(to_device.iter().map(|(s, _)| *s));
     Ok(Some(InFlight { txn_id, seqs, body, events: count }))
+}
+
+/// A non-state event in the client format, from the stored content as it is.
+fn message_event(pdu: &crate::rooms::pdu::Pdu, now: u64) -> Result<Box<RawValue>, crate::EngineError> {
+    #[derive(serde::Serialize)]
+    struct Unsigned {
+        age: u64,
+    }
+    #[derive(serde::Serialize)]
+    struct Event<'a> {
+        #[serde(rename = "type")]
+        kind: &'a ruma::events::TimelineEventType,
+        content: &'a RawValue,
+        event_id: &'a ruma::EventId,
+        sender: &'a ruma::UserId,
+        origin_server_ts: u64,
+        unsigned: Unsigned,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        redacts: Option<&'a ruma::EventId>,
+        room_id: &'a ruma::RoomId,
+    }
+    let ts = u64::from(pdu.origin_server_ts.0);
+    let event = Event {
+        kind: &pdu.kind,
+        content: &pdu.content,
+        event_id: &pdu.event_id,
+        sender: &pdu.sender,
+        origin_server_ts: ts,
+        unsigned: Unsigned { age: now.saturating_sub(ts) },
+        redacts: pdu.redacts.as_deref(),
+        room_id: &pdu.room_id,
+    };
+    serde_json::value::to_raw_value(&event).map_err(crate::EngineError::encode("appservice event"))
+}
+
+/// The transaction's JSON: `events` as written, and `rest`'s keys.
+fn transaction_body(
+    rest: serde_json::Map<String, serde_json::Value>,
+    events: &[Box<RawValue>],
+) -> Result<Vec<u8>, crate::EngineError> {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        events: &'a [Box<RawValue>],
+        #[serde(flatten)]
+        rest: serde_json::Map<String, serde_json::Value>,
+    }
+    serde_json::to_vec(&Body { events, rest }).map_err(crate::EngineError::encode("appservice transaction"))
 }
 
 /// Most users in one transaction's `device_lists.changed`.
