@@ -153,6 +153,11 @@ pub async fn receive_device_list_update(engine: &Engine, origin: &str, content: 
             })
             .map(Some)
     };
+    tracing::debug!(%origin, user_id = %user, device, "device list update received");
+    // Before the change is visible (a client told of it must not be answered
+    // from the list cached before it) and after (a query that started in
+    // between must not be trusted).
+    engine.remote_lists.updates.bump(user.as_str());
     if let Err(e) = engine.e2ee.remote_device_changed(user.as_str(), device, keys).await {
         tracing::warn!(%origin, error = %e, "could not record a device list update");
     }
@@ -178,6 +183,8 @@ pub async fn receive_signing_key_update(engine: &Engine, origin: &str, content: 
             keys.push((usage, k.clone()));
         }
     }
+    // Around the change, as for a device-list update.
+    engine.remote_lists.updates.bump(user.as_str());
     if let Err(e) = engine.e2ee.remote_cross_signing_changed(user.as_str(), &keys).await {
         tracing::warn!(%origin, error = %e, "could not record a signing key update");
     }

@@ -127,6 +127,9 @@ pub async fn query_remote(
     server: &str,
     users: Map<String, JsonValue>,
 ) -> Result<JsonValue, FederationError> {
+    // An update that arrives while the query is out is newer than its answer:
+    // such a user's answer is passed on but does not replace the cache.
+    let before: BTreeMap<String, u64> = users.keys().map(|u| (u.clone(), engine.remote_lists.updates.of(u))).collect();
     let body = json!({ "device_keys": users });
     let answer =
         engine.remote(server).json(Method::POST, "/_matrix/federation/v1/user/keys/query", Some(&body)).await?;
@@ -156,8 +159,13 @@ pub async fn query_remote(
                 cross.push((usage, k.clone()));
             }
         }
-        // Only a full device list replaces the cache.
-        if users.get(user).and_then(|d| d.as_array()).is_none_or(|d| d.is_empty())
+        // Only a full device list replaces the cache, and only one not overtaken.
+        let overtaken = before.get(user).is_some_and(|&g| engine.remote_lists.updates.of(user) != g);
+        if overtaken {
+            tracing::debug!(%server, %user, "an update came in while the keys were asked for; not cached");
+        }
+        if !overtaken
+            && users.get(user).and_then(|d| d.as_array()).is_none_or(|d| d.is_empty())
             && let Err(e) = engine.e2ee.store_remote(user, &devices, &cross).await
         {
             tracing::warn!(%server, %user, error = %e, "could not cache remote device keys");
@@ -188,6 +196,8 @@ pub async fn query_remote_tracked(
             ask.insert(user, devices);
         }
     }
+    tracing::debug!(%requester, %server, cached = ?cached.keys().collect::<Vec<_>>(), asked = ?ask.keys().collect::<Vec<_>>(),
+        "remote key query");
     metrics::counter!("myelin_remote_key_queries_total", "answered" => "cache").increment(cached.len() as u64);
     metrics::counter!("myelin_remote_key_queries_total", "answered" => "server").increment(ask.len() as u64);
     let mut out = cached_keys(engine, &cached)?;
@@ -205,7 +215,11 @@ pub async fn query_remote_tracked(
         .filter(|(_, d)| d.as_array().is_none_or(|d| d.is_empty()))
         .map(|(u, _)| (u.clone(), engine.remote_lists.mark(gens, u)))
         .collect();
-    let part = query_remote(engine, server, ask).await?;
+    let started = std::time::Instant::now();
+    let part = query_remote(engine, server, ask).await;
+    tracing::debug!(%requester, %server, took_ms = started.elapsed().as_millis() as u64, ok = part.is_ok(),
+        "remote key query answered");
+    let part = part?;
     let answered: Vec<&(String, crate::remote_lists::FetchMark)> =
         marks.iter().filter(|(u, _)| part["device_keys"].get(u.as_str()).is_some_and(JsonValue::is_object)).collect();
     let candidates: Vec<&str> = answered.iter().map(|(u, _)| u.as_str()).collect();

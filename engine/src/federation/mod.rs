@@ -124,6 +124,8 @@ mod join_tests;
 #[cfg(test)]
 mod key_validity_tests;
 #[cfg(test)]
+mod keys_cache_tests;
+#[cfg(test)]
 mod sender_tests;
 #[cfg(test)]
 mod stuck_tests;
