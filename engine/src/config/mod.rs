@@ -610,7 +610,12 @@ fn describe(e: &figment::Error) -> String {
     let source = source.unwrap_or_default();
     match &e.kind {
         Kind::UnknownField(field, _) => {
-            let key = if path.is_empty() { field.clone() } else { format!("{path}.{field}") };
+            // figment's path already ends with the unknown field itself.
+            let key = if path.is_empty() || path == *field || path.ends_with(&format!(".{field}")) {
+                if path.is_empty() { field.clone() } else { path.clone() }
+            } else {
+                format!("{path}.{field}")
+            };
             format!("unknown configuration key `{key}`{source}")
         }
         kind => {
