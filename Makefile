@@ -3,7 +3,7 @@ CARGO ?= cargo
 RUST_LOG ?= info
 export RUST_LOG
 
-.PHONY: setup build run test fmt lint check bench-storage clean-cache interop-setup sdk-test fuzz-short
+.PHONY: setup build run test fmt lint check bench-storage clean-cache interop-setup sdk-test fuzz-short package-test
 
 ## Install build prerequisites and the cached RocksDB archive.
 setup:
@@ -38,8 +38,23 @@ test: lint interop-setup
 		echo "cargo-nextest not found; using cargo test"; \
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
+	$(MAKE) package-test
 	$(MAKE) sdk-test
 	$(MAKE) fuzz-short
+
+## The Debian package from a release build (scripts/build-deb.sh): contents, the systemd
+## unit (systemd-analyze), the example config serving, the Grafana dashboard's metric
+## names, an install into a temp root (tests/packaging.sh; no systemd needed).
+package-test: setup
+	@missing=""; for p in dpkg-dev fakeroot binutils systemd strace; do \
+		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "package-test: installing$$missing"; \
+		SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	$(CARGO) build --release --bin myelin
+	tests/packaging.sh target/release/myelin
 
 ## `cargo fuzz` (nightly toolchain, its own target dir under fuzz/): a few seconds of each
 ## target; `RUNS=10000000 scripts/fuzz-cargo.sh` is the long mode (FUZZING.md).
