@@ -85,10 +85,21 @@ async fn cors_headers_and_preflight() {
 async fn metrics_expose_request_counts() {
     let s = TestServer::start("localhost").await;
     http(s.client, Method::GET, "/_matrix/client/versions", None).await;
+    http(s.client, Method::GET, "/_matrix/client/v3/rooms/!a:b/state/m.room.name/", None).await;
+    http(s.client, Method::GET, "/no/such/path/../x", None).await;
     let r = http(s.client, Method::GET, "/metrics", None).await;
     assert_eq!(r.status, StatusCode::OK);
     let text = String::from_utf8(r.body.to_vec()).unwrap();
-    assert!(text.contains("myelin_http_requests_total"), "{text}");
+    // Counted per route template (a bounded set), never per raw path.
+    let has = |metric: &str, labels: &[&str]| {
+        text.lines().any(|l| l.starts_with(metric) && labels.iter().all(|want| l.contains(want)))
+    };
+    let versions = ["route=\"/_matrix/client/versions\"", "method=\"GET\"", "status=\"200\""];
+    assert!(has("myelin_http_requests_total", &versions), "{text}");
+    assert!(has("myelin_http_request_duration_seconds", &versions[..2]), "{text}");
+    assert!(has("myelin_http_requests_total", &["route=\"/_matrix/client/v3/rooms/{room_id}/state/"]), "{text}");
+    assert!(has("myelin_http_requests_total", &["route=\"unmatched\"", "status=\"404\""]), "{text}");
+    assert!(!text.contains("!a:b") && !text.contains("no/such"), "a raw path became a label: {text}");
     s.stop().await;
 }
 

@@ -106,6 +106,8 @@ pub struct Route {
     /// How long the handler may wait on purpose (a long-poll), on top of
     /// `limits.handler_timeout_s`.
     pub long_poll: std::time::Duration,
+    /// The path template it was added under (the `route` label of request metrics).
+    pub template: &'static str,
 }
 
 /// Percent-decoded path parameters, in template order.
@@ -142,7 +144,10 @@ impl Router {
 
     /// Adds a route with its own body limit.
     pub fn add_limited(&mut self, method: Method, path: &str, handler: Handler, max_body: usize) -> &mut Self {
-        self.insert(Route { method, handler, max_body, streaming: false, long_poll: Default::default() }, path)
+        self.insert(
+            Route { method, handler, max_body, streaming: false, long_poll: Default::default(), template: "" },
+            path,
+        )
     }
 
     /// Adds a long-poll route: its handler may wait up to `wait` on purpose,
@@ -154,21 +159,35 @@ impl Router {
         handler: Handler,
         wait: std::time::Duration,
     ) -> &mut Self {
-        self.insert(Route { method, handler, max_body: DEFAULT_MAX_BODY, streaming: false, long_poll: wait }, path)
+        self.insert(
+            Route { method, handler, max_body: DEFAULT_MAX_BODY, streaming: false, long_poll: wait, template: "" },
+            path,
+        )
     }
 
     /// Adds a route whose handler streams the request body itself.
     pub fn add_streaming(&mut self, method: Method, path: &str, handler: Handler) -> &mut Self {
         self.insert(
-            Route { method, handler, max_body: usize::MAX, streaming: true, long_poll: Default::default() },
+            Route {
+                method,
+                handler,
+                max_body: usize::MAX,
+                streaming: true,
+                long_poll: Default::default(),
+                template: "",
+            },
             path,
         )
     }
 
-    fn insert(&mut self, route: Route, path: &str) -> &mut Self {
+    fn insert(&mut self, mut route: Route, path: &str) -> &mut Self {
         if let Some(i) = self.templates.iter().position(|t| t == path) {
+            route.template = self.routes[i][0].template;
             self.routes[i].push(route);
         } else {
+            // A metrics label for the life of the process: one small string per
+            // template, and a process builds its two tables once.
+            route.template = Box::leak(path.to_owned().into_boxed_str());
             let i = self.routes.len();
             // Templates are our own constants; a bad one is a programming error caught by tests.
             if let Err(e) = self.paths.insert(path, i) {

@@ -53,7 +53,7 @@ use crate::{
     error::ApiError,
     http_util::{Resp, add_cors},
     linger::Linger,
-    router::{Ctx, Listener, Miss, Req, Router},
+    router::{Ctx, Listener, Miss, Req, Route, Router},
 };
 
 /// How long a TLS handshake may take.
@@ -104,10 +104,13 @@ async fn handle(
     req.extensions_mut().insert(crate::router::PeerAddr(client));
     let started = Instant::now();
     let method = req.method().clone();
+    let mut route = "unmatched";
     let mut resp = if method == Method::OPTIONS {
         crate::http_util::text_response(StatusCode::OK, "application/json", "{}")
     } else {
-        dispatch(&state, req).await.unwrap_or_else(ApiError::into_response)
+        let (template, answer) = dispatch(&state, req).await;
+        route = template;
+        answer.unwrap_or_else(ApiError::into_response)
     };
     if resp.status() == StatusCode::REQUEST_TIMEOUT {
         // The rest of the body is not waited for: the connection cannot carry another request.
@@ -115,26 +118,43 @@ async fn handle(
     }
     add_cors(&mut resp);
     let listener = state.ctx.listener.label();
-    metrics::counter!("myelin_http_requests_total", "listener" => listener, "status" => resp.status().as_str().to_owned())
-        .increment(1);
-    metrics::histogram!("myelin_http_request_duration_seconds", "listener" => listener)
-        .record(started.elapsed().as_secs_f64());
+    // `route` is the matched template (a bounded set of our own constants), so
+    // a send rate or `/sync` latency can be told apart from the rest.
+    metrics::counter!("myelin_http_requests_total", "listener" => listener, "route" => route,
+        "method" => method.as_str().to_owned(), "status" => resp.status().as_str().to_owned())
+    .increment(1);
+    metrics::histogram!("myelin_http_request_duration_seconds", "listener" => listener, "route" => route,
+        "method" => method.as_str().to_owned())
+    .record(started.elapsed().as_secs_f64());
     Ok(resp)
 }
 
-async fn dispatch(state: &ListenerState, req: http::Request<Incoming>) -> Result<Resp, ApiError> {
+/// Routes `req` and runs its handler; also names the route's template.
+async fn dispatch(state: &ListenerState, req: http::Request<Incoming>) -> (&'static str, Result<Resp, ApiError>) {
     let path = req.uri().path().to_owned();
     let (route, params) = match state.router.find(req.method(), &path) {
         Ok(found) => found,
-        Err(Miss::NotFound) => return Err(ApiError::unrecognized(format!("unrecognized request: {path}"))),
-        Err(Miss::MethodNotAllowed) => return Err(ApiError::method_not_allowed()),
-        Err(Miss::BadPath) => return Err(ApiError::unrecognized("bad percent-encoding in the path")),
+        Err(Miss::NotFound) => {
+            return ("unmatched", Err(ApiError::unrecognized(format!("unrecognized request: {path}"))));
+        }
+        Err(Miss::MethodNotAllowed) => return ("unmatched", Err(ApiError::method_not_allowed())),
+        Err(Miss::BadPath) => return ("unmatched", Err(ApiError::unrecognized("bad percent-encoding in the path"))),
     };
+    (route.template, run_route(state, req, route, params, &path).await)
+}
+
+async fn run_route(
+    state: &ListenerState,
+    req: http::Request<Incoming>,
+    route: &Route,
+    params: crate::router::Params,
+    path: &str,
+) -> Result<Resp, ApiError> {
     let (parts, body) = req.into_parts();
     if route.streaming {
         let fut =
             (route.handler)(state.ctx.clone(), Req { parts, body: bytes::Bytes::new(), stream: Some(body), params });
-        return run_handler(fut, &path).await;
+        return run_handler(fut, path).await;
     }
     let body_timeout = state.timeouts.body;
     let declared =
@@ -157,7 +177,7 @@ async fn dispatch(state: &ListenerState, req: http::Request<Incoming>) -> Result
     };
     let fut = (route.handler)(state.ctx.clone(), Req { parts, body, stream: None, params });
     let deadline = state.timeouts.handler + route.long_poll;
-    match tokio::time::timeout(deadline, run_handler(fut, &path)).await {
+    match tokio::time::timeout(deadline, run_handler(fut, path)).await {
         Ok(result) => result,
         Err(_) => {
             metrics::counter!("myelin_http_handler_timeouts_total", "listener" => state.ctx.listener.label())
