@@ -8,7 +8,7 @@ use tracing::Instrument;
 use crate::{Failure, load_config, runtime};
 
 pub(super) fn serve(config_path: Option<PathBuf>) -> Result<(), Failure> {
-    let config = load_config(config_path)?;
+    let config = load_config(config_path.clone())?;
     let rt = runtime()?;
     rt.block_on(async move {
         let engine = tokio::task::spawn_blocking(move || Engine::open(config))
@@ -29,8 +29,12 @@ pub(super) fn serve(config_path: Option<PathBuf>) -> Result<(), Failure> {
         });
         let trimmer =
             tokio::spawn(trim_when_quiet(engine.clone()).instrument(tracing::info_span!("task", name = "memory-trim")));
+        let reloader = tokio::spawn(
+            reload_on_hangup(engine.clone(), config_path).instrument(tracing::info_span!("task", name = "reload")),
+        );
         wait_for_stop_signal().await;
         trimmer.abort();
+        reloader.abort();
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         // A second signal during the grace period means "now".
         tokio::spawn(async {
@@ -109,6 +113,43 @@ fn release_freed_memory() {
     // SAFETY: malloc_trim takes no pointers; it only releases memory glibc holds as free.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// On SIGHUP (`systemctl reload`), re-reads the configuration file (and the
+/// environment) and applies what can change while serving: the
+/// `federation.allow` and `federation.deny` lists. A file that no longer
+/// loads is reported and changes nothing; other keys take a restart.
+async fn reload_on_hangup(engine: Arc<Engine>, config_path: Option<PathBuf>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("SIGHUP cannot be handled here: the configuration is never re-read");
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            let path = config_path.clone();
+            let loaded = tokio::task::spawn_blocking(move || myelin_engine::Config::load(path.as_deref())).await;
+            match loaded {
+                Ok(Ok(myelin_engine::config::Loaded { config, .. })) => {
+                    let changed = engine.policy.set_configured(&config.federation);
+                    tracing::info!(
+                        changed,
+                        allow = config.federation.allow.len(),
+                        deny = config.federation.deny.len(),
+                        "SIGHUP: configuration re-read; federation.allow and federation.deny applied \
+                         (other keys take a restart)"
+                    );
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e.0, "SIGHUP: the configuration does not load; nothing changed"),
+                Err(e) => tracing::warn!(error = %e, "SIGHUP: re-reading the configuration failed"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (engine, config_path);
     }
 }
 

@@ -40,9 +40,16 @@ impl List {
 pub struct Policy {
     db: Arc<Db>,
     enabled: bool,
-    config_allow: Vec<String>,
-    config_deny: Vec<String>,
+    /// `federation.allow` and `.deny` of the configuration file, replaced when
+    /// the server re-reads it (SIGHUP).
+    configured: RwLock<Configured>,
     runtime: RwLock<BTreeMap<String, List>>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Configured {
+    allow: Vec<String>,
+    deny: Vec<String>,
 }
 
 impl Policy {
@@ -57,8 +64,7 @@ impl Policy {
         Ok(Self {
             db,
             enabled: config.enabled,
-            config_allow: config.allow.clone(),
-            config_deny: config.deny.clone(),
+            configured: RwLock::new(Configured { allow: config.allow.clone(), deny: config.deny.clone() }),
             runtime: RwLock::new(runtime),
         })
     }
@@ -68,12 +74,25 @@ impl Policy {
         if !self.enabled {
             return false;
         }
+        let configured = self.configured.read();
         let runtime = self.runtime.read();
-        if self.config_deny.iter().any(|d| d == server) || runtime.get(server) == Some(&List::Deny) {
+        if configured.deny.iter().any(|d| d == server) || runtime.get(server) == Some(&List::Deny) {
             return false;
         }
-        let any_allow = !self.config_allow.is_empty() || runtime.values().any(|l| *l == List::Allow);
-        !any_allow || self.config_allow.iter().any(|a| a == server) || runtime.get(server) == Some(&List::Allow)
+        let any_allow = !configured.allow.is_empty() || runtime.values().any(|l| *l == List::Allow);
+        !any_allow || configured.allow.iter().any(|a| a == server) || runtime.get(server) == Some(&List::Allow)
+    }
+
+    /// Replaces the configured lists with those of a re-read configuration
+    /// file; true when they changed. Runtime entries stay as they are.
+    pub fn set_configured(&self, config: &FederationConfig) -> bool {
+        let new = Configured { allow: config.allow.clone(), deny: config.deny.clone() };
+        let mut configured = self.configured.write();
+        if *configured == new {
+            return false;
+        }
+        *configured = new;
+        true
     }
 
     /// Puts `server` on a runtime list (replacing any runtime entry for it).
@@ -99,11 +118,12 @@ impl Policy {
 
     /// Every entry: (server, list, source) with source `"config"` or `"runtime"`.
     pub fn list(&self) -> Vec<(String, &'static str, &'static str)> {
-        let mut out: Vec<_> = self
-            .config_allow
+        let configured = self.configured.read();
+        let mut out: Vec<_> = configured
+            .allow
             .iter()
             .map(|s| (s.clone(), "allow", "config"))
-            .chain(self.config_deny.iter().map(|s| (s.clone(), "deny", "config")))
+            .chain(configured.deny.iter().map(|s| (s.clone(), "deny", "config")))
             .collect();
         out.extend(self.runtime.read().iter().map(|(s, l)| (s.clone(), l.as_str(), "runtime")));
         out
