@@ -5,4 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --bins
-MYELIN_CRASH_CYCLES="${CYCLES:-100}" cargo nextest run --test crash_server --no-capture
+MYELIN_CRASH_CYCLES="${CYCLES:-100}" cargo nextest run --profile long --test crash_server \
+    -E 'test(acknowledged_events_survive_kill_9)' --no-capture

@@ -44,16 +44,26 @@ fn addr(port: u16) -> SocketAddr {
     format!("127.0.0.1:{port}").parse().unwrap()
 }
 
-/// Message bodies of the room as `client` sees them through `/messages`.
+/// Message bodies of the room as `client` sees them through `/messages`,
+/// every page (a partition of minutes leaves more than one page of history).
 async fn bodies(client: &Client, room: &str) -> Vec<String> {
-    let page = client.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1000", enc(room))).await;
-    let mut out: Vec<String> = page["chunk"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["type"] == "m.room.message")
-        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
-        .collect();
+    let mut out = Vec::new();
+    let mut from = String::new();
+    loop {
+        let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1000{from}", enc(room));
+        let page = client.get(&path).await;
+        let chunk = page["chunk"].as_array().cloned().unwrap_or_default();
+        out.extend(
+            chunk
+                .iter()
+                .filter(|e| e["type"] == "m.room.message")
+                .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)),
+        );
+        match page["end"].as_str() {
+            Some(end) if !chunk.is_empty() => from = format!("&from={}", enc(end)),
+            _ => break,
+        }
+    }
     out.sort();
     out
 }

@@ -262,12 +262,13 @@ pub const GLOB: Target = Target {
     seeds: || texts(&["m.room.*\0m.room.message", "*a*b*\0xaybz", "ab*ba\0aba", "*\0", "a**\0aa", "é*é\0é"]),
     check: |input| {
         let text = String::from_utf8_lossy(input);
-        // The reference is quadratic: long inputs prove nothing more and
-        // would only slow the fuzzer down.
-        if text.len() > 4_096 {
+        let (pattern, subject) = text.split_once('\0').unwrap_or((&text, "m.room.message"));
+        // The reference is quadratic: past 256 bytes only the matcher itself
+        // runs (for panics and run time), or the fuzzer crawls.
+        if text.len() > 256 {
+            let _ = crate::filter::glob(pattern, subject);
             return;
         }
-        let (pattern, subject) = text.split_once('\0').unwrap_or((&text, "m.room.message"));
         assert_eq!(
             crate::filter::glob(pattern, subject),
             glob_reference(pattern, subject),
