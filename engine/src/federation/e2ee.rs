@@ -130,11 +130,19 @@ fn shares_a_room_here(engine: &Engine, user: &UserId) -> bool {
     engine.rooms.all_rooms().is_ok_and(|rooms| engine.shares_room(user.as_str(), &rooms).unwrap_or(false))
 }
 
+/// Whether this server holds cached keys of `user`'s `device`.
+fn holds_device(engine: &Engine, user: &UserId, device: &str) -> bool {
+    engine.e2ee.device_keys(user.as_str()).is_ok_and(|d| d.iter().any(|(id, _)| id == device))
+}
+
 /// An inbound `m.device_list_update`.
 pub async fn receive_device_list_update(engine: &Engine, origin: &str, content: &JsonValue) {
     let device = content.get("device_id").and_then(JsonValue::as_str);
     let (Some(user), Some(device)) = (origin_user(origin, content), device) else { return };
-    if !shares_a_room_here(engine, &user) {
+    let deleted = content.get("deleted").and_then(JsonValue::as_bool) == Some(true);
+    // A deletion of a device still cached is applied without a shared room: it
+    // only removes, and a deactivated user's leave can arrive before it.
+    if !shares_a_room_here(engine, &user) && !(deleted && holds_device(engine, &user, device)) {
         dropped("m.device_list_update", "no_shared_room");
         return;
     }
@@ -142,7 +150,7 @@ pub async fn receive_device_list_update(engine: &Engine, origin: &str, content: 
         dropped("m.device_list_update", "too_large");
         return;
     }
-    let keys = if content.get("deleted").and_then(JsonValue::as_bool) == Some(true) {
+    let keys = if deleted {
         Some(None)
     } else {
         content

@@ -75,3 +75,22 @@ async fn a_list_trusted_before_an_update_is_asked_for_again_after_it() {
     query_remote_tracked(&engine, &alice, "peer.test", bob()).await.unwrap();
     assert_eq!(asked(), 2, "after an update the list is asked for again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_deletion_reaches_the_cache_after_the_last_shared_room_is_gone() {
+    // A deactivated user leaves her rooms and her devices are deleted: the
+    // leave can arrive before the deletion, and the cached keys must still go.
+    let peer = peer_answering_old_keys();
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, _remote, _room) = room_with_a_remote_member(dir.path(), peer).await;
+    const CAROL: &str = "@carol:peer.test";
+    let device = json!({ "user_id": CAROL, "device_id": "LAPTOP", "algorithms": [], "keys": {}, "signatures": {} });
+    engine.e2ee.store_remote(CAROL, &[("LAPTOP".to_owned(), device.clone())], &[]).await.unwrap();
+    let other = json!({ "user_id": CAROL, "device_id": "NEW", "stream_id": 3, "prev_id": [], "keys":
+        { "user_id": CAROL, "device_id": "NEW", "algorithms": [], "keys": {}, "signatures": {} } });
+    receive_device_list_update(&engine, "peer.test", &other).await;
+    assert_eq!(engine.e2ee.device_keys(CAROL).unwrap().len(), 1, "a new device of a user sharing no room is dropped");
+    let deleted = json!({ "user_id": CAROL, "device_id": "LAPTOP", "stream_id": 4, "prev_id": [], "deleted": true });
+    receive_device_list_update(&engine, "peer.test", &deleted).await;
+    assert!(engine.e2ee.device_keys(CAROL).unwrap().is_empty(), "the deleted device's keys stayed cached");
+}
