@@ -142,7 +142,8 @@ pub async fn receive_device_list_update(engine: &Engine, origin: &str, content: 
     let deleted = content.get("deleted").and_then(JsonValue::as_bool) == Some(true);
     // A deletion of a device still cached is applied without a shared room: it
     // only removes, and a deactivated user's leave can arrive before it.
-    if !shares_a_room_here(engine, &user) && !(deleted && holds_device(engine, &user, device)) {
+    let concerns_us = shares_a_room_here(engine, &user) || (deleted && holds_device(engine, &user, device));
+    if !concerns_us {
         dropped("m.device_list_update", "no_shared_room");
         return;
     }
