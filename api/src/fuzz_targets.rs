@@ -217,6 +217,8 @@ fn check_bodies(input: &[u8]) {
     typed::<synapse_admin::users::ResetPasswordBody>(input);
     typed::<synapse_admin::users::SetAdminBody>(input);
     typed::<synapse_admin::rooms::DeleteBody>(input);
+    typed::<synapse_admin::server::EnabledBody>(input);
+    typed::<synapse_admin::server::StartJobBody>(input);
     typed::<MissingEventsRequest>(input);
     typed::<InviteRequest>(input);
     // Whatever the typed reader takes as a plain document, serde_json takes too.

@@ -13,6 +13,7 @@
 
 pub(crate) mod register;
 pub(crate) mod rooms;
+pub(crate) mod server;
 pub(crate) mod users;
 
 use http::{Method, StatusCode};
@@ -50,6 +51,17 @@ pub fn add(r: &mut Router) {
     add(M::DELETE, "/v2/rooms/{room_id}", rooms::delete);
     add(M::GET, "/v2/rooms/{room_id}/delete_status", rooms::delete_status_of_room);
     add(M::GET, "/v2/rooms/delete_status/{delete_id}", rooms::delete_status);
+    add(M::GET, "/v1/event_reports", server::event_reports);
+    add(M::GET, "/v1/event_reports/{report_id}", server::event_report);
+    add(M::DELETE, "/v1/event_reports/{report_id}", server::delete_event_report);
+    add(M::GET, "/v1/federation/destinations", server::list_destinations);
+    add(M::GET, "/v1/federation/destinations/{destination}", server::destination);
+    add(M::GET, "/v1/federation/destinations/{destination}/rooms", server::destination_rooms);
+    add(M::POST, "/v1/federation/destinations/{destination}/reset_connection", server::reset_connection);
+    add(M::GET, "/v1/background_updates/status", server::background_status);
+    add(M::GET, "/v1/background_updates/enabled", server::background_enabled);
+    add(M::POST, "/v1/background_updates/enabled", server::set_background_enabled);
+    add(M::POST, "/v1/background_updates/start_job", server::start_job);
 }
 
 /// GET /_synapse/admin/v1/server_version (no token needed, as in Synapse).

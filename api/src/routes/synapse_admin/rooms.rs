@@ -265,10 +265,13 @@ impl Deletion {
     }
 }
 
-/// The statuses of recent deletions.
+/// The statuses of recent deletions (and the one other piece of admin API
+/// state kept in memory: whether background updates are paused).
 #[derive(Default)]
 pub struct Deletions {
     recent: parking_lot::Mutex<VecDeque<Deletion>>,
+    /// `v1/background_updates/enabled` set to false.
+    pub(crate) background_updates_paused: std::sync::atomic::AtomicBool,
 }
 
 impl Deletions {
