@@ -218,6 +218,8 @@ fn check_bodies(input: &[u8]) {
     typed::<synapse_admin::users::SetAdminBody>(input);
     typed::<synapse_admin::rooms::DeleteBody>(input);
     typed::<synapse_admin::server::EnabledBody>(input);
+    typed::<synapse_admin::room_ops::UserBody>(input);
+    typed::<synapse_admin::room_ops::LoginAsBody>(input);
     typed::<synapse_admin::server::StartJobBody>(input);
     typed::<MissingEventsRequest>(input);
     typed::<InviteRequest>(input);

@@ -12,6 +12,7 @@
 //! (`crate::admin`).
 
 pub(crate) mod register;
+pub(crate) mod room_ops;
 pub(crate) mod rooms;
 pub(crate) mod server;
 pub(crate) mod users;
@@ -51,6 +52,10 @@ pub fn add(r: &mut Router) {
     add(M::DELETE, "/v2/rooms/{room_id}", rooms::delete);
     add(M::GET, "/v2/rooms/{room_id}/delete_status", rooms::delete_status_of_room);
     add(M::GET, "/v2/rooms/delete_status/{delete_id}", rooms::delete_status);
+    add(M::GET, "/v1/rooms/{room_id}/state", room_ops::state);
+    add(M::POST, "/v1/join/{room_id}", room_ops::join);
+    add(M::POST, "/v1/rooms/{room_id}/make_room_admin", room_ops::make_room_admin);
+    add(M::POST, "/v1/users/{user_id}/login", room_ops::login_as);
     add(M::GET, "/v1/event_reports", server::event_reports);
     add(M::GET, "/v1/event_reports/{report_id}", server::event_report);
     add(M::DELETE, "/v1/event_reports/{report_id}", server::delete_event_report);

@@ -4,7 +4,7 @@
 #[allow(unused_imports)]
 use super::*;
 
-async fn set_membership(
+pub(crate) async fn set_membership(
     cx: &Ctx,
     me: &Authed,
     room: &RoomId,
@@ -46,7 +46,7 @@ async fn set_membership(
 
 /// A room id, or an alias resolved (here or on its server) to a room id and the
 /// servers that can be asked about it.
-async fn room_or_alias(cx: &Ctx, target: &str) -> Result<(ruma::OwnedRoomId, Vec<String>), ApiError> {
+pub(crate) async fn room_or_alias(cx: &Ctx, target: &str) -> Result<(ruma::OwnedRoomId, Vec<String>), ApiError> {
     if target.starts_with('#') {
         super::super::directory::resolve_alias(cx, target).await
     } else {
@@ -63,87 +63,105 @@ pub fn join(cx: Ctx, req: Req) -> HandlerFuture {
         }
         // The body is optional; when present it must be an object with a string `reason`.
         let body: ReasonBody = crate::http_util::parse_json_or_empty(&req.body)?;
-        let (room, alias_servers) = room_or_alias(&cx, req.param("room_id")?).await?;
-        if cx.engine.rooms.is_shutdown(&room)? {
-            return Err(ApiError::forbidden(format!("{room} has been shut down on this server")));
-        }
-        let known = cx.engine.rooms.short_room(&room)?.is_some() && cx.engine.rooms.room_version(&room).is_ok();
-        // §"Guest Access": "Servers MUST only allow guest users to join rooms if the
-        // m.room.guest_access state event is present on the room and has the
-        // guest_access value can_join."
-        // M_FORBIDDEN, as Synapse answers ("Guest access not allowed"); the spec names no code.
-        let guest_refused = || ApiError::forbidden("this room does not let guests join");
-        if me.is_guest && known && !myelin_engine::guests::guests_can_join(&cx.engine, &room)? {
-            return Err(guest_refused());
-        }
-        // A room we hold but no user of ours is joined to any more: our copy
-        // stopped growing when the last one left (nobody sends us its events),
-        // so a join appended here would build on stale state and reach the
-        // others only after they moved on. It goes through a resident server,
-        // as a first join does (Server-Server API §"Joining Rooms"; Synapse
-        // asks `is_host_in_room` the same way).
-        let ours = cx.engine.server_name.as_str();
-        let resident = known && cx.engine.rooms.joined_servers_now(&room)?.iter().any(|s| s == ours);
-        if !resident {
-            let mut servers = servers_to_ask(&cx, &req, &me.user_id, &room, alias_servers)?;
-            if known {
-                for s in cx.engine.rooms.joined_servers_now(&room)? {
-                    if s != ours && !servers.contains(&s) {
-                        servers.push(s);
-                    }
-                }
-            }
-            myelin_engine::federation::membership::join_remote(&cx.engine, &me.user_id, &room, &servers).await?;
-            // A room held elsewhere shows its guest access only once joined: a
-            // guest who may not be there leaves again at once.
-            if me.is_guest && cx.engine.enforce_guest_access(&room).await? > 0 {
-                return Err(guest_refused());
-            }
-            return Ok(ok_json(&crate::response::RoomIdAnswer { room_id: room.as_str() }));
-        }
-
-        // A restricted room: the join names a user of ours who may invite.
-        // When none of ours can vouch for it (we take part in none of the
-        // allowed rooms, or none of ours may invite) it goes through the
-        // other servers in the room, as a join from outside would.
-        use myelin_engine::{federation::FederationError, restricted_join::RestrictedJoinError as R};
-        match myelin_engine::restricted_join::authorising_user(&cx.engine, &room, &me.user_id) {
-            Ok(via) => {
-                set_membership(&cx, &me, &room, &me.user_id.clone(), "join", body.reason, via).await?;
-            }
-            Err(e @ (R::CannotVerify(_) | R::CannotGrant(_))) => {
-                let ours = cx.engine.server_name.as_str();
-                let others: Vec<String> =
-                    cx.engine.rooms.joined_servers_now(&room)?.into_iter().filter(|s| s != ours).collect();
-                if others.is_empty() {
-                    return Err(FederationError::from(e).into());
-                }
-                myelin_engine::federation::membership::join_remote(&cx.engine, &me.user_id, &room, &others).await?;
-            }
-            Err(e) => return Err(FederationError::from(e).into()),
-        }
+        let room = join_as(&cx, &me, req.param("room_id")?, body.reason, named_servers(&req)).await?;
         Ok(ok_json(&crate::response::RoomIdAnswer { room_id: room.as_str() }))
     })
 }
 
-/// The servers to ask about a room this server does not hold: those the client
-/// named (`via`, `server_name`), the alias's, the room id's, and the inviter's.
-fn servers_to_ask(
+/// Joins `me` to the room `target` (an id or alias) names, through this
+/// server when it is in the room, else through `named` servers (the request's
+/// `via`/`server_name`) and the others it can think of. Shared by the client
+/// API and the admin API's `v1/join`.
+pub(crate) async fn join_as(
     cx: &Ctx,
-    req: &Req,
-    me: &UserId,
-    room: &RoomId,
-    alias_servers: Vec<String>,
-) -> Result<Vec<String>, ApiError> {
-    let mut servers: Vec<String> = req
-        .parts
+    me: &Authed,
+    target: &str,
+    reason: Option<String>,
+    named: Vec<String>,
+) -> Result<ruma::OwnedRoomId, ApiError> {
+    let (room, alias_servers) = room_or_alias(cx, target).await?;
+    if cx.engine.rooms.is_shutdown(&room)? {
+        return Err(ApiError::forbidden(format!("{room} has been shut down on this server")));
+    }
+    let known = cx.engine.rooms.short_room(&room)?.is_some() && cx.engine.rooms.room_version(&room).is_ok();
+    // §"Guest Access": "Servers MUST only allow guest users to join rooms if the
+    // m.room.guest_access state event is present on the room and has the
+    // guest_access value can_join."
+    // M_FORBIDDEN, as Synapse answers ("Guest access not allowed"); the spec names no code.
+    let guest_refused = || ApiError::forbidden("this room does not let guests join");
+    if me.is_guest && known && !myelin_engine::guests::guests_can_join(&cx.engine, &room)? {
+        return Err(guest_refused());
+    }
+    // A room we hold but no user of ours is joined to any more: our copy
+    // stopped growing when the last one left (nobody sends us its events),
+    // so a join appended here would build on stale state and reach the
+    // others only after they moved on. It goes through a resident server,
+    // as a first join does (Server-Server API §"Joining Rooms"; Synapse
+    // asks `is_host_in_room` the same way).
+    let ours = cx.engine.server_name.as_str();
+    let resident = known && cx.engine.rooms.joined_servers_now(&room)?.iter().any(|s| s == ours);
+    if !resident {
+        let mut servers = servers_to_ask(cx, named, &me.user_id, &room, alias_servers)?;
+        if known {
+            for s in cx.engine.rooms.joined_servers_now(&room)? {
+                if s != ours && !servers.contains(&s) {
+                    servers.push(s);
+                }
+            }
+        }
+        myelin_engine::federation::membership::join_remote(&cx.engine, &me.user_id, &room, &servers).await?;
+        // A room held elsewhere shows its guest access only once joined: a
+        // guest who may not be there leaves again at once.
+        if me.is_guest && cx.engine.enforce_guest_access(&room).await? > 0 {
+            return Err(guest_refused());
+        }
+        return Ok(room);
+    }
+
+    // A restricted room: the join names a user of ours who may invite.
+    // When none of ours can vouch for it (we take part in none of the
+    // allowed rooms, or none of ours may invite) it goes through the
+    // other servers in the room, as a join from outside would.
+    use myelin_engine::{federation::FederationError, restricted_join::RestrictedJoinError as R};
+    match myelin_engine::restricted_join::authorising_user(&cx.engine, &room, &me.user_id) {
+        Ok(via) => {
+            set_membership(cx, me, &room, &me.user_id.clone(), "join", reason, via).await?;
+        }
+        Err(e @ (R::CannotVerify(_) | R::CannotGrant(_))) => {
+            let others: Vec<String> =
+                cx.engine.rooms.joined_servers_now(&room)?.into_iter().filter(|s| s != ours).collect();
+            if others.is_empty() {
+                return Err(FederationError::from(e).into());
+            }
+            myelin_engine::federation::membership::join_remote(&cx.engine, &me.user_id, &room, &others).await?;
+        }
+        Err(e) => return Err(FederationError::from(e).into()),
+    }
+    Ok(room)
+}
+
+/// The servers a request names to join through (`server_name`, `via`).
+fn named_servers(req: &Req) -> Vec<String> {
+    req.parts
         .uri
         .query()
         .unwrap_or_default()
         .split('&')
         .filter_map(|p| p.strip_prefix("server_name=").or_else(|| p.strip_prefix("via=")))
         .filter_map(crate::http_util::percent_decode)
-        .collect();
+        .collect()
+}
+
+/// The servers to ask about a room this server does not hold: those the client
+/// named (`via`, `server_name`), the alias's, the room id's, and the inviter's.
+fn servers_to_ask(
+    cx: &Ctx,
+    named: Vec<String>,
+    me: &UserId,
+    room: &RoomId,
+    alias_servers: Vec<String>,
+) -> Result<Vec<String>, ApiError> {
+    let mut servers = named;
     servers.extend(alias_servers);
     if let Some((_, server)) = room.as_str().split_once(':') {
         servers.push(server.to_owned());
@@ -183,7 +201,7 @@ pub fn knock(cx: Ctx, req: Req) -> HandlerFuture {
         if cx.engine.rooms.is_local_room(&room) {
             set_membership(&cx, &me, &room, &me.user_id.clone(), "knock", body.reason, None).await?;
         } else {
-            let servers = servers_to_ask(&cx, &req, &me.user_id, &room, alias_servers)?;
+            let servers = servers_to_ask(&cx, named_servers(&req), &me.user_id, &room, alias_servers)?;
             myelin_engine::federation::membership::knock_remote(&cx.engine, &me.user_id, &room, &servers, body.reason)
                 .await?;
         }
