@@ -219,6 +219,7 @@ fn check_bodies(input: &[u8]) {
     typed::<synapse_admin::rooms::DeleteBody>(input);
     typed::<synapse_admin::server::EnabledBody>(input);
     typed::<synapse_admin::room_ops::UserBody>(input);
+    typed::<synapse_admin::tokens::TokenBody>(input);
     typed::<synapse_admin::room_ops::LoginAsBody>(input);
     typed::<synapse_admin::server::StartJobBody>(input);
     typed::<MissingEventsRequest>(input);

@@ -35,6 +35,7 @@ pub mod profile;
 pub mod push;
 pub mod pushers;
 pub mod receipts;
+pub mod registration_tokens;
 pub mod remote_lists;
 pub mod remote_media;
 pub mod reports;
@@ -118,6 +119,8 @@ pub struct Engine {
     pub login_tokens: login_token::LoginTokens,
     /// Content reports.
     pub reports: reports::Reports,
+    /// Admin-created registration tokens.
+    pub registration_tokens: registration_tokens::RegistrationTokens,
     /// Sliding-sync connections and their caches.
     pub sliding: sliding::Sliding,
     /// Per (user, device, room), the member events lazy-loading `/sync` already sent.
@@ -190,6 +193,7 @@ impl Engine {
         let openid = openid::tokens(db.clone());
         let login_tokens = login_token::tokens(db.clone());
         let reports = reports::Reports::new(db.clone());
+        let registration_tokens = registration_tokens::RegistrationTokens::new(db.clone());
         let (unread, sliding) = (receipts::UnreadCache::new(db.caches()), sliding::Sliding::new(db.caches()));
         let lazy_members = sync::lazy_sent(db.caches());
         Ok(Arc::new_cyclic(|me| Self {
@@ -221,6 +225,7 @@ impl Engine {
             openid,
             login_tokens,
             reports,
+            registration_tokens,
             sliding,
             lazy_members,
             gap_fills: federation::inbound::GapFills::default(),

@@ -240,6 +240,8 @@ pub static OPENIDTOKEN_USER: Cf = scan("openidtoken_user", 0);
 pub static LOGINTOKEN_USER: Cf = scan("logintoken_user", 0);
 /// `(milliseconds since the epoch, report id)` → a content report from a local user.
 pub static TIMEREPORT_REPORT: Cf = scan("timereport_report", 0);
+/// Registration token (admin-created, for `m.login.registration_token`) → its uses allowed, made and expiry.
+pub static TOKEN_REGISTRATIONTOKEN: Cf = scan("token_registrationtoken", 0);
 
 /// Every family, in creation order. The default family is unused.
 pub static ALL: &[&Cf] = &[
@@ -317,6 +319,7 @@ pub static ALL: &[&Cf] = &[
     &OPENIDTOKEN_USER,
     &TIMEREPORT_REPORT,
     &LOGINTOKEN_USER,
+    &TOKEN_REGISTRATIONTOKEN,
 ];
 
 #[cfg(test)]

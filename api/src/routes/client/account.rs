@@ -140,7 +140,7 @@ pub fn register(cx: Ctx, req: Req) -> HandlerFuture {
                 ));
             }
         };
-        let body: RegisterBody = parse_json_or_empty(&req.body)?;
+        let mut body: RegisterBody = parse_json_or_empty(&req.body)?;
         if guest {
             let config = &cx.engine.config.registration;
             if !(config.enabled && config.guests) {
@@ -160,43 +160,97 @@ pub fn register(cx: Ctx, req: Req) -> HandlerFuture {
         if let Some(appservice) = crate::auth::appservice_of(&cx, &req) {
             return register_for_appservice(&cx, &appservice, body).await;
         }
-        let config = &cx.engine.config.registration;
-        let token = config.token.clone();
-        if !config.enabled && token.is_empty() {
-            return Err(ApiError::forbidden("registration is disabled on this server"));
-        }
-        let stage = if token.is_empty() { "m.login.dummy" } else { "m.login.registration_token" };
-        let auth = body.auth.unwrap_or_default();
+        let stage =
+            registration_stage(&cx)?.ok_or_else(|| ApiError::forbidden("registration is disabled on this server"))?;
+        let auth = body.auth.take().unwrap_or_default();
+        // A use of an admin-created token, held while the account is made.
+        let mut reserved = None;
         match auth.kind.as_deref() {
             Some(kind) if kind == stage => {
-                if stage == "m.login.registration_token" && auth.token.as_deref() != Some(token.as_str()) {
-                    return Ok(uia_required(stage, auth.session, Some(("M_FORBIDDEN", "invalid registration token"))));
+                if stage == "m.login.registration_token" {
+                    let given = auth.token.as_deref().unwrap_or_default();
+                    let configured = &cx.engine.config.registration.token;
+                    if configured.is_empty() || given != configured.as_str() {
+                        reserved = cx.engine.registration_tokens.reserve(given).await?;
+                        if reserved.is_none() {
+                            let refusal = Some(("M_FORBIDDEN", "invalid registration token"));
+                            return Ok(uia_required(stage, auth.session, refusal));
+                        }
+                    }
                 }
             }
             _ => return Ok(uia_required(stage, auth.session, None)),
         }
-        let user_id = match body.username.as_deref() {
-            Some(name) => cx.engine.users.user_id_for(&name.to_lowercase())?,
-            None => cx.engine.users.user_id_for(&format!("u{}", random_session()))?,
-        };
-        refuse_claimed_user(&cx, &user_id)?;
+        let made = make_account(&cx, &req, body).await;
+        if let Some(r) = reserved {
+            match &made {
+                Ok(_) => cx.engine.registration_tokens.complete(r).await?,
+                Err(_) => cx.engine.registration_tokens.release(r).await?,
+            }
+        }
+        made
+    })
+}
+
+/// The one user-interactive stage registration asks for: `m.login.dummy` when
+/// it is open, `m.login.registration_token` when a token is configured or an
+/// admin created one (Synapse's `registration_requires_token`), `None` when
+/// registration is closed.
+fn registration_stage(cx: &Ctx) -> Result<Option<&'static str>, ApiError> {
+    let config = &cx.engine.config.registration;
+    Ok(if !config.token.is_empty() {
+        Some("m.login.registration_token")
+    } else if config.enabled {
+        Some("m.login.dummy")
+    } else if cx.engine.registration_tokens.any()? {
+        Some("m.login.registration_token")
+    } else {
+        None
+    })
+}
+
+/// GET /_matrix/client/v1/register/m.login.registration_token/validity
+///
+/// Client-Server API §"Token-authenticated registration": "Queries the server
+/// to determine if a given registration token is still valid at the time of
+/// request." 403 `M_FORBIDDEN` when registration takes no tokens.
+pub fn token_validity(cx: Ctx, req: Req) -> HandlerFuture {
+    Box::pin(async move {
+        if registration_stage(&cx)? != Some("m.login.registration_token") {
+            return Err(ApiError::forbidden("Registration tokens are not enabled"));
+        }
         cx.limiter.register(req.peer_ip())?;
-        let login = cx
-            .engine
-            .users
-            .register(
-                &user_id,
-                body.password.as_deref(),
-                false,
-                body.device_id,
-                body.initial_device_display_name,
-                body.inhibit_login,
-            )
-            .await?;
-        Ok(match login {
-            Some(l) => ok_json(&LoginResponse::new(&cx, &l)),
-            None => ok_json(&RegisteredOnly { user_id: &user_id }),
-        })
+        let token = query_param(&req, "token").ok_or_else(|| ApiError::missing_param("Missing token"))?;
+        let configured = &cx.engine.config.registration.token;
+        let valid = (!configured.is_empty() && token == *configured)
+            || cx.engine.registration_tokens.get(&token)?.is_some_and(|t| t.valid(myelin_engine::util::now_ms()));
+        Ok(ok_json(&serde_json::json!({ "valid": valid })))
+    })
+}
+
+/// Makes the account a registration asked for, once its auth passed.
+async fn make_account(cx: &Ctx, req: &Req, body: RegisterBody) -> Result<crate::http_util::Resp, ApiError> {
+    let user_id = match body.username.as_deref() {
+        Some(name) => cx.engine.users.user_id_for(&name.to_lowercase())?,
+        None => cx.engine.users.user_id_for(&format!("u{}", random_session()))?,
+    };
+    refuse_claimed_user(cx, &user_id)?;
+    cx.limiter.register(req.peer_ip())?;
+    let login = cx
+        .engine
+        .users
+        .register(
+            &user_id,
+            body.password.as_deref(),
+            false,
+            body.device_id,
+            body.initial_device_display_name,
+            body.inhibit_login,
+        )
+        .await?;
+    Ok(match login {
+        Some(l) => ok_json(&LoginResponse::new(cx, &l)),
+        None => ok_json(&RegisteredOnly { user_id: &user_id }),
     })
 }
 

@@ -45,6 +45,7 @@ pub fn add(r: &mut Router) {
     use Method as M;
     both(r, M::POST, "/register", account::register);
     both(r, M::GET, "/register/available", account::register_available);
+    r.add(M::GET, "/_matrix/client/v1/register/m.login.registration_token/validity", account::token_validity);
     both(r, M::GET, "/login", account::login_flows);
     both(r, M::POST, "/login", account::login);
     r.add(M::POST, "/_matrix/client/v1/login/get_token", account::get_login_token);

@@ -15,6 +15,7 @@ pub(crate) mod register;
 pub(crate) mod room_ops;
 pub(crate) mod rooms;
 pub(crate) mod server;
+pub(crate) mod tokens;
 pub(crate) mod users;
 
 use http::{Method, StatusCode};
@@ -56,6 +57,11 @@ pub fn add(r: &mut Router) {
     add(M::POST, "/v1/join/{room_id}", room_ops::join);
     add(M::POST, "/v1/rooms/{room_id}/make_room_admin", room_ops::make_room_admin);
     add(M::POST, "/v1/users/{user_id}/login", room_ops::login_as);
+    add(M::GET, "/v1/registration_tokens", tokens::list);
+    add(M::POST, "/v1/registration_tokens/new", tokens::create);
+    add(M::GET, "/v1/registration_tokens/{token}", tokens::get);
+    add(M::PUT, "/v1/registration_tokens/{token}", tokens::update);
+    add(M::DELETE, "/v1/registration_tokens/{token}", tokens::delete);
     add(M::GET, "/v1/event_reports", server::event_reports);
     add(M::GET, "/v1/event_reports/{report_id}", server::event_report);
     add(M::DELETE, "/v1/event_reports/{report_id}", server::delete_event_report);
