@@ -14,29 +14,19 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Stdio},
+    time::Instant,
 };
 
 use http::{Method, StatusCode};
-use myelin_suite::{free_port, http, http_with, myelin_bin};
+use myelin_suite::{
+    free_port, http_with, myelin_bin,
+    procs::{Killed, cache_dir, venv_python, wait_http},
+};
 use serde_json::json;
 
 /// Messages alice sends while the bridge is down.
 const MISSED: usize = 20;
-
-fn cache_dir() -> PathBuf {
-    std::env::var("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache"))
-        .join("myelin")
-}
-
-fn venv_python(name: &str) -> PathBuf {
-    let python = cache_dir().join(name).join("bin/python");
-    assert!(python.is_file(), "{} is missing: run tests/interop/setup.sh (make test does)", python.display());
-    python
-}
 
 fn mab_dir() -> PathBuf {
     let dir = cache_dir().join("node-mab-10.3.3");
@@ -46,28 +36,6 @@ fn mab_dir() -> PathBuf {
         dir.display()
     );
     dir
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn wait_http(addr: SocketAddr, path: &str, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if tokio::net::TcpStream::connect(addr).await.is_ok()
-            && http(addr, Method::GET, path, None).await.status == StatusCode::OK
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what} did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A registration file as bridges generate it; `id` is also the namespace prefix.

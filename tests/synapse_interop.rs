@@ -11,45 +11,12 @@
 //! sends the same /sync and room requests to each server on its own and compares
 //! what a client observes (tests/interop/sync_side_by_side.py).
 
-use std::{
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+use std::process::{Command, Stdio};
+
+use myelin_suite::{
+    free_port, myelin_bin,
+    procs::{Killed, venv_python, wait_http},
 };
-
-use http::{Method, StatusCode};
-use myelin_suite::{free_port, http, myelin_bin};
-
-fn venv_python(name: &str) -> PathBuf {
-    let cache = std::env::var("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache"));
-    let python = cache.join("myelin").join(name).join("bin/python");
-    assert!(python.is_file(), "{} is missing: run tests/interop/setup.sh (make test does)", python.display());
-    python
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn wait_http(addr: std::net::SocketAddr, path: &str, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if tokio::net::TcpStream::connect(addr).await.is_ok()
-            && http(addr, Method::GET, path, None).await.status == StatusCode::OK
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what} did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// A Synapse and a Myelin (the built binary) on loopback, federating-ready,
 /// both answering; killed on drop.

@@ -169,6 +169,32 @@ fn generate() -> Result<String, EngineError> {
     Ok(format!("ed25519 {version} {}\n", STANDARD_NO_PAD.encode(seed)))
 }
 
+/// Installs a signing key file of Synapse's format (another server's key, for
+/// `myelin import synapse`) as `keys/signing.key` under `data_dir`. Returns
+/// the key id, and whether it was written now (false: that key is already
+/// installed). A different key already there is an error: replacing it would
+/// make this server another one to its peers.
+pub fn install_key_file(data_dir: &Path, text: &str) -> Result<(String, bool), EngineError> {
+    let (version, _) = parse_key_file(text).map_err(EngineError::Keys)?;
+    let dir = data_dir.join("keys");
+    let path = dir.join("signing.key");
+    match std::fs::read_to_string(&path) {
+        Ok(existing) => {
+            if parse_key_file(&existing).ok() == parse_key_file(text).ok() {
+                return Ok((format!("ed25519:{version}"), false));
+            }
+            Err(EngineError::Keys(format!("{} holds another key; not replaced", path.display())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(&dir).map_err(|e| EngineError::io(format!("creating {}", dir.display()), e))?;
+            let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
+            write_private(&path, &format!("{}\n", line.trim()))?;
+            Ok((format!("ed25519:{version}"), true))
+        }
+        Err(e) => Err(EngineError::io(format!("reading {}", path.display()), e)),
+    }
+}
+
 fn parse_key_file(text: &str) -> Result<(String, Vec<u8>), String> {
     let line = text.lines().find(|l| !l.trim().is_empty()).ok_or("empty key file")?;
     let mut parts = line.split_whitespace();

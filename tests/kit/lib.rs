@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 
 pub mod appservice;
 mod fed;
+pub mod procs;
 pub mod proxy;
 mod wait;
 

@@ -254,11 +254,34 @@ pub(crate) enum Command {
         #[arg(long, global = true)]
         config: Option<PathBuf>,
     },
+    /// Bring another homeserver's data over into the configured data_dir (both servers stopped).
+    Import {
+        #[command(subcommand)]
+        what: ImportCommand,
+    },
     /// Restore a backup into the configured data_dir (must be empty; server stopped).
     Restore {
         /// A directory written by `myelin backup`.
         backup: PathBuf,
         /// TOML configuration file (to find data_dir).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ImportCommand {
+    /// From a stopped Synapse's SQLite database: accounts with their password
+    /// hashes, profiles, devices with their access tokens, account data, and
+    /// (with --signing-key) its signing key. Rooms, media and keys: not yet.
+    Synapse {
+        /// Synapse's SQLite database (`homeserver.db`).
+        #[arg(long)]
+        database: PathBuf,
+        /// Synapse's signing key file (`<server>.signing.key`), to serve as this server's key.
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
+        /// TOML configuration file (server_name must be Synapse's; data_dir is written).
         #[arg(long)]
         config: Option<PathBuf>,
     },

@@ -18,6 +18,7 @@ mod bench_push;
 mod bench_sliding;
 mod bench_soak;
 mod cli;
+mod import_synapse;
 mod serve;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -26,7 +27,7 @@ use admin_cmds::{appservice_cmd, federation_cmd, media_cmd, room_cmd, storage_cm
 use backup::{backup_cmd, restore_cmd};
 use bench_cmd::bench_cmd;
 use clap::Parser;
-use cli::{AdminCommand, Cli, Command};
+use cli::{AdminCommand, Cli, Command, ImportCommand};
 use myelin_engine::{Config, EngineError};
 use myelin_storage::StorageError;
 use serve::serve;
@@ -64,6 +65,9 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::Backup { dir, config } => backup_cmd(dir, config),
         Command::Restore { backup, config } => restore_cmd(backup, config),
+        Command::Import { what: ImportCommand::Synapse { database, signing_key, config } } => {
+            import_synapse::import_synapse_cmd(database, signing_key, config)
+        }
         Command::Bench { what } => bench_cmd(what),
         Command::Admin { what: AdminCommand::User { what }, config } => user_cmd(what, config),
         Command::Admin { what: AdminCommand::Media { what }, config } => media_cmd(what, config),

@@ -30,6 +30,11 @@ fn hash_password(argon2: &Argon2<'static>, password: &str) -> Result<String, Use
 }
 
 fn password_matches(argon2: &Argon2<'static>, hash: &str, password: &str) -> bool {
+    // Accounts imported from Synapse keep its bcrypt hashes (`$2b$…`): they
+    // still log in with the password they had.
+    if hash.starts_with("$2") {
+        return bcrypt::verify(password, hash).unwrap_or(false);
+    }
     match PasswordHash::new(hash) {
         Ok(parsed) => argon2.verify_password(password.as_bytes(), &parsed).is_ok(),
         Err(_) => false,

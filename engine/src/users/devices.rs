@@ -9,7 +9,7 @@ use ruma::UserId;
 use super::{DEVICES, Device, NewLogin, Session, TOKENS, UserError, Users, now_ms};
 use crate::EngineError;
 
-fn random_token(bytes: usize) -> Result<String, UserError> {
+pub(super) fn random_token(bytes: usize) -> Result<String, UserError> {
     let mut raw = vec![0u8; bytes];
     ring::rand::SystemRandom::new()
         .fill(&mut raw)

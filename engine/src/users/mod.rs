@@ -25,6 +25,7 @@ mod account_data;
 mod accounts;
 mod devices;
 mod filters;
+pub mod import;
 mod profile;
 mod sessions;
 pub mod shared_secret;
