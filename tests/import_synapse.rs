@@ -4,7 +4,8 @@
 //! account data, a deactivated account), stopped, imported, and then Myelin
 //! is started on the same server name and key and checked from the clients'
 //! side: the same passwords log in, the tokens Synapse handed out still work,
-//! profiles and account data are there, the deactivated account stays so, and
+//! profiles, account data and encryption keys (device, one-time and
+//! cross-signing keys with their signatures) are there, the deactivated account stays so, and
 //! the server publishes Synapse's signing key. The refusals are checked too:
 //! a running Synapse, another server name.
 
@@ -88,6 +89,16 @@ async fn accounts_devices_tokens_and_the_key_come_over_from_a_stopped_synapse() 
     let alice = register(syn_client, "alice", "alice-pass-1").await;
     let alice_token = alice["access_token"].as_str().unwrap().to_owned();
     let alice_id = alice["user_id"].as_str().unwrap().to_owned();
+    // Alice's client uploads her encryption keys, really signed.
+    let keys = Command::new(&python)
+        .arg(format!("{SCRIPTS}/synapse_keys.py"))
+        .arg(format!("http://127.0.0.1:{syn_client}"))
+        .args([&alice_token, &alice_id, alice["device_id"].as_str().unwrap(), "alice-pass-1"])
+        .output()
+        .unwrap();
+    assert!(keys.status.success(), "keys: {}", String::from_utf8_lossy(&keys.stderr));
+    let uploaded: Value = serde_json::from_slice(&keys.stdout).unwrap();
+    let alice_device = alice["device_id"].as_str().unwrap().to_owned();
     register(syn_client, "bob", "bob-pass-1").await;
     let (status, bob_phone) = login(syn_client, "bob", "bob-pass-1").await;
     assert_eq!(status, StatusCode::OK);
@@ -181,6 +192,28 @@ async fn accounts_devices_tokens_and_the_key_come_over_from_a_stopped_synapse() 
     assert_eq!(profile.json()["displayname"], "Alice A.");
     let (status, data) = request(my_client, Method::GET, &data_path, &alice_token, None).await;
     assert_eq!((status, data), (StatusCode::OK, json!({ "theme": "dark" })));
+
+    // Bob finds alice's keys as Synapse served them: her device signed by her
+    // self-signing key, her cross-signing keys, and a one-time key to claim.
+    let query = json!({ "device_keys": { alice_id.clone(): [] } });
+    let (status, q) = post(my_client, "/_matrix/client/v3/keys/query", Some(&bob_phone_token), query).await;
+    assert_eq!(status, StatusCode::OK);
+    let device = &q["device_keys"][&alice_id][&alice_device];
+    assert_eq!(device["keys"][format!("ed25519:{alice_device}")], uploaded["device_ed25519"], "{q}");
+    let ssk_id = format!("ed25519:{}", uploaded["self_signing"].as_str().unwrap());
+    assert_eq!(device["signatures"][&alice_id][&ssk_id], uploaded["ssk_signature"], "the self-signing signature: {q}");
+    assert_eq!(
+        q["master_keys"][&alice_id]["keys"][format!("ed25519:{}", uploaded["master"].as_str().unwrap())],
+        uploaded["master"]
+    );
+    assert!(q["self_signing_keys"][&alice_id]["keys"].get(&ssk_id).is_some(), "{q}");
+    let claim = json!({ "one_time_keys": { alice_id.clone(): { alice_device.clone(): "signed_curve25519" } } });
+    let (status, c) = post(my_client, "/_matrix/client/v3/keys/claim", Some(&bob_phone_token), claim).await;
+    assert_eq!(status, StatusCode::OK);
+    let claimed = c["one_time_keys"][&alice_id][&alice_device].as_object().expect("a key claimed").clone();
+    assert!(claimed.keys().all(|k| k.starts_with("signed_curve25519:OTK")), "a one-time key, not the fallback: {c}");
+    let (_, counts) = post(my_client, "/_matrix/client/v3/keys/upload", Some(&alice_token), json!({})).await;
+    assert_eq!(counts["one_time_key_counts"]["signed_curve25519"], 4, "five came over, one claimed: {counts}");
 
     // The server speaks with Synapse's key.
     let key_text = std::fs::read_to_string(&key).unwrap();

@@ -5,12 +5,13 @@
 //! hashes, bcrypt, which log in here as they are; creation time in seconds;
 //! admin, guest and deactivated flags), `profiles` (display name, avatar),
 //! `devices` with each device's newest non-expiring `access_tokens` row (so
-//! clients stay logged in with the token they hold), and `account_data` /
-//! `room_account_data`. With `--signing-key`, Synapse's signing key file
+//! clients stay logged in with the token they hold), `account_data` /
+//! `room_account_data`, and the devices' and users' encryption keys
+//! (`crate::import_synapse_keys`). With `--signing-key`, Synapse's signing key file
 //! becomes this server's, so peers see the same server.
 //!
 //! Not imported yet, and said so in the report: rooms and their history,
-//! media, end-to-end encryption keys and key backups, push rules, room
+//! media, key backups, push rules, room
 //! aliases and the directory, federation state, PostgreSQL databases.
 //!
 //! Safety: the server names must match; a Synapse whose pid file names a live
@@ -226,6 +227,8 @@ pub(super) fn import_synapse_cmd(
     let accounts = accounts(&db, &server)?;
     let devices = devices(&db)?;
     let data = account_data(&db)?;
+    let imported: std::collections::HashSet<String> = accounts.iter().map(|a| a.user_id.to_string()).collect();
+    let keys = crate::import_synapse_keys::read(&db, &imported)?;
     let skipped_tokens = count_rows(
         &db,
         "SELECT count(*) FROM access_tokens WHERE device_id IS NULL OR valid_until_ms IS NOT NULL \
@@ -267,6 +270,11 @@ pub(super) fn import_synapse_cmd(
             written += 1;
         }
         println!("account data: {written} of {} written", data.len());
+        let k = crate::import_synapse_keys::write(&engine, keys).await?;
+        println!(
+            "encryption keys: {} devices' identity keys, {} one-time keys, cross-signing keys of {} users, {} signatures; {} refused",
+            k.devices, k.one_time_keys, k.cross_signing_users, k.signatures, k.refused
+        );
         // Verify: every account and device read is now here.
         let mut missing = 0;
         for a in &accounts {
@@ -286,7 +294,7 @@ pub(super) fn import_synapse_cmd(
         }
         println!(
             "verified: {} accounts and {} devices present. Not imported yet: rooms and their history, media, \
-             encryption keys and backups, push rules, room aliases and the directory, federation state",
+             key backups, push rules, room aliases and the directory, federation state",
             accounts.len(),
             devices.len()
         );
