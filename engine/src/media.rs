@@ -19,13 +19,23 @@
 //! deleted until it is at most nine tenths of the bound. Thumbnails made of
 //! remote media count towards the same bound (and go with their media).
 //! Local media is never evicted.
+//!
+//! Administration (Synapse admin API §"Media Admin API"): a media id may be
+//! quarantined (`quarantined_by`): the api then refuses to serve it, its row
+//! survives a re-upload to a reserved id, and neither the remote cache bound
+//! nor a purge removes it (it would come back unquarantined on the next fetch);
+//! only an explicit delete does. A quarantine covers its id, not other ids of
+//! the same bytes. Each media records when it was last served, to
+//! within [`ACCESS_GRANULARITY_MS`], so that deletions "last used before" go by
+//! use, not age. Listings scan the metadata on the blocking pool and hold at
+//! most a page's worth of rows (about twice `from + limit`) at once.
 
 use std::{
     path::{Path, PathBuf},
     sync::Arc,
 };
 
-use myelin_storage::{Batch, Db, Stored, Table, catalog};
+use myelin_storage::{Batch, Db, Direction, StorageError, Stored, Table, Value, catalog};
 use ring::rand::SecureRandom;
 use serde::{Deserialize, Serialize};
 
@@ -46,8 +56,66 @@ pub struct MediaMeta {
     pub uploader: Option<String>,
     /// Creation time, ms.
     pub created_ms: u64,
+    /// The admin who quarantined it (Synapse's `quarantined_by`); such media is not served.
+    #[serde(default)]
+    pub quarantined_by: Option<String>,
+    /// When it was last served, ms, to within [`ACCESS_GRANULARITY_MS`]; `None` if never.
+    #[serde(default)]
+    pub last_access_ms: Option<u64>,
 }
-impl Stored for MediaMeta {}
+
+/// How stale a media's `last_access_ms` may get before a download rewrites it.
+pub const ACCESS_GRANULARITY_MS: u64 = 10 * 60 * 1000;
+
+/// The first stored layout of [`MediaMeta`], without quarantine and access time.
+/// The storage codec is not self-describing: `#[serde(default)]` alone does not
+/// let such rows load, so a row that is not in the current layout is read as this.
+#[derive(Serialize, Deserialize)]
+struct MediaMetaV1 {
+    hash: String,
+    size: u64,
+    content_type: Option<String>,
+    filename: Option<String>,
+    uploader: Option<String>,
+    created_ms: u64,
+}
+impl Stored for MediaMetaV1 {}
+
+/// [`MediaMeta`] in the current layout, through the storage codec.
+#[derive(Serialize, Deserialize)]
+struct MediaMetaV2(MediaMeta);
+impl Stored for MediaMetaV2 {}
+
+impl Value for MediaMeta {
+    fn to_bytes(&self) -> Result<Vec<u8>, StorageError> {
+        MediaMetaV2(self.clone()).to_bytes()
+    }
+    fn from_bytes(bytes: &[u8]) -> Result<Self, StorageError> {
+        // A first-layout row ends where the current one goes on; a current row
+        // has bytes left over as a first-layout one: never both readable.
+        MediaMetaV2::from_bytes(bytes).map(|m| m.0).or_else(|current| {
+            let v1 = MediaMetaV1::from_bytes(bytes).map_err(|_| current)?;
+            Ok(MediaMeta {
+                hash: v1.hash,
+                size: v1.size,
+                content_type: v1.content_type,
+                filename: v1.filename,
+                uploader: v1.uploader,
+                created_ms: v1.created_ms,
+                quarantined_by: None,
+                last_access_ms: None,
+            })
+        })
+    }
+}
+
+/// Runs a scan of the metadata on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
+    tokio::task::spawn_blocking(f).await.map_err(|_| EngineError::Task(what))?
+}
 
 const META: Table<(String, String), MediaMeta> = Table::new(&catalog::SERVERMEDIA_META);
 const REFS: Table<String, u64> = Table::new(&catalog::HASH_REFCOUNT);
@@ -128,6 +196,8 @@ impl Media {
             filename: None,
             uploader: Some(uploader.to_owned()),
             created_ms: now_ms(),
+            quarantined_by: None,
+            last_access_ms: None,
         };
         let mut batch = Batch::new();
         META.put(&mut batch, &(server.to_owned(), id.clone()), &meta)?;
@@ -156,6 +226,9 @@ impl Media {
             tokio::fs::rename(&staged.path, &target).await.map_err(|e| EngineError::io("storing an upload", e))?;
         }
         let refs = REFS.get(&*self.db, &staged.hash)?.unwrap_or(0);
+        let key = (server.to_owned(), media_id.to_owned());
+        // A reserved id quarantined before its upload stays quarantined.
+        let quarantined_by = META.get(&*self.db, &key)?.and_then(|m| m.quarantined_by);
         let meta = MediaMeta {
             hash: staged.hash.clone(),
             size: staged.size,
@@ -163,10 +236,12 @@ impl Media {
             filename,
             uploader,
             created_ms: now_ms(),
+            quarantined_by,
+            last_access_ms: None,
         };
         let mut batch = Batch::new();
         REFS.put(&mut batch, &staged.hash, &(refs + 1))?;
-        META.put(&mut batch, &(server.to_owned(), media_id.to_owned()), &meta)?;
+        META.put(&mut batch, &key, &meta)?;
         self.db.commit(batch).await?;
         if server != self.own
             && let Some(total) = guard.as_mut()
@@ -192,7 +267,7 @@ impl Media {
             }
         }
         let mut total = 0;
-        for row in META.iter(&*self.db, myelin_storage::Direction::Forward)? {
+        for row in META.iter(&*self.db, Direction::Forward)? {
             let ((server, _), meta) = row?;
             if server != self.own {
                 total += meta.size + thumbnails.remove(&meta.hash).unwrap_or(0);
@@ -228,9 +303,9 @@ impl Media {
         }
         let target = max_bytes / 10 * 9;
         let mut remote = Vec::new();
-        for row in META.iter(&*self.db, myelin_storage::Direction::Forward)? {
+        for row in META.iter(&*self.db, Direction::Forward)? {
             let ((server, id), meta) = row?;
-            if server != self.own && (server.as_str(), id.as_str()) != keep {
+            if server != self.own && (server.as_str(), id.as_str()) != keep && meta.quarantined_by.is_none() {
                 remote.push((meta.created_ms, server, id));
             }
         }
@@ -305,12 +380,15 @@ impl Media {
         Ok(REFS.get(&*self.db, &hash.to_owned())?.unwrap_or(0))
     }
 
-    /// Deletes cached media of other servers created before `older_than_ms`; returns how many.
+    /// Deletes cached media of other servers last used (fetched or served) before
+    /// `older_than_ms`, except quarantined ones (Synapse's `delete_old_remote_media`);
+    /// returns how many.
     pub async fn purge_remote(&self, own_server: &str, older_than_ms: u64) -> Result<usize, EngineError> {
         let mut victims = Vec::new();
-        for row in META.iter(&*self.db, myelin_storage::Direction::Forward)? {
+        for row in META.iter(&*self.db, Direction::Forward)? {
             let ((server, id), meta) = row?;
-            if server != own_server && meta.created_ms < older_than_ms {
+            let used = meta.last_access_ms.unwrap_or(meta.created_ms);
+            if server != own_server && used < older_than_ms && meta.quarantined_by.is_none() {
                 victims.push((server, id));
             }
         }
@@ -319,4 +397,184 @@ impl Media {
         }
         Ok(victims.len())
     }
+
+    /// Changes the metadata of a media id under the lock, if `change` says so;
+    /// false if there is no such id.
+    async fn update(
+        &self,
+        key: (String, String),
+        change: impl FnOnce(&mut MediaMeta) -> bool,
+    ) -> Result<bool, EngineError> {
+        let _guard = self.lock.lock().await;
+        let Some(mut meta) = META.get(&*self.db, &key)? else { return Ok(false) };
+        if change(&mut meta) {
+            let mut batch = Batch::new();
+            META.put(&mut batch, &key, &meta)?;
+            self.db.commit(batch).await?;
+        }
+        Ok(true)
+    }
+
+    /// Quarantines a media id in the name of `by`, or lifts it (`None`); false if there is no such id.
+    pub async fn set_quarantine(&self, server: &str, media_id: &str, by: Option<&str>) -> Result<bool, EngineError> {
+        self.update((server.to_owned(), media_id.to_owned()), |meta| {
+            meta.quarantined_by = by.map(str::to_owned);
+            true
+        })
+        .await
+    }
+
+    /// Records that `meta`, the media `(server, media_id)`, is being served; writes
+    /// only when its access time is older than [`ACCESS_GRANULARITY_MS`].
+    pub async fn touch(&self, server: &str, media_id: &str, meta: &MediaMeta) -> Result<(), EngineError> {
+        let now = now_ms();
+        let fresh = |m: &MediaMeta| m.last_access_ms.is_some_and(|t| now.saturating_sub(t) < ACCESS_GRANULARITY_MS);
+        if fresh(meta) {
+            return Ok(());
+        }
+        self.update((server.to_owned(), media_id.to_owned()), |current| {
+            let stale = !fresh(current);
+            if stale {
+                current.last_access_ms = Some(now);
+            }
+            stale
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// One page of the local media `user` uploaded, `(media id, metadata)` sorted
+    /// by `order` with ties by ascending media id, and how many there are in all.
+    pub async fn uploaded_by(
+        &self,
+        user: &str,
+        from: usize,
+        limit: usize,
+        order: impl Fn(&(String, MediaMeta), &(String, MediaMeta)) -> std::cmp::Ordering + Send + 'static,
+    ) -> Result<(Vec<(String, MediaMeta)>, usize), EngineError> {
+        let (db, own, user) = (self.db.clone(), self.own.clone(), user.to_owned());
+        blocking("listing a user's media", move || {
+            let keep = from.saturating_add(limit);
+            let sort = |rows: &mut Vec<(String, MediaMeta)>| {
+                rows.sort_by(|a, b| order(a, b).then_with(|| a.0.cmp(&b.0)));
+                rows.truncate(keep);
+            };
+            let (mut best, mut total) = (Vec::new(), 0);
+            for row in META.prefix(&*db, &(own,), Direction::Forward)? {
+                let ((_, id), meta) = row?;
+                if meta.uploader.as_deref() == Some(user.as_str()) {
+                    total += 1;
+                    best.push((id, meta));
+                    // Cut down to the page's end whenever it has grown to twice that.
+                    if best.len() >= keep.saturating_mul(2).max(64) {
+                        sort(&mut best);
+                    }
+                }
+            }
+            sort(&mut best);
+            Ok((best.into_iter().skip(from).collect(), total))
+        })
+        .await
+    }
+
+    /// Per uploader of local media created in `from_ms..=until_ms`: `(user id, how
+    /// many, bytes)` (Synapse's users' media statistics), by user id.
+    pub async fn usage_by_uploader(
+        &self,
+        from_ms: u64,
+        until_ms: Option<u64>,
+    ) -> Result<Vec<(String, u64, u64)>, EngineError> {
+        let (db, own) = (self.db.clone(), self.own.clone());
+        blocking("counting media per user", move || {
+            let mut usage = std::collections::BTreeMap::<String, (u64, u64)>::new();
+            for row in META.prefix(&*db, &(own,), Direction::Forward)? {
+                let (_, meta) = row?;
+                let Some(user) = meta.uploader else { continue };
+                if meta.created_ms >= from_ms && until_ms.is_none_or(|u| meta.created_ms <= u) {
+                    let entry = usage.entry(user).or_default();
+                    entry.0 += 1;
+                    entry.1 += meta.size;
+                }
+            }
+            Ok(usage.into_iter().map(|(user, (count, bytes))| (user, count, bytes)).collect())
+        })
+        .await
+    }
+
+    /// Local media ids last served (never served: created) before `before_ms`, of
+    /// more than `size_gt` bytes and not quarantined (Synapse's `get_local_media_ids`).
+    pub async fn old_local(&self, before_ms: u64, size_gt: u64) -> Result<Vec<String>, EngineError> {
+        let (db, own) = (self.db.clone(), self.own.clone());
+        blocking("finding old local media", move || {
+            let mut ids = Vec::new();
+            for row in META.prefix(&*db, &(own,), Direction::Forward)? {
+                let ((_, id), meta) = row?;
+                let used = meta.last_access_ms.unwrap_or(meta.created_ms);
+                if used < before_ms && meta.size > size_gt && meta.quarantined_by.is_none() {
+                    ids.push(id);
+                }
+            }
+            Ok(ids)
+        })
+        .await
+    }
+
+    /// Deletes local media ids; returns those that existed, in order.
+    pub async fn delete_local(&self, ids: &[String]) -> Result<Vec<String>, EngineError> {
+        let mut deleted = Vec::new();
+        for id in ids {
+            if self.delete(&self.own, id).await? {
+                deleted.push(id.clone());
+            }
+        }
+        Ok(deleted)
+    }
 }
+
+impl crate::Engine {
+    /// Deletes the local media of [`Media::old_local`], unless `keep_profiles`
+    /// and it is an avatar (a local user's, a room's or a member's in a room),
+    /// as Synapse's `delete_old_local_media`; returns the deleted ids.
+    pub async fn delete_old_local_media(
+        &self,
+        before_ms: u64,
+        size_gt: u64,
+        keep_profiles: bool,
+    ) -> Result<Vec<String>, EngineError> {
+        let mut ids = self.media.old_local(before_ms, size_gt).await?;
+        if keep_profiles && !ids.is_empty() {
+            let avatars = self.local_avatars()?;
+            ids.retain(|id| !avatars.contains(id));
+        }
+        self.media.delete_local(&ids).await
+    }
+
+    /// The ids of our media in use as avatars.
+    fn local_avatars(&self) -> Result<std::collections::HashSet<String>, EngineError> {
+        let prefix = format!("mxc://{}/", self.server_name);
+        let mut out = std::collections::HashSet::new();
+        let mut add = |url: Option<&str>| {
+            if let Some(id) = url.and_then(|u| u.strip_prefix(prefix.as_str())) {
+                out.insert(id.to_owned());
+            }
+        };
+        for (user, _) in self.users.list()? {
+            add(self.users.profile(&user)?.and_then(|p| p.avatar_url).as_deref());
+        }
+        for room in self.rooms.all_rooms()? {
+            for pdu in self.rooms.current_state(&room)? {
+                let key = match pdu.kind.to_string().as_str() {
+                    "m.room.avatar" => "url",
+                    "m.room.member" => "avatar_url",
+                    _ => continue,
+                };
+                add(pdu.content_value()[key].as_str());
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+#[path = "media_tests.rs"]
+mod tests;

@@ -13,7 +13,10 @@
 //! before anything is read (413 `M_TOO_LARGE`) and again while streaming.
 //! Downloads stream from the file and honour `Range` (206). Responses carry
 //! the spec's `Content-Security-Policy` sandbox and a `Content-Disposition`
-//! that is `inline` only for types a browser shows safely.
+//! that is `inline` only for types a browser shows safely. Quarantined media
+//! (Synapse admin API §"Quarantine media") is 404 `M_NOT_FOUND` everywhere but
+//! to an admin asking with `admin_unsafely_bypass_quarantine=true`; serving
+//! media records its last access time.
 
 use std::io::SeekFrom;
 
@@ -185,7 +188,7 @@ pub fn federation_download(cx: Ctx, req: Req) -> HandlerFuture {
         crate::federation::require_server(&cx, &req).await?;
         let id = media_id_param(&req)?;
         let meta = match cx.engine.media.meta(cx.engine.server_name.as_str(), id)? {
-            Some(m) if !m.hash.is_empty() => m,
+            Some(m) if !m.hash.is_empty() => served(&cx, cx.engine.server_name.as_str(), id, m, false).await?,
             _ => return Err(ApiError::not_found("media not found")),
         };
         let content_type = meta.content_type.clone().unwrap_or_else(|| "application/octet-stream".into());
@@ -199,7 +202,7 @@ pub fn federation_thumbnail(cx: Ctx, req: Req) -> HandlerFuture {
         crate::federation::require_server(&cx, &req).await?;
         let id = media_id_param(&req)?;
         let meta = match cx.engine.media.meta(cx.engine.server_name.as_str(), id)? {
-            Some(m) if !m.hash.is_empty() => m,
+            Some(m) if !m.hash.is_empty() => served(&cx, cx.engine.server_name.as_str(), id, m, false).await?,
             _ => return Err(ApiError::not_found("media not found")),
         };
         let (path, _) = make_thumbnail(&cx, &meta, &req).await?;
@@ -249,22 +252,49 @@ fn media_ref(req: &Req) -> Result<(&str, &str), ApiError> {
     Ok((server, media_id_param(req)?))
 }
 
-async fn local_media(cx: &Ctx, req: &Req) -> Result<MediaMeta, ApiError> {
+/// The media a download or thumbnail request names, fetched if remote and not
+/// cached; quarantined media is 404 `M_NOT_FOUND` (as Synapse) unless `bypass`.
+async fn local_media(cx: &Ctx, req: &Req, bypass: bool) -> Result<MediaMeta, ApiError> {
     let (server, id) = media_ref(req)?;
-    if server != cx.engine.server_name.as_str() {
+    let meta = if server != cx.engine.server_name.as_str() {
         // A cached copy, or fetch it now.
-        return match cx.engine.media.meta(server, id)? {
-            Some(meta) if !meta.hash.is_empty() => Ok(meta),
-            _ => Ok(cx.engine.remote_media(server, id).await?),
-        };
-    }
-    match cx.engine.media.meta(server, id)? {
-        Some(meta) if !meta.hash.is_empty() => Ok(meta),
-        Some(_) => {
-            Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED", "the media has not been uploaded yet"))
+        match cx.engine.media.meta(server, id)? {
+            Some(meta) if !meta.hash.is_empty() => meta,
+            _ => cx.engine.remote_media(server, id).await?,
         }
-        None => Err(ApiError::not_found("media not found")),
+    } else {
+        match cx.engine.media.meta(server, id)? {
+            Some(meta) if !meta.hash.is_empty() => meta,
+            Some(_) => {
+                return Err(ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "M_NOT_YET_UPLOADED",
+                    "the media has not been uploaded yet",
+                ));
+            }
+            None => return Err(ApiError::not_found("media not found")),
+        }
+    };
+    served(cx, server, id, meta, bypass).await
+}
+
+/// `meta` of `(server, id)` if it may be served (not quarantined, or `bypass`),
+/// its access time recorded; else 404 `M_NOT_FOUND`.
+async fn served(cx: &Ctx, server: &str, id: &str, meta: MediaMeta, bypass: bool) -> Result<MediaMeta, ApiError> {
+    if meta.quarantined_by.is_some() && !bypass {
+        return Err(ApiError::not_found("Not found"));
     }
+    if let Err(e) = cx.engine.media.touch(server, id, &meta).await {
+        tracing::warn!(server, media_id = id, error = %e, "media served, its last access time not recorded");
+    }
+    Ok(meta)
+}
+
+/// `admin_unsafely_bypass_quarantine=true` from a server admin (Synapse admin API
+/// §"Downloading quarantined media"); ignored from anyone else.
+fn bypass_quarantine(cx: &Ctx, req: &Req, user: &ruma::UserId) -> Result<bool, ApiError> {
+    Ok(query_param(req, "admin_unsafely_bypass_quarantine").as_deref() == Some("true")
+        && cx.engine.users.is_admin(user)?)
 }
 
 fn encode_filename(name: &str) -> String {
@@ -351,8 +381,8 @@ async fn file_response(
     Ok(resp)
 }
 
-async fn download_inner(cx: &Ctx, req: &Req) -> Result<Resp, ApiError> {
-    let meta = local_media(cx, req).await?;
+async fn download_inner(cx: &Ctx, req: &Req, bypass: bool) -> Result<Resp, ApiError> {
+    let meta = local_media(cx, req, bypass).await?;
     let filename = req.param("file_name").ok().map(str::to_owned).or(meta.filename.clone());
     let range = req.parts.headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let content_type = meta.content_type.clone().unwrap_or_else(|| "application/octet-stream".into());
@@ -362,8 +392,9 @@ async fn download_inner(cx: &Ctx, req: &Req) -> Result<Resp, ApiError> {
 /// GET /_matrix/client/v1/media/download/{serverName}/{mediaId}[/{fileName}]
 pub fn download(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
-        require_user(&cx, &req)?;
-        download_inner(&cx, &req).await
+        let me = require_user(&cx, &req)?;
+        let bypass = bypass_quarantine(&cx, &req, &me.user_id)?;
+        download_inner(&cx, &req, bypass).await
     })
 }
 
@@ -373,12 +404,12 @@ pub fn legacy_download(cx: Ctx, req: Req) -> HandlerFuture {
         if !cx.engine.config.media.legacy_unauthenticated {
             return Err(ApiError::not_found("unauthenticated media is disabled; use /_matrix/client/v1/media"));
         }
-        download_inner(&cx, &req).await
+        download_inner(&cx, &req, false).await
     })
 }
 
-async fn thumbnail_inner(cx: &Ctx, req: &Req) -> Result<Resp, ApiError> {
-    let meta = local_media(cx, req).await?;
+async fn thumbnail_inner(cx: &Ctx, req: &Req, bypass: bool) -> Result<Resp, ApiError> {
+    let meta = local_media(cx, req, bypass).await?;
     let (cached, made) = make_thumbnail(cx, &meta, req).await?;
     if made > 0 {
         // A remote file's thumbnails are part of the remote cache's bound.
@@ -488,8 +519,9 @@ async fn make_thumbnail(cx: &Ctx, meta: &MediaMeta, req: &Req) -> Result<(std::p
 /// GET /_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}
 pub fn thumbnail(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
-        require_user(&cx, &req)?;
-        thumbnail_inner(&cx, &req).await
+        let me = require_user(&cx, &req)?;
+        let bypass = bypass_quarantine(&cx, &req, &me.user_id)?;
+        thumbnail_inner(&cx, &req, bypass).await
     })
 }
 
@@ -499,7 +531,7 @@ pub fn legacy_thumbnail(cx: Ctx, req: Req) -> HandlerFuture {
         if !cx.engine.config.media.legacy_unauthenticated {
             return Err(ApiError::not_found("unauthenticated media is disabled; use /_matrix/client/v1/media"));
         }
-        thumbnail_inner(&cx, &req).await
+        thumbnail_inner(&cx, &req, false).await
     })
 }
 

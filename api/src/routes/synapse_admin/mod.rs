@@ -11,6 +11,7 @@
 //! the admin who did it. The work is the engine's, shared with `myelin admin …`
 //! (`crate::admin`).
 
+pub(crate) mod media;
 pub(crate) mod register;
 pub(crate) mod room_ops;
 pub(crate) mod rooms;
@@ -73,6 +74,7 @@ pub fn add(r: &mut Router) {
     add(M::GET, "/v1/background_updates/enabled", server::background_enabled);
     add(M::POST, "/v1/background_updates/enabled", server::set_background_enabled);
     add(M::POST, "/v1/background_updates/start_job", server::start_job);
+    media::add(r);
 }
 
 /// GET /_synapse/admin/v1/server_version (no token needed, as in Synapse).
