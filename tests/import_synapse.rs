@@ -17,7 +17,7 @@ use std::{
 use http::{Method, StatusCode};
 use myelin_suite::{
     free_port, http, http_with, myelin_bin,
-    procs::{Killed, venv_python, wait_http},
+    procs::{Killed, start_synapse, venv_python, wait_http},
 };
 use serde_json::{Value, json};
 
@@ -66,23 +66,8 @@ async fn accounts_devices_tokens_and_the_key_come_over_from_a_stopped_synapse() 
     let python = venv_python("venv-synapse-1.163.2");
     let dir = tempfile::tempdir().unwrap();
     let (syn_client, syn_fed) = (free_port(), free_port());
-    let out = Command::new(&python)
-        .arg(format!("{SCRIPTS}/synapse_config.py"))
-        .args([dir.path().to_str().unwrap(), &syn_client.to_string(), &syn_fed.to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "synapse config: {}", String::from_utf8_lossy(&out.stderr));
+    let synapse = start_synapse(dir.path(), syn_client, syn_fed);
     let server = format!("localhost:{syn_fed}");
-    let synapse = Killed(
-        Command::new(&python)
-            .args(["-m", "synapse.app.homeserver", "-c"])
-            .arg(dir.path().join("hs.yaml"))
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
     wait_http(format!("127.0.0.1:{syn_client}").parse().unwrap(), "/_matrix/client/versions", "synapse").await;
 
     // Fill Synapse through its API, as its users would.

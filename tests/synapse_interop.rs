@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 
 use myelin_suite::{
     free_port, myelin_bin,
-    procs::{Killed, venv_python, wait_http},
+    procs::{Killed, start_synapse, venv_python, wait_http},
 };
 
 /// A Synapse and a Myelin (the built binary) on loopback, federating-ready,
@@ -42,27 +42,9 @@ fn myelin_log() -> Stdio {
 const SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop");
 
 async fn start_pair() -> Pair {
-    let python = venv_python("venv-synapse-1.163.2");
     let dir = tempfile::tempdir().unwrap();
     let (syn_client, syn_fed, my_client, my_fed) = (free_port(), free_port(), free_port(), free_port());
-    let out = Command::new(&python)
-        .arg(format!("{SCRIPTS}/synapse_config.py"))
-        .arg(dir.path())
-        .arg(syn_client.to_string())
-        .arg(syn_fed.to_string())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "synapse config: {}", String::from_utf8_lossy(&out.stderr));
-    let synapse = Killed(
-        Command::new(&python)
-            .args(["-m", "synapse.app.homeserver", "-c"])
-            .arg(dir.path().join("hs.yaml"))
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let synapse = start_synapse(dir.path(), syn_client, syn_fed);
     let myelin_dir = dir.path().join("myelin");
     std::fs::create_dir_all(&myelin_dir).unwrap();
     let myelin = Killed(

@@ -3,8 +3,8 @@
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
-    process::Child,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -47,4 +47,29 @@ pub async fn wait_http(addr: SocketAddr, path: &str, what: &str) {
         assert!(Instant::now() < deadline, "{what} did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The Synapse of `tests/interop/setup.sh`, configured in `dir` by
+/// `tests/interop/synapse_config.py` (SQLite, loopback, server name
+/// `localhost:FEDERATION_PORT`) and started; not yet waited for.
+pub fn start_synapse(dir: &Path, client_port: u16, federation_port: u16) -> Killed {
+    let python = venv_python("venv-synapse-1.163.2");
+    let out = Command::new(&python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/synapse_config.py"))
+        .arg(dir)
+        .arg(client_port.to_string())
+        .arg(federation_port.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "synapse config: {}", String::from_utf8_lossy(&out.stderr));
+    Killed(
+        Command::new(&python)
+            .args(["-m", "synapse.app.homeserver", "-c"])
+            .arg(dir.join("hs.yaml"))
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }

@@ -52,37 +52,19 @@ pub(super) fn read(db: &Connection, users: &HashSet<String>) -> Result<Keys, Fai
             keys.uploads.entry((u, d)).or_insert_with(empty).device_keys = Some(v);
         }
     }
-    let otks = rows(db, "SELECT user_id, device_id, algorithm, key_id, key_json FROM e2e_one_time_keys_json", |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, String>(4)?,
-        ))
-    })?;
-    for (u, d, alg, id, json) in otks {
-        if users.contains(&u)
-            && let Ok(v) = serde_json::from_str::<Value>(&json)
-        {
-            keys.uploads.entry((u, d)).or_insert_with(empty).one_time_keys.insert(format!("{alg}:{id}"), v);
-        }
-    }
-    let fallbacks =
-        rows(db, "SELECT user_id, device_id, algorithm, key_id, key_json FROM e2e_fallback_keys_json", |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
-            ))
-        })?;
-    for (u, d, alg, id, json) in fallbacks {
-        if users.contains(&u)
-            && let Ok(v) = serde_json::from_str::<Value>(&json)
-        {
-            keys.uploads.entry((u, d)).or_insert_with(empty).fallback_keys.insert(format!("{alg}:{id}"), v);
+    // One-time and fallback keys: the same columns, into the two maps of an upload.
+    for (table, fallback) in [("e2e_one_time_keys_json", false), ("e2e_fallback_keys_json", true)] {
+        let query = format!("SELECT user_id, device_id, algorithm, key_id, key_json FROM {table}");
+        let found: Vec<(String, String, String, String, String)> =
+            rows(db, &query, |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
+        for (u, d, alg, id, json) in found {
+            if users.contains(&u)
+                && let Ok(v) = serde_json::from_str::<Value>(&json)
+            {
+                let upload = keys.uploads.entry((u, d)).or_insert_with(empty);
+                let map = if fallback { &mut upload.fallback_keys } else { &mut upload.one_time_keys };
+                map.insert(format!("{alg}:{id}"), v);
+            }
         }
     }
     // The newest key of each type (Synapse keeps the old ones too).
