@@ -154,6 +154,7 @@ pub fn make_room_admin(cx: Ctx, req: Req) -> HandlerFuture {
         let user = body.user_id.unwrap_or_else(|| me.user_id.clone());
         local_user(&cx, &user, "Only local users can be admins of this room")?;
         let room = held_room(&cx, &req).await?;
+        let _one_at_a_time = cx.deletions.make_room_admin.lock().await;
         let needed = myelin_engine::power::state_level(&cx.engine.rooms, &room, "m.room.power_levels")?;
         let (admin, power) = local_admin(&cx, &room)?
             .filter(|(_, p)| *p >= needed)

@@ -265,13 +265,16 @@ impl Deletion {
     }
 }
 
-/// The statuses of recent deletions (and the one other piece of admin API
-/// state kept in memory: whether background updates are paused).
+/// The statuses of recent deletions (and the other admin API state kept in
+/// memory: whether background updates are paused, the make_room_admin lock).
 #[derive(Default)]
 pub struct Deletions {
     recent: parking_lot::Mutex<VecDeque<Deletion>>,
     /// `v1/background_updates/enabled` set to false.
     pub(crate) background_updates_paused: std::sync::atomic::AtomicBool,
+    /// One `make_room_admin` at a time: its read of the power levels and the
+    /// event it sends must not interleave with another's (one change, not two).
+    pub(crate) make_room_admin: tokio::sync::Mutex<()>,
 }
 
 impl Deletions {
