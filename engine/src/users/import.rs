@@ -94,7 +94,10 @@ impl Users {
         let mut count = ImportCount::default();
         for d in devices {
             let key = (d.user_id.clone(), d.device_id.clone());
-            let owner_here = UserId::parse(d.user_id.as_str()).is_ok_and(|u| self.exists(&u).unwrap_or(false));
+            let owner_here = match UserId::parse(d.user_id.as_str()) {
+                Ok(u) => self.exists(&u)?,
+                Err(_) => false,
+            };
             if !owner_here || DEVICES.get(&*self.db, &key)?.is_some() {
                 count.present += 1;
                 continue;

@@ -228,6 +228,14 @@ pub fn token_validity(cx: Ctx, req: Req) -> HandlerFuture {
     })
 }
 
+/// The answer to a registration: the login, or with `inhibit_login` the user id alone.
+fn registered(cx: &Ctx, login: Option<&myelin_engine::users::NewLogin>, user_id: &UserId) -> crate::http_util::Resp {
+    match login {
+        Some(l) => ok_json(&LoginResponse::new(cx, l)),
+        None => ok_json(&RegisteredOnly { user_id }),
+    }
+}
+
 /// Makes the account a registration asked for, once its auth passed.
 async fn make_account(cx: &Ctx, req: &Req, body: RegisterBody) -> Result<crate::http_util::Resp, ApiError> {
     let user_id = match body.username.as_deref() {
@@ -248,10 +256,7 @@ async fn make_account(cx: &Ctx, req: &Req, body: RegisterBody) -> Result<crate::
             body.inhibit_login,
         )
         .await?;
-    Ok(match login {
-        Some(l) => ok_json(&LoginResponse::new(cx, &l)),
-        None => ok_json(&RegisteredOnly { user_id: &user_id }),
-    })
+    Ok(registered(cx, login.as_ref(), &user_id))
 }
 
 /// `POST /register` with `guest_access_token`: the guest keeps its user id (a
@@ -291,10 +296,7 @@ async fn upgrade_guest(cx: &Ctx, guest_token: &str, body: RegisterBody) -> Resul
             body.inhibit_login,
         )
         .await?;
-    Ok(match login {
-        Some(l) => ok_json(&LoginResponse::new(cx, &l)),
-        None => ok_json(&RegisteredOnly { user_id: &user_id }),
-    })
+    Ok(registered(cx, login.as_ref(), &user_id))
 }
 
 /// 400 `M_EXCLUSIVE` when an appservice claims `user_id` exclusively.
@@ -350,10 +352,7 @@ async fn register_for_appservice(
         .users
         .register(&user_id, None, false, body.device_id, body.initial_device_display_name, body.inhibit_login)
         .await?;
-    Ok(match login {
-        Some(l) => ok_json(&LoginResponse::new(cx, &l)),
-        None => ok_json(&RegisteredOnly { user_id: &user_id }),
-    })
+    Ok(registered(cx, login.as_ref(), &user_id))
 }
 
 /// The answer to `GET /register/available`.
