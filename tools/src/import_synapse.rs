@@ -10,9 +10,12 @@
 //! (`crate::import_synapse_keys`). With `--signing-key`, Synapse's signing key file
 //! becomes this server's, so peers see the same server.
 //!
-//! Not imported yet, and said so in the report: rooms and their history,
-//! media, key backups, push rules, room
-//! aliases and the directory, federation state, PostgreSQL databases.
+//! Then the rooms: every room's events, state, local users' invites, room
+//! aliases, the public directory and receipts (`crate::import_synapse_rooms`).
+//!
+//! Not imported yet, and said so in the report: media, key backups, push
+//! rules, federation state (stream positions, destinations' queues),
+//! PostgreSQL databases.
 //!
 //! Safety: the server names must match; a Synapse whose pid file names a live
 //! process is refused; Myelin must be stopped (its data directory lock). A
@@ -275,6 +278,23 @@ pub(super) fn import_synapse_cmd(
             "encryption keys: {} devices' identity keys, {} one-time keys, cross-signing keys of {} users, {} signatures; {} refused",
             k.devices, k.one_time_keys, k.cross_signing_users, k.signatures, k.refused
         );
+        let r = crate::import_synapse_rooms::import(&engine, &db, &server).await?;
+        println!(
+            "rooms: {} imported; events: {} in the timeline, {} outside it (soft-failed or a gap's edge), \
+             {} rejected here ({} rejected by Synapse), {} backfilled history, {} outliers, {} already here, {} left out",
+            r.rooms, r.timeline, r.hidden, r.rejected, r.synapse_rejected, r.backfilled, r.outliers, r.present,
+            r.unreadable
+        );
+        println!(
+            "invites and knocks: {}; aliases: {}; published rooms: {}; receipts: {}",
+            r.invites, r.aliases, r.published, r.receipts
+        );
+        for skipped in &r.skipped_rooms {
+            println!("room left out: {skipped}");
+        }
+        for room in &r.state_differs {
+            println!("room state differs from Synapse's: {room}");
+        }
         // Verify: every account and device read is now here.
         let mut missing = 0;
         for a in &accounts {
@@ -293,10 +313,12 @@ pub(super) fn import_synapse_cmd(
             return Err(Failure::runtime(format!("verification: {missing} accounts or devices are missing")));
         }
         println!(
-            "verified: {} accounts and {} devices present. Not imported yet: rooms and their history, media, \
-             key backups, push rules, room aliases and the directory, federation state",
+            "verified: {} accounts and {} devices present; {} rooms with Synapse's current state, {} without. \
+             Not imported yet: media, key backups, push rules, federation state",
             accounts.len(),
-            devices.len()
+            devices.len(),
+            r.rooms - r.state_differs.len(),
+            r.state_differs.len()
         );
         Ok(())
     })

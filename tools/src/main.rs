@@ -20,6 +20,7 @@ mod bench_soak;
 mod cli;
 mod import_synapse;
 mod import_synapse_keys;
+mod import_synapse_rooms;
 mod serve;
 
 use std::{path::PathBuf, process::ExitCode};

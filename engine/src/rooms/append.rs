@@ -310,7 +310,11 @@ impl Rooms {
             self.joined_servers(current, Some((short, &pdu)))?
         };
         self.note_member_changes(batch, head, &pdu, &servers, current != state_after);
-        self.queue_for_push(batch, &pdu, short, count as u64, &servers);
+        // Imported history was delivered once, by the server it comes from.
+        let importing = self.is_importing();
+        if !importing {
+            self.queue_for_push(batch, &pdu, short, count as u64, &servers);
+        }
         let mut destinations: Vec<OwnedServerName> = servers.keys().cloned().collect();
         if pdu.kind == TimelineEventType::RoomMember
             && let Some(user) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
@@ -323,7 +327,9 @@ impl Rooms {
         destinations.dedup();
         self.index_relations(batch, &pdu, short, count, room)?;
         self.index_search(batch, &pdu, short, count, room)?;
-        self.queue_for_appservices(batch, &pdu, short, count as u64, state_after)?;
+        if !importing {
+            self.queue_for_appservices(batch, &pdu, short, count as u64, state_after)?;
+        }
         // The local user index /sync reads.
         if pdu.kind == TimelineEventType::RoomMember
             && let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
@@ -334,7 +340,7 @@ impl Rooms {
             self.bump_memberships_when_durable(batch, target.to_string());
         }
         // Each server sends its own events; we never forward another server's.
-        let ours = pdu.sender.server_name() == self.server_name;
+        let ours = !importing && pdu.sender.server_name() == self.server_name;
         let mut queued_to = Vec::new();
         for dest in destinations.iter().filter(|d| ours && **d != self.server_name) {
             let short_dest = self.servers.get_or_create(&self.db, batch, dest.as_str())?;

@@ -10,14 +10,14 @@ use serde_json::json;
 use super::*;
 use crate::keys::ServerKeys;
 
-struct Net {
+pub(super) struct Net {
     _dir: tempfile::TempDir,
-    rooms: Rooms,
-    remote: ServerKeys,
+    pub(super) rooms: Rooms,
+    pub(super) remote: ServerKeys,
     db: Arc<Db>,
 }
 
-fn net() -> Net {
+pub(super) fn net() -> Net {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(&dir.path().join("db"), &StorageOptions { cache_bytes: 8 << 20, ..Default::default() }).unwrap();
     let keys = Arc::new(ServerKeys::load_or_generate(dir.path(), "test".try_into().unwrap()).unwrap());
@@ -28,29 +28,29 @@ fn net() -> Net {
     Net { _dir: dir, rooms, remote, db }
 }
 
-async fn public_room(n: &Net) -> OwnedRoomId {
+pub(super) async fn public_room(n: &Net) -> OwnedRoomId {
     let alice = UserId::parse("@alice:test").unwrap();
     let req = CreateRoom { version: Some(RoomVersionId::V12), preset: Some(Preset::PublicChat), ..Default::default() };
     n.rooms.create_room(&alice, req).await.unwrap()
 }
 
 /// What the remote server would send: our template, signed by it.
-async fn remote_event(n: &Net, room: &OwnedRoomId, sender: &str, event: NewEvent) -> CanonicalJsonObject {
+pub(super) async fn remote_event(n: &Net, room: &OwnedRoomId, sender: &str, event: NewEvent) -> CanonicalJsonObject {
     let sender = UserId::parse(sender).unwrap();
     let mut object = n.rooms.template(&sender, room, event).await.unwrap();
     n.remote.hash_and_sign_event(&mut object, &RoomVersionId::V12.rules().unwrap()).unwrap();
     object
 }
 
-fn parse(object: CanonicalJsonObject) -> Pdu {
+pub(super) fn parse(object: CanonicalJsonObject) -> Pdu {
     Pdu::from_object(object, &RoomVersionId::V12.rules().unwrap()).unwrap()
 }
 
-fn join(user: &str) -> NewEvent {
+pub(super) fn join(user: &str) -> NewEvent {
     NewEvent::state(TimelineEventType::RoomMember, user, json!({ "membership": "join" }))
 }
 
-fn text(body: &str) -> NewEvent {
+pub(super) fn text(body: &str) -> NewEvent {
     NewEvent::message(TimelineEventType::RoomMessage, json!({ "msgtype": "m.text", "body": body }))
 }
 

@@ -30,6 +30,7 @@ mod create;
 mod error;
 pub mod events;
 mod head;
+pub mod import;
 mod inbound;
 pub mod pdu;
 mod read;
@@ -177,6 +178,8 @@ pub struct Rooms {
     /// (in the batch's durability hook): a reader that read the counter before the rows
     /// may keep those rows while the counter stays.
     member_versions: Arc<Mutex<HashMap<String, u64>>>,
+    /// Set while another server's rooms are imported: appends are delivered nowhere.
+    importing: std::sync::atomic::AtomicBool,
 }
 
 use crate::util::now_ms;
@@ -234,6 +237,7 @@ impl Rooms {
             appservices: Arc::new(crate::appservice::Registry::open(db.clone(), server_name.as_str())?),
             push_wanted: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             push_pending: Arc::new(tokio::sync::Notify::new()),
+            importing: std::sync::atomic::AtomicBool::new(false),
             db,
             server_name,
             keys,
@@ -285,6 +289,8 @@ impl Rooms {
         Ok(META.get(&*self.db, &short)?)
     }
 }
+#[cfg(test)]
+mod import_tests;
 #[cfg(test)]
 mod inbound_tests;
 #[cfg(test)]

@@ -1,0 +1,269 @@
+//! `myelin import synapse`, rooms (issue #23 §2), against real software on
+//! both sides: a Synapse (PyPI `matrix-synapse`) and a second Myelin server
+//! federating with it. Synapse is filled through its Client-Server API: a
+//! public room it hosts with an alias, a name, messages, a reply, an edit, a
+//! reaction, a redaction, a read receipt and a member from the other server;
+//! a room hosted by the other server that a Synapse user joined over
+//! federation (its history before the join backfilled); and an invite from
+//! the other server still pending. Synapse is stopped, imported, and Myelin
+//! is started in its place (same server name, key and federation port).
+//! Checked from the clients' side: the same rooms in `/sync`, the same
+//! history with the same event ids, state, alias, directory, relations,
+//! receipt and invite; and federation with the other server goes on in both
+//! directions in both rooms.
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use http::{Method, StatusCode};
+use myelin_suite::{
+    Client, enc, free_port, http, myelin_bin,
+    procs::{Killed, start_synapse, wait_http},
+    wait_for_text,
+};
+use serde_json::{Value, json};
+
+fn addr(port: u16) -> SocketAddr {
+    format!("127.0.0.1:{port}").parse().unwrap()
+}
+
+/// A Myelin server as its operator runs it, from a config file.
+fn serve(config: &Path) -> Killed {
+    Killed(
+        Command::new(myelin_bin())
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// A config for a server named `name` in `data`, federating over loopback without certificate checks.
+fn write_config(path: &Path, name: &str, data: &Path, client: u16, fed: u16) {
+    let text = format!(
+        "server_name = \"{name}\"\ndata_dir = \"{}\"\n[client]\nlisten = \"127.0.0.1:{client}\"\n\
+         [registration]\nenabled = true\n\
+         [federation]\nlisten = \"127.0.0.1:{fed}\"\nverify_tls = false\nip_range_allow = [\"127.0.0.0/8\"]\n",
+        data.display()
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+async fn register(port: u16, name: &str) -> Client {
+    let body = json!({ "username": name, "password": format!("{name}-pass-1"), "auth": { "type": "m.login.dummy" } });
+    let r = http(addr(port), Method::POST, "/_matrix/client/v3/register", Some(body.to_string().as_bytes())).await;
+    assert_eq!(r.status, StatusCode::OK, "register {name}: {}", String::from_utf8_lossy(&r.body));
+    Client::from_login(addr(port), &r.json())
+}
+
+async fn login(port: u16, name: &str) -> Client {
+    let body = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": name }, "password": format!("{name}-pass-1") });
+    let r = http(addr(port), Method::POST, "/_matrix/client/v3/login", Some(body.to_string().as_bytes())).await;
+    assert_eq!(r.status, StatusCode::OK, "login {name}: {}", String::from_utf8_lossy(&r.body));
+    Client::from_login(addr(port), &r.json())
+}
+
+/// Every event of a room's history, newest first, as `/messages` pages it.
+async fn history(c: &Client, room: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut from = String::new();
+    for _ in 0..20 {
+        let page = c.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50{from}", enc(room))).await;
+        let chunk = page["chunk"].as_array().cloned().unwrap_or_default();
+        out.extend(chunk.iter().cloned());
+        match page["end"].as_str() {
+            Some(end) if !chunk.is_empty() => from = format!("&from={end}"),
+            _ => break,
+        }
+    }
+    out
+}
+
+fn ids(events: &[Value]) -> BTreeSet<String> {
+    events.iter().filter_map(|e| e["event_id"].as_str().map(str::to_owned)).collect()
+}
+
+fn bodies(events: &[Value]) -> Vec<String> {
+    events.iter().rev().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect()
+}
+
+async fn send(c: &Client, room: &str, kind: &str, content: Value) -> String {
+    let txn = format!("t{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    let path = format!("/_matrix/client/v3/rooms/{}/send/{kind}/{txn}", enc(room));
+    c.put(&path, content).await["event_id"].as_str().unwrap().to_owned()
+}
+
+/// Waits until `c` sees `text` in `room`'s history (what another server delivered).
+async fn wait_history(c: &Client, room: &str, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !bodies(&history(c, room).await).iter().any(|b| b == text) {
+        assert!(Instant::now() < deadline, "{} never saw {text:?} in {room}", c.user_id);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_history_and_federation_come_over_from_a_stopped_synapse() {
+    let dir = tempfile::tempdir().unwrap();
+    // The other server: a Myelin named by its address.
+    let (b_client, b_fed) = (free_port(), free_port());
+    let b_config = dir.path().join("b.toml");
+    write_config(&b_config, &format!("127.0.0.1:{b_fed}"), &dir.path().join("b"), b_client, b_fed);
+    let _b = serve(&b_config);
+    let syn_dir = dir.path().join("synapse");
+    std::fs::create_dir_all(&syn_dir).unwrap();
+    let (syn_client, syn_fed) = (free_port(), free_port());
+    let synapse = start_synapse(&syn_dir, syn_client, syn_fed);
+    let server = format!("localhost:{syn_fed}");
+    wait_http(addr(b_client), "/health", "myelin").await;
+    wait_http(addr(syn_client), "/_matrix/client/versions", "synapse").await;
+
+    let alice = register(syn_client, "alice").await;
+    let bob = register(syn_client, "bob").await;
+    let carol = register(b_client, "carol").await;
+
+    // A room Synapse hosts, with a member from the other server.
+    let lobby = alice
+        .create_room(json!({ "preset": "public_chat", "visibility": "public", "room_alias_name": "lobby",
+                             "name": "Lobby", "topic": "Talk here" }))
+        .await;
+    bob.post(&format!("/_matrix/client/v3/join/{}", enc(&lobby)), json!({})).await;
+    carol.post(&format!("/_matrix/client/v3/join/{}?server_name={server}", enc(&lobby)), json!({})).await;
+    let mut sent = Vec::new();
+    for i in 0..30 {
+        sent.push(alice.send_text(&lobby, &format!("m{i}")).await);
+    }
+    let reply =
+        json!({ "msgtype": "m.text", "body": "re m5", "m.relates_to": { "m.in_reply_to": { "event_id": sent[5] } } });
+    send(&bob, &lobby, "m.room.message", reply).await;
+    let edit = json!({ "msgtype": "m.text", "body": "* m1 edited", "m.new_content": { "msgtype": "m.text", "body": "m1 edited" },
+                       "m.relates_to": { "rel_type": "m.replace", "event_id": sent[1] } });
+    let edit_id = send(&alice, &lobby, "m.room.message", edit).await;
+    let reaction = json!({ "m.relates_to": { "rel_type": "m.annotation", "event_id": sent[2], "key": "👍" } });
+    send(&bob, &lobby, "m.reaction", reaction).await;
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/redact/{}/r1", enc(&lobby), enc(&sent[3])),
+            json!({ "reason": "oops" }),
+        )
+        .await;
+    carol.send_text(&lobby, "hello from carol").await;
+    wait_for_text(&alice, &lobby, "hello from carol").await;
+    let last = alice.send_text(&lobby, "last before the move").await;
+    alice.post(&format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&lobby), enc(&last)), json!({})).await;
+    wait_history(&carol, &lobby, "last before the move").await;
+
+    // A room the other server hosts, joined from Synapse after some history.
+    let away = carol.create_room(json!({ "preset": "public_chat", "name": "Away" })).await;
+    for i in 0..3 {
+        carol.send_text(&away, &format!("before alice {i}")).await;
+    }
+    alice.post(&format!("/_matrix/client/v3/join/{}?server_name=127.0.0.1:{b_fed}", enc(&away)), json!({})).await;
+    carol.send_text(&away, "carol after the join").await;
+    wait_for_text(&alice, &away, "carol after the join").await;
+    alice.send_text(&away, "alice in away").await;
+    wait_history(&carol, &away, "alice in away").await;
+    // Alice's client paginates back: Synapse backfills from the other server.
+    let away_before = history(&alice, &away).await;
+    assert!(bodies(&away_before).contains(&"before alice 0".to_owned()), "Synapse backfilled: {away_before:?}");
+    // An invite from the other server, not answered.
+    let pending = carol.create_room(json!({ "preset": "private_chat", "name": "Pending" })).await;
+    carol.post(&format!("/_matrix/client/v3/rooms/{}/invite", enc(&pending)), json!({ "user_id": bob.user_id })).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bob.sync(None, 0).await["rooms"]["invite"].get(&pending).is_none() {
+        assert!(Instant::now() < deadline, "bob never got carol's invite");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let lobby_before = history(&alice, &lobby).await;
+
+    // Synapse stops; Myelin takes its name, key and port.
+    let mut synapse = synapse;
+    let _ = Command::new("kill").arg(synapse.0.id().to_string()).status();
+    let _ = synapse.0.wait();
+    let a_client = free_port();
+    let a_config = dir.path().join("a.toml");
+    write_config(&a_config, &server, &dir.path().join("a"), a_client, syn_fed);
+    let import = |config: &Path| {
+        Command::new(myelin_bin())
+            .args(["import", "synapse", "--database"])
+            .arg(syn_dir.join("homeserver.db"))
+            .arg("--signing-key")
+            .arg(syn_dir.join(format!("{server}.signing.key")))
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let done = import(&a_config);
+    let report = String::from_utf8_lossy(&done.stdout).into_owned();
+    assert!(done.status.success(), "{report}\n{}", String::from_utf8_lossy(&done.stderr));
+    assert!(report.contains("rooms: 2 imported"), "{report}");
+    assert!(report.contains("invites and knocks: 1"), "{report}");
+    assert!(report.contains("2 rooms with Synapse's current state, 0 without"), "{report}");
+    assert!(!report.contains(" 0 in the timeline"), "{report}");
+    let again = import(&a_config);
+    let second = String::from_utf8_lossy(&again.stdout).into_owned();
+    assert!(again.status.success(), "{second}");
+    assert!(second.contains("events: 0 in the timeline"), "nothing twice: {second}");
+    let _a = serve(&a_config);
+    wait_http(addr(a_client), "/health", "myelin").await;
+
+    let alice = login(a_client, "alice").await;
+    let bob = login(a_client, "bob").await;
+    let sync = alice.sync(None, 0).await;
+    assert!(sync["rooms"]["join"].get(&lobby).is_some() && sync["rooms"]["join"].get(&away).is_some(), "{sync}");
+    assert!(bob.sync(None, 0).await["rooms"]["invite"].get(&pending).is_some(), "bob's invite came over");
+    let receipts = &sync["rooms"]["join"][&lobby]["ephemeral"]["events"];
+    assert!(receipts.to_string().contains(&last), "alice's read receipt: {receipts}");
+
+    // The same history, with the same event ids.
+    let lobby_after = history(&alice, &lobby).await;
+    assert_eq!(ids(&lobby_after), ids(&lobby_before), "the lobby's history");
+    let texts = bodies(&lobby_after);
+    let expected: Vec<String> = (0..30).filter(|i| *i != 3).map(|i| format!("m{i}")).collect();
+    let mine: Vec<String> = texts.iter().filter(|t| expected.contains(t)).cloned().collect();
+    assert_eq!(mine, expected, "alice's messages in order, the redacted one without a body");
+    let redacted = lobby_after.iter().find(|e| e["event_id"] == sent[3].as_str()).unwrap();
+    assert_eq!(redacted["content"], json!({}), "{redacted}");
+    let away_after = history(&alice, &away).await;
+    for text in ["before alice 0", "carol after the join", "alice in away"] {
+        assert!(bodies(&away_after).contains(&text.to_owned()), "{text} in {away_after:?}");
+    }
+    let name = alice.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&lobby))).await;
+    assert_eq!(name["name"], "Lobby");
+    let alias = http(
+        addr(a_client),
+        Method::GET,
+        &format!("/_matrix/client/v3/directory/room/{}", enc(&format!("#lobby:{server}"))),
+        None,
+    )
+    .await;
+    assert_eq!(alias.json()["room_id"], lobby.as_str(), "{:?}", alias.json());
+    let public = alice.get("/_matrix/client/v3/publicRooms").await;
+    assert!(public["chunk"].as_array().unwrap().iter().any(|r| r["room_id"] == lobby.as_str()), "{public}");
+    let edits =
+        alice.get(&format!("/_matrix/client/v1/rooms/{}/relations/{}/m.replace", enc(&lobby), enc(&sent[1]))).await;
+    assert_eq!(edits["chunk"][0]["event_id"], edit_id.as_str(), "{edits}");
+    let reactions =
+        alice.get(&format!("/_matrix/client/v1/rooms/{}/relations/{}/m.annotation", enc(&lobby), enc(&sent[2]))).await;
+    assert_eq!(reactions["chunk"].as_array().map(Vec::len), Some(1), "{reactions}");
+
+    // Federation with the other server goes on, both ways, in both rooms.
+    alice.send_text(&lobby, "lobby after the move").await;
+    wait_history(&carol, &lobby, "lobby after the move").await;
+    carol.send_text(&lobby, "carol to the new server").await;
+    wait_history(&alice, &lobby, "carol to the new server").await;
+    alice.send_text(&away, "away after the move").await;
+    wait_history(&carol, &away, "away after the move").await;
+    carol.send_text(&away, "carol away reply").await;
+    wait_history(&alice, &away, "carol away reply").await;
+}
