@@ -5,11 +5,12 @@
 //! reaction, a redaction, a read receipt and a member from the other server;
 //! a room hosted by the other server that a Synapse user joined over
 //! federation (its history before the join backfilled); and an invite from
-//! the other server still pending. Synapse is stopped, imported, and Myelin
+//! the other server still pending; a file uploaded there and one of the
+//! other server's it cached. Synapse is stopped, imported, and Myelin
 //! is started in its place (same server name, key and federation port).
 //! Checked from the clients' side: the same rooms in `/sync`, the same
 //! history with the same event ids, state, alias, directory, relations,
-//! receipt and invite; and federation with the other server goes on in both
+//! receipt, invite and files; and federation with the other server goes on in both
 //! directions in both rooms.
 
 use std::{
@@ -22,7 +23,7 @@ use std::{
 
 use http::{Method, StatusCode};
 use myelin_suite::{
-    Client, enc, free_port, http, myelin_bin,
+    Client, enc, free_port, http, http_with, myelin_bin,
     procs::{Killed, start_synapse, wait_http},
     wait_for_text,
 };
@@ -93,6 +94,22 @@ fn ids(events: &[Value]) -> BTreeSet<String> {
 
 fn bodies(events: &[Value]) -> Vec<String> {
     events.iter().rev().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect()
+}
+
+/// Uploads `bytes` as a text file; returns the media id.
+async fn upload(c: &Client, bytes: &[u8]) -> String {
+    let auth = format!("Bearer {}", c.token);
+    let headers = [("authorization", auth.as_str()), ("content-type", "text/plain")];
+    let r = http_with(c.addr, Method::POST, "/_matrix/media/v3/upload?filename=note.txt", Some(bytes), &headers).await;
+    assert_eq!(r.status, StatusCode::OK, "upload: {}", String::from_utf8_lossy(&r.body));
+    r.json()["content_uri"].as_str().unwrap().rsplit('/').next().unwrap().to_owned()
+}
+
+/// Downloads `server`'s media `id` through `c`'s server.
+async fn download(c: &Client, server: &str, id: &str) -> Vec<u8> {
+    let r = c.request(Method::GET, &format!("/_matrix/client/v1/media/download/{server}/{id}"), None).await;
+    assert_eq!(r.status, StatusCode::OK, "download {server}/{id}: {}", String::from_utf8_lossy(&r.body));
+    r.body.to_vec()
 }
 
 async fn send(c: &Client, room: &str, kind: &str, content: Value) -> String {
@@ -182,6 +199,11 @@ async fn rooms_history_and_federation_come_over_from_a_stopped_synapse() {
         assert!(Instant::now() < deadline, "bob never got carol's invite");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // Files: one alice uploaded, one of the other server's that Synapse cached.
+    let alice_media = upload(&alice, b"alice's notes").await;
+    let carol_media = upload(&carol, b"carol's notes").await;
+    let b_name = format!("127.0.0.1:{b_fed}");
+    assert_eq!(download(&alice, &b_name, &carol_media).await, b"carol's notes");
     let lobby_before = history(&alice, &lobby).await;
 
     // Synapse stops; Myelin takes its name, key and port.
@@ -210,6 +232,7 @@ async fn rooms_history_and_federation_come_over_from_a_stopped_synapse() {
     assert!(report.contains("invites and knocks: 1"), "{report}");
     assert!(report.contains("2 rooms with Synapse's current state, 0 without"), "{report}");
     assert!(!report.contains(" 0 in the timeline"), "{report}");
+    assert!(report.contains("media: 1 local and 1 cached remote files imported"), "{report}");
     let again = import(&a_config);
     let second = String::from_utf8_lossy(&again.stdout).into_owned();
     assert!(again.status.success(), "{second}");
@@ -224,6 +247,9 @@ async fn rooms_history_and_federation_come_over_from_a_stopped_synapse() {
     assert!(bob.sync(None, 0).await["rooms"]["invite"].get(&pending).is_some(), "bob's invite came over");
     let receipts = &sync["rooms"]["join"][&lobby]["ephemeral"]["events"];
     assert!(receipts.to_string().contains(&last), "alice's read receipt: {receipts}");
+
+    assert_eq!(download(&bob, &server, &alice_media).await, b"alice's notes");
+    assert_eq!(download(&bob, &b_name, &carol_media).await, b"carol's notes");
 
     // The same history, with the same event ids.
     let lobby_after = history(&alice, &lobby).await;

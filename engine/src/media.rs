@@ -132,6 +132,21 @@ pub struct Media {
     lock: tokio::sync::Mutex<Option<u64>>,
 }
 
+/// What is said about a media file besides its bytes.
+#[derive(Debug, Clone, Default)]
+pub struct Described {
+    /// `Content-Type`.
+    pub content_type: Option<String>,
+    /// The upload's file name.
+    pub filename: Option<String>,
+    /// The local uploader (none for remote media).
+    pub uploader: Option<String>,
+    /// When it was uploaded or fetched (ms).
+    pub created_ms: u64,
+    /// Who quarantined it, if anyone.
+    pub quarantined_by: Option<String>,
+}
+
 /// A finished temporary upload, ready to be committed.
 #[derive(Debug)]
 pub struct Staged {
@@ -215,6 +230,47 @@ impl Media {
         filename: Option<String>,
         uploader: Option<String>,
     ) -> Result<MediaMeta, EngineError> {
+        let described = Described { content_type, filename, uploader, created_ms: now_ms(), quarantined_by: None };
+        self.commit_described(server, media_id, staged, described).await
+    }
+
+    /// Brings another server's stored media file in under `(server, media_id)`
+    /// (`myelin import synapse`): copied, hashed and synced like an upload,
+    /// keeping its time, uploader and quarantine. `Ok(false)` if the id is here already.
+    pub async fn import_file(
+        &self,
+        server: &str,
+        media_id: &str,
+        src: &Path,
+        described: Described,
+    ) -> Result<bool, EngineError> {
+        if self.meta(server, media_id)?.is_some_and(|m| !m.hash.is_empty()) {
+            return Ok(false);
+        }
+        let (src, dest) = (src.to_owned(), self.temp_path()?);
+        if let Some(parent) = dest.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(|e| EngineError::io("creating the media folder", e))?;
+        }
+        let staged = tokio::task::spawn_blocking(move || {
+            let staged = crate::remote_media::hash_into(&src, &dest, 0, None)?;
+            std::fs::File::open(&dest).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
+            Ok::<_, String>(staged)
+        })
+        .await
+        .map_err(|_| EngineError::Task("media import"))?
+        .map_err(|message| EngineError::Io { context: "copying media".into(), message })?;
+        self.commit_described(server, media_id, staged, described).await?;
+        Ok(true)
+    }
+
+    async fn commit_described(
+        &self,
+        server: &str,
+        media_id: &str,
+        staged: Staged,
+        described: Described,
+    ) -> Result<MediaMeta, EngineError> {
+        let Described { content_type, filename, uploader, created_ms, quarantined_by: imported_quarantine } = described;
         let mut guard = self.lock.lock().await;
         let target = self.blob_path(&staged.hash);
         if target.exists() {
@@ -228,14 +284,14 @@ impl Media {
         let refs = REFS.get(&*self.db, &staged.hash)?.unwrap_or(0);
         let key = (server.to_owned(), media_id.to_owned());
         // A reserved id quarantined before its upload stays quarantined.
-        let quarantined_by = META.get(&*self.db, &key)?.and_then(|m| m.quarantined_by);
+        let quarantined_by = META.get(&*self.db, &key)?.and_then(|m| m.quarantined_by).or(imported_quarantine);
         let meta = MediaMeta {
             hash: staged.hash.clone(),
             size: staged.size,
             content_type,
             filename,
             uploader,
-            created_ms: now_ms(),
+            created_ms,
             quarantined_by,
             last_access_ms: None,
         };

@@ -38,3 +38,28 @@ async fn media_rows_of_the_first_layout_load_and_pages_match_the_full_sort() {
     }
     assert!(all.windows(2).all(|w| w[0].1.size > w[1].1.size || w[0].1.size == w[1].1.size && w[0].0 < w[1].0));
 }
+
+#[tokio::test]
+async fn an_imported_file_keeps_its_description_and_comes_in_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let media =
+        Media::open(Db::open(&dir.path().join("db"), &Default::default()).unwrap(), dir.path(), "here").unwrap();
+    let src = dir.path().join("synapse-file");
+    std::fs::write(&src, b"some bytes").unwrap();
+    let described = Described {
+        content_type: Some("text/plain".into()),
+        filename: Some("a.txt".into()),
+        uploader: Some("@a:here".into()),
+        created_ms: 1_600_000_000_000,
+        quarantined_by: Some("@admin:here".into()),
+    };
+    assert!(media.import_file("here", "abcdefgh", &src, described.clone()).await.unwrap());
+    let m = media.meta("here", "abcdefgh").unwrap().unwrap();
+    assert_eq!((m.size, m.created_ms, m.quarantined_by.as_deref()), (10, 1_600_000_000_000, Some("@admin:here")));
+    assert_eq!((m.content_type.as_deref(), m.filename.as_deref()), (Some("text/plain"), Some("a.txt")));
+    assert_eq!(std::fs::read(media.blob_path(&m.hash)).unwrap(), b"some bytes");
+    assert!(src.exists(), "the source is copied, not moved");
+    // A second run leaves it alone, and the reference count stays one.
+    assert!(!media.import_file("here", "abcdefgh", &src, described).await.unwrap());
+    assert_eq!(media.references(&m.hash).unwrap(), 1);
+}

@@ -233,7 +233,7 @@ fn extract_part(src: &Path, dest: &Path, boundary: &str, limit: u64) -> Result<(
 
 /// Copies `count` bytes (all, with `None`) of `src` from `start` into a new
 /// file `dest` while hashing them.
-fn hash_into(src: &Path, dest: &Path, start: u64, count: Option<u64>) -> Result<Staged, String> {
+pub(crate) fn hash_into(src: &Path, dest: &Path, start: u64, count: Option<u64>) -> Result<Staged, String> {
     let mut input = std::fs::File::open(src).map_err(|e| format!("reading the spooled answer: {e}"))?;
     input.seek(SeekFrom::Start(start)).map_err(|e| e.to_string())?;
     let mut input: Box<dyn Read> = match count {

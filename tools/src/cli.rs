@@ -271,13 +271,18 @@ pub(crate) enum Command {
 
 #[derive(Subcommand)]
 pub(crate) enum ImportCommand {
-    /// From a stopped Synapse's SQLite database: accounts with their password
-    /// hashes, profiles, devices with their access tokens, account data, and
-    /// (with --signing-key) its signing key. Rooms, media and keys: not yet.
+    /// From a stopped Synapse's SQLite database and media store: accounts with
+    /// their password hashes, profiles, devices with their access tokens and
+    /// encryption keys, account data, rooms with their history, aliases,
+    /// directory and receipts, local and cached remote media, and (with
+    /// --signing-key) its signing key.
     Synapse {
         /// Synapse's SQLite database (`homeserver.db`).
         #[arg(long)]
         database: PathBuf,
+        /// Synapse's `media_store_path`; default: `media_store` beside the database.
+        #[arg(long)]
+        media_store: Option<PathBuf>,
         /// Synapse's signing key file (`<server>.signing.key`), to serve as this server's key.
         #[arg(long)]
         signing_key: Option<PathBuf>,

@@ -13,9 +13,11 @@
 //! Then the rooms: every room's events, state, local users' invites, room
 //! aliases, the public directory and receipts (`crate::import_synapse_rooms`).
 //!
-//! Not imported yet, and said so in the report: media, key backups, push
-//! rules, federation state (stream positions, destinations' queues),
-//! PostgreSQL databases.
+//! And the media store's files (`crate::import_synapse_media`).
+//!
+//! Not imported yet, and said so in the report: key backups, push rules,
+//! federation state (stream positions, destinations' queues), PostgreSQL
+//! databases.
 //!
 //! Safety: the server names must match; a Synapse whose pid file names a live
 //! process is refused; Myelin must be stopped (its data directory lock). A
@@ -201,6 +203,7 @@ fn add(total: &mut ImportCount, c: ImportCount) {
 /// Runs the import into the configured data directory.
 pub(super) fn import_synapse_cmd(
     database: PathBuf,
+    media_store: Option<PathBuf>,
     signing_key: Option<PathBuf>,
     config_path: Option<PathBuf>,
 ) -> Result<(), Failure> {
@@ -209,6 +212,7 @@ pub(super) fn import_synapse_cmd(
         return Err(Failure::usage(format!("{}: no such database file", database.display())));
     }
     refuse_running(&database)?;
+    let media_store = media_store.unwrap_or_else(|| database.parent().unwrap_or(Path::new(".")).join("media_store"));
     let db = Connection::open_with_flags(&database, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .map_err(|e| Failure::usage(format!("{}: not a readable SQLite database: {e}", database.display())))?;
     let server = config.server_name.clone();
@@ -295,6 +299,16 @@ pub(super) fn import_synapse_cmd(
         for room in &r.state_differs {
             println!("room state differs from Synapse's: {room}");
         }
+        let m = if media_store.is_dir() {
+            crate::import_synapse_media::import(&engine, &db, &media_store, &server).await?
+        } else {
+            println!("media: no media store at {}; give it with --media-store", media_store.display());
+            Default::default()
+        };
+        println!(
+            "media: {} local and {} cached remote files imported, {} already here, {} rows without a file",
+            m.local, m.remote, m.present, m.missing
+        );
         // Verify: every account and device read is now here.
         let mut missing = 0;
         for a in &accounts {
@@ -314,7 +328,7 @@ pub(super) fn import_synapse_cmd(
         }
         println!(
             "verified: {} accounts and {} devices present; {} rooms with Synapse's current state, {} without. \
-             Not imported yet: media, key backups, push rules, federation state",
+             Not imported yet: key backups, push rules, federation state",
             accounts.len(),
             devices.len(),
             r.rooms - r.state_differs.len(),

@@ -20,6 +20,7 @@ mod bench_soak;
 mod cli;
 mod import_synapse;
 mod import_synapse_keys;
+mod import_synapse_media;
 mod import_synapse_rooms;
 mod serve;
 
@@ -67,8 +68,8 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::Backup { dir, config } => backup_cmd(dir, config),
         Command::Restore { backup, config } => restore_cmd(backup, config),
-        Command::Import { what: ImportCommand::Synapse { database, signing_key, config } } => {
-            import_synapse::import_synapse_cmd(database, signing_key, config)
+        Command::Import { what: ImportCommand::Synapse { database, media_store, signing_key, config } } => {
+            import_synapse::import_synapse_cmd(database, media_store, signing_key, config)
         }
         Command::Bench { what } => bench_cmd(what),
         Command::Admin { what: AdminCommand::User { what }, config } => user_cmd(what, config),
