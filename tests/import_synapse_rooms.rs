@@ -6,11 +6,11 @@
 //! a room hosted by the other server that a Synapse user joined over
 //! federation (its history before the join backfilled); and an invite from
 //! the other server still pending; a file uploaded there and one of the
-//! other server's it cached. Synapse is stopped, imported, and Myelin
+//! other server's it cached; push rules and a key backup. Synapse is stopped, imported, and Myelin
 //! is started in its place (same server name, key and federation port).
 //! Checked from the clients' side: the same rooms in `/sync`, the same
 //! history with the same event ids, state, alias, directory, relations,
-//! receipt, invite and files; and federation with the other server goes on in both
+//! receipt, invite, files, push rules and key backup; and federation with the other server goes on in both
 //! directions in both rooms.
 
 use std::{
@@ -205,6 +205,25 @@ async fn rooms_history_and_federation_come_over_from_a_stopped_synapse() {
     let b_name = format!("127.0.0.1:{b_fed}");
     assert_eq!(download(&alice, &b_name, &carol_media).await, b"carol's notes");
     let lobby_before = history(&alice, &lobby).await;
+    // Alice's settings: a push rule of her own, a default rule off, another's actions changed, a key backup.
+    let rules = "/_matrix/client/v3/pushrules/global";
+    alice.put(&format!("{rules}/content/myword"), json!({ "pattern": "myword", "actions": ["notify"] })).await;
+    alice.put(&format!("{rules}/override/.m.rule.suppress_notices/enabled"), json!({ "enabled": false })).await;
+    let ping = json!(["notify", { "set_tweak": "sound", "value": "ping" }]);
+    alice.put(&format!("{rules}/underride/.m.rule.message/actions"), json!({ "actions": ping })).await;
+    let auth_data = json!({ "public_key": "cHVibGljIGtleQ", "signatures": {} });
+    let backup = alice
+        .post(
+            "/_matrix/client/v3/room_keys/version",
+            json!({ "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": auth_data }),
+        )
+        .await;
+    let version = backup["version"].as_str().unwrap().to_owned();
+    let session = json!({ "first_message_index": 3, "forwarded_count": 0, "is_verified": true,
+                          "session_data": { "ephemeral": "ZQ", "ciphertext": "Yw", "mac": "bQ" } });
+    let key_path = format!("/_matrix/client/v3/room_keys/keys/{}/session-one?version={version}", enc(&lobby));
+    alice.put(&key_path, session.clone()).await;
+    let backup_before = alice.get("/_matrix/client/v3/room_keys/version").await;
 
     // Synapse stops; Myelin takes its name, key and port.
     let mut synapse = synapse;
@@ -250,6 +269,23 @@ async fn rooms_history_and_federation_come_over_from_a_stopped_synapse() {
 
     assert_eq!(download(&bob, &server, &alice_media).await, b"alice's notes");
     assert_eq!(download(&bob, &b_name, &carol_media).await, b"carol's notes");
+
+    let rules = "/_matrix/client/v3/pushrules/global";
+    assert_eq!(alice.get(&format!("{rules}/content/myword")).await["pattern"], "myword");
+    assert_eq!(alice.get(&format!("{rules}/override/.m.rule.suppress_notices/enabled")).await["enabled"], false);
+    assert_eq!(alice.get(&format!("{rules}/underride/.m.rule.message/actions")).await["actions"], ping);
+    let backup_after = alice.get("/_matrix/client/v3/room_keys/version").await;
+    for field in ["version", "algorithm", "auth_data", "count", "etag"] {
+        assert_eq!(backup_after[field], backup_before[field], "{field}: {backup_after} vs {backup_before}");
+    }
+    assert_eq!(alice.get(&key_path).await, session, "the backed-up session");
+    let newer = alice
+        .post(
+            "/_matrix/client/v3/room_keys/version",
+            json!({ "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": {} }),
+        )
+        .await;
+    assert_ne!(newer["version"], backup_before["version"], "a new backup does not take the old number");
 
     // The same history, with the same event ids.
     let lobby_after = history(&alice, &lobby).await;

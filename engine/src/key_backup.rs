@@ -209,6 +209,53 @@ impl KeyBackups {
         Ok(version.to_string())
     }
 
+    /// Brings in a backup version of another server under its own number
+    /// (`myelin import synapse`: clients keep the version they know), with its
+    /// sessions; `Ok(false)` if the user has that version already. The
+    /// sessions are written first, in chunks, and the version row last, so
+    /// an import cut off halfway leaves no visible version and is redone by
+    /// the next run. The counter is raised past `version` so that new
+    /// versions never reuse it.
+    pub async fn import_version(
+        &self,
+        user: &str,
+        version: u64,
+        algorithm: &str,
+        auth_data: &str,
+        etag: u64,
+        sessions: Vec<RoomSession>,
+    ) -> Result<bool, KeyBackupError> {
+        check_version_fields(algorithm, auth_data)?;
+        for (room, session, key) in &sessions {
+            check_session(room, session, key)?;
+        }
+        let _guard = self.lock.lock().await;
+        if VERSIONS.contains(&*self.db, &(user.to_owned(), version))? {
+            return Ok(false);
+        }
+        let count = sessions.len() as u64;
+        let mut batch = Batch::new();
+        for (i, (room, session, key)) in sessions.into_iter().enumerate() {
+            SESSIONS.put(&mut batch, &(user.to_owned(), version, room, session), &key)?;
+            if (i + 1) % DELETE_CHUNK == 0 {
+                self.db.commit(std::mem::take(&mut batch)).await?;
+            }
+        }
+        batch.raise_counter(VERSION_COUNTER, version);
+        let row = BackupVersion { algorithm: algorithm.to_owned(), auth_data: auth_data.to_owned(), etag, count };
+        VERSIONS.put(&mut batch, &(user.to_owned(), version), &row)?;
+        self.db.commit(batch).await?;
+        Ok(true)
+    }
+
+    /// Raises the version counter to at least `version` (numbers another server used).
+    pub async fn reserve_versions(&self, version: u64) -> Result<(), KeyBackupError> {
+        let mut batch = Batch::new();
+        batch.raise_counter(VERSION_COUNTER, version);
+        self.db.commit(batch).await?;
+        Ok(())
+    }
+
     /// The user's current (newest) backup version, if any.
     pub fn current(&self, user: &str) -> Result<Option<VersionInfo>, KeyBackupError> {
         match VERSIONS.prefix(&*self.db, &(user.to_owned(),), Direction::Reverse)?.next() {

@@ -13,10 +13,10 @@
 //! Then the rooms: every room's events, state, local users' invites, room
 //! aliases, the public directory and receipts (`crate::import_synapse_rooms`).
 //!
-//! And the media store's files (`crate::import_synapse_media`).
+//! Push rules and key backups (`crate::import_synapse_extras`), and the
+//! media store's files (`crate::import_synapse_media`).
 //!
-//! Not imported yet, and said so in the report: key backups, push rules,
-//! federation state (stream positions, destinations' queues), PostgreSQL
+//! Not imported yet, and said so in the report: federation state (stream positions, destinations' queues), PostgreSQL
 //! databases.
 //!
 //! Safety: the server names must match; a Synapse whose pid file names a live
@@ -299,6 +299,12 @@ pub(super) fn import_synapse_cmd(
         for room in &r.state_differs {
             println!("room state differs from Synapse's: {room}");
         }
+        let x = crate::import_synapse_extras::import(&engine, &db).await?;
+        println!(
+            "push rules: {} users' rules ({} rules or flags refused); key backups: {} versions with {} sessions \
+             imported, {} already here",
+            x.push_users, x.push_refused, x.backup_versions, x.backup_sessions, x.backup_present
+        );
         let m = if media_store.is_dir() {
             crate::import_synapse_media::import(&engine, &db, &media_store, &server).await?
         } else {
@@ -328,7 +334,7 @@ pub(super) fn import_synapse_cmd(
         }
         println!(
             "verified: {} accounts and {} devices present; {} rooms with Synapse's current state, {} without. \
-             Not imported yet: key backups, push rules, federation state",
+             Not imported yet: federation state",
             accounts.len(),
             devices.len(),
             r.rooms - r.state_differs.len(),

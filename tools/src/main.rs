@@ -19,6 +19,7 @@ mod bench_sliding;
 mod bench_soak;
 mod cli;
 mod import_synapse;
+mod import_synapse_extras;
 mod import_synapse_keys;
 mod import_synapse_media;
 mod import_synapse_rooms;
