@@ -24,7 +24,7 @@ use std::{
 use http::{Method, StatusCode};
 use myelin_suite::{
     Client, enc, free_port, http, http_with, myelin_bin,
-    procs::{Killed, start_synapse, wait_http},
+    procs::{Killed, start_postgres, start_synapse, start_synapse_on, wait_http},
     wait_for_text,
 };
 use serde_json::{Value, json};
@@ -328,4 +328,69 @@ async fn rooms_history_and_federation_come_over_from_a_stopped_synapse() {
     wait_history(&carol, &away, "away after the move").await;
     carol.send_text(&away, "carol away reply").await;
     wait_history(&alice, &away, "carol away reply").await;
+}
+
+/// A Synapse on PostgreSQL (`--postgres`): refused while it runs; once it is
+/// stopped, its accounts, tokens and rooms come over as from SQLite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synapse_on_postgresql_comes_over_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg_port = free_port();
+    let _pg = start_postgres(dir.path(), pg_port);
+    let syn_dir = dir.path().join("synapse");
+    std::fs::create_dir_all(&syn_dir).unwrap();
+    let (syn_client, syn_fed) = (free_port(), free_port());
+    let pg_args = format!("127.0.0.1 {pg_port} synapse synapse");
+    let synapse = start_synapse_on(&syn_dir, syn_client, syn_fed, Some(&pg_args));
+    let server = format!("localhost:{syn_fed}");
+    wait_http(addr(syn_client), "/_matrix/client/versions", "synapse").await;
+    assert!(!syn_dir.join("homeserver.db").exists(), "Synapse runs on PostgreSQL, not SQLite");
+
+    let alice = register(syn_client, "alice").await;
+    let bob = register(syn_client, "bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat", "name": "On Postgres" })).await;
+    bob.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), json!({})).await;
+    for i in 0..20 {
+        alice.send_text(&room, &format!("pg {i}")).await;
+    }
+    let before = history(&alice, &room).await;
+
+    let a_client = free_port();
+    let a_config = dir.path().join("a.toml");
+    write_config(&a_config, &server, &dir.path().join("a"), a_client, syn_fed);
+    let conninfo = format!("host=127.0.0.1 port={pg_port} user=synapse dbname=synapse");
+    let import = || {
+        Command::new(myelin_bin())
+            .args(["import", "synapse", "--postgres", &conninfo, "--signing-key"])
+            .arg(syn_dir.join(format!("{server}.signing.key")))
+            .arg("--config")
+            .arg(&a_config)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let running = import();
+    assert_eq!(running.status.code(), Some(2), "{}", String::from_utf8_lossy(&running.stderr));
+    assert!(String::from_utf8_lossy(&running.stderr).contains("Synapse is running"));
+    let mut synapse = synapse;
+    let _ = Command::new("kill").arg(synapse.0.id().to_string()).status();
+    let _ = synapse.0.wait();
+    let done = import();
+    let report = String::from_utf8_lossy(&done.stdout).into_owned();
+    assert!(done.status.success(), "{report}\n{}", String::from_utf8_lossy(&done.stderr));
+    assert!(report.contains("users: 2 imported") && report.contains("rooms: 1 imported"), "{report}");
+    assert!(report.contains("1 rooms with Synapse's current state, 0 without"), "{report}");
+    assert!(!dir.path().join("a/synapse-import.sqlite").exists(), "the staging copy is removed");
+    let _a = serve(&a_config);
+    wait_http(addr(a_client), "/health", "myelin").await;
+
+    // Bob's Synapse token still works; alice's password does.
+    let bob = Client { addr: addr(a_client), ..bob };
+    assert_eq!(bob.get("/_matrix/client/v3/account/whoami").await["user_id"], bob.user_id.as_str());
+    let alice = login(a_client, "alice").await;
+    let after = history(&alice, &room).await;
+    assert_eq!(ids(&after), ids(&before));
+    assert_eq!(bodies(&after), (0..20).map(|i| format!("pg {i}")).collect::<Vec<_>>());
+    alice.send_text(&room, "after the move").await;
+    wait_for_text(&bob, &room, "after the move").await;
 }

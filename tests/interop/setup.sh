@@ -19,6 +19,7 @@ SYNAPSE_VERSION="1.163.2"
 MAUTRIX_VERSION="0.21.1"
 AIOHTTP_VERSION="3.14.5"
 MAB_VERSION="10.3.3"
+PSYCOPG2_VERSION="2.9.13"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/myelin"
 venv="${cache}/venv-nio-${NIO_VERSION}"
 synapse="${cache}/venv-synapse-${SYNAPSE_VERSION}"
@@ -75,14 +76,26 @@ JSON
     touch "${mab}/ok"
 fi
 
+# PostgreSQL: the server for the Synapse-on-PostgreSQL import test, and
+# psycopg2 in Synapse's venv (the wheel: no libpq headers needed).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    echo "interop: installing postgresql"
+    SUDO=""
+    [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+fi
 if [[ -x "${synapse}/bin/python" ]] && "${synapse}/bin/python" -c "import synapse" 2>/dev/null; then
     echo "interop: matrix-synapse ${SYNAPSE_VERSION} ready in ${synapse}"
+    "${synapse}/bin/python" -c "import psycopg2" 2>/dev/null \
+        || "${synapse}/bin/pip" install --quiet --disable-pip-version-check "psycopg2-binary==${PSYCOPG2_VERSION}"
 else
     echo "interop: installing matrix-synapse ${SYNAPSE_VERSION} into ${synapse}"
     mkdir -p "${cache}"
     rm -rf "${synapse}"
     python3 -m venv "${synapse}"
-    "${synapse}/bin/pip" install --quiet --disable-pip-version-check "matrix-synapse==${SYNAPSE_VERSION}"
+    "${synapse}/bin/pip" install --quiet --disable-pip-version-check "matrix-synapse==${SYNAPSE_VERSION}" \
+        "psycopg2-binary==${PSYCOPG2_VERSION}"
     "${synapse}/bin/python" -c "import synapse"
 fi
 

@@ -3,10 +3,12 @@ federation listener with a fresh self-signed certificate, open registration,
 rate limits raised, loopback federation allowed, certificate checks off.
 
 Usage: python synapse_config.py DIR CLIENT_PORT FEDERATION_PORT [APPSERVICE_REGISTRATION]
+(with SYNAPSE_POSTGRES="HOST PORT USER DBNAME" in the environment: on PostgreSQL)
 """
 
 import datetime
 import ipaddress
+import os
 import subprocess
 import sys
 
@@ -67,6 +69,9 @@ c.update({
     "trusted_key_servers": [],
     "report_stats": False,
     "database": {"name": "sqlite3", "args": {"database": f"{directory}/homeserver.db"}},
+    # SYNAPSE_POSTGRES="HOST PORT USER DBNAME": the database is PostgreSQL instead (the import test).
+    **({"database": {"name": "psycopg2", "args": dict(zip(["host", "port", "user", "dbname"], os.environ["SYNAPSE_POSTGRES"].split()), cp_min=1, cp_max=5)}}
+       if os.environ.get("SYNAPSE_POSTGRES") else {}),
     # Password hashing is setup cost here, not what is measured: benchmarks register thousands.
     "bcrypt_rounds": 4,
     "rc_message": many,

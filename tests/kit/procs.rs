@@ -53,8 +53,14 @@ pub async fn wait_http(addr: SocketAddr, path: &str, what: &str) {
 /// `tests/interop/synapse_config.py` (SQLite, loopback, server name
 /// `localhost:FEDERATION_PORT`) and started; not yet waited for.
 pub fn start_synapse(dir: &Path, client_port: u16, federation_port: u16) -> Killed {
+    start_synapse_on(dir, client_port, federation_port, None)
+}
+
+/// [`start_synapse`] with its database in PostgreSQL (`host port user dbname`) when given.
+pub fn start_synapse_on(dir: &Path, client_port: u16, federation_port: u16, postgres: Option<&str>) -> Killed {
     let python = venv_python("venv-synapse-1.163.2");
     let out = Command::new(&python)
+        .env("SYNAPSE_POSTGRES", postgres.unwrap_or_default())
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/synapse_config.py"))
         .arg(dir)
         .arg(client_port.to_string())
@@ -72,4 +78,74 @@ pub fn start_synapse(dir: &Path, client_port: u16, federation_port: u16) -> Kill
             .spawn()
             .unwrap(),
     )
+}
+
+/// A PostgreSQL server of the test's own in `dir`, on `port` (loopback, trust
+/// authentication, fsync off), with a database `synapse` owned by user
+/// `synapse` in the C collation Synapse requires. The server binaries come
+/// from the system package (`tests/interop/setup.sh` installs it). Run as
+/// root, the server runs as the `postgres` user (it refuses root).
+pub fn start_postgres(dir: &Path, port: u16) -> Killed {
+    use std::os::unix::process::CommandExt;
+    let mut bins: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is missing: run tests/interop/setup.sh")
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|b| b.join("initdb").is_file())
+        .collect();
+    bins.sort();
+    let bin = bins.pop().expect("no PostgreSQL server binaries in /usr/lib/postgresql");
+    let id = |args: &[&str]| -> u32 {
+        let out = Command::new("id").args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let root = id(&["-u"]) == 0;
+    let (uid, gid) = if root { (id(&["-u", "postgres"]), id(&["-g", "postgres"])) } else { (id(&["-u"]), id(&["-g"])) };
+    let data = dir.join("pg");
+    std::fs::create_dir_all(&data).unwrap();
+    if root {
+        // The server's user must reach its directory through the test's temp dirs.
+        let mut p = Some(dir);
+        while let Some(d) = p.filter(|d| d.starts_with(std::env::temp_dir()) && *d != std::env::temp_dir()) {
+            let _ = Command::new("chmod").arg("o+x").arg(d).status();
+            p = d.parent();
+        }
+        assert!(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&data).status().unwrap().success());
+    }
+    let as_server = |program: &str| {
+        let mut c = Command::new(bin.join(program));
+        c.uid(uid).gid(gid).stdout(Stdio::null()).stderr(Stdio::null());
+        c
+    };
+    let init = as_server("initdb")
+        .arg("-D")
+        .arg(&data)
+        .args(["-A", "trust", "-U", "synapse", "-E", "UTF8", "--locale=C"])
+        .status();
+    assert!(init.unwrap().success(), "initdb failed");
+    let server = as_server("postgres")
+        .arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string(), "-k"])
+        .arg(&data)
+        .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+        .spawn()
+        .unwrap();
+    let server = Killed(server);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = Command::new(bin.join("pg_isready")).args(["-h", "127.0.0.1", "-p", &port.to_string()]).output();
+        if ready.is_ok_and(|o| o.status.success()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "PostgreSQL did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let create = Command::new(bin.join("psql"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "synapse", "-d", "postgres", "-c"])
+        .arg("CREATE DATABASE synapse TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'")
+        .output()
+        .unwrap();
+    assert!(create.status.success(), "create database: {}", String::from_utf8_lossy(&create.stderr));
+    server
 }

@@ -5,6 +5,18 @@ use crate::{Failure, bench, cli::BenchCommand, runtime};
 pub(super) fn bench_cmd(what: BenchCommand) -> Result<(), Failure> {
     let rt = runtime()?;
     match what {
+        BenchCommand::SynapseDb { database, server_name, signing_key, rooms, members, events } => {
+            let started = std::time::Instant::now();
+            let g = crate::bench_synapse_db::generate(&database, &server_name, &signing_key, rooms, members, events)
+                .map_err(Failure::runtime)?;
+            println!(
+                "generated {} rooms, {} events, {} users in {:.1} s",
+                g.rooms,
+                g.events,
+                g.users,
+                started.elapsed().as_secs_f64()
+            );
+        }
         BenchCommand::Send { url, rooms, clients, messages, json } => {
             let r = rt.block_on(bench::send(&url, rooms, clients, messages)).map_err(Failure::runtime)?;
             let rate = r.events as f64 / r.elapsed.as_secs_f64().max(1e-9);

@@ -13,6 +13,27 @@ pub(crate) struct Cli {
 
 #[derive(Subcommand)]
 pub(crate) enum BenchCommand {
+    /// Fill a Synapse SQLite database (schema made by Synapse) with generated rooms, for the import benchmark.
+    SynapseDb {
+        /// The Synapse database to fill.
+        #[arg(long)]
+        database: PathBuf,
+        /// Synapse's server name.
+        #[arg(long)]
+        server_name: String,
+        /// Synapse's signing key file: the events are signed with it.
+        #[arg(long)]
+        signing_key: PathBuf,
+        /// Rooms to generate.
+        #[arg(long, default_value_t = 1000)]
+        rooms: usize,
+        /// Users joining each room besides its creator.
+        #[arg(long, default_value_t = 10)]
+        members: usize,
+        /// Events in all (spread evenly over the rooms).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+    },
     /// Concurrent send throughput and latency, then a check that every acknowledged event is readable.
     Send {
         /// Client-Server API base URL (http://host:port).
@@ -278,9 +299,13 @@ pub(crate) enum ImportCommand {
     /// --signing-key) its signing key.
     Synapse {
         /// Synapse's SQLite database (`homeserver.db`).
+        #[arg(long, required_unless_present = "postgres", conflicts_with = "postgres")]
+        database: Option<PathBuf>,
+        /// Synapse's PostgreSQL database instead: a libpq connection string
+        /// (`host=127.0.0.1 user=synapse dbname=synapse`) or a `postgresql://` URL.
         #[arg(long)]
-        database: PathBuf,
-        /// Synapse's `media_store_path`; default: `media_store` beside the database.
+        postgres: Option<String>,
+        /// Synapse's `media_store_path`; default with --database: `media_store` beside it.
         #[arg(long)]
         media_store: Option<PathBuf>,
         /// Synapse's signing key file (`<server>.signing.key`), to serve as this server's key.

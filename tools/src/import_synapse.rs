@@ -200,19 +200,58 @@ fn add(total: &mut ImportCount, c: ImportCount) {
     total.present += c.present;
 }
 
+/// The process's peak resident set (`VmHWM`), in KiB; 0 where `/proc` does not say.
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or_default();
+    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// Where Synapse's database is.
+pub(super) enum Source {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection string.
+    Postgres(String),
+}
+
+/// Removes the staging copy of a PostgreSQL database when the import ends, however it ends.
+struct Staging(Option<PathBuf>);
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// Runs the import into the configured data directory.
 pub(super) fn import_synapse_cmd(
-    database: PathBuf,
+    source: Source,
     media_store: Option<PathBuf>,
     signing_key: Option<PathBuf>,
     config_path: Option<PathBuf>,
 ) -> Result<(), Failure> {
     let config: Config = load_config(config_path)?;
-    if !database.is_file() {
-        return Err(Failure::usage(format!("{}: no such database file", database.display())));
-    }
-    refuse_running(&database)?;
-    let media_store = media_store.unwrap_or_else(|| database.parent().unwrap_or(Path::new(".")).join("media_store"));
+    let (database, media_store, _staging) = match source {
+        Source::Sqlite(database) => {
+            if !database.is_file() {
+                return Err(Failure::usage(format!("{}: no such database file", database.display())));
+            }
+            refuse_running(&database)?;
+            let beside = database.parent().unwrap_or(Path::new(".")).join("media_store");
+            (database.clone(), media_store.unwrap_or(beside), Staging(None))
+        }
+        Source::Postgres(conninfo) => {
+            std::fs::create_dir_all(&config.data_dir)
+                .map_err(|e| Failure::runtime(format!("{}: {e}", config.data_dir.display())))?;
+            let staging = config.data_dir.join("synapse-import.sqlite");
+            let guard = Staging(Some(staging.clone()));
+            crate::import_synapse_pg::stage(&conninfo, &staging)?;
+            (staging, media_store.unwrap_or_default(), guard)
+        }
+    };
     let db = Connection::open_with_flags(&database, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .map_err(|e| Failure::usage(format!("{}: not a readable SQLite database: {e}", database.display())))?;
     let server = config.server_name.clone();
@@ -282,7 +321,9 @@ pub(super) fn import_synapse_cmd(
             "encryption keys: {} devices' identity keys, {} one-time keys, cross-signing keys of {} users, {} signatures; {} refused",
             k.devices, k.one_time_keys, k.cross_signing_users, k.signatures, k.refused
         );
+        let rooms_started = std::time::Instant::now();
         let r = crate::import_synapse_rooms::import(&engine, &db, &server).await?;
+        let rooms_elapsed = rooms_started.elapsed();
         println!(
             "rooms: {} imported; events: {} in the timeline, {} outside it (soft-failed or a gap's edge), \
              {} rejected here ({} rejected by Synapse), {} backfilled history, {} outliers, {} already here, {} left out",
@@ -305,7 +346,7 @@ pub(super) fn import_synapse_cmd(
              imported, {} already here",
             x.push_users, x.push_refused, x.backup_versions, x.backup_sessions, x.backup_present
         );
-        let m = if media_store.is_dir() {
+        let m = if !media_store.as_os_str().is_empty() && media_store.is_dir() {
             crate::import_synapse_media::import(&engine, &db, &media_store, &server).await?
         } else {
             println!("media: no media store at {}; give it with --media-store", media_store.display());
@@ -329,6 +370,13 @@ pub(super) fn import_synapse_cmd(
             }
         }
         engine.shutdown();
+        let events = r.timeline + r.hidden + r.rejected + r.backfilled;
+        let seconds = rooms_elapsed.as_secs_f64();
+        println!(
+            "rooms took {seconds:.1} s ({:.0} events/s); peak memory {} MiB",
+            events as f64 / seconds.max(1e-9),
+            peak_rss_kib() / 1024
+        );
         if missing > 0 {
             return Err(Failure::runtime(format!("verification: {missing} accounts or devices are missing")));
         }

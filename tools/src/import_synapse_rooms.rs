@@ -199,6 +199,21 @@ fn state_before(db: &Connection, pdu: &Pdu, by_id: &HashMap<String, usize>, rows
     Ok(state.values().filter_map(|id| by_id.get(id.as_str()).map(|&i| rows[i].pdu.clone())).collect())
 }
 
+/// Appended events handed to the writer before their durability is awaited.
+const SETTLE_EVERY: usize = 512;
+
+/// Writes what the writer holds and waits until every appended event is durable.
+async fn settle(engine: &Engine, room_id: &RoomId, pending: &mut Vec<myelin_storage::Pending>) -> Result<(), Failure> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    engine.rooms.release_held().map_err(engine_err)?;
+    for p in pending.drain(..) {
+        engine.rooms.settle(room_id, p).await.map_err(engine_err)?;
+    }
+    Ok(())
+}
+
 fn count(report: &mut RoomsReport, imported: Imported) {
     match imported {
         Imported::Timeline(_) => report.timeline += 1,
@@ -221,6 +236,7 @@ async fn import_room(
     let outliers: Vec<Pdu> = rows.iter().filter(|r| r.outlier).map(|r| r.pdu.clone()).collect();
     let rooms = &engine.rooms;
     let mut backfilled = Vec::new();
+    let mut pending = Vec::new();
     for row in rows.iter().filter(|r| !r.outlier) {
         if row.stream < 0 {
             backfilled.push(row.pdu.clone());
@@ -237,13 +253,20 @@ async fn import_room(
             prevs_here &= rooms.holds_with_state(p).map_err(engine_err)?;
         }
         let outcome = if prevs_here {
-            rooms.import_event(version, pdu).await
+            rooms.import_event_unsettled(version, pdu).await
         } else {
+            settle(engine, room_id, &mut pending).await?;
             let state = state_before(db, &pdu, &by_id, &rows)?;
-            rooms.import_gap(version, pdu, state, outliers.clone()).await
+            rooms.import_gap(version, pdu, state, outliers.clone()).await.map(|i| (i, None))
         };
         match outcome {
-            Ok(imported) => count(report, imported),
+            Ok((imported, handle)) => {
+                count(report, imported);
+                pending.extend(handle);
+                if pending.len() >= SETTLE_EVERY {
+                    settle(engine, room_id, &mut pending).await?;
+                }
+            }
             Err(RoomError::Storage(e)) => return Err(engine_err(e)),
             Err(RoomError::InUse(_)) => report.present += 1,
             Err(e) => {
@@ -252,6 +275,7 @@ async fn import_room(
             }
         }
     }
+    settle(engine, room_id, &mut pending).await?;
     let held = rooms.short_room(room_id).map_err(engine_err)?.is_some()
         && rooms.current_snapshot(room_id).is_ok_and(|s| s != 0);
     if held && !backfilled.is_empty() {

@@ -17,11 +17,13 @@ mod bench_keys;
 mod bench_push;
 mod bench_sliding;
 mod bench_soak;
+mod bench_synapse_db;
 mod cli;
 mod import_synapse;
 mod import_synapse_extras;
 mod import_synapse_keys;
 mod import_synapse_media;
+mod import_synapse_pg;
 mod import_synapse_rooms;
 mod serve;
 
@@ -69,8 +71,13 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::Backup { dir, config } => backup_cmd(dir, config),
         Command::Restore { backup, config } => restore_cmd(backup, config),
-        Command::Import { what: ImportCommand::Synapse { database, media_store, signing_key, config } } => {
-            import_synapse::import_synapse_cmd(database, media_store, signing_key, config)
+        Command::Import { what: ImportCommand::Synapse { database, postgres, media_store, signing_key, config } } => {
+            let source = match (database, postgres) {
+                (Some(file), _) => Ok(import_synapse::Source::Sqlite(file)),
+                (None, Some(conninfo)) => Ok(import_synapse::Source::Postgres(conninfo)),
+                (None, None) => Err(Failure::usage("give --database or --postgres")),
+            };
+            source.and_then(|s| import_synapse::import_synapse_cmd(s, media_store, signing_key, config))
         }
         Command::Bench { what } => bench_cmd(what),
         Command::Admin { what: AdminCommand::User { what }, config } => user_cmd(what, config),
@@ -91,7 +98,8 @@ fn main() -> ExitCode {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // ruma's auth checks log every event they pass at info: a line per event.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ruma_state_res=warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 

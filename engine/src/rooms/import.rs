@@ -112,6 +112,22 @@ impl Rooms {
         Ok(Imported::Timeline(pdu))
     }
 
+    /// [`Rooms::import_event`] without waiting for an accepted event's batch to
+    /// be durable: the importer appends many events and settles them
+    /// together ([`Rooms::release_held`], then [`Rooms::settle`] on each
+    /// handle), so a room's history is not written one disk sync per event.
+    pub async fn import_event_unsettled(
+        &self,
+        version: &RoomVersionId,
+        pdu: Pdu,
+    ) -> Result<(Imported, Option<myelin_storage::Pending>), RoomError> {
+        if pdu.kind == TimelineEventType::RoomCreate && pdu.prev_events.is_empty() {
+            return Ok((self.import_event(version, pdu).await?, None));
+        }
+        let (appended, pending) = self.append_pdu_unsettled(pdu, true).await?;
+        Ok((appended.into(), pending))
+    }
+
     /// Imports an event whose prev events are not here, on the `state` before
     /// it (with `auth_chain`, the events that state's events cite). In a room
     /// none of our users is joined to (held or not: a join, a rejoin) it
