@@ -150,7 +150,7 @@ fn copy_table(client: &mut impl GenericClient, out: &Connection, table: &str) ->
         }
         insert.execute(params_from_iter(values)).map_err(lite)?;
         n += 1;
-        if n % 100_000 == 0 {
+        if n.is_multiple_of(100_000) {
             eprintln!("import: staging {table}: {n} rows");
         }
     }
