@@ -292,11 +292,11 @@ pub(crate) enum Command {
 
 #[derive(Subcommand)]
 pub(crate) enum ImportCommand {
-    /// From a stopped Synapse's SQLite database and media store: accounts with
-    /// their password hashes, profiles, devices with their access tokens and
-    /// encryption keys, account data, rooms with their history, aliases,
-    /// directory and receipts, local and cached remote media, and (with
-    /// --signing-key) its signing key.
+    /// From a stopped Synapse's database (SQLite or PostgreSQL) and media store:
+    /// accounts with their password hashes, profiles, devices with their access
+    /// tokens and encryption keys, account data, rooms with their history,
+    /// aliases, directory and receipts, push rules, key backups, local and
+    /// cached remote media, and (with --signing-key) its signing key.
     Synapse {
         /// Synapse's SQLite database (`homeserver.db`).
         #[arg(long, required_unless_present = "postgres", conflicts_with = "postgres")]

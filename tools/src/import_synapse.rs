@@ -16,8 +16,11 @@
 //! Push rules and key backups (`crate::import_synapse_extras`), and the
 //! media store's files (`crate::import_synapse_media`).
 //!
-//! Not imported yet, and said so in the report: federation state (stream positions, destinations' queues), PostgreSQL
-//! databases.
+//! A Synapse on PostgreSQL is first copied into a SQLite staging file
+//! (`crate::import_synapse_pg`) and read from there.
+//!
+//! Not imported yet, and said so in the report: federation state (stream
+//! positions, destinations' queues).
 //!
 //! Safety: the server names must match; a Synapse whose pid file names a live
 //! process is refused; Myelin must be stopped (its data directory lock). A
@@ -36,8 +39,14 @@ use crate::{Failure, load_config, runtime};
 /// Rows written per batch (and per progress line).
 const BATCH: usize = 1000;
 
-fn sql(e: rusqlite::Error) -> Failure {
+/// A failed read of Synapse's database.
+pub(crate) fn sql(e: rusqlite::Error) -> Failure {
     Failure::runtime(format!("reading the Synapse database: {e}"))
+}
+
+/// A failed write into Myelin's database.
+pub(crate) fn engine_err(e: impl std::fmt::Display) -> Failure {
+    Failure::runtime(format!("writing the Myelin database: {e}"))
 }
 
 /// Refuses a Synapse that is running: a process holds the database file open
@@ -198,13 +207,6 @@ fn report(table: &str, c: ImportCount) {
 fn add(total: &mut ImportCount, c: ImportCount) {
     total.imported += c.imported;
     total.present += c.present;
-}
-
-/// The process's peak resident set (`VmHWM`), in KiB; 0 where `/proc` does not say.
-fn peak_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or_default();
-    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
 /// Where Synapse's database is.
@@ -375,7 +377,7 @@ pub(super) fn import_synapse_cmd(
         println!(
             "rooms took {seconds:.1} s ({:.0} events/s); peak memory {} MiB",
             events as f64 / seconds.max(1e-9),
-            peak_rss_kib() / 1024
+            crate::bench_sliding::status_kib(std::process::id(), "VmHWM").unwrap_or(0) / 1024
         );
         if missing > 0 {
             return Err(Failure::runtime(format!("verification: {missing} accounts or devices are missing")));

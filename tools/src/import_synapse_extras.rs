@@ -28,15 +28,10 @@ use ruma::{
 };
 use rusqlite::Connection;
 
-use crate::Failure;
-
-fn sql(e: rusqlite::Error) -> Failure {
-    Failure::runtime(format!("reading the Synapse database: {e}"))
-}
-
-fn engine_err(e: impl std::fmt::Display) -> Failure {
-    Failure::runtime(format!("writing the Myelin database: {e}"))
-}
+use crate::{
+    Failure,
+    import_synapse::{engine_err, sql},
+};
 
 /// What this part of the import did.
 #[derive(Debug, Default)]

@@ -15,11 +15,7 @@ use myelin_engine::{Engine, e2ee::Upload};
 use rusqlite::Connection;
 use serde_json::{Map, Value};
 
-use crate::Failure;
-
-fn sql(e: rusqlite::Error) -> Failure {
-    Failure::runtime(format!("reading the Synapse database's keys: {e}"))
-}
+use crate::{Failure, import_synapse::sql};
 
 /// Everything read, per device and per user.
 #[derive(Default)]

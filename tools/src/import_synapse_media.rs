@@ -17,11 +17,7 @@ use std::path::{Path, PathBuf};
 use myelin_engine::{Engine, media::Described};
 use rusqlite::Connection;
 
-use crate::Failure;
-
-fn sql(e: rusqlite::Error) -> Failure {
-    Failure::runtime(format!("reading the Synapse database: {e}"))
-}
+use crate::{Failure, import_synapse::sql};
 
 /// What the media import did.
 #[derive(Debug, Default)]

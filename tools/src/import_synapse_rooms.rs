@@ -33,15 +33,10 @@ use ruma::{
 };
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::Failure;
-
-fn sql(e: rusqlite::Error) -> Failure {
-    Failure::runtime(format!("reading the Synapse database: {e}"))
-}
-
-fn engine_err(e: impl std::fmt::Display) -> Failure {
-    Failure::runtime(format!("writing the Myelin database: {e}"))
-}
+use crate::{
+    Failure,
+    import_synapse::{engine_err, sql},
+};
 
 /// What the room import did.
 #[derive(Debug, Default)]
@@ -243,7 +238,7 @@ async fn import_room(
             continue;
         }
         let pdu = row.pdu.clone();
-        if rooms.meta(&pdu.event_id).map_err(engine_err)?.is_some_and(|m| m.count != 0 || m.state_after != 0) {
+        if rooms.holds_with_state(&pdu.event_id).map_err(engine_err)? {
             report.present += 1;
             continue;
         }
@@ -276,8 +271,12 @@ async fn import_room(
         }
     }
     settle(engine, room_id, &mut pending).await?;
-    let held = rooms.short_room(room_id).map_err(engine_err)?.is_some()
-        && rooms.current_snapshot(room_id).is_ok_and(|s| s != 0);
+    // Held here: the room has a current state (one never entered has no head).
+    let held = match rooms.current_snapshot(room_id) {
+        Ok(snapshot) => snapshot != 0,
+        Err(RoomError::UnknownRoom(_)) => false,
+        Err(e) => return Err(engine_err(e)),
+    };
     if held && !backfilled.is_empty() {
         report.backfilled += rooms.store_backfilled(room_id, backfilled).await.map_err(engine_err)?;
     }
