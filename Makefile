@@ -38,13 +38,15 @@ test: lint interop-setup
 		echo "cargo-nextest not found; using cargo test"; \
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
-	$(MAKE) package-test
+	$(MAKE) package-test PACKAGE_BIN=target/debug/myelin
 	$(MAKE) sdk-test
 	$(MAKE) fuzz-short
 
 ## The Debian package from a release build (scripts/build-deb.sh): contents, the systemd
 ## unit (systemd-analyze), the example config serving, the Grafana dashboard's metric
 ## names, an install into a temp root (tests/packaging.sh; no systemd needed).
+## `make test` passes PACKAGE_BIN=target/debug/myelin: the checks are of the packaging,
+## not of the compiler profile, and a release build would add ~10 min to CI.
 package-test: setup
 	@missing=""; for p in dpkg-dev fakeroot binutils systemd strace; do \
 		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -53,8 +55,8 @@ package-test: setup
 		SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
-	$(CARGO) build --release --bin myelin
-	tests/packaging.sh target/release/myelin
+	@if [ -z "$(PACKAGE_BIN)" ]; then $(CARGO) build --release --bin myelin; fi
+	tests/packaging.sh $(or $(PACKAGE_BIN),target/release/myelin)
 
 ## `cargo fuzz` (nightly toolchain, its own target dir under fuzz/): a few seconds of each
 ## target; `RUNS=10000000 scripts/fuzz-cargo.sh` is the long mode (FUZZING.md).

@@ -460,7 +460,15 @@ async fn rooms_list_details_members_and_delete() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
     let delete_id = r.json()["delete_id"].as_str().unwrap().to_owned();
-    let status = admin.get(&format!("{ADMIN}/v2/rooms/delete_status/{delete_id}")).await;
+    // The shutdown is done before the answer; the history purge after it runs on.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        let status = admin.get(&format!("{ADMIN}/v2/rooms/delete_status/{delete_id}")).await;
+        if status["status"] != "purging" || std::time::Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert_eq!(status["status"], "complete");
     assert_eq!(status["shutdown_room"]["kicked_users"].as_array().map(Vec::len), Some(2));
     let members = admin.get(&format!("{ADMIN}/v1/rooms/{}/members", enc(&lobby))).await;

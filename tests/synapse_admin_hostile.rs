@@ -29,12 +29,14 @@ async fn wrong_typed_bodies_are_400_on_every_new_admin_route() {
         (Method::PUT, format!("{ADMIN}/v1/registration_tokens/t1")),
         (Method::POST, format!("{ADMIN}/v1/background_updates/enabled")),
         (Method::POST, format!("{ADMIN}/v1/background_updates/start_job")),
+        (Method::POST, format!("{ADMIN}/v1/purge_history/{}", enc(&room))),
     ];
     let bodies = [
         json!([1, 2]),
         json!("a string"),
         json!(7),
-        json!({ "user_id": ["@a:localhost"], "enabled": "yes", "job_name": 5, "token": {}, "uses_allowed": "many", "valid_until_ms": "soon" }),
+        json!({ "user_id": ["@a:localhost"], "enabled": "yes", "job_name": 5, "token": {}, "uses_allowed": "many", "valid_until_ms": "soon",
+                "delete_local_events": "yes", "purge_up_to_ts": "soon" }),
     ];
     let mut failures = Vec::new();
     for (method, path) in &routes {
@@ -80,6 +82,9 @@ async fn garbage_path_parameters_are_4xx_never_5xx() {
             (Method::GET, format!("{ADMIN}/v1/federation/destinations/{g}/rooms"), None),
             (Method::POST, format!("{ADMIN}/v1/federation/destinations/{g}/reset_connection"), Some(json!({}))),
             (Method::GET, format!("/_matrix/client/v1/register/m.login.registration_token/validity?token={g}"), None),
+            (Method::POST, format!("{ADMIN}/v1/purge_history/{g}"), Some(json!({ "purge_up_to_ts": 1 }))),
+            (Method::POST, format!("{ADMIN}/v1/purge_history/{}/{g}", enc("!r:localhost")), Some(json!({}))),
+            (Method::GET, format!("{ADMIN}/v1/purge_history_status/{g}"), None),
         ];
         for (method, path, body) in routes {
             let r = admin.request(method.clone(), &path, body).await;

@@ -33,6 +33,7 @@ mod head;
 pub mod import;
 mod inbound;
 pub mod pdu;
+pub mod purge;
 mod read;
 pub mod relations;
 mod remote_state;
@@ -293,5 +294,7 @@ impl Rooms {
 mod import_tests;
 #[cfg(test)]
 mod inbound_tests;
+#[cfg(test)]
+mod purge_tests;
 #[cfg(test)]
 mod tests;

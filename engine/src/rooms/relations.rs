@@ -75,6 +75,31 @@ impl Rooms {
         Ok(())
     }
 
+    /// Adds to `batch` the deletion of every index row naming an event that a
+    /// history purge removes: its own relation under its target, the thread it
+    /// roots, the relations listed under it and the redaction marking it.
+    pub(super) fn unindex_relations(
+        &self,
+        batch: &mut Batch,
+        pdu: &Pdu,
+        short: u64,
+        count: i64,
+        room: u64,
+    ) -> Result<(), RoomError> {
+        if let Some((_, target, _)) = relates_to(pdu)
+            && let Some(target_short) = self.event_ids.get(&*self.db, &target)?
+        {
+            RELATIONS.delete(batch, &(target_short, count));
+        }
+        THREADS.delete(batch, &(room, short));
+        for row in RELATIONS.prefix(&*self.db, &(short,), Direction::Forward)? {
+            let (key, _) = row?;
+            RELATIONS.delete(batch, &key);
+        }
+        REDACTIONS.delete(batch, &short);
+        Ok(())
+    }
+
     /// The redaction event of a redacted event.
     pub fn redaction_of(&self, short: u64) -> Result<Option<ArcPdu>, RoomError> {
         match REDACTIONS.get(&*self.db, &short)? {

@@ -51,6 +51,15 @@ impl Rooms {
         Ok(())
     }
 
+    /// Adds the deletions of an event's search rows to `batch` (a history purge).
+    pub(super) fn unindex_search(&self, batch: &mut Batch, pdu: &Pdu, count: i64, room: u64) {
+        if let Some(text) = searchable_text(pdu) {
+            for word in words(&text).into_iter().take(256) {
+                WORDS.delete(batch, &(room, word, count));
+            }
+        }
+    }
+
     /// Events of `room_short` whose text holds every word of `term`: `(count, short id)`, newest first.
     pub fn search_room(&self, room_short: u64, term: &str) -> Result<Vec<(i64, u64)>, RoomError> {
         let wanted = words(term);

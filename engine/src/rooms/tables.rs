@@ -9,6 +9,8 @@ pub const OUTLIER: u8 = 1;
 pub const SOFT_FAILED: u8 = 2;
 /// Event flag: failed authorization; kept for the DAG, never applied.
 pub const REJECTED: u8 = 4;
+/// Event flag: its body was deleted by a history purge; metadata kept for the DAG.
+pub const PURGED: u8 = 8;
 
 /// What we know about a stored event besides its JSON.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -19,7 +21,7 @@ pub struct EventMeta {
     pub depth: u64,
     /// Timeline position (`(room, count)` key); 0 for outliers.
     pub count: i64,
-    /// [`OUTLIER`] | [`SOFT_FAILED`] | [`REJECTED`].
+    /// [`OUTLIER`] | [`SOFT_FAILED`] | [`REJECTED`] | [`PURGED`].
     pub flags: u8,
     /// Snapshot of the state before the event (0 if unknown: outliers).
     pub state_before: u64,

@@ -12,6 +12,7 @@
 //! (`crate::admin`).
 
 pub(crate) mod media;
+pub(crate) mod purge;
 pub(crate) mod register;
 pub(crate) mod room_ops;
 pub(crate) mod rooms;
@@ -54,6 +55,9 @@ pub fn add(r: &mut Router) {
     add(M::DELETE, "/v2/rooms/{room_id}", rooms::delete);
     add(M::GET, "/v2/rooms/{room_id}/delete_status", rooms::delete_status_of_room);
     add(M::GET, "/v2/rooms/delete_status/{delete_id}", rooms::delete_status);
+    add(M::POST, "/v1/purge_history/{room_id}", purge::purge_history);
+    add(M::POST, "/v1/purge_history/{room_id}/{event_id}", purge::purge_history);
+    add(M::GET, "/v1/purge_history_status/{purge_id}", purge::purge_status);
     add(M::GET, "/v1/rooms/{room_id}/state", room_ops::state);
     add(M::POST, "/v1/join/{room_id}", room_ops::join);
     add(M::POST, "/v1/rooms/{room_id}/make_room_admin", room_ops::make_room_admin);

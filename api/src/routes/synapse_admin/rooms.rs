@@ -2,11 +2,14 @@
 //! and ordering, one room's details, its members, and deletion (Myelin's room
 //! shutdown) with its status.
 //!
-//! Deletion runs to completion before the answer, so its status is always
-//! `complete` (or `failed`); statuses are kept in memory, the newest
-//! [`KEPT_DELETIONS`], and a restart forgets them. Myelin's history is
-//! append-only: `purge` is accepted but events stay on disk (the room is shut
-//! down: no local members, no aliases, not listed, joins refused).
+//! Deletion shuts the room down before the answer (no local members, no
+//! aliases, not listed, joins refused); with `purge` (the default, as in
+//! Synapse) its history is then purged in the background, status `purging`
+//! until `complete` (or `failed`): every event but its state and its newest
+//! one loses its body (`myelin_engine::rooms::purge`; Synapse also deletes the
+//! state and the room's rows, which here stay so the room id stays refused).
+//! Statuses are kept in memory, the newest [`KEPT_DELETIONS`], and a restart
+//! forgets them.
 
 use std::collections::VecDeque;
 
@@ -222,9 +225,9 @@ pub(crate) struct DeleteBody {
     new_room_user_id: Option<String>,
     #[serde(default)]
     block: bool,
-    /// History is append-only here: accepted, and the events stay.
-    #[serde(default, rename = "purge")]
-    _purge: Option<bool>,
+    /// Purge the room's history after the shutdown (default true).
+    #[serde(default)]
+    purge: Option<bool>,
     #[serde(default, rename = "force_purge")]
     _force_purge: Option<bool>,
     #[serde(default, rename = "room_name")]
@@ -239,11 +242,14 @@ struct Deletion {
     delete_id: String,
     room_id: OwnedRoomId,
     result: Result<myelin_engine::admin::Shutdown, String>,
+    /// The history purge after the shutdown is still running.
+    purging: bool,
 }
 
 impl Deletion {
     fn status(&self) -> Value {
         let (status, error, kicked, aliases) = match &self.result {
+            Ok(s) if self.purging => ("purging", None, s.kicked_users.clone(), s.local_aliases.clone()),
             Ok(s) => ("complete", None, s.kicked_users.clone(), s.local_aliases.clone()),
             Err(e) => ("failed", Some(e.clone()), Vec::new(), Vec::new()),
         };
@@ -272,6 +278,8 @@ pub struct Deletions {
     recent: parking_lot::Mutex<VecDeque<Deletion>>,
     /// `v1/background_updates/enabled` set to false.
     pub(crate) background_updates_paused: std::sync::atomic::AtomicBool,
+    /// Statuses of history purges.
+    pub(crate) purges: std::sync::Arc<super::purge::Purges>,
     /// One `make_room_admin` at a time: its read of the power levels and the
     /// event it sends must not interleave with another's (one change, not two).
     pub(crate) make_room_admin: tokio::sync::Mutex<()>,
@@ -285,9 +293,20 @@ impl Deletions {
         }
         recent.push_back(deletion);
     }
+
+    /// Marks the purge of deletion `id` finished, failed with `error` if given.
+    fn purged(&self, id: &str, error: Option<String>) {
+        if let Some(d) = self.recent.lock().iter_mut().find(|d| d.delete_id == id) {
+            d.purging = false;
+            if let Some(e) = error {
+                d.result = Err(e);
+            }
+        }
+    }
 }
 
-fn delete_id() -> Result<String, ApiError> {
+/// A random opaque id (deletions, purges).
+pub(super) fn random_id() -> Result<String, ApiError> {
     use ring::rand::SecureRandom;
     let mut raw = [0u8; 12];
     ring::rand::SystemRandom::new().fill(&mut raw).map_err(|_| ApiError::unknown("no system randomness"))?;
@@ -304,10 +323,25 @@ pub fn delete(cx: Ctx, req: Req) -> HandlerFuture {
         }
         known_room(&cx, &room)?;
         let _ = body.block; // a shut-down room always refuses joins here
-        let id = delete_id()?;
+        let id = random_id()?;
         let result = cx.engine.shutdown_room(&room).await.map_err(|e| e.to_string());
         audit(&me, "delete_room", room.as_str());
-        cx.deletions.record(Deletion { delete_id: id.clone(), room_id: room, result });
+        let purging = result.is_ok() && body.purge.unwrap_or(true);
+        cx.deletions.record(Deletion { delete_id: id.clone(), room_id: room.clone(), result, purging });
+        if purging {
+            let (engine, deletions, task_id) = (cx.engine.clone(), cx.deletions.clone(), id.clone());
+            let span = tracing::info_span!("room_purge", room = %room, delete_id = %id);
+            tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    let outcome = engine.rooms.purge_history(&room, u64::MAX, true, |_| {}).await;
+                    if let Err(e) = &outcome {
+                        tracing::warn!(error = %e, "room purge failed");
+                    }
+                    deletions.purged(&task_id, outcome.err().map(|e| e.to_string()));
+                },
+                span,
+            ));
+        }
         Ok(ok_json(&json!({ "delete_id": id })))
     })
 }
