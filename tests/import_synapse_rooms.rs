@@ -134,7 +134,7 @@ async fn rooms_history_and_federation_come_over_from_a_stopped_synapse() {
     let (b_client, b_fed) = (free_port(), free_port());
     let b_config = dir.path().join("b.toml");
     write_config(&b_config, &format!("127.0.0.1:{b_fed}"), &dir.path().join("b"), b_client, b_fed);
-    let _b = serve(&b_config);
+    let mut b = serve(&b_config);
     let syn_dir = dir.path().join("synapse");
     std::fs::create_dir_all(&syn_dir).unwrap();
     let (syn_client, syn_fed) = (free_port(), free_port());
@@ -204,6 +204,13 @@ async fn rooms_history_and_federation_come_over_from_a_stopped_synapse() {
     let carol_media = upload(&carol, b"carol's notes").await;
     let b_name = format!("127.0.0.1:{b_fed}");
     assert_eq!(download(&alice, &b_name, &carol_media).await, b"carol's notes");
+    // The other server goes down: what alice sends now Synapse cannot deliver,
+    // and nothing is sent after the move until the other server has it.
+    let _ = Command::new("kill").arg(b.0.id().to_string()).status();
+    let _ = b.0.wait();
+    alice.send_text(&lobby, "while the other server was down").await;
+    alice.send_text(&away, "away while the other server was down").await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // Synapse tries, fails and marks it behind
     let lobby_before = history(&alice, &lobby).await;
     // Alice's settings: a push rule of her own, a default rule off, another's actions changed, a key backup.
     let rules = "/_matrix/client/v3/pushrules/global";
@@ -256,8 +263,14 @@ async fn rooms_history_and_federation_come_over_from_a_stopped_synapse() {
     let second = String::from_utf8_lossy(&again.stdout).into_owned();
     assert!(again.status.success(), "{second}");
     assert!(second.contains("events: 0 in the timeline"), "nothing twice: {second}");
+    assert!(report.contains("federation: 2 (room, server) pairs"), "{report}");
+    let _b = serve(&b_config);
+    wait_http(addr(b_client), "/health", "myelin").await;
     let _a = serve(&a_config);
     wait_http(addr(a_client), "/health", "myelin").await;
+    // What Synapse could not deliver reaches the other server from the new one.
+    wait_history(&carol, &lobby, "while the other server was down").await;
+    wait_history(&carol, &away, "away while the other server was down").await;
 
     let alice = login(a_client, "alice").await;
     let bob = login(a_client, "bob").await;

@@ -19,8 +19,8 @@
 //! A Synapse on PostgreSQL is first copied into a SQLite staging file
 //! (`crate::import_synapse_pg`) and read from there.
 //!
-//! Not imported yet, and said so in the report: federation state (stream
-//! positions, destinations' queues).
+//! Last, what Synapse had not delivered to other servers is queued again
+//! (`crate::import_synapse_outbox`), so peers catch up without a re-join.
 //!
 //! Safety: the server names must match; a Synapse whose pid file names a live
 //! process is refused; Myelin must be stopped (its data directory lock). A
@@ -358,6 +358,12 @@ pub(super) fn import_synapse_cmd(
             "media: {} local and {} cached remote files imported, {} already here, {} rows without a file",
             m.local, m.remote, m.present, m.missing
         );
+        let o = crate::import_synapse_outbox::import(&engine, &db, &server).await?;
+        println!(
+            "federation: {} (room, server) pairs behind Synapse's sends get the room's newest event again; \
+             {} undelivered to-device messages queued",
+            o.pdus, o.to_device
+        );
         // Verify: every account and device read is now here.
         let mut missing = 0;
         for a in &accounts {
@@ -383,8 +389,7 @@ pub(super) fn import_synapse_cmd(
             return Err(Failure::runtime(format!("verification: {missing} accounts or devices are missing")));
         }
         println!(
-            "verified: {} accounts and {} devices present; {} rooms with Synapse's current state, {} without. \
-             Not imported yet: federation state",
+            "verified: {} accounts and {} devices present; {} rooms with Synapse's current state, {} without",
             accounts.len(),
             devices.len(),
             r.rooms - r.state_differs.len(),

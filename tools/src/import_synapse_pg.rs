@@ -49,6 +49,10 @@ const TABLES: &[&str] = &[
     "push_rules_enable",
     "e2e_room_keys_versions",
     "e2e_room_keys",
+    "destinations",
+    "destination_rooms",
+    "federation_stream_position",
+    "device_federation_outbox",
 ];
 
 const INDEXES: &[&str] = &[

@@ -23,6 +23,7 @@ mod import_synapse;
 mod import_synapse_extras;
 mod import_synapse_keys;
 mod import_synapse_media;
+mod import_synapse_outbox;
 mod import_synapse_pg;
 mod import_synapse_rooms;
 mod serve;

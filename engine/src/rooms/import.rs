@@ -54,6 +54,27 @@ impl From<Appended> for Imported {
 }
 
 impl Rooms {
+    /// Queues a stored timeline event of ours for `destinations`, as if just
+    /// sent (an imported server's undelivered federation); false if the event
+    /// is not in a timeline here.
+    pub async fn queue_imported(&self, event_id: &ruma::EventId, destinations: &[String]) -> Result<bool, RoomError> {
+        let Some(short) = self.short_event(event_id)? else { return Ok(false) };
+        let Some(meta) = self.meta_of_short(short)? else { return Ok(false) };
+        if meta.count <= 0 || meta.flags & PURGED != 0 {
+            return Ok(false);
+        }
+        let mut batch = Batch::new();
+        let mut queued_to = Vec::new();
+        for dest in destinations.iter().filter(|d| **d != self.server_name.as_str()) {
+            let short_dest = self.servers.get_or_create(&self.db, &mut batch, dest)?;
+            OUTBOUND.put(&mut batch, &(short_dest, meta.count as u64), &OutboundItem::Pdu(short))?;
+            queued_to.push(dest.clone());
+        }
+        self.announce_queued(&mut batch, queued_to);
+        self.db.commit(batch).await?;
+        Ok(true)
+    }
+
     /// Marks this engine as importing: appends are delivered nowhere.
     pub fn begin_import(&self) {
         self.importing.store(true, Ordering::Relaxed);
