@@ -1,6 +1,7 @@
 //! `myelin import synapse`, rooms (issue #23 §2), against real software on
 //! both sides: a Synapse (PyPI `matrix-synapse`) and a second Myelin server
-//! federating with it. Synapse is filled through its Client-Server API: a
+//! federating with it (the PostgreSQL test: a second Synapse, a 5,000-event
+//! room and matrix-nio's encrypted history). Synapse is filled through its Client-Server API: a
 //! public room it hosts with an alias, a name, messages, a reply, an edit, a
 //! reaction, a redaction, a read receipt and a member from the other server;
 //! a room hosted by the other server that a Synapse user joined over
@@ -10,8 +11,9 @@
 //! is started in its place (same server name, key and federation port).
 //! Checked from the clients' side: the same rooms in `/sync`, the same
 //! history with the same event ids, state, alias, directory, relations,
-//! receipt, invite, files, push rules and key backup; and federation with the other server goes on in both
-//! directions in both rooms.
+//! receipt, invite, files, push rules and key backup; what Synapse could not
+//! deliver while the other server was down reaches it; and federation with the
+//! other server goes on in both directions in both rooms.
 
 use std::{
     collections::BTreeSet,
@@ -77,7 +79,7 @@ async fn history(c: &Client, room: &str) -> Vec<Value> {
     let mut out = Vec::new();
     let mut from = String::new();
     for _ in 0..20 {
-        let page = c.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50{from}", enc(room))).await;
+        let page = c.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=500{from}", enc(room))).await;
         let chunk = page["chunk"].as_array().cloned().unwrap_or_default();
         out.extend(chunk.iter().cloned());
         match page["end"].as_str() {
@@ -343,8 +345,30 @@ async fn rooms_history_and_federation_come_over_from_a_stopped_synapse() {
     wait_history(&alice, &away, "carol away reply").await;
 }
 
+/// Runs `tests/interop/nio_import.py MODE URL STATE_DIR` (matrix-nio with file key stores).
+async fn nio_import(mode: &str, port: u16, state: &Path) {
+    let (owned_mode, state) = (mode.to_owned(), state.to_owned());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(myelin_suite::procs::venv_python("venv-nio-0.25.2"))
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/nio_import.py"))
+            .arg(&owned_mode)
+            .arg(format!("http://127.0.0.1:{port}"))
+            .arg(&state)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "nio {mode}:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+}
+
 /// A Synapse on PostgreSQL (`--postgres`): refused while it runs; once it is
-/// stopped, its accounts, tokens and rooms come over as from SQLite.
+/// stopped, its accounts, tokens and rooms come over as from SQLite: a room of
+/// 5,000 messages with a member on a second Synapse, which goes on federating
+/// with the imported server both ways, and an encrypted room whose history
+/// matrix-nio's olm still decrypts on the devices that had the keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_synapse_on_postgresql_comes_over_too() {
     let dir = tempfile::tempdir().unwrap();
@@ -359,14 +383,43 @@ async fn a_synapse_on_postgresql_comes_over_too() {
     wait_http(addr(syn_client), "/_matrix/client/versions", "synapse").await;
     assert!(!syn_dir.join("homeserver.db").exists(), "Synapse runs on PostgreSQL, not SQLite");
 
+    // The second Synapse, a peer with a member in the big room.
+    let peer_dir = dir.path().join("peer");
+    std::fs::create_dir_all(&peer_dir).unwrap();
+    let (peer_client, peer_fed) = (free_port(), free_port());
+    let _peer = start_synapse(&peer_dir, peer_client, peer_fed);
+    wait_http(addr(peer_client), "/_matrix/client/versions", "the peer synapse").await;
+
     let alice = register(syn_client, "alice").await;
     let bob = register(syn_client, "bob").await;
+    let dave = register(peer_client, "dave").await;
     let room = alice.create_room(json!({ "preset": "public_chat", "name": "On Postgres" })).await;
     bob.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), json!({})).await;
+    dave.post(&format!("/_matrix/client/v3/join/{}?server_name={server}", enc(&room)), json!({})).await;
     for i in 0..20 {
         alice.send_text(&room, &format!("pg {i}")).await;
     }
+    // 5,000 messages more, from ten senders at once (Synapse orders them).
+    let senders: Vec<_> = (0..10)
+        .map(|t| {
+            let (c, room) = (if t % 2 == 0 { alice.clone() } else { bob.clone() }, room.clone());
+            tokio::spawn(async move {
+                for i in 0..500 {
+                    c.send_text(&room, &format!("bulk {t}.{i}")).await;
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.await.unwrap();
+    }
+    dave.send_text(&room, "dave before the move").await;
+    wait_for_text(&alice, &room, "dave before the move").await;
+    let nio_state = dir.path().join("nio");
+    std::fs::create_dir_all(&nio_state).unwrap();
+    nio_import("before", syn_client, &nio_state).await;
     let before = history(&alice, &room).await;
+    assert!(before.len() > 5_020, "{} events", before.len());
 
     let a_client = free_port();
     let a_config = dir.path().join("a.toml");
@@ -391,8 +444,8 @@ async fn a_synapse_on_postgresql_comes_over_too() {
     let done = import();
     let report = String::from_utf8_lossy(&done.stdout).into_owned();
     assert!(done.status.success(), "{report}\n{}", String::from_utf8_lossy(&done.stderr));
-    assert!(report.contains("users: 2 imported") && report.contains("rooms: 1 imported"), "{report}");
-    assert!(report.contains("1 rooms with Synapse's current state, 0 without"), "{report}");
+    assert!(report.contains("users: 4 imported") && report.contains("rooms: 2 imported"), "{report}");
+    assert!(report.contains("2 rooms with Synapse's current state, 0 without"), "{report}");
     assert!(!dir.path().join("a/synapse-import.sqlite").exists(), "the staging copy is removed");
     let _a = serve(&a_config);
     wait_http(addr(a_client), "/health", "myelin").await;
@@ -403,7 +456,26 @@ async fn a_synapse_on_postgresql_comes_over_too() {
     let alice = login(a_client, "alice").await;
     let after = history(&alice, &room).await;
     assert_eq!(ids(&after), ids(&before));
-    assert_eq!(bodies(&after), (0..20).map(|i| format!("pg {i}")).collect::<Vec<_>>());
+    // Where the DAG forked (dave's message crossed the last sends), Synapse pages
+    // by depth and Myelin by arrival: same events, each sender's in its order.
+    let sorted = |events: &[Value]| {
+        let mut b = bodies(events);
+        b.sort();
+        b
+    };
+    assert_eq!(sorted(&after), sorted(&before));
+    for t in 0..10 {
+        let prefix = format!("bulk {t}.");
+        let own: Vec<String> = bodies(&after).into_iter().filter(|b| b.starts_with(&prefix)).collect();
+        assert_eq!(own, (0..500).map(|i| format!("{prefix}{i}")).collect::<Vec<_>>(), "sender {t}'s order");
+    }
+    let pg: Vec<String> = bodies(&after).into_iter().filter(|b| b.starts_with("pg ")).collect();
+    assert_eq!(pg, (0..20).map(|i| format!("pg {i}")).collect::<Vec<_>>());
     alice.send_text(&room, "after the move").await;
     wait_for_text(&bob, &room, "after the move").await;
+    // The second Synapse federates with the imported server, both ways.
+    wait_history(&dave, &room, "after the move").await;
+    dave.send_text(&room, "dave after the move").await;
+    wait_history(&alice, &room, "dave after the move").await;
+    nio_import("after", a_client, &nio_state).await;
 }
