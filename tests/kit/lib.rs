@@ -386,8 +386,13 @@ impl Client {
 
     /// Sends a text message; returns the event id.
     pub async fn send_text(&self, room: &str, body: &str) -> String {
-        let txn =
-            format!("t{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+        // The clock alone repeats across concurrent senders (one token, two sends
+        // in the same nanosecond): the server then rightly answers the second
+        // with the first's event, and a message is never sent.
+        static SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let txn = format!("t{nanos}.{n}");
         let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room));
         self.put(&path, serde_json::json!({ "msgtype": "m.text", "body": body })).await["event_id"]
             .as_str()

@@ -96,12 +96,8 @@ fn parse_event(
     Ok((pdu, unsigned))
 }
 
-fn room_rows(
-    db: &Connection,
-    room_id: &str,
-    rules: &RoomVersionRules,
-    report: &mut RoomsReport,
-) -> Result<Vec<Row>, Failure> {
+/// A room's events in Synapse's order, and how many of them do not parse.
+fn room_rows(db: &Connection, room_id: &str, rules: &RoomVersionRules) -> Result<(Vec<Row>, usize), Failure> {
     let mut stmt = db
         .prepare_cached(
             "SELECT e.event_id, e.stream_ordering, e.outlier, j.json, \
@@ -122,17 +118,61 @@ fn room_rows(
         })
         .map_err(sql)?;
     let mut out = Vec::new();
+    let mut unreadable = 0;
     for row in rows {
         let (event_id, stream, outlier, json, synapse_rejected) = row.map_err(sql)?;
         match parse_event(&event_id, &json, rules) {
             Ok((pdu, _)) => out.push(Row { stream, outlier, synapse_rejected, pdu }),
             Err(why) => {
                 tracing::warn!(room_id, event_id, why, "left out an event that does not parse");
-                report.unreadable += 1;
+                unreadable += 1;
             }
         }
     }
-    Ok(out)
+    Ok((out, unreadable))
+}
+
+/// The rows of each room of `rooms`, in order, read and parsed on a thread of
+/// their own with a connection of its own (`synapse-rows`) while the rooms
+/// before are imported: reading and parsing is a third of the import's work,
+/// and the writer leaves the second core room for it. At most two rooms wait
+/// ahead. Without a database file to open again, read on the caller's thread.
+struct Prefetch {
+    rx: Option<std::sync::mpsc::Receiver<RoomRows>>,
+}
+
+/// One room's rows and its count of unparsable ones, or why reading failed.
+type RoomRows = Result<(Vec<Row>, usize), Failure>;
+
+impl Prefetch {
+    fn start(db: &Connection, rooms: Vec<(OwnedRoomId, RoomVersionRules)>) -> Self {
+        let Some(path) = db.path().filter(|p| !p.is_empty()).map(str::to_owned) else { return Self { rx: None } };
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        let spawned = std::thread::Builder::new().name("synapse-rows".into()).spawn(move || {
+            let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let own = match Connection::open_with_flags(&path, flags) {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.send(Err(sql(e)));
+                    return;
+                }
+            };
+            for (room, rules) in rooms {
+                if tx.send(room_rows(&own, room.as_str(), &rules)).is_err() {
+                    return; // the import stopped
+                }
+            }
+        });
+        Self { rx: spawned.is_ok().then_some(rx) }
+    }
+
+    /// The next room's rows (the room given at the same place to [`Prefetch::start`]).
+    fn next(&self, db: &Connection, room: &RoomId, rules: &RoomVersionRules) -> RoomRows {
+        match &self.rx {
+            Some(rx) => rx.recv().map_err(|_| Failure::runtime("the Synapse reader thread stopped"))?,
+            None => room_rows(db, room.as_str(), rules),
+        }
+    }
 }
 
 /// A state as Synapse records it: `(type, state_key)` → event id.
@@ -223,39 +263,50 @@ async fn import_room(
     db: &Connection,
     room_id: &RoomId,
     version: &RoomVersionId,
+    (rows, unreadable): (Vec<Row>, usize),
     report: &mut RoomsReport,
 ) -> Result<bool, Failure> {
-    let rules = version::rules(version).map_err(|e| Failure::runtime(e.to_string()))?;
-    let rows = room_rows(db, room_id.as_str(), &rules, report)?;
+    report.unreadable += unreadable;
     let by_id: HashMap<String, usize> = rows.iter().enumerate().map(|(i, r)| (r.pdu.event_id.to_string(), i)).collect();
     let outliers: Vec<Pdu> = rows.iter().filter(|r| r.outlier).map(|r| r.pdu.clone()).collect();
     let rooms = &engine.rooms;
     let mut backfilled = Vec::new();
     let mut pending = Vec::new();
+    // A room this server never knew holds exactly what this run put in it, so
+    // "already here?" is answered from memory, not with a read per event and
+    // per prev event; until a gap stores outliers, which only storage knows.
+    let mut fresh = matches!(rooms.current_snapshot(room_id), Err(RoomError::UnknownRoom(_)));
+    let mut here: HashSet<ruma::OwnedEventId> = HashSet::new();
     for row in rows.iter().filter(|r| !r.outlier) {
         if row.stream < 0 {
             backfilled.push(row.pdu.clone());
             continue;
         }
         let pdu = row.pdu.clone();
-        if rooms.holds_with_state(&pdu.event_id).map_err(engine_err)? {
+        let held = |id: &ruma::EventId| -> Result<bool, Failure> {
+            if fresh { Ok(here.contains(id)) } else { rooms.holds_with_state(id).map_err(engine_err) }
+        };
+        if held(&pdu.event_id)? {
             report.present += 1;
             continue;
         }
         report.synapse_rejected += usize::from(row.synapse_rejected);
         let mut prevs_here = true;
         for p in &pdu.prev_events {
-            prevs_here &= rooms.holds_with_state(p).map_err(engine_err)?;
+            prevs_here &= held(p)?;
         }
+        let event_id = pdu.event_id.clone();
         let outcome = if prevs_here {
             rooms.import_event_unsettled(version, pdu).await
         } else {
             settle(engine, room_id, &mut pending).await?;
+            fresh = false;
             let state = state_before(db, &pdu, &by_id, &rows)?;
             rooms.import_gap(version, pdu, state, outliers.clone()).await.map(|i| (i, None))
         };
         match outcome {
             Ok((imported, handle)) => {
+                here.insert(event_id);
                 count(report, imported);
                 pending.extend(handle);
                 if pending.len() >= SETTLE_EVERY {
@@ -408,9 +459,8 @@ pub(crate) async fn import(engine: &Engine, db: &Connection, server: &str) -> Re
         Ok(mut s) => s.query_map([], |r| r.get(0)).map_err(sql)?.collect::<Result<_, _>>().map_err(sql)?,
         Err(_) => HashSet::new(), // older Synapse: no faster joins
     };
-    let started = std::time::Instant::now();
-    let mut held = HashSet::new();
-    for (i, (room, version)) in rooms.iter().enumerate() {
+    let mut todo = Vec::new();
+    for (room, version) in &rooms {
         let Ok(room_id) = RoomId::parse(room.as_str()) else {
             report.skipped_rooms.push(format!("{room}: not a room id"));
             continue;
@@ -420,21 +470,30 @@ pub(crate) async fn import(engine: &Engine, db: &Connection, server: &str) -> Re
             continue;
         }
         let version = RoomVersionId::try_from(version.as_deref().unwrap_or("1")).unwrap_or(RoomVersionId::V1);
-        if version::rules(&version).is_err() {
+        let Ok(rules) = version::rules(&version) else {
             report.skipped_rooms.push(format!("{room}: room version {version} is not supported here"));
             continue;
-        }
-        if import_room(engine, db, &room_id, &version, &mut report).await? {
+        };
+        todo.push((room_id, version, rules));
+    }
+    let prefetch = Prefetch::start(db, todo.iter().map(|(r, _, rules)| (r.clone(), rules.clone())).collect());
+    let started = std::time::Instant::now();
+    let mut held = HashSet::new();
+    let total = todo.len();
+    for (i, (room_id, version, rules)) in todo.iter().enumerate() {
+        let room = room_id.to_string();
+        let rows = prefetch.next(db, room_id, rules)?;
+        if import_room(engine, db, room_id, version, rows, &mut report).await? {
             report.rooms += 1;
-            if !same_current_state(engine, db, &room_id)? {
+            if !same_current_state(engine, db, room_id)? {
                 report.state_differs.push(room.clone());
             }
             held.insert(room_id.to_owned());
         }
         let events = report.timeline + report.hidden + report.rejected + report.present;
         let rate = events as f64 / started.elapsed().as_secs_f64().max(0.001);
-        let left = (rooms.len() - i - 1) as f64 * started.elapsed().as_secs_f64() / (i + 1) as f64;
-        eprintln!("import: rooms: {}/{} ({events} events, {rate:.0}/s, about {left:.0} s left)", i + 1, rooms.len());
+        let left = (total - i - 1) as f64 * started.elapsed().as_secs_f64() / (i + 1) as f64;
+        eprintln!("import: rooms: {}/{total} ({events} events, {rate:.0}/s, about {left:.0} s left)", i + 1);
     }
     outside_memberships(engine, db, &mut report).await?;
     directory_and_receipts(engine, db, server, &held, &mut report).await?;
