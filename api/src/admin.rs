@@ -46,16 +46,21 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join("admin.sock")
 }
 
-/// Serves the admin socket until `stop` fires. Called after the database is
-/// open (and locked), so a socket file left behind is stale and is replaced.
-pub async fn serve(engine: Arc<Engine>, mut stop: watch::Receiver<bool>) {
+/// The admin socket, bound and private: `(listener, owner uid)`.
+pub struct AdminSocket(UnixListener, u32);
+
+/// Binds the admin socket. Called after the database is open (and locked), so
+/// a socket file left behind is stale and is replaced; and before the HTTP
+/// listeners are bound, so a server that takes connections also takes
+/// `myelin admin …` (which would otherwise find the database locked).
+pub fn bind(engine: &Engine) -> Option<AdminSocket> {
     let path = socket_path(&engine.config.data_dir);
     let _ = std::fs::remove_file(&path);
     let listener = match UnixListener::bind(&path) {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "admin socket unavailable; `myelin backup` needs the server stopped");
-            return;
+            return None;
         }
     };
     // Only the server's own user may use the socket: the file is made 0600 (a
@@ -71,11 +76,18 @@ pub async fn serve(engine: Arc<Engine>, mut stop: watch::Receiver<bool>) {
                 tracing::error!(path = %path.display(), error = %e,
                     "could not make the admin socket private; not serving it");
                 let _ = std::fs::remove_file(&path);
-                return;
+                return None;
             }
         }
     };
     tracing::info!(path = %path.display(), "admin socket listening");
+    Some(AdminSocket(listener, owner))
+}
+
+/// Serves the admin socket bound by [`bind`] until `stop` fires.
+pub async fn serve(engine: Arc<Engine>, socket: Option<AdminSocket>, mut stop: watch::Receiver<bool>) {
+    let Some(AdminSocket(listener, owner)) = socket else { return };
+    let path = socket_path(&engine.config.data_dir);
     loop {
         tokio::select! {
             accepted = listener.accept() => {

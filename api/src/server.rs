@@ -273,6 +273,7 @@ pub async fn start(engine: Arc<Engine>) -> Result<Running, StartError> {
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
 
+    let admin_socket = crate::admin::bind(&engine);
     let client = TcpListener::bind(config.client.listen).await.map_err(|err| StartError::Bind {
         what: "client",
         addr: config.client.listen,
@@ -368,7 +369,9 @@ pub async fn start(engine: Arc<Engine>) -> Result<Running, StartError> {
         }
         .instrument(tracing::info_span!("finish_deactivations")),
     );
-    tasks.spawn(crate::admin::serve(engine.clone(), stop_rx).instrument(tracing::info_span!("admin_socket")));
+    tasks.spawn(
+        crate::admin::serve(engine.clone(), admin_socket, stop_rx).instrument(tracing::info_span!("admin_socket")),
+    );
     Ok(Running { client_addr, federation_addr, stop, tasks, engine })
 }
 

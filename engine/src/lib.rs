@@ -150,7 +150,8 @@ impl Engine {
         tracing::info!(server_name = %server_name, key_id = keys.key_id(), data_dir = %config.data_dir.display(), "engine ready");
         let appservices = rooms.appservices.clone();
         let users = users::Users::new(db.clone(), server_name.clone(), stream.clone(), &config.limits)
-            .with_appservices(appservices.clone());
+            .with_appservices(appservices.clone())
+            .with_synapse_pepper(&config.registration.synapse_password_pepper);
         let pushers = pushers::Pushers::open(db.clone(), rooms.push_wanted.clone(), rooms.push_pending.clone())?;
         appservices.load_files(&config.appservice.registrations)?;
         for a in appservices.all().iter() {

@@ -335,11 +335,20 @@ pub struct RegistrationConfig {
     /// API §"Guest Access"; Myelin extension). Guests only join rooms whose
     /// `m.room.guest_access` is `can_join` and only reach the endpoints the spec lists.
     pub guests: bool,
+    /// A server imported from Synapse: its `password_config.pepper`, without which
+    /// its users' passwords do not match their imported hashes.
+    pub synapse_password_pepper: String,
 }
 
 impl Default for RegistrationConfig {
     fn default() -> Self {
-        Self { enabled: false, token: String::new(), shared_secret: String::new(), guests: true }
+        Self {
+            enabled: false,
+            token: String::new(),
+            shared_secret: String::new(),
+            guests: true,
+            synapse_password_pepper: String::new(),
+        }
     }
 }
 

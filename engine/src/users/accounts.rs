@@ -29,11 +29,12 @@ fn hash_password(argon2: &Argon2<'static>, password: &str) -> Result<String, Use
     Ok(hash.to_string())
 }
 
-fn password_matches(argon2: &Argon2<'static>, hash: &str, password: &str) -> bool {
+fn password_matches(argon2: &Argon2<'static>, hash: &str, password: &str, synapse_pepper: &str) -> bool {
     // Accounts imported from Synapse keep its bcrypt hashes (`$2b$…`): they
-    // still log in with the password they had.
+    // still log in with the password they had. Synapse hashes the password
+    // with its `password_config.pepper` appended.
     if hash.starts_with("$2") {
-        return bcrypt::verify(password, hash).unwrap_or(false);
+        return bcrypt::verify(format!("{password}{synapse_pepper}"), hash).unwrap_or(false);
     }
     match PasswordHash::new(hash) {
         Ok(parsed) => argon2.verify_password(password.as_bytes(), &parsed).is_ok(),
@@ -289,7 +290,8 @@ impl Users {
 
     async fn verify_off_runtime(&self, hash: &str, password: &str) -> Result<bool, UserError> {
         let (argon2, hash, password) = (self.argon2.clone(), hash.to_owned(), password.to_owned());
-        self.hashing.run(move || password_matches(&argon2, &hash, &password)).await
+        let pepper = self.synapse_pepper.clone();
+        self.hashing.run(move || password_matches(&argon2, &hash, &password, &pepper)).await
     }
 
     /// Checks the password and logs in a (new or reused) device.
@@ -481,4 +483,24 @@ fn put_new_account(batch: &mut Batch, user_id: &UserId, password_hash: String, a
     let profile = Profile { displayname: Some(user_id.localpart().to_owned()), avatar_url: None };
     PROFILES.put(batch, &user_id.to_string(), &profile)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synapse_bcrypt_hashes_match_with_its_pepper_and_ours_without() {
+        let argon2 = password_hasher();
+        // What Synapse stores with `password_config.pepper: "pep"`: bcrypt over password + pepper.
+        let peppered = bcrypt::hash("hunter2pep", 4).unwrap();
+        assert!(password_matches(&argon2, &peppered, "hunter2", "pep"));
+        assert!(!password_matches(&argon2, &peppered, "hunter2", ""), "without the pepper it must not match");
+        assert!(!password_matches(&argon2, &peppered, "hunter3", "pep"));
+        let plain = bcrypt::hash("hunter2", 4).unwrap();
+        assert!(password_matches(&argon2, &plain, "hunter2", ""));
+        // Our own Argon2id hashes never take the pepper.
+        let ours = hash_password(&argon2, "hunter2").unwrap();
+        assert!(password_matches(&argon2, &ours, "hunter2", "pep"));
+    }
 }

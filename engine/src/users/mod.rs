@@ -193,6 +193,8 @@ pub struct Users {
     /// concurrent changes to one event cannot lose either.
     account_data_lock: tokio::sync::Mutex<()>,
     argon2: Argon2<'static>,
+    /// Synapse's `password_config.pepper`, for the bcrypt hashes imported from it.
+    synapse_pepper: Arc<str>,
     hashing: HashPool,
     /// Per user, a position at or above their newest account data: an incremental
     /// `/sync` with nothing newer skips the index read (see [`Users::account_data_since`]).
@@ -245,6 +247,7 @@ impl Users {
             create_lock: tokio::sync::Mutex::new(()),
             account_data_lock: tokio::sync::Mutex::new(()),
             argon2: password_hasher(),
+            synapse_pepper: Arc::from(""),
             hashing: HashPool::new(limits.hash_threads, limits.hash_queue),
             account_data_newest: Default::default(),
             to_device_newest: Default::default(),
@@ -259,6 +262,12 @@ impl Users {
     }
 
     /// Pushes to-device messages for appservice users to their appservices.
+    /// The same service, checking imported Synapse (bcrypt) hashes with Synapse's pepper.
+    pub fn with_synapse_pepper(mut self, pepper: &str) -> Self {
+        self.synapse_pepper = Arc::from(pepper);
+        self
+    }
+
     pub(crate) fn with_appservices(mut self, appservices: Arc<crate::appservice::Registry>) -> Self {
         self.appservices = Some(appservices);
         self
