@@ -39,6 +39,7 @@ from nio import (
 from nio.store import SqliteStore
 
 from checks import all_passed, check
+from nio_e2e import crypto_sync, receive  # the same key upkeep and decrypting wait
 
 MEGOLM = "m.megolm.v1.aes-sha2"
 
@@ -48,49 +49,11 @@ def client(url, store, user="", device=""):
     return AsyncClient(url, user, device, store_path=store, config=config)
 
 
-async def crypto_sync(c, timeout_ms=1000):
-    """One /sync and the key upkeep nio's `sync_forever` does after it."""
-    r = await c.sync(timeout=timeout_ms)
-    if not isinstance(r, SyncResponse):
-        return r
-    await c.send_to_device_messages()
-    if c.should_upload_keys:
-        await c.keys_upload()
-    if c.should_query_keys:
-        await c.keys_query()
-    if c.should_claim_keys:
-        await c.keys_claim(c.get_users_for_key_claiming())
-    return r
-
-
 async def send(c, room_id, text):
     r = await c.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": text},
                           ignore_unverified_devices=True)
     check(isinstance(r, RoomSendResponse), f"{c.user_id} sends {text!r} encrypted ({r})")
     return r.event_id
-
-
-async def receive(c, room_id, text, seconds=30):
-    """Syncs until olm decrypts a message with body `text` in the timeline."""
-    pending = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        r = await crypto_sync(c)
-        room = r.rooms.join.get(room_id) if isinstance(r, SyncResponse) else None
-        events = list(room.timeline.events) if room else []
-        still = []
-        for e in pending:
-            try:
-                events.append(c.decrypt_event(e))
-            except EncryptionError:
-                still.append(e)
-        pending = still
-        for e in events:
-            if isinstance(e, MegolmEvent):
-                pending.append(e)
-            elif isinstance(e, RoomMessageText) and e.body == text:
-                return e
-    return None
 
 
 async def before(url, state_dir):
