@@ -340,14 +340,9 @@ impl Rooms {
             self.bump_memberships_when_durable(batch, target.to_string());
         }
         // Each server sends its own events; we never forward another server's.
-        let ours = !importing && pdu.sender.server_name() == self.server_name;
-        let mut queued_to = Vec::new();
-        for dest in destinations.iter().filter(|d| ours && **d != self.server_name) {
-            let short_dest = self.servers.get_or_create(&self.db, batch, dest.as_str())?;
-            OUTBOUND.put(batch, &(short_dest, count as u64), &OutboundItem::Pdu(short))?;
-            queued_to.push(dest.to_string());
+        if !importing && pdu.sender.server_name() == self.server_name {
+            self.queue_rows(batch, destinations.iter().map(|d| d.as_str()), count as u64, &OutboundItem::Pdu(short))?;
         }
-        self.announce_queued(batch, queued_to);
         // 6. Hand the batch over and move the head (durability is awaited by the caller).
         // The event is readable from memory until the write is visible; the hook runs
         // after that, so there is no moment when it is in neither place.

@@ -64,13 +64,7 @@ impl Rooms {
             return Ok(false);
         }
         let mut batch = Batch::new();
-        let mut queued_to = Vec::new();
-        for dest in destinations.iter().filter(|d| **d != self.server_name.as_str()) {
-            let short_dest = self.servers.get_or_create(&self.db, &mut batch, dest)?;
-            OUTBOUND.put(&mut batch, &(short_dest, meta.count as u64), &OutboundItem::Pdu(short))?;
-            queued_to.push(dest.clone());
-        }
-        self.announce_queued(&mut batch, queued_to);
+        self.queue_rows(&mut batch, destinations, meta.count as u64, &OutboundItem::Pdu(short))?;
         self.db.commit(batch).await?;
         Ok(true)
     }

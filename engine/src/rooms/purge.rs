@@ -107,15 +107,8 @@ impl Rooms {
         }
     }
 
-    /// Purges the history of `room_id` below `depth` (see the module doc);
-    /// `progress` is called after each chunk with what is done so far.
-    pub async fn purge_history(
-        &self,
-        room_id: &RoomId,
-        depth: u64,
-        delete_local: bool,
-        mut progress: impl FnMut(&Purged),
-    ) -> Result<Purged, RoomError> {
+    /// Purges the history of `room_id` below `depth` (see the module doc).
+    pub async fn purge_history(&self, room_id: &RoomId, depth: u64, delete_local: bool) -> Result<Purged, RoomError> {
         let room = self.short_room(room_id)?.ok_or_else(|| RoomError::UnknownRoom(room_id.to_string()))?;
         let mut done = Purged::default();
         let mut after = i64::MIN;
@@ -139,15 +132,15 @@ impl Rooms {
                 .collect::<Result<_, _>>()?;
             let Some(&(last, _)) = rows.last() else { break };
             after = last;
-            let goes = |short: u64, pdu: &ArcPdu, count: i64| -> Result<bool, RoomError> {
-                let Some(meta) = self.meta_of_short(short)? else { return Ok(false) };
-                Ok(meta.room == room
+            // Whether a timeline event's body goes in this purge (for a redaction:
+            // before asking whether its target stays).
+            let goes = |short: u64, meta: &EventMeta, pdu: &ArcPdu| {
+                meta.room == room
                     && meta.depth < depth
-                    && meta.count == count
-                    && count < newest
+                    && meta.count < newest
                     && !extremities.contains(&short)
                     && pdu.state_key.is_none()
-                    && (delete_local || pdu.sender.server_name() != &*self.server_name))
+                    && (delete_local || pdu.sender.server_name() != &*self.server_name)
             };
             let mut batch = Batch::new();
             let mut evicted = Vec::new();
@@ -157,7 +150,8 @@ impl Rooms {
                     continue;
                 }
                 let Some(pdu) = self.pdu_by_short(short)? else {
-                    // A body already gone (an earlier purge cut off): only the row is left.
+                    // A row without a body (never left by a purge, which deletes both
+                    // in one batch): nothing to show, so the row goes.
                     TIMELINE.delete(&mut batch, &(room, count));
                     continue;
                 };
@@ -166,7 +160,7 @@ impl Rooms {
                     done.hidden += 1;
                     continue;
                 }
-                if !goes(short, &pdu, count)? {
+                if !goes(short, &meta, &pdu) {
                     done.kept_local += 1;
                     continue;
                 }
@@ -194,8 +188,6 @@ impl Rooms {
             for short in evicted {
                 cache.pop(&short);
             }
-            drop(cache);
-            progress(&done);
         }
         tracing::info!(room = %room_id, depth, deleted = done.deleted, hidden = done.hidden, kept_local = done.kept_local, "history purged");
         Ok(done)
@@ -206,14 +198,14 @@ impl Rooms {
     fn redaction_target_stays(
         &self,
         target: &EventId,
-        goes: &impl Fn(u64, &ArcPdu, i64) -> Result<bool, RoomError>,
+        goes: &impl Fn(u64, &EventMeta, &ArcPdu) -> bool,
     ) -> Result<bool, RoomError> {
         let Some(short) = self.short_event(target)? else { return Ok(false) };
         let Some(pdu) = self.pdu_by_short(short)? else { return Ok(false) };
         let Some(meta) = self.meta_of_short(short)? else { return Ok(false) };
         if meta.count == 0 || TIMELINE.get(&*self.db, &(meta.room, meta.count))? != Some(short) {
-            return Ok(true);
+            return Ok(true); // out of the timeline: this purge does not reach it
         }
-        Ok(!goes(short, &pdu, meta.count)?)
+        Ok(!goes(short, &meta, &pdu))
     }
 }

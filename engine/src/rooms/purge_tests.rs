@@ -36,7 +36,7 @@ fn held(n: &Net, id: &OwnedEventId) -> bool {
 
 async fn purge(n: &Net, room: &OwnedRoomId, upto: PurgeUpTo, delete_local: bool) -> Purged {
     let depth = n.rooms.purge_depth(room, &upto).unwrap();
-    n.rooms.purge_history(room, depth, delete_local, |_| {}).await.unwrap()
+    n.rooms.purge_history(room, depth, delete_local).await.unwrap()
 }
 
 #[tokio::test]
@@ -125,7 +125,7 @@ async fn a_purge_point_must_be_an_event_of_the_room_or_a_time_after_one() {
     let depth = n.rooms.purge_depth(&room, &PurgeUpTo::Ts(u64::MAX)).unwrap();
     assert_eq!(depth, newest.depth, "the last event before the time is the point");
     // Everything below the newest goes, yet the room is still there to send to.
-    let done = n.rooms.purge_history(&room, depth + 10, true, |_| {}).await.unwrap();
+    let done = n.rooms.purge_history(&room, depth + 10, true).await.unwrap();
     assert_eq!(done.deleted, 0, "a fresh room has only state, which stays: {done:?}");
     from_alice(&n, &room, text("still here")).await;
     assert_eq!(bodies(&n, &room), ["still here"]);

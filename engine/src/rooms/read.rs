@@ -482,18 +482,35 @@ impl Rooms {
         Ok(())
     }
 
+    /// Adds `item` at queue position `seq` for each of `destinations` but this
+    /// server to `batch`, and wakes the sender for them once it is visible.
+    pub(crate) fn queue_rows<D: AsRef<str>>(
+        &self,
+        batch: &mut Batch,
+        destinations: impl IntoIterator<Item = D>,
+        seq: u64,
+        item: &OutboundItem,
+    ) -> Result<(), RoomError> {
+        let mut queued_to = Vec::new();
+        for dest in destinations {
+            let dest = dest.as_ref();
+            if dest == self.server_name.as_str() {
+                continue;
+            }
+            let short = self.servers.get_or_create(&self.db, batch, dest)?;
+            OUTBOUND.put(batch, &(short, seq), item)?;
+            queued_to.push(dest.to_owned());
+        }
+        self.announce_queued(batch, queued_to);
+        Ok(())
+    }
+
     /// Queues an EDU durably for each of `destinations`; it is sent with their next transaction.
     pub async fn queue_edu(&self, destinations: &[String], edu: &serde_json::Value) -> Result<(), RoomError> {
         let bytes = serde_json::to_vec(edu).map_err(|e| RoomError::BadEvent(e.to_string()))?;
         let mut batch = Batch::new();
         let seq = self.stream.next_in(&mut batch);
-        let mut queued_to = Vec::new();
-        for dest in destinations.iter().filter(|d| **d != self.server_name.as_str()) {
-            let short = self.servers.get_or_create(&self.db, &mut batch, dest)?;
-            OUTBOUND.put(&mut batch, &(short, seq), &OutboundItem::Edu(bytes.clone()))?;
-            queued_to.push(dest.clone());
-        }
-        self.announce_queued(&mut batch, queued_to);
+        self.queue_rows(&mut batch, destinations, seq, &OutboundItem::Edu(bytes))?;
         self.db.commit(batch).await?;
         Ok(())
     }

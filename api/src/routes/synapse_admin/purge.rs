@@ -116,9 +116,7 @@ pub fn purge_history(cx: Ctx, req: Req) -> HandlerFuture {
             (None, Some(ts)) => PurgeUpTo::Ts(ts),
             (None, None) => return Err(ApiError::bad_json("must specify purge_up_to_event_id or purge_up_to_ts")),
         };
-        if cx.engine.rooms.short_room(&room)?.is_none() {
-            return Err(ApiError::not_found(format!("Unknown room {room}")));
-        }
+        // An unknown room is the engine's UnknownRoom: 404 M_NOT_FOUND.
         let depth = cx.engine.rooms.purge_depth(&room, &upto).map_err(|e| refused(e, event.as_ref()))?;
         let id = super::rooms::random_id()?;
         cx.deletions.purges.start(&id, &room)?;
@@ -128,7 +126,7 @@ pub fn purge_history(cx: Ctx, req: Req) -> HandlerFuture {
         let span = tracing::info_span!("purge_history", room = %room, purge_id = %id);
         tokio::spawn(
             async move {
-                let outcome = engine.rooms.purge_history(&room, depth, delete_local, |_| {}).await;
+                let outcome = engine.rooms.purge_history(&room, depth, delete_local).await;
                 let status = match outcome {
                     Ok(_) => Status::Complete,
                     Err(e) => {

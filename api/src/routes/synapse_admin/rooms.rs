@@ -333,7 +333,7 @@ pub fn delete(cx: Ctx, req: Req) -> HandlerFuture {
             let span = tracing::info_span!("room_purge", room = %room, delete_id = %id);
             tokio::spawn(tracing::Instrument::instrument(
                 async move {
-                    let outcome = engine.rooms.purge_history(&room, u64::MAX, true, |_| {}).await;
+                    let outcome = engine.rooms.purge_history(&room, u64::MAX, true).await;
                     if let Err(e) = &outcome {
                         tracing::warn!(error = %e, "room purge failed");
                     }
