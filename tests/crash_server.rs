@@ -19,7 +19,7 @@ use std::{
 };
 
 use http::{Method, StatusCode};
-use myelin_suite::{enc, free_port, http, http_with, myelin_bin};
+use myelin_suite::{enc, free_port, http, http_with, myelin_bin, procs::wait_serving};
 use serde_json::{Value, json};
 
 const WRITERS: usize = 8;
@@ -70,18 +70,10 @@ async fn start_with(setup: Setup<'_>) -> (Serve, Duration) {
     let started = Instant::now();
     for _ in 0..3 {
         let mut s = spawn(setup);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(_)) = s.child.try_wait() {
-                break; // a port was taken meanwhile: try fresh ones
-            }
-            if tokio::net::TcpStream::connect(s.client).await.is_ok()
-                && http(s.client, Method::GET, "/health", None).await.status == StatusCode::OK
-            {
-                return (s, started.elapsed());
-            }
-            assert!(Instant::now() < deadline, "the server did not come back within 30 s");
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        // False when a port was taken meanwhile: try fresh ones.
+        if wait_serving(&mut s.child, &setup.dir.join("myelin-data")).await {
+            assert_eq!(http(s.client, Method::GET, "/health", None).await.status, StatusCode::OK);
+            return (s, started.elapsed());
         }
     }
     panic!("the server could not start three times");

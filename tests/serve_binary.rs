@@ -4,14 +4,14 @@
 
 use std::{
     net::SocketAddr,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use base64::Engine as _;
 use http::{Method, StatusCode};
-use myelin_suite::{free_port, http, http_with, https, myelin_bin};
+use myelin_suite::{free_port, http, http_with, https, myelin_bin, procs::wait_serving};
 
 struct Proc {
     child: Child,
@@ -27,7 +27,11 @@ struct Proc {
 async fn start_serve(cwd: &Path, extra_env: &[(&str, String)]) -> Proc {
     for _ in 0..3 {
         let mut p = spawn_serve(cwd, extra_env);
-        if wait_ready(&mut p).await {
+        let data_dir = extra_env
+            .iter()
+            .find(|(k, _)| *k == "MYELIN_DATA_DIR")
+            .map_or_else(|| cwd.join("myelin-data"), |(_, v)| PathBuf::from(v));
+        if wait_ready(&mut p, &data_dir).await {
             return p;
         }
         let why = std::fs::read_to_string(p.stderr.path()).unwrap_or_default();
@@ -58,22 +62,14 @@ fn spawn_serve(cwd: &Path, extra_env: &[(&str, String)]) -> Proc {
     }
 }
 
-/// Waits until the server answers `/health` (true) or exits (false).
-async fn wait_ready(p: &mut Proc) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if p.child.try_wait().unwrap().is_some() {
-            return false;
-        }
-        if tokio::net::TcpStream::connect(p.client).await.is_ok() {
-            let r = http(p.client, Method::GET, "/health", None).await;
-            if r.status == StatusCode::OK {
-                return true;
-            }
-        }
-        assert!(Instant::now() < deadline, "server not ready in 30 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// Waits until the server has bound its listeners and answers `/health`
+/// (true) or exits (false).
+async fn wait_ready(p: &mut Proc, data_dir: &Path) -> bool {
+    if !wait_serving(&mut p.child, data_dir).await {
+        return false;
     }
+    assert_eq!(http(p.client, Method::GET, "/health", None).await.status, StatusCode::OK);
+    true
 }
 
 fn sigterm(p: &Proc) {

@@ -9,7 +9,7 @@ use std::{
 };
 
 use http::{Method, StatusCode};
-use myelin_suite::{free_port, http, myelin_bin};
+use myelin_suite::{free_port, http, myelin_bin, procs::wait_serving};
 
 fn write_config(path: &Path, data: &Path, client: u16, federation: u16, deny: &str) {
     let text = format!(
@@ -46,22 +46,30 @@ async fn until(what: &str, done: impl Fn() -> bool) {
 async fn sighup_applies_the_federation_lists_of_the_file_and_a_broken_file_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (config, data) = (dir.path().join("myelin.toml"), dir.path().join("data"));
-    let (client, federation) = (free_port(), free_port());
-    write_config(&config, &data, client, federation, "deny = [\"first.example\"]");
-    let mut child = Command::new(myelin_bin())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr = format!("127.0.0.1:{client}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline && child.try_wait().unwrap().is_none(), "myelin serve did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // Fresh ports on each try: a start loses a race for a port `free_port`
+    // picked when another test binds it first.
+    let mut started = None;
+    for _ in 0..3 {
+        let (client, federation) = (free_port(), free_port());
+        write_config(&config, &data, client, federation, "deny = [\"first.example\"]");
+        let stderr = tempfile::NamedTempFile::new().unwrap();
+        let mut child = Command::new(myelin_bin())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(stderr.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        if wait_serving(&mut child, &data).await {
+            started = Some((child, client, federation));
+            break;
+        }
+        let why = std::fs::read_to_string(stderr.path()).unwrap_or_default();
+        assert!(why.contains("cannot listen"), "myelin serve exited early: {why}");
     }
+    let (mut child, client, federation) = started.expect("myelin serve found its ports taken three times");
+    let addr = format!("127.0.0.1:{client}").parse().unwrap();
     assert!(listed(&config).contains("first.example"));
 
     // The operator edits the file and reloads.

@@ -49,6 +49,29 @@ pub async fn wait_http(addr: SocketAddr, path: &str, what: &str) {
     }
 }
 
+/// Waits (up to 30 s) until the `myelin serve` child whose data directory is
+/// `data_dir` has bound every listener: true once its admin socket answers a
+/// ping (the server answers it only after all its listeners are bound, so a
+/// port that another test took in between cannot pass for this server); false
+/// if the child exits first, e.g. because a port `free_port` picked was taken.
+pub async fn wait_serving(child: &mut Child, data_dir: &Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ping = serde_json::json!({ "op": "ping" });
+    loop {
+        if child.try_wait().ok().flatten().is_some() {
+            return false;
+        }
+        // An answer can only come from this server's accept loop; a socket
+        // bound by a start that then failed closes without one.
+        if let Ok(Some(answer)) = myelin_api::admin::request(data_dir, &ping).await {
+            assert_eq!(answer["ok"], true, "admin ping: {answer}");
+            return true;
+        }
+        assert!(Instant::now() < deadline, "myelin serve did not start within 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The Synapse of `tests/interop/setup.sh`, configured in `dir` by
 /// `tests/interop/synapse_config.py` (SQLite, loopback, server name
 /// `localhost:FEDERATION_PORT`) and started; not yet waited for.
