@@ -1,4 +1,4 @@
-//! Unit tests of the media store (beside `media.rs`, which would pass 600 lines with them).
+//! Unit tests of the media store (beside `media/`, whose files would pass 600 lines with them).
 
 use super::*;
 

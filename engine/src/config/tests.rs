@@ -1,5 +1,6 @@
 //! Loading the configuration from files and the environment.
 use super::*;
+use crate::net_policy::IpRange;
 
 fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
     let p = dir.path().join("myelin.toml");
