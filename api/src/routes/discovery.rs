@@ -9,7 +9,10 @@
 //! - Server-Server API §"GET /_matrix/federation/v1/version": the
 //!   implementation name and version.
 
+use std::collections::BTreeMap;
+
 use http::header;
+use serde::Serialize;
 
 use crate::{
     error::ApiError,
@@ -24,14 +27,54 @@ pub const SPEC_VERSIONS: &[&str] = &[
     "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12", "v1.13", "v1.14", "v1.15", "v1.16",
 ];
 
+/// The `/versions` answer.
+#[derive(Serialize)]
+struct Versions {
+    versions: &'static [&'static str],
+    unstable_features: BTreeMap<&'static str, bool>,
+}
+
 /// GET /_matrix/client/versions
 pub fn versions(_cx: Ctx, _req: Req) -> HandlerFuture {
     // Simplified sliding sync (MSC4186): matrix-rust-sdk looks for this flag.
-    let body = serde_json::json!({
-        "versions": SPEC_VERSIONS,
-        "unstable_features": { "org.matrix.simplified_msc3575": true },
-    });
+    let body = Versions {
+        versions: SPEC_VERSIONS,
+        unstable_features: BTreeMap::from([("org.matrix.simplified_msc3575", true)]),
+    };
     Box::pin(async move { Ok(ok_json(&body)) })
+}
+
+/// The `/.well-known/matrix/client` answer.
+#[derive(Serialize)]
+struct WellKnownClient {
+    #[serde(rename = "m.homeserver")]
+    homeserver: BaseUrl,
+}
+
+/// A homeserver's base URL.
+#[derive(Serialize)]
+struct BaseUrl {
+    base_url: String,
+}
+
+/// The `/.well-known/matrix/server` answer.
+#[derive(Serialize)]
+struct WellKnownServer {
+    #[serde(rename = "m.server")]
+    server: String,
+}
+
+/// The federation `/version` answer.
+#[derive(Serialize)]
+struct FederationVersion {
+    server: Implementation,
+}
+
+/// This implementation's name and version.
+#[derive(Serialize)]
+struct Implementation {
+    name: &'static str,
+    version: &'static str,
 }
 
 /// GET /.well-known/matrix/client
@@ -45,7 +88,7 @@ pub fn well_known_client(cx: Ctx, req: Req) -> HandlerFuture {
             .and_then(|h| h.to_str().ok())
             .map(str::to_owned)
             .unwrap_or_else(|| cx.engine.config.client.listen.to_string());
-        Ok(ok_json(&serde_json::json!({ "m.homeserver": { "base_url": format!("http://{host}") } })))
+        Ok(ok_json(&WellKnownClient { homeserver: BaseUrl { base_url: format!("http://{host}") } }))
     })
 }
 
@@ -59,13 +102,15 @@ pub fn well_known_server(cx: Ctx, _req: Req) -> HandlerFuture {
         let host = server_host(&config.server_name);
         let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
         let port = cx.federation_addr.map_or(config.federation.listen.port(), |a| a.port());
-        Ok(ok_json(&serde_json::json!({ "m.server": format!("{host}:{port}") })))
+        Ok(ok_json(&WellKnownServer { server: format!("{host}:{port}") }))
     })
 }
 
 /// GET /_matrix/federation/v1/version
 pub fn federation_version(_cx: Ctx, _req: Req) -> HandlerFuture {
     Box::pin(async move {
-        Ok(ok_json(&serde_json::json!({ "server": { "name": "Myelin", "version": env!("CARGO_PKG_VERSION") } })))
+        Ok(ok_json(&FederationVersion {
+            server: Implementation { name: "Myelin", version: env!("CARGO_PKG_VERSION") },
+        }))
     })
 }

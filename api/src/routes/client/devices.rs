@@ -2,8 +2,9 @@
 //! deleting with user-interactive auth), §"Capabilities negotiation"
 //! (`/capabilities`) and `/account/3pid` (always empty: no identity server).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::account::{AuthData, AuthOnly, password_uia};
 use crate::{
@@ -87,32 +88,79 @@ pub fn delete_device(cx: Ctx, req: Req) -> HandlerFuture {
     })
 }
 
+/// The `/capabilities` answer.
+#[derive(Serialize)]
+struct CapabilitiesAnswer {
+    capabilities: Capabilities,
+}
+
+/// What this server lets a client do.
+#[derive(Serialize)]
+struct Capabilities {
+    #[serde(rename = "m.change_password")]
+    change_password: Enabled,
+    #[serde(rename = "m.room_versions")]
+    room_versions: RoomVersions,
+    #[serde(rename = "m.set_displayname")]
+    set_displayname: Enabled,
+    #[serde(rename = "m.set_avatar_url")]
+    set_avatar_url: Enabled,
+    /// No third-party identifiers (`/account/3pid` is always empty): said so
+    /// rather than left for clients to guess.
+    #[serde(rename = "m.3pid_changes")]
+    threepid_changes: Enabled,
+    #[serde(rename = "m.get_login_token")]
+    get_login_token: Enabled,
+}
+
+/// A capability that is on or off.
+#[derive(Serialize)]
+struct Enabled {
+    enabled: bool,
+}
+
+/// The room versions rooms can be created with.
+#[derive(Serialize)]
+struct RoomVersions {
+    default: String,
+    available: BTreeMap<&'static str, &'static str>,
+}
+
 /// GET /_matrix/client/v3/capabilities
 pub fn capabilities(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         require_user(&cx, &req)?;
-        let mut available = serde_json::Map::new();
-        for v in myelin_engine::rooms::version::CREATABLE {
-            available.insert(v.to_string(), json!("stable"));
-        }
-        Ok(ok_json(&json!({ "capabilities": {
-            "m.change_password": { "enabled": true },
-            "m.room_versions": { "default": myelin_engine::rooms::version::DEFAULT.to_string(), "available": available },
-            "m.set_displayname": { "enabled": true },
-            "m.set_avatar_url": { "enabled": true },
-            // No third-party identifiers (`/account/3pid` is always empty): say so
-            // rather than leave clients to guess.
-            "m.3pid_changes": { "enabled": false },
-            "m.get_login_token": { "enabled": true },
-        }})))
+        let on = || Enabled { enabled: true };
+        Ok(ok_json(&CapabilitiesAnswer {
+            capabilities: Capabilities {
+                change_password: on(),
+                room_versions: RoomVersions {
+                    default: myelin_engine::rooms::version::DEFAULT.to_string(),
+                    available: myelin_engine::rooms::version::CREATABLE
+                        .iter()
+                        .map(|v| (v.as_str(), "stable"))
+                        .collect(),
+                },
+                set_displayname: on(),
+                set_avatar_url: on(),
+                threepid_changes: Enabled { enabled: false },
+                get_login_token: on(),
+            },
+        }))
     })
+}
+
+/// The `/account/3pid` answer: always empty.
+#[derive(Serialize)]
+struct Threepids {
+    threepids: [(); 0],
 }
 
 /// GET /_matrix/client/v3/account/3pid: this server binds no third-party identifiers.
 pub fn threepids(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         require_user(&cx, &req)?;
-        Ok(ok_json(&json!({ "threepids": [] })))
+        Ok(ok_json(&Threepids { threepids: [] }))
     })
 }
 

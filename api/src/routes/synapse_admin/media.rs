@@ -16,7 +16,6 @@ use http::Method;
 use myelin_engine::media::MediaMeta;
 use ruma::UserId;
 use serde::Serialize;
-use serde_json::json;
 
 use super::{
     audit, bad_request, path_user, query_backwards, query_bool, query_choice, query_count, query_int, require_admin,
@@ -24,7 +23,7 @@ use super::{
 use crate::{
     auth::query_param,
     error::ApiError,
-    http_util::ok_json,
+    http_util::{ok_empty, ok_json},
     router::{Ctx, HandlerFuture, Req, Router},
 };
 
@@ -56,6 +55,31 @@ fn mxc(server: &str, id: &str) -> String {
     format!("mxc://{server}/{id}")
 }
 
+/// The answer of `GET v1/media/{server_name}/{media_id}`.
+#[derive(Serialize)]
+struct QueriedMedia<'a> {
+    media_info: MediaInfo<'a>,
+}
+
+/// A media's `media_info`, as Synapse shows it.
+#[derive(Serialize)]
+struct MediaInfo<'a> {
+    media_origin: Option<&'a str>,
+    user_id: Option<String>,
+    media_id: &'a str,
+    media_type: Option<String>,
+    media_length: u64,
+    upload_name: Option<String>,
+    created_ts: u64,
+    filesystem_id: Option<&'a str>,
+    url_cache: Option<String>,
+    last_access_ts: Option<u64>,
+    quarantined_by: Option<String>,
+    authenticated: bool,
+    safe_from_quarantine: Option<bool>,
+    sha256: Option<&'a str>,
+}
+
 /// GET /_synapse/admin/v1/media/{serverName}/{mediaId}
 fn query_media(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
@@ -63,28 +87,38 @@ fn query_media(cx: Ctx, req: Req) -> HandlerFuture {
         let (server, id) = (req.param("server_name")?, req.param("media_id")?);
         let meta = cx.engine.media.meta(server, id)?.ok_or_else(|| ApiError::not_found("Unknown media"))?;
         let local = server == cx.engine.server_name.as_str();
-        Ok(ok_json(&json!({ "media_info": {
-            "media_origin": if local { None } else { Some(server) },
-            "user_id": meta.uploader,
-            "media_id": id,
-            "media_type": meta.content_type,
-            "media_length": meta.size,
-            "upload_name": meta.filename,
-            "created_ts": meta.created_ms,
-            "filesystem_id": if local { None } else { Some(&meta.hash) },
-            "url_cache": null,
-            "last_access_ts": meta.last_access_ms,
-            "quarantined_by": meta.quarantined_by,
-            "authenticated": true,
-            "safe_from_quarantine": if local { Some(false) } else { None },
-            "sha256": Some(&meta.hash).filter(|h| !h.is_empty()),
-        }})))
+        let hash = meta.hash.as_str();
+        Ok(ok_json(&QueriedMedia {
+            media_info: MediaInfo {
+                media_origin: if local { None } else { Some(server) },
+                user_id: meta.uploader,
+                media_id: id,
+                media_type: meta.content_type,
+                media_length: meta.size,
+                upload_name: meta.filename,
+                created_ts: meta.created_ms,
+                filesystem_id: if local { None } else { Some(hash) },
+                url_cache: None,
+                last_access_ts: meta.last_access_ms,
+                quarantined_by: meta.quarantined_by,
+                authenticated: true,
+                safe_from_quarantine: if local { Some(false) } else { None },
+                sha256: Some(hash).filter(|h| !h.is_empty()),
+            },
+        }))
     })
+}
+
+/// The answer of the media deletions: `{"deleted_media": [...], "total": n}`.
+#[derive(Serialize)]
+struct DeletedMedia {
+    total: usize,
+    deleted_media: Vec<String>,
 }
 
 /// `{"deleted_media": [...], "total": n}`.
 fn deleted(ids: Vec<String>) -> crate::http_util::Resp {
-    ok_json(&json!({ "total": ids.len(), "deleted_media": ids }))
+    ok_json(&DeletedMedia { total: ids.len(), deleted_media: ids })
 }
 
 /// DELETE /_synapse/admin/v1/media/{serverName}/{mediaId}
@@ -154,7 +188,7 @@ fn quarantine(cx: Ctx, req: Req) -> HandlerFuture {
         let (server, id) = (req.param("server_name")?, req.param("media_id")?);
         cx.engine.media.set_quarantine(server, id, Some(me.user_id.as_str())).await?;
         audit(&me, "quarantine_media", &mxc(server, id));
-        Ok(ok_json(&json!({})))
+        Ok(ok_empty())
     })
 }
 
@@ -165,7 +199,7 @@ fn unquarantine(cx: Ctx, req: Req) -> HandlerFuture {
         let (server, id) = (req.param("server_name")?, req.param("media_id")?);
         cx.engine.media.set_quarantine(server, id, None).await?;
         audit(&me, "unquarantine_media", &mxc(server, id));
-        Ok(ok_json(&json!({})))
+        Ok(ok_empty())
     })
 }
 
@@ -196,6 +230,16 @@ struct ListedMedia {
     last_access_ts: Option<u64>,
     quarantined_by: Option<String>,
     safe_from_quarantine: bool,
+}
+
+/// The answer of `GET v1/users/{user_id}/media`: a page of the user's media.
+#[derive(Serialize)]
+struct UserMediaPage {
+    total: usize,
+    /// Where the next page starts, if there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_token: Option<usize>,
+    media: Vec<ListedMedia>,
 }
 
 /// The page of the path user's media the request asks for, the user's media
@@ -242,12 +286,8 @@ fn list_user_media(cx: Ctx, req: Req) -> HandlerFuture {
                 safe_from_quarantine: false,
             })
             .collect();
-        let mut body = json!({ "total": total });
-        if from.saturating_add(limit) < total {
-            body["next_token"] = json!(from + media.len());
-        }
-        body["media"] = json!(media);
-        Ok(ok_json(&body))
+        let next_token = if from.saturating_add(limit) < total { Some(from + media.len()) } else { None };
+        Ok(ok_json(&UserMediaPage { total, next_token, media }))
     })
 }
 
@@ -271,6 +311,16 @@ struct UserUsage {
     displayname: Option<String>,
     media_count: u64,
     media_length: u64,
+}
+
+/// The answer of `GET v1/statistics/users/media`: a page of users' media usage.
+#[derive(Serialize)]
+struct UsagePage {
+    total: usize,
+    /// Where the next page starts, if there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_token: Option<usize>,
+    users: Vec<UserUsage>,
 }
 
 /// GET /_synapse/admin/v1/statistics/users/media
@@ -320,13 +370,15 @@ fn statistics(cx: Ctx, req: Req) -> HandlerFuture {
         }
         let total = users.len();
         let page: Vec<UserUsage> = users.into_iter().skip(from).take(limit).collect();
-        let mut body = json!({ "total": total });
-        if from.saturating_add(limit) < total {
-            body["next_token"] = json!(from + page.len());
-        }
-        body["users"] = json!(page);
-        Ok(ok_json(&body))
+        let next_token = if from.saturating_add(limit) < total { Some(from + page.len()) } else { None };
+        Ok(ok_json(&UsagePage { total, next_token, users: page }))
     })
+}
+
+/// The answer of `POST v1/purge_media_cache`: how many media were deleted.
+#[derive(Serialize)]
+struct PurgedMediaCache {
+    deleted: usize,
 }
 
 /// POST /_synapse/admin/v1/purge_media_cache: other servers' cached media last
@@ -337,6 +389,6 @@ fn purge_media_cache(cx: Ctx, req: Req) -> HandlerFuture {
         let before = before_ts(&req)?;
         let n = cx.engine.media.purge_remote(cx.engine.server_name.as_str(), before).await?;
         audit(&me, "purge_media_cache", &format!("before_ts={before} deleted={n}"));
-        Ok(ok_json(&json!({ "deleted": n })))
+        Ok(ok_json(&PurgedMediaCache { deleted: n }))
     })
 }

@@ -22,6 +22,7 @@ pub(crate) mod users;
 
 use http::{Method, StatusCode};
 use ruma::{OwnedUserId, UserId};
+use serde::Serialize;
 
 use crate::{
     auth::{Authed, query_param, require_user},
@@ -81,11 +82,17 @@ pub fn add(r: &mut Router) {
     media::add(r);
 }
 
+/// The answer of `GET v1/server_version`.
+#[derive(Serialize)]
+struct ServerVersion {
+    server_version: String,
+}
+
 /// GET /_synapse/admin/v1/server_version (no token needed, as in Synapse).
 fn server_version(_cx: Ctx, _req: Req) -> HandlerFuture {
     Box::pin(async move {
         let version = format!("Myelin {}", env!("CARGO_PKG_VERSION"));
-        Ok(ok_json(&serde_json::json!({ "server_version": version })))
+        Ok(ok_json(&ServerVersion { server_version: version }))
     })
 }
 

@@ -16,8 +16,7 @@ use std::{collections::VecDeque, sync::Arc};
 
 use myelin_engine::rooms::purge::{PurgeRefused, PurgeUpTo};
 use ruma::{OwnedEventId, OwnedRoomId, RoomId};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use super::{audit, bad_request, require_admin};
@@ -45,6 +44,20 @@ enum Status {
     Active,
     Complete,
     Failed(String),
+}
+
+/// The answer of `POST v1/purge_history/…`: the purge started.
+#[derive(Serialize)]
+struct PurgeStarted<'a> {
+    purge_id: &'a str,
+}
+
+/// The answer of `GET v1/purge_history_status/{purge_id}`.
+#[derive(Serialize)]
+struct PurgeStatus<'a> {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
 }
 
 #[derive(Clone)]
@@ -138,7 +151,7 @@ pub fn purge_history(cx: Ctx, req: Req) -> HandlerFuture {
             }
             .instrument(span),
         );
-        Ok(ok_json(&json!({ "purge_id": id })))
+        Ok(ok_json(&PurgeStarted { purge_id: &id }))
     })
 }
 
@@ -153,9 +166,9 @@ pub fn purge_status(cx: Ctx, req: Req) -> HandlerFuture {
             .find(|p| p.id == id)
             .ok_or_else(|| ApiError::not_found(format!("purge id '{id}' not found")))?;
         Ok(ok_json(&match &found.status {
-            Status::Active => json!({ "status": "active" }),
-            Status::Complete => json!({ "status": "complete" }),
-            Status::Failed(e) => json!({ "status": "failed", "error": e }),
+            Status::Active => PurgeStatus { status: "active", error: None },
+            Status::Complete => PurgeStatus { status: "complete", error: None },
+            Status::Failed(e) => PurgeStatus { status: "failed", error: Some(e.as_str()) },
         }))
     })
 }

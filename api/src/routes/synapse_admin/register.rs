@@ -18,12 +18,18 @@ use crate::{
 /// Longest user name or password accepted, as Synapse.
 const MAX_FIELD: usize = 512;
 
+/// The answer of `GET v1/register`.
+#[derive(Serialize)]
+struct Nonce {
+    nonce: String,
+}
+
 /// GET /_synapse/admin/v1/register: a nonce (handed out whether or not a
 /// secret is configured, as Synapse does).
 pub fn nonce(cx: Ctx, _req: Req) -> HandlerFuture {
     Box::pin(async move {
         let nonce = cx.engine.users.nonces.issue()?;
-        Ok(ok_json(&serde_json::json!({ "nonce": nonce })))
+        Ok(ok_json(&Nonce { nonce }))
     })
 }
 

@@ -18,14 +18,15 @@
 
 use myelin_engine::{rooms::NewEvent, util::now_ms};
 use ruma::{OwnedUserId, RoomId, UserId, events::TimelineEventType};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{audit, bad_request, path_user, require_admin};
 use crate::{
     auth::Authed,
     error::ApiError,
-    http_util::{ok_json, parse_json, parse_json_or_empty},
+    http_util::{ok_empty, ok_json, parse_json, parse_json_or_empty},
+    response::RoomIdAnswer,
     router::{Ctx, HandlerFuture, Req},
     routes::client::rooms::membership::{join_as, room_or_alias, set_membership},
 };
@@ -43,6 +44,12 @@ async fn held_room(cx: &Ctx, req: &Req) -> Result<ruma::OwnedRoomId, ApiError> {
     Ok(room)
 }
 
+/// The answer of `GET v1/rooms/{room_id}/state`: the room's current state events.
+#[derive(Serialize)]
+struct RoomState {
+    state: Vec<Value>,
+}
+
 /// GET /_synapse/admin/v1/rooms/{roomId}/state
 pub fn state(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
@@ -56,7 +63,7 @@ pub fn state(cx: Ctx, req: Req) -> HandlerFuture {
             .iter()
             .map(|p| myelin_engine::events::client_event(p, true, now))
             .collect();
-        Ok(ok_json(&json!({ "state": state })))
+        Ok(ok_json(&RoomState { state }))
     })
 }
 
@@ -122,7 +129,7 @@ pub fn join(cx: Ctx, req: Req) -> HandlerFuture {
         }
         let joined = join_as(&cx, &acting_as(&cx, &user)?, room.as_str(), None, Vec::new()).await?;
         audit(&me, "join_user", &format!("{user} {joined}"));
-        Ok(ok_json(&json!({ "room_id": joined })))
+        Ok(ok_json(&RoomIdAnswer { room_id: joined.as_str() }))
     })
 }
 
@@ -191,7 +198,7 @@ pub fn make_room_admin(cx: Ctx, req: Req) -> HandlerFuture {
             set_membership(&cx, &acting_as(&cx, &admin)?, &room, &user, "invite", None, None).await?;
         }
         audit(&me, "make_room_admin", &format!("{user} {room}"));
-        Ok(ok_json(&json!({})))
+        Ok(ok_empty())
     })
 }
 
@@ -199,6 +206,12 @@ pub fn make_room_admin(cx: Ctx, req: Req) -> HandlerFuture {
 #[derive(Deserialize, Default)]
 pub(crate) struct LoginAsBody {
     valid_until_ms: Option<u64>,
+}
+
+/// The answer of `POST v1/users/{user_id}/login`: the new access token.
+#[derive(Serialize)]
+struct LoggedInAs<'a> {
+    access_token: &'a str,
 }
 
 /// POST /_synapse/admin/v1/users/{userId}/login
@@ -216,6 +229,6 @@ pub fn login_as(cx: Ctx, req: Req) -> HandlerFuture {
         }
         let login = cx.engine.users.login_trusted(&user, None, Some("admin login".into())).await?;
         audit(&me, "login_as", user.as_str());
-        Ok(ok_json(&json!({ "access_token": login.access_token })))
+        Ok(ok_json(&LoggedInAs { access_token: &login.access_token }))
     })
 }

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 
 use ruma::{OwnedRoomId, RoomId, events::TimelineEventType};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{audit, bad_request, query_backwards, query_choice, query_count, require_admin};
 use crate::{
@@ -52,6 +52,37 @@ struct RoomInfo {
     avatar: Option<String>,
     #[serde(skip)]
     members: Vec<String>,
+}
+
+/// The answer of `GET v1/rooms`: a page of rooms.
+#[derive(Serialize)]
+struct RoomPage {
+    rooms: Vec<RoomInfo>,
+    offset: usize,
+    total_rooms: usize,
+    /// Where the next page starts, if there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_batch: Option<usize>,
+    /// Where the previous page starts, unless this is the first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prev_batch: Option<usize>,
+}
+
+/// The answer of `GET v1/rooms/{room_id}`: the list's fields and a few more.
+#[derive(Serialize)]
+struct RoomDetails<'a> {
+    #[serde(flatten)]
+    info: &'a RoomInfo,
+    topic: Option<&'a str>,
+    avatar: Option<&'a str>,
+    forgotten: bool,
+}
+
+/// The answer of `GET v1/rooms/{room_id}/members`: the joined members.
+#[derive(Serialize)]
+struct RoomMembers<'a> {
+    total: usize,
+    members: &'a [String],
 }
 
 fn room_info(cx: &Ctx, room: &RoomId) -> Result<RoomInfo, ApiError> {
@@ -174,14 +205,9 @@ pub fn list(cx: Ctx, req: Req) -> HandlerFuture {
         }
         let total = rooms.len();
         let page: Vec<RoomInfo> = rooms.into_iter().skip(from).take(limit).collect();
-        let mut body = json!({ "rooms": page, "offset": from, "total_rooms": total });
-        if from.saturating_add(limit) < total {
-            body["next_batch"] = json!(from + limit);
-        }
-        if from > 0 {
-            body["prev_batch"] = json!(from.saturating_sub(limit));
-        }
-        Ok(ok_json(&body))
+        let next_batch = if from.saturating_add(limit) < total { Some(from + limit) } else { None };
+        let prev_batch = if from > 0 { Some(from.saturating_sub(limit)) } else { None };
+        Ok(ok_json(&RoomPage { rooms: page, offset: from, total_rooms: total, next_batch, prev_batch }))
     })
 }
 
@@ -201,11 +227,12 @@ pub fn details(cx: Ctx, req: Req) -> HandlerFuture {
         require_admin(&cx, &req)?;
         let room = path_room(&req)?;
         let info = known_room(&cx, &room)?;
-        let mut body = serde_json::to_value(&info).map_err(|e| ApiError::unknown(e.to_string()))?;
-        body["topic"] = json!(info.topic);
-        body["avatar"] = json!(info.avatar);
-        body["forgotten"] = json!(false);
-        Ok(ok_json(&body))
+        Ok(ok_json(&RoomDetails {
+            info: &info,
+            topic: info.topic.as_deref(),
+            avatar: info.avatar.as_deref(),
+            forgotten: false,
+        }))
     })
 }
 
@@ -215,7 +242,7 @@ pub fn members(cx: Ctx, req: Req) -> HandlerFuture {
         require_admin(&cx, &req)?;
         let room = path_room(&req)?;
         let info = known_room(&cx, &room)?;
-        Ok(ok_json(&json!({ "total": info.members.len(), "members": info.members })))
+        Ok(ok_json(&RoomMembers { total: info.members.len(), members: &info.members }))
     })
 }
 
@@ -236,6 +263,47 @@ pub(crate) struct DeleteBody {
     _message: Option<String>,
 }
 
+/// The answer of `DELETE v2/rooms/{room_id}`: the deletion started.
+#[derive(Serialize)]
+struct DeleteStarted<'a> {
+    delete_id: &'a str,
+}
+
+/// A deletion's status: the answer of `GET v2/rooms/delete_status/{delete_id}`.
+#[derive(Serialize)]
+struct DeletionStatus {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    shutdown_room: ShutdownRoom,
+}
+
+/// The `shutdown_room` of a deletion's status: what the shutdown did.
+#[derive(Serialize)]
+struct ShutdownRoom {
+    kicked_users: Vec<String>,
+    /// Always empty here.
+    failed_to_kick_users: Vec<String>,
+    local_aliases: Vec<String>,
+    /// Always `null`: no replacement room is made.
+    new_room_id: Option<String>,
+}
+
+/// One deletion in the answer of `GET v2/rooms/{room_id}/delete_status`: its ids and status.
+#[derive(Serialize)]
+struct DeletionResult<'a> {
+    delete_id: &'a str,
+    room_id: &'a RoomId,
+    #[serde(flatten)]
+    status: DeletionStatus,
+}
+
+/// The answer of `GET v2/rooms/{room_id}/delete_status`: the room's recent deletions.
+#[derive(Serialize)]
+struct DeletionResults<'a> {
+    results: Vec<DeletionResult<'a>>,
+}
+
 /// A finished deletion.
 #[derive(Clone)]
 struct Deletion {
@@ -247,27 +315,27 @@ struct Deletion {
 }
 
 impl Deletion {
-    fn status(&self) -> Value {
+    fn status(&self) -> DeletionStatus {
         let (status, error, kicked, aliases) = match &self.result {
             Ok(s) if self.purging => ("purging", None, s.kicked_users.clone(), s.local_aliases.clone()),
             Ok(s) => ("complete", None, s.kicked_users.clone(), s.local_aliases.clone()),
             Err(e) => ("failed", Some(e.clone()), Vec::new(), Vec::new()),
         };
-        let mut v = json!({
-            "delete_id": self.delete_id,
-            "room_id": self.room_id,
-            "status": status,
-            "shutdown_room": {
-                "kicked_users": kicked,
-                "failed_to_kick_users": [],
-                "local_aliases": aliases,
-                "new_room_id": null,
+        DeletionStatus {
+            status,
+            error,
+            shutdown_room: ShutdownRoom {
+                kicked_users: kicked,
+                failed_to_kick_users: Vec::new(),
+                local_aliases: aliases,
+                new_room_id: None,
             },
-        });
-        if let Some(e) = error {
-            v["error"] = json!(e);
         }
-        v
+    }
+
+    /// The status with the deletion's ids.
+    fn result(&self) -> DeletionResult<'_> {
+        DeletionResult { delete_id: &self.delete_id, room_id: &self.room_id, status: self.status() }
     }
 }
 
@@ -342,7 +410,7 @@ pub fn delete(cx: Ctx, req: Req) -> HandlerFuture {
                 span,
             ));
         }
-        Ok(ok_json(&json!({ "delete_id": id })))
+        Ok(ok_json(&DeleteStarted { delete_id: &id }))
     })
 }
 
@@ -356,12 +424,7 @@ pub fn delete_status(cx: Ctx, req: Req) -> HandlerFuture {
             .iter()
             .find(|d| d.delete_id == id)
             .ok_or_else(|| ApiError::not_found(format!("delete id '{id}' not found")))?;
-        let mut status = found.status();
-        if let Some(o) = status.as_object_mut() {
-            o.remove("delete_id");
-            o.remove("room_id");
-        }
-        Ok(ok_json(&status))
+        Ok(ok_json(&found.status()))
     })
 }
 
@@ -370,11 +433,11 @@ pub fn delete_status_of_room(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         require_admin(&cx, &req)?;
         let room = path_room(&req)?;
-        let results: Vec<Value> =
-            cx.deletions.recent.lock().iter().filter(|d| d.room_id == room).map(Deletion::status).collect();
+        let recent = cx.deletions.recent.lock();
+        let results: Vec<DeletionResult> = recent.iter().filter(|d| d.room_id == room).map(Deletion::result).collect();
         if results.is_empty() {
             return Err(ApiError::not_found(format!("No delete task for room_id '{room}' found")));
         }
-        Ok(ok_json(&json!({ "results": results })))
+        Ok(ok_json(&DeletionResults { results }))
     })
 }

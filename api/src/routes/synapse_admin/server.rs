@@ -30,13 +30,13 @@ use myelin_engine::{
 };
 use ruma::{EventId, RoomId};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{audit, bad_request, query_backwards, query_choice, query_count, require_admin};
 use crate::{
     auth::query_param,
     error::ApiError,
-    http_util::{ok_json, parse_json},
+    http_util::{Empty, ok_empty, ok_json, parse_json},
     router::{Ctx, HandlerFuture, Req},
 };
 
@@ -63,6 +63,25 @@ struct ReportInfo {
     sender: Option<String>,
     reason: Option<String>,
     score: Option<i64>,
+}
+
+/// The answer of `GET v1/event_reports`: a page of reports.
+#[derive(Serialize)]
+struct ReportPage {
+    event_reports: Vec<ReportInfo>,
+    total: usize,
+    /// Where the next page starts, if there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_token: Option<usize>,
+}
+
+/// The answer of `GET v1/event_reports/{report_id}`: the report and the event reported.
+#[derive(Serialize)]
+struct ReportDetails {
+    #[serde(flatten)]
+    report: ReportInfo,
+    /// The event as stored (`null` if it is not held).
+    event_json: Option<Value>,
 }
 
 fn report_info(cx: &Ctx, n: &Numbered) -> ReportInfo {
@@ -108,11 +127,8 @@ pub fn event_reports(cx: Ctx, req: Req) -> HandlerFuture {
         };
         let (page, total) = cx.engine.reports.page(&filter, from, limit, backwards)?;
         let reports: Vec<ReportInfo> = page.iter().map(|n| report_info(&cx, n)).collect();
-        let mut body = json!({ "event_reports": reports, "total": total });
-        if from + reports.len() < total {
-            body["next_token"] = json!(from + reports.len());
-        }
-        Ok(ok_json(&body))
+        let next_token = if from + reports.len() < total { Some(from + reports.len()) } else { None };
+        Ok(ok_json(&ReportPage { event_reports: reports, total, next_token }))
     })
 }
 
@@ -123,7 +139,7 @@ pub fn event_report(cx: Ctx, req: Req) -> HandlerFuture {
         let id = report_id(&req)?;
         let found = cx.engine.reports.get(id)?.filter(|n| n.report.event_id.is_some());
         let n = found.ok_or_else(|| ApiError::not_found("Event report not found"))?;
-        let mut body = serde_json::to_value(report_info(&cx, &n)).map_err(|e| ApiError::internal(&e))?;
+        let report = report_info(&cx, &n);
         let event = n
             .report
             .event_id
@@ -131,8 +147,7 @@ pub fn event_report(cx: Ctx, req: Req) -> HandlerFuture {
             .and_then(|e| EventId::parse(e).ok())
             .and_then(|e| cx.engine.rooms.pdu(&e).ok().flatten())
             .and_then(|p| serde_json::from_slice::<Value>(&p.to_bytes()).ok());
-        body["event_json"] = event.unwrap_or(Value::Null);
-        Ok(ok_json(&body))
+        Ok(ok_json(&ReportDetails { report, event_json: event }))
     })
 }
 
@@ -147,7 +162,7 @@ pub fn delete_event_report(cx: Ctx, req: Req) -> HandlerFuture {
             return Err(ApiError::not_found("Event report not found"));
         }
         audit(&me, "delete_event_report", &id.to_string());
-        Ok(ok_json(&json!({})))
+        Ok(ok_empty())
     })
 }
 
@@ -169,6 +184,34 @@ fn destination_info(name: &str, backoff: Option<&Backoff>) -> DestinationInfo {
         failure_ts: backoff.map(|b| b.failing_since_ms).filter(|t| *t != 0),
         last_successful_stream_ordering: None,
     }
+}
+
+/// The answer of `GET v1/federation/destinations`: a page of destinations.
+#[derive(Serialize)]
+struct DestinationPage {
+    destinations: Vec<DestinationInfo>,
+    total: usize,
+    /// Where the next page starts (a string, as Synapse answers), if there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_token: Option<String>,
+}
+
+/// One room of `GET v1/federation/destinations/{destination}/rooms`.
+#[derive(Serialize)]
+struct DestinationRoom {
+    room_id: String,
+    /// Always `null`: Myelin keeps no per-room stream position for a destination.
+    stream_ordering: Option<u64>,
+}
+
+/// The answer of `GET v1/federation/destinations/{destination}/rooms`: a page of rooms.
+#[derive(Serialize)]
+struct DestinationRoomPage {
+    rooms: Vec<DestinationRoom>,
+    total: usize,
+    /// Where the next page starts (a string, as Synapse answers), if there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_token: Option<String>,
 }
 
 /// Most destinations listed (and backoffs read) at once.
@@ -239,11 +282,8 @@ pub fn list_destinations(cx: Ctx, req: Req) -> HandlerFuture {
         }
         let total = all.len();
         let page: Vec<DestinationInfo> = all.into_iter().skip(from).take(limit).collect();
-        let mut body = json!({ "destinations": page, "total": total });
-        if from + page.len() < total {
-            body["next_token"] = json!((from + page.len()).to_string());
-        }
-        Ok(ok_json(&body))
+        let next_token = if from + page.len() < total { Some((from + page.len()).to_string()) } else { None };
+        Ok(ok_json(&DestinationPage { destinations: page, total, next_token }))
     })
 }
 
@@ -276,17 +316,14 @@ pub fn destination_rooms(cx: Ctx, req: Req) -> HandlerFuture {
         }
         let total = rooms.len();
         // Myelin keeps no per-room stream position for a destination.
-        let page: Vec<Value> = rooms
+        let page: Vec<DestinationRoom> = rooms
             .into_iter()
             .skip(from)
             .take(limit)
-            .map(|r| json!({ "room_id": r, "stream_ordering": Value::Null }))
+            .map(|room_id| DestinationRoom { room_id, stream_ordering: None })
             .collect();
-        let mut body = json!({ "rooms": page, "total": total });
-        if from + page.len() < total {
-            body["next_token"] = json!((from + page.len()).to_string());
-        }
-        Ok(ok_json(&body))
+        let next_token = if from + page.len() < total { Some((from + page.len()).to_string()) } else { None };
+        Ok(ok_json(&DestinationRoomPage { rooms: page, total, next_token }))
     })
 }
 
@@ -302,8 +339,22 @@ pub fn reset_connection(cx: Ctx, req: Req) -> HandlerFuture {
         // A sender waiting out the backoff, or parked, tries again now.
         cx.engine.federation.mark_alive(&name);
         audit(&me, "reset_connection", &name);
-        Ok(ok_json(&json!({})))
+        Ok(ok_empty())
     })
+}
+
+/// The answer of `GET v1/background_updates/status`.
+#[derive(Serialize)]
+struct BackgroundStatus {
+    enabled: bool,
+    /// Always `{}`: Myelin runs no background updates.
+    current_updates: Empty,
+}
+
+/// The answer of `GET` and `POST v1/background_updates/enabled`.
+#[derive(Serialize)]
+struct BackgroundEnabled {
+    enabled: bool,
 }
 
 /// GET /_synapse/admin/v1/background_updates/status
@@ -311,7 +362,7 @@ pub fn background_status(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         require_admin(&cx, &req)?;
         let enabled = !cx.deletions.background_updates_paused.load(Ordering::Relaxed);
-        Ok(ok_json(&json!({ "enabled": enabled, "current_updates": {} })))
+        Ok(ok_json(&BackgroundStatus { enabled, current_updates: Empty {} }))
     })
 }
 
@@ -320,7 +371,7 @@ pub fn background_enabled(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         require_admin(&cx, &req)?;
         let enabled = !cx.deletions.background_updates_paused.load(Ordering::Relaxed);
-        Ok(ok_json(&json!({ "enabled": enabled })))
+        Ok(ok_json(&BackgroundEnabled { enabled }))
     })
 }
 
@@ -337,7 +388,7 @@ pub fn set_background_enabled(cx: Ctx, req: Req) -> HandlerFuture {
         let body: EnabledBody = parse_json(&req.body)?;
         cx.deletions.background_updates_paused.store(!body.enabled, Ordering::Relaxed);
         audit(&me, "background_updates_enabled", if body.enabled { "true" } else { "false" });
-        Ok(ok_json(&json!({ "enabled": body.enabled })))
+        Ok(ok_json(&BackgroundEnabled { enabled: body.enabled }))
     })
 }
 
@@ -358,6 +409,6 @@ pub fn start_job(cx: Ctx, req: Req) -> HandlerFuture {
             return Err(ApiError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", "Invalid job_name"));
         }
         audit(&me, "start_job", &body.job_name);
-        Ok(ok_json(&json!({})))
+        Ok(ok_empty())
     })
 }

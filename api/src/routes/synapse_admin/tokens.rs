@@ -12,12 +12,12 @@ use myelin_engine::{
     util::now_ms,
 };
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{audit, query_bool, require_admin};
 use crate::{
     error::ApiError,
-    http_util::{ok_json, parse_json_or_empty},
+    http_util::{ok_empty, ok_json, parse_json_or_empty},
     router::{Ctx, HandlerFuture, Req},
 };
 
@@ -29,6 +29,12 @@ struct Shown<'a> {
     pending: u64,
     completed: u64,
     expiry_time: Option<u64>,
+}
+
+/// The answer of `GET v1/registration_tokens`.
+#[derive(Serialize)]
+struct TokenList<'a> {
+    registration_tokens: Vec<Shown<'a>>,
 }
 
 fn shown<'a>(token: &'a str, info: &TokenInfo) -> Shown<'a> {
@@ -113,8 +119,8 @@ pub fn list(cx: Ctx, req: Req) -> HandlerFuture {
         require_admin(&cx, &req)?;
         let valid = query_bool(&req, "valid")?;
         let tokens = cx.engine.registration_tokens.list(valid)?;
-        let shown: Vec<Shown> = tokens.iter().map(|(t, i)| shown(t, i)).collect();
-        Ok(ok_json(&json!({ "registration_tokens": shown })))
+        let registration_tokens: Vec<Shown> = tokens.iter().map(|(t, i)| shown(t, i)).collect();
+        Ok(ok_json(&TokenList { registration_tokens }))
     })
 }
 
@@ -191,6 +197,6 @@ pub fn delete(cx: Ctx, req: Req) -> HandlerFuture {
             return Err(not_found(&token));
         }
         audit(&me, "delete_registration_token", &token);
-        Ok(ok_json(&json!({})))
+        Ok(ok_empty())
     })
 }

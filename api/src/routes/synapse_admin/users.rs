@@ -6,7 +6,7 @@ use http::StatusCode;
 use myelin_engine::users::{Account, Profile};
 use ruma::UserId;
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{audit, bad_request, path_user, query_backwards, query_bool, query_choice, query_count, require_admin};
 use crate::{
@@ -60,6 +60,16 @@ struct UserDetails {
     user_type: Option<String>,
     locked: bool,
     suspended: bool,
+}
+
+/// The answer of `GET v2/users`: a page of accounts.
+#[derive(Serialize)]
+struct UserPage {
+    users: Vec<ListedUser>,
+    total: usize,
+    /// Where the next page starts (a string, as Synapse answers), if there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_token: Option<String>,
 }
 
 fn last_seen(cx: &Ctx, user: &str) -> Result<Option<u64>, ApiError> {
@@ -159,11 +169,8 @@ pub fn list(cx: Ctx, req: Req) -> HandlerFuture {
         }
         let total = users.len();
         let page: Vec<ListedUser> = users.into_iter().skip(from).take(limit).collect();
-        let mut body = json!({ "users": page, "total": total });
-        if from.saturating_add(limit) < total {
-            body["next_token"] = json!((from + page.len()).to_string());
-        }
-        Ok(ok_json(&body))
+        let next_token = if from.saturating_add(limit) < total { Some((from + page.len()).to_string()) } else { None };
+        Ok(ok_json(&UserPage { users: page, total, next_token }))
     })
 }
 
@@ -353,6 +360,12 @@ pub(crate) struct DeactivateBody {
     erase: bool,
 }
 
+/// The answer of `POST v1/deactivate/{user_id}`.
+#[derive(Serialize)]
+struct Deactivated {
+    id_server_unbind_result: &'static str,
+}
+
 pub fn deactivate(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
         let me = require_admin(&cx, &req)?;
@@ -368,7 +381,7 @@ pub fn deactivate(cx: Ctx, req: Req) -> HandlerFuture {
         }
         audit(&me, if body.erase { "deactivate_and_erase_user" } else { "deactivate_user" }, user.as_str());
         // No identity server bindings are kept here to unbind.
-        Ok(ok_json(&json!({ "id_server_unbind_result": "no-support" })))
+        Ok(ok_json(&Deactivated { id_server_unbind_result: "no-support" }))
     })
 }
 
@@ -395,6 +408,13 @@ pub fn reset_password(cx: Ctx, req: Req) -> HandlerFuture {
     })
 }
 
+/// The answer of `GET v1/users/{user_id}/joined_rooms`.
+#[derive(Serialize)]
+struct JoinedRooms {
+    total: usize,
+    joined_rooms: Vec<String>,
+}
+
 /// GET /_synapse/admin/v1/users/{userId}/joined_rooms
 pub fn joined_rooms(cx: Ctx, req: Req) -> HandlerFuture {
     Box::pin(async move {
@@ -408,8 +428,42 @@ pub fn joined_rooms(cx: Ctx, req: Req) -> HandlerFuture {
             .filter(|(_, m)| m.membership == "join")
             .map(|(room, _)| room.to_string())
             .collect();
-        Ok(ok_json(&json!({ "total": rooms.len(), "joined_rooms": rooms })))
+        Ok(ok_json(&JoinedRooms { total: rooms.len(), joined_rooms: rooms }))
     })
+}
+
+/// The answer of `GET v1/whois/{user_id}`.
+#[derive(Serialize)]
+struct Whois<'a> {
+    user_id: &'a UserId,
+    devices: WhoisDevices,
+}
+
+/// The `devices` of a whois answer: Synapse lists every session under the device `""`.
+#[derive(Serialize)]
+struct WhoisDevices {
+    #[serde(rename = "")]
+    all: WhoisDevice,
+}
+
+/// A device of a whois answer: its sessions.
+#[derive(Serialize)]
+struct WhoisDevice {
+    sessions: Vec<WhoisSession>,
+}
+
+/// A session of a whois answer: its connections.
+#[derive(Serialize)]
+struct WhoisSession {
+    connections: Vec<Connection>,
+}
+
+/// A connection of a whois answer: no IP or user agent is kept here (`null`).
+#[derive(Serialize)]
+struct Connection {
+    ip: Option<String>,
+    last_seen: u64,
+    user_agent: Option<String>,
 }
 
 /// GET /_synapse/admin/v1/whois/{userId}: oneself, or anyone for an admin.
@@ -425,18 +479,22 @@ pub fn whois(cx: Ctx, req: Req) -> HandlerFuture {
             require_admin(&cx, &req)?;
         }
         local(&cx, &user, "Can only whois a local user")?;
-        let connections: Vec<Value> = cx
+        let connections: Vec<Connection> = cx
             .engine
             .users
             .devices(user.as_str())?
             .into_iter()
-            .map(|(_, d)| json!({ "ip": null, "last_seen": d.last_seen_ts, "user_agent": null }))
+            .map(|(_, d)| Connection { ip: None, last_seen: d.last_seen_ts, user_agent: None })
             .collect();
-        Ok(ok_json(&json!({
-            "user_id": user,
-            "devices": { "": { "sessions": [ { "connections": connections } ] } },
-        })))
+        let all = WhoisDevice { sessions: vec![WhoisSession { connections }] };
+        Ok(ok_json(&Whois { user_id: &user, devices: WhoisDevices { all } }))
     })
+}
+
+/// The answer of `GET v1/users/{user_id}/admin`.
+#[derive(Serialize)]
+struct IsAdmin {
+    admin: bool,
 }
 
 /// GET /_synapse/admin/v1/users/{userId}/admin
@@ -446,7 +504,7 @@ pub fn is_admin(cx: Ctx, req: Req) -> HandlerFuture {
         let user = path_user(&req, "user_id")?;
         local(&cx, &user, "Only local users can be admins of this homeserver")?;
         let account = cx.engine.users.account(&user)?.ok_or_else(|| ApiError::not_found("User not found"))?;
-        Ok(ok_json(&json!({ "admin": account.admin })))
+        Ok(ok_json(&IsAdmin { admin: account.admin }))
     })
 }
 

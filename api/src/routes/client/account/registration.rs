@@ -138,7 +138,7 @@ pub fn token_validity(cx: Ctx, req: Req) -> HandlerFuture {
         let configured = &cx.engine.config.registration.token;
         let valid = (!configured.is_empty() && token == *configured)
             || cx.engine.registration_tokens.get(&token)?.is_some_and(|t| t.valid(myelin_engine::util::now_ms()));
-        Ok(ok_json(&serde_json::json!({ "valid": valid })))
+        Ok(ok_json(&TokenValidity { valid }))
     })
 }
 
@@ -286,4 +286,10 @@ pub fn register_available(cx: Ctx, req: Req) -> HandlerFuture {
         refuse_claimed_user(&cx, &user_id)?;
         Ok(ok_json(&Available { available: true }))
     })
+}
+
+/// The registration token validity answer.
+#[derive(Serialize)]
+struct TokenValidity {
+    valid: bool,
 }
