@@ -22,7 +22,7 @@ start() { # binary label → prints "pid client_port federation_port"
     (cd "$dir" && exec env MYELIN_SERVER_NAME="127.0.0.1:$mf" MYELIN_CLIENT__LISTEN="127.0.0.1:$mc" \
         MYELIN_FEDERATION__LISTEN="127.0.0.1:$mf" MYELIN_FEDERATION__VERIFY_TLS=false \
         MYELIN_FEDERATION__IP_RANGE_ALLOW='["127.0.0.0/8"]' MYELIN_REGISTRATION__ENABLED=true \
-        MYELIN_RATE_LIMIT__PER_SECOND=0 RUST_LOG=warn "$1" serve >"$dir.log" 2>&1) &
+        MYELIN_RATE_LIMIT__PER_SECOND=0 MYELIN_RATE_LIMIT__REGISTRATIONS_PER_SECOND=0 RUST_LOG=warn "$1" serve >"$dir.log" 2>&1) &
     echo "$! $mc $mf"
 }
 

@@ -54,7 +54,7 @@ settle() { sleep 3; }
 mkdir -p "$work/myelin" "$work/synapse"
 (cd "$work/myelin" && MYELIN_SERVER_NAME="127.0.0.1:$mf" MYELIN_CLIENT__LISTEN="127.0.0.1:$mc" \
     MYELIN_FEDERATION__LISTEN="127.0.0.1:$mf" MYELIN_REGISTRATION__ENABLED=true \
-    MYELIN_RATE_LIMIT__PER_SECOND=0 RUST_LOG=warn exec "$myelin" serve >/dev/null 2>&1) &
+    MYELIN_RATE_LIMIT__PER_SECOND=0 MYELIN_RATE_LIMIT__REGISTRATIONS_PER_SECOND=0 RUST_LOG=warn exec "$myelin" serve >/dev/null 2>&1) &
 pids+=($!)
 "$python" tests/interop/synapse_config.py "$work/synapse" "$sc" "$sf" >/dev/null
 start_synapse "$work/synapse"

@@ -32,7 +32,7 @@ start_myelin() { # dir client_port fed_port
     (cd "$1" && MYELIN_SERVER_NAME="127.0.0.1:$3" MYELIN_CLIENT__LISTEN="127.0.0.1:$2" \
         MYELIN_FEDERATION__LISTEN="127.0.0.1:$3" MYELIN_FEDERATION__VERIFY_TLS=false \
         MYELIN_FEDERATION__IP_RANGE_ALLOW='["127.0.0.0/8"]' \
-        MYELIN_REGISTRATION__ENABLED=true MYELIN_RATE_LIMIT__PER_SECOND=0 RUST_LOG=warn \
+        MYELIN_REGISTRATION__ENABLED=true MYELIN_RATE_LIMIT__PER_SECOND=0 MYELIN_RATE_LIMIT__REGISTRATIONS_PER_SECOND=0 RUST_LOG=warn \
         exec "$myelin" serve >/dev/null 2>&1) &
     pids+=($!)
 }

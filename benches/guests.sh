@@ -25,7 +25,7 @@ start() { # label → prints "pid client_port"
     mkdir -p "$dir"
     (cd "$dir" && exec env MYELIN_SERVER_NAME="127.0.0.1:$mf" MYELIN_CLIENT__LISTEN="127.0.0.1:$mc" \
         MYELIN_FEDERATION__LISTEN="127.0.0.1:$mf" MYELIN_REGISTRATION__ENABLED=true \
-        MYELIN_REGISTRATION__GUESTS=true MYELIN_RATE_LIMIT__PER_SECOND=0 RUST_LOG=warn \
+        MYELIN_REGISTRATION__GUESTS=true MYELIN_RATE_LIMIT__PER_SECOND=0 MYELIN_RATE_LIMIT__REGISTRATIONS_PER_SECOND=0 RUST_LOG=warn \
         "$myelin" serve >"$dir.log" 2>&1) &
     echo "$! $mc"
 }

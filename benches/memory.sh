@@ -44,7 +44,7 @@ run_myelin() { # label binary budget(MiB or "default")
     [ "$budget" != default ] && budget_env=(MYELIN_STORAGE__MEMORY_MB="$budget")
     (cd "$dir" && exec env "${budget_env[@]}" MYELIN_SERVER_NAME="127.0.0.1:$mf" MYELIN_CLIENT__LISTEN="127.0.0.1:$mc" \
         MYELIN_FEDERATION__LISTEN="127.0.0.1:$mf" MYELIN_REGISTRATION__ENABLED=true \
-        MYELIN_RATE_LIMIT__PER_SECOND=0 RUST_LOG=warn "$bin" serve >"$dir.log" 2>&1) &
+        MYELIN_RATE_LIMIT__PER_SECOND=0 MYELIN_RATE_LIMIT__REGISTRATIONS_PER_SECOND=0 RUST_LOG=warn "$bin" serve >"$dir.log" 2>&1) &
     local pid=$!; pids+=("$pid")
     wait_up "$mc" || { tail -20 "$dir.log" >&2; exit 1; }
     sleep 3

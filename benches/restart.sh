@@ -37,7 +37,7 @@ YAML
 pid=""
 serve() {
     (cd "$data" && MYELIN_SERVER_NAME="127.0.0.1:$mf" MYELIN_CLIENT__LISTEN="127.0.0.1:$mc" \
-        MYELIN_FEDERATION__LISTEN="127.0.0.1:$mf" MYELIN_RATE_LIMIT__PER_SECOND=0 RUST_LOG=warn \
+        MYELIN_FEDERATION__LISTEN="127.0.0.1:$mf" MYELIN_RATE_LIMIT__PER_SECOND=0 MYELIN_RATE_LIMIT__REGISTRATIONS_PER_SECOND=0 RUST_LOG=warn \
         exec "$myelin" serve >>"$work/server.log" 2>&1) &
     pid=$!; pids+=("$pid")
 }

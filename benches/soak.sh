@@ -55,7 +55,7 @@ rate_limited: false
 YAML
 (cd "$work/myelin" && echo $BASHPID > "$cg/cgroup.procs" && MYELIN_STORAGE__MEMORY_MB="$budget" \
     MYELIN_SERVER_NAME="127.0.0.1:$mf" MYELIN_CLIENT__LISTEN="127.0.0.1:$mc" MYELIN_FEDERATION__LISTEN="127.0.0.1:$mf" \
-    MYELIN_RATE_LIMIT__PER_SECOND=0 RUST_LOG=warn exec "$myelin" serve >"$work/server.log" 2>&1) &
+    MYELIN_RATE_LIMIT__PER_SECOND=0 MYELIN_RATE_LIMIT__REGISTRATIONS_PER_SECOND=0 RUST_LOG=warn exec "$myelin" serve >"$work/server.log" 2>&1) &
 pid=$!; pids+=("$pid")
 wait_up "$mc"
 (cd "$work/myelin" && "$myelin" admin appservice add "$work/soak.yaml" >/dev/null)
