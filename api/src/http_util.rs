@@ -62,6 +62,13 @@ pub fn percent_decode(segment: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// 408 `M_UNKNOWN` for a request body that stopped arriving; the server closes
+/// the connection after it.
+pub fn body_timed_out(after: std::time::Duration) -> ApiError {
+    let message = format!("the request body did not arrive within {} s", after.as_secs());
+    ApiError::new(http::StatusCode::REQUEST_TIMEOUT, "M_UNKNOWN", message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

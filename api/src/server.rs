@@ -186,7 +186,7 @@ async fn run_route(
         Err(_) => {
             metrics::counter!("myelin_http_body_timeouts_total", "listener" => state.ctx.listener.label()).increment(1);
             tracing::debug!(path, "request body not received within limits.body_timeout_s; answered 408");
-            return Err(body_timed_out(body_timeout));
+            return Err(crate::http_util::body_timed_out(body_timeout));
         }
     };
     let fut = (route.handler)(state.ctx.clone(), Req { parts, body, stream: None, params });
@@ -204,12 +204,6 @@ async fn run_route(
             ))
         }
     }
-}
-
-/// 408 `M_UNKNOWN`; [`handle`] closes the connection after it.
-pub fn body_timed_out(after: Duration) -> ApiError {
-    let message = format!("the request body did not arrive within {} s", after.as_secs());
-    ApiError::new(StatusCode::REQUEST_TIMEOUT, "M_UNKNOWN", message)
 }
 
 async fn run_handler(fut: crate::router::HandlerFuture, path: &str) -> Result<Resp, ApiError> {

@@ -20,12 +20,6 @@ mod bench_soak;
 mod bench_synapse_db;
 mod cli;
 mod import_synapse;
-mod import_synapse_extras;
-mod import_synapse_keys;
-mod import_synapse_media;
-mod import_synapse_outbox;
-mod import_synapse_pg;
-mod import_synapse_rooms;
 mod serve;
 
 use std::{path::PathBuf, process::ExitCode};

@@ -88,7 +88,7 @@ async fn receive(cx: &Ctx, req: &mut Req) -> Result<Staged, ApiError> {
     let result: Result<(), ApiError> = async {
         while let Some(frame) = tokio::time::timeout(chunk_timeout, body.frame())
             .await
-            .map_err(|_| crate::server::body_timed_out(chunk_timeout))?
+            .map_err(|_| crate::http_util::body_timed_out(chunk_timeout))?
         {
             let frame = frame
                 .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", format!("reading the upload: {e}")))?;

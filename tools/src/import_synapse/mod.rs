@@ -7,24 +7,31 @@
 //! `devices` with each device's newest non-expiring `access_tokens` row (so
 //! clients stay logged in with the token they hold), `account_data` /
 //! `room_account_data`, and the devices' and users' encryption keys
-//! (`crate::import_synapse_keys`). With `--signing-key`, Synapse's signing key file
+//! (`keys`). With `--signing-key`, Synapse's signing key file
 //! becomes this server's, so peers see the same server.
 //!
 //! Then the rooms: every room's events, state, local users' invites, room
-//! aliases, the public directory and receipts (`crate::import_synapse_rooms`).
+//! aliases, the public directory and receipts (`rooms`).
 //!
-//! Push rules and key backups (`crate::import_synapse_extras`), and the
-//! media store's files (`crate::import_synapse_media`).
+//! Push rules and key backups (`extras`), and the
+//! media store's files (`media`).
 //!
 //! A Synapse on PostgreSQL is first copied into a SQLite staging file
-//! (`crate::import_synapse_pg`) and read from there.
+//! (`pg`) and read from there.
 //!
 //! Last, what Synapse had not delivered to other servers is queued again
-//! (`crate::import_synapse_outbox`), so peers catch up without a re-join.
+//! (`outbox`), so peers catch up without a re-join.
 //!
 //! Safety: the server names must match; a Synapse whose pid file names a live
 //! process is refused; Myelin must be stopped (its data directory lock). A
 //! second run continues: what is already here is left alone and counted.
+
+mod extras;
+mod keys;
+mod media;
+mod outbox;
+mod pg;
+mod rooms;
 
 use std::path::{Path, PathBuf};
 
@@ -250,7 +257,7 @@ pub(super) fn import_synapse_cmd(
                 .map_err(|e| Failure::runtime(format!("{}: {e}", config.data_dir.display())))?;
             let staging = config.data_dir.join("synapse-import.sqlite");
             let guard = Staging(Some(staging.clone()));
-            crate::import_synapse_pg::stage(&conninfo, &staging)?;
+            pg::stage(&conninfo, &staging)?;
             (staging, media_store.unwrap_or_default(), guard)
         }
     };
@@ -276,7 +283,7 @@ pub(super) fn import_synapse_cmd(
     let devices = devices(&db)?;
     let data = account_data(&db)?;
     let imported: std::collections::HashSet<String> = accounts.iter().map(|a| a.user_id.to_string()).collect();
-    let keys = crate::import_synapse_keys::read(&db, &imported)?;
+    let keys = keys::read(&db, &imported)?;
     let skipped_tokens = count_rows(
         &db,
         "SELECT count(*) FROM access_tokens WHERE device_id IS NULL OR valid_until_ms IS NOT NULL \
@@ -318,13 +325,13 @@ pub(super) fn import_synapse_cmd(
             written += 1;
         }
         println!("account data: {written} of {} written", data.len());
-        let k = crate::import_synapse_keys::write(&engine, keys).await?;
+        let k = keys::write(&engine, keys).await?;
         println!(
             "encryption keys: {} devices' identity keys, {} one-time keys, cross-signing keys of {} users, {} signatures; {} refused",
             k.devices, k.one_time_keys, k.cross_signing_users, k.signatures, k.refused
         );
         let rooms_started = std::time::Instant::now();
-        let r = crate::import_synapse_rooms::import(&engine, &db, &server).await?;
+        let r = rooms::import(&engine, &db, &server).await?;
         let rooms_elapsed = rooms_started.elapsed();
         println!(
             "rooms: {} imported; events: {} in the timeline, {} outside it (soft-failed or a gap's edge), \
@@ -342,14 +349,14 @@ pub(super) fn import_synapse_cmd(
         for room in &r.state_differs {
             println!("room state differs from Synapse's: {room}");
         }
-        let x = crate::import_synapse_extras::import(&engine, &db).await?;
+        let x = extras::import(&engine, &db).await?;
         println!(
             "push rules: {} users' rules ({} rules or flags refused); key backups: {} versions with {} sessions \
              imported, {} already here",
             x.push_users, x.push_refused, x.backup_versions, x.backup_sessions, x.backup_present
         );
         let m = if !media_store.as_os_str().is_empty() && media_store.is_dir() {
-            crate::import_synapse_media::import(&engine, &db, &media_store, &server).await?
+            media::import(&engine, &db, &media_store, &server).await?
         } else {
             println!("media: no media store at {}; give it with --media-store", media_store.display());
             Default::default()
@@ -358,7 +365,7 @@ pub(super) fn import_synapse_cmd(
             "media: {} local and {} cached remote files imported, {} already here, {} rows without a file",
             m.local, m.remote, m.present, m.missing
         );
-        let o = crate::import_synapse_outbox::import(&engine, &db, &server).await?;
+        let o = outbox::import(&engine, &db, &server).await?;
         println!(
             "federation: {} (room, server) pairs behind Synapse's sends get the room's newest event again; \
              {} undelivered to-device messages queued",
