@@ -61,7 +61,8 @@ fn spawn(setup: Setup<'_>) -> Serve {
     Serve { child, client: format!("127.0.0.1:{client}").parse().unwrap() }
 }
 
-/// Starts the server and waits until `/health` answers; how long that took.
+/// Starts the server and waits until it has bound its listeners and `/health`
+/// answers; how long that took.
 async fn start(dir: &Path) -> (Serve, Duration) {
     start_with(Setup { dir, federation: None, config: None }).await
 }
